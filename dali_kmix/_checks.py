@@ -1,0 +1,146 @@
+"""Argument checks shared by the sampler, the reference, the kernels and the operators.
+
+Every check raises ``ValueError`` (bad value) or ``TypeError`` (bad type) with a
+message that names the argument, what was expected and what was given. None of
+them uses ``assert``, so they also hold under ``python -O``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+METHODS = ("dmixup", "dcutmix")
+MODES = ("sample", "batch")
+LAYOUTS = ("HWC", "CHW")
+LABEL_FORMATS = ("dense", "sparse")
+DTYPES = (np.dtype(np.uint8), np.dtype(np.float16), np.dtype(np.float32))
+
+
+def check_choice(name: str, value, choices) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def check_int(name: str, value, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r} of type {type(value).__name__}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_probability(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number in [0, 1], got {value!r}")
+    value = float(value)
+    if not (0.0 <= value <= 1.0):  # also rejects NaN
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+    return value
+
+
+def check_smoothing(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"smoothing must be a number in [0, 1), got {value!r}")
+    value = float(value)
+    if not (0.0 <= value < 1.0):
+        raise ValueError(f"smoothing must be in [0, 1), got {value}")
+    return value
+
+
+def check_alpha(alpha, k: int) -> np.ndarray:
+    """Return the Dirichlet concentration as a float64 vector of length ``k``.
+
+    ``alpha`` is a positive scalar (meaning ``alpha * ones(k)``) or a sequence of
+    ``k`` positive, finite numbers.
+    """
+    if isinstance(alpha, bool):
+        raise TypeError(f"alpha must be a positive number or a sequence of {k} positive numbers, got {alpha!r}")
+    if isinstance(alpha, numbers.Real):
+        a = float(alpha)
+        if not math.isfinite(a) or a <= 0.0:
+            raise ValueError(f"alpha must be > 0 and finite, got {alpha}")
+        return np.full(k, a, dtype=np.float64)
+    try:
+        arr = np.asarray(alpha, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"alpha must be a positive number or a sequence of {k} positive numbers, got {alpha!r}"
+        ) from None
+    if arr.ndim != 1 or arr.shape[0] != k:
+        raise ValueError(f"alpha must be a scalar or have length k={k}, got shape {arr.shape}: {alpha!r}")
+    if not np.all(np.isfinite(arr)) or np.any(arr <= 0.0):
+        raise ValueError(f"alpha must contain only finite values > 0, got {arr.tolist()}")
+    return arr
+
+
+def check_layout(layout) -> str:
+    if not isinstance(layout, str) or layout.upper() not in LAYOUTS:
+        raise ValueError(f"layout must be 'HWC' or 'CHW', got {layout!r}")
+    if layout != layout.upper():
+        raise ValueError(f"layout must be 'HWC' or 'CHW' (upper case), got {layout!r}")
+    return layout
+
+
+def check_image_dtype(name: str, dtype) -> np.dtype:
+    dtype = np.dtype(dtype)
+    if dtype not in DTYPES:
+        raise TypeError(f"{name} must have dtype uint8, float16 or float32, got {dtype}")
+    return dtype
+
+
+def spatial_size(shape, layout: str) -> tuple[int, int]:
+    """(H, W) of one sample's shape in ``layout`` (3 dims, no batch axis)."""
+    if layout == "HWC":
+        return int(shape[0]), int(shape[1])
+    return int(shape[1]), int(shape[2])
+
+
+def check_same_shapes(name: str, shapes, layout: str) -> tuple[int, ...]:
+    """All samples of a batch must share one shape; name the first that differs."""
+    first = tuple(shapes[0])
+    if len(first) != 3:
+        raise ValueError(
+            f"{name}: every sample must have 3 dimensions ({layout}), got shape {first} for sample 0"
+        )
+    for i, s in enumerate(shapes):
+        s = tuple(s)
+        if s != first:
+            h0, w0 = spatial_size(first, layout) if len(first) == 3 else (None, None)
+            if len(s) == 3 and spatial_size(s, layout) != (h0, w0):
+                what = "H x W"
+            else:
+                what = "shape"
+            raise ValueError(
+                f"{name}: all samples of a batch must have the same {what}; sample 0 has shape "
+                f"{first} but sample {i} has shape {s} (layout {layout}); resize or crop before mixing"
+            )
+    return first
+
+
+def check_labels(labels, num_classes: int, n: int | None = None):
+    """Labels as int64 ``(N,)``; ``(N, 1)`` is accepted. Raises on values outside [0, C)."""
+    num_classes = check_int("num_classes", num_classes, 1)
+    if type(labels).__module__.startswith("cupy"):
+        import cupy as xp
+    else:
+        xp = np
+    labels = xp.asarray(labels)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise ValueError(f"labels must have shape (N,) or (N, 1), got {tuple(labels.shape)}")
+    if labels.dtype.kind not in "iu" and labels.size:
+        raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
+    if n is not None and labels.shape[0] != n:
+        raise ValueError(f"labels has {labels.shape[0]} entries but the batch has {n} samples")
+    if labels.size:
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= num_classes:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"labels must lie in [0, num_classes={num_classes}), got label {bad}")
+    return labels.astype(np.int64)

@@ -1,0 +1,116 @@
+"""The plain NumPy reference of the mixing, written to be checked by eye.
+
+These functions define what the CUDA kernels (on the GPU and compiled for the
+CPU) must produce, bit for bit:
+
+* DMixup: ``out[n] = sum_k weights[n, k] * images[sources[n, k]]``, accumulated in
+  float32 in the order k = 0, 1, ..., K-1 as fused multiply-adds
+  (``acc = fma(w_k, x_k, acc)``, one rounding per step, starting from 0). uint8
+  results are rounded half to even and clipped to [0, 255]; float16 results are
+  rounded to nearest even from the float32 sum.
+* DCutMix: ``out[n]`` is a copy of ``images[n]`` in which box ``j`` (in order
+  j = 0 .. K-2, deeper boxes last) is overwritten by the same pixels of
+  ``images[sources[n, j + 1]]``: every output pixel is copied from exactly one
+  input pixel, so the result is exact for every dtype.
+
+Images are ``(N, H, W, C)`` for layout "HWC" and ``(N, C, H, W)`` for "CHW".
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .params import MixParams
+
+__all__ = ["fma32", "mix_images", "mix_labels", "smoothed_one_hot"]
+
+
+def fma32(a, b, c):
+    """Correctly rounded float32 fused multiply-add ``round(a * b + c)``, like C's ``fmaf``.
+
+    The product of two float32 numbers is exact in float64; the float64 sum ``s``
+    is then rounded to float32. Rounding ``s`` instead of the exact sum can only go
+    wrong when ``s`` lies exactly half-way between two float32 numbers; there
+    the sign of the float64 rounding error (TwoSum) decides the direction.
+    """
+    a = np.asarray(a, dtype=np.float32)
+    b = np.asarray(b, dtype=np.float32)
+    c = np.asarray(c, dtype=np.float32)
+    p = a.astype(np.float64) * b.astype(np.float64)
+    c64 = c.astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        s = p + c64
+        bb = s - p
+        err = (p - (s - bb)) + (c64 - bb)  # exact: p + c64 == s + err
+        r = s.astype(np.float32)
+        r64 = r.astype(np.float64)
+        up = np.nextafter(r, np.float32(np.inf))
+        down = np.nextafter(r, np.float32(-np.inf))
+        other = np.where(s > r64, up, down)
+        halfway = (s != r64) & np.isfinite(s) & (s * 2.0 == r64 + other.astype(np.float64))
+        # s sits exactly on a tie; the true value lies above s if err > 0, below if err < 0.
+        toward_true = np.where(err > 0, np.maximum(r, other), np.minimum(r, other))
+        fix = halfway & (err != 0)
+    return np.where(fix, toward_true, r).astype(np.float32)
+
+
+def _float_to_dtype(acc: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if dtype == np.uint8:
+        return np.clip(np.rint(acc), 0, 255).astype(np.uint8)
+    return acc.astype(dtype)
+
+
+def mix_images(images: np.ndarray, params: MixParams, layout: str = "HWC") -> np.ndarray:
+    """Reference mixing of a stacked batch; returns a new array of the same dtype.
+
+    Args:
+        images: uint8, float16 or float32, ``(N, H, W, C)`` ("HWC") or ``(N, C, H, W)`` ("CHW").
+        params: a :class:`MixParams` for this batch (NumPy arrays).
+        layout: "HWC" or "CHW".
+    """
+    images = np.asarray(images)
+    params = params.to_numpy()
+    n = images.shape[0]
+    out = np.empty_like(images)
+    if n == 0:
+        return out
+    if params.boxes is None:
+        acc = np.zeros(images.shape, dtype=np.float32)
+        for k in range(params.k):
+            w = params.weights[:, k].reshape((n, 1, 1, 1))
+            acc = fma32(w, images[params.sources[:, k]].astype(np.float32), acc)
+        return _float_to_dtype(acc, images.dtype)
+    out[...] = images
+    for i in range(n):
+        for j in range(params.k - 1):
+            y0, x0, y1, x1 = (int(v) for v in params.boxes[i, j])
+            src = images[params.sources[i, j + 1]]
+            if layout == "HWC":
+                out[i, y0:y1, x0:x1, :] = src[y0:y1, x0:x1, :]
+            else:
+                out[i, :, y0:y1, x0:x1] = src[:, y0:y1, x0:x1]
+    return out
+
+
+def smoothed_one_hot(labels, num_classes: int, smoothing: float = 0.0, xp=np):
+    """float32 ``(N, C)``: ``1 - s + s/C`` at the label, ``s/C`` elsewhere."""
+    off = np.float32(smoothing / num_classes)
+    on = np.float32(1.0 - smoothing + smoothing / num_classes)
+    hit = labels[:, None] == xp.arange(num_classes)[None, :]
+    return xp.where(hit, on, off).astype(np.float32)
+
+
+def mix_labels(labels, params: MixParams, num_classes: int, smoothing: float = 0.0):
+    """Soft targets ``sum_k weights[:, k] * onehot_s(labels[sources[:, k]])``; float32 ``(N, C)``.
+
+    Works on NumPy or CuPy arrays (the array module of ``params``). Arguments are
+    checked by :func:`dali_kmix.mix_labels`.
+    """
+    xp = params.xp
+    n = params.n
+    out = xp.zeros((n, num_classes), dtype=np.float32)
+    for k in range(params.k):
+        lab = labels[params.sources[:, k]]
+        out += params.weights[:, k, None] * smoothed_one_hot(lab, num_classes, smoothing, xp)
+    return out
+

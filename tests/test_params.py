@@ -1,0 +1,322 @@
+"""MixParams, the Dirichlet sampler and the stick-breaking boxes: values, statistics, errors."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+import dali_kmix
+from dali_kmix.params import MixParams, area_weights, nest_boxes, params_from_draws, sample_dirichlet, sample_params
+
+# --------------------------------------------------------------------------- exact values
+
+
+@pytest.mark.parametrize("size,expected", [(32, (0.4834, 0.2969, 0.2197)), (224, (0.5025, 0.2982, 0.1993))],
+                         ids=["32x32", "224x224"])
+def test_area_weights_of_the_worked_example(size, expected):
+    # phi = (0.5, 0.3, 0.2): box 0 side round(s * sqrt(0.5)), box 1 side round(side0 * sqrt(0.4)).
+    boxes, w = nest_boxes(np.array([[0.5, 0.3, 0.2]]), np.zeros((1, 2, 2)), size, size)
+    side0 = round(size * math.sqrt(0.5))
+    side1 = round(side0 * math.sqrt(0.4))
+    assert boxes[0, 0].tolist() == [0, 0, side0, side0]
+    assert boxes[0, 1].tolist() == [0, 0, side1, side1]
+    np.testing.assert_allclose(w[0], expected, atol=5e-5)
+    assert w.dtype == np.float32
+
+
+def test_rounding_is_half_to_even():
+    # H * sqrt(1 - v) = 2.5 exactly for H=5, v=0.75 -> rint gives 2 (round-half-up would give 3).
+    boxes, _ = nest_boxes(np.array([[0.75, 0.25]]), np.zeros((1, 1, 2)), 5, 5)
+    assert boxes[0, 0, 2] - boxes[0, 0, 0] == 2
+    # 3.5 -> 4: H=7, v=0.75.
+    boxes, _ = nest_boxes(np.array([[0.75, 0.25]]), np.zeros((1, 1, 2)), 7, 7)
+    assert boxes[0, 0, 2] - boxes[0, 0, 0] == 4
+
+
+def test_positions_cover_every_offset_in_the_parent():
+    # Box of side 16 in 20 pixels has 5 positions; u = (i + 0.5) / 5 picks offset i, u -> 1 picks the last.
+    phi = np.array([[1 / 3, 1 / 3, 1 / 3]])
+    for i in range(5):
+        u = np.full((1, 2, 2), (i + 0.5) / 5)
+        boxes, _ = nest_boxes(phi, u, 20, 20)
+        assert boxes[0, 0, 0] == i and boxes[0, 0, 1] == i
+    boxes, _ = nest_boxes(phi, np.full((1, 2, 2), np.nextafter(1.0, 0.0)), 20, 20)
+    assert boxes[0, 0, 2] == 20 and boxes[0, 1, 2] == boxes[0, 0, 2]
+
+
+def test_area_weights_formula():
+    boxes = np.array([[[2, 3, 12, 13], [4, 5, 8, 9]]], np.int32)
+    w = area_weights(boxes, 20, 30)
+    np.testing.assert_allclose(w[0], [(600 - 100) / 600, (100 - 16) / 600, 16 / 600], rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- structure of sampled records
+
+
+@pytest.mark.parametrize("method", ["dmixup", "dcutmix"])
+@pytest.mark.parametrize("mode", ["sample", "batch"])
+@pytest.mark.parametrize("k", [2, 3, 9])
+@pytest.mark.parametrize("n,h,w", [(1, 1, 1), (5, 3, 5), (65, 225, 227)], ids=["1x1x1", "5x3x5", "65x225x227"])
+def test_sampled_records_are_consistent(method, mode, k, n, h, w):
+    p = sample_params(method, n, h, w, k=k, alpha=0.7, mode=mode, rng=1)
+    assert p.sources.dtype == np.int32 and p.sources.shape == (n, k)
+    assert p.weights.dtype == np.float32 and p.weights.shape == (n, k)
+    np.testing.assert_array_equal(p.sources[:, 0], np.arange(n))
+    np.testing.assert_allclose(p.weights.sum(axis=1), 1.0, atol=1e-6)
+    assert (p.weights >= 0).all()
+    if method == "dmixup":
+        assert p.boxes is None
+    else:
+        assert p.boxes.dtype == np.int32 and p.boxes.shape == (n, k - 1, 4)
+    p.validate(n, h, w)  # nested, inside the image, weights = areas
+    for j in range(1, k):  # each level is a permutation of the batch
+        np.testing.assert_array_equal(np.sort(p.sources[:, j]), np.arange(n))
+    if mode == "batch" and n > 1:
+        assert (p.weights == p.weights[0]).all()
+        if p.boxes is not None:
+            assert (p.boxes == p.boxes[0]).all()
+
+
+def test_sample_mode_gives_each_sample_its_own_shares():
+    p = sample_params("dmixup", 50, 8, 8, k=3, rng=0)
+    assert len({tuple(r) for r in p.weights.tolist()}) == 50
+    q = sample_params("dcutmix", 50, 64, 64, k=3, rng=0)
+    assert len({tuple(r) for r in q.boxes.reshape(50, -1).tolist()}) > 40
+
+
+def test_k_larger_than_batch():
+    p = sample_params("dcutmix", 2, 16, 16, k=9, rng=3)
+    assert p.sources.shape == (2, 9)
+    assert set(np.unique(p.sources)) <= {0, 1}
+    p.validate(2, 16, 16)
+
+
+def test_empty_batch():
+    for method in ("dmixup", "dcutmix"):
+        p = sample_params(method, 0, 16, 16, k=3, rng=0)
+        assert p.sources.shape == (0, 3) and p.weights.shape == (0, 3)
+        p.validate(0, 16, 16)
+
+
+def test_seed_reproduces_and_generator_continues():
+    a = sample_params("dcutmix", 16, 32, 32, rng=7)
+    b = sample_params("dcutmix", 16, 32, 32, rng=7)
+    np.testing.assert_array_equal(a.boxes, b.boxes)
+    np.testing.assert_array_equal(a.sources, b.sources)
+    g = np.random.default_rng(7)
+    c = sample_params("dcutmix", 16, 32, 32, rng=g)
+    d = sample_params("dcutmix", 16, 32, 32, rng=g)
+    np.testing.assert_array_equal(c.boxes, a.boxes)
+    assert not np.array_equal(c.boxes, d.boxes)
+
+
+@pytest.mark.parametrize("alpha", [1e-2, 1e-3, [1e-3, 5.0, 1e-3]], ids=["0.01", "0.001", "mixed"])
+@pytest.mark.parametrize("method", ["dmixup", "dcutmix"])
+def test_tiny_alpha_never_gives_nan(alpha, method):
+    p = sample_params(method, 2000, 31, 29, k=3, alpha=alpha, rng=0)
+    assert np.isfinite(p.weights).all()
+    np.testing.assert_allclose(p.weights.sum(axis=1), 1.0, atol=1e-6)
+    p.validate(2000, 31, 29)
+    # With tiny alpha nearly every draw puts (almost) all the mass on one image.
+    assert np.mean(p.weights.max(axis=1) > 0.99) > 0.9
+
+
+def test_prob_zero_leaves_every_sample_alone():
+    p = sample_params("dcutmix", 10, 16, 16, k=4, prob=0.0, rng=0)
+    np.testing.assert_array_equal(p.sources, np.repeat(np.arange(10)[:, None], 4, axis=1))
+    np.testing.assert_array_equal(p.weights, np.eye(1, 4, dtype=np.float32).repeat(10, axis=0))
+    assert (p.boxes == 0).all()
+
+
+def test_prob_is_the_mixing_rate():
+    p = sample_params("dmixup", 20000, 4, 4, k=3, prob=0.3, alpha=1.0, rng=5)
+    mixed = p.weights[:, 0] < 1.0
+    # binomial 99.9 % interval
+    assert abs(mixed.mean() - 0.3) < 3.3 * math.sqrt(0.3 * 0.7 / 20000)
+
+
+def test_params_from_draws_broadcasts_batch_rows():
+    phi = np.array([[0.2, 0.3, 0.5]])
+    u = np.array([[[0.1, 0.9], [0.5, 0.5]]])
+    perms = np.array([[1, 2, 0], [2, 0, 1]])
+    p = params_from_draws("dcutmix", phi, u, perms, np.array([True, False, True]), 10, 10)
+    np.testing.assert_array_equal(p.sources, [[0, 1, 2], [1, 1, 1], [2, 0, 1]])
+    assert (p.boxes[1] == 0).all() and (p.boxes[0] == p.boxes[2]).all()
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def _ks_beta(x, a, b):
+    return stats.kstest(x, stats.beta(a, b).cdf).pvalue
+
+
+@pytest.mark.parametrize("alpha", [[0.5, 1.0, 2.0], [1 / 3] * 3, [0.2] * 5], ids=["0.5-1-2", "1/3", "0.2xK5"])
+def test_dmixup_weights_have_dirichlet_marginals(alpha):
+    k = len(alpha)
+    p = sample_params("dmixup", 4000, 8, 8, k=k, alpha=alpha, rng=11)
+    a = np.asarray(alpha)
+    for j in range(k):
+        x = p.weights[:, j].astype(np.float64)
+        mean = a[j] / a.sum()
+        var = a[j] * (a.sum() - a[j]) / (a.sum() ** 2 * (a.sum() + 1))
+        assert abs(x.mean() - mean) < 4 * math.sqrt(var / len(x))
+        assert _ks_beta(x, a[j], a.sum() - a[j]) > 1e-3
+
+
+def test_sample_dirichlet_marginals_and_covariance():
+    a = np.array([2.0, 3.0, 5.0])
+    x = sample_dirichlet(a, 20000, rng=2)
+    s = a.sum()
+    np.testing.assert_allclose(x.mean(axis=0), a / s, atol=0.005)
+    # Cov(x_i, x_j) = -a_i a_j / (s^2 (s + 1)): a no-op or shuffled sampler would get this wrong.
+    cov = np.cov(x.T)
+    np.testing.assert_allclose(cov[0, 1], -a[0] * a[1] / (s * s * (s + 1)), rtol=0.1)
+
+
+@pytest.mark.parametrize("alpha", [[1.0, 1.0, 1.0], [0.5, 1.0, 2.0], [0.2] * 5], ids=["ones", "0.5-1-2", "0.2xK5"])
+def test_dcutmix_area_weights_follow_the_marginals_up_to_rounding(alpha):
+    from dali_kmix.params import draw_raw
+
+    a = np.asarray(alpha)
+    k, n, side = len(a), 3000, 1000
+    phi, u, perms, mixed = draw_raw(np, np.random.default_rng(13), n, k, a, "sample", 1.0)
+    p = params_from_draws("dcutmix", phi, u, perms, mixed, side, side)
+    # The shares the boxes were cut for are Dirichlet(alpha) ...
+    for j in range(k):
+        assert _ks_beta(phi[:, j], a[j], a.sum() - a[j]) > 1e-3
+    # ... and the exact pixel areas differ from them only by rounding sides to whole pixels.
+    assert np.abs(p.weights - phi).max() < 4.0 / side
+    if (a >= 1).all():  # no atom at 0 from rounding tiny shares: the areas pass the KS test themselves
+        for j in range(k):
+            assert _ks_beta(p.weights[:, j].astype(np.float64), a[j], a.sum() - a[j]) > 1e-3
+
+
+def test_box_positions_are_uniform_inside_the_parent():
+    # alpha -> infinity fixes phi = (1/3, 1/3, 1/3): box 0 is 16x16 in 20x20 (5 positions per axis),
+    # box 1 is 11x11 inside box 0 (6 positions per axis).
+    n = 6000
+    p = sample_params("dcutmix", n, 20, 20, k=3, alpha=1e7, rng=17)
+    b = p.boxes
+    assert (b[:, 0, 2] - b[:, 0, 0] == 16).all() and (b[:, 1, 2] - b[:, 1, 0] == 11).all()
+    for counts, cells in [
+        (np.bincount(b[:, 0, 0], minlength=5), 5),
+        (np.bincount(b[:, 0, 1], minlength=5), 5),
+        (np.bincount(b[:, 1, 0] - b[:, 0, 0], minlength=6), 6),
+        (np.bincount(b[:, 1, 1] - b[:, 0, 1], minlength=6), 6),
+    ]:
+        assert len(counts) == cells
+        assert stats.chisquare(counts).pvalue > 1e-3
+    # y and x offsets are drawn independently
+    table = np.zeros((5, 5))
+    np.add.at(table, (b[:, 0, 0], b[:, 0, 1]), 1)
+    assert stats.chi2_contingency(table).pvalue > 1e-3
+
+
+def test_partners_are_uniform_random_permutations():
+    n, draws = 6, 3000
+    pair = np.zeros((2, n, n))
+    self_pairs = 0
+    for t in range(draws):
+        p = sample_params("dcutmix", n, 8, 8, k=3, rng=1000 + t)
+        for j in (1, 2):
+            pair[j - 1, np.arange(n), p.sources[:, j]] += 1
+        self_pairs += (p.sources[:, 1] == np.arange(n)).sum()
+    for j in range(2):
+        assert stats.chisquare(pair[j].ravel()).pvalue > 1e-3
+    # about 1 self-pair per batch (a no-op shuffle would give n per batch)
+    assert abs(self_pairs / draws - 1.0) < 0.1
+    # the two levels draw independent permutations
+    p = sample_params("dcutmix", 1000, 8, 8, k=3, rng=1)
+    assert np.mean(p.sources[:, 1] == p.sources[:, 2]) < 0.01
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        (dict(alpha=0.0), ValueError, r"alpha must be > 0.*got 0\.0"),
+        (dict(alpha=-1.0), ValueError, r"alpha must be > 0.*got -1\.0"),
+        (dict(alpha=float("nan")), ValueError, r"alpha must be > 0.*nan"),
+        (dict(alpha=float("inf")), ValueError, r"alpha must be > 0 and finite"),
+        (dict(alpha=[1.0, 1.0]), ValueError, r"alpha must be a scalar or have length k=3.*\(2,\)"),
+        (dict(alpha=[1.0, -2.0, 1.0]), ValueError, r"alpha must contain only finite values > 0.*-2\.0"),
+        (dict(alpha="big"), TypeError, r"alpha must be a positive number"),
+        (dict(k=1), ValueError, r"k must be >= 2, got 1"),
+        (dict(k=2.5), TypeError, r"k must be an integer, got 2\.5"),
+        (dict(mode="pixel"), ValueError, r"mode must be one of \['sample', 'batch'\], got 'pixel'"),
+        (dict(prob=1.5), ValueError, r"prob must be in \[0, 1\], got 1\.5"),
+        (dict(rng="seed"), TypeError, r"rng must be None, an int seed or a numpy.random.Generator"),
+        (dict(rng=-3), ValueError, r"rng seed must be >= 0, got -3"),
+    ],
+)
+def test_bad_sampling_arguments(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        sample_params("dcutmix", 4, 8, 8, **kwargs)
+
+
+def test_bad_method_and_sizes():
+    with pytest.raises(ValueError, match=r"method must be one of \['dmixup', 'dcutmix'\], got 'cutout'"):
+        sample_params("cutout", 4, 8, 8)
+    with pytest.raises(ValueError, match=r"height must be >= 1, got 0"):
+        sample_params("dcutmix", 4, 0, 8)
+    with pytest.raises(ValueError, match=r"n must be >= 0, got -1"):
+        sample_params("dcutmix", -1, 8, 8)
+
+
+def _good():
+    return sample_params("dcutmix", 3, 10, 12, k=3, rng=0)
+
+
+def test_mixparams_shape_errors():
+    p = _good()
+    with pytest.raises(ValueError, match=r"params.weights must have shape \(N, K\) = \(3, 3\).*\(3, 2\)"):
+        MixParams(p.sources, p.weights[:, :2], p.boxes)
+    with pytest.raises(ValueError, match=r"params.boxes must have shape \(N, K-1, 4\) = \(3, 2, 4\).*\(3, 1, 4\)"):
+        MixParams(p.sources, p.weights, p.boxes[:, :1])
+    with pytest.raises(ValueError, match=r"params.sources must have shape \(N, K\)"):
+        MixParams(p.sources[:, 0], p.weights, p.boxes)
+    with pytest.raises(TypeError, match=r"params.sources must have an integer dtype"):
+        MixParams(p.sources.astype(np.float32), p.weights, p.boxes)
+
+
+def test_mixparams_value_errors():
+    p = _good()
+    src = p.sources.copy()
+    src[1, 0] = 2
+    with pytest.raises(ValueError, match=r"sources\[:, 0\] must be arange\(N\).*sources\[1, 0\] = 2"):
+        MixParams(src, p.weights, p.boxes).validate(3, 10, 12)
+    src = p.sources.copy()
+    src[0, 1] = 7
+    with pytest.raises(ValueError, match=r"params.sources must lie in \[0, N=3\)"):
+        MixParams(src, p.weights, p.boxes).validate(3, 10, 12)
+    w = p.weights.copy()
+    w[2] = [0.5, 0.5, 0.5]
+    with pytest.raises(ValueError, match=r"rows must sum to 1, but row 2 sums to 1\.5"):
+        MixParams(p.sources, w, None).validate(3)
+    w[2] = [np.nan, 0.5, 0.5]
+    with pytest.raises(ValueError, match=r"finite and >= 0"):
+        MixParams(p.sources, w, None).validate(3)
+    with pytest.raises(ValueError, match=r"params are for N=3 samples but the batch has 4"):
+        p.validate(4, 10, 12)
+    b = p.boxes.copy()
+    b[0, 0] = [0, 0, 11, 5]
+    with pytest.raises(ValueError, match=r"0 <= y0 <= y1 <= H=10"):
+        MixParams(p.sources, p.weights, b).validate(3, 10, 12)
+    b = np.array([[[0, 0, 6, 6], [5, 5, 7, 7]]] * 3, np.int32)
+    with pytest.raises(ValueError, match=r"must be nested: box 1 of sample 0 \[5, 5, 7, 7\] is not inside box 0"):
+        MixParams(p.sources, area_weights(b, 10, 12), b).validate(3, 10, 12)
+    b = np.array([[[0, 0, 6, 6], [1, 1, 3, 3]]] * 3, np.int32)
+    with pytest.raises(ValueError, match=r"weights must be the pixel-area fractions of params.boxes; sample 0"):
+        MixParams(p.sources, np.full((3, 3), 1 / 3, np.float32), b).validate(3, 10, 12)
+
+
+def test_hand_built_record_is_accepted_and_converted():
+    p = MixParams([[0, 1], [1, 0]], [[0.75, 0.25], [1.0, 0.0]], [[[1, 2, 3, 4]], [[0, 0, 0, 0]]])
+    assert p.sources.dtype == np.int32 and p.weights.dtype == np.float32 and p.boxes.dtype == np.int32
+    assert p.method == "dcutmix" and p.n == 2 and p.k == 2
+    p.validate(2, 4, 4)
+    assert dali_kmix.MixParams is MixParams

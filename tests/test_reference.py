@@ -1,0 +1,162 @@
+"""The NumPy reference against pixel-by-pixel Python loops that follow the definitions literally."""
+
+import ctypes
+import ctypes.util
+
+import numpy as np
+import pytest
+
+from dali_kmix import reference
+from dali_kmix.params import MixParams, sample_params
+
+_libm = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
+_libm.fmaf.restype = ctypes.c_float
+_libm.fmaf.argtypes = [ctypes.c_float] * 3
+
+
+def _c_fmaf(a, b, c):
+    return np.array([_libm.fmaf(float(x), float(y), float(z)) for x, y, z in zip(a, b, c)], np.float32)
+
+
+def _same_bits(x, y):
+    return np.array_equal(np.asarray(x, np.float32).view(np.uint32), np.asarray(y, np.float32).view(np.uint32))
+
+
+# --------------------------------------------------------------------------- fma32
+
+
+def test_fma32_matches_c_fmaf_on_random_inputs():
+    rng = np.random.default_rng(0)
+    n = 20000
+    a = (rng.standard_normal(n) * 2.0 ** rng.integers(-20, 20, n)).astype(np.float32)
+    b = (rng.standard_normal(n) * 2.0 ** rng.integers(-20, 20, n)).astype(np.float32)
+    c = (rng.standard_normal(n) * 2.0 ** rng.integers(-40, 40, n)).astype(np.float32)
+    assert _same_bits(reference.fma32(a, b, c), _c_fmaf(a, b, c))
+    w, x, acc = rng.random(n).astype(np.float32), rng.integers(0, 256, n).astype(np.float32), \
+        (rng.random(n) * 255).astype(np.float32)
+    assert _same_bits(reference.fma32(w, x, acc), _c_fmaf(w, x, acc))
+
+
+def test_fma32_gets_double_rounding_ties_right():
+    # a*b = 2^-24 (1 - i^2 2^-46) sits just below the float32 midpoint above c = 1 + 2^-23; in float64 the
+    # sum rounds onto the midpoint and a plain float64 multiply-add then rounds the wrong way.
+    i = np.arange(1, 300)
+    a = (2.0 ** -24 * (1 + i * 2.0 ** -23)).astype(np.float32)
+    b = (1 - i * 2.0 ** -23).astype(np.float32)
+    c = np.full(i.shape, 1 + 2 ** -23, np.float32)
+    expected = _c_fmaf(a, b, c)
+    naive = (a.astype(np.float64) * b + c).astype(np.float32)
+    assert not _same_bits(naive, expected)  # the case is real
+    assert _same_bits(reference.fma32(a, b, c), expected)
+
+
+# --------------------------------------------------------------------------- images
+
+
+def _oracle_mix(images, p, layout):
+    """The definitions, one pixel at a time."""
+    n = images.shape[0]
+    if layout == "CHW":
+        images = images.transpose(0, 2, 3, 1)
+    _, h, w, c = images.shape
+    out = np.empty_like(images)
+    for i in range(n):
+        for y in range(h):
+            for x in range(w):
+                if p.boxes is None:
+                    acc = np.zeros(c, np.float32)
+                    for k in range(p.k):
+                        acc = reference.fma32(p.weights[i, k], images[p.sources[i, k], y, x].astype(np.float32), acc)
+                    if images.dtype == np.uint8:
+                        out[i, y, x] = np.clip(np.rint(acc), 0, 255)
+                    else:
+                        out[i, y, x] = acc.astype(images.dtype)
+                else:
+                    depth = 0  # deepest box containing (y, x)
+                    for j in range(p.k - 1):
+                        y0, x0, y1, x1 = p.boxes[i, j]
+                        if y0 <= y < y1 and x0 <= x < x1:
+                            depth = j + 1
+                    out[i, y, x] = images[p.sources[i, depth], y, x]
+    return out.transpose(0, 3, 1, 2) if layout == "CHW" else out
+
+
+def _images(rng, dtype, shape):
+    if dtype == np.uint8:
+        return rng.integers(0, 256, shape, dtype=np.uint8)
+    return (rng.standard_normal(shape) * 50).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float16, np.float32], ids=["u8", "f16", "f32"])
+@pytest.mark.parametrize("layout", ["HWC", "CHW"])
+@pytest.mark.parametrize("mode", ["sample", "batch"])
+@pytest.mark.parametrize("method", ["dmixup", "dcutmix"])
+def test_reference_matches_the_pixel_loop(method, mode, layout, dtype):
+    rng = np.random.default_rng(1)
+    n, h, w, c, k = 5, 7, 9, 3, 4
+    shape = (n, h, w, c) if layout == "HWC" else (n, c, h, w)
+    x = _images(rng, dtype, shape)
+    p = sample_params(method, n, h, w, k=k, alpha=0.8, mode=mode, prob=0.8, rng=2)
+    got = reference.mix_images(x, p, layout)
+    assert got.dtype == x.dtype and got.shape == x.shape
+    np.testing.assert_array_equal(got, _oracle_mix(x, p, layout))
+
+
+def test_hand_built_dcutmix_record(photos):
+    # Two nested boxes, replayed exactly: the centre of sample 0 comes from 2, a ring from 1.
+    x = photos  # (4, 64, 80, 3)
+    boxes = np.zeros((4, 2, 4), np.int32)
+    boxes[0] = [[10, 20, 50, 60], [20, 30, 40, 50]]
+    areas = np.array([40 * 40, 20 * 20])
+    w0 = np.array([64 * 80 - areas[0], areas[0] - areas[1], areas[1]]) / (64 * 80)
+    weights = np.tile(np.float32([1, 0, 0]), (4, 1))
+    weights[0] = w0
+    sources = np.tile(np.arange(4)[:, None], (1, 3)).astype(np.int32)
+    sources[0] = [0, 1, 2]
+    p = MixParams(sources, weights, boxes)
+    out = reference.mix_images(x, p, "HWC")
+    np.testing.assert_array_equal(out[0, 20:40, 30:50], x[2, 20:40, 30:50])
+    np.testing.assert_array_equal(out[0, 10:20, 20:60], x[1, 10:20, 20:60])
+    np.testing.assert_array_equal(out[0, :10], x[0, :10])
+    np.testing.assert_array_equal(out[1:], x[1:])
+
+
+def test_dmixup_uint8_rounds_half_to_even():
+    x = np.array([[[[1]]], [[[2]]], [[[4]]]], np.uint8)  # three 1x1 single-channel images
+    p = MixParams([[0, 1, 2], [1, 0, 2], [2, 0, 1]], [[0.5, 0.5, 0.0], [0.5, 0.0, 0.5], [0.5, 0.5, 0.0]], None)
+    out = reference.mix_images(x, p, "HWC")
+    # 1.5 -> 2, 3.0 -> 3, 2.5 -> 2
+    assert out.ravel().tolist() == [2, 3, 2]
+
+
+def test_reference_does_not_write_its_input():
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (4, 6, 6, 3), dtype=np.uint8)
+    before = x.copy()
+    for method in ("dmixup", "dcutmix"):
+        reference.mix_images(x, sample_params(method, 4, 6, 6, rng=0), "HWC")
+    np.testing.assert_array_equal(x, before)
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def _oracle_labels(labels, p, num_classes, s):
+    out = np.zeros((p.n, num_classes), np.float64)
+    for i in range(p.n):
+        for k in range(p.k):
+            one_hot = np.full(num_classes, s / num_classes)
+            one_hot[labels[p.sources[i, k]]] = 1 - s + s / num_classes
+            out[i] += p.weights[i, k] * one_hot
+    return out
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("method", ["dmixup", "dcutmix"])
+def test_labels_match_the_definition(method, smoothing):
+    labels = np.array([3, 1, 4, 1, 5, 9, 2])
+    p = sample_params(method, 7, 16, 16, k=5, rng=4)
+    got = reference.mix_labels(labels, p, 10, smoothing)
+    assert got.dtype == np.float32 and got.shape == (7, 10)
+    np.testing.assert_allclose(got, _oracle_labels(labels, p, 10, smoothing), atol=1e-6)
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-6)
