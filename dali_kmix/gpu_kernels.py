@@ -1,0 +1,122 @@
+"""The CUDA kernels on the GPU, compiled at run time by NVRTC through CuPy's ``RawModule``.
+
+Kernels launch on CuPy's current stream: inside ``fn.python_function(device="gpu")``
+DALI binds that to its own CUDA stream, so the mixing is ordered with the rest of
+the pipeline. Nothing here synchronises the device or copies data to the host;
+the only transfer per batch is the small array of per-sample pointers sent to
+the device. Inputs are never written.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from .kernel_source import NAME_EXPRESSIONS, nvrtc_options, read_source
+
+__all__ = ["module", "dmixup", "dcutmix", "nest_boxes", "sample_params_device"]
+
+_TYPE_NAMES = {np.dtype(np.uint8): "unsigned char", np.dtype(np.float16): "__half", np.dtype(np.float32): "float"}
+_MAX_GRID_Y = 65535
+
+
+@functools.lru_cache(maxsize=None)
+def _module(name: str, device_id: int):
+    import cupy
+
+    return cupy.RawModule(code=read_source(name), options=nvrtc_options(None),
+                          name_expressions=list(NAME_EXPRESSIONS.get(name, ())) or None)
+
+
+def module(name: str):
+    """The compiled RawModule of ``kernels/<name>`` for the current device (cached)."""
+    import cupy
+
+    return _module(name, cupy.cuda.runtime.getDevice())
+
+
+def _ptrs(arrays):
+    import cupy
+
+    host = np.fromiter((a.data.ptr for a in arrays), dtype=np.uint64, count=len(arrays))
+    return cupy.asarray(host)
+
+
+def dmixup(inputs, outputs, sources, weights):
+    """DMixup on the GPU. ``inputs``/``outputs``: lists of N C-contiguous CuPy arrays of one shape."""
+    import cupy
+
+    n = len(outputs)
+    if n == 0:
+        return outputs
+    elems = outputs[0].size
+    dtype = outputs[0].dtype
+    kern = module("kmix_blend.cu").get_function(f"kmix_dmixup<{_TYPE_NAMES[dtype]}>")
+    block = 256
+    grid_x = max(1, min((elems + block * 4 - 1) // (block * 4), 1 << 20))
+    src = cupy.ascontiguousarray(sources, dtype=cupy.int32)
+    w = cupy.ascontiguousarray(weights, dtype=cupy.float32)
+    kern((grid_x, min(n, _MAX_GRID_Y)), (block,),
+         (_ptrs(inputs), _ptrs(outputs), src, w, np.int32(n), np.int32(src.shape[1]), np.int64(elems)))
+    return outputs
+
+
+def dcutmix(inputs, outputs, sources, boxes, layout):
+    """DCutMix on the GPU. Samples are (H, W, C) for "HWC" or (C, H, W) for "CHW"."""
+    import cupy
+
+    n = len(outputs)
+    if n == 0:
+        return outputs
+    shape = outputs[0].shape
+    h, w, c = shape if layout == "HWC" else (shape[1], shape[2], shape[0])
+    rows = h if layout == "HWC" else c * h
+    row_len = w * (c if layout == "HWC" else 1)
+    rows_per_block = max(1, 4096 // max(1, row_len))
+    grid_x = max(1, (rows + rows_per_block - 1) // rows_per_block)
+    dtype = outputs[0].dtype
+    kern = module("kmix_blend.cu").get_function(f"kmix_dcutmix<{_TYPE_NAMES[dtype]}>")
+    src = cupy.ascontiguousarray(sources, dtype=cupy.int32)
+    bx = cupy.ascontiguousarray(boxes, dtype=cupy.int32)
+    kern((grid_x, min(n, _MAX_GRID_Y)), (256,),
+         (_ptrs(inputs), _ptrs(outputs), src, bx, np.int32(n), np.int32(src.shape[1]), np.int32(h),
+          np.int32(w), np.int32(c), np.int32(0 if layout == "HWC" else 1)))
+    return outputs
+
+
+def nest_boxes(method, phi, uniforms, perms, mixed, height, width):
+    """Run ``kmix_nest_boxes`` on device arrays; returns (sources, weights, boxes or None)."""
+    import cupy
+
+    n = int(mixed.shape[0])
+    k = int(phi.shape[1])
+    sources = cupy.empty((n, k), cupy.int32)
+    weights = cupy.empty((n, k), cupy.float32)
+    boxes = cupy.empty((n, k - 1, 4), cupy.int32) if method != "dmixup" else None
+    if n == 0:
+        return sources, weights, boxes
+    kern = module("kmix_boxes.cu").get_function("kmix_nest_boxes")
+    stride = 1 if phi.shape[0] == n else 0
+    block = 64
+    kern(((n + block - 1) // block,), (block,),
+         (cupy.ascontiguousarray(phi, dtype=cupy.float64), cupy.ascontiguousarray(uniforms, dtype=cupy.float64),
+          np.int32(stride), cupy.ascontiguousarray(perms, dtype=cupy.int32),
+          cupy.ascontiguousarray(mixed, dtype=cupy.uint8), np.int32(n), np.int32(k), np.int32(height),
+          np.int32(width), sources, weights, boxes if boxes is not None else np.uintp(0)))
+    return sources, weights, boxes
+
+
+def sample_params_device(gen, method, n, height, width, k, alpha, mode, prob):
+    """A :class:`~dali_kmix.MixParams` of CuPy arrays, drawn and nested on the device.
+
+    ``gen`` is a ``cupy.random.Generator``; arguments are assumed checked
+    (:func:`dali_kmix.params.check_sample_args`).
+    """
+    import cupy
+
+    from .params import MixParams, draw_raw
+
+    phi, uniforms, perms, mixed = draw_raw(cupy, gen, n, k, alpha, mode, prob)
+    sources, weights, boxes = nest_boxes(method, phi, uniforms, perms, mixed, height, width)
+    return MixParams(sources, weights, boxes)

@@ -1,0 +1,114 @@
+"""The public array API: apply a :class:`~dali_kmix.MixParams` record to images and labels.
+
+:func:`mix_images` checks its arguments and runs the CUDA kernels: CuPy arrays on
+the GPU, NumPy arrays through the same kernels compiled for the CPU (or, where
+no C++ compiler is available, the NumPy reference of :mod:`dali_kmix.reference`,
+which gives the same bits). :func:`mix_labels` builds the soft targets.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _checks, reference
+from .params import MixParams
+
+__all__ = ["mix_images", "mix_labels", "blend_samples"]
+
+
+def _is_cupy(a) -> bool:
+    return type(a).__module__.startswith("cupy")
+
+
+def _params_like(params: MixParams, gpu: bool) -> MixParams:
+    if not isinstance(params, MixParams):
+        raise TypeError(f"params must be a dali_kmix.MixParams, got {type(params).__name__}")
+    if gpu and params.xp is np:
+        return params.to_cupy()
+    if not gpu and params.xp is not np:
+        return params.to_numpy()
+    return params
+
+
+def blend_samples(samples, params: MixParams, layout: str, out=None, *, workers=None):
+    """Mix a list of N same-shape samples (no stacking copy) into ``out`` (N, ...) or a new array.
+
+    Arrays are all NumPy (CPU kernels) or all CuPy (GPU kernels). Arguments are
+    assumed checked; the DALI operators call this directly.
+    """
+    n = len(samples)
+    gpu = n > 0 and _is_cupy(samples[0])
+    if out is None:
+        if gpu:
+            import cupy
+
+            out = cupy.empty((n,) + tuple(samples[0].shape), dtype=samples[0].dtype)
+        else:
+            out = np.empty((n,) + tuple(samples[0].shape) if n else (0,), dtype=samples[0].dtype if n else np.uint8)
+    if n == 0:
+        return out
+    outs = list(out)
+    if gpu:
+        from . import gpu_kernels as kern
+    else:
+        from . import cpu_kernels as kern
+
+        if not kern.available():
+            out[...] = reference.mix_images(np.stack(samples), params, layout)
+            return out
+        samples = [np.ascontiguousarray(s) for s in samples]
+    if params.boxes is None:
+        kern.dmixup(samples, outs, params.sources, params.weights, **({} if gpu else {"workers": workers}))
+    else:
+        kern.dcutmix(samples, outs, params.sources, params.boxes, layout,
+                     **({} if gpu else {"workers": workers}))
+    return out
+
+
+def mix_images(images, params: MixParams, layout: str = "HWC"):
+    """Mix a batch of images as ``params`` says; returns a new array of the same type and dtype.
+
+    Args:
+        images: NumPy or CuPy array, ``(N, H, W, C)`` for layout "HWC" or
+            ``(N, C, H, W)`` for "CHW"; dtype uint8, float16 or float32.
+        params: a :class:`MixParams` for this batch (N rows); its arrays are moved to
+            the images' device if needed. Its values are validated (on CuPy this
+            reads a few flags back to the host).
+        layout: "HWC" or "CHW" (never guessed: a wrong guess cuts boxes across channels).
+
+    DMixup sums ``weights[n, k] * images[sources[n, k]]`` in float32 with fused
+    multiply-adds in k order; uint8 results are rounded half to even and clipped to
+    [0, 255]. DCutMix copies pixels, so it is exact.
+    """
+    layout = _checks.check_layout(layout)
+    gpu = _is_cupy(images)
+    if not gpu:
+        images = np.asarray(images)
+    if images.ndim != 4:
+        raise ValueError(f"images must have 4 dimensions (N, {', '.join(layout)}), got shape {tuple(images.shape)}")
+    _checks.check_image_dtype("images", images.dtype)
+    params = _params_like(params, gpu)
+    n = images.shape[0]
+    h, w = _checks.spatial_size(images.shape[1:], layout)
+    params.validate(n, h, w)
+    if n == 0:
+        return images.copy()
+    xp = params.xp
+    images = xp.ascontiguousarray(images)
+    return blend_samples(list(images), params, layout)
+
+
+def mix_labels(labels, params: MixParams, num_classes: int, smoothing: float = 0.0):
+    """Soft targets for a mixed batch; float32 ``(N, num_classes)``, same array kind as ``params``.
+
+    ``targets[n] = sum_k weights[n, k] * onehot_s(labels[sources[n, k]])`` where
+    ``onehot_s`` puts ``1 - s + s/C`` on the class and ``s/C`` elsewhere
+    (``s = smoothing``). ``labels``: integer ``(N,)`` or ``(N, 1)`` in ``[0, num_classes)``.
+    """
+    if not isinstance(params, MixParams):
+        raise TypeError(f"params must be a dali_kmix.MixParams, got {type(params).__name__}")
+    smoothing = _checks.check_smoothing(smoothing)
+    gpu = _is_cupy(labels)
+    params = _params_like(params, gpu)
+    labels = _checks.check_labels(labels, num_classes, params.n)
+    return reference.mix_labels(labels, params, num_classes, smoothing)

@@ -1,0 +1,92 @@
+// dali_kmix CPU build: the .cu kernels compiled as C++ through kmix_host_shim.h, with
+// C entry points that dali_kmix.cpu_kernels calls through ctypes.
+//
+// Built with -ffp-contract=off so that the compiler fuses nothing on its own: the only
+// fused multiply-adds are the kernels' explicit fmaf calls, as on the GPU.
+#include "kmix_host_shim.h"
+
+KMIX_TLS kmix_dim3 threadIdx;
+KMIX_TLS kmix_dim3 blockIdx;
+KMIX_TLS kmix_dim3 blockDim;
+KMIX_TLS kmix_dim3 gridDim;
+
+#include "kmix_blend.cu"
+#include "kmix_boxes.cu"
+
+// dtype codes shared with Python: 0 uint8, 1 float16, 2 float32.
+#define KMIX_DISPATCH(dtype, CALL)                                     \
+  switch (dtype) {                                                     \
+    case 0: { typedef unsigned char T; CALL; } break;                  \
+    case 1: { typedef __half T; CALL; } break;                         \
+    case 2: { typedef float T; CALL; } break;                          \
+    default: return 1;                                                 \
+  }
+
+static unsigned kmix_chunks(long long total, long long target) {
+  long long c = (total + target - 1) / target;
+  return (unsigned)(c < 1 ? 1 : c);
+}
+
+extern "C" {
+
+int kmix_host_version() { return 1; }
+
+// Host launch shape: by default one thread per block, so each block is a contiguous loop
+// (block_threads > 1 runs the GPU's strided path, for the tests). Samples go on grid.y;
+// grid.x splits a sample into chunks of about 64 Ki elements.
+int kmix_host_dmixup(int dtype, const void* const* in, void* const* out, const int* sources,
+                     const float* weights, int n, int k, long long sample_elems, int nworkers,
+                     int block_threads, int reverse) {
+  if (n <= 0 || sample_elems <= 0) return 0;
+  const kmix_dim3 grid = {kmix_chunks(sample_elems, 1 << 16), (unsigned)n, 1};
+  const kmix_dim3 block = {(unsigned)(block_threads < 1 ? 1 : block_threads), 1, 1};
+  KMIX_DISPATCH(dtype, kmix_launch(grid, block, nworkers, reverse != 0, [&]() {
+    kmix_dmixup<T>((const T* const*)in, (T* const*)out, sources, weights, n, k, sample_elems);
+  }));
+  return 0;
+}
+
+int kmix_host_dcutmix(int dtype, const void* const* in, void* const* out, const int* sources,
+                      const int* boxes, int n, int k, int height, int width, int channels,
+                      int layout, int nworkers, int block_threads, int reverse) {
+  if (n <= 0 || height <= 0 || width <= 0 || channels <= 0) return 0;
+  const int rows = layout == KMIX_HWC ? height : channels * height;
+  const long long row_len = (long long)width * (layout == KMIX_HWC ? channels : 1);
+  const unsigned row_chunks = kmix_chunks((long long)rows * row_len, 1 << 16);
+  const kmix_dim3 grid = {row_chunks < (unsigned)rows ? row_chunks : (unsigned)rows, (unsigned)n, 1};
+  const kmix_dim3 block = {(unsigned)(block_threads < 1 ? 1 : block_threads), 1, 1};
+  KMIX_DISPATCH(dtype, kmix_launch(grid, block, nworkers, reverse != 0, [&]() {
+    kmix_dcutmix<T>((const T* const*)in, (T* const*)out, sources, boxes, n, k, height, width,
+                    channels, layout);
+  }));
+  return 0;
+}
+
+// Same grid shape as the GPU launch (threads of a block run one after another here).
+int kmix_host_nest_boxes(const double* phi, const double* uni, int phi_stride, const int* perms,
+                         const unsigned char* mixed, int n, int k, int height, int width,
+                         int* sources, float* weights, int* boxes, int nworkers, int reverse) {
+  if (n <= 0) return 0;
+  const kmix_dim3 block = {64, 1, 1};
+  const kmix_dim3 grid = {(unsigned)((n + 63) / 64), 1, 1};
+  kmix_launch(grid, block, nworkers, reverse != 0, [&]() {
+    kmix_nest_boxes(phi, uni, phi_stride, perms, mixed, n, k, height, width, sources, weights,
+                    boxes);
+  });
+  return 0;
+}
+
+// Exposed for the exhaustive float16 conversion test.
+void kmix_host_half_to_float(const uint16_t* in, float* out, long long count) {
+  for (long long i = 0; i < count; ++i) {
+    __half h;
+    h.bits = in[i];
+    out[i] = __half2float(h);
+  }
+}
+
+void kmix_host_float_to_half(const float* in, uint16_t* out, long long count) {
+  for (long long i = 0; i < count; ++i) out[i] = __float2half_rn(in[i]).bits;
+}
+
+}  // extern "C"

@@ -1,0 +1,238 @@
+"""One backend-neutral suite for the CUDA kernels: compiled for the CPU always, on CuPy with a GPU.
+
+Each kernel must reproduce the NumPy reference bit for bit, over methods,
+layouts, dtypes, K = 2..9, odd sizes, empty and full boxes, batch sizes 1 and 65,
+and whatever order the blocks and threads run in.
+"""
+
+import numpy as np
+import pytest
+
+from dali_kmix import reference
+from dali_kmix.params import MixParams, area_weights, draw_raw, params_from_draws, sample_params
+
+try:  # the sanitizer run (test_sanitizers.py) executes this module without a GPU and without CuPy
+    from conftest import gpu_available
+except ImportError:  # pragma: no cover
+    def gpu_available():
+        return False
+
+
+class CpuBackend:
+    name = "cpu"
+
+    def __init__(self, workers=None, block_threads=1, reverse=False):
+        from dali_kmix import cpu_kernels
+
+        if cpu_kernels.compiler() is None:
+            pytest.skip("no C++ compiler: CPU kernels unavailable")
+        cpu_kernels.build()  # with a compiler, a failed build fails the test with the compiler's log
+        self.k = cpu_kernels
+        self.opts = dict(workers=workers, block_threads=block_threads, reverse=reverse)
+
+    def blend(self, images, params, layout):
+        ins = [np.ascontiguousarray(im).copy() for im in images]  # separately allocated samples
+        out = np.empty_like(images)
+        outs = list(out)
+        if params.boxes is None:
+            self.k.dmixup(ins, outs, params.sources, params.weights, **self.opts)
+        else:
+            self.k.dcutmix(ins, outs, params.sources, params.boxes, layout, **self.opts)
+        for a, b in zip(ins, images):
+            np.testing.assert_array_equal(a, b)  # inputs are never written
+        return out
+
+    def nest(self, method, phi, u, perms, mixed, h, w):
+        return self.k.nest_boxes(method, phi, u, perms, mixed, h, w, workers=self.opts["workers"] or 1,
+                                 reverse=self.opts["reverse"])
+
+
+class GpuBackend:
+    name = "gpu"
+
+    def __init__(self):
+        import cupy
+
+        from dali_kmix import gpu_kernels
+
+        self.cp = cupy
+        self.k = gpu_kernels
+
+    def blend(self, images, params, layout):
+        cp = self.cp
+        ins = [cp.asarray(im) for im in images]
+        out = cp.empty(images.shape, images.dtype)
+        p = params.to_cupy()
+        if p.boxes is None:
+            self.k.dmixup(ins, list(out), p.sources, p.weights)
+        else:
+            self.k.dcutmix(ins, list(out), p.sources, p.boxes, layout)
+        for a, b in zip(ins, images):
+            np.testing.assert_array_equal(a.get(), b)
+        return out.get()
+
+    def nest(self, method, phi, u, perms, mixed, h, w):
+        cp = self.cp
+        s, wt, b = self.k.nest_boxes(method, cp.asarray(phi), cp.asarray(u), cp.asarray(perms),
+                                     cp.asarray(mixed), h, w)
+        return s.get(), wt.get(), None if b is None else b.get()
+
+
+BACKENDS = [
+    pytest.param(lambda: CpuBackend(), id="cpu"),
+    pytest.param(lambda: CpuBackend(workers=2, block_threads=7, reverse=True), id="cpu-reversed-7thr"),
+    pytest.param(lambda: CpuBackend(workers=3, block_threads=32), id="cpu-32thr"),
+    pytest.param(lambda: GpuBackend(), id="cupy", marks=pytest.mark.gpu),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    return request.param()
+
+
+def _images(rng, dtype, shape):
+    if dtype == np.uint8:
+        return rng.integers(0, 256, shape, dtype=np.uint8)
+    x = rng.standard_normal(shape) * 40
+    return x.astype(dtype)
+
+
+def _shape(layout, n, h, w, c):
+    return (n, h, w, c) if layout == "HWC" else (n, c, h, w)
+
+
+def _assert_same_bits(got, want):
+    assert got.dtype == want.dtype and got.shape == want.shape
+    assert np.array_equal(got.view(np.uint8), want.view(np.uint8)), \
+        f"{np.count_nonzero(got != want)} of {got.size} elements differ"
+
+
+DTYPES = [pytest.param(np.uint8, id="u8"), pytest.param(np.float16, id="f16"), pytest.param(np.float32, id="f32")]
+SIZES = [(1, 1, 1, 3), (65, 3, 5, 3), (65, 17, 31, 1), (2, 225, 227, 3), (5, 33, 20, 4)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["HWC", "CHW"])
+@pytest.mark.parametrize("method", ["dmixup", "dcutmix"])
+@pytest.mark.parametrize("k", [2, 3, 5, 9])
+@pytest.mark.parametrize("n,h,w,c", SIZES, ids=[f"{n}x{h}x{w}x{c}" for n, h, w, c in SIZES])
+def test_blend_matches_reference(backend, method, layout, dtype, k, n, h, w, c):
+    rng = np.random.default_rng(k * 1000 + h)
+    x = _images(rng, dtype, _shape(layout, n, h, w, c))
+    p = sample_params(method, n, h, w, k=k, alpha=0.6, prob=0.9, rng=rng)
+    _assert_same_bits(backend.blend(x, p, layout), reference.mix_images(x, p, layout))
+
+
+@pytest.mark.parametrize("layout", ["HWC", "CHW"])
+@pytest.mark.parametrize("alpha", [0.01, 100.0], ids=["tiny-alpha-empty-boxes", "big-alpha"])
+def test_dcutmix_batch_mode_and_degenerate_boxes(backend, layout, alpha):
+    rng = np.random.default_rng(5)
+    x = _images(rng, np.uint8, _shape(layout, 9, 19, 23, 3))
+    p = sample_params("dcutmix", 9, 19, 23, k=6, alpha=alpha, mode="batch", rng=6)
+    _assert_same_bits(backend.blend(x, p, layout), reference.mix_images(x, p, layout))
+
+
+@pytest.mark.parametrize("layout", ["HWC", "CHW"])
+def test_full_image_and_empty_boxes(backend, layout):
+    rng = np.random.default_rng(7)
+    h, w = 11, 13
+    x = _images(rng, np.float32, _shape(layout, 3, h, w, 2))
+    boxes = np.array([
+        [[0, 0, h, w], [0, 0, h, w]],      # every pixel comes from the deepest source
+        [[4, 5, 4, 9], [4, 6, 4, 6]],      # zero-height boxes: nothing is pasted
+        [[2, 3, 9, 3], [2, 3, 9, 3]],      # zero-width boxes
+    ], np.int32)
+    sources = np.array([[0, 1, 2], [1, 0, 2], [2, 0, 1]], np.int32)
+    p = MixParams(sources, area_weights(boxes, h, w), boxes)
+    out = backend.blend(x, p, layout)
+    _assert_same_bits(out, reference.mix_images(x, p, layout))
+    np.testing.assert_array_equal(out[0], x[2])
+    np.testing.assert_array_equal(out[1:], x[1:])
+
+
+def test_dmixup_one_weight_is_a_copy(backend):
+    rng = np.random.default_rng(8)
+    x = _images(rng, np.float32, (4, 5, 6, 3))
+    p = MixParams(np.array([[0, 3], [1, 0], [2, 2], [3, 1]]), np.array([[0, 1], [1, 0], [1, 0], [0, 1]]), None)
+    out = backend.blend(x, p, "HWC")
+    np.testing.assert_array_equal(out, x[[3, 1, 2, 1]])
+
+
+@pytest.mark.parametrize("method", ["dmixup", "dcutmix"])
+@pytest.mark.parametrize("mode", ["sample", "batch"])
+@pytest.mark.parametrize("alpha", [0.001, 0.3, 1.0, 50.0])
+@pytest.mark.parametrize("k", [2, 3, 9])
+@pytest.mark.parametrize("n,h,w", [(1, 1, 1), (65, 3, 5), (40, 225, 227)], ids=["1x1x1", "65x3x5", "40x225x227"])
+def test_nesting_kernel_matches_numpy(backend, method, mode, alpha, k, n, h, w):
+    rng = np.random.default_rng(int(alpha * 1000) + k)
+    phi, u, perms, mixed = draw_raw(np, rng, n, k, np.full(k, alpha), mode, 0.85)
+    want = params_from_draws(method, phi, u, perms, mixed, h, w)
+    s, wt, b = backend.nest(method, phi, u, perms, mixed, h, w)
+    np.testing.assert_array_equal(s, want.sources)
+    assert np.array_equal(wt.view(np.uint32), want.weights.view(np.uint32))
+    if method == "dmixup":
+        assert b is None
+    else:
+        np.testing.assert_array_equal(b, want.boxes)
+        MixParams(s, wt, b).validate(n, h, w)
+
+
+def test_half_conversions_are_exact_on_the_host():
+    from dali_kmix import cpu_kernels
+
+    if cpu_kernels.compiler() is None:
+        pytest.skip("no C++ compiler")
+    cpu_kernels.build()
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    want = bits.view(np.float16).astype(np.float32)
+    got = cpu_kernels.half_to_float(bits)
+    nan = np.isnan(want)
+    assert np.array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32))
+    assert np.isnan(got[nan]).all()
+    # float -> half: every half value, its neighbours and the exact midpoints between halves (ties to even),
+    # plus random floats across the whole range.
+    h = want[np.isfinite(want)].astype(np.float64)
+    h.sort()
+    mids = (h[:-1] + h[1:]) / 2
+    rng = np.random.default_rng(0)
+    samples = np.concatenate([h, mids, np.nextafter(mids, np.inf), np.nextafter(mids, -np.inf), [65520.0, -65520.0,
+                              65519.99, 1e-8, -1e-8, 2.0 ** -25, 2.0 ** -25 * 1.0000001, 1e30, np.inf, -np.inf]])
+    f = np.concatenate([samples.astype(np.float32),
+                        rng.integers(0, 1 << 32, 200000, dtype=np.uint64).astype(np.uint32).view(np.float32)])
+    with np.errstate(over="ignore"):
+        want16 = f.astype(np.float16)
+    got16 = cpu_kernels.float_to_half(f).view(np.float16)
+    nan = np.isnan(f)
+    assert np.array_equal(got16[~nan].view(np.uint16), want16[~nan].view(np.uint16))
+    assert np.isnan(got16[nan]).all()
+
+
+@pytest.mark.gpu
+def test_gpu_kernels_run_on_the_current_stream_without_sync():
+    import cupy
+
+    from dali_kmix import gpu_kernels
+
+    x = cupy.random.random((8, 3, 32, 32), dtype=cupy.float32)
+    p = sample_params("dcutmix", 8, 32, 32, k=3, rng=0).to_cupy()
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        out = cupy.empty_like(x)
+        gpu_kernels.dcutmix(list(x), list(out), p.sources, p.boxes, "CHW")
+    stream.synchronize()
+    want = reference.mix_images(x.get(), p.to_numpy(), "CHW")
+    np.testing.assert_array_equal(out.get(), want)
+
+
+@pytest.mark.gpu
+def test_device_sampler_gives_valid_records():
+    import cupy
+
+    from dali_kmix import gpu_kernels
+
+    gen = cupy.random.default_rng(3)
+    for method in ("dmixup", "dcutmix"):
+        for mode in ("sample", "batch"):
+            p = gpu_kernels.sample_params_device(gen, method, 33, 40, 50, 4, np.full(4, 0.5), mode, 0.7)
+            p.validate(33, 40, 50)

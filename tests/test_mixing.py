@@ -1,0 +1,163 @@
+"""The public array API: mix_images / mix_labels on sampled and hand-built records, and bad input."""
+
+import numpy as np
+import pytest
+
+import dali_kmix
+from dali_kmix import reference
+from dali_kmix.params import MixParams, sample_params
+
+# Blending tolerance per dtype for comparisons against a float64 computation (the kernels themselves are
+# compared bit for bit with the reference in test_kernels.py).
+BLEND_ATOL = {np.uint8: 1.0, np.float16: 0.05, np.float32: 1e-4}
+
+
+def _images(rng, dtype, shape):
+    if dtype == np.uint8:
+        return rng.integers(0, 256, shape, dtype=np.uint8)
+    return (rng.standard_normal(shape) * 10).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float16, np.float32], ids=["u8", "f16", "f32"])
+@pytest.mark.parametrize("layout", ["HWC", "CHW"])
+@pytest.mark.parametrize("mode", ["sample", "batch"])
+@pytest.mark.parametrize("method", ["dmixup", "dcutmix"])
+def test_mix_images_equals_reference_and_float64_blend(method, mode, layout, dtype):
+    rng = np.random.default_rng(0)
+    n, h, w = 6, 21, 17
+    shape = (n, h, w, 3) if layout == "HWC" else (n, 3, h, w)
+    x = _images(rng, dtype, shape)
+    p = sample_params(method, n, h, w, k=4, mode=mode, rng=1)
+    out = dali_kmix.mix_images(x, p, layout=layout)
+    assert type(out) is np.ndarray and out.dtype == x.dtype and out.shape == x.shape
+    assert not np.shares_memory(out, x)
+    np.testing.assert_array_equal(out, reference.mix_images(x, p, layout))
+    if method == "dmixup":  # against a plain float64 weighted sum
+        wsum = np.einsum("nk,nk...->n...", p.weights.astype(np.float64), x[p.sources].astype(np.float64))
+        np.testing.assert_allclose(out.astype(np.float64), wsum, atol=BLEND_ATOL[dtype] * (1 + np.abs(wsum).max() * (
+            dtype == np.float16) * 1e-3))
+    else:  # every output pixel is one of the K candidate input pixels
+        cand = x[p.sources]
+        assert (cand == out[:, None]).any(axis=1).all()
+
+
+def test_dcutmix_pixel_shares_equal_the_label_weights(photos):
+    # Images of constant, distinct values make each pixel's source visible.
+    n, h, w = 8, 30, 40
+    x = np.repeat(np.arange(n, dtype=np.uint8)[:, None, None, None], h * w, axis=1).reshape(n, h, w, 1)
+    p = sample_params("dcutmix", n, h, w, k=5, alpha=0.5, rng=2)
+    out = dali_kmix.mix_images(x, p, "HWC")
+    labels = np.arange(n)
+    targets = dali_kmix.mix_labels(labels, p, num_classes=n)
+    share = np.stack([np.bincount(out[i].ravel(), minlength=n) for i in range(n)]) / (h * w)
+    np.testing.assert_allclose(share, targets, atol=1e-6)
+
+
+def test_mix_labels_sparse_and_dense_agree():
+    p = sample_params("dmixup", 5, 8, 8, k=3, rng=3)
+    labels = np.array([2, 0, 2, 1, 4])
+    dense = dali_kmix.mix_labels(labels, p, num_classes=5)
+    rebuilt = np.zeros((5, 5), np.float64)
+    np.add.at(rebuilt, (np.repeat(np.arange(5), 3), labels[p.sources].ravel()), p.weights.ravel())
+    np.testing.assert_allclose(dense, rebuilt, atol=1e-6)
+
+
+def test_mix_labels_accepts_column_labels_and_smoothing():
+    p = sample_params("dcutmix", 4, 8, 8, k=2, prob=0.0, rng=0)
+    t = dali_kmix.mix_labels(np.array([[1], [0], [3], [2]], np.int32), p, num_classes=4, smoothing=0.2)
+    np.testing.assert_allclose(t[0], [0.05, 0.85, 0.05, 0.05], atol=1e-7)
+
+
+def test_empty_batch_returns_empty_batch():
+    p = sample_params("dcutmix", 0, 8, 8, k=3, rng=0)
+    out = dali_kmix.mix_images(np.zeros((0, 8, 8, 3), np.uint8), p, "HWC")
+    assert out.shape == (0, 8, 8, 3) and out.dtype == np.uint8
+    assert dali_kmix.mix_labels(np.zeros(0, np.int64), p, 10).shape == (0, 10)
+
+
+def test_batch_of_one_mixes_with_itself():
+    x = np.arange(2 * 3 * 3, dtype=np.float32).reshape(1, 2, 3, 3)
+    p = sample_params("dcutmix", 1, 2, 3, k=4, rng=0)
+    np.testing.assert_array_equal(dali_kmix.mix_images(x, p, "HWC"), x)
+    p = sample_params("dmixup", 1, 2, 3, k=4, rng=0)  # float32 weights sum to 1 within rounding
+    np.testing.assert_allclose(dali_kmix.mix_images(x, p, "HWC"), x, rtol=1e-6)
+
+
+def test_inputs_are_not_written():
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 256, (7, 9, 11, 3), dtype=np.uint8)
+    keep = x.copy()
+    for method in ("dmixup", "dcutmix"):
+        dali_kmix.mix_images(x, sample_params(method, 7, 9, 11, rng=0), "HWC")
+    np.testing.assert_array_equal(x, keep)
+
+
+def test_non_contiguous_input_is_handled():
+    rng = np.random.default_rng(5)
+    big = rng.random((4, 3, 20, 30)).astype(np.float32)
+    x = big[:, :, ::2, ::3]  # a strided view
+    p = sample_params("dcutmix", 4, 10, 10, k=3, rng=1)
+    np.testing.assert_array_equal(dali_kmix.mix_images(x, p, "CHW"),
+                                  reference.mix_images(np.ascontiguousarray(x), p, "CHW"))
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _p(n=4, h=8, w=8):
+    return sample_params("dcutmix", n, h, w, k=3, rng=0)
+
+
+@pytest.mark.parametrize("layout", ["NHWC", "hwc", "", None, "WHC"])
+def test_bad_layout(layout):
+    with pytest.raises(ValueError, match=r"layout must be 'HWC' or 'CHW'"):
+        dali_kmix.mix_images(np.zeros((4, 8, 8, 3), np.uint8), _p(), layout=layout)
+
+
+def test_bad_images():
+    with pytest.raises(TypeError, match=r"images must have dtype uint8, float16 or float32, got float64"):
+        dali_kmix.mix_images(np.zeros((4, 8, 8, 3)), _p(), "HWC")
+    with pytest.raises(ValueError, match=r"images must have 4 dimensions \(N, H, W, C\), got shape \(8, 8, 3\)"):
+        dali_kmix.mix_images(np.zeros((8, 8, 3), np.uint8), _p(), "HWC")
+    with pytest.raises(ValueError, match=r"params are for N=4 samples but the batch has 5"):
+        dali_kmix.mix_images(np.zeros((5, 8, 8, 3), np.uint8), _p(), "HWC")
+    with pytest.raises(TypeError, match=r"params must be a dali_kmix.MixParams, got dict"):
+        dali_kmix.mix_images(np.zeros((4, 8, 8, 3), np.uint8), {}, "HWC")
+
+
+def test_boxes_for_a_larger_image_are_rejected():
+    # Boxes sampled for 64x64 do not fit 8x8 images; a CHW batch read as HWC has the same problem.
+    p = sample_params("dcutmix", 4, 64, 64, k=3, prob=1.0, rng=0)
+    with pytest.raises(ValueError, match=r"params.boxes must satisfy 0 <= y0 <= y1 <= H=8"):
+        dali_kmix.mix_images(np.zeros((4, 8, 8, 3), np.uint8), p, "HWC")
+    q = sample_params("dcutmix", 4, 32, 32, k=3, rng=0)
+    with pytest.raises(ValueError, match=r"H=3|W=3|pixel-area fractions"):
+        dali_kmix.mix_images(np.zeros((4, 3, 32, 32), np.uint8), q, "HWC")
+
+
+@pytest.mark.parametrize(
+    "labels,num_classes,exc,match",
+    [
+        (np.array([0, 1, 2, 10]), 10, ValueError, r"labels must lie in \[0, num_classes=10\), got label 10"),
+        (np.array([0, -1, 2, 3]), 10, ValueError, r"labels must lie in \[0, num_classes=10\), got label -1"),
+        (np.array([0, 1, 2]), 10, ValueError, r"labels has 3 entries but the batch has 4 samples"),
+        (np.zeros((4, 2), int), 10, ValueError, r"labels must have shape \(N,\) or \(N, 1\), got \(4, 2\)"),
+        (np.array([0.5, 1, 2, 3]), 10, TypeError, r"labels must be integer class indices, got dtype float64"),
+        (np.array([0, 1, 2, 3]), 0, ValueError, r"num_classes must be >= 1, got 0"),
+    ],
+)
+def test_bad_labels(labels, num_classes, exc, match):
+    with pytest.raises(exc, match=match):
+        dali_kmix.mix_labels(labels, _p(), num_classes=num_classes)
+
+
+@pytest.mark.parametrize("s", [-0.1, 1.0, float("nan")])
+def test_bad_smoothing(s):
+    with pytest.raises(ValueError, match=r"smoothing must be in \[0, 1\)"):
+        dali_kmix.mix_labels(np.arange(4), _p(), 10, smoothing=s)
+
+
+def test_mixparams_of_the_wrong_kind_for_dmixup():
+    p = MixParams(np.array([[0, 1], [1, 0]]), np.array([[0.7, 0.7], [0.5, 0.5]]), None)
+    with pytest.raises(ValueError, match=r"rows must sum to 1, but row 0 sums to 1\.4"):
+        dali_kmix.mix_images(np.zeros((2, 4, 4, 3), np.float32), p, "HWC")
