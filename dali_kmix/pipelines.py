@@ -1,0 +1,201 @@
+"""ImageNet-style DALI pipelines with K-image mixing at the end, and the PyTorch iterator.
+
+The training pipeline follows the recipe of DALI's ResNet-50 PyTorch example:
+``readers.file`` (shuffled, padded last batch, a reader name) ->
+``decoders.image_random_crop`` (``"mixed"`` on the GPU) -> ``resize`` to the crop
+size -> ``crop_mirror_normalize`` to float32 CHW with the ImageNet mean/std and a
+random mirror -> DMixup or DCutMix.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from . import _checks
+
+__all__ = ["imagenet_train_pipeline", "imagenet_val_pipeline", "DALIMixIterator", "count_classes",
+           "IMAGENET_MEAN", "IMAGENET_STD"]
+
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+MIXES = ("dcutmix", "dmixup")
+
+
+def count_classes(data_dir) -> int:
+    """Number of class folders under ``data_dir`` (as ``readers.file`` numbers them)."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data_dir {str(data_dir)!r} is not a folder")
+    n = sum(1 for p in root.iterdir() if p.is_dir())
+    if n == 0:
+        raise ValueError(f"data_dir {str(data_dir)!r} has no class sub-folders")
+    return n
+
+
+def _reader(data_dir, file_list, shard_id, num_shards, shuffle, reader_name):
+    from nvidia.dali import fn
+
+    kw = dict(shard_id=shard_id, num_shards=num_shards, random_shuffle=shuffle, pad_last_batch=True,
+              name=reader_name)
+    if file_list is not None:
+        return fn.readers.file(file_root=str(data_dir), file_list=str(file_list), **kw)
+    return fn.readers.file(file_root=str(data_dir), **kw)
+
+
+def _check_common(device, batch_size, shard_id, num_shards):
+    _checks.check_choice("device", device, ("cpu", "gpu"))
+    _checks.check_int("batch_size", batch_size, 1)
+    _checks.check_int("num_shards", num_shards, 1)
+    _checks.check_int("shard_id", shard_id, 0)
+    if shard_id >= num_shards:
+        raise ValueError(f"shard_id must be < num_shards={num_shards}, got {shard_id}")
+
+
+def imagenet_train_pipeline(data_dir, *, batch_size: int, device: str = "cpu", mix: str | None = "dcutmix",
+                            k: int = 3, alpha=1.0, num_classes: int | None = None, seed: int = 0,
+                            shard_id: int = 0, num_shards: int = 1, num_threads: int | None = None,
+                            device_id: int | None = None, crop: int = 224, mode: str = "sample",
+                            prob: float = 1.0, smoothing: float = 0.0, label_format: str = "dense",
+                            file_list=None, random_area=(0.08, 1.0), random_aspect_ratio=(0.75, 4.0 / 3.0),
+                            reader_name: str = "Reader", prefetch_queue_depth: int = 2):
+    """Build (not run) the training pipeline; returns a ``nvidia.dali.Pipeline``.
+
+    Outputs: ``(images, targets)`` float32 CHW ``(3, crop, crop)`` images and float32
+    ``(num_classes,)`` targets; ``(images, label_idx, label_w)`` with
+    ``label_format="sparse"``; ``(images, labels)`` with ``mix=None``. The names
+    are in ``pipe.kmix_output_map`` for :class:`DALIMixIterator`.
+
+    Args:
+        data_dir: an ImageNet-layout folder (one sub-folder of JPEGs per class),
+            or the root that ``file_list`` paths are relative to.
+        device: "cpu" (decode and mix on the CPU; ``device_id`` may be None) or "gpu"
+            (``"mixed"`` decoding, mixing on the GPU; ``device_id`` defaults to 0).
+        mix: "dcutmix", "dmixup" or None; ``k``, ``alpha``, ``mode``, ``prob``,
+            ``smoothing``, ``label_format`` as in :func:`dali_kmix.dali.dcutmix`.
+        num_classes: number of classes (default: the number of class folders).
+        seed: the pipeline's seed; shard ``i`` mixes with its own stream.
+        shard_id, num_shards: the reader's shard (one per rank under torchrun).
+    """
+    from nvidia.dali import Pipeline, fn, types
+
+    from . import dali as kmix_ops
+
+    _check_common(device, batch_size, shard_id, num_shards)
+    if mix is not None:
+        _checks.check_choice("mix", mix, MIXES)
+    if num_classes is None:
+        num_classes = count_classes(data_dir)
+    if device == "gpu" and device_id is None:
+        device_id = 0
+    pipe = Pipeline(batch_size=batch_size, num_threads=num_threads or min(4, os.cpu_count() or 1),
+                    device_id=device_id, seed=seed, prefetch_queue_depth=prefetch_queue_depth)
+    gpu = device == "gpu"
+    with pipe:
+        jpegs, labels = _reader(data_dir, file_list, shard_id, num_shards, True, reader_name)
+        decode_kw = {}
+        if gpu:
+            # Pre-sized nvJPEG buffers, as DALI's ResNet-50 example does for ImageNet.
+            decode_kw = dict(device_memory_padding=211025920, host_memory_padding=140544512)
+        images = fn.decoders.image_random_crop(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB,
+                                               random_area=list(random_area),
+                                               random_aspect_ratio=list(random_aspect_ratio), num_attempts=100,
+                                               **decode_kw)
+        images = fn.resize(images, resize_x=crop, resize_y=crop, interp_type=types.INTERP_TRIANGULAR,
+                           antialias=False)
+        mirror = fn.random.coin_flip(probability=0.5)
+        images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW", crop=(crop, crop),
+                                          mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), mirror=mirror)
+        if mix is None:
+            pipe.set_outputs(images, labels)
+            pipe.kmix_output_map = ["images", "labels"]
+        else:
+            op = getattr(kmix_ops, mix)
+            outs = op(images, labels, k=k, alpha=alpha, num_classes=num_classes, layout="CHW", mode=mode,
+                      prob=prob, smoothing=smoothing, label_format=label_format, shard_id=shard_id)
+            pipe.set_outputs(*outs)
+            pipe.kmix_output_map = ["images", "targets"] if label_format == "dense" else [
+                "images", "label_idx", "label_w"]
+    pipe.kmix_num_classes = num_classes
+    pipe.kmix_reader_name = reader_name
+    return pipe
+
+
+def imagenet_val_pipeline(data_dir, *, batch_size: int, device: str = "cpu", crop: int = 224, size: int = 256,
+                          shard_id: int = 0, num_shards: int = 1, num_threads: int | None = None,
+                          device_id: int | None = None, file_list=None, reader_name: str = "Reader",
+                          num_classes: int | None = None, seed: int = 0):
+    """Validation pipeline (no mixing, no randomness): decode, resize the shorter side to
+    ``size``, centre-crop ``crop``, normalise to float32 CHW. Outputs ``(images, labels)``."""
+    from nvidia.dali import Pipeline, fn, types
+
+    _check_common(device, batch_size, shard_id, num_shards)
+    if num_classes is None:
+        num_classes = count_classes(data_dir)
+    if device == "gpu" and device_id is None:
+        device_id = 0
+    pipe = Pipeline(batch_size=batch_size, num_threads=num_threads or min(4, os.cpu_count() or 1),
+                    device_id=device_id, seed=seed)
+    gpu = device == "gpu"
+    with pipe:
+        jpegs, labels = _reader(data_dir, file_list, shard_id, num_shards, False, reader_name)
+        images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
+        images = fn.resize(images, resize_shorter=size, interp_type=types.INTERP_TRIANGULAR, antialias=False)
+        images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW", crop=(crop, crop),
+                                          mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))
+        pipe.set_outputs(images, labels)
+    pipe.kmix_output_map = ["images", "labels"]
+    pipe.kmix_num_classes = num_classes
+    pipe.kmix_reader_name = reader_name
+    return pipe
+
+
+class DALIMixIterator:
+    """Iterate a pipeline from this module as ``(images, targets)`` PyTorch tensors.
+
+    Wraps ``nvidia.dali.plugin.pytorch.DALIGenericIterator`` with the reader's
+    name and ``LastBatchPolicy.PARTIAL``: the padded duplicates of the last batch
+    are cut off, so every sample of the shard is seen exactly once per epoch.
+
+    Yields ``(images, targets)``: images float32 ``(N, 3, H, W)``; targets float32
+    ``(N, C)`` (dense), the tuple ``(label_idx, label_w)`` (sparse), or, for a
+    pipeline without mixing, one-hot targets (``one_hot=True``, with
+    ``smoothing``) or the int64 labels ``(N,)`` (``one_hot=False``).
+    """
+
+    def __init__(self, pipe, *, one_hot: bool = True, smoothing: float = 0.0, auto_reset: bool = True):
+        from nvidia.dali.plugin.base_iterator import LastBatchPolicy
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+        output_map = getattr(pipe, "kmix_output_map", None)
+        if output_map is None:
+            raise ValueError("pipe must come from dali_kmix.pipelines (it has no kmix_output_map)")
+        self.output_map = list(output_map)
+        self.num_classes = pipe.kmix_num_classes
+        self.one_hot = one_hot
+        self.smoothing = _checks.check_smoothing(smoothing)
+        self._it = DALIGenericIterator([pipe], self.output_map, reader_name=pipe.kmix_reader_name,
+                                       last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=auto_reset)
+
+    def __len__(self):
+        return len(self._it)
+
+    def __iter__(self):
+        return self
+
+    def reset(self):
+        self._it.reset()
+
+    def __next__(self):
+        data = next(self._it)[0]
+        images = data["images"]
+        if "targets" in data:
+            return images, data["targets"]
+        if "label_idx" in data:
+            return images, (data["label_idx"], data["label_w"])
+        labels = data["labels"].reshape(-1).long()
+        if self.one_hot:
+            from .torch import one_hot_targets
+
+            return images, one_hot_targets(labels, self.num_classes, self.smoothing)
+        return images, labels

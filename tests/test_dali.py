@@ -1,0 +1,273 @@
+"""The DALI operators in real CPU pipelines (and GPU pipelines where a GPU is present)."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("nvidia.dali")
+
+from nvidia.dali import fn, pipeline_def, types  # noqa: E402
+
+import dali_kmix  # noqa: E402
+import dali_kmix.dali as kmix  # noqa: E402
+from dali_kmix.data import class_names  # noqa: E402
+
+BATCH = 8
+SIZE = 48
+
+
+def _run(pipe, iters=1):
+    pipe.build()
+    out = []
+    for _ in range(iters):
+        res = pipe.run()
+        out.append([(r.as_cpu() if hasattr(r, "as_cpu") else r).as_array() for r in res])
+    return out
+
+
+@pipeline_def(batch_size=BATCH, num_threads=2, device_id=None, seed=3)
+def photo_pipe(root, method, layout="HWC", label_format="dense", op_seed=None, shard_id=0, prob=1.0, k=3,
+               mode="sample", smoothing=0.0, with_labels=False, device="cpu"):
+    jpegs, labels = fn.readers.file(file_root=str(root), random_shuffle=True, name="Reader")
+    images = fn.decoders.image(jpegs, output_type=types.RGB, device="mixed" if device == "gpu" else "cpu")
+    images = fn.resize(images, resize_x=SIZE, resize_y=SIZE)
+    if layout == "CHW":
+        images = fn.transpose(images, perm=[2, 0, 1], output_layout="CHW")
+    op = getattr(kmix, method)
+    outs = op(images, labels, k=k, alpha=1.0, num_classes=8, layout=layout, mode=mode, prob=prob,
+              smoothing=smoothing, label_format=label_format, seed=op_seed, shard_id=shard_id)
+    return (*outs, labels) if with_labels else outs
+
+
+@pytest.mark.parametrize("label_format", ["dense", "sparse"])
+@pytest.mark.parametrize("layout", ["HWC", "CHW"])
+@pytest.mark.parametrize("method", ["dmixup", "dcutmix"])
+def test_outputs_on_real_photos(photo_dir, method, layout, label_format):
+    (out,) = _run(photo_pipe(photo_dir, method, layout=layout, label_format=label_format, with_labels=True))
+    images, *lab, labels = out
+    assert images.dtype == np.uint8
+    assert images.shape == ((BATCH, SIZE, SIZE, 3) if layout == "HWC" else (BATCH, 3, SIZE, SIZE))
+    labels = labels.reshape(-1)
+    if label_format == "dense":
+        (targets,) = lab
+        assert targets.dtype == np.float32 and targets.shape == (BATCH, 8)
+        np.testing.assert_allclose(targets.sum(axis=1), 1.0, atol=1e-6)
+        # the anchor's own class always has a share (> 0 unless its whole area was covered)
+        assert (targets[np.arange(BATCH), labels] > 0).mean() > 0.5
+    else:
+        idx, w = lab
+        assert idx.dtype == np.int32 and idx.shape == (BATCH, 3)
+        assert w.dtype == np.float32 and w.shape == (BATCH, 3)
+        np.testing.assert_array_equal(idx[:, 0], labels)  # every sample anchors its own row
+        np.testing.assert_allclose(w.sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_output_layout_is_set(photo_dir):
+    pipe = photo_pipe(photo_dir, "dcutmix", layout="CHW")
+    pipe.build()
+    images, _ = pipe.run()
+    assert images.layout() == "CHW"
+
+
+def test_same_seed_same_batches_and_seeds_and_shards_differ(photo_dir):
+    a = _run(photo_pipe(photo_dir, "dcutmix", op_seed=11), iters=3)
+    b = _run(photo_pipe(photo_dir, "dcutmix", op_seed=11), iters=3)
+    for x, y in zip(a, b):
+        for u, v in zip(x, y):
+            np.testing.assert_array_equal(u, v)
+    c = _run(photo_pipe(photo_dir, "dcutmix", op_seed=12), iters=3)
+    assert any(not np.array_equal(x[1], y[1]) for x, y in zip(a, c))
+    d = _run(photo_pipe(photo_dir, "dcutmix", op_seed=11, shard_id=1), iters=3)
+    assert any(not np.array_equal(x[1], y[1]) for x, y in zip(a, d))
+    # without an op seed the pipeline's seed is used: still reproducible
+    e = _run(photo_pipe(photo_dir, "dmixup"), iters=2)
+    f = _run(photo_pipe(photo_dir, "dmixup"), iters=2)
+    np.testing.assert_array_equal(e[1][1], f[1][1])
+
+
+def test_sparse_and_dense_come_from_the_same_record(photo_dir):
+    (dense,) = _run(photo_pipe(photo_dir, "dcutmix", op_seed=5, label_format="dense"))
+    (sparse,) = _run(photo_pipe(photo_dir, "dcutmix", op_seed=5, label_format="sparse"))
+    np.testing.assert_array_equal(dense[0], sparse[0])
+    idx, w = sparse[1], sparse[2]
+    rebuilt = np.zeros((BATCH, 8))
+    np.add.at(rebuilt, (np.repeat(np.arange(BATCH), 3), idx.ravel()), w.ravel())
+    np.testing.assert_allclose(dense[1], rebuilt, atol=1e-6)
+
+
+@pipeline_def(batch_size=12, num_threads=2, device_id=None, seed=1)
+def constant_pipe(method, k, dtype, layout="HWC", mode="sample", prob=1.0, device="cpu"):
+    """Sample i is an image whose every pixel is i, labelled i: the output shows who was mixed."""
+    h, w = 18, 26
+    shape = (h, w, 2) if layout == "HWC" else (2, h, w)
+    images = fn.external_source(source=lambda: [np.full(shape, i, dtype) for i in range(12)], batch=True,
+                                layout=layout)
+    labels = fn.external_source(source=lambda: [np.array([i], np.int32) for i in range(12)], batch=True)
+    if device == "gpu":
+        images = images.gpu()
+    op = getattr(kmix, method)
+    return op(images, labels, k=k, alpha=0.7, num_classes=12, layout=layout, mode=mode, prob=prob,
+              label_format="sparse")
+
+
+@pytest.mark.parametrize("mode", ["sample", "batch"])
+@pytest.mark.parametrize("layout", ["HWC", "CHW"])
+@pytest.mark.parametrize("k", [2, 3, 9])
+def test_dcutmix_images_and_labels_agree(k, layout, mode):
+    for images, idx, w in _run(constant_pipe("dcutmix", k, np.uint8, layout=layout, mode=mode), iters=2):
+        for i in range(12):
+            share = np.bincount(images[i].ravel(), minlength=12) / images[i].size
+            expect = np.zeros(12)
+            np.add.at(expect, idx[i], w[i])
+            np.testing.assert_allclose(share, expect, atol=1e-6)
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_dmixup_images_and_labels_agree(k):
+    for images, idx, w in _run(constant_pipe("dmixup", k, np.float32), iters=2):
+        expect = (w * idx).sum(axis=1)
+        np.testing.assert_allclose(images.reshape(12, -1), np.repeat(expect[:, None], images[0].size, 1),
+                                   rtol=1e-5)
+
+
+def test_prob_zero_passes_images_through(photo_dir):
+    (out,) = _run(photo_pipe(photo_dir, "dcutmix", prob=0.0, with_labels=True))
+    images, targets, labels = out
+    (ref,) = _run(photo_pipe(photo_dir, "dcutmix", prob=0.0, with_labels=True))  # same reader order
+    np.testing.assert_array_equal(images, ref[0])
+    np.testing.assert_array_equal(targets, np.eye(8, dtype=np.float32)[labels.reshape(-1)])
+
+
+def test_smoothing_in_the_operator(photo_dir):
+    (out,) = _run(photo_pipe(photo_dir, "dcutmix", prob=0.0, smoothing=0.1, with_labels=True))
+    _, targets, labels = out
+    expect = np.full((BATCH, 8), 0.1 / 8, np.float32)
+    expect[np.arange(BATCH), labels.reshape(-1)] = 0.9 + 0.1 / 8
+    np.testing.assert_allclose(targets, expect, atol=1e-7)
+
+
+def test_every_sample_is_an_anchor_once_per_epoch(photo_dir):
+    n_files = sum(1 for _ in photo_dir.rglob("*.jpg"))
+
+    @pipeline_def(batch_size=7, num_threads=2, device_id=None, seed=9)  # 7 does not divide 48: a padded batch
+    def pipe():
+        jpegs, labels = fn.readers.file(file_root=str(photo_dir), random_shuffle=True, pad_last_batch=True,
+                                        name="Reader")
+        images = fn.resize(fn.decoders.image(jpegs), resize_x=32, resize_y=32)
+        ids = fn.pad(fn.get_property(jpegs, key="source_info"), fill_value=0, axes=(0,), shape=(512,))
+        _, idx, w = kmix.dcutmix(images, labels, k=3, num_classes=8, layout="HWC", label_format="sparse")
+        return idx, ids
+
+    from nvidia.dali.plugin.base_iterator import LastBatchPolicy
+    from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+    p = pipe()
+    it = DALIGenericIterator([p], ["idx", "ids"], reader_name="Reader", last_batch_policy=LastBatchPolicy.PARTIAL)
+    seen = []
+    for batch in it:
+        ids = batch[0]["ids"].numpy()
+        seen += [bytes(r[r != 0]).decode() for r in ids]
+    assert len(seen) == n_files and len(set(seen)) == n_files
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        (dict(layout="NHWC"), ValueError, r"layout must be 'HWC' or 'CHW', got 'NHWC'"),
+        (dict(k=1), ValueError, r"k must be >= 2, got 1"),
+        (dict(alpha=0.0), ValueError, r"alpha must be > 0"),
+        (dict(alpha=[1.0, 2.0]), ValueError, r"alpha must be a scalar or have length k=3"),
+        (dict(mode="grid"), ValueError, r"mode must be one of \['sample', 'batch'\], got 'grid'"),
+        (dict(label_format="onehot"), ValueError, r"label_format must be one of \['dense', 'sparse'\]"),
+        (dict(label_format="sparse", smoothing=0.1), ValueError, r"smoothing=0.1 applies to dense targets"),
+        (dict(num_classes=0), ValueError, r"num_classes must be >= 1, got 0"),
+        (dict(prob=2), ValueError, r"prob must be in \[0, 1\], got 2\.0"),
+        (dict(seed=-1), ValueError, r"seed must be >= 0, got -1"),
+    ],
+)
+def test_bad_arguments_fail_when_the_pipeline_is_defined(kwargs, exc, match):
+    args = dict(k=3, num_classes=10, layout="HWC")
+    args.update(kwargs)
+
+    @pipeline_def(batch_size=2, num_threads=1, device_id=None)
+    def pipe():
+        x = fn.external_source(source=lambda: [np.zeros((4, 4, 3), np.uint8)] * 2, batch=True)
+        y = fn.external_source(source=lambda: [np.array([1], np.int32)] * 2, batch=True)
+        return kmix.dcutmix(x, y, **args)
+
+    with pytest.raises(exc, match=match):
+        pipe()
+
+
+def _run_batch(images, labels, layout="HWC", src_layout=None, **kw):
+    @pipeline_def(batch_size=len(images), num_threads=1, device_id=None, seed=0)
+    def pipe():
+        x = fn.external_source(source=lambda: images, batch=True, layout=src_layout)
+        y = fn.external_source(source=lambda: labels, batch=True)
+        return kmix.dcutmix(x, y, k=3, num_classes=10, layout=layout, **kw)
+
+    p = pipe()
+    p.build()
+    return p.run()
+
+
+def test_label_out_of_range_raises_at_run_time():
+    imgs = [np.zeros((4, 4, 3), np.uint8)] * 3
+    with pytest.raises(RuntimeError, match=r"labels must lie in \[0, num_classes=10\), got label 12"):
+        _run_batch(imgs, [np.array([1], np.int32), np.array([12], np.int32), np.array([0], np.int32)])
+
+
+def test_different_image_sizes_raise_and_name_the_shapes():
+    imgs = [np.zeros((4, 4, 3), np.uint8), np.zeros((5, 4, 3), np.uint8)]
+    with pytest.raises(RuntimeError, match=r"same H x W; sample 0 has shape \(4, 4, 3\) but sample 1 has shape "
+                                           r"\(5, 4, 3\)"):
+        _run_batch(imgs, [np.array([1], np.int32)] * 2)
+
+
+def test_layout_mismatch_with_the_images_raises():
+    imgs = [np.zeros((3, 8, 8), np.uint8)] * 2
+    with pytest.raises(RuntimeError, match=r"layout='HWC' was given but the images carry layout 'CHW'"):
+        _run_batch(imgs, [np.array([1], np.int32)] * 2, layout="HWC", src_layout="CHW")
+
+
+def test_wrong_dtype_raises():
+    imgs = [np.zeros((4, 4, 3), np.int16)] * 2
+    with pytest.raises(RuntimeError, match=r"images must have dtype uint8, float16 or float32, got int16"):
+        _run_batch(imgs, [np.array([1], np.int32)] * 2)
+
+
+def test_operators_are_documented():
+    for op in (kmix.dmixup, kmix.dcutmix):
+        assert "label_format" in op.__doc__ and "layout" in op.__doc__
+    assert dali_kmix.dali is kmix
+
+
+# --------------------------------------------------------------------------- GPU
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", ["dmixup", "dcutmix"])
+def test_gpu_pipeline_agrees_with_labels(method):
+    dtype = np.float32 if method == "dmixup" else np.uint8
+    p = constant_pipe(method, 3, dtype, device="gpu", device_id=0)
+    for images, idx, w in _run(p, iters=2):
+        for i in range(12):
+            if method == "dcutmix":
+                share = np.bincount(images[i].ravel(), minlength=12) / images[i].size
+                expect = np.zeros(12)
+                np.add.at(expect, idx[i], w[i])
+                np.testing.assert_allclose(share, expect, atol=1e-6)
+            else:
+                np.testing.assert_allclose(images[i], (w[i] * idx[i]).sum(), rtol=1e-5)
+
+
+@pytest.mark.gpu
+def test_gpu_pipeline_on_photos_is_deterministic(photo_dir):
+    a = _run(photo_pipe(photo_dir, "dcutmix", op_seed=3, device="gpu", device_id=0), iters=2)
+    b = _run(photo_pipe(photo_dir, "dcutmix", op_seed=3, device="gpu", device_id=0), iters=2)
+    for x, y in zip(a, b):
+        for u, v in zip(x, y):
+            np.testing.assert_array_equal(u, v)
+    assert class_names(photo_dir)

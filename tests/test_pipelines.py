@@ -1,0 +1,108 @@
+"""The ImageNet-style pipelines and the iterator into PyTorch, on the CPU over real photographs."""
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("nvidia.dali")
+
+from dali_kmix.pipelines import (  # noqa: E402
+    DALIMixIterator, count_classes, imagenet_train_pipeline, imagenet_val_pipeline)
+from dali_kmix.torch import soft_target_cross_entropy, sparse_mixed_cross_entropy  # noqa: E402
+
+CROP = 64
+
+
+@pytest.mark.parametrize("mix", ["dcutmix", "dmixup"])
+def test_train_iterator_yields_torch_batches(photo_dir, mix):
+    pipe = imagenet_train_pipeline(photo_dir, batch_size=10, mix=mix, k=3, crop=CROP, seed=1, num_threads=2)
+    it = DALIMixIterator(pipe)
+    assert len(it) == 5  # 48 images, batches of 10, the last one partial
+    sizes = []
+    for images, targets in it:
+        assert images.dtype == torch.float32 and images.shape[1:] == (3, CROP, CROP)
+        assert targets.dtype == torch.float32 and targets.shape == (images.shape[0], 8)
+        torch.testing.assert_close(targets.sum(1), torch.ones(images.shape[0]))
+        sizes.append(images.shape[0])
+        # normalised with the ImageNet mean/std: roughly centred values, not 0..255
+        assert -3.0 < float(images.mean()) < 3.0 and float(images.abs().max()) < 5.0
+    assert sizes == [10, 10, 10, 10, 8]
+
+
+def test_one_sgd_step_on_mixed_targets_reduces_the_loss(photo_dir):
+    torch.manual_seed(0)
+    pipe = imagenet_train_pipeline(photo_dir, batch_size=16, mix="dcutmix", k=3, alpha=1.0, crop=CROP, seed=2)
+    images, targets = next(iter(DALIMixIterator(pipe)))
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 8))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    before = soft_target_cross_entropy(model(images), targets)
+    opt.zero_grad()
+    before.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    opt.step()
+    after = soft_target_cross_entropy(model(images), targets)
+    assert after.item() < before.item()
+
+
+def test_sparse_targets_through_the_iterator(photo_dir):
+    pipe = imagenet_train_pipeline(photo_dir, batch_size=8, mix="dcutmix", k=4, crop=CROP, label_format="sparse")
+    images, (idx, w) = next(iter(DALIMixIterator(pipe)))
+    assert idx.shape == (8, 4) and w.shape == (8, 4)
+    loss = sparse_mixed_cross_entropy(torch.zeros(8, 8), idx, w)
+    torch.testing.assert_close(loss, torch.tensor(float(np.log(8))))
+
+
+def test_no_mix_gives_one_hot_targets(photo_dir):
+    pipe = imagenet_train_pipeline(photo_dir, batch_size=8, mix=None, crop=CROP)
+    images, targets = next(iter(DALIMixIterator(pipe, smoothing=0.1)))
+    assert targets.shape == (8, 8)
+    torch.testing.assert_close(targets.max(1).values, torch.full((8,), 0.9 + 0.1 / 8))
+    pipe = imagenet_train_pipeline(photo_dir, batch_size=8, mix=None, crop=CROP)
+    _, labels = next(iter(DALIMixIterator(pipe, one_hot=False)))
+    assert labels.dtype == torch.int64 and labels.shape == (8,)
+
+
+def test_val_pipeline_is_deterministic_and_complete(photo_dir):
+    def epoch():
+        it = DALIMixIterator(imagenet_val_pipeline(photo_dir, batch_size=7, crop=CROP, size=72), one_hot=False)
+        return [(x.clone(), y.clone()) for x, y in it]
+
+    a, b = epoch(), epoch()
+    assert sum(len(y) for _, y in a) == 48
+    for (x1, y1), (x2, y2) in zip(a, b):
+        torch.testing.assert_close(x1, x2)
+        torch.testing.assert_close(y1, y2)
+    labels = torch.cat([y for _, y in a])
+    assert torch.bincount(labels).tolist() == [6] * 8
+
+
+def test_shards_are_disjoint_and_cover_the_data(photo_dir):
+    from nvidia.dali import fn  # noqa: F401  (pipelines import DALI lazily)
+
+    seen = []
+    for shard in (0, 1):
+        pipe = imagenet_train_pipeline(photo_dir, batch_size=5, mix="dcutmix", label_format="sparse", crop=CROP,
+                                       shard_id=shard, num_shards=2, seed=4)
+        it = DALIMixIterator(pipe)
+        anchors = [idx[:, 0] for _, (idx, _) in it]
+        seen.append(torch.cat(anchors))
+    assert len(seen[0]) == len(seen[1]) == 24
+    # anchor labels: each class has 6 images, split over the two shards
+    total = torch.bincount(torch.cat(seen).long(), minlength=8)
+    assert total.tolist() == [6] * 8
+
+
+def test_pipeline_argument_errors(photo_dir, tmp_path):
+    with pytest.raises(ValueError, match=r"mix must be one of \['dcutmix', 'dmixup'\], got 'cutmix'"):
+        imagenet_train_pipeline(photo_dir, batch_size=4, mix="cutmix")
+    with pytest.raises(ValueError, match=r"device must be one of \['cpu', 'gpu'\], got 'tpu'"):
+        imagenet_train_pipeline(photo_dir, batch_size=4, device="tpu")
+    with pytest.raises(ValueError, match=r"shard_id must be < num_shards=2, got 2"):
+        imagenet_train_pipeline(photo_dir, batch_size=4, shard_id=2, num_shards=2)
+    with pytest.raises(FileNotFoundError, match=r"is not a folder"):
+        count_classes(tmp_path / "missing")
+    with pytest.raises(ValueError, match=r"has no class sub-folders"):
+        count_classes(tmp_path)
+    with pytest.raises(ValueError, match=r"pipe must come from dali_kmix.pipelines"):
+        DALIMixIterator(object())
