@@ -1,0 +1,41 @@
+"""dali_kmix: K-image mixing augmentation (DMixup, DCutMix) as NVIDIA DALI operators.
+
+The CUDA sources live in the top-level ``kernels/`` folder and are installed as
+the package-data package ``dali_kmix.kernels`` (find_packages() would not ship
+them): the GPU path compiles them with NVRTC at run time, the CPU path with the
+system C++ compiler on first use.
+"""
+
+from setuptools import setup
+
+setup(
+    name="dali_kmix",
+    version="0.1.0",
+    description="K-image mixing augmentation (DMixup, DCutMix) as NVIDIA DALI operators with CUDA kernels",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=["dali_kmix", "dali_kmix.kernels"],
+    package_dir={"dali_kmix": "dali_kmix", "dali_kmix.kernels": "kernels"},
+    package_data={"dali_kmix.kernels": ["*.cu", "*.cuh", "*.h", "*.cpp"]},
+    include_package_data=False,
+    install_requires=[
+        "numpy>=1.24",
+        "nvidia-dali-cuda120>=2.0",
+        "torch>=2.1",
+        "tqdm",
+        "matplotlib",
+        "scikit-image",
+        "pillow",
+    ],
+    extras_require={
+        "gpu": ["cupy-cuda12x>=13"],
+        "test": ["pytest>=8", "scipy", "cupy-cuda12x>=13", "torchvision"],
+    },
+    entry_points={"console_scripts": ["kmix=dali_kmix.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Environment :: GPU :: NVIDIA CUDA",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
