@@ -52,19 +52,16 @@ def _cmd_kernels(args) -> int:
     if args.action == "build":
         print(cpu_kernels.build(verbose=True))
         return 0
+    compilers = [("nvrtc", kernel_source.compile_with_nvrtc)]
+    if shutil.which("nvcc"):
+        compilers.append(("nvcc ", kernel_source.compile_with_nvcc))
     failed = 0
     for name in kernel_source.DEVICE_SOURCES:
         for arch in args.arch:
-            try:
-                cubin = kernel_source.compile_with_nvrtc(name, arch)
-                print(f"nvrtc {arch} {name}: ok ({len(cubin)} bytes)")
-            except kernel_source.KernelCompileError as exc:
-                print(exc, file=sys.stderr)
-                failed += 1
-            if shutil.which("nvcc"):
+            for label, compile_fn in compilers:
                 try:
-                    cubin = kernel_source.compile_with_nvcc(name, arch)
-                    print(f"nvcc  {arch} {name}: ok ({len(cubin)} bytes)")
+                    cubin = compile_fn(name, arch)
+                    print(f"{label} {arch} {name}: ok ({len(cubin)} bytes)")
                 except kernel_source.KernelCompileError as exc:
                     print(exc, file=sys.stderr)
                     failed += 1

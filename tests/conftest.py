@@ -28,6 +28,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def random_images(rng, dtype, shape, scale=40.0):
+    """Random test images: uniform 0..255 for uint8, normal with ``scale`` for float dtypes."""
+    if np.dtype(dtype) == np.uint8:
+        return rng.integers(0, 256, shape, dtype=np.uint8)
+    return (rng.standard_normal(shape) * scale).astype(dtype)
+
+
 @pytest.fixture(scope="session")
 def photo_dir(tmp_path_factory):
     """An ImageNet-layout tree of 8 classes x 6 JPEGs made from scikit-image's photographs."""

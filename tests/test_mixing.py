@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import dali_kmix
+from conftest import random_images
 from dali_kmix import reference
 from dali_kmix.params import MixParams, sample_params
 
@@ -12,10 +13,6 @@ from dali_kmix.params import MixParams, sample_params
 BLEND_ATOL = {np.uint8: 1.0, np.float16: 0.05, np.float32: 1e-4}
 
 
-def _images(rng, dtype, shape):
-    if dtype == np.uint8:
-        return rng.integers(0, 256, shape, dtype=np.uint8)
-    return (rng.standard_normal(shape) * 10).astype(dtype)
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.float16, np.float32], ids=["u8", "f16", "f32"])
@@ -26,7 +23,7 @@ def test_mix_images_equals_reference_and_float64_blend(method, mode, layout, dty
     rng = np.random.default_rng(0)
     n, h, w = 6, 21, 17
     shape = (n, h, w, 3) if layout == "HWC" else (n, 3, h, w)
-    x = _images(rng, dtype, shape)
+    x = random_images(rng, dtype, shape, 10)
     p = sample_params(method, n, h, w, k=4, mode=mode, rng=1)
     out = dali_kmix.mix_images(x, p, layout=layout)
     assert type(out) is np.ndarray and out.dtype == x.dtype and out.shape == x.shape

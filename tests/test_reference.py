@@ -6,6 +6,7 @@ import ctypes.util
 import numpy as np
 import pytest
 
+from conftest import random_images
 from dali_kmix import reference
 from dali_kmix.params import MixParams, sample_params
 
@@ -81,10 +82,6 @@ def _oracle_mix(images, p, layout):
     return out.transpose(0, 3, 1, 2) if layout == "CHW" else out
 
 
-def _images(rng, dtype, shape):
-    if dtype == np.uint8:
-        return rng.integers(0, 256, shape, dtype=np.uint8)
-    return (rng.standard_normal(shape) * 50).astype(dtype)
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.float16, np.float32], ids=["u8", "f16", "f32"])
@@ -95,7 +92,7 @@ def test_reference_matches_the_pixel_loop(method, mode, layout, dtype):
     rng = np.random.default_rng(1)
     n, h, w, c, k = 5, 7, 9, 3, 4
     shape = (n, h, w, c) if layout == "HWC" else (n, c, h, w)
-    x = _images(rng, dtype, shape)
+    x = random_images(rng, dtype, shape, 50)
     p = sample_params(method, n, h, w, k=k, alpha=0.8, mode=mode, prob=0.8, rng=2)
     got = reference.mix_images(x, p, layout)
     assert got.dtype == x.dtype and got.shape == x.shape

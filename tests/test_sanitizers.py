@@ -49,3 +49,18 @@ def test_kernel_suite_under_asan_and_ubsan(tmp_path):
     from dali_kmix import cpu_kernels
 
     assert any(p.name == "libkmix_asan.so" for p in cpu_kernels.cache_dir().glob("*/libkmix_asan.so"))
+
+
+@pytest.mark.gpu
+def test_gpu_kernel_suite_under_compute_sanitizer(tmp_path):
+    tool = shutil.which("compute-sanitizer")
+    if tool is None:
+        pytest.skip("compute-sanitizer not installed")
+    cmd = [tool, "--tool", "memcheck", "--error-exitcode", "97", "--target-processes", "all",
+           sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "gpu", "-k", "cupy",
+           str(HERE / "test_kernels.py")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=3600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-20000:]
+    assert "ERROR SUMMARY: 0 errors" in out, out[-5000:]
+    assert " passed" in out and " failed" not in out, out[-5000:]
