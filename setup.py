@@ -30,7 +30,8 @@ setup(
     ],
     extras_require={
         "gpu": ["cupy-cuda12x>=13"],
-        "test": ["pytest>=8", "scipy", "cupy-cuda12x>=13", "torchvision"],
+        "saliency": ["opencv-contrib-python-headless"],
+        "test": ["pytest>=8", "scipy", "cupy-cuda12x>=13", "torchvision", "opencv-contrib-python-headless"],
     },
     entry_points={"console_scripts": ["kmix=dali_kmix.cli:main"]},
     classifiers=[

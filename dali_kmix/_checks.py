@@ -12,7 +12,7 @@ import numbers
 
 import numpy as np
 
-METHODS = ("dmixup", "dcutmix")
+METHODS = ("dmixup", "dcutmix", "saliency-dcutmix")
 MODES = ("sample", "batch")
 LAYOUTS = ("HWC", "CHW")
 LABEL_FORMATS = ("dense", "sparse")
@@ -98,6 +98,13 @@ def spatial_size(shape, layout: str) -> tuple[int, int]:
     if layout == "HWC":
         return int(shape[0]), int(shape[1])
     return int(shape[1]), int(shape[2])
+
+
+def hwc_dims(shape, layout: str) -> tuple[int, int, int]:
+    """(H, W, C) of one sample's shape in ``layout``."""
+    if layout == "HWC":
+        return int(shape[0]), int(shape[1]), int(shape[2])
+    return int(shape[1]), int(shape[2]), int(shape[0])
 
 
 def check_same_shapes(name: str, shapes, layout: str) -> tuple[int, ...]:

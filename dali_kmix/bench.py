@@ -124,8 +124,33 @@ def bench_ops(*, batch=64, size=224, ks=(2, 3, 5, 9), configs=(("uint8", "HWC"),
                                  "vs_copy": r["median_s"] / copy["median_s"]})
                 if gpu:
                     rows += _bench_gpu_op(x, p, method, k, dt, lay, batch, size, repeats)
+                if method == "dcutmix" and k == reference_k:
+                    rows += _bench_saliency(ins, outs, x, lay, dt, batch, size, k, repeats, copy)
                 bar.update()
     bar.close()
+    return rows
+
+
+def _bench_saliency(ins, outs, x, lay, dt, batch, size, k, repeats, copy):
+    """Saliency-DCutMix on the CPU: the saliency step alone, and the whole operator work per batch."""
+    from . import cpu_kernels
+    from .params import draw_raw, params_from_draws
+    from .saliency import salient_points
+
+    gen = np.random.default_rng(2)
+    alpha = np.ones(k)
+
+    def full():
+        centers = salient_points(ins, lay)
+        p = params_from_draws("saliency-dcutmix", *draw_raw(np, gen, batch, k, alpha, "sample", 1.0), size, size,
+                              centers)
+        cpu_kernels.dcutmix(ins, outs, p.sources, p.boxes, lay)
+
+    rows = []
+    for impl, fn in (("saliency step (spectral residual)", lambda: salient_points(ins, lay)), ("dali_kmix", full)):
+        t = time_call(fn, repeats)
+        rows.append({"level": "op", "device": "cpu", "impl": impl, "method": "saliency-dcutmix", "k": k, "dtype": dt,
+                     "layout": lay, "batch": batch, "size": size, **t, "vs_copy": t["median_s"] / copy["median_s"]})
     return rows
 
 
@@ -175,7 +200,7 @@ def bench_pipeline(data_dir, *, batch=64, size=224, k=3, iters=12, repeats=3, de
     from .demo import demo_pipeline
 
     rows = []
-    variants = [None, "dcutmix", "dmixup"]
+    variants = [None, "dcutmix", "dmixup", "saliency-dcutmix"]
     for mix in tqdm(variants, desc=f"pipelines ({device})", disable=not progress):
         pipe = demo_pipeline(data_dir, batch_size=batch, device=device, mix=mix, k=k, seed=0, size=size,
                              num_threads=num_threads)

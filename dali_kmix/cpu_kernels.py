@@ -30,14 +30,16 @@ from pathlib import Path
 
 import numpy as np
 
+from ._checks import hwc_dims
 from .kernel_source import kernels_dir
 
-__all__ = ["load", "build", "available", "compiler", "dmixup", "dcutmix", "nest_boxes", "DTYPE_CODES", "default_workers"]
+__all__ = ["load", "build", "available", "compiler", "dmixup", "dcutmix", "nest_boxes", "grey_resize", "DTYPE_CODES", "default_workers"]
 
 DTYPE_CODES = {np.dtype(np.uint8): 0, np.dtype(np.float16): 1, np.dtype(np.float32): 2}
 LAYOUT_CODES = {"HWC": 0, "CHW": 1}
 
-HOST_SOURCES = ("kmix_host.cpp", "kmix_host_shim.h", "kmix_common.cuh", "kmix_blend.cu", "kmix_boxes.cu")
+HOST_SOURCES = ("kmix_host.cpp", "kmix_host_shim.h", "kmix_common.cuh", "kmix_blend.cu", "kmix_boxes.cu",
+                "kmix_saliency.cu")
 
 BASE_FLAGS = ["-std=c++17", "-O3", "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-shared", "-pthread",
               "-Wall", "-Wextra"]
@@ -140,7 +142,9 @@ def _load(sanitize: bool):
     lib = ctypes.CDLL(str(path))
     lib.kmix_host_dmixup.argtypes = [_I, _P, _P, _P, _P, _I, _I, _L, _I, _I, _I]
     lib.kmix_host_dcutmix.argtypes = [_I, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _I, _I, _I]
-    lib.kmix_host_nest_boxes.argtypes = [_P, _P, _I, _P, _P, _I, _I, _I, _I, _P, _P, _P, _I, _I]
+    lib.kmix_host_nest_boxes.argtypes = [_P, _P, _I, _P, _P, _I, _I, _I, _I, _P, _P, _P, _P, _I, _I]
+    lib.kmix_host_grey_resize.argtypes = [_I, _P, _P, _I, _I, _I, _I, _I, _I, _I, _I, _I]
+    lib.kmix_host_grey_resize.restype = _I
     lib.kmix_host_half_to_float.argtypes = [_P, _P, _L]
     lib.kmix_host_float_to_half.argtypes = [_P, _P, _L]
     for fn in (lib.kmix_host_dmixup, lib.kmix_host_dcutmix, lib.kmix_host_nest_boxes):
@@ -196,11 +200,7 @@ def dcutmix(inputs, outputs, sources, boxes, layout, *, workers=None, block_thre
     n = len(outputs)
     if n == 0:
         return outputs
-    shape = outputs[0].shape
-    if layout == "HWC":
-        h, w, c = shape
-    else:
-        c, h, w = shape
+    h, w, c = hwc_dims(outputs[0].shape, layout)
     src = _c(sources, np.int32)
     bx = _c(boxes, np.int32)
     pin, pout = _ptrs(inputs), _ptrs(outputs)
@@ -213,8 +213,11 @@ def dcutmix(inputs, outputs, sources, boxes, layout, *, workers=None, block_thre
     return outputs
 
 
-def nest_boxes(method, phi, uniforms, perms, mixed, height, width, *, workers=1, reverse=False):
-    """The device nesting kernel run on the CPU; returns (sources, weights, boxes or None)."""
+def nest_boxes(method, phi, uniforms, perms, mixed, height, width, *, centers=None, workers=1, reverse=False):
+    """The device nesting kernel run on the CPU; returns (sources, weights, boxes or None).
+
+    ``centers``: int32 (N, 2) salient point of every image (Saliency-DCutMix), or None.
+    """
     lib = load()
     n = int(mixed.shape[0])
     k = int(phi.shape[1])
@@ -226,13 +229,32 @@ def nest_boxes(method, phi, uniforms, perms, mixed, height, width, *, workers=1,
     sources = np.empty((n, k), np.int32)
     weights = np.empty((n, k), np.float32)
     boxes = np.empty((n, k - 1, 4), np.int32) if method != "dmixup" else None
+    if centers is not None:
+        centers = _c(centers, np.int32)
     rc = lib.kmix_host_nest_boxes(phi.ctypes.data, uni.ctypes.data, stride, perms.ctypes.data,
                                   mixed.ctypes.data, n, k, height, width, sources.ctypes.data,
                                   weights.ctypes.data, None if boxes is None else boxes.ctypes.data,
-                                  workers, int(reverse))
+                                  None if centers is None else centers.ctypes.data, workers, int(reverse))
     if rc:
         raise RuntimeError(f"kmix_host_nest_boxes failed with code {rc}")
     return sources, weights, boxes
+
+
+def grey_resize(inputs, layout, out_h, out_w, *, workers=None, reverse=False):
+    """Small grey copies (float32 ``(N, out_h, out_w)``) of N same-shape samples."""
+    lib = load()
+    n = len(inputs)
+    out = np.empty((n, out_h, out_w), np.float32)
+    if n == 0:
+        return out
+    h, w, c = hwc_dims(inputs[0].shape, layout)
+    inputs = [np.ascontiguousarray(a) for a in inputs]
+    pin = _ptrs(inputs)
+    rc = lib.kmix_host_grey_resize(DTYPE_CODES[inputs[0].dtype], pin.ctypes.data, out.ctypes.data, n, h, w, c,
+                                   LAYOUT_CODES[layout], out_h, out_w, workers or default_workers(), int(reverse))
+    if rc:
+        raise RuntimeError(f"kmix_host_grey_resize failed with code {rc}")
+    return out
 
 
 def half_to_float(bits: np.ndarray) -> np.ndarray:

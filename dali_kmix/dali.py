@@ -1,4 +1,4 @@
-"""DALI operators: ``dmixup`` and ``dcutmix``, used inside a pipeline like any ``fn.*`` call.
+"""DALI operators: ``dmixup``, ``dcutmix`` and ``saliency_dcutmix``, used like any ``fn.*`` call.
 
 Example (CPU pipeline; the same call works with images on the GPU)::
 
@@ -29,7 +29,7 @@ import numpy as np
 from . import _checks
 from .params import check_sample_args
 
-__all__ = ["dmixup", "dcutmix"]
+__all__ = ["dmixup", "dcutmix", "saliency_dcutmix"]
 
 _op_counters: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
@@ -54,8 +54,9 @@ class _Mixer:
     """The per-batch function inside ``fn.python_function`` (batch_processing=True)."""
 
     def __init__(self, method, k, alpha, num_classes, layout, mode, prob, smoothing, label_format,
-                 seed_seq, device, workers, check_labels):
+                 seed_seq, device, workers, check_labels, saliency="spectral-residual"):
         self.method = method
+        self.saliency = saliency
         self.k = k
         self.alpha = alpha
         self.num_classes = num_classes
@@ -104,16 +105,21 @@ class _Mixer:
             lab = _checks.check_labels(lab, self.num_classes, n)
         else:
             lab = lab.astype(np.int64)
+        centers = None
+        if self.method == "saliency-dcutmix":
+            from .saliency import salient_points
+
+            centers = salient_points(images, self.layout, method=self.saliency)
         if self.device == "gpu":
             from .gpu_kernels import sample_params_device
 
             params = sample_params_device(self._generator(), self.method, n, h, w, self.k, self.alpha,
-                                          self.mode, self.prob)
+                                          self.mode, self.prob, centers)
         else:
             from .params import draw_raw, params_from_draws
 
             draws = draw_raw(np, self._generator(), n, self.k, self.alpha, self.mode, self.prob)
-            params = params_from_draws(self.method, *draws, h, w)
+            params = params_from_draws(self.method, *draws, h, w, centers)
         from .mixing import blend_samples
         from .reference import mix_labels
 
@@ -143,10 +149,13 @@ class _LabelCheck:
 
 
 def _mix_op(method, images, labels, *, k, alpha, num_classes, layout, mode, prob, smoothing, label_format,
-            seed, shard_id, name):
+            seed, shard_id, name, saliency="spectral-residual"):
     from nvidia.dali import Pipeline, fn
 
+    from .saliency import SALIENCY_METHODS
+
     _checks.check_layout(layout)
+    _checks.check_choice("saliency", saliency, SALIENCY_METHODS)
     _checks.check_choice("label_format", label_format, _checks.LABEL_FORMATS)
     num_classes = _checks.check_int("num_classes", num_classes, 1)
     smoothing = _checks.check_smoothing(smoothing)
@@ -162,6 +171,8 @@ def _mix_op(method, images, labels, *, k, alpha, num_classes, layout, mode, prob
     device = getattr(images, "device", "cpu")
     if device not in ("cpu", "gpu"):
         raise ValueError(f"images must be a DALI DataNode on 'cpu' or 'gpu', got device {device!r}")
+    if device == "gpu" and saliency == "fine-grained":
+        raise ValueError("saliency='fine-grained' (OpenCV) runs on the CPU only; use 'spectral-residual' on the GPU")
     pipe = Pipeline.current()
     workers = pipe.num_threads if pipe is not None and pipe.num_threads else None
     seed_seq = _seed_sequence(seed, shard_id)
@@ -172,7 +183,7 @@ def _mix_op(method, images, labels, *, k, alpha, num_classes, layout, mode, prob
         if label_device != "cpu":
             raise ValueError("images are on the CPU but labels are on the GPU; pass CPU labels to a CPU mixer")
         mixer = _Mixer(method, k, alpha_vec, num_classes, layout, mode, prob, smoothing, label_format,
-                       seed_seq, "cpu", workers, check_labels=True)
+                       seed_seq, "cpu", workers, check_labels=True, saliency=saliency)
         prop = fn.get_property(images, key="layout")
         outs = fn.python_function(images, labels, prop, function=mixer, batch_processing=True,
                                   num_outputs=n_out, output_layouts=layouts, name=name)
@@ -185,7 +196,7 @@ def _mix_op(method, images, labels, *, k, alpha, num_classes, layout, mode, prob
     else:
         check_on_device = True
     mixer = _Mixer(method, k, alpha_vec, num_classes, layout, mode, prob, smoothing, label_format,
-                   seed_seq, "gpu", None, check_labels=check_on_device)
+                   seed_seq, "gpu", None, check_labels=check_on_device, saliency=saliency)
     outs = fn.python_function(images, labels, function=mixer, batch_processing=True, num_outputs=n_out,
                               output_layouts=layouts, device="gpu", name=name)
     return tuple(outs)
@@ -236,5 +247,21 @@ def dcutmix(images, labels, *, k: int = 3, alpha=1.0, num_classes: int, layout: 
                    name=name)
 
 
+def saliency_dcutmix(images, labels, *, k: int = 3, alpha=1.0, num_classes: int, layout: str,
+                     mode: str = "sample", prob: float = 1.0, smoothing: float = 0.0, label_format: str = "dense",
+                     seed=None, shard_id: int = 0, saliency: str = "spectral-residual", name=None):
+    return _mix_op("saliency-dcutmix", images, labels, k=k, alpha=alpha, num_classes=num_classes, layout=layout,
+                   mode=mode, prob=prob, smoothing=smoothing, label_format=label_format, seed=seed,
+                   shard_id=shard_id, name=name, saliency=saliency)
+
+
 dmixup.__doc__ = _DOC.format(title="DMixup (Dirichlet-weighted blend of K images)")
 dcutmix.__doc__ = _DOC.format(title="DCutMix (K images in nested stick-breaking boxes)")
+saliency_dcutmix.__doc__ = _DOC.format(
+    title="Saliency-DCutMix (DCutMix boxes, each centred on its source's most salient point)") + """
+Box sizes come from the stick-breaking recursion exactly as in DCutMix; box j is
+centred on the most salient pixel of its source (spectral residual on a 64 x 64
+grey copy, computed on the pipeline's device) and shifted, not shrunk, to lie
+inside box j-1. ``saliency="fine-grained"`` uses OpenCV contrib's fine-grained
+static saliency instead (CPU pipelines only).
+"""

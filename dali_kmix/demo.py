@@ -46,7 +46,7 @@ def demo_pipeline(data_dir, *, batch_size=16, device="cpu", mix="dcutmix", k=3, 
         if mix is None:
             pipe.set_outputs(images, labels)
         else:
-            op = getattr(kmix_ops, mix)
+            op = getattr(kmix_ops, mix.replace("-", "_"))
             pipe.set_outputs(*op(images, labels, k=k, alpha=alpha, num_classes=num_classes, layout="HWC"))
     return pipe
 

@@ -13,9 +13,10 @@ import functools
 
 import numpy as np
 
+from ._checks import hwc_dims
 from .kernel_source import NAME_EXPRESSIONS, nvrtc_options, read_source
 
-__all__ = ["module", "dmixup", "dcutmix", "nest_boxes", "sample_params_device"]
+__all__ = ["module", "dmixup", "dcutmix", "nest_boxes", "grey_resize", "sample_params_device"]
 
 _TYPE_NAMES = {np.dtype(np.uint8): "unsigned char", np.dtype(np.float16): "__half", np.dtype(np.float32): "float"}
 _MAX_GRID_Y = 65535
@@ -69,8 +70,7 @@ def dcutmix(inputs, outputs, sources, boxes, layout):
     n = len(outputs)
     if n == 0:
         return outputs
-    shape = outputs[0].shape
-    h, w, c = shape if layout == "HWC" else (shape[1], shape[2], shape[0])
+    h, w, c = hwc_dims(outputs[0].shape, layout)
     rows = h if layout == "HWC" else c * h
     row_len = w * (c if layout == "HWC" else 1)
     rows_per_block = max(1, 4096 // max(1, row_len))
@@ -85,8 +85,11 @@ def dcutmix(inputs, outputs, sources, boxes, layout):
     return outputs
 
 
-def nest_boxes(method, phi, uniforms, perms, mixed, height, width):
-    """Run ``kmix_nest_boxes`` on device arrays; returns (sources, weights, boxes or None)."""
+def nest_boxes(method, phi, uniforms, perms, mixed, height, width, centers=None):
+    """Run ``kmix_nest_boxes`` on device arrays; returns (sources, weights, boxes or None).
+
+    ``centers``: int32 (N, 2) device array of salient points (Saliency-DCutMix), or None.
+    """
     import cupy
 
     n = int(mixed.shape[0])
@@ -103,20 +106,39 @@ def nest_boxes(method, phi, uniforms, perms, mixed, height, width):
          (cupy.ascontiguousarray(phi, dtype=cupy.float64), cupy.ascontiguousarray(uniforms, dtype=cupy.float64),
           np.int32(stride), cupy.ascontiguousarray(perms, dtype=cupy.int32),
           cupy.ascontiguousarray(mixed, dtype=cupy.uint8), np.int32(n), np.int32(k), np.int32(height),
-          np.int32(width), sources, weights, boxes if boxes is not None else np.uintp(0)))
+          np.int32(width), sources, weights, boxes if boxes is not None else np.uintp(0),
+          cupy.ascontiguousarray(centers, dtype=cupy.int32) if centers is not None else np.uintp(0)))
     return sources, weights, boxes
 
 
-def sample_params_device(gen, method, n, height, width, k, alpha, mode, prob):
+def grey_resize(inputs, layout, out_h, out_w):
+    """Small grey copies (float32 ``(N, out_h, out_w)`` CuPy array) of N same-shape device samples."""
+    import cupy
+
+    n = len(inputs)
+    out = cupy.empty((n, out_h, out_w), cupy.float32)
+    if n == 0:
+        return out
+    h, w, c = hwc_dims(inputs[0].shape, layout)
+    kern = module("kmix_saliency.cu").get_function(f"kmix_grey_resize<{_TYPE_NAMES[inputs[0].dtype]}>")
+    block = 256
+    grid = max(1, min((n * out_h * out_w + block - 1) // block, 1 << 16))
+    kern((grid,), (block,), (_ptrs(inputs), out, np.int32(n), np.int32(h), np.int32(w), np.int32(c),
+                             np.int32(0 if layout == "HWC" else 1), np.int32(out_h), np.int32(out_w)))
+    return out
+
+
+def sample_params_device(gen, method, n, height, width, k, alpha, mode, prob, centers=None):
     """A :class:`~dali_kmix.MixParams` of CuPy arrays, drawn and nested on the device.
 
     ``gen`` is a ``cupy.random.Generator``; arguments are assumed checked
-    (:func:`dali_kmix.params.check_sample_args`).
+    (:func:`dali_kmix.params.check_sample_args`). ``centers``: int32 (N, 2) device array
+    of salient points for "saliency-dcutmix".
     """
     import cupy
 
     from .params import MixParams, draw_raw
 
     phi, uniforms, perms, mixed = draw_raw(cupy, gen, n, k, alpha, mode, prob)
-    sources, weights, boxes = nest_boxes(method, phi, uniforms, perms, mixed, height, width)
+    sources, weights, boxes = nest_boxes(method, phi, uniforms, perms, mixed, height, width, centers)
     return MixParams(sources, weights, boxes)

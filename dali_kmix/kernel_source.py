@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 #: Kernel sources compiled for the GPU (each a translation unit of its own).
-DEVICE_SOURCES = ("kmix_blend.cu", "kmix_boxes.cu")
+DEVICE_SOURCES = ("kmix_blend.cu", "kmix_boxes.cu", "kmix_saliency.cu")
 
 #: Template instantiations the Python side launches, per source.
 NAME_EXPRESSIONS = {
@@ -32,6 +32,14 @@ NAME_EXPRESSIONS = {
         f"{kern}<{t}>" for kern in ("kmix_dmixup", "kmix_dcutmix") for t in ("unsigned char", "__half", "float")
     ),
     "kmix_boxes.cu": (),
+    "kmix_saliency.cu": tuple(f"kmix_grey_resize<{t}>" for t in ("unsigned char", "__half", "float")),
+}
+
+#: Parameter lists of the templates, for nvcc's explicit instantiations.
+TEMPLATE_PARAMS = {
+    "kmix_dmixup": "const {t}* const*, {t}* const*, const int*, const float*, int, int, long long",
+    "kmix_dcutmix": "const {t}* const*, {t}* const*, const int*, const int*, int, int, int, int, int, int",
+    "kmix_grey_resize": "const {t}* const*, float*, int, int, int, int, int, int, int",
 }
 
 #: Options for every device compile. --fmad=false: the only fused multiply-adds are
@@ -140,12 +148,7 @@ def compile_with_nvcc(name: str, arch: str, nvcc: str | None = None) -> bytes:
         lines = [f'#include "{src.as_posix()}"']
         for expr in NAME_EXPRESSIONS.get(name, ()):
             kern, t = expr[:-1].split("<", 1)
-            if kern == "kmix_dmixup":
-                lines.append(f"template __global__ void kmix_dmixup<{t}>(const {t}* const*, {t}* const*, "
-                             f"const int*, const float*, int, int, long long);")
-            else:
-                lines.append(f"template __global__ void kmix_dcutmix<{t}>(const {t}* const*, {t}* const*, "
-                             f"const int*, const int*, int, int, int, int, int, int);")
+            lines.append(f"template __global__ void {kern}<{t}>({TEMPLATE_PARAMS[kern].format(t=t)});")
         inst.write_text("\n".join(lines) + "\n")
         cmd = [nvcc, "-cubin", f"-arch={arch}", "-std=c++17", "--fmad=false", f"-I{kernels_dir()}",
                "-o", str(out), str(inst)]

@@ -241,7 +241,7 @@ def area_weights(boxes, height: int, width: int):
     return ((outer - inner) / float(hw)).astype(np.float32)
 
 
-def nest_boxes(phi, uniforms, height: int, width: int):
+def nest_boxes(phi, uniforms, height: int, width: int, centers=None):
     """Stick-breaking box chain: from shares ``phi`` and uniforms, the nested boxes and area weights.
 
     Args:
@@ -249,6 +249,10 @@ def nest_boxes(phi, uniforms, height: int, width: int):
         uniforms: float64 ``(N, K - 1, 2)`` in ``[0, 1)``; ``[..., 0]`` places box j
             vertically, ``[..., 1]`` horizontally.
         height, width: image size in pixels.
+        centers: optional int ``(N, K - 1, 2)``: the pixel ``(y, x)`` box j is centred on
+            (Saliency-DCutMix: the most salient point of its source). The box's top-left
+            corner is then ``c - floor(side / 2)``, shifted (never shrunk) to lie inside the
+            parent; ``uniforms`` are not used. Box sizes are the same either way.
 
     Returns:
         ``(boxes, weights)``: int32 ``(N, K - 1, 4)`` as ``(y0, x0, y1, x1)`` and the
@@ -284,10 +288,16 @@ def nest_boxes(phi, uniforms, height: int, width: int):
         w = np.rint(pw * s)
         ry = ph - h
         rx = pw - w
-        oy = np.minimum(np.floor(uniforms[:, j, 0] * (ry + 1.0)), ry)
-        ox = np.minimum(np.floor(uniforms[:, j, 1] * (rx + 1.0)), rx)
-        y0 = py + oy.astype(np.int64)
-        x0 = px + ox.astype(np.int64)
+        if centers is None:
+            oy = np.minimum(np.floor(uniforms[:, j, 0] * (ry + 1.0)), ry)
+            ox = np.minimum(np.floor(uniforms[:, j, 1] * (rx + 1.0)), rx)
+            y0 = py + oy.astype(np.int64)
+            x0 = px + ox.astype(np.int64)
+        else:
+            y0 = np.asarray(centers[:, j, 0], np.int64) - h.astype(np.int64) // 2
+            x0 = np.asarray(centers[:, j, 1], np.int64) - w.astype(np.int64) // 2
+            y0 = np.clip(y0, py, py + ry.astype(np.int64))
+            x0 = np.clip(x0, px, px + rx.astype(np.int64))
         boxes[:, j, 0] = y0
         boxes[:, j, 1] = x0
         boxes[:, j, 2] = y0 + h.astype(np.int64)
@@ -349,11 +359,14 @@ def assemble_sources(xp, perms, mixed):
 
 
 def sample_params(method: str, n: int, height: int, width: int, *, k: int = 3, alpha=1.0,
-                  mode: str = "sample", prob: float = 1.0, rng=None) -> MixParams:
+                  mode: str = "sample", prob: float = 1.0, rng=None, images=None, layout: str = "HWC",
+                  saliency: str = "spectral-residual") -> MixParams:
     """Draw the mixing record of one batch (NumPy arrays).
 
     Args:
-        method: "dmixup" (weighted blend) or "dcutmix" (nested stick-breaking boxes).
+        method: "dmixup" (weighted blend), "dcutmix" (nested stick-breaking boxes) or
+            "saliency-dcutmix" (the same boxes, each centred on its source's most
+            salient point; needs ``images``).
         n: batch size N (0 gives an empty record).
         height, width: image size (boxes are in pixels of this size).
         k: images per mix, K >= 2 (may exceed N: partners repeat).
@@ -364,20 +377,37 @@ def sample_params(method: str, n: int, height: int, width: int, *, k: int = 3, a
         prob: probability that a sample is mixed at all; an unmixed sample keeps
             weight 1 on itself and empty boxes.
         rng: None, an int seed or a ``numpy.random.Generator``.
+        images, layout, saliency: for "saliency-dcutmix" only: the batch (N images in
+            ``layout``) whose saliency places the boxes, and the saliency method
+            (see :func:`dali_kmix.saliency.salient_points`).
 
     Partners: every level k >= 1 draws its own random permutation of the batch,
     so each image is used exactly once per level (self-pairs allowed).
     """
     n, height, width, k, alpha, prob = check_sample_args(method, n, height, width, k, alpha, mode, prob)
+    centers = None
+    if method == "saliency-dcutmix":
+        from .saliency import salient_points
+
+        if images is None:
+            raise ValueError("method='saliency-dcutmix' needs images=... (the batch whose saliency places the boxes)")
+        _checks.check_layout(layout)
+        shape = tuple(np.shape(images))
+        if len(shape) != 4 or shape[0] != n or _checks.spatial_size(shape[1:], layout) != (height, width):
+            raise ValueError(f"images must have shape (N={n}, ...) with H x W = {height} x {width} in layout "
+                             f"{layout}, got {shape}")
+        centers = salient_points(images, layout, method=saliency)
     phi, uniforms, perms, mixed = draw_raw(np, _rng(rng), n, k, alpha, mode, prob)
-    return params_from_draws(method, phi, uniforms, perms, mixed, height, width)
+    return params_from_draws(method, phi, uniforms, perms, mixed, height, width, centers)
 
 
-def params_from_draws(method, phi, uniforms, perms, mixed, height, width) -> MixParams:
+def params_from_draws(method, phi, uniforms, perms, mixed, height, width, image_centers=None) -> MixParams:
     """The record for given draws (NumPy): what the ``kmix_nest_boxes`` kernel computes.
 
     ``phi`` and ``uniforms`` have one row per sample, or a single row shared by the
-    batch ("batch" mode); ``perms`` is ``(K-1, N)``; ``mixed`` is bool ``(N,)``.
+    batch ("batch" mode); ``perms`` is ``(K-1, N)``; ``mixed`` is bool ``(N,)``;
+    ``image_centers`` int ``(N, 2)`` is the salient point of every image
+    ("saliency-dcutmix" only).
     """
     mixed = np.asarray(mixed, dtype=bool)
     n = mixed.shape[0]
@@ -393,7 +423,12 @@ def params_from_draws(method, phi, uniforms, perms, mixed, height, width) -> Mix
     if method == "dmixup":
         weights = np.where(mixed[:, None], phi.astype(np.float32), unmixed_w)
         return MixParams(sources, weights, None)
-    boxes, weights = nest_boxes(phi, uniforms, height, width)
+    centers = None
+    if method == "saliency-dcutmix":
+        if image_centers is None:
+            raise ValueError("saliency-dcutmix needs the salient point of every image (image_centers)")
+        centers = np.asarray(image_centers, np.int64)[sources[:, 1:]]
+    boxes, weights = nest_boxes(phi, uniforms, height, width, centers)
     boxes = np.where(mixed[:, None, None], boxes, 0).astype(np.int32)
     weights = np.where(mixed[:, None], weights, unmixed_w)
     return MixParams(sources, weights, boxes)

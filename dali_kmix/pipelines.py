@@ -19,7 +19,7 @@ __all__ = ["imagenet_train_pipeline", "imagenet_val_pipeline", "DALIMixIterator"
 
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
-MIXES = ("dcutmix", "dmixup")
+MIXES = ("dcutmix", "dmixup", "saliency-dcutmix")
 
 
 def count_classes(data_dir) -> int:
@@ -71,7 +71,7 @@ def imagenet_train_pipeline(data_dir, *, batch_size: int, device: str = "cpu", m
             or the root that ``file_list`` paths are relative to.
         device: "cpu" (decode and mix on the CPU; ``device_id`` may be None) or "gpu"
             (``"mixed"`` decoding, mixing on the GPU; ``device_id`` defaults to 0).
-        mix: "dcutmix", "dmixup" or None; ``k``, ``alpha``, ``mode``, ``prob``,
+        mix: "dcutmix", "dmixup", "saliency-dcutmix" or None; ``k``, ``alpha``, ``mode``, ``prob``,
             ``smoothing``, ``label_format`` as in :func:`dali_kmix.dali.dcutmix`.
         num_classes: number of classes (default: the number of class folders).
         seed: the pipeline's seed; shard ``i`` mixes with its own stream.
@@ -110,7 +110,7 @@ def imagenet_train_pipeline(data_dir, *, batch_size: int, device: str = "cpu", m
             pipe.set_outputs(images, labels)
             pipe.kmix_output_map = ["images", "labels"]
         else:
-            op = getattr(kmix_ops, mix)
+            op = getattr(kmix_ops, mix.replace("-", "_"))
             outs = op(images, labels, k=k, alpha=alpha, num_classes=num_classes, layout="CHW", mode=mode,
                       prob=prob, smoothing=smoothing, label_format=label_format, shard_id=shard_id)
             pipe.set_outputs(*outs)

@@ -10,12 +10,17 @@
 // mixed:    uint8 (n,): 0 means "not mixed": weight 1 on itself, empty boxes
 // sources:  out int32 (n, k); weights: out float32 (n, k);
 // boxes:    out int32 (n, k - 1, 4), or a null pointer for DMixup (weights = phi)
+// centers:  int32 (n, 2) most salient pixel (y, x) of every image, or a null pointer.
+//           With centers (Saliency-DCutMix) box j is centred on the point of its source
+//           sources[s, j + 1] and then shifted, not shrunk, to lie inside its parent;
+//           without, it is placed uniformly by `uni`. Box sizes do not depend on it.
 extern "C" __global__ void kmix_nest_boxes(const double* __restrict__ phi,
                                            const double* __restrict__ uni, int phi_stride,
                                            const int* __restrict__ perms,
                                            const unsigned char* __restrict__ mixed, int n, int k,
                                            int height, int width, int* __restrict__ sources,
-                                           float* __restrict__ weights, int* __restrict__ boxes) {
+                                           float* __restrict__ weights, int* __restrict__ boxes,
+                                           const int* __restrict__ centers) {
   const long long s = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (s >= n) return;
   int* src = sources + s * k;
@@ -53,11 +58,23 @@ extern "C" __global__ void kmix_nest_boxes(const double* __restrict__ phi,
     const double h = rint(ph * sq);
     const double wd = rint(pw * sq);
     const double ry = ph - h, rx = pw - wd;
-    double oy = floor(u[2 * j + 0] * (ry + 1.0));
-    double ox = floor(u[2 * j + 1] * (rx + 1.0));
-    if (oy > ry) oy = ry;
-    if (ox > rx) ox = rx;
-    const long long y0 = py + (long long)oy, x0 = px + (long long)ox;
+    long long y0, x0;
+    if (centers) {
+      // centre on the source's salient point (top-left = c - floor(side / 2)), then shift inside
+      const int* c = centers + 2LL * src[j + 1];
+      y0 = (long long)c[0] - (long long)h / 2;
+      x0 = (long long)c[1] - (long long)wd / 2;
+      const long long ymax = py + (long long)ry, xmax = px + (long long)rx;
+      y0 = y0 < py ? py : (y0 > ymax ? ymax : y0);
+      x0 = x0 < px ? px : (x0 > xmax ? xmax : x0);
+    } else {
+      double oy = floor(u[2 * j + 0] * (ry + 1.0));
+      double ox = floor(u[2 * j + 1] * (rx + 1.0));
+      if (oy > ry) oy = ry;
+      if (ox > rx) ox = rx;
+      y0 = py + (long long)oy;
+      x0 = px + (long long)ox;
+    }
     bx[4 * j + 0] = (int)y0;
     bx[4 * j + 1] = (int)x0;
     bx[4 * j + 2] = (int)(y0 + (long long)h);

@@ -12,6 +12,7 @@ KMIX_TLS kmix_dim3 gridDim;
 
 #include "kmix_blend.cu"
 #include "kmix_boxes.cu"
+#include "kmix_saliency.cu"
 
 // dtype codes shared with Python: 0 uint8, 1 float16, 2 float32.
 #define KMIX_DISPATCH(dtype, CALL)                                     \
@@ -65,14 +66,27 @@ int kmix_host_dcutmix(int dtype, const void* const* in, void* const* out, const 
 // Same grid shape as the GPU launch (threads of a block run one after another here).
 int kmix_host_nest_boxes(const double* phi, const double* uni, int phi_stride, const int* perms,
                          const unsigned char* mixed, int n, int k, int height, int width,
-                         int* sources, float* weights, int* boxes, int nworkers, int reverse) {
+                         int* sources, float* weights, int* boxes, const int* centers,
+                         int nworkers, int reverse) {
   if (n <= 0) return 0;
   const kmix_dim3 block = {64, 1, 1};
   const kmix_dim3 grid = {(unsigned)((n + 63) / 64), 1, 1};
   kmix_launch(grid, block, nworkers, reverse != 0, [&]() {
     kmix_nest_boxes(phi, uni, phi_stride, perms, mixed, n, k, height, width, sources, weights,
-                    boxes);
+                    boxes, centers);
   });
+  return 0;
+}
+
+int kmix_host_grey_resize(int dtype, const void* const* in, float* out, int n, int height, int width,
+                          int channels, int layout, int out_h, int out_w, int nworkers, int reverse) {
+  if (n <= 0 || out_h <= 0 || out_w <= 0) return 0;
+  const kmix_dim3 block = {64, 1, 1};
+  const long long total = (long long)n * out_h * out_w;
+  const kmix_dim3 grid = {(unsigned)((total + 63) / 64), 1, 1};
+  KMIX_DISPATCH(dtype, kmix_launch(grid, block, nworkers, reverse != 0, [&]() {
+    kmix_grey_resize<T>((const T* const*)in, out, n, height, width, channels, layout, out_h, out_w);
+  }));
   return 0;
 }
 

@@ -23,6 +23,8 @@ def test_operator_rows_and_table():
         for m in ("dmixup", "dcutmix"):
             assert ("dali_kmix", m, 2, dt) in impls and ("numpy reference", m, 3, dt) in impls
     assert all(r["vs_copy"] > 0 for r in rows if "vs_copy" in r)
+    assert ("saliency step (spectral residual)", "saliency-dcutmix", 3, "uint8") in impls
+    assert ("dali_kmix", "saliency-dcutmix", 3, "float32") in impls
     table = bench.format_table(rows)
     assert "| cpu | uint8 HWC | dali_kmix | dcutmix | 3 |" in table
 
@@ -30,7 +32,7 @@ def test_operator_rows_and_table():
 def test_pipeline_rows(photo_dir):
     pytest.importorskip("nvidia.dali")
     rows = bench.bench_pipeline(photo_dir, batch=8, size=32, iters=2, repeats=1, progress=False)
-    assert [r["mix"] for r in rows] == ["none", "dcutmix", "dmixup"]
+    assert [r["mix"] for r in rows] == ["none", "dcutmix", "dmixup", "saliency-dcutmix"]
     assert rows[0]["vs_no_mix"] == 1.0 and all(r["images_per_s_median"] > 0 for r in rows)
     assert "| cpu | dcutmix K=3 |" in bench.format_table(rows)
 

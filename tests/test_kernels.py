@@ -38,9 +38,13 @@ class CpuBackend:
             np.testing.assert_array_equal(a, b)  # inputs are never written
         return out
 
-    def nest(self, method, phi, u, perms, mixed, h, w):
-        return self.k.nest_boxes(method, phi, u, perms, mixed, h, w, workers=self.opts["workers"] or 1,
-                                 reverse=self.opts["reverse"])
+    def nest(self, method, phi, u, perms, mixed, h, w, centers=None):
+        return self.k.nest_boxes(method, phi, u, perms, mixed, h, w, centers=centers,
+                                 workers=self.opts["workers"] or 1, reverse=self.opts["reverse"])
+
+    def grey_resize(self, images, layout, size):
+        return self.k.grey_resize(list(images), layout, size, size, workers=self.opts["workers"],
+                                  reverse=self.opts["reverse"])
 
 
 class GpuBackend:
@@ -67,11 +71,14 @@ class GpuBackend:
             np.testing.assert_array_equal(a.get(), b)
         return out.get()
 
-    def nest(self, method, phi, u, perms, mixed, h, w):
+    def nest(self, method, phi, u, perms, mixed, h, w, centers=None):
         cp = self.cp
         s, wt, b = self.k.nest_boxes(method, cp.asarray(phi), cp.asarray(u), cp.asarray(perms),
-                                     cp.asarray(mixed), h, w)
+                                     cp.asarray(mixed), h, w, None if centers is None else cp.asarray(centers))
         return s.get(), wt.get(), None if b is None else b.get()
+
+    def grey_resize(self, images, layout, size):
+        return self.k.grey_resize([self.cp.asarray(a) for a in images], layout, size, size).get()
 
 
 BACKENDS = [
@@ -227,3 +234,31 @@ def test_device_sampler_gives_valid_records():
         for mode in ("sample", "batch"):
             p = gpu_kernels.sample_params_device(gen, method, 33, 40, 50, 4, np.full(4, 0.5), mode, 0.7)
             p.validate(33, 40, 50)
+
+
+@pytest.mark.parametrize("mode", ["sample", "batch"])
+@pytest.mark.parametrize("k", [2, 3, 9])
+@pytest.mark.parametrize("n,h,w", [(1, 1, 1), (65, 3, 5), (40, 225, 227)], ids=["1x1x1", "65x3x5", "40x225x227"])
+def test_nesting_kernel_with_salient_centers_matches_numpy(backend, k, mode, n, h, w):
+    rng = np.random.default_rng(k + h)
+    centers = np.stack([rng.integers(0, h, n), rng.integers(0, w, n)], axis=1).astype(np.int32)
+    draws = draw_raw(np, rng, n, k, np.full(k, 0.5), mode, 0.8)
+    want = params_from_draws("saliency-dcutmix", *draws, h, w, centers)
+    s, wt, b = backend.nest("saliency-dcutmix", *draws, h, w, centers=centers)
+    np.testing.assert_array_equal(s, want.sources)
+    np.testing.assert_array_equal(b, want.boxes)
+    assert np.array_equal(wt.view(np.uint32), want.weights.view(np.uint32))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout,shape", [("HWC", (5, 37, 53, 3)), ("CHW", (4, 3, 225, 227)),
+                                          ("HWC", (3, 9, 300, 1)), ("CHW", (2, 4, 70, 64)), ("HWC", (1, 1, 1, 3))],
+                         ids=["hwc-37x53x3", "chw-3x225x227", "hwc-9x300x1", "chw-4x70x64", "hwc-1x1x3"])
+def test_grey_resize_matches_numpy(backend, dtype, layout, shape):
+    from dali_kmix import saliency
+
+    rng = np.random.default_rng(1)
+    x = random_images(rng, dtype, shape)
+    want = saliency.resize_bilinear(saliency.grey(x, layout), 64, 64)
+    got = backend.grey_resize(x, layout, 64)
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))

@@ -259,7 +259,7 @@ def test_bad_sampling_arguments(kwargs, exc, match):
 
 
 def test_bad_method_and_sizes():
-    with pytest.raises(ValueError, match=r"method must be one of \['dmixup', 'dcutmix'\], got 'cutout'"):
+    with pytest.raises(ValueError, match=r"method must be one of \['dmixup', 'dcutmix', 'saliency-dcutmix'\], got 'cutout'"):
         sample_params("cutout", 4, 8, 8)
     with pytest.raises(ValueError, match=r"height must be >= 1, got 0"):
         sample_params("dcutmix", 4, 0, 8)

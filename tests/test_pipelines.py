@@ -94,7 +94,7 @@ def test_shards_are_disjoint_and_cover_the_data(photo_dir):
 
 
 def test_pipeline_argument_errors(photo_dir, tmp_path):
-    with pytest.raises(ValueError, match=r"mix must be one of \['dcutmix', 'dmixup'\], got 'cutmix'"):
+    with pytest.raises(ValueError, match=r"mix must be one of \['dcutmix', 'dmixup', 'saliency-dcutmix'\], got 'cutmix'"):
         imagenet_train_pipeline(photo_dir, batch_size=4, mix="cutmix")
     with pytest.raises(ValueError, match=r"device must be one of \['cpu', 'gpu'\], got 'tpu'"):
         imagenet_train_pipeline(photo_dir, batch_size=4, device="tpu")

@@ -1,0 +1,194 @@
+"""Saliency for Saliency-DCutMix: the most salient point of every image of a batch.
+
+Spectral residual (Hou & Zhang, CVPR 2007), computed on the device the images are
+on (NumPy FFT on the CPU, CuPy FFT on the GPU) for a whole batch at once:
+
+1. a grey copy (ITU-R 601 luma of RGB; the mean of other channel counts),
+   resized bilinearly (half-pixel centres) to ``work_size`` x ``work_size``;
+2. the log-amplitude spectrum minus its 3 x 3 local mean (reflect-101 border) is the
+   spectral residual;
+3. back-transformed with the original phase, its magnitude is Gaussian-smoothed
+   (5 x 5, sigma 8) and squared.
+
+These are the steps and constants of OpenCV contrib's
+``StaticSaliencySpectralResidual`` (64 x 64 working size), and the tests check
+that the argmax agrees with it on real photographs. The argmax cell, mapped back
+to full resolution (its centre pixel), is the point a box is centred on.
+
+``method="fine-grained"`` uses OpenCV contrib's ``StaticSaliencyFineGrained`` on the
+full image instead (what SaliencyMix's code uses; CPU only, needs
+``opencv-contrib-python``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _checks
+
+__all__ = ["SALIENCY_METHODS", "grey", "resize_bilinear", "small_grey", "spectral_residual", "salient_points"]
+
+SALIENCY_METHODS = ("spectral-residual", "fine-grained")
+WORK_SIZE = 64
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def _xp(a):
+    if type(a).__module__.startswith("cupy"):
+        import cupy
+
+        return cupy
+    return np
+
+
+def grey(images, layout: str):
+    """float32 ``(N, H, W)`` grey images from a ``(N, H, W, C)`` / ``(N, C, H, W)`` batch."""
+    xp = _xp(images)
+    x = images if layout == "HWC" else xp.moveaxis(images, 1, -1)
+    c = x.shape[-1]
+    if c == 3:
+        w = xp.asarray(_LUMA, dtype=np.float32)
+        return (x.astype(np.float32) * w).sum(axis=-1)
+    return x.astype(np.float32).mean(axis=-1)
+
+
+def resize_bilinear(g, out_h: int, out_w: int):
+    """Bilinear resize of ``(N, H, W)`` float images with half-pixel centres (OpenCV's INTER_LINEAR)."""
+    xp = _xp(g)
+    _, h, w = g.shape
+
+    def axis(n_in, n_out):
+        pos = (xp.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+        pos = xp.clip(pos, 0.0, n_in - 1)
+        lo = xp.floor(pos).astype(np.int64)
+        hi = xp.minimum(lo + 1, n_in - 1)
+        return lo, hi, (pos - lo).astype(np.float32)
+
+    y0, y1, fy = axis(h, out_h)
+    x0, x1, fx = axis(w, out_w)
+    top = g[:, y0][:, :, x0] * (1 - fx) + g[:, y0][:, :, x1] * fx
+    bot = g[:, y1][:, :, x0] * (1 - fx) + g[:, y1][:, :, x1] * fx
+    return top * (1 - fy)[:, None] + bot * fy[:, None]
+
+
+def small_grey(images, layout: str, work_size: int = WORK_SIZE):
+    """float32 ``(N, work_size, work_size)`` grey copies of a batch or of a list of same-shape samples.
+
+    Runs the ``kmix_grey_resize`` kernel (GPU, or the CPU build) straight from the
+    per-sample buffers; without a C++ compiler, the NumPy code (:func:`grey`,
+    :func:`resize_bilinear`), which gives the same bits.
+    """
+    samples = list(images)
+    if not samples:
+        return _xp(images).zeros((0, work_size, work_size), np.float32)
+    if _xp(samples[0]) is not np:
+        from . import gpu_kernels
+
+        return gpu_kernels.grey_resize(samples, layout, work_size, work_size)
+    from . import cpu_kernels
+
+    if cpu_kernels.available():
+        return cpu_kernels.grey_resize(samples, layout, work_size, work_size)
+    return resize_bilinear(grey(np.stack(samples), layout), work_size, work_size)
+
+
+def _filter2d_separable(a, kernel):
+    """Correlate the last two axes of ``a`` with ``kernel`` x ``kernel`` (reflect-101 border)."""
+    xp = _xp(a)
+    r = len(kernel) // 2
+    p = xp.pad(a, ((0, 0), (r, r), (0, 0)), mode="reflect")
+    a = sum(float(kernel[i]) * p[:, i:i + a.shape[1]] for i in range(len(kernel)))
+    p = xp.pad(a, ((0, 0), (0, 0), (r, r)), mode="reflect")
+    return sum(float(kernel[i]) * p[:, :, i:i + a.shape[2]] for i in range(len(kernel)))
+
+
+def _gaussian_kernel(size: int, sigma: float) -> np.ndarray:
+    x = np.arange(size) - (size - 1) / 2
+    k = np.exp(-x * x / (2 * sigma * sigma))
+    return k / k.sum()
+
+
+def spectral_residual(g):
+    """Spectral-residual saliency of ``(N, h, w)`` float images; float32 ``(N, h, w)``, max 1 per image."""
+    xp = _xp(g)
+    # float64 on the CPU (as OpenCV), float32 on the GPU (speed); near-ties may resolve differently
+    ftype = np.float64 if xp is np else np.float32
+    spec = xp.fft.fft2(g.astype(ftype))
+    amp = xp.abs(spec)
+    log_amp = xp.log(xp.maximum(amp, ftype(1e-12)))
+    residual = log_amp - _filter2d_separable(log_amp, np.full(3, 1.0 / 3.0))
+    # exp(residual) with the original phase: spec * exp(residual) / |spec| (a real scale), and
+    # exp(residual) itself where the spectrum is exactly 0 (phase 0)
+    mag = xp.exp(residual)
+    spec *= mag / xp.maximum(amp, ftype(1e-12))
+    spec = xp.where(amp > 0, spec, mag)
+    back = xp.abs(xp.fft.ifft2(spec))
+    sal = _filter2d_separable(back, _gaussian_kernel(5, 8.0)) ** 2
+    peak = sal.reshape(sal.shape[0], -1).max(axis=1)
+    return (sal / xp.maximum(peak, 1e-30)[:, None, None]).astype(np.float32)
+
+
+def _fine_grained_points(images, layout):
+    try:
+        import cv2
+
+        make = cv2.saliency.StaticSaliencyFineGrained_create
+    except (ImportError, AttributeError):
+        raise ValueError("saliency='fine-grained' needs OpenCV's contrib saliency module "
+                         "(pip install opencv-contrib-python-headless)") from None
+    x = np.asarray(images)
+    if layout == "CHW":
+        x = np.moveaxis(x, 1, -1)
+    pts = np.empty((x.shape[0], 2), np.int32)
+    for i, img in enumerate(x):
+        g = grey(img[None], "HWC")[0]
+        lo, hi = float(g.min()), float(g.max())
+        g8 = np.zeros(g.shape, np.uint8) if hi <= lo else ((g - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+        ok, sal = make().computeSaliency(g8)
+        pts[i] = np.unravel_index(int(np.argmax(sal)), sal.shape) if ok else (g.shape[0] // 2, g.shape[1] // 2)
+    return pts
+
+
+def salient_points(images, layout: str = "HWC", *, method: str = "spectral-residual",
+                   work_size: int = WORK_SIZE):
+    """The most salient pixel ``(y, x)`` of every image; int32 ``(N, 2)``, same array kind as ``images``.
+
+    Args:
+        images: NumPy or CuPy batch ``(N, H, W, C)`` ("HWC") or ``(N, C, H, W)`` ("CHW"), or a
+            list of N same-shape samples (DALI's batch, read without stacking).
+        layout: "HWC" or "CHW".
+        method: "spectral-residual" (default, any device) or "fine-grained" (OpenCV, CPU).
+        work_size: side of the square working image of the spectral residual.
+    """
+    layout = _checks.check_layout(layout)
+    _checks.check_choice("saliency", method, SALIENCY_METHODS)
+    work_size = _checks.check_int("work_size", work_size, 4)
+    samples = list(images) if isinstance(images, (list, tuple)) else None
+    if samples is None:
+        xp = _xp(images)
+        if xp is np:
+            images = np.asarray(images)
+        if images.ndim != 4:
+            raise ValueError(f"images must have 4 dimensions (N, {', '.join(layout)}), got shape "
+                             f"{tuple(images.shape)}")
+        n, shape = images.shape[0], images.shape[1:]
+    else:
+        if not samples:
+            return np.zeros((0, 2), np.int32)
+        xp = _xp(samples[0])
+        shape = _checks.check_same_shapes("images", [a.shape for a in samples], layout)
+        n = len(samples)
+    h, w = _checks.spatial_size(shape, layout)
+    if n == 0:
+        return xp.zeros((0, 2), np.int32)
+    if method == "fine-grained":
+        if xp is not np:
+            raise ValueError("saliency='fine-grained' runs on the CPU only; use 'spectral-residual' on the GPU")
+        return _fine_grained_points(np.stack(samples) if samples is not None else images, layout)
+    sal = spectral_residual(small_grey(samples if samples is not None else images, layout, work_size))
+    flat = xp.argmax(sal.reshape(n, -1), axis=1)
+    iy, ix = flat // work_size, flat % work_size
+    # centre pixel of the working-size cell, in full-resolution coordinates
+    cy = xp.minimum(((2 * iy + 1) * h) // (2 * work_size), h - 1)
+    cx = xp.minimum(((2 * ix + 1) * w) // (2 * work_size), w - 1)
+    return xp.stack([cy, cx], axis=1).astype(np.int32)

@@ -1,0 +1,225 @@
+"""Saliency-DCutMix: the saliency maps, the placement of the boxes, and the operator."""
+
+import numpy as np
+import pytest
+
+import dali_kmix
+from dali_kmix import saliency
+from dali_kmix.params import MixParams, draw_raw, params_from_draws, sample_params
+
+try:
+    import cv2
+
+    HAS_CV_SALIENCY = hasattr(cv2, "saliency")
+except ImportError:  # opencv-contrib is a test extra; without it only the OpenCV comparisons skip
+    cv2 = None
+    HAS_CV_SALIENCY = False
+
+
+def _blob_images(n, h, w, layout="HWC", dtype=np.uint8):
+    """Image i: values 10 i + (0..4 of noise) with a 5x5 blob of value 10 i + 9 at a known place.
+
+    ``value // 10`` names the source of every pixel; returns (images, blob centres).
+    """
+    rng = np.random.default_rng(n * 7 + h)
+    pts = np.stack([rng.integers(6, h - 6, n), rng.integers(6, w - 6, n)], axis=1)
+    x = np.empty((n, h, w, 3), dtype)
+    for i, (y, xx) in enumerate(pts):
+        x[i] = 10 * i + rng.integers(0, 5, (h, w, 1))
+        x[i, y - 2:y + 3, xx - 2:xx + 3] = 10 * i + 9
+    if layout == "CHW":
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    return x, pts
+
+
+# --------------------------------------------------------------------------- maps
+
+
+@pytest.mark.skipif(not HAS_CV_SALIENCY, reason="opencv-contrib saliency module not installed")
+def test_spectral_residual_agrees_with_opencv_on_photographs():
+    from dali_kmix.data import PHOTOS, _load_photo
+
+    rng = np.random.default_rng(0)
+    dist = []
+    for name in PHOTOS:
+        img = _load_photo(name)
+        for _ in range(4):
+            h, w = img.shape[:2]
+            s = int(min(h, w) * rng.uniform(0.3, 1.0))
+            y, x = rng.integers(0, h - s + 1), rng.integers(0, w - s + 1)
+            grey = cv2.cvtColor(np.ascontiguousarray(img[y:y + s, x:x + s]), cv2.COLOR_RGB2GRAY)
+            small = cv2.resize(grey, (64, 64), interpolation=cv2.INTER_LINEAR)
+            ok, ref = cv2.saliency.StaticSaliencySpectralResidual_create().computeSaliency(small)
+            assert ok
+            ours = saliency.spectral_residual(small[None].astype(np.float32))[0]
+            a = np.unravel_index(np.argmax(ref), ref.shape)
+            b = np.unravel_index(np.argmax(ours), ours.shape)
+            dist.append(max(abs(int(a[0]) - int(b[0])), abs(int(a[1]) - int(b[1]))))
+            # the maps themselves agree, not just their peaks
+            assert np.corrcoef(ref.ravel(), ours.ravel())[0, 1] > 0.99
+    assert max(dist) <= 2, dist
+
+
+def test_salient_point_finds_a_blob():
+    for layout in ("HWC", "CHW"):
+        x, pts = _blob_images(6, 96, 128, layout)
+        got = saliency.salient_points(x, layout)
+        assert got.dtype == np.int32 and got.shape == (6, 2)
+        assert np.abs(got - pts).max() <= 3, (got, pts)
+        np.testing.assert_array_equal(saliency.salient_points(list(x), layout), got)  # list of samples
+
+
+@pytest.mark.gpu
+def test_salient_points_on_the_gpu():
+    import cupy
+
+    x, pts = _blob_images(5, 80, 90)
+    assert np.abs(saliency.salient_points(cupy.asarray(x), "HWC").get() - pts).max() <= 3
+
+
+@pytest.mark.skipif(not HAS_CV_SALIENCY, reason="opencv-contrib saliency module not installed")
+def test_fine_grained_option():
+    x, pts = _blob_images(3, 64, 64)
+    got = saliency.salient_points(x, "HWC", method="fine-grained")
+    assert got.shape == (3, 2) and (got >= 0).all() and (got[:, 0] < 64).all()
+
+
+def test_saliency_bad_input():
+    with pytest.raises(ValueError, match=r"saliency must be one of \['spectral-residual', 'fine-grained'\]"):
+        saliency.salient_points(np.zeros((1, 8, 8, 3), np.uint8), "HWC", method="itti")
+    with pytest.raises(ValueError, match=r"images must have 4 dimensions"):
+        saliency.salient_points(np.zeros((8, 8, 3), np.uint8), "HWC")
+    with pytest.raises(ValueError, match=r"same H x W; sample 0 has shape \(8, 8, 3\) but sample 1 has shape"):
+        saliency.salient_points([np.zeros((8, 8, 3), np.uint8), np.zeros((9, 8, 3), np.uint8)], "HWC")
+
+
+# --------------------------------------------------------------------------- placement
+
+
+@pytest.mark.parametrize("mode", ["sample", "batch"])
+@pytest.mark.parametrize("k", [2, 3, 5, 9])
+def test_box_sizes_equal_dcutmix_and_boxes_sit_on_the_salient_points(k, mode):
+    n, h, w = 40, 61, 83
+    rng = np.random.default_rng(k)
+    centers = np.stack([rng.integers(0, h, n), rng.integers(0, w, n)], axis=1).astype(np.int32)
+    draws = draw_raw(np, rng, n, k, np.full(k, 0.8), mode, 0.9)
+    plain = params_from_draws("dcutmix", *draws, h, w)
+    sal = params_from_draws("saliency-dcutmix", *draws, h, w, centers)
+    sal.validate(n, h, w)  # nested, inside the image, weights = exact areas
+    np.testing.assert_array_equal(sal.sources, plain.sources)
+    size = lambda b: np.stack([b[..., 2] - b[..., 0], b[..., 3] - b[..., 1]], -1)  # noqa: E731
+    np.testing.assert_array_equal(size(sal.boxes), size(plain.boxes))
+    np.testing.assert_array_equal(sal.weights, plain.weights)
+    for i in range(n):
+        parent = np.array([0, 0, h, w])
+        for j in range(k - 1):
+            y0, x0, y1, x1 = sal.boxes[i, j]
+            if y1 == y0 and sal.weights[i, 0] == 1.0:
+                continue  # unmixed sample
+            cy, cx = centers[sal.sources[i, j + 1]]
+            for lo, hi, c, plo, phi in ((y0, y1, cy, parent[0], parent[2]), (x0, x1, cx, parent[1], parent[3])):
+                want = c - (hi - lo) // 2  # centred ...
+                if want < plo:  # ... unless that would leave the parent: then flush with its edge
+                    assert lo == plo
+                elif want + (hi - lo) > phi:
+                    assert hi == phi
+                else:
+                    assert lo == want
+            parent = sal.boxes[i, j]
+
+
+def test_sample_params_for_saliency_dcutmix():
+    x, pts = _blob_images(8, 64, 80)
+    p = sample_params("saliency-dcutmix", 8, 64, 80, k=2, alpha=1.0, images=x, rng=0)
+    p.validate(8, 64, 80)
+    for i in range(8):  # each box is centred on its source's blob unless shifted by the image edge
+        y0, x0, y1, x1 = p.boxes[i, 0]
+        src = p.sources[i, 1]
+        if y1 > y0 and 0 < y0 and y1 < 64 and 0 < x0 and x1 < 80:
+            assert abs((y0 + (y1 - y0) // 2) - pts[src][0]) <= 3 and abs((x0 + (x1 - x0) // 2) - pts[src][1]) <= 3
+    out = dali_kmix.mix_images(x, p, "HWC")
+    share = np.stack([np.bincount(out[i].ravel() // 10, minlength=8) for i in range(8)]) / out[0].size
+    np.testing.assert_allclose(share, dali_kmix.mix_labels(np.arange(8), p, 8), atol=1e-6)
+
+
+def test_sample_params_saliency_errors():
+    with pytest.raises(ValueError, match=r"method='saliency-dcutmix' needs images="):
+        sample_params("saliency-dcutmix", 4, 8, 8)
+    with pytest.raises(ValueError, match=r"images must have shape \(N=4, \.\.\.\) with H x W = 8 x 8 in layout HWC"):
+        sample_params("saliency-dcutmix", 4, 8, 8, images=np.zeros((4, 8, 9, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"needs the salient point of every image"):
+        params_from_draws("saliency-dcutmix", *draw_raw(np, np.random.default_rng(0), 2, 3, np.ones(3), "sample", 1.0),
+                          8, 8)
+    assert isinstance(sample_params("saliency-dcutmix", 1, 8, 8, images=np.zeros((1, 8, 8, 3), np.uint8)), MixParams)
+
+
+# --------------------------------------------------------------------------- the operator
+
+
+def _blob_pipe(k, layout, label_format="sparse", device="cpu", saliency_method="spectral-residual", **kw):
+    from nvidia.dali import fn, pipeline_def
+
+    import dali_kmix.dali as kmix
+
+    x, pts = _blob_images(10, 48, 56, layout)
+
+    @pipeline_def(batch_size=10, num_threads=2, device_id=0 if device == "gpu" else None, seed=4)
+    def pipe():
+        images = fn.external_source(source=lambda: list(x), batch=True, layout=layout)
+        labels = fn.external_source(source=lambda: [np.array([i], np.int32) for i in range(10)], batch=True)
+        if device == "gpu":
+            images = images.gpu()
+        return kmix.saliency_dcutmix(images, labels, k=k, num_classes=10, layout=layout, label_format=label_format,
+                                     saliency=saliency_method, **kw)
+
+    return pipe(), x, pts
+
+
+@pytest.mark.parametrize("layout", ["HWC", "CHW"])
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_operator_labels_match_pixels_and_boxes_hold_the_blobs(k, layout):
+    pytest.importorskip("nvidia.dali")
+    p, x, pts = _blob_pipe(k, layout)
+    p.build()
+    for _ in range(2):
+        images, idx, w = (t.as_array() for t in p.run())
+        for i in range(10):
+            share = np.bincount(images[i].ravel() // 10, minlength=10) / images[i].size
+            expect = np.zeros(10)
+            np.add.at(expect, idx[i], w[i])
+            np.testing.assert_allclose(share, expect, atol=1e-6)
+        if k == 2:  # box 0 is centred on its source's blob (only the image edge shifts it): the blob shows
+            hwc = images if layout == "HWC" else images.transpose(0, 2, 3, 1)
+            for i in range(10):
+                if w[i, 1] > 0.15 and idx[i, 1] != i:
+                    assert ((hwc[i] % 10 == 9) & (hwc[i] // 10 == idx[i, 1])).any()
+
+
+def test_operator_rejects_fine_grained_on_gpu_and_bad_saliency():
+    pytest.importorskip("nvidia.dali")
+    with pytest.raises(ValueError, match=r"saliency must be one of"):
+        _blob_pipe(3, "HWC", saliency_method="itti")
+    with pytest.raises(ValueError, match=r"saliency='fine-grained' \(OpenCV\) runs on the CPU only"):
+        _blob_pipe(3, "HWC", device="gpu", saliency_method="fine-grained")
+
+
+def test_train_pipeline_with_saliency_dcutmix(photo_dir):
+    pytest.importorskip("nvidia.dali")
+    from dali_kmix.pipelines import DALIMixIterator, imagenet_train_pipeline
+
+    pipe = imagenet_train_pipeline(photo_dir, batch_size=8, mix="saliency-dcutmix", k=3, crop=64, seed=3)
+    images, targets = next(iter(DALIMixIterator(pipe)))
+    assert images.shape == (8, 3, 64, 64) and targets.shape == (8, 8)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", ["HWC", "CHW"])
+def test_gpu_operator_labels_match_pixels(layout):
+    p, x, pts = _blob_pipe(3, layout, device="gpu")
+    p.build()
+    images, idx, w = (t.as_cpu().as_array() for t in p.run())
+    for i in range(10):
+        share = np.bincount(images[i].ravel() // 10, minlength=10) / images[i].size
+        expect = np.zeros(10)
+        np.add.at(expect, idx[i], w[i])
+        np.testing.assert_allclose(share, expect, atol=1e-6)
