@@ -7,9 +7,19 @@ PIP    := $(PY) -m pip
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-gpu bench kernels-check clean
+.PHONY: venv system-deps demo test test-gpu bench study kernels-check clean
 
 venv: $(STAMP)
+
+# Debian packages: Fashion-MNIST for `kmix data fashion-mnist`, the training study and its tests.
+system-deps:
+	@if ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	  else \
+	    echo "note: Debian package dataset-fashion-mnist is not installed; its tests will skip"; \
+	  fi; \
+	fi
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -22,11 +32,19 @@ $(STAMP): setup.py
 demo: venv
 	$(VENV)/bin/kmix demo --out .demo
 
-test: venv
+test: venv system-deps
 	$(PY) -m pytest -q
 
 test-gpu: venv
 	$(PY) -m pytest -q -m gpu
+
+# The studies of the README (about 45 and 25 minutes on 2 cores).
+study: venv system-deps
+	$(PY) benchmarks/study_mixing.py
+	$(PY) benchmarks/study_subsample.py --checkpoint benchmarks/results/study-runs/dcutmix-k3-s0/checkpoint.pt
+
+bench: venv
+	$(VENV)/bin/kmix bench
 
 kernels-check: venv
 	$(VENV)/bin/kmix kernels check

@@ -3,6 +3,10 @@
     kmix demo [--out DIR] [--device auto|cpu|gpu] [--batch-size N] [--k K] [--alpha A] [--batches N]
     kmix bench [--quick] [--out DIR] [--data DIR]
     kmix data photos DIR [--per-class N]
+    kmix data fashion-mnist DIR [--per-class N] [--val-per-class N]
+    kmix train --data DIR [--mix none|mixup|cutmix|dmixup|dcutmix|saliency-dcutmix] [--k K] ...
+    torchrun --nproc_per_node 2 -m dali_kmix.cli train --data DIR ...
+    kmix subsample --data DIR/train --checkpoint CKPT --ratio 0.1 --out subset.txt [--figure fig.png]
     kmix kernels build          # compile the CPU kernels now (otherwise on first use)
     kmix kernels check [--arch sm_80 sm_90]   # compile gate: NVRTC (and nvcc if present)
 """
@@ -10,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 
@@ -37,13 +42,35 @@ def _cmd_bench(args) -> int:
 
 
 def _cmd_data(args) -> int:
-    from .data import make_photo_tree
+    from .data import make_fashion_mnist_tree, make_photo_tree
 
     if args.dataset == "photos":
-        root = make_photo_tree(args.dir, images_per_class=args.per_class, overwrite=args.overwrite)
-        print(f"wrote {root}")
-        return 0
-    raise SystemExit(f"unknown dataset {args.dataset!r}")
+        root = make_photo_tree(args.dir, images_per_class=args.per_class or 12, overwrite=args.overwrite)
+    else:
+        root = make_fashion_mnist_tree(args.dir, source=args.source, train_per_class=args.per_class,
+                                       val_per_class=args.val_per_class, seed=args.seed, overwrite=args.overwrite)
+    print(f"wrote {root}")
+    return 0
+
+
+def _cmd_subsample(args) -> int:
+    from .subsample import run
+
+    res = run(args)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"scored {res['scored']} samples, kept {res['kept']}: wrote {res['out']} and {res['scores']}")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from .train import config_from_args, train
+
+    summary = train(config_from_args(args))
+    if int(os.environ.get("RANK", "0")) == 0:
+        err = summary["final_val_top1_err"]
+        print(f"final val top-1 error {100 * err:.2f} % after {summary['epochs']} epochs "
+              f"({summary['world_size']} process(es), {summary['run_s']:.0f} s); files in {args.out}")
+    return 0
 
 
 def _cmd_kernels(args) -> int:
@@ -91,11 +118,27 @@ def main(argv=None) -> int:
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("data", help="write a JPEG folder tree")
-    p.add_argument("dataset", choices=["photos"])
+    p.add_argument("dataset", choices=["photos", "fashion-mnist"])
     p.add_argument("dir")
-    p.add_argument("--per-class", type=int, default=12)
+    p.add_argument("--per-class", type=int, default=None,
+                   help="images per class (photos: default 12; fashion-mnist: train subset, default all 6000)")
+    p.add_argument("--val-per-class", type=int, default=None, help="fashion-mnist: val subset (default all 1000)")
+    p.add_argument("--source", default="/usr/share/datasets/fashion-mnist", help="fashion-mnist IDX files")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_data)
+
+    p = sub.add_parser("subsample", help="score samples by the CV of mixed losses; write a subset file_list")
+    from .subsample import add_arguments as add_subsample_arguments
+
+    add_subsample_arguments(p)
+    p.set_defaults(func=_cmd_subsample)
+
+    p = sub.add_parser("train", help="train through the DALI iterator (torchrun for many processes)")
+    from .train import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("kernels", help="build the CPU kernels or run the compile gate")
     p.add_argument("action", choices=["build", "check"])

@@ -16,7 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["PHOTOS", "make_photo_tree", "class_names"]
+__all__ = ["PHOTOS", "make_photo_tree", "class_names", "FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES",
+           "read_idx", "make_fashion_mnist_tree"]
+
+#: Where Debian's ``dataset-fashion-mnist`` package installs the IDX files.
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+#: Folder names in label order (sorted order = label order, as ``readers.file`` numbers them).
+FASHION_MNIST_CLASSES = ("0_tshirt-top", "1_trouser", "2_pullover", "3_dress", "4_coat", "5_sandal", "6_shirt",
+                         "7_sneaker", "8_bag", "9_ankle-boot")
 
 #: Photographs bundled in scikit-image's wheel (no download needed).
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "camera", "coins")
@@ -88,3 +95,78 @@ def make_photo_tree(root, *, images_per_class: int = 12, size: int = 256, seed: 
 def class_names(data_dir) -> list[str]:
     """Class names in the order ``readers.file`` assigns labels 0, 1, ... (sorted folder names)."""
     return sorted(p.name for p in Path(data_dir).iterdir() if p.is_dir())
+
+
+def read_idx(path) -> np.ndarray:
+    """Read an IDX file (optionally gzipped), as in the MNIST and Fashion-MNIST distributions."""
+    import gzip
+
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise ValueError(f"{path} is not an IDX file")
+    dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    if data[2] not in dtypes:
+        raise ValueError(f"{path}: unknown IDX element type 0x{data[2]:02x}")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    arr = np.frombuffer(data, dtype=dtypes[data[2]], offset=4 + 4 * ndim)
+    if arr.size != int(np.prod(dims)):
+        raise ValueError(f"{path}: expected {int(np.prod(dims))} elements, found {arr.size}")
+    return arr.reshape(dims)
+
+
+def _write_split(root: Path, images, labels, per_class, rng, prefix):
+    from PIL import Image
+
+    for c, name in enumerate(FASHION_MNIST_CLASSES):
+        (root / name).mkdir(parents=True)
+        idx = np.flatnonzero(labels == c)
+        if per_class is not None:
+            idx = np.sort(rng.choice(idx, size=min(per_class, len(idx)), replace=False))
+        for i in idx:
+            Image.fromarray(images[i]).save(root / name / f"{prefix}{i:05d}.jpg", quality=95)
+
+
+def make_fashion_mnist_tree(out_dir, *, source=FASHION_MNIST_DIR, train_per_class: int | None = None,
+                            val_per_class: int | None = None, seed: int = 0, overwrite: bool = False) -> Path:
+    """Write Fashion-MNIST as ``out_dir/train/<class>/*.jpg`` and ``out_dir/val/<class>/*.jpg``.
+
+    ``source`` holds the four IDX files (Debian: ``apt-get install dataset-fashion-mnist``).
+    ``train_per_class`` / ``val_per_class`` keep a random, class-balanced subset (fixed by
+    ``seed``); None keeps all (6,000 / 1,000 per class). The tree is written into a
+    temporary folder and renamed into place, whole or not at all.
+    """
+    src = Path(source)
+    files = {k: src / f"{k}-idx{n}-ubyte.gz" for k, n in (("train-images", 3), ("train-labels", 1),
+                                                          ("t10k-images", 3), ("t10k-labels", 1))}
+    missing = [str(f) for f in files.values() if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"Fashion-MNIST IDX files not found: {missing} "
+                                f"(on Debian: apt-get install dataset-fashion-mnist)")
+    out_dir = Path(out_dir)
+    stamp = f"train_per_class={train_per_class} val_per_class={val_per_class} seed={seed}\n"
+    if out_dir.exists() and not overwrite:
+        found = (out_dir / ".complete").read_text() if (out_dir / ".complete").is_file() else "(incomplete)"
+        if found == stamp:
+            return out_dir
+        raise FileExistsError(f"{out_dir} already holds a different tree ({found.strip()}); pass overwrite=True "
+                              f"(kmix data --overwrite) or choose another folder")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".fmnist-", dir=out_dir.parent))
+    try:
+        rng = np.random.default_rng(seed)
+        _write_split(tmp / "train", read_idx(files["train-images"]), read_idx(files["train-labels"]),
+                     train_per_class, rng, "train_")
+        _write_split(tmp / "val", read_idx(files["t10k-images"]), read_idx(files["t10k-labels"]),
+                     val_per_class, rng, "test_")
+        (tmp / ".complete").write_text(stamp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out_dir

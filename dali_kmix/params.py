@@ -26,7 +26,8 @@ import numpy as np
 
 from . import _checks
 
-__all__ = ["MixParams", "sample_dirichlet", "nest_boxes", "area_weights", "sample_params", "params_from_draws"]
+__all__ = ["MixParams", "sample_dirichlet", "nest_boxes", "area_weights", "sample_params", "params_from_draws",
+           "sample_anchor_params"]
 
 #: Tolerance on ``sum(weights[n]) == 1`` and on box-area weights when a hand-built
 #: record is validated. float32 rounding of K terms stays far below this.
@@ -432,3 +433,40 @@ def params_from_draws(method, phi, uniforms, perms, mixed, height, width, image_
     boxes = np.where(mixed[:, None, None], boxes, 0).astype(np.int32)
     weights = np.where(mixed[:, None], weights, unmixed_w)
     return MixParams(sources, weights, boxes)
+
+
+def sample_anchor_params(n: int, height: int, width: int, *, k: int = 3, anchor_ratio: float = 0.5,
+                         alpha=(2 / 9, 2 / 9), rng=None) -> MixParams:
+    """DCutMix records for uncertainty scoring: every anchor keeps a fixed share.
+
+    Sample ``i`` is the base image (its own pixels outside box 0) with share
+    ``phi_0 = anchor_ratio``; ``K - 1`` partners, drawn uniformly from the *other*
+    samples of the batch (with replacement across levels), share the rest as
+    ``(1 - anchor_ratio) * Dirichlet(alpha)``, i.e. the conditional Dirichlet of the
+    non-anchor shares. Boxes and area weights follow the DCutMix stick-breaking rules.
+
+    Args:
+        n, height, width: batch size and image size.
+        k: images per mix (anchor + K - 1 partners).
+        anchor_ratio: the anchor's share, in (0, 1).
+        alpha: K - 1 positive concentrations for the partners (or one scalar).
+        rng: None, an int seed or a numpy Generator.
+    """
+    n = _checks.check_int("n", n, 0)
+    height = _checks.check_int("height", height, 1)
+    width = _checks.check_int("width", width, 1)
+    k = _checks.check_int("k", k, 2)
+    a = _checks.check_alpha(alpha, k - 1)
+    if isinstance(anchor_ratio, bool) or not isinstance(anchor_ratio, (int, float, np.floating)) or \
+            not 0.0 < float(anchor_ratio) < 1.0:
+        raise ValueError(f"anchor_ratio must be in (0, 1), got {anchor_ratio!r}")
+    gen = _rng(rng)
+    rest = sample_dirichlet(a, n, gen)
+    phi = np.concatenate([np.full((n, 1), float(anchor_ratio)), (1.0 - float(anchor_ratio)) * rest], axis=1)
+    uniforms = gen.random((n, k - 1, 2))
+    if n > 1:
+        others = gen.integers(0, n - 1, size=(n, k - 1))
+        partners = others + (others >= np.arange(n)[:, None])  # uniform over the other n - 1 samples
+    else:
+        partners = np.zeros((n, k - 1), np.int64)
+    return params_from_draws("dcutmix", phi, uniforms, partners.T, np.ones(n, bool), height, width)

@@ -43,6 +43,20 @@ def _reader(data_dir, file_list, shard_id, num_shards, shuffle, reader_name):
     return fn.readers.file(file_root=str(data_dir), **kw)
 
 
+_INFO_BYTES = 1024
+
+
+def _source_info(jpegs):
+    """The file path of each sample as a fixed-size, zero-padded uint8 vector (so batches are dense)."""
+    from nvidia.dali import fn
+
+    return fn.pad(fn.get_property(jpegs, key="source_info"), fill_value=0, axes=(0,), shape=(_INFO_BYTES,))
+
+
+def _decode_info(rows) -> list[str]:
+    return [bytes(r[r != 0]).decode() for r in rows]
+
+
 def _check_common(device, batch_size, shard_id, num_shards):
     _checks.check_choice("device", device, ("cpu", "gpu"))
     _checks.check_int("batch_size", batch_size, 1)
@@ -58,7 +72,8 @@ def imagenet_train_pipeline(data_dir, *, batch_size: int, device: str = "cpu", m
                             device_id: int | None = None, crop: int = 224, mode: str = "sample",
                             prob: float = 1.0, smoothing: float = 0.0, label_format: str = "dense",
                             file_list=None, random_area=(0.08, 1.0), random_aspect_ratio=(0.75, 4.0 / 3.0),
-                            reader_name: str = "Reader", prefetch_queue_depth: int = 2):
+                            reader_name: str = "Reader", prefetch_queue_depth: int = 2,
+                            with_source_info: bool = False):
     """Build (not run) the training pipeline; returns a ``nvidia.dali.Pipeline``.
 
     Outputs: ``(images, targets)`` float32 CHW ``(3, crop, crop)`` images and float32
@@ -76,6 +91,8 @@ def imagenet_train_pipeline(data_dir, *, batch_size: int, device: str = "cpu", m
         num_classes: number of classes (default: the number of class folders).
         seed: the pipeline's seed; shard ``i`` mixes with its own stream.
         shard_id, num_shards: the reader's shard (one per rank under torchrun).
+        with_source_info: also output each anchor's file path (for audits of what a
+            rank saw; :class:`DALIMixIterator` exposes it as ``last_source_info``).
     """
     from nvidia.dali import Pipeline, fn, types
 
@@ -107,15 +124,17 @@ def imagenet_train_pipeline(data_dir, *, batch_size: int, device: str = "cpu", m
         images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW", crop=(crop, crop),
                                           mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), mirror=mirror)
         if mix is None:
-            pipe.set_outputs(images, labels)
-            pipe.kmix_output_map = ["images", "labels"]
+            outs, names = (images, labels), ["images", "labels"]
         else:
             op = getattr(kmix_ops, mix.replace("-", "_"))
             outs = op(images, labels, k=k, alpha=alpha, num_classes=num_classes, layout="CHW", mode=mode,
                       prob=prob, smoothing=smoothing, label_format=label_format, shard_id=shard_id)
-            pipe.set_outputs(*outs)
-            pipe.kmix_output_map = ["images", "targets"] if label_format == "dense" else [
-                "images", "label_idx", "label_w"]
+            names = ["images", "targets"] if label_format == "dense" else ["images", "label_idx", "label_w"]
+        if with_source_info:
+            outs = (*outs, _source_info(jpegs))
+            names.append("source_info")
+        pipe.set_outputs(*outs)
+        pipe.kmix_output_map = names
     pipe.kmix_num_classes = num_classes
     pipe.kmix_reader_name = reader_name
     return pipe
@@ -174,6 +193,7 @@ class DALIMixIterator:
         self.num_classes = pipe.kmix_num_classes
         self.one_hot = one_hot
         self.smoothing = _checks.check_smoothing(smoothing)
+        self.last_source_info: list[str] = []
         self._it = DALIGenericIterator([pipe], self.output_map, reader_name=pipe.kmix_reader_name,
                                        last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=auto_reset)
 
@@ -189,6 +209,8 @@ class DALIMixIterator:
     def __next__(self):
         data = next(self._it)[0]
         images = data["images"]
+        if "source_info" in data:
+            self.last_source_info = _decode_info(data["source_info"].cpu().numpy())
         if "targets" in data:
             return images, data["targets"]
         if "label_idx" in data:

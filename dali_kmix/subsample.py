@@ -1,0 +1,431 @@
+"""Uncertainty-based data subsampling with K-image mixing (the paper's second contribution).
+
+For every anchor sample ``x_i`` draw ``M`` DCutMix mixes in which the anchor keeps a
+fixed share (``anchor_ratio``, default 0.5) and ``K - 1`` partners share the rest by
+``Dirichlet(alpha)`` (default ``(2/9, 2/9)``); ``L_i`` are the model's soft-target
+cross-entropy losses on those mixes. The measure is the coefficient of variation
+``CV_i = std(L_i) / mean(L_i)`` (``std`` with ``ddof=0``); ``mean``, ``std`` and
+``random`` are offered for ablations. Per class a fraction ``ratio`` is kept:
+``top`` takes the highest values, ``interval`` walks them in descending order taking
+every ``interval``-th (the paper's best).
+
+Scoring order is fixed by the seed alone, never by the number of processes: the
+files are put in one seeded order, cut into groups of ``group_size``, and group
+``g`` draws its partners (from within the group) and boxes from ``seed`` and ``g``.
+Under torchrun rank ``r`` scores groups ``r, r + W, ...`` and the scores are gathered,
+so the result equals the single-process one, with every sample scored exactly once
+(samples are identified by their path).
+
+Outputs: a CSV of ``path,label,mean,std,cv`` and the subset as a DALI ``file_list``
+(``relative/path label`` per line), each written whole (temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import _checks
+
+__all__ = ["MEASURES", "SELECTIONS", "list_files", "score_batch", "score_dataset", "select", "write_scores",
+           "read_scores", "write_file_list", "read_file_list", "plot_figure"]
+
+MEASURES = ("cv", "mean", "std", "random")
+SELECTIONS = ("top", "interval")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+@dataclass
+class Scores:
+    """Per-sample losses over the M mixes, in the order of ``paths``."""
+
+    paths: list
+    labels: np.ndarray
+    losses: np.ndarray  # float64 (N, M)
+
+    @property
+    def mean(self):
+        return self.losses.mean(axis=1)
+
+    @property
+    def std(self):
+        return self.losses.std(axis=1)
+
+    @property
+    def cv(self):
+        return self.std / np.maximum(self.mean, 1e-12)
+
+
+def list_files(data_dir) -> list[tuple[str, int]]:
+    """``(relative path, label)`` of every image, labels numbered by sorted class folder (as ``readers.file``)."""
+    root = Path(data_dir)
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise ValueError(f"data {str(data_dir)!r} has no class sub-folders")
+    out = []
+    for label, c in enumerate(classes):
+        for f in sorted((root / c).rglob("*")):
+            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
+                out.append((f.relative_to(root).as_posix(), label))
+    return out
+
+
+def _soft_ce(logits, targets):
+    import torch.nn.functional as F
+
+    return -(targets * F.log_softmax(logits.float(), dim=1)).sum(dim=1)
+
+
+def score_batch(model, images, labels, *, num_classes: int, m: int = 10, k: int = 3, anchor_ratio: float = 0.5,
+                alpha=(2 / 9, 2 / 9), rng=None, layout: str = "CHW", capture: bool = False):
+    """Losses of ``m`` anchor-fixed DCutMix mixes of every sample of one group; float64 ``(N, m)``.
+
+    Args:
+        model: a torch module in eval mode on the device of ``images``.
+        images: float32 batch, NumPy (CPU) or CuPy (GPU), ``(N, C, H, W)`` for "CHW".
+        labels: int ``(N,)`` class indices (NumPy).
+        rng: the group's generator (partners, shares and box positions are drawn from it).
+        capture: also return the mixed images and targets (for figures).
+    """
+    import torch
+
+    from .mixing import mix_images, mix_labels
+    from .params import sample_anchor_params
+
+    n = images.shape[0]
+    h, w = _checks.spatial_size(images.shape[1:], layout)
+    gen = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
+    losses = np.empty((n, m), np.float64)
+    shots = []
+    gpu = type(images).__module__.startswith("cupy")
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for j in range(m):
+            p = sample_anchor_params(n, h, w, k=k, anchor_ratio=anchor_ratio, alpha=alpha, rng=gen)
+            mixed = mix_images(images, p, layout)
+            targets = mix_labels(np.asarray(labels), p, num_classes)
+            x = torch.as_tensor(mixed, device=device) if gpu else torch.from_numpy(mixed).to(device)
+            if layout == "HWC":
+                x = x.permute(0, 3, 1, 2)
+            t = torch.from_numpy(np.ascontiguousarray(targets)).to(device)
+            losses[:, j] = _soft_ce(model(x), t).double().cpu().numpy()
+            if capture:
+                shots.append((mixed.get() if gpu else mixed, np.asarray(targets), p))
+    return (losses, shots) if capture else losses
+
+
+def _groups(files, group_size: int, seed: int):
+    order = np.random.default_rng([seed, 0x5EED]).permutation(len(files))
+    return [[files[i] for i in order[s:s + group_size]] for s in range(0, len(files), group_size)]
+
+
+def _group_pipeline(root, groups, *, crop, resize, device, device_id, num_threads, seed):
+    """A DALI pipeline that decodes one group per iteration (no random augmentation)."""
+    from nvidia.dali import Pipeline, fn, types
+
+    from .pipelines import IMAGENET_MEAN, IMAGENET_STD
+
+    state = {"i": 0}
+
+    def source():
+        if state["i"] >= len(groups):
+            raise StopIteration
+        g = groups[state["i"]]
+        state["i"] += 1
+        data = [np.fromfile(Path(root) / rel, dtype=np.uint8) for rel, _ in g]
+        labels = [np.array([lab], np.int32) for _, lab in g]
+        return data, labels
+
+    max_batch = max((len(g) for g in groups), default=1)
+    pipe = Pipeline(batch_size=max_batch, num_threads=num_threads, device_id=device_id, seed=seed,
+                    prefetch_queue_depth=1)
+    with pipe:
+        jpegs, labels = fn.external_source(source=source, num_outputs=2, batch=True,
+                                           dtype=[types.UINT8, types.INT32])
+        images = fn.decoders.image(jpegs, device="mixed" if device == "gpu" else "cpu", output_type=types.RGB)
+        images = fn.resize(images, resize_shorter=resize, interp_type=types.INTERP_TRIANGULAR, antialias=False)
+        images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW", crop=(crop, crop),
+                                          mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))
+        pipe.set_outputs(images, labels)
+    return pipe
+
+
+def score_dataset(model, data_dir, *, num_classes: int, m: int = 10, k: int = 3, anchor_ratio: float = 0.5,
+                  alpha=(2 / 9, 2 / 9), group_size: int = 64, seed: int = 0, crop: int = 224,
+                  resize: int | None = None, device: str = "cpu", device_id=None, num_threads: int = 2,
+                  rank: int = 0, world: int = 1, capture_paths=(), progress: bool = False):
+    """Score every image under ``data_dir`` (this rank's groups); returns (Scores, captured mixes)."""
+    from tqdm import tqdm
+
+    files = list_files(data_dir)
+    groups = _groups(files, group_size, seed)
+    mine = list(range(rank, len(groups), world))
+    capture_paths = set(capture_paths)
+    if capture_paths:
+        mine = [g for g in mine if capture_paths & {rel for rel, _ in groups[g]}]
+    pipe = _group_pipeline(data_dir, [groups[g] for g in mine], crop=crop, resize=resize or crop,
+                           device=device, device_id=device_id, num_threads=num_threads, seed=seed)
+    pipe.build()
+    paths, labels, losses, captured = [], [], [], {}
+    for g in tqdm(mine, desc="scoring", disable=not progress):
+        images, labs = pipe.run()
+        if device == "gpu":
+            import cupy
+
+            batch = cupy.asarray(images.as_tensor())
+        else:
+            batch = images.as_array()
+        labs = labs.as_array().reshape(-1).astype(np.int64)
+        rels = [rel for rel, _ in groups[g]]
+        if [lab for _, lab in groups[g]] != labs.tolist():
+            raise RuntimeError("the scoring pipeline returned a group out of order")
+        res = score_batch(model, batch, labs, num_classes=num_classes, m=m, k=k, anchor_ratio=anchor_ratio,
+                          alpha=alpha, rng=np.random.default_rng([seed, g]), capture=bool(capture_paths))
+        if capture_paths:
+            res, shots = res
+            for i, rel in enumerate(rels):
+                if rel in capture_paths:
+                    captured[rel] = {"label": int(labs[i]), "losses": res[i],
+                                     "mixes": [s[0][i] for s in shots], "targets": [s[1][i] for s in shots]}
+        paths += rels
+        labels.append(labs)
+        losses.append(res)
+    del pipe
+    scores = Scores(paths, np.concatenate(labels) if labels else np.zeros(0, np.int64),
+                    np.concatenate(losses) if losses else np.zeros((0, m)))
+    return scores, captured
+
+
+# --------------------------------------------------------------------------- selection
+
+
+def _measure(scores: Scores, measure: str, seed: int):
+    if measure == "random":
+        return np.random.default_rng([seed, 0xC0FFEE]).random(len(scores.paths))
+    return getattr(scores, measure)
+
+
+def select(scores: Scores, ratio: float, *, measure: str = "cv", selection: str = "interval", interval: int = 2,
+           ascending: bool = False, seed: int = 0) -> list[int]:
+    """Indices (into ``scores.paths``) of the kept samples, class by class.
+
+    Per class ``round(ratio * N_class)`` samples (at least 1) are kept. ``top``: the
+    largest values of the measure (the smallest with ``ascending``). ``interval``: the
+    values sorted descending, every ``interval``-th taken (positions 0, n, 2n, ...;
+    when the class runs out, the walk restarts at position 1, then 2, ...). Ties are
+    broken by path, so the result does not depend on the order of ``scores``.
+    """
+    _checks.check_choice("measure", measure, MEASURES)
+    _checks.check_choice("selection", selection, SELECTIONS)
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio <= 1.0:
+        raise ValueError(f"ratio must be in (0, 1], got {ratio!r}")
+    interval = _checks.check_int("interval", interval, 1)
+    values = _measure(scores, measure, seed)
+    if not np.all(np.isfinite(values)):
+        raise ValueError("scores contain non-finite values")
+    paths = np.asarray(scores.paths)
+    keep = []
+    for c in np.unique(scores.labels):
+        idx = np.flatnonzero(scores.labels == c)
+        idx = idx[np.lexsort((paths[idx], -values[idx] if not ascending else values[idx]))]
+        count = min(len(idx), max(1, int(round(ratio * len(idx)))))
+        if selection == "top":
+            keep += idx[:count].tolist()
+        else:
+            walk = [p for start in range(interval) for p in range(start, len(idx), interval)]
+            keep += idx[walk[:count]].tolist()
+    return sorted(keep)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _atomic_write_text(path, text: str):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_scores(scores: Scores, path):
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["path", "label", "mean", "std", "cv"])
+    for p, lab, mu, sd, cv in zip(scores.paths, scores.labels, scores.mean, scores.std, scores.cv):
+        w.writerow([p, int(lab), repr(float(mu)), repr(float(sd)), repr(float(cv))])
+    _atomic_write_text(path, buf.getvalue())
+
+
+def read_scores(path):
+    """``(paths, labels, mean, std, cv)`` from a scores CSV."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return ([r["path"] for r in rows], np.array([int(r["label"]) for r in rows]),
+            *(np.array([float(r[c]) for r in rows]) for c in ("mean", "std", "cv")))
+
+
+def write_file_list(pairs, path):
+    """A DALI ``file_list``: ``relative/path label`` per line (paths must not contain spaces)."""
+    lines = []
+    for rel, lab in pairs:
+        if any(ch.isspace() for ch in rel):
+            raise ValueError(f"path {rel!r} contains white space, which a DALI file_list cannot hold")
+        lines.append(f"{rel} {int(lab)}")
+    _atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
+
+
+def read_file_list(path) -> list[tuple[str, int]]:
+    out = []
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            rel, lab = line.rsplit(None, 1)
+            out.append((rel, int(lab)))
+    return out
+
+
+# --------------------------------------------------------------------------- figure
+
+
+def plot_figure(scores: Scores, captured: dict, path, class_names=None, cols: int = 6):
+    """Figure 2 of the paper: mixes of high- and low-CV anchors with their losses, and CV per class."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .pipelines import IMAGENET_MEAN, IMAGENET_STD
+
+    anchors = list(captured)
+    rows = len(anchors)
+    fig = plt.figure(figsize=(1.7 * cols + 4, 1.9 * rows + 0.5))
+    gs = fig.add_gridspec(rows, cols + 3)
+    cv = dict(zip(scores.paths, scores.cv))
+    mean, std = np.array(IMAGENET_MEAN)[:, None, None], np.array(IMAGENET_STD)[:, None, None]
+    for r, rel in enumerate(anchors):
+        cap = captured[rel]
+        for c in range(min(cols, len(cap["mixes"]))):
+            ax = fig.add_subplot(gs[r, c])
+            img = np.clip(cap["mixes"][c] * std + mean, 0, 255).astype(np.uint8).transpose(1, 2, 0)
+            ax.imshow(img)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"loss {cap['losses'][c]:.2f}", fontsize=8)
+            if c == 0:
+                name = class_names[cap["label"]] if class_names else cap["label"]
+                ax.set_ylabel(f"{name}\nCV {cv[rel]:.2f}", fontsize=8)
+    ax = fig.add_subplot(gs[:, cols + 1:])
+    labels = np.unique(scores.labels)
+    ax.boxplot([scores.cv[scores.labels == c] for c in labels], vert=False)
+    ax.set_yticks(range(1, len(labels) + 1), [class_names[c] if class_names else str(c) for c in labels],
+                  fontsize=8)
+    ax.set_xlabel("CV of the loss over the mixes")
+    ax.set_title("CV per class", fontsize=9)
+    fig.suptitle("Anchors with the highest (top rows) and lowest CV: their DCutMix mixes and losses", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def load_checkpoint_model(checkpoint, model_name=None, device="cpu"):
+    """The model saved by ``kmix train`` (its config names the architecture), in eval mode."""
+    import torch
+
+    from .train import build_model
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or "model" not in state:
+        raise ValueError(f"{checkpoint} is not a kmix train checkpoint (no 'model' entry)")
+    name = model_name or state.get("config", {}).get("model", "small-cnn")
+    model = build_model(name, state["num_classes"])
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), state
+
+
+def run(args) -> dict:
+    """``kmix subsample``: score (one process or under torchrun), select, write the files (rank 0)."""
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    gpu = args.device == "gpu" or (args.device == "auto" and torch.cuda.is_available())
+    device = torch.device(f"cuda:{local_rank}") if gpu else torch.device("cpu")
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // world))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if gpu else "gloo", init_method="env://")
+    model, state = load_checkpoint_model(args.checkpoint, args.model, device)
+    alpha = args.alpha if len(args.alpha) > 1 else args.alpha[0]
+    crop = args.crop or state.get("config", {}).get("crop", 224)
+    resize = args.resize or state.get("config", {}).get("val_resize") or crop
+    kw = dict(num_classes=state["num_classes"], m=args.m, k=args.k, anchor_ratio=args.anchor_ratio, alpha=alpha,
+              group_size=args.group_size, seed=args.seed, crop=crop, resize=resize, device="gpu" if gpu else "cpu",
+              device_id=local_rank if gpu else None, num_threads=args.threads or 2, rank=rank, world=world)
+    scores, _ = score_dataset(model, args.data, progress=rank == 0, **kw)
+    if world > 1:
+        parts = [None] * world
+        dist.all_gather_object(parts, (scores.paths, scores.labels, scores.losses))
+        scores = Scores(sum((p[0] for p in parts), []), np.concatenate([p[1] for p in parts]),
+                        np.concatenate([p[2] for p in parts]))
+    expected = {rel for rel, _ in list_files(args.data)}
+    if len(scores.paths) != len(expected) or set(scores.paths) != expected:
+        raise RuntimeError(f"scored {len(scores.paths)} samples ({len(set(scores.paths))} distinct) "
+                           f"for {len(expected)} files")
+    order = np.argsort(scores.paths)  # a canonical order: the same for any number of processes
+    scores = Scores([scores.paths[i] for i in order], scores.labels[order], scores.losses[order])
+    keep = select(scores, args.ratio, measure=args.measure, selection=args.selection, interval=args.interval,
+                  ascending=args.ascending, seed=args.seed)
+    result = {"scored": len(scores.paths), "kept": len(keep), "out": args.out,
+              "scores": args.scores or str(Path(args.out).with_suffix(".csv"))}
+    if rank == 0:
+        write_scores(scores, result["scores"])
+        write_file_list([(scores.paths[i], scores.labels[i]) for i in keep], args.out)
+        if args.figure:
+            cv = scores.cv
+            picks = [scores.paths[i] for i in np.argsort(-cv)[:3]] + [scores.paths[i] for i in np.argsort(cv)[:3]]
+            _, captured = score_dataset(model, args.data, capture_paths=picks, **{**kw, "rank": 0, "world": 1})
+            from .data import class_names
+
+            plot_figure(scores, {p: captured[p] for p in picks}, args.figure, class_names(args.data))
+        _atomic_write_text(Path(result["scores"]).with_suffix(".json"),
+                           json.dumps({**result, "args": {k: v for k, v in vars(args).items() if k != "func"}},
+                                      indent=1, default=str))
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return result
+
+
+def add_arguments(p):
+    p.add_argument("--data", required=True, help="ImageNet-layout folder to score (one sub-folder per class)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint.pt written by kmix train")
+    p.add_argument("--model", default=None, help="architecture (default: the checkpoint's)")
+    p.add_argument("--ratio", type=float, required=True, help="fraction t of every class to keep")
+    p.add_argument("--selection", default="interval", choices=SELECTIONS)
+    p.add_argument("--interval", type=int, default=2, help="n for --selection interval")
+    p.add_argument("--measure", default="cv", choices=MEASURES)
+    p.add_argument("--ascending", action="store_true", help="keep the lowest values (e.g. easy samples by mean)")
+    p.add_argument("--m", "--mixes", dest="m", type=int, default=10,
+                   help="mixes per anchor (under torchrun write --mixes: torchrun reads --m as its own option)")
+    p.add_argument("--k", type=int, default=3, help="images per mix (anchor + K-1 partners)")
+    p.add_argument("--anchor-ratio", type=float, default=0.5)
+    p.add_argument("--alpha", type=float, nargs="+", default=[2 / 9, 2 / 9], help="partners' Dirichlet alpha")
+    p.add_argument("--group-size", type=int, default=64, help="anchors scored together (partners come from the group)")
+    p.add_argument("--crop", type=int, default=None)
+    p.add_argument("--resize", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", required=True, help="subset as a DALI file_list")
+    p.add_argument("--scores", default=None, help="scores CSV (default: OUT with .csv)")
+    p.add_argument("--figure", default=None, help="PNG like the paper's Figure 2")

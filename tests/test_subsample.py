@@ -1,0 +1,243 @@
+"""Uncertainty-based subsampling: selection rules, files, scoring, one process = two processes."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dali_kmix.params import sample_anchor_params
+from dali_kmix.subsample import (Scores, list_files, read_file_list, read_scores, score_batch, select,
+                                 write_file_list, write_scores)
+
+
+def _scores(values_by_class, m=4):
+    """Scores whose CV equals the given values (losses built so that std/mean is exact)."""
+    paths, labels, losses = [], [], []
+    for c, values in enumerate(values_by_class):
+        for i, v in enumerate(values):
+            paths.append(f"c{c}/img{i:03d}.jpg")
+            labels.append(c)
+            # two losses mean-1+v, two losses 1-v: mean 1, std v (ddof 0) -> cv v
+            losses.append([1 + v, 1 - v] * (m // 2))
+    return Scores(paths, np.array(labels), np.array(losses, np.float64))
+
+
+# --------------------------------------------------------------------------- selection on hand-made scores
+
+
+def test_top_keeps_the_highest_cv_per_class():
+    s = _scores([[0.1, 0.5, 0.3, 0.9, 0.2, 0.7, 0.4, 0.8, 0.6, 0.0], [0.5, 0.1, 0.2, 0.3]])
+    np.testing.assert_allclose(s.cv[:3], [0.1, 0.5, 0.3])
+    keep = select(s, 0.3, measure="cv", selection="top")
+    # class 0: round(3.0) = 3 highest -> 0.9, 0.8, 0.7 (indices 3, 7, 5); class 1: round(1.2) = 1 -> 0.5 (index 10)
+    assert keep == [3, 5, 7, 10]
+
+
+def test_interval_takes_every_nth_in_descending_order():
+    cv = [0.1, 0.5, 0.3, 0.9, 0.2, 0.7, 0.4, 0.8, 0.6, 0.0]  # descending ranks: 3,7,5,8,1,6,2,4,0,9
+    s = _scores([cv])
+    assert select(s, 0.3, selection="interval", interval=2) == sorted([3, 5, 1])   # ranks 0, 2, 4
+    assert select(s, 0.3, selection="interval", interval=3) == sorted([3, 8, 2])   # ranks 0, 3, 6
+    # more than the walk holds: it restarts at rank 1 (then 2, ...)
+    assert select(s, 0.5, selection="interval", interval=4) == sorted([3, 1, 0, 7, 6])  # ranks 0,4,8,1,5
+
+
+def test_other_measures_and_order():
+    s = _scores([[0.1, 0.5, 0.3, 0.9]])  # cv 0.1, 0.5, 0.3, 0.9; mean 1; std = cv
+    s.losses[1] *= 4  # sample 1: mean 4, std 2.0, cv unchanged (0.5)
+    assert select(s, 0.25, measure="cv", selection="top") == [3]
+    assert select(s, 0.25, measure="mean", selection="top") == [1]  # the hardest
+    assert select(s, 0.25, measure="std", selection="top") == [1]
+    assert select(s, 0.25, measure="cv", selection="top", ascending=True) == [0]  # the lowest cv
+    assert select(s, 0.5, measure="mean", selection="top", ascending=True) == [0, 2]  # the easiest (ties by path)
+    r1 = select(s, 0.5, measure="random", seed=1)
+    assert r1 == select(s, 0.5, measure="random", seed=1) and len(r1) == 2
+    assert any(select(s, 0.5, measure="random", seed=t) != r1 for t in range(2, 8))
+
+
+def test_selection_does_not_depend_on_row_order_and_breaks_ties_by_path():
+    s = _scores([[0.5, 0.5, 0.5, 0.5, 0.2, 0.9]])
+    keep = [s.paths[i] for i in select(s, 0.5, selection="top")]
+    perm = np.random.default_rng(0).permutation(len(s.paths))
+    t = Scores([s.paths[i] for i in perm], s.labels[perm], s.losses[perm])
+    assert sorted(t.paths[i] for i in select(t, 0.5, selection="top")) == sorted(keep)
+    assert keep == ["c0/img000.jpg", "c0/img001.jpg", "c0/img005.jpg"]
+
+
+def test_every_class_keeps_at_least_one():
+    s = _scores([[0.1, 0.2], [0.3], [0.4, 0.5, 0.6]])
+    keep = select(s, 0.05, selection="interval")
+    assert sorted(s.labels[keep].tolist()) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(ratio=0.0), r"ratio must be in \(0, 1\], got 0\.0"),
+    (dict(ratio=1.5), r"ratio must be in \(0, 1\], got 1\.5"),
+    (dict(ratio=0.1, measure="entropy"), r"measure must be one of \['cv', 'mean', 'std', 'random'\]"),
+    (dict(ratio=0.1, selection="bottom"), r"selection must be one of \['top', 'interval'\]"),
+    (dict(ratio=0.1, interval=0), r"interval must be >= 1, got 0"),
+])
+def test_selection_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        select(_scores([[0.1, 0.2]]), **kwargs)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def test_scores_csv_and_file_list_round_trip(tmp_path):
+    s = _scores([[0.1, 0.25], [0.3]])
+    write_scores(s, tmp_path / "s.csv")
+    paths, labels, mean, std, cv = read_scores(tmp_path / "s.csv")
+    assert paths == s.paths and labels.tolist() == s.labels.tolist()
+    np.testing.assert_array_equal(cv, s.cv)  # repr() keeps every bit
+    np.testing.assert_array_equal(mean, s.mean)
+    np.testing.assert_array_equal(std, s.std)
+    pairs = [("c0/img000.jpg", 0), ("c1/img000.jpg", 1)]
+    write_file_list(pairs, tmp_path / "l.txt")
+    assert read_file_list(tmp_path / "l.txt") == pairs
+    assert (tmp_path / "l.txt").read_text() == "c0/img000.jpg 0\nc1/img000.jpg 1\n"
+    assert not list(tmp_path.glob(".*.tmp"))
+    with pytest.raises(ValueError, match=r"contains white space"):
+        write_file_list([("a b.jpg", 0)], tmp_path / "bad.txt")
+
+
+def test_file_list_feeds_a_dali_reader(photo_dir, tmp_path):
+    pytest.importorskip("nvidia.dali")
+    from nvidia.dali import fn, pipeline_def
+
+    files = list_files(photo_dir)
+    subset = files[::5]
+    write_file_list(subset, tmp_path / "subset.txt")
+
+    @pipeline_def(batch_size=len(subset), num_threads=1, device_id=None)
+    def pipe():
+        jpegs, labels = fn.readers.file(file_root=str(photo_dir), file_list=str(tmp_path / "subset.txt"))
+        return fn.pad(fn.get_property(jpegs, key="source_info"), fill_value=0, axes=(0,), shape=(512,)), labels
+
+    p = pipe()
+    p.build()
+    info, labels = (t.as_array() for t in p.run())
+    got = sorted((bytes(r[r != 0]).decode(), int(l[0])) for r, l in zip(info, labels))  # paths as listed
+    assert got == sorted(subset)
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+class _MeanModel:
+    """A tiny deterministic 'model': logits from channel means (enough to make losses vary with the mix)."""
+
+    def __new__(cls, num_classes):
+        import torch
+
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(),
+                                   torch.nn.Linear(48, num_classes)).eval()
+
+
+def test_anchor_params_keep_the_anchor_share():
+    p = sample_anchor_params(50, 64, 64, k=3, anchor_ratio=0.5, alpha=(2 / 9, 2 / 9), rng=0)
+    p.validate(50, 64, 64)
+    side = round(64 * np.sqrt(0.5))
+    np.testing.assert_allclose(p.weights[:, 0], 1 - side * side / 64 ** 2)
+    assert (p.sources[:, 1:] != np.arange(50)[:, None]).all()  # partners are other samples
+    with pytest.raises(ValueError, match=r"anchor_ratio must be in \(0, 1\), got 1\.0"):
+        sample_anchor_params(4, 8, 8, anchor_ratio=1.0)
+    with pytest.raises(ValueError, match=r"alpha must be a scalar or have length k=2"):
+        sample_anchor_params(4, 8, 8, k=3, alpha=(1.0, 1.0, 1.0))
+
+
+def test_score_batch_is_reproducible_and_varies_with_the_mix():
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((12, 3, 32, 32)).astype(np.float32)
+    labels = rng.integers(0, 5, 12)
+    model = _MeanModel(5)
+    a = score_batch(model, images, labels, num_classes=5, m=6, rng=np.random.default_rng(3))
+    b = score_batch(model, images, labels, num_classes=5, m=6, rng=np.random.default_rng(3))
+    c = score_batch(model, images, labels, num_classes=5, m=6, rng=np.random.default_rng(4))
+    assert a.shape == (12, 6) and np.isfinite(a).all() and (a > 0).all()
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert (a.std(axis=1) > 0).all()
+    losses, shots = score_batch(model, images, labels, num_classes=5, m=2, rng=np.random.default_rng(3), capture=True)
+    np.testing.assert_array_equal(losses, a[:, :2])
+    mixed, targets, params = shots[0]
+    assert mixed.shape == images.shape and targets.shape == (12, 5)
+    assert (targets[np.arange(12), labels] >= params.weights[:, 0] - 1e-6).all()
+
+
+def test_score_dataset_scores_every_sample_once(photo_dir):
+    pytest.importorskip("nvidia.dali")
+    from dali_kmix.subsample import score_dataset
+
+    files = list_files(photo_dir)
+    model = _MeanModel(8)
+    s, _ = score_dataset(model, photo_dir, num_classes=8, m=3, group_size=10, crop=32, resize=32)  # 48 = 4x10 + 8
+    assert sorted(s.paths) == sorted(rel for rel, _ in files) and len(s.paths) == len(files)
+    assert dict(zip(s.paths, s.labels.tolist())) == dict(files)
+    # the two "ranks" of a two-process run together give the same scores
+    parts = [score_dataset(model, photo_dir, num_classes=8, m=3, group_size=10, crop=32, resize=32, rank=r,
+                           world=2)[0] for r in (0, 1)]
+    merged = dict(zip(parts[0].paths + parts[1].paths, np.concatenate([parts[0].losses, parts[1].losses])))
+    assert len(merged) == len(files)
+    for p, row in zip(s.paths, s.losses):
+        np.testing.assert_allclose(merged[p], row, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- kmix subsample, 1 and 2 processes
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    pytest.importorskip("nvidia.dali")
+    from dali_kmix.data import make_photo_tree
+    from dali_kmix.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("sub")
+    make_photo_tree(root / "data" / "train", images_per_class=6, size=48, seed=1)
+    make_photo_tree(root / "data" / "val", images_per_class=2, size=48, seed=2)
+    train(TrainConfig(data=str(root / "data"), out=str(root / "run"), crop=32, epochs=2, batch_size=8, lr=0.05,
+                      random_area=(0.5, 1.0), progress=False, threads=1))
+    return root
+
+
+def _kmix(args, cwd, torchrun=False):
+    if torchrun:
+        exe = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
+        cmd = [exe, "--standalone", "--nproc_per_node", "2", "-m", "dali_kmix.cli", *args]
+    else:
+        cmd = [sys.executable, "-m", "dali_kmix.cli", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=cwd)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc.stdout
+
+
+def test_kmix_subsample_one_and_two_processes_agree(checkpoint, tmp_path):
+    data = checkpoint / "data" / "train"
+    common = ["subsample", "--data", str(data), "--checkpoint", str(checkpoint / "run" / "checkpoint.pt"),
+              "--ratio", "0.25", "--mixes", "4", "--group-size", "7", "--threads", "1", "--seed", "5"]
+    out1 = _kmix(common + ["--out", str(tmp_path / "one" / "subset.txt"), "--figure", str(tmp_path / "fig.png")],
+                 tmp_path)
+    _kmix(common + ["--out", str(tmp_path / "two" / "subset.txt")], tmp_path, torchrun=True)
+    assert "scored 48 samples, kept 16" in out1  # 8 classes x round(0.25 * 6) = 2
+    one, two = read_scores(tmp_path / "one" / "subset.csv"), read_scores(tmp_path / "two" / "subset.csv")
+    assert one[0] == two[0] and len(set(one[0])) == 48  # every sample exactly once, same order
+    np.testing.assert_array_equal(one[1], two[1])
+    for a, b in zip(one[2:], two[2:]):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    assert (tmp_path / "one" / "subset.txt").read_text() == (tmp_path / "two" / "subset.txt").read_text()
+    subset = read_file_list(tmp_path / "one" / "subset.txt")
+    assert len(subset) == 16 and sorted(lab for _, lab in subset) == sorted(list(range(8)) * 2)
+    assert (tmp_path / "fig.png").stat().st_size > 10000
+    # and training on the subset reads exactly those files
+    from dali_kmix.train import TrainConfig, train
+
+    s = train(TrainConfig(train_dir=str(data), val_dir=str(checkpoint / "data" / "val"),
+                          train_list=str(tmp_path / "one" / "subset.txt"), out=str(tmp_path / "subrun"), crop=32,
+                          epochs=1, batch_size=8, progress=False, threads=1))
+    assert s["history"][0]["train_images"] == 16
