@@ -1,14 +1,22 @@
-"""``kmix bench``: throughput of the mixing kernels and of a DALI pipeline with mixing.
+"""``kmix bench``: dali_kmix against every peer, side by side in one run.
 
-Operator level: time per batch of the CPU kernels (and the CuPy kernels when a
-GPU is present) for DMixup and DCutMix at several K, against the yardstick of a
-plain copy of the same batch into a preallocated buffer, and against the NumPy
-reference. Pipeline level: images/s of a DALI pipeline over a JPEG tree, without
-mixing and with each operator.
+1. Operator level (arrays in memory, no decoding): time per batch for dali_kmix DMixup
+   and DCutMix over K, modes "sample"/"batch", uint8 HWC and float32 CHW, batch sizes;
+   the same work by timm (``Mixup`` batch/elem, ``FastCollateMixup``), torchvision v2
+   (``MixUp``/``CutMix``), kornia (``RandomMixUpV2``/``RandomCutMixV2``) and the
+   DALI-native compositions (``permute_batch`` + arithmetic, ``multi_paste``). Peers that
+   cannot do a configuration are listed with the reason. The yardstick is a plain copy
+   of the batch into a preallocated buffer; DALI-based entries are timed in a pipeline
+   fed by ``external_source`` minus the same pipeline without the step.
+2. Pipeline level: images/s of the ImageNet training pipeline over a JPEG tree with no
+   mixing, each dali_kmix operator, the DALI-native compositions, and timm's Mixup
+   applied after the DALI iterator (how DALI's own examples mix today).
+3. Scaling: time versus K (2..16) and versus batch size.
 
-Every figure is the median (with min and max) over repeats after warm-up, with
-fixed seeds; each run writes a JSON file with the machine, the versions and all
-figures under ``benchmarks/results/``.
+Every figure is the median (with min and max) over repeats after warm-up, with fixed
+seeds. Each run writes ``benchmarks/results/bench-<date>.json`` (machine, versions,
+device, every figure) and a PNG plot, and prints the tables with the ratios to the
+fastest peer and to the copy.
 """
 
 from __future__ import annotations
@@ -23,7 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["time_call", "bench_ops", "bench_pipeline", "run", "metadata", "format_table"]
+from .peers import PEERS, Config, can, dali_native_pipeline, make_batch, peer_callable
+
+__all__ = ["time_call", "bench_ops", "bench_pipeline", "bench_scaling", "run", "metadata", "format_table"]
+
+KMIX = "dali_kmix"
+KMIX_DALI = "dali_kmix (DALI op)"
 
 
 def time_call(fn, repeats: int, warmup: int = 2) -> dict:
@@ -59,7 +72,7 @@ def metadata() -> dict:
         "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "numpy": np.__version__,
     }
-    for mod in ("nvidia.dali", "torch", "cupy"):
+    for mod in ("nvidia.dali", "torch", "cupy", "timm", "torchvision", "kornia"):
         try:
             meta[mod] = __import__(mod, fromlist=["__version__"]).__version__
         except Exception:
@@ -74,177 +87,326 @@ def metadata() -> dict:
     return meta
 
 
-def _batch(dtype, layout, n, size, rng):
-    shape = (n, size, size, 3) if layout == "HWC" else (n, 3, size, size)
-    if dtype == "uint8":
-        return rng.integers(0, 256, shape, dtype=np.uint8)
-    return rng.standard_normal(shape, dtype=np.float32)
+def _stats_row(base, t):
+    return {**base, "status": "ok", **t}
 
 
-def bench_ops(*, batch=64, size=224, ks=(2, 3, 5, 9), configs=(("uint8", "HWC"), ("float32", "CHW")),
-              repeats=15, reference_k=3, progress=True) -> list[dict]:
-    """Operator-level figures on the CPU (and on the GPU when present)."""
+def _time_pipeline(pipe, repeats, warmup=2):
+    pipe.build()
+    res = time_call(pipe.run, repeats, warmup)
+    del pipe
+    return res
+
+
+# --------------------------------------------------------------------------- 1. operators
+
+
+def bench_ops(*, batches=(32, 128), ks=(2, 3, 5, 9), modes=("sample", "batch"), dtypes=("uint8", "float32"),
+              methods=("dmixup", "dcutmix"), size=224, repeats=10, progress=True, threads=None) -> list[dict]:
+    """Operator-level rows for every configuration and every peer (with "n/a" rows and reasons)."""
+    import torch
     from tqdm import tqdm
 
-    from . import cpu_kernels, reference
-    from .demo import gpu_available
-    from .params import sample_params
-
-    rng = np.random.default_rng(0)
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    configs = [Config(m, k, mode, dt, b, size) for dt in dtypes for b in batches for m in methods for k in ks
+               for mode in modes]
     rows = []
-    jobs = [(dt, lay, m, k) for dt, lay in configs for m in ("dmixup", "dcutmix") for k in ks]
-    bar = tqdm(total=len(jobs) + len(configs), desc="operators", disable=not progress)
-    gpu = gpu_available()
-    for dt, lay in configs:
-        x = _batch(dt, lay, batch, size, rng)
-        ins = list(x)
-        out = np.empty_like(x)
-        outs = list(out)
-        copy = time_call(lambda: np.copyto(out, x), repeats)
-        rows.append({"level": "op", "device": "cpu", "impl": "copy (yardstick)", "dtype": dt, "layout": lay,
-                     "batch": batch, "size": size, "bytes_moved": 2 * x.nbytes, **copy})
-        bar.update()
-        for method in ("dmixup", "dcutmix"):
-            for k in ks:
-                p = sample_params(method, batch, size, size, k=k, alpha=1.0, rng=1)
-                if method == "dmixup":
-                    def fn():
-                        cpu_kernels.dmixup(ins, outs, p.sources, p.weights)
-                else:
-                    def fn():
-                        cpu_kernels.dcutmix(ins, outs, p.sources, p.boxes, lay)
-                t = time_call(fn, repeats)
-                rows.append({"level": "op", "device": "cpu", "impl": "dali_kmix", "method": method, "k": k,
-                             "dtype": dt, "layout": lay, "batch": batch, "size": size, **t,
-                             "vs_copy": t["median_s"] / copy["median_s"]})
-                if k == reference_k:
-                    r = time_call(lambda: reference.mix_images(x, p, lay), max(3, repeats // 5), warmup=1)
-                    rows.append({"level": "op", "device": "cpu", "impl": "numpy reference", "method": method,
-                                 "k": k, "dtype": dt, "layout": lay, "batch": batch, "size": size, **r,
-                                 "vs_copy": r["median_s"] / copy["median_s"]})
-                if gpu:
-                    rows += _bench_gpu_op(x, p, method, k, dt, lay, batch, size, repeats)
-                if method == "dcutmix" and k == reference_k:
-                    rows += _bench_saliency(ins, outs, x, lay, dt, batch, size, k, repeats, copy)
+    bar = tqdm(total=len(configs), desc="operators", disable=not progress)
+    for dt in dtypes:
+        for b in batches:
+            group = [c for c in configs if c.dtype == dt and c.batch == b]
+            x, labels = make_batch(group[0])
+            out = np.empty_like(x)
+            base = {"level": "op", "device": "cpu", "dtype": dt, "layout": group[0].layout, "batch": b, "size": size}
+            copy = time_call(lambda: np.copyto(out, x), repeats)
+            rows.append(_stats_row({**base, "impl": "copy (yardstick)", "bytes": 2 * x.nbytes}, copy))
+            from .saliency import salient_points
+
+            samples = list(x)
+            rows.append(_stats_row({**base, "impl": "saliency step (spectral residual)"},
+                                   time_call(lambda: salient_points(samples, group[0].layout), repeats)))
+            t_base = _time_pipeline(dali_native_pipeline(group[0], x, labels, variant="none"), repeats)["median_s"]
+            for cfg in group:
+                cbase = {**base, "method": cfg.method, "k": cfg.k, "mode": cfg.mode}
+                for peer in list(PEERS) + [KMIX_DALI]:
+                    reason = None if peer == KMIX_DALI else can(peer, cfg)
+                    if reason:
+                        rows.append({**cbase, "impl": peer, "status": "n/a", "reason": reason})
+                        continue
+                    try:
+                        if peer in ("DALI native", KMIX_DALI):
+                            variant = "native" if peer == "DALI native" else "dali_kmix"
+                            t = _time_pipeline(dali_native_pipeline(cfg, x, labels, variant=variant), repeats)
+                            t = {k: max(v - t_base, 0.0) if k.endswith("_s") else v for k, v in t.items()}
+                            t["pipeline_baseline_s"] = t_base
+                        else:
+                            t = time_call(peer_callable(peer, cfg, x, labels), repeats)
+                    except Exception as exc:  # a peer failing on a configuration is a result, not a crash
+                        rows.append({**cbase, "impl": peer, "status": "error", "reason": f"{type(exc).__name__}: {exc}"})
+                        continue
+                    rows.append(_stats_row({**cbase, "impl": peer}, t))
                 bar.update()
     bar.close()
+    _add_ratios(rows)
     return rows
 
 
-def _bench_saliency(ins, outs, x, lay, dt, batch, size, k, repeats, copy):
-    """Saliency-DCutMix on the CPU: the saliency step alone, and the whole operator work per batch."""
-    from . import cpu_kernels
-    from .params import draw_raw, params_from_draws
-    from .saliency import salient_points
-
-    gen = np.random.default_rng(2)
-    alpha = np.ones(k)
-
-    def full():
-        centers = salient_points(ins, lay)
-        p = params_from_draws("saliency-dcutmix", *draw_raw(np, gen, batch, k, alpha, "sample", 1.0), size, size,
-                              centers)
-        cpu_kernels.dcutmix(ins, outs, p.sources, p.boxes, lay)
-
-    rows = []
-    for impl, fn in (("saliency step (spectral residual)", lambda: salient_points(ins, lay)), ("dali_kmix", full)):
-        t = time_call(fn, repeats)
-        rows.append({"level": "op", "device": "cpu", "impl": impl, "method": "saliency-dcutmix", "k": k, "dtype": dt,
-                     "layout": lay, "batch": batch, "size": size, **t, "vs_copy": t["median_s"] / copy["median_s"]})
-    return rows
+def _add_ratios(rows):
+    copies = {(r["dtype"], r["batch"], r["device"]): r["median_s"] for r in rows
+              if r["level"] == "op" and r["impl"] == "copy (yardstick)"}
+    groups = {}
+    for r in rows:
+        if r["level"] == "op" and r["status"] == "ok" and "method" in r:
+            key = (r["device"], r["dtype"], r["batch"], r["method"], r["k"], r["mode"])
+            groups.setdefault(key, []).append(r)
+            c = copies.get((r["dtype"], r["batch"], r["device"]))
+            if c:
+                r["vs_copy"] = r["median_s"] / c
+    for key, rs in groups.items():
+        peers = [r for r in rs if r["impl"] not in (KMIX, KMIX_DALI)]
+        if not peers:
+            continue
+        fastest = min(peers, key=lambda r: r["median_s"])
+        for r in rs:
+            r["fastest_peer"] = fastest["impl"]
+            r["vs_fastest_peer"] = r["median_s"] / fastest["median_s"] if fastest["median_s"] > 0 else None
 
 
-def _bench_gpu_op(x, p, method, k, dt, lay, batch, size, repeats):  # pragma: no cover - needs a GPU
-    import cupy
+# --------------------------------------------------------------------------- 2. pipelines
 
-    from . import gpu_kernels
 
-    xd = cupy.asarray(x)
-    ins = list(xd)
-    out = cupy.empty_like(xd)
-    outs = list(out)
-    pd = p.to_cupy()
+def _pipeline(data_dir, variant, *, batch, size, k, device, num_threads, seed=0):
+    """ImageNet-style training pipeline with the mixing variant; returns (pipe, output names)."""
+    from nvidia.dali import Pipeline, fn
 
-    def timed(fn):
-        ev0, ev1 = cupy.cuda.Event(), cupy.cuda.Event()
-        for _ in range(3):
-            fn()
-        ts = []
-        for _ in range(repeats):
-            ev0.record()
-            fn()
-            ev1.record()
-            ev1.synchronize()
-            ts.append(cupy.cuda.get_elapsed_time(ev0, ev1) / 1e3)
-        ts = np.asarray(ts)
-        return {"median_s": float(np.median(ts)), "min_s": float(ts.min()), "max_s": float(ts.max()),
-                "repeats": repeats}
+    from . import dali as kmix_ops
+    from .pipelines import decode_random_crop, normalize_chw
 
-    copy = timed(lambda: cupy.copyto(out, xd))
-    if method == "dmixup":
-        t = timed(lambda: gpu_kernels.dmixup(ins, outs, pd.sources, pd.weights))
-    else:
-        t = timed(lambda: gpu_kernels.dcutmix(ins, outs, pd.sources, pd.boxes, lay))
-    base = {"level": "op", "device": "gpu", "dtype": dt, "layout": lay, "batch": batch, "size": size}
-    return [{**base, "impl": "copy (yardstick)", "method": method, "k": k, **copy,
-             "bandwidth_GBps": 2 * x.nbytes / copy["median_s"] / 1e9},
-            {**base, "impl": "dali_kmix", "method": method, "k": k, **t, "vs_copy": t["median_s"] / copy["median_s"],
-             "bandwidth_GBps": (k + 1 if method == "dmixup" else 2) * x.nbytes / t["median_s"] / 1e9}]
+    gpu = device == "gpu"
+    num_classes = sum(1 for p in Path(data_dir).iterdir() if p.is_dir())
+    pipe = Pipeline(batch_size=batch, num_threads=num_threads, device_id=0 if gpu else None, seed=seed)
+    with pipe:
+        jpegs, labels = fn.readers.file(file_root=str(data_dir), random_shuffle=True, pad_last_batch=True,
+                                        name="Reader")
+        images = decode_random_crop(jpegs, gpu=gpu, crop=size)
+        if variant == "DALI native cutmix":  # multi_paste works on HWC: before normalisation
+            from .peers import _NativeParams
+
+            cfg = Config("dcutmix", k, "sample", "uint8", batch, size)
+            ids, anchors, shapes = fn.python_function(labels, function=_NativeParams(cfg, seed),
+                                                      batch_processing=True, num_outputs=3)
+            images = fn.multi_paste(images, in_ids=ids, in_anchors=anchors, shapes=shapes, out_anchors=anchors)
+        images = normalize_chw(images, crop=size, mirror=True)
+        outs = [images, labels]
+        if variant.startswith("dali_kmix"):
+            op = getattr(kmix_ops, variant.split()[1].replace("-", "_"))
+            outs = list(op(images, labels, k=k, num_classes=num_classes, layout="CHW", label_format="sparse"))
+        elif variant == "DALI native mixup":
+            from .peers import _NativeParams
+
+            cfg = Config("dmixup", k, "sample", "float32", batch, size)
+            prm = fn.python_function(labels, function=_NativeParams(cfg, seed), batch_processing=True,
+                                     num_outputs=2 * k - 1)
+            perms, weights = prm[:k - 1], prm[k - 1:]
+            if gpu:
+                weights = [w.gpu() for w in weights]
+            acc = images * weights[0]
+            for idx, wt in zip(perms, weights[1:]):
+                acc = acc + fn.permute_batch(images, indices=idx) * wt
+            outs = [acc, labels]
+        pipe.set_outputs(*outs)
+    names = ["images", "labels"] if len(outs) == 2 else ["images", "label_idx", "label_w"]
+    return pipe, names
 
 
 def bench_pipeline(data_dir, *, batch=64, size=224, k=3, iters=12, repeats=3, device="cpu", num_threads=2,
                    progress=True) -> list[dict]:
-    """Images/s of read -> decode (random crop) -> resize -> [mix] -> uint8 HWC over a JPEG tree."""
+    """Images/s through ``DALIGenericIterator`` into torch, over a JPEG tree, for every mixing variant."""
+    import torch
+    from nvidia.dali.plugin.base_iterator import LastBatchPolicy
+    from nvidia.dali.plugin.pytorch import DALIGenericIterator
     from tqdm import tqdm
 
-    from .demo import demo_pipeline
-
+    variants = ["none", "dali_kmix dcutmix", "dali_kmix dmixup", "dali_kmix saliency-dcutmix",
+                "DALI native cutmix", "DALI native mixup", "timm Mixup after the iterator (K=2)"]
     rows = []
-    variants = [None, "dcutmix", "dmixup", "saliency-dcutmix"]
-    for mix in tqdm(variants, desc=f"pipelines ({device})", disable=not progress):
-        pipe = demo_pipeline(data_dir, batch_size=batch, device=device, mix=mix, k=k, seed=0, size=size,
-                             num_threads=num_threads)
-        pipe.build()
-        for _ in range(3):
-            pipe.run()
-        rates = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for _ in range(iters):
-                pipe.run()
-            rates.append(iters * batch / (time.perf_counter() - t0))
-        del pipe
+    for variant in tqdm(variants, desc=f"pipelines ({device})", disable=not progress):
+        pipe_variant = "none" if variant.startswith("timm") else variant
+        pipe, names = _pipeline(data_dir, pipe_variant, batch=batch, size=size, k=k, device=device,
+                                num_threads=num_threads)
+        after = None
+        if variant.startswith("timm"):
+            from timm.data import Mixup
+
+            after = Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, mode="batch", label_smoothing=0.0,
+                          num_classes=sum(1 for p in Path(data_dir).iterdir() if p.is_dir()))
+        it = DALIGenericIterator([pipe], names, reader_name="Reader", last_batch_policy=LastBatchPolicy.FILL,
+                                 auto_reset=True)
+
+        def step():
+            data = next(it)[0]
+            if after is not None:
+                x = data["images"]
+                after(x, data["labels"].reshape(-1).long())
+            elif device == "gpu":
+                torch.cuda.synchronize()
+
+        try:
+            for _ in range(3):
+                step()
+            rates = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                for _ in range(iters):
+                    step()
+                rates.append(iters * batch / (time.perf_counter() - t0))
+        except Exception as exc:
+            rows.append({"level": "pipeline", "device": device, "mix": variant, "status": "error",
+                         "reason": f"{type(exc).__name__}: {exc}"})
+            continue
+        finally:
+            del it, pipe
         rates = np.asarray(rates)
-        rows.append({"level": "pipeline", "device": device, "mix": mix or "none", "k": k if mix else None,
-                     "batch": batch, "size": size, "threads": num_threads,
-                     "images_per_s_median": float(np.median(rates)), "images_per_s_min": float(rates.min()),
-                     "images_per_s_max": float(rates.max()), "repeats": repeats, "iters": iters})
-    base = rows[0]["images_per_s_median"]
-    for r in rows:
-        r["vs_no_mix"] = r["images_per_s_median"] / base
+        rows.append({"level": "pipeline", "device": device, "mix": variant, "k": 2 if variant.startswith("timm") else
+                     (None if variant == "none" else k), "batch": batch, "size": size, "threads": num_threads,
+                     "status": "ok", "images_per_s_median": float(np.median(rates)),
+                     "images_per_s_min": float(rates.min()), "images_per_s_max": float(rates.max()),
+                     "repeats": repeats, "iters": iters})
+    ok = [r for r in rows if r["status"] == "ok"]
+    if ok and ok[0]["mix"] == "none":
+        for r in ok:
+            r["vs_no_mix"] = r["images_per_s_median"] / ok[0]["images_per_s_median"]
     return rows
 
 
+# --------------------------------------------------------------------------- 3. scaling
+
+
+def bench_scaling(*, ks=(2, 3, 4, 6, 8, 12, 16), batches=(8, 16, 32, 64, 128, 256), k_batch=64, size=224,
+                  repeats=7, progress=True) -> list[dict]:
+    """dali_kmix time versus K (float32 CHW, batch ``k_batch``) and versus batch size (K=3), with the copy."""
+    from tqdm import tqdm
+
+    rows = []
+    jobs = [("k", k, k_batch) for k in ks] + [("batch", 3, b) for b in batches]
+    for axis, k, b in tqdm(jobs, desc="scaling", disable=not progress):
+        base = Config("dmixup", k, "sample", "float32", b, size)
+        x, labels = make_batch(base)
+        out = np.empty_like(x)
+        if axis == "batch" or k == ks[0]:
+            rows.append({"level": "scaling", "axis": axis, "impl": "copy (yardstick)", "k": k, "batch": b,
+                         **time_call(lambda: np.copyto(out, x), repeats)})
+        for method in ("dmixup", "dcutmix"):
+            cfg = Config(method, k, "sample", "float32", b, size)
+            rows.append({"level": "scaling", "axis": axis, "impl": KMIX, "method": method, "k": k, "batch": b,
+                         **time_call(peer_callable(KMIX, cfg, x, labels), repeats)})
+        if axis == "k":
+            cfg = Config("dcutmix", k, "sample", "float32", b, size)
+            rows.append({"level": "scaling", "axis": axis, "impl": "kornia", "method": "dcutmix", "k": k, "batch": b,
+                         **time_call(peer_callable("kornia", cfg, x, labels), max(3, repeats // 2))})
+    return rows
+
+
+# --------------------------------------------------------------------------- output
+
+
 def format_table(rows) -> str:
-    """Markdown tables of a run's figures."""
+    """Markdown: the operator pivot (ms per batch; ratios), the pipeline table, the scaling table."""
     lines = []
     ops = [r for r in rows if r["level"] == "op"]
     if ops:
-        lines += ["| device | dtype/layout | impl | method | K | median ms | min-max ms | x copy |",
-                  "|---|---|---|---|---|---|---|---|"]
+        impls = [KMIX, KMIX_DALI] + [p for p in PEERS if p != KMIX]
+        lines += ["| dtype, batch | method | K | mode | copy | " + " | ".join(impls) +
+                  " | dali_kmix vs fastest peer | dali_kmix / copy |",
+                  "|---" * (len(impls) + 7) + "|"]
+        copies = {(r["dtype"], r["batch"]): r for r in ops if r["impl"] == "copy (yardstick)"}
+        keys = []
         for r in ops:
-            lines.append(
-                f"| {r['device']} | {r['dtype']} {r['layout']} | {r['impl']} | {r.get('method', '')} | "
-                f"{r.get('k', '')} | {1e3 * r['median_s']:.2f} | {1e3 * r['min_s']:.2f}-{1e3 * r['max_s']:.2f} | "
-                f"{r.get('vs_copy', 1.0):.2f} |")
-    pipes = [r for r in rows if r["level"] == "pipeline"]
+            if "method" in r:
+                key = (r["dtype"], r["batch"], r["method"], r["k"], r["mode"])
+                if key not in keys:
+                    keys.append(key)
+        for key in keys:
+            cell = {r["impl"]: r for r in ops if "method" in r and (r["dtype"], r["batch"], r["method"], r["k"],
+                                                                    r["mode"]) == key}
+            fmt = [f"{1e3 * cell[i]['median_s']:.2f}" if i in cell and cell[i]["status"] == "ok" else "–"
+                   for i in impls]
+            km = cell.get(KMIX, {})
+            speed = (f"{1 / km['vs_fastest_peer']:.1f}× faster ({km['fastest_peer']})"
+                     if km.get("vs_fastest_peer") else "no peer can")
+            copy = copies.get(key[:2])
+            lines.append(f"| {key[0]}, {key[1]} | {key[2]} | {key[3]} | {key[4]} | "
+                         f"{1e3 * copy['median_s']:.2f} | " + " | ".join(fmt) +
+                         f" | {speed} | {km.get('vs_copy', float('nan')):.2f} |")
+    pipes = [r for r in rows if r["level"] == "pipeline" and r["status"] == "ok"]
     if pipes:
         lines += ["", "| device | mixing | images/s (median) | min-max | vs no mixing |", "|---|---|---|---|---|"]
         for r in pipes:
-            name = r["mix"] if r["mix"] == "none" else f"{r['mix']} K={r['k']}"
+            name = r["mix"] if r["k"] is None or "K=" in r["mix"] else f"{r['mix']} K={r['k']}"
             lines.append(f"| {r['device']} | {name} | {r['images_per_s_median']:.0f} | "
-                         f"{r['images_per_s_min']:.0f}-{r['images_per_s_max']:.0f} | {100 * r['vs_no_mix']:.0f} % |")
+                         f"{r['images_per_s_min']:.0f}-{r['images_per_s_max']:.0f} | "
+                         f"{100 * r.get('vs_no_mix', float('nan')):.0f} % |")
+    scal = [r for r in rows if r["level"] == "scaling"]
+    if scal:
+        lines += ["", "| scaling | K | batch | copy ms | dali_kmix dmixup ms | dali_kmix dcutmix ms | kornia cutmix ms |",
+                  "|---|---|---|---|---|---|---|"]
+        for axis in ("k", "batch"):
+            pts = sorted({(r["k"], r["batch"]) for r in scal if r["axis"] == axis})
+            for k, b in pts:
+                def get(impl, method=None):
+                    for r in scal:
+                        if r["axis"] == axis and r["k"] == k and r["batch"] == b and r["impl"] == impl and \
+                                r.get("method") == method:
+                            return f"{1e3 * r['median_s']:.2f}"
+                    return "–"
+                copy = get("copy (yardstick)") if axis == "batch" else "–"
+                lines.append(f"| vs {axis} | {k} | {b} | {copy} | {get(KMIX, 'dmixup')} | {get(KMIX, 'dcutmix')} | "
+                             f"{get('kornia', 'dcutmix')} |")
+    sal = [r for r in ops if r["impl"].startswith("saliency step")]
+    if sal:
+        lines += [""] + [f"Saliency step of Saliency-DCutMix ({r['dtype']}, batch {r['batch']}): "
+                         f"{1e3 * r['median_s']:.2f} ms per batch" for r in sal]
     return "\n".join(lines)
+
+
+def plot(rows, path):
+    """PNG: dali_kmix and peers at K=2/3, and the scaling with K and batch size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    ops = [r for r in rows if r["level"] == "op" and r.get("status") == "ok" and r.get("dtype") == "float32"]
+    if ops:
+        b = min(r["batch"] for r in ops)
+        sel = [r for r in ops if r["batch"] == b and r.get("mode") == "sample" and r.get("k") in (2, 3)]
+        labels = [f"{r['impl']}\n{r['method']} K={r['k']}" for r in sel]
+        axes[0].barh(range(len(sel)), [1e3 * r["median_s"] for r in sel],
+                     color=["C0" if r["impl"].startswith(KMIX) else "C7" for r in sel])
+        axes[0].set_yticks(range(len(sel)), labels, fontsize=6)
+        axes[0].set_xscale("log")
+        axes[0].set_xlabel(f"ms per batch (float32 CHW, batch {b}, per-sample)")
+        copy = [r for r in rows if r["level"] == "op" and r["impl"] == "copy (yardstick)" and r["batch"] == b
+                and r["dtype"] == "float32"]
+        if copy:
+            axes[0].axvline(1e3 * copy[0]["median_s"], color="k", ls="--", lw=1, label="copy")
+            axes[0].legend(fontsize=7)
+    for ax, axis, xlabel in ((axes[1], "k", "K"), (axes[2], "batch", "batch size (K=3)")):
+        scal = [r for r in rows if r["level"] == "scaling" and r["axis"] == axis]
+        for impl, method, style in ((KMIX, "dmixup", "o-"), (KMIX, "dcutmix", "s-"), ("kornia", "dcutmix", "^--"),
+                                    ("copy (yardstick)", None, "k:")):
+            pts = sorted((r[axis if axis == "k" else "batch"], 1e3 * r["median_s"]) for r in scal
+                         if r["impl"] == impl and r.get("method") == method)
+            if pts:
+                ax.plot(*zip(*pts), style, label=f"{impl} {method or ''}".strip())
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("ms per batch")
+        ax.set_yscale("log")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def run(out_dir="benchmarks/results", *, quick=False, data_dir=None, progress=True) -> tuple[Path, list[dict]]:
@@ -252,21 +414,29 @@ def run(out_dir="benchmarks/results", *, quick=False, data_dir=None, progress=Tr
     from .data import make_photo_tree
     from .demo import gpu_available
 
-    rows = bench_ops(ks=(2, 3, 9) if quick else (2, 3, 5, 9), repeats=5 if quick else 15,
-                     batch=32 if quick else 64, progress=progress)
+    t0 = time.perf_counter()
+    if quick:
+        rows = bench_ops(batches=(32,), ks=(2, 3), modes=("sample",), repeats=3, progress=progress)
+    else:
+        rows = bench_ops(progress=progress)
     if data_dir is None:
         data_dir = make_photo_tree(Path(".demo") / ("bench-photos-quick" if quick else "bench-photos"),
                                    images_per_class=12 if quick else 48, size=320)
-    devices = ["cpu"] + (["gpu"] if gpu_available() else [])
-    for dev in devices:
-        rows += bench_pipeline(data_dir, batch=32 if quick else 64, iters=4 if quick else 12,
-                               repeats=2 if quick else 3, device=dev, progress=progress)
+    for dev in ["cpu"] + (["gpu"] if gpu_available() else []):
+        rows += bench_pipeline(data_dir, batch=32 if quick else 64, iters=3 if quick else 12,
+                               repeats=1 if quick else 3, device=dev, progress=progress)
+    if quick:
+        rows += bench_scaling(ks=(2, 4, 8, 16), batches=(16, 64), k_batch=32, repeats=3, progress=progress)
+    else:
+        rows += bench_scaling(progress=progress)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = metadata()
+    meta["total_s"] = round(time.perf_counter() - t0, 1)
     stamp = meta["date"].replace(":", "").replace("-", "")[:15]
     path = out_dir / f"bench-{'quick-' if quick else ''}{stamp}.json"
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"meta": meta, "quick": quick, "rows": rows}, indent=1))
+    tmp.write_text(json.dumps({"meta": meta, "quick": quick, "rows": rows}, indent=1, default=str))
     os.replace(tmp, path)
+    plot(rows, path.with_suffix(".png"))
     return path, rows

@@ -9,6 +9,7 @@ brightness of it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -27,6 +28,21 @@ FASHION_MNIST_CLASSES = ("0_tshirt-top", "1_trouser", "2_pullover", "3_dress", "
 
 #: Photographs bundled in scikit-image's wheel (no download needed).
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "camera", "coins")
+
+
+@contextlib.contextmanager
+def _staged(final: Path, prefix: str):
+    """Yield a temporary folder beside ``final``; on success it replaces ``final`` whole."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
 
 
 def _load_photo(name: str) -> np.ndarray:
@@ -74,21 +90,13 @@ def make_photo_tree(root, *, images_per_class: int = 12, size: int = 256, seed: 
         found = {p.name: len(list(p.glob("*.jpg"))) for p in root.iterdir() if p.is_dir()}
         if found == expected:
             return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".photos-", dir=root.parent))
-    try:
+    with _staged(root, ".photos-") as tmp:
         rng = np.random.default_rng(seed)
         for cls in classes:
             img = _load_photo(cls)
             (tmp / cls).mkdir()
             for i in range(images_per_class):
                 Image.fromarray(_variant(img, size, rng)).save(tmp / cls / f"{cls}_{i:03d}.jpg", quality=90)
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(tmp, root)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return root
 
 
@@ -154,19 +162,11 @@ def make_fashion_mnist_tree(out_dir, *, source=FASHION_MNIST_DIR, train_per_clas
             return out_dir
         raise FileExistsError(f"{out_dir} already holds a different tree ({found.strip()}); pass overwrite=True "
                               f"(kmix data --overwrite) or choose another folder")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".fmnist-", dir=out_dir.parent))
-    try:
+    with _staged(out_dir, ".fmnist-") as tmp:
         rng = np.random.default_rng(seed)
         _write_split(tmp / "train", read_idx(files["train-images"]), read_idx(files["train-labels"]),
                      train_per_class, rng, "train_")
         _write_split(tmp / "val", read_idx(files["t10k-images"]), read_idx(files["t10k-labels"]),
                      val_per_class, rng, "test_")
         (tmp / ".complete").write_text(stamp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out_dir

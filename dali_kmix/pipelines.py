@@ -57,6 +57,31 @@ def _decode_info(rows) -> list[str]:
     return [bytes(r[r != 0]).decode() for r in rows]
 
 
+def decode_random_crop(jpegs, *, gpu: bool, crop: int, random_area=(0.08, 1.0),
+                       random_aspect_ratio=(0.75, 4.0 / 3.0)):
+    """Decode with a random area/aspect crop ("mixed" on the GPU) and resize to crop x crop: uint8 HWC."""
+    from nvidia.dali import fn, types
+
+    decode_kw = {}
+    if gpu:
+        # Pre-sized nvJPEG buffers, as DALI's ResNet-50 example does for ImageNet.
+        decode_kw = dict(device_memory_padding=211025920, host_memory_padding=140544512)
+    images = fn.decoders.image_random_crop(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB,
+                                           random_area=list(random_area),
+                                           random_aspect_ratio=list(random_aspect_ratio), num_attempts=100,
+                                           **decode_kw)
+    return fn.resize(images, resize_x=crop, resize_y=crop, interp_type=types.INTERP_TRIANGULAR, antialias=False)
+
+
+def normalize_chw(images, *, crop: int, mirror: bool):
+    """float32 CHW with the ImageNet mean/std (and a random horizontal mirror when ``mirror``)."""
+    from nvidia.dali import fn, types
+
+    kw = dict(mirror=fn.random.coin_flip(probability=0.5)) if mirror else {}
+    return fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW", crop=(crop, crop),
+                                    mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), **kw)
+
+
 def _check_common(device, batch_size, shard_id, num_shards):
     _checks.check_choice("device", device, ("cpu", "gpu"))
     _checks.check_int("batch_size", batch_size, 1)
@@ -94,7 +119,7 @@ def imagenet_train_pipeline(data_dir, *, batch_size: int, device: str = "cpu", m
         with_source_info: also output each anchor's file path (for audits of what a
             rank saw; :class:`DALIMixIterator` exposes it as ``last_source_info``).
     """
-    from nvidia.dali import Pipeline, fn, types
+    from nvidia.dali import Pipeline
 
     from . import dali as kmix_ops
 
@@ -110,19 +135,8 @@ def imagenet_train_pipeline(data_dir, *, batch_size: int, device: str = "cpu", m
     gpu = device == "gpu"
     with pipe:
         jpegs, labels = _reader(data_dir, file_list, shard_id, num_shards, True, reader_name)
-        decode_kw = {}
-        if gpu:
-            # Pre-sized nvJPEG buffers, as DALI's ResNet-50 example does for ImageNet.
-            decode_kw = dict(device_memory_padding=211025920, host_memory_padding=140544512)
-        images = fn.decoders.image_random_crop(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB,
-                                               random_area=list(random_area),
-                                               random_aspect_ratio=list(random_aspect_ratio), num_attempts=100,
-                                               **decode_kw)
-        images = fn.resize(images, resize_x=crop, resize_y=crop, interp_type=types.INTERP_TRIANGULAR,
-                           antialias=False)
-        mirror = fn.random.coin_flip(probability=0.5)
-        images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW", crop=(crop, crop),
-                                          mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), mirror=mirror)
+        images = normalize_chw(decode_random_crop(jpegs, gpu=gpu, crop=crop, random_area=random_area,
+                                                  random_aspect_ratio=random_aspect_ratio), crop=crop, mirror=True)
         if mix is None:
             outs, names = (images, labels), ["images", "labels"]
         else:
@@ -160,9 +174,7 @@ def imagenet_val_pipeline(data_dir, *, batch_size: int, device: str = "cpu", cro
         jpegs, labels = _reader(data_dir, file_list, shard_id, num_shards, False, reader_name)
         images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
         images = fn.resize(images, resize_shorter=size, interp_type=types.INTERP_TRIANGULAR, antialias=False)
-        images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW", crop=(crop, crop),
-                                          mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))
-        pipe.set_outputs(images, labels)
+        pipe.set_outputs(normalize_chw(images, crop=crop, mirror=False), labels)
     pipe.kmix_output_map = ["images", "labels"]
     pipe.kmix_num_classes = num_classes
     pipe.kmix_reader_name = reader_name

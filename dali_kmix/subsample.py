@@ -129,7 +129,7 @@ def _group_pipeline(root, groups, *, crop, resize, device, device_id, num_thread
     """A DALI pipeline that decodes one group per iteration (no random augmentation)."""
     from nvidia.dali import Pipeline, fn, types
 
-    from .pipelines import IMAGENET_MEAN, IMAGENET_STD
+    from .pipelines import normalize_chw
 
     state = {"i": 0}
 
@@ -150,9 +150,7 @@ def _group_pipeline(root, groups, *, crop, resize, device, device_id, num_thread
                                            dtype=[types.UINT8, types.INT32])
         images = fn.decoders.image(jpegs, device="mixed" if device == "gpu" else "cpu", output_type=types.RGB)
         images = fn.resize(images, resize_shorter=resize, interp_type=types.INTERP_TRIANGULAR, antialias=False)
-        images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW", crop=(crop, crop),
-                                          mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))
-        pipe.set_outputs(images, labels)
+        pipe.set_outputs(normalize_chw(images, crop=crop, mirror=False), labels)
     return pipe
 
 

@@ -1,11 +1,11 @@
-"""The benchmark harness: timing statistics, rows, tables and the JSON record (tiny sizes)."""
+"""The benchmark harness: statistics, the peer matrix (with reasons), DALI-native compositions, tables (tiny sizes)."""
 
 import json
 
 import numpy as np
 import pytest
 
-from dali_kmix import bench
+from dali_kmix import bench, peers
 
 
 def test_time_call_statistics():
@@ -15,26 +15,98 @@ def test_time_call_statistics():
     assert 0 <= t["min_s"] <= t["median_s"] <= t["max_s"]
 
 
-def test_operator_rows_and_table():
-    rows = bench.bench_ops(batch=3, size=17, ks=(2, 3), repeats=2, progress=False)
-    impls = {(r["impl"], r.get("method"), r.get("k"), r["dtype"]) for r in rows if r["device"] == "cpu"}
-    assert ("copy (yardstick)", None, None, "uint8") in impls
+def test_capability_matrix_reports_reasons():
+    c = peers.Config("dcutmix", 3, "sample", "float32", 8, 16)
+    assert peers.can("dali_kmix", c) is None
+    assert "K>2" in peers.can("timm Mixup (elem)", c)
+    assert peers.can("kornia", c) is None  # RandomCutMixV2(num_mix=2)
+    assert "HWC only" in peers.can("DALI native", c)
+    b = peers.Config("dmixup", 2, "sample", "float32", 8, 16)
+    assert "one share per batch" in peers.can("torchvision v2", b)
+    assert peers.can("timm Mixup (elem)", b) is None
+    u = peers.Config("dmixup", 2, "batch", "uint8", 8, 16)
+    assert "float" in peers.can("kornia", u) and peers.can("timm FastCollateMixup", u) is None
+
+
+@pytest.mark.parametrize("cfg", [peers.Config("dmixup", 2, "sample", "float32", 8, 16),
+                                 peers.Config("dcutmix", 2, "batch", "float32", 8, 16),
+                                 peers.Config("dcutmix", 3, "sample", "float32", 8, 16),
+                                 peers.Config("dcutmix", 2, "sample", "uint8", 8, 16)], ids=str)
+def test_every_runnable_peer_runs(cfg):
+    pytest.importorskip("timm")
+    pytest.importorskip("kornia")
+    x, labels = peers.make_batch(cfg)
+    ran = 0
+    for peer in peers.PEERS:
+        if peers.can(peer, cfg) is None and peer != "DALI native":
+            peers.peer_callable(peer, cfg, x, labels)()
+            ran += 1
+    assert ran >= 2
+
+
+@pytest.mark.parametrize("method,dtype", [("dmixup", "uint8"), ("dmixup", "float32"), ("dcutmix", "uint8")])
+def test_dali_native_compositions_mix_like_dali_kmix(method, dtype):
+    pytest.importorskip("nvidia.dali")
+    cfg = peers.Config(method, 3, "sample", dtype, 6, 12)
+    # constant images: value i for sample i, so the output shows who was mixed with whom
+    shape = cfg.shape[1:]
+    x = np.stack([np.full(shape, 10 * i + 5, np.uint8 if dtype == "uint8" else np.float32) for i in range(6)])
+    labels = np.arange(6)
+    pipe = peers.dali_native_pipeline(cfg, x, labels, variant="native")
+    pipe.build()
+    out = pipe.run()
+    images = out[0].as_array()
+    if method == "dcutmix":
+        ids = out[2].as_array()
+        for i in range(6):
+            assert set(np.unique(images[i]) // 10) <= set(ids[i].tolist())
+            assert ids[i][0] == i
+    else:
+        perms = [o.as_array().reshape(-1) for o in out[2:4]]
+        w = np.stack([o.as_array().reshape(-1) for o in out[4:7]], axis=1)
+        src = np.stack([np.arange(6)] + perms, axis=1)
+        expect = (w * (10 * src + 5)).sum(1)
+        np.testing.assert_allclose(images.reshape(6, -1).mean(1), expect, atol=0.6)
+
+
+def test_operator_rows_ratios_and_table():
+    pytest.importorskip("timm")
+    pytest.importorskip("nvidia.dali")
+    rows = bench.bench_ops(batches=(4,), ks=(2, 3), modes=("sample",), size=16, repeats=1, progress=False)
+    by = {(r["impl"], r.get("method"), r.get("k"), r["dtype"]): r for r in rows}
+    assert by[("copy (yardstick)", None, None, "uint8")]["status"] == "ok"
     for dt in ("uint8", "float32"):
         for m in ("dmixup", "dcutmix"):
-            assert ("dali_kmix", m, 2, dt) in impls and ("numpy reference", m, 3, dt) in impls
-    assert all(r["vs_copy"] > 0 for r in rows if "vs_copy" in r)
-    assert ("saliency step (spectral residual)", "saliency-dcutmix", 3, "uint8") in impls
-    assert ("dali_kmix", "saliency-dcutmix", 3, "float32") in impls
+            assert by[("dali_kmix", m, 3, dt)]["status"] == "ok"
+            assert by[("dali_kmix (DALI op)", m, 3, dt)]["status"] == "ok"
+    assert by[("timm Mixup (elem)", "dmixup", 3, "float32")]["status"] == "n/a"
+    assert "K>2" in by[("timm Mixup (elem)", "dmixup", 3, "float32")]["reason"]
+    assert by[("DALI native", "dcutmix", 3, "uint8")]["status"] == "ok"
+    assert by[("dali_kmix", "dmixup", 2, "float32")]["fastest_peer"]
+    assert not [r for r in rows if r["status"] == "error"], [r for r in rows if r["status"] == "error"]
     table = bench.format_table(rows)
-    assert "| cpu | uint8 HWC | dali_kmix | dcutmix | 3 |" in table
+    assert "| float32, 4 | dcutmix | 3 | sample |" in table and "Saliency step" in table
 
 
 def test_pipeline_rows(photo_dir):
     pytest.importorskip("nvidia.dali")
+    pytest.importorskip("timm")
     rows = bench.bench_pipeline(photo_dir, batch=8, size=32, iters=2, repeats=1, progress=False)
-    assert [r["mix"] for r in rows] == ["none", "dcutmix", "dmixup", "saliency-dcutmix"]
+    assert [r["mix"] for r in rows] == ["none", "dali_kmix dcutmix", "dali_kmix dmixup", "dali_kmix saliency-dcutmix",
+                                        "DALI native cutmix", "DALI native mixup",
+                                        "timm Mixup after the iterator (K=2)"]
+    assert all(r["status"] == "ok" for r in rows), rows
     assert rows[0]["vs_no_mix"] == 1.0 and all(r["images_per_s_median"] > 0 for r in rows)
-    assert "| cpu | dcutmix K=3 |" in bench.format_table(rows)
+    assert "| cpu | dali_kmix dcutmix K=3 |" in bench.format_table(rows)
+
+
+def test_scaling_rows_and_plot(tmp_path):
+    pytest.importorskip("kornia")
+    rows = bench.bench_scaling(ks=(2, 4), batches=(2, 4), k_batch=2, size=16, repeats=1, progress=False)
+    assert {r["axis"] for r in rows} == {"k", "batch"}
+    bench.plot(rows, tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 5000
+    assert "| vs k | 4 | 2 |" in bench.format_table(rows)
 
 
 def test_metadata_is_json():
