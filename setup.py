@@ -31,7 +31,9 @@ setup(
     extras_require={
         "gpu": ["cupy-cuda12x>=13"],
         "saliency": ["opencv-contrib-python-headless"],
-        "test": ["pytest>=8", "scipy", "cupy-cuda12x>=13", "torchvision", "opencv-contrib-python-headless"],
+        "bench": ["timm", "kornia", "torchvision"],
+        "test": ["pytest>=8", "scipy", "cupy-cuda12x>=13", "torchvision", "opencv-contrib-python-headless", "timm",
+                 "kornia"],
     },
     entry_points={"console_scripts": ["kmix=dali_kmix.cli:main"]},
     classifiers=[

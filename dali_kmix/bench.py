@@ -91,11 +91,17 @@ def _stats_row(base, t):
     return {**base, "status": "ok", **t}
 
 
-def _time_pipeline(pipe, repeats, warmup=2):
+def _time_pipeline(pipe, repeats, warmup=2, inner=5):
+    """Seconds per ``pipe.run()``: each of the ``repeats`` samples averages ``inner`` runs."""
     pipe.build()
-    res = time_call(pipe.run, repeats, warmup)
+
+    def runs():
+        for _ in range(inner):
+            pipe.run()
+
+    res = time_call(runs, repeats, warmup)
     del pipe
-    return res
+    return {k: v / inner if k.endswith("_s") else v for k, v in res.items()}
 
 
 # --------------------------------------------------------------------------- 1. operators
@@ -137,8 +143,9 @@ def bench_ops(*, batches=(32, 128), ks=(2, 3, 5, 9), modes=("sample", "batch"), 
                         if peer in ("DALI native", KMIX_DALI):
                             variant = "native" if peer == "DALI native" else "dali_kmix"
                             t = _time_pipeline(dali_native_pipeline(cfg, x, labels, variant=variant), repeats)
-                            t = {k: max(v - t_base, 0.0) if k.endswith("_s") else v for k, v in t.items()}
+                            t = {k: v - t_base if k.endswith("_s") else v for k, v in t.items()}
                             t["pipeline_baseline_s"] = t_base
+                            t["note"] = "pipeline time minus the same pipeline without the step"
                         else:
                             t = time_call(peer_callable(peer, cfg, x, labels), repeats)
                     except Exception as exc:  # a peer failing on a configuration is a result, not a crash
@@ -169,7 +176,7 @@ def _add_ratios(rows):
         fastest = min(peers, key=lambda r: r["median_s"])
         for r in rs:
             r["fastest_peer"] = fastest["impl"]
-            r["vs_fastest_peer"] = r["median_s"] / fastest["median_s"] if fastest["median_s"] > 0 else None
+            r["vs_fastest_peer"] = r["median_s"] / max(fastest["median_s"], 1e-6)
 
 
 # --------------------------------------------------------------------------- 2. pipelines
@@ -196,9 +203,13 @@ def _pipeline(data_dir, variant, *, batch, size, k, device, num_threads, seed=0)
             ids, anchors, shapes = fn.python_function(labels, function=_NativeParams(cfg, seed),
                                                       batch_processing=True, num_outputs=3)
             images = fn.multi_paste(images, in_ids=ids, in_anchors=anchors, shapes=shapes, out_anchors=anchors)
+        pre = variant.endswith("before normalise)")
+        if pre:  # the same place as multi_paste: uint8 HWC, before normalisation
+            images, label_idx, label_w = kmix_ops.dcutmix(images, labels, k=k, num_classes=num_classes, layout="HWC",
+                                                          label_format="sparse")
         images = normalize_chw(images, crop=size, mirror=True)
-        outs = [images, labels]
-        if variant.startswith("dali_kmix"):
+        outs = [images, label_idx, label_w] if pre else [images, labels]
+        if variant.startswith("dali_kmix") and not pre:
             op = getattr(kmix_ops, variant.split()[1].replace("-", "_"))
             outs = list(op(images, labels, k=k, num_classes=num_classes, layout="CHW", label_format="sparse"))
         elif variant == "DALI native mixup":
@@ -228,7 +239,8 @@ def bench_pipeline(data_dir, *, batch=64, size=224, k=3, iters=12, repeats=3, de
     from tqdm import tqdm
 
     variants = ["none", "dali_kmix dcutmix", "dali_kmix dmixup", "dali_kmix saliency-dcutmix",
-                "DALI native cutmix", "DALI native mixup", "timm Mixup after the iterator (K=2)"]
+                "dali_kmix dcutmix (uint8 HWC, before normalise)", "DALI native cutmix", "DALI native mixup",
+                "timm Mixup after the iterator (K=2)"]
     rows = []
     for variant in tqdm(variants, desc=f"pipelines ({device})", disable=not progress):
         pipe_variant = "none" if variant.startswith("timm") else variant
@@ -244,7 +256,10 @@ def bench_pipeline(data_dir, *, batch=64, size=224, k=3, iters=12, repeats=3, de
                                  auto_reset=True)
 
         def step():
-            data = next(it)[0]
+            try:
+                data = next(it)[0]
+            except StopIteration:  # end of an epoch: auto_reset has rewound the reader
+                data = next(it)[0]
             if after is not None:
                 x = data["images"]
                 after(x, data["labels"].reshape(-1).long())
@@ -268,7 +283,10 @@ def bench_pipeline(data_dir, *, batch=64, size=224, k=3, iters=12, repeats=3, de
             del it, pipe
         rates = np.asarray(rates)
         rows.append({"level": "pipeline", "device": device, "mix": variant, "k": 2 if variant.startswith("timm") else
-                     (None if variant == "none" else k), "batch": batch, "size": size, "threads": num_threads,
+                     (None if variant == "none" else k), "placement": "uint8 HWC before normalisation"
+                     if variant.endswith("before normalise)") or variant == "DALI native cutmix" else
+                     ("after the iterator" if variant.startswith("timm") else
+                      (None if variant == "none" else "float32 CHW after normalisation")), "batch": batch, "size": size, "threads": num_threads,
                      "status": "ok", "images_per_s_median": float(np.median(rates)),
                      "images_per_s_min": float(rates.min()), "images_per_s_max": float(rates.max()),
                      "repeats": repeats, "iters": iters})
@@ -310,10 +328,13 @@ def bench_scaling(*, ks=(2, 3, 4, 6, 8, 12, 16), batches=(8, 16, 32, 64, 128, 25
 # --------------------------------------------------------------------------- output
 
 
-def format_table(rows) -> str:
-    """Markdown: the operator pivot (ms per batch; ratios), the pipeline table, the scaling table."""
+def format_table(rows, op_filter=None) -> str:
+    """Markdown: the operator pivot (ms per batch; ratios), the pipeline table, the scaling table.
+
+    ``op_filter(row) -> bool`` keeps only some operator configurations (the README shows a subset).
+    """
     lines = []
-    ops = [r for r in rows if r["level"] == "op"]
+    ops = [r for r in rows if r["level"] == "op" and (op_filter is None or "method" not in r or op_filter(r))]
     if ops:
         impls = [KMIX, KMIX_DALI] + [p for p in PEERS if p != KMIX]
         lines += ["| dtype, batch | method | K | mode | copy | " + " | ".join(impls) +
@@ -332,8 +353,12 @@ def format_table(rows) -> str:
             fmt = [f"{1e3 * cell[i]['median_s']:.2f}" if i in cell and cell[i]["status"] == "ok" else "–"
                    for i in impls]
             km = cell.get(KMIX, {})
-            speed = (f"{1 / km['vs_fastest_peer']:.1f}× faster ({km['fastest_peer']})"
-                     if km.get("vs_fastest_peer") else "no peer can")
+            if km.get("vs_fastest_peer"):
+                ratio = 1 / km["vs_fastest_peer"]
+                speed = (f"{ratio:.1f}× faster" if ratio >= 1 else f"{1 / ratio:.1f}× slower") + \
+                    f" than {km['fastest_peer']}"
+            else:
+                speed = "no peer can"
             copy = copies.get(key[:2])
             lines.append(f"| {key[0]}, {key[1]} | {key[2]} | {key[3]} | {key[4]} | "
                          f"{1e3 * copy['median_s']:.2f} | " + " | ".join(fmt) +
@@ -342,7 +367,8 @@ def format_table(rows) -> str:
     if pipes:
         lines += ["", "| device | mixing | images/s (median) | min-max | vs no mixing |", "|---|---|---|---|---|"]
         for r in pipes:
-            name = r["mix"] if r["k"] is None or "K=" in r["mix"] else f"{r['mix']} K={r['k']}"
+            name = r["mix"] if r["k"] is None or "K=" in r["mix"] else f"{r['mix'].split(' (')[0]} K={r['k']}" + \
+                (f" ({r['mix'].split(' (')[1]}" if " (" in r["mix"] else "")
             lines.append(f"| {r['device']} | {name} | {r['images_per_s_median']:.0f} | "
                          f"{r['images_per_s_min']:.0f}-{r['images_per_s_max']:.0f} | "
                          f"{100 * r.get('vs_no_mix', float('nan')):.0f} % |")
@@ -438,5 +464,6 @@ def run(out_dir="benchmarks/results", *, quick=False, data_dir=None, progress=Tr
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps({"meta": meta, "quick": quick, "rows": rows}, indent=1, default=str))
     os.replace(tmp, path)
+    path.with_suffix(".md").write_text(format_table(rows) + "\n")
     plot(rows, path.with_suffix(".png"))
     return path, rows

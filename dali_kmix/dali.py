@@ -50,6 +50,16 @@ def _seed_sequence(seed, shard_id: int):
     return np.random.SeedSequence(entropy=seed, spawn_key=(shard_id, index))
 
 
+def _label_vector(labels, n, xp):
+    """One class index per sample, as a flat vector (labels arrive as (), (1,) samples)."""
+    if len(labels) != n:
+        raise ValueError(f"labels has {len(labels)} samples but images has {n}")
+    lab = xp.concatenate([xp.reshape(x, (-1,)) for x in labels])
+    if lab.shape[0] != n:
+        raise ValueError(f"labels must hold one class index per sample, got {lab.shape[0]} values for {n} samples")
+    return lab
+
+
 class _Mixer:
     """The per-batch function inside ``fn.python_function`` (batch_processing=True)."""
 
@@ -81,7 +91,6 @@ class _Mixer:
                 self._gen = np.random.Generator(np.random.PCG64(self.seed_seq))
         return self._gen
 
-
     def __call__(self, images, labels, layout_prop=None):
         xp = np
         if self.device == "gpu":
@@ -96,11 +105,7 @@ class _Mixer:
         first = _checks.check_same_shapes("images", [im.shape for im in images], self.layout)
         _checks.check_image_dtype("images", images[0].dtype)
         h, w = _checks.spatial_size(first, self.layout)
-        if len(labels) != n:
-            raise ValueError(f"labels has {len(labels)} samples but images has {n}")
-        lab = xp.concatenate([xp.reshape(x, (-1,)) for x in labels])
-        if lab.shape[0] != n:
-            raise ValueError(f"labels must hold one class index per sample, got {lab.shape[0]} values for {n} samples")
+        lab = _label_vector(labels, n, xp)
         if self.check_labels:
             lab = _checks.check_labels(lab, self.num_classes, n)
         else:
@@ -140,11 +145,7 @@ class _LabelCheck:
     def __call__(self, labels):
         if len(labels) == 0:
             return []
-        lab = np.concatenate([np.reshape(x, (-1,)) for x in labels])
-        if lab.shape[0] != len(labels):
-            raise ValueError(f"labels must hold one class index per sample, got {lab.shape[0]} values "
-                             f"for {len(labels)} samples")
-        _checks.check_labels(lab, self.num_classes, len(labels))
+        _checks.check_labels(_label_vector(labels, len(labels), np), self.num_classes, len(labels))
         return [np.asarray(x, dtype=np.int32).reshape(-1) for x in labels]
 
 

@@ -64,10 +64,12 @@ __global__ void kmix_dmixup(const T* const* __restrict__ in, T* const* __restric
 template <typename T>
 KMIX_DEV void kmix_copy_run(const T* __restrict__ from, T* __restrict__ to, int a, int b,
                             int tid, int nthreads) {
-  if (nthreads == 1) {  // host launch: a plain contiguous copy the compiler turns into memcpy
-    for (int e = a; e < b; ++e) to[e] = from[e];
+#ifdef KMIX_HOST_SHIM
+  if (nthreads == 1) {  // host launch: one contiguous run
+    if (b > a) std::memcpy(to + a, from + a, (size_t)(b - a) * sizeof(T));
     return;
   }
+#endif
   for (int e = a + tid; e < b; e += nthreads) to[e] = from[e];
 }
 
