@@ -158,3 +158,22 @@ def test_mixparams_of_the_wrong_kind_for_dmixup():
     p = MixParams(np.array([[0, 1], [1, 0]]), np.array([[0.7, 0.7], [0.5, 0.5]]), None)
     with pytest.raises(ValueError, match=r"rows must sum to 1, but row 0 sums to 1\.4"):
         dali_kmix.mix_images(np.zeros((2, 4, 4, 3), np.float32), p, "HWC")
+
+
+def test_without_a_cpp_compiler_the_reference_is_used(monkeypatch):
+    from dali_kmix import cpu_kernels, saliency
+
+    monkeypatch.setattr(cpu_kernels, "compiler", lambda: None)
+    cpu_kernels._load.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match=r"CPU kernels unavailable, using the NumPy reference instead"):
+            assert not cpu_kernels.available()
+        rng = np.random.default_rng(9)
+        x = random_images(rng, np.uint8, (5, 3, 9, 11))
+        for method in ("dmixup", "dcutmix"):
+            p = sample_params(method, 5, 9, 11, k=3, rng=2)
+            np.testing.assert_array_equal(dali_kmix.mix_images(x, p, "CHW"), reference.mix_images(x, p, "CHW"))
+        want = saliency.resize_bilinear(saliency.grey(x, "CHW"), 64, 64)
+        np.testing.assert_array_equal(saliency.small_grey(list(x), "CHW"), want)
+    finally:
+        cpu_kernels._load.cache_clear()
