@@ -80,6 +80,7 @@ class _Mixer:
         self.workers = workers
         self.check_labels = check_labels
         self._gen = None
+        self._out = None  # CPU output buffer, reused: DALI copies the outputs before the next call
 
     def _generator(self):
         if self._gen is None:
@@ -128,7 +129,13 @@ class _Mixer:
         from .mixing import blend_samples
         from .reference import mix_labels
 
-        out = blend_samples(images, params, self.layout, workers=self.workers)
+        out = None
+        if self.device == "cpu":
+            shape = (n,) + tuple(images[0].shape)
+            if self._out is None or self._out.shape != shape or self._out.dtype != images[0].dtype:
+                self._out = np.empty(shape, images[0].dtype)
+            out = self._out
+        out = blend_samples(images, params, self.layout, out=out, workers=self.workers)
         if self.label_format == "dense":
             targets = mix_labels(lab, params, self.num_classes, self.smoothing)
             return list(out), list(targets)
