@@ -71,24 +71,18 @@ def plot(results, path: Path, title: str):
 
 
 def main(argv=None):
-    from dali_kmix.data import make_fashion_mnist_tree
+    from common import add_data_arguments, fashion_mnist
     from dali_kmix.train import TrainConfig, train
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=".demo/fashion-mnist-study")
-    ap.add_argument("--train-per-class", type=int, default=1000)
-    ap.add_argument("--val-per-class", type=int, default=500)
+    add_data_arguments(ap)
     ap.add_argument("--epochs", type=int, default=14)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--alpha", type=float, default=1.0)
-    ap.add_argument("--out", default="benchmarks/results")
-    ap.add_argument("--quick", action="store_true")
     args = ap.parse_args(argv)
     if args.quick:
-        args.data = args.data + "-quick"
-        args.train_per_class, args.val_per_class, args.epochs, args.seeds = 50, 20, 1, [0]
-    data = make_fashion_mnist_tree(args.data, train_per_class=args.train_per_class,
-                                   val_per_class=args.val_per_class, seed=0)
+        args.train_per_class, args.val_per_class, args.epochs, args.seeds = 60, 20, 1, [0]
+    data = fashion_mnist(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results, t0 = {}, time.perf_counter()

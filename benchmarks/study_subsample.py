@@ -26,28 +26,22 @@ SELECTIONS = [("high CV, top", "cv", "top"), ("high CV, interval n=2", "cv", "in
 
 
 def main(argv=None):
-    from dali_kmix.data import make_fashion_mnist_tree
+    from common import add_data_arguments, fashion_mnist
     from dali_kmix.subsample import run as subsample
     from dali_kmix.train import TrainConfig, train
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=".demo/fashion-mnist-study")
-    ap.add_argument("--train-per-class", type=int, default=1000)
-    ap.add_argument("--val-per-class", type=int, default=500)
+    add_data_arguments(ap)
     ap.add_argument("--full-epochs", type=int, default=14)
     ap.add_argument("--checkpoint", default=None, help="a full-data checkpoint to score with (default: train one)")
     ap.add_argument("--ratios", type=float, nargs="+", default=[0.05, 0.1])
     ap.add_argument("--samples-seen", type=int, default=30000, help="training images drawn per subset run")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--out", default="benchmarks/results")
-    ap.add_argument("--quick", action="store_true")
     args = ap.parse_args(argv)
     if args.quick:
-        args.data = args.data + "-quick"
         args.train_per_class, args.val_per_class, args.full_epochs, args.seeds = 60, 20, 1, [0]
         args.samples_seen = 600
-    data = Path(make_fashion_mnist_tree(args.data, train_per_class=args.train_per_class,
-                                        val_per_class=args.val_per_class, seed=0))
+    data = Path(fashion_mnist(args))
     out = Path(args.out)
     runs = out / "subsample-runs"
     t0 = time.perf_counter()

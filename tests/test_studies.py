@@ -1,0 +1,41 @@
+"""The two study scripts of the README run end to end (their --quick smoke runs, on Fashion-MNIST)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dali_kmix.data import FASHION_MNIST_DIR
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.skipif(not Path(FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz").is_file(),
+                                reason="Debian package dataset-fashion-mnist not installed")
+
+
+def _run(script, tmp_path, *extra):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--data", str(tmp_path / "fm"),
+           "--out", str(tmp_path / "out"), *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_mixing_study_quick(tmp_path):
+    out = _run("study_mixing.py", tmp_path)
+    (js,) = (tmp_path / "out").glob("study-quick-*.json")
+    res = json.loads(js.read_text())["results"]
+    assert list(res) == ["none", "Mixup (K=2)", "CutMix (K=2)", "DMixup (K=3)", "DCutMix (K=3)", "DCutMix (K=5)"]
+    assert all(0 <= r[0]["final_val_top1_err"] <= 1 for r in res.values())
+    assert js.with_suffix(".png").is_file() and "| DCutMix (K=5) |" in out
+
+
+def test_subsample_study_quick(tmp_path):
+    out = _run("study_subsample.py", tmp_path)
+    (js,) = (tmp_path / "out").glob("subsample-quick-*.json")
+    res = json.loads(js.read_text())["results"]
+    assert set(res) == {f"t={t}, {s}" for t in ("0.05", "0.1")
+                        for s in ("high CV, top", "high CV, interval n=2", "random")}
+    assert res["t=0.05, random"][0]["kept"] == 30  # 5 % of 60 per class, 10 classes
+    assert (tmp_path / "out" / "subsample-figure2.png").is_file() and "| t=0.1, random |" in out
