@@ -93,18 +93,25 @@ def check_image_dtype(name: str, dtype) -> np.dtype:
     return dtype
 
 
-def spatial_size(shape, layout: str) -> tuple[int, int]:
-    """(H, W) of one sample's shape in ``layout`` (3 dims, no batch axis)."""
-    if layout == "HWC":
-        return int(shape[0]), int(shape[1])
-    return int(shape[1]), int(shape[2])
+def array_module(a):
+    """numpy, or cupy when ``a`` is a CuPy array (cupy is imported only then)."""
+    if type(a).__module__.startswith("cupy"):
+        import cupy
+
+        return cupy
+    return np
 
 
 def hwc_dims(shape, layout: str) -> tuple[int, int, int]:
-    """(H, W, C) of one sample's shape in ``layout``."""
+    """(H, W, C) of one sample's shape in ``layout`` (3 dims, no batch axis)."""
     if layout == "HWC":
         return int(shape[0]), int(shape[1]), int(shape[2])
     return int(shape[1]), int(shape[2]), int(shape[0])
+
+
+def spatial_size(shape, layout: str) -> tuple[int, int]:
+    """(H, W) of one sample's shape in ``layout`` (3 dims, no batch axis)."""
+    return hwc_dims(shape, layout)[:2]
 
 
 def check_same_shapes(name: str, shapes, layout: str) -> tuple[int, ...]:
@@ -132,10 +139,7 @@ def check_same_shapes(name: str, shapes, layout: str) -> tuple[int, ...]:
 def check_labels(labels, num_classes: int, n: int | None = None):
     """Labels as int64 ``(N,)``; ``(N, 1)`` is accepted. Raises on values outside [0, C)."""
     num_classes = check_int("num_classes", num_classes, 1)
-    if type(labels).__module__.startswith("cupy"):
-        import cupy as xp
-    else:
-        xp = np
+    xp = array_module(labels)
     labels = xp.asarray(labels)
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]

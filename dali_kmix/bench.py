@@ -187,10 +187,10 @@ def _pipeline(data_dir, variant, *, batch, size, k, device, num_threads, seed=0)
     from nvidia.dali import Pipeline, fn
 
     from . import dali as kmix_ops
-    from .pipelines import decode_random_crop, normalize_chw
+    from .pipelines import count_classes, decode_random_crop, normalize_chw
 
     gpu = device == "gpu"
-    num_classes = sum(1 for p in Path(data_dir).iterdir() if p.is_dir())
+    num_classes = count_classes(data_dir)
     pipe = Pipeline(batch_size=batch, num_threads=num_threads, device_id=0 if gpu else None, seed=seed)
     with pipe:
         jpegs, labels = fn.readers.file(file_root=str(data_dir), random_shuffle=True, pad_last_batch=True,
@@ -250,8 +250,10 @@ def bench_pipeline(data_dir, *, batch=64, size=224, k=3, iters=12, repeats=3, de
         if variant.startswith("timm"):
             from timm.data import Mixup
 
+            from .pipelines import count_classes
+
             after = Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, mode="batch", label_smoothing=0.0,
-                          num_classes=sum(1 for p in Path(data_dir).iterdir() if p.is_dir()))
+                          num_classes=count_classes(data_dir))
         it = DALIGenericIterator([pipe], names, reader_name="Reader", last_batch_policy=LastBatchPolicy.FILL,
                                  auto_reset=True)
 

@@ -17,7 +17,7 @@ __all__ = ["mix_images", "mix_labels", "blend_samples"]
 
 
 def _is_cupy(a) -> bool:
-    return type(a).__module__.startswith("cupy")
+    return _checks.array_module(a) is not np
 
 
 def _params_like(params: MixParams, gpu: bool) -> MixParams:
@@ -37,16 +37,11 @@ def blend_samples(samples, params: MixParams, layout: str, out=None, *, workers=
     assumed checked; the DALI operators call this directly.
     """
     n = len(samples)
-    gpu = n > 0 and _is_cupy(samples[0])
+    if n == 0:  # no sample to take a shape from
+        return out if out is not None else np.empty((0,), np.uint8)
+    gpu = _is_cupy(samples[0])
     if out is None:
-        if gpu:
-            import cupy
-
-            out = cupy.empty((n,) + tuple(samples[0].shape), dtype=samples[0].dtype)
-        else:
-            out = np.empty((n,) + tuple(samples[0].shape) if n else (0,), dtype=samples[0].dtype if n else np.uint8)
-    if n == 0:
-        return out
+        out = _checks.array_module(samples[0]).empty((n,) + tuple(samples[0].shape), dtype=samples[0].dtype)
     outs = list(out)
     if gpu:
         from . import gpu_kernels as kern

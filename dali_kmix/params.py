@@ -34,14 +34,7 @@ __all__ = ["MixParams", "sample_dirichlet", "nest_boxes", "area_weights", "sampl
 WEIGHT_ATOL = 1e-5
 
 
-def _xp(a):
-    """The array module (numpy or cupy) of ``a``; cupy is only imported if ``a`` is one."""
-    mod = type(a).__module__
-    if mod.startswith("cupy"):
-        import cupy
-
-        return cupy
-    return np
+_xp = _checks.array_module
 
 
 def _as(a, dtype, name):

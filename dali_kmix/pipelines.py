@@ -73,6 +73,16 @@ def decode_random_crop(jpegs, *, gpu: bool, crop: int, random_area=(0.08, 1.0),
     return fn.resize(images, resize_x=crop, resize_y=crop, interp_type=types.INTERP_TRIANGULAR, antialias=False)
 
 
+def decode_center(jpegs, *, gpu: bool, size: int, crop: int):
+    """Evaluation-style preprocessing, no randomness: decode, resize the shorter side to ``size``,
+    centre-crop ``crop`` and normalise to float32 CHW."""
+    from nvidia.dali import fn, types
+
+    images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
+    images = fn.resize(images, resize_shorter=size, interp_type=types.INTERP_TRIANGULAR, antialias=False)
+    return normalize_chw(images, crop=crop, mirror=False)
+
+
 def normalize_chw(images, *, crop: int, mirror: bool):
     """float32 CHW with the ImageNet mean/std (and a random horizontal mirror when ``mirror``)."""
     from nvidia.dali import fn, types
@@ -160,7 +170,7 @@ def imagenet_val_pipeline(data_dir, *, batch_size: int, device: str = "cpu", cro
                           num_classes: int | None = None, seed: int = 0):
     """Validation pipeline (no mixing, no randomness): decode, resize the shorter side to
     ``size``, centre-crop ``crop``, normalise to float32 CHW. Outputs ``(images, labels)``."""
-    from nvidia.dali import Pipeline, fn, types
+    from nvidia.dali import Pipeline
 
     _check_common(device, batch_size, shard_id, num_shards)
     if num_classes is None:
@@ -169,12 +179,9 @@ def imagenet_val_pipeline(data_dir, *, batch_size: int, device: str = "cpu", cro
         device_id = 0
     pipe = Pipeline(batch_size=batch_size, num_threads=num_threads or min(4, os.cpu_count() or 1),
                     device_id=device_id, seed=seed)
-    gpu = device == "gpu"
     with pipe:
         jpegs, labels = _reader(data_dir, file_list, shard_id, num_shards, False, reader_name)
-        images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
-        images = fn.resize(images, resize_shorter=size, interp_type=types.INTERP_TRIANGULAR, antialias=False)
-        pipe.set_outputs(normalize_chw(images, crop=crop, mirror=False), labels)
+        pipe.set_outputs(decode_center(jpegs, gpu=device == "gpu", size=size, crop=crop), labels)
     pipe.kmix_output_map = ["images", "labels"]
     pipe.kmix_num_classes = num_classes
     pipe.kmix_reader_name = reader_name

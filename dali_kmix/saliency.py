@@ -33,12 +33,7 @@ WORK_SIZE = 64
 _LUMA = (0.299, 0.587, 0.114)
 
 
-def _xp(a):
-    if type(a).__module__.startswith("cupy"):
-        import cupy
-
-        return cupy
-    return np
+_xp = _checks.array_module
 
 
 def grey(images, layout: str):
