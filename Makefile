@@ -38,7 +38,7 @@ test: venv system-deps
 test-gpu: venv
 	$(PY) -m pytest -q -m gpu
 
-# The studies of the README (about 45 and 25 minutes on 2 cores).
+# The studies of the README (about 45 and 15 minutes on 2 cores).
 study: venv system-deps
 	$(PY) benchmarks/study_mixing.py
 	$(PY) benchmarks/study_subsample.py --checkpoint benchmarks/results/study-runs/dcutmix-k3-s0/checkpoint.pt

@@ -7,7 +7,7 @@ keep t = 5 % and 10 % of every class by high CV ("top" and "interval", n=2) or a
 random, and train on each subset with DCutMix K=3, three seeds each. Writes
 ``benchmarks/results/subsample-<date>.json/.md/.png`` and the Figure-2-style picture.
 
-    python benchmarks/study_subsample.py            # about 25 minutes on 2 cores
+    python benchmarks/study_subsample.py            # about 15 minutes on 2 cores
     python benchmarks/study_subsample.py --quick    # a smoke run
 """
 
@@ -28,6 +28,7 @@ SELECTIONS = [("high CV, top", "cv", "top"), ("high CV, interval n=2", "cv", "in
 def main(argv=None):
     from common import add_data_arguments, fashion_mnist
     from dali_kmix.subsample import run as subsample
+    from dali_kmix.subsample import select, write_file_list
     from dali_kmix.train import TrainConfig, train
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -52,6 +53,12 @@ def main(argv=None):
         full = train(TrainConfig(data=str(data), out=str(runs / "full"), epochs=args.full_epochs, seed=0, **common))
         ckpt = str(runs / "full" / "checkpoint.pt")
         print(f"full data: top-1 error {100 * full['final_val_top1_err']:.2f} % ({time.perf_counter() - t0:.0f} s)")
+    # Score once (seed 0); every subset below is a selection from these scores.
+    _, scores = subsample(Namespace(
+        data=str(data / "train"), checkpoint=ckpt, model=None, ratio=args.ratios[0], selection="top", interval=2,
+        measure="cv", ascending=False, m=10, k=3, anchor_ratio=0.5, alpha=[2 / 9, 2 / 9], group_size=64, crop=28,
+        resize=28, seed=0, device="cpu", threads=None, out=str(runs / "subset-scoring.txt"),
+        scores=str(runs / "scores.csv"), figure=str(out / "subsample-figure2.png")))
     results = {}
     for ratio in args.ratios:
         for label, measure, selection in SELECTIONS:
@@ -59,14 +66,10 @@ def main(argv=None):
             results[key] = []
             for seed in args.seeds:
                 subset = runs / f"subset-{ratio:g}-{measure}-{selection}-s{seed}.txt"
-                score_seed = seed if measure == "random" else 0  # one scoring; random subsets differ per seed
-                res = subsample(Namespace(
-                    data=str(data / "train"), checkpoint=ckpt, model=None, ratio=ratio, selection=selection,
-                    interval=2, measure=measure, ascending=False, m=10, k=3, anchor_ratio=0.5, alpha=[2 / 9, 2 / 9],
-                    group_size=64, crop=28, resize=28, seed=score_seed, device="cpu", threads=None, out=str(subset),
-                    scores=str(runs / "scores.csv"),
-                    figure=str(out / "subsample-figure2.png") if (seed == args.seeds[0] and ratio == args.ratios[0]
-                                                                   and measure == "cv" and selection == "top") else None))
+                keep = select(scores, ratio, measure=measure, selection=selection, interval=2,
+                              seed=seed if measure == "random" else 0)  # random subsets differ per seed
+                write_file_list([(scores.paths[i], scores.labels[i]) for i in keep], subset)
+                res = {"kept": len(keep)}
                 epochs = max(1, round(args.samples_seen / res["kept"]))
                 s = train(TrainConfig(train_dir=str(data / "train"), val_dir=str(data / "val"), train_list=str(subset),
                                       out=str(runs / subset.stem), epochs=epochs, seed=seed,

@@ -56,7 +56,7 @@ def _cmd_data(args) -> int:
 def _cmd_subsample(args) -> int:
     from .subsample import run
 
-    res = run(args)
+    res, _ = run(args)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"scored {res['scored']} samples, kept {res['kept']}: wrote {res['out']} and {res['scores']}")
     return 0

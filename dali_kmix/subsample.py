@@ -64,8 +64,10 @@ class Scores:
 
 def list_files(data_dir) -> list[tuple[str, int]]:
     """``(relative path, label)`` of every image, labels numbered by sorted class folder (as ``readers.file``)."""
+    from .data import class_names
+
     root = Path(data_dir)
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    classes = class_names(root)
     if not classes:
         raise ValueError(f"data {str(data_dir)!r} has no class sub-folders")
     out = []
@@ -100,10 +102,10 @@ def score_batch(model, images, labels, *, num_classes: int, m: int = 10, k: int 
 
     n = images.shape[0]
     h, w = _checks.spatial_size(images.shape[1:], layout)
-    gen = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
+    gen = np.random.default_rng(rng)  # a Generator passes through unchanged
     losses = np.empty((n, m), np.float64)
     shots = []
-    gpu = type(images).__module__.startswith("cupy")
+    gpu = _checks.array_module(images) is not np
     device = next(model.parameters()).device
     with torch.no_grad():
         for j in range(m):
@@ -129,7 +131,7 @@ def _group_pipeline(root, groups, *, crop, resize, device, device_id, num_thread
     """A DALI pipeline that decodes one group per iteration (no random augmentation)."""
     from nvidia.dali import Pipeline, fn, types
 
-    from .pipelines import normalize_chw
+    from .pipelines import decode_center
 
     state = {"i": 0}
 
@@ -148,9 +150,7 @@ def _group_pipeline(root, groups, *, crop, resize, device, device_id, num_thread
     with pipe:
         jpegs, labels = fn.external_source(source=source, num_outputs=2, batch=True,
                                            dtype=[types.UINT8, types.INT32])
-        images = fn.decoders.image(jpegs, device="mixed" if device == "gpu" else "cpu", output_type=types.RGB)
-        images = fn.resize(images, resize_shorter=resize, interp_type=types.INTERP_TRIANGULAR, antialias=False)
-        pipe.set_outputs(normalize_chw(images, crop=crop, mirror=False), labels)
+        pipe.set_outputs(decode_center(jpegs, gpu=device == "gpu", size=resize, crop=crop), labels)
     return pipe
 
 
@@ -349,8 +349,12 @@ def load_checkpoint_model(checkpoint, model_name=None, device="cpu"):
     return model.to(device).eval(), state
 
 
-def run(args) -> dict:
-    """``kmix subsample``: score (one process or under torchrun), select, write the files (rank 0)."""
+def run(args) -> tuple[dict, Scores]:
+    """``kmix subsample``: score (one process or under torchrun), select, write the files (rank 0).
+
+    Returns the summary and the gathered scores (so a caller can select other subsets without
+    scoring again).
+    """
     import torch
     import torch.distributed as dist
 
@@ -401,7 +405,7 @@ def run(args) -> dict:
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
-    return result
+    return result, scores
 
 
 def add_arguments(p):
