@@ -33,7 +33,7 @@ import numpy as np
 from ._checks import hwc_dims
 from .kernel_source import kernels_dir
 
-__all__ = ["load", "build", "available", "compiler", "dmixup", "dcutmix", "nest_boxes", "grey_resize", "DTYPE_CODES", "default_workers"]
+__all__ = ["load", "build", "compile_cached", "available", "compiler", "dmixup", "dcutmix", "nest_boxes", "grey_resize", "DTYPE_CODES", "default_workers"]
 
 DTYPE_CODES = {np.dtype(np.uint8): 0, np.dtype(np.float16): 1, np.dtype(np.float32): 2}
 LAYOUT_CODES = {"HWC": 0, "CHW": 1}
@@ -84,29 +84,34 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def build(sanitize: bool | None = None, verbose: bool = False) -> Path:
-    """Compile ``kmix_host.cpp`` to a shared library (cached); return its path.
+def compile_cached(lib_name: str, sources, flags, *, libs=(), inputs=(), key_extra: str = "",
+                   verbose: bool = False, what: str = "the CPU kernels") -> Path:
+    """Compile ``sources`` into the shared library ``lib_name`` under :func:`cache_dir` (cached).
 
+    The command is ``$CXX flags sources libs -o lib`` (libraries after the sources).
+
+    The cache key hashes ``inputs`` (the files the build reads), the command line,
+    ``key_extra``, the processor and the compiler's version, so any change rebuilds.
+    Concurrent first uses wait on a file lock; the library appears atomically.
     Raises FileNotFoundError without a C++ compiler and RuntimeError with the
     compiler's output when the build fails.
     """
     cxx = compiler()
     if cxx is None:
         raise FileNotFoundError("no C++ compiler found (set $CXX or install g++)")
-    flags = build_flags(sanitize)
-    src_dir = kernels_dir()
+    cmd = [cxx, *flags, *map(str, sources), *libs]
     h = hashlib.sha256()
-    for name in HOST_SOURCES:
-        h.update((src_dir / name).read_bytes())
-    h.update(" ".join([cxx] + flags).encode())
+    for path in inputs:
+        h.update(Path(path).read_bytes())
+    h.update(" ".join(cmd).encode())
+    h.update(key_extra.encode())
     h.update(_cpu_id().encode())
     try:
         h.update(subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout.encode())
     except OSError:
         pass
-    key = h.hexdigest()[:16]
-    out_dir = cache_dir() / key
-    lib = out_dir / ("libkmix_asan.so" if "-fsanitize=address,undefined" in flags else "libkmix.so")
+    out_dir = cache_dir() / h.hexdigest()[:16]
+    lib = out_dir / lib_name
     if lib.is_file():
         return lib
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -115,15 +120,28 @@ def build(sanitize: bool | None = None, verbose: bool = False) -> Path:
         if lib.is_file():
             return lib
         tmp = lib.with_suffix(f".{os.getpid()}.tmp")
-        cmd = [cxx, *flags, f"-I{src_dir}", str(src_dir / "kmix_host.cpp"), "-o", str(tmp)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        full = cmd + ["-o", str(tmp)]
+        proc = subprocess.run(full, capture_output=True, text=True)
         if proc.returncode != 0:
             tmp.unlink(missing_ok=True)
-            raise RuntimeError(f"building the CPU kernels failed:\n{' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
+            raise RuntimeError(f"building {what} failed:\n{' '.join(full)}\n{proc.stdout}{proc.stderr}")
         if verbose:
-            print(" ".join(cmd))
+            print(" ".join(full))
         os.replace(tmp, lib)
     return lib
+
+
+def build(sanitize: bool | None = None, verbose: bool = False) -> Path:
+    """Compile ``kmix_host.cpp`` to a shared library (cached); return its path.
+
+    Raises FileNotFoundError without a C++ compiler and RuntimeError with the
+    compiler's output when the build fails.
+    """
+    flags = build_flags(sanitize)
+    src_dir = kernels_dir()
+    name = "libkmix_asan.so" if "-fsanitize=address,undefined" in flags else "libkmix.so"
+    return compile_cached(name, [src_dir / "kmix_host.cpp"], [*flags, f"-I{src_dir}"],
+                          inputs=[src_dir / n for n in HOST_SOURCES], verbose=verbose)
 
 
 _P = ctypes.c_void_p

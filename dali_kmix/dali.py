@@ -13,10 +13,14 @@ Example (CPU pipeline; the same call works with images on the GPU)::
         images, targets = kmix.dcutmix(images, labels, k=3, alpha=1.0, num_classes=10, layout="HWC")
         return images, targets
 
-Each operator runs one ``fn.python_function`` per batch: it draws a
-:class:`~dali_kmix.MixParams` record (on the host in CPU pipelines, on the device
-in GPU pipelines), mixes the images with the CUDA kernels (compiled for the CPU,
-or on the GPU on DALI's stream) and builds the labels from the same record.
+Each operator draws one :class:`~dali_kmix.MixParams` record per batch (on the
+host in CPU pipelines, on the device in GPU pipelines) and builds the labels from
+that same record. In CPU pipelines a small ``fn.python_function`` draws the record
+and the native operators of the dali_kmix plugin (:mod:`dali_kmix.plugin`,
+``fn.kmix_dmixup`` / ``fn.kmix_dcutmix``) blend the images on the pipeline's thread
+pool, straight into DALI's buffers; without the plugin one ``python_function`` does
+both with the CPU kernels. In GPU pipelines one ``python_function`` draws and blends
+with the CUDA kernels on DALI's stream.
 """
 
 from __future__ import annotations
@@ -92,20 +96,12 @@ class _Mixer:
                 self._gen = np.random.Generator(np.random.PCG64(self.seed_seq))
         return self._gen
 
-    def __call__(self, images, labels, layout_prop=None):
+    def _record(self, n, first_shape, labels, images=None):
+        """Draw this batch's record; returns ``(params, labels as int64 (N,))``."""
         xp = np
         if self.device == "gpu":
             import cupy as xp
-        n = len(images)
-        if n == 0:
-            return ([], []) if self.label_format == "dense" else ([], [], [])
-        if layout_prop is not None:
-            found = bytes(np.asarray(layout_prop[0])).decode()
-            if found and found != self.layout:
-                raise ValueError(f"layout={self.layout!r} was given but the images carry layout {found!r}")
-        first = _checks.check_same_shapes("images", [im.shape for im in images], self.layout)
-        _checks.check_image_dtype("images", images[0].dtype)
-        h, w = _checks.spatial_size(first, self.layout)
+        h, w = _checks.spatial_size(first_shape, self.layout)
         lab = _label_vector(labels, n, xp)
         if self.check_labels:
             lab = _checks.check_labels(lab, self.num_classes, n)
@@ -126,8 +122,30 @@ class _Mixer:
 
             draws = draw_raw(np, self._generator(), n, self.k, self.alpha, self.mode, self.prob)
             params = params_from_draws(self.method, *draws, h, w, centers)
-        from .mixing import blend_samples
+        return params, lab
+
+    def _labels(self, lab, params):
+        """The label outputs: ``[targets]`` (dense) or ``[label_idx, label_w]`` (sparse), lists of samples."""
         from .reference import mix_labels
+
+        if self.label_format == "dense":
+            return [list(mix_labels(lab, params, self.num_classes, self.smoothing))]
+        xp = _checks.array_module(params.weights)
+        return [list(lab[params.sources].astype(np.int32)), list(xp.ascontiguousarray(params.weights))]
+
+    def __call__(self, images, labels, layout_prop=None):
+        """python_function path: draw, blend and label; returns images and the label outputs."""
+        n = len(images)
+        if n == 0:
+            return ([], []) if self.label_format == "dense" else ([], [], [])
+        if layout_prop is not None:
+            found = bytes(np.asarray(layout_prop[0])).decode()
+            if found and found != self.layout:
+                raise ValueError(f"layout={self.layout!r} was given but the images carry layout {found!r}")
+        first = _checks.check_same_shapes("images", [im.shape for im in images], self.layout)
+        _checks.check_image_dtype("images", images[0].dtype)
+        params, lab = self._record(n, first, labels, images)
+        from .mixing import blend_samples
 
         out = None
         if self.device == "cpu":
@@ -136,11 +154,21 @@ class _Mixer:
                 self._out = np.empty(shape, images[0].dtype)
             out = self._out
         out = blend_samples(images, params, self.layout, out=out, workers=self.workers)
-        if self.label_format == "dense":
-            targets = mix_labels(lab, params, self.num_classes, self.smoothing)
-            return list(out), list(targets)
-        idx = lab[params.sources].astype(np.int32)
-        return list(out), list(idx), list(xp.ascontiguousarray(params.weights))
+        return (list(out), *self._labels(lab, params))
+
+    def record(self, shapes, labels, images=None):
+        """Plugin path (CPU): draw the record and the labels only; ``fn.kmix_dmixup`` /
+        ``fn.kmix_dcutmix`` apply it. Returns sources (K,), weights (K,) or boxes
+        (K-1, 4) per sample, then the label outputs."""
+        n = len(shapes)
+        n_out = 4 if self.label_format == "dense" else 5
+        if n == 0:
+            return ([],) * (n_out - 1)
+        first = _checks.check_same_shapes("images", [tuple(int(v) for v in sh) for sh in shapes], self.layout)
+        params, lab = self._record(n, first, labels, images)
+        third = params.weights if params.boxes is None else params.boxes
+        return (list(np.ascontiguousarray(params.sources)), list(np.ascontiguousarray(third)),
+                *self._labels(lab, params))
 
 
 class _LabelCheck:
@@ -192,6 +220,16 @@ def _mix_op(method, images, labels, *, k, alpha, num_classes, layout, mode, prob
             raise ValueError("images are on the CPU but labels are on the GPU; pass CPU labels to a CPU mixer")
         mixer = _Mixer(method, k, alpha_vec, num_classes, layout, mode, prob, smoothing, label_format,
                        seed_seq, "cpu", workers, check_labels=True, saliency=saliency)
+        from . import plugin
+
+        if plugin.load():
+            # Draw in Python (small arrays), blend in the native operator (no output copy).
+            extra = [images] if method == "saliency-dcutmix" else []
+            sources, third, *label_outs = fn.python_function(
+                images.shape(), labels, *extra, function=mixer.record, batch_processing=True,
+                num_outputs=n_out + 1, name=name)
+            blend = fn.kmix_dmixup if method == "dmixup" else fn.kmix_dcutmix
+            return (blend(images, sources, third, layout=layout), *label_outs)
         prop = fn.get_property(images, key="layout")
         outs = fn.python_function(images, labels, prop, function=mixer, batch_processing=True,
                                   num_outputs=n_out, output_layouts=layouts, name=name)

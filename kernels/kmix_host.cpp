@@ -35,11 +35,25 @@ int kmix_host_version() { return 1; }
 // Host launch shape: by default one thread per block, so each block is a contiguous loop
 // (block_threads > 1 runs the GPU's strided path, for the tests). Samples go on grid.y;
 // grid.x splits a sample into chunks of about 64 Ki elements.
+// Blocks along grid.x (chunks of one sample) of the host launches; the DALI plugin asks
+// for the same numbers so that both split a sample alike.
+int kmix_host_dmixup_chunks(long long sample_elems) {
+  return sample_elems <= 0 ? 0 : (int)kmix_chunks(sample_elems, 1 << 16);
+}
+
+int kmix_host_dcutmix_chunks(int height, int width, int channels, int layout) {
+  if (height <= 0 || width <= 0 || channels <= 0) return 0;
+  const int rows = layout == KMIX_HWC ? height : channels * height;
+  const long long row_len = (long long)width * (layout == KMIX_HWC ? channels : 1);
+  const unsigned row_chunks = kmix_chunks((long long)rows * row_len, 1 << 16);
+  return (int)(row_chunks < (unsigned)rows ? row_chunks : (unsigned)rows);
+}
+
 int kmix_host_dmixup(int dtype, const void* const* in, void* const* out, const int* sources,
                      const float* weights, int n, int k, long long sample_elems, int nworkers,
                      int block_threads, int reverse) {
   if (n <= 0 || sample_elems <= 0) return 0;
-  const kmix_dim3 grid = {kmix_chunks(sample_elems, 1 << 16), (unsigned)n, 1};
+  const kmix_dim3 grid = {(unsigned)kmix_host_dmixup_chunks(sample_elems), (unsigned)n, 1};
   const kmix_dim3 block = {(unsigned)(block_threads < 1 ? 1 : block_threads), 1, 1};
   KMIX_DISPATCH(dtype, kmix_launch(grid, block, nworkers, reverse != 0, [&]() {
     kmix_dmixup<T>((const T* const*)in, (T* const*)out, sources, weights, n, k, sample_elems);
@@ -51,12 +65,37 @@ int kmix_host_dcutmix(int dtype, const void* const* in, void* const* out, const 
                       const int* boxes, int n, int k, int height, int width, int channels,
                       int layout, int nworkers, int block_threads, int reverse) {
   if (n <= 0 || height <= 0 || width <= 0 || channels <= 0) return 0;
-  const int rows = layout == KMIX_HWC ? height : channels * height;
-  const long long row_len = (long long)width * (layout == KMIX_HWC ? channels : 1);
-  const unsigned row_chunks = kmix_chunks((long long)rows * row_len, 1 << 16);
-  const kmix_dim3 grid = {row_chunks < (unsigned)rows ? row_chunks : (unsigned)rows, (unsigned)n, 1};
+  const kmix_dim3 grid = {(unsigned)kmix_host_dcutmix_chunks(height, width, channels, layout), (unsigned)n, 1};
   const kmix_dim3 block = {(unsigned)(block_threads < 1 ? 1 : block_threads), 1, 1};
   KMIX_DISPATCH(dtype, kmix_launch(grid, block, nworkers, reverse != 0, [&]() {
+    kmix_dcutmix<T>((const T* const*)in, (T* const*)out, sources, boxes, n, k, height, width,
+                    channels, layout);
+  }));
+  return 0;
+}
+
+// One block (chunk `chunk` of sample `sample`, one thread) of the host grids above, for a
+// caller that runs the blocks on its own thread pool (the DALI plugin, kmix_dali_op.cpp).
+// Returns 1 for an unknown dtype or a block outside the grid.
+int kmix_host_dmixup_block(int dtype, const void* const* in, void* const* out, const int* sources,
+                           const float* weights, int n, int k, long long sample_elems, int chunk,
+                           int sample) {
+  const int chunks = kmix_host_dmixup_chunks(sample_elems);
+  if (chunk < 0 || chunk >= chunks || sample < 0 || sample >= n) return 1;
+  const kmix_dim3 grid = {(unsigned)chunks, (unsigned)n, 1};
+  KMIX_DISPATCH(dtype, kmix_run_block(grid, (unsigned)chunk, (unsigned)sample, [&]() {
+    kmix_dmixup<T>((const T* const*)in, (T* const*)out, sources, weights, n, k, sample_elems);
+  }));
+  return 0;
+}
+
+int kmix_host_dcutmix_block(int dtype, const void* const* in, void* const* out, const int* sources,
+                            const int* boxes, int n, int k, int height, int width, int channels,
+                            int layout, int chunk, int sample) {
+  const int chunks = kmix_host_dcutmix_chunks(height, width, channels, layout);
+  if (chunk < 0 || chunk >= chunks || sample < 0 || sample >= n) return 1;
+  const kmix_dim3 grid = {(unsigned)chunks, (unsigned)n, 1};
+  KMIX_DISPATCH(dtype, kmix_run_block(grid, (unsigned)chunk, (unsigned)sample, [&]() {
     kmix_dcutmix<T>((const T* const*)in, (T* const*)out, sources, boxes, n, k, height, width,
                     channels, layout);
   }));

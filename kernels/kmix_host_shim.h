@@ -148,3 +148,14 @@ static void kmix_launch(kmix_dim3 grid, kmix_dim3 block, int nworkers, bool reve
   work(0, per < nblocks ? per : nblocks);
   for (auto& t : pool) t.join();
 }
+
+// Run one block (bx, by) of `grid` with one thread on the calling thread: for callers that
+// bring their own thread pool. Only for kernels whose blocks are independent (all of ours).
+template <class Body>
+static void kmix_run_block(kmix_dim3 grid, unsigned bx, unsigned by, Body body) {
+  gridDim = grid;
+  blockDim = {1, 1, 1};
+  blockIdx = {bx, by, 0};
+  threadIdx = {0, 0, 0};
+  body();
+}

@@ -14,7 +14,8 @@ def test_wheel_contains_the_kernel_sources(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (wheel,) = tmp_path.glob("dali_kmix-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for src in ("kmix_blend.cu", "kmix_boxes.cu", "kmix_common.cuh", "kmix_host_shim.h", "kmix_host.cpp"):
+    for src in ("kmix_blend.cu", "kmix_boxes.cu", "kmix_saliency.cu", "kmix_common.cuh", "kmix_host_shim.h",
+                "kmix_host.cpp", "kmix_dali_op.cpp"):
         assert f"dali_kmix/kernels/{src}" in names, sorted(names)
     assert "dali_kmix/params.py" in names and "dali_kmix/cli.py" in names
     # and the installed wheel resolves its kernels from the package data, not from a checkout

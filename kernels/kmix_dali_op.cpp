@@ -1,0 +1,255 @@
+// dali_kmix DALI plugin: the blending kernels as native DALI CPU operators.
+//
+//   fn.kmix_dmixup(images, sources, weights, layout="HWC"|"CHW")
+//   fn.kmix_dcutmix(images, sources, boxes, layout="HWC"|"CHW")
+//
+// apply one MixParams record, drawn by dali_kmix on the Python side, to a batch:
+//   images   N samples of one shape, (H, W, C) or (C, H, W); uint8, float16 or float32
+//   sources  int32 (K,) per sample: sources[s][0] == s, sources[s][j] the image of share j
+//   weights  float32 (K,) per sample (DMixup): finite, >= 0
+//   boxes    int32 (K - 1, 4) per sample (DCutMix): (y0, x0, y1, x1), half-open, nested
+// and return the mixed batch (same shape, dtype and layout).
+//
+// Why a plugin: a python_function hands back arrays that DALI copies into its own buffers,
+// one more full pass over the batch per iteration; here the kernels write straight into
+// DALI's output, and the work runs on the pipeline's own thread pool.
+//
+// The kernels are the .cu files, compiled for the host in kmix_host.cpp, a separate
+// translation unit: its host shim and the CUDA headers that DALI's headers pull in cannot
+// meet in one. This file validates the inputs (a bad record raises, it never reads or
+// writes outside the images) and hands out the blocks of the host grid.
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "dali/pipeline/operator/operator.h"
+
+extern "C" {
+int kmix_host_dmixup_chunks(long long sample_elems);
+int kmix_host_dcutmix_chunks(int height, int width, int channels, int layout);
+int kmix_host_dmixup_block(int dtype, const void* const* in, void* const* out, const int* sources,
+                           const float* weights, int n, int k, long long sample_elems, int chunk,
+                           int sample);
+int kmix_host_dcutmix_block(int dtype, const void* const* in, void* const* out, const int* sources,
+                            const int* boxes, int n, int k, int height, int width, int channels,
+                            int layout, int chunk, int sample);
+}
+
+namespace dali_kmix {
+
+using dali::CPUBackend;
+using dali::make_string;
+
+enum class Method { kDMixup, kDCutMix };
+
+// dtype codes of kmix_host.cpp: 0 uint8, 1 float16, 2 float32.
+inline int DtypeCode(dali::DALIDataType t) {
+  switch (t) {
+    case DALI_UINT8: return 0;
+    case DALI_FLOAT16: return 1;
+    case DALI_FLOAT: return 2;
+    default: return -1;
+  }
+}
+
+// A shape as Python writes it: (3, 4), (7,), ().
+template <typename Shape>
+std::string ShapeStr(const Shape& shape) {
+  std::string out = "(";
+  for (int i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+  return out + (shape.size() == 1 ? ",)" : ")");
+}
+
+template <Method M>
+class KMixBlend : public dali::Operator<CPUBackend> {
+ public:
+  explicit KMixBlend(const dali::OpSpec& spec)
+      : dali::Operator<CPUBackend>(spec), layout_(spec.GetArgument<std::string>("layout")) {
+    DALI_ENFORCE(layout_ == "HWC" || layout_ == "CHW",
+                 make_string("layout must be \"HWC\" or \"CHW\", got \"", layout_, "\""));
+  }
+
+ protected:
+  static constexpr const char* kThird = M == Method::kDMixup ? "weights" : "boxes";
+
+  bool SetupImpl(std::vector<dali::OutputDesc>& output_desc, const dali::Workspace& ws) override {
+    const auto& images = ws.Input<CPUBackend>(0);
+    const auto& sources = ws.Input<CPUBackend>(1);
+    const auto& third = ws.Input<CPUBackend>(2);
+    const int n = images.num_samples();
+    code_ = DtypeCode(images.type());
+    DALI_ENFORCE(code_ >= 0, make_string("images must have dtype uint8, float16 or float32, got ",
+                                         dali::TypeName(images.type())));
+    const std::string found = images.GetLayout().str();
+    DALI_ENFORCE(found.empty() || found == layout_,
+                 make_string("layout='", layout_, "' was given but the images carry layout '", found, "'"));
+    DALI_ENFORCE(sources.type() == DALI_INT32,
+                 make_string("sources must have dtype int32, got ", dali::TypeName(sources.type())));
+    const auto want = M == Method::kDMixup ? DALI_FLOAT : DALI_INT32;
+    DALI_ENFORCE(third.type() == want, make_string(kThird, " must have dtype ", dali::TypeName(want), ", got ",
+                                                   dali::TypeName(third.type())));
+    h_ = w_ = c_ = 0;
+    k_ = 0;
+    if (n > 0) {
+      const auto first = images.shape()[0];
+      DALI_ENFORCE(first.size() == 3, make_string("images: every sample must have 3 dimensions (", layout_,
+                                                  "), got shape ", ShapeStr(first), " for sample 0"));
+      for (int s = 1; s < n; ++s) {
+        DALI_ENFORCE(images.shape()[s] == first,
+                     make_string("images: all samples of a batch must have the same shape; sample 0 has shape ",
+                                 ShapeStr(first), " but sample ", s, " has shape ", ShapeStr(images.shape()[s]),
+                                 " (layout ",
+                                 layout_, "); resize or crop before mixing"));
+      }
+      if (layout_ == "HWC") {
+        h_ = first[0], w_ = first[1], c_ = first[2];
+      } else {
+        c_ = first[0], h_ = first[1], w_ = first[2];
+      }
+      const auto k_shape = sources.shape()[0];
+      DALI_ENFORCE(k_shape.size() == 1 && k_shape[0] >= 1,
+                   make_string("sources must hold K >= 1 int32 indices per sample, got shape ", ShapeStr(k_shape)));
+      k_ = static_cast<int>(k_shape[0]);
+      Gather(sources, n);
+      GatherThird(third, n);
+    }
+    output_desc.resize(1);
+    output_desc[0] = {images.shape(), images.type()};
+    return true;
+  }
+
+  void RunImpl(dali::Workspace& ws) override {
+    const auto& images = ws.Input<CPUBackend>(0);
+    auto& output = ws.Output<CPUBackend>(0);
+    output.SetLayout(dali::TensorLayout(layout_));
+    const int n = images.num_samples();
+    if (n == 0) return;
+    in_.resize(n);
+    out_.resize(n);
+    for (int s = 0; s < n; ++s) {
+      in_[s] = images.raw_tensor(s);
+      out_[s] = output.raw_mutable_tensor(s);
+    }
+    const int layout = layout_ == "HWC" ? 0 : 1;
+    const long long elems = (long long)h_ * w_ * c_;
+    const int chunks = M == Method::kDMixup ? kmix_host_dmixup_chunks(elems)
+                                            : kmix_host_dcutmix_chunks(h_, w_, c_, layout);
+    auto& pool = ws.GetThreadPool();
+    for (int s = 0; s < n; ++s) {
+      for (int c = 0; c < chunks; ++c) {
+        pool.AddWork([this, s, c, n, layout, elems](int) {
+          int rc;
+          if constexpr (M == Method::kDMixup) {
+            rc = kmix_host_dmixup_block(code_, in_.data(), out_.data(), src_.data(), weights_.data(), n, k_,
+                                        elems, c, s);
+          } else {
+            rc = kmix_host_dcutmix_block(code_, in_.data(), out_.data(), src_.data(), boxes_.data(), n, k_, h_,
+                                         w_, c_, layout, c, s);
+          }
+          DALI_ENFORCE(rc == 0, "dali_kmix: internal error, a kernel block was refused");
+        }, elems / chunks);
+      }
+    }
+    pool.RunAll();
+  }
+
+ private:
+  // sources (K,) per sample -> src_ (N * K), checked: column 0 is the sample itself, all in [0, N).
+  void Gather(const dali::TensorList<CPUBackend>& sources, int n) {
+    src_.resize((size_t)n * k_);
+    for (int s = 0; s < n; ++s) {
+      const auto shape = sources.shape()[s];
+      DALI_ENFORCE(shape.size() == 1 && shape[0] == k_,
+                   make_string("sources must have shape (K,) = (", k_, ",) for every sample, got ", ShapeStr(shape),
+                               " for sample ", s));
+      const int* p = sources.tensor<int>(s);
+      DALI_ENFORCE(p[0] == s, make_string("sources[", s, "][0] must be ", s,
+                                          " (every sample anchors its own output), got ", p[0]));
+      for (int j = 0; j < k_; ++j) {
+        DALI_ENFORCE(p[j] >= 0 && p[j] < n, make_string("sources must lie in [0, N=", n, "), got sources[", s,
+                                                        "][", j, "] = ", p[j]));
+        src_[(size_t)s * k_ + j] = p[j];
+      }
+    }
+  }
+
+  void GatherThird(const dali::TensorList<CPUBackend>& third, int n) {
+    if constexpr (M == Method::kDMixup) {
+      weights_.resize((size_t)n * k_);
+      for (int s = 0; s < n; ++s) {
+        const auto shape = third.shape()[s];
+        DALI_ENFORCE(shape.size() == 1 && shape[0] == k_,
+                     make_string("weights must have shape (K,) = (", k_, ",) for every sample, got ", ShapeStr(shape),
+                                 " for sample ", s));
+        const float* p = third.tensor<float>(s);
+        for (int j = 0; j < k_; ++j) {
+          DALI_ENFORCE(std::isfinite(p[j]) && p[j] >= 0.0f,
+                       make_string("weights must be finite and >= 0, got weights[", s, "][", j, "] = ", p[j]));
+          weights_[(size_t)s * k_ + j] = p[j];
+        }
+      }
+    } else {
+      boxes_.resize((size_t)n * (k_ - 1) * 4);
+      for (int s = 0; s < n; ++s) {
+        const auto shape = third.shape()[s];
+        DALI_ENFORCE(shape.size() == 2 && shape[0] == k_ - 1 && shape[1] == 4,
+                     make_string("boxes must have shape (K-1, 4) = (", k_ - 1, ", 4) for every sample, got ",
+                                 ShapeStr(shape), " for sample ", s));
+        const int* b = third.tensor<int>(s);
+        for (int d = 0; d < k_ - 1; ++d) {
+          const int* q = b + 4 * d;
+          DALI_ENFORCE(0 <= q[0] && q[0] <= q[2] && q[2] <= h_ && 0 <= q[1] && q[1] <= q[3] && q[3] <= w_,
+                       make_string("boxes must satisfy 0 <= y0 <= y1 <= H=", h_, " and 0 <= x0 <= x1 <= W=", w_,
+                                   "; box ", d, " of sample ", s, " is (", q[0], ", ", q[1], ", ", q[2], ", ",
+                                   q[3], ")"));
+          if (d > 0) {
+            const int* o = q - 4;
+            DALI_ENFORCE(q[0] >= o[0] && q[1] >= o[1] && q[2] <= o[2] && q[3] <= o[3],
+                         make_string("boxes must be nested: box ", d, " of sample ", s, " (", q[0], ", ", q[1],
+                                     ", ", q[2], ", ", q[3], ") is not inside box ", d - 1, " (", o[0], ", ",
+                                     o[1], ", ", o[2], ", ", o[3], ")"));
+          }
+          for (int e = 0; e < 4; ++e) boxes_[((size_t)s * (k_ - 1) + d) * 4 + e] = q[e];
+        }
+      }
+    }
+  }
+
+  std::string layout_;
+  int code_ = -1, h_ = 0, w_ = 0, c_ = 0, k_ = 0;
+  std::vector<int> src_, boxes_;
+  std::vector<float> weights_;
+  std::vector<const void*> in_;
+  std::vector<void*> out_;
+};
+
+}  // namespace dali_kmix
+
+DALI_REGISTER_OPERATOR(KmixDmixup, ::dali_kmix::KMixBlend<::dali_kmix::Method::kDMixup>, ::dali::CPU);
+DALI_REGISTER_OPERATOR(KmixDcutmix, ::dali_kmix::KMixBlend<::dali_kmix::Method::kDCutMix>, ::dali::CPU);
+
+// DALI_SCHEMA defines a static registration object that nothing else names.
+#pragma GCC diagnostic ignored "-Wunused-variable"
+
+DALI_SCHEMA(KmixDmixup)
+    .DocStr(R"(dali_kmix DMixup: every output sample is the Dirichlet-weighted sum of K images of the batch,
+out[s] = sum_j weights[s][j] * images[sources[s][j]] (float32 fused multiply-adds in order j = 0..K-1;
+uint8 rounds half to even and clips, float16 rounds to nearest even). Use dali_kmix.dali.dmixup,
+which draws the record and the labels.)")
+    .NumInput(3)
+    .NumOutput(1)
+    .InputDox(0, "images", "TensorList of uint8, float16 or float32, HWC or CHW", "Same-shape samples.")
+    .InputDox(1, "sources", "TensorList of int32 (K,)", "sources[s][0] == s; the images mixed into sample s.")
+    .InputDox(2, "weights", "TensorList of float32 (K,)", "The shares of the K images (finite, >= 0).")
+    .AddArg("layout", "\"HWC\" or \"CHW\".", DALI_STRING);
+
+DALI_SCHEMA(KmixDcutmix)
+    .DocStr(R"(dali_kmix DCutMix: every output pixel is copied from the image of the deepest of K-1 nested boxes
+that holds it (sources[s][d + 1] inside box d, the sample itself outside box 0). Use dali_kmix.dali.dcutmix,
+which draws the record and the area-weighted labels.)")
+    .NumInput(3)
+    .NumOutput(1)
+    .InputDox(0, "images", "TensorList of uint8, float16 or float32, HWC or CHW", "Same-shape samples.")
+    .InputDox(1, "sources", "TensorList of int32 (K,)", "sources[s][0] == s; the images pasted into sample s.")
+    .InputDox(2, "boxes", "TensorList of int32 (K-1, 4)", "(y0, x0, y1, x1), half-open, each inside the last.")
+    .AddArg("layout", "\"HWC\" or \"CHW\".", DALI_STRING);
