@@ -92,7 +92,8 @@ def main(argv=None):
             cfg = TrainConfig(data=str(data), out=str(out / "study-runs" / f"{mix}-k{k}-s{seed}"), model="small-cnn",
                               mix=mix, k=max(k, 2), alpha=args.alpha, epochs=args.epochs, batch_size=128,
                               optimizer="sgd", lr=0.05, weight_decay=5e-4, crop=28, val_resize=28,
-                              random_area=(0.6, 1.0), seed=seed, device="cpu", progress=False)
+                              random_area=(0.6, 1.0), seed=seed, device="cpu", progress=False,
+                              mix_on="float32")  # as the run reported in the README
             s = train(cfg)
             s.pop("config")
             results[label].append(s)

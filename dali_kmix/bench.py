@@ -203,16 +203,23 @@ def _pipeline(data_dir, variant, *, batch, size, k, device, num_threads, seed=0)
             ids, anchors, shapes = fn.python_function(labels, function=_NativeParams(cfg, seed),
                                                       batch_processing=True, num_outputs=3)
             images = fn.multi_paste(images, in_ids=ids, in_anchors=anchors, shapes=shapes, out_anchors=anchors)
-        pre = variant.endswith("before normalise)")
-        if pre:  # the same place as multi_paste: uint8 HWC, before normalisation
-            images, label_idx, label_w = kmix_ops.dcutmix(images, labels, k=k, num_classes=num_classes, layout="HWC",
-                                                          label_format="sparse")
+        # dali_kmix rows mix the uint8 HWC crops before the normalisation (imagenet_train_pipeline's
+        # default, mix_on="uint8") unless marked "after normalise" (mix_on="float32").
+        ours = variant.startswith("dali_kmix")
+        after_norm = variant.endswith("after normalise)")
+        op = getattr(kmix_ops, variant.split()[1].replace("-", "_")) if ours else None
+        outs = None
+        if ours and not after_norm:
+            images, label_idx, label_w = op(images, labels, k=k, num_classes=num_classes, layout="HWC",
+                                            label_format="sparse")
+            outs = [label_idx, label_w]
         images = normalize_chw(images, crop=size, mirror=True)
-        outs = [images, label_idx, label_w] if pre else [images, labels]
-        if variant.startswith("dali_kmix") and not pre:
-            op = getattr(kmix_ops, variant.split()[1].replace("-", "_"))
-            outs = list(op(images, labels, k=k, num_classes=num_classes, layout="CHW", label_format="sparse"))
-        elif variant == "DALI native mixup":
+        if ours and after_norm:
+            images, label_idx, label_w = op(images, labels, k=k, num_classes=num_classes, layout="CHW",
+                                            label_format="sparse")
+            outs = [label_idx, label_w]
+        outs = [images, *outs] if outs is not None else [images, labels]
+        if variant == "DALI native mixup":  # on the normalised float32 tensors, as DALI's examples blend
             from .peers import _NativeParams
 
             cfg = Config("dmixup", k, "sample", "float32", batch, size)
@@ -239,8 +246,8 @@ def bench_pipeline(data_dir, *, batch=64, size=224, k=3, iters=12, repeats=3, de
     from tqdm import tqdm
 
     variants = ["none", "dali_kmix dcutmix", "dali_kmix dmixup", "dali_kmix saliency-dcutmix",
-                "dali_kmix dcutmix (uint8 HWC, before normalise)", "DALI native cutmix", "DALI native mixup",
-                "timm Mixup after the iterator (K=2)"]
+                "dali_kmix dcutmix (float32 CHW, after normalise)", "dali_kmix dmixup (float32 CHW, after normalise)",
+                "DALI native cutmix", "DALI native mixup", "timm Mixup after the iterator (K=2)"]
     rows = []
     for variant in tqdm(variants, desc=f"pipelines ({device})", disable=not progress):
         pipe_variant = "none" if variant.startswith("timm") else variant
@@ -286,7 +293,8 @@ def bench_pipeline(data_dir, *, batch=64, size=224, k=3, iters=12, repeats=3, de
         rates = np.asarray(rates)
         rows.append({"level": "pipeline", "device": device, "mix": variant, "k": 2 if variant.startswith("timm") else
                      (None if variant == "none" else k), "placement": "uint8 HWC before normalisation"
-                     if variant.endswith("before normalise)") or variant == "DALI native cutmix" else
+                     if (variant.startswith("dali_kmix") and not variant.endswith("after normalise)"))
+                     or variant == "DALI native cutmix" else
                      ("after the iterator" if variant.startswith("timm") else
                       (None if variant == "none" else "float32 CHW after normalisation")), "batch": batch, "size": size, "threads": num_threads,
                      "status": "ok", "images_per_s_median": float(np.median(rates)),

@@ -108,7 +108,7 @@ def imagenet_train_pipeline(data_dir, *, batch_size: int, device: str = "cpu", m
                             prob: float = 1.0, smoothing: float = 0.0, label_format: str = "dense",
                             file_list=None, random_area=(0.08, 1.0), random_aspect_ratio=(0.75, 4.0 / 3.0),
                             reader_name: str = "Reader", prefetch_queue_depth: int = 2,
-                            with_source_info: bool = False):
+                            with_source_info: bool = False, mix_on: str = "uint8"):
     """Build (not run) the training pipeline; returns a ``nvidia.dali.Pipeline``.
 
     Outputs: ``(images, targets)`` float32 CHW ``(3, crop, crop)`` images and float32
@@ -128,6 +128,13 @@ def imagenet_train_pipeline(data_dir, *, batch_size: int, device: str = "cpu", m
         shard_id, num_shards: the reader's shard (one per rank under torchrun).
         with_source_info: also output each anchor's file path (for audits of what a
             rank saw; :class:`DALIMixIterator` exposes it as ``last_source_info``).
+        mix_on: where the batch is mixed. "uint8" (default): on the decoded uint8 HWC
+            crops, before the mirror and the normalisation, a quarter of the bytes of the
+            float32 batch (CPU, 2 threads: about 8 points more throughput). DCutMix pastes
+            the same pixels either way (the per-pixel normalisation commutes with cut and
+            paste; the random mirror then flips the whole mix); DMixup rounds its blend to
+            uint8 (at most 0.5/255 off, as timm's ``FastCollateMixup``). "float32": on the
+            normalised float32 CHW tensors, after the mirror (no rounding).
     """
     from nvidia.dali import Pipeline
 
@@ -136,6 +143,7 @@ def imagenet_train_pipeline(data_dir, *, batch_size: int, device: str = "cpu", m
     _check_common(device, batch_size, shard_id, num_shards)
     if mix is not None:
         _checks.check_choice("mix", mix, MIXES)
+    _checks.check_choice("mix_on", mix_on, ("uint8", "float32"))
     if num_classes is None:
         num_classes = count_classes(data_dir)
     if device == "gpu" and device_id is None:
@@ -145,14 +153,20 @@ def imagenet_train_pipeline(data_dir, *, batch_size: int, device: str = "cpu", m
     gpu = device == "gpu"
     with pipe:
         jpegs, labels = _reader(data_dir, file_list, shard_id, num_shards, True, reader_name)
-        images = normalize_chw(decode_random_crop(jpegs, gpu=gpu, crop=crop, random_area=random_area,
-                                                  random_aspect_ratio=random_aspect_ratio), crop=crop, mirror=True)
+        images = decode_random_crop(jpegs, gpu=gpu, crop=crop, random_area=random_area,
+                                    random_aspect_ratio=random_aspect_ratio)
         if mix is None:
-            outs, names = (images, labels), ["images", "labels"]
+            outs, names = (normalize_chw(images, crop=crop, mirror=True), labels), ["images", "labels"]
         else:
             op = getattr(kmix_ops, mix.replace("-", "_"))
-            outs = op(images, labels, k=k, alpha=alpha, num_classes=num_classes, layout="CHW", mode=mode,
-                      prob=prob, smoothing=smoothing, label_format=label_format, shard_id=shard_id)
+            if mix_on == "float32":
+                images = normalize_chw(images, crop=crop, mirror=True)
+            images, *label_outs = op(images, labels, k=k, alpha=alpha, num_classes=num_classes,
+                                     layout="HWC" if mix_on == "uint8" else "CHW", mode=mode, prob=prob,
+                                     smoothing=smoothing, label_format=label_format, shard_id=shard_id)
+            if mix_on == "uint8":
+                images = normalize_chw(images, crop=crop, mirror=True)
+            outs = (images, *label_outs)
             names = ["images", "targets"] if label_format == "dense" else ["images", "label_idx", "label_w"]
         if with_source_info:
             outs = (*outs, _source_info(jpegs))

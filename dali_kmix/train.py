@@ -52,6 +52,7 @@ class TrainConfig:
     prob: float = 1.0
     mode: str = "sample"
     smoothing: float = 0.0
+    mix_on: str = "uint8"
     epochs: int = 10
     batch_size: int = 128
     optimizer: str = "sgd"
@@ -294,7 +295,7 @@ def train(cfg: TrainConfig) -> dict:
         seed=pipe_seed, shard_id=d.rank, num_shards=d.world, num_threads=threads,
         device_id=d.local_rank if d.gpu else None, crop=cfg.crop, mode=cfg.mode, prob=cfg.prob,
         smoothing=cfg.smoothing, file_list=cfg.train_list, random_area=tuple(cfg.random_area),
-        with_source_info=cfg.audit)
+        with_source_info=cfg.audit, mix_on=cfg.mix_on)
     val_pipe = imagenet_val_pipeline(
         val_dir, batch_size=cfg.batch_size, device=device, crop=cfg.crop,
         size=cfg.val_resize or max(cfg.crop, round(cfg.crop * 256 / 224)), shard_id=d.rank, num_shards=d.world,
@@ -394,6 +395,8 @@ def add_arguments(p: argparse.ArgumentParser):
     p.add_argument("--prob", type=float, default=1.0)
     p.add_argument("--mode", default="sample", choices=["sample", "batch"])
     p.add_argument("--smoothing", type=float, default=0.0)
+    p.add_argument("--mix-on", default="uint8", choices=["uint8", "float32"],
+                   help="mix the decoded uint8 crops (faster) or the normalised float32 tensors")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=128, help="per process")
     p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])

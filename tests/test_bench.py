@@ -93,13 +93,16 @@ def test_pipeline_rows(photo_dir):
     pytest.importorskip("timm")
     rows = bench.bench_pipeline(photo_dir, batch=8, size=32, iters=2, repeats=1, progress=False)
     assert [r["mix"] for r in rows] == ["none", "dali_kmix dcutmix", "dali_kmix dmixup", "dali_kmix saliency-dcutmix",
-                                        "dali_kmix dcutmix (uint8 HWC, before normalise)", "DALI native cutmix",
+                                        "dali_kmix dcutmix (float32 CHW, after normalise)",
+                                        "dali_kmix dmixup (float32 CHW, after normalise)", "DALI native cutmix",
                                         "DALI native mixup", "timm Mixup after the iterator (K=2)"]
+    assert rows[1]["placement"] == "uint8 HWC before normalisation"
+    assert rows[4]["placement"] == "float32 CHW after normalisation"
     assert all(r["status"] == "ok" for r in rows), rows
     assert rows[0]["vs_no_mix"] == 1.0 and all(r["images_per_s_median"] > 0 for r in rows)
     table = bench.format_table(rows)
     assert "| cpu | dali_kmix dcutmix K=3 |" in table
-    assert "| cpu | dali_kmix dcutmix K=3 (uint8 HWC, before normalise) |" in table
+    assert "| cpu | dali_kmix dmixup K=3 (float32 CHW, after normalise) |" in table
 
 
 def test_scaling_rows_and_plot(tmp_path):

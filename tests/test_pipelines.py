@@ -13,9 +13,11 @@ from dali_kmix.torch import soft_target_cross_entropy, sparse_mixed_cross_entrop
 CROP = 64
 
 
-@pytest.mark.parametrize("mix", ["dcutmix", "dmixup"])
-def test_train_iterator_yields_torch_batches(photo_dir, mix):
-    pipe = imagenet_train_pipeline(photo_dir, batch_size=10, mix=mix, k=3, crop=CROP, seed=1, num_threads=2)
+@pytest.mark.parametrize("mix_on", ["uint8", "float32"])
+@pytest.mark.parametrize("mix", ["dcutmix", "dmixup", "saliency-dcutmix"])
+def test_train_iterator_yields_torch_batches(photo_dir, mix, mix_on):
+    pipe = imagenet_train_pipeline(photo_dir, batch_size=10, mix=mix, k=3, crop=CROP, seed=1, num_threads=2,
+                                   mix_on=mix_on)
     it = DALIMixIterator(pipe)
     assert len(it) == 5  # 48 images, batches of 10, the last one partial
     sizes = []
@@ -96,6 +98,8 @@ def test_shards_are_disjoint_and_cover_the_data(photo_dir):
 def test_pipeline_argument_errors(photo_dir, tmp_path):
     with pytest.raises(ValueError, match=r"mix must be one of \['dcutmix', 'dmixup', 'saliency-dcutmix'\], got 'cutmix'"):
         imagenet_train_pipeline(photo_dir, batch_size=4, mix="cutmix")
+    with pytest.raises(ValueError, match=r"mix_on must be one of \['uint8', 'float32'\], got 'float16'"):
+        imagenet_train_pipeline(photo_dir, batch_size=4, mix_on="float16")
     with pytest.raises(ValueError, match=r"device must be one of \['cpu', 'gpu'\], got 'tpu'"):
         imagenet_train_pipeline(photo_dir, batch_size=4, device="tpu")
     with pytest.raises(ValueError, match=r"shard_id must be < num_shards=2, got 2"):
@@ -106,3 +110,43 @@ def test_pipeline_argument_errors(photo_dir, tmp_path):
         count_classes(tmp_path)
     with pytest.raises(ValueError, match=r"pipe must come from dali_kmix.pipelines"):
         DALIMixIterator(object())
+
+
+@pytest.mark.parametrize("method", ["dcutmix", "dmixup"])
+def test_mixing_before_or_after_the_normalisation(method):
+    """What ``mix_on="uint8"`` relies on: the per-pixel normalisation commutes with DCutMix
+    exactly, and with DMixup up to the uint8 rounding of the blend (<= 0.5 / 255 / std)."""
+    from nvidia.dali import fn, pipeline_def
+
+    import dali_kmix
+    from dali_kmix.pipelines import IMAGENET_STD, normalize_chw
+
+    n, size = 6, 40
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    params = dali_kmix.sample_params(method, n, size, size, k=3, rng=rng)
+    third = params.weights if method == "dmixup" else params.boxes
+
+    @pipeline_def(batch_size=n, num_threads=2, device_id=None)
+    def pipe():
+        x = fn.external_source(source=lambda: list(images), batch=True, layout="HWC")
+        src = fn.external_source(source=lambda: list(np.ascontiguousarray(params.sources)), batch=True)
+        thr = fn.external_source(source=lambda: list(np.ascontiguousarray(third)), batch=True)
+        op = fn.kmix_dmixup if method == "dmixup" else fn.kmix_dcutmix
+        before = normalize_chw(op(x, src, thr, layout="HWC"), crop=size, mirror=False)
+        after = op(normalize_chw(x, crop=size, mirror=False), src, thr, layout="CHW")
+        return before, after
+
+    from dali_kmix import plugin
+
+    if not plugin.load():
+        pytest.skip("the dali_kmix DALI plugin is not available here")
+    p = pipe()
+    p.build()
+    before, after = (o.as_array() for o in p.run())
+    if method == "dcutmix":
+        np.testing.assert_array_equal(before, after)
+    else:
+        tol = 0.5 / min(IMAGENET_STD) + 1e-4
+        assert np.abs(before - after).max() <= tol
+        assert np.abs(before - after).max() > 0  # the rounding is real, and bounded
