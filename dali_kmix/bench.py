@@ -237,9 +237,15 @@ def _pipeline(data_dir, variant, *, batch, size, k, device, num_threads, seed=0)
     return pipe, names
 
 
-def bench_pipeline(data_dir, *, batch=64, size=224, k=3, iters=12, repeats=3, device="cpu", num_threads=2,
-                   progress=True) -> list[dict]:
-    """Images/s through ``DALIGenericIterator`` into torch, over a JPEG tree, for every mixing variant."""
+def bench_pipeline(data_dir, *, batch=64, size=224, k=3, iters=12, repeats=5, device="cpu", num_threads=2,
+                   progress=True, settle_s=0.3) -> list[dict]:
+    """Images/s through ``DALIGenericIterator`` into torch, over a JPEG tree, for every mixing variant.
+
+    All variants are built first and then timed in rounds, one block of ``iters`` batches per
+    variant per round, so a slow spell of a noisy machine hits every variant alike; ``vs_no_mix``
+    is the median over rounds of (variant / no mixing in the same round). Between blocks the
+    run waits ``settle_s`` so the previous pipeline's prefetching is done before the next clock.
+    """
     import torch
     from nvidia.dali.plugin.base_iterator import LastBatchPolicy
     from nvidia.dali.plugin.pytorch import DALIGenericIterator
@@ -248,63 +254,88 @@ def bench_pipeline(data_dir, *, batch=64, size=224, k=3, iters=12, repeats=3, de
     variants = ["none", "dali_kmix dcutmix", "dali_kmix dmixup", "dali_kmix saliency-dcutmix",
                 "dali_kmix dcutmix (float32 CHW, after normalise)", "dali_kmix dmixup (float32 CHW, after normalise)",
                 "DALI native cutmix", "DALI native mixup", "timm Mixup after the iterator (K=2)"]
-    rows = []
-    for variant in tqdm(variants, desc=f"pipelines ({device})", disable=not progress):
+    runners, errors = {}, {}
+    for variant in variants:
         pipe_variant = "none" if variant.startswith("timm") else variant
-        pipe, names = _pipeline(data_dir, pipe_variant, batch=batch, size=size, k=k, device=device,
-                                num_threads=num_threads)
-        after = None
-        if variant.startswith("timm"):
-            from timm.data import Mixup
-
-            from .pipelines import count_classes
-
-            after = Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, mode="batch", label_smoothing=0.0,
-                          num_classes=count_classes(data_dir))
-        it = DALIGenericIterator([pipe], names, reader_name="Reader", last_batch_policy=LastBatchPolicy.FILL,
-                                 auto_reset=True)
-
-        def step():
-            try:
-                data = next(it)[0]
-            except StopIteration:  # end of an epoch: auto_reset has rewound the reader
-                data = next(it)[0]
-            if after is not None:
-                x = data["images"]
-                after(x, data["labels"].reshape(-1).long())
-            elif device == "gpu":
-                torch.cuda.synchronize()
-
         try:
-            for _ in range(3):
-                step()
-            rates = []
-            for _ in range(repeats):
+            pipe, names = _pipeline(data_dir, pipe_variant, batch=batch, size=size, k=k, device=device,
+                                    num_threads=num_threads)
+            after = None
+            if variant.startswith("timm"):
+                from timm.data import Mixup
+
+                from .pipelines import count_classes
+
+                after = Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, mode="batch", label_smoothing=0.0,
+                              num_classes=count_classes(data_dir))
+            it = DALIGenericIterator([pipe], names, reader_name="Reader", last_batch_policy=LastBatchPolicy.FILL,
+                                     auto_reset=True)
+            runners[variant] = _pipeline_step(it, after, device, torch)
+            for _ in range(3):  # warm-up
+                runners[variant]()
+        except Exception as exc:  # a variant failing is a result, not a crash
+            errors[variant] = f"{type(exc).__name__}: {exc}"
+            runners.pop(variant, None)
+    rates = {v: [] for v in runners}
+    bar = tqdm(total=repeats * len(runners), desc=f"pipelines ({device})", disable=not progress)
+    for _ in range(repeats):
+        for variant, step in runners.items():
+            time.sleep(settle_s)
+            try:
                 t0 = time.perf_counter()
                 for _ in range(iters):
                     step()
-                rates.append(iters * batch / (time.perf_counter() - t0))
-        except Exception as exc:
+                rates[variant].append(iters * batch / (time.perf_counter() - t0))
+            except Exception as exc:
+                errors[variant] = f"{type(exc).__name__}: {exc}"
+            bar.update()
+    bar.close()
+    rows = []
+    base = np.asarray(rates.get("none", []))
+    for variant in variants:
+        if variant in errors or variant not in rates:
             rows.append({"level": "pipeline", "device": device, "mix": variant, "status": "error",
-                         "reason": f"{type(exc).__name__}: {exc}"})
+                         "reason": errors.get(variant, "not run")})
             continue
-        finally:
-            del it, pipe
-        rates = np.asarray(rates)
-        rows.append({"level": "pipeline", "device": device, "mix": variant, "k": 2 if variant.startswith("timm") else
-                     (None if variant == "none" else k), "placement": "uint8 HWC before normalisation"
-                     if (variant.startswith("dali_kmix") and not variant.endswith("after normalise)"))
-                     or variant == "DALI native cutmix" else
-                     ("after the iterator" if variant.startswith("timm") else
-                      (None if variant == "none" else "float32 CHW after normalisation")), "batch": batch, "size": size, "threads": num_threads,
-                     "status": "ok", "images_per_s_median": float(np.median(rates)),
-                     "images_per_s_min": float(rates.min()), "images_per_s_max": float(rates.max()),
-                     "repeats": repeats, "iters": iters})
-    ok = [r for r in rows if r["status"] == "ok"]
-    if ok and ok[0]["mix"] == "none":
-        for r in ok:
-            r["vs_no_mix"] = r["images_per_s_median"] / ok[0]["images_per_s_median"]
+        r = np.asarray(rates[variant])
+        row = {"level": "pipeline", "device": device, "mix": variant,
+               "k": 2 if variant.startswith("timm") else (None if variant == "none" else k),
+               "placement": _placement(variant), "batch": batch, "size": size, "threads": num_threads,
+               "status": "ok", "images_per_s_median": float(np.median(r)), "images_per_s_min": float(r.min()),
+               "images_per_s_max": float(r.max()), "repeats": repeats, "iters": iters,
+               "timing": "interleaved rounds"}
+        if len(base) == len(r) and len(r):
+            ratios = r / base
+            row.update(vs_no_mix=float(np.median(ratios)), vs_no_mix_min=float(ratios.min()),
+                       vs_no_mix_max=float(ratios.max()))
+        rows.append(row)
     return rows
+
+
+def _placement(variant):
+    if variant == "none":
+        return None
+    if variant.startswith("timm"):
+        return "after the iterator"
+    if variant == "DALI native cutmix" or (variant.startswith("dali_kmix") and not variant.endswith("after normalise)")):
+        return "uint8 HWC before normalisation"
+    return "float32 CHW after normalisation"
+
+
+def _pipeline_step(it, after, device, torch):
+    """One batch out of the iterator (and timm's mixing after it, for that variant)."""
+
+    def step():
+        try:
+            data = next(it)[0]
+        except StopIteration:  # end of an epoch: auto_reset has rewound the reader
+            data = next(it)[0]
+        if after is not None:
+            after(data["images"], data["labels"].reshape(-1).long())
+        elif device == "gpu":
+            torch.cuda.synchronize()
+
+    return step
 
 
 # --------------------------------------------------------------------------- 3. scaling
@@ -375,13 +406,16 @@ def format_table(rows, op_filter=None) -> str:
                          f" | {speed} | {km.get('vs_copy', float('nan')):.2f} |")
     pipes = [r for r in rows if r["level"] == "pipeline" and r["status"] == "ok"]
     if pipes:
-        lines += ["", "| device | mixing | images/s (median) | min-max | vs no mixing |", "|---|---|---|---|---|"]
+        lines += ["", "| device | mixing | placement | images/s (median) | min-max | vs no mixing (median of rounds) "
+                      "| min-max |", "|---|---|---|---|---|---|---|"]
         for r in pipes:
             name = r["mix"] if r["k"] is None or "K=" in r["mix"] else f"{r['mix'].split(' (')[0]} K={r['k']}" + \
                 (f" ({r['mix'].split(' (')[1]}" if " (" in r["mix"] else "")
-            lines.append(f"| {r['device']} | {name} | {r['images_per_s_median']:.0f} | "
+            lines.append(f"| {r['device']} | {name} | {r.get('placement') or '–'} | {r['images_per_s_median']:.0f} | "
                          f"{r['images_per_s_min']:.0f}-{r['images_per_s_max']:.0f} | "
-                         f"{100 * r.get('vs_no_mix', float('nan')):.0f} % |")
+                         f"{100 * r.get('vs_no_mix', float('nan')):.0f} % | "
+                         f"{100 * r.get('vs_no_mix_min', float('nan')):.0f}-"
+                         f"{100 * r.get('vs_no_mix_max', float('nan')):.0f} % |")
     scal = [r for r in rows if r["level"] == "scaling"]
     if scal:
         lines += ["", "| scaling | K | batch | copy ms | dali_kmix dmixup ms | dali_kmix dcutmix ms | kornia cutmix ms |",
@@ -460,7 +494,7 @@ def run(out_dir="benchmarks/results", *, quick=False, data_dir=None, progress=Tr
                                    images_per_class=12 if quick else 48, size=320)
     for dev in ["cpu"] + (["gpu"] if gpu_available() else []):
         rows += bench_pipeline(data_dir, batch=32 if quick else 64, iters=3 if quick else 12,
-                               repeats=1 if quick else 3, device=dev, progress=progress)
+                               repeats=1 if quick else 7, device=dev, progress=progress)
     if quick:
         rows += bench_scaling(ks=(2, 4, 8, 16), batches=(16, 64), k_batch=32, repeats=3, progress=progress)
     else:

@@ -7,7 +7,7 @@
     kmix train --data DIR [--mix none|mixup|cutmix|dmixup|dcutmix|saliency-dcutmix] [--k K] ...
     torchrun --nproc_per_node 2 -m dali_kmix.cli train --data DIR ...
     kmix subsample --data DIR/train --checkpoint CKPT --ratio 0.1 --out subset.txt [--figure fig.png]
-    kmix kernels build          # compile the CPU kernels now (otherwise on first use)
+    kmix kernels build          # compile the CPU kernels and the DALI plugin now (otherwise on first use)
     kmix kernels check [--arch sm_80 sm_90]   # compile gate: NVRTC (and nvcc if present)
 """
 
@@ -78,6 +78,12 @@ def _cmd_kernels(args) -> int:
 
     if args.action == "build":
         print(cpu_kernels.build(verbose=True))
+        try:
+            from . import plugin
+
+            print(plugin.build(verbose=True))
+        except ImportError as exc:  # DALI is not installed: the plugin has nothing to plug into
+            print(f"DALI plugin not built: {exc}")
         return 0
     compilers = [("nvrtc", kernel_source.compile_with_nvrtc)]
     if shutil.which("nvcc"):

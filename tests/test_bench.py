@@ -101,8 +101,8 @@ def test_pipeline_rows(photo_dir):
     assert all(r["status"] == "ok" for r in rows), rows
     assert rows[0]["vs_no_mix"] == 1.0 and all(r["images_per_s_median"] > 0 for r in rows)
     table = bench.format_table(rows)
-    assert "| cpu | dali_kmix dcutmix K=3 |" in table
-    assert "| cpu | dali_kmix dmixup K=3 (float32 CHW, after normalise) |" in table
+    assert "| cpu | dali_kmix dcutmix K=3 | uint8 HWC before normalisation |" in table
+    assert "| cpu | dali_kmix dmixup K=3 (float32 CHW, after normalise) | float32 CHW after normalisation |" in table
 
 
 def test_scaling_rows_and_plot(tmp_path):

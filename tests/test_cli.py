@@ -43,3 +43,9 @@ def test_kernels_check_command(tmp_path):
 def test_bad_command_line(tmp_path):
     proc = _kmix("demo", "--device", "tpu", cwd=tmp_path)
     assert proc.returncode == 2 and "invalid choice: 'tpu'" in proc.stderr
+
+
+def test_kernels_build_command_builds_the_plugin_too(tmp_path):
+    proc = _kmix("kernels", "build", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "libkmix.so" in proc.stdout and "libkmix_dali.so" in proc.stdout
