@@ -13,7 +13,8 @@ The plugin is compiled with the system C++ compiler against the headers and
 runtime headers those include (see :func:`dali_kmix.kernel_source.cuda_include_dirs`),
 cached like the CPU kernels. Where it cannot be built, :func:`load` warns once and
 returns False, and the operators fall back to ``python_function`` (same results).
-``DALI_KMIX_PLUGIN=0`` turns the plugin off.
+``DALI_KMIX_PLUGIN=0`` turns the plugin off; with ``DALI_KMIX_SANITIZE=1`` the plugin is
+built with AddressSanitizer and UBSan (the tests run its suite so, with libasan preloaded).
 """
 
 from __future__ import annotations
@@ -61,11 +62,12 @@ def build(verbose: bool = False) -> Path:
         raise FileNotFoundError("the DALI headers need cuda_runtime_api.h; none found (set $CUDA_HOME)")
     src_dir = kernels_dir()
     compile_flags, link_flags, version = _dali_flags()
-    flags = [f for f in cpu_kernels.build_flags(sanitize=False) if f != "-std=c++17"]
-    flags = ["-std=c++20", *flags, "-fvisibility=hidden", f"-I{src_dir}", *compile_flags,
-             f"-isystem{cuda[0]}"]
+    base = cpu_kernels.build_flags()  # DALI_KMIX_SANITIZE=1: the ASan/UBSan build, as for the CPU kernels
+    name = "libkmix_dali_asan.so" if "-fsanitize=address,undefined" in base else "libkmix_dali.so"
+    flags = ["-std=c++20", *[f for f in base if f != "-std=c++17"], "-fvisibility=hidden", f"-I{src_dir}",
+             *compile_flags, f"-isystem{cuda[0]}"]
     sources = [src_dir / "kmix_dali_op.cpp", src_dir / "kmix_host.cpp"]
-    return cpu_kernels.compile_cached("libkmix_dali.so", sources, flags, libs=link_flags,
+    return cpu_kernels.compile_cached(name, sources, flags, libs=link_flags,
                                       inputs=[src_dir / n for n in SOURCES], key_extra=f"dali {version}",
                                       verbose=verbose, what="the dali_kmix DALI plugin")
 
