@@ -57,14 +57,23 @@ def _as_numpy(tl):
     return tl.as_array()
 
 
-def measure_throughput(pipe, batches: int = 20, warmup: int = 3) -> float:
-    """Images per second of a built pipeline over ``batches`` runs after ``warmup``."""
-    for _ in range(warmup):
-        pipe.run()
-    t0 = time.perf_counter()
-    for _ in range(batches):
-        pipe.run()
-    return batches * pipe.max_batch_size / (time.perf_counter() - t0)
+def measure_throughput(pipes, batches: int = 20, warmup: int = 3, rounds: int = 5) -> list[float]:
+    """Images per second of built pipelines: ``rounds`` interleaved blocks of ``batches`` runs each
+    (after ``warmup`` runs), so a slow spell of a shared machine hits every pipeline alike; returns
+    the median block rate per pipeline."""
+    import numpy as np
+
+    for pipe in pipes:
+        for _ in range(warmup):
+            pipe.run()
+    rates = [[] for _ in pipes]
+    for _ in range(rounds):
+        for pipe, r in zip(pipes, rates):
+            t0 = time.perf_counter()
+            for _ in range(batches):
+                pipe.run()
+            r.append(batches * pipe.max_batch_size / (time.perf_counter() - t0))
+    return [float(np.median(r)) for r in rates]
 
 
 def save_grid(images, targets, names, path, cols: int = 4, top: int = 3):
@@ -104,10 +113,9 @@ def run_demo(out_dir=".demo", device="auto", batch_size=16, k=3, alpha=1.0, batc
     pipe.build()
     images, targets = (_as_numpy(x) for x in pipe.run())
     png = save_grid(images[:8], targets[:8], names, out_dir / "dcutmix_grid.png")
-    mixed_ips = measure_throughput(pipe, batches)
     plain = demo_pipeline(data_dir, batch_size=batch_size, device=device, mix=None, seed=seed)
     plain.build()
-    plain_ips = measure_throughput(plain, batches)
+    mixed_ips, plain_ips = measure_throughput([pipe, plain], batches)
     del pipe, plain
     return {"png": str(png), "device": device, "images_per_s": mixed_ips, "no_mix_images_per_s": plain_ips,
             "batch_size": batch_size, "k": k}
