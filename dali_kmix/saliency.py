@@ -103,11 +103,17 @@ def _gaussian_kernel(size: int, sigma: float) -> np.ndarray:
     return k / k.sum()
 
 
-def spectral_residual(g):
-    """Spectral-residual saliency of ``(N, h, w)`` float images; float32 ``(N, h, w)``, max 1 per image."""
+def spectral_residual(g, precision=None):
+    """Spectral-residual saliency of ``(N, h, w)`` float images; float32 ``(N, h, w)``, max 1 per image.
+
+    ``precision``: the FFT's float type; default float64 on the CPU (as OpenCV) and float32 on
+    the GPU (speed; the tests run the float32 variant on the CPU too, against OpenCV).
+    """
     xp = _xp(g)
-    # float64 on the CPU (as OpenCV), float32 on the GPU (speed); near-ties may resolve differently
-    ftype = np.float64 if xp is np else np.float32
+    ftype = np.dtype(precision) if precision is not None else np.dtype(np.float64 if xp is np else np.float32)
+    if ftype not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise ValueError(f"precision must be float32 or float64, got {ftype}")
+    ftype = ftype.type
     spec = xp.fft.fft2(g.astype(ftype))
     amp = xp.abs(spec)
     log_amp = xp.log(xp.maximum(amp, ftype(1e-12)))

@@ -36,7 +36,8 @@ def _blob_images(n, h, w, layout="HWC", dtype=np.uint8):
 
 
 @pytest.mark.skipif(not HAS_CV_SALIENCY, reason="opencv-contrib saliency module not installed")
-def test_spectral_residual_agrees_with_opencv_on_photographs():
+@pytest.mark.parametrize("precision", [np.float64, np.float32], ids=["f64-cpu-default", "f32-gpu-default"])
+def test_spectral_residual_agrees_with_opencv_on_photographs(precision):
     from dali_kmix.data import PHOTOS, _load_photo
 
     rng = np.random.default_rng(0)
@@ -51,7 +52,8 @@ def test_spectral_residual_agrees_with_opencv_on_photographs():
             small = cv2.resize(grey, (64, 64), interpolation=cv2.INTER_LINEAR)
             ok, ref = cv2.saliency.StaticSaliencySpectralResidual_create().computeSaliency(small)
             assert ok
-            ours = saliency.spectral_residual(small[None].astype(np.float32))[0]
+            ours = saliency.spectral_residual(small[None].astype(np.float32), precision=precision)[0]
+            assert ours.dtype == np.float32
             a = np.unravel_index(np.argmax(ref), ref.shape)
             b = np.unravel_index(np.argmax(ours), ours.shape)
             dist.append(max(abs(int(a[0]) - int(b[0])), abs(int(a[1]) - int(b[1]))))
@@ -82,6 +84,12 @@ def test_fine_grained_option():
     x, pts = _blob_images(3, 64, 64)
     got = saliency.salient_points(x, "HWC", method="fine-grained")
     assert got.shape == (3, 2) and (got >= 0).all() and (got[:, 0] < 64).all()
+
+
+def test_spectral_residual_precision_argument():
+    g = np.random.default_rng(0).random((2, 16, 16), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"precision must be float32 or float64, got float16"):
+        saliency.spectral_residual(g, precision=np.float16)
 
 
 def test_saliency_bad_input():
