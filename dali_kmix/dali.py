@@ -130,8 +130,7 @@ class _Mixer:
 
         if self.label_format == "dense":
             return [list(mix_labels(lab, params, self.num_classes, self.smoothing))]
-        xp = _checks.array_module(params.weights)
-        return [list(lab[params.sources].astype(np.int32)), list(xp.ascontiguousarray(params.weights))]
+        return [list(lab[params.sources].astype(np.int32)), list(params.weights)]
 
     def __call__(self, images, labels, layout_prop=None):
         """python_function path: draw, blend and label; returns images and the label outputs."""
@@ -161,14 +160,12 @@ class _Mixer:
         ``fn.kmix_dcutmix`` apply it. Returns sources (K,), weights (K,) or boxes
         (K-1, 4) per sample, then the label outputs."""
         n = len(shapes)
-        n_out = 4 if self.label_format == "dense" else 5
         if n == 0:
-            return ([],) * (n_out - 1)
+            return ([], [], []) if self.label_format == "dense" else ([], [], [], [])
         first = _checks.check_same_shapes("images", [tuple(int(v) for v in sh) for sh in shapes], self.layout)
         params, lab = self._record(n, first, labels, images)
         third = params.weights if params.boxes is None else params.boxes
-        return (list(np.ascontiguousarray(params.sources)), list(np.ascontiguousarray(third)),
-                *self._labels(lab, params))
+        return (list(params.sources), list(third), *self._labels(lab, params))
 
 
 class _LabelCheck:

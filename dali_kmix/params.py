@@ -74,7 +74,7 @@ class MixParams:
             ``None`` for DMixup (a weighted blend of whole images).
 
     A record can be built by hand to replay exact parameters; lists and other
-    integer/float dtypes are converted. :meth:`validate` checks the values
+    integer/float dtypes are converted, and the arrays are stored C-contiguous. :meth:`validate` checks the values
     against a batch.
     """
 
@@ -86,6 +86,10 @@ class MixParams:
         self.sources = _as(self.sources, np.int32, "params.sources")
         self.weights = _as(self.weights, np.float32, "params.weights")
         self.boxes = _as(self.boxes, np.int32, "params.boxes")
+        # C-contiguous rows, so each row is a dense (K,) / (K-1, 4) sample wherever it goes
+        # (DALI's external_source and python_function refuse strided samples).
+        self.sources, self.weights, self.boxes = (
+            None if a is None else _xp(a).ascontiguousarray(a) for a in (self.sources, self.weights, self.boxes))
         if self.sources.ndim != 2:
             raise ValueError(f"params.sources must have shape (N, K), got {tuple(self.sources.shape)}")
         n, k = self.sources.shape

@@ -320,3 +320,14 @@ def test_hand_built_record_is_accepted_and_converted():
     assert p.method == "dcutmix" and p.n == 2 and p.k == 2
     p.validate(2, 4, 4)
     assert dali_kmix.MixParams is MixParams
+
+
+def test_records_store_c_contiguous_arrays():
+    # a transposed (strided) array in, dense rows out: DALI refuses strided samples
+    w = np.asfortranarray(np.full((5, 3), 1 / 3, np.float32))
+    src = np.asfortranarray(np.tile(np.arange(5, dtype=np.int32)[:, None], (1, 3)))
+    p = MixParams(src, w)
+    assert p.sources.flags.c_contiguous and p.weights.flags.c_contiguous
+    np.testing.assert_array_equal(p.weights, w)
+    drawn = sample_params("dmixup", 7, 8, 8, k=3, rng=0)
+    assert drawn.sources.flags.c_contiguous and drawn.weights.flags.c_contiguous

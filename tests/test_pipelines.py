@@ -130,8 +130,8 @@ def test_mixing_before_or_after_the_normalisation(method):
     @pipeline_def(batch_size=n, num_threads=2, device_id=None)
     def pipe():
         x = fn.external_source(source=lambda: list(images), batch=True, layout="HWC")
-        src = fn.external_source(source=lambda: list(np.ascontiguousarray(params.sources)), batch=True)
-        thr = fn.external_source(source=lambda: list(np.ascontiguousarray(third)), batch=True)
+        src = fn.external_source(source=lambda: list(params.sources), batch=True)
+        thr = fn.external_source(source=lambda: list(third), batch=True)
         op = fn.kmix_dmixup if method == "dmixup" else fn.kmix_dcutmix
         before = normalize_chw(op(x, src, thr, layout="HWC"), crop=size, mirror=False)
         after = op(normalize_chw(x, crop=size, mirror=False), src, thr, layout="CHW")

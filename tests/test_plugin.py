@@ -43,8 +43,8 @@ def _apply(method, images, params, layout, num_threads=3, input_layout=None, thi
     def pipe():
         ims = fn.external_source(source=lambda: list(images), batch=True,
                                  layout=layout if input_layout is None else input_layout)
-        src = fn.external_source(source=lambda: list(np.ascontiguousarray(sources)), batch=True)
-        thr = fn.external_source(source=lambda: list(np.ascontiguousarray(third)), batch=True)
+        src = fn.external_source(source=lambda: list(sources), batch=True)
+        thr = fn.external_source(source=lambda: list(third), batch=True)
         op = fn.kmix_dmixup if method == "dmixup" else fn.kmix_dcutmix
         return op(ims, src, thr, layout=layout), ims
 
