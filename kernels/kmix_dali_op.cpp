@@ -55,9 +55,22 @@ inline int DtypeCode(dali::DALIDataType t) {
 // A shape as Python writes it: (3, 4), (7,), ().
 template <typename Shape>
 std::string ShapeStr(const Shape& shape) {
+  const int ndim = static_cast<int>(shape.size());
   std::string out = "(";
-  for (int i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
-  return out + (shape.size() == 1 ? ",)" : ")");
+  for (int i = 0; i < ndim; ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+  return out + (ndim == 1 ? ",)" : ")");
+}
+
+// Every sample of a record input has the shape `want` (written `symbol` in the message).
+inline void EnforceSampleShapes(const dali::TensorList<CPUBackend>& input, const char* name, const char* symbol,
+                                const std::vector<int64_t>& want) {
+  for (int s = 0; s < input.num_samples(); ++s) {
+    const auto shape = input.shape()[s];
+    bool same = shape.size() == (int)want.size();
+    for (int i = 0; same && i < shape.size(); ++i) same = shape[i] == want[i];
+    DALI_ENFORCE(same, make_string(name, " must have shape ", symbol, " = ", ShapeStr(want),
+                                   " for every sample, got ", ShapeStr(shape), " for sample ", s));
+  }
 }
 
 template <Method M>
@@ -156,12 +169,9 @@ class KMixBlend : public dali::Operator<CPUBackend> {
  private:
   // sources (K,) per sample -> src_ (N * K), checked: column 0 is the sample itself, all in [0, N).
   void Gather(const dali::TensorList<CPUBackend>& sources, int n) {
+    EnforceSampleShapes(sources, "sources", "(K,)", {k_});
     src_.resize((size_t)n * k_);
     for (int s = 0; s < n; ++s) {
-      const auto shape = sources.shape()[s];
-      DALI_ENFORCE(shape.size() == 1 && shape[0] == k_,
-                   make_string("sources must have shape (K,) = (", k_, ",) for every sample, got ", ShapeStr(shape),
-                               " for sample ", s));
       const int* p = sources.tensor<int>(s);
       DALI_ENFORCE(p[0] == s, make_string("sources[", s, "][0] must be ", s,
                                           " (every sample anchors its own output), got ", p[0]));
@@ -175,12 +185,9 @@ class KMixBlend : public dali::Operator<CPUBackend> {
 
   void GatherThird(const dali::TensorList<CPUBackend>& third, int n) {
     if constexpr (M == Method::kDMixup) {
+      EnforceSampleShapes(third, "weights", "(K,)", {k_});
       weights_.resize((size_t)n * k_);
       for (int s = 0; s < n; ++s) {
-        const auto shape = third.shape()[s];
-        DALI_ENFORCE(shape.size() == 1 && shape[0] == k_,
-                     make_string("weights must have shape (K,) = (", k_, ",) for every sample, got ", ShapeStr(shape),
-                                 " for sample ", s));
         const float* p = third.tensor<float>(s);
         for (int j = 0; j < k_; ++j) {
           DALI_ENFORCE(std::isfinite(p[j]) && p[j] >= 0.0f,
@@ -189,12 +196,9 @@ class KMixBlend : public dali::Operator<CPUBackend> {
         }
       }
     } else {
+      EnforceSampleShapes(third, "boxes", "(K-1, 4)", {k_ - 1, 4});
       boxes_.resize((size_t)n * (k_ - 1) * 4);
       for (int s = 0; s < n; ++s) {
-        const auto shape = third.shape()[s];
-        DALI_ENFORCE(shape.size() == 2 && shape[0] == k_ - 1 && shape[1] == 4,
-                     make_string("boxes must have shape (K-1, 4) = (", k_ - 1, ", 4) for every sample, got ",
-                                 ShapeStr(shape), " for sample ", s));
         const int* b = third.tensor<int>(s);
         for (int d = 0; d < k_ - 1; ++d) {
           const int* q = b + 4 * d;
