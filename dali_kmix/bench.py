@@ -182,46 +182,47 @@ def _add_ratios(rows):
 # --------------------------------------------------------------------------- 2. pipelines
 
 
+def _kmix_variant(variant):
+    """``(mix, mix_on)`` of a variant that :func:`~dali_kmix.pipelines.imagenet_train_pipeline` builds
+    ("none" and the dali_kmix rows; "after normalise" means ``mix_on="float32"``), else None."""
+    if variant == "none":
+        return None, "uint8"
+    if not variant.startswith("dali_kmix"):
+        return None
+    return variant.split()[1], "float32" if variant.endswith("after normalise)") else "uint8"
+
+
 def _pipeline(data_dir, variant, *, batch, size, k, device, num_threads, seed=0):
-    """ImageNet-style training pipeline with the mixing variant; returns (pipe, output names)."""
+    """ImageNet-style training pipeline with the mixing variant; returns (pipe, output names).
+
+    "none" and dali_kmix's rows are the shipped ``imagenet_train_pipeline`` itself; the
+    DALI-native compositions put their steps into the same read -> decode -> normalise chain.
+    """
     from nvidia.dali import Pipeline, fn
 
-    from . import dali as kmix_ops
-    from .pipelines import count_classes, decode_random_crop, normalize_chw
+    from .pipelines import decode_random_crop, imagenet_train_pipeline, normalize_chw
 
+    spec = _kmix_variant(variant)
+    if spec is not None:
+        mix, mix_on = spec
+        pipe = imagenet_train_pipeline(data_dir, batch_size=batch, device=device, mix=mix, k=k, seed=seed,
+                                       num_threads=num_threads, crop=size, label_format="sparse", mix_on=mix_on)
+        return pipe, pipe.kmix_output_map
     gpu = device == "gpu"
-    num_classes = count_classes(data_dir)
     pipe = Pipeline(batch_size=batch, num_threads=num_threads, device_id=0 if gpu else None, seed=seed)
     with pipe:
         jpegs, labels = fn.readers.file(file_root=str(data_dir), random_shuffle=True, pad_last_batch=True,
                                         name="Reader")
         images = decode_random_crop(jpegs, gpu=gpu, crop=size)
-        if variant == "DALI native cutmix":  # multi_paste works on HWC: before normalisation
-            from .peers import _NativeParams
+        from .peers import _NativeParams
 
+        if variant == "DALI native cutmix":  # multi_paste works on HWC: before normalisation
             cfg = Config("dcutmix", k, "sample", "uint8", batch, size)
             ids, anchors, shapes = fn.python_function(labels, function=_NativeParams(cfg, seed),
                                                       batch_processing=True, num_outputs=3)
             images = fn.multi_paste(images, in_ids=ids, in_anchors=anchors, shapes=shapes, out_anchors=anchors)
-        # dali_kmix rows mix the uint8 HWC crops before the normalisation (imagenet_train_pipeline's
-        # default, mix_on="uint8") unless marked "after normalise" (mix_on="float32").
-        ours = variant.startswith("dali_kmix")
-        after_norm = variant.endswith("after normalise)")
-        op = getattr(kmix_ops, variant.split()[1].replace("-", "_")) if ours else None
-        outs = None
-        if ours and not after_norm:
-            images, label_idx, label_w = op(images, labels, k=k, num_classes=num_classes, layout="HWC",
-                                            label_format="sparse")
-            outs = [label_idx, label_w]
         images = normalize_chw(images, crop=size, mirror=True)
-        if ours and after_norm:
-            images, label_idx, label_w = op(images, labels, k=k, num_classes=num_classes, layout="CHW",
-                                            label_format="sparse")
-            outs = [label_idx, label_w]
-        outs = [images, *outs] if outs is not None else [images, labels]
         if variant == "DALI native mixup":  # on the normalised float32 tensors, as DALI's examples blend
-            from .peers import _NativeParams
-
             cfg = Config("dmixup", k, "sample", "float32", batch, size)
             prm = fn.python_function(labels, function=_NativeParams(cfg, seed), batch_processing=True,
                                      num_outputs=2 * k - 1)
@@ -231,10 +232,9 @@ def _pipeline(data_dir, variant, *, batch, size, k, device, num_threads, seed=0)
             acc = images * weights[0]
             for idx, wt in zip(perms, weights[1:]):
                 acc = acc + fn.permute_batch(images, indices=idx) * wt
-            outs = [acc, labels]
-        pipe.set_outputs(*outs)
-    names = ["images", "labels"] if len(outs) == 2 else ["images", "label_idx", "label_w"]
-    return pipe, names
+            images = acc
+        pipe.set_outputs(images, labels)
+    return pipe, ["images", "labels"]
 
 
 def bench_pipeline(data_dir, *, batch=64, size=224, k=3, iters=12, repeats=5, device="cpu", num_threads=2,
@@ -317,7 +317,8 @@ def _placement(variant):
         return None
     if variant.startswith("timm"):
         return "after the iterator"
-    if variant == "DALI native cutmix" or (variant.startswith("dali_kmix") and not variant.endswith("after normalise)")):
+    spec = _kmix_variant(variant)
+    if variant == "DALI native cutmix" or (spec is not None and spec[1] == "uint8"):
         return "uint8 HWC before normalisation"
     return "float32 CHW after normalisation"
 
