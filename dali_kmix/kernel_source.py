@@ -52,18 +52,16 @@ class KernelCompileError(RuntimeError):
 
 
 def kernels_dir() -> Path:
-    """The folder with the .cu sources: installed package data, or ``kernels/`` of a checkout."""
-    try:
-        from importlib import resources
+    """The folder with the .cu sources: installed package data, or ``kernels/`` of a checkout.
 
-        pkg = resources.files("dali_kmix.kernels")
-        if pkg.joinpath("kmix_blend.cu").is_file():
-            return Path(str(pkg))
-    except (ModuleNotFoundError, TypeError):
-        pass
-    here = Path(__file__).resolve().parent.parent / "kernels"
-    if (here / "kmix_blend.cu").is_file():
-        return here
+    Found next to this module's own package (never through the import system), so a
+    second checkout run with ``PYTHONPATH`` uses its own sources, not an editable
+    install's.
+    """
+    pkg = Path(__file__).resolve().parent
+    for here in (pkg / "kernels", pkg.parent / "kernels"):
+        if (here / "kmix_blend.cu").is_file():
+            return here
     raise FileNotFoundError("dali_kmix kernel sources not found (expected package data dali_kmix/kernels/*.cu)")
 
 
