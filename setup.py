@@ -15,7 +15,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["dali_kmix", "dali_kmix.kernels"],
+    packages=["dali_kmix", "dali_kmix.backends", "dali_kmix.apps", "dali_kmix.kernels"],
     package_dir={"dali_kmix": "dali_kmix", "dali_kmix.kernels": "kernels"},
     package_data={"dali_kmix.kernels": ["*.cu", "*.cuh", "*.h", "*.cpp"]},
     include_package_data=False,
@@ -35,7 +35,7 @@ setup(
         "test": ["pytest>=8", "scipy", "cupy-cuda12x>=13", "torchvision", "opencv-contrib-python-headless", "timm",
                  "kornia"],
     },
-    entry_points={"console_scripts": ["kmix=dali_kmix.cli:main"]},
+    entry_points={"console_scripts": ["kmix=dali_kmix.apps.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Environment :: GPU :: NVIDIA CUDA",

@@ -13,7 +13,7 @@ def add_data_arguments(ap, train_per_class=1000, val_per_class=500):
 
 def fashion_mnist(args):
     """The tree of ``args`` (a separate folder for --quick runs, so they never touch the real one)."""
-    from dali_kmix.data import make_fashion_mnist_tree
+    from dali_kmix.apps.data import make_fashion_mnist_tree
 
     data = args.data + "-quick" if args.quick else args.data
     return make_fashion_mnist_tree(data, train_per_class=args.train_per_class, val_per_class=args.val_per_class,

@@ -1,6 +1,6 @@
 """Does mixing more than two images help? None, Mixup, CutMix, DMixup (K=3), DCutMix (K=3, K=5).
 
-A small CNN trained through the DALI iterator (``dali_kmix.train``) on a class-balanced
+A small CNN trained through the DALI iterator (``dali_kmix.apps.train``) on a class-balanced
 subset of Fashion-MNIST (Debian's ``dataset-fashion-mnist``), three seeds per method,
 all on the CPU. Writes ``benchmarks/results/study-<date>.json``, a PNG plot and a
 Markdown table (mean +- std of the final top-1 error), and prints the table.
@@ -72,7 +72,7 @@ def plot(results, path: Path, title: str):
 
 def main(argv=None):
     from common import add_data_arguments, fashion_mnist
-    from dali_kmix.train import TrainConfig, train
+    from dali_kmix.apps.train import TrainConfig, train
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_arguments(ap)

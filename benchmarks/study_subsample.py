@@ -27,9 +27,9 @@ SELECTIONS = [("high CV, top", "cv", "top"), ("high CV, interval n=2", "cv", "in
 
 def main(argv=None):
     from common import add_data_arguments, fashion_mnist
-    from dali_kmix.subsample import run as subsample
-    from dali_kmix.subsample import select, write_file_list
-    from dali_kmix.train import TrainConfig, train
+    from dali_kmix.apps.subsample import run as subsample
+    from dali_kmix.apps.subsample import select, write_file_list
+    from dali_kmix.apps.train import TrainConfig, train
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_arguments(ap)

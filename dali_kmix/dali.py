@@ -13,45 +13,80 @@ Example (CPU pipeline; the same call works with images on the GPU)::
         images, targets = kmix.dcutmix(images, labels, k=3, alpha=1.0, num_classes=10, layout="HWC")
         return images, targets
 
-Each operator draws one :class:`~dali_kmix.MixParams` record per batch (on the
-host in CPU pipelines, on the device in GPU pipelines) and builds the labels from
-that same record. In CPU pipelines a small ``fn.python_function`` draws the record
-and the native operators of the dali_kmix plugin (:mod:`dali_kmix.plugin`,
-``fn.kmix_dmixup`` / ``fn.kmix_dcutmix``) blend the images on the pipeline's thread
-pool, straight into DALI's buffers; without the plugin one ``python_function`` does
-both with the CPU kernels. In GPU pipelines one ``python_function`` draws and blends
-with the CUDA kernels on DALI's stream.
+How one call becomes DALI operators (one readable path per place it runs):
+
+1. The arguments become a frozen :class:`MixSpec`.
+2. The randomness: ``fn.random.uniform`` draws a float64 number per sample (a
+   *key*); the batch's keys, the spec's seed, the shard and the operator's index seed
+   the NumPy generator of that batch's draws. The only random state is the
+   ``fn.random.uniform`` operator's, which DALI saves in ``pipe.checkpoint()`` and
+   restores: a restored pipeline continues with exactly the batches of the
+   uninterrupted run, and the Python side holds no state to lose.
+3. One of three paths applies the draws:
+
+   * **plugin** (CPU, the default): a small ``fn.python_function`` draws the
+     :class:`~dali_kmix.MixParams` record and the labels; the native operators
+     ``fn.kmix_dmixup`` / ``fn.kmix_dcutmix`` (:mod:`dali_kmix.backends.plugin`) blend the
+     images on the pipeline's thread pool, straight into DALI's buffers;
+   * **function** (CPU without the plugin, or ``DALI_KMIX_PLUGIN=0``): one
+     ``python_function`` draws and blends with the CPU kernels (same results);
+   * **gpu**: the draws (shares, box positions, partners, "is mixed") are made on the
+     host as above and moved to the device; one GPU ``python_function`` nests the boxes
+     (``kmix_nest_boxes``), blends and builds the labels with the CUDA kernels on DALI's
+     stream. The record is bit-identical to the CPU paths' for the same keys.
+
+``prob`` and ``alpha`` may be DataNodes (e.g. from ``fn.external_source``), so a
+training loop can weaken or switch off the mixing between iterations without
+rebuilding the pipeline.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import weakref
 
 import numpy as np
 
 from . import _checks
-from .params import check_sample_args
+from .sampling import check_sample_args, draw_raw, params_from_draws
 
-__all__ = ["dmixup", "dcutmix", "saliency_dcutmix"]
+__all__ = ["dmixup", "dcutmix", "saliency_dcutmix", "MixSpec"]
 
 _op_counters: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
+@dataclasses.dataclass(frozen=True)
+class MixSpec:
+    """What one mixing operator does, fixed when the pipeline is built (checked values).
 
-def _seed_sequence(seed, shard_id: int):
-    """The operator's SeedSequence: from ``seed`` (or the pipeline's), the shard and the op's index."""
-    from nvidia.dali import Pipeline
+    ``alpha`` and ``prob`` are None when they come per iteration from a DataNode.
+    """
 
-    pipe = Pipeline.current()
-    if seed is None and pipe is not None and pipe.seed is not None and pipe.seed >= 0:
-        seed = int(pipe.seed)
-    index = 0
-    if pipe is not None:
-        counter = _op_counters.setdefault(pipe, itertools.count())
-        index = next(counter)
-    if seed is None:
-        return np.random.SeedSequence(spawn_key=(shard_id, index))
-    return np.random.SeedSequence(entropy=seed, spawn_key=(shard_id, index))
+    method: str
+    k: int
+    alpha: tuple | None
+    num_classes: int
+    layout: str
+    mode: str
+    prob: float | None
+    smoothing: float
+    label_format: str
+    saliency: str
+    seed: int | None  # the operator's seed, else the pipeline's, else None (fresh entropy)
+    shard_id: int
+    index: int  # the operator's position among the dali_kmix operators of its pipeline
+
+    @property
+    def label_outputs(self) -> int:
+        """1 (dense targets) or 2 (label_idx, label_w)."""
+        return 1 if self.label_format == "dense" else 2
+
+    @property
+    def boxed(self) -> bool:
+        return self.method != "dmixup"
+
+
+# --------------------------------------------------------------------------- host side: one batch's draws
 
 
 def _label_vector(labels, n, xp):
@@ -64,108 +99,172 @@ def _label_vector(labels, n, xp):
     return lab
 
 
-class _Mixer:
-    """The per-batch function inside ``fn.python_function`` (batch_processing=True)."""
+class _Draws:
+    """One batch's random draws from its keys and the runtime arguments; no state between batches."""
 
-    def __init__(self, method, k, alpha, num_classes, layout, mode, prob, smoothing, label_format,
-                 seed_seq, device, workers, check_labels, saliency="spectral-residual"):
-        self.method = method
-        self.saliency = saliency
-        self.k = k
-        self.alpha = alpha
-        self.num_classes = num_classes
-        self.layout = layout
-        self.mode = mode
-        self.prob = prob
-        self.smoothing = smoothing
-        self.label_format = label_format
-        self.seed_seq = seed_seq
-        self.device = device
-        self.workers = workers
-        self.check_labels = check_labels
-        self._gen = None
-        self._out = None  # CPU output buffer, reused: DALI copies the outputs before the next call
+    def __init__(self, spec: MixSpec):
+        self.spec = spec
 
-    def _generator(self):
-        if self._gen is None:
-            if self.device == "gpu":
-                import cupy
+    def generator(self, keys) -> np.random.Generator:
+        words = np.concatenate([np.asarray(x, np.float64).reshape(-1) for x in keys]).view(np.uint64)
+        entropy = [self.spec.seed if self.spec.seed is not None else 0, *words.tolist()]
+        seq = np.random.SeedSequence(entropy=entropy, spawn_key=(self.spec.shard_id, self.spec.index))
+        return np.random.Generator(np.random.PCG64(seq))
 
-                self._gen = cupy.random.default_rng(int(self.seed_seq.generate_state(1, np.uint64)[0]))
-            else:
-                self._gen = np.random.Generator(np.random.PCG64(self.seed_seq))
-        return self._gen
+    def runtime_args(self, n, runtime):
+        """``(alpha vector, prob)`` of this batch: the spec's, or the DataNode inputs' (checked)."""
+        runtime = list(runtime)
+        spec = self.spec
+        alpha = spec.alpha
+        prob = spec.prob
+        if alpha is None:
+            vals = [np.asarray(a, np.float64).reshape(-1) for a in runtime.pop(0)]
+            if any(v.shape != vals[0].shape or not np.array_equal(v, vals[0]) for v in vals):
+                raise ValueError("alpha given as a DataNode must be the same for every sample of a batch, "
+                                 f"got {[v.tolist() for v in vals[:4]]}...")
+            alpha = _checks.check_alpha(float(vals[0][0]) if vals[0].size == 1 else vals[0], spec.k)
+        if prob is None:
+            vals = np.array([float(np.asarray(p).reshape(-1)[0]) for p in runtime.pop(0)])
+            bad = ~((vals >= 0.0) & (vals <= 1.0))
+            if bad.any():
+                raise ValueError(f"prob must be in [0, 1], got {vals[bad][0]} for sample {int(np.argmax(bad))}")
+            prob = vals if vals.shape[0] == n else vals[0]
+        return np.asarray(alpha, np.float64), prob
 
-    def _record(self, n, first_shape, labels, images=None):
-        """Draw this batch's record; returns ``(params, labels as int64 (N,))``."""
-        xp = np
-        if self.device == "gpu":
-            import cupy as xp
-        h, w = _checks.spatial_size(first_shape, self.layout)
-        lab = _label_vector(labels, n, xp)
-        if self.check_labels:
-            lab = _checks.check_labels(lab, self.num_classes, n)
-        else:
-            lab = lab.astype(np.int64)
-        centers = None
-        if self.method == "saliency-dcutmix":
-            from .saliency import salient_points
+    def raw(self, keys, runtime=()):
+        """``(phi, uniforms, perms, mixed)`` of :func:`dali_kmix.sampling.draw_raw` for this batch."""
+        n = len(keys)
+        alpha, prob = self.runtime_args(n, runtime)
+        return draw_raw(np, self.generator(keys), n, self.spec.k, alpha, self.spec.mode, prob)
 
-            centers = salient_points(images, self.layout, method=self.saliency)
-        if self.device == "gpu":
-            from .gpu_kernels import sample_params_device
 
-            params = sample_params_device(self._generator(), self.method, n, h, w, self.k, self.alpha,
-                                          self.mode, self.prob, centers)
-        else:
-            from .params import draw_raw, params_from_draws
+class _HostRecord(_Draws):
+    """CPU: the record, the checked labels and the label outputs of one batch."""
 
-            draws = draw_raw(np, self._generator(), n, self.k, self.alpha, self.mode, self.prob)
-            params = params_from_draws(self.method, *draws, h, w, centers)
-        return params, lab
+    def record(self, keys, runtime, h, w, centers=None):
+        return params_from_draws(self.spec.method, *self.raw(keys, runtime), h, w, centers)
 
-    def _labels(self, lab, params):
-        """The label outputs: ``[targets]`` (dense) or ``[label_idx, label_w]`` (sparse), lists of samples."""
+    def label_outputs(self, lab, params):
+        """``[targets]`` (dense) or ``[label_idx, label_w]`` (sparse), as lists of samples."""
         from .reference import mix_labels
 
-        if self.label_format == "dense":
-            return [list(mix_labels(lab, params, self.num_classes, self.smoothing))]
+        spec = self.spec
+        if spec.label_format == "dense":
+            return [list(mix_labels(lab, params, spec.num_classes, spec.smoothing))]
         return [list(lab[params.sources].astype(np.int32)), list(params.weights)]
 
-    def __call__(self, images, labels, layout_prop=None):
-        """python_function path: draw, blend and label; returns images and the label outputs."""
-        n = len(images)
-        if n == 0:
-            return ([], []) if self.label_format == "dense" else ([], [], [])
-        if layout_prop is not None:
-            found = bytes(np.asarray(layout_prop[0])).decode()
-            if found and found != self.layout:
-                raise ValueError(f"layout={self.layout!r} was given but the images carry layout {found!r}")
-        first = _checks.check_same_shapes("images", [im.shape for im in images], self.layout)
-        _checks.check_image_dtype("images", images[0].dtype)
-        params, lab = self._record(n, first, labels, images)
-        from .mixing import blend_samples
+    def centers(self, images):
+        if self.spec.method != "saliency-dcutmix":
+            return None
+        from .saliency import salient_points
 
-        out = None
-        if self.device == "cpu":
-            shape = (n,) + tuple(images[0].shape)
-            if self._out is None or self._out.shape != shape or self._out.dtype != images[0].dtype:
-                self._out = np.empty(shape, images[0].dtype)
-            out = self._out
-        out = blend_samples(images, params, self.layout, out=out, workers=self.workers)
-        return (list(out), *self._labels(lab, params))
+        return salient_points(images, self.spec.layout, method=self.spec.saliency)
 
-    def record(self, shapes, labels, images=None):
-        """Plugin path (CPU): draw the record and the labels only; ``fn.kmix_dmixup`` /
-        ``fn.kmix_dcutmix`` apply it. Returns sources (K,), weights (K,) or boxes
-        (K-1, 4) per sample, then the label outputs."""
+    def labels(self, labels, n):
+        return _checks.check_labels(_label_vector(labels, n, np), self.spec.num_classes, n)
+
+
+class _PluginRecord(_HostRecord):
+    """Plugin path: draws the record and the labels; ``fn.kmix_dmixup`` / ``fn.kmix_dcutmix`` blend.
+
+    Returns per sample: sources (K,), then weights (K,) or boxes (K-1, 4), then the label outputs.
+    """
+
+    def __call__(self, shapes, labels, keys, *rest):
+        spec = self.spec
         n = len(shapes)
         if n == 0:
-            return ([], [], []) if self.label_format == "dense" else ([], [], [], [])
-        first = _checks.check_same_shapes("images", [tuple(int(v) for v in sh) for sh in shapes], self.layout)
-        params, lab = self._record(n, first, labels, images)
-        third = params.weights if params.boxes is None else params.boxes
-        return (list(params.sources), list(third), *self._labels(lab, params))
+            return ([], []) + ([],) * spec.label_outputs
+        runtime, images = (rest[:-1], rest[-1]) if spec.method == "saliency-dcutmix" else (rest, None)
+        first = _checks.check_same_shapes("images", [tuple(int(v) for v in sh) for sh in shapes], spec.layout)
+        h, w = _checks.spatial_size(first, spec.layout)
+        lab = self.labels(labels, n)
+        params = self.record(keys, runtime, h, w, self.centers(images))
+        weights_or_boxes = params.weights if params.boxes is None else params.boxes
+        return (list(params.sources), list(weights_or_boxes), *self.label_outputs(lab, params))
+
+
+class _FunctionMix(_HostRecord):
+    """Function path (CPU without the plugin): draws, blends with the CPU kernels and labels."""
+
+    def __init__(self, spec: MixSpec, workers):
+        super().__init__(spec)
+        self.workers = workers
+        self._out = None  # output buffer, reused: DALI copies the outputs before the next call
+
+    def __call__(self, images, labels, layout_prop, keys, *runtime):
+        spec = self.spec
+        n = len(images)
+        if n == 0:
+            return ([],) + ([],) * spec.label_outputs
+        found = bytes(np.asarray(layout_prop[0])).decode()
+        if found and found != spec.layout:
+            raise ValueError(f"layout={spec.layout!r} was given but the images carry layout {found!r}")
+        first = _checks.check_same_shapes("images", [im.shape for im in images], spec.layout)
+        _checks.check_image_dtype("images", images[0].dtype)
+        h, w = _checks.spatial_size(first, spec.layout)
+        lab = self.labels(labels, n)
+        params = self.record(keys, runtime, h, w, self.centers(images))
+        from .mixing import blend_samples
+
+        shape = (n,) + tuple(images[0].shape)
+        if self._out is None or self._out.shape != shape or self._out.dtype != images[0].dtype:
+            self._out = np.empty(shape, images[0].dtype)
+        out = blend_samples(images, params, spec.layout, out=self._out, workers=self.workers)
+        return (list(out), *self.label_outputs(lab, params))
+
+
+class _GpuDraws(_Draws):
+    """GPU path, host half: per sample phi (K,), box positions (K-1, 2), partners (K-1,), "is mixed"."""
+
+    def __call__(self, keys, *runtime):
+        n = len(keys)
+        if n == 0:
+            return [], [], [], []
+        phi, uniforms, perms, mixed = self.raw(keys, runtime)
+        if phi.shape[0] != n:  # "batch" mode: one row for all samples
+            phi, uniforms = np.repeat(phi, n, axis=0), np.repeat(uniforms, n, axis=0)
+        partners = np.ascontiguousarray(perms.T, dtype=np.int32)
+        return list(phi), list(uniforms), list(partners), list(mixed.astype(np.uint8))
+
+
+class _GpuMix:
+    """GPU path, device half: nest (``kmix_nest_boxes``), blend and label on DALI's stream."""
+
+    def __init__(self, spec: MixSpec, check_labels: bool):
+        self.spec = spec
+        self.check_labels = check_labels  # GPU labels: checked here (a small device-to-host read)
+
+    def __call__(self, images, labels, phi, uniforms, partners, mixed):
+        import cupy
+
+        from .backends import gpu
+        from .record import MixParams
+        from .reference import mix_labels
+
+        spec = self.spec
+        n = len(images)
+        if n == 0:
+            return ([],) + ([],) * spec.label_outputs
+        first = _checks.check_same_shapes("images", [im.shape for im in images], spec.layout)
+        _checks.check_image_dtype("images", images[0].dtype)
+        h, w = _checks.spatial_size(first, spec.layout)
+        lab = _label_vector(labels, n, cupy)
+        lab = _checks.check_labels(lab, spec.num_classes, n) if self.check_labels else lab.astype(np.int64)
+        centers = None
+        if spec.method == "saliency-dcutmix":
+            from .saliency import salient_points
+
+            centers = salient_points(images, spec.layout, method=spec.saliency)
+        params = MixParams(*gpu.nest_boxes(spec.method, cupy.stack(phi), cupy.stack(uniforms),
+                                           cupy.stack(partners).T, cupy.stack(mixed), h, w, centers))
+        out = cupy.empty((n,) + tuple(images[0].shape), images[0].dtype)
+        from .backends import GpuBackend
+
+        GpuBackend().blend(list(images), list(out), params, spec.layout)
+        if spec.label_format == "dense":
+            return (list(out), list(mix_labels(lab, params, spec.num_classes, spec.smoothing)))
+        return (list(out), list(lab[params.sources].astype(np.int32)), list(params.weights))
 
 
 class _LabelCheck:
@@ -181,9 +280,18 @@ class _LabelCheck:
         return [np.asarray(x, dtype=np.int32).reshape(-1) for x in labels]
 
 
-def _mix_op(method, images, labels, *, k, alpha, num_classes, layout, mode, prob, smoothing, label_format,
-            seed, shard_id, name, saliency="spectral-residual"):
-    from nvidia.dali import Pipeline, fn
+# --------------------------------------------------------------------------- building the operators
+
+
+def _is_node(x) -> bool:
+    from nvidia.dali.data_node import DataNode
+
+    return isinstance(x, DataNode)
+
+
+def _spec(method, *, k, alpha, num_classes, layout, mode, prob, smoothing, label_format, seed, shard_id,
+          saliency) -> MixSpec:
+    from nvidia.dali import Pipeline
 
     from .saliency import SALIENCY_METHODS
 
@@ -200,49 +308,100 @@ def _mix_op(method, images, labels, *, k, alpha, num_classes, layout, mode, prob
             f"smoothing={smoothing} applies to dense targets; with label_format='sparse' pass the smoothing "
             f"to dali_kmix.torch.sparse_mixed_cross_entropy instead"
         )
-    _, _, _, k, alpha_vec, prob = check_sample_args(method, 0, 1, 1, k, alpha, mode, prob)
+    _, _, _, k, alpha_vec, prob_val = check_sample_args(method, 0, 1, 1, k, 1.0 if _is_node(alpha) else alpha,
+                                                       mode, 0.0 if _is_node(prob) else prob)
+    pipe = Pipeline.current()
+    if seed is None and pipe is not None and pipe.seed is not None and pipe.seed >= 0:
+        seed = int(pipe.seed)
+    index = next(_op_counters.setdefault(pipe, itertools.count())) if pipe is not None else 0
+    return MixSpec(method=method, k=k, alpha=None if _is_node(alpha) else tuple(alpha_vec.tolist()),
+                   num_classes=num_classes, layout=layout, mode=mode, prob=None if _is_node(prob) else prob_val,
+                   smoothing=smoothing, label_format=label_format, saliency=saliency, seed=seed,
+                   shard_id=shard_id, index=index)
+
+
+def _keys(spec: MixSpec, labels):
+    """Per-sample keys from DALI's own random operator (its state is checkpointed).
+
+    Shaped like the CPU labels (one number per sample), so the keys follow the labels'
+    batch size; with GPU labels, one per sample of the pipeline's batch.
+    """
+    from nvidia.dali import fn, types
+
+    seed = -1 if spec.seed is None else int(np.random.SeedSequence(
+        [spec.seed, spec.shard_id, spec.index]).generate_state(1)[0] & 0x7FFFFFFF)
+    if labels is None:
+        return fn.random.uniform(range=[0.0, 1.0], dtype=types.FLOAT64, seed=seed)
+    return fn.random.uniform(labels, range=[0.0, 1.0], dtype=types.FLOAT64, seed=seed)
+
+
+def _runtime_inputs(spec: MixSpec, alpha, prob):
+    return [x for x, fixed in ((alpha, spec.alpha), (prob, spec.prob)) if fixed is None]
+
+
+def _plugin_path(spec, images, labels, keys, runtime, name):
+    from nvidia.dali import fn
+
+    extra = [images] if spec.method == "saliency-dcutmix" else []
+    sources, weights_or_boxes, *label_outs = fn.python_function(
+        images.shape(), labels, keys, *runtime, *extra, function=_PluginRecord(spec), batch_processing=True,
+        num_outputs=2 + spec.label_outputs, name=name)
+    blend = fn.kmix_dcutmix if spec.boxed else fn.kmix_dmixup
+    return (blend(images, sources, weights_or_boxes, layout=spec.layout), *label_outs)
+
+
+def _function_path(spec, images, labels, keys, runtime, name, workers):
+    from nvidia.dali import fn
+
+    outs = fn.python_function(images, labels, fn.get_property(images, key="layout"), keys, *runtime,
+                              function=_FunctionMix(spec, workers), batch_processing=True,
+                              num_outputs=1 + spec.label_outputs,
+                              output_layouts=[spec.layout] + [""] * spec.label_outputs, name=name)
+    return tuple(outs)
+
+
+def _gpu_path(spec, images, labels, keys, runtime, name):
+    from nvidia.dali import fn
+
+    check_on_device = getattr(labels, "device", "cpu") != "cpu"
+    if not check_on_device:  # check the labels on the host, where they are, then hand them over
+        labels = fn.python_function(labels, function=_LabelCheck(spec.num_classes), batch_processing=True,
+                                    num_outputs=1).gpu()
+    draws = fn.python_function(keys, *runtime, function=_GpuDraws(spec), batch_processing=True, num_outputs=4)
+    outs = fn.python_function(images, labels, *[d.gpu() for d in draws], function=_GpuMix(spec, check_on_device),
+                              batch_processing=True, num_outputs=1 + spec.label_outputs,
+                              output_layouts=[spec.layout] + [""] * spec.label_outputs, device="gpu", name=name)
+    return tuple(outs)
+
+
+def _mix_op(method, images, labels, *, k, alpha, num_classes, layout, mode, prob, smoothing, label_format,
+            seed, shard_id, name, saliency="spectral-residual"):
+    from nvidia.dali import Pipeline
+
+    spec = _spec(method, k=k, alpha=alpha, num_classes=num_classes, layout=layout, mode=mode, prob=prob,
+                 smoothing=smoothing, label_format=label_format, seed=seed, shard_id=shard_id, saliency=saliency)
     device = getattr(images, "device", "cpu")
     if device not in ("cpu", "gpu"):
         raise ValueError(f"images must be a DALI DataNode on 'cpu' or 'gpu', got device {device!r}")
     if device == "gpu" and saliency == "fine-grained":
         raise ValueError("saliency='fine-grained' (OpenCV) runs on the CPU only; use 'spectral-residual' on the GPU")
+    for arg, value in (("alpha", alpha), ("prob", prob)):
+        if _is_node(value) and getattr(value, "device", "cpu") != "cpu":
+            raise ValueError(f"{arg} given as a DataNode must be on the CPU, got device {value.device!r}")
+    labels_on_cpu = getattr(labels, "device", "cpu") == "cpu"
+    if not labels_on_cpu and device == "cpu":
+        raise ValueError("images are on the CPU but labels are on the GPU; pass CPU labels to a CPU mixer")
+    keys = _keys(spec, labels if labels_on_cpu else None)
+    runtime = _runtime_inputs(spec, alpha, prob)
+    if device == "gpu":
+        return _gpu_path(spec, images, labels, keys, runtime, name)
+    from .backends import plugin
+
+    if plugin.load():
+        return _plugin_path(spec, images, labels, keys, runtime, name)
     pipe = Pipeline.current()
     workers = pipe.num_threads if pipe is not None and pipe.num_threads else None
-    seed_seq = _seed_sequence(seed, shard_id)
-    n_out = 2 if label_format == "dense" else 3
-    layouts = [layout] + [""] * (n_out - 1)
-    label_device = getattr(labels, "device", "cpu")
-    if device == "cpu":
-        if label_device != "cpu":
-            raise ValueError("images are on the CPU but labels are on the GPU; pass CPU labels to a CPU mixer")
-        mixer = _Mixer(method, k, alpha_vec, num_classes, layout, mode, prob, smoothing, label_format,
-                       seed_seq, "cpu", workers, check_labels=True, saliency=saliency)
-        from . import plugin
-
-        if plugin.load():
-            # Draw in Python (small arrays), blend in the native operator (no output copy).
-            extra = [images] if method == "saliency-dcutmix" else []
-            sources, third, *label_outs = fn.python_function(
-                images.shape(), labels, *extra, function=mixer.record, batch_processing=True,
-                num_outputs=n_out + 1, name=name)
-            blend = fn.kmix_dmixup if method == "dmixup" else fn.kmix_dcutmix
-            return (blend(images, sources, third, layout=layout), *label_outs)
-        prop = fn.get_property(images, key="layout")
-        outs = fn.python_function(images, labels, prop, function=mixer, batch_processing=True,
-                                  num_outputs=n_out, output_layouts=layouts, name=name)
-        return tuple(outs)
-    if label_device == "cpu":
-        # Check the labels on the host, where they already are, then hand them over.
-        checker = _LabelCheck(num_classes)
-        labels = fn.python_function(labels, function=checker, batch_processing=True, num_outputs=1).gpu()
-        check_on_device = False
-    else:
-        check_on_device = True
-    mixer = _Mixer(method, k, alpha_vec, num_classes, layout, mode, prob, smoothing, label_format,
-                   seed_seq, "gpu", None, check_labels=check_on_device, saliency=saliency)
-    outs = fn.python_function(images, labels, function=mixer, batch_processing=True, num_outputs=n_out,
-                              output_layouts=layouts, device="gpu", name=name)
-    return tuple(outs)
+    return _function_path(spec, images, labels, keys, runtime, name, workers)
 
 
 _DOC = """{title} as a DALI operator: returns ``(images, targets)`` or, with
@@ -254,12 +413,14 @@ Args:
     labels: DataNode of class indices, one per sample (shape () or (1,)), e.g. the
         second output of ``fn.readers.file``; CPU labels are checked on the host.
     k: images per mix (K >= 2; may exceed the batch size).
-    alpha: Dirichlet concentration, a positive scalar or K positive numbers.
+    alpha: Dirichlet concentration, a positive scalar or K positive numbers, or a CPU
+        DataNode giving it per iteration (the same value for every sample of a batch).
     num_classes: number of classes C (labels must lie in [0, C)).
     layout: "HWC" or "CHW" (required: a wrong layout cuts boxes across channels;
         when the images carry a layout, a mismatch raises).
     mode: "sample" (per-sample shares, boxes and partners) or "batch" (one for all).
-    prob: probability that a sample is mixed at all.
+    prob: probability that a sample is mixed at all, or a CPU DataNode giving it per
+        iteration and sample (0 switches mixing off without rebuilding the pipeline).
     smoothing: label smoothing s of each one-hot before mixing (dense only).
     label_format: "dense" -> targets float32 (C,) per sample; "sparse" ->
         label_idx int32 (K,) and label_w float32 (K,) per sample.
@@ -270,12 +431,14 @@ Args:
 
 Every input sample stays the anchor of its own output row, so an epoch still
 shows every image once as an anchor. A pipeline built twice with the same seed
-yields identical batches.
+yields identical batches, and one built with ``enable_checkpointing=True`` and
+restored from ``pipe.checkpoint()`` continues with exactly the batches of the
+uninterrupted run.
 """
 
 
 def dmixup(images, labels, *, k: int = 3, alpha=1.0, num_classes: int, layout: str, mode: str = "sample",
-           prob: float = 1.0, smoothing: float = 0.0, label_format: str = "dense", seed=None,
+           prob=1.0, smoothing: float = 0.0, label_format: str = "dense", seed=None,
            shard_id: int = 0, name=None):
     return _mix_op("dmixup", images, labels, k=k, alpha=alpha, num_classes=num_classes, layout=layout, mode=mode,
                    prob=prob, smoothing=smoothing, label_format=label_format, seed=seed, shard_id=shard_id,
@@ -283,7 +446,7 @@ def dmixup(images, labels, *, k: int = 3, alpha=1.0, num_classes: int, layout: s
 
 
 def dcutmix(images, labels, *, k: int = 3, alpha=1.0, num_classes: int, layout: str, mode: str = "sample",
-            prob: float = 1.0, smoothing: float = 0.0, label_format: str = "dense", seed=None,
+            prob=1.0, smoothing: float = 0.0, label_format: str = "dense", seed=None,
             shard_id: int = 0, name=None):
     return _mix_op("dcutmix", images, labels, k=k, alpha=alpha, num_classes=num_classes, layout=layout, mode=mode,
                    prob=prob, smoothing=smoothing, label_format=label_format, seed=seed, shard_id=shard_id,
@@ -291,7 +454,7 @@ def dcutmix(images, labels, *, k: int = 3, alpha=1.0, num_classes: int, layout: 
 
 
 def saliency_dcutmix(images, labels, *, k: int = 3, alpha=1.0, num_classes: int, layout: str,
-                     mode: str = "sample", prob: float = 1.0, smoothing: float = 0.0, label_format: str = "dense",
+                     mode: str = "sample", prob=1.0, smoothing: float = 0.0, label_format: str = "dense",
                      seed=None, shard_id: int = 0, saliency: str = "spectral-residual", name=None):
     return _mix_op("saliency-dcutmix", images, labels, k=k, alpha=alpha, num_classes=num_classes, layout=layout,
                    mode=mode, prob=prob, smoothing=smoothing, label_format=label_format, seed=seed,

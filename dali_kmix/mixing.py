@@ -3,7 +3,8 @@
 :func:`mix_images` checks its arguments and runs the CUDA kernels: CuPy arrays on
 the GPU, NumPy arrays through the same kernels compiled for the CPU (or, where
 no C++ compiler is available, the NumPy reference of :mod:`dali_kmix.reference`,
-which gives the same bits). :func:`mix_labels` builds the soft targets.
+which gives the same bits); :mod:`dali_kmix.backends` decides which.
+:func:`mix_labels` builds the soft targets.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import _checks, reference
-from .params import MixParams
+from .backends import backend_for
+from .record import MixParams
 
 __all__ = ["mix_images", "mix_labels", "blend_samples"]
 
@@ -33,30 +35,18 @@ def _params_like(params: MixParams, gpu: bool) -> MixParams:
 def blend_samples(samples, params: MixParams, layout: str, out=None, *, workers=None):
     """Mix a list of N same-shape samples (no stacking copy) into ``out`` (N, ...) or a new array.
 
-    Arrays are all NumPy (CPU kernels) or all CuPy (GPU kernels). Arguments are
-    assumed checked; the DALI operators call this directly.
+    Arrays are all NumPy or all CuPy; :func:`dali_kmix.backends.backend_for` picks the
+    kernels. Arguments are assumed checked; the DALI operators call this directly.
     """
     n = len(samples)
     if n == 0:  # no sample to take a shape from
         return out if out is not None else np.empty((0,), np.uint8)
-    gpu = _is_cupy(samples[0])
+    xp = _checks.array_module(samples[0])
     if out is None:
-        out = _checks.array_module(samples[0]).empty((n,) + tuple(samples[0].shape), dtype=samples[0].dtype)
-    outs = list(out)
-    if gpu:
-        from . import gpu_kernels as kern
-    else:
-        from . import cpu_kernels as kern
-
-        if not kern.available():
-            out[...] = reference.mix_images(np.stack(samples), params, layout)
-            return out
+        out = xp.empty((n,) + tuple(samples[0].shape), dtype=samples[0].dtype)
+    if xp is np:
         samples = [np.ascontiguousarray(s) for s in samples]
-    if params.boxes is None:
-        kern.dmixup(samples, outs, params.sources, params.weights, **({} if gpu else {"workers": workers}))
-    else:
-        kern.dcutmix(samples, outs, params.sources, params.boxes, layout,
-                     **({} if gpu else {"workers": workers}))
+    backend_for(samples[0], workers=workers).blend(samples, list(out), params, layout)
     return out
 
 

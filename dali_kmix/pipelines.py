@@ -1,25 +1,54 @@
-"""ImageNet-style DALI pipelines with K-image mixing at the end, and the PyTorch iterator.
+"""ImageNet-style DALI pipelines with K-image mixing, and the PyTorch iterator.
 
 The training pipeline follows the recipe of DALI's ResNet-50 PyTorch example:
 ``readers.file`` (shuffled, padded last batch, a reader name) ->
 ``decoders.image_random_crop`` (``"mixed"`` on the GPU) -> ``resize`` to the crop
-size -> ``crop_mirror_normalize`` to float32 CHW with the ImageNet mean/std and a
-random mirror -> DMixup or DCutMix.
+size -> DMixup, DCutMix or Saliency-DCutMix on the uint8 crops (``mix_on="uint8"``,
+the default) -> ``crop_mirror_normalize`` to float32 CHW with the ImageNet mean/std
+and a random mirror. With ``mix_on="float32"`` the mixing comes after the normalisation.
+
+The builders return a :class:`MixPipeline`: the DALI pipeline together with what
+:class:`DALIMixIterator` needs to read it (output names, class count, reader name).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 from . import _checks
 
-__all__ = ["imagenet_train_pipeline", "imagenet_val_pipeline", "DALIMixIterator", "count_classes",
+__all__ = ["imagenet_train_pipeline", "imagenet_val_pipeline", "DALIMixIterator", "MixPipeline", "count_classes",
            "IMAGENET_MEAN", "IMAGENET_STD"]
 
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
-MIXES = ("dcutmix", "dmixup", "saliency-dcutmix")
+
+
+@dataclasses.dataclass(frozen=True)
+class MixPipeline:
+    """A built-by-us DALI pipeline and how to read it.
+
+    Attributes:
+        pipeline: the ``nvidia.dali.Pipeline`` (not yet built).
+        output_map: the names of its outputs, in order ("images", "targets", ...).
+        num_classes: the number of classes of its labels.
+        reader_name: the name of its reader (epoch size, sharding, last batch).
+
+    Any other attribute is the pipeline's (``build``, ``run``, ``checkpoint``, ...), so a
+    ``MixPipeline`` can be used where the pipeline was.
+    """
+
+    pipeline: object
+    output_map: tuple
+    num_classes: int
+    reader_name: str
+
+    def __getattr__(self, name):
+        if name == "pipeline":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.pipeline, name)
 
 
 def count_classes(data_dir) -> int:
@@ -101,6 +130,17 @@ def _check_common(device, batch_size, shard_id, num_shards):
         raise ValueError(f"shard_id must be < num_shards={num_shards}, got {shard_id}")
 
 
+def _pipeline(*, batch_size, num_threads, device_id, seed, prefetch_queue_depth=2, checkpoint=None,
+              enable_checkpointing=False):
+    from nvidia.dali import Pipeline
+
+    kw = {}
+    if checkpoint is not None or enable_checkpointing:
+        kw = dict(enable_checkpointing=True, checkpoint=checkpoint)
+    return Pipeline(batch_size=batch_size, num_threads=num_threads or min(4, os.cpu_count() or 1),
+                    device_id=device_id, seed=seed, prefetch_queue_depth=prefetch_queue_depth, **kw)
+
+
 def imagenet_train_pipeline(data_dir, *, batch_size: int, device: str = "cpu", mix: str | None = "dcutmix",
                             k: int = 3, alpha=1.0, num_classes: int | None = None, seed: int = 0,
                             shard_id: int = 0, num_shards: int = 1, num_threads: int | None = None,
@@ -108,13 +148,14 @@ def imagenet_train_pipeline(data_dir, *, batch_size: int, device: str = "cpu", m
                             prob: float = 1.0, smoothing: float = 0.0, label_format: str = "dense",
                             file_list=None, random_area=(0.08, 1.0), random_aspect_ratio=(0.75, 4.0 / 3.0),
                             reader_name: str = "Reader", prefetch_queue_depth: int = 2,
-                            with_source_info: bool = False, mix_on: str = "uint8"):
-    """Build (not run) the training pipeline; returns a ``nvidia.dali.Pipeline``.
+                            with_source_info: bool = False, mix_on: str = "uint8",
+                            enable_checkpointing: bool = False, checkpoint: str | None = None) -> MixPipeline:
+    """Build (not run) the training pipeline; returns a :class:`MixPipeline`.
 
     Outputs: ``(images, targets)`` float32 CHW ``(3, crop, crop)`` images and float32
     ``(num_classes,)`` targets; ``(images, label_idx, label_w)`` with
     ``label_format="sparse"``; ``(images, labels)`` with ``mix=None``. The names
-    are in ``pipe.kmix_output_map`` for :class:`DALIMixIterator`.
+    are in ``output_map`` for :class:`DALIMixIterator`.
 
     Args:
         data_dir: an ImageNet-layout folder (one sub-folder of JPEGs per class),
@@ -135,21 +176,24 @@ def imagenet_train_pipeline(data_dir, *, batch_size: int, device: str = "cpu", m
             paste; the random mirror then flips the whole mix); DMixup rounds its blend to
             uint8 (at most 0.5/255 off, as timm's ``FastCollateMixup``). "float32": on the
             normalised float32 CHW tensors, after the mirror (no rounding).
+        enable_checkpointing, checkpoint: DALI checkpointing (``checkpoint``: a string from
+            ``pipe.checkpoint()`` or :meth:`DALIMixIterator.checkpoints`, to continue from;
+            giving it turns checkpointing on). ``prob`` and ``alpha`` may be DataNodes only
+            when the pipeline is built by hand; here they are numbers.
     """
-    from nvidia.dali import Pipeline
-
     from . import dali as kmix_ops
 
     _check_common(device, batch_size, shard_id, num_shards)
     if mix is not None:
-        _checks.check_choice("mix", mix, MIXES)
+        _checks.check_choice("mix", mix, _checks.METHODS)
     _checks.check_choice("mix_on", mix_on, ("uint8", "float32"))
     if num_classes is None:
         num_classes = count_classes(data_dir)
     if device == "gpu" and device_id is None:
         device_id = 0
-    pipe = Pipeline(batch_size=batch_size, num_threads=num_threads or min(4, os.cpu_count() or 1),
-                    device_id=device_id, seed=seed, prefetch_queue_depth=prefetch_queue_depth)
+    pipe = _pipeline(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
+                     prefetch_queue_depth=prefetch_queue_depth, checkpoint=checkpoint,
+                     enable_checkpointing=enable_checkpointing)
     gpu = device == "gpu"
     with pipe:
         jpegs, labels = _reader(data_dir, file_list, shard_id, num_shards, True, reader_name)
@@ -172,38 +216,29 @@ def imagenet_train_pipeline(data_dir, *, batch_size: int, device: str = "cpu", m
             outs = (*outs, _source_info(jpegs))
             names.append("source_info")
         pipe.set_outputs(*outs)
-        pipe.kmix_output_map = names
-    pipe.kmix_num_classes = num_classes
-    pipe.kmix_reader_name = reader_name
-    return pipe
+    return MixPipeline(pipe, tuple(names), num_classes, reader_name)
 
 
 def imagenet_val_pipeline(data_dir, *, batch_size: int, device: str = "cpu", crop: int = 224, size: int = 256,
                           shard_id: int = 0, num_shards: int = 1, num_threads: int | None = None,
                           device_id: int | None = None, file_list=None, reader_name: str = "Reader",
-                          num_classes: int | None = None, seed: int = 0):
+                          num_classes: int | None = None, seed: int = 0) -> MixPipeline:
     """Validation pipeline (no mixing, no randomness): decode, resize the shorter side to
     ``size``, centre-crop ``crop``, normalise to float32 CHW. Outputs ``(images, labels)``."""
-    from nvidia.dali import Pipeline
-
     _check_common(device, batch_size, shard_id, num_shards)
     if num_classes is None:
         num_classes = count_classes(data_dir)
     if device == "gpu" and device_id is None:
         device_id = 0
-    pipe = Pipeline(batch_size=batch_size, num_threads=num_threads or min(4, os.cpu_count() or 1),
-                    device_id=device_id, seed=seed)
+    pipe = _pipeline(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed)
     with pipe:
         jpegs, labels = _reader(data_dir, file_list, shard_id, num_shards, False, reader_name)
         pipe.set_outputs(decode_center(jpegs, gpu=device == "gpu", size=size, crop=crop), labels)
-    pipe.kmix_output_map = ["images", "labels"]
-    pipe.kmix_num_classes = num_classes
-    pipe.kmix_reader_name = reader_name
-    return pipe
+    return MixPipeline(pipe, ("images", "labels"), num_classes, reader_name)
 
 
 class DALIMixIterator:
-    """Iterate a pipeline from this module as ``(images, targets)`` PyTorch tensors.
+    """Iterate a :class:`MixPipeline` as ``(images, targets)`` PyTorch tensors.
 
     Wraps ``nvidia.dali.plugin.pytorch.DALIGenericIterator`` with the reader's
     name and ``LastBatchPolicy.PARTIAL``: the padded duplicates of the last batch
@@ -213,21 +248,28 @@ class DALIMixIterator:
     ``(N, C)`` (dense), the tuple ``(label_idx, label_w)`` (sparse), or, for a
     pipeline without mixing, one-hot targets (``one_hot=True``, with
     ``smoothing``) or the int64 labels ``(N,)`` (``one_hot=False``).
+
+    Checkpoints: for a pipeline built with ``enable_checkpointing=True``,
+    :meth:`checkpoints` returns DALI's iterator checkpoints (one string per pipeline;
+    they include the position inside the epoch); a pipeline built again with
+    ``checkpoint=`` that string, wrapped in a new iterator, continues with exactly the
+    batches that would have come next.
     """
 
-    def __init__(self, pipe, *, one_hot: bool = True, smoothing: float = 0.0, auto_reset: bool = True):
+    def __init__(self, pipe: MixPipeline, *, one_hot: bool = True, smoothing: float = 0.0,
+                 auto_reset: bool = True):
         from nvidia.dali.plugin.base_iterator import LastBatchPolicy
         from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
-        output_map = getattr(pipe, "kmix_output_map", None)
-        if output_map is None:
-            raise ValueError("pipe must come from dali_kmix.pipelines (it has no kmix_output_map)")
-        self.output_map = list(output_map)
-        self.num_classes = pipe.kmix_num_classes
+        if not isinstance(pipe, MixPipeline):
+            raise TypeError(f"pipe must be a dali_kmix.pipelines.MixPipeline (from imagenet_train_pipeline or "
+                            f"imagenet_val_pipeline), got {type(pipe).__name__}")
+        self.output_map = list(pipe.output_map)
+        self.num_classes = pipe.num_classes
         self.one_hot = one_hot
         self.smoothing = _checks.check_smoothing(smoothing)
         self.last_source_info: list[str] = []
-        self._it = DALIGenericIterator([pipe], self.output_map, reader_name=pipe.kmix_reader_name,
+        self._it = DALIGenericIterator([pipe.pipeline], self.output_map, reader_name=pipe.reader_name,
                                        last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=auto_reset)
 
     def __len__(self):
@@ -238,6 +280,10 @@ class DALIMixIterator:
 
     def reset(self):
         self._it.reset()
+
+    def checkpoints(self) -> list[str]:
+        """DALI's checkpoints of the wrapped pipeline at the current position (see the class doc)."""
+        return self._it.checkpoints()
 
     def __next__(self):
         data = next(self._it)[0]

@@ -13,6 +13,10 @@ CPU) must produce, bit for bit:
   ``images[sources[n, j + 1]]``: every output pixel is copied from exactly one
   input pixel, so the result is exact for every dtype.
 
+* The grey working copy of the saliency step (``kmix_grey_resize``): ITU-R 601 luma
+  of RGB (the mean of other channel counts) in float32, then a bilinear resize with
+  half-pixel centres (OpenCV's INTER_LINEAR).
+
 Images are ``(N, H, W, C)`` for layout "HWC" and ``(N, C, H, W)`` for "CHW".
 """
 
@@ -20,9 +24,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .params import MixParams
+from . import _checks
+from .record import MixParams
 
-__all__ = ["fma32", "mix_images", "mix_labels", "smoothed_one_hot"]
+__all__ = ["fma32", "mix_images", "mix_labels", "smoothed_one_hot", "grey", "resize_bilinear"]
+
+_LUMA = (0.299, 0.587, 0.114)
 
 
 def fma32(a, b, c):
@@ -114,3 +121,32 @@ def mix_labels(labels, params: MixParams, num_classes: int, smoothing: float = 0
         out += params.weights[:, k, None] * smoothed_one_hot(lab, num_classes, smoothing, xp)
     return out
 
+
+def grey(images, layout: str):
+    """float32 ``(N, H, W)`` grey images from a ``(N, H, W, C)`` / ``(N, C, H, W)`` batch."""
+    xp = _checks.array_module(images)
+    x = images if layout == "HWC" else xp.moveaxis(images, 1, -1)
+    c = x.shape[-1]
+    if c == 3:
+        w = xp.asarray(_LUMA, dtype=np.float32)
+        return (x.astype(np.float32) * w).sum(axis=-1)
+    return x.astype(np.float32).mean(axis=-1)
+
+
+def resize_bilinear(g, out_h: int, out_w: int):
+    """Bilinear resize of ``(N, H, W)`` float images with half-pixel centres (OpenCV's INTER_LINEAR)."""
+    xp = _checks.array_module(g)
+    _, h, w = g.shape
+
+    def axis(n_in, n_out):
+        pos = (xp.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+        pos = xp.clip(pos, 0.0, n_in - 1)
+        lo = xp.floor(pos).astype(np.int64)
+        hi = xp.minimum(lo + 1, n_in - 1)
+        return lo, hi, (pos - lo).astype(np.float32)
+
+    y0, y1, fy = axis(h, out_h)
+    x0, x1, fx = axis(w, out_w)
+    top = g[:, y0][:, :, x0] * (1 - fx) + g[:, y0][:, :, x1] * fx
+    bot = g[:, y1][:, :, x0] * (1 - fx) + g[:, y1][:, :, x1] * fx
+    return top * (1 - fy)[:, None] + bot * fy[:, None]

@@ -25,66 +25,30 @@ from __future__ import annotations
 import numpy as np
 
 from . import _checks
+from .backends import backend_for
+from .reference import grey, resize_bilinear
 
 __all__ = ["SALIENCY_METHODS", "grey", "resize_bilinear", "small_grey", "spectral_residual", "salient_points"]
 
 SALIENCY_METHODS = ("spectral-residual", "fine-grained")
 WORK_SIZE = 64
-_LUMA = (0.299, 0.587, 0.114)
 
 
 _xp = _checks.array_module
-
-
-def grey(images, layout: str):
-    """float32 ``(N, H, W)`` grey images from a ``(N, H, W, C)`` / ``(N, C, H, W)`` batch."""
-    xp = _xp(images)
-    x = images if layout == "HWC" else xp.moveaxis(images, 1, -1)
-    c = x.shape[-1]
-    if c == 3:
-        w = xp.asarray(_LUMA, dtype=np.float32)
-        return (x.astype(np.float32) * w).sum(axis=-1)
-    return x.astype(np.float32).mean(axis=-1)
-
-
-def resize_bilinear(g, out_h: int, out_w: int):
-    """Bilinear resize of ``(N, H, W)`` float images with half-pixel centres (OpenCV's INTER_LINEAR)."""
-    xp = _xp(g)
-    _, h, w = g.shape
-
-    def axis(n_in, n_out):
-        pos = (xp.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
-        pos = xp.clip(pos, 0.0, n_in - 1)
-        lo = xp.floor(pos).astype(np.int64)
-        hi = xp.minimum(lo + 1, n_in - 1)
-        return lo, hi, (pos - lo).astype(np.float32)
-
-    y0, y1, fy = axis(h, out_h)
-    x0, x1, fx = axis(w, out_w)
-    top = g[:, y0][:, :, x0] * (1 - fx) + g[:, y0][:, :, x1] * fx
-    bot = g[:, y1][:, :, x0] * (1 - fx) + g[:, y1][:, :, x1] * fx
-    return top * (1 - fy)[:, None] + bot * fy[:, None]
 
 
 def small_grey(images, layout: str, work_size: int = WORK_SIZE):
     """float32 ``(N, work_size, work_size)`` grey copies of a batch or of a list of same-shape samples.
 
     Runs the ``kmix_grey_resize`` kernel (GPU, or the CPU build) straight from the
-    per-sample buffers; without a C++ compiler, the NumPy code (:func:`grey`,
-    :func:`resize_bilinear`), which gives the same bits.
+    per-sample buffers; without a C++ compiler, the NumPy reference
+    (:func:`~dali_kmix.reference.grey`, :func:`~dali_kmix.reference.resize_bilinear`),
+    which gives the same bits.
     """
     samples = list(images)
     if not samples:
         return _xp(images).zeros((0, work_size, work_size), np.float32)
-    if _xp(samples[0]) is not np:
-        from . import gpu_kernels
-
-        return gpu_kernels.grey_resize(samples, layout, work_size, work_size)
-    from . import cpu_kernels
-
-    if cpu_kernels.available():
-        return cpu_kernels.grey_resize(samples, layout, work_size, work_size)
-    return resize_bilinear(grey(np.stack(samples), layout), work_size, work_size)
+    return backend_for(samples[0]).grey_resize(samples, layout, work_size, work_size)
 
 
 def _filter2d_separable(a, kernel):

@@ -13,9 +13,8 @@
 #define KMIX_DEV inline
 #endif
 
-// Layout codes, as passed by the Python side.
-#define KMIX_HWC 0
-#define KMIX_CHW 1
+// Layout and element-type codes (KMIX_HWC, KMIX_CHW, KMIX_U8, KMIX_F16, KMIX_F32).
+#include "kmix_codes.h"
 
 // Load one element as float (exact for uint8 and float16).
 KMIX_DEV float kmix_to_float(unsigned char v) { return (float)v; }

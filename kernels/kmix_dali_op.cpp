@@ -22,7 +22,9 @@
 #include <string>
 #include <vector>
 
+#include "dali/pipeline/operator/checkpointing/stateless_operator.h"
 #include "dali/pipeline/operator/operator.h"
+#include "kmix_codes.h"
 
 extern "C" {
 int kmix_host_dmixup_chunks(long long sample_elems);
@@ -42,12 +44,12 @@ using dali::make_string;
 
 enum class Method { kDMixup, kDCutMix };
 
-// dtype codes of kmix_host.cpp: 0 uint8, 1 float16, 2 float32.
+// Element-type codes of the host entry points (kmix_common.cuh).
 inline int DtypeCode(dali::DALIDataType t) {
   switch (t) {
-    case DALI_UINT8: return 0;
-    case DALI_FLOAT16: return 1;
-    case DALI_FLOAT: return 2;
+    case DALI_UINT8: return KMIX_U8;
+    case DALI_FLOAT16: return KMIX_F16;
+    case DALI_FLOAT: return KMIX_F32;
     default: return -1;
   }
 }
@@ -73,22 +75,25 @@ inline void EnforceSampleShapes(const dali::TensorList<CPUBackend>& input, const
   }
 }
 
+// Stateless: the output depends on the inputs alone (the record is drawn upstream from DALI's
+// own checkpointed random operator), so a checkpoint holds nothing for it and a pipeline built
+// with enable_checkpointing=True accepts it.
 template <Method M>
-class KMixBlend : public dali::Operator<CPUBackend> {
+class KMixBlend : public dali::StatelessOperator<CPUBackend> {
  public:
   explicit KMixBlend(const dali::OpSpec& spec)
-      : dali::Operator<CPUBackend>(spec), layout_(spec.GetArgument<std::string>("layout")) {
+      : dali::StatelessOperator<CPUBackend>(spec), layout_(spec.GetArgument<std::string>("layout")) {
     DALI_ENFORCE(layout_ == "HWC" || layout_ == "CHW",
                  make_string("layout must be \"HWC\" or \"CHW\", got \"", layout_, "\""));
   }
 
  protected:
-  static constexpr const char* kThird = M == Method::kDMixup ? "weights" : "boxes";
+  static constexpr const char* kWeightsOrBoxes = M == Method::kDMixup ? "weights" : "boxes";
 
   bool SetupImpl(std::vector<dali::OutputDesc>& output_desc, const dali::Workspace& ws) override {
     const auto& images = ws.Input<CPUBackend>(0);
     const auto& sources = ws.Input<CPUBackend>(1);
-    const auto& third = ws.Input<CPUBackend>(2);
+    const auto& weights_or_boxes = ws.Input<CPUBackend>(2);
     const int n = images.num_samples();
     code_ = DtypeCode(images.type());
     DALI_ENFORCE(code_ >= 0, make_string("images must have dtype uint8, float16 or float32, got ",
@@ -99,8 +104,9 @@ class KMixBlend : public dali::Operator<CPUBackend> {
     DALI_ENFORCE(sources.type() == DALI_INT32,
                  make_string("sources must have dtype int32, got ", dali::TypeName(sources.type())));
     const auto want = M == Method::kDMixup ? DALI_FLOAT : DALI_INT32;
-    DALI_ENFORCE(third.type() == want, make_string(kThird, " must have dtype ", dali::TypeName(want), ", got ",
-                                                   dali::TypeName(third.type())));
+    DALI_ENFORCE(weights_or_boxes.type() == want,
+                 make_string(kWeightsOrBoxes, " must have dtype ", dali::TypeName(want), ", got ",
+                             dali::TypeName(weights_or_boxes.type())));
     h_ = w_ = c_ = 0;
     k_ = 0;
     if (n > 0) {
@@ -124,7 +130,7 @@ class KMixBlend : public dali::Operator<CPUBackend> {
                    make_string("sources must hold K >= 1 int32 indices per sample, got shape ", ShapeStr(k_shape)));
       k_ = static_cast<int>(k_shape[0]);
       Gather(sources, n);
-      GatherThird(third, n);
+      GatherWeightsOrBoxes(weights_or_boxes, n);
     }
     output_desc.resize(1);
     output_desc[0] = {images.shape(), images.type()};
@@ -143,7 +149,7 @@ class KMixBlend : public dali::Operator<CPUBackend> {
       in_[s] = images.raw_tensor(s);
       out_[s] = output.raw_mutable_tensor(s);
     }
-    const int layout = layout_ == "HWC" ? 0 : 1;
+    const int layout = layout_ == "HWC" ? KMIX_HWC : KMIX_CHW;
     const long long elems = (long long)h_ * w_ * c_;
     const int chunks = M == Method::kDMixup ? kmix_host_dmixup_chunks(elems)
                                             : kmix_host_dcutmix_chunks(h_, w_, c_, layout);
@@ -183,12 +189,12 @@ class KMixBlend : public dali::Operator<CPUBackend> {
     }
   }
 
-  void GatherThird(const dali::TensorList<CPUBackend>& third, int n) {
+  void GatherWeightsOrBoxes(const dali::TensorList<CPUBackend>& weights_or_boxes, int n) {
     if constexpr (M == Method::kDMixup) {
-      EnforceSampleShapes(third, "weights", "(K,)", {k_});
+      EnforceSampleShapes(weights_or_boxes, "weights", "(K,)", {k_});
       weights_.resize((size_t)n * k_);
       for (int s = 0; s < n; ++s) {
-        const float* p = third.tensor<float>(s);
+        const float* p = weights_or_boxes.tensor<float>(s);
         for (int j = 0; j < k_; ++j) {
           DALI_ENFORCE(std::isfinite(p[j]) && p[j] >= 0.0f,
                        make_string("weights must be finite and >= 0, got weights[", s, "][", j, "] = ", p[j]));
@@ -196,10 +202,10 @@ class KMixBlend : public dali::Operator<CPUBackend> {
         }
       }
     } else {
-      EnforceSampleShapes(third, "boxes", "(K-1, 4)", {k_ - 1, 4});
+      EnforceSampleShapes(weights_or_boxes, "boxes", "(K-1, 4)", {k_ - 1, 4});
       boxes_.resize((size_t)n * (k_ - 1) * 4);
       for (int s = 0; s < n; ++s) {
-        const int* b = third.tensor<int>(s);
+        const int* b = weights_or_boxes.tensor<int>(s);
         for (int d = 0; d < k_ - 1; ++d) {
           const int* q = b + 4 * d;
           DALI_ENFORCE(0 <= q[0] && q[0] <= q[2] && q[2] <= h_ && 0 <= q[1] && q[1] <= q[3] && q[3] <= w_,

@@ -14,12 +14,12 @@ KMIX_TLS kmix_dim3 gridDim;
 #include "kmix_boxes.cu"
 #include "kmix_saliency.cu"
 
-// dtype codes shared with Python: 0 uint8, 1 float16, 2 float32.
+// Element-type codes: KMIX_U8, KMIX_F16, KMIX_F32 (kmix_common.cuh).
 #define KMIX_DISPATCH(dtype, CALL)                                     \
   switch (dtype) {                                                     \
-    case 0: { typedef unsigned char T; CALL; } break;                  \
-    case 1: { typedef __half T; CALL; } break;                         \
-    case 2: { typedef float T; CALL; } break;                          \
+    case KMIX_U8: { typedef unsigned char T; CALL; } break;            \
+    case KMIX_F16: { typedef __half T; CALL; } break;                  \
+    case KMIX_F32: { typedef float T; CALL; } break;                   \
     default: return 1;                                                 \
   }
 
@@ -29,8 +29,6 @@ static unsigned kmix_chunks(long long total, long long target) {
 }
 
 extern "C" {
-
-int kmix_host_version() { return 1; }
 
 // Host launch shape: by default one thread per block, so each block is a contiguous loop
 // (block_threads > 1 runs the GPU's strided path, for the tests). Samples go on grid.y;

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from dali_kmix import bench, peers
+from dali_kmix.apps import bench, peers
 
 
 def test_time_call_statistics():

@@ -1,4 +1,5 @@
-"""The kmix command line: the demo writes its PNG grid and prints the throughput line."""
+"""The kmix command line: the demo writes its PNG grid and prints the throughput line; a user's mistake
+gets one line and exit status 2."""
 
 import re
 import subprocess
@@ -10,9 +11,11 @@ from PIL import Image
 
 pytest.importorskip("nvidia.dali")
 
+pytestmark = pytest.mark.slow  # every test starts a process
+
 
 def _kmix(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "dali_kmix.cli", *args], capture_output=True, text=True, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "dali_kmix.apps.cli", *args], capture_output=True, text=True, cwd=cwd,
                           timeout=600)
 
 
@@ -49,3 +52,31 @@ def test_kernels_build_command_builds_the_plugin_too(tmp_path):
     proc = _kmix("kernels", "build", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "libkmix.so" in proc.stdout and "libkmix_dali.so" in proc.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--data", "missing-folder"], r"kmix: error: train folder 'missing-folder/train' does not exist"),
+    (["train", "--data", ".", "--k", "1"], r"kmix: error: k must be >= 2, got 1"),
+    (["train", "--data", ".", "--alpha", "-1"], r"kmix: error: alpha must be > 0 and finite, got -1.0"),
+    (["subsample", "--data", ".", "--checkpoint", "missing.pt", "--ratio", "0.1", "--out", "s.txt"],
+     r"kmix: error: --checkpoint 'missing.pt' does not exist"),
+    (["train", "--data", ".", "--resume"], r"kmix: error: train folder 'train' does not exist"),
+    (["demo", "--k", "1", "--batches", "1"], r"kmix: error: k must be >= 2, got 1"),
+], ids=["missing-folder", "k1", "negative-alpha", "missing-checkpoint", "resume-no-data", "demo-k1"])
+def test_user_mistakes_get_one_line_and_status_2(tmp_path, args, message):
+    proc = _kmix(*args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert re.fullmatch(message + r"\n", proc.stderr), proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_subsample_ratio_out_of_range(tmp_path):
+    (tmp_path / "d" / "a").mkdir(parents=True)
+    (tmp_path / "ck.pt").write_bytes(b"")
+    proc = _kmix("subsample", "--data", "d", "--checkpoint", "ck.pt", "--ratio", "2", "--out", "s.txt", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr == "kmix: error: ratio must be in (0, 1], got 2.0\n", proc.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    proc = _kmix("--debug", "train", "--data", "missing-folder", cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "FileNotFoundError" in proc.stderr

@@ -9,7 +9,7 @@ from nvidia.dali import fn, pipeline_def, types  # noqa: E402
 
 import dali_kmix  # noqa: E402
 import dali_kmix.dali as kmix  # noqa: E402
-from dali_kmix.data import class_names  # noqa: E402
+from dali_kmix.apps.data import class_names  # noqa: E402
 
 BATCH = 8
 SIZE = 48
@@ -271,3 +271,119 @@ def test_gpu_pipeline_on_photos_is_deterministic(photo_dir):
         for u, v in zip(x, y):
             np.testing.assert_array_equal(u, v)
     assert class_names(photo_dir)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+@pipeline_def(batch_size=BATCH, num_threads=2, seed=21, enable_checkpointing=True)
+def ckpt_pipe(root, method, label_format, device="cpu"):
+    jpegs, labels = fn.readers.file(file_root=str(root), random_shuffle=True, name="Reader")
+    images = fn.decoders.image_random_crop(jpegs, output_type=types.RGB, device="mixed" if device == "gpu" else "cpu")
+    images = fn.resize(images, resize_x=SIZE, resize_y=SIZE)  # the crop is random too: DALI's own state
+    op = getattr(kmix, method)
+    return op(images, labels, k=3, alpha=1.0, num_classes=8, layout="HWC", label_format=label_format)
+
+
+def _outputs(pipe, iters):
+    return [[(r.as_cpu() if hasattr(r, "as_cpu") else r).as_array() for r in pipe.run()] for _ in range(iters)]
+
+
+def _restore_equals_uninterrupted(root, method, label_format, device="cpu", device_id=None):
+    first = ckpt_pipe(root, method, label_format, device=device, device_id=device_id)
+    first.build()
+    _outputs(first, 7)  # past the first epoch (48 files, batch 8): the reader's position and epoch count
+    cpt = first.checkpoint()
+    uninterrupted = _outputs(first, 4)
+    restored = ckpt_pipe(root, method, label_format, device=device, device_id=device_id, checkpoint=cpt)
+    restored.build()
+    again = _outputs(restored, 4)
+    for a, b in zip(uninterrupted, again):
+        assert len(a) == len(b) == (2 if label_format == "dense" else 3)
+        for u, v in zip(a, b):
+            np.testing.assert_array_equal(u, v)
+    # and the batches after the checkpoint are not a replay of the first ones
+    fresh = ckpt_pipe(root, method, label_format, device=device, device_id=device_id)
+    fresh.build()
+    assert not np.array_equal(_outputs(fresh, 1)[0][1], again[0][1])
+
+
+@pytest.mark.parametrize("path", ["plugin", "function"])
+@pytest.mark.parametrize("label_format", ["dense", "sparse"])
+@pytest.mark.parametrize("method", ["dmixup", "dcutmix", "saliency_dcutmix"])
+def test_restored_pipeline_continues_exactly(photo_dir, monkeypatch, method, label_format, path):
+    from dali_kmix.backends import plugin
+
+    monkeypatch.setenv("DALI_KMIX_PLUGIN", "1" if path == "plugin" else "0")
+    if path == "plugin" and not plugin.load():
+        pytest.skip("the DALI plugin cannot be built here")
+    _restore_equals_uninterrupted(photo_dir, method, label_format, device_id=None)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("label_format", ["dense", "sparse"])
+@pytest.mark.parametrize("method", ["dmixup", "dcutmix", "saliency_dcutmix"])
+def test_restored_gpu_pipeline_continues_exactly(photo_dir, method, label_format):
+    _restore_equals_uninterrupted(photo_dir, method, label_format, device="gpu", device_id=0)
+
+
+def test_plugin_and_function_paths_draw_the_same_stream(photo_dir, monkeypatch):
+    outs = {}
+    for path in ("1", "0"):
+        monkeypatch.setenv("DALI_KMIX_PLUGIN", path)
+        p = ckpt_pipe(photo_dir, "dcutmix", "sparse", device_id=None)
+        p.build()
+        outs[path] = _outputs(p, 2)
+    for a, b in zip(outs["1"], outs["0"]):
+        for u, v in zip(a, b):
+            np.testing.assert_array_equal(u, v)
+
+
+# --------------------------------------------------------------------------- runtime switches
+
+
+@pipeline_def(batch_size=12, num_threads=2, device_id=None, seed=1)
+def switch_pipe(method, probs, alphas):
+    def schedule(values):  # one value per iteration, the last one repeated (each source counts its own calls)
+        calls = iter(range(10 ** 6))
+
+        def source():
+            return [np.array(values[min(next(calls), len(values) - 1)], np.float32)] * 12
+
+        return source
+
+    next_prob, next_alpha = schedule(probs), schedule(alphas)
+
+    images = fn.external_source(source=lambda: [np.full((6, 8, 1), i, np.uint8) for i in range(12)], batch=True,
+                                layout="HWC")
+    labels = fn.external_source(source=lambda: [np.array([i], np.int32) for i in range(12)], batch=True)
+    prob = fn.external_source(source=next_prob, batch=True)
+    alpha = fn.external_source(source=next_alpha, batch=True)
+    return getattr(kmix, method)(images, labels, k=3, alpha=alpha, num_classes=12, layout="HWC", prob=prob,
+                                 label_format="sparse")
+
+
+@pytest.mark.parametrize("method", ["dmixup", "dcutmix"])
+def test_prob_and_alpha_as_data_nodes_switch_mixing_without_rebuilding(method):
+    p = switch_pipe(method, probs=[1.0, 0.0, 1.0], alphas=[1.0, 1.0, 0.05])
+    p.build()
+    (img1, idx1, w1), (img2, idx2, w2), (img3, idx3, w3) = _outputs(p, 3)
+    assert (w1[:, 0] < 1).sum() >= 10  # mixed
+    np.testing.assert_array_equal(w2[:, 0], 1.0)  # prob 0: every sample passes through
+    np.testing.assert_array_equal(img2[:, 0, 0, 0], np.arange(12))
+    # alpha 0.05: nearly all the share on one image per sample
+    assert np.median(w3.max(axis=1)) > 0.95 and np.median(w1.max(axis=1)) < 0.9
+
+
+def test_runtime_prob_out_of_range_raises():
+    p = switch_pipe("dcutmix", probs=[1.5], alphas=[1.0])
+    p.build()
+    with pytest.raises(RuntimeError, match=r"prob must be in \[0, 1\], got 1.5 for sample 0"):
+        p.run()
+
+
+def test_runtime_alpha_is_checked():
+    p = switch_pipe("dcutmix", probs=[1.0], alphas=[-1.0])
+    p.build()
+    with pytest.raises(RuntimeError, match=r"alpha must be > 0 and finite, got -1.0"):
+        p.run()

@@ -3,7 +3,7 @@
 import numpy as np
 from PIL import Image
 
-from dali_kmix.data import PHOTOS, class_names, make_photo_tree
+from dali_kmix.apps.data import PHOTOS, class_names, make_photo_tree
 
 
 def test_photo_tree_layout_and_content(tmp_path):

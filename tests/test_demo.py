@@ -7,7 +7,7 @@ pytest.importorskip("nvidia.dali")
 
 from nvidia.dali import fn, pipeline_def  # noqa: E402
 
-from dali_kmix.demo import measure_throughput, save_grid  # noqa: E402
+from dali_kmix.apps.demo import measure_throughput, save_grid  # noqa: E402
 
 
 def test_measure_throughput_runs_every_pipeline_in_every_round():

@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 
 import dali_kmix
-from conftest import random_images
+from _helpers import random_images
 from dali_kmix import reference
-from dali_kmix.params import MixParams, sample_params
+from dali_kmix.record import MixParams
+from dali_kmix.sampling import sample_params
 
 # Blending tolerance per dtype for comparisons against a float64 computation (the kernels themselves are
-# compared bit for bit with the reference in test_kernels.py).
+# compared bit for bit with the reference in test_backends.py).
 BLEND_ATOL = {np.uint8: 1.0, np.float16: 0.05, np.float32: 1e-4}
 
 
@@ -161,13 +162,16 @@ def test_mixparams_of_the_wrong_kind_for_dmixup():
 
 
 def test_without_a_cpp_compiler_the_reference_is_used(monkeypatch):
-    from dali_kmix import cpu_kernels, saliency
+    from dali_kmix import saliency
+    from dali_kmix.backends import NumpyBackend, backend_for, build
+    from dali_kmix.backends import cpu as cpu_kernels
 
-    monkeypatch.setattr(cpu_kernels, "compiler", lambda: None)
+    monkeypatch.setattr(build, "compiler", lambda: None)
     cpu_kernels._load.cache_clear()
     try:
         with pytest.warns(RuntimeWarning, match=r"CPU kernels unavailable, using the NumPy reference instead"):
             assert not cpu_kernels.available()
+        assert isinstance(backend_for(np.zeros(3)), NumpyBackend)
         rng = np.random.default_rng(9)
         x = random_images(rng, np.uint8, (5, 3, 9, 11))
         for method in ("dmixup", "dcutmix"):

@@ -16,11 +16,13 @@ from nvidia.dali import fn, pipeline_def, types  # noqa: E402
 
 import dali_kmix  # noqa: E402
 import dali_kmix.dali as kmix  # noqa: E402
-from dali_kmix import cpu_kernels, plugin, reference  # noqa: E402
-from dali_kmix.kernel_source import cuda_include_dirs  # noqa: E402
-from dali_kmix.params import area_weights  # noqa: E402
+from dali_kmix import reference
+from dali_kmix.backends import cpu as cpu_kernels
+from dali_kmix.backends import plugin  # noqa: E402
+from dali_kmix.backends.sources import cuda_include_dirs  # noqa: E402
+from dali_kmix.sampling import area_weights  # noqa: E402
 
-from conftest import random_images  # noqa: E402
+from _helpers import random_images  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)

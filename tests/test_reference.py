@@ -6,9 +6,10 @@ import ctypes.util
 import numpy as np
 import pytest
 
-from conftest import random_images
+from _helpers import random_images
 from dali_kmix import reference
-from dali_kmix.params import MixParams, sample_params
+from dali_kmix.record import MixParams
+from dali_kmix.sampling import sample_params
 
 _libm = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
 _libm.fmaf.restype = ctypes.c_float

@@ -5,7 +5,8 @@ import pytest
 
 import dali_kmix
 from dali_kmix import saliency
-from dali_kmix.params import MixParams, draw_raw, params_from_draws, sample_params
+from dali_kmix.record import MixParams
+from dali_kmix.sampling import draw_raw, params_from_draws, sample_params
 
 try:
     import cv2
@@ -38,7 +39,7 @@ def _blob_images(n, h, w, layout="HWC", dtype=np.uint8):
 @pytest.mark.skipif(not HAS_CV_SALIENCY, reason="opencv-contrib saliency module not installed")
 @pytest.mark.parametrize("precision", [np.float64, np.float32], ids=["f64-cpu-default", "f32-gpu-default"])
 def test_spectral_residual_agrees_with_opencv_on_photographs(precision):
-    from dali_kmix.data import PHOTOS, _load_photo
+    from dali_kmix.apps.data import PHOTOS, _load_photo
 
     rng = np.random.default_rng(0)
     dist = []
@@ -138,7 +139,8 @@ def test_box_sizes_equal_dcutmix_and_boxes_sit_on_the_salient_points(k, mode):
 
 def test_sample_params_for_saliency_dcutmix():
     x, pts = _blob_images(8, 64, 80)
-    p = sample_params("saliency-dcutmix", 8, 64, 80, k=2, alpha=1.0, images=x, rng=0)
+    p = sample_params("saliency-dcutmix", 8, 64, 80, k=2, alpha=1.0, centers=saliency.salient_points(x, "HWC"),
+                      rng=0)
     p.validate(8, 64, 80)
     for i in range(8):  # each box is centred on its source's blob unless shifted by the image edge
         y0, x0, y1, x1 = p.boxes[i, 0]
@@ -151,14 +153,19 @@ def test_sample_params_for_saliency_dcutmix():
 
 
 def test_sample_params_saliency_errors():
-    with pytest.raises(ValueError, match=r"method='saliency-dcutmix' needs images="):
+    with pytest.raises(ValueError, match=r"method='saliency-dcutmix' needs centers=\.\.\. \(the salient point"):
         sample_params("saliency-dcutmix", 4, 8, 8)
-    with pytest.raises(ValueError, match=r"images must have shape \(N=4, \.\.\.\) with H x W = 8 x 8 in layout HWC"):
-        sample_params("saliency-dcutmix", 4, 8, 8, images=np.zeros((4, 8, 9, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"centers must be integer \(N=4, 2\), got int64 \(4, 3\)"):
+        sample_params("saliency-dcutmix", 4, 8, 8, centers=np.zeros((4, 3), np.int64))
+    with pytest.raises(ValueError, match=r"centers must lie inside the 8 x 9 image, got values in \[0, 9\]"):
+        sample_params("saliency-dcutmix", 2, 8, 9, centers=np.array([[0, 0], [7, 9]]))
+    with pytest.raises(ValueError, match=r"centers are for method='saliency-dcutmix' only, got method='dcutmix'"):
+        sample_params("dcutmix", 2, 8, 8, centers=np.zeros((2, 2), np.int64))
     with pytest.raises(ValueError, match=r"needs the salient point of every image"):
         params_from_draws("saliency-dcutmix", *draw_raw(np, np.random.default_rng(0), 2, 3, np.ones(3), "sample", 1.0),
                           8, 8)
-    assert isinstance(sample_params("saliency-dcutmix", 1, 8, 8, images=np.zeros((1, 8, 8, 3), np.uint8)), MixParams)
+    centers = saliency.salient_points(np.zeros((1, 8, 8, 3), np.uint8), "HWC")
+    assert isinstance(sample_params("saliency-dcutmix", 1, 8, 8, centers=centers), MixParams)
 
 
 # --------------------------------------------------------------------------- the operator

@@ -16,6 +16,9 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 
+pytestmark = pytest.mark.slow  # subprocesses
+
+
 
 def _runtime(name):
     cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("g++")
@@ -52,11 +55,11 @@ def _run_clean(args, env, tmp_path):
 
 
 def test_kernel_suite_under_asan_and_ubsan(tmp_path):
-    _run_clean([str(HERE / "test_kernels.py")], _sanitized_env(), tmp_path)
+    _run_clean([str(HERE / "test_backends.py")], _sanitized_env(), tmp_path)
     # the instrumented library was really the one loaded
-    from dali_kmix import cpu_kernels
+    from dali_kmix.backends import build
 
-    assert any(p.name == "libkmix_asan.so" for p in cpu_kernels.cache_dir().glob("*/libkmix_asan.so"))
+    assert any(p.name == "libkmix_asan.so" for p in build.cache_dir().glob("*/libkmix_asan.so"))
 
 
 def test_dali_plugin_suite_under_asan_and_ubsan(tmp_path):
@@ -75,9 +78,9 @@ def test_dali_plugin_suite_under_asan_and_ubsan(tmp_path):
     if libstdcxx:
         env["LD_PRELOAD"] = f"{env['LD_PRELOAD']}:{os.path.realpath(libstdcxx)}"
     _run_clean([str(HERE / "test_plugin.py"), "-k", "bit_exact or batch_sizes or empty or errors"], env, tmp_path)
-    from dali_kmix import cpu_kernels
+    from dali_kmix.backends import build
 
-    assert list(cpu_kernels.cache_dir().glob("*/libkmix_dali_asan.so"))
+    assert list(build.cache_dir().glob("*/libkmix_dali_asan.so"))
 
 
 @pytest.mark.gpu
@@ -87,7 +90,7 @@ def test_gpu_kernel_suite_under_compute_sanitizer(tmp_path):
         pytest.skip("compute-sanitizer not installed")
     cmd = [tool, "--tool", "memcheck", "--error-exitcode", "97", "--target-processes", "all",
            sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "gpu", "-k", "cupy",
-           str(HERE / "test_kernels.py")]
+           str(HERE / "test_backends.py")]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=3600)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-20000:]

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from dali_kmix.data import FASHION_MNIST_DIR
+from dali_kmix.apps.data import FASHION_MNIST_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.skipif(not Path(FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz").is_file(),
-                                reason="Debian package dataset-fashion-mnist not installed")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not Path(FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz").is_file(),
+                                 reason="Debian package dataset-fashion-mnist not installed")]
 
 
 def _run(script, tmp_path, *extra):

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dali_kmix.params import sample_anchor_params
-from dali_kmix.subsample import (Scores, list_files, read_file_list, read_scores, score_batch, select,
+from dali_kmix.sampling import sample_anchor_params
+from dali_kmix.apps.subsample import (Scores, list_files, read_file_list, read_scores, score_batch, select,
                                  write_file_list, write_scores)
 
 
@@ -173,7 +173,7 @@ def test_score_batch_is_reproducible_and_varies_with_the_mix():
 
 def test_score_dataset_scores_every_sample_once(photo_dir):
     pytest.importorskip("nvidia.dali")
-    from dali_kmix.subsample import score_dataset
+    from dali_kmix.apps.subsample import score_dataset
 
     files = list_files(photo_dir)
     model = _MeanModel(8)
@@ -195,8 +195,8 @@ def test_score_dataset_scores_every_sample_once(photo_dir):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     pytest.importorskip("nvidia.dali")
-    from dali_kmix.data import make_photo_tree
-    from dali_kmix.train import TrainConfig, train
+    from dali_kmix.apps.data import make_photo_tree
+    from dali_kmix.apps.train import TrainConfig, train
 
     root = tmp_path_factory.mktemp("sub")
     make_photo_tree(root / "data" / "train", images_per_class=6, size=48, seed=1)
@@ -209,14 +209,15 @@ def checkpoint(tmp_path_factory):
 def _kmix(args, cwd, torchrun=False):
     if torchrun:
         exe = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
-        cmd = [exe, "--standalone", "--nproc_per_node", "2", "-m", "dali_kmix.cli", *args]
+        cmd = [exe, "--standalone", "--nproc_per_node", "2", "-m", "dali_kmix.apps.cli", *args]
     else:
-        cmd = [sys.executable, "-m", "dali_kmix.cli", *args]
+        cmd = [sys.executable, "-m", "dali_kmix.apps.cli", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=cwd)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc.stdout
 
 
+@pytest.mark.slow
 def test_kmix_subsample_one_and_two_processes_agree(checkpoint, tmp_path):
     data = checkpoint / "data" / "train"
     common = ["subsample", "--data", str(data), "--checkpoint", str(checkpoint / "run" / "checkpoint.pt"),
@@ -235,7 +236,7 @@ def test_kmix_subsample_one_and_two_processes_agree(checkpoint, tmp_path):
     assert len(subset) == 16 and sorted(lab for _, lab in subset) == sorted(list(range(8)) * 2)
     assert (tmp_path / "fig.png").stat().st_size > 10000
     # and training on the subset reads exactly those files
-    from dali_kmix.train import TrainConfig, train
+    from dali_kmix.apps.train import TrainConfig, train
 
     s = train(TrainConfig(train_dir=str(data), val_dir=str(checkpoint / "data" / "val"),
                           train_list=str(tmp_path / "one" / "subset.txt"), out=str(tmp_path / "subrun"), crop=32,

@@ -12,13 +12,13 @@ import pytest
 
 pytest.importorskip("nvidia.dali")
 
-from dali_kmix.train import MIX_CHOICES, TrainConfig, build_model, resolve_mix, train  # noqa: E402
+from dali_kmix.apps.train import MIX_CHOICES, TrainConfig, build_model, resolve_mix, train  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
     """train/ (45 images: an odd count, so two shards differ) and val/ (24 images) of real photographs."""
-    from dali_kmix.data import make_photo_tree
+    from dali_kmix.apps.data import make_photo_tree
 
     root = tmp_path_factory.mktemp("tree")
     make_photo_tree(root / "train", images_per_class=6, size=48, seed=1)
@@ -74,10 +74,11 @@ def test_training_lowers_the_loss(tree, tmp_path):
     assert h[-1]["train_loss"] < h[0]["train_loss"]
 
 
+@pytest.mark.slow
 def test_two_processes_under_torchrun(tree, tmp_path):
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
     assert torchrun, "torchrun not found next to the interpreter"
-    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "dali_kmix.cli", "train", "--data", str(tree),
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "dali_kmix.apps.cli", "train", "--data", str(tree),
            "--out", str(tmp_path), "--crop", "32", "--epochs", "2", "--batch-size", "11", "--lr", "0.05",
            "--random-area", "0.5", "1.0", "--mix", "dcutmix", "--k", "3", "--threads", "1", "--no-progress",
            "--audit"]
@@ -134,7 +135,7 @@ def test_bad_configuration(tree, tmp_path):
 
 
 def test_fashion_mnist_tree(tmp_path):
-    from dali_kmix.data import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, make_fashion_mnist_tree, read_idx
+    from dali_kmix.apps.data import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, make_fashion_mnist_tree, read_idx
 
     if not Path(FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz").is_file():
         pytest.skip("Debian package dataset-fashion-mnist not installed")

@@ -1,4 +1,5 @@
-"""One backend-neutral suite for the CUDA kernels: compiled for the CPU always, on CuPy with a GPU.
+"""dali_kmix.backends: one backend-neutral suite for the CUDA kernels (CPU build always, CuPy with a GPU),
+the NumPy fallback and the choice between them.
 
 Each kernel must reproduce the NumPy reference bit for bit, over methods,
 layouts, dtypes, K = 2..9, odd sizes, empty and full boxes, batch sizes 1 and 65,
@@ -9,31 +10,32 @@ import numpy as np
 import pytest
 
 from dali_kmix import reference
-from dali_kmix.params import MixParams, area_weights, draw_raw, params_from_draws, sample_params
+from dali_kmix.record import MixParams, area_weights
+from dali_kmix.sampling import draw_raw, params_from_draws, sample_params
 
-from conftest import random_images
+from _helpers import random_images
 
 
 class CpuBackend:
+    """The library's CPU backend (with the scheduling options under test) and the nesting kernel."""
+
     name = "cpu"
 
     def __init__(self, workers=None, block_threads=1, reverse=False):
-        from dali_kmix import cpu_kernels
+        from dali_kmix.backends import CpuBackend as Cpu
+        from dali_kmix.backends import cpu as cpu_kernels
 
         if cpu_kernels.compiler() is None:
             pytest.skip("no C++ compiler: CPU kernels unavailable")
         cpu_kernels.build()  # with a compiler, a failed build fails the test with the compiler's log
         self.k = cpu_kernels
+        self.backend = Cpu(workers=workers, block_threads=block_threads, reverse=reverse)
         self.opts = dict(workers=workers, block_threads=block_threads, reverse=reverse)
 
     def blend(self, images, params, layout):
         ins = [np.ascontiguousarray(im).copy() for im in images]  # separately allocated samples
         out = np.empty_like(images)
-        outs = list(out)
-        if params.boxes is None:
-            self.k.dmixup(ins, outs, params.sources, params.weights, **self.opts)
-        else:
-            self.k.dcutmix(ins, outs, params.sources, params.boxes, layout, **self.opts)
+        self.backend.blend(ins, list(out), params, layout)
         for a, b in zip(ins, images):
             np.testing.assert_array_equal(a, b)  # inputs are never written
         return out
@@ -43,30 +45,29 @@ class CpuBackend:
                                  workers=self.opts["workers"] or 1, reverse=self.opts["reverse"])
 
     def grey_resize(self, images, layout, size):
-        return self.k.grey_resize(list(images), layout, size, size, workers=self.opts["workers"],
-                                  reverse=self.opts["reverse"])
+        return self.backend.grey_resize(list(images), layout, size, size)
 
 
 class GpuBackend:
+    """The library's GPU backend and the nesting kernel on the device."""
+
     name = "gpu"
 
     def __init__(self):
         import cupy
 
-        from dali_kmix import gpu_kernels
+        from dali_kmix.backends import GpuBackend as Gpu
+        from dali_kmix.backends import gpu as gpu_kernels
 
         self.cp = cupy
         self.k = gpu_kernels
+        self.backend = Gpu()
 
     def blend(self, images, params, layout):
         cp = self.cp
         ins = [cp.asarray(im) for im in images]
         out = cp.empty(images.shape, images.dtype)
-        p = params.to_cupy()
-        if p.boxes is None:
-            self.k.dmixup(ins, list(out), p.sources, p.weights)
-        else:
-            self.k.dcutmix(ins, list(out), p.sources, p.boxes, layout)
+        self.backend.blend(ins, list(out), params.to_cupy(), layout)
         for a, b in zip(ins, images):
             np.testing.assert_array_equal(a.get(), b)
         return out.get()
@@ -177,7 +178,7 @@ def test_nesting_kernel_matches_numpy(backend, method, mode, alpha, k, n, h, w):
 
 
 def test_half_conversions_are_exact_on_the_host():
-    from dali_kmix import cpu_kernels
+    from dali_kmix.backends import cpu as cpu_kernels
 
     if cpu_kernels.compiler() is None:
         pytest.skip("no C++ compiler")
@@ -210,7 +211,7 @@ def test_half_conversions_are_exact_on_the_host():
 def test_gpu_kernels_run_on_the_current_stream_without_sync():
     import cupy
 
-    from dali_kmix import gpu_kernels
+    from dali_kmix.backends import gpu as gpu_kernels
 
     x = cupy.random.random((8, 3, 32, 32), dtype=cupy.float32)
     p = sample_params("dcutmix", 8, 32, 32, k=3, rng=0).to_cupy()
@@ -227,7 +228,7 @@ def test_gpu_kernels_run_on_the_current_stream_without_sync():
 def test_device_sampler_gives_valid_records():
     import cupy
 
-    from dali_kmix import gpu_kernels
+    from dali_kmix.backends import gpu as gpu_kernels
 
     gen = cupy.random.default_rng(3)
     for method in ("dmixup", "dcutmix"):
@@ -262,3 +263,52 @@ def test_grey_resize_matches_numpy(backend, dtype, layout, shape):
     want = saliency.resize_bilinear(saliency.grey(x, layout), 64, 64)
     got = backend.grey_resize(x, layout, 64)
     assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+# --------------------------------------------------------------------------- the choice of backend
+
+
+def test_backend_for_picks_by_array_kind():
+    from dali_kmix.backends import CpuBackend as Cpu
+    from dali_kmix.backends import backend_for
+
+    b = backend_for(np.zeros((2, 3), np.uint8), workers=3)
+    assert isinstance(b, Cpu) and b.workers == 3
+
+
+@pytest.mark.gpu
+def test_backend_for_cupy_is_the_gpu():
+    import cupy
+
+    from dali_kmix.backends import GpuBackend as Gpu
+    from dali_kmix.backends import backend_for
+
+    assert isinstance(backend_for(cupy.zeros(3)), Gpu)
+
+
+@pytest.mark.parametrize("method", ["dmixup", "dcutmix"])
+def test_numpy_backend_matches_the_reference(method):
+    from dali_kmix.backends import NumpyBackend
+
+    rng = np.random.default_rng(4)
+    x = random_images(rng, np.float32, (5, 3, 7, 9))
+    p = sample_params(method, 5, 7, 9, k=4, rng=1)
+    out = np.empty_like(x)
+    NumpyBackend().blend(list(x), list(out), p, "CHW")
+    np.testing.assert_array_equal(out, reference.mix_images(x, p, "CHW"))
+    g = NumpyBackend().grey_resize(list(x), "CHW", 6, 6)
+    np.testing.assert_array_equal(g, reference.resize_bilinear(reference.grey(x, "CHW"), 6, 6))
+
+
+def test_codes_agree_with_the_cpp_header():
+    """The dtype and layout codes are defined once for C++ (kmix_codes.h) and once for Python."""
+    import re
+
+    from dali_kmix.backends import cpu
+    from dali_kmix.backends.sources import kernels_dir
+
+    text = (kernels_dir() / "kmix_codes.h").read_text()
+    defs = {m.group(1): int(m.group(2)) for m in re.finditer(r"#define KMIX_(\w+) (\d+)", text)}
+    assert {"HWC": defs["HWC"], "CHW": defs["CHW"]} == cpu.LAYOUT_CODES
+    assert {np.dtype(np.uint8): defs["U8"], np.dtype(np.float16): defs["F16"],
+            np.dtype(np.float32): defs["F32"]} == cpu.DTYPE_CODES

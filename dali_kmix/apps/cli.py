@@ -5,10 +5,14 @@
     kmix data photos DIR [--per-class N]
     kmix data fashion-mnist DIR [--per-class N] [--val-per-class N]
     kmix train --data DIR [--mix none|mixup|cutmix|dmixup|dcutmix|saliency-dcutmix] [--k K] ...
-    torchrun --nproc_per_node 2 -m dali_kmix.cli train --data DIR ...
+    torchrun --nproc_per_node 2 -m dali_kmix.apps.cli train --data DIR ...
     kmix subsample --data DIR/train --checkpoint CKPT --ratio 0.1 --out subset.txt [--figure fig.png]
     kmix kernels build          # compile the CPU kernels and the DALI plugin now (otherwise on first use)
     kmix kernels check [--arch sm_80 sm_90]   # compile gate: NVRTC (and nvcc if present)
+
+A mistake in what was asked (a missing folder or checkpoint, k = 1, a negative alpha, a
+ratio of 2) is answered with one line, ``kmix: error: ...``, and exit status 2, as
+argparse answers a bad option; ``kmix --debug ...`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -74,12 +78,13 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_kernels(args) -> int:
-    from . import cpu_kernels, kernel_source
+    from ..backends import cpu as cpu_kernels
+    from ..backends import sources as kernel_source
 
     if args.action == "build":
         print(cpu_kernels.build(verbose=True))
         try:
-            from . import plugin
+            from ..backends import plugin
 
             print(plugin.build(verbose=True))
         except ImportError as exc:  # DALI is not installed: the plugin has nothing to plug into
@@ -104,6 +109,7 @@ def _cmd_kernels(args) -> int:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="kmix", description="K-image mixing (DMixup, DCutMix) for NVIDIA DALI")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="DCutMix K=3 over real photos: PNG grid and images/s")
@@ -152,7 +158,16 @@ def main(argv=None) -> int:
     p.set_defaults(func=_cmd_kernels)
 
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except USER_ERRORS as exc:
+        if args.debug:
+            raise
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+
+
+#: What a user's mistake raises (bad values, missing files); anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ import pytest
 from scipy import stats
 
 import dali_kmix
-from dali_kmix.params import MixParams, area_weights, nest_boxes, params_from_draws, sample_dirichlet, sample_params
+from dali_kmix.record import MixParams, area_weights
+from dali_kmix.sampling import nest_boxes, params_from_draws, sample_dirichlet, sample_params
 
 # --------------------------------------------------------------------------- exact values
 
@@ -177,7 +178,7 @@ def test_sample_dirichlet_marginals_and_covariance():
 
 @pytest.mark.parametrize("alpha", [[1.0, 1.0, 1.0], [0.5, 1.0, 2.0], [0.2] * 5], ids=["ones", "0.5-1-2", "0.2xK5"])
 def test_dcutmix_area_weights_follow_the_marginals_up_to_rounding(alpha):
-    from dali_kmix.params import draw_raw
+    from dali_kmix.sampling import draw_raw
 
     a = np.asarray(alpha)
     k, n, side = len(a), 3000, 1000

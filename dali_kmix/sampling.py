@@ -1,201 +1,28 @@
-"""Mixing parameters: who is mixed with whom, with which weights, inside which boxes.
+"""Sampling: the random draws of a batch and the :class:`~dali_kmix.record.MixParams` they give.
 
-Sampling is kept apart from applying. :func:`sample_params` draws a
-:class:`MixParams` record; :func:`dali_kmix.mix_images` and
-:func:`dali_kmix.mix_labels` (and the CUDA kernels) only read it. Images and
-labels therefore always come from the same record, never from two random
-streams that merely share a seed.
+Kept apart from applying: every function here only draws and nests; the record
+goes to :func:`dali_kmix.mix_images` / :func:`dali_kmix.mix_labels`, the CUDA
+kernels or the DALI operators, which never draw. Saliency-DCutMix needs the
+salient point of every image; :func:`dali_kmix.saliency.salient_points` computes
+them and the caller hands them in (``centers=``), so sampling never looks at pixels.
 
-Conventions used throughout the package:
-
-* ``N`` samples in a batch, ``K`` images per mix (``K >= 2`` when sampled).
-* ``sources`` int32 ``(N, K)``: ``sources[n, 0] == n`` is the anchor, the sample
-  whose own pixels stay outside box 0; ``sources[n, j + 1]`` fills box ``j``.
-* ``weights`` float32 ``(N, K)``: ``weights[n, k]`` is the share of
-  ``sources[n, k]`` in output ``n`` (rows sum to 1).
-* ``boxes`` int32 ``(N, K - 1, 4)`` as ``(y0, x0, y1, x1)``, half-open, in pixels;
-  box ``j`` lies inside box ``j - 1``. ``None`` for DMixup.
+* :func:`sample_params`: the record of one batch (DMixup, DCutMix, Saliency-DCutMix);
+* :func:`sample_anchor_params`: the anchor-share records of uncertainty scoring;
+* :func:`draw_raw` / :func:`params_from_draws`: the draws in their fixed order and the
+  record they give (what the ``kmix_nest_boxes`` kernel computes);
+* :func:`sample_params_device`: the same on the GPU (CuPy), drawn and nested on the device.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
-
 import numpy as np
 
 from . import _checks
+from .record import MixParams, area_weights
 
-__all__ = ["MixParams", "sample_dirichlet", "nest_boxes", "area_weights", "sample_params", "params_from_draws",
-           "sample_anchor_params"]
+__all__ = ["sample_dirichlet", "nest_boxes", "sample_params", "params_from_draws", "sample_anchor_params",
+           "draw_raw", "assemble_sources", "check_sample_args", "sample_params_device"]
 
-#: Tolerance on ``sum(weights[n]) == 1`` and on box-area weights when a hand-built
-#: record is validated. float32 rounding of K terms stays far below this.
-WEIGHT_ATOL = 1e-5
-
-
-_xp = _checks.array_module
-
-
-def _as(a, dtype, name):
-    if a is None:
-        return None
-    xp = _xp(a)
-    if xp is np:
-        try:
-            arr = np.asarray(a)
-        except (TypeError, ValueError):
-            raise TypeError(f"{name} must be an array, got {type(a).__name__}") from None
-    else:
-        arr = a
-    if arr.dtype == dtype:
-        return arr
-    if np.dtype(dtype).kind == "i":
-        if arr.dtype.kind not in "iu":
-            raise TypeError(f"{name} must have an integer dtype (int32), got {arr.dtype}")
-        if arr.size and (int(arr.min()) < np.iinfo(np.int32).min or int(arr.max()) > np.iinfo(np.int32).max):
-            raise ValueError(f"{name} has values outside the int32 range")
-    elif arr.dtype.kind not in "fiu":
-        raise TypeError(f"{name} must have a floating dtype (float32), got {arr.dtype}")
-    return arr.astype(dtype)
-
-
-@dataclasses.dataclass
-class MixParams:
-    """One batch's mixing record (NumPy or CuPy arrays; all of one kind).
-
-    Attributes:
-        sources: int32 ``(N, K)``; column 0 is ``arange(N)`` (each sample anchors its
-            own output row), column ``k`` names the image that contributes share ``k``.
-        weights: float32 ``(N, K)``; non-negative, each row sums to 1. For DCutMix
-            they are the exact pixel-area fractions of the regions of ``boxes``.
-        boxes: int32 ``(N, K - 1, 4)`` as ``(y0, x0, y1, x1)``, half-open; box ``j``
-            lies inside box ``j - 1`` and is filled from ``sources[:, j + 1]``.
-            ``None`` for DMixup (a weighted blend of whole images).
-
-    A record can be built by hand to replay exact parameters; lists and other
-    integer/float dtypes are converted, and the arrays are stored C-contiguous. :meth:`validate` checks the values
-    against a batch.
-    """
-
-    sources: Any
-    weights: Any
-    boxes: Any = None
-
-    def __post_init__(self):
-        self.sources = _as(self.sources, np.int32, "params.sources")
-        self.weights = _as(self.weights, np.float32, "params.weights")
-        self.boxes = _as(self.boxes, np.int32, "params.boxes")
-        # C-contiguous rows, so each row is a dense (K,) / (K-1, 4) sample wherever it goes
-        # (DALI's external_source and python_function refuse strided samples).
-        self.sources, self.weights, self.boxes = (
-            None if a is None else _xp(a).ascontiguousarray(a) for a in (self.sources, self.weights, self.boxes))
-        if self.sources.ndim != 2:
-            raise ValueError(f"params.sources must have shape (N, K), got {tuple(self.sources.shape)}")
-        n, k = self.sources.shape
-        if k < 1:
-            raise ValueError(f"params.sources must have K >= 1 columns, got shape {tuple(self.sources.shape)}")
-        if tuple(self.weights.shape) != (n, k):
-            raise ValueError(
-                f"params.weights must have shape (N, K) = {(n, k)} like params.sources, "
-                f"got {tuple(self.weights.shape)}"
-            )
-        if self.boxes is not None and tuple(self.boxes.shape) != (n, k - 1, 4):
-            raise ValueError(
-                f"params.boxes must have shape (N, K-1, 4) = {(n, k - 1, 4)}, got {tuple(self.boxes.shape)}"
-            )
-        kinds = {_xp(a).__name__ for a in (self.sources, self.weights, self.boxes) if a is not None}
-        if len(kinds) > 1:
-            raise TypeError(f"params arrays must all be NumPy or all CuPy, got a mix of {sorted(kinds)}")
-
-    @property
-    def n(self) -> int:
-        return int(self.sources.shape[0])
-
-    @property
-    def k(self) -> int:
-        return int(self.sources.shape[1])
-
-    @property
-    def method(self) -> str:
-        return "dmixup" if self.boxes is None else "dcutmix"
-
-    @property
-    def xp(self):
-        return _xp(self.sources)
-
-    def to_numpy(self) -> "MixParams":
-        if self.xp is np:
-            return self
-        return MixParams(*(None if a is None else a.get() for a in (self.sources, self.weights, self.boxes)))
-
-    def to_cupy(self) -> "MixParams":
-        import cupy
-
-        return MixParams(*(None if a is None else cupy.asarray(a) for a in (self.sources, self.weights, self.boxes)))
-
-    def validate(self, num_images: int | None = None, height: int | None = None, width: int | None = None):
-        """Check the values; raise ValueError naming the first inconsistency.
-
-        On CuPy arrays this reads a few flags back to the host (a synchronisation);
-        the DALI operators, which build their own records, skip it.
-        """
-        xp = self.xp
-        n, k = self.n, self.k
-        if num_images is not None and n != num_images:
-            raise ValueError(f"params are for N={n} samples but the batch has {num_images}")
-        src = self.sources
-        if n and bool(xp.any(src[:, 0] != xp.arange(n, dtype=src.dtype))):
-            bad = int(xp.argmax(src[:, 0] != xp.arange(n, dtype=src.dtype)))
-            raise ValueError(
-                f"params.sources[:, 0] must be arange(N) (every sample anchors its own output), "
-                f"but sources[{bad}, 0] = {int(src[bad, 0])}"
-            )
-        if n and (bool(xp.any(src < 0)) or bool(xp.any(src >= n))):
-            raise ValueError(f"params.sources must lie in [0, N={n}), got values in [{int(src.min())}, {int(src.max())}]")
-        w = self.weights
-        if n:
-            if not bool(xp.all(xp.isfinite(w))) or bool(xp.any(w < 0)):
-                raise ValueError("params.weights must be finite and >= 0")
-            err = xp.abs(w.astype(np.float64).sum(axis=1) - 1.0)
-            if bool(xp.any(err > WEIGHT_ATOL)):
-                row = int(xp.argmax(err))
-                raise ValueError(
-                    f"params.weights rows must sum to 1, but row {row} sums to {float(w[row].astype(np.float64).sum()):.6g}"
-                )
-        if self.boxes is None or n == 0 or k == 1:
-            return self
-        if height is None or width is None:
-            raise ValueError("validating DCutMix params needs the image height and width")
-        b = self.boxes.astype(np.int64)
-        y0, x0, y1, x1 = b[..., 0], b[..., 1], b[..., 2], b[..., 3]
-        if bool(xp.any(y0 < 0) | xp.any(x0 < 0) | xp.any(y1 > height) | xp.any(x1 > width)
-                | xp.any(y1 < y0) | xp.any(x1 < x0)):
-            raise ValueError(
-                f"params.boxes must satisfy 0 <= y0 <= y1 <= H={height} and 0 <= x0 <= x1 <= W={width}"
-            )
-        if k > 2:
-            inner, outer = b[:, 1:], b[:, :-1]
-            nested = ((inner[..., 0] >= outer[..., 0]) & (inner[..., 1] >= outer[..., 1])
-                      & (inner[..., 2] <= outer[..., 2]) & (inner[..., 3] <= outer[..., 3]))
-            if not bool(xp.all(nested)):
-                row, lvl = (int(i) for i in np.unravel_index(int(xp.argmin(nested.ravel())), nested.shape))
-                raise ValueError(
-                    f"params.boxes must be nested: box {lvl + 1} of sample {row} "
-                    f"{b[row, lvl + 1].tolist()} is not inside box {lvl} {b[row, lvl].tolist()}"
-                )
-        expect = area_weights(b, height, width)
-        diff = xp.abs(expect.astype(np.float64) - w.astype(np.float64))
-        if bool(xp.any(diff > WEIGHT_ATOL)):
-            row = int(xp.argmax(diff.max(axis=1)))
-            raise ValueError(
-                f"params.weights must be the pixel-area fractions of params.boxes; sample {row} has "
-                f"weights {w[row].tolist()} but its boxes give {expect[row].tolist()}"
-            )
-        return self
-
-
-# --------------------------------------------------------------------------- sampling
 
 
 def _dirichlet_from_draws(alpha, gamma1, uniform, xp=np):
@@ -221,22 +48,6 @@ def sample_dirichlet(alpha, size: int, rng=None) -> np.ndarray:
     g = rng.standard_gamma(alpha + 1.0, size=(size, alpha.shape[0]))
     u = 1.0 - rng.random((size, alpha.shape[0]))
     return _dirichlet_from_draws(alpha, g, u)
-
-
-def area_weights(boxes, height: int, width: int):
-    """Exact pixel-area shares of nested boxes; float32 ``(N, K)`` from ``(N, K-1, 4)`` boxes.
-
-    ``w_0 = (HW - |box 0|) / HW``, ``w_j = (|box j-1| - |box j|) / HW`` and
-    ``w_{K-1} = |box K-2| / HW``.
-    """
-    xp = _xp(boxes)
-    b = boxes.astype(np.int64)
-    areas = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-    n = b.shape[0]
-    hw = int(height) * int(width)
-    outer = xp.concatenate([xp.full((n, 1), hw, dtype=np.int64), areas], axis=1)
-    inner = xp.concatenate([areas, xp.zeros((n, 1), dtype=np.int64)], axis=1)
-    return ((outer - inner) / float(hw)).astype(np.float32)
 
 
 def nest_boxes(phi, uniforms, height: int, width: int, centers=None):
@@ -357,14 +168,13 @@ def assemble_sources(xp, perms, mixed):
 
 
 def sample_params(method: str, n: int, height: int, width: int, *, k: int = 3, alpha=1.0,
-                  mode: str = "sample", prob: float = 1.0, rng=None, images=None, layout: str = "HWC",
-                  saliency: str = "spectral-residual") -> MixParams:
+                  mode: str = "sample", prob: float = 1.0, rng=None, centers=None) -> MixParams:
     """Draw the mixing record of one batch (NumPy arrays).
 
     Args:
         method: "dmixup" (weighted blend), "dcutmix" (nested stick-breaking boxes) or
             "saliency-dcutmix" (the same boxes, each centred on its source's most
-            salient point; needs ``images``).
+            salient point; needs ``centers``).
         n: batch size N (0 gives an empty record).
         height, width: image size (boxes are in pixels of this size).
         k: images per mix, K >= 2 (may exceed N: partners repeat).
@@ -375,26 +185,25 @@ def sample_params(method: str, n: int, height: int, width: int, *, k: int = 3, a
         prob: probability that a sample is mixed at all; an unmixed sample keeps
             weight 1 on itself and empty boxes.
         rng: None, an int seed or a ``numpy.random.Generator``.
-        images, layout, saliency: for "saliency-dcutmix" only: the batch (N images in
-            ``layout``) whose saliency places the boxes, and the saliency method
-            (see :func:`dali_kmix.saliency.salient_points`).
+        centers: for "saliency-dcutmix" only: int ``(N, 2)``, the salient pixel ``(y, x)``
+            of every image of the batch, e.g. ``dali_kmix.saliency.salient_points(images, layout)``.
 
     Partners: every level k >= 1 draws its own random permutation of the batch,
     so each image is used exactly once per level (self-pairs allowed).
     """
     n, height, width, k, alpha, prob = check_sample_args(method, n, height, width, k, alpha, mode, prob)
-    centers = None
     if method == "saliency-dcutmix":
-        from .saliency import salient_points
-
-        if images is None:
-            raise ValueError("method='saliency-dcutmix' needs images=... (the batch whose saliency places the boxes)")
-        _checks.check_layout(layout)
-        shape = tuple(np.shape(images))
-        if len(shape) != 4 or shape[0] != n or _checks.spatial_size(shape[1:], layout) != (height, width):
-            raise ValueError(f"images must have shape (N={n}, ...) with H x W = {height} x {width} in layout "
-                             f"{layout}, got {shape}")
-        centers = salient_points(images, layout, method=saliency)
+        if centers is None:
+            raise ValueError("method='saliency-dcutmix' needs centers=... (the salient point of every image, "
+                             "from dali_kmix.saliency.salient_points)")
+        centers = np.asarray(centers)
+        if centers.shape != (n, 2) or centers.dtype.kind not in "iu":
+            raise ValueError(f"centers must be integer (N={n}, 2), got {centers.dtype} {centers.shape}")
+        if n and (centers.min() < 0 or centers[:, 0].max() >= height or centers[:, 1].max() >= width):
+            raise ValueError(f"centers must lie inside the {height} x {width} image, got values in "
+                             f"[{int(centers.min())}, {int(centers.max())}]")
+    elif centers is not None:
+        raise ValueError(f"centers are for method='saliency-dcutmix' only, got method={method!r}")
     phi, uniforms, perms, mixed = draw_raw(np, _rng(rng), n, k, alpha, mode, prob)
     return params_from_draws(method, phi, uniforms, perms, mixed, height, width, centers)
 
@@ -467,3 +276,19 @@ def sample_anchor_params(n: int, height: int, width: int, *, k: int = 3, anchor_
     else:
         partners = np.zeros((n, k - 1), np.int64)
     return params_from_draws("dcutmix", phi, uniforms, partners.T, np.ones(n, bool), height, width)
+
+
+def sample_params_device(gen, method, n, height, width, k, alpha, mode, prob, centers=None) -> MixParams:
+    """A :class:`MixParams` of CuPy arrays, drawn and nested on the device.
+
+    ``gen`` is a ``cupy.random.Generator``; arguments are assumed checked
+    (:func:`check_sample_args`). ``centers``: int32 (N, 2) device array of salient
+    points for "saliency-dcutmix". The draws are :func:`draw_raw`'s, in its order; the
+    ``kmix_nest_boxes`` kernel turns them into the record (as :func:`params_from_draws`).
+    """
+    import cupy
+
+    from .backends import gpu
+
+    phi, uniforms, perms, mixed = draw_raw(cupy, gen, n, k, alpha, mode, prob)
+    return MixParams(*gpu.nest_boxes(method, phi, uniforms, perms, mixed, height, width, centers))

@@ -1,134 +1,38 @@
 """The CUDA kernels compiled for the CPU, called through ctypes.
 
 ``kernels/kmix_host.cpp`` includes the same ``.cu`` files the GPU runs, through a
-small shim header (``kernels/kmix_host_shim.h``). It is built with the system C++
-compiler (``$CXX``, else ``g++``, else ``c++``) on first use into a cache folder
-(``$DALI_KMIX_CACHE``, default ``~/.cache/dali_kmix``), keyed by a hash of the
-sources, the flags and the compiler, and loaded with ctypes. The build runs once
-per machine and source version; concurrent first uses wait on a file lock.
+small shim header (``kernels/kmix_host_shim.h``), and is built on first use by the
+host build cache (:mod:`dali_kmix.backends.build`), then loaded with ctypes.
 
 Where no compiler is available (or the build fails) :func:`load` returns None
-after one warning, and callers fall back to the NumPy reference (same results,
-several times slower).
-
-Set ``DALI_KMIX_SANITIZE=1`` to build an AddressSanitizer/UBSan-instrumented
-variant (the test suite does this in a subprocess with libasan preloaded).
+after one warning, and :func:`dali_kmix.backends.backend_for` falls back to the
+NumPy reference (same results, several times slower).
 """
 
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import functools
-import hashlib
 import os
-import platform
-import shutil
-import subprocess
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from ._checks import hwc_dims
-from .kernel_source import kernels_dir
+from .._checks import hwc_dims
+from .build import build_flags, compile_cached, compiler, sanitize_requested
+from .sources import kernels_dir
 
-__all__ = ["load", "build", "compile_cached", "available", "compiler", "dmixup", "dcutmix", "nest_boxes", "grey_resize", "DTYPE_CODES", "default_workers"]
+__all__ = ["load", "build", "available", "compiler", "dmixup", "dcutmix", "nest_boxes", "grey_resize",
+           "half_to_float", "float_to_half", "DTYPE_CODES", "LAYOUT_CODES", "HOST_SOURCES", "default_workers"]
 
+#: Element-type and layout codes of the C entry points, as kernels/kmix_codes.h defines them for C++.
 DTYPE_CODES = {np.dtype(np.uint8): 0, np.dtype(np.float16): 1, np.dtype(np.float32): 2}
 LAYOUT_CODES = {"HWC": 0, "CHW": 1}
 
-HOST_SOURCES = ("kmix_host.cpp", "kmix_host_shim.h", "kmix_common.cuh", "kmix_blend.cu", "kmix_boxes.cu",
-                "kmix_saliency.cu")
-
-BASE_FLAGS = ["-std=c++17", "-O3", "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-shared", "-pthread",
-              "-Wall", "-Wextra"]
-SANITIZE_FLAGS = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
-                  "-fno-sanitize-recover=all"]
-
-
-def compiler() -> str | None:
-    """Path of the C++ compiler the CPU build uses, or None."""
-    for cand in (os.environ.get("CXX"), "g++", "c++", "clang++"):
-        if cand and shutil.which(cand):
-            return shutil.which(cand)
-    return None
-
-
-def _sanitize() -> bool:
-    return os.environ.get("DALI_KMIX_SANITIZE", "") not in ("", "0")
-
-
-def _cpu_id() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "flags", "Features")):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def build_flags(sanitize: bool | None = None) -> list[str]:
-    sanitize = _sanitize() if sanitize is None else sanitize
-    flags = list(BASE_FLAGS)
-    if sanitize:
-        flags = [f for f in flags if f != "-O3"] + SANITIZE_FLAGS
-    elif platform.machine() in ("x86_64", "AMD64", "aarch64", "arm64"):
-        flags.append("-march=native" if platform.machine() in ("x86_64", "AMD64") else "-mcpu=native")
-    return flags
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("DALI_KMIX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "dali_kmix")
-    return Path(root)
-
-
-def compile_cached(lib_name: str, sources, flags, *, libs=(), inputs=(), key_extra: str = "",
-                   verbose: bool = False, what: str = "the CPU kernels") -> Path:
-    """Compile ``sources`` into the shared library ``lib_name`` under :func:`cache_dir` (cached).
-
-    The command is ``$CXX flags sources libs -o lib`` (libraries after the sources).
-
-    The cache key hashes ``inputs`` (the files the build reads), the command line,
-    ``key_extra``, the processor and the compiler's version, so any change rebuilds.
-    Concurrent first uses wait on a file lock; the library appears atomically.
-    Raises FileNotFoundError without a C++ compiler and RuntimeError with the
-    compiler's output when the build fails.
-    """
-    cxx = compiler()
-    if cxx is None:
-        raise FileNotFoundError("no C++ compiler found (set $CXX or install g++)")
-    cmd = [cxx, *flags, *map(str, sources), *libs]
-    h = hashlib.sha256()
-    for path in inputs:
-        h.update(Path(path).read_bytes())
-    h.update(" ".join(cmd).encode())
-    h.update(key_extra.encode())
-    h.update(_cpu_id().encode())
-    try:
-        h.update(subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout.encode())
-    except OSError:
-        pass
-    out_dir = cache_dir() / h.hexdigest()[:16]
-    lib = out_dir / lib_name
-    if lib.is_file():
-        return lib
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if lib.is_file():
-            return lib
-        tmp = lib.with_suffix(f".{os.getpid()}.tmp")
-        full = cmd + ["-o", str(tmp)]
-        proc = subprocess.run(full, capture_output=True, text=True)
-        if proc.returncode != 0:
-            tmp.unlink(missing_ok=True)
-            raise RuntimeError(f"building {what} failed:\n{' '.join(full)}\n{proc.stdout}{proc.stderr}")
-        if verbose:
-            print(" ".join(full))
-        os.replace(tmp, lib)
-    return lib
+#: Files the host build reads (the entry points, the shim and every kernel source and header).
+HOST_SOURCES = ("kmix_host.cpp", "kmix_host_shim.h", "kmix_codes.h", "kmix_common.cuh", "kmix_blend.cu",
+                "kmix_boxes.cu", "kmix_saliency.cu")
 
 
 def build(sanitize: bool | None = None, verbose: bool = False) -> Path:
@@ -172,7 +76,7 @@ def _load(sanitize: bool):
 
 def load():
     """The loaded library, or None (with one warning) when it cannot be built."""
-    return _load(_sanitize())
+    return _load(sanitize_requested())
 
 
 def available() -> bool:

@@ -141,8 +141,8 @@ def peer_callable(peer: str, cfg: Config, x: np.ndarray, labels: np.ndarray, see
 
 
 def _kmix(cfg, x, labels, seed):
-    from .mixing import blend_samples, mix_labels
-    from .params import sample_params
+    from ..mixing import blend_samples, mix_labels
+    from ..sampling import sample_params
 
     gen = np.random.default_rng(seed)
     samples = list(x)
@@ -178,7 +178,7 @@ class _NativeParams:
         self.gen = np.random.default_rng(seed)
 
     def __call__(self, labels):
-        from .params import sample_params
+        from ..sampling import sample_params
 
         c = self.cfg
         p = sample_params(c.method, c.batch, c.size, c.size, k=c.k, mode=c.mode, rng=self.gen)
@@ -201,7 +201,7 @@ def dali_native_pipeline(cfg: Config, x, labels, *, num_threads=2, seed=0, varia
     """A CPU pipeline: external_source batch -> [DALI-native composition | dali_kmix op | nothing]."""
     from nvidia.dali import Pipeline, fn, types
 
-    from . import dali as kmix_ops
+    from .. import dali as kmix_ops
 
     pipe = Pipeline(batch_size=cfg.batch, num_threads=num_threads, device_id=None, seed=seed,
                     prefetch_queue_depth=1)

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from dali_kmix import kernel_source
+from dali_kmix.backends import sources as kernel_source
 
 ARCHS = ["sm_80", "sm_90"]
 

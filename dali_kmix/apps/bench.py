@@ -31,6 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..backends import gpu_available
+from ..backends.build import cpu_id
+from .common import atomic_write
 from .peers import PEERS, Config, can, dali_native_pipeline, make_batch, peer_callable
 
 __all__ = ["time_call", "bench_ops", "bench_pipeline", "bench_scaling", "run", "metadata", "format_table"]
@@ -52,23 +55,13 @@ def time_call(fn, repeats: int, warmup: int = 2) -> dict:
     return {"median_s": float(np.median(ts)), "min_s": float(ts.min()), "max_s": float(ts.max()), "repeats": repeats}
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def metadata() -> dict:
     meta = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "host": socket.gethostname(),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_id().split(":", 1)[-1].strip(),
         "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "numpy": np.__version__,
     }
@@ -77,8 +70,6 @@ def metadata() -> dict:
             meta[mod] = __import__(mod, fromlist=["__version__"]).__version__
         except Exception:
             meta[mod] = None
-    from .demo import gpu_available
-
     meta["gpu"] = None
     if gpu_available():
         import cupy
@@ -126,7 +117,7 @@ def bench_ops(*, batches=(32, 128), ks=(2, 3, 5, 9), modes=("sample", "batch"), 
             base = {"level": "op", "device": "cpu", "dtype": dt, "layout": group[0].layout, "batch": b, "size": size}
             copy = time_call(lambda: np.copyto(out, x), repeats)
             rows.append(_stats_row({**base, "impl": "copy (yardstick)", "bytes": 2 * x.nbytes}, copy))
-            from .saliency import salient_points
+            from ..saliency import salient_points
 
             samples = list(x)
             rows.append(_stats_row({**base, "impl": "saliency step (spectral residual)"},
@@ -200,14 +191,14 @@ def _pipeline(data_dir, variant, *, batch, size, k, device, num_threads, seed=0)
     """
     from nvidia.dali import Pipeline, fn
 
-    from .pipelines import decode_random_crop, imagenet_train_pipeline, normalize_chw
+    from ..pipelines import decode_random_crop, imagenet_train_pipeline, normalize_chw
 
     spec = _kmix_variant(variant)
     if spec is not None:
         mix, mix_on = spec
         pipe = imagenet_train_pipeline(data_dir, batch_size=batch, device=device, mix=mix, k=k, seed=seed,
                                        num_threads=num_threads, crop=size, label_format="sparse", mix_on=mix_on)
-        return pipe, pipe.kmix_output_map
+        return pipe.pipeline, list(pipe.output_map)
     gpu = device == "gpu"
     pipe = Pipeline(batch_size=batch, num_threads=num_threads, device_id=0 if gpu else None, seed=seed)
     with pipe:
@@ -264,7 +255,7 @@ def bench_pipeline(data_dir, *, batch=64, size=224, k=3, iters=12, repeats=5, de
             if variant.startswith("timm"):
                 from timm.data import Mixup
 
-                from .pipelines import count_classes
+                from ..pipelines import count_classes
 
                 after = Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, mode="batch", label_smoothing=0.0,
                               num_classes=count_classes(data_dir))
@@ -483,7 +474,6 @@ def plot(rows, path):
 def run(out_dir="benchmarks/results", *, quick=False, data_dir=None, progress=True) -> tuple[Path, list[dict]]:
     """The whole benchmark; returns the JSON path and the rows."""
     from .data import make_photo_tree
-    from .demo import gpu_available
 
     t0 = time.perf_counter()
     if quick:
@@ -506,9 +496,7 @@ def run(out_dir="benchmarks/results", *, quick=False, data_dir=None, progress=Tr
     meta["total_s"] = round(time.perf_counter() - t0, 1)
     stamp = meta["date"].replace(":", "").replace("-", "")[:15]
     path = out_dir / f"bench-{'quick-' if quick else ''}{stamp}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"meta": meta, "quick": quick, "rows": rows}, indent=1, default=str))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps({"meta": meta, "quick": quick, "rows": rows}, indent=1, default=str))
     path.with_suffix(".md").write_text(format_table(rows) + "\n")
     plot(rows, path.with_suffix(".png"))
     return path, rows

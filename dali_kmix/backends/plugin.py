@@ -3,14 +3,14 @@
 ``kernels/kmix_dali_op.cpp`` registers ``fn.kmix_dmixup(images, sources, weights,
 layout=...)`` and ``fn.kmix_dcutmix(images, sources, boxes, layout=...)``: they apply
 a :class:`~dali_kmix.MixParams` record (one row per sample) with the same kernels as
-:mod:`dali_kmix.cpu_kernels`, on the pipeline's thread pool, straight into DALI's output
+:mod:`dali_kmix.backends.cpu`, on the pipeline's thread pool, straight into DALI's output
 buffer. The CPU operators of :mod:`dali_kmix.dali` use them when they load, so a
 pipeline no longer pays the copy of every ``python_function`` output (one full pass
 over the batch per iteration); the record and the labels are still drawn in Python.
 
 The plugin is compiled with the system C++ compiler against the headers and
 ``libdali.so`` of the installed DALI wheel (``nvidia.dali.sysconfig``) and the CUDA
-runtime headers those include (see :func:`dali_kmix.kernel_source.cuda_include_dirs`),
+runtime headers those include (see :func:`dali_kmix.backends.sources.cuda_include_dirs`),
 cached like the CPU kernels. Where it cannot be built, :func:`load` warns once and
 returns False, and the operators fall back to ``python_function`` (same results).
 ``DALI_KMIX_PLUGIN=0`` turns the plugin off; with ``DALI_KMIX_SANITIZE=1`` the plugin is
@@ -24,13 +24,14 @@ import os
 import warnings
 from pathlib import Path
 
-from . import cpu_kernels
-from .kernel_source import cuda_include_dirs, kernels_dir
+from . import cpu
+from .build import build_flags, compile_cached
+from .sources import cuda_include_dirs, kernels_dir
 
 __all__ = ["build", "load", "enabled", "SOURCES"]
 
 #: Files the plugin build reads (the operator plus the host kernels it links in).
-SOURCES = ("kmix_dali_op.cpp",) + cpu_kernels.HOST_SOURCES
+SOURCES = ("kmix_dali_op.cpp",) + cpu.HOST_SOURCES
 
 
 def enabled() -> bool:
@@ -62,12 +63,12 @@ def build(verbose: bool = False) -> Path:
         raise FileNotFoundError("the DALI headers need cuda_runtime_api.h; none found (set $CUDA_HOME)")
     src_dir = kernels_dir()
     compile_flags, link_flags, version = _dali_flags()
-    base = cpu_kernels.build_flags()  # DALI_KMIX_SANITIZE=1: the ASan/UBSan build, as for the CPU kernels
+    base = build_flags()  # DALI_KMIX_SANITIZE=1: the ASan/UBSan build, as for the CPU kernels
     name = "libkmix_dali_asan.so" if "-fsanitize=address,undefined" in base else "libkmix_dali.so"
     flags = ["-std=c++20", *[f for f in base if f != "-std=c++17"], "-fvisibility=hidden", f"-I{src_dir}",
              *compile_flags, f"-isystem{cuda[0]}"]
     sources = [src_dir / "kmix_dali_op.cpp", src_dir / "kmix_host.cpp"]
-    return cpu_kernels.compile_cached(name, sources, flags, libs=link_flags,
+    return compile_cached(name, sources, flags, libs=link_flags,
                                       inputs=[src_dir / n for n in SOURCES], key_extra=f"dali {version}",
                                       verbose=verbose, what="the dali_kmix DALI plugin")
 

@@ -3,7 +3,7 @@
 One cached loader reads a ``.cu`` file and prefixes a ``#line`` directive, so a
 compiler error (NVRTC, nvcc or g++) names the real file and line. The options
 used at run time are defined here once and used by the GPU loader
-(:mod:`dali_kmix.gpu_kernels`) and by the compile gate
+(:mod:`dali_kmix.backends.gpu`) and by the compile gate
 (:func:`compile_with_nvrtc`, :func:`compile_with_nvcc`) that CI runs on
 machines without a GPU.
 """
@@ -58,7 +58,7 @@ def kernels_dir() -> Path:
     second checkout run with ``PYTHONPATH`` uses its own sources, not an editable
     install's.
     """
-    pkg = Path(__file__).resolve().parent
+    pkg = Path(__file__).resolve().parent.parent  # dali_kmix/
     for here in (pkg / "kernels", pkg.parent / "kernels"):
         if (here / "kmix_blend.cu").is_file():
             return here

@@ -25,13 +25,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from . import _checks
+from .. import _checks
+from .common import UsageError, atomic_write, setup_distributed, teardown_distributed
 
 __all__ = ["MEASURES", "SELECTIONS", "list_files", "score_batch", "score_dataset", "select", "write_scores",
            "read_scores", "write_file_list", "read_file_list", "plot_figure"]
@@ -78,12 +78,6 @@ def list_files(data_dir) -> list[tuple[str, int]]:
     return out
 
 
-def _soft_ce(logits, targets):
-    import torch.nn.functional as F
-
-    return -(targets * F.log_softmax(logits.float(), dim=1)).sum(dim=1)
-
-
 def score_batch(model, images, labels, *, num_classes: int, m: int = 10, k: int = 3, anchor_ratio: float = 0.5,
                 alpha=(2 / 9, 2 / 9), rng=None, layout: str = "CHW", capture: bool = False):
     """Losses of ``m`` anchor-fixed DCutMix mixes of every sample of one group; float64 ``(N, m)``.
@@ -97,8 +91,9 @@ def score_batch(model, images, labels, *, num_classes: int, m: int = 10, k: int 
     """
     import torch
 
-    from .mixing import mix_images, mix_labels
-    from .params import sample_anchor_params
+    from ..mixing import mix_images, mix_labels
+    from ..sampling import sample_anchor_params
+    from ..torch import soft_target_cross_entropy
 
     n = images.shape[0]
     h, w = _checks.spatial_size(images.shape[1:], layout)
@@ -116,7 +111,7 @@ def score_batch(model, images, labels, *, num_classes: int, m: int = 10, k: int 
             if layout == "HWC":
                 x = x.permute(0, 3, 1, 2)
             t = torch.from_numpy(np.ascontiguousarray(targets)).to(device)
-            losses[:, j] = _soft_ce(model(x), t).double().cpu().numpy()
+            losses[:, j] = soft_target_cross_entropy(model(x), t, reduction="none").double().cpu().numpy()
             if capture:
                 shots.append((mixed.get() if gpu else mixed, np.asarray(targets), p))
     return (losses, shots) if capture else losses
@@ -131,7 +126,7 @@ def _group_pipeline(root, groups, *, crop, resize, device, device_id, num_thread
     """A DALI pipeline that decodes one group per iteration (no random augmentation)."""
     from nvidia.dali import Pipeline, fn, types
 
-    from .pipelines import decode_center
+    from ..pipelines import decode_center
 
     state = {"i": 0}
 
@@ -209,6 +204,11 @@ def _measure(scores: Scores, measure: str, seed: int):
     return getattr(scores, measure)
 
 
+def _check_ratio(ratio):
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio <= 1.0:
+        raise UsageError(f"ratio must be in (0, 1], got {ratio!r}")
+
+
 def select(scores: Scores, ratio: float, *, measure: str = "cv", selection: str = "interval", interval: int = 2,
            ascending: bool = False, seed: int = 0) -> list[int]:
     """Indices (into ``scores.paths``) of the kept samples, class by class.
@@ -221,8 +221,7 @@ def select(scores: Scores, ratio: float, *, measure: str = "cv", selection: str 
     """
     _checks.check_choice("measure", measure, MEASURES)
     _checks.check_choice("selection", selection, SELECTIONS)
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio <= 1.0:
-        raise ValueError(f"ratio must be in (0, 1], got {ratio!r}")
+    _check_ratio(ratio)
     interval = _checks.check_int("interval", interval, 1)
     values = _measure(scores, measure, seed)
     if not np.all(np.isfinite(values)):
@@ -244,21 +243,13 @@ def select(scores: Scores, ratio: float, *, measure: str = "cv", selection: str 
 # --------------------------------------------------------------------------- files
 
 
-def _atomic_write_text(path, text: str):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_scores(scores: Scores, path):
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["path", "label", "mean", "std", "cv"])
     for p, lab, mu, sd, cv in zip(scores.paths, scores.labels, scores.mean, scores.std, scores.cv):
         w.writerow([p, int(lab), repr(float(mu)), repr(float(sd)), repr(float(cv))])
-    _atomic_write_text(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
 
 
 def read_scores(path):
@@ -276,7 +267,7 @@ def write_file_list(pairs, path):
         if any(ch.isspace() for ch in rel):
             raise ValueError(f"path {rel!r} contains white space, which a DALI file_list cannot hold")
         lines.append(f"{rel} {int(lab)}")
-    _atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
+    atomic_write(path, "\n".join(lines) + ("\n" if lines else ""))
 
 
 def read_file_list(path) -> list[tuple[str, int]]:
@@ -298,7 +289,7 @@ def plot_figure(scores: Scores, captured: dict, path, class_names=None, cols: in
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .pipelines import IMAGENET_MEAN, IMAGENET_STD
+    from ..pipelines import IMAGENET_MEAN, IMAGENET_STD
 
     anchors = list(captured)
     rows = len(anchors)
@@ -355,18 +346,15 @@ def run(args) -> tuple[dict, Scores]:
     Returns the summary and the gathered scores (so a caller can select other subsets without
     scoring again).
     """
-    import torch
     import torch.distributed as dist
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    gpu = args.device == "gpu" or (args.device == "auto" and torch.cuda.is_available())
-    device = torch.device(f"cuda:{local_rank}") if gpu else torch.device("cpu")
-    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // world))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if gpu else "gloo", init_method="env://")
-    model, state = load_checkpoint_model(args.checkpoint, args.model, device)
+    _check_ratio(args.ratio)
+    for name, path in (("--data", args.data), ("--checkpoint", args.checkpoint)):
+        if not Path(path).exists():
+            raise UsageError(f"{name} {str(path)!r} does not exist")
+    d = setup_distributed(args.device, args.threads)
+    rank, world, local_rank, gpu = d.rank, d.world, d.local_rank, d.gpu
+    model, state = load_checkpoint_model(args.checkpoint, args.model, d.device)
     alpha = args.alpha if len(args.alpha) > 1 else args.alpha[0]
     crop = args.crop or state.get("config", {}).get("crop", 224)
     resize = args.resize or state.get("config", {}).get("val_resize") or crop
@@ -399,12 +387,10 @@ def run(args) -> tuple[dict, Scores]:
             from .data import class_names
 
             plot_figure(scores, {p: captured[p] for p in picks}, args.figure, class_names(args.data))
-        _atomic_write_text(Path(result["scores"]).with_suffix(".json"),
+        atomic_write(Path(result["scores"]).with_suffix(".json"),
                            json.dumps({**result, "args": {k: v for k, v in vars(args).items() if k != "func"}},
                                       indent=1, default=str))
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
+    teardown_distributed(d)
     return result, scores
 
 

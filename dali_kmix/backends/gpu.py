@@ -13,10 +13,10 @@ import functools
 
 import numpy as np
 
-from ._checks import hwc_dims
-from .kernel_source import NAME_EXPRESSIONS, nvrtc_options, read_source
+from .._checks import hwc_dims
+from .sources import NAME_EXPRESSIONS, nvrtc_options, read_source
 
-__all__ = ["module", "dmixup", "dcutmix", "nest_boxes", "grey_resize", "sample_params_device"]
+__all__ = ["module", "dmixup", "dcutmix", "nest_boxes", "grey_resize"]
 
 _TYPE_NAMES = {np.dtype(np.uint8): "unsigned char", np.dtype(np.float16): "__half", np.dtype(np.float32): "float"}
 _MAX_GRID_Y = 65535
@@ -126,19 +126,3 @@ def grey_resize(inputs, layout, out_h, out_w):
     kern((grid,), (block,), (_ptrs(inputs), out, np.int32(n), np.int32(h), np.int32(w), np.int32(c),
                              np.int32(0 if layout == "HWC" else 1), np.int32(out_h), np.int32(out_w)))
     return out
-
-
-def sample_params_device(gen, method, n, height, width, k, alpha, mode, prob, centers=None):
-    """A :class:`~dali_kmix.MixParams` of CuPy arrays, drawn and nested on the device.
-
-    ``gen`` is a ``cupy.random.Generator``; arguments are assumed checked
-    (:func:`dali_kmix.params.check_sample_args`). ``centers``: int32 (N, 2) device array
-    of salient points for "saliency-dcutmix".
-    """
-    import cupy
-
-    from .params import MixParams, draw_raw
-
-    phi, uniforms, perms, mixed = draw_raw(cupy, gen, n, k, alpha, mode, prob)
-    sources, weights, boxes = nest_boxes(method, phi, uniforms, perms, mixed, height, width, centers)
-    return MixParams(sources, weights, boxes)

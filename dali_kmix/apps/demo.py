@@ -14,19 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..backends import gpu_available
 from .data import class_names, make_photo_tree
 
-__all__ = ["gpu_available", "demo_pipeline", "measure_throughput", "save_grid", "run_demo"]
-
-
-def gpu_available() -> bool:
-    """True when CuPy sees a CUDA device (and so DALI's GPU operators can run)."""
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # no CuPy, no driver, no device
-        return False
+__all__ = ["demo_pipeline", "measure_throughput", "save_grid", "run_demo"]
 
 
 def demo_pipeline(data_dir, *, batch_size=16, device="cpu", mix="dcutmix", k=3, alpha=1.0, seed=0, size=224,
@@ -34,7 +25,7 @@ def demo_pipeline(data_dir, *, batch_size=16, device="cpu", mix="dcutmix", k=3, 
     """uint8 HWC images and float32 targets (or int labels without mixing)."""
     from nvidia.dali import Pipeline, fn, types
 
-    from . import dali as kmix_ops
+    from .. import dali as kmix_ops
 
     gpu = device == "gpu"
     num_classes = len(class_names(data_dir))

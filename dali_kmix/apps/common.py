@@ -1,0 +1,79 @@
+"""What the applications share: the distributed set-up, whole-file writes, user errors.
+
+Nothing in the library imports this module (or anything else under ``dali_kmix.apps``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+__all__ = ["Dist", "setup_distributed", "teardown_distributed", "atomic_write", "UsageError"]
+
+
+class UsageError(ValueError):
+    """A mistake in what the user asked for (a missing folder, a bad value): ``kmix`` prints one line."""
+
+
+@dataclasses.dataclass
+class Dist:
+    """This process's place in a torchrun job (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: object = None
+    gpu: bool = False
+    threads: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str = "auto", threads: int | None = None) -> Dist:
+    """Read torchrun's environment, pick the device, set torch's threads and join the process group.
+
+    ``device``: "auto" (CUDA when torch sees it), "cpu" or "gpu". ``threads``: CPU threads per
+    process (default: the cores shared out over the local processes). The group uses nccl on
+    GPUs and gloo on the CPU.
+    """
+    import torch
+    import torch.distributed as dist
+
+    if device not in ("auto", "cpu", "gpu"):
+        raise UsageError(f"device must be 'auto', 'cpu' or 'gpu', got {device!r}")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    gpu = device == "gpu" or (device == "auto" and torch.cuda.is_available())
+    if gpu and not torch.cuda.is_available():
+        raise UsageError("device='gpu' but torch sees no CUDA device")
+    torch_device = torch.device(f"cuda:{local_rank}") if gpu else torch.device("cpu")
+    if gpu:
+        torch.cuda.set_device(torch_device)
+    threads = threads or max(1, (os.cpu_count() or 1) // world)
+    torch.set_num_threads(threads)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if gpu else "gloo", init_method="env://")
+    return Dist(rank=rank, world=world, local_rank=local_rank, device=torch_device, gpu=gpu, threads=threads)
+
+
+def teardown_distributed(d: Dist):
+    """Wait for every rank, then leave the process group (nothing without torchrun)."""
+    if d.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def atomic_write(path, data: bytes | str) -> Path:
+    """Write a whole file or nothing: a temporary file beside it, then a rename (parents are made)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,525 @@
+"""``kmix train``: train a classifier through the DALI iterator with K-image mixing.
+
+One process::
+
+    kmix train --data DIR --mix dcutmix --k 3 --epochs 10
+
+Many processes (one per GPU, or several on a CPU) with PyTorch's own launcher::
+
+    torchrun --nproc_per_node 2 -m dali_kmix.apps.cli train --data DIR --mix dcutmix
+
+``DIR`` holds ``train/`` and ``val/`` ImageNet-layout JPEG folders (``kmix data
+fashion-mnist DIR`` writes one). Under torchrun every rank reads its own shard
+(``shard_id=rank, num_shards=world_size``) with a rank-specific seed, the model is
+wrapped in DistributedDataParallel (gloo on the CPU, nccl on GPUs), uneven shards
+are handled with DDP's join, metrics are summed over ranks before they are
+reported, and only rank 0 writes files: ``metrics.csv``, ``curves.png``,
+``checkpoint.pt`` and ``summary.json``.
+
+``checkpoint.pt`` holds the model, the optimiser and every rank's DALI pipeline
+checkpoint (the reader's position and the random state of the augmentation and the
+mixing), written at every epoch end and, with ``--checkpoint-every N``, every N steps:
+``--resume`` continues in the middle of an epoch with exactly the files and mixes the
+uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import time
+from pathlib import Path
+
+from .._checks import METHODS
+from .common import Dist, UsageError, atomic_write, setup_distributed, teardown_distributed
+
+__all__ = ["TrainConfig", "MIX_CHOICES", "resolve_mix", "build_model", "train", "add_arguments", "config_from_args"]
+
+MIX_CHOICES = ("none", "mixup", "cutmix", *METHODS)  # mixup and cutmix: the K = 2 cases
+MODELS = ("small-cnn", "resnet18", "resnet34", "resnet50", "mobilenet_v3_small")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a run needs; ``kmix train --help`` documents each field."""
+
+    data: str | None = None
+    train_dir: str | None = None
+    val_dir: str | None = None
+    train_list: str | None = None
+    out: str = "runs/kmix"
+    model: str = "small-cnn"
+    mix: str = "dcutmix"
+    k: int = 3
+    alpha: float = 1.0
+    prob: float = 1.0
+    mode: str = "sample"
+    smoothing: float = 0.0
+    mix_on: str = "uint8"
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 0.0
+    crop: int = 224
+    val_resize: int | None = None
+    random_area: tuple = (0.08, 1.0)
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    amp: bool = True
+    resume: bool = False
+    progress: bool = True
+    audit: bool = False
+    eval_every: int = 1
+    checkpoint_every: int = 0
+    stop_after: int = 0
+
+
+def resolve_mix(mix: str, k: int) -> tuple[str | None, int]:
+    """The operator and K behind a ``--mix`` choice: mixup and cutmix are the K=2 cases."""
+    if mix not in MIX_CHOICES:
+        raise UsageError(f"mix must be one of {list(MIX_CHOICES)}, got {mix!r}")
+    if mix == "none":
+        return None, k
+    if mix == "mixup":
+        return "dmixup", 2
+    if mix == "cutmix":
+        return "dcutmix", 2
+    return mix, k
+
+
+def build_model(name: str, num_classes: int):
+    """A torchvision classifier (randomly initialised) or the built-in ``small-cnn``."""
+    import torch.nn as nn
+
+    if name == "small-cnn":
+        def block(cin, cout, stride):
+            return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout),
+                    nn.ReLU(inplace=True)]
+
+        return nn.Sequential(*block(3, 32, 1), *block(32, 64, 2), *block(64, 64, 1), *block(64, 128, 2),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.1), nn.Linear(128, num_classes))
+    if name not in MODELS:
+        raise UsageError(f"model must be one of {list(MODELS)}, got {name!r}")
+    import torchvision
+
+    return getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
+
+
+# --------------------------------------------------------------------------- files (rank 0)
+
+
+def _write_csv(path: Path, rows: list[dict]):
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write(path, buf.getvalue())
+
+
+def plot_curves(rows: list[dict], path: Path, title: str = ""):
+    """PNG of train/val loss and val top-1 error per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [r["epoch"] for r in rows]
+    val = [r for r in rows if r["val_images"]]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    a.plot(ep, [r["train_loss"] for r in rows], "o-", label="train (mixed targets)")
+    a.plot([r["epoch"] for r in val], [r["val_loss"] for r in val], "s-", label="val")
+    a.set_xlabel("epoch")
+    a.set_ylabel("cross-entropy")
+    a.legend()
+    b.plot([r["epoch"] for r in val], [100 * r["val_top1_err"] for r in val], "s-", color="C3")
+    b.set_xlabel("epoch")
+    b.set_ylabel("val top-1 error (%)")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    atomic_write(path, buf.getvalue())
+
+
+# --------------------------------------------------------------------------- the steps of a run
+
+
+def _check(cfg: TrainConfig):
+    """Reject a bad configuration before anything is built; returns (operator, K, train_dir, val_dir)."""
+    op, k = resolve_mix(cfg.mix, cfg.k)
+    if cfg.optimizer not in ("sgd", "adamw"):
+        raise UsageError(f"optimizer must be 'sgd' or 'adamw', got {cfg.optimizer!r}")
+    for name, minimum in (("epochs", 1), ("eval_every", 1), ("checkpoint_every", 0), ("stop_after", 0)):
+        if getattr(cfg, name) < minimum:
+            raise UsageError(f"{name} must be >= {minimum}, got {getattr(cfg, name)}")
+    if op is not None:  # the operator's own checks, with its messages, before any data is read
+        from ..sampling import check_sample_args
+
+        check_sample_args(op, 0, 1, 1, k, cfg.alpha, cfg.mode, cfg.prob)
+    train_dir = Path(cfg.train_dir) if cfg.train_dir else (Path(cfg.data) / "train" if cfg.data else None)
+    val_dir = Path(cfg.val_dir) if cfg.val_dir else (Path(cfg.data) / "val" if cfg.data else None)
+    if train_dir is None or val_dir is None:
+        raise UsageError("give --data DIR (with train/ and val/) or both --train-dir and --val-dir")
+    for name, p in (("train", train_dir), ("val", val_dir)):
+        if not p.is_dir():
+            raise FileNotFoundError(f"{name} folder {str(p)!r} does not exist")
+    if cfg.train_list is not None and not Path(cfg.train_list).is_file():
+        raise FileNotFoundError(f"train list {cfg.train_list!r} does not exist")
+    return op, k, train_dir, val_dir
+
+
+def _optimizer(cfg: TrainConfig, model):
+    import torch
+
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               nesterov=cfg.momentum > 0)
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+@dataclasses.dataclass
+class _State:
+    """Where a run stands: what a checkpoint holds besides the model and the optimiser."""
+
+    epoch: int = 0  # the epoch in progress (0-based)
+    step: int = 0  # optimiser steps done in it
+    history: list = dataclasses.field(default_factory=list)
+    loss_sum: float = 0.0  # this epoch's summed training loss and images so far (this rank)
+    seen: int = 0
+    audit: list = dataclasses.field(default_factory=list)  # this epoch's files so far (this rank)
+    mixes: list = dataclasses.field(default_factory=list)  # this epoch's batch digests so far (this rank)
+    pipelines: list | None = None  # DALI checkpoints of the training pipeline, one per rank
+
+
+def _resume(cfg: TrainConfig, d: Dist, model, opt, scaler) -> _State:
+    """The state to start from: fresh, or the checkpoint's (``--resume``)."""
+    import torch
+
+    path = Path(cfg.out) / "checkpoint.pt"
+    if not cfg.resume:
+        return _State()
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint at {str(path)!r}")
+    ck = torch.load(path, map_location=d.device, weights_only=False)
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optimizer"])
+    if ck.get("scaler"):
+        scaler.load_state_dict(ck["scaler"])
+    pipelines = ck.get("pipelines")
+    if pipelines is not None and len(pipelines) != d.world:
+        raise UsageError(f"--resume: the checkpoint was written by {len(pipelines)} process(es), this run has "
+                         f"{d.world}; resume with the same number of processes")
+    if ck.get("step", 0) == 0:  # saved at the end of epoch ck["epoch"]
+        return _State(epoch=ck["epoch"] + 1, history=ck["history"], pipelines=pipelines)
+    part = ck["partial"][d.rank]
+    return _State(epoch=ck["epoch"], step=ck["step"], history=ck["history"], loss_sum=part["loss_sum"],
+                  seen=part["seen"], audit=part["audit"], mixes=part["mixes"], pipelines=pipelines)
+
+
+def _pipelines(cfg: TrainConfig, d: Dist, op, k, train_dir, val_dir, num_classes, state: _State):
+    """The training and validation iterators of this rank (the training one restored from the checkpoint)."""
+    from ..pipelines import DALIMixIterator, imagenet_train_pipeline, imagenet_val_pipeline
+
+    device = "gpu" if d.gpu else "cpu"
+    restore = state.pipelines[d.rank] if state.pipelines is not None else None
+    # A rank-specific seed; a checkpoint without pipeline state (an older run) moves it on by the
+    # epoch, so the resumed run does not replay epoch 0's order.
+    pipe_seed = cfg.seed * 1_000_003 + d.rank * 7919 + (state.epoch * 104729 if state.pipelines is None else 0)
+    train_pipe = imagenet_train_pipeline(
+        train_dir, batch_size=cfg.batch_size, device=device, mix=op, k=k, alpha=cfg.alpha, num_classes=num_classes,
+        seed=pipe_seed, shard_id=d.rank, num_shards=d.world, num_threads=d.threads,
+        device_id=d.local_rank if d.gpu else None, crop=cfg.crop, mode=cfg.mode, prob=cfg.prob,
+        smoothing=cfg.smoothing, file_list=cfg.train_list, random_area=tuple(cfg.random_area),
+        with_source_info=cfg.audit, mix_on=cfg.mix_on, enable_checkpointing=True, checkpoint=restore)
+    val_pipe = imagenet_val_pipeline(
+        val_dir, batch_size=cfg.batch_size, device=device, crop=cfg.crop,
+        size=cfg.val_resize or max(cfg.crop, round(cfg.crop * 256 / 224)), shard_id=d.rank, num_shards=d.world,
+        num_threads=d.threads, device_id=d.local_rank if d.gpu else None, num_classes=num_classes)
+    return DALIMixIterator(train_pipe, smoothing=cfg.smoothing), DALIMixIterator(val_pipe, one_hot=False)
+
+
+def _lr_schedule(cfg: TrainConfig, steps_per_epoch: int):
+    """Linear warm-up, then cosine to 0 over the whole run (by optimiser step)."""
+    total = steps_per_epoch * cfg.epochs
+    warm = int(cfg.warmup_epochs * steps_per_epoch)
+
+    def lr_at(step):
+        if step < warm:
+            return cfg.lr * (step + 1) / warm
+        return 0.5 * cfg.lr * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    return lr_at
+
+
+def _all_sum(values, d: Dist):
+    """Sum a list of floats over ranks (float64 on the CPU for gloo, on the device for nccl)."""
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=d.device if d.gpu else "cpu")
+    if d.world > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def _all_reduce_int(value: int, d: Dist, op: str) -> int:
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.int64, device=d.device if d.gpu else "cpu")
+    if d.world > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.MIN)
+    return int(t.item())
+
+
+def _digest(images, targets) -> str:
+    """A short fingerprint of one mixed batch (pixels and targets), for ``--audit``."""
+    h = hashlib.sha1()
+    for t in (images, *(targets if isinstance(targets, tuple) else (targets,))):
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _save(cfg: TrainConfig, d: Dist, model, opt, scaler, num_classes, state: _State, train_it, *, epoch_done):
+    """Write ``checkpoint.pt`` (rank 0) with every rank's pipeline checkpoint and partial sums."""
+    import torch
+    import torch.distributed as dist
+
+    mine = {"pipeline": train_it.checkpoints()[0], "loss_sum": state.loss_sum, "seen": state.seen,
+            "audit": list(state.audit), "mixes": list(state.mixes)}
+    parts = [None] * d.world
+    if d.world > 1:
+        dist.all_gather_object(parts, mine)
+    else:
+        parts = [mine]
+    if not d.main:
+        return
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
+                "epoch": state.epoch, "step": 0 if epoch_done else state.step, "history": state.history,
+                "pipelines": [p["pipeline"] for p in parts],
+                "partial": None if epoch_done else [{k: v for k, v in p.items() if k != "pipeline"} for p in parts],
+                "config": dataclasses.asdict(cfg), "num_classes": num_classes}, buf)
+    atomic_write(Path(cfg.out) / "checkpoint.pt", buf.getvalue())
+
+
+def _train_epoch(cfg, d, ddp, opt, scaler, amp_ctx, train_it, lr_at, steps, state: _State, save, stop_at):
+    """One epoch (or what is left of it) of optimiser steps; returns False when stopped early."""
+    import torch
+    from tqdm import tqdm
+
+    from ..torch import soft_target_cross_entropy
+
+    ddp.train()
+    loss_acc = torch.zeros((), dtype=torch.float64, device=d.device)  # summed on the device: no sync per step
+    join = ddp.join() if d.world > 1 else contextlib.nullcontext()
+    bar = tqdm(train_it, total=len(train_it), initial=state.step, desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
+               disable=not (cfg.progress and d.main), leave=False)
+    with join:
+        for images, targets in bar:
+            for g in opt.param_groups:
+                g["lr"] = lr_at(state.epoch * steps + state.step)
+            if cfg.audit:
+                state.audit += train_it.last_source_info
+                state.mixes.append(_digest(images, targets))
+            images = images.to(d.device, non_blocking=True)
+            targets = targets.to(d.device, non_blocking=True)
+            with amp_ctx():
+                loss = soft_target_cross_entropy(ddp(images), targets)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            n = images.shape[0]
+            loss_acc += loss.detach().double() * n
+            state.seen += n
+            state.step += 1
+            if not bar.disable and state.step % 20 == 0:
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+            global_step = state.epoch * steps + state.step
+            if (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0) or global_step == stop_at:
+                state.loss_sum += float(loss_acc)
+                loss_acc.zero_()
+                save(epoch_done=False)
+            if global_step == stop_at:
+                return False
+    state.loss_sum += float(loss_acc)
+    return True
+
+
+def _evaluate(model, it, d: Dist, amp_ctx):
+    import torch
+    import torch.nn.functional as F
+
+    model.eval()
+    loss_sum = correct = count = 0.0
+    with torch.no_grad():
+        for images, labels in it:
+            images = images.to(d.device, non_blocking=True)
+            labels = labels.to(d.device, non_blocking=True)
+            with amp_ctx():
+                logits = model(images)
+            loss_sum += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
+            correct += float((logits.argmax(1) == labels).sum())
+            count += labels.numel()
+    loss_sum, correct, count = _all_sum([loss_sum, correct, count], d)
+    return loss_sum / max(count, 1), 1.0 - correct / max(count, 1), int(count)
+
+
+def _end_epoch(cfg, d, model, val_it, amp_ctx, state: _State, opt, t0, train_time, title):
+    """Reduce the epoch's metrics, validate, append the row, write the files."""
+    loss_sum, seen_all = _all_sum([state.loss_sum, state.seen], d)
+    epoch = state.epoch
+    if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+        val_loss, val_err, val_count = _evaluate(model, val_it, d, amp_ctx)  # parameters in sync after join
+    else:
+        val_loss = val_err = float("nan")
+        val_count = 0
+    row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen_all, 1), "val_loss": val_loss,
+           "val_top1_err": val_err, "lr": opt.param_groups[0]["lr"], "train_images": int(seen_all),
+           "val_images": val_count, "epoch_s": round(time.perf_counter() - t0, 3),
+           "train_images_per_s": round(seen_all / max(train_time, 1e-9), 1)}
+    state.history.append(row)
+    out = Path(cfg.out)
+    if cfg.audit:  # every rank writes what it saw and the reduced metrics as it sees them
+        atomic_write(out / f"seen_rank{d.rank}_epoch{epoch + 1}.txt", "\n".join(state.audit) + "\n")
+        atomic_write(out / f"mixes_rank{d.rank}_epoch{epoch + 1}.txt", "\n".join(state.mixes) + "\n")
+        atomic_write(out / f"metrics_rank{d.rank}.json", json.dumps(state.history))
+    if d.main:
+        _write_csv(out / "metrics.csv", state.history)
+        plot_curves(state.history, out / "curves.png", title)
+        if cfg.progress and val_count:
+            print(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, val loss {val_loss:.4f}, "
+                  f"val top-1 error {100 * val_err:.2f} % ({row['train_images_per_s']:.0f} img/s)", flush=True)
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run the training; returns the summary (on every rank; rank 0 also writes it).
+
+    The steps: check the configuration, set up the processes, build the model and the
+    optimiser, resume from ``checkpoint.pt`` if asked (mid-epoch too: the DALI pipeline is
+    restored from its checkpoint), build the iterators, then per epoch train, validate and
+    write the files. ``stop_after`` steps (or a pre-emption) leaves a checkpoint from which
+    ``--resume`` continues exactly.
+    """
+    import torch
+
+    from ..pipelines import count_classes
+
+    op, k, train_dir, val_dir = _check(cfg)
+    d = setup_distributed(cfg.device, cfg.threads)
+    out = Path(cfg.out)
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+    num_classes = count_classes(train_dir)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, num_classes).to(d.device)
+    opt = _optimizer(cfg, model)
+    use_amp = d.gpu and cfg.amp
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    state = _resume(cfg, d, model, opt, scaler)
+    ddp = torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[d.local_rank] if d.gpu else None) if d.world > 1 else model
+
+    def amp_ctx():
+        return torch.autocast("cuda", dtype=amp_dtype) if use_amp else contextlib.nullcontext()
+
+    train_it, val_it = _pipelines(cfg, d, op, k, train_dir, val_dir, num_classes, state)
+    steps = _all_reduce_int(len(train_it), d, "max")  # the same schedule on every rank, even with uneven shards
+    if d.world > 1 and (cfg.checkpoint_every or cfg.stop_after):
+        # mid-epoch checkpoints gather from every rank: only while every rank still has batches
+        shortest = _all_reduce_int(len(train_it), d, "min")
+        if cfg.checkpoint_every >= shortest or (cfg.stop_after and cfg.stop_after % steps >= shortest):
+            raise UsageError(f"with {d.world} processes, mid-epoch checkpoints must fall within the first "
+                             f"{shortest - 1} steps of an epoch (the shortest shard)")
+    lr_at = _lr_schedule(cfg, steps)
+
+    def save(epoch_done):
+        _save(cfg, d, model, opt, scaler, num_classes, state, train_it, epoch_done=epoch_done)
+
+    title = f"{cfg.model}, mix={cfg.mix}" + (f" K={k} alpha={cfg.alpha}" if op else "")
+    t_run = time.perf_counter()
+    stopped = False
+    while state.epoch < cfg.epochs:
+        t0 = time.perf_counter()
+        if not _train_epoch(cfg, d, ddp, opt, scaler, amp_ctx, train_it, lr_at, steps, state, save,
+                            cfg.stop_after or None):
+            stopped = True
+            break
+        _end_epoch(cfg, d, model, val_it, amp_ctx, state, opt, t0, time.perf_counter() - t0, title)
+        save(epoch_done=True)
+        state = _State(epoch=state.epoch + 1, history=state.history)
+    history = state.history
+    summary = {"config": dataclasses.asdict(cfg), "num_classes": num_classes, "world_size": d.world,
+               "final_val_top1_err": history[-1]["val_top1_err"] if history else None,
+               "best_val_top1_err": min((r["val_top1_err"] for r in history if r["val_images"]), default=None),
+               "epochs": len(history), "stopped_early": stopped, "run_s": round(time.perf_counter() - t_run, 2),
+               "history": history}
+    if d.main:
+        atomic_write(out / "summary.json", json.dumps(summary, indent=1))
+    del train_it, val_it
+    teardown_distributed(d)
+    return summary
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_arguments(p: argparse.ArgumentParser):
+    p.add_argument("--data", help="folder with train/ and val/ JPEG trees (one sub-folder per class)")
+    p.add_argument("--train-dir")
+    p.add_argument("--val-dir")
+    p.add_argument("--train-list", help="DALI file_list (relative path and label per line) to train on a subset")
+    p.add_argument("--out", default="runs/kmix", help="where metrics.csv, curves.png, checkpoint.pt go")
+    p.add_argument("--model", default="small-cnn", choices=MODELS)
+    p.add_argument("--mix", default="dcutmix", choices=MIX_CHOICES, help="mixup/cutmix are the K=2 cases")
+    p.add_argument("--k", type=int, default=3)
+    p.add_argument("--alpha", type=float, default=1.0)
+    p.add_argument("--prob", type=float, default=1.0)
+    p.add_argument("--mode", default="sample", choices=["sample", "batch"])
+    p.add_argument("--smoothing", type=float, default=0.0)
+    p.add_argument("--mix-on", default="uint8", choices=["uint8", "float32"],
+                   help="mix the decoded uint8 crops (faster) or the normalised float32 tensors")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=128, help="per process")
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--warmup-epochs", type=float, default=0.0)
+    p.add_argument("--crop", type=int, default=224)
+    p.add_argument("--val-resize", type=int, default=None)
+    p.add_argument("--random-area", type=float, nargs=2, default=(0.08, 1.0))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per process (DALI and torch)")
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on the GPU")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/checkpoint.pt (mid-epoch too: the DALI pipeline is restored)")
+    p.add_argument("--checkpoint-every", type=int, default=0,
+                   help="also write checkpoint.pt every N steps inside an epoch (0: at epoch ends only)")
+    p.add_argument("--stop-after", type=int, default=0,
+                   help="stop after N optimiser steps in all, with a checkpoint (a planned pre-emption)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--eval-every", type=int, default=1, help="validate every N epochs (and after the last)")
+    p.add_argument("--audit", action="store_true",
+                   help="every rank writes the files it trained on and the reduced metrics it saw")
+
+
+def config_from_args(args) -> TrainConfig:
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    kw = {k: v for k, v in vars(args).items() if k in fields}
+    kw["random_area"] = tuple(kw["random_area"])
+    return TrainConfig(**kw)

@@ -1,0 +1,159 @@
+"""Where the kernels run: one place decides, behind one signature.
+
+:func:`backend_for` looks at an array (or the first sample of a batch) and returns
+
+* :class:`GpuBackend` for CuPy arrays: the CUDA kernels, compiled by NVRTC
+  (:mod:`dali_kmix.backends.gpu`), launched on CuPy's current stream;
+* :class:`CpuBackend` for NumPy arrays: the same ``.cu`` kernels compiled for the host
+  (:mod:`dali_kmix.backends.cpu`, built by :mod:`dali_kmix.backends.build`);
+* :class:`NumpyBackend` for NumPy arrays where no C++ compiler could build them:
+  the NumPy reference (:mod:`dali_kmix.reference`), which gives the same bits.
+
+Every backend takes lists of same-shape, C-contiguous samples (DALI's batches are
+read without stacking) and writes into given outputs; inputs are never written::
+
+    backend_for(samples[0]).blend(samples, outputs, params, layout)
+    backend_for(samples[0]).grey_resize(samples, layout, out_h, out_w)
+
+The modules beside this one hold the rest of the kernel plumbing: the sources and
+their compile options (:mod:`.sources`), the host build cache (:mod:`.build`), the
+ctypes and CuPy bindings (:mod:`.cpu`, :mod:`.gpu`) and the DALI plugin loader
+(:mod:`.plugin`).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import numpy as np
+
+from .. import reference
+from .._checks import array_module
+
+__all__ = ["backend_for", "Backend", "CpuBackend", "GpuBackend", "NumpyBackend", "gpu_available"]
+
+
+class Backend:
+    """The kernels behind one signature (subclasses: one per place they run)."""
+
+    name = "?"
+
+    def dmixup(self, inputs, outputs, sources, weights):
+        raise NotImplementedError
+
+    def dcutmix(self, inputs, outputs, sources, boxes, layout):
+        raise NotImplementedError
+
+    def grey_resize(self, samples, layout, out_h, out_w):
+        """float32 ``(N, out_h, out_w)`` grey copies (same array kind as the samples)."""
+        raise NotImplementedError
+
+    def blend(self, inputs, outputs, params, layout):
+        """Apply a :class:`~dali_kmix.MixParams` of this backend's array kind; returns ``outputs``."""
+        if params.boxes is None:
+            return self.dmixup(inputs, outputs, params.sources, params.weights)
+        return self.dcutmix(inputs, outputs, params.sources, params.boxes, layout)
+
+    def __repr__(self):
+        return f"<dali_kmix backend {self.name}>"
+
+
+class CpuBackend(Backend):
+    """The CUDA kernels compiled for the CPU; ``workers`` threads (default: all cores).
+
+    ``block_threads`` and ``reverse`` change how blocks and threads are scheduled (the
+    tests use them to show the result does not depend on it).
+    """
+
+    name = "cpu"
+
+    def __init__(self, workers=None, block_threads: int = 1, reverse: bool = False):
+        from . import cpu
+
+        self._k = cpu
+        self.workers, self.block_threads, self.reverse = workers, block_threads, reverse
+
+    def _opts(self):
+        return dict(workers=self.workers, block_threads=self.block_threads, reverse=self.reverse)
+
+    def dmixup(self, inputs, outputs, sources, weights):
+        return self._k.dmixup(inputs, outputs, sources, weights, **self._opts())
+
+    def dcutmix(self, inputs, outputs, sources, boxes, layout):
+        return self._k.dcutmix(inputs, outputs, sources, boxes, layout, **self._opts())
+
+    def grey_resize(self, samples, layout, out_h, out_w):
+        return self._k.grey_resize(samples, layout, out_h, out_w, workers=self.workers, reverse=self.reverse)
+
+
+class GpuBackend(Backend):
+    """The CUDA kernels on the current CuPy device and stream."""
+
+    name = "gpu"
+
+    def __init__(self):
+        from . import gpu
+
+        self._k = gpu
+
+    def dmixup(self, inputs, outputs, sources, weights):
+        return self._k.dmixup(inputs, outputs, sources, weights)
+
+    def dcutmix(self, inputs, outputs, sources, boxes, layout):
+        return self._k.dcutmix(inputs, outputs, sources, boxes, layout)
+
+    def grey_resize(self, samples, layout, out_h, out_w):
+        return self._k.grey_resize(samples, layout, out_h, out_w)
+
+
+class NumpyBackend(Backend):
+    """The NumPy reference, for machines without a C++ compiler (same bits, slower)."""
+
+    name = "numpy"
+
+    def _apply(self, inputs, outputs, params, layout):
+        for o, r in zip(outputs, reference.mix_images(np.stack(inputs), params, layout)):
+            o[...] = r
+        return outputs
+
+    def dmixup(self, inputs, outputs, sources, weights):
+        from ..record import MixParams
+
+        return self._apply(inputs, outputs, MixParams(sources, weights), "HWC")
+
+    def dcutmix(self, inputs, outputs, sources, boxes, layout):
+        from ..record import MixParams, area_weights
+
+        h, w = (inputs[0].shape[0], inputs[0].shape[1]) if layout == "HWC" else inputs[0].shape[1:]
+        return self._apply(inputs, outputs, MixParams(sources, area_weights(np.asarray(boxes), h, w), boxes), layout)
+
+    def grey_resize(self, samples, layout, out_h, out_w):
+        return reference.resize_bilinear(reference.grey(np.stack(samples), layout), out_h, out_w)
+
+
+def backend_for(array, *, workers=None) -> Backend:
+    """The backend for ``array``'s kind: GPU for CuPy, else the CPU kernels, else the NumPy reference.
+
+    ``workers``: CPU threads of the CPU kernels (default: all cores of this process).
+    """
+    if array_module(array) is not np:
+        return GpuBackend()
+    from . import cpu
+
+    if cpu.available():
+        return CpuBackend(workers=workers)
+    return NumpyBackend()
+
+
+@functools.lru_cache(maxsize=None)
+def gpu_available() -> bool:
+    """True when CuPy imports and sees a CUDA device (``DALI_KMIX_NO_GPU=1`` forces False)."""
+    if os.environ.get("DALI_KMIX_NO_GPU"):
+        return False
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # noqa: BLE001 - no CuPy, no driver, no device: all mean "no GPU"
+        return False

@@ -1,0 +1,115 @@
+"""The host build cache: compile C++ sources into a shared library once per machine and source version.
+
+Used by the CPU kernels (:mod:`dali_kmix.backends.cpu`) and the DALI plugin
+(:mod:`dali_kmix.backends.plugin`). The system C++ compiler (``$CXX``, else ``g++``,
+else ``c++``) builds into a cache folder (``$DALI_KMIX_CACHE``, default
+``~/.cache/dali_kmix``), keyed by a hash of the sources with every header they read,
+the flags, the processor and the compiler's version. Concurrent first uses wait on a
+file lock and the library appears atomically.
+
+``DALI_KMIX_SANITIZE=1`` selects AddressSanitizer/UBSan-instrumented builds.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
+__all__ = ["compiler", "cpu_id", "build_flags", "cache_dir", "compile_cached", "sanitize_requested",
+           "BASE_FLAGS", "SANITIZE_FLAGS"]
+
+BASE_FLAGS = ["-std=c++17", "-O3", "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-shared", "-pthread",
+              "-Wall", "-Wextra"]
+SANITIZE_FLAGS = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
+                  "-fno-sanitize-recover=all"]
+
+
+def compiler() -> str | None:
+    """Path of the C++ compiler the CPU build uses, or None."""
+    for cand in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if cand and shutil.which(cand):
+            return shutil.which(cand)
+    return None
+
+
+def sanitize_requested() -> bool:
+    """``DALI_KMIX_SANITIZE`` set (and not 0): build the ASan/UBSan variants."""
+    return os.environ.get("DALI_KMIX_SANITIZE", "") not in ("", "0")
+
+
+def cpu_id() -> str:
+    """One line that names the processor (its model, or its flags): part of every build key."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def build_flags(sanitize: bool | None = None) -> list[str]:
+    sanitize = sanitize_requested() if sanitize is None else sanitize
+    flags = list(BASE_FLAGS)
+    if sanitize:
+        flags = [f for f in flags if f != "-O3"] + SANITIZE_FLAGS
+    elif platform.machine() in ("x86_64", "AMD64", "aarch64", "arm64"):
+        flags.append("-march=native" if platform.machine() in ("x86_64", "AMD64") else "-mcpu=native")
+    return flags
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("DALI_KMIX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "dali_kmix")
+    return Path(root)
+
+
+def compile_cached(lib_name: str, sources, flags, *, libs=(), inputs=(), key_extra: str = "",
+                   verbose: bool = False, what: str = "the CPU kernels") -> Path:
+    """Compile ``sources`` into the shared library ``lib_name`` under :func:`cache_dir` (cached).
+
+    The command is ``$CXX flags sources libs -o lib`` (libraries after the sources).
+
+    The cache key hashes ``inputs`` (the files the build reads), the command line,
+    ``key_extra``, the processor and the compiler's version, so any change rebuilds.
+    Concurrent first uses wait on a file lock; the library appears atomically.
+    Raises FileNotFoundError without a C++ compiler and RuntimeError with the
+    compiler's output when the build fails.
+    """
+    cxx = compiler()
+    if cxx is None:
+        raise FileNotFoundError("no C++ compiler found (set $CXX or install g++)")
+    cmd = [cxx, *flags, *map(str, sources), *libs]
+    h = hashlib.sha256()
+    for path in inputs:
+        h.update(Path(path).read_bytes())
+    h.update(" ".join(cmd).encode())
+    h.update(key_extra.encode())
+    h.update(cpu_id().encode())
+    try:
+        h.update(subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout.encode())
+    except OSError:
+        pass
+    out_dir = cache_dir() / h.hexdigest()[:16]
+    lib = out_dir / lib_name
+    if lib.is_file():
+        return lib
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if lib.is_file():
+            return lib
+        tmp = lib.with_suffix(f".{os.getpid()}.tmp")
+        full = cmd + ["-o", str(tmp)]
+        proc = subprocess.run(full, capture_output=True, text=True)
+        if proc.returncode != 0:
+            tmp.unlink(missing_ok=True)
+            raise RuntimeError(f"building {what} failed:\n{' '.join(full)}\n{proc.stdout}{proc.stderr}")
+        if verbose:
+            print(" ".join(full))
+        os.replace(tmp, lib)
+    return lib

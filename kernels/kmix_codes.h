@@ -1,0 +1,12 @@
+// dali_kmix: the codes the host entry points take for an element type and a layout,
+// defined once for every C++ file (the kernels through kmix_common.cuh, kmix_host.cpp,
+// the DALI plugin) and mirrored once in Python (dali_kmix.backends.cpu: DTYPE_CODES,
+// LAYOUT_CODES; tests/test_backends.py checks the two agree).
+#pragma once
+
+#define KMIX_HWC 0
+#define KMIX_CHW 1
+
+#define KMIX_U8 0
+#define KMIX_F16 1
+#define KMIX_F32 2

@@ -1,0 +1,114 @@
+"""The package as a whole: what `import dali_kmix` loads, the public names, and its import graph."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parent.parent / "dali_kmix"
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PKG.parent).with_suffix("")
+    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    return ".".join(parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Every dali_kmix module ``path`` imports, at any depth (imports inside functions count)."""
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("dali_kmix")}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            if not mod.startswith("dali_kmix"):
+                continue
+            out.add(mod)
+            for a in node.names:  # "from . import x" names a module when x is one
+                if (PKG.parent / Path(*f"{mod}.{a.name}".split("."))).with_suffix(".py").is_file() or \
+                        (PKG.parent / Path(*f"{mod}.{a.name}".split(".")) / "__init__.py").is_file():
+                    out.add(f"{mod}.{a.name}")
+    out.discard(name)
+    return out
+
+
+def _graph():
+    return {_module_name(p): _imports(p) for p in PKG.rglob("*.py")}
+
+
+def _parents(mod):
+    parts = mod.split(".")
+    return {".".join(parts[:i]) for i in range(1, len(parts))}
+
+
+def test_no_module_imports_itself_back():
+    graph = _graph()
+    # importing a.b.c runs a/__init__ and a/b/__init__ first: those edges count too
+    edges = {m: {t for d in deps for t in ({d} | _parents(d)) if t in graph and t != m} for m, deps in graph.items()}
+    state, stack = {}, []
+
+    def visit(m):
+        state[m] = "open"
+        stack.append(m)
+        for t in sorted(edges[m]):
+            if t in _parents(m):  # a module's own package is already importing when it runs
+                continue
+            if state.get(t) == "open":
+                cycle = stack[stack.index(t):] + [t]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if t not in state:
+                visit(t)
+        stack.pop()
+        state[m] = "done"
+
+    for m in sorted(edges):
+        if m not in state:
+            visit(m)
+
+
+def test_the_library_never_imports_the_applications():
+    for mod, deps in _graph().items():
+        if mod.startswith("dali_kmix.apps"):
+            continue
+        assert not {d for d in deps if d.startswith("dali_kmix.apps")}, f"{mod} imports {deps}"
+
+
+def test_import_loads_nothing_heavy():
+    code = ("import sys, dali_kmix; heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('torch', 'cupy', 'nvidia', 'cv2', 'matplotlib', 'scipy')); print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
+
+
+@pytest.mark.parametrize("where,names", [
+    ("dali_kmix", ["MixParams", "sample_params", "mix_images", "mix_labels", "nest_boxes", "sample_dirichlet"]),
+    ("dali_kmix.record", ["MixParams", "area_weights"]),
+    ("dali_kmix.sampling", ["sample_params", "sample_anchor_params", "params_from_draws", "draw_raw",
+                            "sample_params_device"]),
+    ("dali_kmix.backends", ["backend_for", "CpuBackend", "GpuBackend", "NumpyBackend", "gpu_available"]),
+    ("dali_kmix.backends.plugin", ["load", "build"]),
+    ("dali_kmix.saliency", ["salient_points", "spectral_residual"]),
+    ("dali_kmix.dali", ["dmixup", "dcutmix", "saliency_dcutmix"]),
+    ("dali_kmix.pipelines", ["imagenet_train_pipeline", "imagenet_val_pipeline", "DALIMixIterator", "MixPipeline"]),
+    ("dali_kmix.torch", ["soft_target_cross_entropy", "sparse_mixed_cross_entropy", "one_hot_targets"]),
+    ("dali_kmix.apps.data", ["make_photo_tree", "make_fashion_mnist_tree"]),
+    ("dali_kmix.apps.train", ["TrainConfig", "train"]),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_public_names_import_from_where_the_readme_says(where, names):
+    import importlib
+
+    if where in ("dali_kmix.dali", "dali_kmix.pipelines", "dali_kmix.backends.plugin", "dali_kmix.apps.train"):
+        pytest.importorskip("nvidia.dali")
+    mod = importlib.import_module(where)
+    for n in names:
+        assert hasattr(mod, n), f"{where}.{n}"
