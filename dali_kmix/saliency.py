@@ -67,11 +67,51 @@ def _gaussian_kernel(size: int, sigma: float) -> np.ndarray:
     return k / k.sum()
 
 
+def _box_sum3(a):
+    """3 x 3 window sums over the last two axes of ``a`` (reflect-101 border, as the other filters)."""
+    p = _xp(a).pad(a, ((0, 0), (1, 1), (1, 1)), mode="reflect")
+    rows = p[:, :-2] + p[:, 1:-1]
+    rows += p[:, 2:]
+    out = rows[:, :, :-2] + rows[:, :, 1:-1]
+    out += rows[:, :, 2:]
+    return out
+
+
+def _zero_bin_tolerance(g, ftype):
+    """Per image of ``g`` (``(N, h, w)``, transformed in precision ``ftype``), the largest |F| that
+    rounding alone can leave in a bin whose exact value is 0.
+
+    The grey copy's own rounding (float32 from the resize: at most eps/2 of every pixel) moves a
+    bin by up to eps/2 * sum|g|; the FFT's rounding adds about eps * log2(h w) * sum|g|. So
+    ``eps * log2(h w) * sum|g|``, with eps the coarser of the input's and the FFT's precisions: the
+    same bins count as zero in float32 and float64, on the CPU and the GPU. Real photographs'
+    weakest bins are ~10x above it (at 64 x 64, uint8 range: ~1e-5 of the DC term vs ~1.5e-6).
+    """
+    eps = np.finfo(ftype).eps
+    if g.dtype.kind == "f":
+        eps = max(eps, np.finfo(g.dtype).eps)
+    n = g.shape[-2] * g.shape[-1]
+    return _xp(g).abs(g).sum(axis=(-2, -1), dtype=ftype) * ftype(eps * max(np.log2(n), 1.0))
+
+
 def spectral_residual(g, precision=None):
     """Spectral-residual saliency of ``(N, h, w)`` float images; float32 ``(N, h, w)``, max 1 per image.
 
     ``precision``: the FFT's float type; default float64 on the CPU (as OpenCV) and float32 on
     the GPU (speed; the tests run the float32 variant on the CPU too, against OpenCV).
+
+    Where |F| is zero: a bin whose amplitude is 0 -- or no larger than the rounding of the
+    grey copy and of the FFT can leave there (:func:`_zero_bin_tolerance`, relative to the image's
+    sum |g|, so it does not depend on the image's scale) -- carries no energy, hence no residual: it
+    stays 0 in the back-transform and is left out of its neighbours' 3 x 3 local mean (the mean is
+    over the nonzero bins of the window). Why: log 0 is -inf; clamping it to a small constant
+    puts a deep hole into the log spectrum, the local mean next to it drops, and exp then makes
+    the bins around every exact zero the strongest of the spectrum -- a periodic pattern whose
+    peak lies far from any object. Exact zeros are common: a flat background with one uniform
+    object has whole rows of them (the zeros of the object's sinc), and float32 rounding leaves
+    "zeros" of 1e-12..1e-9 of the DC term that are no better. (OpenCV uses log(1 + |F|) instead, which
+    bounds the hole but depends on the grey scale; on photographs, where no bin is near zero,
+    the two agree.)
     """
     xp = _xp(g)
     ftype = np.dtype(precision) if precision is not None else np.dtype(np.float64 if xp is np else np.float32)
@@ -80,13 +120,16 @@ def spectral_residual(g, precision=None):
     ftype = ftype.type
     spec = xp.fft.fft2(g.astype(ftype))
     amp = xp.abs(spec)
-    log_amp = xp.log(xp.maximum(amp, ftype(1e-12)))
-    residual = log_amp - _filter2d_separable(log_amp, np.full(3, 1.0 / 3.0))
-    # exp(residual) with the original phase: spec * exp(residual) / |spec| (a real scale), and
-    # exp(residual) itself where the spectrum is exactly 0 (phase 0)
-    mag = xp.exp(residual)
-    spec *= mag / xp.maximum(amp, ftype(1e-12))
-    spec = xp.where(amp > 0, spec, mag)
+    live = amp > _zero_bin_tolerance(g, ftype)[:, None, None]
+    safe_amp = xp.where(live, amp, ftype(1))
+    log_amp = xp.log(safe_amp)  # 0 in the zero bins, which the local mean leaves out
+    # 3 x 3 mean over the live bins of each window (a live bin counts itself, so no 0 / 0 where it matters)
+    residual = log_amp - _box_sum3(log_amp) / xp.maximum(_box_sum3(live.astype(np.uint8)), np.uint8(1))
+    # exp(residual) with the original phase: spec * exp(residual) / |spec|; 0 in the zero bins
+    scale = xp.exp(residual, out=residual)
+    scale /= safe_amp
+    scale *= live
+    spec *= scale
     back = xp.abs(xp.fft.ifft2(spec))
     sal = _filter2d_separable(back, _gaussian_kernel(5, 8.0)) ** 2
     peak = sal.reshape(sal.shape[0], -1).max(axis=1)

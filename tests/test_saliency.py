@@ -1,5 +1,7 @@
 """Saliency-DCutMix: the saliency maps, the placement of the boxes, and the operator."""
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -61,6 +63,198 @@ def test_spectral_residual_agrees_with_opencv_on_photographs(precision):
             # the maps themselves agree, not just their peaks
             assert np.corrcoef(ref.ravel(), ours.ravel())[0, 1] > 0.99
     assert max(dist) <= 2, dist
+
+
+# Sizes that resize to the 64 x 64 working grid by many different factors (non-square, odd, up and down).
+SIZES = [(64, 64), (100, 100), (224, 224), (96, 128), (128, 96), (120, 160), (150, 200), (256, 192), (333, 500)]
+SIZE_IDS = [f"{h}x{w}" for h, w in SIZES]
+PRECISIONS = [np.float64, np.float32]
+PRECISION_IDS = ["f64", "f32"]
+needs_cv_saliency = pytest.mark.skipif(not HAS_CV_SALIENCY, reason="opencv-contrib saliency module not installed")
+
+
+def _host(a):
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+def _cell_centre(sal, h, w):
+    """The full-resolution pixel ``salient_points`` reports for the argmax cell of a working-size map."""
+    ws = sal.shape[-1]
+    iy, ix = np.unravel_index(int(np.argmax(sal)), sal.shape)
+    return min(((2 * iy + 1) * h) // (2 * ws), h - 1), min(((2 * ix + 1) * w) // (2 * ws), w - 1)
+
+
+@functools.lru_cache(maxsize=None)
+def _photo(name):
+    from dali_kmix.data import _load_photo
+
+    return _load_photo(name)
+
+
+def _framed(img, h, w, frame):
+    """``img`` fitted into an h x w frame: stretched ("resize"), or at 3/4 of the height between
+    black bars above and below ("letterbox"), or at 3/4 of the width between bars left and right
+    ("pillarbox")."""
+    from PIL import Image
+
+    if frame == "resize":
+        return np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))
+    ch, cw = (round(0.75 * h), w) if frame == "letterbox" else (h, round(0.75 * w))
+    out = np.zeros((h, w, 3), np.uint8)
+    y0, x0 = (h - ch) // 2, (w - cw) // 2
+    out[y0:y0 + ch, x0:x0 + cw] = np.asarray(Image.fromarray(img).resize((cw, ch), Image.BILINEAR))
+    return out
+
+
+def _opencv_map(g):
+    """OpenCV contrib's spectral-residual map of one float32 64 x 64 grey copy (its own resize to
+    64 x 64 is then the identity, so both sides see the same pixels)."""
+    ok, ref = cv2.saliency.StaticSaliencySpectralResidual_create().computeSaliency(np.ascontiguousarray(g, np.float32))
+    assert ok
+    return ref
+
+
+def _check_photo_agreement(xp, size, frame, precision):
+    from dali_kmix.data import PHOTOS
+
+    h, w = size
+    for name in PHOTOS:
+        img = _framed(_photo(name), h, w, frame)
+        g = saliency.small_grey(xp.asarray(img)[None], "HWC")
+        ref = _opencv_map(_host(g)[0])
+        ours = _host(saliency.spectral_residual(g, precision=precision))[0]
+        assert ours.dtype == np.float32 and np.isfinite(ours).all()
+        a = np.unravel_index(np.argmax(ref), ref.shape)
+        b = np.unravel_index(np.argmax(ours), ours.shape)
+        assert max(abs(int(a[0]) - int(b[0])), abs(int(a[1]) - int(b[1]))) <= 1, (name, a, b)
+        assert np.corrcoef(ref.ravel(), ours.ravel())[0, 1] > 0.99, name
+        if precision == np.float64 and xp is np:  # the whole path, as the operator calls it
+            assert tuple(_host(saliency.salient_points(xp.asarray(img)[None]))[0]) == _cell_centre(ours, h, w)
+
+
+@needs_cv_saliency
+@pytest.mark.parametrize("precision", PRECISIONS, ids=PRECISION_IDS)
+@pytest.mark.parametrize("frame", ["resize", "letterbox", "pillarbox"])
+@pytest.mark.parametrize("size", SIZES, ids=SIZE_IDS)
+def test_spectral_residual_agrees_with_opencv_on_framed_photographs(size, frame, precision):
+    _check_photo_agreement(np, size, frame, precision)
+
+
+@pytest.mark.gpu
+@needs_cv_saliency
+@pytest.mark.parametrize("precision", PRECISIONS, ids=PRECISION_IDS)
+@pytest.mark.parametrize("frame", ["resize", "letterbox", "pillarbox"])
+@pytest.mark.parametrize("size", SIZES, ids=SIZE_IDS)
+def test_spectral_residual_agrees_with_opencv_on_framed_photographs_gpu(size, frame, precision):
+    import cupy
+
+    _check_photo_agreement(cupy, size, frame, precision)
+
+
+def _object_scene(h, w, background, shape, seed):
+    """One uniform object (a rectangle or a disc, 10-30 % of each side, at least 50 grey levels
+    away from the background) on a flat, ramped (40 levels across, random direction) or bowl-shaped
+    background; no noise, so the spectrum has exact zeros. Returns (uint8 HWC image, object mask)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w] / np.array([h, w])[:, None, None]
+    base = rng.uniform(30, 200)
+    if background == "flat":
+        bg = np.full((h, w), base)
+    elif background == "ramp":
+        a = rng.uniform(0, 2 * np.pi)
+        bg = base + 40 * (np.cos(a) * yy + np.sin(a) * xx)
+    else:
+        bg = base + 80 * ((yy - 0.5) ** 2 + (xx - 0.5) ** 2)
+    oh, ow = rng.uniform(0.1, 0.3) * h, rng.uniform(0.1, 0.3) * w
+    cy, cx = rng.uniform(oh / 2 + 1, h - oh / 2 - 1), rng.uniform(ow / 2 + 1, w - ow / 2 - 1)
+    y, x = np.mgrid[0:h, 0:w]
+    if shape == "rect":
+        mask = (np.abs(y - cy) <= oh / 2) & (np.abs(x - cx) <= ow / 2)
+    else:
+        r = min(oh, ow) / 2
+        mask = (y - cy) ** 2 + (x - cx) ** 2 <= r * r
+    value = base + rng.choice([-1, 1]) * rng.uniform(50, 100)
+    value = value if 0 <= value <= 255 else base + np.sign(128 - base) * rng.uniform(50, 100)
+    img = np.clip(np.round(np.where(mask, value, bg)), 0, 255).astype(np.uint8)
+    return np.repeat(img[:, :, None], 3, axis=2), mask
+
+
+def _on_object(mask, point, cells=2):
+    """``point`` lies on the object's mask dilated by ``cells`` cells of the working grid (the map's
+    resolution; the residual peaks on the object's outline, which the 5 x 5 blur spreads by a cell)."""
+    h, w = mask.shape
+    my, mx = int(np.ceil(cells * h / saliency.WORK_SIZE)), int(np.ceil(cells * w / saliency.WORK_SIZE))
+    y, x = int(point[0]), int(point[1])
+    return bool(mask[max(0, y - my):y + my + 1, max(0, x - mx):x + mx + 1].any())
+
+
+def _check_point_on_object(xp, size, background, shape, precision):
+    h, w = size
+    for seed in range(4):
+        img, mask = _object_scene(h, w, background, shape, seed)
+        g = saliency.small_grey(xp.asarray(img)[None], "HWC")
+        sal = _host(saliency.spectral_residual(g, precision=precision))[0]
+        assert np.isfinite(sal).all()
+        point = _cell_centre(sal, h, w)
+        assert _on_object(mask, point), (seed, point, np.argwhere(mask).mean(axis=0))
+    points = _host(saliency.salient_points(xp.asarray(np.stack([_object_scene(h, w, background, shape, s)[0]
+                                                                  for s in range(4)]))))
+    for seed, point in enumerate(points):  # the operator's path (default precision of the device)
+        assert _on_object(_object_scene(h, w, background, shape, seed)[1], point), (seed, point)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS, ids=PRECISION_IDS)
+@pytest.mark.parametrize("shape", ["rect", "disc"])
+@pytest.mark.parametrize("background", ["flat", "ramp", "bowl"])
+@pytest.mark.parametrize("size", SIZES, ids=SIZE_IDS)
+def test_salient_point_falls_on_the_object(size, background, shape, precision):
+    _check_point_on_object(np, size, background, shape, precision)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", PRECISIONS, ids=PRECISION_IDS)
+@pytest.mark.parametrize("shape", ["rect", "disc"])
+@pytest.mark.parametrize("background", ["flat", "ramp", "bowl"])
+@pytest.mark.parametrize("size", SIZES, ids=SIZE_IDS)
+def test_salient_point_falls_on_the_object_gpu(size, background, shape, precision):
+    import cupy
+
+    _check_point_on_object(cupy, size, background, shape, precision)
+
+
+def _zero_bin_images():
+    """A 16 x 16 square on a flat 64 x 64 background (whole rows and columns of exact spectral
+    zeros), a constant image (all zero but the DC term) and an all-black one (no energy at all)."""
+    square = np.full((64, 64), 40.0, np.float32)
+    square[20:36, 8:24] = 200.0
+    return np.stack([square, np.full((64, 64), 77.0, np.float32), np.zeros((64, 64), np.float32)])
+
+
+def _check_zero_bins(xp, precision):
+    g = _zero_bin_images()
+    sal = _host(saliency.spectral_residual(xp.asarray(g), precision=precision))
+    assert np.isfinite(sal).all()
+    iy, ix = np.unravel_index(int(np.argmax(sal[0])), (64, 64))
+    assert 18 <= iy <= 37 and 6 <= ix <= 25, (iy, ix)  # on the square (its outline), not on a zero pattern
+    np.testing.assert_allclose(sal[1], 1.0, rtol=1e-5)  # the DC term alone: a flat map
+    assert (sal[2] == 0).all()
+    # no absolute floor: the grey scale (0..1 instead of 0..255, or x 1000) changes nothing
+    for scale in (1 / 255, 1000.0):
+        scaled = _host(saliency.spectral_residual(xp.asarray(g[:1] * np.float32(scale)), precision=precision))
+        np.testing.assert_allclose(scaled[0], sal[0], atol=1e-4)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS, ids=PRECISION_IDS)
+def test_spectral_residual_zero_bins_carry_no_residual(precision):
+    _check_zero_bins(np, precision)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", PRECISIONS, ids=PRECISION_IDS)
+def test_spectral_residual_zero_bins_carry_no_residual_gpu(precision):
+    import cupy
+
+    _check_zero_bins(cupy, precision)
 
 
 def test_salient_point_finds_a_blob():
