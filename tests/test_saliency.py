@@ -86,7 +86,7 @@ def _cell_centre(sal, h, w):
 
 @functools.lru_cache(maxsize=None)
 def _photo(name):
-    from dali_kmix.data import _load_photo
+    from dali_kmix.apps.data import _load_photo
 
     return _load_photo(name)
 
@@ -115,7 +115,7 @@ def _opencv_map(g):
 
 
 def _check_photo_agreement(xp, size, frame, precision):
-    from dali_kmix.data import PHOTOS
+    from dali_kmix.apps.data import PHOTOS
 
     h, w = size
     for name in PHOTOS:
