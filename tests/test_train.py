@@ -151,3 +151,32 @@ def test_fashion_mnist_tree(tmp_path):
         make_fashion_mnist_tree(tmp_path / "fm", train_per_class=6, val_per_class=2, seed=3)
     with pytest.raises(FileNotFoundError, match=r"apt-get install dataset-fashion-mnist"):
         make_fashion_mnist_tree(tmp_path / "x", source=tmp_path)
+
+
+def _audit(out):
+    return {p.name: p.read_text() for p in sorted(Path(out).glob("*_rank0_epoch*.txt"))}
+
+
+@pytest.mark.parametrize("mix,stop_after", [("dcutmix", 4), ("dmixup", 3), ("dcutmix", 6), ("none", 8)],
+                         ids=["dcutmix-mid-epoch", "dmixup-mid-epoch", "dcutmix-end-of-epoch", "none-second-epoch"])
+def test_stopped_and_resumed_run_sees_the_same_files_and_mixes(tree, tmp_path, mix, stop_after):
+    """45 images in batches of 8: 6 steps per epoch. A run stopped after N steps and resumed trains on the
+    same files, in the same order, with the same mixed pixels and targets as one that ran through."""
+    kw = dict(mix=mix, epochs=2, audit=True, eval_every=2)
+    through = train(_cfg(tree, tmp_path / "through", **kw))
+    stopped = train(_cfg(tree, tmp_path / "stopped", checkpoint_every=2, stop_after=stop_after, **kw))
+    # stopped after step N; on an epoch's last step (6) only after that epoch's end (validation, row)
+    assert stopped["stopped_early"] and len(stopped["history"]) == stop_after // 6
+    resumed = train(_cfg(tree, tmp_path / "stopped", resume=True, **kw))
+    assert not resumed["stopped_early"]
+    a, b = _audit(tmp_path / "through"), _audit(tmp_path / "stopped")
+    assert sorted(a) == ["mixes_rank0_epoch1.txt", "mixes_rank0_epoch2.txt", "seen_rank0_epoch1.txt",
+                         "seen_rank0_epoch2.txt"]
+    assert a == b
+    assert len(a["seen_rank0_epoch1.txt"].split()) == 45 and len(a["mixes_rank0_epoch2.txt"].split()) == 6
+    assert [r["train_images"] for r in resumed["history"]] == [r["train_images"] for r in through["history"]]
+
+
+def test_resume_needs_a_checkpoint(tree, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"--resume: no checkpoint at .*checkpoint.pt"):
+        train(_cfg(tree, tmp_path, resume=True))

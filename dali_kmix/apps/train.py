@@ -315,7 +315,13 @@ def _save(cfg: TrainConfig, d: Dist, model, opt, scaler, num_classes, state: _St
 
 
 def _train_epoch(cfg, d, ddp, opt, scaler, amp_ctx, train_it, lr_at, steps, state: _State, save, stop_at):
-    """One epoch (or what is left of it) of optimiser steps; returns False when stopped early."""
+    """One epoch (or what is left of it) of optimiser steps; returns False when stopped early.
+
+    Mid-epoch checkpoints (every ``checkpoint_every`` steps, and at ``stop_at``) are taken between
+    batches; the epoch's last step is left to the epoch-end checkpoint, which is taken after the
+    iterator has finished the epoch (a checkpoint taken between the last batch and the end of the
+    epoch would restore into the next epoch).
+    """
     import torch
     from tqdm import tqdm
 
@@ -347,6 +353,8 @@ def _train_epoch(cfg, d, ddp, opt, scaler, amp_ctx, train_it, lr_at, steps, stat
             state.step += 1
             if not bar.disable and state.step % 20 == 0:
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+            if state.step == len(train_it):  # the epoch's last batch: the epoch-end checkpoint follows
+                continue
             global_step = state.epoch * steps + state.step
             if (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0) or global_step == stop_at:
                 state.loss_sum += float(loss_acc)
@@ -460,7 +468,11 @@ def train(cfg: TrainConfig) -> dict:
             break
         _end_epoch(cfg, d, model, val_it, amp_ctx, state, opt, t0, time.perf_counter() - t0, title)
         save(epoch_done=True)
+        reached = cfg.stop_after and state.epoch * steps + state.step >= cfg.stop_after
         state = _State(epoch=state.epoch + 1, history=state.history)
+        if reached and state.epoch < cfg.epochs:  # stopped on an epoch's last step: after its end
+            stopped = True
+            break
     history = state.history
     summary = {"config": dataclasses.asdict(cfg), "num_classes": num_classes, "world_size": d.world,
                "final_val_top1_err": history[-1]["val_top1_err"] if history else None,
