@@ -447,6 +447,17 @@ def test_import_stays_light():
                    env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
 
 
+def test_benchmark_quick_rows_and_markdown():
+    from dali_kmix.bench_kmixup import bench_kmixup, format_markdown
+
+    rows = bench_kmixup(quick=True, rounds=2, warmup=1, batch=4, size=16)
+    assert {(r["mode"], r["method"]) for r in rows} == {(m, x) for m in ("batch", "elem") for x in ("mixup", "cutmix")}
+    for r in rows:
+        assert r["kmixup_ms"] > 0 and r["timm_ms"] > 0 and r["speedup"] == pytest.approx(r["timm_ms"] / r["kmixup_ms"])
+    md = format_markdown(rows)
+    assert md.count("\n") >= len(rows) + 1 and "| elem | cutmix |" in md
+
+
 def test_readme_snippet_runs():
     text = (ROOT / "KMIXUP_README_SNIPPET.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
