@@ -266,6 +266,26 @@ def test_non_dense_samples_are_made_contiguous():
                                                                      mixer.last_params, "CHW"))
 
 
+def test_output_memory_is_reused_only_once_nothing_refers_to_it():
+    x, y = random_batch(6, "float32", seed=31)
+    mixer = KMixup(**METHODS["both"], mode="elem", num_classes=10, seed=32)
+    first = mixer(x, y)[0]
+    ptr, kept = first.data_ptr(), first.clone()
+    view = first[2:].numpy()  # a NumPy view of the output keeps its memory in use
+    del first
+    second, third = mixer(x, y)[0], mixer(x, y)[0]  # two more buffers; then plain allocations
+    fourth = mixer(x, y)[0]
+    assert len({ptr, second.data_ptr(), third.data_ptr(), fourth.data_ptr()}) == 4
+    np.testing.assert_array_equal(view, kept[2:].numpy())
+    del view, second
+    fifth = mixer(x, y)[0]
+    assert fifth.data_ptr() == ptr
+    for rows, rec in mixer.last_groups:
+        np.testing.assert_array_equal(fifth.numpy()[rows], dali_kmix.mix_images(x.numpy()[rows], rec, "CHW"))
+    fresh = KMixup(num_classes=10, reuse_outputs=False)
+    assert fresh(x, y)[0].shape == x.shape and not fresh._pool._slots  # nothing kept between calls
+
+
 @pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.3])
 def test_label_smoothing_is_timms(smoothing):
     """off = s/C, on = 1 - s + s/C, then mixed: t_s = (1 - s) t_0 + s/C on the same record."""
@@ -406,6 +426,7 @@ CTOR_ERRORS = [
     ("num-classes", dict(num_classes=0), ValueError, r"num_classes must be >= 1, got 0"),
     ("correct-lam", dict(correct_lam="yes"), TypeError, r"correct_lam must be True or False, got 'yes'"),
     ("seed", dict(seed=-3), ValueError, r"seed must be >= 0, got -3"),
+    ("reuse-outputs", dict(reuse_outputs=2), TypeError, r"reuse_outputs must be True or False, got 2"),
 ]
 
 
