@@ -246,7 +246,9 @@ class KMixup:
     Args:
         mixup_alpha: DMixup's Dirichlet concentration (a number, or K numbers); 0 turns
             DMixup off. With ``k=2`` Dirichlet(a, a) is timm's Beta(a, a).
-        cutmix_alpha: DCutMix's Dirichlet concentration; 0 turns DCutMix off.
+        cutmix_alpha: DCutMix's Dirichlet concentration; 0 turns DCutMix off. Both 0
+            with ``prob > 0`` raises ValueError (timm fails the same way, at call time);
+            both 0 with ``prob=0`` is the identity with smoothed one-hot targets.
         k: images per mix (K >= 2). ``k=2`` is timm's two-image Mixup/CutMix.
         prob: probability of mixing, per batch in "batch" mode, per sample in "elem" mode.
         switch_prob: with both alphas > 0, the probability of DCutMix instead of DMixup
