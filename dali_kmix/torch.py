@@ -1,19 +1,38 @@
-"""The PyTorch side: losses for mixed targets.
+"""The PyTorch side: a drop-in for timm's ``Mixup`` and losses for mixed targets.
 
+* :class:`KMixup` mixes a torch batch ``(N, C, H, W)`` on the CPU or a CUDA device
+  with the dali_kmix kernels and returns it with its soft targets; with ``k=2`` it
+  replaces ``timm.data.Mixup`` in a training script;
 * :func:`soft_target_cross_entropy` takes dense targets float32 ``(N, C)`` (the
-  ``label_format="dense"`` output of the operators);
+  ``label_format="dense"`` output of the operators, or :class:`KMixup`'s targets);
 * :func:`sparse_mixed_cross_entropy` takes ``label_idx`` int ``(N, K)`` and
   ``label_w`` float ``(N, K)`` (``label_format="sparse"``), for very many classes.
 
-On the same mix both give the same loss (up to float rounding).
+On the same mix both losses give the same loss (up to float rounding). The losses
+and :func:`one_hot_targets` never read tensor values back to the host by default,
+so they run inside ``torch.compile(fullgraph=True)`` and never stall a CUDA stream:
+a class index outside ``[0, C)`` turns the loss (or the target row) into NaN
+instead of raising. ``check=True`` raises ValueError instead (it reads the min and
+max back: a host synchronisation, and a graph break under ``torch.compile``).
+
+Importing this module does not import CuPy; the CUDA path of :class:`KMixup` does.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
+import weakref
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["soft_target_cross_entropy", "sparse_mixed_cross_entropy", "one_hot_targets"]
+from . import _checks, reference
+from .mixing import blend_samples
+from .params import sample_params
+
+__all__ = ["KMixup", "soft_target_cross_entropy", "sparse_mixed_cross_entropy", "one_hot_targets"]
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -31,6 +50,14 @@ def _check_reduction(reduction):
         raise ValueError(f"reduction must be one of {list(_REDUCTIONS)}, got {reduction!r}")
 
 
+def _check_range(name: str, values: torch.Tensor, num_classes: int, bound: str):
+    """The host-side range check of ``check=True`` (reads min and max back)."""
+    if values.numel():
+        lo, hi = int(values.min()), int(values.max())
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(f"{name} must lie in [0, {bound}={num_classes}), got values in [{lo}, {hi}]")
+
+
 def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """``-sum_c targets[n, c] * log_softmax(logits)[n, c]``, averaged over the batch by default.
 
@@ -38,6 +65,8 @@ def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduc
         logits: ``(N, C)`` raw scores (any float dtype; computed in float32).
         targets: ``(N, C)`` soft targets, rows summing to 1.
         reduction: "mean", "sum" or "none".
+
+    Only shapes are checked (no data-dependent check: safe under ``torch.compile(fullgraph=True)``).
     """
     _check_reduction(reduction)
     if logits.ndim != 2:
@@ -49,15 +78,19 @@ def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduc
 
 
 def sparse_mixed_cross_entropy(logits: torch.Tensor, label_idx: torch.Tensor, label_w: torch.Tensor,
-                               smoothing: float = 0.0, reduction: str = "mean") -> torch.Tensor:
+                               smoothing: float = 0.0, reduction: str = "mean", *, check: bool = False) -> torch.Tensor:
     """Cross-entropy against ``sum_k label_w[n, k] * onehot_s(label_idx[n, k])`` without building it.
 
     Args:
         logits: ``(N, C)`` raw scores.
         label_idx: ``(N, K)`` class indices in ``[0, C)``.
         label_w: ``(N, K)`` weights, rows summing to 1.
-        smoothing: label smoothing s (each one-hot becomes ``1 - s + s/C`` / ``s/C``).
+        smoothing: label smoothing s (each one-hot becomes ``1 - s + s/C`` / ``s/C``), a Python number.
         reduction: "mean", "sum" or "none".
+        check: False (default): no data-dependent check, so no host synchronisation and
+            no graph break; a sample with an index outside ``[0, C)`` gets a NaN loss
+            (and so does the "mean"/"sum"). True: raise ValueError on such an index
+            (reads the min and max back to the host).
     """
     _check_reduction(reduction)
     if logits.ndim != 2:
@@ -69,11 +102,13 @@ def sparse_mixed_cross_entropy(logits: torch.Tensor, label_idx: torch.Tensor, la
         raise ValueError(f"label_w must have the shape of label_idx {tuple(label_idx.shape)}, got {tuple(label_w.shape)}")
     if not 0.0 <= float(smoothing) < 1.0:
         raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
-    if label_idx.numel() and (int(label_idx.min()) < 0 or int(label_idx.max()) >= c):
-        raise ValueError(f"label_idx must lie in [0, C={c}), got values in "
-                         f"[{int(label_idx.min())}, {int(label_idx.max())}]")
+    if check:
+        _check_range("label_idx", label_idx, c, "C")
     logp = F.log_softmax(logits.float(), dim=-1)
-    picked = logp.gather(1, label_idx.long())
+    idx = label_idx.long()
+    valid = (idx >= 0) & (idx < c)
+    # Clamped, so a bad index never reads outside the row; its term is then NaN.
+    picked = logp.gather(1, idx.clamp(0, c - 1)).masked_fill(~valid, math.nan)
     w = label_w.to(logp.dtype)
     loss = -(w * picked).sum(dim=-1)
     if smoothing:
@@ -81,13 +116,432 @@ def sparse_mixed_cross_entropy(logits: torch.Tensor, label_idx: torch.Tensor, la
     return _reduce(loss, reduction)
 
 
-def one_hot_targets(labels: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
-    """float32 ``(N, C)`` targets of unmixed labels (with optional smoothing)."""
+def one_hot_targets(labels: torch.Tensor, num_classes: int, smoothing: float = 0.0, *,
+                    check: bool = False) -> torch.Tensor:
+    """float32 ``(N, C)`` targets of unmixed labels (with optional smoothing).
+
+    ``check=False`` (default) does no data-dependent check (no host synchronisation,
+    fine under ``torch.compile(fullgraph=True)``): the row of a label outside
+    ``[0, num_classes)`` is NaN. ``check=True`` raises ValueError instead.
+    """
     labels = labels.reshape(-1).long()
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        raise ValueError(f"labels must lie in [0, num_classes={num_classes}), got values in "
-                         f"[{int(labels.min())}, {int(labels.max())}]")
-    t = F.one_hot(labels, num_classes).float()
+    if check:
+        _check_range("labels", labels, num_classes, "num_classes")
+    classes = torch.arange(num_classes, device=labels.device)
+    t = (labels[:, None] == classes[None, :]).float()
     if smoothing:
         t = t * (1.0 - smoothing) + smoothing / num_classes
-    return t
+    valid = (labels >= 0) & (labels < num_classes)
+    return t.masked_fill(~valid[:, None], math.nan)
+
+
+# --------------------------------------------------------------------------- KMixup
+
+_KMIXUP_MODES = {"batch": "batch", "elem": "sample", "sample": "sample"}
+_DTYPES = (torch.uint8, torch.float16, torch.float32)
+
+
+def _check_bool(name, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _method_alpha(name: str, value, k: int):
+    """A method's Dirichlet alpha: None for 0 (method off), else a float64 vector of length k."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a number >= 0 or a sequence of {k} positive numbers, got {value!r}")
+    if isinstance(value, numbers.Real):
+        a = float(value)
+        if not math.isfinite(a) or a < 0.0:
+            raise ValueError(f"{name} must be >= 0 and finite, got {value}")
+        return None if a == 0.0 else np.full(k, a)
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number >= 0 or a sequence of {k} positive numbers, got {value!r}") from None
+    if arr.shape != (k,) or not np.all(np.isfinite(arr)) or np.any(arr <= 0.0):
+        raise ValueError(f"{name} must be a number >= 0 or a sequence of k={k} finite numbers > 0, got {value!r}")
+    return arr
+
+
+_NUMPY_DTYPES = {torch.uint8: np.uint8, torch.float16: np.float16, torch.float32: np.float32}
+
+
+class _OutputPool:
+    """CPU output memory that is written again once no tensor refers to it any more.
+
+    For ImageNet-size batches a fresh output costs more than the mixing: every new
+    page is faulted in and zeroed by the kernel (about 40 ms for 128 x 3 x 224 x 224
+    float32 on a 2-core machine, against about 12 ms of mixing). Each output is a
+    tensor over a new NumPy view of a pooled buffer; torch keeps that view alive
+    exactly as long as the output's storage lives (the tensor, any view of it, any
+    ``.numpy()`` array, autograd's saved tensors), so a dead weak reference to the
+    view means nothing can see the buffer any more and it may be reused.
+    """
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._slots: list = []  # [buffer, weak reference to the view lent out, or None]
+
+    @staticmethod
+    def _free(slot) -> bool:
+        return slot[1] is None or slot[1]() is None
+
+    def take(self, shape, dtype) -> torch.Tensor:
+        dtype = np.dtype(dtype)
+        for slot in self._slots:
+            if slot[0].shape == shape and slot[0].dtype == dtype and self._free(slot):
+                return self._lend(slot)
+        if len(self._slots) >= self.capacity:
+            free = [slot for slot in self._slots if self._free(slot)]
+            if not free:  # every buffer still in use: an ordinary allocation
+                return torch.from_numpy(np.empty(shape, dtype))
+            self._slots.remove(free[0])  # a free buffer of another shape makes room
+        slot = [np.empty(shape, dtype), None]
+        self._slots.append(slot)
+        return self._lend(slot)
+
+    @staticmethod
+    def _lend(slot) -> torch.Tensor:
+        view = slot[0].view()
+        slot[1] = weakref.ref(view)
+        return torch.from_numpy(view)
+
+
+def _cupy_stream(cupy, stream, device_id):
+    """torch's CUDA stream as a CuPy stream (CuPy >= 14 through the CUDA stream protocol)."""
+    if hasattr(cupy.cuda.Stream, "from_external") and hasattr(stream, "__cuda_stream__"):
+        return cupy.cuda.Stream.from_external(stream)
+    return cupy.cuda.ExternalStream(stream.cuda_stream, device_id)
+
+
+class _Rows(list):
+    """Some rows of an output batch, for :func:`blend_samples`.
+
+    ``list(rows)`` gives the row views (what the kernels write); ``rows[...] = batch``
+    (what the NumPy fallback does) writes a stacked batch row by row.
+    """
+
+    def __setitem__(self, key, value):
+        if key is Ellipsis:
+            for row, v in zip(self, value):
+                row[...] = v
+        else:
+            super().__setitem__(key, value)
+
+
+class KMixup:
+    """K-image DMixup / DCutMix for torch batches, called like ``timm.data.Mixup``.
+
+    ``x, target = mixer(x, target)`` with ``x`` a ``(N, C, H, W)`` uint8, float16 or
+    float32 tensor on the CPU or a CUDA device and ``target`` integer class indices
+    ``(N,)``. Returns the mixed batch (same shape, dtype, device and memory format; a
+    new tensor, ``x`` is never written) and float32 soft targets ``(N, num_classes)``
+    on the same device, for ``timm.loss.SoftTargetCrossEntropy`` or
+    :func:`soft_target_cross_entropy`. When nothing is mixed (``mixup_enabled`` is
+    False, ``prob=0``, or a "batch"-mode draw says no) ``x`` itself is returned with
+    smoothed one-hot targets.
+
+    Args:
+        mixup_alpha: DMixup's Dirichlet concentration (a number, or K numbers); 0 turns
+            DMixup off. With ``k=2`` Dirichlet(a, a) is timm's Beta(a, a).
+        cutmix_alpha: DCutMix's Dirichlet concentration; 0 turns DCutMix off. Both 0
+            with ``prob > 0`` raises ValueError (timm fails the same way, at call time);
+            both 0 with ``prob=0`` is the identity with smoothed one-hot targets.
+        k: images per mix (K >= 2). ``k=2`` is timm's two-image Mixup/CutMix.
+        prob: probability of mixing, per batch in "batch" mode, per sample in "elem" mode.
+        switch_prob: with both alphas > 0, the probability of DCutMix instead of DMixup
+            (per batch in "batch" mode, per sample in "elem" mode).
+        mode: "batch" (one share vector / box chain for the whole batch: dali_kmix's
+            sampler mode "batch") or "elem" (own shares, boxes and partners per
+            sample: the sampler's "sample"; "sample" is accepted as a synonym).
+            timm's "pair" is not supported.
+        label_smoothing: s; each one-hot is ``s/C`` off and ``1 - s + s/C`` on, then mixed.
+        num_classes: C.
+        correct_lam: accepted for timm compatibility and has no effect: DCutMix boxes
+            are never clipped, so the target weights are always the exact pixel-area
+            shares of the boxes (what timm's ``correct_lam=True`` aims at).
+        cutmix_minmax: must be None (timm's min/max box ratios are not supported).
+        seed: None (fresh entropy), an int or a ``numpy.random.Generator``: all draws of
+            this mixer (on CUDA, a ``cupy.random.Generator`` seeded from it).
+        reuse_outputs: on the CPU, keep up to two output buffers and write a new batch
+            into one that no tensor refers to any more (the returned tensor, its views
+            and ``.numpy()`` arrays all count) instead of allocating: a fresh
+            ImageNet-size output costs more in page faults than the mixing itself.
+            False allocates every output. (CUDA outputs come from torch's caching
+            allocator either way.)
+        check_labels: labels on the CPU are always range-checked (ValueError). CUDA
+            labels are not by default (that would read them back: a host
+            synchronisation); a target row whose mix involves a label outside
+            ``[0, num_classes)`` is then NaN. ``True`` checks CUDA labels too.
+
+    Mixing is the dali_kmix record (:class:`dali_kmix.MixParams`) applied with the
+    dali_kmix kernels through :func:`dali_kmix.mixing.blend_samples`: on the CPU the
+    host-compiled kernels run on zero-copy NumPy views of the tensors; on CUDA the
+    CUDA kernels run on DLPack views (CuPy) on torch's current stream, the record is
+    drawn on the device with a ``cupy.random.Generator``, and nothing is read back
+    to the host. The only host draws are the per-batch (or per-sample) "mix at all"
+    and "DCutMix or DMixup" coins, from a NumPy generator. Targets come from the same
+    record (:func:`dali_kmix.reference.mix_labels`).
+
+    Differences from timm: the partners of a sample are random (one permutation of
+    the batch per level, self-pairs allowed, as everywhere in dali_kmix) instead of
+    the flipped batch, so odd batch sizes are fine. In "elem" mode with both methods
+    the batch is split by the per-sample coin into its DCutMix rows and its DMixup
+    rows; each part is mixed as a batch of its own (partners are drawn within the
+    part) into its rows of the one output, so every output pixel is still written
+    once by one kernel. Autograd does not flow through the mixing.
+
+    Memory layout: a contiguous batch is mixed as "CHW"; a channels-last batch is
+    mixed in place of its memory as "HWC" (no copy; the output is channels-last
+    too); any other layout whose samples are not dense is first made contiguous
+    (one copy).
+
+    Attributes:
+        mixup_enabled: set False (e.g. by a training loop near the end) to stop mixing.
+        last_groups: the records of the last call, a list of ``(rows, MixParams)``:
+            ``rows`` int64 NumPy indices into the batch (``arange(N)`` when one record
+            covers the batch), the record mixing ``x[rows]`` as a batch of its own
+            (NumPy arrays on the CPU, CuPy on CUDA). Empty when nothing was mixed.
+        last_params: the record when one record covers the whole batch, else None.
+    """
+
+    def __init__(self, mixup_alpha=1.0, cutmix_alpha=0.0, *, k: int = 3, prob: float = 1.0,
+                 switch_prob: float = 0.5, mode: str = "batch", label_smoothing: float = 0.1,
+                 num_classes: int = 1000, correct_lam: bool = True, cutmix_minmax=None, seed=None,
+                 reuse_outputs: bool = True, check_labels: bool = False):
+        self.k = _checks.check_int("k", k, 2)
+        self.mixup_alpha = mixup_alpha
+        self.cutmix_alpha = cutmix_alpha
+        self._alpha = {"dmixup": _method_alpha("mixup_alpha", mixup_alpha, self.k),
+                       "dcutmix": _method_alpha("cutmix_alpha", cutmix_alpha, self.k)}
+        self.prob = _checks.check_probability("prob", prob)
+        self.switch_prob = _checks.check_probability("switch_prob", switch_prob)
+        if mode == "pair":
+            raise ValueError("mode='pair' is not supported by KMixup (use 'batch' or 'elem')")
+        if not isinstance(mode, str) or mode not in _KMIXUP_MODES:
+            raise ValueError(f"mode must be one of {list(_KMIXUP_MODES)}, got {mode!r}")
+        self.mode = mode
+        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real) \
+                or not 0.0 <= float(label_smoothing) < 1.0:
+            raise ValueError(f"label_smoothing must be a number in [0, 1), got {label_smoothing!r}")
+        self.label_smoothing = float(label_smoothing)
+        self.num_classes = _checks.check_int("num_classes", num_classes, 1)
+        self.correct_lam = _check_bool("correct_lam", correct_lam)
+        if cutmix_minmax is not None:
+            raise ValueError(f"cutmix_minmax is not supported by KMixup (box sizes come from the Dirichlet "
+                             f"shares); it must be None, got {cutmix_minmax!r}")
+        self.cutmix_minmax = None
+        if self.prob > 0 and self._alpha["dmixup"] is None and self._alpha["dcutmix"] is None:
+            raise ValueError("mixup_alpha and cutmix_alpha are both 0, so there is nothing to mix; "
+                             "make one > 0, or pass prob=0 for no mixing (identity and smoothed one-hot targets)")
+        if isinstance(seed, (bool, np.bool_)) or not (seed is None or isinstance(seed, (numbers.Integral,
+                                                                                       np.random.Generator))):
+            raise TypeError(f"seed must be None, an int or a numpy.random.Generator, got {seed!r}")
+        if isinstance(seed, numbers.Integral) and seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        self._rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        self.check_labels = _check_bool("check_labels", check_labels)
+        self._pool = _OutputPool(2 if _check_bool("reuse_outputs", reuse_outputs) else 0)
+        self.mixup_enabled = True
+        self.last_groups: list = []
+        self._cupy_generators: dict = {}
+
+    def __repr__(self):
+        return (f"KMixup(mixup_alpha={self.mixup_alpha!r}, cutmix_alpha={self.cutmix_alpha!r}, k={self.k}, "
+                f"prob={self.prob}, switch_prob={self.switch_prob}, mode={self.mode!r}, "
+                f"label_smoothing={self.label_smoothing}, num_classes={self.num_classes})")
+
+    @property
+    def last_params(self):
+        if len(self.last_groups) == 1:
+            return self.last_groups[0][1]
+        return None
+
+    # ------------------------------------------------------------------ the plan of one batch
+
+    def _pick_method(self, size=None):
+        """"dcutmix"/"dmixup" (size None) or a bool "uses DCutMix" mask of ``size`` samples."""
+        mix, cut = self._alpha["dmixup"] is not None, self._alpha["dcutmix"] is not None
+        if mix and cut:
+            draw = self._rng.random(size)
+            return draw < self.switch_prob if size is not None else ("dcutmix" if draw < self.switch_prob
+                                                                      else "dmixup")
+        method = "dcutmix" if cut else "dmixup"
+        return method if size is None else np.full(size, cut)
+
+    def _plan(self, n: int):
+        """[(method, rows or None for the whole batch)], drawn on the host; [] for no mixing."""
+        if not self.mixup_enabled or n == 0 or self.prob == 0.0:
+            return []
+        if self.mode == "batch":
+            if self.prob < 1.0 and not self._rng.random() < self.prob:
+                return []
+            return [(self._pick_method(), None)]
+        cut = self._pick_method(n)
+        if cut.all() or not cut.any():
+            return [("dcutmix" if cut.all() else "dmixup", None)]
+        return [("dcutmix", np.flatnonzero(cut)), ("dmixup", np.flatnonzero(~cut))]
+
+    def _sampler_args(self):
+        """(sampler mode, sampler prob): "batch" draws the coin per batch (in _plan)."""
+        smode = _KMIXUP_MODES[self.mode]
+        return smode, (1.0 if smode == "batch" else self.prob)
+
+    # ------------------------------------------------------------------ checks and layout
+
+    def _check_inputs(self, x, target):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if not isinstance(target, torch.Tensor):
+            raise TypeError(f"target must be a torch.Tensor of class indices, got {type(target).__name__}")
+        if x.ndim != 4:
+            raise ValueError(f"x must have 4 dimensions (N, C, H, W), got shape {tuple(x.shape)}")
+        if x.dtype not in _DTYPES:
+            raise TypeError(f"x must have dtype torch.uint8, torch.float16 or torch.float32, got {x.dtype}")
+        if x.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"x must be on the CPU or a CUDA device, got device {x.device}")
+        if target.ndim == 2 and target.shape[1] == 1:
+            target = target[:, 0]
+        if target.ndim != 1:
+            raise ValueError(f"target must be class indices of shape (N,), got shape {tuple(target.shape)}")
+        if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
+            raise TypeError(f"target must be integer class indices, got dtype {target.dtype}")
+        if target.shape[0] != x.shape[0]:
+            raise ValueError(f"target has {target.shape[0]} entries but x has {x.shape[0]} samples")
+        if target.device != x.device:
+            raise ValueError(f"target must be on the device of x ({x.device}), got {target.device}")
+        if target.numel() and (target.device.type == "cpu" or self.check_labels):
+            lo, hi = int(target.min()), int(target.max())
+            if lo < 0 or hi >= self.num_classes:
+                bad = lo if lo < 0 else hi
+                raise ValueError(f"target must lie in [0, num_classes={self.num_classes}), got label {bad}")
+        return x.detach(), target.detach().long().contiguous()
+
+    @staticmethod
+    def _layout(x):
+        """(x, layout): "CHW" for dense samples, "HWC" for channels-last ones, else a contiguous copy."""
+        s = x[0]
+        if s.is_contiguous():
+            return x, "CHW"
+        if s.permute(1, 2, 0).is_contiguous():
+            return x, "HWC"
+        return x.contiguous(), "CHW"
+
+    @staticmethod
+    def _view(t, layout):
+        """The (N, C, H, W) tensor as the kernels see it: itself ("CHW") or (N, H, W, C) ("HWC")."""
+        return t if layout == "CHW" else t.permute(0, 2, 3, 1)
+
+    def _empty_like(self, x, layout):
+        n, c, h, w = x.shape
+        shape = (n, c, h, w) if layout == "CHW" else (n, h, w, c)
+        if x.device.type == "cpu":
+            out = self._pool.take(shape, _NUMPY_DTYPES[x.dtype])
+        else:
+            out = torch.empty(shape, dtype=x.dtype, device=x.device)
+        return out if layout == "CHW" else out.permute(0, 3, 1, 2)
+
+    def _one_hot(self, target):
+        """Smoothed one-hot targets (the reference's float32 values; NaN rows for bad labels)."""
+        s, c = self.label_smoothing, self.num_classes
+        off = float(np.float32(s / c))
+        on = float(np.float32(1.0 - s + s / c))
+        hit = target[:, None] == torch.arange(c, device=target.device)[None, :]
+        t = torch.where(hit, on, off)  # Python scalars: no host-to-device copy
+        valid = (target >= 0) & (target < c)
+        return t.masked_fill(~valid[:, None], math.nan)
+
+    # ------------------------------------------------------------------ mixing
+
+    def __call__(self, x: torch.Tensor, target: torch.Tensor):
+        given = x
+        x, target = self._check_inputs(x, target)
+        plan = self._plan(x.shape[0])
+        if not plan:
+            self.last_groups = []
+            return given, self._one_hot(target)
+        x, layout = self._layout(x)
+        if x.device.type == "cuda":
+            return self._mix_cuda(x, target, layout, plan)
+        return self._mix_cpu(x, target, layout, plan)
+
+    def _mix_cpu(self, x, target, layout, plan):
+        n, _, h, w = x.shape
+        smode, sprob = self._sampler_args()
+        out = self._empty_like(x, layout)
+        xv = self._view(x, layout).numpy()
+        ov = self._view(out, layout).numpy()
+        labels = target.numpy()
+        samples = list(xv)
+        groups = []
+        targets = None
+        for method, rows in plan:
+            m = n if rows is None else len(rows)
+            rec = sample_params(method, m, h, w, k=self.k, alpha=self._alpha[method], mode=smode, prob=sprob,
+                                rng=self._rng)
+            if rows is None:
+                blend_samples(samples, rec, layout, out=ov)
+                targets = reference.mix_labels(labels, rec, self.num_classes, self.label_smoothing)
+                rows = np.arange(n)
+            else:
+                blend_samples([samples[i] for i in rows], rec, layout, out=_Rows(ov[i] for i in rows))
+                if targets is None:
+                    targets = np.empty((n, self.num_classes), np.float32)
+                targets[rows] = reference.mix_labels(labels[rows], rec, self.num_classes, self.label_smoothing)
+            groups.append((rows, rec))
+        self.last_groups = groups
+        return out, torch.from_numpy(targets)
+
+    def _cupy_generator(self, device_id: int):
+        import cupy
+
+        gen = self._cupy_generators.get(device_id)
+        if gen is None:
+            gen = cupy.random.default_rng(int(self._rng.integers(2 ** 63)))
+            self._cupy_generators[device_id] = gen
+        return gen
+
+    def _mix_cuda(self, x, target, layout, plan):
+        import cupy
+
+        from . import gpu_kernels
+
+        n, _, h, w = x.shape
+        smode, sprob = self._sampler_args()
+        dev = x.device
+        out = self._empty_like(x, layout)
+        stream = torch.cuda.current_stream(dev)
+        with cupy.cuda.Device(dev.index), _cupy_stream(cupy, stream, dev.index):
+            gen = self._cupy_generator(dev.index)
+            samples = list(cupy.from_dlpack(self._view(x, layout)))
+            ov = cupy.from_dlpack(self._view(out, layout))
+            labels = cupy.from_dlpack(target)
+            valid = (labels >= 0) & (labels < self.num_classes)
+            groups = []
+            targets = None
+            for method, rows in plan:
+                m = n if rows is None else len(rows)
+                rec = gpu_kernels.sample_params_device(gen, method, m, h, w, self.k, self._alpha[method], smode,
+                                                       sprob)
+                if rows is None:
+                    blend_samples(samples, rec, layout, out=ov)
+                    lab, ok = labels, valid
+                else:
+                    blend_samples([samples[i] for i in rows], rec, layout, out=_Rows(ov[i] for i in rows))
+                    rows_dev = cupy.asarray(rows)  # an asynchronous host-to-device copy
+                    lab, ok = labels[rows_dev], valid[rows_dev]
+                t = reference.mix_labels(lab, rec, self.num_classes, self.label_smoothing)
+                # A mix that involves a bad label gets a NaN row (checking would synchronise).
+                t = cupy.where(ok[rec.sources].all(axis=1)[:, None], t, cupy.float32(math.nan))
+                if rows is None:
+                    targets = t
+                    rows = np.arange(n)
+                else:
+                    if targets is None:
+                        targets = cupy.empty((n, self.num_classes), cupy.float32)
+                    targets[rows_dev] = t
+                groups.append((rows, rec))
+            self.last_groups = groups
+            return out, torch.from_dlpack(targets)

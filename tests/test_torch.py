@@ -1,4 +1,18 @@
-"""Losses for mixed targets: dense and sparse agree, and match PyTorch's own cross-entropy."""
+"""The PyTorch side: losses for mixed targets, and KMixup (timm's Mixup call, dali_kmix kernels).
+
+Losses: dense and sparse agree, match PyTorch's own cross-entropy, and run under
+``torch.compile(fullgraph=True)`` (no host synchronisation by default).
+
+KMixup: pixel-exact shares against its targets (DCutMix on constant images),
+weighted sums (DMixup on constant images), the same bits as ``dali_kmix.mix_images``
+/ ``mix_labels`` on its own record, timm's meanings of prob / switch_prob /
+label_smoothing / mixup_enabled, bad input, and the CUDA path (``gpu`` marker).
+"""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -6,7 +20,11 @@ import torch
 import torch.nn.functional as F
 
 import dali_kmix
-from dali_kmix.torch import one_hot_targets, soft_target_cross_entropy, sparse_mixed_cross_entropy
+from dali_kmix.torch import KMixup, one_hot_targets, soft_target_cross_entropy, sparse_mixed_cross_entropy
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# ============================================================================ losses
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
@@ -24,6 +42,8 @@ def test_dense_and_sparse_losses_agree_on_the_same_mix(method, k, smoothing):
         a = soft_target_cross_entropy(logits, dense, reduction=reduction)
         b = sparse_mixed_cross_entropy(logits, idx, w, smoothing=smoothing, reduction=reduction)
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        c_ = sparse_mixed_cross_entropy(logits, idx, w, smoothing=smoothing, reduction=reduction, check=True)
+        torch.testing.assert_close(b, c_, rtol=0, atol=0)
 
 
 def test_one_hot_targets_give_pytorch_cross_entropy():
@@ -55,12 +75,466 @@ def test_bad_loss_inputs():
     with pytest.raises(ValueError, match=r"logits must have shape \(N, C\), got \(12,\)"):
         soft_target_cross_entropy(logits.reshape(-1), torch.zeros(12))
     with pytest.raises(ValueError, match=r"label_idx must lie in \[0, C=4\), got values in \[0, 4\]"):
-        sparse_mixed_cross_entropy(logits, torch.tensor([[0, 4]] * 3), torch.full((3, 2), 0.5))
+        sparse_mixed_cross_entropy(logits, torch.tensor([[0, 4]] * 3), torch.full((3, 2), 0.5), check=True)
     with pytest.raises(ValueError, match=r"label_w must have the shape of label_idx \(3, 2\), got \(3, 3\)"):
         sparse_mixed_cross_entropy(logits, torch.zeros(3, 2, dtype=torch.long), torch.zeros(3, 3))
     with pytest.raises(ValueError, match=r"reduction must be one of \['mean', 'sum', 'none'\], got 'avg'"):
         soft_target_cross_entropy(logits, torch.zeros(3, 4), reduction="avg")
     with pytest.raises(ValueError, match=r"smoothing must be in \[0, 1\), got 1\.5"):
         sparse_mixed_cross_entropy(logits, torch.zeros(3, 2, dtype=torch.long), torch.zeros(3, 2), smoothing=1.5)
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, num_classes=4\)"):
-        one_hot_targets(torch.tensor([4]), 4)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, num_classes=4\), got values in \[-1, 4\]"):
+        one_hot_targets(torch.tensor([4, -1]), 4, check=True)
+
+
+def test_unchecked_bad_labels_give_nan_not_an_error_or_a_stray_read():
+    """The default path checks nothing on the host: a bad index poisons its sample only."""
+    logits = torch.randn(3, 4, generator=torch.Generator().manual_seed(3))
+    idx = torch.tensor([[0, 1], [0, 4], [-1, 2]])
+    w = torch.full((3, 2), 0.5)
+    per_sample = sparse_mixed_cross_entropy(logits, idx, w, reduction="none")
+    assert torch.isfinite(per_sample[0]) and torch.isnan(per_sample[1:]).all()
+    assert torch.isnan(sparse_mixed_cross_entropy(logits, idx, w, smoothing=0.1))
+    t = one_hot_targets(torch.tensor([1, 4, -1, 3]), 4, smoothing=0.1)
+    assert torch.isnan(t[1:3]).all() and torch.isfinite(t[[0, 3]]).all()
+    torch.testing.assert_close(t[0], torch.tensor([0.025, 0.925, 0.025, 0.025]))
+
+
+def _loss_calls():
+    logits = torch.randn(6, 5, generator=torch.Generator().manual_seed(4))
+    labels = torch.tensor([0, 4, 2, 2, 1, 3])
+    idx = torch.stack([labels, labels.flip(0)], dim=1)
+    w = torch.tensor([[0.7, 0.3]] * 6)
+    return {
+        "sparse_mixed_cross_entropy": (sparse_mixed_cross_entropy, (logits, idx, w), {"smoothing": 0.1}),
+        "one_hot_targets": (one_hot_targets, (labels, 5), {"smoothing": 0.1}),
+        "soft_target_cross_entropy": (soft_target_cross_entropy,
+                                      (logits, one_hot_targets(labels, 5, smoothing=0.1)), {"reduction": "sum"}),
+    }
+
+
+# "aot_eager" traces the whole function through dynamo and AOTAutograd with fullgraph=True
+# (any graph break, e.g. int(tensor), fails) without inductor's C++ build, which takes
+# about 15 s per function on this project's 2-core machines; one inductor run is marked slow.
+@pytest.mark.parametrize("name", list(_loss_calls()))
+def test_losses_compile_with_fullgraph(name):
+    fn, args, kwargs = _loss_calls()[name]
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(*args, **kwargs), fn(*args, **kwargs))
+
+
+@pytest.mark.slow
+def test_sparse_loss_compiles_with_inductor():
+    fn, args, kwargs = _loss_calls()["sparse_mixed_cross_entropy"]
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, fullgraph=True)
+    torch.testing.assert_close(compiled(*args, **kwargs), fn(*args, **kwargs))
+
+
+def test_checked_path_is_not_for_compile():
+    """check=True reads values back: under fullgraph=True that is a reported graph break, not silence."""
+    fn, args, kwargs = _loss_calls()["sparse_mixed_cross_entropy"]
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    with pytest.raises(Exception, match="(?i)graph break|data-dependent|item|Unsupported"):
+        compiled(*args, check=True, **kwargs)
+
+
+# ============================================================================ KMixup helpers
+
+H, W = 20, 28  # not square, so a swapped H/W shows
+TORCH_DTYPES = {"uint8": torch.uint8, "float16": torch.float16, "float32": torch.float32}
+
+
+def constant_batch(n, dtype, c=3):
+    """Sample i is the constant 10 * (i + 1) (distinct, exact in every dtype); labels arange(n)."""
+    vals = 10.0 * (np.arange(n) + 1)
+    x = torch.from_numpy(np.broadcast_to(vals[:, None, None, None], (n, c, H, W)).copy()).to(TORCH_DTYPES[dtype])
+    return x, torch.arange(n), vals
+
+
+def random_batch(n, dtype, seed=0, c=3, num_classes=10):
+    rng = np.random.default_rng(seed)
+    if dtype == "uint8":
+        x = rng.integers(0, 256, (n, c, H, W), dtype=np.uint8)
+    else:
+        x = (rng.standard_normal((n, c, H, W)) * 40).astype(dtype)
+    return torch.from_numpy(x), torch.from_numpy(rng.integers(0, num_classes, n))
+
+
+METHODS = {"mixup": dict(mixup_alpha=1.0, cutmix_alpha=0.0),
+           "cutmix": dict(mixup_alpha=0.0, cutmix_alpha=1.0),
+           "both": dict(mixup_alpha=1.0, cutmix_alpha=1.0)}
+
+
+def assert_cut_rows_are_exact_shares(out, targets, vals, rows):
+    """Every pixel of a cut row comes from one sample; each value's pixel share is its target."""
+    o = out.float().numpy()
+    for n in rows:
+        assert (o[n] == o[n, :1]).all(), "every channel plane takes the same boxes"
+        plane = o[n, 0]
+        shares = np.array([(plane == v).mean() for v in vals])
+        assert shares.sum() == pytest.approx(1.0), "a pixel value that is no sample's value"
+        np.testing.assert_allclose(targets[n].numpy(), shares, rtol=0, atol=1e-6)
+
+
+def assert_blend_rows_are_weighted_sums(out, targets, vals, rows, dtype):
+    o = out.float().numpy()
+    for n in rows:
+        assert (o[n] == o[n].flat[0]).all(), "a blend of constant images is constant"
+        want = float(targets[n].double() @ torch.from_numpy(vals))
+        tol = {"uint8": 0.5 + 1e-3, "float16": 2e-3 * want, "float32": 1e-5 * want}[dtype]
+        assert abs(o[n].flat[0] - want) <= tol, (n, o[n].flat[0], want)
+
+
+# ============================================================================ KMixup on the CPU
+
+
+@pytest.mark.parametrize("dtype", list(TORCH_DTYPES))
+@pytest.mark.parametrize("k", [2, 3, 5])
+@pytest.mark.parametrize("mode", ["batch", "elem"])
+def test_dcutmix_pixel_shares_equal_the_targets(mode, k, dtype):
+    x, y, vals = constant_batch(12, dtype)
+    mixer = KMixup(**METHODS["cutmix"], k=k, mode=mode, label_smoothing=0.0, num_classes=12, seed=k)
+    for _ in range(3):
+        out, t = mixer(x, y)
+        assert out.shape == x.shape and out.dtype == x.dtype and t.dtype == torch.float32 and t.shape == (12, 12)
+        assert mixer.last_params.method == "dcutmix"
+        assert_cut_rows_are_exact_shares(out, t, vals, range(12))
+
+
+@pytest.mark.parametrize("dtype", list(TORCH_DTYPES))
+@pytest.mark.parametrize("k", [2, 3, 5])
+@pytest.mark.parametrize("mode", ["batch", "elem"])
+def test_dmixup_of_constant_images_is_the_target_weighted_sum(mode, k, dtype):
+    x, y, vals = constant_batch(12, dtype)
+    mixer = KMixup(**METHODS["mixup"], k=k, mode=mode, label_smoothing=0.0, num_classes=12, seed=k)
+    for _ in range(3):
+        out, t = mixer(x, y)
+        assert mixer.last_params.method == "dmixup"
+        assert_blend_rows_are_weighted_sums(out, t, vals, range(12), dtype)
+
+
+@pytest.mark.parametrize("dtype", list(TORCH_DTYPES))
+def test_elem_mode_with_both_methods_splits_rows_by_method(dtype):
+    x, y, vals = constant_batch(16, dtype)
+    mixer = KMixup(**METHODS["both"], k=3, mode="elem", label_smoothing=0.0, num_classes=16, seed=1)
+    out, t = mixer(x, y)
+    (cut_rows, cut), (blend_rows, blend) = mixer.last_groups
+    assert (cut.method, blend.method) == ("dcutmix", "dmixup") and mixer.last_params is None
+    assert sorted(np.concatenate([cut_rows, blend_rows]).tolist()) == list(range(16))
+    assert len(cut_rows) and len(blend_rows)
+    assert_cut_rows_are_exact_shares(out, t, vals, cut_rows)
+    assert_blend_rows_are_weighted_sums(out, t, vals, blend_rows, dtype)
+    # each part is mixed within itself: a cut row's sources are cut rows
+    assert set(cut_rows[cut.sources].ravel()) <= set(cut_rows)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("mode", ["batch", "elem"])
+def test_equals_mix_images_and_mix_labels_on_its_own_record(mode, method):
+    x, y = random_batch(10, "float32", seed=2)
+    mixer = KMixup(**METHODS[method], k=3, mode=mode, label_smoothing=0.1, num_classes=10, seed=3)
+    xn, yn = x.numpy().copy(), y.numpy()
+    for _ in range(2):
+        out, t = mixer(x, y)
+        assert np.array_equal(x.numpy(), xn), "x is never written"
+        assert mixer.last_groups
+        for rows, rec in mixer.last_groups:
+            np.testing.assert_array_equal(out.numpy()[rows], dali_kmix.mix_images(xn[rows], rec, "CHW"))
+            np.testing.assert_array_equal(t.numpy()[rows], dali_kmix.mix_labels(yn[rows], rec, 10, smoothing=0.1))
+
+
+@pytest.mark.parametrize("dtype", list(TORCH_DTYPES))
+def test_channels_last_is_mixed_in_its_own_memory_layout(dtype):
+    x, y = random_batch(6, dtype, seed=4)
+    xc = x.to(memory_format=torch.channels_last)
+    mixer = KMixup(**METHODS["cutmix"], k=3, mode="elem", num_classes=10, seed=5)
+    out, t = mixer(xc, y)
+    assert out.is_contiguous(memory_format=torch.channels_last) and out.dtype == x.dtype
+    rec = mixer.last_params
+    np.testing.assert_array_equal(out.numpy(), dali_kmix.mix_images(x.numpy(), rec, "CHW"))
+
+
+def test_non_dense_samples_are_made_contiguous():
+    x, y = random_batch(6, "float32", seed=6)
+    strided = torch.cat([x, x], dim=3)[..., ::2]  # every sample strided along W
+    mixer = KMixup(**METHODS["mixup"], k=2, mode="elem", num_classes=10, seed=7)
+    out, _ = mixer(strided, y)
+    assert out.is_contiguous()
+    np.testing.assert_array_equal(out.numpy(), dali_kmix.mix_images(strided.contiguous().numpy(),
+                                                                     mixer.last_params, "CHW"))
+
+
+def test_output_memory_is_reused_only_once_nothing_refers_to_it():
+    x, y = random_batch(6, "float32", seed=31)
+    mixer = KMixup(**METHODS["both"], mode="elem", num_classes=10, seed=32)
+    first = mixer(x, y)[0]
+    ptr, kept = first.data_ptr(), first.clone()
+    view = first[2:].numpy()  # a NumPy view of the output keeps its memory in use
+    del first
+    second, third = mixer(x, y)[0], mixer(x, y)[0]  # two more buffers; then plain allocations
+    fourth = mixer(x, y)[0]
+    assert len({ptr, second.data_ptr(), third.data_ptr(), fourth.data_ptr()}) == 4
+    np.testing.assert_array_equal(view, kept[2:].numpy())
+    del view, second
+    fifth = mixer(x, y)[0]
+    assert fifth.data_ptr() == ptr
+    for rows, rec in mixer.last_groups:
+        np.testing.assert_array_equal(fifth.numpy()[rows], dali_kmix.mix_images(x.numpy()[rows], rec, "CHW"))
+    fresh = KMixup(num_classes=10, reuse_outputs=False)
+    assert fresh(x, y)[0].shape == x.shape and not fresh._pool._slots  # nothing kept between calls
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.3])
+def test_label_smoothing_is_timms(smoothing):
+    """off = s/C, on = 1 - s + s/C, then mixed: t_s = (1 - s) t_0 + s/C on the same record."""
+    x, y = random_batch(8, "float32", seed=8)
+    t0 = KMixup(**METHODS["both"], mode="elem", label_smoothing=0.0, num_classes=10, seed=9)(x, y)[1]
+    ts = KMixup(**METHODS["both"], mode="elem", label_smoothing=smoothing, num_classes=10, seed=9)(x, y)[1]
+    torch.testing.assert_close(ts, (1 - smoothing) * t0 + smoothing / 10, rtol=0, atol=1e-6)
+    torch.testing.assert_close(ts.sum(1), torch.ones(8))
+
+
+@pytest.mark.parametrize("mode", ["batch", "elem"])
+def test_prob_zero_and_mixup_disabled_are_the_identity(mode):
+    x, y = random_batch(7, "uint8", seed=10)
+    on, off = np.float32(1 - 0.1 + 0.1 / 10), np.float32(0.1 / 10)
+    expect = torch.from_numpy(np.where(np.arange(10)[None] == y.numpy()[:, None], on, off))
+    for mixer in (KMixup(prob=0.0, mode=mode, num_classes=10),
+                  KMixup(mixup_alpha=0.0, prob=0.0, mode=mode, num_classes=10)):
+        out, t = mixer(x, y)
+        assert out is x and torch.equal(t, expect) and mixer.last_groups == []
+    mixer = KMixup(**METHODS["both"], mode=mode, num_classes=10)
+    mixer.mixup_enabled = False
+    out, t = mixer(x, y)
+    assert out is x and torch.equal(t, expect)
+    mixer.mixup_enabled = True
+    assert mixer(x, y)[0] is not x
+
+
+def _binomial_ok(count, trials, p):
+    """Within 4 standard deviations of the binomial mean (two-sided p ~ 6e-5; the seed is fixed anyway)."""
+    return abs(count - trials * p) <= 4 * np.sqrt(trials * p * (1 - p))
+
+
+def test_switch_prob_per_batch():
+    x, y = random_batch(2, "float32", seed=11)
+    x = x[:, :1, :4, :4].contiguous()
+    mixer = KMixup(**METHODS["both"], k=2, switch_prob=0.3, mode="batch", num_classes=10, seed=12)
+    trials = 400
+    cut = 0
+    for _ in range(trials):
+        mixer(x, y)
+        cut += mixer.last_params.method == "dcutmix"
+    assert _binomial_ok(cut, trials, 0.3), cut
+
+
+def test_switch_prob_per_sample():
+    x, y = random_batch(40, "float32", seed=13)
+    x = x[:, :1, :4, :4].contiguous()
+    mixer = KMixup(**METHODS["both"], k=2, switch_prob=0.7, mode="elem", num_classes=10, seed=14)
+    cut = 0
+    for _ in range(50):
+        mixer(x, y)
+        cut += sum(len(rows) for rows, rec in mixer.last_groups if rec.method == "dcutmix")
+    assert _binomial_ok(cut, 50 * 40, 0.7), cut
+
+
+@pytest.mark.parametrize("mode", ["batch", "elem"])
+def test_prob_per_batch_or_per_sample(mode):
+    n = 2 if mode == "batch" else 40
+    x, y = random_batch(n, "float32", seed=15)
+    x = x[:, :1, :4, :4].contiguous()
+    mixer = KMixup(**METHODS["mixup"], k=2, prob=0.4, mode=mode, num_classes=10, seed=16)
+    mixed = trials = 0
+    for _ in range(300 if mode == "batch" else 50):
+        out, _ = mixer(x, y)
+        rec = mixer.last_params
+        if mode == "batch":
+            trials += 1
+            mixed += rec is not None
+        else:
+            trials += n
+            own = rec.sources == np.arange(n)[:, None]
+            mixed += int((~(own.all(1) & (rec.weights[:, 0] == 1))).sum())
+    assert _binomial_ok(mixed, trials, 0.4), (mixed, trials)
+
+
+def test_batch_mode_shares_one_draw_elem_mode_draws_per_sample():
+    x, y = random_batch(8, "float32", seed=17)
+    for method in ("mixup", "cutmix"):
+        mixer = KMixup(**METHODS[method], k=3, mode="batch", num_classes=10, seed=18)
+        mixer(x, y)
+        rec = mixer.last_params
+        assert (rec.weights == rec.weights[:1]).all()
+        if rec.boxes is not None:
+            assert (rec.boxes == rec.boxes[:1]).all()
+        mixer = KMixup(**METHODS[method], k=3, mode="sample", num_classes=10, seed=18)  # "sample" = "elem"
+        mixer(x, y)
+        assert len(np.unique(mixer.last_params.weights, axis=0)) > 1
+
+
+@pytest.mark.parametrize("n", [1, 5, 0])
+def test_odd_and_tiny_batches(n):
+    x, y = random_batch(n, "float32", seed=19)
+    for mode in ("batch", "elem"):
+        out, t = KMixup(**METHODS["both"], mode=mode, num_classes=10, seed=20)(x, y)
+        assert out.shape == x.shape and t.shape == (n, 10)
+        torch.testing.assert_close(t.sum(1), torch.ones(n))
+
+
+def test_column_targets_and_other_integer_dtypes_are_accepted():
+    x, y = random_batch(4, "float32", seed=21)
+    a = KMixup(num_classes=10, seed=22)(x, y)[1]
+    b = KMixup(num_classes=10, seed=22)(x, y[:, None].int())[1]
+    assert torch.equal(a, b)
+
+
+def test_timm_drop_in():
+    """k=2: timm's call, targets for timm's SoftTargetCrossEntropy, timm's identity targets."""
+    from timm.data import Mixup
+    from timm.loss import SoftTargetCrossEntropy
+
+    x, y = random_batch(8, "float32", seed=23)
+    args = dict(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, mode="batch",
+                label_smoothing=0.1, num_classes=10)
+    ours = KMixup(**args, k=2, seed=24)
+    out, t = ours(x, y)
+    logits = torch.randn(8, 10)
+    torch.testing.assert_close(SoftTargetCrossEntropy()(logits, t), soft_target_cross_entropy(logits, t))
+    assert set(vars(Mixup(**args))) - set(vars(ours)) <= {"mix_prob", "multi_label"}
+    args["prob"] = 0.0
+    torch.testing.assert_close(KMixup(**args)(x, y)[1], Mixup(**args)(x.clone(), y)[1])
+
+
+CTOR_ERRORS = [
+    ("k1", dict(k=1), ValueError, r"k must be >= 2, got 1"),
+    ("k-str", dict(k="3"), TypeError, r"k must be an integer, got '3'"),
+    ("mixup-alpha-negative", dict(mixup_alpha=-1.0), ValueError, r"mixup_alpha must be >= 0 and finite, got -1\.0"),
+    ("cutmix-alpha-negative", dict(cutmix_alpha=-0.5), ValueError, r"cutmix_alpha must be >= 0 and finite, got -0\.5"),
+    ("alpha-nan", dict(mixup_alpha=float("nan")), ValueError, r"mixup_alpha must be >= 0 and finite, got nan"),
+    ("alpha-wrong-length", dict(mixup_alpha=[1.0, 2.0], k=3), ValueError, r"mixup_alpha must be .* k=3 .*\[1\.0, 2\.0\]"),
+    ("both-alpha-zero", dict(mixup_alpha=0.0, cutmix_alpha=0.0), ValueError,
+     r"mixup_alpha and cutmix_alpha are both 0.*prob=0"),
+    ("mode-pair", dict(mode="pair"), ValueError, r"mode='pair' is not supported"),
+    ("mode-unknown", dict(mode="elements"), ValueError, r"mode must be one of \['batch', 'elem', 'sample'\], got 'elements'"),
+    ("cutmix-minmax", dict(cutmix_minmax=(0.2, 0.8)), ValueError, r"cutmix_minmax is not supported.*\(0\.2, 0\.8\)"),
+    ("prob", dict(prob=1.5), ValueError, r"prob must be in \[0, 1\], got 1\.5"),
+    ("switch-prob", dict(switch_prob=-0.1), ValueError, r"switch_prob must be in \[0, 1\], got -0\.1"),
+    ("smoothing", dict(label_smoothing=1.0), ValueError, r"label_smoothing must be a number in \[0, 1\), got 1\.0"),
+    ("num-classes", dict(num_classes=0), ValueError, r"num_classes must be >= 1, got 0"),
+    ("correct-lam", dict(correct_lam="yes"), TypeError, r"correct_lam must be True or False, got 'yes'"),
+    ("seed", dict(seed=-3), ValueError, r"seed must be >= 0, got -3"),
+    ("reuse-outputs", dict(reuse_outputs=2), TypeError, r"reuse_outputs must be True or False, got 2"),
+]
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [c[1:] for c in CTOR_ERRORS], ids=[c[0] for c in CTOR_ERRORS])
+def test_bad_constructor_arguments(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        KMixup(**kwargs)
+
+
+def _call_errors():
+    x, y = random_batch(4, "float32", seed=25)
+    return [
+        ("x-3d", x[0], y, ValueError, r"x must have 4 dimensions \(N, C, H, W\), got shape \(3, 20, 28\)"),
+        ("x-numpy", x.numpy(), y, TypeError, r"x must be a torch\.Tensor, got ndarray"),
+        ("x-int32", x.int(), y, TypeError, r"x must have dtype torch\.uint8, torch\.float16 or torch\.float32, "
+                                           r"got torch\.int32"),
+        ("target-float", x, y.float(), TypeError, r"target must be integer class indices, got dtype torch\.float32"),
+        ("target-too-big", x, torch.tensor([0, 1, 10, 2]), ValueError,
+         r"target must lie in \[0, num_classes=10\), got label 10"),
+        ("target-negative", x, torch.tensor([0, -1, 3, 2]), ValueError,
+         r"target must lie in \[0, num_classes=10\), got label -1"),
+        ("target-length", x, y[:3], ValueError, r"target has 3 entries but x has 4 samples"),
+        ("target-2d", x, torch.zeros(4, 2, dtype=torch.long), ValueError,
+         r"target must be class indices of shape \(N,\), got shape \(4, 2\)"),
+        ("target-list", x, [0, 1, 2, 3], TypeError, r"target must be a torch\.Tensor of class indices, got list"),
+    ]
+
+
+@pytest.mark.parametrize("case", _call_errors(), ids=[c[0] for c in _call_errors()])
+def test_bad_call_arguments(case):
+    _, x, y, exc, match = case
+    with pytest.raises(exc, match=match):
+        KMixup(num_classes=10)(x, y)
+
+
+def test_import_stays_light():
+    code = "import sys, dali_kmix.torch; assert 'cupy' not in sys.modules, 'cupy imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT,
+                   env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+
+
+def test_benchmark_quick_rows_and_markdown():
+    from dali_kmix.bench_kmixup import bench_kmixup, format_markdown
+
+    rows = bench_kmixup(quick=True, rounds=2, warmup=1, batch=4, size=16)
+    assert {(r["mode"], r["method"]) for r in rows} == {(m, x) for m in ("batch", "elem") for x in ("mixup", "cutmix")}
+    for r in rows:
+        assert min(r["kmixup_ms"], r["kmixup_fresh_ms"], r["timm_ms"]) > 0
+        assert r["speedup"] == pytest.approx(r["timm_ms"] / r["kmixup_ms"])
+    md = format_markdown(rows)
+    assert md.count("\n") >= len(rows) + 1 and "| elem | cutmix |" in md
+
+
+def test_readme_snippet_runs():
+    text = (ROOT / "KMIXUP_README_SNIPPET.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, "KMIXUP_README_SNIPPET.md", "exec"), {"__name__": "__snippet__"})
+
+
+# ============================================================================ KMixup on CUDA
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", list(TORCH_DTYPES))
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("mode", ["batch", "elem"])
+def test_cuda_path_is_the_record_applied_on_torchs_stream_without_host_sync(mode, method, dtype):
+    import cupy
+
+    x, y = random_batch(12, dtype, seed=26)
+    xg, yg = x.cuda(), y.cuda()
+    mixer = KMixup(**METHODS[method], k=3, mode=mode, label_smoothing=0.1, num_classes=10, seed=27)
+    torch.cuda.synchronize()
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        torch.cuda.set_sync_debug_mode("error")  # any torch-side host synchronisation raises
+        try:
+            out, t = mixer(xg, yg)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    side.synchronize()
+    assert out.device == xg.device and t.device == xg.device and out.dtype == xg.dtype and t.dtype == torch.float32
+    assert torch.equal(xg.cpu(), x), "x is never written"
+    for rows, rec in mixer.last_groups:
+        assert isinstance(rec.sources, cupy.ndarray)
+        rec = rec.to_numpy()
+        np.testing.assert_array_equal(out.cpu().numpy()[rows], dali_kmix.mix_images(x.numpy()[rows], rec, "CHW"))
+        np.testing.assert_array_equal(t.cpu().numpy()[rows],
+                                      dali_kmix.mix_labels(y.numpy()[rows], rec, 10, smoothing=0.1))
+
+
+@pytest.mark.gpu
+def test_cuda_channels_last_identity_and_bad_labels():
+    x, y = random_batch(8, "uint8", seed=28)
+    xg = x.cuda().to(memory_format=torch.channels_last)
+    mixer = KMixup(**METHODS["both"], k=3, mode="elem", num_classes=10, seed=29)
+    out, t = mixer(xg, y.cuda())
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    for rows, rec in mixer.last_groups:
+        np.testing.assert_array_equal(out.cpu().numpy()[rows],
+                                      dali_kmix.mix_images(x.numpy()[rows], rec.to_numpy(), "CHW"))
+    bad = y.clone()
+    bad[3] = 10
+    out, t = KMixup(num_classes=10, seed=30)(xg, bad.cuda())  # unchecked: no host read, NaN rows instead
+    assert torch.isnan(t).any(1).cpu().any()
+    with pytest.raises(ValueError, match=r"target must lie in \[0, num_classes=10\), got label 10"):
+        KMixup(num_classes=10, check_labels=True)(xg, bad.cuda())
+    ident, t = KMixup(prob=0.0, num_classes=10)(xg, y.cuda())
+    assert ident is xg and t.device == xg.device
