@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from . import _checks, reference
 from .mixing import blend_samples
-from .params import sample_params
+from .sampling import sample_params, sample_params_device
 
 __all__ = ["KMixup", "soft_target_cross_entropy", "sparse_mixed_cross_entropy", "one_hot_targets"]
 
@@ -506,8 +506,6 @@ class KMixup:
     def _mix_cuda(self, x, target, layout, plan):
         import cupy
 
-        from . import gpu_kernels
-
         n, _, h, w = x.shape
         smode, sprob = self._sampler_args()
         dev = x.device
@@ -523,8 +521,7 @@ class KMixup:
             targets = None
             for method, rows in plan:
                 m = n if rows is None else len(rows)
-                rec = gpu_kernels.sample_params_device(gen, method, m, h, w, self.k, self._alpha[method], smode,
-                                                       sprob)
+                rec = sample_params_device(gen, method, m, h, w, self.k, self._alpha[method], smode, sprob)
                 if rows is None:
                     blend_samples(samples, rec, layout, out=ov)
                     lab, ok = labels, valid

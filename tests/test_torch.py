@@ -9,7 +9,6 @@ weighted sums (DMixup on constant images), the same bits as ``dali_kmix.mix_imag
 label_smoothing / mixup_enabled, bad input, and the CUDA path (``gpu`` marker).
 """
 
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -466,26 +465,6 @@ def test_import_stays_light():
     code = "import sys, dali_kmix.torch; assert 'cupy' not in sys.modules, 'cupy imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT,
                    env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
-
-
-def test_benchmark_quick_rows_and_markdown():
-    from dali_kmix.bench_kmixup import bench_kmixup, format_markdown
-
-    rows = bench_kmixup(quick=True, rounds=2, warmup=1, batch=4, size=16)
-    assert {(r["mode"], r["method"]) for r in rows} == {(m, x) for m in ("batch", "elem") for x in ("mixup", "cutmix")}
-    for r in rows:
-        assert min(r["kmixup_ms"], r["kmixup_fresh_ms"], r["timm_ms"]) > 0
-        assert r["speedup"] == pytest.approx(r["timm_ms"] / r["kmixup_ms"])
-    md = format_markdown(rows)
-    assert md.count("\n") >= len(rows) + 1 and "| elem | cutmix |" in md
-
-
-def test_readme_snippet_runs():
-    text = (ROOT / "KMIXUP_README_SNIPPET.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
-    assert blocks
-    for block in blocks:
-        exec(compile(block, "KMIXUP_README_SNIPPET.md", "exec"), {"__name__": "__snippet__"})
 
 
 # ============================================================================ KMixup on CUDA

@@ -33,6 +33,7 @@ import numpy as np
 
 from ..backends import gpu_available
 from ..backends.build import cpu_id
+from .bench_kmixup import bench_kmixup, format_markdown
 from .common import atomic_write
 from .peers import PEERS, Config, can, dali_native_pipeline, make_batch, peer_callable
 
@@ -490,13 +491,22 @@ def run(out_dir="benchmarks/results", *, quick=False, data_dir=None, progress=Tr
         rows += bench_scaling(ks=(2, 4, 8, 16), batches=(16, 64), k_batch=32, repeats=3, progress=progress)
     else:
         rows += bench_scaling(progress=progress)
+    kmixup_rows = []
+    try:
+        kmixup_rows = bench_kmixup(quick=quick)
+    except ImportError as exc:  # timm is not installed: nothing to compare KMixup with
+        print(f"KMixup vs timm skipped: {exc}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = metadata()
     meta["total_s"] = round(time.perf_counter() - t0, 1)
     stamp = meta["date"].replace(":", "").replace("-", "")[:15]
     path = out_dir / f"bench-{'quick-' if quick else ''}{stamp}.json"
-    atomic_write(path, json.dumps({"meta": meta, "quick": quick, "rows": rows}, indent=1, default=str))
-    path.with_suffix(".md").write_text(format_table(rows) + "\n")
+    atomic_write(path, json.dumps({"meta": meta, "quick": quick, "rows": rows, "kmixup_vs_timm": kmixup_rows},
+                                  indent=1, default=str))
+    md = format_table(rows)
+    if kmixup_rows:
+        md += "\n\n**KMixup against timm's Mixup** (torch CPU tensors after the loader)\n\n" + format_markdown(kmixup_rows)
+    path.with_suffix(".md").write_text(md + "\n")
     plot(rows, path.with_suffix(".png"))
     return path, rows

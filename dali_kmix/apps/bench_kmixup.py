@@ -57,7 +57,7 @@ def bench_kmixup(*, quick: bool = False, batch: int | None = None, size: int | N
     import torch
     from timm.data import Mixup
 
-    from .torch import KMixup
+    from ..torch import KMixup
 
     given = dict(batch=batch, size=size, rounds=rounds, warmup=warmup)
     batch, size, rounds, warmup = (v if v is not None else (QUICK if quick else FULL)[k] for k, v in given.items())
