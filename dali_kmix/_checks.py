@@ -13,6 +13,8 @@ import numbers
 import numpy as np
 
 METHODS = ("dmixup", "dcutmix", "saliency-dcutmix")
+#: The per-batch choice between DMixup and DCutMix (timm's ``switch_prob``), in the DALI operators.
+SWITCH = "dmixup+dcutmix"
 MODES = ("sample", "batch")
 LAYOUTS = ("HWC", "CHW")
 LABEL_FORMATS = ("dense", "sparse")

@@ -51,7 +51,7 @@ import numpy as np
 from . import _checks
 from .sampling import check_sample_args, draw_raw, params_from_draws
 
-__all__ = ["dmixup", "dcutmix", "saliency_dcutmix", "MixSpec"]
+__all__ = ["dmixup", "dcutmix", "saliency_dcutmix", "dmixup_or_dcutmix", "MixSpec"]
 
 _op_counters: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
@@ -75,6 +75,8 @@ class MixSpec:
     seed: int | None  # the operator's seed, else the pipeline's, else None (fresh entropy)
     shard_id: int
     index: int  # the operator's position among the dali_kmix operators of its pipeline
+    switch_prob: float = 0.0  # method "dmixup+dcutmix": the probability that a batch is DCutMix
+    cutmix_alpha: tuple | None = None  # method "dmixup+dcutmix": DCutMix's alpha (``alpha`` is DMixup's)
 
     @property
     def label_outputs(self) -> int:
@@ -84,6 +86,10 @@ class MixSpec:
     @property
     def boxed(self) -> bool:
         return self.method != "dmixup"
+
+    @property
+    def switch(self) -> bool:
+        return self.method == _checks.SWITCH
 
 
 # --------------------------------------------------------------------------- host side: one batch's draws
@@ -132,17 +138,26 @@ class _Draws:
         return np.asarray(alpha, np.float64), prob
 
     def raw(self, keys, runtime=()):
-        """``(phi, uniforms, perms, mixed)`` of :func:`dali_kmix.sampling.draw_raw` for this batch."""
+        """``(method, (phi, uniforms, perms, mixed))``: this batch's method and its
+        :func:`dali_kmix.sampling.draw_raw` draws ("dmixup+dcutmix" first tosses for the method)."""
         n = len(keys)
         alpha, prob = self.runtime_args(n, runtime)
-        return draw_raw(np, self.generator(keys), n, self.spec.k, alpha, self.spec.mode, prob)
+        gen = self.generator(keys)
+        method = self.spec.method
+        if self.spec.switch:
+            cut = gen.random() < self.spec.switch_prob
+            method = "dcutmix" if cut else "dmixup"
+            if cut:
+                alpha = np.asarray(self.spec.cutmix_alpha, np.float64)
+        return method, draw_raw(np, gen, n, self.spec.k, alpha, self.spec.mode, prob)
 
 
 class _HostRecord(_Draws):
     """CPU: the record, the checked labels and the label outputs of one batch."""
 
     def record(self, keys, runtime, h, w, centers=None):
-        return params_from_draws(self.spec.method, *self.raw(keys, runtime), h, w, centers)
+        method, draws = self.raw(keys, runtime)
+        return params_from_draws(method, *draws, h, w, centers)
 
     def label_outputs(self, lab, params):
         """``[targets]`` (dense) or ``[label_idx, label_w]`` (sparse), as lists of samples."""
@@ -168,6 +183,8 @@ class _PluginRecord(_HostRecord):
     """Plugin path: draws the record and the labels; ``fn.kmix_dmixup`` / ``fn.kmix_dcutmix`` blend.
 
     Returns per sample: sources (K,), then weights (K,) or boxes (K-1, 4), then the label outputs.
+    For "dmixup+dcutmix": the DMixup record (sources, weights) and the DCutMix record (sources,
+    boxes); the method not drawn for the batch gets the identity (weight 1 on itself; empty boxes).
     """
 
     def __call__(self, shapes, labels, keys, *rest):
@@ -180,6 +197,15 @@ class _PluginRecord(_HostRecord):
         h, w = _checks.spatial_size(first, spec.layout)
         lab = self.labels(labels, n)
         params = self.record(keys, runtime, h, w, self.centers(images))
+        if spec.switch:  # both operators run: the one not drawn gets a record that leaves the batch as it is
+            own = np.repeat(np.arange(n, dtype=np.int32)[:, None], spec.k, axis=1)
+            if params.boxes is None:
+                cut = (own, np.zeros((n, spec.k - 1, 4), np.int32))
+                blend = (params.sources, params.weights)
+            else:
+                cut = (params.sources, params.boxes)
+                blend = (own, np.eye(1, spec.k, dtype=np.float32).repeat(n, axis=0))
+            return (*(list(a) for a in blend + cut), *self.label_outputs(lab, params))
         weights_or_boxes = params.weights if params.boxes is None else params.boxes
         return (list(params.sources), list(weights_or_boxes), *self.label_outputs(lab, params))
 
@@ -215,17 +241,19 @@ class _FunctionMix(_HostRecord):
 
 
 class _GpuDraws(_Draws):
-    """GPU path, host half: per sample phi (K,), box positions (K-1, 2), partners (K-1,), "is mixed"."""
+    """GPU path, host half: per sample phi (K,), box positions (K-1, 2), partners (K-1,), "is mixed",
+    "is DCutMix"."""
 
     def __call__(self, keys, *runtime):
         n = len(keys)
         if n == 0:
-            return [], [], [], []
-        phi, uniforms, perms, mixed = self.raw(keys, runtime)
+            return [], [], [], [], []
+        method, (phi, uniforms, perms, mixed) = self.raw(keys, runtime)
         if phi.shape[0] != n:  # "batch" mode: one row for all samples
             phi, uniforms = np.repeat(phi, n, axis=0), np.repeat(uniforms, n, axis=0)
         partners = np.ascontiguousarray(perms.T, dtype=np.int32)
-        return list(phi), list(uniforms), list(partners), list(mixed.astype(np.uint8))
+        cut = np.full((n, 1), method != "dmixup", np.uint8)  # "dmixup+dcutmix": this batch's method
+        return list(phi), list(uniforms), list(partners), list(mixed.astype(np.uint8)), list(cut)
 
 
 class _GpuMix:
@@ -235,10 +263,10 @@ class _GpuMix:
         self.spec = spec
         self.check_labels = check_labels  # GPU labels: checked here (a small device-to-host read)
 
-    def __call__(self, images, labels, phi, uniforms, partners, mixed):
+    def __call__(self, images, labels, phi, uniforms, partners, mixed, cut):
         import cupy
 
-        from .backends import gpu
+        from .backends import GpuBackend, gpu
         from .record import MixParams
         from .reference import mix_labels
 
@@ -256,12 +284,23 @@ class _GpuMix:
             from .saliency import salient_points
 
             centers = salient_points(images, spec.layout, method=spec.saliency)
-        params = MixParams(*gpu.nest_boxes(spec.method, cupy.stack(phi), cupy.stack(uniforms),
-                                           cupy.stack(partners).T, cupy.stack(mixed), h, w, centers))
+        draws = (cupy.stack(phi), cupy.stack(uniforms), cupy.stack(partners).T, cupy.stack(mixed))
         out = cupy.empty((n,) + tuple(images[0].shape), images[0].dtype)
-        from .backends import GpuBackend
-
-        GpuBackend().blend(list(images), list(out), params, spec.layout)
+        backend = GpuBackend()
+        if spec.switch:
+            # The method was tossed on the host; reading it here would synchronise, so both kernels run:
+            # the one not drawn gets the identity (weight 1 on itself; empty boxes), decided on the device.
+            sources, box_w, boxes = gpu.nest_boxes("dcutmix", *draws, h, w)
+            is_cut = cupy.stack(cut).reshape(n, 1).astype(bool)
+            own = cupy.eye(1, spec.k, dtype=cupy.float32)
+            blend_w = cupy.where(draws[3][:, None].astype(bool), draws[0].astype(cupy.float32), own)
+            tmp = cupy.empty_like(out)
+            backend.dmixup(list(images), list(tmp), sources, cupy.where(is_cut, own, blend_w))
+            backend.dcutmix(list(tmp), list(out), sources, cupy.where(is_cut[:, :, None], boxes, 0), spec.layout)
+            params = MixParams(sources, cupy.where(is_cut, box_w, blend_w), None)
+        else:
+            params = MixParams(*gpu.nest_boxes(spec.method, *draws, h, w, centers))
+            backend.blend(list(images), list(out), params, spec.layout)
         if spec.label_format == "dense":
             return (list(out), list(mix_labels(lab, params, spec.num_classes, spec.smoothing)))
         return (list(out), list(lab[params.sources].astype(np.int32)), list(params.weights))
@@ -290,7 +329,7 @@ def _is_node(x) -> bool:
 
 
 def _spec(method, *, k, alpha, num_classes, layout, mode, prob, smoothing, label_format, seed, shard_id,
-          saliency) -> MixSpec:
+          saliency, switch_prob=0.0, cutmix_alpha=None) -> MixSpec:
     from nvidia.dali import Pipeline
 
     from .saliency import SALIENCY_METHODS
@@ -308,8 +347,16 @@ def _spec(method, *, k, alpha, num_classes, layout, mode, prob, smoothing, label
             f"smoothing={smoothing} applies to dense targets; with label_format='sparse' pass the smoothing "
             f"to dali_kmix.torch.sparse_mixed_cross_entropy instead"
         )
-    _, _, _, k, alpha_vec, prob_val = check_sample_args(method, 0, 1, 1, k, 1.0 if _is_node(alpha) else alpha,
-                                                       mode, 0.0 if _is_node(prob) else prob)
+    switch = method == _checks.SWITCH
+    if switch and _is_node(alpha):
+        raise ValueError("alpha cannot be a DataNode with method 'dmixup+dcutmix' (two alphas); use prob")
+    _, _, _, k, alpha_vec, prob_val = check_sample_args(
+        "dcutmix" if switch else method, 0, 1, 1, k, 1.0 if _is_node(alpha) else alpha, mode,
+        0.0 if _is_node(prob) else prob)
+    cut_vec = None
+    if switch:
+        switch_prob = _checks.check_probability("switch_prob", switch_prob)
+        cut_vec = tuple(_checks.check_alpha(alpha if cutmix_alpha is None else cutmix_alpha, k).tolist())
     pipe = Pipeline.current()
     if seed is None and pipe is not None and pipe.seed is not None and pipe.seed >= 0:
         seed = int(pipe.seed)
@@ -317,7 +364,7 @@ def _spec(method, *, k, alpha, num_classes, layout, mode, prob, smoothing, label
     return MixSpec(method=method, k=k, alpha=None if _is_node(alpha) else tuple(alpha_vec.tolist()),
                    num_classes=num_classes, layout=layout, mode=mode, prob=None if _is_node(prob) else prob_val,
                    smoothing=smoothing, label_format=label_format, saliency=saliency, seed=seed,
-                   shard_id=shard_id, index=index)
+                   shard_id=shard_id, index=index, switch_prob=switch_prob, cutmix_alpha=cut_vec)
 
 
 def _keys(spec: MixSpec, labels):
@@ -343,11 +390,15 @@ def _plugin_path(spec, images, labels, keys, runtime, name):
     from nvidia.dali import fn
 
     extra = [images] if spec.method == "saliency-dcutmix" else []
-    sources, weights_or_boxes, *label_outs = fn.python_function(
-        images.shape(), labels, keys, *runtime, *extra, function=_PluginRecord(spec), batch_processing=True,
-        num_outputs=2 + spec.label_outputs, name=name)
+    records = 4 if spec.switch else 2
+    outs = fn.python_function(images.shape(), labels, keys, *runtime, *extra, function=_PluginRecord(spec),
+                              batch_processing=True, num_outputs=records + spec.label_outputs, name=name)
+    record, label_outs = outs[:records], outs[records:]
+    if spec.switch:  # DMixup, then DCutMix; the method not drawn leaves the batch as it is
+        mixed = fn.kmix_dmixup(images, record[0], record[1], layout=spec.layout)
+        return (fn.kmix_dcutmix(mixed, record[2], record[3], layout=spec.layout), *label_outs)
     blend = fn.kmix_dcutmix if spec.boxed else fn.kmix_dmixup
-    return (blend(images, sources, weights_or_boxes, layout=spec.layout), *label_outs)
+    return (blend(images, record[0], record[1], layout=spec.layout), *label_outs)
 
 
 def _function_path(spec, images, labels, keys, runtime, name, workers):
@@ -367,7 +418,7 @@ def _gpu_path(spec, images, labels, keys, runtime, name):
     if not check_on_device:  # check the labels on the host, where they are, then hand them over
         labels = fn.python_function(labels, function=_LabelCheck(spec.num_classes), batch_processing=True,
                                     num_outputs=1).gpu()
-    draws = fn.python_function(keys, *runtime, function=_GpuDraws(spec), batch_processing=True, num_outputs=4)
+    draws = fn.python_function(keys, *runtime, function=_GpuDraws(spec), batch_processing=True, num_outputs=5)
     outs = fn.python_function(images, labels, *[d.gpu() for d in draws], function=_GpuMix(spec, check_on_device),
                               batch_processing=True, num_outputs=1 + spec.label_outputs,
                               output_layouts=[spec.layout] + [""] * spec.label_outputs, device="gpu", name=name)
@@ -375,11 +426,12 @@ def _gpu_path(spec, images, labels, keys, runtime, name):
 
 
 def _mix_op(method, images, labels, *, k, alpha, num_classes, layout, mode, prob, smoothing, label_format,
-            seed, shard_id, name, saliency="spectral-residual"):
+            seed, shard_id, name, saliency="spectral-residual", switch_prob=0.0, cutmix_alpha=None):
     from nvidia.dali import Pipeline
 
     spec = _spec(method, k=k, alpha=alpha, num_classes=num_classes, layout=layout, mode=mode, prob=prob,
-                 smoothing=smoothing, label_format=label_format, seed=seed, shard_id=shard_id, saliency=saliency)
+                 smoothing=smoothing, label_format=label_format, seed=seed, shard_id=shard_id, saliency=saliency,
+                 switch_prob=switch_prob, cutmix_alpha=cutmix_alpha)
     device = getattr(images, "device", "cpu")
     if device not in ("cpu", "gpu"):
         raise ValueError(f"images must be a DALI DataNode on 'cpu' or 'gpu', got device {device!r}")
@@ -461,8 +513,24 @@ def saliency_dcutmix(images, labels, *, k: int = 3, alpha=1.0, num_classes: int,
                    shard_id=shard_id, name=name, saliency=saliency)
 
 
+def dmixup_or_dcutmix(images, labels, *, k: int = 3, alpha=1.0, cutmix_alpha=None, switch_prob: float = 0.5,
+                      num_classes: int, layout: str, mode: str = "sample", prob=1.0, smoothing: float = 0.0,
+                      label_format: str = "dense", seed=None, shard_id: int = 0, name=None):
+    return _mix_op(_checks.SWITCH, images, labels, k=k, alpha=alpha, num_classes=num_classes, layout=layout,
+                   mode=mode, prob=prob, smoothing=smoothing, label_format=label_format, seed=seed,
+                   shard_id=shard_id, name=name, switch_prob=switch_prob, cutmix_alpha=cutmix_alpha)
+
+
 dmixup.__doc__ = _DOC.format(title="DMixup (Dirichlet-weighted blend of K images)")
 dcutmix.__doc__ = _DOC.format(title="DCutMix (K images in nested stick-breaking boxes)")
+dmixup_or_dcutmix.__doc__ = _DOC.format(
+    title="DMixup or DCutMix, chosen per batch (timm's switch_prob)") + """
+Each batch is DCutMix with probability ``switch_prob`` (with Dirichlet ``cutmix_alpha``,
+default ``alpha``) and DMixup otherwise (with ``alpha``); the toss comes from the same
+checkpointed stream as the rest of the draws. Both native operators run in CPU pipelines
+(and both kernels on the GPU), the one not drawn with a record that leaves the batch as it
+is: one extra pass over the batch compared with a single method.
+"""
 saliency_dcutmix.__doc__ = _DOC.format(
     title="Saliency-DCutMix (DCutMix boxes, each centred on its source's most salient point)") + """
 Box sizes come from the stick-breaking recursion exactly as in DCutMix; box j is

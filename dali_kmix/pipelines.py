@@ -14,8 +14,11 @@ The builders return a :class:`MixPipeline`: the DALI pipeline together with what
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from pathlib import Path
+
+import numpy as np
 
 from . import _checks
 
@@ -35,6 +38,7 @@ class MixPipeline:
         output_map: the names of its outputs, in order ("images", "targets", ...).
         num_classes: the number of classes of its labels.
         reader_name: the name of its reader (epoch size, sharding, last batch).
+        layout: the layout of its images, "CHW" or "HWC" (channels-last for torch).
 
     Any other attribute is the pipeline's (``build``, ``run``, ``checkpoint``, ...), so a
     ``MixPipeline`` can be used where the pipeline was.
@@ -44,6 +48,7 @@ class MixPipeline:
     output_map: tuple
     num_classes: int
     reader_name: str
+    layout: str = "CHW"  # of the "images" output: "HWC" is handed to torch as channels-last NCHW
 
     def __getattr__(self, name):
         if name == "pipeline":  # not set yet (copy, unpickling): no recursion
@@ -102,23 +107,45 @@ def decode_random_crop(jpegs, *, gpu: bool, crop: int, random_area=(0.08, 1.0),
     return fn.resize(images, resize_x=crop, resize_y=crop, interp_type=types.INTERP_TRIANGULAR, antialias=False)
 
 
-def decode_center(jpegs, *, gpu: bool, size: int, crop: int):
+def decode_center(jpegs, *, gpu: bool, size: int, crop: int, layout: str = "CHW", dtype: str = "float32"):
     """Evaluation-style preprocessing, no randomness: decode, resize the shorter side to ``size``,
-    centre-crop ``crop`` and normalise to float32 CHW."""
+    centre-crop ``crop`` and normalise (float32 CHW by default)."""
     from nvidia.dali import fn, types
 
     images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
     images = fn.resize(images, resize_shorter=size, interp_type=types.INTERP_TRIANGULAR, antialias=False)
-    return normalize_chw(images, crop=crop, mirror=False)
+    return normalize_chw(images, crop=crop, mirror=False, layout=layout, dtype=dtype)
 
 
-def normalize_chw(images, *, crop: int, mirror: bool):
-    """float32 CHW with the ImageNet mean/std (and a random horizontal mirror when ``mirror``)."""
+def normalize_chw(images, *, crop: int, mirror: bool, layout: str = "CHW", dtype: str = "float32"):
+    """Normalised with the ImageNet mean/std (and a random horizontal mirror when ``mirror``):
+    float32 (or float16) CHW, or HWC for torch's channels-last."""
     from nvidia.dali import fn, types
 
     kw = dict(mirror=fn.random.coin_flip(probability=0.5)) if mirror else {}
-    return fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW", crop=(crop, crop),
-                                    mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), **kw)
+    return fn.crop_mirror_normalize(images, dtype=types.FLOAT16 if dtype == "float16" else types.FLOAT,
+                                    output_layout=layout, crop=(crop, crop), mean=list(IMAGENET_MEAN),
+                                    std=list(IMAGENET_STD), **kw)
+
+
+def _prob_schedule(pipe, reader_name, batch_size, prob, off_epoch):
+    """A DataNode of ``prob`` per sample that turns 0 from epoch ``off_epoch`` (0-based) on.
+
+    The epoch comes from the iteration index DALI hands the source (``batch_info``), which a
+    checkpoint restores, and from the reader's epoch size read once the pipeline is built.
+    """
+    from nvidia.dali import fn
+
+    def source(info):
+        meta = pipe.reader_meta(reader_name)
+        shards, shard = meta["number_of_shards"], meta["shard_id"]
+        n = meta["epoch_size"]
+        shard_size = (shard + 1) * n // shards - shard * n // shards
+        steps = -(-shard_size // batch_size)
+        value = 0.0 if info.iteration // steps >= off_epoch else prob
+        return [np.array(value, np.float32)] * batch_size
+
+    return fn.external_source(source=source, batch=True, batch_info=True)
 
 
 def _check_common(device, batch_size, shard_id, num_shards):
@@ -149,7 +176,9 @@ def imagenet_train_pipeline(data_dir, *, batch_size: int, device: str = "cpu", m
                             file_list=None, random_area=(0.08, 1.0), random_aspect_ratio=(0.75, 4.0 / 3.0),
                             reader_name: str = "Reader", prefetch_queue_depth: int = 2,
                             with_source_info: bool = False, mix_on: str = "uint8",
-                            enable_checkpointing: bool = False, checkpoint: str | None = None) -> MixPipeline:
+                            enable_checkpointing: bool = False, checkpoint: str | None = None,
+                            cutmix_alpha=None, switch_prob: float = 0.5, mixup_off_epoch: int | None = None,
+                            output_layout: str = "CHW", output_dtype: str = "float32") -> MixPipeline:
     """Build (not run) the training pipeline; returns a :class:`MixPipeline`.
 
     Outputs: ``(images, targets)`` float32 CHW ``(3, crop, crop)`` images and float32
@@ -162,8 +191,15 @@ def imagenet_train_pipeline(data_dir, *, batch_size: int, device: str = "cpu", m
             or the root that ``file_list`` paths are relative to.
         device: "cpu" (decode and mix on the CPU; ``device_id`` may be None) or "gpu"
             (``"mixed"`` decoding, mixing on the GPU; ``device_id`` defaults to 0).
-        mix: "dcutmix", "dmixup", "saliency-dcutmix" or None; ``k``, ``alpha``, ``mode``, ``prob``,
+        mix: "dcutmix", "dmixup", "saliency-dcutmix", "dmixup+dcutmix" (one of the two per
+            batch, DCutMix with probability ``switch_prob`` and Dirichlet ``cutmix_alpha``, see
+            :func:`dali_kmix.dali.dmixup_or_dcutmix`) or None; ``k``, ``alpha``, ``mode``, ``prob``,
             ``smoothing``, ``label_format`` as in :func:`dali_kmix.dali.dcutmix`.
+        mixup_off_epoch: from this epoch (0-based) on, no sample is mixed (timm's
+            ``mixup_off_epoch``): ``prob`` is fed per iteration, the pipeline is not rebuilt.
+        output_layout: "CHW" (default) or "HWC"; :class:`DALIMixIterator` hands HWC batches to
+            torch as NCHW tensors in channels-last memory format (no copy).
+        output_dtype: "float32" (default) or "float16" images.
         num_classes: number of classes (default: the number of class folders).
         seed: the pipeline's seed; shard ``i`` mixes with its own stream.
         shard_id, num_shards: the reader's shard (one per rank under torchrun).
@@ -185,8 +221,12 @@ def imagenet_train_pipeline(data_dir, *, batch_size: int, device: str = "cpu", m
 
     _check_common(device, batch_size, shard_id, num_shards)
     if mix is not None:
-        _checks.check_choice("mix", mix, _checks.METHODS)
+        _checks.check_choice("mix", mix, _checks.METHODS + (_checks.SWITCH,))
     _checks.check_choice("mix_on", mix_on, ("uint8", "float32"))
+    _checks.check_choice("output_layout", output_layout, _checks.LAYOUTS)
+    _checks.check_choice("output_dtype", output_dtype, ("float32", "float16"))
+    if mixup_off_epoch is not None:
+        _checks.check_int("mixup_off_epoch", mixup_off_epoch, 0)
     if num_classes is None:
         num_classes = count_classes(data_dir)
     if device == "gpu" and device_id is None:
@@ -199,32 +239,44 @@ def imagenet_train_pipeline(data_dir, *, batch_size: int, device: str = "cpu", m
         jpegs, labels = _reader(data_dir, file_list, shard_id, num_shards, True, reader_name)
         images = decode_random_crop(jpegs, gpu=gpu, crop=crop, random_area=random_area,
                                     random_aspect_ratio=random_aspect_ratio)
+        norm = dict(crop=crop, mirror=True, layout=output_layout, dtype=output_dtype)
         if mix is None:
-            outs, names = (normalize_chw(images, crop=crop, mirror=True), labels), ["images", "labels"]
+            outs, names = (normalize_chw(images, **norm), labels), ["images", "labels"]
         else:
-            op = getattr(kmix_ops, mix.replace("-", "_"))
+            if mix == _checks.SWITCH:
+                op = functools.partial(kmix_ops.dmixup_or_dcutmix, cutmix_alpha=cutmix_alpha,
+                                       switch_prob=switch_prob)
+            else:
+                op = getattr(kmix_ops, mix.replace("-", "_"))
             if mix_on == "float32":
-                images = normalize_chw(images, crop=crop, mirror=True)
+                images = normalize_chw(images, **norm)
+            if mixup_off_epoch is not None:
+                prob = _prob_schedule(pipe, reader_name, batch_size, _checks.check_probability("prob", prob),
+                                      mixup_off_epoch)
             images, *label_outs = op(images, labels, k=k, alpha=alpha, num_classes=num_classes,
-                                     layout="HWC" if mix_on == "uint8" else "CHW", mode=mode, prob=prob,
+                                     layout="HWC" if mix_on == "uint8" else output_layout, mode=mode, prob=prob,
                                      smoothing=smoothing, label_format=label_format, shard_id=shard_id)
             if mix_on == "uint8":
-                images = normalize_chw(images, crop=crop, mirror=True)
+                images = normalize_chw(images, **norm)
             outs = (images, *label_outs)
             names = ["images", "targets"] if label_format == "dense" else ["images", "label_idx", "label_w"]
         if with_source_info:
             outs = (*outs, _source_info(jpegs))
             names.append("source_info")
         pipe.set_outputs(*outs)
-    return MixPipeline(pipe, tuple(names), num_classes, reader_name)
+    return MixPipeline(pipe, tuple(names), num_classes, reader_name, output_layout)
 
 
 def imagenet_val_pipeline(data_dir, *, batch_size: int, device: str = "cpu", crop: int = 224, size: int = 256,
                           shard_id: int = 0, num_shards: int = 1, num_threads: int | None = None,
                           device_id: int | None = None, file_list=None, reader_name: str = "Reader",
-                          num_classes: int | None = None, seed: int = 0) -> MixPipeline:
+                          num_classes: int | None = None, seed: int = 0, output_layout: str = "CHW",
+                          output_dtype: str = "float32") -> MixPipeline:
     """Validation pipeline (no mixing, no randomness): decode, resize the shorter side to
-    ``size``, centre-crop ``crop``, normalise to float32 CHW. Outputs ``(images, labels)``."""
+    ``size``, centre-crop ``crop``, normalise (float32 CHW, or ``output_layout`` /
+    ``output_dtype`` as in :func:`imagenet_train_pipeline`). Outputs ``(images, labels)``."""
+    _checks.check_choice("output_layout", output_layout, _checks.LAYOUTS)
+    _checks.check_choice("output_dtype", output_dtype, ("float32", "float16"))
     _check_common(device, batch_size, shard_id, num_shards)
     if num_classes is None:
         num_classes = count_classes(data_dir)
@@ -233,8 +285,9 @@ def imagenet_val_pipeline(data_dir, *, batch_size: int, device: str = "cpu", cro
     pipe = _pipeline(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed)
     with pipe:
         jpegs, labels = _reader(data_dir, file_list, shard_id, num_shards, False, reader_name)
-        pipe.set_outputs(decode_center(jpegs, gpu=device == "gpu", size=size, crop=crop), labels)
-    return MixPipeline(pipe, ("images", "labels"), num_classes, reader_name)
+        pipe.set_outputs(decode_center(jpegs, gpu=device == "gpu", size=size, crop=crop, layout=output_layout,
+                                       dtype=output_dtype), labels)
+    return MixPipeline(pipe, ("images", "labels"), num_classes, reader_name, output_layout)
 
 
 class DALIMixIterator:
@@ -244,7 +297,11 @@ class DALIMixIterator:
     name and ``LastBatchPolicy.PARTIAL``: the padded duplicates of the last batch
     are cut off, so every sample of the shard is seen exactly once per epoch.
 
-    Yields ``(images, targets)``: images float32 ``(N, 3, H, W)``; targets float32
+    With ``drop_last=True`` the last, short batch of every epoch is dropped
+    (``LastBatchPolicy.DROP``), as ``DataLoader(drop_last=True)`` does.
+
+    Yields ``(images, targets)``: images float32 (or float16) ``(N, 3, H, W)``, in
+    channels-last memory format for an "HWC" pipeline; targets float32
     ``(N, C)`` (dense), the tuple ``(label_idx, label_w)`` (sparse), or, for a
     pipeline without mixing, one-hot targets (``one_hot=True``, with
     ``smoothing``) or the int64 labels ``(N,)`` (``one_hot=False``).
@@ -257,7 +314,7 @@ class DALIMixIterator:
     """
 
     def __init__(self, pipe: MixPipeline, *, one_hot: bool = True, smoothing: float = 0.0,
-                 auto_reset: bool = True):
+                 auto_reset: bool = True, drop_last: bool = False):
         from nvidia.dali.plugin.base_iterator import LastBatchPolicy
         from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
@@ -269,8 +326,10 @@ class DALIMixIterator:
         self.one_hot = one_hot
         self.smoothing = _checks.check_smoothing(smoothing)
         self.last_source_info: list[str] = []
+        self.channels_last = pipe.layout == "HWC"
+        policy = LastBatchPolicy.DROP if drop_last else LastBatchPolicy.PARTIAL
         self._it = DALIGenericIterator([pipe.pipeline], self.output_map, reader_name=pipe.reader_name,
-                                       last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=auto_reset)
+                                       last_batch_policy=policy, auto_reset=auto_reset)
 
     def __len__(self):
         return len(self._it)
@@ -288,6 +347,8 @@ class DALIMixIterator:
     def __next__(self):
         data = next(self._it)[0]
         images = data["images"]
+        if self.channels_last:  # NHWC memory seen as NCHW: torch's channels_last format, no copy
+            images = images.permute(0, 3, 1, 2)
         if "source_info" in data:
             self.last_source_info = _decode_info(data["source_info"].cpu().numpy())
         if "targets" in data:

@@ -310,7 +310,7 @@ def _restore_equals_uninterrupted(root, method, label_format, device="cpu", devi
 
 @pytest.mark.parametrize("path", ["plugin", "function"])
 @pytest.mark.parametrize("label_format", ["dense", "sparse"])
-@pytest.mark.parametrize("method", ["dmixup", "dcutmix", "saliency_dcutmix"])
+@pytest.mark.parametrize("method", ["dmixup", "dcutmix", "saliency_dcutmix", "dmixup_or_dcutmix"])
 def test_restored_pipeline_continues_exactly(photo_dir, monkeypatch, method, label_format, path):
     from dali_kmix.backends import plugin
 
@@ -322,7 +322,7 @@ def test_restored_pipeline_continues_exactly(photo_dir, monkeypatch, method, lab
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("label_format", ["dense", "sparse"])
-@pytest.mark.parametrize("method", ["dmixup", "dcutmix", "saliency_dcutmix"])
+@pytest.mark.parametrize("method", ["dmixup", "dcutmix", "saliency_dcutmix", "dmixup_or_dcutmix"])
 def test_restored_gpu_pipeline_continues_exactly(photo_dir, method, label_format):
     _restore_equals_uninterrupted(photo_dir, method, label_format, device="gpu", device_id=0)
 
@@ -387,3 +387,68 @@ def test_runtime_alpha_is_checked():
     p.build()
     with pytest.raises(RuntimeError, match=r"alpha must be > 0 and finite, got -1.0"):
         p.run()
+
+
+# --------------------------------------------------------------------------- DMixup or DCutMix per batch
+
+
+@pipeline_def(batch_size=12, num_threads=2, seed=5)
+def switch_method_pipe(switch_prob, device="cpu", k=3):
+    images = fn.external_source(source=lambda: [np.full((6, 8, 2), i, np.uint8) for i in range(12)], batch=True,
+                                layout="HWC")
+    labels = fn.external_source(source=lambda: [np.array([i], np.int32) for i in range(12)], batch=True)
+    if device == "gpu":
+        images = images.gpu()
+    return kmix.dmixup_or_dcutmix(images, labels, k=k, alpha=1.0, cutmix_alpha=0.5, switch_prob=switch_prob,
+                                  num_classes=12, layout="HWC", label_format="sparse")
+
+
+def _batch_kind(images, idx, w):
+    """'cut' when every pixel is one of the sources' values and the shares are the pixel areas, 'blend' when
+    every pixel is the weighted sum; checks the images against the labels either way."""
+    cut = all(np.isin(images[i], idx[i]).all() for i in range(len(images)))
+    for i in range(len(images)):
+        if cut:
+            share = np.bincount(images[i].ravel(), minlength=12) / images[i].size
+            expect = np.zeros(12)
+            np.add.at(expect, idx[i], w[i])
+            np.testing.assert_allclose(share, expect, atol=1e-6)
+        else:
+            np.testing.assert_allclose(images[i].astype(float), np.rint((w[i] * idx[i]).sum()), atol=0.51)
+    return "cut" if cut else "blend"
+
+
+def _switch_kinds(switch_prob, device="cpu", iters=24):
+    p = switch_method_pipe(switch_prob, device=device, device_id=0 if device == "gpu" else None)
+    p.build()
+    return [_batch_kind(*out) for out in _outputs(p, iters)]
+
+
+@pytest.mark.parametrize("path", ["plugin", "function"])
+def test_switch_picks_one_method_per_batch(monkeypatch, path):
+    monkeypatch.setenv("DALI_KMIX_PLUGIN", "1" if path == "plugin" else "0")
+    assert set(_switch_kinds(1.0, iters=3)) == {"cut"}
+    assert set(_switch_kinds(0.0, iters=3)) == {"blend"}
+    kinds = _switch_kinds(0.5, iters=40)
+    # binomial(40, 0.5): 10..30 holds with probability > 0.998
+    assert 10 <= kinds.count("cut") <= 30
+
+
+def test_switch_arguments_are_checked():
+    @pipeline_def(batch_size=2, num_threads=1, device_id=None)
+    def pipe(switch_prob=0.5, cutmix_alpha=None):
+        x = fn.external_source(source=lambda: [np.zeros((4, 4, 3), np.uint8)] * 2, batch=True)
+        y = fn.external_source(source=lambda: [np.array([1], np.int32)] * 2, batch=True)
+        return kmix.dmixup_or_dcutmix(x, y, num_classes=3, layout="HWC", switch_prob=switch_prob,
+                                      cutmix_alpha=cutmix_alpha)
+
+    with pytest.raises(ValueError, match=r"switch_prob must be in \[0, 1\], got 1.5"):
+        pipe(switch_prob=1.5)
+    with pytest.raises(ValueError, match=r"alpha must be > 0 and finite, got -2"):
+        pipe(cutmix_alpha=-2)
+
+
+@pytest.mark.gpu
+def test_switch_on_the_gpu():
+    kinds = _switch_kinds(0.5, device="gpu", iters=40)
+    assert 10 <= kinds.count("cut") <= 30

@@ -96,7 +96,7 @@ def test_shards_are_disjoint_and_cover_the_data(photo_dir):
 
 
 def test_pipeline_argument_errors(photo_dir, tmp_path):
-    with pytest.raises(ValueError, match=r"mix must be one of \['dmixup', 'dcutmix', 'saliency-dcutmix'\], got 'cutmix'"):
+    with pytest.raises(ValueError, match=r"mix must be one of \['dmixup', 'dcutmix', 'saliency-dcutmix', 'dmixup\+dcutmix'\], got 'cutmix'"):
         imagenet_train_pipeline(photo_dir, batch_size=4, mix="cutmix")
     with pytest.raises(ValueError, match=r"mix_on must be one of \['uint8', 'float32'\], got 'float16'"):
         imagenet_train_pipeline(photo_dir, batch_size=4, mix_on="float16")
@@ -150,3 +150,48 @@ def test_mixing_before_or_after_the_normalisation(method):
         tol = 0.5 / min(IMAGENET_STD) + 1e-4
         assert np.abs(before - after).max() <= tol
         assert np.abs(before - after).max() > 0  # the rounding is real, and bounded
+
+
+# --------------------------------------------------------------------------- what timm users expect
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_channels_last_and_half_batches(photo_dir, dtype):
+    chw = imagenet_train_pipeline(photo_dir, batch_size=8, mix="dcutmix", crop=CROP, seed=4, output_dtype=dtype)
+    hwc = imagenet_train_pipeline(photo_dir, batch_size=8, mix="dcutmix", crop=CROP, seed=4, output_dtype=dtype,
+                                  output_layout="HWC")
+    (a, ta), (b, tb) = next(iter(DALIMixIterator(chw))), next(iter(DALIMixIterator(hwc)))
+    want = torch.float16 if dtype == "float16" else torch.float32
+    assert a.dtype == b.dtype == want and a.shape == b.shape == (8, 3, CROP, CROP)
+    assert b.is_contiguous(memory_format=torch.channels_last) and not b.is_contiguous()
+    torch.testing.assert_close(a, b, rtol=0, atol=0)  # the same batch, only the memory order differs
+    torch.testing.assert_close(ta, tb, rtol=0, atol=0)
+
+
+def test_drop_last_drops_the_short_batch(photo_dir):
+    pipe = imagenet_train_pipeline(photo_dir, batch_size=10, mix="dcutmix", crop=CROP)
+    it = DALIMixIterator(pipe, drop_last=True)
+    assert len(it) == 4
+    assert [x.shape[0] for x, _ in it] == [10, 10, 10, 10]  # 48 images: the 8 of the fifth batch are dropped
+
+
+@pytest.mark.parametrize("mixup_off_epoch", [0, 1])
+def test_mixup_off_epoch_switches_mixing_off_without_a_rebuild(photo_dir, mixup_off_epoch):
+    pipe = imagenet_train_pipeline(photo_dir, batch_size=16, mix="dcutmix", crop=CROP, label_format="sparse",
+                                   mixup_off_epoch=mixup_off_epoch)
+    it = DALIMixIterator(pipe)
+    for epoch in range(2):  # 48 images, 3 batches an epoch
+        w = torch.cat([lw for _, (_, lw) in it])
+        unmixed = bool((w[:, 0] == 1).all())
+        assert unmixed == (epoch >= mixup_off_epoch), (epoch, w[:4])
+
+
+def test_dmixup_or_dcutmix_per_batch_in_the_pipeline(photo_dir):
+    pipe = imagenet_train_pipeline(photo_dir, batch_size=16, mix="dmixup+dcutmix", switch_prob=0.5, alpha=0.8,
+                                   cutmix_alpha=1.0, crop=CROP, label_format="sparse")
+    images, (idx, w) = next(iter(DALIMixIterator(pipe)))
+    assert idx.shape == (16, 3) and torch.allclose(w.sum(1), torch.ones(16))
+    with pytest.raises(ValueError, match=r"mix must be one of .*'dmixup\+dcutmix'\], got 'mixup'"):
+        imagenet_train_pipeline(photo_dir, batch_size=4, mix="mixup")
+    with pytest.raises(ValueError, match=r"output_layout must be one of \['HWC', 'CHW'\], got 'NHWC'"):
+        imagenet_train_pipeline(photo_dir, batch_size=4, output_layout="NHWC")
