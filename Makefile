@@ -6,10 +6,16 @@ PIP    := $(PY) -m pip
 # The CPU machines this project is developed on serve torch 2.14.1 from local disk.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
+# CUDA major version of the GPU stack (DALI + CuPy extra cuda12 or cuda13): by default
+# that of the torch build installed first (torch.version.cuda; a CPU-only torch gets 12).
+# Override with `make test CUDA=12`; a venv built for the other one needs `make clean`.
+CUDA   ?=
 
 .PHONY: venv system-deps demo test test-gpu bench study kernels-check clean
 
 venv: $(STAMP)
+	@if [ -n "$(CUDA)" ] && [ -s $(STAMP) ] && [ "$$(cat $(STAMP))" != "cuda$(CUDA)" ]; then \
+	  echo "$(VENV) holds the $$(cat $(STAMP)) GPU stack, not cuda$(CUDA): run make clean first" >&2; exit 1; fi
 
 # Debian packages: Fashion-MNIST for `kmix data fashion-mnist`, the training study and its tests.
 system-deps:
@@ -25,8 +31,14 @@ $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip setuptools wheel
 	$(PIP) install --quiet $(TORCH_SPEC)
-	$(PIP) install --quiet -e '.[test]'
-	touch $(STAMP)
+	@cuda="$(CUDA)"; \
+	if [ -z "$$cuda" ]; then \
+	  cuda=$$($(PY) -c 'import torch; v = torch.version.cuda; print(v.split(".")[0] if v else 12)') || exit 1; \
+	fi; \
+	case "$$cuda" in 12) other=13;; 13) other=12;; *) echo "CUDA must be 12 or 13, got $$cuda" >&2; exit 1;; esac; \
+	echo "GPU stack: extra cuda$$cuda (torch CUDA $$($(PY) -c 'import torch; print(torch.version.cuda)'))"; \
+	$(PIP) uninstall --quiet -y cupy-cuda$${other}x nvidia-dali-cuda$${other}0 >/dev/null 2>&1; \
+	$(PIP) install --quiet -e ".[test,cuda$$cuda]" && echo "cuda$$cuda" > $(STAMP)
 
 # The main job on an embedded default: DCutMix K=3 over scikit-image's photographs.
 demo: venv
@@ -35,8 +47,9 @@ demo: venv
 test: venv system-deps
 	$(PY) -m pytest -q
 
+# Fails (does not skip) when there is no CUDA device or CuPy/DALI cannot load, naming what is missing.
 test-gpu: venv
-	$(PY) -m pytest -q -m gpu
+	$(PY) -m pytest -q -m gpu --require-gpu
 
 # The studies of the README (about 45 and 15 minutes on 2 cores).
 study: venv system-deps

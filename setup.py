@@ -4,6 +4,12 @@ The CUDA sources live in the top-level ``kernels/`` folder and are installed as
 the package-data package ``dali_kmix.kernels`` (find_packages() would not ship
 them): the GPU path compiles them with NVRTC at run time, the CPU path with the
 system C++ compiler on first use.
+
+The GPU stack comes in one of two extras, so that a venv holds exactly one CuPy and
+one DALI, built for one CUDA major version, whose CUDA libraries (NVRTC, cuRAND,
+cuFFT) all load: ``cuda12`` (the default of the docs) or ``cuda13``. Pick the one
+that matches the CUDA major version of the installed torch (``torch.version.cuda``)
+and the driver; the Makefile does so (``make test CUDA=12`` overrides).
 """
 
 from setuptools import setup
@@ -21,7 +27,6 @@ setup(
     include_package_data=False,
     install_requires=[
         "numpy>=1.24",
-        "nvidia-dali-cuda120>=2.0",
         "torch>=2.1",
         "tqdm",
         "matplotlib",
@@ -29,11 +34,13 @@ setup(
         "pillow",
     ],
     extras_require={
-        "gpu": ["cupy-cuda12x>=13"],
+        # CuPy's [ctk] extra installs the CUDA libraries it loads, as pip wheels of that same major version.
+        "cuda12": ["nvidia-dali-cuda120>=2.0", "cupy-cuda12x[ctk]>=14"],
+        "cuda13": ["nvidia-dali-cuda130>=2.4", "cupy-cuda13x[ctk]>=14"],
         "saliency": ["opencv-contrib-python-headless"],
         "bench": ["timm", "kornia", "torchvision"],
-        "test": ["pytest>=8", "scipy", "cupy-cuda12x>=13", "torchvision", "opencv-contrib-python-headless", "timm",
-                 "kornia"],
+        # with one of cuda12/cuda13 (the Makefile installs .[test,cudaNN])
+        "test": ["pytest>=8", "scipy", "torchvision", "opencv-contrib-python-headless", "timm", "kornia"],
     },
     entry_points={"console_scripts": ["kmix=dali_kmix.apps.cli:main"]},
     classifiers=[

@@ -1,4 +1,11 @@
-"""Shared fixtures (real photographs, a JPEG tree) and the GPU marker. Helpers live in _helpers.py."""
+"""Shared fixtures (real photographs, a JPEG tree) and the GPU marker. Helpers live in _helpers.py.
+
+``gpu``-marked tests skip without a CUDA device, unless ``--require-gpu`` is given (or
+``DALI_KMIX_REQUIRE_GPU=1``; ``make test-gpu`` passes it): then a missing device,
+CuPy or DALI is a collection error that names what is missing.
+"""
+
+import os
 
 import numpy as np
 import pytest
@@ -6,7 +13,41 @@ import pytest
 from dali_kmix.backends import gpu_available
 
 
+def pytest_addoption(parser):
+    parser.addoption("--require-gpu", action="store_true", default=False,
+                     help="fail, instead of skipping gpu tests, when no CUDA device or CuPy/DALI cannot load")
+
+
+def _require_gpu(config):
+    return config.getoption("--require-gpu") or os.environ.get("DALI_KMIX_REQUIRE_GPU", "") not in ("", "0")
+
+
+def gpu_problems():
+    """What stops the gpu tests from running here (empty when nothing does)."""
+    problems = []
+    if os.environ.get("DALI_KMIX_NO_GPU"):
+        problems.append("DALI_KMIX_NO_GPU is set")
+    try:
+        import cupy
+
+        count = cupy.cuda.runtime.getDeviceCount()
+        if count == 0:
+            problems.append("CuPy found 0 CUDA devices")
+    except Exception as exc:  # noqa: BLE001 - the message is what the report needs
+        problems.append(f"CuPy cannot use a CUDA device: {type(exc).__name__}: {exc}")
+    try:
+        from nvidia.dali import backend  # noqa: F401
+    except Exception as exc:  # noqa: BLE001
+        problems.append(f"DALI cannot load: {type(exc).__name__}: {exc}")
+    return problems
+
+
 def pytest_collection_modifyitems(config, items):
+    if _require_gpu(config):
+        problems = gpu_problems()
+        if problems:
+            raise pytest.UsageError("--require-gpu: the GPU tests cannot run here: " + "; ".join(problems))
+        return
     if gpu_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device (none found)")

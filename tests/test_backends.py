@@ -213,10 +213,10 @@ def test_gpu_kernels_run_on_the_current_stream_without_sync():
 
     from dali_kmix.backends import gpu as gpu_kernels
 
-    x = cupy.random.random((8, 3, 32, 32), dtype=cupy.float32)
-    p = sample_params("dcutmix", 8, 32, 32, k=3, rng=0).to_cupy()
     stream = cupy.cuda.Stream(non_blocking=True)
-    with stream:
+    with stream:  # inputs, record and outputs are all made on the stream the kernels run on
+        x = cupy.random.random((8, 3, 32, 32), dtype=cupy.float32)
+        p = sample_params("dcutmix", 8, 32, 32, k=3, rng=0).to_cupy()
         out = cupy.empty_like(x)
         gpu_kernels.dcutmix(list(x), list(out), p.sources, p.boxes, "CHW")
     stream.synchronize()

@@ -31,3 +31,88 @@ def test_wheel_contains_the_kernel_sources(tmp_path):
                           env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert str(target) in proc.stdout
+
+
+# One GPU stack per venv (setup.py extras cuda12 / cuda13): one CuPy and one DALI, of the CUDA major version of
+# torch, whose CUDA libraries load. These need no device, only the installed packages.
+
+def _dists(prefix):
+    from importlib import metadata
+
+    names = {(d.metadata["Name"] or "").lower().replace("_", "-") for d in metadata.distributions()}
+    return sorted(n for n in names if n == prefix.rstrip("-") or n.startswith(prefix))
+
+
+def test_one_cupy_and_one_dali_distribution():
+    cupys, dalis = _dists("cupy-"), _dists("nvidia-dali-")
+    assert len(cupys) == 1, f"expected one CuPy distribution, got {cupys} (install one extra: cuda12 or cuda13)"
+    assert len(dalis) == 1, f"expected one DALI distribution, got {dalis} (install one extra: cuda12 or cuda13)"
+
+
+def test_cupy_dali_and_torch_share_a_cuda_major_version():
+    import re
+
+    torch = pytest.importorskip("torch")
+    majors = {}
+    for name in _dists("cupy-") + _dists("nvidia-dali-"):
+        m = re.fullmatch(r"cupy-cuda(\d\d)x|nvidia-dali-cuda(\d\d)0", name)
+        if m:
+            majors[name] = int(m.group(1) or m.group(2))
+    if torch.version.cuda:
+        majors["torch"] = int(torch.version.cuda.split(".")[0])
+    assert len(set(majors.values())) == 1, f"CUDA major versions differ: {majors}"
+
+
+def test_cupy_cuda_libraries_load():
+    cupy = pytest.importorskip("cupy")
+    from cupy.cuda import nvrtc
+
+    assert nvrtc.getVersion()[0] >= 12
+    from cupy.cuda import cufft, curand  # ImportError here: CuPy's cuFFT/cuRAND of another CUDA major version
+
+    assert cufft.getVersion() > 0 and curand.getVersion() > 0
+    assert cupy.__version__
+
+
+def test_dali_backend_loads():
+    pytest.importorskip("nvidia.dali")
+    from nvidia.dali import backend
+
+    assert backend.__name__
+
+
+@pytest.mark.gpu
+def test_cuda_libraries_run_on_the_device():
+    import cupy
+
+    x = cupy.random.default_rng(0).random(64, dtype=cupy.float32)  # cuRAND
+    y = cupy.fft.ifft(cupy.fft.fft(x)).real  # cuFFT
+    cupy.testing.assert_allclose(y, x, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["option", "env"])
+def test_require_gpu_fails_loudly_without_a_device(how):
+    import os
+
+    if not os.environ.get("DALI_KMIX_NO_GPU"):
+        from dali_kmix.backends import gpu_available
+
+        if gpu_available():
+            pytest.skip("a CUDA device is here: --require-gpu has nothing to fail on")
+    args = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
+            str(ROOT / "tests" / "test_packaging.py")]
+    env = dict(os.environ)
+    if how == "option":
+        args.append("--require-gpu")
+    else:
+        env["DALI_KMIX_REQUIRE_GPU"] = "1"
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    assert "the GPU tests cannot run here" in out, out
+    assert "CuPy" in out or "DALI_KMIX_NO_GPU" in out, out
+    # and without it the same run skips cleanly
+    env.pop("DALI_KMIX_REQUIRE_GPU", None)
+    proc = subprocess.run(args[:-1] if how == "option" else args, capture_output=True, text=True, cwd=ROOT, env=env)
+    assert proc.returncode in (0, 5), proc.stdout + proc.stderr

@@ -1,6 +1,9 @@
 """Compile gate: every kernel compiles with NVRTC for sm_80 and sm_90 with the run-time options, and with
-nvcc where it is installed; a compile error carries the compiler log pointing into the .cu file."""
+nvcc where it is installed; a compile error carries the compiler log pointing into the .cu file. The run-time
+loader compiles through the same function with the same options (no -ftz, no fast math), caches on disk by a
+key that covers every included header."""
 
+import re
 import shutil
 
 import pytest
@@ -27,11 +30,135 @@ def test_nvcc_compiles_every_kernel(name, arch):
     assert cubin[:4] == b"\x7fELF"
 
 
-def test_run_time_options_are_the_gate_options():
-    opts = kernel_source.nvrtc_options(None)
-    assert "--fmad=false" in opts and "-std=c++17" in opts
-    assert not any(o.startswith("--gpu-architecture") for o in opts)  # CuPy adds the device's
-    assert kernel_source.nvrtc_options("sm_90") == opts + ("--gpu-architecture=sm_90",)
+def test_options_keep_ieee_float_semantics():
+    opts = kernel_source.nvrtc_options("sm_90")
+    for o in ("-std=c++17", "--fmad=false", "-ftz=false", "-prec-div=true", "-prec-sqrt=true"):
+        assert o in opts
+    assert not any("fast" in o or o in ("-ftz=true", "--ftz=true", "-use_fast_math") for o in opts)
+    assert opts[-1] == "--gpu-architecture=sm_90"
+    with pytest.raises(ValueError, match="got 'ninety'"):
+        kernel_source.nvrtc_options("ninety")
+
+
+@pytest.fixture
+def record_nvrtc_options(monkeypatch, tmp_path):
+    """Every option list handed to nvrtc.compileProgram, with the disk cache in a temp folder."""
+    from cupy.cuda import nvrtc
+
+    seen = []
+    real = nvrtc.compileProgram
+    monkeypatch.setattr(nvrtc, "compileProgram", lambda prog, opts: (seen.append(tuple(opts)), real(prog, opts))[1])
+    monkeypatch.setenv("DALI_KMIX_CACHE", str(tmp_path))
+    return seen
+
+
+def test_run_time_path_and_gate_compile_with_the_same_options(record_nvrtc_options, monkeypatch):
+    from dali_kmix.backends import gpu
+
+    monkeypatch.setattr(gpu, "device_arch", lambda device_id=None: "sm_90")
+    monkeypatch.setattr(gpu, "KernelModule", lambda name, compiled: compiled)  # no device to load it on
+    gate = kernel_source.compile_with_nvrtc("kmix_blend.cu", "sm_90")
+    run = gpu._module.__wrapped__("kmix_blend.cu", 0)
+    assert run.image == gate and run.kind == "cubin"
+    assert record_nvrtc_options == [kernel_source.nvrtc_options("sm_90")] * 2
+    assert set(run.lowered) == set(kernel_source.NAME_EXPRESSIONS["kmix_blend.cu"])
+
+
+def _entries(ptx):
+    """{kernel name: PTX body} of every .entry."""
+    parts = re.split(r"\.entry\s+", ptx)[1:]
+    return {p.split("(", 1)[0].strip(): p for p in parts}
+
+
+#: The kernels whose source calls fmaf (the only fused multiply-adds allowed: --fmad=false).
+FMAF_KERNELS = ("kmix_dmixup",)
+
+
+@pytest.mark.parametrize("name", kernel_source.DEVICE_SOURCES)
+def test_ptx_has_no_flush_to_zero_and_fma_only_where_the_source_calls_fmaf(name):
+    out = kernel_source.compile_nvrtc(name, "compute_90")
+    assert out.kind == "ptx"
+    ptx = out.image.decode()
+    assert re.findall(r"\.ftz\b", ptx) == []
+    entries = _entries(ptx)
+    assert len(entries) == max(1, len(kernel_source.NAME_EXPRESSIONS[name]))
+    for entry, body in entries.items():
+        fmas = re.findall(r"\bfma\.\w+\.f32", body)
+        if any(k in entry for k in FMAF_KERNELS):
+            assert fmas and set(fmas) == {"fma.rn.f32"}, entry
+        else:
+            assert fmas == [], entry
+
+
+def test_the_ptx_check_sees_what_cupy_would_add():
+    """CuPy's RawModule(code=...) appends -ftz=true (cupy/cupy#9576): that PTX has .ftz, ours has none."""
+    from cupy.cuda import nvrtc
+
+    name = "kmix_saliency.cu"
+    prog = nvrtc.createProgram(kernel_source.read_source(name), name, [], [])
+    try:
+        for expr in kernel_source.NAME_EXPRESSIONS[name]:
+            nvrtc.addNameExpression(prog, expr)
+        nvrtc.compileProgram(prog, list(kernel_source.nvrtc_options("compute_90")) + ["-ftz=true"])
+        assert re.findall(r"\.ftz\b", nvrtc.getPTX(prog).decode())
+    finally:
+        nvrtc.destroyProgram(prog)
+
+
+def test_target_arch_is_a_cubin_for_known_devices_else_ptx():
+    from dali_kmix.backends.gpu import target_arch
+
+    assert target_arch("90", (75, 80, 90, 100)) == "sm_90"
+    assert target_arch(86, (75, 80, 86)) == "sm_86"
+    assert target_arch("120", (75, 80, 90, 100)) == "compute_100"  # newer than NVRTC: PTX the driver JITs
+    with pytest.raises(RuntimeError, match="compute capability 70"):
+        target_arch("70", (75, 80))
+
+
+@pytest.fixture
+def kernel_copy(tmp_path, monkeypatch):
+    """A copy of kernels/ that kernels_dir() points to, and a temp disk cache."""
+    copy = tmp_path / "kernels"
+    copy.mkdir()
+    for f in kernel_source.kernels_dir().iterdir():
+        if f.suffix in (".cu", ".cuh", ".h"):
+            shutil.copy(f, copy / f.name)
+    monkeypatch.setattr(kernel_source, "kernels_dir", lambda: copy)
+    monkeypatch.setenv("DALI_KMIX_CACHE", str(tmp_path / "cache"))
+    kernel_source.read_source.cache_clear()
+    yield copy
+    kernel_source.read_source.cache_clear()
+
+
+def test_source_files_follow_includes(kernel_copy):
+    names = [p.name for p in kernel_source.source_files("kmix_blend.cu")]
+    assert names == ["kmix_blend.cu", "kmix_common.cuh", "kmix_codes.h"]
+
+
+@pytest.mark.parametrize("header", ["kmix_common.cuh", "kmix_codes.h"])
+def test_a_header_only_change_changes_the_cache_key(kernel_copy, header):
+    before = {n: kernel_source.cache_key(n, "sm_90") for n in kernel_source.DEVICE_SOURCES}
+    assert kernel_source.cache_key("kmix_blend.cu", "sm_80") != before["kmix_blend.cu"]
+    with open(kernel_copy / header, "a") as f:
+        f.write("\n// an edit\n")
+    after = {n: kernel_source.cache_key(n, "sm_90") for n in kernel_source.DEVICE_SOURCES}
+    assert all(after[n] != before[n] for n in before)
+
+
+def test_disk_cache_reuses_and_rebuilds_on_a_header_change(kernel_copy, monkeypatch):
+    first = kernel_source.compile_cached("kmix_boxes.cu", "sm_90")
+    assert first.image[:4] == b"\x7fELF"
+    real = kernel_source.compile_nvrtc
+    monkeypatch.setattr(kernel_source, "compile_nvrtc", lambda *a: pytest.fail("cache missed"))
+    again = kernel_source.compile_cached("kmix_boxes.cu", "sm_90")
+    assert again == first
+    with open(kernel_copy / "kmix_codes.h", "a") as f:
+        f.write("\n#define KMIX_AN_EDIT 1\n")
+    calls = []
+    monkeypatch.setattr(kernel_source, "compile_nvrtc", lambda *a: (calls.append(a), real(*a))[1])
+    kernel_source.compile_cached("kmix_boxes.cu", "sm_90")
+    assert calls == [("kmix_boxes.cu", "sm_90")]
+    assert len(list((kernel_copy.parent / "cache" / "nvrtc").iterdir())) == 2
 
 
 def test_sources_start_with_a_line_directive():

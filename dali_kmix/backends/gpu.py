@@ -1,4 +1,22 @@
-"""The CUDA kernels on the GPU, compiled at run time by NVRTC through CuPy's ``RawModule``.
+"""The CUDA kernels on the GPU: compiled by NVRTC with our options, loaded into CuPy as a module.
+
+Compilation does not go through ``cupy.RawModule(code=...)``: CuPy appends
+``-ftz=true`` to the caller's options (cupy/cupy#9576), which flushes float32
+subnormals to zero and makes the GPU disagree with the host build and the NumPy
+reference. Instead :func:`dali_kmix.backends.sources.compile_cached` drives NVRTC
+with :func:`~dali_kmix.backends.sources.nvrtc_options` (the compile gate's options),
+the image is loaded with ``cupy.cuda.function.Module().load`` and kernels are looked
+up by their lowered (mangled) names. Compiled images are kept on disk (see
+``compile_cached``) and the loaded module in memory, per device.
+
+Which image (:func:`target_arch`): a cubin for the device's own ``sm_XY`` whenever
+NVRTC knows that architecture. A cubin also loads on a driver older than NVRTC
+within one CUDA major version (minor-version compatibility), where PTX would not:
+PTX must be JIT-compiled by the driver, which rejects a PTX ISA newer than itself.
+PTX (``compute_XY``, the newest architecture NVRTC knows below the device's) is used
+only for a device newer than NVRTC, whose driver is then the newer party and can
+JIT it. A driver of an older CUDA major version than NVRTC loads neither: the error
+then names both versions (install the ``cuda12`` extra for a CUDA 12 driver).
 
 Kernels launch on CuPy's current stream: inside ``fn.python_function(device="gpu")``
 DALI binds that to its own CUDA stream, so the mixing is ordered with the rest of
@@ -14,24 +32,82 @@ import functools
 import numpy as np
 
 from .._checks import hwc_dims
-from .sources import NAME_EXPRESSIONS, nvrtc_options, read_source
+from . import sources
 
-__all__ = ["module", "dmixup", "dcutmix", "nest_boxes", "grey_resize"]
+__all__ = ["module", "target_arch", "device_arch", "KernelModule", "dmixup", "dcutmix", "nest_boxes",
+           "grey_resize"]
 
 _TYPE_NAMES = {np.dtype(np.uint8): "unsigned char", np.dtype(np.float16): "__half", np.dtype(np.float32): "float"}
 _MAX_GRID_Y = 65535
 
 
-@functools.lru_cache(maxsize=None)
-def _module(name: str, device_id: int):
+def target_arch(compute_capability, supported) -> str:
+    """The NVRTC target for a device of ``compute_capability`` ("90" or 90).
+
+    ``supported``: the architectures NVRTC can compile for (``nvrtc.getSupportedArchs()``).
+    "sm_XY" (a cubin) when NVRTC knows the device; else "compute_XY" (PTX) for the
+    newest architecture it knows below the device's, which the driver JIT-compiles.
+    """
+    cc = int(compute_capability)
+    known = sorted(int(a) for a in supported)
+    if cc in known:
+        return f"sm_{cc}"
+    older = [a for a in known if a < cc]
+    if not older:
+        raise RuntimeError(f"NVRTC (supported architectures {known}) cannot compile for compute capability "
+                           f"{cc}; got a device older than any architecture it supports")
+    return f"compute_{older[-1]}"
+
+
+def device_arch(device_id: int | None = None) -> str:
+    """:func:`target_arch` of CUDA device ``device_id`` (default: the current one)."""
     import cupy
+    from cupy.cuda import nvrtc
 
-    return cupy.RawModule(code=read_source(name), options=nvrtc_options(None),
-                          name_expressions=list(NAME_EXPRESSIONS.get(name, ())) or None)
+    dev = cupy.cuda.Device(device_id) if device_id is not None else cupy.cuda.Device()
+    return target_arch(dev.compute_capability, nvrtc.getSupportedArchs())
 
 
-def module(name: str):
-    """The compiled RawModule of ``kernels/<name>`` for the current device (cached)."""
+class KernelModule:
+    """A compiled kernel source loaded on one device; ``get_function`` takes name expressions."""
+
+    def __init__(self, name: str, compiled: sources.Compiled):
+        from cupy.cuda import function
+
+        self.name, self.compiled = name, compiled
+        image = compiled.image
+        if compiled.kind == "ptx" and not image.endswith(b"\0"):
+            image += b"\0"  # cuModuleLoadData reads PTX as a C string
+        self._module = function.Module()
+        try:
+            self._module.load(image)
+        except Exception as exc:  # noqa: BLE001 - add what explains the usual cause, keep the CUDA error
+            import cupy
+
+            driver = cupy.cuda.runtime.driverGetVersion()
+            raise RuntimeError(
+                f"loading the {compiled.kind} of {name} for {compiled.arch} failed: {exc}; CUDA driver "
+                f"{driver // 1000}.{driver % 1000 // 10}, NVRTC {'.'.join(map(str, sources.nvrtc_version()))} "
+                "(a driver of an older CUDA major version than NVRTC cannot load its output: install the "
+                "dali_kmix extra that matches the driver, cuda12 or cuda13)") from exc
+        self._functions = {}
+
+    def get_function(self, expr: str):
+        """The kernel of name expression ``expr`` ("kmix_dmixup<float>", or an extern "C" name)."""
+        fn = self._functions.get(expr)
+        if fn is None:
+            fn = self._functions[expr] = self._module.get_function(self.compiled.lowered.get(expr, expr))
+        return fn
+
+
+@functools.lru_cache(maxsize=None)
+def _module(name: str, device_id: int) -> KernelModule:
+    # called by module() with the current device: the image loads into its context
+    return KernelModule(name, sources.compile_cached(name, device_arch(device_id)))
+
+
+def module(name: str) -> KernelModule:
+    """The compiled module of ``kernels/<name>`` on the current device (cached on disk and per device)."""
     import cupy
 
     return _module(name, cupy.cuda.runtime.getDevice())

@@ -1,26 +1,36 @@
 """The CUDA C sources in ``kernels/``: where they are, how they are read, and how they compile.
 
 One cached loader reads a ``.cu`` file and prefixes a ``#line`` directive, so a
-compiler error (NVRTC, nvcc or g++) names the real file and line. The options
-used at run time are defined here once and used by the GPU loader
-(:mod:`dali_kmix.backends.gpu`) and by the compile gate
-(:func:`compile_with_nvrtc`, :func:`compile_with_nvcc`) that CI runs on
-machines without a GPU.
+compiler error (NVRTC, nvcc or g++) names the real file and line.
+
+One function, :func:`compile_nvrtc`, compiles a kernel source with NVRTC's program
+API and the options of :func:`nvrtc_options`; the GPU loader
+(:mod:`dali_kmix.backends.gpu`, through the disk cache :func:`compile_cached`) and
+the compile gate (:func:`compile_with_nvrtc`) that CI runs on machines without a
+GPU both go through it, so what is checked is what runs. CuPy's own compile path
+(``RawModule(code=...)``) is not used: it appends ``-ftz=true`` after the caller's
+options (cupy/cupy#9576), which flushes float32 subnormals and breaks bit-exactness
+with the host build and the NumPy reference.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 __all__ = [
     "KernelCompileError", "kernels_dir", "read_source", "cuda_include_dirs", "nvrtc_options",
-    "DEVICE_SOURCES", "NAME_EXPRESSIONS", "compile_with_nvrtc", "compile_with_nvcc",
+    "DEVICE_SOURCES", "NAME_EXPRESSIONS", "FP_OPTIONS", "Compiled", "source_files", "nvrtc_version",
+    "compile_nvrtc", "cache_key", "compile_cached", "compile_with_nvrtc", "compile_with_nvcc",
 ]
 
 #: Kernel sources compiled for the GPU (each a translation unit of its own).
@@ -42,9 +52,15 @@ TEMPLATE_PARAMS = {
     "kmix_grey_resize": "const {t}* const*, float*, int, int, int, int, int, int, int",
 }
 
-#: Options for every device compile. --fmad=false: the only fused multiply-adds are
-#: the explicit fmaf calls, exactly as in the host build (-ffp-contract=off).
-BASE_OPTIONS = ("-std=c++17", "--fmad=false")
+#: Floating-point options of every device compile, spelled out rather than left to
+#: defaults (and never --use_fast_math): --fmad=false, the only fused multiply-adds are
+#: the explicit fmaf calls, exactly as in the host build (-ffp-contract=off);
+#: -ftz=false, float32 subnormals are kept as on the host; IEEE-rounded division and
+#: square root.
+FP_OPTIONS = ("--fmad=false", "-ftz=false", "-prec-div=true", "-prec-sqrt=true")
+
+#: Options for every device compile (NVRTC and nvcc alike), before include folders and arch.
+BASE_OPTIONS = ("-std=c++17", *FP_OPTIONS)
 
 
 class KernelCompileError(RuntimeError):
@@ -97,40 +113,133 @@ def cuda_include_dirs() -> tuple[str, ...]:
     return tuple(out)
 
 
-def nvrtc_options(arch: str | None = None) -> tuple[str, ...]:
-    """NVRTC options for run time (``arch=None``: CuPy adds the device's) or for the gate."""
+def nvrtc_options(arch: str) -> tuple[str, ...]:
+    """The NVRTC options for ``arch`` ("sm_90": a cubin, "compute_90": PTX).
+
+    The one place options are made: the run-time loader and the compile gate both
+    compile through :func:`compile_nvrtc`, which uses exactly these.
+    """
+    if not re.fullmatch(r"(sm|compute)_\d+[af]?", arch or ""):
+        raise ValueError(f"arch must look like 'sm_90' or 'compute_90', got {arch!r}")
     opts = list(BASE_OPTIONS) + [f"-I{kernels_dir()}"]
     inc = cuda_include_dirs()
     if inc:
         opts.append(f"-I{inc[0]}")
-    if arch is not None:
-        opts.append(f"--gpu-architecture={arch}")
+    opts.append(f"--gpu-architecture={arch}")
     return tuple(opts)
 
 
-def compile_with_nvrtc(name: str, arch: str) -> bytes:
-    """Compile ``kernels/<name>`` with NVRTC for ``arch`` (e.g. "sm_90") without touching a GPU.
+_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.MULTILINE)
 
-    CuPy's own helper asks the current device for its architecture, so this drives
-    NVRTC's program API directly. Returns the cubin; raises KernelCompileError with
-    the full log on failure.
+
+def source_files(name: str) -> tuple[Path, ...]:
+    """``kernels/<name>`` and every file it includes with ``#include "..."``, recursively.
+
+    Includes are resolved in :func:`kernels_dir` (as ``-I`` does); ``<...>`` system
+    headers are left out (the NVRTC version stands for them in :func:`cache_key`).
+    Conditional includes count too: a key may change more often than needed, never less.
+    """
+    root = kernels_dir()
+    out, todo = [], [(root / name).resolve()]
+    while todo:
+        path = todo.pop(0)
+        if path in out:
+            continue
+        out.append(path)
+        for inc in _INCLUDE.findall(path.read_text()):
+            for cand in (path.parent / inc, root / inc):
+                if cand.is_file():
+                    todo.append(cand.resolve())
+                    break
+    return tuple(out)
+
+
+def nvrtc_version() -> tuple[int, int]:
+    from cupy.cuda import nvrtc
+
+    return tuple(nvrtc.getVersion())
+
+
+class Compiled(NamedTuple):
+    """What NVRTC made of one source: the image and the kernels' lowered (mangled) names."""
+
+    image: bytes          #: a cubin for "sm_XY", PTX text for "compute_XY"
+    kind: str             #: "cubin" or "ptx"
+    lowered: dict         #: name expression ("kmix_dmixup<float>") -> lowered name
+    arch: str
+    options: tuple
+
+
+def compile_nvrtc(name: str, arch: str) -> Compiled:
+    """Compile ``kernels/<name>`` with NVRTC's program API for ``arch``, without touching a GPU.
+
+    ``arch`` "sm_XY" gives a cubin, "compute_XY" gives PTX. The options are
+    :func:`nvrtc_options` and nothing else. Raises KernelCompileError with the full log
+    on failure.
     """
     from cupy.cuda import nvrtc
 
+    opts = nvrtc_options(arch)
+    exprs = NAME_EXPRESSIONS.get(name, ())
     prog = nvrtc.createProgram(read_source(name), name, [], [])
     try:
-        for expr in NAME_EXPRESSIONS.get(name, ()):
+        for expr in exprs:
             nvrtc.addNameExpression(prog, expr)
         try:
-            nvrtc.compileProgram(prog, list(nvrtc_options(arch)))
+            nvrtc.compileProgram(prog, list(opts))
         except nvrtc.NVRTCError as exc:
             log = nvrtc.getProgramLog(prog)
             raise KernelCompileError(f"NVRTC failed on {name} for {arch}: {exc}\n{log}") from None
-        for expr in NAME_EXPRESSIONS.get(name, ()):
-            nvrtc.getLoweredName(prog, expr)  # raises if an instantiation is missing
-        return nvrtc.getCUBIN(prog)
+        lowered = {expr: nvrtc.getLoweredName(prog, expr) for expr in exprs}  # raises if one is missing
+        if arch.startswith("sm_"):
+            return Compiled(nvrtc.getCUBIN(prog), "cubin", lowered, arch, opts)
+        return Compiled(nvrtc.getPTX(prog), "ptx", lowered, arch, opts)
     finally:
         nvrtc.destroyProgram(prog)
+
+
+def compile_with_nvrtc(name: str, arch: str) -> bytes:
+    """The compile gate: the cubin (or PTX) of ``kernels/<name>`` for ``arch``, as the GPU loader builds it."""
+    return compile_nvrtc(name, arch).image
+
+
+def cache_key(name: str, arch: str) -> str:
+    """Hash of the source with every header it includes, the options, NVRTC's version and ``arch``."""
+    h = hashlib.sha256()
+    for path in source_files(name):
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    h.update("\0".join(nvrtc_options(arch)).encode())
+    h.update(repr(nvrtc_version()).encode())
+    h.update(arch.encode())
+    return h.hexdigest()
+
+
+def compile_cached(name: str, arch: str) -> Compiled:
+    """:func:`compile_nvrtc`, kept on disk under ``<cache_dir>/nvrtc/<key>/`` (see :func:`cache_key`).
+
+    The image and its lowered names appear atomically (written aside, then renamed),
+    so concurrent first uses at worst compile twice.
+    """
+    from .build import cache_dir
+
+    key = cache_key(name, arch)
+    folder = cache_dir() / "nvrtc" / key[:24]
+    stem = Path(name).stem
+    kind = "cubin" if arch.startswith("sm_") else "ptx"
+    image_path, names_path = folder / f"{stem}.{kind}", folder / f"{stem}.json"
+    if image_path.is_file() and names_path.is_file():
+        meta = json.loads(names_path.read_text())
+        if meta.get("key") == key:
+            return Compiled(image_path.read_bytes(), kind, meta["lowered"], arch, tuple(meta["options"]))
+    out = compile_nvrtc(name, arch)
+    folder.mkdir(parents=True, exist_ok=True)
+    for path, data in ((image_path, out.image),
+                       (names_path, json.dumps({"key": key, "lowered": out.lowered,
+                                                "options": list(out.options)}).encode())):
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    return out
 
 
 def compile_with_nvcc(name: str, arch: str, nvcc: str | None = None) -> bytes:
@@ -148,7 +257,7 @@ def compile_with_nvcc(name: str, arch: str, nvcc: str | None = None) -> bytes:
             kern, t = expr[:-1].split("<", 1)
             lines.append(f"template __global__ void {kern}<{t}>({TEMPLATE_PARAMS[kern].format(t=t)});")
         inst.write_text("\n".join(lines) + "\n")
-        cmd = [nvcc, "-cubin", f"-arch={arch}", "-std=c++17", "--fmad=false", f"-I{kernels_dir()}",
+        cmd = [nvcc, "-cubin", f"-arch={arch}", *BASE_OPTIONS, f"-I{kernels_dir()}",
                "-o", str(out), str(inst)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
