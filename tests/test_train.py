@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -108,7 +109,8 @@ def test_mix_choices_map_to_operators():
     assert resolve_mix("cutmix", 5) == ("dcutmix", 2)
     assert resolve_mix("dcutmix", 5) == ("dcutmix", 5)
     assert resolve_mix("none", 3) == (None, 3)
-    assert set(MIX_CHOICES) == {"none", "mixup", "cutmix", "dmixup", "dcutmix", "saliency-dcutmix"}
+    assert set(MIX_CHOICES) == {"none", "mixup", "cutmix", "dmixup", "dcutmix", "saliency-dcutmix", "mixup+cutmix",
+                                "dmixup+dcutmix"}
     with pytest.raises(ValueError, match=r"mix must be one of .* got 'puzzlemix'"):
         resolve_mix("puzzlemix", 3)
 
@@ -180,3 +182,16 @@ def test_stopped_and_resumed_run_sees_the_same_files_and_mixes(tree, tmp_path, m
 def test_resume_needs_a_checkpoint(tree, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"--resume: no checkpoint at .*checkpoint.pt"):
         train(_cfg(tree, tmp_path, resume=True))
+
+
+def test_switch_mixup_off_epoch_drop_last_and_channels_last(tree, tmp_path):
+    """The options run end to end (what they do to the batches is tested in test_pipelines.py)."""
+    s = train(_cfg(tree, tmp_path, mix="mixup+cutmix", switch_prob=0.5, cutmix_alpha=1.0, mixup_off_epoch=1,
+                   drop_last=True, channels_last=True, epochs=2))
+    assert [r["train_images"] for r in s["history"]] == [40, 40]  # 45 images: the short batch is dropped
+    assert all(math.isfinite(r["train_loss"]) and math.isfinite(r["val_loss"]) for r in s["history"])
+    assert resolve_mix("mixup+cutmix", 5) == ("dmixup+dcutmix", 2)
+    with pytest.raises(ValueError, match=r"switch_prob must be in \[0, 1\], got 2.0"):
+        train(_cfg(tree, tmp_path, mix="dmixup+dcutmix", switch_prob=2.0))
+    with pytest.raises(ValueError, match=r"mixup_off_epoch must be >= 0, got -1"):
+        train(_cfg(tree, tmp_path, mixup_off_epoch=-1))

@@ -36,12 +36,13 @@ import math
 import time
 from pathlib import Path
 
-from .._checks import METHODS
+from .._checks import METHODS, SWITCH
 from .common import Dist, UsageError, atomic_write, setup_distributed, teardown_distributed
 
 __all__ = ["TrainConfig", "MIX_CHOICES", "resolve_mix", "build_model", "train", "add_arguments", "config_from_args"]
 
-MIX_CHOICES = ("none", "mixup", "cutmix", *METHODS)  # mixup and cutmix: the K = 2 cases
+# mixup and cutmix are the K = 2 cases; "a+b": one of the two per batch (DCutMix with --switch-prob)
+MIX_CHOICES = ("none", "mixup", "cutmix", *METHODS, "mixup+cutmix", SWITCH)
 MODELS = ("small-cnn", "resnet18", "resnet34", "resnet50", "mobilenet_v3_small")
 
 
@@ -82,6 +83,11 @@ class TrainConfig:
     eval_every: int = 1
     checkpoint_every: int = 0
     stop_after: int = 0
+    switch_prob: float = 0.5
+    cutmix_alpha: float | None = None
+    mixup_off_epoch: int | None = None
+    drop_last: bool = False
+    channels_last: bool = False
 
 
 def resolve_mix(mix: str, k: int) -> tuple[str | None, int]:
@@ -94,6 +100,8 @@ def resolve_mix(mix: str, k: int) -> tuple[str | None, int]:
         return "dmixup", 2
     if mix == "cutmix":
         return "dcutmix", 2
+    if mix == "mixup+cutmix":
+        return SWITCH, 2
     return mix, k
 
 
@@ -164,9 +172,15 @@ def _check(cfg: TrainConfig):
         if getattr(cfg, name) < minimum:
             raise UsageError(f"{name} must be >= {minimum}, got {getattr(cfg, name)}")
     if op is not None:  # the operator's own checks, with its messages, before any data is read
+        from .._checks import check_alpha, check_probability
         from ..sampling import check_sample_args
 
-        check_sample_args(op, 0, 1, 1, k, cfg.alpha, cfg.mode, cfg.prob)
+        check_sample_args("dcutmix" if op == SWITCH else op, 0, 1, 1, k, cfg.alpha, cfg.mode, cfg.prob)
+        check_probability("switch_prob", cfg.switch_prob)
+        if cfg.cutmix_alpha is not None:
+            check_alpha(cfg.cutmix_alpha, k)
+    if cfg.mixup_off_epoch is not None and cfg.mixup_off_epoch < 0:
+        raise UsageError(f"mixup_off_epoch must be >= 0, got {cfg.mixup_off_epoch}")
     train_dir = Path(cfg.train_dir) if cfg.train_dir else (Path(cfg.data) / "train" if cfg.data else None)
     val_dir = Path(cfg.val_dir) if cfg.val_dir else (Path(cfg.data) / "val" if cfg.data else None)
     if train_dir is None or val_dir is None:
@@ -232,6 +246,7 @@ def _pipelines(cfg: TrainConfig, d: Dist, op, k, train_dir, val_dir, num_classes
     from ..pipelines import DALIMixIterator, imagenet_train_pipeline, imagenet_val_pipeline
 
     device = "gpu" if d.gpu else "cpu"
+    layout = "HWC" if cfg.channels_last else "CHW"  # HWC reaches torch as channels-last NCHW
     restore = state.pipelines[d.rank] if state.pipelines is not None else None
     # A rank-specific seed; a checkpoint without pipeline state (an older run) moves it on by the
     # epoch, so the resumed run does not replay epoch 0's order.
@@ -241,12 +256,16 @@ def _pipelines(cfg: TrainConfig, d: Dist, op, k, train_dir, val_dir, num_classes
         seed=pipe_seed, shard_id=d.rank, num_shards=d.world, num_threads=d.threads,
         device_id=d.local_rank if d.gpu else None, crop=cfg.crop, mode=cfg.mode, prob=cfg.prob,
         smoothing=cfg.smoothing, file_list=cfg.train_list, random_area=tuple(cfg.random_area),
-        with_source_info=cfg.audit, mix_on=cfg.mix_on, enable_checkpointing=True, checkpoint=restore)
+        with_source_info=cfg.audit, mix_on=cfg.mix_on, enable_checkpointing=True, checkpoint=restore,
+        cutmix_alpha=cfg.cutmix_alpha, switch_prob=cfg.switch_prob, mixup_off_epoch=cfg.mixup_off_epoch,
+        output_layout=layout)
     val_pipe = imagenet_val_pipeline(
         val_dir, batch_size=cfg.batch_size, device=device, crop=cfg.crop,
         size=cfg.val_resize or max(cfg.crop, round(cfg.crop * 256 / 224)), shard_id=d.rank, num_shards=d.world,
-        num_threads=d.threads, device_id=d.local_rank if d.gpu else None, num_classes=num_classes)
-    return DALIMixIterator(train_pipe, smoothing=cfg.smoothing), DALIMixIterator(val_pipe, one_hot=False)
+        num_threads=d.threads, device_id=d.local_rank if d.gpu else None, num_classes=num_classes,
+        output_layout=layout)
+    return (DALIMixIterator(train_pipe, smoothing=cfg.smoothing, drop_last=cfg.drop_last),
+            DALIMixIterator(val_pipe, one_hot=False))
 
 
 def _lr_schedule(cfg: TrainConfig, steps_per_epoch: int):
@@ -433,6 +452,8 @@ def train(cfg: TrainConfig) -> dict:
     num_classes = count_classes(train_dir)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, num_classes).to(d.device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     opt = _optimizer(cfg, model)
     use_amp = d.gpu and cfg.amp
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
@@ -496,7 +517,17 @@ def add_arguments(p: argparse.ArgumentParser):
     p.add_argument("--train-list", help="DALI file_list (relative path and label per line) to train on a subset")
     p.add_argument("--out", default="runs/kmix", help="where metrics.csv, curves.png, checkpoint.pt go")
     p.add_argument("--model", default="small-cnn", choices=MODELS)
-    p.add_argument("--mix", default="dcutmix", choices=MIX_CHOICES, help="mixup/cutmix are the K=2 cases")
+    p.add_argument("--mix", default="dcutmix", choices=MIX_CHOICES,
+                   help="mixup/cutmix are the K=2 cases; a+b: one of the two per batch (see --switch-prob)")
+    p.add_argument("--switch-prob", type=float, default=0.5,
+                   help="with --mix dmixup+dcutmix or mixup+cutmix: the probability that a batch is cut-mixed")
+    p.add_argument("--cutmix-alpha", type=float, default=None,
+                   help="with --mix dmixup+dcutmix or mixup+cutmix: DCutMix's alpha (default --alpha)")
+    p.add_argument("--mixup-off-epoch", type=int, default=None,
+                   help="no mixing from this epoch on (0-based; timm's mixup_off_epoch); no pipeline rebuild")
+    p.add_argument("--drop-last", action="store_true", help="drop the last, short batch of every epoch")
+    p.add_argument("--channels-last", action="store_true",
+                   help="HWC batches from DALI as channels-last NCHW tensors, and the model in channels_last")
     p.add_argument("--k", type=int, default=3)
     p.add_argument("--alpha", type=float, default=1.0)
     p.add_argument("--prob", type=float, default=1.0)
