@@ -27,7 +27,7 @@ import numpy as np
 from . import _checks
 from .record import MixParams
 
-__all__ = ["fma32", "mix_images", "mix_labels", "smoothed_one_hot", "grey", "resize_bilinear"]
+__all__ = ["fma32", "mix_images", "mix_labels", "smoothed_one_hot", "smoothed_values", "grey", "resize_bilinear"]
 
 _LUMA = (0.299, 0.587, 0.114)
 
@@ -99,10 +99,17 @@ def mix_images(images: np.ndarray, params: MixParams, layout: str = "HWC") -> np
     return out
 
 
+def smoothed_values(num_classes: int, smoothing: float = 0.0) -> tuple[np.float32, np.float32]:
+    """``(on, off)`` of a smoothed one-hot as float32: ``1 - s + s/C`` at the label, ``s/C`` elsewhere.
+
+    The one definition of label smoothing (NumPy, CuPy and the torch targets use it).
+    """
+    return np.float32(1.0 - smoothing + smoothing / num_classes), np.float32(smoothing / num_classes)
+
+
 def smoothed_one_hot(labels, num_classes: int, smoothing: float = 0.0, xp=np):
     """float32 ``(N, C)``: ``1 - s + s/C`` at the label, ``s/C`` elsewhere."""
-    off = np.float32(smoothing / num_classes)
-    on = np.float32(1.0 - smoothing + smoothing / num_classes)
+    on, off = smoothed_values(num_classes, smoothing)
     hit = labels[:, None] == xp.arange(num_classes)[None, :]
     return xp.where(hit, on, off).astype(np.float32)
 

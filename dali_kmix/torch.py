@@ -128,9 +128,8 @@ def one_hot_targets(labels: torch.Tensor, num_classes: int, smoothing: float = 0
     if check:
         _check_range("labels", labels, num_classes, "num_classes")
     classes = torch.arange(num_classes, device=labels.device)
-    t = (labels[:, None] == classes[None, :]).float()
-    if smoothing:
-        t = t * (1.0 - smoothing) + smoothing / num_classes
+    on, off = reference.smoothed_values(num_classes, smoothing)  # the same float32 values as the mixed targets
+    t = torch.where(labels[:, None] == classes[None, :], float(on), float(off)).float()
     valid = (labels >= 0) & (labels < num_classes)
     return t.masked_fill(~valid[:, None], math.nan)
 
