@@ -134,7 +134,9 @@ class _Draws:
             bad = ~((vals >= 0.0) & (vals <= 1.0))
             if bad.any():
                 raise ValueError(f"prob must be in [0, 1], got {vals[bad][0]} for sample {int(np.argmax(bad))}")
-            prob = vals if vals.shape[0] == n else vals[0]
+            if vals.shape[0] != n:
+                raise ValueError(f"prob given as a DataNode must have one value per sample ({n}), got {vals.shape[0]}")
+            prob = vals
         return np.asarray(alpha, np.float64), prob
 
     def raw(self, keys, runtime=()):
