@@ -1,6 +1,6 @@
 // dali_kmix box nesting on the device: one thread per sample turns its random draws into
 // the MixParams record (sources, weights, boxes). The float64 arithmetic is the same, in
-// the same order, as dali_kmix.params.nest_boxes, so both give the same boxes and weights.
+// the same order, as dali_kmix.sampling.nest_boxes, so both give the same boxes and weights.
 #include "kmix_common.cuh"
 
 // phi:      float64 (rows, k) Dirichlet shares, rows == n ("sample" mode) or 1 ("batch":

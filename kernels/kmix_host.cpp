@@ -1,5 +1,5 @@
 // dali_kmix CPU build: the .cu kernels compiled as C++ through kmix_host_shim.h, with
-// C entry points that dali_kmix.cpu_kernels calls through ctypes.
+// C entry points that dali_kmix.backends.cpu calls through ctypes.
 //
 // Built with -ffp-contract=off so that the compiler fuses nothing on its own: the only
 // fused multiply-adds are the kernels' explicit fmaf calls, as on the GPU.

@@ -78,11 +78,10 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_kernels(args) -> int:
-    from ..backends import cpu as cpu_kernels
-    from ..backends import sources as kernel_source
+    from ..backends import cpu, sources
 
     if args.action == "build":
-        print(cpu_kernels.build(verbose=True))
+        print(cpu.build(verbose=True))
         try:
             from ..backends import plugin
 
@@ -90,20 +89,20 @@ def _cmd_kernels(args) -> int:
         except ImportError as exc:  # DALI is not installed: the plugin has nothing to plug into
             print(f"DALI plugin not built: {exc}")
         return 0
-    compilers = [("nvrtc", kernel_source.compile_with_nvrtc)]
+    compilers = [("nvrtc", sources.compile_with_nvrtc)]
     if shutil.which("nvcc"):
-        compilers.append(("nvcc ", kernel_source.compile_with_nvcc))
+        compilers.append(("nvcc ", sources.compile_with_nvcc))
     failed = 0
-    for name in kernel_source.DEVICE_SOURCES:
+    for name in sources.DEVICE_SOURCES:
         for arch in args.arch:
             for label, compile_fn in compilers:
                 try:
                     cubin = compile_fn(name, arch)
                     print(f"{label} {arch} {name}: ok ({len(cubin)} bytes)")
-                except kernel_source.KernelCompileError as exc:
+                except sources.KernelCompileError as exc:
                     print(exc, file=sys.stderr)
                     failed += 1
-    print(f"host build: {cpu_kernels.build()}")
+    print(f"host build: {cpu.build()}")
     return 1 if failed else 0
 
 

@@ -9,7 +9,7 @@ batch *and* builds its labels, so that everybody does comparable work:
 * ``timm Mixup`` (modes "batch" and "elem") and ``timm FastCollateMixup`` (uint8 collate);
 * ``torchvision.transforms.v2`` ``MixUp`` / ``CutMix`` (one share per batch);
 * ``kornia`` ``RandomMixUpV2`` / ``RandomCutMixV2(num_mix=K-1)``;
-* DALI-native compositions (timed inside a pipeline, see :mod:`dali_kmix.bench`):
+* DALI-native compositions (timed inside a pipeline, see :mod:`dali_kmix.apps.bench`):
   ``fn.permute_batch`` plus arithmetic for K-image mixup, ``fn.multi_paste`` with
   ``fn.permute_batch`` indices for nested CutMix.
 """
