@@ -26,8 +26,8 @@ How one call becomes DALI operators (one readable path per place it runs):
 
    * **plugin** (CPU, the default): a small ``fn.python_function`` draws the
      :class:`~dali_kmix.MixParams` record and the labels; the native operators
-     ``fn.kmix_dmixup`` / ``fn.kmix_dcutmix`` (:mod:`dali_kmix.backends.plugin`) blend the
-     images on the pipeline's thread pool, straight into DALI's buffers;
+     ``fn.kmix_dmixup`` / ``fn.kmix_dcutmix`` / ``fn.kmix_mix`` (:mod:`dali_kmix.backends.plugin`)
+     blend the images on the pipeline's thread pool, straight into DALI's buffers;
    * **function** (CPU without the plugin, or ``DALI_KMIX_PLUGIN=0``): one
      ``python_function`` draws and blends with the CPU kernels (same results);
    * **gpu**: the draws (shares, box positions, partners, "is mixed") are made on the
@@ -185,8 +185,7 @@ class _PluginRecord(_HostRecord):
     """Plugin path: draws the record and the labels; ``fn.kmix_dmixup`` / ``fn.kmix_dcutmix`` blend.
 
     Returns per sample: sources (K,), then weights (K,) or boxes (K-1, 4), then the label outputs.
-    For "dmixup+dcutmix": the DMixup record (sources, weights) and the DCutMix record (sources,
-    boxes); the method not drawn for the batch gets the identity (weight 1 on itself; empty boxes).
+    For "dmixup+dcutmix": sources, weights, boxes and a per-sample "cut" flag for ``fn.kmix_mix``.
     """
 
     def __call__(self, shapes, labels, keys, *rest):
@@ -199,15 +198,11 @@ class _PluginRecord(_HostRecord):
         h, w = _checks.spatial_size(first, spec.layout)
         lab = self.labels(labels, n)
         params = self.record(keys, runtime, h, w, self.centers(images))
-        if spec.switch:  # both operators run: the one not drawn gets a record that leaves the batch as it is
-            own = np.repeat(np.arange(n, dtype=np.int32)[:, None], spec.k, axis=1)
-            if params.boxes is None:
-                cut = (own, np.zeros((n, spec.k - 1, 4), np.int32))
-                blend = (params.sources, params.weights)
-            else:
-                cut = (params.sources, params.boxes)
-                blend = (own, np.eye(1, spec.k, dtype=np.float32).repeat(n, axis=0))
-            return (*(list(a) for a in blend + cut), *self.label_outputs(lab, params))
+        if spec.switch:  # fn.kmix_mix: the weights blend where cut is 0, the boxes paste where it is 1
+            boxes = params.boxes if params.boxes is not None else np.zeros((n, spec.k - 1, 4), np.int32)
+            cut = np.full((n, 1), params.boxes is not None, np.uint8)
+            return (list(params.sources), list(params.weights), list(boxes), list(cut),
+                    *self.label_outputs(lab, params))
         weights_or_boxes = params.weights if params.boxes is None else params.boxes
         return (list(params.sources), list(weights_or_boxes), *self.label_outputs(lab, params))
 
@@ -396,11 +391,11 @@ def _plugin_path(spec, images, labels, keys, runtime, name):
     outs = fn.python_function(images.shape(), labels, keys, *runtime, *extra, function=_PluginRecord(spec),
                               batch_processing=True, num_outputs=records + spec.label_outputs, name=name)
     record, label_outs = outs[:records], outs[records:]
-    if spec.switch:  # DMixup, then DCutMix; the method not drawn leaves the batch as it is
-        mixed = fn.kmix_dmixup(images, record[0], record[1], layout=spec.layout)
-        return (fn.kmix_dcutmix(mixed, record[2], record[3], layout=spec.layout), *label_outs)
-    blend = fn.kmix_dcutmix if spec.boxed else fn.kmix_dmixup
-    return (blend(images, record[0], record[1], layout=spec.layout), *label_outs)
+    if spec.switch:
+        blend = fn.kmix_mix
+    else:
+        blend = fn.kmix_dcutmix if spec.boxed else fn.kmix_dmixup
+    return (blend(images, *record, layout=spec.layout), *label_outs)
 
 
 def _function_path(spec, images, labels, keys, runtime, name, workers):
@@ -529,9 +524,9 @@ dmixup_or_dcutmix.__doc__ = _DOC.format(
     title="DMixup or DCutMix, chosen per batch (timm's switch_prob)") + """
 Each batch is DCutMix with probability ``switch_prob`` (with Dirichlet ``cutmix_alpha``,
 default ``alpha``) and DMixup otherwise (with ``alpha``); the toss comes from the same
-checkpointed stream as the rest of the draws. Both native operators run in CPU pipelines
-(and both kernels on the GPU), the one not drawn with a record that leaves the batch as it
-is: one extra pass over the batch compared with a single method.
+checkpointed stream as the rest of the draws. In CPU pipelines the native operator
+``fn.kmix_mix`` applies either record in one pass; on the GPU both kernels run, the one not
+drawn with a record that leaves the batch as it is (the choice stays on the device, no sync).
 """
 saliency_dcutmix.__doc__ = _DOC.format(
     title="Saliency-DCutMix (DCutMix boxes, each centred on its source's most salient point)") + """

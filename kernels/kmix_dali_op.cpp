@@ -2,12 +2,14 @@
 //
 //   fn.kmix_dmixup(images, sources, weights, layout="HWC"|"CHW")
 //   fn.kmix_dcutmix(images, sources, boxes, layout="HWC"|"CHW")
+//   fn.kmix_mix(images, sources, weights, boxes, cut, layout="HWC"|"CHW")   (DMixup or DCutMix per sample)
 //
 // apply one MixParams record, drawn by dali_kmix on the Python side, to a batch:
 //   images   N samples of one shape, (H, W, C) or (C, H, W); uint8, float16 or float32
 //   sources  int32 (K,) per sample: sources[s][0] == s, sources[s][j] the image of share j
 //   weights  float32 (K,) per sample (DMixup): finite, >= 0
 //   boxes    int32 (K - 1, 4) per sample (DCutMix): (y0, x0, y1, x1), half-open, nested
+//   cut      uint8 () per sample (kmix_mix): 1 applies the sample's boxes, 0 its weights
 // and return the mixed batch (same shape, dtype and layout).
 //
 // Why a plugin: a python_function hands back arrays that DALI copies into its own buffers,
@@ -42,7 +44,7 @@ namespace dali_kmix {
 using dali::CPUBackend;
 using dali::make_string;
 
-enum class Method { kDMixup, kDCutMix };
+enum class Method { kDMixup, kDCutMix, kSwitch };
 
 // Element-type codes of the host entry points (kmix_common.cuh).
 inline int DtypeCode(dali::DALIDataType t) {
@@ -88,12 +90,9 @@ class KMixBlend : public dali::StatelessOperator<CPUBackend> {
   }
 
  protected:
-  static constexpr const char* kWeightsOrBoxes = M == Method::kDMixup ? "weights" : "boxes";
-
   bool SetupImpl(std::vector<dali::OutputDesc>& output_desc, const dali::Workspace& ws) override {
     const auto& images = ws.Input<CPUBackend>(0);
     const auto& sources = ws.Input<CPUBackend>(1);
-    const auto& weights_or_boxes = ws.Input<CPUBackend>(2);
     const int n = images.num_samples();
     code_ = DtypeCode(images.type());
     DALI_ENFORCE(code_ >= 0, make_string("images must have dtype uint8, float16 or float32, got ",
@@ -101,12 +100,13 @@ class KMixBlend : public dali::StatelessOperator<CPUBackend> {
     const std::string found = images.GetLayout().str();
     DALI_ENFORCE(found.empty() || found == layout_,
                  make_string("layout='", layout_, "' was given but the images carry layout '", found, "'"));
-    DALI_ENFORCE(sources.type() == DALI_INT32,
-                 make_string("sources must have dtype int32, got ", dali::TypeName(sources.type())));
-    const auto want = M == Method::kDMixup ? DALI_FLOAT : DALI_INT32;
-    DALI_ENFORCE(weights_or_boxes.type() == want,
-                 make_string(kWeightsOrBoxes, " must have dtype ", dali::TypeName(want), ", got ",
-                             dali::TypeName(weights_or_boxes.type())));
+    EnforceType(sources, "sources", DALI_INT32);
+    // The record inputs after sources: weights (DMixup), boxes (DCutMix), or weights, boxes, cut (kmix_mix).
+    const int weights_at = M == Method::kDCutMix ? -1 : 2;
+    const int boxes_at = M == Method::kDMixup ? -1 : (M == Method::kDCutMix ? 2 : 3);
+    if (weights_at >= 0) EnforceType(ws.Input<CPUBackend>(weights_at), "weights", DALI_FLOAT);
+    if (boxes_at >= 0) EnforceType(ws.Input<CPUBackend>(boxes_at), "boxes", DALI_INT32);
+    if (M == Method::kSwitch) EnforceType(ws.Input<CPUBackend>(4), "cut", DALI_UINT8);
     h_ = w_ = c_ = 0;
     k_ = 0;
     if (n > 0) {
@@ -130,7 +130,9 @@ class KMixBlend : public dali::StatelessOperator<CPUBackend> {
                    make_string("sources must hold K >= 1 int32 indices per sample, got shape ", ShapeStr(k_shape)));
       k_ = static_cast<int>(k_shape[0]);
       Gather(sources, n);
-      GatherWeightsOrBoxes(weights_or_boxes, n);
+      if (weights_at >= 0) GatherWeights(ws.Input<CPUBackend>(weights_at), n);
+      if (boxes_at >= 0) GatherBoxes(ws.Input<CPUBackend>(boxes_at), n);
+      if (M == Method::kSwitch) GatherCut(ws.Input<CPUBackend>(4), n);
     }
     output_desc.resize(1);
     output_desc[0] = {images.shape(), images.type()};
@@ -151,20 +153,18 @@ class KMixBlend : public dali::StatelessOperator<CPUBackend> {
     }
     const int layout = layout_ == "HWC" ? KMIX_HWC : KMIX_CHW;
     const long long elems = (long long)h_ * w_ * c_;
-    const int chunks = M == Method::kDMixup ? kmix_host_dmixup_chunks(elems)
-                                            : kmix_host_dcutmix_chunks(h_, w_, c_, layout);
+    const int blend_chunks = kmix_host_dmixup_chunks(elems);
+    const int cut_chunks = kmix_host_dcutmix_chunks(h_, w_, c_, layout);
     auto& pool = ws.GetThreadPool();
     for (int s = 0; s < n; ++s) {
+      const bool cut = M == Method::kDCutMix || (M == Method::kSwitch && cut_[s]);
+      const int chunks = cut ? cut_chunks : blend_chunks;
       for (int c = 0; c < chunks; ++c) {
-        pool.AddWork([this, s, c, n, layout, elems](int) {
-          int rc;
-          if constexpr (M == Method::kDMixup) {
-            rc = kmix_host_dmixup_block(code_, in_.data(), out_.data(), src_.data(), weights_.data(), n, k_,
-                                        elems, c, s);
-          } else {
-            rc = kmix_host_dcutmix_block(code_, in_.data(), out_.data(), src_.data(), boxes_.data(), n, k_, h_,
-                                         w_, c_, layout, c, s);
-          }
+        pool.AddWork([this, s, c, n, layout, elems, cut](int) {
+          const int rc = cut ? kmix_host_dcutmix_block(code_, in_.data(), out_.data(), src_.data(), boxes_.data(),
+                                                       n, k_, h_, w_, c_, layout, c, s)
+                             : kmix_host_dmixup_block(code_, in_.data(), out_.data(), src_.data(),
+                                                      weights_.data(), n, k_, elems, c, s);
           DALI_ENFORCE(rc == 0, "dali_kmix: internal error, a kernel block was refused");
         }, elems / chunks);
       }
@@ -189,39 +189,57 @@ class KMixBlend : public dali::StatelessOperator<CPUBackend> {
     }
   }
 
-  void GatherWeightsOrBoxes(const dali::TensorList<CPUBackend>& weights_or_boxes, int n) {
-    if constexpr (M == Method::kDMixup) {
-      EnforceSampleShapes(weights_or_boxes, "weights", "(K,)", {k_});
-      weights_.resize((size_t)n * k_);
-      for (int s = 0; s < n; ++s) {
-        const float* p = weights_or_boxes.tensor<float>(s);
-        for (int j = 0; j < k_; ++j) {
-          DALI_ENFORCE(std::isfinite(p[j]) && p[j] >= 0.0f,
-                       make_string("weights must be finite and >= 0, got weights[", s, "][", j, "] = ", p[j]));
-          weights_[(size_t)s * k_ + j] = p[j];
-        }
+  static void EnforceType(const dali::TensorList<CPUBackend>& input, const char* name, dali::DALIDataType want) {
+    DALI_ENFORCE(input.type() == want, make_string(name, " must have dtype ", dali::TypeName(want), ", got ",
+                                                   dali::TypeName(input.type())));
+  }
+
+  void GatherWeights(const dali::TensorList<CPUBackend>& weights, int n) {
+    EnforceSampleShapes(weights, "weights", "(K,)", {k_});
+    weights_.resize((size_t)n * k_);
+    for (int s = 0; s < n; ++s) {
+      const float* p = weights.tensor<float>(s);
+      for (int j = 0; j < k_; ++j) {
+        DALI_ENFORCE(std::isfinite(p[j]) && p[j] >= 0.0f,
+                     make_string("weights must be finite and >= 0, got weights[", s, "][", j, "] = ", p[j]));
+        weights_[(size_t)s * k_ + j] = p[j];
       }
-    } else {
-      EnforceSampleShapes(weights_or_boxes, "boxes", "(K-1, 4)", {k_ - 1, 4});
-      boxes_.resize((size_t)n * (k_ - 1) * 4);
-      for (int s = 0; s < n; ++s) {
-        const int* b = weights_or_boxes.tensor<int>(s);
-        for (int d = 0; d < k_ - 1; ++d) {
-          const int* q = b + 4 * d;
-          DALI_ENFORCE(0 <= q[0] && q[0] <= q[2] && q[2] <= h_ && 0 <= q[1] && q[1] <= q[3] && q[3] <= w_,
-                       make_string("boxes must satisfy 0 <= y0 <= y1 <= H=", h_, " and 0 <= x0 <= x1 <= W=", w_,
-                                   "; box ", d, " of sample ", s, " is (", q[0], ", ", q[1], ", ", q[2], ", ",
-                                   q[3], ")"));
-          if (d > 0) {
-            const int* o = q - 4;
-            DALI_ENFORCE(q[0] >= o[0] && q[1] >= o[1] && q[2] <= o[2] && q[3] <= o[3],
-                         make_string("boxes must be nested: box ", d, " of sample ", s, " (", q[0], ", ", q[1],
-                                     ", ", q[2], ", ", q[3], ") is not inside box ", d - 1, " (", o[0], ", ",
-                                     o[1], ", ", o[2], ", ", o[3], ")"));
-          }
-          for (int e = 0; e < 4; ++e) boxes_[((size_t)s * (k_ - 1) + d) * 4 + e] = q[e];
+    }
+  }
+
+  void GatherBoxes(const dali::TensorList<CPUBackend>& boxes, int n) {
+    EnforceSampleShapes(boxes, "boxes", "(K-1, 4)", {k_ - 1, 4});
+    boxes_.resize((size_t)n * (k_ - 1) * 4);
+    for (int s = 0; s < n; ++s) {
+      const int* b = boxes.tensor<int>(s);
+      for (int d = 0; d < k_ - 1; ++d) {
+        const int* q = b + 4 * d;
+        DALI_ENFORCE(0 <= q[0] && q[0] <= q[2] && q[2] <= h_ && 0 <= q[1] && q[1] <= q[3] && q[3] <= w_,
+                     make_string("boxes must satisfy 0 <= y0 <= y1 <= H=", h_, " and 0 <= x0 <= x1 <= W=", w_,
+                                 "; box ", d, " of sample ", s, " is (", q[0], ", ", q[1], ", ", q[2], ", ",
+                                 q[3], ")"));
+        if (d > 0) {
+          const int* o = q - 4;
+          DALI_ENFORCE(q[0] >= o[0] && q[1] >= o[1] && q[2] <= o[2] && q[3] <= o[3],
+                       make_string("boxes must be nested: box ", d, " of sample ", s, " (", q[0], ", ", q[1],
+                                   ", ", q[2], ", ", q[3], ") is not inside box ", d - 1, " (", o[0], ", ",
+                                   o[1], ", ", o[2], ", ", o[3], ")"));
         }
+        for (int e = 0; e < 4; ++e) boxes_[((size_t)s * (k_ - 1) + d) * 4 + e] = q[e];
       }
+    }
+  }
+
+  // cut: one uint8 per sample (shape () or (1,)), 0 or 1.
+  void GatherCut(const dali::TensorList<CPUBackend>& cut, int n) {
+    cut_.resize(n);
+    for (int s = 0; s < n; ++s) {
+      const auto shape = cut.shape()[s];
+      DALI_ENFORCE(dali::volume(shape) == 1,
+                   make_string("cut must hold one value per sample, got shape ", ShapeStr(shape), " for sample ", s));
+      const unsigned char v = *cut.tensor<unsigned char>(s);
+      DALI_ENFORCE(v <= 1, make_string("cut must be 0 or 1, got cut[", s, "] = ", (int)v));
+      cut_[s] = v;
     }
   }
 
@@ -229,6 +247,7 @@ class KMixBlend : public dali::StatelessOperator<CPUBackend> {
   int code_ = -1, h_ = 0, w_ = 0, c_ = 0, k_ = 0;
   std::vector<int> src_, boxes_;
   std::vector<float> weights_;
+  std::vector<unsigned char> cut_;
   std::vector<const void*> in_;
   std::vector<void*> out_;
 };
@@ -237,6 +256,7 @@ class KMixBlend : public dali::StatelessOperator<CPUBackend> {
 
 DALI_REGISTER_OPERATOR(KmixDmixup, ::dali_kmix::KMixBlend<::dali_kmix::Method::kDMixup>, ::dali::CPU);
 DALI_REGISTER_OPERATOR(KmixDcutmix, ::dali_kmix::KMixBlend<::dali_kmix::Method::kDCutMix>, ::dali::CPU);
+DALI_REGISTER_OPERATOR(KmixMix, ::dali_kmix::KMixBlend<::dali_kmix::Method::kSwitch>, ::dali::CPU);
 
 // DALI_SCHEMA defines a static registration object that nothing else names.
 #pragma GCC diagnostic ignored "-Wunused-variable"
@@ -262,4 +282,17 @@ which draws the record and the area-weighted labels.)")
     .InputDox(0, "images", "TensorList of uint8, float16 or float32, HWC or CHW", "Same-shape samples.")
     .InputDox(1, "sources", "TensorList of int32 (K,)", "sources[s][0] == s; the images pasted into sample s.")
     .InputDox(2, "boxes", "TensorList of int32 (K-1, 4)", "(y0, x0, y1, x1), half-open, each inside the last.")
+    .AddArg("layout", "\"HWC\" or \"CHW\".", DALI_STRING);
+
+DALI_SCHEMA(KmixMix)
+    .DocStr(R"(dali_kmix DMixup or DCutMix per sample: sample s is blended with its weights where cut[s] == 0 and
+cut-and-pasted with its boxes where cut[s] == 1, exactly as KmixDmixup / KmixDcutmix would. Use
+dali_kmix.dali.dmixup_or_dcutmix, which draws the records, the method and the labels.)")
+    .NumInput(5)
+    .NumOutput(1)
+    .InputDox(0, "images", "TensorList of uint8, float16 or float32, HWC or CHW", "Same-shape samples.")
+    .InputDox(1, "sources", "TensorList of int32 (K,)", "sources[s][0] == s; the images mixed into sample s.")
+    .InputDox(2, "weights", "TensorList of float32 (K,)", "The shares of the K images (finite, >= 0).")
+    .InputDox(3, "boxes", "TensorList of int32 (K-1, 4)", "(y0, x0, y1, x1), half-open, each inside the last.")
+    .InputDox(4, "cut", "TensorList of uint8 ()", "1: paste the boxes; 0: blend with the weights.")
     .AddArg("layout", "\"HWC\" or \"CHW\".", DALI_STRING);

@@ -327,13 +327,14 @@ def test_restored_gpu_pipeline_continues_exactly(photo_dir, method, label_format
     _restore_equals_uninterrupted(photo_dir, method, label_format, device="gpu", device_id=0)
 
 
-def test_plugin_and_function_paths_draw_the_same_stream(photo_dir, monkeypatch):
+@pytest.mark.parametrize("method", ["dcutmix", "dmixup_or_dcutmix"])
+def test_plugin_and_function_paths_draw_the_same_stream(photo_dir, monkeypatch, method):
     outs = {}
     for path in ("1", "0"):
         monkeypatch.setenv("DALI_KMIX_PLUGIN", path)
-        p = ckpt_pipe(photo_dir, "dcutmix", "sparse", device_id=None)
+        p = ckpt_pipe(photo_dir, method, "sparse", device_id=None)
         p.build()
-        outs[path] = _outputs(p, 2)
+        outs[path] = _outputs(p, 6)  # the switch draws DCutMix in some of them, DMixup in others
     for a, b in zip(outs["1"], outs["0"]):
         for u, v in zip(a, b):
             np.testing.assert_array_equal(u, v)

@@ -250,3 +250,63 @@ def test_a_failed_build_falls_back_to_python_function(photo_dir, monkeypatch):
 def test_env_values(monkeypatch, value, expect):
     monkeypatch.setenv("DALI_KMIX_PLUGIN", value)
     assert plugin.enabled() is expect
+
+
+# --------------------------------------------------------------------------- fn.kmix_mix: either method per sample
+
+
+def _constant(batch):
+    """A source that gives the same batch every iteration (a closure: DALI passes an argument to a
+    callable that takes one)."""
+    return lambda: list(batch)
+
+
+def _apply_mix(images, sources, weights, boxes, cut, layout, num_threads=3):
+    n = len(images)
+
+    @pipeline_def(batch_size=n, num_threads=num_threads, device_id=None)
+    def pipe():
+        ims = fn.external_source(source=lambda: list(images), batch=True, layout=layout)
+        rec = [fn.external_source(source=_constant(a), batch=True) for a in (sources, weights, boxes, cut)]
+        return fn.kmix_mix(ims, *rec, layout=layout), ims
+
+    p = pipe()
+    p.build()
+    return p.run()
+
+
+@pytest.mark.parametrize("k", [2, 3, 9], ids=lambda k: f"K{k}")
+@pytest.mark.parametrize("dtype", [np.uint8, np.float16, np.float32], ids=["u8", "f16", "f32"])
+@pytest.mark.parametrize("layout", ["HWC", "CHW"])
+def test_kmix_mix_bit_exact_per_sample(layout, dtype, k):
+    """Each sample is what kmix_dmixup or kmix_dcutmix gives it, by its own cut flag."""
+    n, h, w, c = 9, 17, 23, 3
+    rng = np.random.default_rng([k, n])
+    images = random_images(rng, dtype, (n, h, w, c) if layout == "HWC" else (n, c, h, w))
+    cut_rec = dali_kmix.sample_params("dcutmix", n, h, w, k=k, rng=rng)
+    blend_rec = dali_kmix.sample_params("dmixup", n, h, w, k=k, rng=rng)
+    cut = (rng.random(n) < 0.5).astype(np.uint8)
+    cut[:2] = (0, 1)
+    sources = np.where(cut[:, None] == 1, cut_rec.sources, blend_rec.sources).astype(np.int32)
+    weights = np.where(cut[:, None] == 1, cut_rec.weights, blend_rec.weights).astype(np.float32)
+    boxes = np.where(cut[:, None, None] == 1, cut_rec.boxes, 0).astype(np.int32)
+    out, passed = _apply_mix(images, sources, weights, boxes, cut, layout)
+    got = out.as_array()
+    want_cut = reference.mix_images(images, dali_kmix.MixParams(sources, weights, boxes), layout)
+    want_blend = reference.mix_images(images, dali_kmix.MixParams(sources, weights), layout)
+    for i in range(n):
+        np.testing.assert_array_equal(got[i], want_cut[i] if cut[i] else want_blend[i])
+    np.testing.assert_array_equal(passed.as_array(), images)
+
+
+def test_kmix_mix_errors():
+    images = np.zeros((2, 4, 4, 3), np.uint8)
+    src = np.array([[0, 1], [1, 0]], np.int32)
+    w = np.array([[0.5, 0.5], [1, 0]], np.float32)
+    b = np.zeros((2, 1, 4), np.int32)
+    with pytest.raises(RuntimeError, match=r"cut must be 0 or 1, got cut\[1\] = 2"):
+        _apply_mix(images, src, w, b, np.array([0, 2], np.uint8), "HWC")
+    with pytest.raises(RuntimeError, match=r"cut must have dtype uint8, got int32"):
+        _apply_mix(images, src, w, b, np.array([0, 1], np.int32), "HWC")
+    with pytest.raises(RuntimeError, match=r"weights must be finite and >= 0"):
+        _apply_mix(images, src, np.array([[0.5, -1], [1, 0]], np.float32), b, np.array([0, 1], np.uint8), "HWC")

@@ -1,7 +1,8 @@
 """The blending kernels as native DALI CPU operators (a DALI plugin), built on first use.
 
 ``kernels/kmix_dali_op.cpp`` registers ``fn.kmix_dmixup(images, sources, weights,
-layout=...)`` and ``fn.kmix_dcutmix(images, sources, boxes, layout=...)``: they apply
+layout=...)``, ``fn.kmix_dcutmix(images, sources, boxes, layout=...)`` and
+``fn.kmix_mix(images, sources, weights, boxes, cut, layout=...)`` (either, per sample): they apply
 a :class:`~dali_kmix.MixParams` record (one row per sample) with the same kernels as
 :mod:`dali_kmix.backends.cpu`, on the pipeline's thread pool, straight into DALI's output
 buffer. The CPU operators of :mod:`dali_kmix.dali` use them when they load, so a
@@ -88,6 +89,6 @@ def _load() -> bool:
 
 
 def load() -> bool:
-    """Build and load the plugin once per process; True when ``fn.kmix_dmixup`` and
+    """Build and load the plugin once per process; True when ``fn.kmix_dmixup``, ``fn.kmix_mix`` and
     ``fn.kmix_dcutmix`` are available (False when :func:`enabled` is False)."""
     return enabled() and _load()
