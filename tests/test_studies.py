@@ -32,7 +32,9 @@ def test_mixing_study_quick(tmp_path):
     assert all(0 <= r[0]["final_val_top1_err"] <= 1 and r[0]["history"][0]["train_loss"] > 0 for r in res.values())
     assert js.with_suffix(".png").is_file() and "| Saliency-DCutMix (K=3) |" in out
     assert "| DCutMix (K=3) − CutMix (K=2) | 1 |" in out  # the paired difference of seed 0
-    assert len(list((tmp_path / "out" / "study2-quick").glob("*-s0.json"))) == 7  # one record per run
+    records = sorted(p.name for p in (tmp_path / "out" / "study2-quick").glob("*.json"))
+    assert len([r for r in records if not r.startswith("flat-")]) == 7  # one record per run
+    assert len([r for r in records if r.startswith("flat-")]) == 3  # and per flatness model
     assert [len(f["val_loss"]) for f in summary["flatness"]["DCutMix (K=3)"]] == [2]  # two sigmas
     assert list((tmp_path / "out").glob("study2-quick-flatness-*.png"))
     again = _run("study_mixing.py", tmp_path)  # resumes: everything is finished, nothing is trained again
