@@ -1,10 +1,18 @@
-"""What the two studies share: the Fashion-MNIST subset they are run on."""
+"""What the studies share: the Fashion-MNIST subset they are run on, and running a list of
+trainings as resumable jobs (one small JSON per finished run)."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
 
 DATA_DEFAULT = ".demo/fashion-mnist-study"
 
 
-def add_data_arguments(ap, train_per_class=1000, val_per_class=500):
-    ap.add_argument("--data", default=DATA_DEFAULT, help="where the Fashion-MNIST tree is written")
+def add_data_arguments(ap, train_per_class=1000, val_per_class=500, data=DATA_DEFAULT):
+    ap.add_argument("--data", default=data, help="where the Fashion-MNIST tree is written")
     ap.add_argument("--train-per-class", type=int, default=train_per_class)
     ap.add_argument("--val-per-class", type=int, default=val_per_class)
     ap.add_argument("--out", default="benchmarks/results")
@@ -18,3 +26,115 @@ def fashion_mnist(args):
     data = args.data + "-quick" if args.quick else args.data
     return make_fashion_mnist_tree(data, train_per_class=args.train_per_class, val_per_class=args.val_per_class,
                                    seed=0)
+
+
+# --------------------------------------------------------------------------- resumable runs
+
+
+def clean(obj):
+    """JSON-safe: NaN / inf become None (epochs without validation), tuples become lists."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean(v) for v in obj]
+    return obj
+
+
+def write_json(path, obj):
+    """The JSON of ``obj`` written whole (dali_kmix's atomic write)."""
+    from dali_kmix.apps.common import atomic_write
+
+    atomic_write(path, json.dumps(clean(obj), indent=1))
+
+
+# Fields of a run's config that do not change what is trained.
+_IRRELEVANT = {"out", "progress", "threads", "resume", "data", "train_dir", "val_dir", "train_list"}
+
+
+def _same_config(a: dict, b: dict) -> list[str]:
+    keys = (set(a) | set(b)) - _IRRELEVANT
+    return sorted(k for k in keys if clean(a.get(k)) != clean(b.get(k)))
+
+
+def load_finished(path, cfg: dict):
+    """The record of a finished run, or None; refuses a record trained with another configuration."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    rec = json.loads(path.read_text())
+    diff = _same_config(rec.get("config", {}), cfg)
+    if diff:
+        raise SystemExit(f"{path} was trained with another configuration (differs in {diff}); "
+                         f"move it away or restore the settings it was run with")
+    return rec
+
+
+def train_to_json(cfg: dict, path: str, record: dict) -> dict:
+    """Train (resuming from ``cfg['out']/checkpoint.pt`` if a run was cut off) and write its record."""
+    from dali_kmix.apps.train import TrainConfig, train
+
+    resume = (Path(cfg["out"]) / "checkpoint.pt").is_file()  # a run cut off earlier continues, mid-epoch too
+    s = train(TrainConfig(**{**cfg, "resume": resume}))
+    last = s["history"][-1]
+    rec = {**record, "final_val_top1_err": s["final_val_top1_err"], "best_val_top1_err": s["best_val_top1_err"],
+           "final_train_loss": last["train_loss"], "final_val_loss": last["val_loss"], "epochs": s["epochs"],
+           "run_s": s["run_s"], "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "config": cfg,
+           "history": s["history"]}
+    write_json(path, rec)
+    return clean(rec)
+
+
+def run_pending(tasks, jobs: int = 1, log=print):
+    """Run ``tasks`` (``(path, cfg, record)`` each) whose ``path`` does not exist yet, ``jobs`` at a time.
+
+    Each worker process trains one run and writes its JSON, so a grid stopped at any point
+    loses at most the runs in flight (and those resume from their checkpoint). Returns the
+    number of runs that failed.
+    """
+    todo = [t for t in tasks if load_finished(t[0], t[1]) is None]
+    log(f"{len(tasks) - len(todo)} of {len(tasks)} runs already finished; {len(todo)} to run, {jobs} at a time",
+        flush=True)
+    failed, t0 = 0, time.perf_counter()
+    if jobs <= 1:
+        for path, cfg, rec in todo:
+            r = train_to_json(cfg, str(path), rec)
+            log(f"{Path(path).stem}: top-1 error {100 * r['final_val_top1_err']:.2f} %, train loss "
+                f"{r['final_train_loss']:.3f}, val loss {r['final_val_loss']:.3f} ({time.perf_counter() - t0:.0f} s)",
+                flush=True)
+        return 0
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        futs = {pool.submit(train_to_json, cfg, str(path), rec): path for path, cfg, rec in todo}
+        for f in as_completed(futs):
+            name = Path(futs[f]).stem
+            try:
+                r = f.result()
+            except Exception as e:  # keep going: the other runs are worth having
+                failed += 1
+                log(f"{name}: FAILED: {e!r}", flush=True)
+                continue
+            log(f"{name}: top-1 error {100 * r['final_val_top1_err']:.2f} %, train loss "
+                f"{r['final_train_loss']:.3f}, val loss {r['final_val_loss']:.3f} "
+                f"({r['run_s']:.0f} s; {time.perf_counter() - t0:.0f} s so far)", flush=True)
+    return failed
+
+
+def load_val(data_dir, crop: int, threads: int = 1):
+    """The whole validation split as tensors ``(images, labels)`` (decoded once, for repeated evaluation)."""
+    import torch
+
+    from dali_kmix.pipelines import DALIMixIterator, imagenet_val_pipeline
+
+    pipe = imagenet_val_pipeline(Path(data_dir) / "val", batch_size=256, device="cpu", crop=crop, size=crop,
+                                 num_threads=threads)
+    it = DALIMixIterator(pipe, one_hot=False, auto_reset=False)
+    xs, ys = [], []
+    for x, y in it:
+        xs.append(x.clone())
+        ys.append(y.clone())
+    del it, pipe
+    return torch.cat(xs), torch.cat(ys)
