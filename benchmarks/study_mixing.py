@@ -344,7 +344,8 @@ def main(argv=None):
     write_json(out / f"{name}.json", summary)
     if any(results.values()):
         plot(results, out / f"{name}.png",
-             f"{regime['model']}, {meta['data']}, {regime['epochs']} epochs, {len(args.seeds)} seed(s)")
+             f"{regime['model']}, {meta['data']}, {regime['epochs']} epochs, seeds {args.seeds} "
+             f"({meta['runs_finished']} of {len(jobs)} runs finished)")
     if any(flat.values()):
         plot_flatness(flat, out / f"{tag}-flatness-{stamp}.png",
                       f"Flatness: val loss of the final models under weight noise ({regime['model']})")
