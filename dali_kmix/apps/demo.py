@@ -76,7 +76,8 @@ def save_grid(images, targets, names, path, cols: int = 4, top: int = 3):
 
     n = len(images)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.6 * rows))
+    # constrained layout makes room for the three-line captions between the rows
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.8 * rows), layout="constrained")
     for ax in np.ravel(axes):
         ax.axis("off")
     for i, ax in enumerate(np.ravel(axes)[:n]):
@@ -85,7 +86,6 @@ def save_grid(images, targets, names, path, cols: int = 4, top: int = 3):
         ax.set_title("\n".join(f"{names[c]} {targets[i][c]:.3f}" for c in order if targets[i][c] > 0),
                      fontsize=9)
     fig.suptitle("DCutMix: each caption lists the label weights (exact pixel-area shares)", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
