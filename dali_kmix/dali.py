@@ -49,6 +49,8 @@ import weakref
 import numpy as np
 
 from . import _checks
+from .record import MixParams
+from .reference import mix_labels
 from .sampling import check_sample_args, draw_raw, params_from_draws
 
 __all__ = ["dmixup", "dcutmix", "saliency_dcutmix", "dmixup_or_dcutmix", "MixSpec"]
@@ -103,6 +105,13 @@ def _label_vector(labels, n, xp):
     if lab.shape[0] != n:
         raise ValueError(f"labels must hold one class index per sample, got {lab.shape[0]} values for {n} samples")
     return lab
+
+
+def _label_outputs(spec: MixSpec, lab, params):
+    """``[targets]`` (dense) or ``[label_idx, label_w]`` (sparse), as lists of samples (NumPy or CuPy)."""
+    if spec.label_format == "dense":
+        return [list(mix_labels(lab, params, spec.num_classes, spec.smoothing))]
+    return [list(lab[params.sources].astype(np.int32)), list(params.weights)]
 
 
 class _Draws:
@@ -162,13 +171,7 @@ class _HostRecord(_Draws):
         return params_from_draws(method, *draws, h, w, centers)
 
     def label_outputs(self, lab, params):
-        """``[targets]`` (dense) or ``[label_idx, label_w]`` (sparse), as lists of samples."""
-        from .reference import mix_labels
-
-        spec = self.spec
-        if spec.label_format == "dense":
-            return [list(mix_labels(lab, params, spec.num_classes, spec.smoothing))]
-        return [list(lab[params.sources].astype(np.int32)), list(params.weights)]
+        return _label_outputs(self.spec, lab, params)
 
     def centers(self, images):
         if self.spec.method != "saliency-dcutmix":
@@ -264,8 +267,6 @@ class _GpuMix:
         import cupy
 
         from .backends import GpuBackend, gpu
-        from .record import MixParams
-        from .reference import mix_labels
 
         spec = self.spec
         n = len(images)
@@ -298,9 +299,7 @@ class _GpuMix:
         else:
             params = MixParams(*gpu.nest_boxes(spec.method, *draws, h, w, centers))
             backend.blend(list(images), list(out), params, spec.layout)
-        if spec.label_format == "dense":
-            return (list(out), list(mix_labels(lab, params, spec.num_classes, spec.smoothing)))
-        return (list(out), list(lab[params.sources].astype(np.int32)), list(params.weights))
+        return (list(out), *_label_outputs(spec, lab, params))
 
 
 class _LabelCheck:
