@@ -241,8 +241,8 @@ class _FunctionMix(_HostRecord):
 
 
 class _GpuDraws(_Draws):
-    """GPU path, host half: per sample phi (K,), box positions (K-1, 2), partners (K-1,), "is mixed",
-    "is DCutMix"."""
+    """GPU path, host half: per sample phi (K,), box positions (K-1, 2), partners (K-1,), "is mixed" (1,)
+    and "is DCutMix" (1,). Every sample is an ndarray: DALI's ``python_function`` takes no NumPy scalars."""
 
     def __call__(self, keys, *runtime):
         n = len(keys)
@@ -253,7 +253,7 @@ class _GpuDraws(_Draws):
             phi, uniforms = np.repeat(phi, n, axis=0), np.repeat(uniforms, n, axis=0)
         partners = np.ascontiguousarray(perms.T, dtype=np.int32)
         cut = np.full((n, 1), method != "dmixup", np.uint8)  # "dmixup+dcutmix": this batch's method
-        return list(phi), list(uniforms), list(partners), list(mixed.astype(np.uint8)), list(cut)
+        return list(phi), list(uniforms), list(partners), list(mixed.astype(np.uint8).reshape(n, 1)), list(cut)
 
 
 class _GpuMix:
@@ -263,7 +263,14 @@ class _GpuMix:
         self.spec = spec
         self.check_labels = check_labels  # GPU labels: checked here (a small device-to-host read)
 
-    def __call__(self, images, labels, phi, uniforms, partners, mixed, cut):
+    def __call__(self, *batches):
+        try:
+            return self._mix(*batches)
+        except BaseException:
+            _disown_dali_stream()
+            raise
+
+    def _mix(self, images, labels, phi, uniforms, partners, mixed, cut):
         import cupy
 
         from .backends import GpuBackend, gpu
@@ -282,7 +289,7 @@ class _GpuMix:
             from .saliency import salient_points
 
             centers = salient_points(images, spec.layout, method=spec.saliency)
-        draws = (cupy.stack(phi), cupy.stack(uniforms), cupy.stack(partners).T, cupy.stack(mixed))
+        draws = (cupy.stack(phi), cupy.stack(uniforms), cupy.stack(partners).T, cupy.stack(mixed).reshape(n))
         out = cupy.empty((n,) + tuple(images[0].shape), images[0].dtype)
         backend = GpuBackend()
         if spec.switch:
@@ -300,6 +307,30 @@ class _GpuMix:
             params = MixParams(*gpu.nest_boxes(spec.method, *draws, h, w, centers))
             backend.blend(list(images), list(out), params, spec.layout)
         return (list(out), *_label_outputs(spec, lab, params))
+
+
+def _disown_dali_stream():
+    """Keep DALI's CUDA stream alive when a GPU ``python_function`` of ours raises.
+
+    DALI 2.4 runs the function inside ``with cupy.cuda.Stream(null=True)`` whose ``ptr``
+    it has set to its own stream, and sets ``ptr`` back to 0 only after the function
+    returns. When the function raises instead, that Stream object keeps DALI's pointer
+    and CuPy's ``Stream.__del__`` destroys the stream DALI goes on using. Called while
+    an exception leaves :class:`_GpuMix`: the current CuPy stream, when it is that
+    wrapper, lets go of DALI's stream (the ``with`` block still restores the previous
+    stream on exit).
+    """
+    try:
+        import cupy
+        import nvidia.dali.python_function_plugin as plugin
+
+        dali_ptr = int(plugin.current_dali_stream())
+        current = cupy.cuda.get_current_stream()
+    except Exception:  # noqa: BLE001 - not inside DALI's GPU call: nothing to protect
+        return
+    if type(current) is cupy.cuda.Stream and dali_ptr and current.ptr == dali_ptr and \
+            current is not cupy.cuda.Stream.null and current is not cupy.cuda.Stream.ptds:
+        current.ptr = 0
 
 
 class _LabelCheck:

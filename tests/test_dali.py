@@ -453,3 +453,116 @@ def test_switch_arguments_are_checked():
 def test_switch_on_the_gpu():
     kinds = _switch_kinds(0.5, device="gpu", iters=40)
     assert 10 <= kinds.count("cut") <= 30
+
+
+# --------------------------------------------------------------------------- the GPU path's host logic, on the CPU
+# The GPU path splits the work in two python_functions: _GpuDraws (CPU, DALI converts its outputs) and _GpuMix
+# (GPU, CuPy arrays). Here _GpuDraws runs in a real CPU pipeline, and _GpuMix runs with NumPy standing in for CuPy,
+# the reference nesting for kmix_nest_boxes and the CPU kernels for the CUDA ones: what it composes must be what
+# the CPU path gives for the same keys, bit for bit. (The CUDA kernels against the reference: test_backends, gpu.)
+
+
+def _numpy_as_cupy():
+    import types
+
+    fake = types.ModuleType("cupy")
+    fake.__getattr__ = lambda name: getattr(np, name)
+    return fake
+
+
+@pipeline_def(batch_size=BATCH + 3, num_threads=1, device_id=None, seed=11)
+def gpu_draws_pipe(spec):
+    keys = kmix._keys(spec, None)
+    draws = fn.python_function(keys, function=kmix._GpuDraws(spec), batch_processing=True, num_outputs=5)
+    return (keys, *draws)
+
+
+def _samples(tl):
+    return [np.array(tl[i]) for i in range(len(tl))]
+
+
+GPU_HOST_CASES = [
+    ("dmixup", "sample", "dense", "HWC", np.float32),
+    ("dmixup", "batch", "sparse", "CHW", np.uint8),
+    ("dcutmix", "sample", "sparse", "HWC", np.uint8),
+    ("dcutmix", "batch", "dense", "CHW", np.float16),
+    ("saliency-dcutmix", "sample", "dense", "HWC", np.uint8),
+    ("saliency-dcutmix", "sample", "sparse", "CHW", np.float32),
+    ("dmixup+dcutmix", "sample", "dense", "HWC", np.uint8),
+    ("dmixup+dcutmix", "sample", "sparse", "CHW", np.float32),
+]
+
+
+@pytest.mark.parametrize("method,mode,label_format,layout,dtype", GPU_HOST_CASES,
+                         ids=[f"{m}-{mo}-{lf}-{la}-{np.dtype(d).name}" for m, mo, lf, la, d in GPU_HOST_CASES])
+def test_gpu_path_host_logic_matches_the_cpu_path(monkeypatch, method, mode, label_format, layout, dtype):
+    import sys
+
+    import dali_kmix.backends as backends
+    from dali_kmix.backends import gpu
+    from dali_kmix.sampling import params_from_draws
+
+    n, k = BATCH + 3, 3
+    spec = kmix._spec(method, k=k, alpha=0.8, num_classes=10, layout=layout, mode=mode, prob=0.7, smoothing=0.0,
+                      label_format=label_format, seed=5, shard_id=1, saliency="spectral-residual",
+                      switch_prob=0.5, cutmix_alpha=0.4)
+    pipe = gpu_draws_pipe(spec)
+    pipe.build()
+    rng = np.random.default_rng(0)
+    shape = (13, 17, 3) if layout == "HWC" else (3, 13, 17)
+    layout_prop = [np.frombuffer(layout.encode(), np.uint8)]
+    reference_path = kmix._FunctionMix(spec, workers=1)
+
+    def nest_boxes(method, phi, uniforms, perms, mixed, h, w, centers=None):
+        p = params_from_draws(method, phi, uniforms, perms, mixed.astype(bool), h, w, centers)
+        return p.sources, p.weights, p.boxes
+
+    monkeypatch.setitem(sys.modules, "cupy", _numpy_as_cupy())
+    monkeypatch.setattr(gpu, "nest_boxes", nest_boxes)
+    monkeypatch.setattr(backends, "GpuBackend", lambda: backends.CpuBackend(workers=1))
+    cuts = set()
+    for _ in range(6):
+        keys, *draws = (_samples(t) for t in pipe.run())
+        assert [d.shape for d in draws[3]] == [(1,)] * n and [d.shape for d in draws[4]] == [(1,)] * n
+        cuts |= {int(c[0]) for c in draws[4]}
+        images = [(rng.random(shape) * 255).astype(dtype) for _ in range(n)]
+        labels = kmix._LabelCheck(10)([np.array([v], np.int32) for v in rng.integers(0, 10, n)])
+        expect = reference_path(images, labels, layout_prop, keys)
+        got = kmix._GpuMix(spec, check_labels=False)(images, labels, *draws)
+        assert len(got) == len(expect) == 1 + spec.label_outputs
+        for g, e in zip(got, expect):
+            np.testing.assert_array_equal(np.stack(g), np.stack(e))
+    if spec.switch:
+        assert cuts == {0, 1}, "both methods of dmixup+dcutmix must have been drawn"
+    else:
+        assert cuts == {int(method != "dmixup")}
+
+
+def test_a_raising_gpu_mixer_lets_go_of_dalis_stream(monkeypatch):
+    # DALI 2.4 runs a GPU python_function in `with cupy.cuda.Stream(null=True)` whose ptr it set to its own stream,
+    # and resets ptr only when the function returns; on an exception CuPy's Stream.__del__ would destroy DALI's
+    # stream. _GpuMix hands the pointer back before the exception leaves it.
+    cupy = pytest.importorskip("cupy")
+    import nvidia.dali.python_function_plugin as plugin
+
+    dali_stream = 0x5EED0
+    wrapper = cupy.cuda.Stream(null=True)
+    wrapper.ptr = dali_stream
+    other = cupy.cuda.Stream(null=True)
+    try:
+        monkeypatch.setattr(plugin, "current_dali_stream", lambda: dali_stream)
+        monkeypatch.setattr(cupy.cuda, "get_current_stream", lambda: wrapper)
+        spec = kmix._spec("dcutmix", k=3, alpha=1.0, num_classes=10, layout="HWC", mode="sample", prob=1.0,
+                          smoothing=0.0, label_format="dense", seed=0, shard_id=0, saliency="spectral-residual")
+        images = [np.zeros((4, 4, 3), np.uint8), np.zeros((5, 4, 3), np.uint8)]
+        with pytest.raises(ValueError, match=r"sample 1 has shape \(5, 4, 3\)"):
+            kmix._GpuMix(spec, check_labels=False)(images, [np.array([1], np.int32)] * 2, *[[]] * 5)
+        assert wrapper.ptr == 0
+        # a stream that is not DALI's is left alone
+        other.ptr = 0x1234
+        monkeypatch.setattr(cupy.cuda, "get_current_stream", lambda: other)
+        with pytest.raises(ValueError, match=r"sample 1 has shape"):
+            kmix._GpuMix(spec, check_labels=False)(images, [np.array([1], np.int32)] * 2, *[[]] * 5)
+        assert other.ptr == 0x1234
+    finally:
+        wrapper.ptr = other.ptr = 0  # never let these objects destroy a stream

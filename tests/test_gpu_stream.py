@@ -76,19 +76,35 @@ def test_mixing_is_ordered_after_slow_work_queued_on_dalis_stream(method, dtype)
         _check_constant_mix(method, images, idx, w)
 
 
+FAILURES = {
+    # where the error is raised: the CPU label check in front of the GPU mixer, or inside the GPU python_function
+    # (labels on the device; images of different sizes), where DALI 2.4's stream wrapper is involved
+    "bad-label-checked-on-host": (False, [(4, 4, 3)] * 3, (1, 12, 0),
+                                  r"labels must lie in \[0, num_classes=10\), got label 12"),
+    "bad-label-checked-on-device": (True, [(4, 4, 3)] * 3, (1, 12, 0),
+                                    r"labels must lie in \[0, num_classes=10\), got label 12"),
+    "image-sizes-differ-on-device": (True, [(4, 4, 3), (5, 4, 3), (4, 4, 3)], (1, 2, 0),
+                                     r"sample 1 has shape \(5, 4, 3\)"),
+}
+
+
 @pytest.mark.gpu
-def test_a_failing_gpu_mixer_leaves_the_process_usable():
+@pytest.mark.parametrize("labels_on_gpu,shapes,values,match", list(FAILURES.values()), ids=list(FAILURES))
+def test_a_failing_gpu_mixer_leaves_the_process_usable(labels_on_gpu, shapes, values, match):
     @pipeline_def(batch_size=3, num_threads=1, device_id=0, seed=0)
     def bad():
-        x = fn.external_source(source=lambda: [np.zeros((4, 4, 3), np.uint8)] * 3, batch=True, layout="HWC")
-        y = fn.external_source(source=lambda: [np.array([v], np.int32) for v in (1, 12, 0)], batch=True)
-        return kmix.dcutmix(x.gpu(), y, k=3, num_classes=10, layout="HWC")
+        x = fn.external_source(source=lambda: [np.zeros(sh, np.uint8) for sh in shapes], batch=True, layout="HWC")
+        y = fn.external_source(source=lambda: [np.array([v], np.int32) for v in values], batch=True)
+        return kmix.dcutmix(x.gpu(), y.gpu() if labels_on_gpu else y, k=3, num_classes=10, layout="HWC")
 
     p = bad()
     p.build()
-    with pytest.raises(RuntimeError, match=r"labels must lie in \[0, num_classes=10\), got label 12"):
+    with pytest.raises(RuntimeError, match=match):
         p.run()
     del p
+    import gc
+
+    gc.collect()  # a Stream object that kept DALI's stream would destroy it here
     # the same process, a new pipeline: runs and gives the right output
     for images, idx, w in _outputs(slow_pipe("dcutmix", np.uint8)):
         _check_constant_mix("dcutmix", images, idx, w)
