@@ -312,3 +312,120 @@ def test_codes_agree_with_the_cpp_header():
     assert {"HWC": defs["HWC"], "CHW": defs["CHW"]} == cpu.LAYOUT_CODES
     assert {np.dtype(np.uint8): defs["U8"], np.dtype(np.float16): defs["F16"],
             np.dtype(np.float32): defs["F32"]} == cpu.DTYPE_CODES
+
+
+# --------------------------------------------------------------------------- every GPU launch, checked without a GPU
+# dali_kmix.backends.gpu launches each kernel with a tuple CuPy packs by value: a device array becomes its pointer,
+# a NumPy scalar its bytes. A wrong scalar width or a float64 array where the kernel reads float would run without an
+# error on a device and give garbage. Here the launches are recorded (NumPy standing in for CuPy) and every argument
+# is checked against the kernel's declaration in the .cu source (pointer or value, element type) and against the
+# PTX NVRTC makes of it (parameter count and widths).
+
+_C_TYPES = {"int": np.int32, "long long": np.int64, "float": np.float32, "double": np.float64,
+            "unsigned char": np.uint8, "__half": np.float16}
+_PTX_WIDTH = {"8": 1, "16": 2, "32": 4, "64": 8}
+
+
+def _kernel_params(source_text, name, t=None):
+    """``[(is_pointer, element dtype or "pointers"), ...]`` of kernel ``name`` as the .cu file declares it."""
+    import re
+
+    m = re.search(r"__global__\s+void\s+" + name + r"\s*\(([^)]*)\)", source_text)
+    params = []
+    for p in m.group(1).split(","):
+        p = re.sub(r"\b(const|__restrict__)\b", " ", p).strip()
+        stars = p.count("*")
+        base = " ".join(p.replace("*", " ").split()[:-1])  # drop the parameter name
+        base = t if base == "T" else base
+        params.append((stars > 0, "pointers" if stars == 2 else np.dtype(_C_TYPES[base])))
+    return params
+
+
+def _ptx_param_widths(ptx, lowered):
+    import re
+
+    m = re.search(r"\.entry\s+" + re.escape(lowered) + r"\s*\((.*?)\)", ptx, re.S)
+    assert m, f"{lowered} not in the PTX"
+    return [_PTX_WIDTH[w] for w in re.findall(r"\.param\s+\.[usbf](\d+)", m.group(1))]
+
+
+@pytest.fixture(scope="module")
+def compiled_ptx():
+    """PTX of every device source, compiled by NVRTC (before CuPy is replaced below)."""
+    from dali_kmix.backends import sources
+
+    return {name: sources.compile_nvrtc(name, "compute_90") for name in sources.DEVICE_SOURCES}
+
+
+@pytest.fixture
+def recorded_launches(monkeypatch):
+    import sys
+    import types
+
+    from dali_kmix.backends import gpu
+
+    fake = types.ModuleType("cupy")
+    fake.__getattr__ = lambda name: getattr(np, name)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(gpu, "_ptrs", lambda arrays: np.arange(1, len(arrays) + 1, dtype=np.uint64) * 256)
+    calls = []
+
+    class Module:
+        def __init__(self, name):
+            self.name = name
+
+        def get_function(self, expr):
+            return lambda grid, block, args: calls.append((self.name, expr, grid, block, args))
+
+    monkeypatch.setattr(gpu, "module", Module)
+    return calls
+
+
+def _every_launch(gpu, dtype):
+    rng = np.random.default_rng(0)
+    n, k, h, w = 5, 4, 9, 13
+    phi, uni, perms, mixed = draw_raw(np, rng, n, k, np.full(k, 0.7), "sample", 0.8)
+    p = params_from_draws("dcutmix", phi, uni, perms, mixed, h, w)
+    images = [random_images(rng, dtype, (h, w, 3)) for _ in range(n)]
+    outs = [np.empty_like(im) for im in images]
+    gpu.dmixup(images, outs, p.sources, p.weights)
+    gpu.dcutmix(images, outs, p.sources, p.boxes, "HWC")
+    gpu.nest_boxes("dcutmix", phi, uni, perms, mixed.astype(np.uint8), h, w)
+    gpu.nest_boxes("dmixup", phi, uni, perms, mixed.astype(np.uint8), h, w)
+    gpu.nest_boxes("saliency-dcutmix", phi, uni, perms, mixed.astype(np.uint8), h, w,
+                   centers=rng.integers(0, h, (n, 2)))
+    gpu.grey_resize(images, "HWC", 6, 6)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float16, np.float32], ids=["uint8", "float16", "float32"])
+def test_every_gpu_launch_matches_the_kernel_declaration(compiled_ptx, recorded_launches, dtype):
+    from dali_kmix.backends import gpu, sources
+
+    _every_launch(gpu, dtype)
+    launched = {(name, expr) for name, expr, *_ in recorded_launches}
+    assert launched == {("kmix_blend.cu", f"kmix_dmixup<{gpu._TYPE_NAMES[np.dtype(dtype)]}>"),
+                        ("kmix_blend.cu", f"kmix_dcutmix<{gpu._TYPE_NAMES[np.dtype(dtype)]}>"),
+                        ("kmix_boxes.cu", "kmix_nest_boxes"),
+                        ("kmix_saliency.cu", f"kmix_grey_resize<{gpu._TYPE_NAMES[np.dtype(dtype)]}>")}
+    compiled = compiled_ptx
+    for name, expr, grid, block, args in recorded_launches:
+        base, _, t = expr.partition("<")
+        declared = _kernel_params(sources.read_source(name), base, t.rstrip(">") or None)
+        assert len(args) == len(declared), f"{expr}: {len(args)} arguments for {len(declared)} parameters"
+        ptx = compiled[name].image.decode()
+        widths = _ptx_param_widths(ptx, compiled[name].lowered.get(expr, expr))
+        for i, (arg, (is_ptr, elem), width) in enumerate(zip(args, declared, widths)):
+            where = f"{expr} argument {i}"
+            if is_ptr and isinstance(arg, np.ndarray):
+                assert width == 8, where
+                want = np.dtype(np.uint64) if elem == "pointers" else elem
+                assert arg.dtype == want, f"{where}: a {arg.dtype} array for a {want} pointer"
+                assert arg.flags.c_contiguous, f"{where}: not contiguous"
+            elif is_ptr:
+                assert isinstance(arg, np.uintp) and arg == 0, f"{where}: {arg!r} for a pointer (only a null)"
+            else:
+                assert isinstance(arg, np.generic) and not isinstance(arg, np.ndarray), \
+                    f"{where}: {type(arg).__name__} passed for a value (cast scalars explicitly)"
+                assert arg.dtype == elem and arg.dtype.itemsize == width, f"{where}: {arg.dtype} for {elem}"
+        assert all(g >= 1 for g in grid) and len(grid) <= 3 and grid[0] < 2 ** 31 and all(g < 65536 for g in grid[1:])
+        assert len(block) == 1 and 1 <= block[0] <= 1024 and block[0] % 32 == 0
