@@ -566,3 +566,39 @@ def test_a_raising_gpu_mixer_lets_go_of_dalis_stream(monkeypatch):
         assert other.ptr == 0x1234
     finally:
         wrapper.ptr = other.ptr = 0  # never let these objects destroy a stream
+
+
+def _operators(nodes, seen=None):
+    """Every operator instance upstream of ``nodes`` (DALI's graph as defined; nothing is built)."""
+    seen = {} if seen is None else seen
+    for node in nodes:
+        op = node.source
+        if op is not None and op.id not in seen:
+            seen[op.id] = op
+            _operators(op.inputs, seen)
+    return list(seen.values())
+
+
+@pytest.mark.parametrize("labels_on", ["cpu", "gpu"])
+@pytest.mark.parametrize("method", ["dmixup", "dcutmix", "saliency_dcutmix", "dmixup_or_dcutmix"])
+def test_gpu_operators_place_every_input_where_dali_takes_it(method, labels_on):
+    # Defining a GPU pipeline needs no device (building one does): the graph shows where each operator runs.
+    from nvidia.dali import Pipeline
+
+    pipe = Pipeline(batch_size=4, num_threads=1, device_id=0, seed=1)
+    with pipe:
+        x = fn.external_source(source=lambda: [np.zeros((8, 8, 3), np.uint8)] * 4, batch=True, layout="HWC")
+        y = fn.external_source(source=lambda: [np.array([1], np.int32)] * 4, batch=True)
+        prob = fn.external_source(source=lambda: [np.array([0.5], np.float32)] * 4, batch=True)
+        outs = getattr(kmix, method)(x.gpu(), y.gpu() if labels_on == "gpu" else y, k=3, num_classes=10,
+                                     layout="HWC", prob=prob, label_format="sparse")
+    assert [o.device for o in outs] == ["gpu"] * 3
+    ops = _operators(outs)
+    mixers = [op for op in ops if op._op.device == "gpu"]
+    assert len(mixers) == 1 and type(mixers[0]._op).__name__ == "PythonFunction"
+    assert all(i.device == "gpu" for i in mixers[0].inputs)
+    for op in ops:
+        if op._op.device == "cpu":
+            assert all(i.device == "cpu" for i in op.inputs), f"{op.name} is a CPU operator with a GPU input"
+    # the per-sample keys come from DALI's own random operator, on the CPU (checkpointed)
+    assert any(type(op._op).__name__ == "Uniform" and op._op.device == "cpu" for op in ops)
