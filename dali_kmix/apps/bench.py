@@ -12,6 +12,9 @@
    mixing, each dali_kmix operator, the DALI-native compositions, and timm's Mixup
    applied after the DALI iterator (how DALI's own examples mix today).
 3. Scaling: time versus K (2..16) and versus batch size.
+4. On a CUDA device (:mod:`dali_kmix.apps.bench_gpu`): the blend kernels against a
+   device-to-device copy, their time over K, the ``"mixed"`` pipeline at batch 256, and
+   the GPU targets met or not.
 
 Every figure is the median (with min and max) over repeats after warm-up, with fixed
 seeds. Each run writes ``benchmarks/results/bench-<date>.json`` (machine, versions,
@@ -33,6 +36,7 @@ import numpy as np
 
 from ..backends import gpu_available
 from ..backends.build import cpu_id
+from .bench_gpu import bench_gpu_ops, bench_gpu_scaling, format_gpu
 from .bench_kmixup import bench_kmixup, format_markdown
 from .common import atomic_write
 from .peers import PEERS, Config, can, dali_native_pipeline, make_batch, peer_callable
@@ -485,8 +489,15 @@ def run(out_dir="benchmarks/results", *, quick=False, data_dir=None, progress=Tr
         data_dir = make_photo_tree(Path(".demo") / ("bench-photos-quick" if quick else "bench-photos"),
                                    images_per_class=12 if quick else 48, size=320)
     for dev in ["cpu"] + (["gpu"] if gpu_available() else []):
-        rows += bench_pipeline(data_dir, batch=32 if quick else 64, iters=3 if quick else 12,
+        batch = 32 if quick else (256 if dev == "gpu" else 64)  # the GPU target is stated for batch 256
+        rows += bench_pipeline(data_dir, batch=batch, iters=3 if quick else 12,
                                repeats=1 if quick else 7, device=dev, progress=progress)
+    if gpu_available():
+        if quick:
+            rows += bench_gpu_ops(batches=(32,), ks=(2, 3), rounds=2, iters=3, progress=progress)
+            rows += bench_gpu_scaling(ks=(2, 4, 16), batch=32, rounds=2, iters=3, progress=progress)
+        else:
+            rows += bench_gpu_ops(progress=progress) + bench_gpu_scaling(progress=progress)
     if quick:
         rows += bench_scaling(ks=(2, 4, 8, 16), batches=(16, 64), k_batch=32, repeats=3, progress=progress)
     else:
@@ -505,6 +516,9 @@ def run(out_dir="benchmarks/results", *, quick=False, data_dir=None, progress=Tr
     atomic_write(path, json.dumps({"meta": meta, "quick": quick, "rows": rows, "kmixup_vs_timm": kmixup_rows},
                                   indent=1, default=str))
     md = format_table(rows)
+    gpu_md = format_gpu(rows)
+    if gpu_md:
+        md += "\n\n**GPU** (CUDA events, interleaved rounds)\n\n" + gpu_md
     if kmixup_rows:
         md += "\n\n**KMixup against timm's Mixup** (torch CPU tensors after the loader)\n\n" + format_markdown(kmixup_rows)
     path.with_suffix(".md").write_text(md + "\n")

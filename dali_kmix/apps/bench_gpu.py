@@ -1,0 +1,236 @@
+"""``kmix bench`` on a CUDA device: the blend kernels against a device-to-device copy, and the targets.
+
+1. Kernels (level ``"gpu-op"``): ms per batch of DMixup and DCutMix (224², uint8 HWC and
+   float32 CHW, batch sizes, K) on records drawn beforehand, next to a ``cudaMemcpyAsync``
+   of the batch. Each row carries the bytes the kernel reads and writes (DCutMix reads each
+   output pixel from one source: 2 × the batch, like the copy; DMixup reads K sources:
+   (K + 1) × the batch) and ``vs_copy_bandwidth``, its bandwidth as a fraction of the
+   copy's. Also per group: the record drawn and nested on the device
+   (:func:`~dali_kmix.sampling.sample_params_device`) and the saliency step.
+2. Scaling (level ``"gpu-scaling"``): DCutMix and DMixup time over K = 2..16, and
+   ``vs_k2``, the time relative to K = 2 in the same round.
+3. :func:`gpu_targets`: the targets of the GPU issue, measured against the rows (the
+   pipeline target from :func:`dali_kmix.apps.bench.bench_pipeline` on the GPU, batch 256).
+
+Timing: CUDA events around ``iters`` launches on the current stream; every variant of a
+group is timed once per round, rounds interleaved, so a clock or a neighbour that changes
+during the run touches every variant alike; medians and ratios are taken per round.
+The device is a parameter (:class:`CudaDevice` by default), so the logic of this module
+is tested on the CPU with a host stand-in; the GPU run itself is a ``gpu`` test.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..record import MixParams
+from ..saliency import salient_points
+from ..sampling import sample_params
+from .peers import Config, make_batch
+
+__all__ = ["CudaDevice", "bench_gpu_ops", "bench_gpu_scaling", "gpu_targets", "format_gpu", "TARGETS"]
+
+COPY = "copy (yardstick)"
+KMIX = "dali_kmix"
+RECORD = "record on the device"
+SALIENCY = "saliency step (spectral residual)"
+
+#: The issue's targets: DCutMix ≥ 70 % of the copy's bandwidth, DMixup K=3 ≥ 50 %, DCutMix flat in K
+#: (here: no K up to 16 slower than 1.25 × K = 2), the "mixed" pipeline with mixing ≥ 97 % of without.
+TARGETS = {"dcutmix_vs_copy": 0.70, "dmixup_k3_vs_copy": 0.50, "dcutmix_flat_in_k": 1.25, "pipeline_vs_no_mix": 0.97}
+
+
+class CudaDevice:
+    """CuPy arrays, the CUDA kernels, CUDA-event timing on the current stream."""
+
+    name = "gpu"
+
+    def __init__(self, seed: int = 0):
+        import cupy
+
+        from ..backends import GpuBackend
+
+        self.xp = cupy
+        self.backend = GpuBackend()
+        self._gen = cupy.random.default_rng(seed)
+
+    def to_device(self, a):
+        return self.xp.asarray(a)
+
+    def params(self, p: MixParams) -> MixParams:
+        return MixParams(*(None if a is None else self.xp.asarray(a) for a in (p.sources, p.weights, p.boxes)))
+
+    def copy(self, out, x):
+        rt = self.xp.cuda.runtime
+        rt.memcpyAsync(out.data.ptr, x.data.ptr, x.nbytes, rt.memcpyDeviceToDevice,
+                       self.xp.cuda.get_current_stream().ptr)
+
+    def record(self, method, n, h, w, k):
+        from ..sampling import sample_params_device
+
+        return sample_params_device(self._gen, method, n, h, w, k, np.ones(k), "sample", 1.0)
+
+    def seconds_per_call(self, fn, iters: int) -> float:
+        cuda = self.xp.cuda
+        start, end = cuda.Event(), cuda.Event()
+        start.record()
+        for _ in range(iters):
+            fn()
+        end.record()
+        end.synchronize()
+        return cuda.get_elapsed_time(start, end) / 1e3 / iters
+
+
+def _interleaved(device, variants: dict, rounds: int, iters: int, warmup: int) -> dict:
+    """``{name: [seconds per call, one per round]}``; every variant once per round, in turn."""
+    for fn in variants.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            times[name].append(device.seconds_per_call(fn, iters))
+    return times
+
+
+def _stats(ts) -> dict:
+    ts = np.asarray(ts, dtype=np.float64)
+    return {"median_s": float(np.median(ts)), "min_s": float(ts.min()), "max_s": float(ts.max()),
+            "rounds": int(ts.size)}
+
+
+def _ratio_stats(prefix, ratios) -> dict:
+    r = np.asarray(ratios, dtype=np.float64)
+    return {prefix: float(np.median(r)), f"{prefix}_min": float(r.min()), f"{prefix}_max": float(r.max())}
+
+
+def kernel_bytes(method: str | None, k: int, batch_nbytes: int) -> int:
+    """Bytes a kernel reads plus writes for one batch: the copy and DCutMix 2 ×, DMixup (K + 1) ×."""
+    return (k + 1) * batch_nbytes if method == "dmixup" else 2 * batch_nbytes
+
+
+def bench_gpu_ops(*, dtypes=("uint8", "float32"), batches=(32, 128, 256), ks=(2, 3, 5, 9),
+                  methods=("dmixup", "dcutmix"), size=224, rounds=7, iters=20, warmup=3, seed=0,
+                  progress=True, device=None) -> list[dict]:
+    """Kernel rows (level ``"gpu-op"``) for every dtype × batch × method × K, with the copy of the batch."""
+    from tqdm import tqdm
+
+    device = device or CudaDevice(seed)
+    rows = []
+    groups = [(dt, b) for dt in dtypes for b in batches]
+    for dt, b in tqdm(groups, desc="GPU kernels", disable=not progress):
+        cfg = Config("dcutmix", 3, "sample", dt, b, size)
+        host, _ = make_batch(cfg, seed)
+        x = device.to_device(host)
+        out = device.xp.empty_like(x)
+        samples, outs = list(x), list(out)
+        h, w = (cfg.shape[1], cfg.shape[2]) if cfg.layout == "HWC" else (cfg.shape[2], cfg.shape[3])
+        variants = {(COPY, None, 0): lambda: device.copy(out, x)}
+        for method in methods:
+            for k in ks:
+                p = device.params(sample_params(method, b, h, w, k=k, rng=seed + k))
+                variants[(KMIX, method, k)] = (lambda p=p: device.backend.blend(samples, outs, p, cfg.layout))
+        variants[(RECORD, "dcutmix", 3)] = lambda: device.record("dcutmix", b, h, w, 3)
+        variants[(SALIENCY, None, 0)] = lambda: salient_points(samples, cfg.layout)
+        times = _interleaved(device, variants, rounds, iters, warmup)
+        copy_t = np.asarray(times[(COPY, None, 0)])
+        base = {"level": "gpu-op", "device": device.name, "dtype": dt, "layout": cfg.layout, "batch": b,
+                "size": size, "status": "ok"}
+        for (impl, method, k), ts in times.items():
+            row = {**base, "impl": impl, **_stats(ts)}
+            if impl in (COPY, KMIX):
+                nbytes = kernel_bytes(method, k, x.nbytes)
+                row["bytes"] = nbytes
+                row["gb_per_s"] = nbytes / row["median_s"] / 1e9
+                row.update(_ratio_stats("vs_copy_bandwidth",
+                                        (nbytes / np.asarray(ts)) / (2 * x.nbytes / copy_t)))
+            if method is not None:
+                row.update(method=method, k=k)
+            rows.append(row)
+    return rows
+
+
+def bench_gpu_scaling(*, ks=(2, 3, 4, 6, 8, 12, 16), batch=128, size=224, dtype="float32", rounds=7, iters=20,
+                      warmup=3, seed=0, progress=True, device=None) -> list[dict]:
+    """Kernel time versus K (level ``"gpu-scaling"``), with ``vs_k2`` per round."""
+    device = device or CudaDevice(seed)
+    cfg = Config("dcutmix", ks[0], "sample", dtype, batch, size)
+    host, _ = make_batch(cfg, seed)
+    x = device.to_device(host)
+    out = device.xp.empty_like(x)
+    samples, outs = list(x), list(out)
+    h, w = (cfg.shape[1], cfg.shape[2]) if cfg.layout == "HWC" else (cfg.shape[2], cfg.shape[3])
+    variants = {}
+    for method in ("dcutmix", "dmixup"):
+        for k in ks:
+            p = device.params(sample_params(method, batch, h, w, k=k, rng=seed + k))
+            variants[(method, k)] = (lambda p=p: device.backend.blend(samples, outs, p, cfg.layout))
+    times = _interleaved(device, variants, rounds, iters, warmup)
+    rows = []
+    for (method, k), ts in times.items():
+        k2 = np.asarray(times[(method, ks[0])])
+        rows.append({"level": "gpu-scaling", "device": device.name, "impl": KMIX, "method": method, "k": k,
+                     "batch": batch, "dtype": dtype, "size": size, "status": "ok", **_stats(ts),
+                     **_ratio_stats("vs_k2", np.asarray(ts) / k2)})
+    return rows
+
+
+def gpu_targets(rows) -> list[dict]:
+    """``[{"target", "measured", "met"}]`` for the GPU targets that ``rows`` hold figures for."""
+    out = []
+    ops = [r for r in rows if r["level"] == "gpu-op" and r["impl"] == KMIX]
+    if ops:
+        top = max(r["batch"] for r in ops)
+        for method, ks, key, label in (("dcutmix", None, "dcutmix_vs_copy", "DCutMix blend"),
+                                       ("dmixup", (3,), "dmixup_k3_vs_copy", "DMixup K=3 blend")):
+            sel = [r for r in ops if r["method"] == method and r["batch"] == top and (ks is None or r["k"] in ks)]
+            if not sel:
+                continue
+            worst = min(sel, key=lambda r: r["vs_copy_bandwidth"])
+            measured = ", ".join(f"{r['dtype']} K={r['k']}: {100 * r['vs_copy_bandwidth']:.0f} %" for r in sel)
+            out.append({"target": f"{label} ≥ {100 * TARGETS[key]:.0f} % of the copy bandwidth (batch {top})",
+                        "measured": measured, "worst": worst["vs_copy_bandwidth"],
+                        "met": worst["vs_copy_bandwidth"] >= TARGETS[key]})
+    scal = [r for r in rows if r["level"] == "gpu-scaling" and r["method"] == "dcutmix"]
+    if scal:
+        worst = max(scal, key=lambda r: r["vs_k2"])
+        ks = sorted(r["k"] for r in scal)
+        out.append({"target": f"DCutMix time flat in K ({ks[0]}…{ks[-1]}): ≤ {TARGETS['dcutmix_flat_in_k']:.2f} × K=2",
+                    "measured": f"slowest K={worst['k']}: {worst['vs_k2']:.2f} × K=2", "worst": worst["vs_k2"],
+                    "met": worst["vs_k2"] <= TARGETS["dcutmix_flat_in_k"]})
+    pipes = [r for r in rows if r["level"] == "pipeline" and r.get("device") == "gpu" and r.get("status") == "ok"
+             and r["mix"].startswith("dali_kmix") and "vs_no_mix" in r]
+    if pipes:
+        worst = min(pipes, key=lambda r: r["vs_no_mix"])
+        out.append({"target": f"\"mixed\" pipeline with mixing ≥ {100 * TARGETS['pipeline_vs_no_mix']:.0f} % of "
+                              f"without (batch {pipes[0].get('batch')})",
+                    "measured": ", ".join(f"{r['mix']}: {100 * r['vs_no_mix']:.0f} %" for r in pipes),
+                    "worst": worst["vs_no_mix"], "met": worst["vs_no_mix"] >= TARGETS["pipeline_vs_no_mix"]})
+    return out
+
+
+def format_gpu(rows) -> str:
+    """Markdown: the kernel table, the K scaling and the targets ("" when ``rows`` hold no GPU figures)."""
+    lines = []
+    ops = [r for r in rows if r["level"] == "gpu-op"]
+    if ops:
+        lines += ["| dtype, batch | kernel | K | ms per batch (median; min–max) | GB/s | vs copy bandwidth (min–max) |",
+                  "|---|---|---|---|---|---|"]
+        for r in ops:
+            name = f"{r['impl']} {r['method']}" if r["impl"] in (KMIX, RECORD) else r["impl"]
+            ms = f"{1e3 * r['median_s']:.3f} ({1e3 * r['min_s']:.3f}–{1e3 * r['max_s']:.3f})"
+            gbs = f"{r['gb_per_s']:.0f}" if "gb_per_s" in r else "–"
+            bw = (f"{100 * r['vs_copy_bandwidth']:.0f} % ({100 * r['vs_copy_bandwidth_min']:.0f}–"
+                  f"{100 * r['vs_copy_bandwidth_max']:.0f} %)") if "vs_copy_bandwidth" in r else "–"
+            lines.append(f"| {r['dtype']}, {r['batch']} | {name} | {r.get('k') or '–'} | {ms} | {gbs} | {bw} |")
+    scal = [r for r in rows if r["level"] == "gpu-scaling"]
+    if scal:
+        lines += ["", "| GPU scaling | K | batch | ms per batch (median) | vs K=2 (min–max) |", "|---|---|---|---|---|"]
+        for r in scal:
+            lines.append(f"| {r['method']} ({r['dtype']}) | {r['k']} | {r['batch']} | {1e3 * r['median_s']:.3f} | "
+                         f"{r['vs_k2']:.2f} ({r['vs_k2_min']:.2f}–{r['vs_k2_max']:.2f}) |")
+    targets = gpu_targets(rows)
+    if targets:
+        lines += ["", "| GPU target | measured | met? |", "|---|---|---|"]
+        lines += [f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'no'} |" for t in targets]
+    return "\n".join(lines)

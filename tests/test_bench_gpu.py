@@ -1,0 +1,167 @@
+"""The GPU rows of ``kmix bench``: their logic on the CPU with a host stand-in for the device (scripted clock,
+CPU kernels), and the real run on a CUDA device under the ``gpu`` marker."""
+
+import numpy as np
+import pytest
+
+from dali_kmix.apps import bench_gpu
+from dali_kmix.sampling import sample_params
+
+
+class HostDevice:
+    """What bench_gpu needs of a device, on the host: NumPy arrays, the CPU kernels, a scripted clock.
+
+    ``clock(call_index, round_index)`` gives the seconds per call of the ``call_index``-th variant timed in
+    round ``round_index``; every call of a variant's function is logged.
+    """
+
+    name = "host"
+    xp = np
+
+    def __init__(self, clock, nvariants):
+        from dali_kmix.backends import CpuBackend
+
+        self.backend = CpuBackend(workers=1)
+        self.clock, self.nvariants = clock, nvariants
+        self.timed = []  # the functions timed, in order
+        self.launches = 0
+
+    to_device = staticmethod(np.asarray)
+
+    def params(self, p):
+        return p
+
+    def copy(self, out, x):
+        np.copyto(out, x)
+
+    def record(self, method, n, h, w, k):
+        return sample_params(method, n, h, w, k=k, rng=0)
+
+    def seconds_per_call(self, fn, iters):
+        i = len(self.timed)
+        self.timed.append(fn)
+        for _ in range(iters):
+            fn()
+            self.launches += 1
+        return self.clock(i % self.nvariants, i // self.nvariants)
+
+
+def test_kernel_rows_bandwidth_against_the_copy_and_interleaving():
+    ks, methods, rounds, iters, warmup = (2, 3), ("dmixup", "dcutmix"), 3, 2, 1
+    nvar = 1 + len(ks) * len(methods) + 2  # copy, the blends, the record, the saliency step
+    base = {i: 1e-3 * (i + 1) for i in range(nvar)}  # variant i takes (i + 1) ms ...
+    dev = HostDevice(lambda i, r: base[i] * (1 + r % rounds), nvar)  # ... times a factor changing every round
+    rows = bench_gpu.bench_gpu_ops(dtypes=("uint8", "float32"), batches=(3,), ks=ks, methods=methods, size=20,
+                                   rounds=rounds, iters=iters, warmup=warmup, progress=False, device=dev)
+    assert len(rows) == 2 * nvar
+    # every variant once per round, always in the same order
+    per_round = [dev.timed[j * nvar:(j + 1) * nvar] for j in range(len(dev.timed) // nvar)]
+    for group in (per_round[:rounds], per_round[rounds:]):
+        assert all(r == group[0] for r in group) and len(set(map(id, group[0]))) == nvar
+    assert dev.launches == 2 * nvar * rounds * iters
+    for dt in ("uint8", "float32"):
+        grp = [r for r in rows if r["dtype"] == dt]
+        nbytes = 3 * 20 * 20 * 3 * np.dtype(dt).itemsize
+        copy = grp[0]
+        assert copy["impl"] == bench_gpu.COPY and copy["bytes"] == 2 * nbytes
+        assert copy["vs_copy_bandwidth"] == pytest.approx(1.0)
+        for i, r in enumerate(grp):
+            assert r["median_s"] == pytest.approx(base[i] * 2) and r["min_s"] == pytest.approx(base[i])
+            assert r["max_s"] == pytest.approx(base[i] * rounds) and r["rounds"] == rounds
+            if r["impl"] == bench_gpu.KMIX:
+                moved = (r["k"] + 1) * nbytes if r["method"] == "dmixup" else 2 * nbytes
+                assert r["bytes"] == moved
+                # the same factor hits copy and kernel in a round: the ratio is exact and equal in every round
+                want = (moved / base[i]) / (2 * nbytes / base[0])
+                assert r["vs_copy_bandwidth"] == pytest.approx(want)
+                assert r["vs_copy_bandwidth_min"] == pytest.approx(want) == pytest.approx(r["vs_copy_bandwidth_max"])
+                assert r["gb_per_s"] == pytest.approx(moved / r["median_s"] / 1e9)
+        assert {(r["impl"], r.get("method"), r.get("k")) for r in grp} >= {
+            (bench_gpu.KMIX, m, k) for m in methods for k in ks} | {(bench_gpu.RECORD, "dcutmix", 3)}
+
+
+def test_kernel_rows_blend_what_the_reference_blends(monkeypatch):
+    # the timed blends write the outputs the reference gives for their records
+    from dali_kmix import reference
+
+    seen = []
+    real = bench_gpu.sample_params
+
+    def spy(*a, **kw):
+        seen.append(real(*a, **kw))
+        return seen[-1]
+
+    monkeypatch.setattr(bench_gpu, "sample_params", spy)
+    dev = HostDevice(lambda i, r: 1e-3, 4)
+    outs = []
+    real_blend = dev.backend.blend
+
+    def blend(samples, out_rows, p, layout):
+        real_blend(samples, out_rows, p, layout)
+        outs.append((np.stack(samples), np.stack(out_rows), p, layout))
+
+    dev.backend.blend = blend
+    bench_gpu.bench_gpu_ops(dtypes=("float32",), batches=(4,), ks=(3,), size=12, rounds=1, iters=1, warmup=0,
+                            progress=False, device=dev)
+    assert len(outs) == 2
+    for x, got, p, layout in outs:
+        np.testing.assert_array_equal(got, reference.mix_images(x, p, layout))
+
+
+def test_scaling_rows_relative_to_k2():
+    ks = (2, 4, 16)
+    base = {i: 1e-3 * (1 + 0.1 * i) for i in range(2 * len(ks))}
+    dev = HostDevice(lambda i, r: base[i] * (2 if r == 1 else 1), 2 * len(ks))
+    rows = bench_gpu.bench_gpu_scaling(ks=ks, batch=3, size=16, rounds=3, iters=1, warmup=0, progress=False,
+                                       device=dev)
+    assert [(r["method"], r["k"]) for r in rows] == [(m, k) for m in ("dcutmix", "dmixup") for k in ks]
+    for i, r in enumerate(rows):
+        k2 = base[(i // len(ks)) * len(ks)]
+        assert r["vs_k2"] == pytest.approx(base[i] / k2) == pytest.approx(r["vs_k2_max"])
+        assert r["median_s"] == pytest.approx(base[i])
+
+
+def _op(method, k, vs, batch=256, dtype="float32"):
+    return {"level": "gpu-op", "impl": bench_gpu.KMIX, "method": method, "k": k, "batch": batch, "dtype": dtype,
+            "median_s": 1e-3, "min_s": 1e-3, "max_s": 1e-3, "gb_per_s": 100.0, "vs_copy_bandwidth": vs,
+            "vs_copy_bandwidth_min": vs, "vs_copy_bandwidth_max": vs}
+
+
+def _scaling(method, k, vs):
+    return {"level": "gpu-scaling", "method": method, "k": k, "batch": 128, "dtype": "float32", "median_s": 1e-3,
+            "vs_k2": vs, "vs_k2_min": vs, "vs_k2_max": vs}
+
+
+@pytest.mark.parametrize("dcut,dmix,flat,pipe,met", [
+    (0.70, 0.50, 1.25, 0.97, [True, True, True, True]),
+    (0.69, 0.49, 1.26, 0.96, [False, False, False, False]),
+    (0.95, 0.30, 1.02, 0.99, [True, False, True, True]),
+], ids=["at-the-targets", "just-below", "mixed"])
+def test_gpu_targets_are_judged_at_their_thresholds(dcut, dmix, flat, pipe, met):
+    rows = [_op("dcutmix", 2, 0.99), _op("dcutmix", 9, dcut), _op("dcutmix", 3, 0.1, batch=32),
+            _op("dmixup", 3, dmix), _op("dmixup", 9, 0.01),
+            _scaling("dcutmix", 2, 1.0), _scaling("dcutmix", 16, flat), _scaling("dmixup", 16, 9.0),
+            {"level": "pipeline", "device": "gpu", "status": "ok", "mix": "dali_kmix dcutmix", "batch": 256,
+             "vs_no_mix": pipe},
+            {"level": "pipeline", "device": "cpu", "status": "ok", "mix": "dali_kmix dcutmix", "vs_no_mix": 0.1}]
+    targets = bench_gpu.gpu_targets(rows)
+    assert [t["met"] for t in targets] == met
+    assert "batch 256" in targets[0]["target"] and "K=9" in targets[0]["measured"]  # smaller batches not judged
+    assert targets[1]["measured"] == f"float32 K=3: {100 * dmix:.0f} %"  # DMixup: K=3 only
+    md = bench_gpu.format_gpu(rows)
+    assert md.count("| yes |") == sum(met) and md.count("| no |") == 4 - sum(met)
+
+
+def test_no_gpu_rows_no_gpu_section():
+    assert bench_gpu.gpu_targets([{"level": "op", "impl": "copy (yardstick)"}]) == []
+    assert bench_gpu.format_gpu([]) == ""
+
+
+@pytest.mark.gpu
+def test_gpu_bench_on_the_device():
+    rows = bench_gpu.bench_gpu_ops(batches=(32,), ks=(2, 3), rounds=2, iters=3, progress=False)
+    rows += bench_gpu.bench_gpu_scaling(ks=(2, 4), batch=16, rounds=2, iters=3, progress=False)
+    copies = [r for r in rows if r.get("impl") == bench_gpu.COPY]
+    assert copies and all(r["gb_per_s"] > 0 and r["vs_copy_bandwidth"] == pytest.approx(1.0) for r in copies)
+    assert all(r["median_s"] > 0 for r in rows)
+    assert len(bench_gpu.gpu_targets(rows)) == 3
