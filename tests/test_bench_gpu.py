@@ -165,3 +165,23 @@ def test_gpu_bench_on_the_device():
     assert copies and all(r["gb_per_s"] > 0 and r["vs_copy_bandwidth"] == pytest.approx(1.0) for r in copies)
     assert all(r["median_s"] > 0 for r in rows)
     assert len(bench_gpu.gpu_targets(rows)) == 3
+
+
+def test_gpu_session_script_runs_its_stages(tmp_path):
+    # benchmarks/gpu_session.sh is what a device session runs; here: it parses, refuses an unknown stage, and its
+    # env stage reports what stops the gpu tests (no device on this machine)
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_session.sh"
+    root = script.parents[1]
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    bad = subprocess.run(["bash", str(script), str(tmp_path), "benchmark"], capture_output=True, text=True, cwd=root)
+    assert bad.returncode == 2 and "unknown stage benchmark" in bad.stdout
+    env = dict(__import__("os").environ, PY=sys.executable, DALI_KMIX_NO_GPU="1")
+    ok = subprocess.run(["bash", str(script), str(tmp_path), "env"], capture_output=True, text=True, cwd=root,
+                        env=env)
+    assert ok.returncode == 0 and "stage env: exit 0" in ok.stdout
+    text = (tmp_path / "env.txt").read_text()
+    assert "gpu tests blocked by:" in text and "DALI_KMIX_NO_GPU is set" in text

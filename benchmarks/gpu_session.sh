@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The GPU checks of the project on a CUDA machine, stage by stage, each writing its log under OUT_DIR.
+#
+#   bash benchmarks/gpu_session.sh OUT_DIR [STAGE...]     (stages: env tests sanitizer bench; default: all)
+#
+#   env        -> env.txt          nvidia-smi, compilers, Python packages, what the test suite finds missing
+#   tests      -> pytest-gpu.txt   the whole gpu-marked suite with --require-gpu (no device, CuPy or DALI: it
+#                 pytest-gpu.xml   fails and names what is missing), JUnit XML beside it
+#   sanitizer  -> sanitizer.txt    compute-sanitizer memcheck and racecheck over the CuPy kernel suite
+#   bench      -> bench-gpu.json   kernel rows against a device-to-device copy, scaling in K, the "mixed"
+#                 bench-gpu.md     pipeline at batch 256, and the GPU targets judged
+#
+# Every stage fits one 10-minute call of the project's device tool (DEVELOPERS.md says how DALI gets
+# there); a stage's exit status is its tool's, and the script goes on to the next stage regardless, then
+# exits non-zero if any stage failed. Run from the repository root with PYTHONPATH holding DALI and it.
+set -uo pipefail
+out=${1:?usage: gpu_session.sh OUT_DIR [env|tests|sanitizer|bench ...]}; shift
+stages=${*:-env tests sanitizer bench}
+mkdir -p "$out"
+PY=${PY:-python3}
+export PYTHONUNBUFFERED=1
+failed=0
+
+stage_env() {
+  { date -u; nvidia-smi || true; g++ --version || echo "no g++"; nvcc --version || echo "no nvcc"
+    command -v compute-sanitizer || echo "no compute-sanitizer"
+    "$PY" - <<'EOF'
+import importlib, sys
+print(sys.version)
+for m in ("numpy", "cupy", "nvidia.dali", "torch", "timm", "skimage", "PIL", "cv2"):
+    try:
+        mod = importlib.import_module(m)
+        print(m, getattr(mod, "__version__", "?"))
+    except Exception as exc:
+        print(m, "MISSING:", exc)
+sys.path.insert(0, "tests")
+from conftest import gpu_problems
+print("gpu tests blocked by:", gpu_problems() or "nothing")
+EOF
+  } > "$out/env.txt" 2>&1
+}
+
+stage_tests() {
+  "$PY" -m pytest -q -m gpu --require-gpu -p no:cacheprovider -rfE --maxfail=25 \
+    --junitxml="$out/pytest-gpu.xml" --deselect tests/test_sanitizers.py > "$out/pytest-gpu.txt" 2>&1
+}
+
+stage_sanitizer() {
+  "$PY" -m pytest -q -m gpu --require-gpu -p no:cacheprovider -rfE tests/test_sanitizers.py \
+    -k compute_sanitizer > "$out/sanitizer.txt" 2>&1
+}
+
+stage_bench() {
+  "$PY" - "$out" > "$out/bench-gpu.log" 2>&1 <<'EOF'
+import json, sys
+from pathlib import Path
+from dali_kmix.apps.bench import bench_pipeline, format_table, metadata
+from dali_kmix.apps.bench_gpu import bench_gpu_ops, bench_gpu_scaling, format_gpu
+from dali_kmix.apps.data import make_photo_tree
+
+out = Path(sys.argv[1])
+photos = make_photo_tree(Path(".demo") / "bench-photos-gpu", images_per_class=48, size=320)
+rows = bench_gpu_ops(progress=False) + bench_gpu_scaling(progress=False)
+rows += bench_pipeline(photos, batch=256, iters=12, repeats=7, device="gpu", num_threads=8, progress=False)
+(out / "bench-gpu.json").write_text(json.dumps({"meta": metadata(), "rows": rows}, indent=1, default=str))
+md = format_table(rows) + "\n\n" + format_gpu(rows)
+(out / "bench-gpu.md").write_text(md + "\n")
+print(md)
+EOF
+}
+
+for s in $stages; do
+  case $s in
+    env|tests|sanitizer|bench) ;;
+    *) echo "unknown stage $s (env, tests, sanitizer, bench)"; exit 2 ;;
+  esac
+  t0=$(date +%s)
+  "stage_$s"; rc=$?
+  echo "stage $s: exit $rc after $(( $(date +%s) - t0 )) s"
+  [ $rc -eq 0 ] || failed=1
+done
+exit $failed
