@@ -293,16 +293,14 @@ class _GpuMix:
         out = cupy.empty((n,) + tuple(images[0].shape), images[0].dtype)
         backend = GpuBackend()
         if spec.switch:
-            # The method was tossed on the host; reading it here would synchronise, so both kernels run:
-            # the one not drawn gets the identity (weight 1 on itself; empty boxes), decided on the device.
+            # The method was tossed on the host and travels as a per-sample flag: reading it here would
+            # synchronise, so one kmix_mix launch blends or pastes each sample as its flag says.
             sources, box_w, boxes = gpu.nest_boxes("dcutmix", *draws, h, w)
-            is_cut = cupy.stack(cut).reshape(n, 1).astype(bool)
+            is_cut = cupy.stack(cut).reshape(n, 1)
             own = cupy.eye(1, spec.k, dtype=cupy.float32)
             blend_w = cupy.where(draws[3][:, None].astype(bool), draws[0].astype(cupy.float32), own)
-            tmp = cupy.empty_like(out)
-            backend.dmixup(list(images), list(tmp), sources, cupy.where(is_cut, own, blend_w))
-            backend.dcutmix(list(tmp), list(out), sources, cupy.where(is_cut[:, :, None], boxes, 0), spec.layout)
-            params = MixParams(sources, cupy.where(is_cut, box_w, blend_w), None)
+            backend.mix(list(images), list(out), sources, blend_w, boxes, is_cut, spec.layout)
+            params = MixParams(sources, cupy.where(is_cut.astype(bool), box_w, blend_w), None)
         else:
             params = MixParams(*gpu.nest_boxes(spec.method, *draws, h, w, centers))
             backend.blend(list(images), list(out), params, spec.layout)
@@ -555,8 +553,8 @@ dmixup_or_dcutmix.__doc__ = _DOC.format(
 Each batch is DCutMix with probability ``switch_prob`` (with Dirichlet ``cutmix_alpha``,
 default ``alpha``) and DMixup otherwise (with ``alpha``); the toss comes from the same
 checkpointed stream as the rest of the draws. In CPU pipelines the native operator
-``fn.kmix_mix`` applies either record in one pass; on the GPU both kernels run, the one not
-drawn with a record that leaves the batch as it is (the choice stays on the device, no sync).
+``fn.kmix_mix`` applies either record in one pass; on the GPU the ``kmix_mix`` kernel does the
+same, reading the method as a per-sample flag on the device (no sync).
 """
 saliency_dcutmix.__doc__ = _DOC.format(
     title="Saliency-DCutMix (DCutMix boxes, each centred on its source's most salient point)") + """

@@ -72,6 +72,22 @@ int kmix_host_dcutmix(int dtype, const void* const* in, void* const* out, const 
   return 0;
 }
 
+// DMixup or DCutMix per sample in one launch (kmix_mix): the blend's chunks along grid.x, which
+// a paste divides among rows (it has at most as many chunks as rows to give).
+int kmix_host_mix(int dtype, const void* const* in, void* const* out, const int* sources, const float* weights,
+                  const int* boxes, const unsigned char* cut, int n, int k, int height, int width, int channels,
+                  int layout, int nworkers, int block_threads, int reverse) {
+  if (n <= 0 || height <= 0 || width <= 0 || channels <= 0) return 0;
+  const long long elems = (long long)height * width * channels;
+  const kmix_dim3 grid = {(unsigned)kmix_host_dmixup_chunks(elems), (unsigned)n, 1};
+  const kmix_dim3 block = {(unsigned)(block_threads < 1 ? 1 : block_threads), 1, 1};
+  KMIX_DISPATCH(dtype, kmix_launch(grid, block, nworkers, reverse != 0, [&]() {
+    kmix_mix<T>((const T* const*)in, (T* const*)out, sources, weights, boxes, cut, n, k, height, width, channels,
+                layout);
+  }));
+  return 0;
+}
+
 // One block (chunk `chunk` of sample `sample`, one thread) of the host grids above, for a
 // caller that runs the blocks on its own thread pool (the DALI plugin, kmix_dali_op.cpp).
 // Returns 1 for an unknown dtype or a block outside the grid.

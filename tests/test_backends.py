@@ -40,6 +40,14 @@ class CpuBackend:
             np.testing.assert_array_equal(a, b)  # inputs are never written
         return out
 
+    def mix(self, images, sources, weights, boxes, cut, layout):
+        ins = [np.ascontiguousarray(im).copy() for im in images]
+        out = np.empty_like(images)
+        self.backend.mix(ins, list(out), sources, weights, boxes, cut, layout)
+        for a, b in zip(ins, images):
+            np.testing.assert_array_equal(a, b)
+        return out
+
     def nest(self, method, phi, u, perms, mixed, h, w, centers=None):
         return self.k.nest_boxes(method, phi, u, perms, mixed, h, w, centers=centers,
                                  workers=self.opts["workers"] or 1, reverse=self.opts["reverse"])
@@ -68,6 +76,15 @@ class GpuBackend:
         ins = [cp.asarray(im) for im in images]
         out = cp.empty(images.shape, images.dtype)
         self.backend.blend(ins, list(out), params.to_cupy(), layout)
+        for a, b in zip(ins, images):
+            np.testing.assert_array_equal(a.get(), b)
+        return out.get()
+
+    def mix(self, images, sources, weights, boxes, cut, layout):
+        cp = self.cp
+        ins = [cp.asarray(im) for im in images]
+        out = cp.empty(images.shape, images.dtype)
+        self.backend.mix(ins, list(out), *(cp.asarray(a) for a in (sources, weights, boxes, cut)), layout)
         for a, b in zip(ins, images):
             np.testing.assert_array_equal(a.get(), b)
         return out.get()
@@ -121,6 +138,28 @@ def test_blend_matches_reference(backend, method, layout, dtype, k, n, h, w, c):
     x = random_images(rng, dtype, _shape(layout, n, h, w, c))
     p = sample_params(method, n, h, w, k=k, alpha=0.6, prob=0.9, rng=rng)
     _assert_same_bits(backend.blend(x, p, layout), reference.mix_images(x, p, layout))
+
+
+MIX_SIZES = [(1, 1, 1, 3), (65, 3, 5, 3), (9, 225, 227, 3), (6, 33, 20, 4)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["HWC", "CHW"])
+@pytest.mark.parametrize("cuts", ["all-blend", "all-paste", "alternating"])
+@pytest.mark.parametrize("k", [2, 3, 9])
+@pytest.mark.parametrize("n,h,w,c", MIX_SIZES, ids=[f"{n}x{h}x{w}x{c}" for n, h, w, c in MIX_SIZES])
+def test_mix_blends_or_pastes_each_sample_as_its_flag_says(backend, cuts, layout, dtype, k, n, h, w, c):
+    # kmix_mix (one launch for dmixup_or_dcutmix): every row is, bit for bit, the reference of its own method
+    rng = np.random.default_rng(k * 100 + h)
+    x = random_images(rng, dtype, _shape(layout, n, h, w, c))
+    phi, u, perms, mixed = draw_raw(np, rng, n, k, np.full(k, 0.6), "sample", 0.85)
+    blend = params_from_draws("dmixup", phi, u, perms, mixed, h, w)
+    paste = params_from_draws("dcutmix", phi, u, perms, mixed, h, w)
+    cut = {"all-blend": np.zeros(n), "all-paste": np.ones(n), "alternating": np.arange(n) % 2}[cuts].astype(np.uint8)
+    got = backend.mix(x, blend.sources, blend.weights, paste.boxes, cut, layout)
+    want = np.where(cut.astype(bool).reshape((n,) + (1,) * 3), reference.mix_images(x, paste, layout),
+                    reference.mix_images(x, blend, layout))
+    _assert_same_bits(got, want)
 
 
 @pytest.mark.parametrize("layout", ["HWC", "CHW"])
@@ -300,6 +339,22 @@ def test_numpy_backend_matches_the_reference(method):
     np.testing.assert_array_equal(g, reference.resize_bilinear(reference.grey(x, "CHW"), 6, 6))
 
 
+def test_numpy_backend_mix_takes_each_row_from_its_method():
+    from dali_kmix.backends import NumpyBackend
+
+    rng = np.random.default_rng(5)
+    x = random_images(rng, np.uint8, (6, 7, 9, 3))
+    phi, u, perms, mixed = draw_raw(np, rng, 6, 3, np.ones(3), "sample", 1.0)
+    blend = params_from_draws("dmixup", phi, u, perms, mixed, 7, 9)
+    paste = params_from_draws("dcutmix", phi, u, perms, mixed, 7, 9)
+    cut = np.array([1, 0, 0, 1, 1, 0], np.uint8)
+    out = np.empty_like(x)
+    NumpyBackend().mix(list(x), list(out), blend.sources, blend.weights, paste.boxes, cut, "HWC")
+    want_paste, want_blend = reference.mix_images(x, paste, "HWC"), reference.mix_images(x, blend, "HWC")
+    for i, c in enumerate(cut):
+        np.testing.assert_array_equal(out[i], want_paste[i] if c else want_blend[i])
+
+
 def test_codes_agree_with_the_cpp_header():
     """The dtype and layout codes are defined once for C++ (kmix_codes.h) and once for Python."""
     import re
@@ -390,6 +445,7 @@ def _every_launch(gpu, dtype):
     outs = [np.empty_like(im) for im in images]
     gpu.dmixup(images, outs, p.sources, p.weights)
     gpu.dcutmix(images, outs, p.sources, p.boxes, "HWC")
+    gpu.mix(images, outs, p.sources, p.weights, p.boxes, (np.arange(n) % 2).astype(np.uint8), "HWC")
     gpu.nest_boxes("dcutmix", phi, uni, perms, mixed.astype(np.uint8), h, w)
     gpu.nest_boxes("dmixup", phi, uni, perms, mixed.astype(np.uint8), h, w)
     gpu.nest_boxes("saliency-dcutmix", phi, uni, perms, mixed.astype(np.uint8), h, w,
@@ -405,6 +461,7 @@ def test_every_gpu_launch_matches_the_kernel_declaration(compiled_ptx, recorded_
     launched = {(name, expr) for name, expr, *_ in recorded_launches}
     assert launched == {("kmix_blend.cu", f"kmix_dmixup<{gpu._TYPE_NAMES[np.dtype(dtype)]}>"),
                         ("kmix_blend.cu", f"kmix_dcutmix<{gpu._TYPE_NAMES[np.dtype(dtype)]}>"),
+                        ("kmix_blend.cu", f"kmix_mix<{gpu._TYPE_NAMES[np.dtype(dtype)]}>"),
                         ("kmix_boxes.cu", "kmix_nest_boxes"),
                         ("kmix_saliency.cu", f"kmix_grey_resize<{gpu._TYPE_NAMES[np.dtype(dtype)]}>")}
     compiled = compiled_ptx

@@ -71,7 +71,7 @@ def _entries(ptx):
 
 
 #: The kernels whose source calls fmaf (the only fused multiply-adds allowed: --fmad=false).
-FMAF_KERNELS = ("kmix_dmixup",)
+FMAF_KERNELS = ("kmix_dmixup", "kmix_mix")  # kmix_mix blends with the same fmaf chain
 
 
 @pytest.mark.parametrize("name", kernel_source.DEVICE_SOURCES)

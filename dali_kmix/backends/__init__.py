@@ -45,6 +45,10 @@ class Backend:
     def dcutmix(self, inputs, outputs, sources, boxes, layout):
         raise NotImplementedError
 
+    def mix(self, inputs, outputs, sources, weights, boxes, cut, layout):
+        """Per sample: DMixup with ``weights`` where ``cut[s]`` is 0, DCutMix with ``boxes`` where it is 1."""
+        raise NotImplementedError
+
     def grey_resize(self, samples, layout, out_h, out_w):
         """float32 ``(N, out_h, out_w)`` grey copies (same array kind as the samples)."""
         raise NotImplementedError
@@ -83,6 +87,9 @@ class CpuBackend(Backend):
     def dcutmix(self, inputs, outputs, sources, boxes, layout):
         return self._k.dcutmix(inputs, outputs, sources, boxes, layout, **self._opts())
 
+    def mix(self, inputs, outputs, sources, weights, boxes, cut, layout):
+        return self._k.mix(inputs, outputs, sources, weights, boxes, cut, layout, **self._opts())
+
     def grey_resize(self, samples, layout, out_h, out_w):
         return self._k.grey_resize(samples, layout, out_h, out_w, workers=self.workers, reverse=self.reverse)
 
@@ -102,6 +109,9 @@ class GpuBackend(Backend):
 
     def dcutmix(self, inputs, outputs, sources, boxes, layout):
         return self._k.dcutmix(inputs, outputs, sources, boxes, layout)
+
+    def mix(self, inputs, outputs, sources, weights, boxes, cut, layout):
+        return self._k.mix(inputs, outputs, sources, weights, boxes, cut, layout)
 
     def grey_resize(self, samples, layout, out_h, out_w):
         return self._k.grey_resize(samples, layout, out_h, out_w)
@@ -127,6 +137,18 @@ class NumpyBackend(Backend):
 
         h, w = (inputs[0].shape[0], inputs[0].shape[1]) if layout == "HWC" else inputs[0].shape[1:]
         return self._apply(inputs, outputs, MixParams(sources, area_weights(np.asarray(boxes), h, w), boxes), layout)
+
+    def mix(self, inputs, outputs, sources, weights, boxes, cut, layout):
+        from ..record import MixParams, area_weights
+
+        x = np.stack(inputs)
+        h, w = (x.shape[1], x.shape[2]) if layout == "HWC" else (x.shape[2], x.shape[3])
+        boxes = np.asarray(boxes)
+        blend = reference.mix_images(x, MixParams(sources, weights), layout)
+        paste = reference.mix_images(x, MixParams(sources, area_weights(boxes, h, w), boxes), layout)
+        for o, c, b, p in zip(outputs, np.asarray(cut).reshape(-1), blend, paste):
+            o[...] = p if c else b
+        return outputs
 
     def grey_resize(self, samples, layout, out_h, out_w):
         return reference.resize_bilinear(reference.grey(np.stack(samples), layout), out_h, out_w)

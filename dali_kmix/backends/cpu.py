@@ -23,7 +23,7 @@ from .._checks import hwc_dims
 from .build import build_flags, compile_cached, compiler, sanitize_requested
 from .sources import kernels_dir
 
-__all__ = ["load", "build", "available", "compiler", "dmixup", "dcutmix", "nest_boxes", "grey_resize",
+__all__ = ["load", "build", "available", "compiler", "dmixup", "dcutmix", "mix", "nest_boxes", "grey_resize",
            "half_to_float", "float_to_half", "DTYPE_CODES", "LAYOUT_CODES", "HOST_SOURCES", "default_workers"]
 
 #: Element-type and layout codes of the C entry points, as kernels/kmix_codes.h defines them for C++.
@@ -64,6 +64,7 @@ def _load(sanitize: bool):
     lib = ctypes.CDLL(str(path))
     lib.kmix_host_dmixup.argtypes = [_I, _P, _P, _P, _P, _I, _I, _L, _I, _I, _I]
     lib.kmix_host_dcutmix.argtypes = [_I, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _I, _I, _I]
+    lib.kmix_host_mix.argtypes = [_I, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _I, _I, _I]
     lib.kmix_host_nest_boxes.argtypes = [_P, _P, _I, _P, _P, _I, _I, _I, _I, _P, _P, _P, _P, _I, _I]
     lib.kmix_host_grey_resize.argtypes = [_I, _P, _P, _I, _I, _I, _I, _I, _I, _I, _I, _I]
     lib.kmix_host_grey_resize.restype = _I
@@ -99,40 +100,55 @@ def _c(a, dtype):
     return np.ascontiguousarray(a, dtype=dtype)
 
 
+def _launch(entry: str, outputs, *args):
+    """Call C entry point ``entry`` with ``args``; raises when it returns a non-zero code."""
+    rc = getattr(load(), entry)(*args)
+    if rc:
+        raise RuntimeError(f"{entry} failed with code {rc}")
+    return outputs
+
+
+def _threads(workers, block_threads, reverse):
+    return workers or default_workers(), block_threads, int(reverse)
+
+
 def dmixup(inputs, outputs, sources, weights, *, workers=None, block_threads=1, reverse=False):
     """DMixup on the CPU. ``inputs``/``outputs``: lists of N C-contiguous arrays of one shape and dtype."""
-    lib = load()
     n = len(outputs)
     if n == 0:
         return outputs
-    src = _c(sources, np.int32)
-    w = _c(weights, np.float32)
+    src, w = _c(sources, np.int32), _c(weights, np.float32)
     pin, pout = _ptrs(inputs), _ptrs(outputs)
-    rc = lib.kmix_host_dmixup(DTYPE_CODES[outputs[0].dtype], pin.ctypes.data, pout.ctypes.data,
-                              src.ctypes.data, w.ctypes.data, n, src.shape[1], outputs[0].size,
-                              workers or default_workers(), block_threads, int(reverse))
-    if rc:
-        raise RuntimeError(f"kmix_host_dmixup failed with code {rc}")
-    return outputs
+    return _launch("kmix_host_dmixup", outputs, DTYPE_CODES[outputs[0].dtype], pin.ctypes.data, pout.ctypes.data,
+                   src.ctypes.data, w.ctypes.data, n, src.shape[1], outputs[0].size,
+                   *_threads(workers, block_threads, reverse))
 
 
 def dcutmix(inputs, outputs, sources, boxes, layout, *, workers=None, block_threads=1, reverse=False):
     """DCutMix on the CPU. Samples are (H, W, C) for "HWC" or (C, H, W) for "CHW"."""
-    lib = load()
     n = len(outputs)
     if n == 0:
         return outputs
     h, w, c = hwc_dims(outputs[0].shape, layout)
-    src = _c(sources, np.int32)
-    bx = _c(boxes, np.int32)
+    src, bx = _c(sources, np.int32), _c(boxes, np.int32)
     pin, pout = _ptrs(inputs), _ptrs(outputs)
-    rc = lib.kmix_host_dcutmix(DTYPE_CODES[outputs[0].dtype], pin.ctypes.data, pout.ctypes.data,
-                               src.ctypes.data, bx.ctypes.data, n, src.shape[1], h, w, c,
-                               LAYOUT_CODES[layout], workers or default_workers(), block_threads,
-                               int(reverse))
-    if rc:
-        raise RuntimeError(f"kmix_host_dcutmix failed with code {rc}")
-    return outputs
+    return _launch("kmix_host_dcutmix", outputs, DTYPE_CODES[outputs[0].dtype], pin.ctypes.data, pout.ctypes.data,
+                   src.ctypes.data, bx.ctypes.data, n, src.shape[1], h, w, c, LAYOUT_CODES[layout],
+                   *_threads(workers, block_threads, reverse))
+
+
+def mix(inputs, outputs, sources, weights, boxes, cut, layout, *, workers=None, block_threads=1, reverse=False):
+    """DMixup where ``cut[s]`` is 0 and DCutMix where it is 1, per sample, in one launch (``kmix_mix``)."""
+    n = len(outputs)
+    if n == 0:
+        return outputs
+    h, w, c = hwc_dims(outputs[0].shape, layout)
+    src, wt, bx = _c(sources, np.int32), _c(weights, np.float32), _c(boxes, np.int32)
+    ct = _c(np.asarray(cut).reshape(n), np.uint8)
+    pin, pout = _ptrs(inputs), _ptrs(outputs)
+    return _launch("kmix_host_mix", outputs, DTYPE_CODES[outputs[0].dtype], pin.ctypes.data, pout.ctypes.data,
+                   src.ctypes.data, wt.ctypes.data, bx.ctypes.data, ct.ctypes.data, n, src.shape[1], h, w, c,
+                   LAYOUT_CODES[layout], *_threads(workers, block_threads, reverse))
 
 
 def nest_boxes(method, phi, uniforms, perms, mixed, height, width, *, centers=None, workers=1, reverse=False):

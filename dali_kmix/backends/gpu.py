@@ -34,7 +34,7 @@ import numpy as np
 from .._checks import hwc_dims
 from . import sources
 
-__all__ = ["module", "target_arch", "device_arch", "KernelModule", "dmixup", "dcutmix", "nest_boxes",
+__all__ = ["module", "target_arch", "device_arch", "KernelModule", "dmixup", "dcutmix", "mix", "nest_boxes",
            "grey_resize"]
 
 _TYPE_NAMES = {np.dtype(np.uint8): "unsigned char", np.dtype(np.float16): "__half", np.dtype(np.float32): "float"}
@@ -157,6 +157,33 @@ def dcutmix(inputs, outputs, sources, boxes, layout):
     bx = cupy.ascontiguousarray(boxes, dtype=cupy.int32)
     kern((grid_x, min(n, _MAX_GRID_Y)), (256,),
          (_ptrs(inputs), _ptrs(outputs), src, bx, np.int32(n), np.int32(src.shape[1]), np.int32(h),
+          np.int32(w), np.int32(c), np.int32(0 if layout == "HWC" else 1)))
+    return outputs
+
+
+def mix(inputs, outputs, sources, weights, boxes, cut, layout):
+    """DMixup where ``cut[s]`` is 0 and DCutMix where it is 1, per sample, in one launch (``kmix_mix``).
+
+    ``cut`` is a device array, read by the kernel: which method a sample gets is never
+    read back to the host.
+    """
+    import cupy
+
+    n = len(outputs)
+    if n == 0:
+        return outputs
+    h, w, c = hwc_dims(outputs[0].shape, layout)
+    elems = outputs[0].size
+    block = 256
+    grid_x = max(1, min((elems + block * 4 - 1) // (block * 4), 1 << 20))  # the blend's split; a paste shares rows
+    dtype = outputs[0].dtype
+    kern = module("kmix_blend.cu").get_function(f"kmix_mix<{_TYPE_NAMES[dtype]}>")
+    src = cupy.ascontiguousarray(sources, dtype=cupy.int32)
+    wt = cupy.ascontiguousarray(weights, dtype=cupy.float32)
+    bx = cupy.ascontiguousarray(boxes, dtype=cupy.int32)
+    ct = cupy.ascontiguousarray(cut, dtype=cupy.uint8).reshape(n)
+    kern((grid_x, min(n, _MAX_GRID_Y)), (block,),
+         (_ptrs(inputs), _ptrs(outputs), src, wt, bx, ct, np.int32(n), np.int32(src.shape[1]), np.int32(h),
           np.int32(w), np.int32(c), np.int32(0 if layout == "HWC" else 1)))
     return outputs
 

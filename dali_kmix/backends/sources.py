@@ -39,7 +39,8 @@ DEVICE_SOURCES = ("kmix_blend.cu", "kmix_boxes.cu", "kmix_saliency.cu")
 #: Template instantiations the Python side launches, per source.
 NAME_EXPRESSIONS = {
     "kmix_blend.cu": tuple(
-        f"{kern}<{t}>" for kern in ("kmix_dmixup", "kmix_dcutmix") for t in ("unsigned char", "__half", "float")
+        f"{kern}<{t}>" for kern in ("kmix_dmixup", "kmix_dcutmix", "kmix_mix")
+        for t in ("unsigned char", "__half", "float")
     ),
     "kmix_boxes.cu": (),
     "kmix_saliency.cu": tuple(f"kmix_grey_resize<{t}>" for t in ("unsigned char", "__half", "float")),
@@ -49,6 +50,8 @@ NAME_EXPRESSIONS = {
 TEMPLATE_PARAMS = {
     "kmix_dmixup": "const {t}* const*, {t}* const*, const int*, const float*, int, int, long long",
     "kmix_dcutmix": "const {t}* const*, {t}* const*, const int*, const int*, int, int, int, int, int, int",
+    "kmix_mix": "const {t}* const*, {t}* const*, const int*, const float*, const int*, const unsigned char*, int, "
+                "int, int, int, int, int",
     "kmix_grey_resize": "const {t}* const*, float*, int, int, int, int, int, int, int",
 }
 
