@@ -109,6 +109,19 @@ def kernel_bytes(method: str | None, k: int, batch_nbytes: int) -> int:
     return (k + 1) * batch_nbytes if method == "dmixup" else 2 * batch_nbytes
 
 
+def _device_batch(device, cfg: Config, seed: int):
+    """``(x, out)``: the config's random batch on the device and an output batch like it."""
+    host, _ = make_batch(cfg, seed)
+    x = device.to_device(host)
+    return x, device.xp.empty_like(x)
+
+
+def _blend(device, samples, outs, method, k, size, layout, seed):
+    """A call that blends ``samples`` into ``outs`` with a record drawn beforehand and moved to the device."""
+    p = device.params(sample_params(method, len(samples), size, size, k=k, rng=seed + k))
+    return lambda: device.backend.blend(samples, outs, p, layout)
+
+
 def bench_gpu_ops(*, dtypes=("uint8", "float32"), batches=(32, 128, 256), ks=(2, 3, 5, 9),
                   methods=("dmixup", "dcutmix"), size=224, rounds=7, iters=20, warmup=3, seed=0,
                   progress=True, device=None) -> list[dict]:
@@ -120,17 +133,13 @@ def bench_gpu_ops(*, dtypes=("uint8", "float32"), batches=(32, 128, 256), ks=(2,
     groups = [(dt, b) for dt in dtypes for b in batches]
     for dt, b in tqdm(groups, desc="GPU kernels", disable=not progress):
         cfg = Config("dcutmix", 3, "sample", dt, b, size)
-        host, _ = make_batch(cfg, seed)
-        x = device.to_device(host)
-        out = device.xp.empty_like(x)
+        x, out = _device_batch(device, cfg, seed)
         samples, outs = list(x), list(out)
-        h, w = (cfg.shape[1], cfg.shape[2]) if cfg.layout == "HWC" else (cfg.shape[2], cfg.shape[3])
         variants = {(COPY, None, 0): lambda: device.copy(out, x)}
         for method in methods:
             for k in ks:
-                p = device.params(sample_params(method, b, h, w, k=k, rng=seed + k))
-                variants[(KMIX, method, k)] = (lambda p=p: device.backend.blend(samples, outs, p, cfg.layout))
-        variants[(RECORD, "dcutmix", 3)] = lambda: device.record("dcutmix", b, h, w, 3)
+                variants[(KMIX, method, k)] = _blend(device, samples, outs, method, k, size, cfg.layout, seed)
+        variants[(RECORD, "dcutmix", 3)] = lambda: device.record("dcutmix", b, size, size, 3)
         variants[(SALIENCY, None, 0)] = lambda: salient_points(samples, cfg.layout)
         times = _interleaved(device, variants, rounds, iters, warmup)
         copy_t = np.asarray(times[(COPY, None, 0)])
@@ -155,16 +164,10 @@ def bench_gpu_scaling(*, ks=(2, 3, 4, 6, 8, 12, 16), batch=128, size=224, dtype=
     """Kernel time versus K (level ``"gpu-scaling"``), with ``vs_k2`` per round."""
     device = device or CudaDevice(seed)
     cfg = Config("dcutmix", ks[0], "sample", dtype, batch, size)
-    host, _ = make_batch(cfg, seed)
-    x = device.to_device(host)
-    out = device.xp.empty_like(x)
+    x, out = _device_batch(device, cfg, seed)
     samples, outs = list(x), list(out)
-    h, w = (cfg.shape[1], cfg.shape[2]) if cfg.layout == "HWC" else (cfg.shape[2], cfg.shape[3])
-    variants = {}
-    for method in ("dcutmix", "dmixup"):
-        for k in ks:
-            p = device.params(sample_params(method, batch, h, w, k=k, rng=seed + k))
-            variants[(method, k)] = (lambda p=p: device.backend.blend(samples, outs, p, cfg.layout))
+    variants = {(method, k): _blend(device, samples, outs, method, k, size, cfg.layout, seed)
+                for method in ("dcutmix", "dmixup") for k in ks}
     times = _interleaved(device, variants, rounds, iters, warmup)
     rows = []
     for (method, k), ts in times.items():

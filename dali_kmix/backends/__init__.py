@@ -29,7 +29,7 @@ import os
 import numpy as np
 
 from .. import reference
-from .._checks import array_module
+from .._checks import array_module, spatial_size
 
 __all__ = ["backend_for", "Backend", "CpuBackend", "GpuBackend", "NumpyBackend", "gpu_available"]
 
@@ -135,14 +135,14 @@ class NumpyBackend(Backend):
     def dcutmix(self, inputs, outputs, sources, boxes, layout):
         from ..record import MixParams, area_weights
 
-        h, w = (inputs[0].shape[0], inputs[0].shape[1]) if layout == "HWC" else inputs[0].shape[1:]
+        h, w = spatial_size(inputs[0].shape, layout)
         return self._apply(inputs, outputs, MixParams(sources, area_weights(np.asarray(boxes), h, w), boxes), layout)
 
     def mix(self, inputs, outputs, sources, weights, boxes, cut, layout):
         from ..record import MixParams, area_weights
 
         x = np.stack(inputs)
-        h, w = (x.shape[1], x.shape[2]) if layout == "HWC" else (x.shape[2], x.shape[3])
+        h, w = spatial_size(inputs[0].shape, layout)
         boxes = np.asarray(boxes)
         blend = reference.mix_images(x, MixParams(sources, weights), layout)
         paste = reference.mix_images(x, MixParams(sources, area_weights(boxes, h, w), boxes), layout)

@@ -100,12 +100,12 @@ def _c(a, dtype):
     return np.ascontiguousarray(a, dtype=dtype)
 
 
-def _launch(entry: str, outputs, *args):
-    """Call C entry point ``entry`` with ``args``; raises when it returns a non-zero code."""
+def _launch(entry: str, result, *args):
+    """Call C entry point ``entry`` with ``args`` and return ``result``; raises on a non-zero code."""
     rc = getattr(load(), entry)(*args)
     if rc:
         raise RuntimeError(f"{entry} failed with code {rc}")
-    return outputs
+    return result
 
 
 def _threads(workers, block_threads, reverse):
@@ -156,7 +156,6 @@ def nest_boxes(method, phi, uniforms, perms, mixed, height, width, *, centers=No
 
     ``centers``: int32 (N, 2) salient point of every image (Saliency-DCutMix), or None.
     """
-    lib = load()
     n = int(mixed.shape[0])
     k = int(phi.shape[1])
     phi = _c(phi, np.float64)
@@ -169,18 +168,15 @@ def nest_boxes(method, phi, uniforms, perms, mixed, height, width, *, centers=No
     boxes = np.empty((n, k - 1, 4), np.int32) if method != "dmixup" else None
     if centers is not None:
         centers = _c(centers, np.int32)
-    rc = lib.kmix_host_nest_boxes(phi.ctypes.data, uni.ctypes.data, stride, perms.ctypes.data,
-                                  mixed.ctypes.data, n, k, height, width, sources.ctypes.data,
-                                  weights.ctypes.data, None if boxes is None else boxes.ctypes.data,
-                                  None if centers is None else centers.ctypes.data, workers, int(reverse))
-    if rc:
-        raise RuntimeError(f"kmix_host_nest_boxes failed with code {rc}")
+    _launch("kmix_host_nest_boxes", None, phi.ctypes.data, uni.ctypes.data, stride, perms.ctypes.data,
+            mixed.ctypes.data, n, k, height, width, sources.ctypes.data, weights.ctypes.data,
+            None if boxes is None else boxes.ctypes.data, None if centers is None else centers.ctypes.data, workers,
+            int(reverse))
     return sources, weights, boxes
 
 
 def grey_resize(inputs, layout, out_h, out_w, *, workers=None, reverse=False):
     """Small grey copies (float32 ``(N, out_h, out_w)``) of N same-shape samples."""
-    lib = load()
     n = len(inputs)
     out = np.empty((n, out_h, out_w), np.float32)
     if n == 0:
@@ -188,11 +184,8 @@ def grey_resize(inputs, layout, out_h, out_w, *, workers=None, reverse=False):
     h, w, c = hwc_dims(inputs[0].shape, layout)
     inputs = [np.ascontiguousarray(a) for a in inputs]
     pin = _ptrs(inputs)
-    rc = lib.kmix_host_grey_resize(DTYPE_CODES[inputs[0].dtype], pin.ctypes.data, out.ctypes.data, n, h, w, c,
-                                   LAYOUT_CODES[layout], out_h, out_w, workers or default_workers(), int(reverse))
-    if rc:
-        raise RuntimeError(f"kmix_host_grey_resize failed with code {rc}")
-    return out
+    return _launch("kmix_host_grey_resize", out, DTYPE_CODES[inputs[0].dtype], pin.ctypes.data, out.ctypes.data, n,
+                   h, w, c, LAYOUT_CODES[layout], out_h, out_w, workers or default_workers(), int(reverse))
 
 
 def half_to_float(bits: np.ndarray) -> np.ndarray:

@@ -120,6 +120,11 @@ def _ptrs(arrays):
     return cupy.asarray(host)
 
 
+def _blend_grid_x(elems: int, block: int) -> int:
+    """Blocks along grid.x for a blend of ``elems`` per sample: about 4 elements per thread."""
+    return max(1, min((elems + block * 4 - 1) // (block * 4), 1 << 20))
+
+
 def dmixup(inputs, outputs, sources, weights):
     """DMixup on the GPU. ``inputs``/``outputs``: lists of N C-contiguous CuPy arrays of one shape."""
     import cupy
@@ -131,7 +136,7 @@ def dmixup(inputs, outputs, sources, weights):
     dtype = outputs[0].dtype
     kern = module("kmix_blend.cu").get_function(f"kmix_dmixup<{_TYPE_NAMES[dtype]}>")
     block = 256
-    grid_x = max(1, min((elems + block * 4 - 1) // (block * 4), 1 << 20))
+    grid_x = _blend_grid_x(elems, block)
     src = cupy.ascontiguousarray(sources, dtype=cupy.int32)
     w = cupy.ascontiguousarray(weights, dtype=cupy.float32)
     kern((grid_x, min(n, _MAX_GRID_Y)), (block,),
@@ -175,7 +180,7 @@ def mix(inputs, outputs, sources, weights, boxes, cut, layout):
     h, w, c = hwc_dims(outputs[0].shape, layout)
     elems = outputs[0].size
     block = 256
-    grid_x = max(1, min((elems + block * 4 - 1) // (block * 4), 1 << 20))  # the blend's split; a paste shares rows
+    grid_x = _blend_grid_x(elems, block)  # the blend's split; a paste shares these blocks among its rows
     dtype = outputs[0].dtype
     kern = module("kmix_blend.cu").get_function(f"kmix_mix<{_TYPE_NAMES[dtype]}>")
     src = cupy.ascontiguousarray(sources, dtype=cupy.int32)
