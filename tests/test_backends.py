@@ -267,12 +267,13 @@ def test_gpu_kernels_run_on_the_current_stream_without_sync():
 def test_device_sampler_gives_valid_records():
     import cupy
 
-    from dali_kmix.backends import gpu as gpu_kernels
+    from dali_kmix.sampling import sample_params_device
 
     gen = cupy.random.default_rng(3)
     for method in ("dmixup", "dcutmix"):
         for mode in ("sample", "batch"):
-            p = gpu_kernels.sample_params_device(gen, method, 33, 40, 50, 4, np.full(4, 0.5), mode, 0.7)
+            p = sample_params_device(gen, method, 33, 40, 50, 4, np.full(4, 0.5), mode, 0.7)
+            assert isinstance(p.sources, cupy.ndarray)
             p.validate(33, 40, 50)
 
 

@@ -112,3 +112,120 @@ def test_public_names_import_from_where_the_readme_says(where, names):
     mod = importlib.import_module(where)
     for n in names:
         assert hasattr(mod, n), f"{where}.{n}"
+
+
+# --------------------------------------------------------------------------- the tests' own references
+
+TESTS = Path(__file__).resolve().parent
+
+
+def _scope_nodes(node):
+    """The nodes of ``node``'s own scope: everything below it except the bodies of nested functions and classes."""
+    for child in ast.iter_child_nodes(node):
+        yield child
+        if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            yield from _scope_nodes(child)
+
+
+def _module_references(tree):
+    """``(line, dotted module name, [attr, ...])`` for every ``alias.attr...`` read where ``alias`` is bound by an
+    import statement of the enclosing scopes (imports inside functions count, parameters and assignments shadow)."""
+    found = []
+
+    def visit(scope, bindings):
+        local = dict(bindings)
+        if isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            a = scope.args
+            for arg in a.posonlyargs + a.args + a.kwonlyargs + [x for x in (a.vararg, a.kwarg) if x]:
+                local.pop(arg.arg, None)
+        nodes = list(_scope_nodes(scope))
+        for n in nodes:
+            if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
+                local.pop(n.id, None)
+        for n in nodes:
+            if isinstance(n, ast.Import):
+                for a in n.names:
+                    local[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
+            elif isinstance(n, ast.ImportFrom) and not n.level and n.module:
+                for a in n.names:
+                    local[a.asname or a.name] = f"{n.module}:{a.name}"  # a module or an attribute: resolved later
+        parents = {c: p for p in nodes for c in ast.iter_child_nodes(p)}
+        for n in nodes:
+            if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id in local:
+                chain, top = [n.attr], n
+                while isinstance(parents.get(top), ast.Attribute):
+                    top = parents[top]
+                    chain.append(top.attr)
+                if not isinstance(top.ctx, ast.Load):
+                    continue  # assigning an attribute (monkeypatching) may create it
+                found.append((n.lineno, local[n.value.id], chain))
+        for n in nodes:
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+                visit(n, local)
+
+    visit(tree, {})
+    return found
+
+
+def _resolve(binding):
+    """The object an import binding names (``"pkg.mod"`` or ``"pkg.mod:name"``), or None if it cannot be imported."""
+    import importlib
+
+    mod, _, name = binding.partition(":")
+    try:
+        obj = importlib.import_module(mod)
+        if name:
+            try:
+                return importlib.import_module(f"{mod}.{name}")
+            except ImportError:
+                return getattr(obj, name, None)
+        return obj
+    except Exception:  # noqa: BLE001 - not installed / cannot load here: the test that imports it skips
+        return None
+
+
+def test_every_module_attribute_the_tests_use_exists():
+    # gpu-marked tests only run on a device; a call such as gpu_kernels.sample_params_device (a function of
+    # dali_kmix.sampling) fails there with AttributeError. Here every `module.attr` the test files read is resolved
+    # against the imported modules, down the chain while it names modules, without running anything.
+    import importlib
+    import re
+    import types
+
+    # the plugin's operators join nvidia.dali.fn when it is loaded: accept those its C++ source declares
+    schemas = {re.sub(r"(?<!^)(?=[A-Z])", "_", m).lower()
+               for f in (PKG.parent / "kernels").glob("*.cpp") for m in re.findall(r"DALI_SCHEMA\((\w+)\)", f.read_text())}
+    missing = []
+    cache = {}
+    for path in sorted(TESTS.glob("*.py")):
+        for line, binding, chain in _module_references(ast.parse(path.read_text())):
+            if binding not in cache:
+                cache[binding] = _resolve(binding)
+            obj, name = cache[binding], binding.replace(":", ".")
+            for attr in chain:
+                if not isinstance(obj, types.ModuleType):
+                    break
+                if obj.__name__ == "nvidia.dali.fn" and attr in schemas:
+                    break
+                if not hasattr(obj, attr):
+                    try:
+                        importlib.import_module(f"{obj.__name__}.{attr}")
+                    except ImportError:
+                        missing.append(f"{path.name}:{line}: {name} has no attribute {attr!r}")
+                        break
+                obj, name = getattr(obj, attr), f"{name}.{attr}"
+    assert not missing, "\n".join(missing)
+
+
+def test_the_reference_check_sees_imports_in_functions_and_shadowing():
+    src = ("import numpy as np\n"
+           "def f():\n"
+           "    from dali_kmix.backends import gpu as g\n"
+           "    g.no_such_function(np.no_such_thing)\n"
+           "def h(g):\n"
+           "    return g.anything\n"
+           "def k():\n"
+           "    np = object()\n"
+           "    return np.whatever\n")
+    refs = {(b, tuple(c)) for _, b, c in _module_references(ast.parse(src))}
+    assert refs == {("dali_kmix.backends:gpu", ("no_such_function",)), ("numpy", ("no_such_thing",))}
