@@ -157,3 +157,38 @@ def check_labels(labels, num_classes: int, n: int | None = None):
             bad = lo if lo < 0 else hi
             raise ValueError(f"labels must lie in [0, num_classes={num_classes}), got label {bad}")
     return labels.astype(np.int64)
+
+
+def dense_samples(name: str, arrays, shape, dtype, *, writable: bool = False) -> list:
+    """The samples the kernels get a pointer to: each of ``shape`` and ``dtype``, C-contiguous.
+
+    The kernels read and write every sample as a dense block from its first element, so a
+    strided view (a transposed batch, a channels-last tensor read as CHW, every other row) would
+    be read as if dense: silently wrong. Inputs (``writable=False``) that are not C-contiguous
+    are copied (only those, one sample at a time, on the arrays' device); outputs must be
+    C-contiguous already (a copy would not be written back) and raise otherwise. A sample of
+    another shape or dtype than the first raises (the kernels would read past its end).
+    """
+    shape, dtype = tuple(shape), np.dtype(dtype)
+    out = []
+    for i, a in enumerate(arrays):
+        if tuple(a.shape) != shape or a.dtype != dtype:
+            raise ValueError(f"{name}[{i}] must have shape {shape} and dtype {dtype} like the batch, got shape "
+                             f"{tuple(a.shape)} and dtype {a.dtype}")
+        if not a.flags.c_contiguous:
+            if writable:
+                raise ValueError(f"{name}[{i}] must be C-contiguous (the kernels write each sample densely), got "
+                                 f"strides {tuple(a.strides)} for shape {shape}")
+            a = array_module(a).ascontiguousarray(a)
+        out.append(a)
+    return out
+
+
+def dense_blend_samples(inputs, outputs) -> tuple[list, list]:
+    """``(inputs, outputs)`` of a blend as the kernels take them: N each, of the outputs' shape and dtype,
+    C-contiguous (strided inputs copied, strided outputs refused; see :func:`dense_samples`)."""
+    if len(inputs) != len(outputs):
+        raise ValueError(f"inputs and outputs must hold the same number of samples, got {len(inputs)} and "
+                         f"{len(outputs)}")
+    shape, dtype = outputs[0].shape, outputs[0].dtype
+    return dense_samples("inputs", inputs, shape, dtype), dense_samples("outputs", outputs, shape, dtype, writable=True)

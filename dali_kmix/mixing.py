@@ -36,7 +36,9 @@ def blend_samples(samples, params: MixParams, layout: str, out=None, *, workers=
     """Mix a list of N same-shape samples (no stacking copy) into ``out`` (N, ...) or a new array.
 
     Arrays are all NumPy or all CuPy; :func:`dali_kmix.backends.backend_for` picks the
-    kernels. Arguments are assumed checked; the DALI operators call this directly.
+    kernels. The record is assumed checked; the DALI operators call this directly. Samples and
+    rows of ``out`` may be strided views (a transposed batch): the kernels get contiguous copies
+    of such samples, and write such rows through a contiguous buffer copied into them.
     """
     n = len(samples)
     if n == 0:  # no sample to take a shape from
@@ -44,9 +46,12 @@ def blend_samples(samples, params: MixParams, layout: str, out=None, *, workers=
     xp = _checks.array_module(samples[0])
     if out is None:
         out = xp.empty((n,) + tuple(samples[0].shape), dtype=samples[0].dtype)
-    if xp is np:
-        samples = [np.ascontiguousarray(s) for s in samples]
-    backend_for(samples[0], workers=workers).blend(samples, list(out), params, layout)
+    rows = list(out)
+    dense = [r if r.flags.c_contiguous else xp.empty(r.shape, r.dtype) for r in rows]
+    backend_for(samples[0], workers=workers).blend(samples, dense, params, layout)
+    for row, d in zip(rows, dense):
+        if d is not row:
+            row[...] = d
     return out
 
 

@@ -45,6 +45,8 @@ def small_grey(images, layout: str, work_size: int = WORK_SIZE):
     (:func:`~dali_kmix.reference.grey`, :func:`~dali_kmix.reference.resize_bilinear`),
     which gives the same bits.
     """
+    if not isinstance(images, (list, tuple)):
+        images = _xp(images).ascontiguousarray(images)  # a strided batch: one copy, not one per sample
     samples = list(images)
     if not samples:
         return _xp(images).zeros((0, work_size, work_size), np.float32)

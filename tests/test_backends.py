@@ -71,23 +71,25 @@ class GpuBackend:
         self.k = gpu_kernels
         self.backend = Gpu()
 
+    # every input and output sample its own allocation: under compute-sanitizer without CuPy's pool
+    # (DALI_KMIX_NO_POOL=1) a read or write past any sample is outside every allocation and reported
     def blend(self, images, params, layout):
         cp = self.cp
         ins = [cp.asarray(im) for im in images]
-        out = cp.empty(images.shape, images.dtype)
-        self.backend.blend(ins, list(out), params.to_cupy(), layout)
+        outs = [cp.empty(im.shape, im.dtype) for im in images]
+        self.backend.blend(ins, outs, params.to_cupy(), layout)
         for a, b in zip(ins, images):
             np.testing.assert_array_equal(a.get(), b)
-        return out.get()
+        return np.stack([o.get() for o in outs]) if outs else np.empty_like(images)
 
     def mix(self, images, sources, weights, boxes, cut, layout):
         cp = self.cp
         ins = [cp.asarray(im) for im in images]
-        out = cp.empty(images.shape, images.dtype)
-        self.backend.mix(ins, list(out), *(cp.asarray(a) for a in (sources, weights, boxes, cut)), layout)
+        outs = [cp.empty(im.shape, im.dtype) for im in images]
+        self.backend.mix(ins, outs, *(cp.asarray(a) for a in (sources, weights, boxes, cut)), layout)
         for a, b in zip(ins, images):
             np.testing.assert_array_equal(a.get(), b)
-        return out.get()
+        return np.stack([o.get() for o in outs]) if outs else np.empty_like(images)
 
     def nest(self, method, phi, u, perms, mixed, h, w, centers=None):
         cp = self.cp
@@ -120,6 +122,7 @@ def _shape(layout, n, h, w, c):
 
 def _assert_same_bits(got, want):
     assert got.dtype == want.dtype and got.shape == want.shape
+    got, want = np.ascontiguousarray(got), np.ascontiguousarray(want)
     assert np.array_equal(got.view(np.uint8), want.view(np.uint8)), \
         f"{np.count_nonzero(got != want)} of {got.size} elements differ"
 
@@ -305,6 +308,21 @@ def test_grey_resize_matches_numpy(backend, dtype, layout, shape):
     assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
+@pytest.mark.parametrize("value,applied", [("1", True), ("0", False), ("", False)], ids=["on", "zero", "unset"])
+def test_no_pool_switch_turns_cupys_pools_off(monkeypatch, value, applied):
+    # DALI_KMIX_NO_POOL=1 (compute-sanitizer): CuPy allocates with cudaMalloc / cudaHostAlloc, no pools
+    import cupy
+
+    from dali_kmix.backends import gpu
+
+    calls = []
+    monkeypatch.setattr(cupy.cuda, "set_allocator", lambda a=None: calls.append(("device", a)))
+    monkeypatch.setattr(cupy.cuda, "set_pinned_memory_allocator", lambda a=None: calls.append(("pinned", a)))
+    monkeypatch.setenv(gpu.NO_POOL_ENV, value)
+    assert gpu.configure_allocator.__wrapped__() is applied
+    assert calls == ([("device", None), ("pinned", None)] if applied else [])
+
+
 # --------------------------------------------------------------------------- the choice of backend
 
 
@@ -415,6 +433,11 @@ def compiled_ptx():
 
 @pytest.fixture
 def recorded_launches(monkeypatch):
+    """Every launch of dali_kmix.backends.gpu, recorded (not run), NumPy standing in for CuPy.
+
+    A sample's "device address" is its host address, and every array an address was taken of is held,
+    so a recorded launch can be replayed by the host build of the same kernel (:func:`_replay_on_host`).
+    """
     import sys
     import types
 
@@ -423,7 +446,8 @@ def recorded_launches(monkeypatch):
     fake = types.ModuleType("cupy")
     fake.__getattr__ = lambda name: getattr(np, name)
     monkeypatch.setitem(sys.modules, "cupy", fake)
-    monkeypatch.setattr(gpu, "_ptrs", lambda arrays: np.arange(1, len(arrays) + 1, dtype=np.uint64) * 256)
+    held = []
+    monkeypatch.setattr(gpu, "_data_ptr", lambda a: (held.append(a), a.ctypes.data)[1])
     calls = []
 
     class Module:
@@ -487,3 +511,115 @@ def test_every_gpu_launch_matches_the_kernel_declaration(compiled_ptx, recorded_
                 assert arg.dtype == elem and arg.dtype.itemsize == width, f"{where}: {arg.dtype} for {elem}"
         assert all(g >= 1 for g in grid) and len(grid) <= 3 and grid[0] < 2 ** 31 and all(g < 65536 for g in grid[1:])
         assert len(block) == 1 and 1 <= block[0] <= 1024 and block[0] % 32 == 0
+
+
+# --------------------------------------------------------------------------- what a GPU launch reads, replayed on the host
+# The host build's entry points take the GPU kernel's arguments in the kernel's order (after a dtype code, before the
+# thread options), so a recorded launch can be run on the CPU as it would run on a device: through the same per-sample
+# pointers. That shows what the kernel reads of a strided view, without a GPU.
+
+_DTYPE_OF = {name: np.dtype(t) for name, t in _C_TYPES.items()}
+_HOST_TAIL = {"kmix_dmixup": (1, 1, 0), "kmix_dcutmix": (1, 1, 0), "kmix_mix": (1, 1, 0), "kmix_grey_resize": (1, 0),
+              "kmix_nest_boxes": (1, 0)}
+
+
+def _replay_on_host(launch):
+    from dali_kmix.backends import cpu
+
+    _, expr, _, _, args = launch
+    base, _, t = expr.partition("<")
+    head = () if base == "kmix_nest_boxes" else (cpu.DTYPE_CODES[_DTYPE_OF[t.rstrip(">")]],)
+    values = [a.ctypes.data if isinstance(a, np.ndarray) else int(a) for a in args]
+    assert getattr(cpu.load(), "kmix_host_" + base[len("kmix_"):])(*head, *values, *_HOST_TAIL[base]) == 0
+
+
+def _strided_batch(rng, dtype, layout, kind, n, h, w, c):
+    """``(base, view)``: a dense array and a function giving the batch in ``layout`` whose samples are strided views
+    of it (the transpose of the other layout, or every other column); ``view`` works on NumPy and CuPy alike."""
+    if kind == "transposed":
+        if layout == "HWC":
+            return random_images(rng, dtype, (n, c, h, w)), lambda a: a.transpose(0, 2, 3, 1)
+        return random_images(rng, dtype, (n, h, w, c)), lambda a: a.transpose(0, 3, 1, 2)
+    wide = random_images(rng, dtype, _shape(layout, n, h, 2 * w, c))
+    return wide, (lambda a: a[:, :, ::2]) if layout == "HWC" else (lambda a: a[:, :, :, ::2])
+
+
+@pytest.mark.parametrize("kind", ["transposed", "every-other-column"])
+@pytest.mark.parametrize("layout", ["HWC", "CHW"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gpu_launches_read_strided_samples_as_the_reference_does(recorded_launches, dtype, layout, kind):
+    from dali_kmix.backends import cpu, gpu
+
+    if cpu.compiler() is None:
+        pytest.skip("no C++ compiler: no host build to replay the launches on")
+    rng = np.random.default_rng(11)
+    n, k, h, w, c = 5, 3, 9, 13, 3
+    base, view = _strided_batch(rng, dtype, layout, kind, n, h, w, c)
+    x = view(base)
+    samples = list(x)
+    assert not any(s.flags.c_contiguous for s in samples)
+    phi, uni, perms, mixed = draw_raw(np, rng, n, k, np.full(k, 0.7), "sample", 0.9)
+    blend = params_from_draws("dmixup", phi, uni, perms, mixed, h, w)
+    paste = params_from_draws("dcutmix", phi, uni, perms, mixed, h, w)
+    cut = (np.arange(n) % 2).astype(np.uint8)
+    outs = {name: [np.full(samples[0].shape, 7, dtype) for _ in range(n)] for name in ("dmixup", "dcutmix", "mix")}
+    gpu.dmixup(samples, outs["dmixup"], blend.sources, blend.weights)
+    gpu.dcutmix(samples, outs["dcutmix"], paste.sources, paste.boxes, layout)
+    gpu.mix(samples, outs["mix"], blend.sources, blend.weights, paste.boxes, cut, layout)
+    grey = gpu.grey_resize(samples, layout, 6, 6)
+    assert len(recorded_launches) == 4
+    for launch in recorded_launches:
+        _replay_on_host(launch)
+    dense = np.ascontiguousarray(x)
+    want_blend, want_paste = reference.mix_images(dense, blend, layout), reference.mix_images(dense, paste, layout)
+    _assert_same_bits(np.stack(outs["dmixup"]), want_blend)
+    _assert_same_bits(np.stack(outs["dcutmix"]), want_paste)
+    _assert_same_bits(np.stack(outs["mix"]), np.where(cut.astype(bool)[:, None, None, None], want_paste, want_blend))
+    _assert_same_bits(grey, reference.resize_bilinear(reference.grey(dense, layout), 6, 6))
+    np.testing.assert_array_equal(np.stack(samples), dense)  # inputs never written
+
+
+@pytest.mark.parametrize("backend_name", ["gpu-recorded", "cpu"])
+def test_strided_outputs_and_mismatched_samples_raise(recorded_launches, backend_name):
+    from dali_kmix.backends import cpu, gpu
+
+    if backend_name == "cpu" and cpu.compiler() is None:
+        pytest.skip("no C++ compiler")
+    k = gpu if backend_name == "gpu-recorded" else cpu
+    rng = np.random.default_rng(12)
+    x = random_images(rng, np.uint8, (3, 5, 6, 3))
+    p = sample_params("dcutmix", 3, 5, 6, k=2, rng=1)
+    strided_out = np.empty((3, 3, 5, 6), np.uint8).transpose(0, 2, 3, 1)
+    with pytest.raises(ValueError, match=r"outputs\[0\] must be C-contiguous .* got strides"):
+        k.dcutmix(list(x), list(strided_out), p.sources, p.boxes, "HWC")
+    with pytest.raises(ValueError, match=r"inputs\[1\] must have shape \(5, 6, 3\) and dtype uint8 like the batch, "
+                                         r"got shape \(5, 7, 3\)"):
+        k.dmixup([x[0], np.zeros((5, 7, 3), np.uint8), x[2]], list(np.empty_like(x)), p.sources, p.weights)
+    with pytest.raises(ValueError, match=r"inputs\[2\] must have shape \(5, 6, 3\) and dtype uint8 .* dtype float32"):
+        k.mix([x[0], x[1], x[2].astype(np.float32)], list(np.empty_like(x)), p.sources, p.weights, p.boxes,
+              np.ones(3, np.uint8), "HWC")
+    with pytest.raises(ValueError, match="inputs and outputs must hold the same number of samples, got 2 and 3"):
+        k.dmixup(list(x[:2]), list(np.empty_like(x)), p.sources, p.weights)
+    assert not recorded_launches
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["transposed", "every-other-column"])
+@pytest.mark.parametrize("layout", ["HWC", "CHW"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cupy_strided_views_give_the_reference(dtype, layout, kind):
+    import cupy
+
+    from dali_kmix.backends import gpu
+
+    rng = np.random.default_rng(13)
+    n, k, h, w, c = 7, 4, 11, 17, 3
+    base, view = _strided_batch(rng, dtype, layout, kind, n, h, w, c)
+    x, xg = view(base), view(cupy.asarray(base))
+    assert not any(s.flags.c_contiguous for s in xg) and np.array_equal(xg.get(), x)
+    p = sample_params("dcutmix", n, h, w, k=k, rng=3)
+    out = [cupy.empty(x.shape[1:], x.dtype) for _ in range(n)]
+    gpu.dcutmix(list(xg), out, p.sources, p.boxes, layout)
+    _assert_same_bits(cupy.stack(out).get(), reference.mix_images(np.ascontiguousarray(x), p, layout))
+    got = gpu.grey_resize(list(xg), layout, 8, 8).get()
+    _assert_same_bits(got, reference.resize_bilinear(reference.grey(np.ascontiguousarray(x), layout), 8, 8))

@@ -99,6 +99,61 @@ def test_non_contiguous_input_is_handled():
                                   reference.mix_images(np.ascontiguousarray(x), p, "CHW"))
 
 
+def _blend_strided(xp, layout, dtype, out_kind):
+    """blend_samples on samples that are transposed views, into a fresh, a dense or a transposed ``out``."""
+    from dali_kmix.mixing import blend_samples
+
+    rng = np.random.default_rng(9)
+    n, h, w, c = 5, 7, 10, 3
+    other = (n, c, h, w) if layout == "HWC" else (n, h, w, c)
+    perm = (0, 2, 3, 1) if layout == "HWC" else (0, 3, 1, 2)
+    base = random_images(rng, dtype, other)
+    x = xp.asarray(base).transpose(perm)
+    out = {"fresh": None, "dense": xp.empty(x.shape, x.dtype),
+           "transposed": xp.empty(other, x.dtype).transpose(perm)}[out_kind]
+    results = {}
+    for method in ("dmixup", "dcutmix"):
+        p = sample_params(method, n, h, w, k=3, rng=2)
+        if xp is not np:
+            p = p.to_cupy()
+        got = blend_samples(list(x), p, layout, out=out)
+        assert out is None or got is out
+        results[method] = (np.asarray(got.get() if xp is not np else got).copy(),
+                           reference.mix_images(np.ascontiguousarray(base.transpose(perm)), p.to_numpy(), layout))
+    np.testing.assert_array_equal(x.get() if xp is not np else x, base.transpose(perm))  # inputs never written
+    return results
+
+
+@pytest.mark.parametrize("out_kind", ["fresh", "dense", "transposed"])
+@pytest.mark.parametrize("layout", ["HWC", "CHW"])
+def test_blend_samples_reads_and_writes_strided_views(layout, out_kind):
+    for got, want in _blend_strided(np, layout, np.uint8, out_kind).values():
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("out_kind", ["fresh", "dense", "transposed"])
+@pytest.mark.parametrize("layout", ["HWC", "CHW"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.float16, np.float32], ids=["u8", "f16", "f32"])
+def test_blend_samples_reads_and_writes_strided_cupy_views(layout, out_kind, dtype):
+    import cupy
+
+    for got, want in _blend_strided(cupy, layout, dtype, out_kind).values():
+        np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
+
+
+@pytest.mark.gpu
+def test_mix_images_on_a_transposed_cupy_batch():
+    import cupy
+
+    rng = np.random.default_rng(10)
+    base = random_images(rng, np.float16, (6, 3, 9, 14))
+    p = sample_params("dcutmix", 6, 9, 14, k=4, rng=3)
+    got = dali_kmix.mix_images(cupy.asarray(base).transpose(0, 2, 3, 1), p, "HWC")
+    np.testing.assert_array_equal(got.get(), reference.mix_images(np.ascontiguousarray(base.transpose(0, 2, 3, 1)),
+                                                                  p, "HWC"))
+
+
 # --------------------------------------------------------------------------- bad input
 
 

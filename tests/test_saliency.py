@@ -432,3 +432,36 @@ def test_gpu_operator_labels_match_pixels(layout):
         expect = np.zeros(10)
         np.add.at(expect, idx[i], w[i])
         np.testing.assert_allclose(share, expect, atol=1e-6)
+
+
+def _check_strided_batches(xp):
+    """salient_points of a transposed batch, of its samples as a list of strided views, and of a column-sliced
+    batch: the points of the same images made contiguous first, on the same device (the kernels read samples
+    densely)."""
+    hwc = np.stack([_object_scene(40, 56, "ramp", "rect", seed)[0] for seed in range(4)])
+    chw = np.ascontiguousarray(hwc.transpose(0, 3, 1, 2))
+    want_hwc = _host(saliency.salient_points(xp.asarray(hwc), "HWC"))
+    want_chw = _host(saliency.salient_points(xp.asarray(chw), "CHW"))
+    chw_view = xp.asarray(chw).transpose(0, 2, 3, 1)  # HWC, strided
+    hwc_view = xp.asarray(hwc).transpose(0, 3, 1, 2)  # CHW, strided
+    col_view = xp.asarray(np.repeat(hwc, 2, axis=2))[:, :, ::2]  # every other column: hwc again
+    assert not chw_view[0].flags.c_contiguous and not col_view[0].flags.c_contiguous
+    for got, want in ((saliency.salient_points(chw_view, "HWC"), want_hwc),
+                      (saliency.salient_points(list(chw_view), "HWC"), want_hwc),
+                      (saliency.salient_points(list(col_view), "HWC"), want_hwc),
+                      (saliency.salient_points(hwc_view, "CHW"), want_chw),
+                      (saliency.salient_points(list(hwc_view), "CHW"), want_chw)):
+        np.testing.assert_array_equal(_host(got), want)
+    np.testing.assert_array_equal(_host(saliency.small_grey(list(col_view), "HWC")),
+                                  _host(saliency.small_grey(xp.asarray(hwc), "HWC")))
+
+
+def test_salient_points_of_strided_batches():
+    _check_strided_batches(np)
+
+
+@pytest.mark.gpu
+def test_salient_points_of_strided_cupy_batches():
+    import cupy
+
+    _check_strided_batches(cupy)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._checks import hwc_dims
+from .._checks import dense_blend_samples, dense_samples, hwc_dims
 from .build import build_flags, compile_cached, compiler, sanitize_requested
 from .sources import kernels_dir
 
@@ -117,6 +117,7 @@ def dmixup(inputs, outputs, sources, weights, *, workers=None, block_threads=1, 
     n = len(outputs)
     if n == 0:
         return outputs
+    inputs, outputs = dense_blend_samples(inputs, outputs)
     src, w = _c(sources, np.int32), _c(weights, np.float32)
     pin, pout = _ptrs(inputs), _ptrs(outputs)
     return _launch("kmix_host_dmixup", outputs, DTYPE_CODES[outputs[0].dtype], pin.ctypes.data, pout.ctypes.data,
@@ -129,6 +130,7 @@ def dcutmix(inputs, outputs, sources, boxes, layout, *, workers=None, block_thre
     n = len(outputs)
     if n == 0:
         return outputs
+    inputs, outputs = dense_blend_samples(inputs, outputs)
     h, w, c = hwc_dims(outputs[0].shape, layout)
     src, bx = _c(sources, np.int32), _c(boxes, np.int32)
     pin, pout = _ptrs(inputs), _ptrs(outputs)
@@ -142,6 +144,7 @@ def mix(inputs, outputs, sources, weights, boxes, cut, layout, *, workers=None, 
     n = len(outputs)
     if n == 0:
         return outputs
+    inputs, outputs = dense_blend_samples(inputs, outputs)
     h, w, c = hwc_dims(outputs[0].shape, layout)
     src, wt, bx = _c(sources, np.int32), _c(weights, np.float32), _c(boxes, np.int32)
     ct = _c(np.asarray(cut).reshape(n), np.uint8)
@@ -182,7 +185,7 @@ def grey_resize(inputs, layout, out_h, out_w, *, workers=None, reverse=False):
     if n == 0:
         return out
     h, w, c = hwc_dims(inputs[0].shape, layout)
-    inputs = [np.ascontiguousarray(a) for a in inputs]
+    inputs = dense_samples("samples", inputs, inputs[0].shape, inputs[0].dtype)
     pin = _ptrs(inputs)
     return _launch("kmix_host_grey_resize", out, DTYPE_CODES[inputs[0].dtype], pin.ctypes.data, out.ctypes.data, n,
                    h, w, c, LAYOUT_CODES[layout], out_h, out_w, workers or default_workers(), int(reverse))

@@ -23,19 +23,44 @@ DALI binds that to its own CUDA stream, so the mixing is ordered with the rest o
 the pipeline. Nothing here synchronises the device or copies data to the host;
 the only transfer per batch is the small array of per-sample pointers sent to
 the device. Inputs are never written.
+
+Samples: the kernels read and write each sample as a dense block from its first element.
+Strided inputs (a transposed batch, a sliced view) are copied to contiguous ones first, one
+sample at a time and only those; strided outputs raise (:func:`dali_kmix._checks.dense_samples`).
+
+Lifetime of what a queued kernel reads: the pointer arrays, the record's arrays cast to the
+kernel's types and the contiguous copies of strided inputs are CuPy arrays that a launching
+function drops as soon as the kernel is queued, before it has run. That is safe:
+
+* with CuPy's memory pool (CuPy 14), a freed block goes back to the arena of the stream that
+  was current when it was allocated -- here the launch stream -- and is handed out again only
+  to allocations made while a stream with that handle is current, whose work is queued after
+  the kernel (stream order). A block is never given to another stream;
+* without a pool (``cupy.cuda.set_allocator(None)``, as under compute-sanitizer: see
+  ``DALI_KMIX_NO_POOL`` in :func:`configure_allocator`) the array is released with
+  ``cudaFree``, which waits for the device's pending work first;
+* the host side of the pointer copy is CuPy's pinned staging buffer, kept until an event
+  recorded after the copy has completed; the NumPy array of addresses may go at once.
+
+The one case this reasoning does not cover is a stream destroyed while its work is pending and
+a new stream created at the same handle (CuPy keys its arenas by handle); DALI and torch keep
+their streams for the life of the pipeline or process. The arrays a caller passes in (samples,
+outputs) stay the caller's to keep alive until the work on the stream is done, as with any
+CuPy kernel. A :class:`Launch` holds everything it points into for as long as it lives.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 
 import numpy as np
 
-from .._checks import hwc_dims
+from .._checks import dense_blend_samples, dense_samples, hwc_dims
 from . import sources
 
-__all__ = ["module", "target_arch", "device_arch", "KernelModule", "dmixup", "dcutmix", "mix", "nest_boxes",
-           "grey_resize"]
+__all__ = ["module", "configure_allocator", "NO_POOL_ENV", "target_arch", "device_arch", "KernelModule", "Launch", "dmixup", "dcutmix", "mix",
+           "dmixup_launch", "dcutmix_launch", "mix_launch", "nest_boxes", "grey_resize"]
 
 _TYPE_NAMES = {np.dtype(np.uint8): "unsigned char", np.dtype(np.float16): "__half", np.dtype(np.float32): "float"}
 _MAX_GRID_Y = 65535
@@ -100,6 +125,29 @@ class KernelModule:
         return fn
 
 
+#: Set to 1 to run CuPy without its memory pools (see :func:`configure_allocator`).
+NO_POOL_ENV = "DALI_KMIX_NO_POOL"
+
+
+@functools.lru_cache(maxsize=None)
+def configure_allocator() -> bool:
+    """Honour ``DALI_KMIX_NO_POOL=1``: CuPy allocates device memory with ``cudaMalloc`` (and pinned host memory
+    with ``cudaHostAlloc``) one array at a time, without its pools; returns True when it did so.
+
+    For compute-sanitizer: memcheck checks accesses against the allocations it sees, and a pool
+    hands out pieces of large blocks, so a kernel reading past the end of a sample inside a pooled
+    block is not reported. Applied once per process, before the first kernel is loaded (the test
+    suite's conftest applies it at start-up, before any array is made).
+    """
+    if os.environ.get(NO_POOL_ENV, "") in ("", "0"):
+        return False
+    import cupy
+
+    cupy.cuda.set_allocator(None)
+    cupy.cuda.set_pinned_memory_allocator(None)
+    return True
+
+
 @functools.lru_cache(maxsize=None)
 def _module(name: str, device_id: int) -> KernelModule:
     # called by module() with the current device: the image loads into its context
@@ -110,13 +158,20 @@ def module(name: str) -> KernelModule:
     """The compiled module of ``kernels/<name>`` on the current device (cached on disk and per device)."""
     import cupy
 
+    configure_allocator()
     return _module(name, cupy.cuda.runtime.getDevice())
 
 
+def _data_ptr(a) -> int:
+    """Device address of a CuPy array's first element (the tests' launch recorder stands NumPy in for it)."""
+    return a.data.ptr
+
+
 def _ptrs(arrays):
+    """A device array of the samples' addresses (one small asynchronous host-to-device copy)."""
     import cupy
 
-    host = np.fromiter((a.data.ptr for a in arrays), dtype=np.uint64, count=len(arrays))
+    host = np.fromiter((_data_ptr(a) for a in arrays), dtype=np.uint64, count=len(arrays))
     return cupy.asarray(host)
 
 
@@ -125,45 +180,111 @@ def _blend_grid_x(elems: int, block: int) -> int:
     return max(1, min((elems + block * 4 - 1) // (block * 4), 1 << 20))
 
 
-def dmixup(inputs, outputs, sources, weights):
-    """DMixup on the GPU. ``inputs``/``outputs``: lists of N C-contiguous CuPy arrays of one shape."""
+def _type_name(dtype) -> str:
+    try:
+        return _TYPE_NAMES[np.dtype(dtype)]
+    except KeyError:
+        raise ValueError(f"the kernels take uint8, float16 or float32 samples, got dtype {dtype}") from None
+
+
+class Launch:
+    """One kernel launch with its arguments gathered: calling it only launches, on the current stream.
+
+    Gathering (the per-sample pointer arrays, their host-to-device copies, contiguous copies of
+    strided inputs, the record's arrays in the kernel's types) happens once, when the launch is
+    made; :mod:`dali_kmix.apps.bench_gpu` times calls of a prepared launch, so its kernel rows
+    measure the kernel. ``keep`` holds the arrays the pointer arrays point into for as long as
+    the launch lives.
+    """
+
+    __slots__ = ("kernel", "grid", "block", "args", "keep")
+
+    def __init__(self, kernel, grid, block, args, keep=()):
+        self.kernel, self.grid, self.block, self.args, self.keep = kernel, grid, block, args, keep
+
+    def __call__(self):
+        self.kernel(self.grid, self.block, self.args)
+
+
+def dmixup_launch(inputs, outputs, sources, weights) -> Launch | None:
+    """The prepared :func:`dmixup` launch (None for an empty batch)."""
     import cupy
 
     n = len(outputs)
     if n == 0:
-        return outputs
+        return None
+    inputs, outputs = dense_blend_samples(inputs, outputs)
     elems = outputs[0].size
-    dtype = outputs[0].dtype
-    kern = module("kmix_blend.cu").get_function(f"kmix_dmixup<{_TYPE_NAMES[dtype]}>")
+    kern = module("kmix_blend.cu").get_function(f"kmix_dmixup<{_type_name(outputs[0].dtype)}>")
     block = 256
     grid_x = _blend_grid_x(elems, block)
     src = cupy.ascontiguousarray(sources, dtype=cupy.int32)
     w = cupy.ascontiguousarray(weights, dtype=cupy.float32)
-    kern((grid_x, min(n, _MAX_GRID_Y)), (block,),
-         (_ptrs(inputs), _ptrs(outputs), src, w, np.int32(n), np.int32(src.shape[1]), np.int64(elems)))
-    return outputs
+    return Launch(kern, (grid_x, min(n, _MAX_GRID_Y)), (block,),
+                  (_ptrs(inputs), _ptrs(outputs), src, w, np.int32(n), np.int32(src.shape[1]), np.int64(elems)),
+                  (inputs, outputs))
 
 
-def dcutmix(inputs, outputs, sources, boxes, layout):
-    """DCutMix on the GPU. Samples are (H, W, C) for "HWC" or (C, H, W) for "CHW"."""
+def dcutmix_launch(inputs, outputs, sources, boxes, layout) -> Launch | None:
+    """The prepared :func:`dcutmix` launch (None for an empty batch)."""
     import cupy
 
     n = len(outputs)
     if n == 0:
-        return outputs
+        return None
+    inputs, outputs = dense_blend_samples(inputs, outputs)
     h, w, c = hwc_dims(outputs[0].shape, layout)
     rows = h if layout == "HWC" else c * h
     row_len = w * (c if layout == "HWC" else 1)
     rows_per_block = max(1, 4096 // max(1, row_len))
     grid_x = max(1, (rows + rows_per_block - 1) // rows_per_block)
-    dtype = outputs[0].dtype
-    kern = module("kmix_blend.cu").get_function(f"kmix_dcutmix<{_TYPE_NAMES[dtype]}>")
+    kern = module("kmix_blend.cu").get_function(f"kmix_dcutmix<{_type_name(outputs[0].dtype)}>")
     src = cupy.ascontiguousarray(sources, dtype=cupy.int32)
     bx = cupy.ascontiguousarray(boxes, dtype=cupy.int32)
-    kern((grid_x, min(n, _MAX_GRID_Y)), (256,),
-         (_ptrs(inputs), _ptrs(outputs), src, bx, np.int32(n), np.int32(src.shape[1]), np.int32(h),
-          np.int32(w), np.int32(c), np.int32(0 if layout == "HWC" else 1)))
+    return Launch(kern, (grid_x, min(n, _MAX_GRID_Y)), (256,),
+                  (_ptrs(inputs), _ptrs(outputs), src, bx, np.int32(n), np.int32(src.shape[1]), np.int32(h),
+                   np.int32(w), np.int32(c), np.int32(0 if layout == "HWC" else 1)),
+                  (inputs, outputs))
+
+
+def mix_launch(inputs, outputs, sources, weights, boxes, cut, layout) -> Launch | None:
+    """The prepared :func:`mix` launch (None for an empty batch)."""
+    import cupy
+
+    n = len(outputs)
+    if n == 0:
+        return None
+    inputs, outputs = dense_blend_samples(inputs, outputs)
+    h, w, c = hwc_dims(outputs[0].shape, layout)
+    elems = outputs[0].size
+    block = 256
+    grid_x = _blend_grid_x(elems, block)  # the blend's split; a paste shares these blocks among its rows
+    kern = module("kmix_blend.cu").get_function(f"kmix_mix<{_type_name(outputs[0].dtype)}>")
+    src = cupy.ascontiguousarray(sources, dtype=cupy.int32)
+    wt = cupy.ascontiguousarray(weights, dtype=cupy.float32)
+    bx = cupy.ascontiguousarray(boxes, dtype=cupy.int32)
+    ct = cupy.ascontiguousarray(cut, dtype=cupy.uint8).reshape(n)
+    return Launch(kern, (grid_x, min(n, _MAX_GRID_Y)), (block,),
+                  (_ptrs(inputs), _ptrs(outputs), src, wt, bx, ct, np.int32(n), np.int32(src.shape[1]),
+                   np.int32(h), np.int32(w), np.int32(c), np.int32(0 if layout == "HWC" else 1)),
+                  (inputs, outputs))
+
+
+def _run(launch, outputs):
+    if launch is not None:
+        launch()
     return outputs
+
+
+def dmixup(inputs, outputs, sources, weights):
+    """DMixup on the GPU. ``inputs``/``outputs``: lists of N CuPy arrays of one shape and dtype (outputs
+    C-contiguous; strided inputs are copied first)."""
+    return _run(dmixup_launch(inputs, outputs, sources, weights), outputs)
+
+
+def dcutmix(inputs, outputs, sources, boxes, layout):
+    """DCutMix on the GPU. Samples are (H, W, C) for "HWC" or (C, H, W) for "CHW"."""
+    return _run(dcutmix_launch(inputs, outputs, sources, boxes, layout), outputs)
 
 
 def mix(inputs, outputs, sources, weights, boxes, cut, layout):
@@ -172,25 +293,7 @@ def mix(inputs, outputs, sources, weights, boxes, cut, layout):
     ``cut`` is a device array, read by the kernel: which method a sample gets is never
     read back to the host.
     """
-    import cupy
-
-    n = len(outputs)
-    if n == 0:
-        return outputs
-    h, w, c = hwc_dims(outputs[0].shape, layout)
-    elems = outputs[0].size
-    block = 256
-    grid_x = _blend_grid_x(elems, block)  # the blend's split; a paste shares these blocks among its rows
-    dtype = outputs[0].dtype
-    kern = module("kmix_blend.cu").get_function(f"kmix_mix<{_TYPE_NAMES[dtype]}>")
-    src = cupy.ascontiguousarray(sources, dtype=cupy.int32)
-    wt = cupy.ascontiguousarray(weights, dtype=cupy.float32)
-    bx = cupy.ascontiguousarray(boxes, dtype=cupy.int32)
-    ct = cupy.ascontiguousarray(cut, dtype=cupy.uint8).reshape(n)
-    kern((grid_x, min(n, _MAX_GRID_Y)), (block,),
-         (_ptrs(inputs), _ptrs(outputs), src, wt, bx, ct, np.int32(n), np.int32(src.shape[1]), np.int32(h),
-          np.int32(w), np.int32(c), np.int32(0 if layout == "HWC" else 1)))
-    return outputs
+    return _run(mix_launch(inputs, outputs, sources, weights, boxes, cut, layout), outputs)
 
 
 def nest_boxes(method, phi, uniforms, perms, mixed, height, width, centers=None):
@@ -227,8 +330,9 @@ def grey_resize(inputs, layout, out_h, out_w):
     out = cupy.empty((n, out_h, out_w), cupy.float32)
     if n == 0:
         return out
+    inputs = dense_samples("samples", inputs, inputs[0].shape, inputs[0].dtype)
     h, w, c = hwc_dims(inputs[0].shape, layout)
-    kern = module("kmix_saliency.cu").get_function(f"kmix_grey_resize<{_TYPE_NAMES[inputs[0].dtype]}>")
+    kern = module("kmix_saliency.cu").get_function(f"kmix_grey_resize<{_type_name(inputs[0].dtype)}>")
     block = 256
     grid = max(1, min((n * out_h * out_w + block - 1) // block, 1 << 16))
     kern((grid,), (block,), (_ptrs(inputs), out, np.int32(n), np.int32(h), np.int32(w), np.int32(c),
