@@ -31,8 +31,8 @@ class HostDevice:
     def params(self, p):
         return p
 
-    def copy(self, out, x):
-        np.copyto(out, x)
+    def prepare_copy(self, out, x):
+        return lambda: np.copyto(out, x)
 
     def record(self, method, n, h, w, k):
         return sample_params(method, n, h, w, k=k, rng=0)
@@ -157,6 +157,120 @@ def test_no_gpu_rows_no_gpu_section():
     assert bench_gpu.format_gpu([]) == ""
 
 
+class _FakeCuda:
+    """What bench_gpu.CudaDevice and dali_kmix.backends.gpu use of ``cupy`` (NumPy arrays), logging every call that
+    reaches the device: events, copies, host-to-device transfers, the hold kernel; launches are logged by the
+    recorder below. ``_starved``: how many windows in a row the GPU reaches before the host has queued them."""
+
+    def __init__(self, log, starved=0):
+        import types
+
+        self._log, self._starved = log, starved
+        fake = self
+
+        class Event:
+            def record(self, stream=None):
+                log.append(("event",))
+
+            @property
+            def done(self):
+                fake._starved -= 1
+                return fake._starved >= 0
+
+            def synchronize(self):
+                pass
+
+        runtime = types.SimpleNamespace(memcpyDeviceToDevice=3,
+                                        memcpyAsync=lambda *a: log.append(("memcpy",)))
+        self.cuda = types.SimpleNamespace(Event=Event, runtime=runtime, get_elapsed_time=lambda a, b: 1.0,
+                                          get_current_stream=lambda: types.SimpleNamespace(ptr=0))
+        self.random = types.SimpleNamespace(default_rng=np.random.default_rng)
+
+    def RawKernel(self, code, name):  # noqa: N802 - cupy's name
+        return lambda grid, block, args: self._log.append(("hold", int(args[0])))
+
+    def asarray(self, a, *args, **kwargs):
+        self._log.append(("h2d",))
+        return np.asarray(a, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+@pytest.fixture
+def fake_cupy(monkeypatch):
+    """``(log, fake)``: CuPy replaced by NumPy; every device call and every kernel launch of dali_kmix.backends.gpu
+    appended to ``log`` in order (a launch as ("launch", kernel), a pointer read as ("ptr",))."""
+    import sys
+
+    from dali_kmix.backends import gpu
+
+    log = []
+    fake = _FakeCuda(log)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(gpu, "_data_ptr", lambda a: (log.append(("ptr",)), a.ctypes.data)[1])
+
+    class Module:
+        def __init__(self, name):
+            pass
+
+        def get_function(self, expr):
+            return lambda grid, block, args: log.append(("launch", expr))
+
+    monkeypatch.setattr(gpu, "module", Module)
+    return log, fake
+
+
+def _windows(log):
+    """The log entries between each pair of events (start, end), in order."""
+    marks = [i for i, e in enumerate(log) if e[0] == "event"]
+    assert len(marks) % 2 == 0
+    return [log[a + 1:b] for a, b in zip(marks[::2], marks[1::2])], marks
+
+
+def test_kernel_rows_time_nothing_but_the_launches(fake_cupy):
+    # The real CudaDevice, NumPy standing in for CuPy: inside each timed window of a kernel row there is nothing but
+    # `iters` launches of its kernel (no pointer gathering, no host-to-device copy), and the copy row only copies;
+    # each window is queued behind the hold kernel.
+    log, _ = fake_cupy
+    ks, methods, rounds, iters = (2, 3), ("dmixup", "dcutmix"), 2, 3
+    dev = bench_gpu.CudaDevice(seed=0)
+    bench_gpu.bench_gpu_ops(dtypes=("uint8",), batches=(3,), ks=ks, methods=methods, size=12, rounds=rounds,
+                            iters=iters, warmup=1, progress=False, device=dev)
+    windows, marks = _windows(log)
+    names = [("copy",)] + [(m, k) for m in methods for k in ks] + [("record",), ("saliency",)]
+    assert len(windows) == rounds * len(names)
+    kernel = {"dmixup": "kmix_dmixup<unsigned char>", "dcutmix": "kmix_dcutmix<unsigned char>"}
+    for j, window in enumerate(windows):
+        name = names[j % len(names)]
+        assert log[marks[2 * j] - 1][0] == "hold", f"window {j} ({name}) is not queued behind the hold kernel"
+        if name == ("copy",):
+            assert window == [("memcpy",)] * iters, f"copy window: {window}"
+        elif name[0] in kernel:
+            assert window == [("launch", kernel[name[0]])] * iters, f"{name} window: {window}"
+    assert any(e[0] in ("ptr", "h2d") for e in log), "the recorder saw no pointer gathering at all"
+
+    log.clear()
+    bench_gpu.bench_gpu_scaling(ks=(2, 4), batch=3, size=10, dtype="float32", rounds=2, iters=2, warmup=0,
+                                progress=False, device=dev)
+    windows, _ = _windows(log)
+    assert windows == [[("launch", f"kmix_{m}<float>")] * 2 for _ in range(2) for m in ("dcutmix", "dcutmix",
+                                                                                         "dmixup", "dmixup")]
+
+
+def test_a_window_the_gpu_reaches_too_early_is_timed_again_with_a_longer_hold(fake_cupy):
+    log, fake = fake_cupy
+    dev = bench_gpu.CudaDevice(seed=0, hold_s=1e-3)
+    fake._starved = 2  # the first two windows start before the host has queued them
+    calls = []
+    assert dev.seconds_per_call(lambda: calls.append(1), 4) == pytest.approx(1e-3 / 4)
+    assert [e[1] for e in log if e[0] == "hold"] == [1_000_000, 4_000_000, 16_000_000]
+    assert len(calls) == 12 and dev.hold_s == pytest.approx(16e-3)
+    log.clear()
+    dev.seconds_per_call(lambda: None, 1)  # the longer hold stays
+    assert [e[1] for e in log if e[0] == "hold"] == [16_000_000]
+
+
 @pytest.mark.gpu
 def test_gpu_bench_on_the_device():
     rows = bench_gpu.bench_gpu_ops(batches=(32,), ks=(2, 3), rounds=2, iters=3, progress=False)
@@ -185,3 +299,34 @@ def test_gpu_session_script_runs_its_stages(tmp_path):
     assert ok.returncode == 0 and "stage env: exit 0" in ok.stdout
     text = (tmp_path / "env.txt").read_text()
     assert "gpu tests blocked by:" in text and "DALI_KMIX_NO_GPU is set" in text
+
+
+@pytest.mark.slow
+def test_gpu_session_sanitizer_stages_run_one_tool_each_with_logs_in_out(tmp_path):
+    # the stage wiring, with a stand-in for python's `-m pytest` that prints what it was given
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_session.sh"
+    stub = tmp_path / "py"
+    stub.write_text(f"""#!/bin/bash
+if [ "$1" = "-m" ]; then echo "LOGDIR=$DALI_KMIX_SANITIZER_LOG_DIR ARGS=$*"; exit ${{STUB_RC:-0}}; fi
+exec {sys.executable} "$@"
+""")
+    stub.chmod(0o755)
+    out = tmp_path / "out"
+    env = dict(os.environ, PY=str(stub))
+    run = subprocess.run(["bash", str(script), str(out), "sanitizer"], capture_output=True, text=True,
+                         cwd=script.parents[1], env=env)
+    assert run.returncode == 0 and "stage sanitizer: exit 0" in run.stdout, run.stdout + run.stderr
+    text = (out / "sanitizer-memcheck.txt").read_text()
+    assert f"LOGDIR={out} " in text and "-k compute_sanitizer and memcheck" in text and "--require-gpu" in text
+    run = subprocess.run(["bash", str(script), str(out), "racecheck"], capture_output=True, text=True,
+                         cwd=script.parents[1], env=dict(env, STUB_RC="5"))  # 5: pytest collected nothing
+    assert run.returncode == 0 and "no racecheck run: no kernel uses shared memory" in \
+        (out / "sanitizer-racecheck.txt").read_text()
+    run = subprocess.run(["bash", str(script), str(out), "sanitizer"], capture_output=True, text=True,
+                         cwd=script.parents[1], env=dict(env, STUB_RC="1"))
+    assert run.returncode == 1 and "stage sanitizer: exit 1" in run.stdout

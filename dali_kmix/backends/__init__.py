@@ -59,6 +59,11 @@ class Backend:
             return self.dmixup(inputs, outputs, params.sources, params.weights)
         return self.dcutmix(inputs, outputs, params.sources, params.boxes, layout)
 
+    def prepare_blend(self, inputs, outputs, params, layout):
+        """A callable that applies ``params`` as :meth:`blend` does, with whatever can be gathered once (the GPU's
+        pointer arrays and their copies to the device) gathered now: calling it only runs the kernel."""
+        return lambda: self.blend(inputs, outputs, params, layout)
+
     def __repr__(self):
         return f"<dali_kmix backend {self.name}>"
 
@@ -115,6 +120,13 @@ class GpuBackend(Backend):
 
     def grey_resize(self, samples, layout, out_h, out_w):
         return self._k.grey_resize(samples, layout, out_h, out_w)
+
+    def prepare_blend(self, inputs, outputs, params, layout):
+        if params.boxes is None:
+            launch = self._k.dmixup_launch(inputs, outputs, params.sources, params.weights)
+        else:
+            launch = self._k.dcutmix_launch(inputs, outputs, params.sources, params.boxes, layout)
+        return launch if launch is not None else (lambda: None)
 
 
 class NumpyBackend(Backend):
