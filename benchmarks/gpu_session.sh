@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # The GPU checks of the project on a CUDA machine, stage by stage, each writing its log under OUT_DIR.
 #
-#   bash benchmarks/gpu_session.sh OUT_DIR [STAGE...]     (stages: env tests sanitizer bench; default: all)
+#   bash benchmarks/gpu_session.sh OUT_DIR [STAGE...]     (default: env tests sanitizer [racecheck synccheck] bench)
 #
 #   env        -> env.txt          nvidia-smi, compilers, Python packages, what the test suite finds missing
 #   tests      -> pytest-gpu.txt   the whole gpu-marked suite with --require-gpu (no device, CuPy or DALI: it
 #                 pytest-gpu.xml   fails and names what is missing), JUnit XML beside it
-#   sanitizer  -> sanitizer.txt    compute-sanitizer memcheck and racecheck over the CuPy kernel suite
+#   sanitizer  -> sanitizer-memcheck.txt  compute-sanitizer memcheck over a selection of the CuPy kernel suite (a few
+#                 memcheck.log     minutes), CuPy without its memory pool; the tool's report and the inner
+#                 memcheck-pytest.txt  pytest's output are written as they go (kept if the call is killed)
+#   racecheck, synccheck           the same with that tool: only when a kernel uses shared memory or warp
+#                                  synchronisation (tests/test_sanitizers.py decides; none does today)
 #   bench      -> bench-gpu.json   kernel rows against a device-to-device copy, scaling in K, the "mixed"
 #                 bench-gpu.md     pipeline at batch 256, and the GPU targets judged
 #
@@ -14,10 +18,13 @@
 # there); a stage's exit status is its tool's, and the script goes on to the next stage regardless, then
 # exits non-zero if any stage failed. Run from the repository root with PYTHONPATH holding DALI and it.
 set -uo pipefail
-out=${1:?usage: gpu_session.sh OUT_DIR [env|tests|sanitizer|bench ...]}; shift
-stages=${*:-env tests sanitizer bench}
+out=${1:?usage: gpu_session.sh OUT_DIR [env|tests|sanitizer|racecheck|synccheck|bench ...]}; shift
 mkdir -p "$out"
 PY=${PY:-python3}
+# racecheck and synccheck only where a kernel needs them (SANITIZER_TOOLS beyond memcheck)
+extra_tools=$("$PY" -c 'import sys; sys.path.insert(0, "tests"); from test_sanitizers import SANITIZER_TOOLS
+print(" ".join(SANITIZER_TOOLS[1:]))' 2>/dev/null)
+stages=${*:-env tests sanitizer $extra_tools bench}
 export PYTHONUNBUFFERED=1
 failed=0
 
@@ -45,10 +52,17 @@ stage_tests() {
     --junitxml="$out/pytest-gpu.xml" --deselect tests/test_sanitizers.py > "$out/pytest-gpu.txt" 2>&1
 }
 
-stage_sanitizer() {
-  "$PY" -m pytest -q -m gpu --require-gpu -p no:cacheprovider -rfE tests/test_sanitizers.py \
-    -k compute_sanitizer > "$out/sanitizer.txt" 2>&1
+# One compute-sanitizer tool per call; its own report and the inner pytest's output go straight into $out.
+sanitize() {
+  DALI_KMIX_SANITIZER_LOG_DIR="$out" "$PY" -m pytest -q -m gpu --require-gpu -p no:cacheprovider -rfE \
+    tests/test_sanitizers.py -k "compute_sanitizer and $1" > "$out/sanitizer-$1.txt" 2>&1
+  local rc=$?
+  if [ $rc -eq 5 ]; then echo "no $1 run: no kernel uses shared memory" >> "$out/sanitizer-$1.txt"; rc=0; fi
+  return $rc
 }
+stage_sanitizer() { sanitize memcheck; }
+stage_racecheck() { sanitize racecheck; }
+stage_synccheck() { sanitize synccheck; }
 
 stage_bench() {
   "$PY" - "$out" > "$out/bench-gpu.log" 2>&1 <<'EOF'
@@ -71,8 +85,8 @@ EOF
 
 for s in $stages; do
   case $s in
-    env|tests|sanitizer|bench) ;;
-    *) echo "unknown stage $s (env, tests, sanitizer, bench)"; exit 2 ;;
+    env|tests|sanitizer|racecheck|synccheck|bench) ;;
+    *) echo "unknown stage $s (env, tests, sanitizer, racecheck, synccheck, bench)"; exit 2 ;;
   esac
   t0=$(date +%s)
   "stage_$s"; rc=$?

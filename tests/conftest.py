@@ -2,7 +2,8 @@
 
 ``gpu``-marked tests skip without a CUDA device, unless ``--require-gpu`` is given (or
 ``DALI_KMIX_REQUIRE_GPU=1``; ``make test-gpu`` passes it): then a missing device,
-CuPy or DALI is a collection error that names what is missing.
+CuPy or DALI is a collection error that names what is missing. ``DALI_KMIX_NO_POOL=1`` runs
+CuPy without its memory pools (for compute-sanitizer; see ``tests/test_sanitizers.py``).
 """
 
 import os
@@ -11,6 +12,14 @@ import numpy as np
 import pytest
 
 from dali_kmix.backends import gpu_available
+
+
+def pytest_configure(config):
+    # DALI_KMIX_NO_POOL=1 (compute-sanitizer runs): CuPy without its memory pools from the first array on, so every
+    # sample a kernel reads is an allocation of its own whose bounds memcheck knows
+    from dali_kmix.backends import gpu
+
+    gpu.configure_allocator()
 
 
 def pytest_addoption(parser):

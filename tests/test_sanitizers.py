@@ -6,7 +6,9 @@ preloaded, so every buffer the kernels touch (NumPy's included) comes from the
 instrumented allocator; any report fails the run.
 """
 
+import itertools
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -83,22 +85,142 @@ def test_dali_plugin_suite_under_asan_and_ubsan(tmp_path):
     assert list(build.cache_dir().glob("*/libkmix_dali_asan.so"))
 
 
-# memcheck: out-of-bounds and misaligned accesses, leaks of device memory; racecheck: shared-memory hazards
-# between the threads of a block (the kernels use no shared memory today: this keeps it so checked if they do).
-SANITIZER_SUMMARIES = {"memcheck": "ERROR SUMMARY: 0 errors", "racecheck": "RACECHECK SUMMARY: 0 hazards displayed"}
+# --------------------------------------------------------------------------- the CUDA kernels under compute-sanitizer
+# One tool per device call, a selection sized to run in a few minutes, CuPy without its memory pool (a pool hands out
+# pieces of large blocks, so a kernel reading past a sample inside its block would not be reported), the tool's own
+# log and the inner pytest's output written straight into a folder that survives a killed call
+# (DALI_KMIX_SANITIZER_LOG_DIR; benchmarks/gpu_session.sh points it at its OUT folder).
+
+_SHARED_MEMORY = re.compile(r"__shared__|__syncthreads|__syncwarp|__shfl\w*|cooperative_groups")
+
+
+def _code_without_comments(text):
+    return re.sub(r"//[^\n]*|/\*.*?\*/", " ", text, flags=re.S)
+
+
+def kernels_using_shared_memory():
+    """Device sources (kernels/, the host shim aside) that use shared memory or warp synchronisation."""
+    from dali_kmix.backends.sources import kernels_dir
+
+    return sorted(f.name for f in kernels_dir().iterdir()
+                  if f.suffix in (".cu", ".cuh", ".h", ".hpp", ".cpp") and f.name != "kmix_host_shim.h"
+                  and _SHARED_MEMORY.search(_code_without_comments(f.read_text())))
+
+
+# memcheck: out-of-bounds and misaligned global accesses, device-side errors. racecheck (and synccheck) look only at
+# shared memory and block/warp synchronisation, which no kernel uses today: they join when a kernel starts to.
+SANITIZER_TOOLS = ["memcheck"] + (["racecheck", "synccheck"] if kernels_using_shared_memory() else [])
+SANITIZER_SUMMARIES = {"memcheck": "ERROR SUMMARY: 0 errors", "racecheck": "RACECHECK SUMMARY: 0 hazards displayed",
+                       "synccheck": "ERROR SUMMARY: 0 errors"}
+SANITIZER_TIMEOUT_S = int(os.environ.get("DALI_KMIX_SANITIZER_TIMEOUT", "450"))  # inside one 600-second device call
+
+
+def _ids(test, *params):
+    return [f"{test}[{'-'.join(('cupy',) + combo)}]" for combo in itertools.product(*params)]
+
+
+DTYPE_IDS, LAYOUTS = ("u8", "f16", "f32"), ("HWC", "CHW")
+#: The CuPy kernel tests run under the sanitizer (node ids in tests/test_backends.py): every kernel and branch (DMixup,
+#: DCutMix, both in one kmix_mix launch, the box nesting with and without salient centres, the grey resize), every
+#: dtype x layout, K = 2 and 9, odd sizes (65 samples of 3 x 5), a 1 x 1 image, empty and full boxes, images of
+#: 225 x 227 split over many blocks, strided sample views, a non-default stream.
+SANITIZER_SELECTION = [
+    *_ids("test_blend_matches_reference", ["65x3x5x3"], ["2", "9"], ["dmixup", "dcutmix"], LAYOUTS, DTYPE_IDS),
+    *_ids("test_blend_matches_reference", ["2x225x227x3"], ["3"], ["dmixup", "dcutmix"], LAYOUTS, ["u8", "f32"]),
+    *_ids("test_blend_matches_reference", ["1x1x1x3"], ["2"], ["dmixup", "dcutmix"], ["CHW"], ["f16"]),
+    *_ids("test_mix_blends_or_pastes_each_sample_as_its_flag_says", ["65x3x5x3"], ["2", "9"], ["alternating"],
+          LAYOUTS, DTYPE_IDS),
+    *_ids("test_mix_blends_or_pastes_each_sample_as_its_flag_says", ["9x225x227x3"], ["3"], ["all-blend", "all-paste"],
+          LAYOUTS, ["f16"]),
+    *_ids("test_dcutmix_batch_mode_and_degenerate_boxes", ["tiny-alpha-empty-boxes", "big-alpha"], LAYOUTS),
+    *_ids("test_full_image_and_empty_boxes", LAYOUTS),
+    "test_dmixup_one_weight_is_a_copy[cupy]",
+    *_ids("test_nesting_kernel_matches_numpy", ["65x3x5"], ["2", "9"], ["0.3"], ["sample", "batch"],
+          ["dmixup", "dcutmix"]),
+    *_ids("test_nesting_kernel_matches_numpy", ["1x1x1"], ["2"], ["0.001"], ["sample"], ["dcutmix"]),
+    *_ids("test_nesting_kernel_matches_numpy", ["40x225x227"], ["9"], ["50.0"], ["batch"], ["dcutmix"]),
+    *_ids("test_nesting_kernel_with_salient_centers_matches_numpy", ["65x3x5"], ["2", "9"], ["sample", "batch"]),
+    *_ids("test_nesting_kernel_with_salient_centers_matches_numpy", ["1x1x1"], ["2"], ["sample"]),
+    *_ids("test_grey_resize_matches_numpy", ["hwc-37x53x3", "chw-3x225x227", "hwc-9x300x1", "chw-4x70x64",
+                                             "hwc-1x1x3"], DTYPE_IDS),
+    *[f"test_cupy_strided_views_give_the_reference[{d}-{lay}-transposed]" for d in DTYPE_IDS for lay in LAYOUTS],
+    "test_gpu_kernels_run_on_the_current_stream_without_sync",
+    "test_device_sampler_gives_valid_records",
+]
+
+
+def sanitizer_command(exe, tool, log_dir):
+    """compute-sanitizer running the selection with ``tool``; its report goes to ``log_dir/<tool>.log``."""
+    return [exe, "--tool", tool, "--log-file", str(Path(log_dir) / f"{tool}.log"), "--error-exitcode", "97",
+            "--target-processes", "all",
+            sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "gpu", "--require-gpu",
+            *[f"{HERE / 'test_backends.py'}::{t}" for t in SANITIZER_SELECTION]]
+
+
+def sanitizer_env():
+    """CuPy, torch and DALI without their memory pools, so memcheck sees every allocation's real bounds."""
+    return dict(os.environ, DALI_KMIX_NO_POOL="1", PYTORCH_NO_CUDA_MEMORY_CACHING="1",
+                DALI_USE_DEVICE_MEM_POOL="0", PYTHONUNBUFFERED="1")
+
+
+def test_sanitizer_selection_names_existing_tests_and_covers_every_kernel(tmp_path):
+    # runs without a device: the selection is checked against the collected node ids of test_backends.py
+    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                          str(HERE / "test_backends.py")], capture_output=True, text=True, cwd=tmp_path).stdout
+    collected = {line.split("::", 1)[1] for line in out.splitlines() if "::" in line}
+    assert len(collected) > 1000, out[-2000:]
+    missing = [t for t in SANITIZER_SELECTION if t not in collected]
+    assert not missing, f"not in tests/test_backends.py: {missing}"
+    assert len(set(SANITIZER_SELECTION)) == len(SANITIZER_SELECTION) <= 150
+    sel = "\n".join(SANITIZER_SELECTION)
+    for test in ("test_blend_matches_reference", "test_mix_blends_or_pastes_each_sample_as_its_flag_says",
+                 "test_grey_resize_matches_numpy"):
+        assert all(re.search(rf"{test}\[cupy-(.*-)?(?i:{lay})(-.*)?-{dt}\]", sel)
+                   for lay in LAYOUTS for dt in DTYPE_IDS), f"{test}: not every dtype x layout"
+    for method in ("dmixup", "dcutmix"):
+        for k in ("2", "9"):
+            assert f"test_blend_matches_reference[cupy-65x3x5x3-{k}-{method}-" in sel
+            assert re.search(rf"test_nesting_kernel_matches_numpy\[cupy-65x3x5-{k}-.*-{method}\]", sel)
+    cmd = sanitizer_command("compute-sanitizer", "memcheck", tmp_path)
+    assert cmd[cmd.index("--log-file") + 1] == str(tmp_path / "memcheck.log") and "--require-gpu" in cmd
+
+
+def test_racecheck_runs_where_a_kernel_uses_shared_memory(tmp_path, monkeypatch):
+    # no kernel uses shared memory or warp synchronisation today, so racecheck, which checks only those, is not run;
+    # a kernel that starts to use them brings racecheck and synccheck in (the scan ignores comments)
+    from dali_kmix.backends import sources
+
+    users = kernels_using_shared_memory()
+    assert ("racecheck" in SANITIZER_TOOLS) == bool(users) and SANITIZER_TOOLS[0] == "memcheck"
+    (tmp_path / "a.cu").write_text("// __shared__ in a comment\n/* __syncthreads() */\n__global__ void f() {}\n")
+    (tmp_path / "kmix_host_shim.h").write_text("#define __shared__\n")
+    monkeypatch.setattr(sources, "kernels_dir", lambda: tmp_path)
+    assert kernels_using_shared_memory() == []
+    (tmp_path / "b.cuh").write_text("__device__ void g() { __shared__ float tile[32]; }\n")
+    assert kernels_using_shared_memory() == ["b.cuh"]
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("tool", list(SANITIZER_SUMMARIES))
+@pytest.mark.parametrize("tool", SANITIZER_TOOLS)
 def test_gpu_kernel_suite_under_compute_sanitizer(tmp_path, tool):
     exe = shutil.which("compute-sanitizer")
     if exe is None:
         pytest.skip("compute-sanitizer not installed")
-    cmd = [exe, "--tool", tool, "--error-exitcode", "97", "--target-processes", "all",
-           sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-m", "gpu", "-k", "cupy",
-           str(HERE / "test_backends.py")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=3600)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-20000:]
-    assert SANITIZER_SUMMARIES[tool] in out, out[-5000:]
-    assert " passed" in out and " failed" not in out, out[-5000:]
+    log_dir = Path(os.environ.get("DALI_KMIX_SANITIZER_LOG_DIR") or tmp_path)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    report, inner = log_dir / f"{tool}.log", log_dir / f"{tool}-pytest.txt"
+
+    def tails():
+        return "\n".join(f"--- {p.name}:\n{p.read_text(errors='replace')[-6000:]}" for p in (inner, report)
+                         if p.exists())
+
+    with open(inner, "w") as f:  # written as it runs: a call killed at its limit still leaves it
+        try:
+            proc = subprocess.run(sanitizer_command(exe, tool, log_dir), stdout=f, stderr=subprocess.STDOUT,
+                                  env=sanitizer_env(), cwd=tmp_path, timeout=SANITIZER_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{tool}: not done after {SANITIZER_TIMEOUT_S} s; shrink SANITIZER_SELECTION\n{tails()}")
+    out = inner.read_text(errors="replace")
+    assert proc.returncode == 0, tails()
+    assert SANITIZER_SUMMARIES[tool] in report.read_text(errors="replace"), tails()
+    assert f"{len(SANITIZER_SELECTION)} passed" in out and " failed" not in out and "skipped" not in out, tails()
