@@ -493,14 +493,27 @@ class KMixup:
         self.last_groups = groups
         return out, torch.from_numpy(targets)
 
-    def _cupy_generator(self, device_id: int):
+    def _cupy_generator(self, device_id: int, stream):
+        """This mixer's CuPy generator on ``device_id``, safe to draw from on CuPy stream ``stream``.
+
+        The generator's state lives on the device and every draw rewrites it. Draws queued on two
+        streams with no order between them would race for it (both reading the same state: repeated
+        or lost draws), so a draw on another stream than the last one waits, on the device, for the
+        event recorded after that last use (:meth:`_generator_used`); no host synchronisation.
+        """
         import cupy
 
-        gen = self._cupy_generators.get(device_id)
-        if gen is None:
-            gen = cupy.random.default_rng(int(self._rng.integers(2 ** 63)))
-            self._cupy_generators[device_id] = gen
-        return gen
+        entry = self._cupy_generators.get(device_id)
+        if entry is None:
+            entry = self._cupy_generators[device_id] = [cupy.random.default_rng(int(self._rng.integers(2 ** 63))),
+                                                        None]
+        last = entry[1]
+        if last is not None and last[0] != stream.ptr:
+            stream.wait_event(last[1])
+        return entry[0]
+
+    def _generator_used(self, device_id: int, stream):
+        self._cupy_generators[device_id][1] = (stream.ptr, stream.record())
 
     def _mix_cuda(self, x, target, layout, plan):
         import cupy
@@ -510,8 +523,8 @@ class KMixup:
         dev = x.device
         out = self._empty_like(x, layout)
         stream = torch.cuda.current_stream(dev)
-        with cupy.cuda.Device(dev.index), _cupy_stream(cupy, stream, dev.index):
-            gen = self._cupy_generator(dev.index)
+        with cupy.cuda.Device(dev.index), _cupy_stream(cupy, stream, dev.index) as cstream:
+            gen = self._cupy_generator(dev.index, cstream)
             samples = list(cupy.from_dlpack(self._view(x, layout)))
             ov = cupy.from_dlpack(self._view(out, layout))
             labels = cupy.from_dlpack(target)
@@ -539,5 +552,6 @@ class KMixup:
                         targets = cupy.empty((n, self.num_classes), cupy.float32)
                     targets[rows_dev] = t
                 groups.append((rows, rec))
+            self._generator_used(dev.index, cstream)
             self.last_groups = groups
             return out, torch.from_dlpack(targets)

@@ -1,5 +1,6 @@
-"""On a GPU: dali_kmix's kernels are ordered after work already queued on DALI's stream, and a mixer that
-raises leaves the process able to run the next pipeline correctly. (gpu-marked: skipped without a device;
+"""On a GPU: dali_kmix's kernels are launched on DALI's stream and ordered after work already queued on it (a control
+shows the check fails for a mix on any other stream), and a mixer that raises leaves the process able to run the next
+pipeline correctly. (gpu-marked: skipped without a device;
 ``make test-gpu`` requires one.)"""
 
 import numpy as np
@@ -13,28 +14,43 @@ import dali_kmix.dali as kmix  # noqa: E402
 
 N, H, W, C = 12, 40, 56, 3
 
-# Sleeps about `ns` nanoseconds in every thread, then writes value s into every element of sample s. A consumer
-# not ordered after it reads the sentinel the buffer was filled with before.
+# Sleeps about `ns` nanoseconds, then writes base + s into every element of sample s. Every iteration of the upstream
+# below uses its own base (1 + N * iteration), so what a consumer not ordered after this kernel reads -- whatever the
+# buffer held before: an earlier iteration's values, or fresh memory -- is never a value of this iteration.
 _SLOW_FILL = r"""
-extern "C" __global__ void slow_fill(float* out, long long per_sample, int n, long long ns) {
+extern "C" __global__ void slow_fill(float* out, long long per_sample, int n, float base, long long ns) {
   for (long long t = 0; t < ns; t += 1000000) __nanosleep(1000000);
   const long long total = per_sample * n;
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
        i += (long long)gridDim.x * blockDim.x)
-    out[i] = (float)(i / per_sample);
+    out[i] = base + (float)(i / per_sample);
 }
 """
-SENTINEL = 255.0
+SLEEP_NS = 200_000_000
+
+
+def _iteration_base(t):
+    return 1.0 + N * t
+
+
+def _fill(out, base, ns):
+    """Queue slow_fill on CuPy's current stream."""
+    import cupy
+
+    cupy.RawKernel(_SLOW_FILL, "slow_fill")((64,), (256,), (out, np.int64(H * W * C), np.int32(out.shape[0]),
+                                                            np.float32(base), np.int64(ns)))
 
 
 def _slow_upstream(dtype):
+    calls = [0]  # DALI calls it once per iteration, in order
+
     def fill(samples):
         import cupy
 
-        kern = cupy.RawKernel(_SLOW_FILL, "slow_fill")
-        # both on the current stream, which DALI binds to its own inside a GPU python_function
-        out = cupy.full((len(samples), H, W, C), SENTINEL, cupy.float32)
-        kern((64,), (256,), (out, np.int64(H * W * C), np.int32(len(samples)), np.int64(200_000_000)))
+        # on the current stream, which DALI binds to its own inside a GPU python_function
+        out = cupy.empty((len(samples), H, W, C), cupy.float32)
+        _fill(out, _iteration_base(calls[0]), SLEEP_NS)
+        calls[0] += 1
         return [a.astype(dtype) for a in out]
 
     return fill
@@ -50,30 +66,93 @@ def slow_pipe(method, dtype):
     return op(images, labels, k=3, alpha=0.7, num_classes=N, layout="HWC", label_format="sparse")
 
 
-def _check_constant_mix(method, images, idx, w):
-    """Sample s of the upstream is all s: the mix of sample i is known from its record (labels = sources)."""
+def _check_constant_mix(method, images, idx, w, base):
+    """Sample s of the upstream is all ``base + s``: the mix of sample i is known from its record (labels = sources).
+    Raises AssertionError naming the sample that read anything else (a value of another iteration, or fresh memory)."""
     for i in range(N):
-        assert not (images[i] == SENTINEL).any(), f"sample {i} read the buffer before the upstream wrote it"
+        vals = images[i].astype(np.float64) - base
+        assert ((vals >= -1e-3) & (vals <= N - 1 + 1e-3)).all(), \
+            f"sample {i} read values that are not this iteration's: the mix was not ordered after the upstream"
         if method == "dcutmix":
-            share = np.bincount(images[i].astype(np.int64).ravel(), minlength=N) / images[i].size
+            share = np.bincount(np.rint(vals).astype(np.int64).ravel(), minlength=N) / images[i].size
             expect = np.zeros(N)
             np.add.at(expect, idx[i], w[i])
             np.testing.assert_allclose(share, expect, atol=1e-6)
         else:
-            np.testing.assert_allclose(images[i], (w[i] * idx[i]).sum(), rtol=1e-5)
+            np.testing.assert_allclose(images[i], base + (w[i] * idx[i]).sum(), rtol=1e-5)
 
 
-def _outputs(pipe, iters=2):
+def _outputs(pipe, iters=3):
+    """``(images, label_idx, label_w, base)`` of each iteration."""
     pipe.build()
-    for _ in range(iters):
-        yield [r.as_cpu().as_array() for r in pipe.run()]
+    for t in range(iters):
+        yield [r.as_cpu().as_array() for r in pipe.run()] + [_iteration_base(t)]
+
+
+@pytest.fixture
+def launch_streams(monkeypatch):
+    """``[(CuPy's current stream, DALI's stream)]`` at every dali_kmix kernel launch."""
+    import cupy
+    import nvidia.dali.python_function_plugin as plugin
+
+    from dali_kmix.backends import gpu
+
+    seen = []
+    real_get = gpu.KernelModule.get_function
+
+    def get_function(self, expr):
+        fn_ = real_get(self, expr)
+
+        def launch(*a, **kw):
+            seen.append((cupy.cuda.get_current_stream().ptr, int(plugin.current_dali_stream())))
+            return fn_(*a, **kw)
+
+        return launch
+
+    monkeypatch.setattr(gpu.KernelModule, "get_function", get_function)
+    return seen
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("method,dtype", [("dcutmix", np.uint8), ("dmixup", np.float32)])
-def test_mixing_is_ordered_after_slow_work_queued_on_dalis_stream(method, dtype):
-    for images, idx, w in _outputs(slow_pipe(method, dtype)):
-        _check_constant_mix(method, images, idx, w)
+def test_mixing_is_ordered_after_slow_work_queued_on_dalis_stream(method, dtype, launch_streams):
+    for images, idx, w, base in _outputs(slow_pipe(method, dtype)):
+        _check_constant_mix(method, images, idx, w, base)
+    assert launch_streams and all(ours == dali and dali != 0 for ours, dali in launch_streams), launch_streams
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("consumer", ["producer's stream", "another stream", "legacy default stream"])
+def test_the_ordering_check_fails_for_a_mix_not_ordered_after_the_upstream(consumer):
+    # The check above, outside DALI: the buffer holds iteration 0's values; iteration 1's are written on a producer
+    # stream behind a 0.2 s sleep; the same DCutMix launched on the producer's stream passes the check, launched on
+    # another stream (or the legacy default stream, which does not wait for a non-blocking one) it fails.
+    import cupy
+
+    from dali_kmix.backends import gpu
+    from dali_kmix.sampling import sample_params
+
+    producer = cupy.cuda.Stream(non_blocking=True)
+    p = sample_params("dcutmix", N, H, W, k=3, alpha=0.7, rng=0)
+    pd = p.to_cupy()
+    buf = cupy.empty((N, H, W, C), cupy.float32)
+    outs = [cupy.empty((H, W, C), cupy.float32) for _ in range(N)]
+    with producer:
+        _fill(buf, _iteration_base(0), 0)
+    cupy.cuda.Device().synchronize()
+    with producer:
+        _fill(buf, _iteration_base(1), SLEEP_NS)
+    stream = {"producer's stream": producer, "another stream": cupy.cuda.Stream(non_blocking=True),
+              "legacy default stream": cupy.cuda.Stream.null}[consumer]
+    with stream:
+        gpu.dcutmix(list(buf), outs, pd.sources, pd.boxes, "HWC")
+    cupy.cuda.Device().synchronize()
+    images = cupy.stack(outs).get()
+    if consumer == "producer's stream":
+        _check_constant_mix("dcutmix", images, p.sources, p.weights, _iteration_base(1))
+    else:
+        with pytest.raises(AssertionError, match="not this iteration's"):
+            _check_constant_mix("dcutmix", images, p.sources, p.weights, _iteration_base(1))
 
 
 FAILURES = {
@@ -106,5 +185,5 @@ def test_a_failing_gpu_mixer_leaves_the_process_usable(labels_on_gpu, shapes, va
 
     gc.collect()  # a Stream object that kept DALI's stream would destroy it here
     # the same process, a new pipeline: runs and gives the right output
-    for images, idx, w in _outputs(slow_pipe("dcutmix", np.uint8)):
-        _check_constant_mix("dcutmix", images, idx, w)
+    for images, idx, w, base in _outputs(slow_pipe("dcutmix", np.uint8)):
+        _check_constant_mix("dcutmix", images, idx, w, base)

@@ -470,33 +470,192 @@ def test_import_stays_light():
 # ============================================================================ KMixup on CUDA
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", list(TORCH_DTYPES))
-@pytest.mark.parametrize("method", list(METHODS))
-@pytest.mark.parametrize("mode", ["batch", "elem"])
-def test_cuda_path_is_the_record_applied_on_torchs_stream_without_host_sync(mode, method, dtype):
+def _late_batch_on(stream, x, y, seconds=0.5):
+    """``(xg, yg)`` on the device holding stale values (3s and 9s) now, and ``x``, ``y`` once ``stream`` has slept about
+    ``seconds``: work queued on ``stream`` after this call reads the batch, work on any other stream the stale values."""
+    from _helpers import gpu_sleep
+
+    src_x, src_y = x.cuda(), y.cuda()
+    xg, yg = torch.full_like(src_x, 3), torch.full_like(src_y, 9)
+    torch.cuda.synchronize()
+    gpu_sleep(seconds, stream.cuda_stream)
+    with torch.cuda.stream(stream):
+        xg.copy_(src_x)
+        yg.copy_(src_y)
+    return xg, yg
+
+
+def _matches_its_records(mixer, out, t, x, y):
+    """Whether every row of ``out`` / ``t`` is the mixer's record applied to ``x`` / ``y`` (the reference)."""
+    for rows, rec in mixer.last_groups:
+        rec = rec.to_numpy()
+        if not np.array_equal(out.cpu().numpy()[rows], dali_kmix.mix_images(x.numpy()[rows], rec, "CHW")):
+            return False
+        if not np.array_equal(t.cpu().numpy()[rows], dali_kmix.mix_labels(y.numpy()[rows], rec, 10, smoothing=0.1)):
+            return False
+    return bool(mixer.last_groups)
+
+
+def _mix_late_batch_on_a_side_stream(monkeypatch, mode, method, dtype, fault=None):
+    """``(on_side, returned_early, ordered)`` of one KMixup call on a non-default torch stream whose batch arrives
+    only after the stream has slept 0.3 s: every dali_kmix kernel launched on that stream (torch's current one), the
+    call returned while the stream still slept (no host synchronisation), the output the record applied to the batch
+    (not the stale 3s / 9s that a read not ordered after the copy sees). ``fault``: None, "wrong stream" (the mixer
+    made to use the legacy default stream) or "host sync" (made to synchronise after mixing)."""
     import cupy
 
+    from dali_kmix import torch as kt
+    from dali_kmix.backends import gpu
+
     x, y = random_batch(12, dtype, seed=26)
-    xg, yg = x.cuda(), y.cuda()
     mixer = KMixup(**METHODS[method], k=3, mode=mode, label_smoothing=0.1, num_classes=10, seed=27)
-    torch.cuda.synchronize()
+    mixer(x.cuda(), y.cuda())  # warm-up: kernels compiled and loaded, the device generator made
+    launched_on = []  # CuPy's current stream at every dali_kmix kernel launch
+    real_get = gpu.KernelModule.get_function
+
+    def get_function(self, expr):
+        fn = real_get(self, expr)
+        return lambda *a, **kw: (launched_on.append(cupy.cuda.get_current_stream().ptr), fn(*a, **kw))[1]
+
+    monkeypatch.setattr(gpu.KernelModule, "get_function", get_function)
+    if fault == "wrong stream":
+        monkeypatch.setattr(kt, "_cupy_stream", lambda cupy, stream, device_id: cupy.cuda.Stream.null)
+    elif fault == "host sync":
+        real = KMixup._mix_cuda
+
+        def mix_then_sync(self, *args):  # a CuPy-side wait for torch's stream, unseen by torch's sync debug mode
+            result = real(self, *args)
+            cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream).synchronize()
+            return result
+
+        monkeypatch.setattr(KMixup, "_mix_cuda", mix_then_sync)
     side = torch.cuda.Stream()
+    xg, yg = _late_batch_on(side, x, y, seconds=0.3)
     with torch.cuda.stream(side):
-        torch.cuda.set_sync_debug_mode("error")  # any torch-side host synchronisation raises
+        torch.cuda.set_sync_debug_mode("error")  # a torch-side host synchronisation raises
         try:
             out, t = mixer(xg, yg)
         finally:
             torch.cuda.set_sync_debug_mode(0)
-    side.synchronize()
+        returned_early = not side.query()  # the stream still sleeps: nothing waited for it
+    torch.cuda.synchronize()
     assert out.device == xg.device and t.device == xg.device and out.dtype == xg.dtype and t.dtype == torch.float32
     assert torch.equal(xg.cpu(), x), "x is never written"
+    assert all(isinstance(rec.sources, cupy.ndarray) for _, rec in mixer.last_groups)
+    on_side = bool(launched_on) and set(launched_on) == {side.cuda_stream}
+    return on_side, returned_early, _matches_its_records(mixer, out, t, x, y)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", list(TORCH_DTYPES))
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("mode", ["batch", "elem"])
+def test_cuda_path_is_the_record_applied_on_torchs_stream_without_host_sync(mode, method, dtype, monkeypatch):
+    on_side, returned_early, ordered = _mix_late_batch_on_a_side_stream(monkeypatch, mode, method, dtype)
+    assert on_side, "a dali_kmix kernel was launched on another stream than torch's current one"
+    assert returned_early, "the call waited for the stream: a host synchronisation"
+    assert ordered, "the mix read the batch before the stream's copy landed"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fault", ["wrong stream", "host sync"])
+def test_the_stream_checks_catch_a_wrong_stream_and_a_host_sync(fault, monkeypatch):
+    # the test above, on a mixer given each fault: its check for that fault fails. (A mix on the legacy default
+    # stream still reads the batch in order: the DLPack hand-over makes that stream wait for torch's.)
+    on_side, returned_early, _ = _mix_late_batch_on_a_side_stream(monkeypatch, "elem", "both", "uint8", fault)
+    assert (on_side, returned_early) == ((False, True) if fault == "wrong stream" else (True, False))
+
+
+@pytest.mark.gpu
+def test_the_device_generator_is_ordered_across_streams():
+    # Draws on a stream that sleeps, then on another stream: without an order the second call's draws would run
+    # first, on the same generator state; with it, the records equal those of the same calls on one stream.
+    from _helpers import gpu_sleep
+
+    x, y = random_batch(10, "float32", seed=31)
+    xg, yg = x.cuda(), y.cuda()
+    one = KMixup(**METHODS["both"], k=4, mode="elem", num_classes=10, seed=32)
+    two = KMixup(**METHODS["both"], k=4, mode="elem", num_classes=10, seed=32)
+    one(xg, yg)
+    two(xg, yg)  # both generators made and used once on the default stream (a valid state to race for)
+    torch.cuda.synchronize()
+    want = []
+    for _ in range(2):
+        one(xg, yg)
+        want.append([(rows, rec.to_numpy()) for rows, rec in one.last_groups])
+    a, b = torch.cuda.Stream(), torch.cuda.Stream()
+    got = []
+    for stream, sleep in ((a, 0.5), (b, 0.0)):
+        if sleep:
+            gpu_sleep(sleep, stream.cuda_stream)
+        with torch.cuda.stream(stream):
+            two(xg, yg)
+        got.append(list(two.last_groups))
+    torch.cuda.synchronize()
+    for w, g in zip(want, got):
+        assert len(w) == len(g)
+        for (rows_w, rec_w), (rows_g, rec_g) in zip(w, g):
+            rec_g = rec_g.to_numpy()
+            np.testing.assert_array_equal(rows_w, rows_g)
+            np.testing.assert_array_equal(rec_w.sources, rec_g.sources)
+            np.testing.assert_array_equal(rec_w.weights, rec_g.weights)
+
+
+def test_the_device_generator_waits_for_its_last_use_on_another_stream(monkeypatch):
+    # the ordering logic on the host, with stand-ins for CuPy's streams and generator
+    import cupy
+
+    monkeypatch.setattr(cupy.random, "default_rng", lambda seed: ("generator", seed))
+    log = []
+
+    class Stream:
+        def __init__(self, ptr):
+            self.ptr = ptr
+
+        def wait_event(self, event):
+            log.append((self.ptr, "waits for", event))
+
+        def record(self):
+            log.append((self.ptr, "records"))
+            return f"event on {self.ptr}"
+
+    a, b = Stream(11), Stream(22)
+    mixer = KMixup(num_classes=10, seed=1)
+    gen = mixer._cupy_generator(0, a)
+    mixer._generator_used(0, a)
+    assert mixer._cupy_generator(0, a) is gen and log == [(11, "records")]
+    assert mixer._cupy_generator(0, b) is gen and log[-1] == (22, "waits for", "event on 11")
+    mixer._generator_used(0, b)
+    mixer._cupy_generator(0, b)
+    assert log[-1] == (22, "records")
+    mixer._cupy_generator(0, a)
+    assert log[-1] == (11, "waits for", "event on 22")
+    assert mixer._cupy_generator(1, b) != gen or mixer._cupy_generators[1][1] is None  # per device
+
+
+STRIDED_CUDA = {
+    "every-other-column": lambda t: torch.cat([t, t], dim=3)[..., ::2],
+    "h-w-transposed": lambda t: t.transpose(2, 3).contiguous().transpose(2, 3),
+    "every-other-sample": lambda t: torch.stack([t, t], dim=1).flatten(0, 1)[::2],
+    "channels-last": lambda t: t.contiguous(memory_format=torch.channels_last),
+    "one-channel-odd-strides": lambda t: t[:, :1].as_strided(t[:, :1].shape, (t[0].numel(), 7, W, 1)),
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", list(STRIDED_CUDA))
+def test_cuda_strided_batches_are_mixed_as_their_values(layout):
+    x, y = random_batch(7, "uint8", seed=33)
+    xg = STRIDED_CUDA[layout](x.cuda())
+    assert torch.equal(xg.cpu(), STRIDED_CUDA[layout](x))
+    mixer = KMixup(**METHODS["both"], k=3, mode="elem", num_classes=10, seed=34)
+    out, t = mixer(xg, y.cuda())
+    dense = STRIDED_CUDA[layout](x).contiguous()
     for rows, rec in mixer.last_groups:
-        assert isinstance(rec.sources, cupy.ndarray)
-        rec = rec.to_numpy()
-        np.testing.assert_array_equal(out.cpu().numpy()[rows], dali_kmix.mix_images(x.numpy()[rows], rec, "CHW"))
+        np.testing.assert_array_equal(out.cpu().numpy()[rows],
+                                      dali_kmix.mix_images(dense.numpy()[rows], rec.to_numpy(), "CHW"))
         np.testing.assert_array_equal(t.cpu().numpy()[rows],
-                                      dali_kmix.mix_labels(y.numpy()[rows], rec, 10, smoothing=0.1))
+                                      dali_kmix.mix_labels(y.numpy()[rows], rec.to_numpy(), 10, smoothing=0.1))
 
 
 @pytest.mark.gpu
