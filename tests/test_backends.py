@@ -579,6 +579,30 @@ def test_gpu_launches_read_strided_samples_as_the_reference_does(recorded_launch
     np.testing.assert_array_equal(np.stack(samples), dense)  # inputs never written
 
 
+@pytest.mark.parametrize("method", ["dmixup", "dcutmix", "saliency-dcutmix"])
+def test_gpu_nesting_launch_reads_strided_draws_as_numpy_does(recorded_launches, method):
+    # _GpuMix hands the nesting kernel partners as a transposed stack; any draw may come strided
+    from dali_kmix.backends import cpu, gpu
+
+    if cpu.compiler() is None:
+        pytest.skip("no C++ compiler: no host build to replay the launches on")
+    rng = np.random.default_rng(15)
+    n, k, h, w = 9, 4, 21, 17
+    phi, uni, perms, mixed = draw_raw(np, rng, n, k, np.full(k, 0.6), "sample", 0.8)
+    centers = np.stack([rng.integers(0, h, n), rng.integers(0, w, n)], axis=1).astype(np.int32)
+    strided = (np.asfortranarray(phi), np.repeat(uni, 2, axis=2)[:, :, ::2],
+               np.ascontiguousarray(perms.T).T, np.stack([mixed, mixed], axis=1)[:, 0].astype(np.uint8),
+               np.asfortranarray(centers))
+    s, wt, b = gpu.nest_boxes(method, *strided[:4], h, w, strided[4] if method == "saliency-dcutmix" else None)
+    for launch in recorded_launches:
+        _replay_on_host(launch)
+    want = params_from_draws(method, phi, uni, perms, mixed, h, w, centers)
+    np.testing.assert_array_equal(s, want.sources)
+    assert np.array_equal(wt.view(np.uint32), want.weights.view(np.uint32))
+    if method != "dmixup":
+        np.testing.assert_array_equal(b, want.boxes)
+
+
 @pytest.mark.parametrize("backend_name", ["gpu-recorded", "cpu"])
 def test_strided_outputs_and_mismatched_samples_raise(recorded_launches, backend_name):
     from dali_kmix.backends import cpu, gpu
