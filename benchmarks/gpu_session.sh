@@ -21,10 +21,13 @@ set -uo pipefail
 out=${1:?usage: gpu_session.sh OUT_DIR [env|tests|sanitizer|racecheck|synccheck|bench ...]}; shift
 mkdir -p "$out"
 PY=${PY:-python3}
-# racecheck and synccheck only where a kernel needs them (SANITIZER_TOOLS beyond memcheck)
-extra_tools=$("$PY" -c 'import sys; sys.path.insert(0, "tests"); from test_sanitizers import SANITIZER_TOOLS
+if [ $# -gt 0 ]; then
+  stages=$*
+else  # racecheck and synccheck only where a kernel needs them (SANITIZER_TOOLS beyond memcheck)
+  extra_tools=$("$PY" -c 'import sys; sys.path.insert(0, "tests"); from test_sanitizers import SANITIZER_TOOLS
 print(" ".join(SANITIZER_TOOLS[1:]))' 2>/dev/null)
-stages=${*:-env tests sanitizer $extra_tools bench}
+  stages="env tests sanitizer $extra_tools bench"
+fi
 export PYTHONUNBUFFERED=1
 failed=0
 
