@@ -1,5 +1,7 @@
 """Helpers the test modules import (conftest.py only holds fixtures and hooks)."""
 
+import re
+
 import numpy as np
 
 
@@ -8,3 +10,27 @@ def random_images(rng, dtype, shape, scale=40.0):
     if np.dtype(dtype) == np.uint8:
         return rng.integers(0, 256, shape, dtype=np.uint8)
     return (rng.standard_normal(shape) * scale).astype(dtype)
+
+
+#: The kernels whose source calls fmaf (the only fused multiply-adds allowed: --fmad=false).
+FMAF_KERNELS = ("kmix_dmixup", "kmix_mix")  # kmix_mix blends with the same fmaf chain
+
+
+def ptx_entries(ptx):
+    """{kernel name: PTX body} of every .entry."""
+    parts = re.split(r"\.entry\s+", ptx)[1:]
+    return {p.split("(", 1)[0].strip(): p for p in parts}
+
+
+def assert_ieee_ptx(ptx, entries):
+    """The PTX holds ``entries`` kernels, no flush-to-zero anywhere and fused multiply-adds (fma.rn.f32) only
+    in the kernels whose source calls fmaf: what --fmad=false -ftz=false must give."""
+    assert re.findall(r"\.ftz\b", ptx) == []
+    found = ptx_entries(ptx)
+    assert len(found) == entries, sorted(found)
+    for entry, body in found.items():
+        fmas = re.findall(r"\bfma\.\w+\.f32", body)
+        if any(k in entry for k in FMAF_KERNELS):
+            assert fmas and set(fmas) == {"fma.rn.f32"}, entry
+        else:
+            assert fmas == [], entry

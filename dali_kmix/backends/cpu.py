@@ -251,12 +251,13 @@ def launch_cover(kernel: str, n: int, height: int, width: int, channels: int, la
 def _kmix_list(samples, with_data: bool):
     """``(_KmixList, keep-alive)`` for a batch: a list of arrays (or an array whose first axis is the batch)."""
     arrays = [np.ascontiguousarray(a) for a in samples]
-    ndim = arrays[0].ndim if arrays else 0
+    batch = samples if isinstance(samples, np.ndarray) else None  # an empty batch still has a dtype and ndim
+    ndim = arrays[0].ndim if arrays else (batch.ndim - 1 if batch is not None else 0)
     if any(a.ndim != ndim for a in arrays):
         raise ValueError(f"every sample must have the same number of dimensions, got {[a.ndim for a in arrays]}")
     shape = np.array([a.shape for a in arrays], np.int64).reshape(-1)
     ptrs = _ptrs(arrays) if with_data else np.zeros(len(arrays), np.uint64)
-    dtype = arrays[0].dtype if arrays else np.dtype(np.uint8)
+    dtype = arrays[0].dtype if arrays else (batch.dtype if batch is not None else np.dtype(np.uint8))
     code = DTYPE_CODES.get(dtype, _I32_CODE if dtype == np.int32 else -1)
     name = dtype.name.encode()
     lst = _KmixList(len(arrays), ndim, shape.ctypes.data, ptrs.ctypes.data, code, name)

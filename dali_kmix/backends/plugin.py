@@ -43,7 +43,8 @@ from . import cpu
 from .build import build_flags, compile_cached, compiler, tool_version
 from .sources import FP_OPTIONS, cuda_include_dirs, kernels_dir
 
-__all__ = ["build", "load", "enabled", "gpu_backend", "cuda_toolchain", "nvcc_flags", "NoGpuBackendWarning",
+__all__ = ["build", "load", "enabled", "gpu_backend", "cuda_toolchain", "nvcc_flags", "gpu_object", "gpu_ptx",
+           "fatbin_images", "NoGpuBackendWarning",
            "SOURCES", "GPU_SOURCES", "GPU_ARCHS", "PTX_ARCH", "OPERATORS"]
 
 #: Files the CPU plugin build reads (the operators, the shared checks and the host kernels it links in).
@@ -187,6 +188,50 @@ def _build_gpu_object(tc: CudaToolchain, say, verbose: bool) -> Path:
                           inputs=[src_dir / n for n in GPU_SOURCES], compiler_cmd=tc.nvcc,
                           key_extra=f"host compiler {tool_version(compiler() or '')}", verbose=verbose,
                           what="the GPU backend of the dali_kmix DALI plugin (nvcc)", announce=say)
+
+
+def gpu_object(verbose: bool = False) -> Path | None:
+    """The nvcc-built object of the GPU backend (cached; built if needed), or None without a CUDA toolchain."""
+    tc, _ = cuda_toolchain()
+    return None if tc is None else _build_gpu_object(tc, _announce("CPU+GPU"), verbose)
+
+
+def gpu_ptx(arch: str = PTX_ARCH) -> str:
+    """PTX of ``kmix_gpu_launch.cu`` for ``arch`` with the GPU backend's own options (what its PTX image holds)."""
+    import subprocess
+    import tempfile
+
+    tc, missing = cuda_toolchain()
+    if tc is None:
+        raise FileNotFoundError(missing)
+    opts = [f for f in nvcc_flags() if f != "-c" and not f.startswith("-gencode")]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "kmix_gpu_launch.ptx"
+        cmd = [tc.nvcc, "-ptx", f"-arch={arch}", *opts, str(kernels_dir() / "kmix_gpu_launch.cu"), "-o", str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"nvcc -ptx failed:\n{' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
+        return out.read_text()
+
+
+def fatbin_images(obj) -> list[tuple[str, int, bytes]]:
+    """``[(kind, arch, payload)]`` of the device images an nvcc object embeds: ("elf", 80, cubin) for sm_80,
+    ("ptx", 90, text) for compute_90 (the PTX payload is as stored: nvcc may compress it with zstd)."""
+    import struct
+
+    data = Path(obj).read_bytes()
+    at = data.find(struct.pack("<I", 0xBA55ED50))  # the fat binary's magic number
+    if at < 0:
+        return []
+    _, _, header, size = struct.unpack_from("<IHHQ", data, at)
+    pos, end, out = at + header, at + header + size, []
+    while pos + 32 <= end:
+        kind, _, entry_header, payload = struct.unpack_from("<HHIQ", data, pos)
+        compressed, arch = struct.unpack_from("<I", data, pos + 16)[0], struct.unpack_from("<I", data, pos + 28)[0]
+        body = data[pos + entry_header:pos + entry_header + payload]
+        out.append(({1: "ptx", 2: "elf"}.get(kind, str(kind)), arch, body[:compressed] if compressed else body))
+        pos += entry_header + payload
+    return out
 
 
 def build(verbose: bool = False, gpu: bool | None = None) -> Path:
