@@ -279,3 +279,14 @@ def test_gpu_session_script_runs_its_stages(tmp_path):
     assert ok.returncode == 0 and "stage env: exit 0" in ok.stdout
     text = (tmp_path / "env.txt").read_text()
     assert "gpu tests blocked by:" in text and "DALI_KMIX_NO_GPU is set" in text
+
+
+def test_gpu_session_runs_the_native_operators_first():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_session.sh").read_text()
+    default = re.search(r"stages=\$\{\*:-([^}]*)\}", text).group(1).split()
+    assert default[:4] == ["env", "native", "native-memcheck", "native-bench"] and len(default) == len(set(default))
+    for stage in default:
+        assert f"stage_{stage.replace('-', '_')}() {{" in text, stage

@@ -385,6 +385,123 @@ def test_kmix_mix_bit_exact_per_sample(layout, dtype, k):
     np.testing.assert_array_equal(passed.as_array(), images)
 
 
+# --------------------------------------------------------------------------- how the plugin is built
+
+
+def _fake_toolkit(root, *, nvcc=True, headers=True, cudart=True):
+    """A CUDA toolkit folder that holds what cuda_toolchain looks for (an nvcc that reports its TOP)."""
+    (root / "bin").mkdir(parents=True)
+    if nvcc:
+        (root / "bin" / "nvcc").write_text(f"#!/bin/sh\necho '#$ TOP={root}/bin/..' >&2\n")
+        (root / "bin" / "nvcc").chmod(0o755)
+    if headers:
+        (root / "include" / "crt").mkdir(parents=True)
+        (root / "include" / "cuda_runtime_api.h").write_text("")
+        (root / "include" / "crt" / "host_config.h").write_text("")
+    if cudart:
+        (root / "lib64").mkdir()
+        (root / "lib64" / "libcudart.so").write_text("")
+    return root
+
+
+@pytest.fixture()
+def toolchain_env(tmp_path, monkeypatch):
+    """No CUDA toolchain anywhere but where the test puts one."""
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setattr(sys, "path", [str(tmp_path / "site")])
+    monkeypatch.setattr(plugin, "_dali_cuda_major", lambda: "13")
+    plugin.cuda_toolchain.cache_clear()
+    yield tmp_path
+    plugin.cuda_toolchain.cache_clear()
+
+
+def test_the_toolchain_is_found_under_cuda_home_with_what_it_lacks_named(toolchain_env, monkeypatch):
+    tc, missing = plugin.cuda_toolchain()
+    assert tc is None and missing.startswith("nvcc not found (looked in $CUDA_HOME/bin, $CUDA_PATH/bin, PATH")
+    root = _fake_toolkit(toolchain_env / "cuda").resolve()
+    monkeypatch.setenv("CUDA_HOME", str(root))
+    plugin.cuda_toolchain.cache_clear()
+    assert plugin.cuda_toolchain() == (plugin.CudaToolchain(str(root / "bin" / "nvcc"), str(root / "include"),
+                                                             str(root / "lib64" / "libcudart.so")), "")
+    (root / "lib64" / "libcudart.so").unlink()
+    plugin.cuda_toolchain.cache_clear()
+    tc, missing = plugin.cuda_toolchain()
+    assert tc is None and missing.startswith("no libcudart.so next to")
+
+
+def test_the_toolchain_is_found_in_pips_cuda_compiler_package(toolchain_env):
+    """nvidia-cuda-nvcc of DALI's CUDA major (nvidia/cu13/bin/nvcc), its runtime in nvidia/cu13/lib."""
+    root = _fake_toolkit(toolchain_env / "site" / "nvidia" / "cu13", cudart=False).resolve()
+    (root / "lib").mkdir()
+    (root / "lib" / "libcudart.so.13").write_text("")
+    tc, missing = plugin.cuda_toolchain()
+    assert missing == "" and tc.nvcc == str(root / "bin" / "nvcc") and tc.cudart == str(root / "lib" / "libcudart.so.13")
+
+
+def _record_builds(monkeypatch):
+    calls = []
+
+    def fake(name, sources, flags, *, libs=(), announce=None, **kw):
+        calls.append(dict(name=name, sources=list(map(str, sources)), flags=list(flags), libs=list(libs),
+                          announce=announce, **kw))
+        return Path("/nowhere") / name
+
+    monkeypatch.setattr(plugin, "compile_cached", fake)
+    return calls
+
+
+def test_without_nvcc_the_cpu_only_plugin_is_built_after_one_warning(monkeypatch):
+    calls = _record_builds(monkeypatch)
+    monkeypatch.setattr(plugin, "cuda_toolchain", lambda: (None, "nvcc not found (looked in PATH)"))
+    with pytest.warns(plugin.NoGpuBackendWarning) as caught:
+        plugin.build()
+    assert [str(w.message) for w in caught] == [
+        "dali_kmix: the DALI plugin is built without its GPU backend: nvcc not found (looked in PATH)"]
+    (link,) = calls
+    assert "-DKMIX_WITH_GPU" not in link["flags"] and not any("cudart" in x for x in link["libs"])
+    with pytest.raises(FileNotFoundError, match="GPU backend of the DALI plugin cannot be built: nvcc not found"):
+        plugin.build(gpu=True)
+
+
+def test_with_nvcc_the_backend_object_is_linked_in_and_the_build_announced_once(monkeypatch, capsys):
+    calls = _record_builds(monkeypatch)
+    tc = plugin.CudaToolchain("/cuda/bin/nvcc", str(cuda_include_dirs()[-1]), "/cuda/lib64/libcudart.so")
+    monkeypatch.setattr(plugin, "cuda_toolchain", lambda: (tc, ""))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plugin.build()
+    obj, link = calls
+    assert obj["name"] == "kmix_gpu_launch.o" and obj["compiler_cmd"] == "/cuda/bin/nvcc"
+    assert obj["flags"] == plugin.nvcc_flags() and obj["sources"][0].endswith("kmix_gpu_launch.cu")
+    assert "-gencode=arch=compute_80,code=sm_80" in obj["flags"] and "-gencode=arch=compute_90,code=compute_90" in \
+        obj["flags"]
+    assert "-DKMIX_WITH_GPU" in link["flags"] and f"-isystem{tc.include}" in link["flags"]
+    assert link["libs"][:2] == ["/nowhere/kmix_gpu_launch.o", tc.cudart]
+    assert {Path(p).name for p in link["inputs"]} >= set(plugin.SOURCES) | {"kmix_gpu_launch.o"}
+    assert "dali 2." in link["key_extra"]
+    obj["announce"]()
+    link["announce"]()  # the object and the library share one announcement
+    assert capsys.readouterr().err == \
+        "dali_kmix: building the DALI plugin (CPU+GPU), about a minute, once per version...\n"
+
+
+def test_a_failing_nvcc_falls_back_to_the_cpu_only_plugin(monkeypatch):
+    calls = _record_builds(monkeypatch)
+    tc = plugin.CudaToolchain("/cuda/bin/nvcc", str(cuda_include_dirs()[-1]), "/cuda/lib64/libcudart.so")
+    monkeypatch.setattr(plugin, "cuda_toolchain", lambda: (tc, ""))
+
+    def broken(*a, **kw):
+        raise RuntimeError("building the GPU backend failed: simulated nvcc error")
+
+    monkeypatch.setattr(plugin, "_build_gpu_object", broken)
+    with pytest.warns(plugin.NoGpuBackendWarning, match="simulated nvcc error"):
+        plugin.build()
+    (link,) = calls
+    assert "-DKMIX_WITH_GPU" not in link["flags"]
+
+
 # --------------------------------------------------------------------------- the GPU backend, without a device
 
 

@@ -235,13 +235,16 @@ def _pipeline(data_dir, variant, *, batch, size, k, device, num_threads, seed=0)
 
 
 def bench_pipeline(data_dir, *, batch=64, size=224, k=3, iters=12, repeats=5, device="cpu", num_threads=2,
-                   progress=True, settle_s=0.3) -> list[dict]:
+                   progress=True, settle_s=0.3, only=None) -> list[dict]:
     """Images/s through ``DALIGenericIterator`` into torch, over a JPEG tree, for every mixing variant.
 
     All variants are built first and then timed in rounds, one block of ``iters`` batches per
     variant per round, so a slow spell of a noisy machine hits every variant alike; ``vs_no_mix``
     is the median over rounds of (variant / no mixing in the same round). Between blocks the
     run waits ``settle_s`` so the previous pipeline's prefetching is done before the next clock.
+    On the GPU, dali_kmix's DCutMix and DMixup are timed twice: with the native GPU operator (the
+    default where the plugin has its GPU backend) and ``FUNCTION_PATH`` (python_function + CuPy);
+    each row's ``path`` says which. ``only``: the variants to run (default: all).
     """
     import torch
     from nvidia.dali.plugin.base_iterator import LastBatchPolicy
@@ -253,6 +256,8 @@ def bench_pipeline(data_dir, *, batch=64, size=224, k=3, iters=12, repeats=5, de
                 "DALI native cutmix", "DALI native mixup", "timm Mixup after the iterator (K=2)"]
     if device == "gpu":  # the GPU path's fallback beside the native operator, in the same rounds
         variants[3:3] = [f"dali_kmix {m} {FUNCTION_PATH}" for m in ("dcutmix", "dmixup")]
+    if only is not None:
+        variants = [v for v in variants if v in only]
     runners, errors = {}, {}
     for variant in variants:
         pipe_variant = "none" if variant.startswith("timm") else variant
