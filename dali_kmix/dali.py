@@ -451,41 +451,29 @@ def _runtime_inputs(spec: MixSpec, alpha, prob):
 
 
 def _plugin_path(spec, images, labels, keys, runtime, name):
+    """The record and the labels drawn on the host, the images blended by ``fn.kmix_*`` on their own device (CPU, or
+    the plugin's GPU backend: then the label outputs are handed to the GPU)."""
     from nvidia.dali import fn
 
-    extra = [images] if spec.method == "saliency-dcutmix" else []
-    records = 4 if spec.switch else 2
-    outs = fn.python_function(images.shape(), labels, keys, *runtime, *extra, function=_PluginRecord(spec),
-                              batch_processing=True, num_outputs=records + spec.label_outputs, name=name)
-    record, label_outs = outs[:records], outs[records:]
-    if spec.switch:
-        blend = fn.kmix_mix
-    else:
-        blend = fn.kmix_dcutmix if spec.boxed else fn.kmix_dmixup
-    return (blend(images, *record, layout=spec.layout), *label_outs)
-
-
-def _native_gpu_path(spec, images, labels, keys, runtime, name):
-    """GPU images, the plugin's GPU backend: the record drawn on the host (as :func:`_plugin_path`), blended on
-    the device by ``fn.kmix_*``; the label outputs handed to the GPU."""
-    from nvidia.dali import fn
-
-    if getattr(labels, "device", "cpu") != "cpu":
+    gpu = images.device == "gpu"
+    if gpu and getattr(labels, "device", "cpu") != "cpu":
         labels = labels.cpu()  # DALI's own transfer; the labels are checked and mixed with the record on the host
     extra = []
-    if spec.method == "saliency-dcutmix":
-        centers = fn.python_function(images, function=_GpuCenters(spec), batch_processing=True, num_outputs=1,
-                                     device="gpu")
-        extra = [centers.cpu()]
+    if spec.method == "saliency-dcutmix" and gpu:  # the salient points found on the device, handed to the host
+        extra = [fn.python_function(images, function=_GpuCenters(spec), batch_processing=True, num_outputs=1,
+                                    device="gpu").cpu()]
+    elif spec.method == "saliency-dcutmix":
+        extra = [images]
     records = 4 if spec.switch else 2
-    outs = fn.python_function(images.shape(), labels, keys, *runtime, *extra, function=_PluginRecordGivenCenters(spec),
-                              batch_processing=True, num_outputs=records + spec.label_outputs, name=name)
+    draw = _PluginRecordGivenCenters(spec) if gpu else _PluginRecord(spec)
+    outs = fn.python_function(images.shape(), labels, keys, *runtime, *extra, function=draw, batch_processing=True,
+                              num_outputs=records + spec.label_outputs, name=name)
     record, label_outs = outs[:records], outs[records:]
     if spec.switch:
         blend = fn.kmix_mix
     else:
         blend = fn.kmix_dcutmix if spec.boxed else fn.kmix_dmixup
-    return (blend(images, *record, layout=spec.layout), *[x.gpu() for x in label_outs])
+    return (blend(images, *record, layout=spec.layout), *[x.gpu() if gpu else x for x in label_outs])
 
 
 def _native_gpu(pipe) -> bool:
@@ -544,7 +532,7 @@ def _mix_op(method, images, labels, *, k, alpha, num_classes, layout, mode, prob
     runtime = _runtime_inputs(spec, alpha, prob)
     if device == "gpu":
         if _native_gpu(Pipeline.current()):
-            return _native_gpu_path(spec, images, labels, keys, runtime, name)
+            return _plugin_path(spec, images, labels, keys, runtime, name)
         return _gpu_path(spec, images, labels, keys, runtime, name)
     from .backends import plugin
 

@@ -11,6 +11,7 @@
 // and >= 0, so the kernels never read or write outside the images.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <sstream>
@@ -96,38 +97,39 @@ inline std::string CheckShapes(const KmixList& l, const char* name, const char* 
   return "";
 }
 
+// The (K,) row of every sample of `l` into *out (n * k), each row checked first by check(s, row) ("" when fine).
+template <typename T, typename Check>
+std::string GatherRows(const KmixList& l, const char* name, const Record& r, std::vector<T>* out, Check check) {
+  std::string err = CheckShapes(l, name, "(K,)", {r.k});
+  out->resize(static_cast<size_t>(r.n) * r.k);
+  for (int s = 0; err.empty() && s < r.n; ++s) {
+    const T* row = static_cast<const T*>(l.data[s]);
+    err = check(s, row);
+    std::copy(row, row + r.k, out->begin() + static_cast<size_t>(s) * r.k);
+  }
+  return err;
+}
+
 inline std::string GatherSources(const KmixList& l, Record* r) {
-  std::string err = CheckShapes(l, "sources", "(K,)", {r->k});
-  if (!err.empty()) return err;
   const int n = r->n, k = r->k;
-  r->sources.resize(static_cast<size_t>(n) * k);
-  for (int s = 0; s < n; ++s) {
-    const int* p = static_cast<const int*>(l.data[s]);
+  return GatherRows(l, "sources", *r, &r->sources, [n, k](int s, const int* p) -> std::string {
     if (p[0] != s)
       return Str("sources[", s, "][0] must be ", s, " (every sample anchors its own output), got ", p[0]);
-    for (int j = 0; j < k; ++j) {
+    for (int j = 0; j < k; ++j)
       if (p[j] < 0 || p[j] >= n)
         return Str("sources must lie in [0, N=", n, "), got sources[", s, "][", j, "] = ", p[j]);
-      r->sources[static_cast<size_t>(s) * k + j] = p[j];
-    }
-  }
-  return "";
+    return "";
+  });
 }
 
 inline std::string GatherWeights(const KmixList& l, Record* r) {
-  std::string err = CheckShapes(l, "weights", "(K,)", {r->k});
-  if (!err.empty()) return err;
-  const int n = r->n, k = r->k;
-  r->weights.resize(static_cast<size_t>(n) * k);
-  for (int s = 0; s < n; ++s) {
-    const float* p = static_cast<const float*>(l.data[s]);
-    for (int j = 0; j < k; ++j) {
+  const int k = r->k;
+  return GatherRows(l, "weights", *r, &r->weights, [k](int s, const float* p) -> std::string {
+    for (int j = 0; j < k; ++j)
       if (!(std::isfinite(p[j]) && p[j] >= 0.0f))
         return Str("weights must be finite and >= 0, got weights[", s, "][", j, "] = ", p[j]);
-      r->weights[static_cast<size_t>(s) * k + j] = p[j];
-    }
-  }
-  return "";
+    return "";
+  });
 }
 
 inline std::string BoxStr(const int* q) { return Str("(", q[0], ", ", q[1], ", ", q[2], ", ", q[3], ")"); }
@@ -224,11 +226,10 @@ inline std::string GatherRecord(Method method, const std::string& layout, const 
   if (rows > INT32_MAX || row_len > INT32_MAX)
     return Str("images: shape ", ShapeStr(first, 3), " (layout ", layout, ") has rows of ", row_len,
                " elements and ", rows, " rows; both must be < 2^31");
-  if (r.layout == KMIX_HWC) {
-    r.height = static_cast<int>(first[0]), r.width = static_cast<int>(first[1]), r.channels = static_cast<int>(first[2]);
-  } else {
-    r.channels = static_cast<int>(first[0]), r.height = static_cast<int>(first[1]), r.width = static_cast<int>(first[2]);
-  }
+  const bool hwc = r.layout == KMIX_HWC;
+  r.height = static_cast<int>(first[hwc ? 0 : 1]);
+  r.width = static_cast<int>(first[hwc ? 1 : 2]);
+  r.channels = static_cast<int>(first[hwc ? 2 : 0]);
   const int64_t* k_shape = SampleShape(sources, 0);
   if (!(sources.ndim == 1 && k_shape[0] >= 1 && k_shape[0] <= INT32_MAX / 4))
     return Str("sources must hold K >= 1 int32 indices per sample, got shape ", ShapeStr(k_shape, sources.ndim));

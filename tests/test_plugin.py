@@ -437,7 +437,8 @@ def test_the_toolchain_is_found_in_pips_cuda_compiler_package(toolchain_env):
     (root / "lib").mkdir()
     (root / "lib" / "libcudart.so.13").write_text("")
     tc, missing = plugin.cuda_toolchain()
-    assert missing == "" and tc.nvcc == str(root / "bin" / "nvcc") and tc.cudart == str(root / "lib" / "libcudart.so.13")
+    assert missing == "" and tc.nvcc == str(root / "bin" / "nvcc")
+    assert tc.cudart == str(root / "lib" / "libcudart.so.13")
 
 
 def _record_builds(monkeypatch):

@@ -144,7 +144,8 @@ def _cudart(root: Path) -> Path | None:
 
 @functools.lru_cache(maxsize=None)
 def cuda_toolchain() -> tuple[CudaToolchain | None, str]:
-    """``(toolchain, "")`` when nvcc, the CUDA headers and the CUDA runtime are found, else ``(None, what is missing)``."""
+    """``(toolchain, "")`` when nvcc, the CUDA headers and the CUDA runtime are found, else
+    ``(None, what is missing)``."""
     looked = _nvcc_candidates()
     nvcc = next((p for p in looked if p.is_file() and os.access(p, os.X_OK)), None)
     if nvcc is None:
