@@ -653,23 +653,24 @@ def test_gpu_operator_equals_the_cpu_operator_bit_for_bit(method, layout, dtype,
     np.testing.assert_array_equal(passed, images)  # the input is not written
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("n", [1, 65, 300], ids=lambda n: f"N{n}")
-def test_gpu_operator_edge_records_and_batch_sizes(n):
-    if n == 1:
-        images = random_images(np.random.default_rng(1), np.uint8, (1, 1, 1, 1))
-        record = [np.zeros((1, 3), np.int32), np.zeros((1, 2, 4), np.int32)]
-        record[1][0] = [(0, 0, 1, 1), (0, 0, 0, 0)]
-        params = dali_kmix.MixParams(record[0], area_weights(record[1], 1, 1), record[1])
-    elif n == 65:
-        images = random_images(np.random.default_rng(2), np.uint8, (5, 9, 11, 3))
+def _edge_case(case):
+    """``(images, record inputs, MixParams, layout)`` of one edge case of the GPU operator (DCutMix)."""
+    if case == "N1-1x1":
+        boxes = np.array([[(0, 0, 1, 1), (0, 0, 0, 0)]], np.int32)
+        params = dali_kmix.MixParams(np.zeros((1, 3), np.int32), area_weights(boxes, 1, 1), boxes)
+        return random_images(np.random.default_rng(1), np.uint8, (1, 1, 1, 1)), _rec(params), params, "HWC"
+    if case == "edge-boxes":
         params = _edge_boxes()
-        record = _rec(params)
-    else:
-        images = random_images(np.random.default_rng(3), np.float16, (n, 3, 19, 21))
-        params = dali_kmix.sample_params("dcutmix", n, 19, 21, k=4, rng=4)
-        record = _rec(params)
-    layout = "CHW" if n == 300 else "HWC"
+        return random_images(np.random.default_rng(2), np.uint8, (5, 9, 11, 3)), _rec(params), params, "HWC"
+    n = int(case[1:])
+    params = dali_kmix.sample_params("dcutmix", n, 19, 21, k=4, rng=n)
+    return random_images(np.random.default_rng(n), np.float16, (n, 3, 19, 21)), _rec(params), params, "CHW"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", ["N1-1x1", "edge-boxes", "N65", "N300"])
+def test_gpu_operator_edge_records_and_batch_sizes(case):
+    images, record, params, layout = _edge_case(case)
     on_cpu, on_gpu, _ = _both_backends("dcutmix", images, record, layout)
     np.testing.assert_array_equal(on_gpu, on_cpu)
     np.testing.assert_array_equal(on_gpu, reference.mix_images(images, params, layout))
