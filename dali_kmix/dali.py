@@ -30,10 +30,21 @@ How one call becomes DALI operators (one readable path per place it runs):
      blend the images on the pipeline's thread pool, straight into DALI's buffers;
    * **function** (CPU without the plugin, or ``DALI_KMIX_PLUGIN=0``): one
      ``python_function`` draws and blends with the CPU kernels (same results);
-   * **gpu**: the draws (shares, box positions, partners, "is mixed") are made on the
-     host as above and moved to the device; one GPU ``python_function`` nests the boxes
-     (``kmix_nest_boxes``), blends and builds the labels with the CUDA kernels on DALI's
-     stream. The record is bit-identical to the CPU paths' for the same keys.
+   * **plugin on the GPU** (images on the GPU, the plugin built with its GPU backend, the
+     default): the record and the labels are drawn on the host exactly as on the plugin
+     path (the same ``python_function``, the same keys, so GPU and CPU pipelines give the
+     same mixes bit for bit) and stay CPU tensors; the GPU backends of ``fn.kmix_dmixup`` /
+     ``fn.kmix_dcutmix`` / ``fn.kmix_mix`` move them to the device in one asynchronous copy
+     and blend on DALI's stream. The label outputs are handed to the GPU. Saliency-DCutMix
+     finds the salient points on the GPU (CuPy's FFT in a GPU ``python_function``) and hands
+     the N x 2 points to the host drawing with DALI's own GPU-to-CPU transfer (``.cpu()``,
+     ordered by DALI's executor; nothing of ours waits on the device);
+   * **gpu** (the fallback: no GPU backend, ``DALI_KMIX_PLUGIN=0``, or a pipeline with
+     ``exec_dynamic=False``, which cannot move data from the GPU to the CPU): the draws
+     (shares, box positions, partners, "is mixed") are made on the host as above and moved
+     to the device; one GPU ``python_function`` nests the boxes (``kmix_nest_boxes``),
+     blends and builds the labels with the CUDA kernels on DALI's stream. The record is
+     bit-identical to the CPU paths' for the same keys.
 
 ``prob`` and ``alpha`` may be DataNodes (e.g. from ``fn.external_source``), so a
 training loop can weaken or switch off the mixing between iterations without
@@ -208,6 +219,34 @@ class _PluginRecord(_HostRecord):
                     *self.label_outputs(lab, params))
         weights_or_boxes = params.weights if params.boxes is None else params.boxes
         return (list(params.sources), list(weights_or_boxes), *self.label_outputs(lab, params))
+
+
+class _PluginRecordGivenCenters(_PluginRecord):
+    """Plugin path on the GPU: as :class:`_PluginRecord`, but Saliency-DCutMix gets the salient points
+    (int32 (2,) per sample, found on the device by :class:`_GpuCenters`) instead of the images."""
+
+    def centers(self, given):
+        if self.spec.method != "saliency-dcutmix":
+            return None
+        return np.stack([np.asarray(c, np.int32).reshape(2) for c in given])
+
+
+class _GpuCenters:
+    """Saliency-DCutMix on the GPU: the most salient pixel of every image (CuPy, on DALI's stream)."""
+
+    def __init__(self, spec: MixSpec):
+        self.spec = spec
+
+    def __call__(self, images):
+        try:
+            if len(images) == 0:
+                return []
+            from .saliency import salient_points
+
+            return list(salient_points(list(images), self.spec.layout, method=self.spec.saliency))
+        except BaseException:
+            _disown_dali_stream()
+            raise
 
 
 class _FunctionMix(_HostRecord):
@@ -412,18 +451,39 @@ def _runtime_inputs(spec: MixSpec, alpha, prob):
 
 
 def _plugin_path(spec, images, labels, keys, runtime, name):
+    """The record and the labels drawn on the host, the images blended by ``fn.kmix_*`` on their own device (CPU, or
+    the plugin's GPU backend: then the label outputs are handed to the GPU)."""
     from nvidia.dali import fn
 
-    extra = [images] if spec.method == "saliency-dcutmix" else []
+    gpu = images.device == "gpu"
+    if gpu and getattr(labels, "device", "cpu") != "cpu":
+        labels = labels.cpu()  # DALI's own transfer; the labels are checked and mixed with the record on the host
+    extra = []
+    if spec.method == "saliency-dcutmix" and gpu:  # the salient points found on the device, handed to the host
+        extra = [fn.python_function(images, function=_GpuCenters(spec), batch_processing=True, num_outputs=1,
+                                    device="gpu").cpu()]
+    elif spec.method == "saliency-dcutmix":
+        extra = [images]
     records = 4 if spec.switch else 2
-    outs = fn.python_function(images.shape(), labels, keys, *runtime, *extra, function=_PluginRecord(spec),
-                              batch_processing=True, num_outputs=records + spec.label_outputs, name=name)
+    draw = _PluginRecordGivenCenters(spec) if gpu else _PluginRecord(spec)
+    outs = fn.python_function(images.shape(), labels, keys, *runtime, *extra, function=draw, batch_processing=True,
+                              num_outputs=records + spec.label_outputs, name=name)
     record, label_outs = outs[:records], outs[records:]
     if spec.switch:
         blend = fn.kmix_mix
     else:
         blend = fn.kmix_dcutmix if spec.boxed else fn.kmix_dmixup
-    return (blend(images, *record, layout=spec.layout), *label_outs)
+    return (blend(images, *record, layout=spec.layout), *[x.gpu() if gpu else x for x in label_outs])
+
+
+def _native_gpu(pipe) -> bool:
+    """Whether GPU images go through the plugin's GPU operators: the plugin is loaded with its GPU backend and the
+    pipeline can move data from the GPU to the CPU (DALI's dynamic executor, its default)."""
+    from .backends import plugin
+
+    if pipe is not None and not getattr(pipe, "exec_dynamic", True):
+        return False
+    return plugin.gpu_backend()
 
 
 def _function_path(spec, images, labels, keys, runtime, name, workers):
@@ -471,6 +531,8 @@ def _mix_op(method, images, labels, *, k, alpha, num_classes, layout, mode, prob
     keys = _keys(spec, labels if labels_on_cpu else None)
     runtime = _runtime_inputs(spec, alpha, prob)
     if device == "gpu":
+        if _native_gpu(Pipeline.current()):
+            return _plugin_path(spec, images, labels, keys, runtime, name)
         return _gpu_path(spec, images, labels, keys, runtime, name)
     from .backends import plugin
 

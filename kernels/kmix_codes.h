@@ -10,3 +10,5 @@
 #define KMIX_U8 0
 #define KMIX_F16 1
 #define KMIX_F32 2
+// Record inputs only (sources, boxes): kmix_record.h.
+#define KMIX_I32 3

@@ -1,32 +1,43 @@
-// dali_kmix DALI plugin: the blending kernels as native DALI CPU operators.
+// dali_kmix DALI plugin: the blending kernels as native DALI operators, each with a CPU and
+// (where nvcc built kmix_gpu_launch.cu; KMIX_WITH_GPU) a GPU backend.
 //
 //   fn.kmix_dmixup(images, sources, weights, layout="HWC"|"CHW")
 //   fn.kmix_dcutmix(images, sources, boxes, layout="HWC"|"CHW")
 //   fn.kmix_mix(images, sources, weights, boxes, cut, layout="HWC"|"CHW")   (DMixup or DCutMix per sample)
 //
 // apply one MixParams record, drawn by dali_kmix on the Python side, to a batch:
-//   images   N samples of one shape, (H, W, C) or (C, H, W); uint8, float16 or float32
+//   images   N samples of one shape, (H, W, C) or (C, H, W); uint8, float16 or float32; CPU or GPU
 //   sources  int32 (K,) per sample: sources[s][0] == s, sources[s][j] the image of share j
 //   weights  float32 (K,) per sample (DMixup): finite, >= 0
 //   boxes    int32 (K - 1, 4) per sample (DCutMix): (y0, x0, y1, x1), half-open, nested
 //   cut      uint8 () per sample (kmix_mix): 1 applies the sample's boxes, 0 its weights
-// and return the mixed batch (same shape, dtype and layout).
+// and return the mixed batch (same shape, dtype and layout, on the images' device).
 //
-// Why a plugin: a python_function hands back arrays that DALI copies into its own buffers,
-// one more full pass over the batch per iteration; here the kernels write straight into
-// DALI's output, and the work runs on the pipeline's own thread pool.
+// One schema per operator; both backends run the same checks (kmix_record.h: one message
+// table) in SetupImpl. The record inputs are CPU tensors for both backends (the schema says
+// so, DALI hands them over on the host): the GPU backend checks them on the host, then moves
+// the per-sample input and output pointers and the record to the device in one asynchronous
+// copy on the operator's stream (DALI's scratchpad: one pinned staging buffer, freed in
+// stream order once the copy is done) and launches the kernels of kmix_blend.cu on that
+// stream. Nothing synchronises; the inputs are never written; DALI allocates the output.
 //
-// The kernels are the .cu files, compiled for the host in kmix_host.cpp, a separate
+// The CPU backend runs the kernels compiled for the host (kmix_host.cpp, a separate
 // translation unit: its host shim and the CUDA headers that DALI's headers pull in cannot
-// meet in one. This file validates the inputs (a bad record raises, it never reads or
-// writes outside the images) and hands out the blocks of the host grid.
-#include <cmath>
+// meet in one), block by block on the pipeline's thread pool, straight into DALI's output.
 #include <string>
 #include <vector>
 
 #include "dali/pipeline/operator/checkpointing/stateless_operator.h"
 #include "dali/pipeline/operator/operator.h"
 #include "kmix_codes.h"
+#include "kmix_record.h"
+
+#ifdef KMIX_WITH_GPU
+#include <cuda_runtime_api.h>
+
+#include "dali/kernels/dynamic_scratchpad.h"
+#include "kmix_launch.h"
+#endif
 
 extern "C" {
 int kmix_host_dmixup_chunks(long long sample_elems);
@@ -37,262 +48,250 @@ int kmix_host_dmixup_block(int dtype, const void* const* in, void* const* out, c
 int kmix_host_dcutmix_block(int dtype, const void* const* in, void* const* out, const int* sources,
                             const int* boxes, int n, int k, int height, int width, int channels,
                             int layout, int chunk, int sample);
+#ifdef KMIX_WITH_GPU
+int kmix_gpu_launch(int kernel, int dtype, const void* const* in, void* const* out, const int* sources,
+                    const float* weights, const int* boxes, const unsigned char* cut, int n, int k, int height,
+                    int width, int channels, int layout, cudaStream_t stream);
+const char* kmix_gpu_error_string(int code);
+#endif
 }
 
 namespace dali_kmix {
 
 using dali::CPUBackend;
-using dali::make_string;
+using kmix::Method;
 
-enum class Method { kDMixup, kDCutMix, kSwitch };
-
-// Element-type codes of the host entry points (kmix_common.cuh).
+// Element-type codes of kmix_codes.h (-1: a type no kernel takes).
 inline int DtypeCode(dali::DALIDataType t) {
   switch (t) {
     case DALI_UINT8: return KMIX_U8;
     case DALI_FLOAT16: return KMIX_F16;
     case DALI_FLOAT: return KMIX_F32;
+    case DALI_INT32: return KMIX_I32;
     default: return -1;
   }
 }
 
-// A shape as Python writes it: (3, 4), (7,), ().
-template <typename Shape>
-std::string ShapeStr(const Shape& shape) {
-  const int ndim = static_cast<int>(shape.size());
-  std::string out = "(";
-  for (int i = 0; i < ndim; ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
-  return out + (ndim == 1 ? ",)" : ")");
-}
-
-// Every sample of a record input has the shape `want` (written `symbol` in the message).
-inline void EnforceSampleShapes(const dali::TensorList<CPUBackend>& input, const char* name, const char* symbol,
-                                const std::vector<int64_t>& want) {
-  for (int s = 0; s < input.num_samples(); ++s) {
-    const auto shape = input.shape()[s];
-    bool same = shape.size() == (int)want.size();
-    for (int i = 0; same && i < shape.size(); ++i) same = shape[i] == want[i];
-    DALI_ENFORCE(same, make_string(name, " must have shape ", symbol, " = ", ShapeStr(want),
-                                   " for every sample, got ", ShapeStr(shape), " for sample ", s));
+// An input as kmix_record.h reads it: shapes, dtype and (for record inputs) host pointers.
+class ListView {
+ public:
+  template <typename Backend>
+  ListView(const dali::TensorList<Backend>& tl, bool with_data)
+      : type_name_(dali::TypeName(tl.type())), shape_(tl.shape()) {
+    list_.num_samples = tl.num_samples();
+    list_.ndim = shape_.sample_dim();
+    list_.shape = shape_.shapes.data();
+    list_.dtype = DtypeCode(tl.type());
+    list_.type_name = type_name_.c_str();
+    if (with_data) {
+      data_.resize(list_.num_samples);
+      for (int s = 0; s < list_.num_samples; ++s) data_[s] = tl.raw_tensor(s);
+      list_.data = data_.data();
+    }
   }
-}
+  const kmix::KmixList& operator*() const { return list_; }
+  const kmix::KmixList* get() const { return &list_; }
+
+ private:
+  std::string type_name_;
+  dali::TensorListShape<> shape_;
+  std::vector<const void*> data_;
+  kmix::KmixList list_;
+};
+
+// Where each record input sits: weights (DMixup), boxes (DCutMix), or weights, boxes, cut (kmix_mix).
+constexpr int WeightsAt(Method m) { return m == Method::kDCutMix ? -1 : 2; }
+constexpr int BoxesAt(Method m) { return m == Method::kDMixup ? -1 : (m == Method::kDCutMix ? 2 : 3); }
+constexpr int CutAt(Method m) { return m == Method::kSwitch ? 4 : -1; }
 
 // Stateless: the output depends on the inputs alone (the record is drawn upstream from DALI's
 // own checkpointed random operator), so a checkpoint holds nothing for it and a pipeline built
 // with enable_checkpointing=True accepts it.
-template <Method M>
-class KMixBlend : public dali::StatelessOperator<CPUBackend> {
+template <typename Backend, Method M>
+class KMixBlendBase : public dali::StatelessOperator<Backend> {
  public:
-  explicit KMixBlend(const dali::OpSpec& spec)
-      : dali::StatelessOperator<CPUBackend>(spec), layout_(spec.GetArgument<std::string>("layout")) {
-    DALI_ENFORCE(layout_ == "HWC" || layout_ == "CHW",
-                 make_string("layout must be \"HWC\" or \"CHW\", got \"", layout_, "\""));
+  explicit KMixBlendBase(const dali::OpSpec& spec)
+      : dali::StatelessOperator<Backend>(spec), layout_(spec.GetArgument<std::string>("layout")) {
+    const std::string err = kmix::CheckLayoutArg(layout_);
+    if (!err.empty()) DALI_FAIL(err);
   }
 
  protected:
+  // The checks shared by both backends (kmix_record.h); leaves the gathered record in rec_.
   bool SetupImpl(std::vector<dali::OutputDesc>& output_desc, const dali::Workspace& ws) override {
-    const auto& images = ws.Input<CPUBackend>(0);
-    const auto& sources = ws.Input<CPUBackend>(1);
-    const int n = images.num_samples();
-    code_ = DtypeCode(images.type());
-    DALI_ENFORCE(code_ >= 0, make_string("images must have dtype uint8, float16 or float32, got ",
-                                         dali::TypeName(images.type())));
-    const std::string found = images.GetLayout().str();
-    DALI_ENFORCE(found.empty() || found == layout_,
-                 make_string("layout='", layout_, "' was given but the images carry layout '", found, "'"));
-    EnforceType(sources, "sources", DALI_INT32);
-    // The record inputs after sources: weights (DMixup), boxes (DCutMix), or weights, boxes, cut (kmix_mix).
-    const int weights_at = M == Method::kDCutMix ? -1 : 2;
-    const int boxes_at = M == Method::kDMixup ? -1 : (M == Method::kDCutMix ? 2 : 3);
-    if (weights_at >= 0) EnforceType(ws.Input<CPUBackend>(weights_at), "weights", DALI_FLOAT);
-    if (boxes_at >= 0) EnforceType(ws.Input<CPUBackend>(boxes_at), "boxes", DALI_INT32);
-    if (M == Method::kSwitch) EnforceType(ws.Input<CPUBackend>(4), "cut", DALI_UINT8);
-    h_ = w_ = c_ = 0;
-    k_ = 0;
-    if (n > 0) {
-      const auto first = images.shape()[0];
-      DALI_ENFORCE(first.size() == 3, make_string("images: every sample must have 3 dimensions (", layout_,
-                                                  "), got shape ", ShapeStr(first), " for sample 0"));
-      for (int s = 1; s < n; ++s) {
-        DALI_ENFORCE(images.shape()[s] == first,
-                     make_string("images: all samples of a batch must have the same shape; sample 0 has shape ",
-                                 ShapeStr(first), " but sample ", s, " has shape ", ShapeStr(images.shape()[s]),
-                                 " (layout ",
-                                 layout_, "); resize or crop before mixing"));
-      }
-      if (layout_ == "HWC") {
-        h_ = first[0], w_ = first[1], c_ = first[2];
-      } else {
-        c_ = first[0], h_ = first[1], w_ = first[2];
-      }
-      const auto k_shape = sources.shape()[0];
-      DALI_ENFORCE(k_shape.size() == 1 && k_shape[0] >= 1,
-                   make_string("sources must hold K >= 1 int32 indices per sample, got shape ", ShapeStr(k_shape)));
-      k_ = static_cast<int>(k_shape[0]);
-      Gather(sources, n);
-      if (weights_at >= 0) GatherWeights(ws.Input<CPUBackend>(weights_at), n);
-      if (boxes_at >= 0) GatherBoxes(ws.Input<CPUBackend>(boxes_at), n);
-      if (M == Method::kSwitch) GatherCut(ws.Input<CPUBackend>(4), n);
-    }
+    const auto& images = ws.template Input<Backend>(0);
+    const ListView im(images, false), src(ws.Input<CPUBackend>(1), true);
+    auto record_input = [&](int at) {
+      return at < 0 ? std::unique_ptr<ListView>() : std::make_unique<ListView>(ws.Input<CPUBackend>(at), true);
+    };
+    const auto weights = record_input(WeightsAt(M)), boxes = record_input(BoxesAt(M)), cut = record_input(CutAt(M));
+    const std::string err =
+        kmix::GatherRecord(M, layout_, images.GetLayout().str(), *im, *src, weights ? weights->get() : nullptr,
+                           boxes ? boxes->get() : nullptr, cut ? cut->get() : nullptr, &rec_);
+    if (!err.empty()) DALI_FAIL(err);
     output_desc.resize(1);
     output_desc[0] = {images.shape(), images.type()};
     return true;
   }
 
-  void RunImpl(dali::Workspace& ws) override {
-    const auto& images = ws.Input<CPUBackend>(0);
-    auto& output = ws.Output<CPUBackend>(0);
-    output.SetLayout(dali::TensorLayout(layout_));
-    const int n = images.num_samples();
-    if (n == 0) return;
-    in_.resize(n);
-    out_.resize(n);
-    for (int s = 0; s < n; ++s) {
+  // Per-sample input and output pointers of this iteration.
+  template <typename Out>
+  void Pointers(const dali::TensorList<Backend>& images, Out& output) {
+    in_.resize(rec_.n);
+    out_.resize(rec_.n);
+    for (int s = 0; s < rec_.n; ++s) {
       in_[s] = images.raw_tensor(s);
       out_[s] = output.raw_mutable_tensor(s);
     }
-    const int layout = layout_ == "HWC" ? KMIX_HWC : KMIX_CHW;
-    const long long elems = (long long)h_ * w_ * c_;
+  }
+
+  std::string layout_;
+  kmix::Record rec_;
+  std::vector<const void*> in_;
+  std::vector<void*> out_;
+};
+
+template <typename Backend, Method M>
+class KMixBlend;
+
+// CPU: the kernels' blocks (one thread each) on the pipeline's thread pool.
+template <Method M>
+class KMixBlend<CPUBackend, M> : public KMixBlendBase<CPUBackend, M> {
+ public:
+  using KMixBlendBase<CPUBackend, M>::KMixBlendBase;
+
+ protected:
+  void RunImpl(dali::Workspace& ws) override {
+    const auto& images = ws.Input<CPUBackend>(0);
+    auto& output = ws.Output<CPUBackend>(0);
+    output.SetLayout(dali::TensorLayout(this->layout_));
+    const kmix::Record& r = this->rec_;
+    if (r.n == 0) return;
+    this->Pointers(images, output);
+    const long long elems = (long long)r.height * r.width * r.channels;
     const int blend_chunks = kmix_host_dmixup_chunks(elems);
-    const int cut_chunks = kmix_host_dcutmix_chunks(h_, w_, c_, layout);
+    const int cut_chunks = kmix_host_dcutmix_chunks(r.height, r.width, r.channels, r.layout);
     auto& pool = ws.GetThreadPool();
-    for (int s = 0; s < n; ++s) {
-      const bool cut = M == Method::kDCutMix || (M == Method::kSwitch && cut_[s]);
+    for (int s = 0; s < r.n; ++s) {
+      const bool cut = M == Method::kDCutMix || (M == Method::kSwitch && r.cut[s]);
       const int chunks = cut ? cut_chunks : blend_chunks;
       for (int c = 0; c < chunks; ++c) {
-        pool.AddWork([this, s, c, n, layout, elems, cut](int) {
-          const int rc = cut ? kmix_host_dcutmix_block(code_, in_.data(), out_.data(), src_.data(), boxes_.data(),
-                                                       n, k_, h_, w_, c_, layout, c, s)
-                             : kmix_host_dmixup_block(code_, in_.data(), out_.data(), src_.data(),
-                                                      weights_.data(), n, k_, elems, c, s);
+        pool.AddWork([this, s, c, elems, cut](int) {
+          const kmix::Record& r = this->rec_;
+          const int rc = cut ? kmix_host_dcutmix_block(r.dtype, this->in_.data(), this->out_.data(),
+                                                       r.sources.data(), r.boxes.data(), r.n, r.k, r.height,
+                                                       r.width, r.channels, r.layout, c, s)
+                             : kmix_host_dmixup_block(r.dtype, this->in_.data(), this->out_.data(),
+                                                      r.sources.data(), r.weights.data(), r.n, r.k, elems, c, s);
           DALI_ENFORCE(rc == 0, "dali_kmix: internal error, a kernel block was refused");
         }, elems / chunks);
       }
     }
     pool.RunAll();
   }
-
- private:
-  // sources (K,) per sample -> src_ (N * K), checked: column 0 is the sample itself, all in [0, N).
-  void Gather(const dali::TensorList<CPUBackend>& sources, int n) {
-    EnforceSampleShapes(sources, "sources", "(K,)", {k_});
-    src_.resize((size_t)n * k_);
-    for (int s = 0; s < n; ++s) {
-      const int* p = sources.tensor<int>(s);
-      DALI_ENFORCE(p[0] == s, make_string("sources[", s, "][0] must be ", s,
-                                          " (every sample anchors its own output), got ", p[0]));
-      for (int j = 0; j < k_; ++j) {
-        DALI_ENFORCE(p[j] >= 0 && p[j] < n, make_string("sources must lie in [0, N=", n, "), got sources[", s,
-                                                        "][", j, "] = ", p[j]));
-        src_[(size_t)s * k_ + j] = p[j];
-      }
-    }
-  }
-
-  static void EnforceType(const dali::TensorList<CPUBackend>& input, const char* name, dali::DALIDataType want) {
-    DALI_ENFORCE(input.type() == want, make_string(name, " must have dtype ", dali::TypeName(want), ", got ",
-                                                   dali::TypeName(input.type())));
-  }
-
-  void GatherWeights(const dali::TensorList<CPUBackend>& weights, int n) {
-    EnforceSampleShapes(weights, "weights", "(K,)", {k_});
-    weights_.resize((size_t)n * k_);
-    for (int s = 0; s < n; ++s) {
-      const float* p = weights.tensor<float>(s);
-      for (int j = 0; j < k_; ++j) {
-        DALI_ENFORCE(std::isfinite(p[j]) && p[j] >= 0.0f,
-                     make_string("weights must be finite and >= 0, got weights[", s, "][", j, "] = ", p[j]));
-        weights_[(size_t)s * k_ + j] = p[j];
-      }
-    }
-  }
-
-  void GatherBoxes(const dali::TensorList<CPUBackend>& boxes, int n) {
-    EnforceSampleShapes(boxes, "boxes", "(K-1, 4)", {k_ - 1, 4});
-    boxes_.resize((size_t)n * (k_ - 1) * 4);
-    for (int s = 0; s < n; ++s) {
-      const int* b = boxes.tensor<int>(s);
-      for (int d = 0; d < k_ - 1; ++d) {
-        const int* q = b + 4 * d;
-        DALI_ENFORCE(0 <= q[0] && q[0] <= q[2] && q[2] <= h_ && 0 <= q[1] && q[1] <= q[3] && q[3] <= w_,
-                     make_string("boxes must satisfy 0 <= y0 <= y1 <= H=", h_, " and 0 <= x0 <= x1 <= W=", w_,
-                                 "; box ", d, " of sample ", s, " is (", q[0], ", ", q[1], ", ", q[2], ", ",
-                                 q[3], ")"));
-        if (d > 0) {
-          const int* o = q - 4;
-          DALI_ENFORCE(q[0] >= o[0] && q[1] >= o[1] && q[2] <= o[2] && q[3] <= o[3],
-                       make_string("boxes must be nested: box ", d, " of sample ", s, " (", q[0], ", ", q[1],
-                                   ", ", q[2], ", ", q[3], ") is not inside box ", d - 1, " (", o[0], ", ",
-                                   o[1], ", ", o[2], ", ", o[3], ")"));
-        }
-        for (int e = 0; e < 4; ++e) boxes_[((size_t)s * (k_ - 1) + d) * 4 + e] = q[e];
-      }
-    }
-  }
-
-  // cut: one uint8 per sample (shape () or (1,)), 0 or 1.
-  void GatherCut(const dali::TensorList<CPUBackend>& cut, int n) {
-    cut_.resize(n);
-    for (int s = 0; s < n; ++s) {
-      const auto shape = cut.shape()[s];
-      DALI_ENFORCE(dali::volume(shape) == 1,
-                   make_string("cut must hold one value per sample, got shape ", ShapeStr(shape), " for sample ", s));
-      const unsigned char v = *cut.tensor<unsigned char>(s);
-      DALI_ENFORCE(v <= 1, make_string("cut must be 0 or 1, got cut[", s, "] = ", (int)v));
-      cut_[s] = v;
-    }
-  }
-
-  std::string layout_;
-  int code_ = -1, h_ = 0, w_ = 0, c_ = 0, k_ = 0;
-  std::vector<int> src_, boxes_;
-  std::vector<float> weights_;
-  std::vector<unsigned char> cut_;
-  std::vector<const void*> in_;
-  std::vector<void*> out_;
 };
+
+#ifdef KMIX_WITH_GPU
+// GPU: the record reaches the device in one asynchronous copy, the kernel runs on ws.stream().
+template <Method M>
+class KMixBlend<dali::GPUBackend, M> : public KMixBlendBase<dali::GPUBackend, M> {
+ public:
+  using KMixBlendBase<dali::GPUBackend, M>::KMixBlendBase;
+
+ protected:
+  void RunImpl(dali::Workspace& ws) override {
+    const auto& images = ws.Input<dali::GPUBackend>(0);
+    auto& output = ws.Output<dali::GPUBackend>(0);
+    output.SetLayout(dali::TensorLayout(this->layout_));
+    const kmix::Record& r = this->rec_;
+    if (r.n == 0) return;
+    this->Pointers(images, output);
+    const cudaStream_t stream = ws.stream();
+    // Device memory from DALI's pool, released in stream order when the scratchpad goes out of scope
+    // (after the launch below is queued); ToContiguousGPU packs every array into one pinned staging
+    // buffer (freed in stream order too, so it lives until the copy has run) and issues one
+    // cudaMemcpyAsync on `stream`.
+    dali::kernels::DynamicScratchpad scratch(dali::AccessOrder{stream});
+    auto [in, out, sources, weights, boxes, cut] =
+        scratch.ToContiguousGPU(stream, this->in_, this->out_, r.sources, r.weights, r.boxes, r.cut);
+    const int kernel = M == Method::kDMixup ? KMIX_KERNEL_DMIXUP
+                                            : (M == Method::kDCutMix ? KMIX_KERNEL_DCUTMIX : KMIX_KERNEL_MIX);
+    const int rc = kmix_gpu_launch(kernel, r.dtype, in, out, sources, weights, boxes, cut, r.n, r.k, r.height,
+                                   r.width, r.channels, r.layout, stream);
+    if (rc != 0) DALI_FAIL("dali_kmix: launching the blend kernel failed: ", kmix_gpu_error_string(rc));
+  }
+};
+#endif
+
+// One name per registered class (the registration macro takes no template argument list).
+using DmixupCpu = KMixBlend<CPUBackend, Method::kDMixup>;
+using DcutmixCpu = KMixBlend<CPUBackend, Method::kDCutMix>;
+using MixCpu = KMixBlend<CPUBackend, Method::kSwitch>;
+#ifdef KMIX_WITH_GPU
+using DmixupGpu = KMixBlend<dali::GPUBackend, Method::kDMixup>;
+using DcutmixGpu = KMixBlend<dali::GPUBackend, Method::kDCutMix>;
+using MixGpu = KMixBlend<dali::GPUBackend, Method::kSwitch>;
+#endif
 
 }  // namespace dali_kmix
 
-DALI_REGISTER_OPERATOR(KmixDmixup, ::dali_kmix::KMixBlend<::dali_kmix::Method::kDMixup>, ::dali::CPU);
-DALI_REGISTER_OPERATOR(KmixDcutmix, ::dali_kmix::KMixBlend<::dali_kmix::Method::kDCutMix>, ::dali::CPU);
-DALI_REGISTER_OPERATOR(KmixMix, ::dali_kmix::KMixBlend<::dali_kmix::Method::kSwitch>, ::dali::CPU);
+namespace dali {
+
+DALI_REGISTER_OPERATOR(KmixDmixup, ::dali_kmix::DmixupCpu, CPU);
+DALI_REGISTER_OPERATOR(KmixDcutmix, ::dali_kmix::DcutmixCpu, CPU);
+DALI_REGISTER_OPERATOR(KmixMix, ::dali_kmix::MixCpu, CPU);
+#ifdef KMIX_WITH_GPU
+DALI_REGISTER_OPERATOR(KmixDmixup, ::dali_kmix::DmixupGpu, GPU);
+DALI_REGISTER_OPERATOR(KmixDcutmix, ::dali_kmix::DcutmixGpu, GPU);
+DALI_REGISTER_OPERATOR(KmixMix, ::dali_kmix::MixGpu, GPU);
+#endif
 
 // DALI_SCHEMA defines a static registration object that nothing else names.
 #pragma GCC diagnostic ignored "-Wunused-variable"
 
+#define KMIX_IMAGES_DOX                                                                                 \
+  "TensorList of uint8, float16 or float32, HWC or CHW, on the CPU or the GPU",                         \
+      "Same-shape samples; the output is on their device."
+#define KMIX_RECORD_DOX(what) "TensorList of " what " on the CPU (the record, drawn on the host)"
+
 DALI_SCHEMA(KmixDmixup)
     .DocStr(R"(dali_kmix DMixup: every output sample is the Dirichlet-weighted sum of K images of the batch,
 out[s] = sum_j weights[s][j] * images[sources[s][j]] (float32 fused multiply-adds in order j = 0..K-1;
-uint8 rounds half to even and clips, float16 rounds to nearest even). Use dali_kmix.dali.dmixup,
-which draws the record and the labels.)")
+uint8 rounds half to even and clips, float16 rounds to nearest even). CPU and GPU backends give the same
+bits. Use dali_kmix.dali.dmixup, which draws the record and the labels.)")
     .NumInput(3)
     .NumOutput(1)
-    .InputDox(0, "images", "TensorList of uint8, float16 or float32, HWC or CHW", "Same-shape samples.")
-    .InputDox(1, "sources", "TensorList of int32 (K,)", "sources[s][0] == s; the images mixed into sample s.")
-    .InputDox(2, "weights", "TensorList of float32 (K,)", "The shares of the K images (finite, >= 0).")
+    .InputDevice(1, 3, InputDevice::CPU)
+    .InputDox(0, "images", KMIX_IMAGES_DOX)
+    .InputDox(1, "sources", KMIX_RECORD_DOX("int32 (K,)"), "sources[s][0] == s; the images mixed into sample s.")
+    .InputDox(2, "weights", KMIX_RECORD_DOX("float32 (K,)"), "The shares of the K images (finite, >= 0).")
     .AddArg("layout", "\"HWC\" or \"CHW\".", DALI_STRING);
 
 DALI_SCHEMA(KmixDcutmix)
     .DocStr(R"(dali_kmix DCutMix: every output pixel is copied from the image of the deepest of K-1 nested boxes
-that holds it (sources[s][d + 1] inside box d, the sample itself outside box 0). Use dali_kmix.dali.dcutmix,
-which draws the record and the area-weighted labels.)")
+that holds it (sources[s][d + 1] inside box d, the sample itself outside box 0). CPU and GPU backends give
+the same bits. Use dali_kmix.dali.dcutmix, which draws the record and the area-weighted labels.)")
     .NumInput(3)
     .NumOutput(1)
-    .InputDox(0, "images", "TensorList of uint8, float16 or float32, HWC or CHW", "Same-shape samples.")
-    .InputDox(1, "sources", "TensorList of int32 (K,)", "sources[s][0] == s; the images pasted into sample s.")
-    .InputDox(2, "boxes", "TensorList of int32 (K-1, 4)", "(y0, x0, y1, x1), half-open, each inside the last.")
+    .InputDevice(1, 3, InputDevice::CPU)
+    .InputDox(0, "images", KMIX_IMAGES_DOX)
+    .InputDox(1, "sources", KMIX_RECORD_DOX("int32 (K,)"), "sources[s][0] == s; the images pasted into sample s.")
+    .InputDox(2, "boxes", KMIX_RECORD_DOX("int32 (K-1, 4)"), "(y0, x0, y1, x1), half-open, each inside the last.")
     .AddArg("layout", "\"HWC\" or \"CHW\".", DALI_STRING);
 
 DALI_SCHEMA(KmixMix)
     .DocStr(R"(dali_kmix DMixup or DCutMix per sample: sample s is blended with its weights where cut[s] == 0 and
-cut-and-pasted with its boxes where cut[s] == 1, exactly as KmixDmixup / KmixDcutmix would. Use
-dali_kmix.dali.dmixup_or_dcutmix, which draws the records, the method and the labels.)")
+cut-and-pasted with its boxes where cut[s] == 1, exactly as KmixDmixup / KmixDcutmix would. CPU and GPU
+backends give the same bits. Use dali_kmix.dali.dmixup_or_dcutmix, which draws the records, the method and
+the labels.)")
     .NumInput(5)
     .NumOutput(1)
-    .InputDox(0, "images", "TensorList of uint8, float16 or float32, HWC or CHW", "Same-shape samples.")
-    .InputDox(1, "sources", "TensorList of int32 (K,)", "sources[s][0] == s; the images mixed into sample s.")
-    .InputDox(2, "weights", "TensorList of float32 (K,)", "The shares of the K images (finite, >= 0).")
-    .InputDox(3, "boxes", "TensorList of int32 (K-1, 4)", "(y0, x0, y1, x1), half-open, each inside the last.")
-    .InputDox(4, "cut", "TensorList of uint8 ()", "1: paste the boxes; 0: blend with the weights.")
+    .InputDevice(1, 5, InputDevice::CPU)
+    .InputDox(0, "images", KMIX_IMAGES_DOX)
+    .InputDox(1, "sources", KMIX_RECORD_DOX("int32 (K,)"), "sources[s][0] == s; the images mixed into sample s.")
+    .InputDox(2, "weights", KMIX_RECORD_DOX("float32 (K,)"), "The shares of the K images (finite, >= 0).")
+    .InputDox(3, "boxes", KMIX_RECORD_DOX("int32 (K-1, 4)"), "(y0, x0, y1, x1), half-open, each inside the last.")
+    .InputDox(4, "cut", KMIX_RECORD_DOX("uint8 ()"), "1: paste the boxes; 0: blend with the weights.")
     .AddArg("layout", "\"HWC\" or \"CHW\".", DALI_STRING);
+
+}  // namespace dali

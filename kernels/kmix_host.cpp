@@ -3,6 +3,8 @@
 //
 // Built with -ffp-contract=off so that the compiler fuses nothing on its own: the only
 // fused multiply-adds are the kernels' explicit fmaf calls, as on the GPU.
+#include "kmix_record.h"  // before the shim: plain C++ with the standard library
+#include "kmix_launch.h"
 #include "kmix_host_shim.h"
 
 KMIX_TLS kmix_dim3 threadIdx;
@@ -141,6 +143,84 @@ int kmix_host_grey_resize(int dtype, const void* const* in, float* out, int n, i
     kmix_grey_resize<T>((const T* const*)in, out, n, height, width, channels, layout, out_h, out_w);
   }));
   return 0;
+}
+
+// ------------------------------------------------------------------ the GPU launch configuration (kmix_launch.h)
+
+// grid.x, grid.y and block.x of kmix_launch_config(kernel, ...) into cfg[0..2].
+void kmix_host_launch_config(int kernel, int n, int height, int width, int channels, int layout, unsigned* cfg) {
+  const kmix_launch_t c = kmix_launch_config(kernel, n, height, width, channels, layout);
+  cfg[0] = c.grid_x;
+  cfg[1] = c.grid_y;
+  cfg[2] = c.block_x;
+}
+
+// Walks the blocks of kmix_launch_config(kernel, ...) through the kernels' own work split
+// (kmix_element_chunk for a blend, kmix_row_chunk for a paste; kmix_mix both) and the samples'
+// grid-stride loop over blockIdx.y: counts every sample's visits into visits[n] and returns 0 when
+// the chunks of grid.x tile [0, elements) and [0, rows) exactly, in order, else 1. *last gets the
+// largest element offset a chunk reaches (end - 1 of the last blend chunk, int64).
+int kmix_host_launch_cover(int kernel, int n, int height, int width, int channels, int layout, int* visits,
+                           long long* last) {
+  const kmix_launch_t c = kmix_launch_config(kernel, n, height, width, channels, layout);
+  *last = -1;
+  for (int s = 0; s < n; ++s) visits[s] = 0;
+  if (c.grid_x == 0) return n == 0 || height <= 0 || width <= 0 || channels <= 0 ? 0 : 1;
+  gridDim = {c.grid_x, c.grid_y, 1};
+  blockDim = {c.block_x, 1, 1};
+  for (unsigned by = 0; by < c.grid_y; ++by)
+    for (int s = (int)by; s < n; s += (int)c.grid_y) ++visits[s];
+  const long long elems = (long long)height * width * channels;
+  const int rows = layout == KMIX_HWC ? height : channels * height;
+  long long next_elem = 0;
+  int next_row = 0;
+  for (unsigned bx = 0; bx < c.grid_x; ++bx) {
+    blockIdx = {bx, 0, 0};
+    if (kernel != KMIX_KERNEL_DCUTMIX) {
+      long long begin, end;
+      kmix_element_chunk(elems, (long long)c.block_x, &begin, &end);
+      if (begin < end) {
+        if (begin != next_elem) return 1;
+        next_elem = end;
+        *last = end - 1;
+      }
+    }
+    if (kernel != KMIX_KERNEL_DMIXUP) {
+      int r_begin, r_end;
+      kmix_row_chunk(rows, &r_begin, &r_end);
+      if (r_begin < r_end) {
+        if (r_begin != next_row) return 1;
+        next_row = r_end;
+      }
+    }
+  }
+  if (kernel != KMIX_KERNEL_DCUTMIX && next_elem != elems) return 1;
+  if (kernel != KMIX_KERNEL_DMIXUP && next_row != rows) return 1;
+  return 0;
+}
+
+// ------------------------------------------------------------------ the checks of a record (kmix_record.h)
+
+// The checks both backends of the DALI operators run (kmix::GatherRecord), for the tests and fuzzers:
+// method 0 DMixup (sources, weights), 1 DCutMix (sources, boxes), 2 kmix_mix (all four; others may be
+// null). Returns 0 when the record is valid, else 1 with the message (truncated to msg_len - 1 bytes)
+// in msg.
+int kmix_host_validate_record(int method, const char* layout, const char* found_layout, const kmix::KmixList* images,
+                              const kmix::KmixList* sources, const kmix::KmixList* weights,
+                              const kmix::KmixList* boxes, const kmix::KmixList* cut, char* msg, int msg_len) {
+  std::string err = kmix::CheckLayoutArg(layout);
+  if (err.empty() && (method < 0 || method > 2)) err = kmix::Str("method must be 0, 1 or 2, got ", method);
+  if (err.empty()) {
+    kmix::Record rec;
+    err = kmix::GatherRecord(static_cast<kmix::Method>(method), layout, found_layout, *images, *sources, weights,
+                             boxes, cut, &rec);
+  }
+  if (msg && msg_len > 0) {
+    const size_t len = err.size() < (size_t)msg_len - 1 ? err.size() : (size_t)msg_len - 1;
+    std::memcpy(msg, err.data(), len);
+    msg[len] = 0;
+  }
+  return err.empty() ? 0 : 1;
 }
 
 // Exposed for the exhaustive float16 conversion test.

@@ -1,5 +1,7 @@
 """Helpers the test modules import (conftest.py only holds fixtures and hooks)."""
 
+import re
+
 import numpy as np
 
 
@@ -22,3 +24,27 @@ def gpu_sleep(seconds, stream_ptr=None):
     stream = cupy.cuda.get_current_stream() if stream_ptr is None else cupy.cuda.ExternalStream(stream_ptr)
     with stream:
         kern((1,), (1,), (np.int64(seconds * 1e9),))
+
+
+#: The kernels whose source calls fmaf (the only fused multiply-adds allowed: --fmad=false).
+FMAF_KERNELS = ("kmix_dmixup", "kmix_mix")  # kmix_mix blends with the same fmaf chain
+
+
+def ptx_entries(ptx):
+    """{kernel name: PTX body} of every .entry."""
+    parts = re.split(r"\.entry\s+", ptx)[1:]
+    return {p.split("(", 1)[0].strip(): p for p in parts}
+
+
+def assert_ieee_ptx(ptx, entries):
+    """The PTX holds ``entries`` kernels, no flush-to-zero anywhere and fused multiply-adds (fma.rn.f32) only
+    in the kernels whose source calls fmaf: what --fmad=false -ftz=false must give."""
+    assert re.findall(r"\.ftz\b", ptx) == []
+    found = ptx_entries(ptx)
+    assert len(found) == entries, sorted(found)
+    for entry, body in found.items():
+        fmas = re.findall(r"\bfma\.\w+\.f32", body)
+        if any(k in entry for k in FMAF_KERNELS):
+            assert fmas and set(fmas) == {"fma.rn.f32"}, entry
+        else:
+            assert fmas == [], entry

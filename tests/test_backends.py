@@ -647,3 +647,76 @@ def test_cupy_strided_views_give_the_reference(dtype, layout, kind):
     _assert_same_bits(cupy.stack(out).get(), reference.mix_images(np.ascontiguousarray(x), p, layout))
     got = gpu.grey_resize(list(xg), layout, 8, 8).get()
     _assert_same_bits(got, reference.resize_bilinear(reference.grey(np.ascontiguousarray(x), layout), 8, 8))
+
+
+# --------------------------------------------------------------------------- the GPU launch configuration, on the host
+# kernels/kmix_launch.h decides grid and block for the DALI plugin's GPU operators; the host library exposes it and
+# walks the grid through the kernels' own work split (kmix_element_chunk, kmix_row_chunk, the samples' stride over
+# grid.y), so a configuration that skips or repeats an element or a sample is caught here, without a device. The CuPy
+# path (backends/gpu.py) mirrors the header and is compared with it.
+
+LAUNCH_SIZES = {"1x1": (1, 1, 1), "5x3x3": (5, 3, 3), "224x224x3": (224, 224, 3), "3x512x512": (512, 512, 3)}
+
+
+def _host_kernels():
+    from dali_kmix.backends import cpu
+
+    if not cpu.available():
+        pytest.skip("no C++ compiler: the host library is unavailable")
+    return cpu
+
+
+def _mirror(kernel, n, h, w, c, layout):
+    """The CuPy path's launch of ``kernel`` (backends/gpu.py)."""
+    from dali_kmix.backends import gpu
+
+    grid_x = gpu._paste_grid_x(h, w, c, layout) if kernel == "dcutmix" else gpu._blend_grid_x(h * w * c, 256)
+    return grid_x, min(n, gpu._MAX_GRID_Y), 256
+
+
+@pytest.mark.parametrize("size", list(LAUNCH_SIZES))
+@pytest.mark.parametrize("layout", ["HWC", "CHW"])
+@pytest.mark.parametrize("kernel", ["dmixup", "dcutmix", "mix"])
+def test_launch_covers_every_sample_and_element_once_for_batch_1_to_1024(kernel, layout, size):
+    cpu = _host_kernels()
+    h, w, c = LAUNCH_SIZES[size]
+    elems = h * w * c
+    for n in range(1, 1025):
+        grid_x, grid_y, block = cpu.launch_config(kernel, n, h, w, c, layout)
+        assert (grid_x, grid_y, block) == _mirror(kernel, n, h, w, c, layout)
+        assert block == 256 and grid_y == n and 1 <= grid_x < 2 ** 31
+        tiles, visits, last = cpu.launch_cover(kernel, n, h, w, c, layout)
+        assert tiles, (n, grid_x)
+        assert visits.tolist() == [1] * n
+        assert last == (elems - 1 if kernel != "dcutmix" else -1)
+
+
+@pytest.mark.parametrize("n", [65535, 65536, 100_003])
+def test_launch_strides_samples_past_the_grid_y_limit(n):
+    cpu = _host_kernels()
+    for kernel in ("dmixup", "dcutmix", "mix"):
+        grid_x, grid_y, _ = cpu.launch_config(kernel, n, 7, 5, 3, "CHW")
+        assert grid_y == 65535 and (grid_x, grid_y, 256) == _mirror(kernel, n, 7, 5, 3, "CHW")
+        tiles, visits, _ = cpu.launch_cover(kernel, n, 7, 5, 3, "CHW")
+        assert tiles and visits.min() == visits.max() == 1  # every sample once, past 65535 too
+
+
+@pytest.mark.parametrize("layout", ["HWC", "CHW"])
+def test_launch_reaches_element_offsets_past_2_to_the_31(layout):
+    cpu = _host_kernels()
+    h, w, c = 32768, 32768, 3  # 3.2e9 elements per sample: int64 offsets
+    for kernel in ("dmixup", "dcutmix", "mix"):
+        cfg = cpu.launch_config(kernel, 2, h, w, c, layout)
+        assert cfg == _mirror(kernel, 2, h, w, c, layout)
+        tiles, visits, last = cpu.launch_cover(kernel, 2, h, w, c, layout)
+        assert tiles and visits.tolist() == [1, 1]
+        if kernel != "dcutmix":
+            assert cfg[0] == 1 << 20 and last == h * w * c - 1 > 2 ** 31
+
+
+def test_nothing_is_launched_for_an_empty_batch_or_sample():
+    cpu = _host_kernels()
+    for args in ((0, 4, 4, 3), (3, 0, 4, 3), (3, 4, 0, 3), (3, 4, 4, 0)):
+        for kernel in ("dmixup", "dcutmix", "mix"):
+            assert cpu.launch_config(kernel, *args, "HWC") == (0, 0, 0)
+            assert cpu.launch_cover(kernel, *args, "HWC")[0]

@@ -1,6 +1,7 @@
 """The benchmark harness: statistics, the peer matrix (with reasons), DALI-native compositions, tables (tiny sizes)."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -103,6 +104,25 @@ def test_pipeline_rows(photo_dir):
     table = bench.format_table(rows)
     assert "| cpu | dali_kmix dcutmix K=3 | uint8 HWC before normalisation |" in table
     assert "| cpu | dali_kmix dmixup K=3 (float32 CHW, after normalise) | float32 CHW after normalisation |" in table
+
+
+def test_gpu_pipeline_rows_name_their_path(monkeypatch):
+    """On the GPU the "mixed" pipeline is timed with the native operator and with the python_function path: the
+    latter is defined with DALI_KMIX_PLUGIN=0 (set only while it is defined), and every dali_kmix row says which."""
+    from dali_kmix.backends import plugin
+
+    monkeypatch.setenv("DALI_KMIX_PLUGIN", "1")
+    with bench._plugin_setting("0"):
+        assert os.environ["DALI_KMIX_PLUGIN"] == "0" and not plugin.load()
+    assert os.environ["DALI_KMIX_PLUGIN"] == "1"
+    monkeypatch.delenv("DALI_KMIX_PLUGIN")
+    with bench._plugin_setting("0"):
+        pass
+    assert "DALI_KMIX_PLUGIN" not in os.environ
+    assert bench._gpu_path(f"dali_kmix dcutmix {bench.FUNCTION_PATH}", "gpu") == {"path": "function"}
+    assert bench._gpu_path("dali_kmix dcutmix", "gpu") == {"path": "native" if plugin.gpu_backend() else "function"}
+    assert bench._gpu_path("dali_kmix dcutmix", "cpu") == bench._gpu_path("none", "gpu") == {}
+    assert bench._placement(f"dali_kmix dmixup {bench.FUNCTION_PATH}") == "uint8 HWC before normalisation"
 
 
 def test_scaling_rows_and_plot(tmp_path):

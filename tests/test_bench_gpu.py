@@ -152,6 +152,88 @@ def test_gpu_targets_are_judged_at_their_thresholds(dcut, dmix, flat, pipe, met)
     assert md.count("| yes |") == sum(met) and md.count("| no |") == 4 - sum(met)
 
 
+class HostChains(HostDevice):
+    """What bench_native_ops needs of a device, on the host: each "pipeline" applies the CPU kernels ``length`` times
+    in a row (``fn.copy``: a copy), keeping its last output; the clock is scripted as in HostDevice."""
+
+    def pipeline(self, samples, record, op, layout, length):
+        last = {}
+
+        def run():
+            x = samples
+            for _ in range(length):
+                out = [np.empty_like(a) for a in x]
+                if op is None:
+                    for o, a in zip(out, x):
+                        np.copyto(o, a)
+                elif op == "kmix_dmixup":
+                    self.backend.dmixup(x, out, *record)
+                else:
+                    self.backend.dcutmix(x, out, *record, layout)
+                x = out
+            last["out"] = np.stack(x)
+
+        run.last = last
+        return run
+
+
+def test_native_operator_rows_time_the_chain_minus_one_against_the_copy():
+    from dali_kmix import reference
+
+    ks, methods, length, rounds = (2, 3), ("dmixup", "dcutmix"), 4, 3
+    kinds = 1 + len(methods) * len(ks)  # the copy, then every method x K; each timed with 1 and `length` operators
+    one = {j: 1e-3 * (j + 1) for j in range(kinds)}  # a pipeline with one operator: fixed cost + one operator ...
+    per_op = {j: 2e-4 * (j + 1) for j in range(kinds)}  # ... and each operator in a row adds this
+
+    def clock(i, r):
+        j, longer = divmod(i, 2)
+        return (one[j] + (length - 1) * per_op[j] * longer) * (1 + r)  # a round's factor hits every variant
+
+    dev = HostChains(clock, 2 * kinds)
+    rows = bench_gpu.bench_native_ops(dtypes=("uint8",), batch=3, ks=ks, methods=methods, size=12, length=length,
+                                      rounds=rounds, iters=1, warmup=0, progress=False, device=dev)
+    assert [(r["impl"], r.get("method"), r.get("k")) for r in rows] == \
+        [(bench_gpu.NATIVE_COPY, None, None)] + [(bench_gpu.NATIVE, m, k) for m in methods for k in ks]
+    nbytes = 3 * 12 * 12 * 3
+    for j, r in enumerate(rows):
+        assert r["level"] == "gpu-native-op" and r["chain"] == length
+        assert r["median_s"] == pytest.approx(per_op[j] * 2) and r["min_s"] == pytest.approx(per_op[j])
+        moved = bench_gpu.kernel_bytes(r.get("method"), r.get("k") or 0, nbytes)
+        assert r["bytes"] == moved
+        want = (moved / per_op[j]) / (2 * nbytes / per_op[0])  # the round's factor cancels
+        assert r["vs_copy_bandwidth"] == pytest.approx(want) == pytest.approx(r["vs_copy_bandwidth_max"])
+    # every pipeline applied its record: the chained output is the reference applied `length` times
+    host, _ = bench_gpu.make_batch(bench_gpu.Config("dcutmix", 3, "sample", "uint8", 3, 12), 0)
+    p = bench_gpu.sample_params("dcutmix", 3, 12, 12, k=3, rng=0 + 3)
+    want = host
+    for _ in range(length):
+        want = reference.mix_images(want, p, "HWC")
+    chain = dev.timed[2 * kinds - 1]  # the last variant of a round: DCutMix K=3 with `length` operators
+    np.testing.assert_array_equal(chain.last["out"], want)
+
+
+def test_native_operator_targets_are_judged_beside_the_kernels():
+    def native(method, k, vs):
+        return {**_op(method, k, vs), "level": "gpu-native-op", "impl": bench_gpu.NATIVE}
+
+    rows = [_op("dcutmix", 3, 0.9), _op("dmixup", 3, 0.6), native("dcutmix", 3, 0.5), native("dmixup", 3, 0.55)]
+    targets = bench_gpu.gpu_targets(rows)
+    assert [t["met"] for t in targets] == [True, True, False, True]
+    assert targets[2]["target"].startswith("native operator DCutMix blend")
+    assert "fn.kmix_* (native GPU operator) dcutmix" in bench_gpu.format_gpu(rows)
+
+
+def test_the_pipeline_target_is_the_native_operators():
+    def pipe(mix, vs, path):
+        return {"level": "pipeline", "device": "gpu", "status": "ok", "mix": mix, "batch": 256, "vs_no_mix": vs,
+                "path": path}
+
+    rows = [pipe("dali_kmix dcutmix", 0.98, "native"), pipe("dali_kmix dcutmix (python_function + CuPy)", 0.5,
+                                                            "function")]
+    (target,) = bench_gpu.gpu_targets(rows)
+    assert target["met"] and "(native operator)" in target["target"] and "python_function" not in target["measured"]
+
+
 def test_no_gpu_rows_no_gpu_section():
     assert bench_gpu.gpu_targets([{"level": "op", "impl": "copy (yardstick)"}]) == []
     assert bench_gpu.format_gpu([]) == ""
@@ -281,6 +363,18 @@ def test_gpu_bench_on_the_device():
     assert len(bench_gpu.gpu_targets(rows)) == 3
 
 
+@pytest.mark.gpu
+def test_native_operator_rows_on_the_device():
+    from dali_kmix.backends import plugin
+
+    assert plugin.gpu_backend(), plugin.cuda_toolchain()[1]
+    rows = bench_gpu.bench_native_ops(dtypes=("uint8",), batch=16, ks=(3,), size=64, length=3, rounds=2, iters=2,
+                                      warmup=1, progress=False)
+    assert len(rows) == 3 and all(r["median_s"] > 0 for r in rows)
+    assert rows[0]["impl"] == bench_gpu.NATIVE_COPY and rows[0]["vs_copy_bandwidth"] == pytest.approx(1.0)
+    assert len(bench_gpu.gpu_targets(rows)) == 2
+
+
 def test_gpu_session_script_runs_its_stages(tmp_path):
     # benchmarks/gpu_session.sh is what a device session runs; here: it parses, refuses an unknown stage, and its
     # env stage reports what stops the gpu tests (no device on this machine)
@@ -330,3 +424,15 @@ exec {sys.executable} "$@"
     run = subprocess.run(["bash", str(script), str(out), "sanitizer"], capture_output=True, text=True,
                          cwd=script.parents[1], env=dict(env, STUB_RC="1"))
     assert run.returncode == 1 and "stage sanitizer: exit 1" in run.stdout
+
+
+def test_gpu_session_runs_the_native_operators_first():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_session.sh").read_text()
+    # the default stage list (no stage named): the native stages first; racecheck/synccheck come in only where needed
+    default = re.search(r'stages="([^"]*)"', text).group(1).replace("$extra_tools", "").split()
+    assert default[:4] == ["env", "native", "native-memcheck", "native-bench"] and len(default) == len(set(default))
+    for stage in default + ["racecheck", "synccheck"]:
+        assert f"stage_{stage.replace('-', '_')}() {{" in text, stage

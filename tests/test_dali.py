@@ -320,11 +320,69 @@ def test_restored_pipeline_continues_exactly(photo_dir, monkeypatch, method, lab
     _restore_equals_uninterrupted(photo_dir, method, label_format, device_id=None)
 
 
+def _gpu_path(monkeypatch, path):
+    """Select the GPU path: "native" (the plugin's GPU operators) or "function" (python_function + CuPy)."""
+    from dali_kmix.backends import plugin
+
+    monkeypatch.setenv("DALI_KMIX_PLUGIN", "1" if path == "native" else "0")
+    if path == "native" and not plugin.gpu_backend():
+        pytest.fail("the plugin has no GPU backend on this GPU machine: " + (plugin.cuda_toolchain()[1] or "?"))
+
+
 @pytest.mark.gpu
+@pytest.mark.parametrize("path", ["native", "function"])
 @pytest.mark.parametrize("label_format", ["dense", "sparse"])
 @pytest.mark.parametrize("method", ["dmixup", "dcutmix", "saliency_dcutmix", "dmixup_or_dcutmix"])
-def test_restored_gpu_pipeline_continues_exactly(photo_dir, method, label_format):
+def test_restored_gpu_pipeline_continues_exactly(photo_dir, monkeypatch, method, label_format, path):
+    _gpu_path(monkeypatch, path)
     _restore_equals_uninterrupted(photo_dir, method, label_format, device="gpu", device_id=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("label_format", ["dense", "sparse"])
+@pytest.mark.parametrize("layout", ["HWC", "CHW"])
+@pytest.mark.parametrize("method", ["dmixup", "dcutmix", "saliency_dcutmix", "dmixup_or_dcutmix"])
+def test_native_gpu_path_equals_the_python_function_gpu_path(photo_dir, monkeypatch, method, layout, label_format):
+    """Same keys, same record, same kernels: the GPU pipeline gives the same bits through either path."""
+    outs = {}
+    for path in ("native", "function"):
+        _gpu_path(monkeypatch, path)
+        outs[path] = _run(photo_pipe(photo_dir, method, layout=layout, label_format=label_format, op_seed=9,
+                                     device="gpu", device_id=0), iters=3)
+    for a, b in zip(outs["native"], outs["function"]):
+        assert len(a) == len(b) == (2 if label_format == "dense" else 3)
+        for u, v in zip(a, b):
+            assert u.dtype == v.dtype
+            np.testing.assert_array_equal(u, v)
+
+
+@pipeline_def(batch_size=9, num_threads=2, seed=5)
+def random_images_pipe(method, dtype, layout, mode, device="cpu"):
+    """Random images from one external source (the same on both devices), mixed on ``device``."""
+    rng = np.random.default_rng(1)
+    shape = (23, 31, 3) if layout == "HWC" else (3, 23, 31)
+    images = fn.external_source(source=lambda: [(rng.random(shape) * 255).astype(dtype) for _ in range(9)],
+                                batch=True, layout=layout)
+    labels = fn.external_source(source=lambda: [np.array([i % 7], np.int32) for i in range(9)], batch=True)
+    op = getattr(kmix, method)
+    return op(images.gpu() if device == "gpu" else images, labels, k=3, alpha=0.7, num_classes=7, layout=layout,
+              mode=mode, prob=0.8, label_format="sparse")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["sample", "batch"])
+@pytest.mark.parametrize("layout", ["HWC", "CHW"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.float16, np.float32], ids=["u8", "f16", "f32"])
+@pytest.mark.parametrize("method", ["dmixup", "dcutmix", "dmixup_or_dcutmix"])
+def test_gpu_pipeline_equals_the_cpu_pipeline(monkeypatch, method, dtype, layout, mode):
+    """The record is drawn on the host alike and both backends of the native operators give the same bits."""
+    _gpu_path(monkeypatch, "native")
+    on_gpu = _run(random_images_pipe(method, dtype, layout, mode, device="gpu", device_id=0), iters=3)
+    on_cpu = _run(random_images_pipe(method, dtype, layout, mode, device_id=None), iters=3)
+    for a, b in zip(on_gpu, on_cpu):
+        for u, v in zip(a, b):
+            assert u.dtype == v.dtype
+            np.testing.assert_array_equal(u, v)
 
 
 @pytest.mark.parametrize("method", ["dcutmix", "dmixup_or_dcutmix"])
@@ -579,26 +637,62 @@ def _operators(nodes, seen=None):
     return list(seen.values())
 
 
-@pytest.mark.parametrize("labels_on", ["cpu", "gpu"])
-@pytest.mark.parametrize("method", ["dmixup", "dcutmix", "saliency_dcutmix", "dmixup_or_dcutmix"])
-def test_gpu_operators_place_every_input_where_dali_takes_it(method, labels_on):
-    # Defining a GPU pipeline needs no device (building one does): the graph shows where each operator runs.
+def _gpu_graph(method, labels_on, **pipe_kw):
+    """The operators of a GPU pipeline with ``method`` (defined, not built: that needs a device) and its outputs."""
     from nvidia.dali import Pipeline
 
-    pipe = Pipeline(batch_size=4, num_threads=1, device_id=0, seed=1)
+    pipe = Pipeline(batch_size=4, num_threads=1, device_id=0, seed=1, **pipe_kw)
     with pipe:
         x = fn.external_source(source=lambda: [np.zeros((8, 8, 3), np.uint8)] * 4, batch=True, layout="HWC")
         y = fn.external_source(source=lambda: [np.array([1], np.int32)] * 4, batch=True)
         prob = fn.external_source(source=lambda: [np.array([0.5], np.float32)] * 4, batch=True)
         outs = getattr(kmix, method)(x.gpu(), y.gpu() if labels_on == "gpu" else y, k=3, num_classes=10,
                                      layout="HWC", prob=prob, label_format="sparse")
+    return _operators(outs), outs
+
+
+NATIVE_OPS = {"dmixup": "KmixDmixup", "dcutmix": "KmixDcutmix", "saliency_dcutmix": "KmixDcutmix",
+              "dmixup_or_dcutmix": "KmixMix"}
+
+
+@pytest.mark.parametrize("path", ["native", "function"])
+@pytest.mark.parametrize("labels_on", ["cpu", "gpu"])
+@pytest.mark.parametrize("method", ["dmixup", "dcutmix", "saliency_dcutmix", "dmixup_or_dcutmix"])
+def test_gpu_operators_place_every_input_where_dali_takes_it(monkeypatch, method, labels_on, path):
+    # Defining a GPU pipeline needs no device (building one does): the graph shows where each operator runs.
+    from dali_kmix.backends import plugin
+
+    monkeypatch.setenv("DALI_KMIX_PLUGIN", "1" if path == "native" else "0")
+    if path == "native" and not plugin.gpu_backend():
+        pytest.skip("the plugin has no GPU backend here (no nvcc)")
+    ops, outs = _gpu_graph(method, labels_on)
     assert [o.device for o in outs] == ["gpu"] * 3
-    ops = _operators(outs)
     mixers = [op for op in ops if op._op.device == "gpu"]
-    assert len(mixers) == 1 and type(mixers[0]._op).__name__ == "PythonFunction"
-    assert all(i.device == "gpu" for i in mixers[0].inputs)
+    if path == "native":
+        # the native GPU operator blends: images on the GPU, the record drawn on the host (CPU inputs)
+        (blend,) = [op for op in mixers if type(op._op).__name__.startswith("Kmix")]
+        assert type(blend._op).__name__ == NATIVE_OPS[method] and outs[0].source is blend
+        assert [i.device for i in blend.inputs] == ["gpu"] + ["cpu"] * (len(blend.inputs) - 1)
+        others = [type(op._op).__name__ for op in mixers if op is not blend]
+        # Saliency-DCutMix: the salient points on the GPU (CuPy's FFT), handed to the host drawing by DALI
+        assert others == (["PythonFunction"] if method == "saliency_dcutmix" else [])
+    else:
+        assert len(mixers) == 1 and type(mixers[0]._op).__name__ == "PythonFunction"
+        assert all(i.device == "gpu" for i in mixers[0].inputs)
     for op in ops:
-        if op._op.device == "cpu":
+        if op._op.device == "cpu" and type(op._op).__name__ != "_Shape":  # _Shape reads metadata only
             assert all(i.device == "cpu" for i in op.inputs), f"{op.name} is a CPU operator with a GPU input"
     # the per-sample keys come from DALI's own random operator, on the CPU (checkpointed)
     assert any(type(op._op).__name__ == "Uniform" and op._op.device == "cpu" for op in ops)
+
+
+def test_a_pipeline_without_the_dynamic_executor_keeps_the_python_function_path():
+    """exec_dynamic=False cannot move data from the GPU to the CPU (the record drawing reads the images' shapes)."""
+    from dali_kmix.backends import plugin
+
+    if not plugin.gpu_backend():
+        pytest.skip("the plugin has no GPU backend here (no nvcc)")
+    for kw, native in (({}, True), ({"exec_dynamic": False}, False)):
+        ops, _ = _gpu_graph("dcutmix", "cpu", **kw)
+        kinds = {type(op._op).__name__ for op in ops if op._op.device == "gpu"}
+        assert kinds == ({"KmixDcutmix"} if native else {"PythonFunction"}), (kw, kinds)

@@ -195,3 +195,23 @@ def test_dmixup_or_dcutmix_per_batch_in_the_pipeline(photo_dir):
         imagenet_train_pipeline(photo_dir, batch_size=4, mix="mixup")
     with pytest.raises(ValueError, match=r"output_layout must be one of \['HWC', 'CHW'\], got 'NHWC'"):
         imagenet_train_pipeline(photo_dir, batch_size=4, output_layout="NHWC")
+
+
+@pytest.mark.parametrize("mix", ["dcutmix", "dmixup+dcutmix"])
+def test_the_gpu_train_pipeline_mixes_with_the_native_gpu_operator(photo_dir, mix):
+    """imagenet_train_pipeline(device="gpu") goes through dali_kmix.dali: with the plugin's GPU backend its mixing is
+    fn.kmix_* on the GPU (the graph is defined without a device; only building it needs one)."""
+    from dali_kmix.backends import plugin
+
+    if not plugin.gpu_backend():
+        pytest.skip("the plugin has no GPU backend here (no nvcc)")
+    pipe = imagenet_train_pipeline(photo_dir, batch_size=8, device="gpu", mix=mix, crop=CROP, seed=1)
+    seen, todo = {}, list(pipe.pipeline._graph_out)  # what set_outputs was given
+    while todo:
+        op = todo.pop().source
+        if op is not None and op.id not in seen:
+            seen[op.id] = op
+            todo += op.inputs
+    gpu_ops = sorted(type(op._op).__name__ for op in seen.values() if op._op.device == "gpu")
+    assert ("KmixMix" if mix == "dmixup+dcutmix" else "KmixDcutmix") in gpu_ops
+    assert "PythonFunction" not in gpu_ops, gpu_ops

@@ -1,11 +1,20 @@
-"""The native DALI operators of the plugin (``fn.kmix_dmixup``, ``fn.kmix_dcutmix``).
+"""The native DALI operators of the plugin (``fn.kmix_dmixup``, ``fn.kmix_dcutmix``, ``fn.kmix_mix``), CPU and GPU.
 
-Checked bit for bit against the NumPy reference over methods, layouts, dtypes, K,
-odd sizes and batch sizes; against the python_function path of ``dali_kmix.dali``
-(same records, same images, same labels); and for the errors a bad record raises.
+Checked bit for bit against the NumPy reference over methods, layouts, dtypes, K, odd sizes and batch sizes;
+against the python_function path of ``dali_kmix.dali`` (same records, same images, same labels); for the
+errors a bad record raises (one message table: the host checks, the CPU operator and, on a device, the GPU
+operator); and, without a device, for what the GPU backend is: compiled by nvcc for sm_80 and sm_90 plus PTX
+with zero warnings and IEEE float semantics, registered with DALI, usable in a defined GPU pipeline whose
+build() fails only for want of a device. On a device (``gpu`` marker): GPU operator == CPU operator bit for bit.
 """
 
+import os
+import re
+import shutil
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,13 +25,14 @@ from nvidia.dali import fn, pipeline_def, types  # noqa: E402
 
 import dali_kmix  # noqa: E402
 import dali_kmix.dali as kmix  # noqa: E402
-from dali_kmix import reference
-from dali_kmix.backends import cpu as cpu_kernels
-from dali_kmix.backends import plugin  # noqa: E402
-from dali_kmix.backends.sources import cuda_include_dirs  # noqa: E402
+from dali_kmix import reference  # noqa: E402
+from dali_kmix.backends import cpu as cpu_kernels  # noqa: E402
+from dali_kmix.backends import gpu_available, plugin  # noqa: E402
+from dali_kmix.backends.build import build_log, sanitize_requested  # noqa: E402
+from dali_kmix.backends.sources import FP_OPTIONS, cuda_include_dirs  # noqa: E402
 from dali_kmix.sampling import area_weights  # noqa: E402
 
-from _helpers import random_images  # noqa: E402
+from _helpers import assert_ieee_ptx, random_images  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -31,30 +41,45 @@ def loaded():
         pytest.skip("no C++ compiler or CUDA runtime headers: the plugin cannot be built here")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a failed build warns: fail loudly here instead
+        warnings.simplefilter("default", plugin.NoGpuBackendWarning)  # no nvcc here: the CPU-only plugin
         assert plugin.load(), "the dali_kmix DALI plugin did not load"
 
 
-def _apply(method, images, params, layout, num_threads=3, input_layout=None, third=None, sources=None,
-           iters=1):
-    """Run ``fn.kmix_<method>`` on a fixed batch and record; returns (output, images passed through)."""
-    n = len(images)
-    third = (params.weights if method == "dmixup" else params.boxes) if third is None else third
-    sources = params.sources if sources is None else sources
+#: The GPU backend is built here (a CUDA toolchain, not the ASan build): the no-device checks of it apply.
+needs_gpu_backend = pytest.mark.skipif(plugin.cuda_toolchain()[0] is None or sanitize_requested(),
+                                       reason=f"no GPU backend here: {plugin.cuda_toolchain()[1] or 'ASan build'}")
 
-    @pipeline_def(batch_size=max(n, 1), num_threads=num_threads, device_id=None)
+OPS = {"dmixup": "kmix_dmixup", "dcutmix": "kmix_dcutmix", "mix": "kmix_mix"}
+
+
+def _constant(batch):
+    """A source that gives the same batch every iteration (a closure: DALI passes an argument to a
+    callable that takes one)."""
+    return lambda: list(batch)
+
+
+def _apply(method, images, record, layout, *, device="cpu", num_threads=3, input_layout=None, iters=1):
+    """Run ``fn.kmix_<method>`` (method "dmixup", "dcutmix" or "mix") on a fixed batch and record (a list of the
+    record inputs after the images) on ``device``; returns (output on the host, images passed through)."""
+    n = len(images)
+
+    @pipeline_def(batch_size=max(n, 1), num_threads=num_threads, device_id=0 if device == "gpu" else None)
     def pipe():
-        ims = fn.external_source(source=lambda: list(images), batch=True,
+        ims = fn.external_source(source=_constant(images), batch=True,
                                  layout=layout if input_layout is None else input_layout)
-        src = fn.external_source(source=lambda: list(sources), batch=True)
-        thr = fn.external_source(source=lambda: list(third), batch=True)
-        op = fn.kmix_dmixup if method == "dmixup" else fn.kmix_dcutmix
-        return op(ims, src, thr, layout=layout), ims
+        rec = [fn.external_source(source=_constant(a), batch=True) for a in record]
+        return getattr(fn, OPS[method])(ims.gpu() if device == "gpu" else ims, *rec, layout=layout), ims
 
     p = pipe()
     p.build()
     for _ in range(iters):
         out, passed = p.run()
-    return out, passed
+    return (out.as_cpu() if device == "gpu" else out), passed
+
+
+def _rec(params):
+    """The record inputs of fn.kmix_dmixup / fn.kmix_dcutmix for a MixParams."""
+    return [params.sources, params.weights if params.boxes is None else params.boxes]
 
 
 SHAPES = {"1x1": (1, 1, 1), "3x5": (3, 5, 3), "225x227": (225, 227, 3), "17x64": (17, 64, 4)}
@@ -71,7 +96,7 @@ def test_bit_exact_against_the_reference(method, layout, dtype, k, shape):
     rng = np.random.default_rng([k, h, w, c, n])
     images = random_images(rng, dtype, (n, h, w, c) if layout == "HWC" else (n, c, h, w))
     params = dali_kmix.sample_params(method, n, h, w, k=k, alpha=0.8, rng=rng)
-    out, passed = _apply(method, images, params, layout)
+    out, passed = _apply(method, images, _rec(params), layout)
     assert out.layout() == layout
     got = out.as_array()
     assert got.dtype == images.dtype and got.shape == images.shape
@@ -85,14 +110,13 @@ def test_batch_sizes_and_thread_counts(method, n, threads):
     rng = np.random.default_rng(n + threads)
     images = random_images(rng, np.float32, (n, 3, 31, 45))
     params = dali_kmix.sample_params(method, n, 31, 45, k=4, rng=rng)
-    out, _ = _apply(method, images, params, "CHW", num_threads=threads, iters=2)
+    out, _ = _apply(method, images, _rec(params), "CHW", num_threads=threads, iters=2)
     np.testing.assert_array_equal(out.as_array(), reference.mix_images(images, params, "CHW"))
 
 
-def test_empty_and_full_boxes_and_unmixed_samples():
-    rng = np.random.default_rng(0)
-    n, h, w = 5, 9, 11
-    images = random_images(rng, np.uint8, (n, h, w, 3))
+def _edge_boxes():
+    """Full, empty, equal and one-pixel boxes (a fixed DCutMix record of 5 samples, 9 x 11)."""
+    h, w = 9, 11
     boxes = np.array([
         [[0, 0, h, w], [0, 0, h, w]],      # full boxes: the deepest source everywhere
         [[2, 3, 2, 3], [2, 3, 2, 3]],      # empty boxes: the anchor everywhere
@@ -101,8 +125,13 @@ def test_empty_and_full_boxes_and_unmixed_samples():
         [[0, 10, 9, 11], [8, 10, 9, 11]],  # a one-pixel corner
     ], np.int32)
     sources = np.array([[0, 1, 2], [1, 3, 4], [2, 0, 0], [3, 4, 1], [4, 2, 3]], np.int32)
-    params = dali_kmix.MixParams(sources, area_weights(boxes, h, w), boxes).validate(n, h, w)
-    out, _ = _apply("dcutmix", images, params, "HWC")
+    return dali_kmix.MixParams(sources, area_weights(boxes, h, w), boxes).validate(5, h, w)
+
+
+def test_empty_and_full_boxes_and_unmixed_samples():
+    images = random_images(np.random.default_rng(0), np.uint8, (5, 9, 11, 3))
+    params = _edge_boxes()
+    out, _ = _apply("dcutmix", images, _rec(params), "HWC")
     got = out.as_array()
     np.testing.assert_array_equal(got, reference.mix_images(images, params, "HWC"))
     np.testing.assert_array_equal(got[0], images[2])
@@ -125,60 +154,129 @@ def test_empty_batch_is_not_an_error():
     assert len(out) == 0
 
 
+# --------------------------------------------------------------------------- one message table for both backends
+# Each bad record is run through the host checks (kmix_record.h through the host library), the CPU operator and,
+# on a device, the GPU operator: all three must raise (or return) the same message, naming the argument and value.
+
+
 def _record(method="dcutmix", n=4, h=6, w=8, k=3, seed=0):
     rng = np.random.default_rng(seed)
     images = random_images(rng, np.uint8, (n, h, w, 3))
-    return images, dali_kmix.sample_params(method, n, h, w, k=k, rng=rng)
+    return images, dali_kmix.sample_params("dmixup" if method == "dmixup" else "dcutmix", n, h, w, k=k, rng=rng)
 
 
-def test_errors_name_the_argument_and_the_value():
+def _set(a, index, value):
+    a = a.copy()
+    a[index] = value
+    return a
+
+
+def _bad_cut(cut, weights=None):
+    """A kmix_mix record of 2 samples (4 x 4) with the given cut flags (and weights)."""
+    images = np.zeros((2, 4, 4, 3), np.uint8)
+    w = np.array([[0.5, 0.5], [1, 0]], np.float32) if weights is None else weights
+    return "mix", images, [np.array([[0, 1], [1, 0]], np.int32), w, np.zeros((2, 1, 4), np.int32), cut], {}
+
+
+def _bad(name):
+    """``(method, images, record, options)`` of the bad record ``name`` (a row of BAD_RECORDS)."""
     images, p = _record()
-    src = p.sources.copy()
-    src[2, 1] = 4
-    with pytest.raises(RuntimeError, match=r"sources must lie in \[0, N=4\), got sources\[2\]\[1\] = 4"):
-        _apply("dcutmix", images, p, "HWC", sources=src)
-    src = p.sources.copy()
-    src[1, 0] = 0
-    with pytest.raises(RuntimeError, match=r"sources\[1\]\[0\] must be 1 \(every sample anchors its own output\), "
-                                           r"got 0"):
-        _apply("dcutmix", images, p, "HWC", sources=src)
-    with pytest.raises(RuntimeError, match=r"sources must have dtype int32, got int64"):
-        _apply("dcutmix", images, p, "HWC", sources=p.sources.astype(np.int64))
-    boxes = p.boxes.copy()
-    boxes[3, 0] = (0, 0, 7, 8)
-    with pytest.raises(RuntimeError, match=r"boxes must satisfy 0 <= y0 <= y1 <= H=6 and 0 <= x0 <= x1 <= W=8; "
-                                           r"box 0 of sample 3 is \(0, 0, 7, 8\)"):
-        _apply("dcutmix", images, p, "HWC", third=boxes)
-    boxes = p.boxes.copy()
-    boxes[0] = [(1, 1, 4, 4), (0, 0, 2, 2)]
-    with pytest.raises(RuntimeError, match=r"boxes must be nested: box 1 of sample 0 \(0, 0, 2, 2\) is not inside "
-                                           r"box 0 \(1, 1, 4, 4\)"):
-        _apply("dcutmix", images, p, "HWC", third=boxes)
-    with pytest.raises(RuntimeError, match=r"boxes must have shape \(K-1, 4\) = \(2, 4\) for every sample, "
-                                           r"got \(3, 4\) for sample 0"):
-        _apply("dcutmix", images, p, "HWC", third=np.zeros((4, 3, 4), np.int32))
-    with pytest.raises(RuntimeError, match=r"layout must be \"HWC\" or \"CHW\", got \"NHWC\""):
-        _apply("dcutmix", images, p, "NHWC", input_layout="HWC")
-    with pytest.raises(RuntimeError, match=r"layout='CHW' was given but the images carry layout 'HWC'"):
-        _apply("dcutmix", images, p, "CHW", input_layout="HWC")
-    with pytest.raises(RuntimeError, match=r"images must have dtype uint8, float16 or float32, got int16"):
-        _apply("dcutmix", images.astype(np.int16), p, "HWC")
-    ragged = [images[0], images[1, :5], images[2], images[3]]
-    with pytest.raises(RuntimeError, match=r"all samples of a batch must have the same shape; sample 0 has shape "
-                                           r"\(6, 8, 3\) but sample 1 has shape \(5, 8, 3\)"):
-        _apply("dcutmix", ragged, p, "HWC")
+    images_m, pm = _record("dmixup")
+    cases = {
+        "source-out-of-range": ("dcutmix", images, [_set(p.sources, (2, 1), 4), p.boxes], {}),
+        "source-not-its-anchor": ("dcutmix", images, [_set(p.sources, (1, 0), 0), p.boxes], {}),
+        "sources-int64": ("dcutmix", images, [p.sources.astype(np.int64), p.boxes], {}),
+        "box-out-of-the-image": ("dcutmix", images, [p.sources, _set(p.boxes, (3, 0), (0, 0, 7, 8))], {}),
+        "boxes-not-nested": ("dcutmix", images, [p.sources, _set(p.boxes, 0, [(1, 1, 4, 4), (0, 0, 2, 2)])], {}),
+        "boxes-wrong-shape": ("dcutmix", images, [p.sources, np.zeros((4, 3, 4), np.int32)], {}),
+        "layout-argument": ("dcutmix", images, [p.sources, p.boxes], {"layout": "NHWC", "input_layout": "HWC"}),
+        "layout-mismatch": ("dcutmix", images, [p.sources, p.boxes], {"layout": "CHW", "input_layout": "HWC"}),
+        "images-int16": ("dcutmix", images.astype(np.int16), [p.sources, p.boxes], {}),
+        "images-ragged": ("dcutmix", [images[0], images[1, :5], images[2], images[3]], [p.sources, p.boxes], {}),
+        "weight-nan": ("dmixup", images_m, [pm.sources, _set(pm.weights, (1, 2), np.nan)], {}),
+        "weight-negative": ("dmixup", images_m, [pm.sources, _set(pm.weights, (1, 2), -0.5)], {}),
+        "weights-float64": ("dmixup", images_m, [pm.sources, pm.weights.astype(np.float64)], {}),
+        "cut-not-0-or-1": _bad_cut(np.array([0, 2], np.uint8)),
+        "cut-int32": _bad_cut(np.array([0, 1], np.int32)),
+        "mix-weight-negative": _bad_cut(np.array([0, 1], np.uint8), np.array([[0.5, -1], [1, 0]], np.float32)),
+    }
+    return cases[name]
 
+
+#: Bad record -> the message every check gives (a regex; dtypes named by DALI or by NumPy).
+BAD_RECORDS = {
+    "source-out-of-range": r"sources must lie in \[0, N=4\), got sources\[2\]\[1\] = 4",
+    "source-not-its-anchor": r"sources\[1\]\[0\] must be 1 \(every sample anchors its own output\), got 0",
+    "sources-int64": r"sources must have dtype int32, got int64",
+    "box-out-of-the-image": r"boxes must satisfy 0 <= y0 <= y1 <= H=6 and 0 <= x0 <= x1 <= W=8; box 0 of sample 3 "
+                            r"is \(0, 0, 7, 8\)",
+    "boxes-not-nested": r"boxes must be nested: box 1 of sample 0 \(0, 0, 2, 2\) is not inside box 0 \(1, 1, 4, 4\)",
+    "boxes-wrong-shape": r"boxes must have shape \(K-1, 4\) = \(2, 4\) for every sample, got \(3, 4\) for sample 0",
+    "layout-argument": r"layout must be \"HWC\" or \"CHW\", got \"NHWC\"",
+    "layout-mismatch": r"layout='CHW' was given but the images carry layout 'HWC'",
+    "images-int16": r"images must have dtype uint8, float16 or float32, got int16",
+    "images-ragged": r"all samples of a batch must have the same shape; sample 0 has shape \(6, 8, 3\) but sample 1 "
+                     r"has shape \(5, 8, 3\)",
+    "weight-nan": r"weights must be finite and >= 0, got weights\[1\]\[2\] = nan",
+    "weight-negative": r"weights must be finite and >= 0, got weights\[1\]\[2\] = -0.5",
+    "weights-float64": r"weights must have dtype float, got (double|float64)",
+    "cut-not-0-or-1": r"cut must be 0 or 1, got cut\[1\] = 2",
+    "cut-int32": r"cut must have dtype uint8, got int32",
+    "mix-weight-negative": r"weights must be finite and >= 0, got weights\[0\]\[1\] = -1",
+}
+
+
+def _operator_error(name, device):
+    method, images, record, opts = _bad(name)
+    with pytest.raises(RuntimeError, match=BAD_RECORDS[name]) as info:
+        _apply(method, images, record, opts.get("layout", "HWC"), input_layout=opts.get("input_layout"),
+               device=device)
+    return str(info.value)
+
+
+def _host_message(name):
+    method, images, record, opts = _bad(name)
+    layout = opts.get("layout", "HWC")
+    third = dict(zip(("weights", "boxes", "cut"), record[1:])) if method == "mix" else \
+        {("weights" if method == "dmixup" else "boxes"): record[1]}
+    return cpu_kernels.validate_record(method, images, record[0], **third, layout=layout,
+                                       found_layout=opts.get("input_layout", layout))
+
+
+#: Where DALI and NumPy name a dtype differently ("double" / "float64"), the messages differ in that word only.
+DTYPE_NAMES_DIFFER = ("weights-float64",)
+
+
+@pytest.mark.parametrize("name", list(BAD_RECORDS))
+def test_record_errors_from_the_host_checks(name):
+    msg = _host_message(name)
+    assert re.search(BAD_RECORDS[name], msg), msg
+
+
+@pytest.mark.parametrize("name", list(BAD_RECORDS))
+def test_record_errors_on_the_cpu_operator(name):
+    raised = _operator_error(name, "cpu")
+    if name not in DTYPE_NAMES_DIFFER:
+        assert _host_message(name) in raised  # the very same text: one message table
+
+
+def test_host_checks_pass_the_records_the_operators_apply():
+    images, p = _record()
+    assert cpu_kernels.validate_record("dcutmix", images, p.sources, boxes=p.boxes) == ""
     images, p = _record("dmixup")
-    w = p.weights.copy()
-    w[1, 2] = np.nan
-    with pytest.raises(RuntimeError, match=r"weights must be finite and >= 0, got weights\[1\]\[2\] = nan"):
-        _apply("dmixup", images, p, "HWC", third=w)
-    w[1, 2] = -0.5
-    with pytest.raises(RuntimeError, match=r"weights must be finite and >= 0, got weights\[1\]\[2\] = -0.5"):
-        _apply("dmixup", images, p, "HWC", third=w)
-    with pytest.raises(RuntimeError, match=r"weights must have dtype float, got double|weights must have dtype "
-                                           r"float32, got float64"):
-        _apply("dmixup", images, p, "HWC", third=p.weights.astype(np.float64))
+    assert cpu_kernels.validate_record("dmixup", images, p.sources, weights=p.weights, layout="HWC",
+                                       found_layout="") == ""
+    params = _edge_boxes()
+    assert cpu_kernels.validate_record("mix", np.zeros((5, 9, 11, 3), np.float16), params.sources, params.weights,
+                                       params.boxes, np.ones((5, 1), np.uint8)) == ""
+    assert cpu_kernels.validate_record("dcutmix", np.zeros((0, 9, 11, 3), np.uint8), np.zeros((0, 3), np.int32),
+                                       boxes=np.zeros((0, 2, 4), np.int32)) == ""
+
+
+def test_host_checks_refuse_a_record_input_of_another_batch_size():
+    images, p = _record()
+    msg = cpu_kernels.validate_record("dcutmix", images, p.sources, boxes=p.boxes[:3])
+    assert msg == "boxes has 3 samples but images has 4"
 
 
 # ------------------------------------------------------------------ the operators of dali_kmix.dali
@@ -255,24 +353,22 @@ def test_env_values(monkeypatch, value, expect):
 # --------------------------------------------------------------------------- fn.kmix_mix: either method per sample
 
 
-def _constant(batch):
-    """A source that gives the same batch every iteration (a closure: DALI passes an argument to a
-    callable that takes one)."""
-    return lambda: list(batch)
+def _mix_record(n, h, w, k, rng, mode="sample"):
+    """A kmix_mix record (sources, weights, boxes, cut) with both methods present, and the reference output maker."""
+    cut_rec = dali_kmix.sample_params("dcutmix", n, h, w, k=k, mode=mode, rng=rng)
+    blend_rec = dali_kmix.sample_params("dmixup", n, h, w, k=k, mode=mode, rng=rng)
+    cut = (rng.random(n) < 0.5).astype(np.uint8)
+    cut[:2] = (0, 1)[:n]
+    sources = np.where(cut[:, None] == 1, cut_rec.sources, blend_rec.sources).astype(np.int32)
+    weights = np.where(cut[:, None] == 1, cut_rec.weights, blend_rec.weights).astype(np.float32)
+    boxes = np.where(cut[:, None, None] == 1, cut_rec.boxes, 0).astype(np.int32)
 
+    def want(images, layout):
+        paste = reference.mix_images(images, dali_kmix.MixParams(sources, weights, boxes), layout)
+        blend = reference.mix_images(images, dali_kmix.MixParams(sources, weights), layout)
+        return np.stack([paste[i] if cut[i] else blend[i] for i in range(n)])
 
-def _apply_mix(images, sources, weights, boxes, cut, layout, num_threads=3):
-    n = len(images)
-
-    @pipeline_def(batch_size=n, num_threads=num_threads, device_id=None)
-    def pipe():
-        ims = fn.external_source(source=lambda: list(images), batch=True, layout=layout)
-        rec = [fn.external_source(source=_constant(a), batch=True) for a in (sources, weights, boxes, cut)]
-        return fn.kmix_mix(ims, *rec, layout=layout), ims
-
-    p = pipe()
-    p.build()
-    return p.run()
+    return [sources, weights, boxes, cut], want
 
 
 @pytest.mark.parametrize("k", [2, 3, 9], ids=lambda k: f"K{k}")
@@ -283,30 +379,316 @@ def test_kmix_mix_bit_exact_per_sample(layout, dtype, k):
     n, h, w, c = 9, 17, 23, 3
     rng = np.random.default_rng([k, n])
     images = random_images(rng, dtype, (n, h, w, c) if layout == "HWC" else (n, c, h, w))
-    cut_rec = dali_kmix.sample_params("dcutmix", n, h, w, k=k, rng=rng)
-    blend_rec = dali_kmix.sample_params("dmixup", n, h, w, k=k, rng=rng)
-    cut = (rng.random(n) < 0.5).astype(np.uint8)
-    cut[:2] = (0, 1)
-    sources = np.where(cut[:, None] == 1, cut_rec.sources, blend_rec.sources).astype(np.int32)
-    weights = np.where(cut[:, None] == 1, cut_rec.weights, blend_rec.weights).astype(np.float32)
-    boxes = np.where(cut[:, None, None] == 1, cut_rec.boxes, 0).astype(np.int32)
-    out, passed = _apply_mix(images, sources, weights, boxes, cut, layout)
-    got = out.as_array()
-    want_cut = reference.mix_images(images, dali_kmix.MixParams(sources, weights, boxes), layout)
-    want_blend = reference.mix_images(images, dali_kmix.MixParams(sources, weights), layout)
-    for i in range(n):
-        np.testing.assert_array_equal(got[i], want_cut[i] if cut[i] else want_blend[i])
+    record, want = _mix_record(n, h, w, k, rng)
+    out, passed = _apply("mix", images, record, layout)
+    np.testing.assert_array_equal(out.as_array(), want(images, layout))
     np.testing.assert_array_equal(passed.as_array(), images)
 
 
-def test_kmix_mix_errors():
-    images = np.zeros((2, 4, 4, 3), np.uint8)
-    src = np.array([[0, 1], [1, 0]], np.int32)
-    w = np.array([[0.5, 0.5], [1, 0]], np.float32)
-    b = np.zeros((2, 1, 4), np.int32)
-    with pytest.raises(RuntimeError, match=r"cut must be 0 or 1, got cut\[1\] = 2"):
-        _apply_mix(images, src, w, b, np.array([0, 2], np.uint8), "HWC")
-    with pytest.raises(RuntimeError, match=r"cut must have dtype uint8, got int32"):
-        _apply_mix(images, src, w, b, np.array([0, 1], np.int32), "HWC")
-    with pytest.raises(RuntimeError, match=r"weights must be finite and >= 0"):
-        _apply_mix(images, src, np.array([[0.5, -1], [1, 0]], np.float32), b, np.array([0, 1], np.uint8), "HWC")
+# --------------------------------------------------------------------------- how the plugin is built
+
+
+def _fake_toolkit(root, *, nvcc=True, headers=True, cudart=True):
+    """A CUDA toolkit folder that holds what cuda_toolchain looks for (an nvcc that reports its TOP)."""
+    (root / "bin").mkdir(parents=True)
+    if nvcc:
+        (root / "bin" / "nvcc").write_text(f"#!/bin/sh\necho '#$ TOP={root}/bin/..' >&2\n")
+        (root / "bin" / "nvcc").chmod(0o755)
+    if headers:
+        (root / "include" / "crt").mkdir(parents=True)
+        (root / "include" / "cuda_runtime_api.h").write_text("")
+        (root / "include" / "crt" / "host_config.h").write_text("")
+    if cudart:
+        (root / "lib64").mkdir()
+        (root / "lib64" / "libcudart.so").write_text("")
+    return root
+
+
+@pytest.fixture()
+def toolchain_env(tmp_path, monkeypatch):
+    """No CUDA toolchain anywhere but where the test puts one."""
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setattr(sys, "path", [str(tmp_path / "site")])
+    monkeypatch.setattr(plugin, "_dali_cuda_major", lambda: "13")
+    plugin.cuda_toolchain.cache_clear()
+    yield tmp_path
+    plugin.cuda_toolchain.cache_clear()
+
+
+def test_the_toolchain_is_found_under_cuda_home_with_what_it_lacks_named(toolchain_env, monkeypatch):
+    tc, missing = plugin.cuda_toolchain()
+    assert tc is None and missing.startswith("nvcc not found (looked in $CUDA_HOME/bin, $CUDA_PATH/bin, PATH")
+    root = _fake_toolkit(toolchain_env / "cuda").resolve()
+    monkeypatch.setenv("CUDA_HOME", str(root))
+    plugin.cuda_toolchain.cache_clear()
+    assert plugin.cuda_toolchain() == (plugin.CudaToolchain(str(root / "bin" / "nvcc"), str(root / "include"),
+                                                             str(root / "lib64" / "libcudart.so")), "")
+    (root / "lib64" / "libcudart.so").unlink()
+    plugin.cuda_toolchain.cache_clear()
+    tc, missing = plugin.cuda_toolchain()
+    assert tc is None and missing.startswith("no libcudart.so next to")
+
+
+def test_the_toolchain_is_found_in_pips_cuda_compiler_package(toolchain_env):
+    """nvidia-cuda-nvcc of DALI's CUDA major (nvidia/cu13/bin/nvcc), its runtime in nvidia/cu13/lib."""
+    root = _fake_toolkit(toolchain_env / "site" / "nvidia" / "cu13", cudart=False).resolve()
+    (root / "lib").mkdir()
+    (root / "lib" / "libcudart.so.13").write_text("")
+    tc, missing = plugin.cuda_toolchain()
+    assert missing == "" and tc.nvcc == str(root / "bin" / "nvcc")
+    assert tc.cudart == str(root / "lib" / "libcudart.so.13")
+
+
+def _record_builds(monkeypatch):
+    calls = []
+
+    def fake(name, sources, flags, *, libs=(), announce=None, **kw):
+        calls.append(dict(name=name, sources=list(map(str, sources)), flags=list(flags), libs=list(libs),
+                          announce=announce, **kw))
+        return Path("/nowhere") / name
+
+    monkeypatch.setattr(plugin, "compile_cached", fake)
+    return calls
+
+
+def test_without_nvcc_the_cpu_only_plugin_is_built_after_one_warning(monkeypatch):
+    calls = _record_builds(monkeypatch)
+    monkeypatch.setattr(plugin, "cuda_toolchain", lambda: (None, "nvcc not found (looked in PATH)"))
+    with pytest.warns(plugin.NoGpuBackendWarning) as caught:
+        plugin.build()
+    assert [str(w.message) for w in caught] == [
+        "dali_kmix: the DALI plugin is built without its GPU backend: nvcc not found (looked in PATH)"]
+    (link,) = calls
+    assert "-DKMIX_WITH_GPU" not in link["flags"] and not any("cudart" in x for x in link["libs"])
+    with pytest.raises(FileNotFoundError, match="GPU backend of the DALI plugin cannot be built: nvcc not found"):
+        plugin.build(gpu=True)
+
+
+def test_with_nvcc_the_backend_object_is_linked_in_and_the_build_announced_once(monkeypatch, capsys):
+    calls = _record_builds(monkeypatch)
+    tc = plugin.CudaToolchain("/cuda/bin/nvcc", str(cuda_include_dirs()[-1]), "/cuda/lib64/libcudart.so")
+    monkeypatch.setattr(plugin, "cuda_toolchain", lambda: (tc, ""))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plugin.build()
+    obj, link = calls
+    assert obj["name"] == "kmix_gpu_launch.o" and obj["compiler_cmd"] == "/cuda/bin/nvcc"
+    assert obj["flags"] == plugin.nvcc_flags() and obj["sources"][0].endswith("kmix_gpu_launch.cu")
+    assert "-gencode=arch=compute_80,code=sm_80" in obj["flags"] and "-gencode=arch=compute_90,code=compute_90" in \
+        obj["flags"]
+    assert "-DKMIX_WITH_GPU" in link["flags"] and f"-isystem{tc.include}" in link["flags"]
+    assert link["libs"][:2] == ["/nowhere/kmix_gpu_launch.o", tc.cudart]
+    assert {Path(p).name for p in link["inputs"]} >= set(plugin.SOURCES) | {"kmix_gpu_launch.o"}
+    assert "dali 2." in link["key_extra"]
+    obj["announce"]()
+    link["announce"]()  # the object and the library share one announcement
+    assert capsys.readouterr().err == \
+        "dali_kmix: building the DALI plugin (CPU+GPU), about a minute, once per version...\n"
+
+
+def test_a_failing_nvcc_falls_back_to_the_cpu_only_plugin(monkeypatch):
+    calls = _record_builds(monkeypatch)
+    tc = plugin.CudaToolchain("/cuda/bin/nvcc", str(cuda_include_dirs()[-1]), "/cuda/lib64/libcudart.so")
+    monkeypatch.setattr(plugin, "cuda_toolchain", lambda: (tc, ""))
+
+    def broken(*a, **kw):
+        raise RuntimeError("building the GPU backend failed: simulated nvcc error")
+
+    monkeypatch.setattr(plugin, "_build_gpu_object", broken)
+    with pytest.warns(plugin.NoGpuBackendWarning, match="simulated nvcc error"):
+        plugin.build()
+    (link,) = calls
+    assert "-DKMIX_WITH_GPU" not in link["flags"]
+
+
+# --------------------------------------------------------------------------- the GPU backend, without a device
+
+
+@needs_gpu_backend
+def test_the_gpu_backend_is_built_and_registered_with_dali():
+    from nvidia.dali import backend
+
+    assert plugin.gpu_backend()
+    assert set(plugin.OPERATORS) <= set(backend.RegisteredGPUOps())
+    assert set(plugin.OPERATORS) <= set(backend.RegisteredCPUOps())
+
+
+@needs_gpu_backend
+def test_the_gpu_backend_holds_sm80_sm90_and_ptx_built_without_a_warning():
+    flags = plugin.nvcc_flags()
+    assert set(FP_OPTIONS) <= set(flags) and not any("fast" in f or "ftz=true" in f for f in flags)
+    obj = plugin.gpu_object()
+    images = plugin.fatbin_images(obj)
+    assert sorted((kind, arch) for kind, arch, _ in images) == [("elf", 80), ("elf", 90), ("ptx", 90)]
+    assert all(body[:4] == b"\x7fELF" for kind, _, body in images if kind == "elf")
+    lib = plugin.build()
+    for path in (obj, lib):  # the compilers' own output, kept beside what they built: nothing
+        assert Path(f"{path}.log").is_file(), path
+        assert build_log(path) == "", build_log(path)
+
+
+def _ptx_lines(text):
+    """The PTX's statements, without comments and layout (the fat binary keeps neither)."""
+    lines = (" ".join(ln.split()) for ln in text.replace("\0", "").splitlines())
+    return [ln for ln in lines if ln and not ln.startswith("//")]
+
+
+@needs_gpu_backend
+def test_the_gpu_backend_ptx_keeps_ieee_semantics():
+    """No .ftz, fma only where the source calls fmaf: in nvcc's PTX of the backend's own translation unit and
+    options, which is the PTX the plugin ships (compared where the zstd tool can unpack the shipped image)."""
+    ptx = plugin.gpu_ptx()
+    assert_ieee_ptx(ptx, entries=9)  # kmix_dmixup, kmix_dcutmix, kmix_mix x uint8, __half, float
+    (shipped,) = [body for kind, _, body in plugin.fatbin_images(plugin.gpu_object()) if kind == "ptx"]
+    if shipped[:4] == b"\x28\xb5\x2f\xfd":  # zstd
+        if shutil.which("zstd") is None:
+            return
+        shipped = subprocess.run(["zstd", "-d", "-c"], input=shipped, capture_output=True, check=True).stdout
+    assert _ptx_lines(shipped.decode()) == _ptx_lines(ptx)
+
+
+def _gpu_graph(record_device="cpu"):
+    """A GPU pipeline with the three native operators on GPU images (defined, not built)."""
+    from nvidia.dali import Pipeline
+
+    n = 4
+    pipe = Pipeline(batch_size=n, num_threads=1, device_id=0)
+    with pipe:
+        ims = fn.external_source(source=_constant(np.zeros((n, 8, 8, 3), np.uint8)), batch=True, layout="HWC").gpu()
+        src = fn.external_source(source=_constant(np.tile(np.arange(n, dtype=np.int32)[:, None], (1, 2))), batch=True)
+        w = fn.external_source(source=_constant(np.full((n, 2), 0.5, np.float32)), batch=True)
+        b = fn.external_source(source=_constant(np.zeros((n, 1, 4), np.int32)), batch=True)
+        cut = fn.external_source(source=_constant(np.zeros((n, 1), np.uint8)), batch=True)
+        if record_device == "gpu":
+            src = src.gpu()
+        outs = [fn.kmix_dmixup(ims, src, w, layout="HWC"), fn.kmix_dcutmix(ims, src, b, layout="HWC"),
+                fn.kmix_mix(ims, src, w, b, cut, layout="HWC")]
+        pipe.set_outputs(*outs)
+    return pipe, outs
+
+
+@needs_gpu_backend
+@pytest.mark.skipif(gpu_available(), reason="checks what happens without a device")
+def test_gpu_pipelines_are_defined_and_fail_to_build_only_for_want_of_a_device():
+    pipe, outs = _gpu_graph()
+    for out, schema in zip(outs, ("KmixDmixup", "KmixDcutmix", "KmixMix")):
+        op = out.source
+        assert out.device == "gpu" and op._op.device == "gpu" and type(op._op).__name__ == schema
+        assert [i.device for i in op.inputs] == ["gpu"] + ["cpu"] * (len(op.inputs) - 1)
+    with pytest.raises(RuntimeError, match=r"CUDA is not available|no CUDA-capable device"):
+        pipe.build()
+
+
+def test_a_gpu_record_input_is_refused_when_the_pipeline_is_defined():
+    if not plugin.gpu_backend():
+        pytest.skip("no GPU backend here")
+    with pytest.raises(RuntimeError, match=r"The input 1 for gpu operator `nvidia.dali.fn.kmix_dmixup` is stored on "
+                                           r"incompatible device \"gpu\". Valid device is \"cpu\""):
+        _gpu_graph(record_device="gpu")
+
+
+@pytest.mark.slow  # a process of its own
+@needs_gpu_backend
+def test_the_plugin_loads_in_a_process_without_a_gpu(tmp_path):
+    script = (
+        "import sys; from nvidia.dali import backend\n"
+        "from dali_kmix.backends import plugin, gpu_available\n"
+        "assert not gpu_available()\n"
+        "assert plugin.gpu_backend(), 'no GPU backend'\n"
+        "print(sorted(o for o in backend.RegisteredGPUOps() if o.startswith('Kmix')))\n")
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "['KmixDcutmix', 'KmixDmixup', 'KmixMix']" in proc.stdout
+
+
+# --------------------------------------------------------------------------- the GPU backend on a device
+
+
+GPU_SHAPES = {2: (37, 45, 3), 3: (225, 227, 3), 9: (5, 7, 1)}  # odd sizes, one per K
+
+
+def _both_backends(method, images, record, layout):
+    """``(cpu output, gpu output, images passed through)`` of fn.kmix_<method> on the same batch and record."""
+    n = len(images)
+
+    @pipeline_def(batch_size=n, num_threads=3, device_id=0)
+    def pipe():
+        ims = fn.external_source(source=_constant(images), batch=True, layout=layout)
+        rec = [fn.external_source(source=_constant(a), batch=True) for a in record]
+        op = getattr(fn, OPS[method])
+        return op(ims, *rec, layout=layout), op(ims.gpu(), *rec, layout=layout), ims
+
+    p = pipe()
+    p.build()
+    cpu_out, gpu_out, passed = p.run()
+    assert gpu_out.layout() == layout
+    return cpu_out.as_array(), gpu_out.as_cpu().as_array(), passed.as_array()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["sample", "batch"])
+@pytest.mark.parametrize("k", [2, 3, 9], ids=lambda k: f"K{k}")
+@pytest.mark.parametrize("dtype", [np.uint8, np.float16, np.float32], ids=["u8", "f16", "f32"])
+@pytest.mark.parametrize("layout", ["HWC", "CHW"])
+@pytest.mark.parametrize("method", ["dmixup", "dcutmix", "mix"])
+def test_gpu_operator_equals_the_cpu_operator_bit_for_bit(method, layout, dtype, k, mode):
+    h, w, c = GPU_SHAPES[k]
+    n = 7
+    rng = np.random.default_rng([k, h, n])
+    images = random_images(rng, dtype, (n, h, w, c) if layout == "HWC" else (n, c, h, w))
+    if method == "mix":
+        record, want = _mix_record(n, h, w, k, rng, mode)
+        expect = want(images, layout)
+    else:
+        params = dali_kmix.sample_params(method, n, h, w, k=k, mode=mode, rng=rng)
+        record, expect = _rec(params), reference.mix_images(images, params, layout)
+    on_cpu, on_gpu, passed = _both_backends(method, images, record, layout)
+    assert on_gpu.dtype == images.dtype and on_gpu.shape == images.shape
+    np.testing.assert_array_equal(on_gpu, on_cpu)
+    np.testing.assert_array_equal(on_gpu, expect)
+    np.testing.assert_array_equal(passed, images)  # the input is not written
+
+
+def _edge_case(case):
+    """``(images, record inputs, MixParams, layout)`` of one edge case of the GPU operator (DCutMix)."""
+    if case == "N1-1x1":
+        boxes = np.array([[(0, 0, 1, 1), (0, 0, 0, 0)]], np.int32)
+        params = dali_kmix.MixParams(np.zeros((1, 3), np.int32), area_weights(boxes, 1, 1), boxes)
+        return random_images(np.random.default_rng(1), np.uint8, (1, 1, 1, 1)), _rec(params), params, "HWC"
+    if case == "edge-boxes":
+        params = _edge_boxes()
+        return random_images(np.random.default_rng(2), np.uint8, (5, 9, 11, 3)), _rec(params), params, "HWC"
+    n = int(case[1:])
+    params = dali_kmix.sample_params("dcutmix", n, 19, 21, k=4, rng=n)
+    return random_images(np.random.default_rng(n), np.float16, (n, 3, 19, 21)), _rec(params), params, "CHW"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", ["N1-1x1", "edge-boxes", "N65", "N300"])
+def test_gpu_operator_edge_records_and_batch_sizes(case):
+    images, record, params, layout = _edge_case(case)
+    on_cpu, on_gpu, _ = _both_backends("dcutmix", images, record, layout)
+    np.testing.assert_array_equal(on_gpu, on_cpu)
+    np.testing.assert_array_equal(on_gpu, reference.mix_images(images, params, layout))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", list(BAD_RECORDS))
+def test_record_errors_on_the_gpu_operator(name):
+    raised = _operator_error(name, "gpu")
+    if name not in DTYPE_NAMES_DIFFER:
+        assert _host_message(name) in raised
+
+
+@pytest.mark.gpu
+def test_a_failing_gpu_operator_then_a_working_pipeline():
+    """A refused record leaves nothing behind: the next GPU pipeline of the process runs and is right."""
+    for name in ("box-out-of-the-image", "source-out-of-range", "weight-nan"):
+        _operator_error(name, "gpu")
+    images, p = _record()
+    out, _ = _apply("dcutmix", images, _rec(p), "HWC", device="gpu", iters=3)
+    np.testing.assert_array_equal(out.as_array(), reference.mix_images(images, p, "HWC"))

@@ -224,3 +224,33 @@ def test_gpu_kernel_suite_under_compute_sanitizer(tmp_path, tool):
     assert proc.returncode == 0, tails()
     assert SANITIZER_SUMMARIES[tool] in report.read_text(errors="replace"), tails()
     assert f"{len(SANITIZER_SELECTION)} passed" in out and " failed" not in out and "skipped" not in out, tails()
+
+
+#: Plain cudaMalloc'd device and pinned buffers for DALI (no pools, no VMM): memcheck sees each buffer's own bounds.
+DALI_WITHOUT_POOLS = {"DALI_USE_DEVICE_MEM_POOL": "0", "DALI_USE_PINNED_MEM_POOL": "0", "DALI_USE_VMM": "0",
+                      "DALI_USE_CUDA_MALLOC_ASYNC": "0"}
+#: The native GPU operators' device tests of test_plugin.py that run under memcheck (sized for one 10-minute call).
+NATIVE_UNDER_MEMCHECK = ("(gpu_operator_equals and K3 and sample) or gpu_operator_edge or record_errors_on_the_gpu "
+                         "or failing_gpu_operator")
+
+
+@pytest.mark.gpu
+def test_native_gpu_operators_under_compute_sanitizer_memcheck(tmp_path):
+    """fn.kmix_* on the GPU (the plugin's GPU backend: the record's copy, the pointer arrays, the kernels) under
+    memcheck, DALI's memory pools off; the sanitizer's report goes to a log file per process under tmp_path."""
+    exe = shutil.which("compute-sanitizer")
+    if exe is None:
+        pytest.skip("compute-sanitizer not installed")
+    from dali_kmix.backends import plugin
+
+    assert plugin.gpu_backend(), plugin.cuda_toolchain()[1]
+    env = dict(os.environ, **DALI_WITHOUT_POOLS)
+    cmd = [exe, "--tool", "memcheck", "--leak-check", "no", "--error-exitcode", "97", "--target-processes", "all",
+           "--log-file", str(tmp_path / "memcheck-%p.log"), sys.executable, "-m", "pytest", "-q", "-x", "-p",
+           "no:cacheprovider", "-m", "gpu", "-k", NATIVE_UNDER_MEMCHECK, str(HERE / "test_plugin.py")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=540)
+    logs = {p.name: p.read_text() for p in tmp_path.glob("memcheck-*.log")}
+    out = proc.stdout + proc.stderr + "".join(f"\n--- {n}\n{t[-5000:]}" for n, t in logs.items())
+    assert proc.returncode == 0, out[-20000:]
+    assert logs and all("ERROR SUMMARY: 0 errors" in t for t in logs.values()), out[-20000:]
+    assert " passed" in proc.stdout and " failed" not in proc.stdout, out[-5000:]

@@ -10,6 +10,8 @@ import pytest
 
 from dali_kmix.backends import sources as kernel_source
 
+from _helpers import assert_ieee_ptx
+
 ARCHS = ["sm_80", "sm_90"]
 
 
@@ -64,30 +66,11 @@ def test_run_time_path_and_gate_compile_with_the_same_options(record_nvrtc_optio
     assert set(run.lowered) == set(kernel_source.NAME_EXPRESSIONS["kmix_blend.cu"])
 
 
-def _entries(ptx):
-    """{kernel name: PTX body} of every .entry."""
-    parts = re.split(r"\.entry\s+", ptx)[1:]
-    return {p.split("(", 1)[0].strip(): p for p in parts}
-
-
-#: The kernels whose source calls fmaf (the only fused multiply-adds allowed: --fmad=false).
-FMAF_KERNELS = ("kmix_dmixup", "kmix_mix")  # kmix_mix blends with the same fmaf chain
-
-
 @pytest.mark.parametrize("name", kernel_source.DEVICE_SOURCES)
 def test_ptx_has_no_flush_to_zero_and_fma_only_where_the_source_calls_fmaf(name):
     out = kernel_source.compile_nvrtc(name, "compute_90")
     assert out.kind == "ptx"
-    ptx = out.image.decode()
-    assert re.findall(r"\.ftz\b", ptx) == []
-    entries = _entries(ptx)
-    assert len(entries) == max(1, len(kernel_source.NAME_EXPRESSIONS[name]))
-    for entry, body in entries.items():
-        fmas = re.findall(r"\bfma\.\w+\.f32", body)
-        if any(k in entry for k in FMAF_KERNELS):
-            assert fmas and set(fmas) == {"fma.rn.f32"}, entry
-        else:
-            assert fmas == [], entry
+    assert_ieee_ptx(out.image.decode(), entries=max(1, len(kernel_source.NAME_EXPRESSIONS[name])))
 
 
 def test_the_ptx_check_sees_what_cupy_would_add():

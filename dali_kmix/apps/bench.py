@@ -24,6 +24,7 @@ fastest peer and to the copy.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -36,7 +37,7 @@ import numpy as np
 
 from ..backends import gpu_available
 from ..backends.build import cpu_id
-from .bench_gpu import bench_gpu_ops, bench_gpu_scaling, format_gpu
+from .bench_gpu import bench_gpu_ops, bench_gpu_scaling, bench_native_ops, format_gpu
 from .bench_kmixup import bench_kmixup, format_markdown
 from .common import atomic_write
 from .peers import PEERS, Config, can, dali_native_pipeline, make_batch, peer_callable
@@ -234,13 +235,16 @@ def _pipeline(data_dir, variant, *, batch, size, k, device, num_threads, seed=0)
 
 
 def bench_pipeline(data_dir, *, batch=64, size=224, k=3, iters=12, repeats=5, device="cpu", num_threads=2,
-                   progress=True, settle_s=0.3) -> list[dict]:
+                   progress=True, settle_s=0.3, only=None) -> list[dict]:
     """Images/s through ``DALIGenericIterator`` into torch, over a JPEG tree, for every mixing variant.
 
     All variants are built first and then timed in rounds, one block of ``iters`` batches per
     variant per round, so a slow spell of a noisy machine hits every variant alike; ``vs_no_mix``
     is the median over rounds of (variant / no mixing in the same round). Between blocks the
     run waits ``settle_s`` so the previous pipeline's prefetching is done before the next clock.
+    On the GPU, dali_kmix's DCutMix and DMixup are timed twice: with the native GPU operator (the
+    default where the plugin has its GPU backend) and ``FUNCTION_PATH`` (python_function + CuPy);
+    each row's ``path`` says which. ``only``: the variants to run (default: all).
     """
     import torch
     from nvidia.dali.plugin.base_iterator import LastBatchPolicy
@@ -250,12 +254,17 @@ def bench_pipeline(data_dir, *, batch=64, size=224, k=3, iters=12, repeats=5, de
     variants = ["none", "dali_kmix dcutmix", "dali_kmix dmixup", "dali_kmix saliency-dcutmix",
                 "dali_kmix dcutmix (float32 CHW, after normalise)", "dali_kmix dmixup (float32 CHW, after normalise)",
                 "DALI native cutmix", "DALI native mixup", "timm Mixup after the iterator (K=2)"]
+    if device == "gpu":  # the GPU path's fallback beside the native operator, in the same rounds
+        variants[3:3] = [f"dali_kmix {m} {FUNCTION_PATH}" for m in ("dcutmix", "dmixup")]
+    if only is not None:
+        variants = [v for v in variants if v in only]
     runners, errors = {}, {}
     for variant in variants:
         pipe_variant = "none" if variant.startswith("timm") else variant
         try:
-            pipe, names = _pipeline(data_dir, pipe_variant, batch=batch, size=size, k=k, device=device,
-                                    num_threads=num_threads)
+            with _plugin_setting("0" if variant.endswith(FUNCTION_PATH) else None):
+                pipe, names = _pipeline(data_dir, pipe_variant, batch=batch, size=size, k=k, device=device,
+                                        num_threads=num_threads)
             after = None
             if variant.startswith("timm"):
                 from timm.data import Mixup
@@ -294,7 +303,7 @@ def bench_pipeline(data_dir, *, batch=64, size=224, k=3, iters=12, repeats=5, de
                          "reason": errors.get(variant, "not run")})
             continue
         r = np.asarray(rates[variant])
-        row = {"level": "pipeline", "device": device, "mix": variant,
+        row = {"level": "pipeline", "device": device, "mix": variant, **_gpu_path(variant, device),
                "k": 2 if variant.startswith("timm") else (None if variant == "none" else k),
                "placement": _placement(variant), "batch": batch, "size": size, "threads": num_threads,
                "status": "ok", "images_per_s_median": float(np.median(r)), "images_per_s_min": float(r.min()),
@@ -306,6 +315,34 @@ def bench_pipeline(data_dir, *, batch=64, size=224, k=3, iters=12, repeats=5, de
                        vs_no_mix_max=float(ratios.max()))
         rows.append(row)
     return rows
+
+
+#: The suffix of a GPU variant built with DALI_KMIX_PLUGIN=0: python_function + CuPy instead of the native operator.
+FUNCTION_PATH = "(python_function + CuPy)"
+
+
+@contextlib.contextmanager
+def _plugin_setting(value):
+    """DALI_KMIX_PLUGIN set to ``value`` (None: unchanged) while a pipeline is defined (it picks the path)."""
+    old = os.environ.get("DALI_KMIX_PLUGIN")
+    if value is not None:
+        os.environ["DALI_KMIX_PLUGIN"] = value
+    try:
+        yield
+    finally:
+        if value is not None and old is None:
+            os.environ.pop("DALI_KMIX_PLUGIN", None)
+        elif value is not None:
+            os.environ["DALI_KMIX_PLUGIN"] = old
+
+
+def _gpu_path(variant, device):
+    """``{"path": "native" | "function"}`` for dali_kmix's GPU rows: which path the pipeline mixed with."""
+    if device != "gpu" or not variant.startswith("dali_kmix"):
+        return {}
+    from ..backends import plugin
+
+    return {"path": "function" if variant.endswith(FUNCTION_PATH) or not plugin.gpu_backend() else "native"}
 
 
 def _placement(variant):
@@ -498,6 +535,11 @@ def run(out_dir="benchmarks/results", *, quick=False, data_dir=None, progress=Tr
             rows += bench_gpu_scaling(ks=(2, 4, 16), batch=32, rounds=2, iters=3, progress=progress)
         else:
             rows += bench_gpu_ops(progress=progress) + bench_gpu_scaling(progress=progress)
+        from ..backends import plugin
+
+        if plugin.gpu_backend():  # the DALI plugin's GPU operators
+            rows += bench_native_ops(batch=32 if quick else 256, ks=(3,) if quick else (2, 3, 9),
+                                     rounds=2 if quick else 7, iters=3 if quick else 10, progress=progress)
     if quick:
         rows += bench_scaling(ks=(2, 4, 8, 16), batches=(16, 64), k_batch=32, repeats=3, progress=progress)
     else:

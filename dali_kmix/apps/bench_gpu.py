@@ -9,8 +9,15 @@
    (:func:`~dali_kmix.sampling.sample_params_device`) and the saliency step.
 2. Scaling (level ``"gpu-scaling"``): DCutMix and DMixup time over K = 2..16, and
    ``vs_k2``, the time relative to K = 2 in the same round.
-3. :func:`gpu_targets`: the targets of the GPU issue, measured against the rows (the
-   pipeline target from :func:`dali_kmix.apps.bench.bench_pipeline` on the GPU, batch 256).
+3. Native operators (level ``"gpu-native-op"``, :func:`bench_native_ops`): ``fn.kmix_dmixup`` /
+   ``fn.kmix_dcutmix`` (the DALI plugin's GPU backend) in a GPU pipeline over one batch held on
+   the device, against ``fn.copy`` of it in the same kind of pipeline. Each operator is chained
+   ``length`` times and the pipeline with one subtracted, so what is left is the operator's own
+   time (launch, the record's one host-to-device copy, the kernel), not the pipeline's or Python's.
+4. :func:`gpu_targets`: the targets of the GPU issue, measured against the rows (the
+   pipeline target from :func:`dali_kmix.apps.bench.bench_pipeline` on the GPU, batch 256: the
+   "mixed" pipeline with the native operator, with the ``python_function`` path and without mixing,
+   in interleaved rounds).
 
 Timing: CUDA events around ``iters`` launches on the current stream; every variant of a
 group is timed once per round, rounds interleaved, so a clock or a neighbour that changes
@@ -28,6 +35,8 @@ is tested on the CPU with a host stand-in; the GPU run itself is a ``gpu`` test.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from ..record import MixParams
@@ -35,7 +44,8 @@ from ..saliency import salient_points
 from ..sampling import sample_params
 from .peers import Config, make_batch
 
-__all__ = ["CudaDevice", "bench_gpu_ops", "bench_gpu_scaling", "gpu_targets", "format_gpu", "TARGETS"]
+__all__ = ["CudaDevice", "DaliChains", "bench_gpu_ops", "bench_gpu_scaling", "bench_native_ops", "gpu_targets",
+           "format_gpu", "TARGETS"]
 
 COPY = "copy (yardstick)"
 KMIX = "dali_kmix"
@@ -209,10 +219,9 @@ def bench_gpu_scaling(*, ks=(2, 3, 4, 6, 8, 12, 16), batch=128, size=224, dtype=
     return rows
 
 
-def gpu_targets(rows) -> list[dict]:
-    """``[{"target", "measured", "met"}]`` for the GPU targets that ``rows`` hold figures for."""
+def _bandwidth_targets(ops, prefix) -> list[dict]:
+    """The copy-bandwidth targets over the kernel (or native operator) rows of the largest batch."""
     out = []
-    ops = [r for r in rows if r["level"] == "gpu-op" and r["impl"] == KMIX]
     if ops:
         top = max(r["batch"] for r in ops)
         for method, ks, key, label in (("dcutmix", None, "dcutmix_vs_copy", "DCutMix blend"),
@@ -222,9 +231,109 @@ def gpu_targets(rows) -> list[dict]:
                 continue
             worst = min(sel, key=lambda r: r["vs_copy_bandwidth"])
             measured = ", ".join(f"{r['dtype']} K={r['k']}: {100 * r['vs_copy_bandwidth']:.0f} %" for r in sel)
-            out.append({"target": f"{label} ≥ {100 * TARGETS[key]:.0f} % of the copy bandwidth (batch {top})",
+            out.append({"target": f"{prefix}{label} ≥ {100 * TARGETS[key]:.0f} % of the copy bandwidth (batch {top})",
                         "measured": measured, "worst": worst["vs_copy_bandwidth"],
                         "met": worst["vs_copy_bandwidth"] >= TARGETS[key]})
+    return out
+
+
+# --------------------------------------------------------------------------- the native operators (DALI plugin)
+
+NATIVE = "fn.kmix_* (native GPU operator)"
+NATIVE_COPY = "fn.copy (yardstick)"
+
+
+class DaliChains:
+    """Native operator rows on a CUDA device: one GPU pipeline per variant, ``length`` operators in a row over one
+    batch held on the device (``external_source(device="gpu", no_copy=True)``), its record as constant CPU inputs;
+    seconds per ``pipe.run()``, the device synchronised after each (wall clock)."""
+
+    name = "gpu"
+
+    def __init__(self, threads: int = 4):
+        import cupy
+
+        self.xp, self.threads = cupy, threads
+
+    def to_device(self, a):
+        return self.xp.asarray(a)
+
+    def pipeline(self, samples, record, op, layout, length):
+        """A function running one iteration of ``op`` (``"kmix_dcutmix"``..., None: ``fn.copy``) chained ``length``
+        times."""
+        from nvidia.dali import Pipeline, fn
+
+        pipe = Pipeline(batch_size=len(samples), num_threads=self.threads, device_id=0, prefetch_queue_depth=1,
+                        seed=0)
+        with pipe:
+            x = fn.external_source(source=lambda: samples, batch=True, device="gpu", layout=layout, no_copy=True)
+            rec = [fn.external_source(source=(lambda a=a: list(a)), batch=True) for a in record]
+            for _ in range(length):
+                x = fn.copy(x) if op is None else getattr(fn, op)(x, *rec, layout=layout)
+            pipe.set_outputs(x)
+        pipe.build()
+        return pipe.run
+
+    def seconds_per_call(self, fn, iters: int) -> float:
+        sync = self.xp.cuda.Device().synchronize
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            fn()
+            sync()
+        return (time.perf_counter() - t0) / iters
+
+
+def _record_inputs(method, n, size, k, seed):
+    """The CPU record inputs of fn.kmix_<method> for a batch of n images of size x size (drawn once)."""
+    p = sample_params(method, n, size, size, k=k, rng=seed + k)
+    return [p.sources, p.weights if method == "dmixup" else p.boxes]
+
+
+def bench_native_ops(*, dtypes=("uint8", "float32"), batch=256, ks=(2, 3, 9), methods=("dmixup", "dcutmix"),
+                     size=224, length=8, rounds=7, iters=10, warmup=2, seed=0, progress=True,
+                     device=None) -> list[dict]:
+    """Native operator rows (level ``"gpu-native-op"``): per operator, (time of ``length`` in a row - time of one) /
+    (``length`` - 1) in the same round, against ``fn.copy`` measured alike; bandwidth as a fraction of the copy's."""
+    from tqdm import tqdm
+
+    if length < 2:
+        raise ValueError(f"length must be >= 2 (the chain minus one operator is what is timed), got {length}")
+    device = device or DaliChains()
+    rows = []
+    for dt in tqdm(dtypes, desc="GPU native operators", disable=not progress):
+        cfg = Config("dcutmix", 3, "sample", dt, batch, size)
+        host, _ = make_batch(cfg, seed)
+        samples = list(device.to_device(host))
+        kinds = [(NATIVE_COPY, None, 0)] + [(NATIVE, m, k) for m in methods for k in ks]
+        variants = {}
+        for impl, method, k in kinds:
+            record = [] if method is None else _record_inputs(method, batch, size, k, seed)
+            for n_ops in (1, length):
+                variants[(impl, method, k, n_ops)] = device.pipeline(
+                    samples, record, None if method is None else f"kmix_{method}", cfg.layout, n_ops)
+        times = _interleaved(device, variants, rounds, iters, warmup)
+        per_op = {kind: (np.asarray(times[kind + (length,)]) - np.asarray(times[kind + (1,)])) / (length - 1)
+                  for kind in kinds}
+        copy_t = per_op[(NATIVE_COPY, None, 0)]
+        for (impl, method, k), ts in per_op.items():
+            nbytes = kernel_bytes(method, k, host.nbytes)
+            row = {"level": "gpu-native-op", "device": device.name, "impl": impl, "dtype": dt, "layout": cfg.layout,
+                   "batch": batch, "size": size, "chain": length, "status": "ok", **_stats(ts), "bytes": nbytes,
+                   "timing": "pipeline runs, chain of operators minus one, interleaved rounds"}
+            row["gb_per_s"] = nbytes / row["median_s"] / 1e9 if row["median_s"] > 0 else float("nan")
+            row.update(_ratio_stats("vs_copy_bandwidth", (nbytes / ts) / (2 * host.nbytes / copy_t)))
+            if method is not None:
+                row.update(method=method, k=k)
+            rows.append(row)
+    return rows
+
+
+def gpu_targets(rows) -> list[dict]:
+    """``[{"target", "measured", "met"}]`` for the GPU targets that ``rows`` hold figures for."""
+    out = _bandwidth_targets([r for r in rows if r["level"] == "gpu-op" and r["impl"] == KMIX], "")
+    out += _bandwidth_targets([r for r in rows if r["level"] == "gpu-native-op" and r["impl"] == NATIVE],
+                              "native operator ")
     scal = [r for r in rows if r["level"] == "gpu-scaling" and r["method"] == "dcutmix"]
     if scal:
         worst = max(scal, key=lambda r: r["vs_k2"])
@@ -233,11 +342,12 @@ def gpu_targets(rows) -> list[dict]:
                     "measured": f"slowest K={worst['k']}: {worst['vs_k2']:.2f} × K=2", "worst": worst["vs_k2"],
                     "met": worst["vs_k2"] <= TARGETS["dcutmix_flat_in_k"]})
     pipes = [r for r in rows if r["level"] == "pipeline" and r.get("device") == "gpu" and r.get("status") == "ok"
-             and r["mix"].startswith("dali_kmix") and "vs_no_mix" in r]
+             and r["mix"].startswith("dali_kmix") and "vs_no_mix" in r and r.get("path") != "function"]
     if pipes:
         worst = min(pipes, key=lambda r: r["vs_no_mix"])
-        out.append({"target": f"\"mixed\" pipeline with mixing ≥ {100 * TARGETS['pipeline_vs_no_mix']:.0f} % of "
-                              f"without (batch {pipes[0].get('batch')})",
+        native = " (native operator)" if all(r.get("path") == "native" for r in pipes) else ""
+        out.append({"target": f"\"mixed\" pipeline with mixing{native} ≥ {100 * TARGETS['pipeline_vs_no_mix']:.0f} % "
+                              f"of without (batch {pipes[0].get('batch')})",
                     "measured": ", ".join(f"{r['mix']}: {100 * r['vs_no_mix']:.0f} %" for r in pipes),
                     "worst": worst["vs_no_mix"], "met": worst["vs_no_mix"] >= TARGETS["pipeline_vs_no_mix"]})
     return out
@@ -246,12 +356,12 @@ def gpu_targets(rows) -> list[dict]:
 def format_gpu(rows) -> str:
     """Markdown: the kernel table, the K scaling and the targets ("" when ``rows`` hold no GPU figures)."""
     lines = []
-    ops = [r for r in rows if r["level"] == "gpu-op"]
+    ops = [r for r in rows if r["level"] in ("gpu-op", "gpu-native-op")]
     if ops:
         lines += ["| dtype, batch | kernel | K | ms per batch (median; min–max) | GB/s | vs copy bandwidth (min–max) |",
                   "|---|---|---|---|---|---|"]
         for r in ops:
-            name = f"{r['impl']} {r['method']}" if r["impl"] in (KMIX, RECORD) else r["impl"]
+            name = f"{r['impl']} {r['method']}" if r["impl"] in (KMIX, RECORD, NATIVE) else r["impl"]
             ms = f"{1e3 * r['median_s']:.3f} ({1e3 * r['min_s']:.3f}–{1e3 * r['max_s']:.3f})"
             gbs = f"{r['gb_per_s']:.0f}" if "gb_per_s" in r else "–"
             bw = (f"{100 * r['vs_copy_bandwidth']:.0f} % ({100 * r['vs_copy_bandwidth_min']:.0f}–"

@@ -18,10 +18,11 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
-__all__ = ["compiler", "cpu_id", "build_flags", "cache_dir", "compile_cached", "sanitize_requested",
-           "BASE_FLAGS", "SANITIZE_FLAGS"]
+__all__ = ["compiler", "cpu_id", "build_flags", "cache_dir", "compile_cached", "build_log", "tool_version",
+           "sanitize_requested", "BASE_FLAGS", "SANITIZE_FLAGS"]
 
 BASE_FLAGS = ["-std=c++17", "-O3", "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-shared", "-pthread",
               "-Wall", "-Wextra"]
@@ -68,19 +69,32 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def compile_cached(lib_name: str, sources, flags, *, libs=(), inputs=(), key_extra: str = "",
-                   verbose: bool = False, what: str = "the CPU kernels") -> Path:
-    """Compile ``sources`` into the shared library ``lib_name`` under :func:`cache_dir` (cached).
+def tool_version(exe: str) -> str:
+    """``exe --version`` (its first lines), "" when it cannot run: part of the build keys."""
+    try:
+        return subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
 
-    The command is ``$CXX flags sources libs -o lib`` (libraries after the sources).
+
+def compile_cached(lib_name: str, sources, flags, *, libs=(), inputs=(), key_extra: str = "",
+                   verbose: bool = False, what: str = "the CPU kernels", compiler_cmd: str | None = None,
+                   announce=None) -> Path:
+    """Compile ``sources`` into the shared library (or object) ``lib_name`` under :func:`cache_dir` (cached).
+
+    The command is ``compiler flags sources libs -o lib`` (libraries after the sources); the
+    compiler is ``compiler_cmd`` (e.g. nvcc), else :func:`compiler`.
 
     The cache key hashes ``inputs`` (the files the build reads), the command line,
     ``key_extra``, the processor and the compiler's version, so any change rebuilds.
-    Concurrent first uses wait on a file lock; the library appears atomically.
+    Concurrent first uses wait on a file lock; the library appears atomically, with the
+    compiler's own output beside it in ``<lib_name>.log`` (empty output: no warning).
+    ``announce``: a line printed to stderr before a build starts (not when cached), or a
+    function called then.
     Raises FileNotFoundError without a C++ compiler and RuntimeError with the
     compiler's output when the build fails.
     """
-    cxx = compiler()
+    cxx = compiler_cmd or compiler()
     if cxx is None:
         raise FileNotFoundError("no C++ compiler found (set $CXX or install g++)")
     cmd = [cxx, *flags, *map(str, sources), *libs]
@@ -90,10 +104,7 @@ def compile_cached(lib_name: str, sources, flags, *, libs=(), inputs=(), key_ext
     h.update(" ".join(cmd).encode())
     h.update(key_extra.encode())
     h.update(cpu_id().encode())
-    try:
-        h.update(subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout.encode())
-    except OSError:
-        pass
+    h.update(tool_version(cxx).encode())
     out_dir = cache_dir() / h.hexdigest()[:16]
     lib = out_dir / lib_name
     if lib.is_file():
@@ -103,7 +114,11 @@ def compile_cached(lib_name: str, sources, flags, *, libs=(), inputs=(), key_ext
         fcntl.flock(lock, fcntl.LOCK_EX)
         if lib.is_file():
             return lib
-        tmp = lib.with_suffix(f".{os.getpid()}.tmp")
+        if callable(announce):
+            announce()
+        elif announce:
+            print(announce, file=sys.stderr, flush=True)
+        tmp = lib.with_name(f"{lib.stem}.{os.getpid()}.tmp{lib.suffix}")
         full = cmd + ["-o", str(tmp)]
         proc = subprocess.run(full, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -111,5 +126,13 @@ def compile_cached(lib_name: str, sources, flags, *, libs=(), inputs=(), key_ext
             raise RuntimeError(f"building {what} failed:\n{' '.join(full)}\n{proc.stdout}{proc.stderr}")
         if verbose:
             print(" ".join(full))
+        log = lib.with_name(lib.name + ".log")
+        log.write_text(proc.stdout + proc.stderr)
         os.replace(tmp, lib)
     return lib
+
+
+def build_log(lib: Path) -> str:
+    """What the compiler printed while building ``lib`` (a :func:`compile_cached` output); "" when nothing."""
+    log = Path(lib).with_name(Path(lib).name + ".log")
+    return log.read_text() if log.is_file() else ""

@@ -24,7 +24,8 @@ from .build import build_flags, compile_cached, compiler, sanitize_requested
 from .sources import kernels_dir
 
 __all__ = ["load", "build", "available", "compiler", "dmixup", "dcutmix", "mix", "nest_boxes", "grey_resize",
-           "half_to_float", "float_to_half", "DTYPE_CODES", "LAYOUT_CODES", "HOST_SOURCES", "default_workers"]
+           "half_to_float", "float_to_half", "DTYPE_CODES", "LAYOUT_CODES", "HOST_SOURCES", "default_workers",
+           "launch_config", "launch_cover", "validate_record", "KERNEL_CODES", "METHOD_CODES"]
 
 #: Element-type and layout codes of the C entry points, as kernels/kmix_codes.h defines them for C++.
 DTYPE_CODES = {np.dtype(np.uint8): 0, np.dtype(np.float16): 1, np.dtype(np.float32): 2}
@@ -32,7 +33,13 @@ LAYOUT_CODES = {"HWC": 0, "CHW": 1}
 
 #: Files the host build reads (the entry points, the shim and every kernel source and header).
 HOST_SOURCES = ("kmix_host.cpp", "kmix_host_shim.h", "kmix_codes.h", "kmix_common.cuh", "kmix_blend.cu",
-                "kmix_boxes.cu", "kmix_saliency.cu")
+                "kmix_boxes.cu", "kmix_saliency.cu", "kmix_record.h", "kmix_launch.h")
+
+#: Kernel codes of the GPU launch configuration (kernels/kmix_launch.h).
+KERNEL_CODES = {"dmixup": 0, "dcutmix": 1, "mix": 2}
+#: Method codes of the record checks (kernels/kmix_record.h): the operators kmix_dmixup, kmix_dcutmix, kmix_mix.
+METHOD_CODES = {"dmixup": 0, "dcutmix": 1, "mix": 2}
+_I32_CODE = 3  # KMIX_I32: record inputs only
 
 
 def build(sanitize: bool | None = None, verbose: bool = False) -> Path:
@@ -51,6 +58,13 @@ def build(sanitize: bool | None = None, verbose: bool = False) -> Path:
 _P = ctypes.c_void_p
 _I = ctypes.c_int
 _L = ctypes.c_longlong
+
+
+class _KmixList(ctypes.Structure):
+    """``kmix::KmixList`` (kernels/kmix_record.h): one operator input, per-sample pointers and shapes."""
+
+    _fields_ = [("num_samples", _I), ("ndim", _I), ("shape", _P), ("data", _P), ("dtype", _I),
+                ("type_name", ctypes.c_char_p)]
 
 
 @functools.lru_cache(maxsize=None)
@@ -72,6 +86,14 @@ def _load(sanitize: bool):
     lib.kmix_host_float_to_half.argtypes = [_P, _P, _L]
     for fn in (lib.kmix_host_dmixup, lib.kmix_host_dcutmix, lib.kmix_host_nest_boxes):
         fn.restype = _I
+    lib.kmix_host_launch_config.argtypes = [_I, _I, _I, _I, _I, _I, _P]
+    lib.kmix_host_launch_config.restype = None
+    lib.kmix_host_launch_cover.argtypes = [_I, _I, _I, _I, _I, _I, _P, _P]
+    lib.kmix_host_launch_cover.restype = _I
+    lst = ctypes.POINTER(_KmixList)
+    lib.kmix_host_validate_record.argtypes = [_I, ctypes.c_char_p, ctypes.c_char_p, lst, lst, lst, lst, lst,
+                                              ctypes.c_char_p, _I]
+    lib.kmix_host_validate_record.restype = _I
     return lib
 
 
@@ -203,3 +225,66 @@ def float_to_half(values: np.ndarray) -> np.ndarray:
     out = np.empty(values.shape, np.uint16)
     load().kmix_host_float_to_half(values.ctypes.data, out.ctypes.data, values.size)
     return out
+
+
+# --------------------------------------------------------------------------- the GPU launch configuration, on the host
+
+
+def launch_config(kernel: str, n: int, height: int, width: int, channels: int, layout: str) -> tuple[int, int, int]:
+    """``(grid.x, grid.y, block.x)`` of kernels/kmix_launch.h for ``kernel`` ("dmixup", "dcutmix", "mix")."""
+    cfg = np.zeros(3, np.uint32)
+    load().kmix_host_launch_config(KERNEL_CODES[kernel], n, height, width, channels, LAYOUT_CODES[layout],
+                                   cfg.ctypes.data)
+    return tuple(int(v) for v in cfg)
+
+
+def launch_cover(kernel: str, n: int, height: int, width: int, channels: int, layout: str):
+    """``(tiles, visits, last)``: whether the launch's chunks (through the kernels' own work split) tile every
+    sample's elements and rows exactly, how often each sample is visited, and the largest element offset reached."""
+    visits = np.zeros(max(n, 0), np.int32)
+    last = ctypes.c_longlong(0)
+    rc = load().kmix_host_launch_cover(KERNEL_CODES[kernel], n, height, width, channels, LAYOUT_CODES[layout],
+                                       visits.ctypes.data, ctypes.addressof(last))
+    return rc == 0, visits, last.value
+
+
+# --------------------------------------------------------------------------- the record checks of the DALI operators
+
+
+def _kmix_list(samples, with_data: bool):
+    """``(_KmixList, keep-alive)`` for a batch: a list of arrays (or an array whose first axis is the batch)."""
+    arrays = [np.ascontiguousarray(a) for a in samples]
+    batch = samples if isinstance(samples, np.ndarray) else None  # an empty batch still has a dtype and ndim
+    ndim = arrays[0].ndim if arrays else (batch.ndim - 1 if batch is not None else 0)
+    if any(a.ndim != ndim for a in arrays):
+        raise ValueError(f"every sample must have the same number of dimensions, got {[a.ndim for a in arrays]}")
+    shape = np.array([a.shape for a in arrays], np.int64).reshape(-1)
+    ptrs = _ptrs(arrays) if with_data else np.zeros(len(arrays), np.uint64)
+    dtype = arrays[0].dtype if arrays else (batch.dtype if batch is not None else np.dtype(np.uint8))
+    code = DTYPE_CODES.get(dtype, _I32_CODE if dtype == np.int32 else -1)
+    name = dtype.name.encode()
+    lst = _KmixList(len(arrays), ndim, shape.ctypes.data, ptrs.ctypes.data, code, name)
+    return lst, (arrays, shape, ptrs, name)
+
+
+def validate_record(method: str, images, sources, weights=None, boxes=None, cut=None, *, layout: str = "HWC",
+                    found_layout: str = "") -> str:
+    """The checks the DALI operators run on a record, before any kernel (kernels/kmix_record.h).
+
+    ``method``: "dmixup" (sources, weights), "dcutmix" (sources, boxes) or "mix" (all four). Every
+    input is a batch (a list of per-sample arrays, or an array whose first axis is the batch); of the
+    images only the shapes and the dtype are read. Returns "" for a valid record, else the message
+    the operators raise (the dtypes named as NumPy names them).
+    """
+    keep, lists = [], []
+    for x, data in ((images, False), (sources, True), (weights, True), (boxes, True), (cut, True)):
+        if x is None:
+            lists.append(None)
+            continue
+        lst, alive = _kmix_list(x, data)
+        keep.append(alive)
+        lists.append(ctypes.pointer(lst))
+    msg = ctypes.create_string_buffer(1024)
+    load().kmix_host_validate_record(METHOD_CODES[method], layout.encode(), found_layout.encode(), *lists, msg,
+                                     len(msg))
+    return msg.value.decode()

@@ -175,9 +175,19 @@ def _ptrs(arrays):
     return cupy.asarray(host)
 
 
+# The launch configuration mirrors kernels/kmix_launch.h (the DALI plugin's GPU operators use that header; the
+# tests compare both over batch sizes and image sizes): block 256, grid.y min(N, 65535), grid.x as below.
 def _blend_grid_x(elems: int, block: int) -> int:
     """Blocks along grid.x for a blend of ``elems`` per sample: about 4 elements per thread."""
     return max(1, min((elems + block * 4 - 1) // (block * 4), 1 << 20))
+
+
+def _paste_grid_x(h: int, w: int, c: int, layout: str) -> int:
+    """Blocks along grid.x for a paste: the rows (H, or C x H for CHW) in groups of about 4096 elements."""
+    rows = h if layout == "HWC" else c * h
+    row_len = w * (c if layout == "HWC" else 1)
+    rows_per_block = max(1, 4096 // max(1, row_len))
+    return max(1, (rows + rows_per_block - 1) // rows_per_block)
 
 
 def _type_name(dtype) -> str:
@@ -234,10 +244,7 @@ def dcutmix_launch(inputs, outputs, sources, boxes, layout) -> Launch | None:
         return None
     inputs, outputs = dense_blend_samples(inputs, outputs)
     h, w, c = hwc_dims(outputs[0].shape, layout)
-    rows = h if layout == "HWC" else c * h
-    row_len = w * (c if layout == "HWC" else 1)
-    rows_per_block = max(1, 4096 // max(1, row_len))
-    grid_x = max(1, (rows + rows_per_block - 1) // rows_per_block)
+    grid_x = _paste_grid_x(h, w, c, layout)
     kern = module("kmix_blend.cu").get_function(f"kmix_dcutmix<{_type_name(outputs[0].dtype)}>")
     src = cupy.ascontiguousarray(sources, dtype=cupy.int32)
     bx = cupy.ascontiguousarray(boxes, dtype=cupy.int32)

@@ -1,38 +1,71 @@
-"""The blending kernels as native DALI CPU operators (a DALI plugin), built on first use.
+"""The blending kernels as native DALI operators with a CPU and a GPU backend (a DALI plugin), built on first use.
 
 ``kernels/kmix_dali_op.cpp`` registers ``fn.kmix_dmixup(images, sources, weights,
 layout=...)``, ``fn.kmix_dcutmix(images, sources, boxes, layout=...)`` and
 ``fn.kmix_mix(images, sources, weights, boxes, cut, layout=...)`` (either, per sample): they apply
-a :class:`~dali_kmix.MixParams` record (one row per sample) with the same kernels as
-:mod:`dali_kmix.backends.cpu`, on the pipeline's thread pool, straight into DALI's output
-buffer. The CPU operators of :mod:`dali_kmix.dali` use them when they load, so a
-pipeline no longer pays the copy of every ``python_function`` output (one full pass
-over the batch per iteration); the record and the labels are still drawn in Python.
+a :class:`~dali_kmix.MixParams` record (one row per sample, CPU tensors) to a batch of images on
+the CPU (the kernels of :mod:`dali_kmix.backends.cpu`, on the pipeline's thread pool) or on the
+GPU (the same ``__global__`` kernels, compiled by nvcc, on the operator's CUDA stream), straight
+into DALI's output buffer. Both backends share one schema and one set of checks
+(``kernels/kmix_record.h``). :mod:`dali_kmix.dali` uses them when they load; the record and the
+labels are still drawn in Python.
 
-The plugin is compiled with the system C++ compiler against the headers and
-``libdali.so`` of the installed DALI wheel (``nvidia.dali.sysconfig``) and the CUDA
-runtime headers those include (see :func:`dali_kmix.backends.sources.cuda_include_dirs`),
-cached like the CPU kernels. Where it cannot be built, :func:`load` warns once and
-returns False, and the operators fall back to ``python_function`` (same results).
-``DALI_KMIX_PLUGIN=0`` turns the plugin off; with ``DALI_KMIX_SANITIZE=1`` the plugin is
-built with AddressSanitizer and UBSan (the tests run its suite so, with libasan preloaded).
+Build (cached under a key over every source and header, the flags, the compilers' versions and
+DALI's version; see :func:`dali_kmix.backends.build.compile_cached`):
+
+1. with a CUDA toolchain (:func:`cuda_toolchain`: ``$CUDA_HOME``/``$CUDA_PATH``, ``nvcc`` on
+   PATH, or the pip CUDA compiler package of DALI's CUDA major version), nvcc compiles
+   ``kernels/kmix_gpu_launch.cu`` (the kernels of ``kmix_blend.cu`` and their launches) with the
+   floating-point options of :data:`dali_kmix.backends.sources.FP_OPTIONS` for :data:`GPU_ARCHS`
+   plus PTX for newer devices;
+2. the system C++ compiler builds the operators against the headers and ``libdali.so`` of the
+   installed DALI wheel (``nvidia.dali.sysconfig``) and links that object and the CUDA runtime.
+
+Without nvcc the CPU-only plugin is built, after one warning (:class:`NoGpuBackendWarning`)
+naming what is missing; GPU pipelines then blend in ``python_function`` with CuPy. Where the
+plugin cannot be built at all, :func:`load` warns once and returns False, and the operators fall
+back to ``python_function`` (same results). ``DALI_KMIX_PLUGIN=0`` turns the plugin off; with
+``DALI_KMIX_SANITIZE=1`` the CPU-only plugin is built with AddressSanitizer and UBSan.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import re
+import shutil
+import sys
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 from . import cpu
-from .build import build_flags, compile_cached
-from .sources import cuda_include_dirs, kernels_dir
+from .build import build_flags, compile_cached, compiler, tool_version
+from .sources import FP_OPTIONS, cuda_include_dirs, kernels_dir
 
-__all__ = ["build", "load", "enabled", "SOURCES"]
+__all__ = ["build", "load", "enabled", "gpu_backend", "cuda_toolchain", "nvcc_flags", "gpu_object", "gpu_ptx",
+           "fatbin_images", "NoGpuBackendWarning",
+           "SOURCES", "GPU_SOURCES", "GPU_ARCHS", "PTX_ARCH", "OPERATORS"]
 
-#: Files the plugin build reads (the operator plus the host kernels it links in).
-SOURCES = ("kmix_dali_op.cpp",) + cpu.HOST_SOURCES
+#: Files the CPU plugin build reads (the operators, the shared checks and the host kernels it links in).
+SOURCES = ("kmix_dali_op.cpp", "kmix_record.h") + cpu.HOST_SOURCES
+#: Files nvcc reads for the GPU backend.
+GPU_SOURCES = ("kmix_gpu_launch.cu", "kmix_launch.h", "kmix_blend.cu", "kmix_common.cuh", "kmix_codes.h")
+#: Real architectures the GPU backend is compiled for, and the PTX that newer devices JIT-compile.
+GPU_ARCHS = ("sm_80", "sm_90")
+PTX_ARCH = "compute_90"
+#: The operators the plugin registers (DALI's schema names).
+OPERATORS = ("KmixDmixup", "KmixDcutmix", "KmixMix")
+
+
+class NoGpuBackendWarning(RuntimeWarning):
+    """The plugin was built without its GPU backend (no CUDA toolchain, or nvcc failed)."""
+
+
+class CudaToolchain(NamedTuple):
+    nvcc: str       #: the nvcc executable
+    include: str    #: CUDA headers for the operators' C++ (cuda_runtime_api.h and crt/host_config.h)
+    cudart: str     #: the shared CUDA runtime library the plugin links
 
 
 def enabled() -> bool:
@@ -48,30 +81,210 @@ def _dali_flags() -> tuple[list[str], list[str], str]:
     compile_flags = [f"-isystem{f[2:]}" if f.startswith("-I") else f for f in sysconfig.get_compile_flags()]
     link = sysconfig.get_link_flags()
     lib_dirs = [f[2:] for f in link if f.startswith("-L")]
-    return compile_flags, link + [f"-Wl,-rpath,{d}" for d in lib_dirs], dali.__version__
+    # libdali_core holds the memory resources the GPU backend's scratchpad allocates from
+    core = [f"-l{p.name[3:-3]}" for d in lib_dirs for p in Path(d).glob("libdali_core.so")]
+    return compile_flags, link + core + [f"-Wl,-rpath,{d}" for d in lib_dirs], dali.__version__
 
 
-def build(verbose: bool = False) -> Path:
-    """Compile the plugin (cached); return the path of ``libkmix_dali.so``.
+def _dali_cuda_major() -> str | None:
+    """The CUDA major version DALI was built for ("13" for nvidia-dali-cuda130), from its distribution name."""
+    from importlib import metadata
 
-    Raises FileNotFoundError without a compiler or the CUDA runtime headers and
-    RuntimeError with the compiler's output when the build fails.
+    for dist in metadata.distributions():
+        m = re.fullmatch(r"nvidia[-_]dali[-_]cuda(\d+?)0", (dist.metadata["Name"] or "").lower())
+        if m:
+            return m.group(1)
+    return None
+
+
+def _nvcc_candidates() -> list[Path]:
+    out = []
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            out.append(Path(os.environ[var]) / "bin" / "nvcc")
+    if shutil.which("nvcc"):
+        out.append(Path(shutil.which("nvcc")))
+    major = _dali_cuda_major()
+    for entry in sys.path:  # pip's CUDA compiler: nvidia-cuda-nvcc (cu13 layout) or nvidia-cuda-nvcc-cu12
+        base = Path(entry or ".") / "nvidia"
+        out += [base / f"cu{major}" / "bin" / "nvcc"] if major else []
+        out += [base / "cuda_nvcc" / "bin" / "nvcc"]
+    return out
+
+
+def _toolkit_root(nvcc: Path) -> Path:
+    """The toolkit folder of an nvcc, as nvcc itself reports it (``TOP``: a wrapper script such as
+    /usr/local/bin/nvcc resolves to the real toolkit); else the folder above its bin/."""
+    import subprocess
+
+    try:
+        out = subprocess.run([str(nvcc), "--dryrun", "-c", "-x", "cu", "/dev/null", "-o", "/dev/null"],
+                             capture_output=True, text=True, timeout=60)
+        m = re.search(r"^#\$ TOP=(.+)$", out.stdout + out.stderr, re.MULTILINE)
+        if m and Path(m.group(1).strip()).is_dir():
+            return Path(m.group(1).strip()).resolve()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return nvcc.resolve().parent.parent
+
+
+def _cudart(root: Path) -> Path | None:
+    major = _dali_cuda_major()
+    names = ["libcudart.so"] + ([f"libcudart.so.{major}"] if major else [])
+    dirs = [root / "lib64", root / "lib", *sorted(root.glob("targets/*/lib"))]
+    for entry in sys.path:
+        base = Path(entry or ".") / "nvidia"
+        dirs += [base / f"cu{major}" / "lib", base / "cuda_runtime" / "lib"] if major else []
+    for d in dirs:
+        for name in names:
+            if (d / name).is_file():
+                return d / name
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_toolchain() -> tuple[CudaToolchain | None, str]:
+    """``(toolchain, "")`` when nvcc, the CUDA headers and the CUDA runtime are found, else
+    ``(None, what is missing)``."""
+    looked = _nvcc_candidates()
+    nvcc = next((p for p in looked if p.is_file() and os.access(p, os.X_OK)), None)
+    if nvcc is None:
+        places = "$CUDA_HOME/bin, $CUDA_PATH/bin, PATH, pip's nvidia-cuda-nvcc"
+        return None, f"nvcc not found (looked in {places})"
+    root = _toolkit_root(nvcc)
+    heads = [root / "include", *map(Path, cuda_include_dirs())]
+    include = next((h for h in heads if (h / "cuda_runtime_api.h").is_file() and
+                    (h / "crt" / "host_config.h").is_file()), None)
+    if include is None:
+        return None, f"no CUDA headers with crt/host_config.h next to {nvcc} or in {list(cuda_include_dirs())}"
+    cudart = _cudart(root)
+    if cudart is None:
+        return None, f"no libcudart.so next to {nvcc} ({root}) or in pip's nvidia packages"
+    return CudaToolchain(str(nvcc), str(include), str(cudart)), ""
+
+
+def nvcc_flags() -> list[str]:
+    """nvcc's options for ``kmix_gpu_launch.cu``: the FP options of the NVRTC path, sm_80 and sm_90 plus PTX."""
+    gencode = [f"-gencode=arch=compute_{a[3:]},code={a}" for a in GPU_ARCHS]
+    gencode.append(f"-gencode=arch={PTX_ARCH},code={PTX_ARCH}")
+    cxx = compiler()
+    return ["-c", "-std=c++17", *FP_OPTIONS, "-O3", *(["-ccbin", cxx] if cxx else []),
+            "-Xcompiler=-fPIC,-fvisibility=hidden,-Wall,-Wextra", *gencode, f"-I{kernels_dir()}"]
+
+
+def _announce(what: str):
+    said = []
+
+    def say():
+        if not said:
+            said.append(True)
+            print(f"dali_kmix: building the DALI plugin ({what}), about {'a minute' if 'GPU' in what else '30 s'}, "
+                  "once per version...", file=sys.stderr, flush=True)
+    return say
+
+
+def _build_gpu_object(tc: CudaToolchain, say, verbose: bool) -> Path:
+    src_dir = kernels_dir()
+    return compile_cached("kmix_gpu_launch.o", [src_dir / "kmix_gpu_launch.cu"], nvcc_flags(),
+                          inputs=[src_dir / n for n in GPU_SOURCES], compiler_cmd=tc.nvcc,
+                          key_extra=f"host compiler {tool_version(compiler() or '')}", verbose=verbose,
+                          what="the GPU backend of the dali_kmix DALI plugin (nvcc)", announce=say)
+
+
+def gpu_object(verbose: bool = False) -> Path | None:
+    """The nvcc-built object of the GPU backend (cached; built if needed), or None without a CUDA toolchain."""
+    tc, _ = cuda_toolchain()
+    return None if tc is None else _build_gpu_object(tc, _announce("CPU+GPU"), verbose)
+
+
+def gpu_ptx(arch: str = PTX_ARCH) -> str:
+    """PTX of ``kmix_gpu_launch.cu`` for ``arch`` with the GPU backend's own options (what its PTX image holds)."""
+    import subprocess
+    import tempfile
+
+    tc, missing = cuda_toolchain()
+    if tc is None:
+        raise FileNotFoundError(missing)
+    opts = [f for f in nvcc_flags() if f != "-c" and not f.startswith("-gencode")]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "kmix_gpu_launch.ptx"
+        cmd = [tc.nvcc, "-ptx", f"-arch={arch}", *opts, str(kernels_dir() / "kmix_gpu_launch.cu"), "-o", str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"nvcc -ptx failed:\n{' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
+        return out.read_text()
+
+
+def fatbin_images(obj) -> list[tuple[str, int, bytes]]:
+    """``[(kind, arch, payload)]`` of the device images an nvcc object embeds: ("elf", 80, cubin) for sm_80,
+    ("ptx", 90, text) for compute_90 (the PTX payload is as stored: nvcc may compress it with zstd)."""
+    import struct
+
+    data = Path(obj).read_bytes()
+    at = data.find(struct.pack("<I", 0xBA55ED50))  # the fat binary's magic number
+    if at < 0:
+        return []
+    _, _, header, size = struct.unpack_from("<IHHQ", data, at)
+    pos, end, out = at + header, at + header + size, []
+    while pos + 32 <= end:
+        kind, _, entry_header, payload = struct.unpack_from("<HHIQ", data, pos)
+        compressed, arch = struct.unpack_from("<I", data, pos + 16)[0], struct.unpack_from("<I", data, pos + 28)[0]
+        body = data[pos + entry_header:pos + entry_header + payload]
+        out.append(({1: "ptx", 2: "elf"}.get(kind, str(kind)), arch, body[:compressed] if compressed else body))
+        pos += entry_header + payload
+    return out
+
+
+def build(verbose: bool = False, gpu: bool | None = None) -> Path:
+    """Compile the plugin (cached); return the path of its shared library.
+
+    ``gpu``: None builds the GPU backend where :func:`cuda_toolchain` finds one (else the CPU-only
+    plugin, after one :class:`NoGpuBackendWarning`); True requires it; False leaves it out.
+    The ASan/UBSan build (``DALI_KMIX_SANITIZE=1``) is CPU-only. Raises FileNotFoundError without
+    a compiler or the CUDA runtime headers and RuntimeError with the compiler's output when the
+    build fails.
     """
-    # A complete toolkit's headers (pip's nvidia/cu13/include lacks crt/host_config.h).
-    cuda = [d for d in cuda_include_dirs()
-            if (Path(d) / "cuda_runtime_api.h").is_file() and (Path(d) / "crt" / "host_config.h").is_file()]
-    if not cuda:
-        raise FileNotFoundError("the DALI headers need cuda_runtime_api.h; none found (set $CUDA_HOME)")
+    base = build_flags()  # DALI_KMIX_SANITIZE=1: the ASan/UBSan build, as for the CPU kernels
+    sanitize = "-fsanitize=address,undefined" in base
+    tc, missing = cuda_toolchain() if gpu is not False and not sanitize else (None, "")
+    if gpu and tc is None:
+        raise FileNotFoundError(f"the GPU backend of the DALI plugin cannot be built: {missing or 'sanitizer build'}")
+    if gpu is None and tc is None and not sanitize:
+        warnings.warn(f"dali_kmix: the DALI plugin is built without its GPU backend: {missing}", NoGpuBackendWarning,
+                      stacklevel=2)
     src_dir = kernels_dir()
     compile_flags, link_flags, version = _dali_flags()
-    base = build_flags()  # DALI_KMIX_SANITIZE=1: the ASan/UBSan build, as for the CPU kernels
-    name = "libkmix_dali_asan.so" if "-fsanitize=address,undefined" in base else "libkmix_dali.so"
-    flags = ["-std=c++20", *[f for f in base if f != "-std=c++17"], "-fvisibility=hidden", f"-I{src_dir}",
-             *compile_flags, f"-isystem{cuda[0]}"]
+    say = _announce("CPU+GPU" if tc else "CPU only")
+    obj = None
+    if tc is not None:
+        try:
+            obj = _build_gpu_object(tc, say, verbose)
+        except RuntimeError as exc:
+            if gpu:
+                raise
+            warnings.warn(f"dali_kmix: the DALI plugin is built without its GPU backend: {exc}", NoGpuBackendWarning,
+                          stacklevel=2)
+            tc = None
+    if tc is not None:
+        include, extra, libs = tc.include, ["-DKMIX_WITH_GPU"], [str(obj), tc.cudart,
+                                                                  f"-Wl,-rpath,{Path(tc.cudart).parent}"]
+    else:
+        # A complete toolkit's headers (pip's nvidia/cu13/include lacks crt/host_config.h).
+        cuda = [d for d in cuda_include_dirs()
+                if (Path(d) / "cuda_runtime_api.h").is_file() and (Path(d) / "crt" / "host_config.h").is_file()]
+        if not cuda:
+            raise FileNotFoundError("the DALI headers need cuda_runtime_api.h; none found (set $CUDA_HOME)")
+        include, extra, libs = cuda[0], [], []
+    name = "libkmix_dali_asan.so" if sanitize else "libkmix_dali.so"
+    # GCC 12 reports -Wfree-nonheap-object inside DALI's SmallVector (a false positive in its headers).
+    quiet = ["-Wno-free-nonheap-object"] if "clang" not in tool_version(compiler() or "").lower() else []
+    flags = ["-std=c++20", *[f for f in base if f != "-std=c++17"], *quiet, "-fvisibility=hidden", f"-I{src_dir}",
+             *compile_flags, f"-isystem{include}", *extra]
     sources = [src_dir / "kmix_dali_op.cpp", src_dir / "kmix_host.cpp"]
-    return compile_cached(name, sources, flags, libs=link_flags,
-                                      inputs=[src_dir / n for n in SOURCES], key_extra=f"dali {version}",
-                                      verbose=verbose, what="the dali_kmix DALI plugin")
+    inputs = [src_dir / n for n in SOURCES] + ([Path(obj)] if obj else [])
+    return compile_cached(name, sources, flags, libs=libs + link_flags, inputs=inputs,
+                          key_extra=f"dali {version}", verbose=verbose,
+                          what="the dali_kmix DALI plugin", announce=say)
 
 
 @functools.lru_cache(maxsize=None)
@@ -92,3 +305,15 @@ def load() -> bool:
     """Build and load the plugin once per process; True when ``fn.kmix_dmixup``, ``fn.kmix_mix`` and
     ``fn.kmix_dcutmix`` are available (False when :func:`enabled` is False)."""
     return enabled() and _load()
+
+
+def gpu_backend() -> bool:
+    """True when the plugin is loaded with its GPU backend (DALI lists every ``fn.kmix_*`` as a GPU operator).
+
+    Needs no device: loading the library and listing DALI's registered operators never touches one.
+    """
+    if not load():
+        return False
+    from nvidia.dali import backend
+
+    return set(OPERATORS) <= set(backend.RegisteredGPUOps())
