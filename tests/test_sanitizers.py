@@ -1,5 +1,9 @@
 """The kernel suite once more, with the CPU build under AddressSanitizer and UndefinedBehaviorSanitizer.
 
+The kernel suite runs on its sanitizer grid (``DALI_KMIX_TEST_GRID=sanitizer``: fewer K and cut patterns,
+every size, dtype, layout, method and scheduling kept), which reaches every line, branch outcome and
+template instantiation of the kernels that the whole grid reaches (``benchmarks/sanitizer_grid_coverage.py``).
+
 The instrumented library is built with -fsanitize=address,undefined
 -fno-sanitize-recover=all and the suite runs in a subprocess with libasan
 preloaded, so every buffer the kernels touch (NumPy's included) comes from the
@@ -36,6 +40,9 @@ def _sanitized_env():
     env.update(
         DALI_KMIX_SANITIZE="1",
         DALI_KMIX_NO_GPU="1",
+        # test_backends.py's reduced grid: every kernel line, branch outcome and instantiation the whole grid reaches
+        # (benchmarks/sanitizer_grid_coverage.py checks it with gcov) in half the cases
+        DALI_KMIX_TEST_GRID="sanitizer",
         LD_PRELOAD=libasan,
         ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:halt_on_error=1:exitcode=99",
         UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:exitcode=98",
