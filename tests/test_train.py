@@ -147,7 +147,7 @@ def test_two_processes_under_torchrun(tree, tmp_path):
     cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "dali_kmix.apps.cli", "train", "--data", str(tree),
            "--out", str(tmp_path), "--crop", "32", "--epochs", "2", "--batch-size", "11", "--lr", "0.05",
            "--random-area", "0.5", "1.0", "--mix", "dcutmix", "--k", "3", "--threads", "1", "--no-progress",
-           "--audit"]
+           "--audit", "--checkpoint-minutes", "1e-9"]  # a time-based checkpoint at once: the ranks must agree
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     files = _train_files(tree)
