@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -117,15 +118,25 @@ def class_names(data_dir) -> list[str]:
     return sorted((p.name for p in Path(data_dir).iterdir() if p.is_dir()), key=os.fsencode)
 
 
+_READ = re.compile("|".join(fnmatch.translate(f) for f in DALI_FILE_FILTERS), re.IGNORECASE | re.DOTALL)
+
+
+def _read_by_dali(entries):
+    """The names of the directory entries ``readers.file`` reads: regular files and links matching its filters."""
+    for e in entries:
+        if _READ.match(e.name) and (e.is_symlink() or e.is_file(follow_symlinks=False)):
+            yield e.name
+
+
 def image_files(class_dir) -> list[str]:
     """The files ``readers.file`` reads from one class folder (not recursive), sorted as it sorts them."""
-    names = []
     with os.scandir(class_dir) as entries:
-        for e in entries:
-            if (e.is_symlink() or e.is_file(follow_symlinks=False)) and any(
-                    fnmatch.fnmatchcase(e.name.lower(), f) for f in DALI_FILE_FILTERS):
-                names.append(e.name)
-    return sorted(names, key=os.fsencode)
+        return sorted(_read_by_dali(entries), key=os.fsencode)
+
+
+def _holds_an_image(class_dir) -> bool:
+    with os.scandir(class_dir) as entries:
+        return next(_read_by_dali(entries), None) is not None
 
 
 def check_class_folders(train_dir, val_dir) -> list[str]:
@@ -145,7 +156,7 @@ def check_class_folders(train_dir, val_dir) -> list[str]:
         if hidden:
             problems.append(f"{split} folder {str(root)!r} holds hidden folder(s) {_quoted(hidden)}, which DALI's "
                             f"readers.file numbers as classes: remove them")
-        empty = [c for c in names[split] if not c.startswith(".") and not image_files(root / c)]
+        empty = [c for c in names[split] if not c.startswith(".") and not _holds_an_image(root / c)]
         if empty:
             problems.append(f"{split} class folder(s) {_quoted(empty)} in {str(root)!r} hold no image "
                             f"readers.file reads")
