@@ -12,22 +12,12 @@ from PIL import Image
 
 pytest.importorskip("nvidia.dali")
 
-from dali_kmix.apps import cli  # noqa: E402
+from _helpers import kmix_here  # noqa: E402
 
 
 def _kmix(*args, cwd):
     return subprocess.run([sys.executable, "-m", "dali_kmix.apps.cli", *args], capture_output=True, text=True, cwd=cwd,
                           timeout=600)
-
-
-def _kmix_here(argv, capsys):
-    """``kmix ARGV`` in this process: (exit status, stdout, stderr)."""
-    try:
-        rc = cli.main(argv)
-    except SystemExit as exc:
-        rc = exc.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 @pytest.mark.slow
@@ -81,7 +71,7 @@ def test_kernels_build_command_builds_the_plugin_too(tmp_path):
 ], ids=["missing-folder", "k1", "negative-alpha", "missing-checkpoint", "resume-no-data", "demo-k1"])
 def test_user_mistakes_get_one_line_and_status_2(tmp_path, monkeypatch, capsys, args, message):
     monkeypatch.chdir(tmp_path)
-    rc, out, err = _kmix_here(args, capsys)
+    rc, out, err = kmix_here(args, capsys)
     assert rc == 2, out + err
     assert re.fullmatch(message + r"\n", err), err
     assert "Traceback" not in err
@@ -98,7 +88,7 @@ def test_subsample_ratio_out_of_range(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "d" / "a").mkdir(parents=True)
     (tmp_path / "ck.pt").write_bytes(b"")
-    rc, out, err = _kmix_here(["subsample", "--data", "d", "--checkpoint", "ck.pt", "--ratio", "2", "--out", "s.txt"],
+    rc, out, err = kmix_here(["subsample", "--data", "d", "--checkpoint", "ck.pt", "--ratio", "2", "--out", "s.txt"],
                               capsys)
     assert rc == 2 and err == "kmix: error: ratio must be in (0, 1], got 2.0\n", err
 

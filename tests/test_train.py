@@ -19,6 +19,7 @@ import pytest
 
 pytest.importorskip("nvidia.dali")
 
+from _helpers import kmix_here  # noqa: E402
 from dali_kmix.apps import cli  # noqa: E402
 from dali_kmix.apps import train as train_mod  # noqa: E402
 from dali_kmix.apps.train import (FIXED_ON_RESUME, MAY_CHANGE_ON_RESUME, MIX_CHOICES, TrainConfig,  # noqa: E402
@@ -53,16 +54,6 @@ def _rows(path):
 def _cli_args(tree, out, *extra):
     return ["train", "--data", str(tree), "--out", str(out), "--crop", "32", "--epochs", "2", "--batch-size", "8",
             "--lr", "0.05", "--random-area", "0.5", "1.0", "--threads", "1", "--no-progress", *extra]
-
-
-def _kmix(argv, capsys):
-    """``kmix ARGV`` in this process: (exit status, stdout, stderr)."""
-    try:
-        rc = cli.main(argv)
-    except SystemExit as exc:
-        rc = exc.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 TIMING = ("epoch_s", "train_images_per_s")  # wall-clock columns: the only ones a resumed run may change
@@ -283,7 +274,7 @@ def test_stop_after_exits_0_and_says_how_to_resume(tree, tmp_path, capsys, monke
     """Stopped inside the first epoch (no validation yet): exit 0, where it stopped, the command to resume;
     that command finishes the run."""
     monkeypatch.chdir(tmp_path)
-    rc, out, err = _kmix(_cli_args(tree, "run", "--stop-after", "3", "--mix", "dmixup"), capsys)
+    rc, out, err = kmix_here(_cli_args(tree, "run", "--stop-after", "3", "--mix", "dmixup"), capsys)
     assert rc == 0, err
     assert "stopped after step 3 of 12 (epoch 1, step 3 of 6); checkpoint in run/checkpoint.pt\n" in out
     line = [ln for ln in out.splitlines() if ln.startswith("resume with: ")]
@@ -291,7 +282,7 @@ def test_stop_after_exits_0_and_says_how_to_resume(tree, tmp_path, capsys, monke
     argv = shlex.split(line[0][len("resume with: "):])
     assert argv[:3] == [sys.executable, "-m", "dali_kmix.apps.cli"]
     assert argv[3:] == _cli_args(tree, "run", "--mix", "dmixup", "--resume")
-    rc, out, err = _kmix(argv[3:], capsys)
+    rc, out, err = kmix_here(argv[3:], capsys)
     assert rc == 0, err
     assert "final val top-1 error" in out and "after 2 epochs" in out
     assert cli.resume_command(["train", "--stop-after=5", "--data", "d"], 2) == \
@@ -413,7 +404,7 @@ def test_class_folders_that_would_shift_labels_are_refused(tree, tmp_path, capsy
     """A stray folder in train/ would number the classes after it differently from val/: one line, exit 2."""
     data = _copy(tree, tmp_path)
     mess(data)
-    rc, out, err = _kmix(_cli_args(data, tmp_path / "run", "--epochs", "1"), capsys)
+    rc, out, err = kmix_here(_cli_args(data, tmp_path / "run", "--epochs", "1"), capsys)
     assert rc == 2 and re.fullmatch(r"kmix: error: " + message + r"\n", err), err
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
@@ -423,12 +414,12 @@ def test_a_file_dali_cannot_decode_is_named(tree, tmp_path, capsys, split):
     data = _copy(tree, tmp_path)
     bad = data / split / "coffee" / "coffee_001.jpg"
     bad.write_bytes(bad.read_bytes()[:300])  # cut short: nvImageCodec refuses it
-    rc, out, err = _kmix(_cli_args(data, tmp_path / "run", "--epochs", "1"), capsys)
+    rc, out, err = kmix_here(_cli_args(data, tmp_path / "run", "--epochs", "1"), capsys)
     where = "training" if split == "train" else "validation"
     assert rc == 2 and re.fullmatch(rf"kmix: error: DALI could not decode 1 file\(s\) of the {where} data "
                                     rf"\(nvImageCodec failure: [^)]*\): {re.escape(str(bad))}; `kmix data check DIR` "
                                     rf"lists every such file\n", err), err
-    rc, out, err = _kmix(["data", "check", str(data), "--no-progress"], capsys)
+    rc, out, err = kmix_here(["data", "check", str(data), "--no-progress"], capsys)
     assert rc == 1 and out.splitlines()[0].startswith(f"{bad}: nvImageCodec failure")
     assert out.splitlines()[-1] == f"checked 69 files in {data}: 1 DALI cannot decode"
 
