@@ -252,9 +252,10 @@ def test_stopped_and_resumed_run_is_the_uninterrupted_run(tree, tmp_path, model,
 def test_killed_and_resumed_run_is_the_uninterrupted_run(tree, tmp_path):
     """SIGKILL wherever it lands (here: soon after the first checkpoint of a run checkpointing at every step),
     then --resume: the same weights, optimiser state and metrics as the uninterrupted run."""
-    train(_cfg(tree, tmp_path / "through", epochs=3))
+    train(_cfg(tree, tmp_path / "through", epochs=4))  # 24 steps: the kill lands well before the end
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "dali_kmix.apps.cli", *_cli_args(tree, out, "--epochs", "3", "--checkpoint-every", "1")]
+    cmd = [sys.executable, "-m", "dali_kmix.apps.cli",
+           *_cli_args(tree, out, "--epochs", "4", "--checkpoint-every", "1")]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
     deadline = time.monotonic() + 300
     while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -265,8 +266,8 @@ def test_killed_and_resumed_run_is_the_uninterrupted_run(tree, tmp_path):
     import torch
 
     ck = torch.load(out / "checkpoint.pt", weights_only=False)
-    assert ck["epoch"] * 6 + ck["step"] < 18
-    train(_cfg(tree, out, epochs=3, resume=True))
+    assert ck["epoch"] * 6 + ck["step"] < 24
+    train(_cfg(tree, out, epochs=4, resume=True))
     _assert_same_run(tmp_path / "through", out)
 
 
