@@ -45,7 +45,7 @@ demo: venv
 	$(VENV)/bin/kmix demo --out .demo
 
 test: venv system-deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 # Fails (does not skip) when there is no CUDA device or CuPy/DALI cannot load, naming what is missing.
 test-gpu: venv

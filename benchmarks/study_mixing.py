@@ -286,7 +286,7 @@ def main(argv=None):
     sigmas = SIGMAS
     regime = dict(REGIME, epochs=args.epochs)
     if args.quick:
-        args.train_per_class, args.val_per_class, args.seeds, args.jobs = 60, 20, [0], 1
+        args.train_per_class, args.val_per_class, args.seeds, args.jobs = 20, 10, [0], 1
         args.second_alpha, args.directions, sigmas = False, 1, [0.0, 0.1]
         regime.update(epochs=1, eval_every=1, batch_size=128)
     data = fashion_mnist(args)

@@ -74,7 +74,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     regime = _regime()
     if args.quick:
-        args.train_per_class, args.val_per_class, args.full_epochs, args.seeds = 60, 20, 1, [0]
+        args.train_per_class, args.val_per_class, args.full_epochs, args.seeds = 20, 10, 1, [0]
         args.samples_seen, args.pass_size, args.ratios, args.jobs = 300, 300, [0.05, 0.1], 1
         regime.update(batch_size=128)
     data = Path(fashion_mnist(args))

@@ -48,3 +48,16 @@ def assert_ieee_ptx(ptx, entries):
             assert fmas and set(fmas) == {"fma.rn.f32"}, entry
         else:
             assert fmas == [], entry
+
+
+def kmix_here(argv, capsys):
+    """``kmix ARGV`` in the test process (the same ``cli.main`` and ``parser.exit`` as the command): (exit status,
+    stdout, stderr)."""
+    from dali_kmix.apps import cli
+
+    try:
+        rc = cli.main(argv)
+    except SystemExit as exc:
+        rc = exc.code
+    out, err = capsys.readouterr()
+    return rc, out, err

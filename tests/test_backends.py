@@ -6,6 +6,9 @@ layouts, dtypes, K = 2..9, odd sizes, empty and full boxes, batch sizes 1 and 65
 and whatever order the blocks and threads run in.
 """
 
+import functools
+import os
+
 import numpy as np
 import pytest
 
@@ -129,40 +132,70 @@ def _assert_same_bits(got, want):
 
 DTYPES = [pytest.param(np.uint8, id="u8"), pytest.param(np.float16, id="f16"), pytest.param(np.float32, id="f32")]
 SIZES = [(1, 1, 1, 3), (65, 3, 5, 3), (65, 17, 31, 1), (2, 225, 227, 3), (5, 33, 20, 4)]
+# tests/test_sanitizers.py runs this module again on the ASan/UBSan build with DALI_KMIX_TEST_GRID=sanitizer: there
+# the blend takes K in {2, 3, 9} (one box; nested boxes; the most) instead of 2..9, and kmix_mix only the
+# alternating cut pattern (blended and pasted samples in one launch), every other parameter whole. These change
+# only trip counts and which samples take which path, not which code runs: gcov of the host build gives the same
+# executed lines, branch outcomes and template instantiations for both grids (DEVELOPERS.md: how to check again).
+SANITIZER_GRID = os.environ.get("DALI_KMIX_TEST_GRID") == "sanitizer"
+BLEND_KS = [2, 3, 9] if SANITIZER_GRID else list(range(2, 10))
+CUTS = ["alternating"] if SANITIZER_GRID else ["all-blend", "all-paste", "alternating"]
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("layout", ["HWC", "CHW"])
-@pytest.mark.parametrize("method", ["dmixup", "dcutmix"])
-@pytest.mark.parametrize("k", range(2, 10))
-@pytest.mark.parametrize("n,h,w,c", SIZES, ids=[f"{n}x{h}x{w}x{c}" for n, h, w, c in SIZES])
-def test_blend_matches_reference(backend, method, layout, dtype, k, n, h, w, c):
+def _frozen(*arrays):
+    for a in arrays:
+        if a is not None:
+            a.flags.writeable = False  # shared between the backends' tests: none may write them
+    return arrays
+
+
+# The NumPy reference of a case costs far more than the kernels (about 1 s for a K = 9 blend of 9 x 225 x 227 x 3),
+# and it is the same for every backend: each case is computed once and the backends' tests (parametrized
+# outermost, so they run one after the other) compare against it.
+@functools.lru_cache(maxsize=2)
+def _blend_case(method, layout, dtype, k, n, h, w, c):
     rng = np.random.default_rng(k * 1000 + h)
     x = random_images(rng, dtype, _shape(layout, n, h, w, c))
     p = sample_params(method, n, h, w, k=k, alpha=0.6, prob=0.9, rng=rng)
-    _assert_same_bits(backend.blend(x, p, layout), reference.mix_images(x, p, layout))
+    return (*_frozen(x, reference.mix_images(x, p, layout)), p)
+
+
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["HWC", "CHW"])
+@pytest.mark.parametrize("method", ["dmixup", "dcutmix"])
+@pytest.mark.parametrize("k", BLEND_KS)
+@pytest.mark.parametrize("n,h,w,c", SIZES, ids=[f"{n}x{h}x{w}x{c}" for n, h, w, c in SIZES])
+def test_blend_matches_reference(backend, method, layout, dtype, k, n, h, w, c):
+    x, want, p = _blend_case(method, layout, dtype, k, n, h, w, c)
+    _assert_same_bits(backend.blend(x, p, layout), want)
 
 
 MIX_SIZES = [(1, 1, 1, 3), (65, 3, 5, 3), (9, 225, 227, 3), (6, 33, 20, 4)]
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("layout", ["HWC", "CHW"])
-@pytest.mark.parametrize("cuts", ["all-blend", "all-paste", "alternating"])
-@pytest.mark.parametrize("k", [2, 3, 9])
-@pytest.mark.parametrize("n,h,w,c", MIX_SIZES, ids=[f"{n}x{h}x{w}x{c}" for n, h, w, c in MIX_SIZES])
-def test_mix_blends_or_pastes_each_sample_as_its_flag_says(backend, cuts, layout, dtype, k, n, h, w, c):
-    # kmix_mix (one launch for dmixup_or_dcutmix): every row is, bit for bit, the reference of its own method
+@functools.lru_cache(maxsize=2)
+def _mix_case(layout, dtype, k, n, h, w, c):
     rng = np.random.default_rng(k * 100 + h)
     x = random_images(rng, dtype, _shape(layout, n, h, w, c))
     phi, u, perms, mixed = draw_raw(np, rng, n, k, np.full(k, 0.6), "sample", 0.85)
     blend = params_from_draws("dmixup", phi, u, perms, mixed, h, w)
     paste = params_from_draws("dcutmix", phi, u, perms, mixed, h, w)
+    return (*_frozen(x, reference.mix_images(x, blend, layout), reference.mix_images(x, paste, layout)), blend, paste)
+
+
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+@pytest.mark.parametrize("cuts", CUTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["HWC", "CHW"])
+@pytest.mark.parametrize("k", [2, 3, 9])
+@pytest.mark.parametrize("n,h,w,c", MIX_SIZES, ids=[f"{n}x{h}x{w}x{c}" for n, h, w, c in MIX_SIZES])
+def test_mix_blends_or_pastes_each_sample_as_its_flag_says(backend, cuts, layout, dtype, k, n, h, w, c):
+    # kmix_mix (one launch for dmixup_or_dcutmix): every row is, bit for bit, the reference of its own method
+    x, blended, pasted, blend, paste = _mix_case(layout, dtype, k, n, h, w, c)
     cut = {"all-blend": np.zeros(n), "all-paste": np.ones(n), "alternating": np.arange(n) % 2}[cuts].astype(np.uint8)
     got = backend.mix(x, blend.sources, blend.weights, paste.boxes, cut, layout)
-    want = np.where(cut.astype(bool).reshape((n,) + (1,) * 3), reference.mix_images(x, paste, layout),
-                    reference.mix_images(x, blend, layout))
-    _assert_same_bits(got, want)
+    _assert_same_bits(got, np.where(cut.astype(bool).reshape((n,) + (1,) * 3), pasted, blended))
 
 
 @pytest.mark.parametrize("layout", ["HWC", "CHW"])

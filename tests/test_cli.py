@@ -1,5 +1,6 @@
 """The kmix command line: the demo writes its PNG grid and prints the throughput line; a user's mistake
-gets one line and exit status 2."""
+gets one line and exit status 2 (checked in this process through ``cli.main``; the tests marked slow start the
+real ``python -m dali_kmix.apps.cli`` process)."""
 
 import re
 import subprocess
@@ -11,7 +12,7 @@ from PIL import Image
 
 pytest.importorskip("nvidia.dali")
 
-pytestmark = pytest.mark.slow  # every test starts a process
+from _helpers import kmix_here  # noqa: E402
 
 
 def _kmix(*args, cwd):
@@ -19,6 +20,7 @@ def _kmix(*args, cwd):
                           timeout=600)
 
 
+@pytest.mark.slow
 def test_demo_writes_grid_and_throughput(tmp_path):
     proc = _kmix("demo", "--out", str(tmp_path / "demo"), "--device", "cpu", "--batches", "3", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -31,23 +33,27 @@ def test_demo_writes_grid_and_throughput(tmp_path):
     assert int(m.group(1)) > 0 and int(m.group(2)) > 0
 
 
+@pytest.mark.slow
 def test_data_command(tmp_path):
     proc = _kmix("data", "photos", str(tmp_path / "p"), "--per-class", "2", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert len(list((tmp_path / "p").rglob("*.jpg"))) == 16
 
 
+@pytest.mark.slow
 def test_kernels_check_command(tmp_path):
     proc = _kmix("kernels", "check", "--arch", "sm_90", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "nvrtc sm_90 kmix_blend.cu: ok" in proc.stdout and "host build:" in proc.stdout
 
 
+@pytest.mark.slow
 def test_bad_command_line(tmp_path):
     proc = _kmix("demo", "--device", "tpu", cwd=tmp_path)
     assert proc.returncode == 2 and "invalid choice: 'tpu'" in proc.stderr
 
 
+@pytest.mark.slow
 def test_kernels_build_command_builds_the_plugin_too(tmp_path):
     proc = _kmix("kernels", "build", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -63,20 +69,31 @@ def test_kernels_build_command_builds_the_plugin_too(tmp_path):
     (["train", "--data", ".", "--resume"], r"kmix: error: train folder 'train' does not exist"),
     (["demo", "--k", "1", "--batches", "1"], r"kmix: error: k must be >= 2, got 1"),
 ], ids=["missing-folder", "k1", "negative-alpha", "missing-checkpoint", "resume-no-data", "demo-k1"])
-def test_user_mistakes_get_one_line_and_status_2(tmp_path, args, message):
-    proc = _kmix(*args, cwd=tmp_path)
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert re.fullmatch(message + r"\n", proc.stderr), proc.stderr
-    assert "Traceback" not in proc.stderr
+def test_user_mistakes_get_one_line_and_status_2(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = kmix_here(args, capsys)
+    assert rc == 2, out + err
+    assert re.fullmatch(message + r"\n", err), err
+    assert "Traceback" not in err
 
 
-def test_subsample_ratio_out_of_range(tmp_path):
+@pytest.mark.slow
+def test_a_user_mistake_in_the_real_process(tmp_path):
+    proc = _kmix("train", "--data", "missing-folder", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == "kmix: error: train folder 'missing-folder/train' does not exist\n", proc.stderr
+
+
+def test_subsample_ratio_out_of_range(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "d" / "a").mkdir(parents=True)
     (tmp_path / "ck.pt").write_bytes(b"")
-    proc = _kmix("subsample", "--data", "d", "--checkpoint", "ck.pt", "--ratio", "2", "--out", "s.txt", cwd=tmp_path)
-    assert proc.returncode == 2 and proc.stderr == "kmix: error: ratio must be in (0, 1], got 2.0\n", proc.stderr
+    rc, out, err = kmix_here(["subsample", "--data", "d", "--checkpoint", "ck.pt", "--ratio", "2", "--out", "s.txt"],
+                              capsys)
+    assert rc == 2 and err == "kmix: error: ratio must be in (0, 1], got 2.0\n", err
 
 
+@pytest.mark.slow
 def test_debug_shows_the_traceback(tmp_path):
     proc = _kmix("--debug", "train", "--data", "missing-folder", cwd=tmp_path)
     assert proc.returncode == 1 and "Traceback" in proc.stderr and "FileNotFoundError" in proc.stderr

@@ -1,19 +1,29 @@
-"""`kmix train`: one process, resume, and two CPU processes under torchrun (gloo)."""
+"""`kmix train`: one process, exact resume (stopped or killed), what it refuses, and two CPU processes under
+torchrun (gloo)."""
 
 import csv
+import dataclasses
 import json
 import math
 import os
+import re
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("nvidia.dali")
 
-from dali_kmix.apps.train import MIX_CHOICES, TrainConfig, build_model, resolve_mix, train  # noqa: E402
+from _helpers import kmix_here  # noqa: E402
+from dali_kmix.apps import cli  # noqa: E402
+from dali_kmix.apps import train as train_mod  # noqa: E402
+from dali_kmix.apps.train import (FIXED_ON_RESUME, MAY_CHANGE_ON_RESUME, MIX_CHOICES, TrainConfig,  # noqa: E402
+                                  build_model, resolve_mix, train)
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +49,52 @@ def _cfg(tree, out, **kw):
 def _rows(path):
     with open(path) as f:
         return list(csv.DictReader(f))
+
+
+def _cli_args(tree, out, *extra):
+    return ["train", "--data", str(tree), "--out", str(out), "--crop", "32", "--epochs", "2", "--batch-size", "8",
+            "--lr", "0.05", "--random-area", "0.5", "1.0", "--threads", "1", "--no-progress", *extra]
+
+
+TIMING = ("epoch_s", "train_images_per_s")  # wall-clock columns: the only ones a resumed run may change
+
+
+def _assert_identical(a, b, where="checkpoint"):
+    """Equal bit for bit: tensors (dtype, shape, values), NaN where NaN, recursively."""
+    import numpy as np
+    import torch
+
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
+        assert torch.equal(a, b), f"{where}: max difference {(a.double() - b.double()).abs().max().item()}"
+    elif isinstance(a, np.ndarray):
+        assert np.array_equal(a, b), where
+    elif isinstance(a, dict):
+        assert list(a) == list(b), where
+        for key in a:
+            if key not in TIMING:
+                _assert_identical(a[key], b[key], f"{where}[{key!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_identical(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) and math.isnan(a):
+        assert isinstance(b, float) and math.isnan(b), where
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def _assert_same_run(through_out, resumed_out):
+    """The resumed run ends where the uninterrupted one did: weights (BatchNorm buffers too), optimiser state,
+    random generators, history and metrics.csv (but the wall-clock columns)."""
+    import torch
+
+    a, b = (torch.load(Path(o) / "checkpoint.pt", weights_only=False) for o in (through_out, resumed_out))
+    for key in ("model", "optimizer", "scaler", "rng", "epoch", "step", "history", "num_classes", "run"):
+        _assert_identical(a[key], b[key], key)
+    rows = [[{k: v for k, v in r.items() if k not in TIMING} for r in _rows(Path(o) / "metrics.csv")]
+            for o in (through_out, resumed_out)]
+    assert rows[0] == rows[1]
 
 
 def _train_files(tree):
@@ -82,7 +138,7 @@ def test_two_processes_under_torchrun(tree, tmp_path):
     cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "dali_kmix.apps.cli", "train", "--data", str(tree),
            "--out", str(tmp_path), "--crop", "32", "--epochs", "2", "--batch-size", "11", "--lr", "0.05",
            "--random-area", "0.5", "1.0", "--mix", "dcutmix", "--k", "3", "--threads", "1", "--no-progress",
-           "--audit"]
+           "--audit", "--checkpoint-minutes", "1e-9"]  # a time-based checkpoint at once: the ranks must agree
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     files = _train_files(tree)
@@ -159,24 +215,156 @@ def _audit(out):
     return {p.name: p.read_text() for p in sorted(Path(out).glob("*_rank0_epoch*.txt"))}
 
 
-@pytest.mark.parametrize("mix,stop_after", [("dcutmix", 4), ("dmixup", 3), ("dcutmix", 6), ("none", 8)],
-                         ids=["dcutmix-mid-epoch", "dmixup-mid-epoch", "dcutmix-end-of-epoch", "none-second-epoch"])
-def test_stopped_and_resumed_run_sees_the_same_files_and_mixes(tree, tmp_path, mix, stop_after):
+# (model, mix, stop after N steps, epochs): every operator (mixup and cutmix are DMixup and DCutMix at K = 2),
+# small-cnn (the default, with dropout) and a torchvision model with dropout, BatchNorm and squeeze-excitation
+STOPS = [("small-cnn", "dcutmix", 4, 2), ("small-cnn", "dmixup", 3, 2), ("small-cnn", "dcutmix", 6, 2),
+         ("small-cnn", "none", 8, 2), ("small-cnn", "saliency-dcutmix", 2, 1), ("small-cnn", "mixup+cutmix", 7, 2),
+         ("mobilenet_v3_small", "mixup", 5, 1)]
+
+
+@pytest.mark.parametrize("model,mix,stop_after,epochs", STOPS,
+                         ids=["dcutmix-mid-epoch", "dmixup-mid-epoch", "dcutmix-end-of-epoch", "none-second-epoch",
+                              "saliency", "switch-second-epoch", "mobilenet-mixup"])
+def test_stopped_and_resumed_run_is_the_uninterrupted_run(tree, tmp_path, model, mix, stop_after, epochs):
     """45 images in batches of 8: 6 steps per epoch. A run stopped after N steps and resumed trains on the
-    same files, in the same order, with the same mixed pixels and targets as one that ran through."""
-    kw = dict(mix=mix, epochs=2, audit=True, eval_every=2)
+    same files, in the same order, with the same mixed pixels and targets and the same dropout masks
+    (small-cnn and mobilenet_v3_small have dropout) as one that ran through, and ends with the same weights,
+    optimiser state and metrics bit for bit."""
+    kw = dict(model=model, mix=mix, epochs=epochs, audit=True, eval_every=2)
+    if mix == "mixup+cutmix":
+        kw["mixup_off_epoch"] = 1
     through = train(_cfg(tree, tmp_path / "through", **kw))
     stopped = train(_cfg(tree, tmp_path / "stopped", checkpoint_every=2, stop_after=stop_after, **kw))
     # stopped after step N; on an epoch's last step (6) only after that epoch's end (validation, row)
     assert stopped["stopped_early"] and len(stopped["history"]) == stop_after // 6
+    assert stopped["stopped_at"]["step"] == stop_after
     resumed = train(_cfg(tree, tmp_path / "stopped", resume=True, **kw))
-    assert not resumed["stopped_early"]
+    assert not resumed["stopped_early"] and resumed["stopped_at"] is None
     a, b = _audit(tmp_path / "through"), _audit(tmp_path / "stopped")
-    assert sorted(a) == ["mixes_rank0_epoch1.txt", "mixes_rank0_epoch2.txt", "seen_rank0_epoch1.txt",
-                         "seen_rank0_epoch2.txt"]
+    assert sorted(a) == sorted(f"{what}_rank0_epoch{e}.txt" for what in ("mixes", "seen") for e in range(1, epochs + 1))
     assert a == b
-    assert len(a["seen_rank0_epoch1.txt"].split()) == 45 and len(a["mixes_rank0_epoch2.txt"].split()) == 6
-    assert [r["train_images"] for r in resumed["history"]] == [r["train_images"] for r in through["history"]]
+    assert len(a["seen_rank0_epoch1.txt"].split()) == 45 and len(a["mixes_rank0_epoch1.txt"].split()) == 6
+    _assert_same_run(tmp_path / "through", tmp_path / "stopped")
+    _assert_identical(through["history"], resumed["history"], "history")
+
+
+@pytest.mark.slow
+def test_killed_and_resumed_run_is_the_uninterrupted_run(tree, tmp_path):
+    """SIGKILL wherever it lands (here: soon after the first checkpoint of a run checkpointing at every step),
+    then --resume: the same weights, optimiser state and metrics as the uninterrupted run."""
+    train(_cfg(tree, tmp_path / "through", epochs=4))  # 24 steps: the kill lands well before the end
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "dali_kmix.apps.cli",
+           *_cli_args(tree, out, "--epochs", "4", "--checkpoint-every", "1")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    deadline = time.monotonic() + 300
+    while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, err.decode()[-3000:]  # killed before it finished
+    import torch
+
+    ck = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ck["epoch"] * 6 + ck["step"] < 24
+    train(_cfg(tree, out, epochs=4, resume=True))
+    _assert_same_run(tmp_path / "through", out)
+
+
+def test_stop_after_exits_0_and_says_how_to_resume(tree, tmp_path, capsys, monkeypatch):
+    """Stopped inside the first epoch (no validation yet): exit 0, where it stopped, the command to resume;
+    that command finishes the run."""
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = kmix_here(_cli_args(tree, "run", "--stop-after", "3", "--mix", "dmixup"), capsys)
+    assert rc == 0, err
+    assert "stopped after step 3 of 12 (epoch 1, step 3 of 6); checkpoint in run/checkpoint.pt\n" in out
+    line = [ln for ln in out.splitlines() if ln.startswith("resume with: ")]
+    assert len(line) == 1
+    argv = shlex.split(line[0][len("resume with: "):])
+    assert argv[:3] == [sys.executable, "-m", "dali_kmix.apps.cli"]
+    assert argv[3:] == _cli_args(tree, "run", "--mix", "dmixup", "--resume")
+    rc, out, err = kmix_here(argv[3:], capsys)
+    assert rc == 0, err
+    assert "final val top-1 error" in out and "after 2 epochs" in out
+    assert cli.resume_command(["train", "--stop-after=5", "--data", "d"], 2) == \
+        "torchrun --nproc_per_node 2 -m dali_kmix.apps.cli train --data d --resume"
+
+
+def test_every_config_field_is_classified_for_resume():
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert not set(FIXED_ON_RESUME) & set(MAY_CHANGE_ON_RESUME)
+    assert set(FIXED_ON_RESUME) | set(MAY_CHANGE_ON_RESUME) == fields
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tree, tmp_path_factory):
+    """A run stopped after 3 steps (the checkpoint the resume tests start from, copied per test)."""
+    out = tmp_path_factory.mktemp("stopped")
+    listing = out / "subset.txt"
+    listing.write_text("".join(f"{f} {i // 6}\n" for i, f in enumerate(_train_files(tree))))
+    train(_cfg(tree, out / "run", stop_after=3, train_list=str(listing)))
+    return out
+
+
+CHANGED = [
+    (dict(batch_size=16), r"--batch-size 8 in the checkpoint, 16 now"),
+    (dict(crop=24), r"--crop 32 in the checkpoint, 24 now"),
+    (dict(mix="dmixup"), r"--mix 'dcutmix' in the checkpoint, 'dmixup' now"),
+    (dict(k=4), r"--k 3 in the checkpoint, 4 now"),
+    (dict(alpha=0.5), r"--alpha 1.0 in the checkpoint, 0.5 now"),
+    (dict(seed=1), r"--seed 0 in the checkpoint, 1 now"),
+    (dict(model="small-cnn-fc"), r"--model 'small-cnn' in the checkpoint, 'small-cnn-fc' now"),
+    (dict(lr=0.1, random_area=(0.08, 1.0)),
+     r"--lr 0.05 in the checkpoint, 0.1 now; --random-area \(0.5, 1.0\) in the checkpoint, \(0.08, 1.0\) now"),
+    (dict(val_dir="VAL"), r"val folder \(--data/--val-dir\) '.*/tree\d*/val' in the checkpoint, '.*/VAL' now"),
+    (dict(train_list="EDITED"), r"--train-list '.*subset.txt \(sha256 \w+\)' in the checkpoint, '.*subset.txt "
+                                r"\(sha256 \w+\)' now"),
+    (dict(drop_last=True, channels_last=True), r"--drop-last False in the checkpoint, True now; --channels-last"),
+    (dict(audit=True), r"--audit False in the checkpoint, True now"),
+]
+
+
+@pytest.mark.parametrize("change,message", CHANGED, ids=[",".join(c) for c, _ in CHANGED])
+def test_resume_refuses_a_changed_run(tree, stopped_run, tmp_path, change, message):
+    run = tmp_path / "run"
+    shutil.copytree(stopped_run / "run", run)
+    listing = stopped_run / "subset.txt"
+    if change.get("val_dir") == "VAL":
+        shutil.copytree(tree / "val", tmp_path / "VAL")
+        change = dict(change, val_dir=str(tmp_path / "VAL"), train_dir=str(tree / "train"))
+    if change.get("train_list") == "EDITED":
+        listing = tmp_path / "subset.txt"
+        listing.write_text("".join(stopped_run.joinpath("subset.txt").read_text().splitlines(True)[:-1]))
+        change = dict(change, train_list=str(listing))
+    cfg = _cfg(tree, run, **{"resume": True, "train_list": str(listing), **change})
+    if cfg.train_dir:
+        cfg.data = None
+    with pytest.raises(ValueError, match=r"^--resume: this command would change the checkpoint's run: "
+                                         + message + r".*; resume with the checkpoint's values, or start a new run "
+                                                     r"in another --out$"):
+        train(cfg)
+
+
+def test_resume_accepts_what_may_change(tree, stopped_run, tmp_path):
+    """Epochs, cadences, output and threads may change; so may how the same folders are named."""
+    run = tmp_path / "run"
+    shutil.copytree(stopped_run / "run", run)
+    s = train(_cfg(tree, run, resume=True, train_list=str(stopped_run / "subset.txt"), epochs=3, eval_every=2,
+                   checkpoint_every=2, checkpoint_minutes=0, threads=2, data=None,
+                   train_dir=str(tree / "train" / ".." / "train"), val_dir=str(tree / "val")))
+    assert [r["epoch"] for r in s["history"]] == [1, 2, 3]
+    assert [r["val_images"] for r in s["history"]] == [0, 24, 24]
+
+
+def test_resume_refuses_changed_class_folders(tree, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tree, data)
+    train(_cfg(data, tmp_path / "run", stop_after=2))
+    for split in ("train", "val"):
+        (data / split / "coins").rename(data / split / "zz_coins")
+    with pytest.raises(ValueError, match=r"--resume: .*class folders \(only in the checkpoint's: \['coins'\]; "
+                                         r"only now: \['zz_coins'\]\)"):
+        train(_cfg(data, tmp_path / "run", resume=True))
 
 
 def test_resume_needs_a_checkpoint(tree, tmp_path):
@@ -195,3 +383,76 @@ def test_switch_mixup_off_epoch_drop_last_and_channels_last(tree, tmp_path):
         train(_cfg(tree, tmp_path, mix="dmixup+dcutmix", switch_prob=2.0))
     with pytest.raises(ValueError, match=r"mixup_off_epoch must be >= 0, got -1"):
         train(_cfg(tree, tmp_path, mixup_off_epoch=-1))
+
+
+def _copy(tree, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tree, data)
+    return data
+
+
+@pytest.mark.parametrize("mess,message", [
+    (lambda data: (data / "train" / ".ipynb_checkpoints").mkdir(),
+     r"train folder '.*/train' holds hidden folder\(s\) '.ipynb_checkpoints', which DALI's readers.file numbers as "
+     r"classes: remove them"),
+    (lambda data: (data / "train" / "bread").mkdir(),
+     r"train class folder\(s\) 'bread' in '.*/train' hold no image readers.file reads; train and val class folders "
+     r"differ \(labels would not match\): only in train: 'bread'"),
+    (lambda data: (data / "val" / "coins").rename(data / "val" / "money"),
+     r"train and val class folders differ \(labels would not match\): only in train: 'coins'; only in val: 'money'"),
+], ids=["hidden-folder", "empty-class-folder", "renamed-class"])
+def test_class_folders_that_would_shift_labels_are_refused(tree, tmp_path, capsys, mess, message):
+    """A stray folder in train/ would number the classes after it differently from val/: one line, exit 2."""
+    data = _copy(tree, tmp_path)
+    mess(data)
+    rc, out, err = kmix_here(_cli_args(data, tmp_path / "run", "--epochs", "1"), capsys)
+    assert rc == 2 and re.fullmatch(r"kmix: error: " + message + r"\n", err), err
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_a_file_dali_cannot_decode_is_named(tree, tmp_path, capsys, split):
+    data = _copy(tree, tmp_path)
+    bad = data / split / "coffee" / "coffee_001.jpg"
+    bad.write_bytes(bad.read_bytes()[:300])  # cut short: nvImageCodec refuses it
+    rc, out, err = kmix_here(_cli_args(data, tmp_path / "run", "--epochs", "1"), capsys)
+    where = "training" if split == "train" else "validation"
+    assert rc == 2 and re.fullmatch(rf"kmix: error: DALI could not decode 1 file\(s\) of the {where} data "
+                                    rf"\(nvImageCodec failure: [^)]*\): {re.escape(str(bad))}; `kmix data check DIR` "
+                                    rf"lists every such file\n", err), err
+    rc, out, err = kmix_here(["data", "check", str(data), "--no-progress"], capsys)
+    assert rc == 1 and out.splitlines()[0].startswith(f"{bad}: nvImageCodec failure")
+    assert out.splitlines()[-1] == f"checked 69 files in {data}: 1 DALI cannot decode"
+
+
+def test_stale_temporary_files_of_killed_writes_are_removed_on_start(tree, tmp_path):
+    """Only the run's own files (.NAME.PID.tmp for what it writes) whose process is gone."""
+    out = tmp_path / "run"
+    out.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = [out / f".checkpoint.pt.{dead.pid}.tmp", out / f".metrics.csv.{dead.pid}.tmp",
+             out / f".seen_rank1_epoch3.txt.{dead.pid}.tmp"]
+    kept = [out / f".checkpoint.pt.{os.getppid()}.tmp",  # a live process may be writing it
+            out / f".notes.txt.{dead.pid}.tmp", out / "checkpoint.pt.tmp", out / f".checkpoint.pt.{dead.pid}.tmp.1"]
+    for p in stale + kept:
+        p.write_bytes(b"x" * 100)
+    train(_cfg(tree, out, epochs=1))
+    assert [p.exists() for p in stale] == [False] * len(stale)
+    assert [p.exists() for p in kept] == [True] * len(kept)
+
+
+@pytest.mark.parametrize("minutes,saves", [(0.0, 0), (1e-9, 10), (10.0, 0)], ids=["off", "every-step", "default"])
+def test_time_based_checkpoints(tree, tmp_path, monkeypatch, minutes, saves):
+    """--checkpoint-minutes M checkpoints mid-epoch once M minutes have passed since the last checkpoint (here at
+    every step but the last of each epoch), never at an epoch's last step (the epoch-end checkpoint follows)."""
+    taken = []
+    real = train_mod._save
+    monkeypatch.setattr(train_mod, "_save", lambda *a, **kw: (taken.append((a[6].epoch, a[6].step,
+                                                                            kw["epoch_done"])), real(*a, **kw)))
+    train(_cfg(tree, tmp_path, epochs=2, checkpoint_minutes=minutes))
+    mid = [(e, s) for e, s, done in taken if not done]
+    assert len(mid) == saves and all(1 <= s <= 5 for _, s in mid)
+    assert [(e, done) for e, _, done in taken if done] == [(0, True), (1, True)]
+    with pytest.raises(ValueError, match=r"checkpoint_minutes must be >= 0 and finite, got -1"):
+        train(_cfg(tree, tmp_path, checkpoint_minutes=-1))

@@ -4,6 +4,7 @@
     kmix bench [--quick] [--out DIR] [--data DIR]
     kmix data photos DIR [--per-class N]
     kmix data fashion-mnist DIR [--per-class N] [--val-per-class N]
+    kmix data check DIR         # decode every image as kmix train would; list the files DALI cannot decode
     kmix train --data DIR [--mix none|mixup|cutmix|dmixup|dcutmix|saliency-dcutmix] [--k K] ...
     torchrun --nproc_per_node 2 -m dali_kmix.apps.cli train --data DIR ...
     kmix subsample --data DIR/train --checkpoint CKPT --ratio 0.1 --out subset.txt [--figure fig.png]
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import sys
 
@@ -46,8 +48,17 @@ def _cmd_bench(args) -> int:
 
 
 def _cmd_data(args) -> int:
-    from .data import make_fashion_mnist_tree, make_photo_tree
+    from .data import check_data, make_fashion_mnist_tree, make_photo_tree
 
+    if args.dataset == "check":
+        res = check_data(args.dir, device=args.device, progress=not args.no_progress)
+        for path, why in res["bad"]:
+            print(f"{path}: {why}")
+        for problem in res["problems"]:
+            print(f"kmix: problem: {problem}")
+        print(f"checked {res['files']} files in {args.dir}: {len(res['bad'])} DALI cannot decode"
+              + (f", {len(res['problems'])} problem(s) with the class folders" if res["problems"] else ""))
+        return 1 if res["bad"] or res["problems"] else 0
     if args.dataset == "photos":
         root = make_photo_tree(args.dir, images_per_class=args.per_class or 12, overwrite=args.overwrite)
     else:
@@ -66,14 +77,43 @@ def _cmd_subsample(args) -> int:
     return 0
 
 
+def resume_command(argv, world_size: int = 1) -> str:
+    """The command that resumes a run started with ``argv`` (the arguments after the program name):
+    the same arguments, without ``--stop-after N``, with ``--resume``."""
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--stop-after":
+            skip = True
+        elif not a.startswith("--stop-after="):
+            rest.append(a)
+    if "--resume" not in rest:
+        rest.append("--resume")
+    if world_size > 1:
+        prog = ["torchrun", "--nproc_per_node", str(world_size), "-m", "dali_kmix.apps.cli"]
+    elif os.path.basename(sys.argv[0]) == "kmix":
+        prog = ["kmix"]
+    else:
+        prog = [sys.executable, "-m", "dali_kmix.apps.cli"]
+    return shlex.join(prog + rest)
+
+
 def _cmd_train(args) -> int:
     from .train import config_from_args, train
 
     summary = train(config_from_args(args))
-    if int(os.environ.get("RANK", "0")) == 0:
-        err = summary["final_val_top1_err"]
-        print(f"final val top-1 error {100 * err:.2f} % after {summary['epochs']} epochs "
-              f"({summary['world_size']} process(es), {summary['run_s']:.0f} s); files in {args.out}")
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    at = summary["stopped_at"]
+    if at is not None:
+        print(f"stopped after step {at['step']} of {at['steps']} (epoch {at['epoch']}, step {at['epoch_step']} of "
+              f"{at['steps_per_epoch']}); checkpoint in {os.path.join(args.out, 'checkpoint.pt')}")
+        print(f"resume with: {resume_command(args.argv, summary['world_size'])}")
+        return 0
+    err = summary["final_val_top1_err"]
+    print(f"final val top-1 error {100 * err:.2f} % after {summary['epochs']} epochs "
+          f"({summary['world_size']} process(es), {summary['run_s']:.0f} s); files in {args.out}")
     return 0
 
 
@@ -128,15 +168,18 @@ def main(argv=None) -> int:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_bench)
 
-    p = sub.add_parser("data", help="write a JPEG folder tree")
-    p.add_argument("dataset", choices=["photos", "fashion-mnist"])
-    p.add_argument("dir")
+    p = sub.add_parser("data", help="write a JPEG folder tree, or check one (decode every file, as kmix train would)")
+    p.add_argument("dataset", choices=["photos", "fashion-mnist", "check"])
+    p.add_argument("dir", help="where to write the tree; for check: a class tree, or a folder with train/ and val/")
     p.add_argument("--per-class", type=int, default=None,
                    help="images per class (photos: default 12; fashion-mnist: train subset, default all 6000)")
     p.add_argument("--val-per-class", type=int, default=None, help="fashion-mnist: val subset (default all 1000)")
     p.add_argument("--source", default="/usr/share/datasets/fashion-mnist", help="fashion-mnist IDX files")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu",
+                   help="check: decode with DALI's CPU decoder or the GPU's (\"mixed\") one")
+    p.add_argument("--no-progress", action="store_true", help="check: no progress bar")
     p.set_defaults(func=_cmd_data)
 
     p = sub.add_parser("subsample", help="score samples by the CV of mixed losses; write a subset file_list")
@@ -157,6 +200,7 @@ def main(argv=None) -> int:
     p.set_defaults(func=_cmd_kernels)
 
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
     except USER_ERRORS as exc:

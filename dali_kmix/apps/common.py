@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 
-__all__ = ["Dist", "setup_distributed", "teardown_distributed", "atomic_write", "UsageError"]
+__all__ = ["Dist", "setup_distributed", "teardown_distributed", "atomic_write", "remove_stale_temporaries",
+           "UsageError"]
 
 
 class UsageError(ValueError):
@@ -69,11 +71,53 @@ def teardown_distributed(d: Dist):
         dist.destroy_process_group()
 
 
+def _temporary(path: Path, pid: int) -> Path:
+    return path.with_name(f".{path.name}.{pid}.tmp")
+
+
 def atomic_write(path, data: bytes | str) -> Path:
-    """Write a whole file or nothing: a temporary file beside it, then a rename (parents are made)."""
+    """Write a whole file or nothing: a temporary file beside it (``.NAME.PID.tmp``), then a rename
+    (parents are made). A failed write removes its temporary file; one left by a killed process is
+    removed by :func:`remove_stale_temporaries`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
+    tmp = _temporary(path, os.getpid())
+    try:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder, name_pattern: str) -> list[Path]:
+    """Remove the temporary files that :func:`atomic_write` left in ``folder`` when its process was killed.
+
+    Only files named ``.NAME.PID.tmp`` whose ``NAME`` matches the regular expression
+    ``name_pattern`` whole, and whose ``PID`` is not a live process on this machine, are removed
+    (a live process may be writing its file right now). Returns the removed paths.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    pattern = re.compile(rf"\.(?:{name_pattern})\.(\d+)\.tmp")
+    removed = []
+    for p in sorted(folder.iterdir()):
+        m = pattern.fullmatch(p.name)
+        if m and p.is_file() and not p.is_symlink() and not _pid_alive(int(m.group(1))):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed

@@ -10,15 +10,19 @@ brightness of it.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["PHOTOS", "make_photo_tree", "class_names", "FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES",
-           "read_idx", "make_fashion_mnist_tree"]
+from .common import UsageError
+
+__all__ = ["PHOTOS", "make_photo_tree", "class_names", "image_files", "check_class_folders", "undecodable",
+           "check_data", "FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES", "read_idx", "make_fashion_mnist_tree"]
 
 #: Where Debian's ``dataset-fashion-mnist`` package installs the IDX files.
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -100,9 +104,183 @@ def make_photo_tree(root, *, images_per_class: int = 12, size: int = 256, seed: 
     return root
 
 
+#: ``readers.file``'s default ``file_filters`` (DALI 2.4), matched case-insensitively.
+DALI_FILE_FILTERS = ("*.jpg", "*.jpeg", "*.png", "*.bmp", "*.tif", "*.tiff", "*.pnm", "*.ppm", "*.pgm", "*.pbm",
+                     "*.jp2", "*.webp", "*.flac", "*.ogg", "*.wav")
+
+
 def class_names(data_dir) -> list[str]:
-    """Class names in the order ``readers.file`` assigns labels 0, 1, ... (sorted folder names)."""
-    return sorted(p.name for p in Path(data_dir).iterdir() if p.is_dir())
+    """Class names in the order ``readers.file`` assigns labels 0, 1, ...
+
+    As DALI 2.4 lists them (``discover_files.cc``): every sub-folder, hidden and empty ones
+    included, symbolic links followed, sorted byte-wise; files beside them are not classes.
+    """
+    return sorted((p.name for p in Path(data_dir).iterdir() if p.is_dir()), key=os.fsencode)
+
+
+_READ = re.compile("|".join(fnmatch.translate(f) for f in DALI_FILE_FILTERS), re.IGNORECASE | re.DOTALL)
+
+
+def _read_by_dali(entries):
+    """The names of the directory entries ``readers.file`` reads: regular files and links matching its filters."""
+    for e in entries:
+        if _READ.match(e.name) and (e.is_symlink() or e.is_file(follow_symlinks=False)):
+            yield e.name
+
+
+def image_files(class_dir) -> list[str]:
+    """The files ``readers.file`` reads from one class folder (not recursive), sorted as it sorts them."""
+    with os.scandir(class_dir) as entries:
+        return sorted(_read_by_dali(entries), key=os.fsencode)
+
+
+def _holds_an_image(class_dir) -> bool:
+    with os.scandir(class_dir) as entries:
+        return next(_read_by_dali(entries), None) is not None
+
+
+def check_class_folders(train_dir, val_dir) -> list[str]:
+    """The class names of ``train_dir``, once train/ and val/ are sure to number classes alike.
+
+    ``readers.file`` numbers the sub-folders of each tree on its own, every one of them (hidden
+    and empty ones too): a stray ``.ipynb_checkpoints`` or an empty class folder in one tree
+    shifts every label after it. Refused, in one :class:`UsageError` naming every culprit: a
+    hidden folder, a class folder holding no image ``readers.file`` reads, and class names that
+    differ between the trees.
+    """
+    trees = {"train": Path(train_dir), "val": Path(val_dir)}
+    names = {split: class_names(root) for split, root in trees.items()}
+    problems = []
+    for split, root in trees.items():
+        hidden = [c for c in names[split] if c.startswith(".")]
+        if hidden:
+            problems.append(f"{split} folder {str(root)!r} holds hidden folder(s) {_quoted(hidden)}, which DALI's "
+                            f"readers.file numbers as classes: remove them")
+        empty = [c for c in names[split] if not c.startswith(".") and not _holds_an_image(root / c)]
+        if empty:
+            problems.append(f"{split} class folder(s) {_quoted(empty)} in {str(root)!r} hold no image "
+                            f"readers.file reads")
+    if not names["train"] and not problems:
+        problems.append(f"train folder {str(trees['train'])!r} has no class sub-folders")
+    only_train = [c for c in names["train"] if c not in names["val"] and not c.startswith(".")]
+    only_val = [c for c in names["val"] if c not in names["train"] and not c.startswith(".")]
+    if only_train or only_val:
+        problems.append("train and val class folders differ (labels would not match): "
+                        + "; ".join(f"only in {split}: {_quoted(cs)}"
+                                    for split, cs in (("train", only_train), ("val", only_val)) if cs))
+    if problems:
+        raise UsageError("; ".join(problems))
+    return names["train"]
+
+
+def _quoted(names) -> str:
+    return ", ".join(repr(n) for n in names)
+
+
+def _dali_reason(exc: BaseException) -> str:
+    """The line of a DALI pipeline error that says what went wrong (after DALI's ``encountered:``)."""
+    text = str(exc)
+    tail = text.split("encountered:", 1)[-1]
+    lines = [ln.strip() for ln in tail.splitlines()
+             if ln.strip() and not ln.strip().startswith(("Current pipeline object", "Critical error"))]
+    return lines[0] if lines else text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+def is_decode_error(exc: BaseException) -> bool:
+    """Whether a DALI pipeline error was raised by one of its decoders."""
+    return isinstance(exc, RuntimeError) and "fn.decoders." in str(exc)
+
+
+def undecodable(files, *, device: str = "cpu", threads: int | None = None, batch_size: int = 32,
+                progress: bool = True, desc: str = "decoding") -> list[tuple[str, str]]:
+    """The files of ``files`` that DALI cannot decode, each with the reason: ``[(path, reason), ...]``.
+
+    Every file goes through ``fn.decoders.image`` (the nvImageCodec decoder that the training
+    pipeline's ``decoders.image_random_crop`` uses; ``"mixed"`` on the GPU with ``device="gpu"``),
+    ``batch_size`` at a time; a batch that fails is decoded again one file at a time to name the
+    culprits. A tqdm bar shows the progress.
+    """
+    from tqdm import tqdm
+
+    files = [str(f) for f in files]
+    gpu = device == "gpu"
+    threads = threads or min(8, os.cpu_count() or 1)
+    pipes: dict[int, object] = {}
+
+    def run(paths) -> str | None:
+        """None if every file of ``paths`` decodes, else the reason of the failure."""
+        batch = []
+        for p in paths:
+            try:
+                batch.append(np.fromfile(p, dtype=np.uint8))
+            except OSError as exc:
+                return f"cannot read: {exc.strerror or exc}"
+        size = len(batch)
+        if size not in pipes:
+            pipes[size] = _decode_pipeline(size, threads, gpu)
+        try:
+            pipes[size].feed_input("encoded", batch)
+            pipes[size].run()
+            return None
+        except RuntimeError as exc:
+            del pipes[size]  # a DALI pipeline is not valid after an error
+            return _dali_reason(exc)
+
+    bad = []
+    with tqdm(total=len(files), desc=desc, unit="file", disable=not progress) as bar:
+        for i in range(0, len(files), batch_size):
+            chunk = files[i:i + batch_size]
+            if run(chunk) is not None:
+                for f in chunk:
+                    reason = run([f])
+                    if reason is not None:
+                        bad.append((f, reason))
+            bar.update(len(chunk))
+            if bad:
+                bar.set_postfix(bad=len(bad))
+    return bad
+
+
+def _decode_pipeline(batch_size: int, threads: int, gpu: bool):
+    from nvidia.dali import Pipeline, fn, types
+
+    pipe = Pipeline(batch_size=batch_size, num_threads=threads, device_id=0 if gpu else None,
+                    exec_async=False, exec_pipelined=False)
+    with pipe:
+        encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
+        pipe.set_outputs(fn.decoders.image(encoded, device="mixed" if gpu else "cpu", output_type=types.RGB))
+    pipe.build()
+    return pipe
+
+
+def tree_files(root) -> list[Path]:
+    """Every file ``readers.file`` reads from the class tree ``root``, in its label order."""
+    root = Path(root)
+    return [root / c / f for c in class_names(root) for f in image_files(root / c)]
+
+
+def check_data(data_dir, *, device: str = "cpu", threads: int | None = None, progress: bool = True) -> dict:
+    """``kmix data check DIR``: what ``kmix train`` would refuse or fail on, found up front.
+
+    ``DIR`` is a class tree, or holds ``train/`` and ``val/`` class trees (then their class
+    folders are checked to match, as ``kmix train`` does). Every file ``readers.file`` would read
+    is decoded. Returns ``{"files": N, "bad": [(path, reason), ...], "problems": [str, ...]}``.
+    """
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder {str(data_dir)!r} does not exist")
+    splits = {"train": root / "train", "val": root / "val"}
+    problems = []
+    if all(p.is_dir() and any(q.is_dir() for q in p.iterdir()) for p in splits.values()):
+        try:
+            check_class_folders(splits["train"], splits["val"])
+        except UsageError as exc:
+            problems.append(str(exc))
+        files = [f for p in splits.values() for f in tree_files(p)]
+    else:
+        files = tree_files(root)
+    bad = undecodable(files, device=device, threads=threads, progress=progress, desc=f"checking {root}")
+    return {"files": len(files), "bad": bad, "problems": problems}
 
 
 def read_idx(path) -> np.ndarray:

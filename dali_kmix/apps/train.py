@@ -18,9 +18,13 @@ reported, and only rank 0 writes files: ``metrics.csv``, ``curves.png``,
 
 ``checkpoint.pt`` holds the model, the optimiser and every rank's DALI pipeline
 checkpoint (the reader's position and the random state of the augmentation and the
-mixing), written at every epoch end and, with ``--checkpoint-every N``, every N steps:
-``--resume`` continues in the middle of an epoch with exactly the files and mixes the
-uninterrupted run would have seen.
+mixing) and random generators (torch's CPU and CUDA ones, which draw the dropout masks,
+NumPy's and Python's), written at every epoch end, every ``--checkpoint-minutes`` (10 by
+default; under torchrun rank 0's clock decides for all ranks) and, with
+``--checkpoint-every N``, every N steps: ``--resume`` continues in the middle of an epoch
+with exactly the files, mixes and dropout masks of the uninterrupted run, and ends with the
+same weights, optimiser state and metrics bit for bit. It refuses a command line that would
+change the run (see :data:`FIXED_ON_RESUME`).
 """
 
 from __future__ import annotations
@@ -29,17 +33,21 @@ import argparse
 import contextlib
 import csv
 import dataclasses
+import functools
 import hashlib
 import io
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
 from .._checks import METHODS, SWITCH
-from .common import Dist, UsageError, atomic_write, setup_distributed, teardown_distributed
+from .common import Dist, UsageError, atomic_write, remove_stale_temporaries, setup_distributed, teardown_distributed
+from .data import check_class_folders, tree_files
 
-__all__ = ["TrainConfig", "MIX_CHOICES", "resolve_mix", "build_model", "train", "add_arguments", "config_from_args"]
+__all__ = ["TrainConfig", "MIX_CHOICES", "FIXED_ON_RESUME", "MAY_CHANGE_ON_RESUME", "resolve_mix", "build_model",
+           "train", "add_arguments", "config_from_args"]
 
 # mixup and cutmix are the K = 2 cases; "a+b": one of the two per batch (DCutMix with --switch-prob)
 MIX_CHOICES = ("none", "mixup", "cutmix", *METHODS, "mixup+cutmix", SWITCH)
@@ -82,12 +90,34 @@ class TrainConfig:
     audit: bool = False
     eval_every: int = 1
     checkpoint_every: int = 0
+    checkpoint_minutes: float = 10.0
     stop_after: int = 0
     switch_prob: float = 0.5
     cutmix_alpha: float | None = None
     mixup_off_epoch: int | None = None
     drop_last: bool = False
     channels_last: bool = False
+
+
+#: What ``--resume`` refuses to change: the fields that shape the data stream (what is read, how it is
+#: cropped, mixed, batched), the model, or its trajectory (optimiser, learning rate, precision). The data
+#: folders, ``train_list`` (and its contents), the class folders and the device are compared as what they
+#: resolve to; options that do not apply to the run (``k`` of ``--mix mixup``, ``alpha`` without mixing, ``amp``
+#: on the CPU) are not compared.
+FIXED_ON_RESUME = ("data", "train_dir", "val_dir", "train_list", "model", "mix", "k", "alpha", "prob", "mode",
+                   "smoothing", "mix_on", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
+                   "warmup_epochs", "crop", "val_resize", "random_area", "seed", "device", "amp", "switch_prob",
+                   "cutmix_alpha", "mixup_off_epoch", "drop_last", "channels_last", "audit")
+#: What may change on ``--resume``: how long the run goes on (``epochs`` also stretches the cosine schedule of
+#: the steps still to come), how often it validates and checkpoints, what it prints, the threads. (``audit``
+#: may not: it adds outputs to the DALI pipeline, whose checkpoint then no longer fits, and an audit begun
+#: mid-epoch would list only part of the epoch.)
+MAY_CHANGE_ON_RESUME = ("out", "epochs", "eval_every", "checkpoint_every", "checkpoint_minutes", "stop_after",
+                        "progress", "threads", "resume")
+
+#: The files a run writes in ``out`` (regular expression), whose killed writes leave ``.NAME.PID.tmp``.
+RUN_FILES = (r"checkpoint\.pt|metrics\.csv|curves\.png|summary\.json|(?:seen|mixes)_rank\d+_epoch\d+\.txt"
+             r"|metrics_rank\d+\.json")
 
 
 def resolve_mix(mix: str, k: int) -> tuple[str | None, int]:
@@ -171,13 +201,15 @@ def plot_curves(rows: list[dict], path: Path, title: str = ""):
 
 
 def _check(cfg: TrainConfig):
-    """Reject a bad configuration before anything is built; returns (operator, K, train_dir, val_dir)."""
+    """Reject a bad configuration before anything is built; returns (operator, K, train_dir, val_dir, classes)."""
     op, k = resolve_mix(cfg.mix, cfg.k)
     if cfg.optimizer not in ("sgd", "adamw"):
         raise UsageError(f"optimizer must be 'sgd' or 'adamw', got {cfg.optimizer!r}")
     for name, minimum in (("epochs", 1), ("eval_every", 1), ("checkpoint_every", 0), ("stop_after", 0)):
         if getattr(cfg, name) < minimum:
             raise UsageError(f"{name} must be >= {minimum}, got {getattr(cfg, name)}")
+    if not (math.isfinite(cfg.checkpoint_minutes) and cfg.checkpoint_minutes >= 0):
+        raise UsageError(f"checkpoint_minutes must be >= 0 and finite, got {cfg.checkpoint_minutes}")
     if op is not None:  # the operator's own checks, with its messages, before any data is read
         from .._checks import check_alpha, check_probability
         from ..sampling import check_sample_args
@@ -188,8 +220,7 @@ def _check(cfg: TrainConfig):
             check_alpha(cfg.cutmix_alpha, k)
     if cfg.mixup_off_epoch is not None and cfg.mixup_off_epoch < 0:
         raise UsageError(f"mixup_off_epoch must be >= 0, got {cfg.mixup_off_epoch}")
-    train_dir = Path(cfg.train_dir) if cfg.train_dir else (Path(cfg.data) / "train" if cfg.data else None)
-    val_dir = Path(cfg.val_dir) if cfg.val_dir else (Path(cfg.data) / "val" if cfg.data else None)
+    train_dir, val_dir = _data_dirs(cfg)
     if train_dir is None or val_dir is None:
         raise UsageError("give --data DIR (with train/ and val/) or both --train-dir and --val-dir")
     for name, p in (("train", train_dir), ("val", val_dir)):
@@ -197,7 +228,109 @@ def _check(cfg: TrainConfig):
             raise FileNotFoundError(f"{name} folder {str(p)!r} does not exist")
     if cfg.train_list is not None and not Path(cfg.train_list).is_file():
         raise FileNotFoundError(f"train list {cfg.train_list!r} does not exist")
-    return op, k, train_dir, val_dir
+    return op, k, train_dir, val_dir, check_class_folders(train_dir, val_dir)
+
+
+def _data_dirs(cfg: TrainConfig):
+    train_dir = Path(cfg.train_dir) if cfg.train_dir else (Path(cfg.data) / "train" if cfg.data else None)
+    val_dir = Path(cfg.val_dir) if cfg.val_dir else (Path(cfg.data) / "val" if cfg.data else None)
+    return train_dir, val_dir
+
+
+def _identity(cfg: TrainConfig, gpu: bool, classes=None) -> dict:
+    """What ``--resume`` compares with the checkpoint: each field of :data:`FIXED_ON_RESUME` as the run
+    uses it (folders resolved, ``train_list`` with the digest of its contents, effective values)."""
+    op, k = resolve_mix(cfg.mix, cfg.k)
+    train_dir, val_dir = _data_dirs(cfg)
+    ident = {"train_dir": str(train_dir.resolve()) if train_dir else None,
+             "val_dir": str(val_dir.resolve()) if val_dir else None, "train_list": None,
+             "device": "gpu" if gpu else "cpu"}
+    if cfg.train_list is not None:
+        digest = hashlib.sha256(Path(cfg.train_list).read_bytes()).hexdigest()[:16]
+        ident["train_list"] = f"{Path(cfg.train_list).resolve()} (sha256 {digest})"
+    if classes is not None:
+        ident["classes"] = list(classes)
+    for name in FIXED_ON_RESUME:
+        if name not in ident and name not in ("data", "train_dir", "val_dir", "train_list", "device"):
+            ident[name] = getattr(cfg, name)
+    ident["k"] = k
+    ident["random_area"] = tuple(float(a) for a in cfg.random_area)
+    ident["cutmix_alpha"] = cfg.alpha if cfg.cutmix_alpha is None else cfg.cutmix_alpha
+    unused = []
+    if op is None:
+        unused += ["k", "alpha", "prob", "mode", "mix_on", "mixup_off_epoch"]
+    if op != SWITCH:
+        unused += ["switch_prob", "cutmix_alpha"]
+    if not gpu:
+        unused.append("amp")
+    for name in unused:
+        ident.pop(name)
+    return ident
+
+
+_FLAGS = {"train_dir": "train folder (--data/--train-dir)", "val_dir": "val folder (--data/--val-dir)",
+          "classes": "class folders", "amp": "--amp/--no-amp"}
+
+
+def _refuse_changed_run(saved: dict, now: dict):
+    """A one-line error naming every field of ``now`` that differs from the checkpoint's ``saved``."""
+    diffs = []
+    for name, value in now.items():
+        if name not in saved or saved[name] == value:
+            continue
+        was = saved[name]
+        if name == "classes":
+            gone = [c for c in was if c not in value]
+            new = [c for c in value if c not in was]
+            desc = "; ".join(x for x in (f"only in the checkpoint's: {gone}" if gone else "",
+                                         f"only now: {new}" if new else "") if x) or "their order differs"
+            diffs.append(f"class folders ({desc})")
+            continue
+        flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
+        diffs.append(f"{flag} {was!r} in the checkpoint, {value!r} now")
+    if diffs:
+        raise UsageError("--resume: this command would change the checkpoint's run: " + "; ".join(diffs)
+                         + "; resume with the checkpoint's values, or start a new run in another --out")
+
+
+def _rng_state(d: Dist) -> dict:
+    """Every random generator this process's training steps draw from (dropout: torch's CPU or CUDA one)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if d.gpu:
+        state["cuda"] = torch.cuda.get_rng_state(d.device)
+    return state
+
+
+def _seed_everything(seed: int):
+    """Seed every generator :func:`_rng_state` saves (torch's CPU and CUDA ones, NumPy's, Python's)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    torch.manual_seed(seed)  # the CUDA generators too
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def _set_rng_state(state: dict, d: Dist):
+    import random
+
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if d.gpu:
+        if "cuda" not in state:
+            raise UsageError("--resume: the checkpoint was written by a run on the CPU; resume it on the CPU")
+        torch.cuda.set_rng_state(state["cuda"], d.device)
 
 
 def _optimizer(cfg: TrainConfig, model):
@@ -221,10 +354,11 @@ class _State:
     audit: list = dataclasses.field(default_factory=list)  # this epoch's files so far (this rank)
     mixes: list = dataclasses.field(default_factory=list)  # this epoch's batch digests so far (this rank)
     pipelines: list | None = None  # DALI checkpoints of the training pipeline, one per rank
+    rng: dict | None = None  # this rank's random generators to restore before the next step
 
 
-def _resume(cfg: TrainConfig, d: Dist, model, opt, scaler) -> _State:
-    """The state to start from: fresh, or the checkpoint's (``--resume``)."""
+def _resume(cfg: TrainConfig, d: Dist, model, opt, scaler, ident: dict) -> _State:
+    """The state to start from: fresh, or the checkpoint's (``--resume``), once sure it is the same run."""
     import torch
 
     path = Path(cfg.out) / "checkpoint.pt"
@@ -233,19 +367,29 @@ def _resume(cfg: TrainConfig, d: Dist, model, opt, scaler) -> _State:
     if not path.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint at {str(path)!r}")
     ck = torch.load(path, map_location=d.device, weights_only=False)
-    model.load_state_dict(ck["model"])
-    opt.load_state_dict(ck["optimizer"])
-    if ck.get("scaler"):
-        scaler.load_state_dict(ck["scaler"])
+    # a checkpoint of an older kmix holds no identity: compare what its configuration says
+    saved = ck.get("run")
+    if saved is None:
+        names = {f.name for f in dataclasses.fields(TrainConfig)}
+        saved = _identity(TrainConfig(**{k: v for k, v in ck["config"].items() if k in names}), d.gpu)
+    _refuse_changed_run(saved, ident)
     pipelines = ck.get("pipelines")
     if pipelines is not None and len(pipelines) != d.world:
         raise UsageError(f"--resume: the checkpoint was written by {len(pipelines)} process(es), this run has "
                          f"{d.world}; resume with the same number of processes")
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optimizer"])
+    if ck.get("scaler"):
+        scaler.load_state_dict(ck["scaler"])
+    rng = ck["rng"][d.rank] if ck.get("rng") else None
+    if rng is None and d.main:
+        print("kmix: warning: the checkpoint holds no random generator states (an older kmix wrote it): "
+              "dropout masks will differ from the uninterrupted run's", file=sys.stderr)
     if ck.get("step", 0) == 0:  # saved at the end of epoch ck["epoch"]
-        return _State(epoch=ck["epoch"] + 1, history=ck["history"], pipelines=pipelines)
+        return _State(epoch=ck["epoch"] + 1, history=ck["history"], pipelines=pipelines, rng=rng)
     part = ck["partial"][d.rank]
     return _State(epoch=ck["epoch"], step=ck["step"], history=ck["history"], loss_sum=part["loss_sum"],
-                  seen=part["seen"], audit=part["audit"], mixes=part["mixes"], pipelines=pipelines)
+                  seen=part["seen"], audit=part["audit"], mixes=part["mixes"], pipelines=pipelines, rng=rng)
 
 
 def _pipelines(cfg: TrainConfig, d: Dist, op, k, train_dir, val_dir, num_classes, state: _State):
@@ -317,13 +461,14 @@ def _digest(images, targets) -> str:
     return h.hexdigest()[:16]
 
 
-def _save(cfg: TrainConfig, d: Dist, model, opt, scaler, num_classes, state: _State, train_it, *, epoch_done):
-    """Write ``checkpoint.pt`` (rank 0) with every rank's pipeline checkpoint and partial sums."""
+def _save(cfg: TrainConfig, d: Dist, model, opt, scaler, ident: dict, state: _State, train_it, *, epoch_done):
+    """Write ``checkpoint.pt`` (rank 0) with every rank's pipeline checkpoint, random generators and
+    partial sums."""
     import torch
     import torch.distributed as dist
 
-    mine = {"pipeline": train_it.checkpoints()[0], "loss_sum": state.loss_sum, "seen": state.seen,
-            "audit": list(state.audit), "mixes": list(state.mixes)}
+    mine = {"pipeline": train_it.checkpoints()[0], "rng": _rng_state(d), "loss_sum": state.loss_sum,
+            "seen": state.seen, "audit": list(state.audit), "mixes": list(state.mixes)}
     parts = [None] * d.world
     if d.world > 1:
         dist.all_gather_object(parts, mine)
@@ -332,21 +477,100 @@ def _save(cfg: TrainConfig, d: Dist, model, opt, scaler, num_classes, state: _St
     if not d.main:
         return
     buf = io.BytesIO()
+    partial = [{k: v for k, v in p.items() if k not in ("pipeline", "rng")} for p in parts]
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
                 "epoch": state.epoch, "step": 0 if epoch_done else state.step, "history": state.history,
-                "pipelines": [p["pipeline"] for p in parts],
-                "partial": None if epoch_done else [{k: v for k, v in p.items() if k != "pipeline"} for p in parts],
-                "config": dataclasses.asdict(cfg), "num_classes": num_classes}, buf)
+                "pipelines": [p["pipeline"] for p in parts], "rng": [p["rng"] for p in parts],
+                "partial": None if epoch_done else partial, "config": dataclasses.asdict(cfg),
+                "num_classes": len(ident["classes"]), "run": ident}, buf)
     atomic_write(Path(cfg.out) / "checkpoint.pt", buf.getvalue())
 
 
-def _train_epoch(cfg, d, ddp, opt, scaler, amp_ctx, train_it, lr_at, steps, state: _State, save, stop_at):
+class _Clock:
+    """When a time-based checkpoint is due (every ``seconds`` since the last checkpoint; 0: never).
+
+    :meth:`due` is asked by every rank at the same steps. One process reads its clock at every
+    step; under torchrun rank 0's clock decides for all: at agreed steps (about every
+    ``poll_s`` seconds of rank-0 steps) rank 0 broadcasts whether a checkpoint is due and after how
+    many steps it will be asked next, so every rank checkpoints at the same step.
+    """
+
+    def __init__(self, seconds: float, d: Dist, poll_s: float = 5.0):
+        self.seconds, self.d, self.poll_s = seconds, d, poll_s
+        self.last = time.monotonic()
+        self.countdown = 1  # steps until the next vote (torchrun)
+        self.asked = (time.monotonic(), 0)  # rank 0: when the last vote was, and the steps asked since
+
+    def reset(self):
+        self.last = time.monotonic()
+
+    def due(self) -> bool:
+        if not self.seconds:
+            return False
+        now = time.monotonic()
+        if self.d.world == 1:
+            return now - self.last >= self.seconds
+        self.countdown -= 1
+        t0, n = self.asked
+        self.asked = (t0, n + 1)
+        if self.countdown > 0:
+            return False
+        import torch
+        import torch.distributed as dist
+
+        vote = torch.zeros(2, dtype=torch.int64, device=self.d.device if self.d.gpu else "cpu")
+        if self.d.main:
+            step_s = max((now - t0) / max(n + 1, 1), 1e-6)
+            vote[0] = int(now - self.last >= self.seconds)
+            vote[1] = max(1, min(10_000, int(self.poll_s / step_s)))
+            self.asked = (now, 0)
+        dist.broadcast(vote, src=0)
+        self.countdown = int(vote[1])
+        return bool(vote[0])
+
+
+@contextlib.contextmanager
+def _naming_undecodable(d: Dist, progress: bool, train_files, val_files):
+    """Answer a decoding failure of the training or validation pipeline by naming the file(s) that caused it.
+
+    DALI's error says which operator failed, not which sample: this rank's shard of that split is
+    decoded again (``readers.file``'s shard i holds files [i n / S, (i + 1) n / S) of its list), one
+    file at a time where a batch fails, then the other files if none failed there. ``kmix data
+    check`` does the same up front.
+    """
+    try:
+        yield
+    except RuntimeError as exc:
+        from .data import _dali_reason, is_decode_error, undecodable
+
+        if not is_decode_error(exc):
+            raise
+        training = "fn.decoders.image_random_crop" in str(exc)
+        files = (train_files if training else val_files)()
+        lo, hi = d.rank * len(files) // d.world, (d.rank + 1) * len(files) // d.world
+        desc = f"rank {d.rank}: finding the file DALI could not decode"
+        bad = (undecodable(files[lo:hi], threads=d.threads, progress=progress, desc=desc)
+               or undecodable(files[:lo] + files[hi:], threads=d.threads, progress=progress, desc=desc))
+        if not bad:
+            raise
+        reason = _dali_reason(exc)
+        names = ", ".join(str(p) + (f" ({why})" if why != reason else "") for p, why in bad[:5])
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise UsageError(f"DALI could not decode {len(bad)} file(s) of the {'training' if training else 'validation'} "
+                         f"data ({reason}): {names}{more}; `kmix data check DIR` lists every such file") from exc
+
+
+def _train_epoch(cfg, d, ddp, opt, scaler, amp_ctx, train_it, lr_at, steps, state: _State, save, stop_at, clock,
+                 shortest):
     """One epoch (or what is left of it) of optimiser steps; returns False when stopped early.
 
-    Mid-epoch checkpoints (every ``checkpoint_every`` steps, and at ``stop_at``) are taken between
-    batches; the epoch's last step is left to the epoch-end checkpoint, which is taken after the
-    iterator has finished the epoch (a checkpoint taken between the last batch and the end of the
-    epoch would restore into the next epoch).
+    Mid-epoch checkpoints (every ``checkpoint_every`` steps, every ``checkpoint_minutes`` by
+    ``clock``, and at ``stop_at``) are taken between batches, and under torchrun only within the
+    first ``shortest - 1`` steps (while every rank still has batches); the epoch's last step is
+    left to the epoch-end checkpoint, which is taken after the iterator has finished the epoch (a
+    checkpoint taken between the last batch and the end of the epoch would restore into the next
+    epoch). The training loss is summed in one running float64 total that a checkpoint reads and
+    a resumed run continues, so the sum is the same however often the run was checkpointed.
     """
     import torch
     from tqdm import tqdm
@@ -354,7 +578,8 @@ def _train_epoch(cfg, d, ddp, opt, scaler, amp_ctx, train_it, lr_at, steps, stat
     from ..torch import soft_target_cross_entropy
 
     ddp.train()
-    loss_acc = torch.zeros((), dtype=torch.float64, device=d.device)  # summed on the device: no sync per step
+    # summed on the device (no sync per step), from where the checkpoint left it
+    loss_acc = torch.tensor(state.loss_sum, dtype=torch.float64, device=d.device)
     join = ddp.join() if d.world > 1 else contextlib.nullcontext()
     bar = tqdm(train_it, total=len(train_it), initial=state.step, desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
                disable=not (cfg.progress and d.main), leave=False)
@@ -379,16 +604,16 @@ def _train_epoch(cfg, d, ddp, opt, scaler, amp_ctx, train_it, lr_at, steps, stat
             state.step += 1
             if not bar.disable and state.step % 20 == 0:
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-            if state.step == len(train_it):  # the epoch's last batch: the epoch-end checkpoint follows
+            if state.step == len(train_it) or state.step >= shortest:  # the epoch-end checkpoint follows
                 continue
             global_step = state.epoch * steps + state.step
-            if (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0) or global_step == stop_at:
-                state.loss_sum += float(loss_acc)
-                loss_acc.zero_()
+            timed = clock.due()  # asked at the same steps on every rank
+            if timed or (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0) or global_step == stop_at:
+                state.loss_sum = float(loss_acc)
                 save(epoch_done=False)
             if global_step == stop_at:
                 return False
-    state.loss_sum += float(loss_acc)
+    state.loss_sum = float(loss_acc)
     return True
 
 
@@ -416,7 +641,8 @@ def _end_epoch(cfg, d, model, val_it, amp_ctx, state: _State, opt, t0, train_tim
     loss_sum, seen_all = _all_sum([state.loss_sum, state.seen], d)
     epoch = state.epoch
     if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-        val_loss, val_err, val_count = _evaluate(model, val_it, d, amp_ctx)  # parameters in sync after join
+        # parameters in sync after join
+        val_loss, val_err, val_count = _evaluate(model, val_it, d, amp_ctx)
     else:
         val_loss = val_err = float("nan")
         val_count = 0
@@ -449,15 +675,15 @@ def train(cfg: TrainConfig) -> dict:
     """
     import torch
 
-    from ..pipelines import count_classes
-
-    op, k, train_dir, val_dir = _check(cfg)
+    op, k, train_dir, val_dir, classes = _check(cfg)
     d = setup_distributed(cfg.device, cfg.threads)
     out = Path(cfg.out)
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
-    num_classes = count_classes(train_dir)
-    torch.manual_seed(cfg.seed)
+        remove_stale_temporaries(out, RUN_FILES)  # left by a process killed while it wrote one of them
+    num_classes = len(classes)
+    ident = _identity(cfg, d.gpu, classes)
+    _seed_everything(cfg.seed)
     model = build_model(cfg.model, num_classes).to(d.device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -465,47 +691,64 @@ def train(cfg: TrainConfig) -> dict:
     use_amp = d.gpu and cfg.amp
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    state = _resume(cfg, d, model, opt, scaler)
+    state = _resume(cfg, d, model, opt, scaler, ident)
     ddp = torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[d.local_rank] if d.gpu else None) if d.world > 1 else model
 
     def amp_ctx():
         return torch.autocast("cuda", dtype=amp_dtype) if use_amp else contextlib.nullcontext()
 
-    train_it, val_it = _pipelines(cfg, d, op, k, train_dir, val_dir, num_classes, state)
-    steps = _all_reduce_int(len(train_it), d, "max")  # the same schedule on every rank, even with uneven shards
-    if d.world > 1 and (cfg.checkpoint_every or cfg.stop_after):
+    def train_files():
+        if cfg.train_list is None:
+            return tree_files(train_dir)
+        lines = Path(cfg.train_list).read_text().splitlines()
+        return [train_dir / ln.rsplit(None, 1)[0] for ln in lines if ln.strip()]
+
+    t_run = time.perf_counter()
+    # DALI decodes ahead (when an iterator is made, at every step and epoch end): a failure anywhere names its file
+    with _naming_undecodable(d, cfg.progress, train_files, functools.partial(tree_files, val_dir)):
+        train_it, val_it = _pipelines(cfg, d, op, k, train_dir, val_dir, num_classes, state)
+        steps = _all_reduce_int(len(train_it), d, "max")  # the same schedule on every rank, even with uneven shards
         # mid-epoch checkpoints gather from every rank: only while every rank still has batches
         shortest = _all_reduce_int(len(train_it), d, "min")
-        if cfg.checkpoint_every >= shortest or (cfg.stop_after and cfg.stop_after % steps >= shortest):
-            raise UsageError(f"with {d.world} processes, mid-epoch checkpoints must fall within the first "
-                             f"{shortest - 1} steps of an epoch (the shortest shard)")
-    lr_at = _lr_schedule(cfg, steps)
+        if d.world > 1 and (cfg.checkpoint_every or cfg.stop_after):
+            if cfg.checkpoint_every >= shortest or (cfg.stop_after and cfg.stop_after % steps >= shortest):
+                raise UsageError(f"with {d.world} processes, mid-epoch checkpoints must fall within the first "
+                                 f"{shortest - 1} steps of an epoch (the shortest shard)")
+        lr_at = _lr_schedule(cfg, steps)
+        clock = _Clock(60 * cfg.checkpoint_minutes, d)
 
-    def save(epoch_done):
-        _save(cfg, d, model, opt, scaler, num_classes, state, train_it, epoch_done=epoch_done)
+        def save(epoch_done):
+            _save(cfg, d, model, opt, scaler, ident, state, train_it, epoch_done=epoch_done)
+            clock.reset()
 
-    title = f"{cfg.model}, mix={cfg.mix}" + (f" K={k} alpha={cfg.alpha}" if op else "")
-    t_run = time.perf_counter()
-    stopped = False
-    while state.epoch < cfg.epochs:
-        t0 = time.perf_counter()
-        if not _train_epoch(cfg, d, ddp, opt, scaler, amp_ctx, train_it, lr_at, steps, state, save,
-                            cfg.stop_after or None):
-            stopped = True
-            break
-        _end_epoch(cfg, d, model, val_it, amp_ctx, state, opt, t0, time.perf_counter() - t0, title)
-        save(epoch_done=True)
-        reached = cfg.stop_after and state.epoch * steps + state.step >= cfg.stop_after
-        state = _State(epoch=state.epoch + 1, history=state.history)
-        if reached and state.epoch < cfg.epochs:  # stopped on an epoch's last step: after its end
-            stopped = True
-            break
+        if state.rng is not None:  # the random generators as they were after the checkpoint's step
+            _set_rng_state(state.rng, d)
+            state.rng = None
+        title = f"{cfg.model}, mix={cfg.mix}" + (f" K={k} alpha={cfg.alpha}" if op else "")
+        stopped = False
+        while state.epoch < cfg.epochs:
+            t0 = time.perf_counter()
+            if not _train_epoch(cfg, d, ddp, opt, scaler, amp_ctx, train_it, lr_at, steps, state, save,
+                                cfg.stop_after or None, clock, shortest):
+                stopped = True
+                break
+            _end_epoch(cfg, d, model, val_it, amp_ctx, state, opt, t0, time.perf_counter() - t0, title)
+            save(epoch_done=True)
+            reached = cfg.stop_after and state.epoch * steps + state.step >= cfg.stop_after
+            state = _State(epoch=state.epoch + 1, history=state.history)
+            if reached and state.epoch < cfg.epochs:  # stopped on an epoch's last step: after its end
+                stopped = True
+                break
     history = state.history
+    done = state.epoch * steps + state.step  # optimiser steps done in all
     summary = {"config": dataclasses.asdict(cfg), "num_classes": num_classes, "world_size": d.world,
                "final_val_top1_err": history[-1]["val_top1_err"] if history else None,
                "best_val_top1_err": min((r["val_top1_err"] for r in history if r["val_images"]), default=None),
                "epochs": len(history), "stopped_early": stopped, "run_s": round(time.perf_counter() - t_run, 2),
+               "stopped_at": {"step": done, "steps": steps * cfg.epochs, "epoch": state.epoch + 1 if state.step
+                              else state.epoch, "epoch_step": state.step or steps, "steps_per_epoch": steps}
+               if stopped else None,
                "history": history}
     if d.main:
         atomic_write(out / "summary.json", json.dumps(summary, indent=1))
@@ -559,7 +802,10 @@ def add_arguments(p: argparse.ArgumentParser):
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/checkpoint.pt (mid-epoch too: the DALI pipeline is restored)")
     p.add_argument("--checkpoint-every", type=int, default=0,
-                   help="also write checkpoint.pt every N steps inside an epoch (0: at epoch ends only)")
+                   help="also write checkpoint.pt every N steps inside an epoch (default 0: by time only)")
+    p.add_argument("--checkpoint-minutes", type=float, default=10.0,
+                   help="also write checkpoint.pt every M minutes of training (default 10: a kill loses at most "
+                        "about that; 0: at epoch ends and --checkpoint-every only)")
     p.add_argument("--stop-after", type=int, default=0,
                    help="stop after N optimiser steps in all, with a checkpoint (a planned pre-emption)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
