@@ -108,7 +108,8 @@ def test_pipeline_argument_errors(photo_dir, tmp_path):
         count_classes(tmp_path / "missing")
     with pytest.raises(ValueError, match=r"has no class sub-folders"):
         count_classes(tmp_path)
-    with pytest.raises(TypeError, match=r"pipe must be a dali_kmix.pipelines.MixPipeline .* got object"):
+    with pytest.raises(TypeError, match=r"pipe must be a DALI Pipeline \(with output_map=\) or a "
+                                        r"dali_kmix.pipelines.MixPipeline, got object"):
         DALIMixIterator(object())
 
 
@@ -215,3 +216,98 @@ def test_the_gpu_train_pipeline_mixes_with_the_native_gpu_operator(photo_dir, mi
     gpu_ops = sorted(type(op._op).__name__ for op in seen.values() if op._op.device == "gpu")
     assert ("KmixMix" if mix == "dmixup+dcutmix" else "KmixDcutmix") in gpu_ops
     assert "PythonFunction" not in gpu_ops, gpu_ops
+
+
+# --------------------------------------------------------------------------- your own pipeline
+
+
+def _own_pipeline(root, batch_size=10, label_format="dense", seed=5):
+    """A pipeline written by hand, as from DALI's ResNet-50 example plus the mixing call (not a MixPipeline)."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    import dali_kmix.dali as kmix
+
+    @pipeline_def(batch_size=batch_size, num_threads=2, device_id=None, seed=seed)
+    def pipe():
+        jpegs, labels = fn.readers.file(file_root=str(root), random_shuffle=True, pad_last_batch=True, name="Reader")
+        images = fn.decoders.image_random_crop(jpegs, output_type=types.RGB, random_area=[0.1, 1.0],
+                                               random_aspect_ratio=[0.8, 1.25], num_attempts=100)
+        images = fn.resize(images, resize_x=CROP, resize_y=CROP, interp_type=types.INTERP_TRIANGULAR)
+        images, *labels_out = kmix.dcutmix(images, labels, k=3, num_classes=8, layout="HWC",
+                                           label_format=label_format, reader_name="Reader")
+        images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW", crop=(CROP, CROP),
+                                          mean=[0.485 * 255, 0.456 * 255, 0.406 * 255],
+                                          std=[0.229 * 255, 0.224 * 255, 0.225 * 255])
+        info = fn.pad(fn.get_property(jpegs, key="source_info"), fill_value=0, axes=(0,), shape=(1024,))
+        return (images, *labels_out, info)
+
+    return pipe()
+
+
+@pytest.mark.parametrize("label_format", ["dense", "sparse"])
+def test_the_iterator_takes_any_pipeline_with_named_outputs(photo_dir, label_format):
+    from nvidia.dali.plugin.base_iterator import LastBatchPolicy
+    from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+    labels = ["targets"] if label_format == "dense" else ["label_idx", "label_w"]
+    names = ["images", *labels, "source_info"]
+    it = DALIMixIterator(_own_pipeline(photo_dir, label_format=label_format), output_map=names, reader_name="Reader")
+    # the README's DALIGenericIterator equivalent, on an identical pipeline: the same batches
+    generic = DALIGenericIterator([_own_pipeline(photo_dir, label_format=label_format)], names, reader_name="Reader",
+                                  last_batch_policy=LastBatchPolicy.PARTIAL)
+    assert len(it) == 5
+    for epoch in range(2):
+        seen = []
+        for (images, targets), data in zip(it, generic):
+            assert images.shape[1:] == (3, CROP, CROP)
+            torch.testing.assert_close(images, data[0]["images"], rtol=0, atol=0)
+            if label_format == "dense":
+                torch.testing.assert_close(targets, data[0]["targets"], rtol=0, atol=0)
+            else:
+                assert torch.equal(targets[0], data[0]["label_idx"]) and torch.equal(targets[1], data[0]["label_w"])
+            rows = it.last_outputs["source_info"].numpy()
+            seen += [bytes(r[r != 0]).decode() for r in rows]
+        # the padded copies are cut off: every photograph once per epoch, as an anchor
+        assert len(seen) == 48 and len(set(seen)) == 48, epoch
+
+
+def test_the_iterator_names_what_it_needs(photo_dir):
+    pipe = _own_pipeline(photo_dir)
+    with pytest.raises(TypeError, match=r"a DALI Pipeline needs output_map=\[...\], the names of its outputs"):
+        DALIMixIterator(pipe)
+    with pytest.raises(ValueError, match=r"output_map must hold \"images\" and the labels as \"targets\".* got "
+                                         r"\['data', 'targets', 'info'\]"):
+        DALIMixIterator(pipe, output_map=["data", "targets", "info"], reader_name="Reader")
+    with pytest.raises(ValueError, match=r"got \['images', 'label_idx', 'info'\]"):
+        DALIMixIterator(pipe, output_map=["images", "label_idx", "info"], reader_name="Reader")
+    with pytest.raises(ValueError, match=r"num_classes is needed to turn the 'labels' output into one-hot targets"):
+        DALIMixIterator(pipe, output_map=["images", "labels", "info"], reader_name="Reader")
+    mix = imagenet_train_pipeline(photo_dir, batch_size=4, crop=CROP)
+    with pytest.raises(ValueError, match=r"output_map=\['images', 'labels'\] contradicts the MixPipeline's outputs"):
+        DALIMixIterator(mix, output_map=["images", "labels"])
+
+
+def test_the_train_pipeline_has_the_resnet50_examples_defaults(photo_dir):
+    """DALI's ResNet-50 example (docs/examples/use_cases/pytorch/resnet50/main.py): random area (0.1, 1), aspect
+    ratio (0.8, 1.25), 100 attempts, triangular resize with DALI's default antialiasing."""
+    import inspect
+
+    from nvidia.dali import types
+
+    from dali_kmix import pipelines
+
+    sig = inspect.signature(imagenet_train_pipeline).parameters
+    assert sig["random_area"].default == (0.1, 1.0) and sig["random_aspect_ratio"].default == (0.8, 1.25)
+    pipe = imagenet_train_pipeline(photo_dir, batch_size=4, crop=CROP)
+    seen, todo = {}, list(pipe.pipeline._graph_out)
+    while todo:
+        op = todo.pop().source
+        if op is not None and op.id not in seen:
+            seen[op.id] = op
+            todo += op.inputs
+    args = {type(op._op).__name__: op._op._init_args for op in seen.values()}  # as the graph was defined
+    crop = args["ImageRandomCrop"]
+    assert list(crop["random_area"]) == [0.1, 1.0] and list(crop["random_aspect_ratio"]) == [0.8, 1.25]
+    assert crop["num_attempts"] == 100
+    assert args["Resize"]["interp_type"] == types.INTERP_TRIANGULAR and "antialias" not in args["Resize"]
+    assert pipelines.RANDOM_AREA == (0.1, 1.0) and pipelines.RANDOM_ASPECT_RATIO == (0.8, 1.25)
