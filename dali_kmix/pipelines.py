@@ -29,7 +29,8 @@ import numpy as np
 
 from . import _checks
 
-__all__ = ["imagenet_train_pipeline", "imagenet_val_pipeline", "DALIMixIterator", "MixPipeline", "count_classes",
+__all__ = ["imagenet_train_pipeline", "imagenet_val_pipeline", "DALIMixIterator", "MixPipeline", "ProxyFolder",
+           "count_classes",
            "IMAGENET_MEAN", "IMAGENET_STD", "RANDOM_AREA", "RANDOM_ASPECT_RATIO"]
 
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -87,6 +88,65 @@ def _reader(data_dir, file_list, shard_id, num_shards, shuffle, reader_name):
     return fn.readers.file(file_root=str(data_dir), **kw)
 
 
+class ProxyFolder:
+    """The samples of an ImageNet-layout folder for DALI's PyTorch proxy, labels included.
+
+    DALI's proxy (``nvidia.dali.plugin.pytorch.experimental.proxy``) lets a torch ``DataLoader``
+    with workers feed a DALI pipeline through named ``fn.external_source`` inputs: each worker
+    calls ``server.proxy(...)`` per sample and the pipeline runs on every collated batch. DALI's
+    ResNet-50 example hands it only the file path (``ImageFolder(transform=server.proxy)``), so the
+    labels never reach the pipeline; mixing needs them there. Item ``i`` of this dataset is
+    ``proxy(**{images: path as int8 bytes, labels: int32 (1,)})``: the pipeline reads the file
+    (``fn.io.file.read``), decodes, mixes with its label and returns the soft targets.
+
+    Files and labels are those ``fn.readers.file(file_root=root)`` finds: one class per
+    sub-folder in sorted order, DALI's default file filters (case-insensitive), files sorted;
+    or the lines of a DALI ``file_list`` ("relative/path label"). A map-style dataset (no torch
+    import): shuffle and shard it with the ``DataLoader``'s ``shuffle`` / ``sampler``.
+    """
+
+    def __init__(self, root, proxy, *, file_list=None, images: str = "images", labels: str = "labels"):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"root {str(root)!r} is not a folder")
+        self.proxy, self.images, self.labels = proxy, images, labels
+        self.samples = _listed_files(self.root, file_list) if file_list is not None else _folder_files(self.root)
+        if not self.samples:
+            raise ValueError(f"no image files under {str(root)!r}")
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        path, label = self.samples[i]
+        return self.proxy(**{self.images: np.frombuffer(str(path).encode(), np.int8),
+                             self.labels: np.array([label], np.int32)})
+
+
+def _folder_files(root: Path) -> list:
+    """(path, label) of every file ``fn.readers.file(file_root=root)`` reads, in its order."""
+    import ast
+    import fnmatch
+
+    from nvidia.dali import backend
+
+    default = backend.GetSchema("readers__File").GetArgumentDefaultValueString("file_filters")  # "['*.jpg', ...]"
+    patterns = [f.lower() for f in ast.literal_eval(default)]
+    classes = sorted(d for d in root.iterdir() if d.is_dir())
+    return [(p, label) for label, d in enumerate(classes) for p in sorted(d.rglob("*"))
+            if p.is_file() and any(fnmatch.fnmatchcase(p.name.lower(), f) for f in patterns)]
+
+
+def _listed_files(root: Path, file_list) -> list:
+    out = []
+    for line in Path(file_list).read_text().splitlines():
+        if line.strip():
+            name, label = line.rsplit(maxsplit=1)
+            out.append((root / name, int(label)))
+    return out
+
+
+_INFO_BYTES = 1024
 _INFO_BYTES = 1024
 
 

@@ -311,3 +311,81 @@ def test_the_train_pipeline_has_the_resnet50_examples_defaults(photo_dir):
     assert crop["num_attempts"] == 100
     assert args["Resize"]["interp_type"] == types.INTERP_TRIANGULAR and "antialias" not in args["Resize"]
     assert pipelines.RANDOM_AREA == (0.1, 1.0) and pipelines.RANDOM_ASPECT_RATIO == (0.8, 1.25)
+
+
+# --------------------------------------------------------------------------- DALI's PyTorch proxy
+
+
+class _ConstantImages(torch.utils.data.Dataset):
+    """Sample i: an 8 x 12 image whose every pixel is i, labelled i; handed to the DALI server by its proxy."""
+
+    def __init__(self, proxy, n):
+        self.proxy, self.n = proxy, n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return self.proxy(images=np.full((8, 12, 1), i, np.uint8), labels=np.array([i], np.int32))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_pytorch_proxy_recipe_mixes_inside_the_pipeline(workers):
+    """DALIServer + proxy DataLoader with workers: labels enter the pipeline beside the images, the mixing runs in
+    it, the loader yields the mixed images with their soft targets (the README's recipe, on constant images)."""
+    from nvidia.dali import fn, pipeline_def
+    from nvidia.dali.plugin.pytorch.experimental import proxy as dali_proxy
+
+    import dali_kmix.dali as kmix
+
+    n = 21
+
+    @pipeline_def(batch_size=6, num_threads=1, device_id=None, seed=4, exec_dynamic=True)
+    def pipe():
+        images = fn.external_source(name="images", no_copy=True, layout="HWC")
+        labels = fn.external_source(name="labels", no_copy=True)
+        return kmix.dcutmix(images, labels, k=3, num_classes=n, layout="HWC", label_format="sparse")
+
+    anchors = []
+    with dali_proxy.DALIServer(pipe(), deterministic=True) as server:
+        loader = dali_proxy.DataLoader(server, _ConstantImages(server.proxy, n), batch_size=6, num_workers=workers,
+                                       shuffle=True)
+        for images, idx, w in loader:
+            assert images.dtype == torch.uint8 and images.shape[1:] == (8, 12, 1)
+            anchors += idx[:, 0].tolist()
+            for x, i, wi in zip(images.numpy(), idx.numpy(), w.numpy()):
+                share = np.bincount(x.ravel(), minlength=n) / x.size
+                expect = np.zeros(n)
+                np.add.at(expect, i, wi)
+                np.testing.assert_allclose(share, expect, atol=1e-6)  # the pixels are the soft target's mix
+            assert (w[:, 0] < 1).any()
+    assert sorted(anchors) == list(range(n))  # every sample once per epoch, its own row's anchor (last batch: 3)
+
+
+def test_proxy_folder_lists_what_the_file_reader_reads(photo_dir, tmp_path):
+    from nvidia.dali import fn, pipeline_def
+
+    from dali_kmix.pipelines import ProxyFolder
+
+    (photo_dir.parent / "notes.txt").write_text("not an image")  # outside the class folders: never listed
+    calls = []
+    folder = ProxyFolder(photo_dir, lambda **kw: calls.append(kw) or len(calls))
+
+    @pipeline_def(batch_size=48, num_threads=1, device_id=None)
+    def reader():
+        jpegs, labels = fn.readers.file(file_root=str(photo_dir))
+        return fn.pad(fn.get_property(jpegs, key="source_info"), fill_value=0, axes=(0,), shape=(1024,)), labels
+
+    p = reader()
+    p.build()
+    info, labels = (np.asarray(x.as_tensor()) for x in p.run())
+    dali = [(str(photo_dir / bytes(r[r != 0]).decode()), int(v)) for r, v in zip(info, labels.reshape(-1))]
+    assert [(str(path), label) for path, label in folder.samples] == dali and len(folder) == 48
+    assert folder[5] == 1
+    assert bytes(calls[0]["images"].view(np.uint8)).decode() == dali[5][0] and calls[0]["labels"].tolist() == [dali[5][1]]
+    listed = tmp_path / "list.txt"
+    listed.write_text(f"{folder.samples[3][0].relative_to(photo_dir)} 7\n\n")
+    assert ProxyFolder(photo_dir, None, file_list=listed).samples == [(folder.samples[3][0], 7)]
+    with pytest.raises(FileNotFoundError, match=r"root '.*missing' is not a folder"):
+        ProxyFolder(tmp_path / "missing", None)
