@@ -61,30 +61,32 @@ Args:
 
 def dmixup(images, labels, *, k: int = 3, alpha=1.0, num_classes: int, layout=None, mode: str = "sample", prob=1.0,
            smoothing: float = 0.0, label_format: str = "dense", shard_id: int = 0, rng=None):
-    return _ops.dynamic_mix("dmixup", images, labels, k=k, alpha=alpha, num_classes=num_classes, layout=layout, mode=mode,
-               prob=prob, smoothing=smoothing, label_format=label_format, shard_id=shard_id, rng=rng)
+    return _ops.dynamic_mix("dmixup", images, labels, k=k, alpha=alpha, num_classes=num_classes, layout=layout,
+                            mode=mode, prob=prob, smoothing=smoothing, label_format=label_format, shard_id=shard_id,
+                            rng=rng)
 
 
 def dcutmix(images, labels, *, k: int = 3, alpha=1.0, num_classes: int, layout=None, mode: str = "sample",
             prob=1.0, smoothing: float = 0.0, label_format: str = "dense", shard_id: int = 0, rng=None):
-    return _ops.dynamic_mix("dcutmix", images, labels, k=k, alpha=alpha, num_classes=num_classes, layout=layout, mode=mode,
-               prob=prob, smoothing=smoothing, label_format=label_format, shard_id=shard_id, rng=rng)
+    return _ops.dynamic_mix("dcutmix", images, labels, k=k, alpha=alpha, num_classes=num_classes, layout=layout,
+                            mode=mode, prob=prob, smoothing=smoothing, label_format=label_format, shard_id=shard_id,
+                            rng=rng)
 
 
 def saliency_dcutmix(images, labels, *, k: int = 3, alpha=1.0, num_classes: int, layout=None, mode: str = "sample",
                      prob=1.0, smoothing: float = 0.0, label_format: str = "dense", shard_id: int = 0, rng=None,
                      saliency: str = "spectral-residual"):
-    return _ops.dynamic_mix("saliency-dcutmix", images, labels, k=k, alpha=alpha, num_classes=num_classes, layout=layout,
-               mode=mode, prob=prob, smoothing=smoothing, label_format=label_format, shard_id=shard_id, rng=rng,
-               saliency=saliency)
+    return _ops.dynamic_mix("saliency-dcutmix", images, labels, k=k, alpha=alpha, num_classes=num_classes,
+                            layout=layout, mode=mode, prob=prob, smoothing=smoothing, label_format=label_format,
+                            shard_id=shard_id, rng=rng, saliency=saliency)
 
 
 def dmixup_or_dcutmix(images, labels, *, k: int = 3, alpha=1.0, cutmix_alpha=None, switch_prob: float = 0.5,
                       num_classes: int, layout=None, mode: str = "sample", prob=1.0, smoothing: float = 0.0,
                       label_format: str = "dense", shard_id: int = 0, rng=None):
-    return _ops.dynamic_mix(_checks.SWITCH, images, labels, k=k, alpha=alpha, num_classes=num_classes, layout=layout, mode=mode,
-               prob=prob, smoothing=smoothing, label_format=label_format, shard_id=shard_id, rng=rng,
-               switch_prob=switch_prob, cutmix_alpha=cutmix_alpha)
+    return _ops.dynamic_mix(_checks.SWITCH, images, labels, k=k, alpha=alpha, num_classes=num_classes,
+                            layout=layout, mode=mode, prob=prob, smoothing=smoothing, label_format=label_format,
+                            shard_id=shard_id, rng=rng, switch_prob=switch_prob, cutmix_alpha=cutmix_alpha)
 
 
 dmixup.__doc__ = _DOC.format(title="DMixup", name="dmixup")

@@ -383,7 +383,8 @@ def test_proxy_folder_lists_what_the_file_reader_reads(photo_dir, tmp_path):
     dali = [(str(photo_dir / bytes(r[r != 0]).decode()), int(v)) for r, v in zip(info, labels.reshape(-1))]
     assert [(str(path), label) for path, label in folder.samples] == dali and len(folder) == 48
     assert folder[5] == 1
-    assert bytes(calls[0]["images"].view(np.uint8)).decode() == dali[5][0] and calls[0]["labels"].tolist() == [dali[5][1]]
+    assert bytes(calls[0]["images"].view(np.uint8)).decode() == dali[5][0]
+    assert calls[0]["labels"].tolist() == [dali[5][1]]
     listed = tmp_path / "list.txt"
     listed.write_text(f"{folder.samples[3][0].relative_to(photo_dir)} 7\n\n")
     assert ProxyFolder(photo_dir, None, file_list=listed).samples == [(folder.samples[3][0], 7)]

@@ -43,7 +43,8 @@ from . import cpu
 from .build import build_flags, compile_cached, compiler, tool_version
 from .sources import FP_OPTIONS, cuda_include_dirs, kernels_dir
 
-__all__ = ["build", "load", "enabled", "gpu_backend", "expose_to_dynamic_mode", "cuda_toolchain", "nvcc_flags", "gpu_object", "gpu_ptx",
+__all__ = ["build", "load", "enabled", "gpu_backend", "expose_to_dynamic_mode", "cuda_toolchain", "nvcc_flags",
+           "gpu_object", "gpu_ptx",
            "fatbin_images", "NoGpuBackendWarning",
            "SOURCES", "GPU_SOURCES", "GPU_ARCHS", "PTX_ARCH", "OPERATORS"]
 
