@@ -770,8 +770,8 @@ def _dynamic_native(gpu: bool) -> bool:
 
 
 def dynamic_mix(method, images, labels, *, k=3, alpha=1.0, num_classes, layout=None, mode="sample", prob=1.0,
-        smoothing=0.0, label_format="dense", shard_id=0, rng=None, saliency="spectral-residual", switch_prob=0.0,
-        cutmix_alpha=None):
+                smoothing=0.0, label_format="dense", shard_id=0, rng=None, saliency="spectral-residual",
+                switch_prob=0.0, cutmix_alpha=None):
     """:mod:`dali_kmix.dynamic`: mix one dynamic-mode batch with ``method`` ("dmixup", "dcutmix",
     "saliency-dcutmix" or "dmixup+dcutmix")."""
     ndd = _ndd()
@@ -786,8 +786,8 @@ def dynamic_mix(method, images, labels, *, k=3, alpha=1.0, num_classes, layout=N
             raise ValueError(f"layout must be given ('HWC' or 'CHW'): the images carry layout {found!r}")
         layout = found
     spec = _spec(method, k=k, alpha=alpha, num_classes=num_classes, layout=layout, mode=mode, prob=prob,
-                      smoothing=smoothing, label_format=label_format, seed=None, shard_id=shard_id,
-                      saliency=saliency, switch_prob=switch_prob, cutmix_alpha=cutmix_alpha)
+                 smoothing=smoothing, label_format=label_format, seed=None, shard_id=shard_id, saliency=saliency,
+                 switch_prob=switch_prob, cutmix_alpha=cutmix_alpha)
     if found and found != spec.layout:
         raise ValueError(f"layout={spec.layout!r} was given but the images carry layout {found!r}")
     gpu = images.device.device_type == "gpu"
