@@ -88,6 +88,37 @@ def check_layout(layout) -> str:
     return layout
 
 
+#: Channel counts an image is taken to have: a layout that puts more than this many where the channels go,
+#: while the other end of the shape has at most this many, contradicts the shape (see :func:`check_channels`).
+MAX_CHANNELS = 4
+
+
+def channels_suspect(shape, layout: str) -> bool:
+    """True when a 3-d sample ``shape`` looks like the other layout: "HWC" with more than 4 trailing and at most 4
+    leading extents (an image of 3 x H x W), or "CHW" with more than 4 leading and at most 4 trailing (H x W x 3)."""
+    lead, trail = int(shape[0]), int(shape[2])
+    if layout == "HWC":
+        return trail > MAX_CHANNELS >= lead
+    return lead > MAX_CHANNELS >= trail
+
+
+def check_channels(name: str, shape, layout: str, found_layout: str = ""):
+    """Images that carry no layout, whose shape contradicts ``layout`` (:func:`channels_suspect`), raise
+    ValueError: mixed in the wrong layout, boxes would be cut across channels. Images that carry a layout are
+    trusted (a mismatch with ``layout`` is checked where it is read). The same message as the native operators
+    (``kernels/kmix_record.h``, CheckChannels)."""
+    if found_layout or not channels_suspect(shape, layout):
+        return
+    other = "CHW" if layout == "HWC" else "HWC"
+    shape = tuple(int(v) for v in shape)
+    count, where = (shape[0], "first") if layout == "HWC" else (shape[2], "last")
+    raise ValueError(
+        f"{name}: layout='{layout}' was given but the images carry no layout and their shape {shape} looks {other} "
+        f"({count} channels {where}); mixed as {layout} the boxes would be cut across channels. Pass "
+        f"layout='{other}', or, if the shape is meant, give the images their layout (e.g. "
+        f"fn.reshape(images, layout='{layout}'))")
+
+
 def check_image_dtype(name: str, dtype) -> np.dtype:
     dtype = np.dtype(dtype)
     if dtype not in DTYPES:

@@ -48,13 +48,17 @@ How one call becomes DALI operators (one readable path per place it runs):
 
 ``prob`` and ``alpha`` may be DataNodes (e.g. from ``fn.external_source``), so a
 training loop can weaken or switch off the mixing between iterations without
-rebuilding the pipeline.
+rebuilding the pipeline; ``alpha`` may differ per sample (mode "sample").
+
+The same four functions accept batches of DALI's dynamic mode (``nvidia.dali.experimental.dynamic``)
+and mix them at once with the same native operators (``ndd.kmix_*``): see :mod:`dali_kmix.dynamic`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import warnings
 import weakref
 
 import numpy as np
@@ -90,6 +94,12 @@ class MixSpec:
     index: int  # the operator's position among the dali_kmix operators of its pipeline
     switch_prob: float = 0.0  # method "dmixup+dcutmix": the probability that a batch is DCutMix
     cutmix_alpha: tuple | None = None  # method "dmixup+dcutmix": DCutMix's alpha (``alpha`` is DMixup's)
+    reader_name: str | None = None  # the padding reader whose repeated last samples are no partners
+
+    @property
+    def runtime_count(self) -> int:
+        """How many per-iteration inputs (alpha, prob) the drawing function takes after the keys."""
+        return (self.alpha is None) + (self.prob is None)
 
     @property
     def label_outputs(self) -> int:
@@ -137,18 +147,24 @@ class _Draws:
         seq = np.random.SeedSequence(entropy=entropy, spawn_key=(self.spec.shard_id, self.spec.index))
         return np.random.Generator(np.random.PCG64(seq))
 
+    def split_inputs(self, rest):
+        """``(runtime, valid, others)`` of the drawing function's inputs after the keys: the per-iteration
+        alpha/prob, the "not padding" flags (with ``reader_name``; else None) and what follows."""
+        count = self.spec.runtime_count
+        runtime, rest = tuple(rest[:count]), tuple(rest[count:])
+        if self.spec.reader_name is None:
+            return runtime, None, rest
+        return runtime, np.array([bool(np.asarray(v).reshape(-1)[0]) for v in rest[0]]), rest[1:]
+
     def runtime_args(self, n, runtime):
-        """``(alpha vector, prob)`` of this batch: the spec's, or the DataNode inputs' (checked)."""
+        """``(alpha, prob)`` of this batch: the spec's, or the per-sample inputs' (checked). alpha is the K-vector
+        shared by the batch, or ``(N, K)`` when it differs between samples ("sample" mode only)."""
         runtime = list(runtime)
         spec = self.spec
         alpha = spec.alpha
         prob = spec.prob
         if alpha is None:
-            vals = [np.asarray(a, np.float64).reshape(-1) for a in runtime.pop(0)]
-            if any(v.shape != vals[0].shape or not np.array_equal(v, vals[0]) for v in vals):
-                raise ValueError("alpha given as a DataNode must be the same for every sample of a batch, "
-                                 f"got {[v.tolist() for v in vals[:4]]}...")
-            alpha = _checks.check_alpha(float(vals[0][0]) if vals[0].size == 1 else vals[0], spec.k)
+            alpha = per_sample_alpha(runtime.pop(0), n, spec.k, spec.mode)
         if prob is None:
             vals = np.array([float(np.asarray(p).reshape(-1)[0]) for p in runtime.pop(0)])
             bad = ~((vals >= 0.0) & (vals <= 1.0))
@@ -159,9 +175,10 @@ class _Draws:
             prob = vals
         return np.asarray(alpha, np.float64), prob
 
-    def raw(self, keys, runtime=()):
+    def raw(self, keys, runtime=(), valid=None):
         """``(method, (phi, uniforms, perms, mixed))``: this batch's method and its
-        :func:`dali_kmix.sampling.draw_raw` draws ("dmixup+dcutmix" first tosses for the method)."""
+        :func:`dali_kmix.sampling.draw_raw` draws ("dmixup+dcutmix" first tosses for the method);
+        ``valid``: the samples that are not a reader's padding (None: all)."""
         n = len(keys)
         alpha, prob = self.runtime_args(n, runtime)
         gen = self.generator(keys)
@@ -171,14 +188,39 @@ class _Draws:
             method = "dcutmix" if cut else "dmixup"
             if cut:
                 alpha = np.asarray(self.spec.cutmix_alpha, np.float64)
-        return method, draw_raw(np, gen, n, self.spec.k, alpha, self.spec.mode, prob)
+        return method, draw_raw(np, gen, n, self.spec.k, alpha, self.spec.mode, prob, valid)
+
+
+def per_sample_alpha(values, n: int, k: int, mode: str) -> np.ndarray:
+    """alpha given per sample (a scalar or K values each), checked: the K-vector when every sample has the same
+    one (then the draws are those of a fixed alpha), else ``(N, K)`` (mode "sample"; mode "batch" raises,
+    naming the first sample whose alpha differs from sample 0's)."""
+    if len(values) != n:
+        raise ValueError(f"alpha given per sample must have one value per sample ({n}), got {len(values)}")
+    rows = []
+    for i, v in enumerate(values):
+        v = np.asarray(v, np.float64).reshape(-1)
+        try:
+            rows.append(_checks.check_alpha(float(v[0]) if v.size == 1 else v, k))
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"{exc} for sample {i}") from None
+    alpha = np.stack(rows)
+    differs = np.flatnonzero((alpha != alpha[0]).any(axis=1))
+    if differs.size == 0:
+        return alpha[0]
+    if mode == "batch":
+        i = int(differs[0])
+        raise ValueError(f"mode='batch' draws one Dirichlet for the whole batch, so alpha must be the same for every "
+                         f"sample; sample {i} has alpha {alpha[i].tolist()} but sample 0 has {alpha[0].tolist()} "
+                         f"(mode='sample' gives every sample its own alpha)")
+    return alpha
 
 
 class _HostRecord(_Draws):
     """CPU: the record, the checked labels and the label outputs of one batch."""
 
-    def record(self, keys, runtime, h, w, centers=None):
-        method, draws = self.raw(keys, runtime)
+    def record(self, keys, runtime, h, w, centers=None, valid=None):
+        method, draws = self.raw(keys, runtime, valid)
         return params_from_draws(method, *draws, h, w, centers)
 
     def label_outputs(self, lab, params):
@@ -200,18 +242,25 @@ class _PluginRecord(_HostRecord):
 
     Returns per sample: sources (K,), then weights (K,) or boxes (K-1, 4), then the label outputs.
     For "dmixup+dcutmix": sources, weights, boxes and a per-sample "cut" flag for ``fn.kmix_mix``.
+    In a pipeline the native operator checks the images' layout against their shape; dynamic mode, which
+    knows the layout here, sets ``found_layout`` to check it before drawing.
     """
+
+    found_layout = None
 
     def __call__(self, shapes, labels, keys, *rest):
         spec = self.spec
         n = len(shapes)
         if n == 0:
             return ([], []) + ([],) * spec.label_outputs
-        runtime, images = (rest[:-1], rest[-1]) if spec.method == "saliency-dcutmix" else (rest, None)
+        runtime, valid, extra = self.split_inputs(rest)
+        images = extra[0] if spec.method == "saliency-dcutmix" else None
         first = _checks.check_same_shapes("images", [tuple(int(v) for v in sh) for sh in shapes], spec.layout)
+        if self.found_layout is not None:  # dynamic mode: the images' own layout is known here
+            _checks.check_channels("images", first, spec.layout, self.found_layout)
         h, w = _checks.spatial_size(first, spec.layout)
         lab = self.labels(labels, n)
-        params = self.record(keys, runtime, h, w, self.centers(images))
+        params = self.record(keys, runtime, h, w, self.centers(images), valid)
         if spec.switch:  # fn.kmix_mix: the weights blend where cut is 0, the boxes paste where it is 1
             boxes = params.boxes if params.boxes is not None else np.zeros((n, spec.k - 1, 4), np.int32)
             cut = np.full((n, 1), params.boxes is not None, np.uint8)
@@ -257,19 +306,21 @@ class _FunctionMix(_HostRecord):
         self.workers = workers
         self._out = None  # output buffer, reused: DALI copies the outputs before the next call
 
-    def __call__(self, images, labels, layout_prop, keys, *runtime):
+    def __call__(self, images, labels, layout_prop, keys, *rest):
         spec = self.spec
         n = len(images)
         if n == 0:
             return ([],) + ([],) * spec.label_outputs
+        runtime, valid, _ = self.split_inputs(rest)
         found = bytes(np.asarray(layout_prop[0])).decode()
         if found and found != spec.layout:
             raise ValueError(f"layout={spec.layout!r} was given but the images carry layout {found!r}")
         first = _checks.check_same_shapes("images", [im.shape for im in images], spec.layout)
+        _checks.check_channels("images", first, spec.layout, found)
         _checks.check_image_dtype("images", images[0].dtype)
         h, w = _checks.spatial_size(first, spec.layout)
         lab = self.labels(labels, n)
-        params = self.record(keys, runtime, h, w, self.centers(images))
+        params = self.record(keys, runtime, h, w, self.centers(images), valid)
         from .mixing import blend_samples
 
         shape = (n,) + tuple(images[0].shape)
@@ -283,11 +334,12 @@ class _GpuDraws(_Draws):
     """GPU path, host half: per sample phi (K,), box positions (K-1, 2), partners (K-1,), "is mixed" (1,)
     and "is DCutMix" (1,). Every sample is an ndarray: DALI's ``python_function`` takes no NumPy scalars."""
 
-    def __call__(self, keys, *runtime):
+    def __call__(self, keys, *rest):
         n = len(keys)
         if n == 0:
             return [], [], [], [], []
-        method, (phi, uniforms, perms, mixed) = self.raw(keys, runtime)
+        runtime, valid, _ = self.split_inputs(rest)
+        method, (phi, uniforms, perms, mixed) = self.raw(keys, runtime, valid)
         if phi.shape[0] != n:  # "batch" mode: one row for all samples
             phi, uniforms = np.repeat(phi, n, axis=0), np.repeat(uniforms, n, axis=0)
         partners = np.ascontiguousarray(perms.T, dtype=np.int32)
@@ -309,7 +361,7 @@ class _GpuMix:
             _disown_dali_stream()
             raise
 
-    def _mix(self, images, labels, phi, uniforms, partners, mixed, cut):
+    def _mix(self, images, labels, phi, uniforms, partners, mixed, cut, layout_prop=None):
         import cupy
 
         from .backends import GpuBackend, gpu
@@ -319,6 +371,10 @@ class _GpuMix:
         if n == 0:
             return ([],) + ([],) * spec.label_outputs
         first = _checks.check_same_shapes("images", [im.shape for im in images], spec.layout)
+        if layout_prop is not None and _checks.channels_suspect(first, spec.layout):
+            # only a shape that contradicts the layout reads the images' layout back from the device
+            found = bytes(cupy.asnumpy(layout_prop[0]).astype(np.uint8)).decode()
+            _checks.check_channels("images", first, spec.layout, found)
         _checks.check_image_dtype("images", images[0].dtype)
         h, w = _checks.spatial_size(first, spec.layout)
         lab = _label_vector(labels, n, cupy)
@@ -392,8 +448,36 @@ def _is_node(x) -> bool:
     return isinstance(x, DataNode)
 
 
+def _is_dynamic(x) -> bool:
+    """A batch or tensor of DALI's dynamic mode (``nvidia.dali.experimental.dynamic``), recognised without importing
+    it (its import takes seconds)."""
+    return type(x).__module__.startswith("nvidia.dali.experimental.dynamic")
+
+
+def _per_iteration(x) -> bool:
+    """alpha / prob given per iteration and sample: a DataNode (pipelines) or a dynamic-mode batch."""
+    return _is_node(x) or _is_dynamic(x)
+
+
+def _type_name(x) -> str:
+    t = type(x)
+    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
+def check_operator_input(name: str, x):
+    """``images`` and ``labels`` of a pipeline operator must be DataNodes: anything else (a NumPy array, a torch
+    tensor, a list) raises TypeError naming what came and where such data is mixed instead."""
+    if _is_node(x):
+        return
+    raise TypeError(
+        f"{name} must be a DALI DataNode (an operator's output inside a pipeline definition) or a batch of DALI's "
+        f"dynamic mode (nvidia.dali.experimental.dynamic.Batch), got {_type_name(x)}; to mix arrays outside DALI use "
+        f"dali_kmix.mix_images (with a record from dali_kmix.sample_params), and dali_kmix.torch.KMixup for torch "
+        f"tensors")
+
+
 def _spec(method, *, k, alpha, num_classes, layout, mode, prob, smoothing, label_format, seed, shard_id,
-          saliency, switch_prob=0.0, cutmix_alpha=None) -> MixSpec:
+          saliency, switch_prob=0.0, cutmix_alpha=None, reader_name=None) -> MixSpec:
     from nvidia.dali import Pipeline
 
     from .saliency import SALIENCY_METHODS
@@ -406,17 +490,20 @@ def _spec(method, *, k, alpha, num_classes, layout, mode, prob, smoothing, label
     shard_id = _checks.check_int("shard_id", shard_id, 0)
     if seed is not None:
         seed = _checks.check_int("seed", seed, 0)
+    if reader_name is not None and (not isinstance(reader_name, str) or not reader_name):
+        raise TypeError(f"reader_name must be the name of the pipeline's reader (a non-empty str), got {reader_name!r}")
     if label_format == "sparse" and smoothing > 0:
         raise ValueError(
             f"smoothing={smoothing} applies to dense targets; with label_format='sparse' pass the smoothing "
             f"to dali_kmix.torch.sparse_mixed_cross_entropy instead"
         )
     switch = method == _checks.SWITCH
-    if switch and _is_node(alpha):
-        raise ValueError("alpha cannot be a DataNode with method 'dmixup+dcutmix' (two alphas); use prob")
+    alpha_given, prob_given = _per_iteration(alpha), _per_iteration(prob)
+    if switch and alpha_given:
+        raise ValueError("alpha cannot be given per sample with method 'dmixup+dcutmix' (two alphas); use prob")
     _, _, _, k, alpha_vec, prob_val = check_sample_args(
-        "dcutmix" if switch else method, 0, 1, 1, k, 1.0 if _is_node(alpha) else alpha, mode,
-        0.0 if _is_node(prob) else prob)
+        "dcutmix" if switch else method, 0, 1, 1, k, 1.0 if alpha_given else alpha, mode,
+        0.0 if prob_given else prob)
     cut_vec = None
     if switch:
         switch_prob = _checks.check_probability("switch_prob", switch_prob)
@@ -425,10 +512,11 @@ def _spec(method, *, k, alpha, num_classes, layout, mode, prob, smoothing, label
     if seed is None and pipe is not None and pipe.seed is not None and pipe.seed >= 0:
         seed = int(pipe.seed)
     index = next(_op_counters.setdefault(pipe, itertools.count())) if pipe is not None else 0
-    return MixSpec(method=method, k=k, alpha=None if _is_node(alpha) else tuple(alpha_vec.tolist()),
-                   num_classes=num_classes, layout=layout, mode=mode, prob=None if _is_node(prob) else prob_val,
+    return MixSpec(method=method, k=k, alpha=None if alpha_given else tuple(alpha_vec.tolist()),
+                   num_classes=num_classes, layout=layout, mode=mode, prob=None if prob_given else prob_val,
                    smoothing=smoothing, label_format=label_format, saliency=saliency, seed=seed,
-                   shard_id=shard_id, index=index, switch_prob=switch_prob, cutmix_alpha=cut_vec)
+                   shard_id=shard_id, index=index, switch_prob=switch_prob, cutmix_alpha=cut_vec,
+                   reader_name=reader_name)
 
 
 def _keys(spec: MixSpec, labels):
@@ -446,8 +534,64 @@ def _keys(spec: MixSpec, labels):
     return fn.random.uniform(labels, range=[0.0, 1.0], dtype=types.FLOAT64, seed=seed)
 
 
-def _runtime_inputs(spec: MixSpec, alpha, prob):
-    return [x for x, fixed in ((alpha, spec.alpha), (prob, spec.prob)) if fixed is None]
+def real_sample_flags(meta: dict, iteration: int, batch_size: int) -> list[int]:
+    """Per sample of batch ``iteration`` (0-based, since the pipeline started): 1 for a sample of the reader's
+    shard, 0 for a copy of the shard's last sample that ``pad_last_batch=True`` added to fill the batch.
+
+    ``meta`` is ``pipe.reader_meta(name)``. With padding, every shard is read as ``ceil(S / batch_size)`` batches,
+    S the largest shard (so every pipeline of a sharded run yields as many batches; a smaller shard may end in a
+    whole batch of copies); a reader that does not stick to its shard reads shard ``shard_id + epoch`` (modulo the
+    number of shards) in each epoch. This is how DALI's own iterators count the samples they drop
+    (``LastBatchPolicy.PARTIAL``); it depends on the iteration index alone, which a checkpoint restores.
+    """
+    if not meta.get("pad_last_batch"):
+        return [1] * batch_size
+    n, shards, shard = int(meta["epoch_size"]), int(meta["number_of_shards"]), int(meta["shard_id"])
+    sizes = [(j + 1) * n // shards - j * n // shards for j in range(shards)]
+    steps = max(1, -(-max(sizes) // batch_size))
+    epoch, step = divmod(int(iteration), steps)
+    if not meta.get("stick_to_shard"):
+        shard = (shard + epoch) % shards
+    real = min(max(sizes[shard] - step * batch_size, 0), batch_size)
+    return [1] * real + [0] * (batch_size - real)
+
+
+class _RealSamples:
+    """``external_source`` callback: the "not padding" flag of every sample of a batch (uint8 (1,) each), from the
+    reader's meta (read once the pipeline is built) and the iteration index DALI hands the source."""
+
+    def __init__(self, pipe, reader_name: str):
+        self._pipe = weakref.ref(pipe)
+        self.reader_name = reader_name
+        self.batch_size = int(pipe.max_batch_size)
+        self._meta = None
+
+    def meta(self) -> dict:
+        if self._meta is None:
+            pipe = self._pipe()
+            try:
+                self._meta = pipe.reader_meta(self.reader_name)
+            except Exception as exc:  # noqa: BLE001 - DALI's message for an unknown name is not ours to show
+                raise ValueError(f"reader_name={self.reader_name!r}: the pipeline has no reader of that name "
+                                 f"({type(exc).__name__}: {exc})") from None
+        return self._meta
+
+    def __call__(self, info):
+        return [np.array([v], np.uint8) for v in real_sample_flags(self.meta(), info.iteration, self.batch_size)]
+
+
+def _per_sample_inputs(spec: MixSpec, alpha, prob):
+    """What the drawing function takes after the keys: alpha and prob when given per iteration, then the reader's
+    "not padding" flags when ``reader_name`` is given."""
+    from nvidia.dali import Pipeline, fn
+
+    inputs = [x for x, fixed in ((alpha, spec.alpha), (prob, spec.prob)) if fixed is None]
+    if spec.reader_name is not None:
+        pipe = Pipeline.current()
+        if pipe is None:
+            raise ValueError(f"reader_name={spec.reader_name!r} needs the operator inside a pipeline definition")
+        inputs.append(fn.external_source(source=_RealSamples(pipe, spec.reader_name), batch=True, batch_info=True))
+    return inputs
 
 
 def _plugin_path(spec, images, labels, keys, runtime, name):
@@ -469,11 +613,14 @@ def _plugin_path(spec, images, labels, keys, runtime, name):
     outs = fn.python_function(images.shape(), labels, keys, *runtime, *extra, function=draw, batch_processing=True,
                               num_outputs=records + spec.label_outputs, name=name)
     record, label_outs = outs[:records], outs[records:]
+    return (native_blend(spec, fn)(images, *record, layout=spec.layout), *[x.gpu() if gpu else x for x in label_outs])
+
+
+def native_blend(spec: MixSpec, api):
+    """The native operator that applies ``spec``'s record, from ``api`` (``nvidia.dali.fn`` or dynamic mode)."""
     if spec.switch:
-        blend = fn.kmix_mix
-    else:
-        blend = fn.kmix_dcutmix if spec.boxed else fn.kmix_dmixup
-    return (blend(images, *record, layout=spec.layout), *[x.gpu() if gpu else x for x in label_outs])
+        return api.kmix_mix
+    return api.kmix_dcutmix if spec.boxed else api.kmix_dmixup
 
 
 def _native_gpu(pipe) -> bool:
@@ -504,32 +651,45 @@ def _gpu_path(spec, images, labels, keys, runtime, name):
         labels = fn.python_function(labels, function=_LabelCheck(spec.num_classes), batch_processing=True,
                                     num_outputs=1).gpu()
     draws = fn.python_function(keys, *runtime, function=_GpuDraws(spec), batch_processing=True, num_outputs=5)
-    outs = fn.python_function(images, labels, *[d.gpu() for d in draws], function=_GpuMix(spec, check_on_device),
-                              batch_processing=True, num_outputs=1 + spec.label_outputs,
+    outs = fn.python_function(images, labels, *[d.gpu() for d in draws], fn.get_property(images, key="layout"),
+                              function=_GpuMix(spec, check_on_device), batch_processing=True,
+                              num_outputs=1 + spec.label_outputs,
                               output_layouts=[spec.layout] + [""] * spec.label_outputs, device="gpu", name=name)
     return tuple(outs)
 
 
 def _mix_op(method, images, labels, *, k, alpha, num_classes, layout, mode, prob, smoothing, label_format,
-            seed, shard_id, name, saliency="spectral-residual", switch_prob=0.0, cutmix_alpha=None):
+            seed, shard_id, name, saliency="spectral-residual", switch_prob=0.0, cutmix_alpha=None,
+            reader_name=None):
     from nvidia.dali import Pipeline
 
+    if _is_dynamic(images) or _is_dynamic(labels):  # DALI's dynamic mode: the same call, mixed at once
+        if seed is not None or reader_name is not None:
+            arg = "seed" if seed is not None else "reader_name"
+            raise ValueError(f"{arg}= applies to pipelines; in dynamic mode the draws come from an ndd.random.RNG: "
+                             f"pass rng=ndd.random.RNG(seed=...) to dali_kmix.dynamic.{FUNCTIONS[method]} "
+                             f"(or seed ndd's default generator with ndd.random.set_seed)")
+        return dynamic_mix(method, images, labels, k=k, alpha=alpha, num_classes=num_classes, layout=layout,
+                           mode=mode, prob=prob, smoothing=smoothing, label_format=label_format, shard_id=shard_id,
+                           saliency=saliency, switch_prob=switch_prob, cutmix_alpha=cutmix_alpha)
+    check_operator_input("images", images)
+    check_operator_input("labels", labels)
     spec = _spec(method, k=k, alpha=alpha, num_classes=num_classes, layout=layout, mode=mode, prob=prob,
                  smoothing=smoothing, label_format=label_format, seed=seed, shard_id=shard_id, saliency=saliency,
-                 switch_prob=switch_prob, cutmix_alpha=cutmix_alpha)
-    device = getattr(images, "device", "cpu")
+                 switch_prob=switch_prob, cutmix_alpha=cutmix_alpha, reader_name=reader_name)
+    device = images.device
     if device not in ("cpu", "gpu"):
         raise ValueError(f"images must be a DALI DataNode on 'cpu' or 'gpu', got device {device!r}")
     if device == "gpu" and saliency == "fine-grained":
         raise ValueError("saliency='fine-grained' (OpenCV) runs on the CPU only; use 'spectral-residual' on the GPU")
     for arg, value in (("alpha", alpha), ("prob", prob)):
-        if _is_node(value) and getattr(value, "device", "cpu") != "cpu":
+        if _is_node(value) and value.device != "cpu":
             raise ValueError(f"{arg} given as a DataNode must be on the CPU, got device {value.device!r}")
-    labels_on_cpu = getattr(labels, "device", "cpu") == "cpu"
+    labels_on_cpu = labels.device == "cpu"
     if not labels_on_cpu and device == "cpu":
         raise ValueError("images are on the CPU but labels are on the GPU; pass CPU labels to a CPU mixer")
     keys = _keys(spec, labels if labels_on_cpu else None)
-    runtime = _runtime_inputs(spec, alpha, prob)
+    runtime = _per_sample_inputs(spec, alpha, prob)
     if device == "gpu":
         if _native_gpu(Pipeline.current()):
             return _plugin_path(spec, images, labels, keys, runtime, name)
@@ -543,20 +703,153 @@ def _mix_op(method, images, labels, *, k, alpha, num_classes, layout, mode, prob
     return _function_path(spec, images, labels, keys, runtime, name, workers)
 
 
+# --------------------------------------------------------------------------- dynamic mode
+
+#: The public function of each method (for messages).
+FUNCTIONS = {"dmixup": "dmixup", "dcutmix": "dcutmix", "saliency-dcutmix": "saliency_dcutmix",
+             _checks.SWITCH: "dmixup_or_dcutmix"}
+
+_warned_host: list = []
+
+
+def _ndd():
+    import nvidia.dali.experimental.dynamic as ndd
+
+    return ndd
+
+
+def _host_samples(name, x, n=None) -> list:
+    """The samples of a dynamic-mode batch (or of an array-like with one entry per sample) as NumPy arrays."""
+    ndd = _ndd()
+    if isinstance(x, ndd.Batch):
+        if x.device.device_type != "cpu":
+            x = x.cpu()
+        samples = [np.asarray(t) for t in x.tensors]
+    elif isinstance(x, ndd.Tensor):
+        raise TypeError(f"{name} must be an ndd.Batch (one sample per entry), got an ndd.Tensor; "
+                        f"ndd.as_batch(...) makes a batch of a tensor's outer dimension")
+    else:
+        try:
+            arr = np.asarray(x)
+        except Exception:  # noqa: BLE001 - any failure: the type is what the message needs
+            arr = None
+        if arr is None or arr.dtype == object or arr.ndim == 0:
+            raise TypeError(f"{name} must be an ndd.Batch or an array-like with one entry per sample, got "
+                            f"{_type_name(x)}")
+        samples = list(arr.reshape(arr.shape[0], -1))
+    if n is not None and len(samples) != n:
+        raise ValueError(f"{name} has {len(samples)} samples but images has {n}")
+    return samples
+
+
+def _dynamic_keys(rng, n: int) -> list:
+    """One float64 key per sample from ``rng`` (DALI's own uniform operator, on the CPU)."""
+    ndd = _ndd()
+    keys = ndd.random.uniform(batch_size=n, range=[0.0, 1.0], dtype=ndd.float64, rng=rng, device="cpu")
+    return [np.asarray(t) for t in keys.tensors]
+
+
+def _centers_on_device(images, spec):
+    """Saliency-DCutMix on the GPU: the salient points (int32 (2,) per sample) found with CuPy on the device."""
+    import cupy
+
+    from .saliency import salient_points
+
+    points = salient_points([cupy.from_dlpack(t) for t in images.tensors], spec.layout, method=spec.saliency)
+    return list(cupy.asnumpy(points).astype(np.int32))
+
+
+def _dynamic_native(gpu: bool) -> bool:
+    """The native operators are part of dynamic mode (on the GPU: with their GPU backend)."""
+    from .backends import plugin
+
+    ndd = _ndd()
+    if not plugin.load() or not hasattr(ndd, "kmix_dcutmix"):
+        return False
+    return plugin.gpu_backend() if gpu else True
+
+
+def dynamic_mix(method, images, labels, *, k=3, alpha=1.0, num_classes, layout=None, mode="sample", prob=1.0,
+                smoothing=0.0, label_format="dense", shard_id=0, rng=None, saliency="spectral-residual",
+                switch_prob=0.0, cutmix_alpha=None):
+    """:mod:`dali_kmix.dynamic`: mix one dynamic-mode batch with ``method`` ("dmixup", "dcutmix",
+    "saliency-dcutmix" or "dmixup+dcutmix")."""
+    ndd = _ndd()
+    if not isinstance(images, ndd.Batch):
+        if isinstance(images, ndd.Tensor):
+            raise TypeError("images must be an ndd.Batch (one image per sample), got an ndd.Tensor; "
+                            "ndd.as_batch(tensor) makes a batch of its outer dimension")
+        check_operator_input("images", images)  # raises, naming what came and where to mix it instead
+    found = images.layout or ""
+    if layout is None:
+        if found not in _checks.LAYOUTS:
+            raise ValueError(f"layout must be given ('HWC' or 'CHW'): the images carry layout {found!r}")
+        layout = found
+    spec = _spec(method, k=k, alpha=alpha, num_classes=num_classes, layout=layout, mode=mode, prob=prob,
+                 smoothing=smoothing, label_format=label_format, seed=None, shard_id=shard_id, saliency=saliency,
+                 switch_prob=switch_prob, cutmix_alpha=cutmix_alpha)
+    if found and found != spec.layout:
+        raise ValueError(f"layout={spec.layout!r} was given but the images carry layout {found!r}")
+    gpu = images.device.device_type == "gpu"
+    if gpu and saliency == "fine-grained":
+        raise ValueError("saliency='fine-grained' (OpenCV) runs on the CPU only; use 'spectral-residual' on the GPU")
+    n = images.batch_size
+    if n == 0:
+        raise ValueError("images is an empty batch; dynamic mode has no empty batches to return")
+    lab = _host_samples("labels", labels, n)
+    runtime = [_host_samples(arg, x, n) for arg, x, fixed in (("alpha", alpha, spec.alpha), ("prob", prob, spec.prob))
+               if fixed is None]
+    keys = _dynamic_keys(rng, n)
+    if _dynamic_native(gpu):
+        draw = _PluginRecordGivenCenters(spec) if gpu else _PluginRecord(spec)
+        draw.found_layout = found
+        extra = []
+        if spec.method == "saliency-dcutmix":
+            extra = [_centers_on_device(images, spec) if gpu else [np.asarray(t) for t in images.tensors]]
+        outs = draw(images.shape, lab, keys, *runtime, *extra)
+        records = 4 if spec.switch else 2
+        blend = native_blend(spec, ndd)
+        mixed = blend(images, *[ndd.as_batch(list(r)) for r in outs[:records]], layout=spec.layout)
+        label_outs = outs[records:]
+    else:  # the same draws and kernels on the host (the python_function path of a pipeline)
+        if gpu and not _warned_host:
+            _warned_host.append(True)
+            warnings.warn("dali_kmix: the DALI plugin has no GPU backend here, so dynamic-mode GPU batches are mixed "
+                          "on the host (copied there and back)", RuntimeWarning, stacklevel=3)
+        host = images.cpu() if gpu else images
+        samples = [np.asarray(t) for t in host.tensors]
+        layout_prop = [np.frombuffer(found.encode(), np.uint8)]
+        out, *label_outs = _FunctionMix(spec, None)(samples, lab, layout_prop, keys, *runtime)
+        mixed = ndd.as_batch(list(out), layout=spec.layout)
+        if gpu:
+            mixed = mixed.gpu()
+    label_batches = [ndd.as_batch(list(x)) for x in label_outs]
+    if gpu:
+        label_batches = [b.gpu() for b in label_batches]
+    return (mixed, *label_batches)
+
+
+
 _DOC = """{title} as a DALI operator: returns ``(images, targets)`` or, with
 ``label_format="sparse"``, ``(images, label_idx, label_w)``.
 
 Args:
     images: DataNode of HWC or CHW samples (uint8, float16 or float32), all of
-        one H x W, on the CPU or the GPU.
+        one H x W, on the CPU or the GPU. (A batch of DALI's dynamic mode is mixed at
+        once: see :mod:`dali_kmix.dynamic`. A NumPy array or torch tensor raises
+        TypeError: those are mixed by :func:`dali_kmix.mix_images` / ``KMixup``.)
     labels: DataNode of class indices, one per sample (shape () or (1,)), e.g. the
         second output of ``fn.readers.file``; CPU labels are checked on the host.
     k: images per mix (K >= 2; may exceed the batch size).
     alpha: Dirichlet concentration, a positive scalar or K positive numbers, or a CPU
-        DataNode giving it per iteration (the same value for every sample of a batch).
+        DataNode giving it per iteration and sample (a scalar or K numbers per sample,
+        e.g. ``fn.random.uniform``): in mode "sample" each sample's Dirichlet has its
+        own alpha; in mode "batch" all samples of a batch must agree (else ValueError
+        naming the first sample that differs).
     num_classes: number of classes C (labels must lie in [0, C)).
     layout: "HWC" or "CHW" (required: a wrong layout cuts boxes across channels;
-        when the images carry a layout, a mismatch raises).
+        when the images carry a layout, a mismatch raises; images without one whose
+        shape contradicts ``layout``, such as (H, W, 3) with "CHW", raise at run time).
     mode: "sample" (per-sample shares, boxes and partners) or "batch" (one for all).
     prob: probability that a sample is mixed at all, or a CPU DataNode giving it per
         iteration and sample (0 switches mixing off without rebuilding the pipeline).
@@ -566,6 +859,12 @@ Args:
     seed: seed of the operator's random stream (default: the pipeline's seed);
         the stream also depends on ``shard_id``, so shards differ.
     shard_id: this process's shard (pass the reader's ``shard_id``).
+    reader_name: the name of the reader whose samples these are, when it pads
+        (``pad_last_batch=True``): the copies of the last sample that fill its last
+        batch are then never partners of the real samples, nor mixed themselves (the
+        iterator drops them). Known from the reader's meta and DALI's iteration
+        index, as DALI's iterators know it; without it, each copy is a partner like
+        any sample (see the README, "Last batch").
     name: optional operator name.
 
 Every input sample stays the anchor of its own output row, so an epoch still
@@ -578,34 +877,36 @@ uninterrupted run.
 
 def dmixup(images, labels, *, k: int = 3, alpha=1.0, num_classes: int, layout: str, mode: str = "sample",
            prob=1.0, smoothing: float = 0.0, label_format: str = "dense", seed=None,
-           shard_id: int = 0, name=None):
+           shard_id: int = 0, reader_name=None, name=None):
     return _mix_op("dmixup", images, labels, k=k, alpha=alpha, num_classes=num_classes, layout=layout, mode=mode,
                    prob=prob, smoothing=smoothing, label_format=label_format, seed=seed, shard_id=shard_id,
-                   name=name)
+                   reader_name=reader_name, name=name)
 
 
 def dcutmix(images, labels, *, k: int = 3, alpha=1.0, num_classes: int, layout: str, mode: str = "sample",
             prob=1.0, smoothing: float = 0.0, label_format: str = "dense", seed=None,
-            shard_id: int = 0, name=None):
+            shard_id: int = 0, reader_name=None, name=None):
     return _mix_op("dcutmix", images, labels, k=k, alpha=alpha, num_classes=num_classes, layout=layout, mode=mode,
                    prob=prob, smoothing=smoothing, label_format=label_format, seed=seed, shard_id=shard_id,
-                   name=name)
+                   reader_name=reader_name, name=name)
 
 
 def saliency_dcutmix(images, labels, *, k: int = 3, alpha=1.0, num_classes: int, layout: str,
                      mode: str = "sample", prob=1.0, smoothing: float = 0.0, label_format: str = "dense",
-                     seed=None, shard_id: int = 0, saliency: str = "spectral-residual", name=None):
+                     seed=None, shard_id: int = 0, saliency: str = "spectral-residual", reader_name=None,
+                     name=None):
     return _mix_op("saliency-dcutmix", images, labels, k=k, alpha=alpha, num_classes=num_classes, layout=layout,
                    mode=mode, prob=prob, smoothing=smoothing, label_format=label_format, seed=seed,
-                   shard_id=shard_id, name=name, saliency=saliency)
+                   shard_id=shard_id, reader_name=reader_name, name=name, saliency=saliency)
 
 
 def dmixup_or_dcutmix(images, labels, *, k: int = 3, alpha=1.0, cutmix_alpha=None, switch_prob: float = 0.5,
                       num_classes: int, layout: str, mode: str = "sample", prob=1.0, smoothing: float = 0.0,
-                      label_format: str = "dense", seed=None, shard_id: int = 0, name=None):
+                      label_format: str = "dense", seed=None, shard_id: int = 0, reader_name=None, name=None):
     return _mix_op(_checks.SWITCH, images, labels, k=k, alpha=alpha, num_classes=num_classes, layout=layout,
                    mode=mode, prob=prob, smoothing=smoothing, label_format=label_format, seed=seed,
-                   shard_id=shard_id, name=name, switch_prob=switch_prob, cutmix_alpha=cutmix_alpha)
+                   shard_id=shard_id, reader_name=reader_name, name=name, switch_prob=switch_prob,
+                   cutmix_alpha=cutmix_alpha)
 
 
 dmixup.__doc__ = _DOC.format(title="DMixup (Dirichlet-weighted blend of K images)")

@@ -1,11 +1,18 @@
 """ImageNet-style DALI pipelines with K-image mixing, and the PyTorch iterator.
 
-The training pipeline follows the recipe of DALI's ResNet-50 PyTorch example:
+The training pipeline is the one of DALI's ResNet-50 PyTorch example
+(``docs/examples/use_cases/pytorch/resnet50/main.py`` in NVIDIA/DALI), with its defaults:
 ``readers.file`` (shuffled, padded last batch, a reader name) ->
-``decoders.image_random_crop`` (``"mixed"`` on the GPU) -> ``resize`` to the crop
-size -> DMixup, DCutMix or Saliency-DCutMix on the uint8 crops (``mix_on="uint8"``,
-the default) -> ``crop_mirror_normalize`` to float32 CHW with the ImageNet mean/std
-and a random mirror. With ``mix_on="float32"`` the mixing comes after the normalisation.
+``decoders.image_random_crop`` (random area (0.1, 1), aspect ratio (0.8, 1.25), 100 attempts;
+``"mixed"`` on the GPU, with the example's nvJPEG pre-allocation hints) -> ``resize`` to the
+crop size (triangular interpolation, DALI's default antialiasing) -> DMixup, DCutMix or
+Saliency-DCutMix on the uint8 crops (``mix_on="uint8"``, the default) ->
+``crop_mirror_normalize`` to float32 CHW with the ImageNet mean/std and a random mirror. With
+``mix_on="float32"`` the mixing comes after the normalisation. The padded copies of the last
+sample in the reader's last batch are never mixing partners (``reader_name`` of the operators).
+The differences from the example: the CPU variant keeps ``crop_mirror_normalize`` on the CPU
+(the example moves the images to the GPU for it), the labels stay where the reader puts them
+(the example hands them to the GPU), and the mixing step.
 
 The builders return a :class:`MixPipeline`: the DALI pipeline together with what
 :class:`DALIMixIterator` needs to read it (output names, class count, reader name).
@@ -22,11 +29,15 @@ import numpy as np
 
 from . import _checks
 
-__all__ = ["imagenet_train_pipeline", "imagenet_val_pipeline", "DALIMixIterator", "MixPipeline", "count_classes",
-           "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["imagenet_train_pipeline", "imagenet_val_pipeline", "DALIMixIterator", "MixPipeline", "ProxyFolder",
+           "count_classes",
+           "IMAGENET_MEAN", "IMAGENET_STD", "RANDOM_AREA", "RANDOM_ASPECT_RATIO"]
 
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+#: The random crop of DALI's ResNet-50 example (torchvision's RandomResizedCrop has (0.08, 1) and (3/4, 4/3)).
+RANDOM_AREA = (0.1, 1.0)
+RANDOM_ASPECT_RATIO = (0.8, 1.25)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +88,65 @@ def _reader(data_dir, file_list, shard_id, num_shards, shuffle, reader_name):
     return fn.readers.file(file_root=str(data_dir), **kw)
 
 
+class ProxyFolder:
+    """The samples of an ImageNet-layout folder for DALI's PyTorch proxy, labels included.
+
+    DALI's proxy (``nvidia.dali.plugin.pytorch.experimental.proxy``) lets a torch ``DataLoader``
+    with workers feed a DALI pipeline through named ``fn.external_source`` inputs: each worker
+    calls ``server.proxy(...)`` per sample and the pipeline runs on every collated batch. DALI's
+    ResNet-50 example hands it only the file path (``ImageFolder(transform=server.proxy)``), so the
+    labels never reach the pipeline; mixing needs them there. Item ``i`` of this dataset is
+    ``proxy(**{images: path as int8 bytes, labels: int32 (1,)})``: the pipeline reads the file
+    (``fn.io.file.read``), decodes, mixes with its label and returns the soft targets.
+
+    Files and labels are those ``fn.readers.file(file_root=root)`` finds: one class per
+    sub-folder in sorted order, DALI's default file filters (case-insensitive), files sorted;
+    or the lines of a DALI ``file_list`` ("relative/path label"). A map-style dataset (no torch
+    import): shuffle and shard it with the ``DataLoader``'s ``shuffle`` / ``sampler``.
+    """
+
+    def __init__(self, root, proxy, *, file_list=None, images: str = "images", labels: str = "labels"):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"root {str(root)!r} is not a folder")
+        self.proxy, self.images, self.labels = proxy, images, labels
+        self.samples = _listed_files(self.root, file_list) if file_list is not None else _folder_files(self.root)
+        if not self.samples:
+            raise ValueError(f"no image files under {str(root)!r}")
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        path, label = self.samples[i]
+        return self.proxy(**{self.images: np.frombuffer(str(path).encode(), np.int8),
+                             self.labels: np.array([label], np.int32)})
+
+
+def _folder_files(root: Path) -> list:
+    """(path, label) of every file ``fn.readers.file(file_root=root)`` reads, in its order."""
+    import ast
+    import fnmatch
+
+    from nvidia.dali import backend
+
+    default = backend.GetSchema("readers__File").GetArgumentDefaultValueString("file_filters")  # "['*.jpg', ...]"
+    patterns = [f.lower() for f in ast.literal_eval(default)]
+    classes = sorted(d for d in root.iterdir() if d.is_dir())
+    return [(p, label) for label, d in enumerate(classes) for p in sorted(d.rglob("*"))
+            if p.is_file() and any(fnmatch.fnmatchcase(p.name.lower(), f) for f in patterns)]
+
+
+def _listed_files(root: Path, file_list) -> list:
+    out = []
+    for line in Path(file_list).read_text().splitlines():
+        if line.strip():
+            name, label = line.rsplit(maxsplit=1)
+            out.append((root / name, int(label)))
+    return out
+
+
+_INFO_BYTES = 1024
 _INFO_BYTES = 1024
 
 
@@ -91,20 +161,20 @@ def _decode_info(rows) -> list[str]:
     return [bytes(r[r != 0]).decode() for r in rows]
 
 
-def decode_random_crop(jpegs, *, gpu: bool, crop: int, random_area=(0.08, 1.0),
-                       random_aspect_ratio=(0.75, 4.0 / 3.0)):
+def decode_random_crop(jpegs, *, gpu: bool, crop: int, random_area=RANDOM_AREA,
+                       random_aspect_ratio=RANDOM_ASPECT_RATIO):
     """Decode with a random area/aspect crop ("mixed" on the GPU) and resize to crop x crop: uint8 HWC."""
     from nvidia.dali import fn, types
 
     decode_kw = {}
     if gpu:
-        # Pre-sized nvJPEG buffers, as DALI's ResNet-50 example does for ImageNet.
-        decode_kw = dict(device_memory_padding=211025920, host_memory_padding=140544512)
+        # nvJPEG's buffers sized ahead for the largest ImageNet image, as DALI's ResNet-50 example does.
+        decode_kw = dict(preallocate_width_hint=5980, preallocate_height_hint=6430)
     images = fn.decoders.image_random_crop(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB,
                                            random_area=list(random_area),
                                            random_aspect_ratio=list(random_aspect_ratio), num_attempts=100,
                                            **decode_kw)
-    return fn.resize(images, resize_x=crop, resize_y=crop, interp_type=types.INTERP_TRIANGULAR, antialias=False)
+    return fn.resize(images, resize_x=crop, resize_y=crop, interp_type=types.INTERP_TRIANGULAR)
 
 
 def decode_center(jpegs, *, gpu: bool, size: int, crop: int, layout: str = "CHW", dtype: str = "float32"):
@@ -113,7 +183,7 @@ def decode_center(jpegs, *, gpu: bool, size: int, crop: int, layout: str = "CHW"
     from nvidia.dali import fn, types
 
     images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
-    images = fn.resize(images, resize_shorter=size, interp_type=types.INTERP_TRIANGULAR, antialias=False)
+    images = fn.resize(images, resize_shorter=size, interp_type=types.INTERP_TRIANGULAR)
     return normalize_chw(images, crop=crop, mirror=False, layout=layout, dtype=dtype)
 
 
@@ -148,6 +218,20 @@ def _prob_schedule(pipe, reader_name, batch_size, prob, off_epoch):
     return fn.external_source(source=source, batch=True, batch_info=True)
 
 
+def _check_output_map(output_map) -> list[str]:
+    """The output names :class:`DALIMixIterator` reads: "images" and one kind of labels, each name once."""
+    names = list(output_map) if isinstance(output_map, (list, tuple)) else None
+    if names is None or not all(isinstance(n, str) for n in names):
+        raise TypeError(f"output_map must be a list of output names (str), got {output_map!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"output_map names an output twice: {names}")
+    kinds = [group for group in DALIMixIterator.LABEL_OUTPUTS if any(n in names for n in group)]
+    if "images" not in names or len(kinds) != 1 or not all(n in names for n in kinds[0]):
+        raise ValueError(f"output_map must hold \"images\" and the labels as \"targets\", as \"label_idx\" and "
+                         f"\"label_w\", or as \"labels\", got {names}")
+    return names
+
+
 def _check_common(device, batch_size, shard_id, num_shards):
     _checks.check_choice("device", device, ("cpu", "gpu"))
     _checks.check_int("batch_size", batch_size, 1)
@@ -173,10 +257,10 @@ def imagenet_train_pipeline(data_dir, *, batch_size: int, device: str = "cpu", m
                             shard_id: int = 0, num_shards: int = 1, num_threads: int | None = None,
                             device_id: int | None = None, crop: int = 224, mode: str = "sample",
                             prob: float = 1.0, smoothing: float = 0.0, label_format: str = "dense",
-                            file_list=None, random_area=(0.08, 1.0), random_aspect_ratio=(0.75, 4.0 / 3.0),
+                            file_list=None, random_area=RANDOM_AREA, random_aspect_ratio=RANDOM_ASPECT_RATIO,
                             reader_name: str = "Reader", prefetch_queue_depth: int = 2,
                             with_source_info: bool = False, mix_on: str = "uint8",
-                            enable_checkpointing: bool = False, checkpoint: str | None = None,
+                            enable_checkpointing: bool = False, checkpoint: bytes | str | None = None,
                             cutmix_alpha=None, switch_prob: float = 0.5, mixup_off_epoch: int | None = None,
                             output_layout: str = "CHW", output_dtype: str = "float32") -> MixPipeline:
     """Build (not run) the training pipeline; returns a :class:`MixPipeline`.
@@ -212,9 +296,11 @@ def imagenet_train_pipeline(data_dir, *, batch_size: int, device: str = "cpu", m
             paste; the random mirror then flips the whole mix); DMixup rounds its blend to
             uint8 (at most 0.5/255 off, as timm's ``FastCollateMixup``). "float32": on the
             normalised float32 CHW tensors, after the mirror (no rounding).
-        enable_checkpointing, checkpoint: DALI checkpointing (``checkpoint``: a string from
-            ``pipe.checkpoint()`` or :meth:`DALIMixIterator.checkpoints`, to continue from;
-            giving it turns checkpointing on). ``prob`` and ``alpha`` may be DataNodes only
+        random_area, random_aspect_ratio: the random crop (default: DALI's ResNet-50 example's,
+            :data:`RANDOM_AREA` and :data:`RANDOM_ASPECT_RATIO`).
+        enable_checkpointing, checkpoint: DALI checkpointing (``checkpoint``: what
+            ``pipe.checkpoint()`` or :meth:`DALIMixIterator.checkpoints` returned, ``bytes`` in
+            DALI 2.4, to continue from; giving it turns checkpointing on). ``prob`` and ``alpha`` may be DataNodes only
             when the pipeline is built by hand; here they are numbers.
     """
     from . import dali as kmix_ops
@@ -255,7 +341,8 @@ def imagenet_train_pipeline(data_dir, *, batch_size: int, device: str = "cpu", m
                                       mixup_off_epoch)
             images, *label_outs = op(images, labels, k=k, alpha=alpha, num_classes=num_classes,
                                      layout="HWC" if mix_on == "uint8" else output_layout, mode=mode, prob=prob,
-                                     smoothing=smoothing, label_format=label_format, shard_id=shard_id)
+                                     smoothing=smoothing, label_format=label_format, shard_id=shard_id,
+                                     reader_name=reader_name)
             if mix_on == "uint8":
                 images = normalize_chw(images, **norm)
             outs = (images, *label_outs)
@@ -291,44 +378,77 @@ def imagenet_val_pipeline(data_dir, *, batch_size: int, device: str = "cpu", cro
 
 
 class DALIMixIterator:
-    """Iterate a :class:`MixPipeline` as ``(images, targets)`` PyTorch tensors.
+    """Iterate a DALI pipeline with mixing outputs as ``(images, targets)`` PyTorch tensors.
 
-    Wraps ``nvidia.dali.plugin.pytorch.DALIGenericIterator`` with the reader's
-    name and ``LastBatchPolicy.PARTIAL``: the padded duplicates of the last batch
+    ``pipe`` is a :class:`MixPipeline` (from :func:`imagenet_train_pipeline` /
+    :func:`imagenet_val_pipeline`: it knows its output names, reader and class count) or any
+    DALI ``Pipeline`` whose outputs are named by ``output_map``, as for DALI's
+    ``DALIGenericIterator``: ``"images"`` and the labels as ``"targets"`` (dense),
+    ``"label_idx"`` and ``"label_w"`` (sparse) or ``"labels"`` (unmixed class indices; one-hot
+    targets need ``num_classes``). Other names (e.g. ``"source_info"``) are yielded in
+    :attr:`last_outputs`. For example::
+
+        DALIMixIterator(pipe, output_map=["images", "targets"], reader_name="Reader")
+
+    Wraps ``nvidia.dali.plugin.pytorch.DALIGenericIterator`` with the reader's name
+    (``reader_name``; without one, DALI's iterator runs until the pipeline raises
+    StopIteration) and ``LastBatchPolicy.PARTIAL``: the padded duplicates of the last batch
     are cut off, so every sample of the shard is seen exactly once per epoch.
 
     With ``drop_last=True`` the last, short batch of every epoch is dropped
     (``LastBatchPolicy.DROP``), as ``DataLoader(drop_last=True)`` does.
 
-    Yields ``(images, targets)``: images float32 (or float16) ``(N, 3, H, W)``, in
-    channels-last memory format for an "HWC" pipeline; targets float32
-    ``(N, C)`` (dense), the tuple ``(label_idx, label_w)`` (sparse), or, for a
-    pipeline without mixing, one-hot targets (``one_hot=True``, with
-    ``smoothing``) or the int64 labels ``(N,)`` (``one_hot=False``).
+    Yields ``(images, targets)``: images ``(N, 3, H, W)``, in channels-last memory format for
+    ``layout="HWC"`` (an "HWC" :class:`MixPipeline`); targets float32 ``(N, C)`` (dense), the tuple
+    ``(label_idx, label_w)`` (sparse), or, for a pipeline without mixing, one-hot targets
+    (``one_hot=True``, with ``smoothing``) or the int64 labels ``(N,)`` (``one_hot=False``).
 
     Checkpoints: for a pipeline built with ``enable_checkpointing=True``,
-    :meth:`checkpoints` returns DALI's iterator checkpoints (one string per pipeline;
-    they include the position inside the epoch); a pipeline built again with
-    ``checkpoint=`` that string, wrapped in a new iterator, continues with exactly the
-    batches that would have come next.
+    :meth:`checkpoints` returns DALI's iterator checkpoints (one ``bytes`` per pipeline in DALI
+    2.4; they include the position inside the epoch); a pipeline built again with
+    ``checkpoint=`` that value, wrapped in a new iterator, continues with exactly the batches
+    that would have come next.
     """
 
-    def __init__(self, pipe: MixPipeline, *, one_hot: bool = True, smoothing: float = 0.0,
-                 auto_reset: bool = True, drop_last: bool = False):
+    LABEL_OUTPUTS = (("targets",), ("label_idx", "label_w"), ("labels",))
+
+    def __init__(self, pipe, output_map=None, *, reader_name: str | None = None, num_classes: int | None = None,
+                 layout: str | None = None, one_hot: bool = True, smoothing: float = 0.0, auto_reset: bool = True,
+                 drop_last: bool = False):
+        from nvidia.dali import Pipeline
         from nvidia.dali.plugin.base_iterator import LastBatchPolicy
         from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
-        if not isinstance(pipe, MixPipeline):
-            raise TypeError(f"pipe must be a dali_kmix.pipelines.MixPipeline (from imagenet_train_pipeline or "
-                            f"imagenet_val_pipeline), got {type(pipe).__name__}")
-        self.output_map = list(pipe.output_map)
-        self.num_classes = pipe.num_classes
+        if isinstance(pipe, MixPipeline):
+            if output_map is not None and tuple(output_map) != pipe.output_map:
+                raise ValueError(f"output_map={list(output_map)} contradicts the MixPipeline's outputs "
+                                 f"{list(pipe.output_map)}; leave it out")
+            output_map = pipe.output_map
+            reader_name = pipe.reader_name if reader_name is None else reader_name
+            num_classes = pipe.num_classes if num_classes is None else num_classes
+            layout = pipe.layout if layout is None else layout
+            pipeline = pipe.pipeline
+        elif isinstance(pipe, Pipeline):
+            if output_map is None:
+                raise TypeError("a DALI Pipeline needs output_map=[...], the names of its outputs in order "
+                                "(\"images\" and \"targets\", or \"label_idx\" and \"label_w\", or \"labels\")")
+            pipeline = pipe
+        else:
+            raise TypeError(f"pipe must be a DALI Pipeline (with output_map=) or a dali_kmix.pipelines.MixPipeline, "
+                            f"got {type(pipe).__name__}")
+        self.output_map = _check_output_map(output_map)
+        self.num_classes = None if num_classes is None else _checks.check_int("num_classes", num_classes, 1)
+        if "labels" in self.output_map and one_hot and self.num_classes is None:
+            raise ValueError("num_classes is needed to turn the 'labels' output into one-hot targets "
+                             "(or pass one_hot=False for the class indices)")
         self.one_hot = one_hot
         self.smoothing = _checks.check_smoothing(smoothing)
         self.last_source_info: list[str] = []
-        self.channels_last = pipe.layout == "HWC"
+        self.last_outputs: dict = {}
+        self.channels_last = _checks.check_choice("layout", "CHW" if layout is None else layout,
+                                                  _checks.LAYOUTS) == "HWC"
         policy = LastBatchPolicy.DROP if drop_last else LastBatchPolicy.PARTIAL
-        self._it = DALIGenericIterator([pipe.pipeline], self.output_map, reader_name=pipe.reader_name,
+        self._it = DALIGenericIterator([pipeline], self.output_map, reader_name=reader_name,
                                        last_batch_policy=policy, auto_reset=auto_reset)
 
     def __len__(self):
@@ -340,12 +460,14 @@ class DALIMixIterator:
     def reset(self):
         self._it.reset()
 
-    def checkpoints(self) -> list[str]:
+    def checkpoints(self) -> list:
         """DALI's checkpoints of the wrapped pipeline at the current position (see the class doc)."""
         return self._it.checkpoints()
 
     def __next__(self):
         data = next(self._it)[0]
+        self.last_outputs = {k: v for k, v in data.items() if k not in ("images", "targets", "label_idx", "label_w",
+                                                                          "labels")}
         images = data["images"]
         if self.channels_last:  # NHWC memory seen as NCHW: torch's channels_last format, no copy
             images = images.permute(0, 3, 1, 2)

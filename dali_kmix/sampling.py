@@ -140,22 +140,39 @@ def check_sample_args(method, n, height, width, k, alpha, mode, prob):
     return n, height, width, k, alpha, prob
 
 
-def draw_raw(xp, gen, n: int, k: int, alpha, mode: str, prob: float):
+def draw_raw(xp, gen, n: int, k: int, alpha, mode: str, prob, valid=None):
     """All random draws of one batch, in a fixed order, from a NumPy or CuPy Generator.
 
     Returns ``(phi, uniforms, perms, mixed)``: float64 ``(R, K)`` shares, float64
     ``(R, K-1, 2)`` box positions (``R = N`` in "sample" mode, 1 in "batch" mode),
     int ``(K-1, N)`` partner permutations (one per level; self-pairs allowed) and
     bool ``(N,)`` "is mixed" flags. Shared by the host sampler and the GPU operator.
+
+    ``alpha``: K concentrations, or ``(N, K)`` in "sample" mode: row i is sample i's own
+    Dirichlet (the draws are the same numbers in the same order either way, so a per-sample
+    alpha whose rows are all equal gives exactly the draws of the shared vector).
+    ``prob``: a number or one probability per sample. ``valid``: None (every sample is real)
+    or bool ``(N,)``: the samples that are not padding (e.g. the repeated last sample of a
+    reader's padded last batch). Only valid samples are partners of valid samples (each level
+    permutes them among themselves, ranked by the same uniforms), and padding is never mixed;
+    the random draws and their order do not change, so an all-True ``valid`` is None.
     """
     rows = n if mode == "sample" else 1
     a = xp.asarray(alpha, dtype=np.float64)
+    if a.ndim == 2 and a.shape != (rows, k):
+        raise ValueError(f"alpha must have shape (K,) or (N={rows}, K={k}) in mode {mode!r}, got {a.shape}")
     gamma1 = gen.standard_gamma(a + 1.0, size=(rows, k))
     uni = 1.0 - gen.random((rows, k), dtype=np.float64)
     phi = _dirichlet_from_draws(a, gamma1, uni, xp)
     uniforms = gen.random((rows, k - 1, 2), dtype=np.float64)
-    perms = xp.argsort(gen.random((k - 1, n), dtype=np.float64), axis=1)
+    ranks = gen.random((k - 1, n), dtype=np.float64)
     mixed = gen.random(n, dtype=np.float64) < prob
+    if valid is None or bool(xp.all(valid)):
+        return phi, uniforms, xp.argsort(ranks, axis=1), mixed
+    real = xp.flatnonzero(xp.asarray(valid, dtype=bool))
+    perms = xp.broadcast_to(xp.arange(n), (k - 1, n)).copy()
+    perms[:, real] = real[xp.argsort(ranks[:, real], axis=1)]
+    mixed = mixed & xp.asarray(valid, dtype=bool)
     return phi, uniforms, perms, mixed
 
 

@@ -10,10 +10,14 @@
 
 On the same mix both losses give the same loss (up to float rounding). The losses
 and :func:`one_hot_targets` never read tensor values back to the host by default,
-so they run inside ``torch.compile(fullgraph=True)`` and never stall a CUDA stream:
-a class index outside ``[0, C)`` turns the loss (or the target row) into NaN
-instead of raising. ``check=True`` raises ValueError instead (it reads the min and
-max back: a host synchronisation, and a graph break under ``torch.compile``).
+so they run inside ``torch.compile(fullgraph=True)`` and never stall a CUDA stream.
+A class index outside ``[0, C)`` is never a silent NaN loss in
+:func:`sparse_mixed_cross_entropy`: by default an asynchronous assertion
+(``torch._assert_async``, no host synchronisation) stops the run, at once on the CPU and at
+the next synchronisation on CUDA; ``check=True`` raises ValueError naming the values
+instead (it reads the min and max back: a host synchronisation, and a graph break under
+``torch.compile``); ``check=False`` gives that sample a NaN loss. :func:`one_hot_targets`
+gives a NaN target row for such a label unless ``check=True``.
 
 Importing this module does not import CuPy; the CUDA path of :class:`KMixup` does.
 """
@@ -78,7 +82,8 @@ def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduc
 
 
 def sparse_mixed_cross_entropy(logits: torch.Tensor, label_idx: torch.Tensor, label_w: torch.Tensor,
-                               smoothing: float = 0.0, reduction: str = "mean", *, check: bool = False) -> torch.Tensor:
+                               smoothing: float = 0.0, reduction: str = "mean", *,
+                               check: bool | None = None) -> torch.Tensor:
     """Cross-entropy against ``sum_k label_w[n, k] * onehot_s(label_idx[n, k])`` without building it.
 
     Args:
@@ -87,10 +92,14 @@ def sparse_mixed_cross_entropy(logits: torch.Tensor, label_idx: torch.Tensor, la
         label_w: ``(N, K)`` weights, rows summing to 1.
         smoothing: label smoothing s (each one-hot becomes ``1 - s + s/C`` / ``s/C``), a Python number.
         reduction: "mean", "sum" or "none".
-        check: False (default): no data-dependent check, so no host synchronisation and
-            no graph break; a sample with an index outside ``[0, C)`` gets a NaN loss
-            (and so does the "mean"/"sum"). True: raise ValueError on such an index
-            (reads the min and max back to the host).
+        check: what an index outside ``[0, C)`` does. None (default): an asynchronous
+            assertion on the tensors' device (``torch._assert_async``): no host
+            synchronisation and no graph break under ``torch.compile(fullgraph=True)``; on the
+            CPU it raises RuntimeError at once, on CUDA the run stops with a device-side
+            assertion at the next synchronisation (which a CUDA context does not survive).
+            True: raise ValueError naming the values (reads the min and max back to the
+            host). False: no check; that sample's loss is NaN (and so is the "mean"/"sum"),
+            for code that handles NaN itself.
     """
     _check_reduction(reduction)
     if logits.ndim != 2:
@@ -107,6 +116,9 @@ def sparse_mixed_cross_entropy(logits: torch.Tensor, label_idx: torch.Tensor, la
     logp = F.log_softmax(logits.float(), dim=-1)
     idx = label_idx.long()
     valid = (idx >= 0) & (idx < c)
+    if check is None:
+        torch._assert_async(valid.all(), f"label_idx must lie in [0, C={c}): sparse_mixed_cross_entropy got a class "
+                                         f"index outside it (check=True names it, check=False gives a NaN loss)")
     # Clamped, so a bad index never reads outside the row; its term is then NaN.
     picked = logp.gather(1, idx.clamp(0, c - 1)).masked_fill(~valid, math.nan)
     w = label_w.to(logp.dtype)

@@ -125,9 +125,10 @@ class KMixBlendBase : public dali::StatelessOperator<Backend> {
       return at < 0 ? std::unique_ptr<ListView>() : std::make_unique<ListView>(ws.Input<CPUBackend>(at), true);
     };
     const auto weights = record_input(WeightsAt(M)), boxes = record_input(BoxesAt(M)), cut = record_input(CutAt(M));
-    const std::string err =
-        kmix::GatherRecord(M, layout_, images.GetLayout().str(), *im, *src, weights ? weights->get() : nullptr,
-                           boxes ? boxes->get() : nullptr, cut ? cut->get() : nullptr, &rec_);
+    const std::string found = images.GetLayout().str();
+    std::string err = kmix::GatherRecord(M, layout_, found, *im, *src, weights ? weights->get() : nullptr,
+                                         boxes ? boxes->get() : nullptr, cut ? cut->get() : nullptr, &rec_);
+    if (err.empty()) err = kmix::CheckChannels(layout_, found, *im);
     if (!err.empty()) DALI_FAIL(err);
     output_desc.resize(1);
     output_desc[0] = {images.shape(), images.type()};

@@ -241,4 +241,23 @@ inline std::string GatherRecord(Method method, const std::string& layout, const 
   return err;
 }
 
+// Images that carry no layout and whose shape contradicts `layout`: "HWC" with more than 4 trailing and at most 4
+// leading extents (3 x H x W), or "CHW" with more than 4 leading and at most 4 trailing (H x W x 3). Mixed in the
+// wrong layout, the boxes would be cut across channels. Images that carry a layout are trusted (GatherRecord checks
+// it against `layout`). Returns "" or the message (dali_kmix._checks.check_channels words it the same).
+inline std::string CheckChannels(const std::string& layout, const std::string& found_layout, const KmixList& images) {
+  constexpr int64_t kMaxChannels = 4;
+  if (!found_layout.empty() || images.num_samples == 0 || images.ndim != 3) return "";
+  const int64_t* s = SampleShape(images, 0);
+  const bool hwc = layout == "HWC";
+  if (hwc ? !(s[2] > kMaxChannels && s[0] <= kMaxChannels) : !(s[0] > kMaxChannels && s[2] <= kMaxChannels))
+    return "";
+  const std::string other = hwc ? "CHW" : "HWC";
+  return Str("images: layout='", layout, "' was given but the images carry no layout and their shape ",
+             ShapeStr(s, 3), " looks ", other, " (", hwc ? s[0] : s[2], " channels ", hwc ? "first" : "last",
+             "); mixed as ", layout, " the boxes would be cut across channels. Pass layout='", other,
+             "', or, if the shape is meant, give the images their layout (e.g. fn.reshape(images, layout='", layout,
+             "'))");
+}
+
 }  // namespace kmix

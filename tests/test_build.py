@@ -43,3 +43,43 @@ def test_a_failed_build_raises_with_the_compiler_output(cache):
     with pytest.raises(RuntimeError, match=r"(?s)building the test library failed:.*bad.cpp:1:9: error"):
         build.compile_cached("libbad.so", [src], ["-shared", "-fPIC"], inputs=[src], what="the test library")
     assert not list((cache / "cache").glob("*/libbad.so"))
+
+
+def _fake_compiler(monkeypatch, capsys, runs):
+    """Builds that only create their output; each records what stderr had said when the compiler started."""
+    import subprocess
+
+    real = subprocess.run
+
+    def run(cmd, *args, **kwargs):
+        if "--version" in cmd or "--dryrun" in cmd:
+            return real(cmd, *args, **kwargs)
+        out = cmd[cmd.index("-o") + 1]
+        open(out, "wb").close()
+        runs.append((cmd[0], capsys.readouterr().err))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(build.subprocess, "run", run)
+
+
+def test_every_first_build_is_announced_in_one_line_before_it_starts(cache, monkeypatch, capsys):
+    import warnings
+
+    from dali_kmix.backends import cpu, plugin
+    from dali_kmix.backends.sources import cuda_include_dirs
+
+    runs = []
+    _fake_compiler(monkeypatch, capsys, runs)
+    cpu.build()
+    assert runs[-1][1] == "dali_kmix: building the CPU kernels, once per version...\n"
+    cpu.build()  # cached: no build, nothing said
+    assert len(runs) == 1 and capsys.readouterr().err == ""
+    if cuda_include_dirs():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", plugin.NoGpuBackendWarning)
+            plugin.build(gpu=False)
+        assert runs[-1][1] == "dali_kmix: building the DALI plugin (CPU only), about 30 s, once per version...\n"
+    src = cache / "ok.cpp"
+    src.write_text("int x;\n")
+    build.compile_cached("libany.so", [src], ["-shared"], inputs=[src], what="anything else")
+    assert runs[-1][1] == "dali_kmix: building anything else, once per version...\n"

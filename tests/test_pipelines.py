@@ -108,7 +108,8 @@ def test_pipeline_argument_errors(photo_dir, tmp_path):
         count_classes(tmp_path / "missing")
     with pytest.raises(ValueError, match=r"has no class sub-folders"):
         count_classes(tmp_path)
-    with pytest.raises(TypeError, match=r"pipe must be a dali_kmix.pipelines.MixPipeline .* got object"):
+    with pytest.raises(TypeError, match=r"pipe must be a DALI Pipeline \(with output_map=\) or a "
+                                        r"dali_kmix.pipelines.MixPipeline, got object"):
         DALIMixIterator(object())
 
 
@@ -215,3 +216,177 @@ def test_the_gpu_train_pipeline_mixes_with_the_native_gpu_operator(photo_dir, mi
     gpu_ops = sorted(type(op._op).__name__ for op in seen.values() if op._op.device == "gpu")
     assert ("KmixMix" if mix == "dmixup+dcutmix" else "KmixDcutmix") in gpu_ops
     assert "PythonFunction" not in gpu_ops, gpu_ops
+
+
+# --------------------------------------------------------------------------- your own pipeline
+
+
+def _own_pipeline(root, batch_size=10, label_format="dense", seed=5):
+    """A pipeline written by hand, as from DALI's ResNet-50 example plus the mixing call (not a MixPipeline)."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    import dali_kmix.dali as kmix
+
+    @pipeline_def(batch_size=batch_size, num_threads=2, device_id=None, seed=seed)
+    def pipe():
+        jpegs, labels = fn.readers.file(file_root=str(root), random_shuffle=True, pad_last_batch=True, name="Reader")
+        images = fn.decoders.image_random_crop(jpegs, output_type=types.RGB, random_area=[0.1, 1.0],
+                                               random_aspect_ratio=[0.8, 1.25], num_attempts=100)
+        images = fn.resize(images, resize_x=CROP, resize_y=CROP, interp_type=types.INTERP_TRIANGULAR)
+        images, *labels_out = kmix.dcutmix(images, labels, k=3, num_classes=8, layout="HWC",
+                                           label_format=label_format, reader_name="Reader")
+        images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW", crop=(CROP, CROP),
+                                          mean=[0.485 * 255, 0.456 * 255, 0.406 * 255],
+                                          std=[0.229 * 255, 0.224 * 255, 0.225 * 255])
+        info = fn.pad(fn.get_property(jpegs, key="source_info"), fill_value=0, axes=(0,), shape=(1024,))
+        return (images, *labels_out, info)
+
+    return pipe()
+
+
+@pytest.mark.parametrize("label_format", ["dense", "sparse"])
+def test_the_iterator_takes_any_pipeline_with_named_outputs(photo_dir, label_format):
+    from nvidia.dali.plugin.base_iterator import LastBatchPolicy
+    from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+    labels = ["targets"] if label_format == "dense" else ["label_idx", "label_w"]
+    names = ["images", *labels, "source_info"]
+    it = DALIMixIterator(_own_pipeline(photo_dir, label_format=label_format), output_map=names, reader_name="Reader")
+    # the README's DALIGenericIterator equivalent, on an identical pipeline: the same batches
+    generic = DALIGenericIterator([_own_pipeline(photo_dir, label_format=label_format)], names, reader_name="Reader",
+                                  last_batch_policy=LastBatchPolicy.PARTIAL)
+    assert len(it) == 5
+    for epoch in range(2):
+        seen = []
+        for (images, targets), data in zip(it, generic):
+            assert images.shape[1:] == (3, CROP, CROP)
+            torch.testing.assert_close(images, data[0]["images"], rtol=0, atol=0)
+            if label_format == "dense":
+                torch.testing.assert_close(targets, data[0]["targets"], rtol=0, atol=0)
+            else:
+                assert torch.equal(targets[0], data[0]["label_idx"]) and torch.equal(targets[1], data[0]["label_w"])
+            rows = it.last_outputs["source_info"].numpy()
+            seen += [bytes(r[r != 0]).decode() for r in rows]
+        # the padded copies are cut off: every photograph once per epoch, as an anchor
+        assert len(seen) == 48 and len(set(seen)) == 48, epoch
+
+
+def test_the_iterator_names_what_it_needs(photo_dir):
+    pipe = _own_pipeline(photo_dir)
+    with pytest.raises(TypeError, match=r"a DALI Pipeline needs output_map=\[...\], the names of its outputs"):
+        DALIMixIterator(pipe)
+    with pytest.raises(ValueError, match=r"output_map must hold \"images\" and the labels as \"targets\".* got "
+                                         r"\['data', 'targets', 'info'\]"):
+        DALIMixIterator(pipe, output_map=["data", "targets", "info"], reader_name="Reader")
+    with pytest.raises(ValueError, match=r"got \['images', 'label_idx', 'info'\]"):
+        DALIMixIterator(pipe, output_map=["images", "label_idx", "info"], reader_name="Reader")
+    with pytest.raises(ValueError, match=r"num_classes is needed to turn the 'labels' output into one-hot targets"):
+        DALIMixIterator(pipe, output_map=["images", "labels", "info"], reader_name="Reader")
+    mix = imagenet_train_pipeline(photo_dir, batch_size=4, crop=CROP)
+    with pytest.raises(ValueError, match=r"output_map=\['images', 'labels'\] contradicts the MixPipeline's outputs"):
+        DALIMixIterator(mix, output_map=["images", "labels"])
+
+
+def test_the_train_pipeline_has_the_resnet50_examples_defaults(photo_dir):
+    """DALI's ResNet-50 example (docs/examples/use_cases/pytorch/resnet50/main.py): random area (0.1, 1), aspect
+    ratio (0.8, 1.25), 100 attempts, triangular resize with DALI's default antialiasing."""
+    import inspect
+
+    from nvidia.dali import types
+
+    from dali_kmix import pipelines
+
+    sig = inspect.signature(imagenet_train_pipeline).parameters
+    assert sig["random_area"].default == (0.1, 1.0) and sig["random_aspect_ratio"].default == (0.8, 1.25)
+    pipe = imagenet_train_pipeline(photo_dir, batch_size=4, crop=CROP)
+    seen, todo = {}, list(pipe.pipeline._graph_out)
+    while todo:
+        op = todo.pop().source
+        if op is not None and op.id not in seen:
+            seen[op.id] = op
+            todo += op.inputs
+    args = {type(op._op).__name__: op._op._init_args for op in seen.values()}  # as the graph was defined
+    crop = args["ImageRandomCrop"]
+    assert list(crop["random_area"]) == [0.1, 1.0] and list(crop["random_aspect_ratio"]) == [0.8, 1.25]
+    assert crop["num_attempts"] == 100
+    assert args["Resize"]["interp_type"] == types.INTERP_TRIANGULAR and "antialias" not in args["Resize"]
+    assert pipelines.RANDOM_AREA == (0.1, 1.0) and pipelines.RANDOM_ASPECT_RATIO == (0.8, 1.25)
+
+
+# --------------------------------------------------------------------------- DALI's PyTorch proxy
+
+
+class _ConstantImages(torch.utils.data.Dataset):
+    """Sample i: an 8 x 12 image whose every pixel is i, labelled i; handed to the DALI server by its proxy."""
+
+    def __init__(self, proxy, n):
+        self.proxy, self.n = proxy, n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return self.proxy(images=np.full((8, 12, 1), i, np.uint8), labels=np.array([i], np.int32))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_pytorch_proxy_recipe_mixes_inside_the_pipeline(workers):
+    """DALIServer + proxy DataLoader with workers: labels enter the pipeline beside the images, the mixing runs in
+    it, the loader yields the mixed images with their soft targets (the README's recipe, on constant images)."""
+    from nvidia.dali import fn, pipeline_def
+    from nvidia.dali.plugin.pytorch.experimental import proxy as dali_proxy
+
+    import dali_kmix.dali as kmix
+
+    n = 21
+
+    @pipeline_def(batch_size=6, num_threads=1, device_id=None, seed=4, exec_dynamic=True)
+    def pipe():
+        images = fn.external_source(name="images", no_copy=True, layout="HWC")
+        labels = fn.external_source(name="labels", no_copy=True)
+        return kmix.dcutmix(images, labels, k=3, num_classes=n, layout="HWC", label_format="sparse")
+
+    anchors = []
+    with dali_proxy.DALIServer(pipe(), deterministic=True) as server:
+        loader = dali_proxy.DataLoader(server, _ConstantImages(server.proxy, n), batch_size=6, num_workers=workers,
+                                       shuffle=True)
+        for images, idx, w in loader:
+            assert images.dtype == torch.uint8 and images.shape[1:] == (8, 12, 1)
+            anchors += idx[:, 0].tolist()
+            for x, i, wi in zip(images.numpy(), idx.numpy(), w.numpy()):
+                share = np.bincount(x.ravel(), minlength=n) / x.size
+                expect = np.zeros(n)
+                np.add.at(expect, i, wi)
+                np.testing.assert_allclose(share, expect, atol=1e-6)  # the pixels are the soft target's mix
+            assert (w[:, 0] < 1).any()
+    assert sorted(anchors) == list(range(n))  # every sample once per epoch, its own row's anchor (last batch: 3)
+
+
+def test_proxy_folder_lists_what_the_file_reader_reads(photo_dir, tmp_path):
+    from nvidia.dali import fn, pipeline_def
+
+    from dali_kmix.pipelines import ProxyFolder
+
+    (photo_dir.parent / "notes.txt").write_text("not an image")  # outside the class folders: never listed
+    calls = []
+    folder = ProxyFolder(photo_dir, lambda **kw: calls.append(kw) or len(calls))
+
+    @pipeline_def(batch_size=48, num_threads=1, device_id=None)
+    def reader():
+        jpegs, labels = fn.readers.file(file_root=str(photo_dir))
+        return fn.pad(fn.get_property(jpegs, key="source_info"), fill_value=0, axes=(0,), shape=(1024,)), labels
+
+    p = reader()
+    p.build()
+    info, labels = (np.asarray(x.as_tensor()) for x in p.run())
+    dali = [(str(photo_dir / bytes(r[r != 0]).decode()), int(v)) for r, v in zip(info, labels.reshape(-1))]
+    assert [(str(path), label) for path, label in folder.samples] == dali and len(folder) == 48
+    assert folder[5] == 1
+    assert bytes(calls[0]["images"].view(np.uint8)).decode() == dali[5][0]
+    assert calls[0]["labels"].tolist() == [dali[5][1]]
+    listed = tmp_path / "list.txt"
+    listed.write_text(f"{folder.samples[3][0].relative_to(photo_dir)} 7\n\n")
+    assert ProxyFolder(photo_dir, None, file_list=listed).samples == [(folder.samples[3][0], 7)]
+    with pytest.raises(FileNotFoundError, match=r"root '.*missing' is not a folder"):
+        ProxyFolder(tmp_path / "missing", None)

@@ -85,14 +85,38 @@ def test_bad_loss_inputs():
         one_hot_targets(torch.tensor([4, -1]), 4, check=True)
 
 
+def test_bad_indices_stop_the_sparse_loss_by_default_without_a_host_read():
+    """Never a silent NaN: the default is an asynchronous assertion (raised at once on the CPU)."""
+    logits = torch.randn(3, 4, generator=torch.Generator().manual_seed(3))
+    w = torch.full((3, 2), 0.5)
+    for bad in ([[0, 1], [0, 4], [1, 2]], [[0, 1], [-1, 2], [1, 2]]):
+        with pytest.raises(RuntimeError, match=r"label_idx must lie in \[0, C=4\): sparse_mixed_cross_entropy got a "
+                                               r"class index outside it"):
+            sparse_mixed_cross_entropy(logits, torch.tensor(bad), w)
+    good = torch.tensor([[0, 1], [3, 2], [1, 1]])
+    torch.testing.assert_close(sparse_mixed_cross_entropy(logits, good, w),
+                               sparse_mixed_cross_entropy(logits, good, w, check=False))
+
+
+def test_the_compiled_sparse_loss_asserts_too():
+    fn, (logits, idx, w), kwargs = _loss_calls()["sparse_mixed_cross_entropy"]
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(logits, idx, w, **kwargs), fn(logits, idx, w, **kwargs))
+    bad = idx.clone()
+    bad[2, 1] = 5
+    with pytest.raises(RuntimeError, match=r"label_idx must lie in \[0, C=5\)"):
+        compiled(logits, bad, w, **kwargs)
+
+
 def test_unchecked_bad_labels_give_nan_not_an_error_or_a_stray_read():
-    """The default path checks nothing on the host: a bad index poisons its sample only."""
+    """check=False (and one_hot_targets by default) checks nothing: a bad index poisons its sample only."""
     logits = torch.randn(3, 4, generator=torch.Generator().manual_seed(3))
     idx = torch.tensor([[0, 1], [0, 4], [-1, 2]])
     w = torch.full((3, 2), 0.5)
-    per_sample = sparse_mixed_cross_entropy(logits, idx, w, reduction="none")
+    per_sample = sparse_mixed_cross_entropy(logits, idx, w, reduction="none", check=False)
     assert torch.isfinite(per_sample[0]) and torch.isnan(per_sample[1:]).all()
-    assert torch.isnan(sparse_mixed_cross_entropy(logits, idx, w, smoothing=0.1))
+    assert torch.isnan(sparse_mixed_cross_entropy(logits, idx, w, smoothing=0.1, check=False))
     t = one_hot_targets(torch.tensor([1, 4, -1, 3]), 4, smoothing=0.1)
     assert torch.isnan(t[1:3]).all() and torch.isfinite(t[[0, 3]]).all()
     torch.testing.assert_close(t[0], torch.tensor([0.025, 0.925, 0.025, 0.025]))

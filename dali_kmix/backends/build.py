@@ -90,7 +90,8 @@ def compile_cached(lib_name: str, sources, flags, *, libs=(), inputs=(), key_ext
     Concurrent first uses wait on a file lock; the library appears atomically, with the
     compiler's own output beside it in ``<lib_name>.log`` (empty output: no warning).
     ``announce``: a line printed to stderr before a build starts (not when cached), or a
-    function called then.
+    function called then; by default ``dali_kmix: building <what>, once per version...``, so
+    that no first build (tens of seconds) starts unannounced.
     Raises FileNotFoundError without a C++ compiler and RuntimeError with the
     compiler's output when the build fails.
     """
@@ -114,6 +115,8 @@ def compile_cached(lib_name: str, sources, flags, *, libs=(), inputs=(), key_ext
         fcntl.flock(lock, fcntl.LOCK_EX)
         if lib.is_file():
             return lib
+        if announce is None:
+            announce = f"dali_kmix: building {what}, once per version..."
         if callable(announce):
             announce()
         elif announce:

@@ -43,7 +43,8 @@ from . import cpu
 from .build import build_flags, compile_cached, compiler, tool_version
 from .sources import FP_OPTIONS, cuda_include_dirs, kernels_dir
 
-__all__ = ["build", "load", "enabled", "gpu_backend", "cuda_toolchain", "nvcc_flags", "gpu_object", "gpu_ptx",
+__all__ = ["build", "load", "enabled", "gpu_backend", "expose_to_dynamic_mode", "cuda_toolchain", "nvcc_flags",
+           "gpu_object", "gpu_ptx",
            "fatbin_images", "NoGpuBackendWarning",
            "SOURCES", "GPU_SOURCES", "GPU_ARCHS", "PTX_ARCH", "OPERATORS"]
 
@@ -298,12 +299,48 @@ def _load() -> bool:
         warnings.warn(f"dali_kmix: the DALI plugin is unavailable, the CPU operators run as python_function "
                       f"instead ({type(exc).__name__}: {exc})", RuntimeWarning, stacklevel=3)
         return False
+    expose_to_dynamic_mode()
+    return True
+
+
+def expose_to_dynamic_mode() -> bool:
+    """Make the loaded operators part of DALI's dynamic mode (``ndd.kmix_dmixup``, ``ndd.kmix_dcutmix``,
+    ``ndd.kmix_mix`` and their classes) when ``nvidia.dali.experimental.dynamic`` is already imported; True when
+    they are there (or dynamic mode is not imported yet: then its import lists them by itself).
+
+    DALI 2.4 builds dynamic mode's operator table once, when that module is first imported, from the operators
+    registered then; ``plugin_manager.load_library`` refreshes ``fn`` and ``ops`` but not that table, and DALI has
+    no public call that does. So for a dynamic mode imported before the plugin, exactly our operators are added
+    with dynamic mode's own builder (the one its import runs for every operator); nothing else is rebuilt.
+    """
+    ndd = sys.modules.get("nvidia.dali.experimental.dynamic")
+    if ndd is None:
+        return True
+    try:
+        from nvidia.dali import backend
+        from nvidia.dali.experimental.dynamic import _op_builder, _ops
+
+        for name in OPERATORS:
+            schema = backend.GetSchema(name)
+            if hasattr(_ops, schema.OperatorName()):
+                continue
+            op_class = _op_builder.build_operator_class(schema)
+            function = _op_builder.build_fn_wrapper(op_class)
+            _ops._all_ops.append(op_class)
+            _ops._all_functions.append(function)
+    except Exception as exc:  # noqa: BLE001 - DALI's internals moved: the host path still mixes dynamic batches
+        warnings.warn(f"dali_kmix: the native operators could not be added to DALI's dynamic mode, imported before "
+                      f"the plugin ({type(exc).__name__}: {exc}); dali_kmix.dynamic mixes on the host instead. "
+                      f"Calling dali_kmix.backends.plugin.load() before importing nvidia.dali.experimental.dynamic "
+                      f"avoids this", RuntimeWarning, stacklevel=2)
+        return False
     return True
 
 
 def load() -> bool:
     """Build and load the plugin once per process; True when ``fn.kmix_dmixup``, ``fn.kmix_mix`` and
-    ``fn.kmix_dcutmix`` are available (False when :func:`enabled` is False)."""
+    ``fn.kmix_dcutmix`` are available (False when :func:`enabled` is False). They are then part of DALI's dynamic
+    mode too (``ndd.kmix_*``), whether it is imported before or after (:func:`expose_to_dynamic_mode`)."""
     return enabled() and _load()
 
 
