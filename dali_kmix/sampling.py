@@ -132,8 +132,11 @@ def check_sample_args(method, n, height, width, k, alpha, mode, prob):
     _checks.check_choice("method", method, _checks.METHODS)
     _checks.check_choice("mode", mode, _checks.MODES)
     n = _checks.check_int("n", n, 0)
-    height = _checks.check_int("height", height, 1)
-    width = _checks.check_int("width", width, 1)
+    # DMixup never reads the size (a blend of empty images is defined); the boxes' area weights
+    # are box areas / (H x W), so DCutMix needs at least one pixel.
+    least = 0 if method == "dmixup" else 1
+    height = _checks.check_int("height", height, least)
+    width = _checks.check_int("width", width, least)
     k = _checks.check_int("k", k, 2)
     alpha = _checks.check_alpha(alpha, k)
     prob = _checks.check_probability("prob", prob)
@@ -176,7 +179,8 @@ def sample_params(method: str, n: int, height: int, width: int, *, k: int = 3, a
             "saliency-dcutmix" (the same boxes, each centred on its source's most
             salient point; needs ``centers``).
         n: batch size N (0 gives an empty record).
-        height, width: image size (boxes are in pixels of this size).
+        height, width: image size (boxes are in pixels of this size); >= 1, or >= 0 for
+            "dmixup", which does not read it.
         k: images per mix, K >= 2 (may exceed N: partners repeat).
         alpha: Dirichlet concentration, a positive scalar or K positive numbers.
         mode: "sample" (own shares, boxes and partners per sample, as the authors'
