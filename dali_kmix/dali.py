@@ -134,7 +134,7 @@ class _Draws:
         prob = spec.prob
         if alpha is None:
             vals = [np.asarray(a, np.float64).reshape(-1) for a in runtime.pop(0)]
-            if any(v.shape != vals[0].shape or not np.array_equal(v, vals[0]) for v in vals):
+            if any(v.shape != vals[0].shape or not np.array_equal(v, vals[0], equal_nan=True) for v in vals):
                 raise ValueError("alpha given as a DataNode must be the same for every sample of a batch, "
                                  f"got {[v.tolist() for v in vals[:4]]}...")
             alpha = _checks.check_alpha(float(vals[0][0]) if vals[0].size == 1 else vals[0], spec.k)

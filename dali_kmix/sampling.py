@@ -31,11 +31,19 @@ def _dirichlet_from_draws(alpha, gamma1, uniform, xp=np):
     Uses ``log G(a) = log G(a + 1) + log(U) / a`` and a max-shifted softmax, so
     even alpha = 1e-3 never underflows every component to 0 (no 0/0 = NaN): the
     largest component is always exactly representable and > 0.
+
+    Below alpha ~ 1e-308 (subnormal) ``log(U) / a`` can overflow to -inf in every component
+    of a row; the Dirichlet is then one-hot at the component whose ``log(U) / a`` is largest,
+    i.e. whose ``log(-log U) - log a`` (finite) is smallest, and such rows get exactly that.
     """
-    logg = xp.log(gamma1) + xp.log(uniform) / alpha
-    logg = logg - logg.max(axis=-1, keepdims=True)
-    e = xp.exp(logg)
-    return e / e.sum(axis=-1, keepdims=True)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        logg = xp.log(gamma1) + xp.log(uniform) / alpha
+        top = logg.max(axis=-1, keepdims=True)
+        e = xp.exp(logg - top)
+        phi = e / e.sum(axis=-1, keepdims=True)
+        order = xp.log(-xp.log(uniform)) - xp.log(xp.asarray(alpha, dtype=np.float64))
+    first = xp.arange(phi.shape[-1]) == xp.argmin(order, axis=-1)[..., None]
+    return xp.where(top == -np.inf, first.astype(phi.dtype), phi)
 
 
 def sample_dirichlet(alpha, size: int, rng=None) -> np.ndarray:
