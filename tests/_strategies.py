@@ -302,3 +302,15 @@ def message_names(exc: BaseException, names) -> bool:
     """The error's message names one of ``names`` as a word (alpha, params.sources, "sample 0 has shape" ...)."""
     text = str(exc)
     return any(re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", text) for name in names)
+
+
+def same_bits(a, b):
+    """Bit for bit, but any NaN equals any NaN: which NaN operand a multiply-add passes on is the hardware's
+    choice (x86's FMA and NumPy's float64 steps differ when two NaNs meet; a GPU gives its canonical NaN)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+    if a.dtype.kind != "f":
+        return np.array_equal(a, b)
+    nan = np.isnan(a)
+    return np.array_equal(nan, np.isnan(b)) and np.array_equal(a[~nan].view(np.uint8), b[~nan].view(np.uint8))

@@ -22,14 +22,9 @@ from dali_kmix.record import WEIGHT_ATOL, MixParams, area_weights
 
 from _strategies import (BAD_INT, BAD_LAYOUT, BAD_METHOD, BAD_MODE, BAD_PROB, BAD_SMOOTHING, DTYPES, WRONG_DTYPES,
                          Arg, Batch, alphas, arg, bad_alpha, batches, budget, corrupted, message_names, pick_bad,
-                         records, sides)
+                         records, same_bits, sides)
 
 METHODS = ("dmixup", "dcutmix", "saliency-dcutmix")
-
-
-def same_bits(a, b):
-    return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(
-        np.ascontiguousarray(a).view(np.uint8), np.ascontiguousarray(b).view(np.uint8))
 
 
 def check_record(p: MixParams, n, h, w, k, method):
