@@ -27,6 +27,18 @@ from _strategies import (BAD_INT, BAD_LAYOUT, BAD_METHOD, BAD_MODE, BAD_PROB, BA
 METHODS = ("dmixup", "dcutmix", "saliency-dcutmix")
 
 
+def refused(call, args) -> bool:
+    """When an argument of ``args`` is spoilt, ``call(**args)`` must raise a ValueError/TypeError naming it
+    (then True); False when all are valid."""
+    bad = [name for a in args.values() for name in a.bad]
+    if not bad:
+        return False
+    with pytest.raises((ValueError, TypeError)) as info:
+        call(**{name: a.value for name, a in args.items()})
+    assert message_names(info.value, bad), f"{info.value!r} names none of {bad}"
+    return True
+
+
 def check_record(p: MixParams, n, h, w, k, method):
     """What every record the sampler draws must be."""
     assert p.sources.dtype == np.int32 and p.sources.shape == (n, k)
@@ -91,13 +103,9 @@ def sample_args(draw):
 @example({"method": Arg("dmixup"), "n": Arg(4), "height": Arg(8), "width": Arg(8), "k": Arg(3),
           "alpha": Arg(5e-324), "mode": Arg("sample"), "prob": Arg(1.0), "rng": Arg(1)})  # found: NaN weights
 def test_sample_params(args):
-    kwargs = {name: a.value for name, a in args.items()}
-    bad = [name for a in args.values() for name in a.bad]
-    if bad:
-        with pytest.raises((ValueError, TypeError)) as info:
-            dali_kmix.sample_params(**kwargs)
-        assert message_names(info.value, bad), f"{info.value!r} names none of {bad}"
+    if refused(dali_kmix.sample_params, args):
         return
+    kwargs = {name: a.value for name, a in args.items()}
     p = dali_kmix.sample_params(**kwargs)
     n, h, w, k, method = (kwargs[a] for a in ("n", "height", "width", "k", "method"))
     check_record(p, n, h, w, k, method)
@@ -221,13 +229,9 @@ def label_cases(draw):
 @example({"labels": Arg(np.array([0, 1])), "num_classes": Arg(2), "smoothing": Arg(0.0),
           "params": Arg(MixParams([[0, 1], [1, 0]], [[0.5, 0.5], [np.nan, 1.0]]), ("params.weights",))})  # NaN targets
 def test_mix_labels(case):
-    kwargs = {name: a.value for name, a in case.items()}
-    bad = [name for a in case.values() for name in a.bad]
-    if bad:
-        with pytest.raises((ValueError, TypeError)) as info:
-            dali_kmix.mix_labels(**kwargs)
-        assert message_names(info.value, bad), f"{info.value!r} names none of {bad}"
+    if refused(dali_kmix.mix_labels, case):
         return
+    kwargs = {name: a.value for name, a in case.items()}
     t = dali_kmix.mix_labels(**kwargs)
     p, c, s = kwargs["params"], kwargs["num_classes"], kwargs["smoothing"]
     labels = np.asarray(kwargs["labels"]).reshape(-1).astype(np.int64)
@@ -345,11 +349,7 @@ def test_kmixup_cpu(case):
     from dali_kmix.torch import KMixup
 
     kwargs, x, target, call_bad = case
-    bad = [name for a in kwargs.values() for name in a.bad]
-    if bad:
-        with pytest.raises((ValueError, TypeError)) as info:
-            KMixup(**{name: a.value for name, a in kwargs.items()})
-        assert message_names(info.value, bad), f"{info.value!r} names none of {bad}"
+    if refused(KMixup, kwargs):
         return
     mixer = KMixup(**{name: a.value for name, a in kwargs.items()}, reuse_outputs=False)
     h, w = x.shape[2:]

@@ -239,6 +239,8 @@ def TestOneInput(data):  # noqa: N802 - atheris's name
     before = [a.copy() for a in case["images"]]
     bad = broken(case)
     STATS["runs"] += 1
+    if STATS["runs"] % 5000 == 0:  # libFuzzer ends the process without running atexit handlers
+        print(f"fuzz_native_ops: {STATS}", flush=True)
     try:
         (out,) = pipe.run()
     except RuntimeError as exc:
@@ -265,9 +267,6 @@ def TestOneInput(data):  # noqa: N802 - atheris's name
 def main():
     if not plugin.load():
         raise SystemExit("the dali_kmix DALI plugin did not load (see the warning above)")
-    import atexit
-
-    atexit.register(lambda: print(f"fuzz_native_ops: {STATS}", flush=True))
     atheris.Setup(sys.argv, TestOneInput)
     atheris.Fuzz()
 
