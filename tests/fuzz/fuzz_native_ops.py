@@ -116,9 +116,12 @@ def decode(data):
     dtype = DTYPES[3 + wrong % 2] if wrong >= 30 else DTYPES[fdp.ConsumeIntInRange(0, 2)]
     layout = ("HWC", "CHW")[fdp.ConsumeIntInRange(0, 1)]
     input_layout = ("CHW" if layout == "HWC" else "HWC") if fdp.ConsumeIntInRange(0, 31) == 31 else layout
-    n = 1 + fdp.ConsumeIntInRange(0, MAX_BATCH - 1)
+    large = fdp.ConsumeIntInRange(0, 31) == 31  # more than 64 Ki elements: several chunks per sample
+    n = 1 + fdp.ConsumeIntInRange(0, 1 if large else MAX_BATCH - 1)
     k = 1 + fdp.ConsumeIntInRange(0, 6)
     h, w, c = 1 + fdp.ConsumeIntInRange(0, 32), 1 + fdp.ConsumeIntInRange(0, 32), 1 + fdp.ConsumeIntInRange(0, 3)
+    if large:
+        h, w = 120 + 2 * h, 120 + 2 * w
     empty = fdp.ConsumeIntInRange(0, 15)  # 13, 14, 15: H = 0, W = 0, C = 0
     h, w, c = (0 if empty == 13 else h), (0 if empty == 14 else w), (0 if empty == 15 else c)
     ragged = fdp.ConsumeIntInRange(0, 31) == 31 and n > 1

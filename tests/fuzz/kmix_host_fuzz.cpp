@@ -2,7 +2,8 @@
 // built by tests/fuzz/run.py with clang -fsanitize=fuzzer,address,undefined.
 //
 // Every input is turned into one call of a C entry point with a record inside the kernels' contract (what
-// dali_kmix validates before it calls them): a batch of 1-9 samples, each in its own malloc'd buffer of
+// dali_kmix validates before it calls them): a batch of 1-9 samples (up to 48 x 48, or now and then 1-2 of
+// up to 180 x 180, which the host grid splits into several chunks), each in its own malloc'd buffer of
 // exactly its size (so ASan's redzones sit right after every sample), any pixel bits (NaN, Inf, -0,
 // subnormals), sources in [0, N), finite weights >= 0 of any size, boxes nested inside the image, any
 // scheduling (workers, threads per block, reversed order), and the block entry points of the DALI plugin
@@ -194,10 +195,12 @@ void make_boxes(FuzzedDataProvider& fdp, std::vector<int>& boxes, int n, int k, 
 void fuzz_blend_and_paste(FuzzedDataProvider& fdp, int entry) {
   const int dtype = fdp.ConsumeIntegralInRange(0, 2);
   const int layout = fdp.ConsumeIntegralInRange(0, 1);
-  const int n = fdp.ConsumeIntegralInRange(1, 9);
+  // now and then a large sample (more than 64 Ki elements), which the host grid splits into several chunks
+  const bool large = fdp.ConsumeIntegralInRange(0, 31) == 31;
+  const int n = fdp.ConsumeIntegralInRange(1, large ? 2 : 9);
   const int k = fdp.ConsumeIntegralInRange(1, 8);
-  const int h = fdp.ConsumeIntegralInRange(0, 48);
-  const int w = fdp.ConsumeIntegralInRange(0, 48);
+  const int h = large ? fdp.ConsumeIntegralInRange(120, 180) : fdp.ConsumeIntegralInRange(0, 48);
+  const int w = large ? fdp.ConsumeIntegralInRange(120, 180) : fdp.ConsumeIntegralInRange(0, 48);
   const int c = fdp.ConsumeIntegralInRange(1, 4);
   const int workers = fdp.ConsumeIntegralInRange(1, 3);
   const int threads = fdp.ConsumeBool() ? 1 : fdp.ConsumeIntegralInRange(1, 40);

@@ -86,7 +86,36 @@ def host(seconds, out: Path, cxx: str) -> dict:
     rc, log = run_logged([exe, f"-max_total_time={int(seconds)}", "-print_final_stats=1", "-timeout=30",
                           "-rss_limit_mb=4096", f"-artifact_prefix={artifacts}/", corpus], out / "host.log",
                          timeout=seconds + 300)
-    return {**libfuzzer_figures(log), "finding": finding(rc, log), "log": str(out / "host.log")}
+    return {**libfuzzer_figures(log), "finding": finding(rc, log), "log": str(out / "host.log"),
+            "kernel_coverage": host_coverage(out, cxx, corpus)}
+
+
+def host_coverage(out: Path, cxx: str, corpus: Path):
+    """Line and branch coverage of the kernel sources by the host corpus (llvm-cov), or None without the tools."""
+    suffix = re.search(r"(-\d+)$", cxx)
+    profdata, cov = (shutil.which(f"llvm-{tool}{suffix.group(1) if suffix else ''}") for tool in ("profdata", "cov"))
+    if not (profdata and cov):
+        return None
+    kernels = ROOT / "kernels"
+    exe, raw, merged = out / "kmix_host_cov", out / "host.profraw", out / "host.profdata"
+    rc, log = run_logged([cxx, "-std=c++17", "-O0", "-ffp-contract=off", "-pthread", "-fsanitize=fuzzer",
+                          "-fprofile-instr-generate", "-fcoverage-mapping", f"-I{kernels}", HERE / "kmix_host_fuzz.cpp",
+                          kernels / "kmix_host.cpp", "-o", exe], out / "host-cov-build.log")
+    if rc:
+        return None
+    subprocess.run([str(exe), "-runs=0", str(corpus)], env=dict(os.environ, LLVM_PROFILE_FILE=str(raw)),
+                   capture_output=True)
+    subprocess.run([profdata, "merge", "-o", str(merged), str(raw)], check=True)
+    files = [kernels / name for name in ("kmix_blend.cu", "kmix_boxes.cu", "kmix_saliency.cu", "kmix_host.cpp")]
+    report = subprocess.run([cov, "report", str(exe), f"-instr-profile={merged}", *map(str, files)],
+                            capture_output=True, text=True).stdout
+    (out / "host-coverage.txt").write_text(report)
+    figures = {}
+    for line in report.splitlines():  # name, regions, missed, %, functions, missed, %, lines, missed, %, ...
+        cells = line.split()
+        if cells and cells[0].endswith((".cu", ".cpp")) and len(cells) >= 13:
+            figures[cells[0]] = {"lines": cells[9], "branches": cells[12]}
+    return figures
 
 
 def native_env(cxx: str) -> dict:
