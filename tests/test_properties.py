@@ -24,6 +24,9 @@ from _strategies import (BAD_INT, BAD_LAYOUT, BAD_METHOD, BAD_MODE, BAD_PROB, BA
                          Arg, Batch, alphas, arg, bad_alpha, batches, budget, corrupted, message_names, pick_bad,
                          records, same_bits, sides)
 
+# NaN and Inf pixels are drawn on purpose: NumPy's "invalid value" warnings about them are expected here
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+
 METHODS = ("dmixup", "dcutmix", "saliency-dcutmix")
 
 

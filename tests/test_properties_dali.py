@@ -40,8 +40,12 @@ from dali_kmix import reference  # noqa: E402
 from dali_kmix.backends import plugin  # noqa: E402
 from dali_kmix.record import MixParams, area_weights  # noqa: E402
 
-from _strategies import (DTYPES, SPECIALS, alphas, budget, corrupted, corruptions_for, fill, records,  # noqa: E402
-                         same_bits, sides)
+from _strategies import (BAD_INT, BAD_LAYOUT, BAD_MODE, BAD_PROB, BAD_SMOOTHING, DTYPES, SPECIALS,  # noqa: E402
+                         Arg, alphas, arg, bad_alpha, budget, corrupted, corruptions_for, fill, message_names,
+                         pick_bad, records, same_bits, sides)
+
+# NaN and Inf pixels are drawn on purpose: NumPy's "invalid value" warnings about them are expected here
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
 NUM_CLASSES = 12
 MAX_BATCH = 9
@@ -415,3 +419,64 @@ def test_native_operators(case):
     want = np.where(cut.astype(bool).reshape((n, 1, 1, 1)), paste, blend)
     assert got.dtype == x.dtype and got.shape == x.shape
     assert same_bits(got, want), "output differs from the reference"
+
+
+# --------------------------------------------------------------------------- the operators' arguments
+
+
+@st.composite
+def operator_arguments(draw):
+    method = draw(st.sampled_from(OPERATORS))
+    names = ["k", "alpha", "num_classes", "layout", "mode", "prob", "smoothing", "label_format", "seed", "shard_id"]
+    names += {"saliency_dcutmix": ["saliency"], "dmixup_or_dcutmix": ["switch_prob", "cutmix_alpha"]}.get(method, [])
+    bad = pick_bad(draw, names)
+    k = arg(draw, "k", bad, st.integers(2, 20), st.one_of(st.integers(-3, 1), BAD_INT))
+    kv = k.value if not k.bad else 3
+    label_format = arg(draw, "label_format", bad, st.sampled_from(["dense", "sparse"]),
+                       st.sampled_from(["Dense", "onehot", "", None]))
+    # sparse targets take no smoothing (it belongs to the loss): a positive one is refused, naming smoothing
+    smooth = st.just(0.0) if label_format.value == "sparse" else st.one_of(st.just(0.0), st.floats(0.0, 0.999))
+    kwargs = dict(k=k, alpha=arg(draw, "alpha", bad, alphas(kv), bad_alpha(kv)),
+                  num_classes=arg(draw, "num_classes", bad, st.integers(1, 10 ** 6), st.one_of(st.integers(-3, 0),
+                                                                                            BAD_INT)),
+                  layout=arg(draw, "layout", bad, st.sampled_from(["HWC", "CHW"]), BAD_LAYOUT),
+                  mode=arg(draw, "mode", bad, st.sampled_from(["sample", "batch"]), BAD_MODE),
+                  prob=arg(draw, "prob", bad, st.floats(0.0, 1.0), BAD_PROB),
+                  smoothing=arg(draw, "smoothing", bad, smooth, BAD_SMOOTHING), label_format=label_format,
+                  seed=arg(draw, "seed", bad, st.one_of(st.none(), st.integers(0, 2 ** 31)),
+                           st.sampled_from([-1, 1.5, "7"])),
+                  shard_id=arg(draw, "shard_id", bad, st.integers(0, 7), st.sampled_from([-1, 0.5, None])))
+    if method == "saliency_dcutmix":
+        kwargs["saliency"] = arg(draw, "saliency", bad, st.sampled_from(["spectral-residual", "fine-grained"]),
+                                 st.sampled_from(["itti", "", None]))
+    if method == "dmixup_or_dcutmix":
+        kwargs["switch_prob"] = arg(draw, "switch_prob", bad, st.floats(0.0, 1.0), BAD_PROB)
+        kwargs["cutmix_alpha"] = arg(draw, "cutmix_alpha", bad, st.one_of(st.none(), alphas(kv)), bad_alpha(kv),
+                                     names=("alpha",))  # checked as DCutMix's alpha
+    return method, kwargs
+
+
+@budget(200)
+@given(operator_arguments())
+@example(("dmixup_or_dcutmix", {"k": Arg(3), "alpha": Arg(np.nan, ("alpha",)), "num_classes": Arg(10),
+                                "layout": Arg("HWC"), "mode": Arg("sample"), "prob": Arg(1.0), "smoothing": Arg(0.0),
+                                "label_format": Arg("dense"), "seed": Arg(None), "shard_id": Arg(0),
+                                "switch_prob": Arg(0.5), "cutmix_alpha": Arg(None)}))
+def test_operator_arguments(case):
+    # checked where the operator is defined (no pipeline is built): the right ones pass, a wrong one is named
+    from nvidia.dali import Pipeline
+
+    method, kwargs = case
+    bad = [name for a in kwargs.values() for name in a.bad]
+    pipe = Pipeline(batch_size=2, num_threads=1, device_id=None, seed=1)
+    with pipe:
+        x = fn.external_source(name="x", layout="HWC")
+        y = fn.external_source(name="y")
+        call = lambda: getattr(kmix, method)(x, y, **{name: a.value for name, a in kwargs.items()})  # noqa: E731
+        if bad:
+            with pytest.raises((ValueError, TypeError)) as info:
+                call()
+            assert message_names(info.value, bad), f"{info.value!r} names none of {bad}"
+        else:
+            outs = call()
+            assert len(outs) == (2 if kwargs["label_format"].value == "dense" else 3)
