@@ -119,6 +119,7 @@ void check_inputs_unchanged(const Batch& b) {
 
 // Finite weights >= 0: zeros, subnormals, ordinary shares, huge values.
 float weight(FuzzedDataProvider& fdp) {
+  if (!fdp.remaining_bytes()) return 0.375f;  // out of bytes: an ordinary share
   switch (fdp.ConsumeIntegralInRange(0, 5)) {
     case 0: return 0.0f;
     case 1: return -0.0f;  // passes "w >= 0"
@@ -268,13 +269,15 @@ void fuzz_nest_boxes(FuzzedDataProvider& fdp) {
   const bool batch = fdp.ConsumeBool();
   const bool dmixup = fdp.ConsumeIntegralInRange(0, 3) == 0;
   const bool salient = !dmixup && fdp.ConsumeBool();
+  std::vector<unsigned char> mixed(n);
+  for (int s = 0; s < n; ++s) mixed[s] = fdp.ConsumeIntegralInRange(0, 4) != 4;  // mixed unless told (short inputs too)
   const int rows = batch ? 1 : n;
   std::vector<double> phi((size_t)rows * k), uni((size_t)rows * (k - 1) * 2 + 1);
   for (int r = 0; r < rows; ++r) {  // Dirichlet-like rows: >= 0, summing to 1 (zeros, one-hots, tiny shares)
     double sum = 0.0;
-    for (int j = 0; j < k; ++j) {
-      const int kind = fdp.ConsumeIntegralInRange(0, 4);
-      double v = kind == 0 ? 0.0 : (kind == 1 ? 1e-300 : fdp.ConsumeFloatingPointInRange(0.0, 1.0));
+    for (int j = 0; j < k; ++j) {  // out of bytes: shares 1, 2, ..., K (normalised)
+      const int kind = fdp.remaining_bytes() ? fdp.ConsumeIntegralInRange(0, 4) : 5;
+      double v = kind == 0 ? 0.0 : (kind == 1 ? 1e-300 : (kind == 5 ? 1.0 + j : fdp.ConsumeFloatingPointInRange(0.0, 1.0)));
       phi[(size_t)r * k + j] = v;
       sum += v;
     }
@@ -286,10 +289,8 @@ void fuzz_nest_boxes(FuzzedDataProvider& fdp) {
   }
   for (auto& u : uni) u = fdp.ConsumeProbability<double>() * 0.9999999999;  // [0, 1)
   std::vector<int> perms((size_t)(k - 1) * n + 1), centers((size_t)2 * n);
-  std::vector<unsigned char> mixed(n);
   for (auto& p : perms) p = fdp.ConsumeIntegralInRange(0, n - 1);
   for (int s = 0; s < n; ++s) {
-    mixed[s] = fdp.ConsumeIntegralInRange(0, 4) != 0;
     centers[2 * s] = fdp.ConsumeIntegralInRange(0, h - 1);
     centers[2 * s + 1] = fdp.ConsumeIntegralInRange(0, w - 1);
   }

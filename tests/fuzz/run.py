@@ -83,7 +83,7 @@ def host(seconds, out: Path, cxx: str) -> dict:
     corpus, artifacts = out / "corpus" / "host", out / "artifacts" / "host"
     corpus.mkdir(parents=True, exist_ok=True)
     artifacts.mkdir(parents=True, exist_ok=True)
-    rc, log = run_logged([exe, f"-max_total_time={int(seconds)}", "-print_final_stats=1", "-timeout=30",
+    rc, log = run_logged([exe, f"-max_total_time={int(seconds)}", "-print_final_stats=1", "-timeout=30", "-len_control=10",
                           "-rss_limit_mb=4096", f"-artifact_prefix={artifacts}/", corpus], out / "host.log",
                          timeout=seconds + 300)
     return {**libfuzzer_figures(log), "finding": finding(rc, log), "log": str(out / "host.log"),
@@ -145,7 +145,7 @@ def native(seconds, out: Path, cxx: str) -> dict:
     corpus.mkdir(parents=True, exist_ok=True)
     artifacts.mkdir(parents=True, exist_ok=True)
     rc, log = run_logged([sys.executable, HERE / "fuzz_native_ops.py", f"-max_total_time={int(seconds)}",
-                          "-print_final_stats=1", "-timeout=120", "-rss_limit_mb=8192",
+                          "-print_final_stats=1", "-timeout=120", "-rss_limit_mb=8192", "-len_control=10",
                           f"-artifact_prefix={artifacts}/", corpus], out / "native.log", env=env,
                          timeout=seconds + 600)
     figures = libfuzzer_figures(log)
