@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 # Override with `make test CUDA=12`; a venv built for the other one needs `make clean`.
 CUDA   ?=
 
-.PHONY: venv system-deps demo test test-gpu bench study kernels-check clean
+.PHONY: venv system-deps demo test test-gpu bench study kernels-check fuzz fuzz-deps clean
 
 venv: $(STAMP)
 	@if [ -n "$(CUDA)" ] && [ -s $(STAMP) ] && [ "$$(cat $(STAMP))" != "cuda$(CUDA)" ]; then \
@@ -55,6 +55,27 @@ test-gpu: venv
 study: venv system-deps
 	$(PY) benchmarks/study_mixing.py
 	$(PY) benchmarks/study_subsample.py
+
+# Coverage-guided fuzzing under ASan/UBSan (tests/fuzz/run.py): the host kernels (libFuzzer), the native DALI
+# operators (Atheris, guided by the operators' own branches) and the Hypothesis properties' long profile share
+# FUZZ_SECONDS; figures, corpora and crash inputs go to build/fuzz/. Needs clang 19 with its sanitizer and
+# libFuzzer runtimes (Debian: clang-19 libclang-rt-19-dev) and atheris (the fuzz extra).
+FUZZ_SECONDS ?= 600
+FUZZ_CXX ?= clang++-19
+fuzz-deps:
+	@if ! command -v $(FUZZ_CXX) >/dev/null 2>&1 || [ -z "$$($(FUZZ_CXX) -print-file-name=libclang_rt.fuzzer-x86_64.a | grep /)" ] \
+	    || [ ! -e "$$($(FUZZ_CXX) -print-file-name=libclang_rt.fuzzer-x86_64.a)" ]; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang-19 libclang-rt-19-dev; \
+	  else \
+	    echo "make fuzz needs $(FUZZ_CXX) and its libFuzzer runtime (Debian: apt-get install clang-19 libclang-rt-19-dev)" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
+
+fuzz: venv fuzz-deps
+	$(PIP) install --quiet -e ".[fuzz]"
+	nice -n 10 $(PY) tests/fuzz/run.py $(FUZZ_SECONDS) --cxx $(FUZZ_CXX)
 
 bench: venv
 	$(VENV)/bin/kmix bench

@@ -40,7 +40,10 @@ setup(
         "saliency": ["opencv-contrib-python-headless"],
         "bench": ["timm", "kornia", "torchvision"],
         # with one of cuda12/cuda13 (the Makefile installs .[test,cudaNN])
-        "test": ["pytest>=8", "scipy", "torchvision", "opencv-contrib-python-headless", "timm", "kornia"],
+        "test": ["pytest>=8", "hypothesis>=6.100,<7", "scipy", "torchvision", "opencv-contrib-python-headless", "timm",
+                 "kornia"],
+        # `make fuzz`: coverage-guided fuzzing of the native operators (tests/fuzz/)
+        "fuzz": ["atheris==3.0.0"],
     },
     entry_points={"console_scripts": ["kmix=dali_kmix.apps.cli:main"]},
     classifiers=[

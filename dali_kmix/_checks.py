@@ -147,6 +147,24 @@ def spatial_size(shape, layout: str) -> tuple[int, int]:
     return hwc_dims(shape, layout)[:2]
 
 
+AREA_WEIGHTS = "its label weights are box areas / (H x W)"
+
+
+def check_area(name: str, shape, layout: str, what: str, why: str = AREA_WEIGHTS, sample: int = 0) -> None:
+    """``what`` (DCutMix's boxes, the saliency map) needs at least one pixel: refuse H or W = 0.
+
+    A zero-area sample has no box-area label weights (box area / (H x W) is 0 / 0, a NaN
+    target) and no salient pixel; the error names the sample and its shape.
+    """
+    h, w = spatial_size(shape, layout)
+    if h < 1 or w < 1:
+        raise ValueError(
+            f"{name}: {what} needs images of at least 1 x 1 pixels ({why}), but sample {sample} has shape "
+            f"{tuple(int(v) for v in shape)} (layout {layout}, H x W = {h} x {w}); drop or resize empty images "
+            f"before mixing"
+        )
+
+
 def check_same_shapes(name: str, shapes, layout: str) -> tuple[int, ...]:
     """All samples of a batch must share one shape; name the first that differs."""
     first = tuple(shapes[0])

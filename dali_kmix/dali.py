@@ -236,6 +236,12 @@ class _HostRecord(_Draws):
     def labels(self, labels, n):
         return _checks.check_labels(_label_vector(labels, n, np), self.spec.num_classes, n)
 
+    def check_area(self, shape):
+        """Boxes (DCutMix, Saliency-DCutMix, and either per batch) need at least one pixel: their label
+        weights are box areas / (H x W). A DMixup blend of empty images is defined (finite targets)."""
+        if self.spec.boxed:
+            _checks.check_area("images", shape, self.spec.layout, self.spec.method)
+
 
 class _PluginRecord(_HostRecord):
     """Plugin path: draws the record and the labels; ``fn.kmix_dmixup`` / ``fn.kmix_dcutmix`` blend.
@@ -258,6 +264,7 @@ class _PluginRecord(_HostRecord):
         first = _checks.check_same_shapes("images", [tuple(int(v) for v in sh) for sh in shapes], spec.layout)
         if self.found_layout is not None:  # dynamic mode: the images' own layout is known here
             _checks.check_channels("images", first, spec.layout, self.found_layout)
+        self.check_area(first)
         h, w = _checks.spatial_size(first, spec.layout)
         lab = self.labels(labels, n)
         params = self.record(keys, runtime, h, w, self.centers(images), valid)
@@ -318,6 +325,7 @@ class _FunctionMix(_HostRecord):
         first = _checks.check_same_shapes("images", [im.shape for im in images], spec.layout)
         _checks.check_channels("images", first, spec.layout, found)
         _checks.check_image_dtype("images", images[0].dtype)
+        self.check_area(first)
         h, w = _checks.spatial_size(first, spec.layout)
         lab = self.labels(labels, n)
         params = self.record(keys, runtime, h, w, self.centers(images), valid)

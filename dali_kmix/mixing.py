@@ -68,7 +68,9 @@ def mix_images(images, params: MixParams, layout: str = "HWC"):
 
     DMixup sums ``weights[n, k] * images[sources[n, k]]`` in float32 with fused
     multiply-adds in k order; uint8 results are rounded half to even and clipped to
-    [0, 255]. DCutMix copies pixels, so it is exact.
+    [0, 255]; a share of exactly 0 contributes nothing, even where its image holds Inf or
+    NaN. DCutMix copies pixels, so it is exact; it needs images of at least 1 x 1 pixels
+    (its label weights are box areas / (H x W)), while DMixup also blends empty ones.
     """
     layout = _checks.check_layout(layout)
     gpu = _is_cupy(images)
@@ -80,6 +82,8 @@ def mix_images(images, params: MixParams, layout: str = "HWC"):
     params = _params_like(params, gpu)
     n = images.shape[0]
     h, w = _checks.spatial_size(images.shape[1:], layout)
+    if params.boxes is not None and n:
+        _checks.check_area("images", images.shape[1:], layout, "a DCutMix record")
     params.validate(n, h, w)
     if n == 0:
         return images.copy()
@@ -94,6 +98,7 @@ def mix_labels(labels, params: MixParams, num_classes: int, smoothing: float = 0
     ``targets[n] = sum_k weights[n, k] * onehot_s(labels[sources[n, k]])`` where
     ``onehot_s`` puts ``1 - s + s/C`` on the class and ``s/C`` elsewhere
     (``s = smoothing``). ``labels``: integer ``(N,)`` or ``(N, 1)`` in ``[0, num_classes)``.
+    The record's sources and weights are validated (:meth:`MixParams.validate_rows`).
     """
     if not isinstance(params, MixParams):
         raise TypeError(f"params must be a dali_kmix.MixParams, got {type(params).__name__}")
@@ -101,4 +106,5 @@ def mix_labels(labels, params: MixParams, num_classes: int, smoothing: float = 0
     gpu = _is_cupy(labels)
     params = _params_like(params, gpu)
     labels = _checks.check_labels(labels, num_classes, params.n)
+    params.validate_rows()
     return reference.mix_labels(labels, params, num_classes, smoothing)

@@ -139,29 +139,10 @@ class MixParams:
         On CuPy arrays this reads a few flags back to the host (a synchronisation);
         the DALI operators, which build their own records, skip it.
         """
+        self.validate_rows(num_images)
         xp = self.xp
         n, k = self.n, self.k
-        if num_images is not None and n != num_images:
-            raise ValueError(f"params are for N={n} samples but the batch has {num_images}")
-        src = self.sources
-        if n and bool(xp.any(src[:, 0] != xp.arange(n, dtype=src.dtype))):
-            bad = int(xp.argmax(src[:, 0] != xp.arange(n, dtype=src.dtype)))
-            raise ValueError(
-                f"params.sources[:, 0] must be arange(N) (every sample anchors its own output), "
-                f"but sources[{bad}, 0] = {int(src[bad, 0])}"
-            )
-        if n and (bool(xp.any(src < 0)) or bool(xp.any(src >= n))):
-            raise ValueError(f"params.sources must lie in [0, N={n}), got values in [{int(src.min())}, {int(src.max())}]")
         w = self.weights
-        if n:
-            if not bool(xp.all(xp.isfinite(w))) or bool(xp.any(w < 0)):
-                raise ValueError("params.weights must be finite and >= 0")
-            err = xp.abs(w.astype(np.float64).sum(axis=1) - 1.0)
-            if bool(xp.any(err > WEIGHT_ATOL)):
-                row = int(xp.argmax(err))
-                raise ValueError(
-                    f"params.weights rows must sum to 1, but row {row} sums to {float(w[row].astype(np.float64).sum()):.6g}"
-                )
         if self.boxes is None or n == 0 or k == 1:
             return self
         if height is None or width is None:
@@ -193,13 +174,50 @@ class MixParams:
             )
         return self
 
+    def validate_rows(self, num_images: int | None = None):
+        """Check the sources and weights alone (what the labels read); raise ValueError naming the first fault.
+
+        Every sample anchors its own row, sources lie in ``[0, N)``, weights are finite, >= 0 and
+        each row sums to 1. :meth:`validate` adds the boxes and their area weights.
+        """
+        xp = self.xp
+        n = self.n
+        if num_images is not None and n != num_images:
+            raise ValueError(f"params are for N={n} samples but the batch has {num_images}")
+        src = self.sources
+        if n and bool(xp.any(src[:, 0] != xp.arange(n, dtype=src.dtype))):
+            bad = int(xp.argmax(src[:, 0] != xp.arange(n, dtype=src.dtype)))
+            raise ValueError(
+                f"params.sources[:, 0] must be arange(N) (every sample anchors its own output), "
+                f"but sources[{bad}, 0] = {int(src[bad, 0])}"
+            )
+        if n and (bool(xp.any(src < 0)) or bool(xp.any(src >= n))):
+            raise ValueError(f"params.sources must lie in [0, N={n}), got values in [{int(src.min())}, {int(src.max())}]")
+        w = self.weights
+        if n:
+            bad = ~xp.isfinite(w) | (w < 0)
+            if bool(xp.any(bad)):
+                row, col = (int(i) for i in np.unravel_index(int(xp.argmax(bad.ravel())), bad.shape))
+                raise ValueError(f"params.weights must be finite and >= 0, got weights[{row}, {col}] = "
+                                 f"{float(w[row, col])}")
+            err = xp.abs(w.astype(np.float64).sum(axis=1) - 1.0)
+            if bool(xp.any(err > WEIGHT_ATOL)):
+                row = int(xp.argmax(err))
+                raise ValueError(
+                    f"params.weights rows must sum to 1, but row {row} sums to {float(w[row].astype(np.float64).sum()):.6g}"
+                )
+        return self
+
 
 def area_weights(boxes, height: int, width: int):
     """Exact pixel-area shares of nested boxes; float32 ``(N, K)`` from ``(N, K-1, 4)`` boxes.
 
     ``w_0 = (HW - |box 0|) / HW``, ``w_j = (|box j-1| - |box j|) / HW`` and
-    ``w_{K-1} = |box K-2| / HW``.
+    ``w_{K-1} = |box K-2| / HW``. An image of zero area has no such shares (0 / 0): ValueError.
     """
+    if int(height) < 1 or int(width) < 1:
+        raise ValueError(f"box-area weights need an image of at least 1 x 1 pixels (they are box areas / (H x W)), "
+                         f"got height={height}, width={width}")
     xp = _xp(boxes)
     b = boxes.astype(np.int64)
     areas = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])

@@ -165,7 +165,8 @@ def salient_points(images, layout: str = "HWC", *, method: str = "spectral-resid
 
     Args:
         images: NumPy or CuPy batch ``(N, H, W, C)`` ("HWC") or ``(N, C, H, W)`` ("CHW"), or a
-            list of N same-shape samples (DALI's batch, read without stacking).
+            list of N same-shape samples (DALI's batch, read without stacking); uint8, float16
+            or float32, at least 1 x 1 pixels and one channel.
         layout: "HWC" or "CHW".
         method: "spectral-residual" (default, any device) or "fine-grained" (OpenCV, CPU).
         work_size: side of the square working image of the spectral residual.
@@ -182,15 +183,24 @@ def salient_points(images, layout: str = "HWC", *, method: str = "spectral-resid
             raise ValueError(f"images must have 4 dimensions (N, {', '.join(layout)}), got shape "
                              f"{tuple(images.shape)}")
         n, shape = images.shape[0], images.shape[1:]
+        _checks.check_image_dtype("images", images.dtype)
     else:
         if not samples:
             return np.zeros((0, 2), np.int32)
         xp = _xp(samples[0])
         shape = _checks.check_same_shapes("images", [a.shape for a in samples], layout)
         n = len(samples)
+        for i, a in enumerate(samples):
+            if _checks.check_image_dtype("images", a.dtype) != samples[0].dtype:
+                raise TypeError(f"images: all samples must have one dtype; sample 0 has {samples[0].dtype} "
+                                f"but sample {i} has {a.dtype}")
     h, w = _checks.spatial_size(shape, layout)
     if n == 0:
         return xp.zeros((0, 2), np.int32)
+    _checks.check_area("images", shape, layout, "saliency", "an empty image has no salient pixel")
+    if _checks.hwc_dims(shape, layout)[2] < 1:
+        raise ValueError(f"images: saliency needs at least one channel, but sample 0 has shape {tuple(shape)} "
+                         f"(layout {layout})")
     if method == "fine-grained":
         if xp is not np:
             raise ValueError("saliency='fine-grained' runs on the CPU only; use 'spectral-residual' on the GPU")

@@ -31,11 +31,19 @@ def _dirichlet_from_draws(alpha, gamma1, uniform, xp=np):
     Uses ``log G(a) = log G(a + 1) + log(U) / a`` and a max-shifted softmax, so
     even alpha = 1e-3 never underflows every component to 0 (no 0/0 = NaN): the
     largest component is always exactly representable and > 0.
+
+    Below alpha ~ 1e-308 (subnormal) ``log(U) / a`` can overflow to -inf in every component
+    of a row; the Dirichlet is then one-hot at the component whose ``log(U) / a`` is largest,
+    i.e. whose ``log(-log U) - log a`` (finite) is smallest, and such rows get exactly that.
     """
-    logg = xp.log(gamma1) + xp.log(uniform) / alpha
-    logg = logg - logg.max(axis=-1, keepdims=True)
-    e = xp.exp(logg)
-    return e / e.sum(axis=-1, keepdims=True)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        logg = xp.log(gamma1) + xp.log(uniform) / alpha
+        top = logg.max(axis=-1, keepdims=True)
+        e = xp.exp(logg - top)
+        phi = e / e.sum(axis=-1, keepdims=True)
+        order = xp.log(-xp.log(uniform)) - xp.log(xp.asarray(alpha, dtype=np.float64))
+    first = xp.arange(phi.shape[-1]) == xp.argmin(order, axis=-1)[..., None]
+    return xp.where(top == -np.inf, first.astype(phi.dtype), phi)
 
 
 def sample_dirichlet(alpha, size: int, rng=None) -> np.ndarray:
@@ -132,8 +140,11 @@ def check_sample_args(method, n, height, width, k, alpha, mode, prob):
     _checks.check_choice("method", method, _checks.METHODS)
     _checks.check_choice("mode", mode, _checks.MODES)
     n = _checks.check_int("n", n, 0)
-    height = _checks.check_int("height", height, 1)
-    width = _checks.check_int("width", width, 1)
+    # DMixup never reads the size (a blend of empty images is defined); the boxes' area weights
+    # are box areas / (H x W), so DCutMix needs at least one pixel.
+    least = 0 if method == "dmixup" else 1
+    height = _checks.check_int("height", height, least)
+    width = _checks.check_int("width", width, least)
     k = _checks.check_int("k", k, 2)
     alpha = _checks.check_alpha(alpha, k)
     prob = _checks.check_probability("prob", prob)
@@ -193,7 +204,8 @@ def sample_params(method: str, n: int, height: int, width: int, *, k: int = 3, a
             "saliency-dcutmix" (the same boxes, each centred on its source's most
             salient point; needs ``centers``).
         n: batch size N (0 gives an empty record).
-        height, width: image size (boxes are in pixels of this size).
+        height, width: image size (boxes are in pixels of this size); >= 1, or >= 0 for
+            "dmixup", which does not read it.
         k: images per mix, K >= 2 (may exceed N: partners repeat).
         alpha: Dirichlet concentration, a positive scalar or K positive numbers.
         mode: "sample" (own shares, boxes and partners per sample, as the authors'

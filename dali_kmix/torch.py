@@ -423,6 +423,9 @@ class KMixup:
             raise ValueError(f"target has {target.shape[0]} entries but x has {x.shape[0]} samples")
         if target.device != x.device:
             raise ValueError(f"target must be on the device of x ({x.device}), got {target.device}")
+        if x.shape[0] and self.mixup_enabled and self.prob > 0 and self._alpha["dcutmix"] is not None:
+            # whatever a batch tosses: DCutMix's label weights are box areas / (H x W)
+            _checks.check_area("x", tuple(x.shape[1:]), "CHW", "KMixup with cutmix_alpha > 0")
         if target.numel() and (target.device.type == "cpu" or self.check_labels):
             lo, hi = int(target.min()), int(target.max())
             if lo < 0 or hi >= self.num_classes:

@@ -136,6 +136,7 @@ int kmix_host_nest_boxes(const double* phi, const double* uni, int phi_stride, c
 int kmix_host_grey_resize(int dtype, const void* const* in, float* out, int n, int height, int width,
                           int channels, int layout, int out_h, int out_w, int nworkers, int reverse) {
   if (n <= 0 || out_h <= 0 || out_w <= 0) return 0;
+  if (height <= 0 || width <= 0 || channels <= 0) return 1;  // no pixel to read (the tap would clamp to -1)
   const kmix_dim3 block = {64, 1, 1};
   const long long total = (long long)n * out_h * out_w;
   const kmix_dim3 grid = {(unsigned)((total + 63) / 64), 1, 1};

@@ -233,6 +233,95 @@ def test_dmixup_one_weight_is_a_copy(backend):
     np.testing.assert_array_equal(out, x[[3, 1, 2, 1]])
 
 
+# --------------------------------------------------------------------------- a share of exactly 0
+
+# float32 values where a blend's bits are fragile: signed zeros, the smallest subnormal, tiny products that
+# round to (signed) zero, ordinary values and the largest finite ones.
+SPECIAL_X = np.array([0.0, -0.0, 1.4e-45, -1e-30, 1e-20, -1.0, 3.0, 3.4e38], np.float32)
+SPECIAL_W = np.array([0.0, -0.0, 1e-30, 0.25, 1.0], np.float32)  # -0.0 passes "w >= 0"
+NON_FINITE = np.array([np.inf, -np.inf, np.nan], np.float32)
+
+
+def _every_combination(values, weights, dtype):
+    """A K = 3 batch in which every weight row of ``weights`` meets every (x0, x1, x2) of ``values``.
+
+    Images come in groups of three; image 3g + r holds, at element i, value digit r of i in base
+    len(values), and row 3g + r takes its sources from its group, rotated by r (so every row still meets
+    every combination, in another order) with weight row g. Returns (images HWC, record).
+    """
+    v = np.asarray(values).astype(dtype)
+    m, combos = len(weights) ** 3, len(v) ** 3
+    i = np.arange(combos)
+    planes = [v[i // len(v) ** 2], v[(i // len(v)) % len(v)], v[i % len(v)]]
+    images = np.stack([planes[r] for _ in range(m) for r in range(3)]).reshape(3 * m, len(v) ** 2, len(v), 1)
+    g = np.arange(3 * m) // 3
+    r = np.arange(3 * m) % 3
+    sources = 3 * g[:, None] + (r[:, None] + np.arange(3)[None, :]) % 3
+    wg = np.stack(np.meshgrid(weights, weights, weights, indexing="ij"), axis=-1).reshape(m, 3)
+    return images, MixParams(sources.astype(np.int32), wg[g], None)  # rows need not sum to 1 here
+
+
+def _fma_chain(images, p, guard):
+    """The blend as it was before zero shares were guarded (``guard=None``) or with a variant for a zero share."""
+    acc = np.zeros(images.shape, np.float32)
+    for j in range(p.k):
+        w = p.weights[:, j].reshape(-1, 1, 1, 1)
+        x = images[p.sources[:, j]].astype(np.float32)
+        if guard == "skip":
+            acc = np.where(w == 0, acc, reference.fma32(w, x, acc))
+        else:
+            acc = reference.fma32(w, x, acc)
+    return acc.astype(images.dtype)
+
+
+@pytest.mark.parametrize("dtype", [pytest.param(np.float16, id="f16"), pytest.param(np.float32, id="f32")])
+def test_zero_share_keeps_every_finite_blend_bit_for_bit(backend, dtype):
+    # 125 weight rows x 512 pixel triples: the zero-share guard changes no bit of any finite blend, in the
+    # reference and in the kernels (host fast path, the GPU's strided path, the GPU itself).
+    values = SPECIAL_X if dtype == np.float32 else np.append(SPECIAL_X[:-1], [6e-8, -65504.0])
+    x, p = _every_combination(values, SPECIAL_W, dtype)
+    assert np.isfinite(x).all()
+    before = _fma_chain(x, p, None)
+    _assert_same_bits(reference.mix_images(x, p, "HWC"), before)
+    _assert_same_bits(backend.blend(x, p, "HWC"), before)
+    n = x.shape[0]
+    _assert_same_bits(backend.mix(x, p.sources, p.weights, np.zeros((n, 2, 4), np.int32), np.zeros(n, np.uint8),
+                                  "HWC"), before)
+
+
+def test_skipping_a_zero_share_would_change_bits():
+    # Why the guard replaces the pixel by a signed zero instead of skipping the term: the sum can be -0
+    # (1e-30 * -1e-30 rounds to -0), and fma(0, x, -0) = +0 for x >= 0, which a skip would leave at -0.
+    assert np.signbit(reference.fma32(np.float32(1e-30), np.float32(-1e-30), np.float32(0.0)))
+    x, p = _every_combination(SPECIAL_X, SPECIAL_W, np.float32)
+    before, skipped = _fma_chain(x, p, None), _fma_chain(x, p, "skip")
+    assert np.array_equal(before, skipped)  # equal values ...
+    assert not np.array_equal(before.view(np.uint32), skipped.view(np.uint32))  # ... but not equal bits
+
+
+@pytest.mark.parametrize("dtype", [pytest.param(np.float16, id="f16"), pytest.param(np.float32, id="f32")])
+def test_zero_share_partner_with_inf_or_nan_contributes_nothing(backend, dtype):
+    # issue 20 item 8: 0 * Inf = NaN used to poison the blend; now a zero share adds nothing, whatever it holds
+    values = np.concatenate([SPECIAL_X[[0, 1, 3, 5, 6]], NON_FINITE])
+    x, p = _every_combination(values, np.array([0.0, -0.0, 1e-30, 0.5], np.float32), dtype)
+    got = backend.blend(x, p, "HWC")
+    want = reference.mix_images(x, p, "HWC")
+    nan = np.isnan(want)  # NaN where the reference has NaN (a GPU returns its canonical NaN), the same bits elsewhere
+    np.testing.assert_array_equal(np.isnan(got), nan)
+    _assert_same_bits(got[~nan], want[~nan])
+    # the same blend with every zero-share pixel replaced by 0: equal values (a zero's sign may differ)
+    zero_share = (p.weights == 0)[:, :, None, None, None]
+    finite_x = np.where(zero_share, np.asarray(0, dtype), x[p.sources])  # (N, K, ...) per row and term
+    expect = np.zeros(x.shape, np.float32)
+    for j in range(p.k):
+        expect = reference.fma32(p.weights[:, j].reshape(-1, 1, 1, 1), finite_x[:, j].astype(np.float32), expect)
+    with np.errstate(over="ignore"):
+        np.testing.assert_array_equal(got, expect.astype(dtype))
+    # and a row whose nonzero shares see only finite pixels is finite
+    live_finite = np.where(zero_share, True, np.isfinite(x[p.sources])).all(axis=1)
+    assert np.isfinite(got[live_finite & np.isfinite(expect)]).all()
+
+
 @pytest.mark.parametrize("method", ["dmixup", "dcutmix"])
 @pytest.mark.parametrize("mode", ["sample", "batch"])
 @pytest.mark.parametrize("alpha", [0.001, 0.3, 1.0, 50.0])

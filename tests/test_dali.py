@@ -1,5 +1,7 @@
 """The DALI operators in real CPU pipelines (and GPU pipelines where a GPU is present)."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -984,3 +986,40 @@ def test_a_pipeline_without_the_dynamic_executor_keeps_the_python_function_path(
         ops, _ = _gpu_graph("dcutmix", "cpu", **kw)
         kinds = {type(op._op).__name__ for op in ops if op._op.device == "gpu"}
         assert kinds == ({"KmixDcutmix"} if native else {"PythonFunction", "GetProperty"}), (kw, kinds)
+
+
+# --------------------------------------------------------------------------- zero-area samples (issue 20 item 3)
+
+ZERO_AREA = [("HWC", (0, 0, 3)), ("HWC", (0, 16, 3)), ("HWC", (16, 0, 3)), ("CHW", (3, 0, 16))]
+
+
+@pytest.mark.parametrize("path", ["plugin", "function"])
+@pytest.mark.parametrize("method", ["dmixup", "dcutmix", "saliency_dcutmix", "dmixup_or_dcutmix"])
+@pytest.mark.parametrize("layout,shape", ZERO_AREA, ids=[f"{lay}-{'x'.join(map(str, s))}" for lay, s in ZERO_AREA])
+def test_zero_area_samples(monkeypatch, layout, shape, method, path):
+    # DCutMix-family label weights are box areas / (H x W) = 0 / 0: they used to come out as NaN targets with a
+    # RuntimeWarning (dmixup_or_dcutmix: on the batches that tossed DCutMix). Now every boxed operator raises one
+    # error naming the sample and its shape, whatever it tossed; DMixup blends empty images with finite targets.
+    monkeypatch.setenv("DALI_KMIX_PLUGIN", "1" if path == "plugin" else "0")
+
+    @pipeline_def(batch_size=4, num_threads=1, device_id=None, seed=1)
+    def pipe():
+        ims = fn.external_source(source=lambda: [np.zeros(shape, np.uint8)] * 4, batch=True, layout=layout)
+        lab = fn.external_source(source=lambda: [np.array([i], np.int32) for i in range(4)], batch=True)
+        return getattr(kmix, method)(ims, lab, k=3, num_classes=4, layout=layout, switch_prob=0.0) \
+            if method == "dmixup_or_dcutmix" else getattr(kmix, method)(ims, lab, k=3, num_classes=4, layout=layout)
+
+    p = pipe()
+    p.build()
+    if method == "dmixup":
+        for _ in range(2):
+            images, targets = (t.as_array() for t in p.run())
+            assert images.shape == (4,) + shape
+            assert np.isfinite(targets).all() and (targets >= 0).all()
+            np.testing.assert_allclose(targets.sum(axis=1), 1.0, atol=1e-6)
+        return
+    name = method.replace("_or_", "+").replace("saliency_", "saliency-")
+    with pytest.raises(RuntimeError, match=rf"images: {re.escape(name)} needs images of at least 1 x 1 pixels \(its "
+                                           rf"label weights are box areas / \(H x W\)\), but sample 0 has shape "
+                                           rf"{re.escape(str(shape))} \(layout {layout}"):
+        p.run()

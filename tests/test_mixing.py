@@ -236,3 +236,43 @@ def test_without_a_cpp_compiler_the_reference_is_used(monkeypatch):
         np.testing.assert_array_equal(saliency.small_grey(list(x), "CHW"), want)
     finally:
         cpu_kernels._load.cache_clear()
+
+
+# --------------------------------------------------------------------------- zero-area images, bad records for labels
+
+ZERO_AREA = [("HWC", (0, 0, 3)), ("HWC", (0, 16, 3)), ("HWC", (16, 0, 3)), ("CHW", (3, 0, 16)), ("CHW", (3, 16, 0))]
+ZERO_AREA_IDS = [f"{layout}-{'x'.join(map(str, shape))}" for layout, shape in ZERO_AREA]
+
+
+@pytest.mark.parametrize("layout,shape", ZERO_AREA, ids=ZERO_AREA_IDS)
+def test_zero_area_images(layout, shape):
+    # issue 20 item 3: DCutMix's label weights are box areas / (H x W) = 0 / 0: one clear error naming the
+    # sample and its shape; a DMixup blend of empty images is defined, with finite, normalised targets.
+    h, w = dali_kmix._checks.spatial_size(shape, layout)
+    x = np.zeros((3,) + shape, np.uint8)
+    cut = dali_kmix.MixParams([[0, 1], [1, 2], [2, 0]], [[0.5, 0.5]] * 3, np.zeros((3, 1, 4), np.int32))
+    with pytest.raises(ValueError, match=rf"a DCutMix record needs images of at least 1 x 1 pixels.*sample 0 has "
+                                         rf"shape \({shape[0]}, {shape[1]}, {shape[2]}\) \(layout {layout}"):
+        dali_kmix.mix_images(x, cut, layout)
+    for method in ("dcutmix", "saliency-dcutmix"):
+        with pytest.raises(ValueError, match=r"(height|width) must be >= 1, got 0"):
+            sample_params(method, 3, h, w, centers=np.zeros((3, 2), int) if method != "dcutmix" else None)
+    p = sample_params("dmixup", 3, h, w, k=3, rng=0)
+    out = dali_kmix.mix_images(x, p, layout)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    t = dali_kmix.mix_labels(np.array([0, 1, 2]), p, 3)
+    assert np.isfinite(t).all() and np.allclose(t.sum(axis=1), 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("sources,weights,match", [
+    ([[0, 1], [1, -1]], [[0.5, 0.5]] * 2, r"params.sources must lie in \[0, N=2\), got values in \[-1, 1\]"),
+    ([[0, 1], [1, 2]], [[0.5, 0.5]] * 2, r"params.sources must lie in \[0, N=2\)"),
+    ([[1, 0], [1, 0]], [[0.5, 0.5]] * 2, r"params.sources\[:, 0\] must be arange\(N\).*sources\[0, 0\] = 1"),
+    ([[0, 1], [1, 0]], [[0.5, 0.5], [np.nan, 1.0]], r"params.weights must be finite and >= 0, got weights\[1, 0\] = nan"),
+    ([[0, 1], [1, 0]], [[1.5, -0.5], [0.5, 0.5]], r"params.weights must be finite and >= 0, got weights\[0, 1\] = -0.5"),
+    ([[0, 1], [1, 0]], [[0.5, 0.5], [0.5, 0.6]], r"params.weights rows must sum to 1, but row 1 sums to 1.1"),
+], ids=["negative-source", "source-out-of-range", "wrong-anchor", "nan-weight", "negative-weight", "row-sum"])
+def test_mix_labels_validates_the_record(sources, weights, match):
+    # A record mix_images would refuse used to give NaN or silently wrong targets (a -1 source wraps around).
+    with pytest.raises(ValueError, match=match):
+        dali_kmix.mix_labels(np.array([0, 1]), dali_kmix.MixParams(sources, weights), num_classes=2)

@@ -692,3 +692,37 @@ def test_a_failing_gpu_operator_then_a_working_pipeline():
     images, p = _record()
     out, _ = _apply("dcutmix", images, _rec(p), "HWC", device="gpu", iters=3)
     np.testing.assert_array_equal(out.as_array(), reference.mix_images(images, p, "HWC"))
+
+
+@pytest.mark.parametrize("op", ["kmix_dmixup", "kmix_mix"])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32], ids=["f16", "f32"])
+def test_zero_share_partner_with_inf_or_nan_contributes_nothing(dtype, op):
+    # issue 20 item 8: a partner with weight exactly 0 (alpha = 1e-3 draws them) used to make 0 * Inf = NaN
+    rng = np.random.default_rng(4)
+    images = random_images(rng, dtype, (4, 5, 7, 3))
+    images[1, 0, 0, 0], images[2, 1, 2, 1], images[3] = np.inf, np.nan, -np.inf
+    sources = np.array([[0, 2, 0], [1, 3, 0], [2, 1, 3], [3, 0, 2]], np.int32)
+    weights = np.array([[0.25, 0.0, 0.75], [0.0, 0.0, 1.0], [0.5, 0.0, 0.5], [0.0, 1.0, 0.0]], np.float32)
+    want = reference.mix_images(images, dali_kmix.MixParams(sources, weights), "HWC")
+    # no zero-share NaN or Inf: rows 1 and 3 are image 0; row 2 has Inf and NaN of its own (weights 0.5)
+    assert np.isfinite(want[[0, 1, 3]]).all()
+    np.testing.assert_array_equal(want[[1, 3]], images[[0, 0]])
+    record = [sources, weights] + ([np.zeros((4, 2, 4), np.int32), np.zeros((4, 1), np.uint8)] if op == "kmix_mix"
+                                   else [])
+
+    def source(batch):  # a callable of no argument (DALI passes one to a callable that takes one)
+        return lambda: list(batch)
+
+    @pipeline_def(batch_size=4, num_threads=2, device_id=None)
+    def pipe():
+        ims = fn.external_source(source=source(images), batch=True, layout="HWC")
+        rec = [fn.external_source(source=source(a), batch=True) for a in record]
+        return getattr(fn, op)(ims, *rec, layout="HWC")
+
+    p = pipe()
+    p.build()
+    (out,) = p.run()
+    got = out.as_array()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    nan = np.isnan(want)
+    assert np.array_equal(got[~nan].view(np.uint8), want[~nan].view(np.uint8))

@@ -465,3 +465,23 @@ def test_salient_points_of_strided_cupy_batches():
     import cupy
 
     _check_strided_batches(cupy)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.int32, np.int64, bool], ids=["f64", "i32", "i64", "bool"])
+def test_salient_points_wrong_dtype_is_the_same_type_error(dtype):
+    # issue 20 item 7: was a bare KeyError(dtype('float64')) from the kernel table
+    x = np.zeros((2, 8, 8, 3), dtype)
+    with pytest.raises(TypeError, match=rf"images must have dtype uint8, float16 or float32, got {np.dtype(dtype)}"):
+        saliency.salient_points(x, "HWC")
+    with pytest.raises(TypeError, match=rf"images must have dtype uint8, float16 or float32, got {np.dtype(dtype)}"):
+        saliency.salient_points(list(x), "HWC")
+    with pytest.raises(TypeError, match=r"all samples must have one dtype; sample 0 has uint8 but sample 1 has float32"):
+        saliency.salient_points([np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.float32)], "HWC")
+
+
+@pytest.mark.parametrize("layout,shape", [("HWC", (0, 0, 3)), ("HWC", (0, 16, 3)), ("CHW", (3, 16, 0)),
+                                          ("HWC", (8, 8, 0))], ids=["0x0", "0x16", "chw-16x0", "no-channel"])
+def test_salient_points_of_empty_images_is_an_error(layout, shape):
+    # used to read outside the image (a clamp to row -1) and return the point (-1, 5)
+    with pytest.raises(ValueError, match=rf"sample 0 has shape \({shape[0]}, {shape[1]}, {shape[2]}\)"):
+        saliency.salient_points(np.zeros((2,) + shape, np.uint8), layout)

@@ -7,7 +7,9 @@ else ``c++``) builds into a cache folder (``$DALI_KMIX_CACHE``, default
 the flags, the processor and the compiler's version. Concurrent first uses wait on a
 file lock and the library appears atomically.
 
-``DALI_KMIX_SANITIZE=1`` selects AddressSanitizer/UBSan-instrumented builds.
+``DALI_KMIX_SANITIZE=1`` selects AddressSanitizer/UBSan-instrumented builds;
+``DALI_KMIX_SANITIZE=fuzzer`` adds libFuzzer's coverage instrumentation to them
+(``-fsanitize=fuzzer-no-link``: clang only, for ``make fuzz``, see tests/fuzz/).
 """
 
 from __future__ import annotations
@@ -59,6 +61,10 @@ def build_flags(sanitize: bool | None = None) -> list[str]:
     flags = list(BASE_FLAGS)
     if sanitize:
         flags = [f for f in flags if f != "-O3"] + SANITIZE_FLAGS
+        if os.environ.get("DALI_KMIX_SANITIZE", "").strip() == "fuzzer":
+            # clang: coverage for a libFuzzer linked elsewhere (atheris); no vptr check (its handler
+            # lives in a C++ UBSan runtime that atheris's preloaded sanitizer library does not carry)
+            flags += ["-fsanitize=fuzzer-no-link", "-fno-sanitize=vptr"]
     elif platform.machine() in ("x86_64", "AMD64", "aarch64", "arm64"):
         flags.append("-march=native" if platform.machine() in ("x86_64", "AMD64") else "-mcpu=native")
     return flags
