@@ -7,7 +7,13 @@ CPU) must produce, bit for bit:
   float32 in the order k = 0, 1, ..., K-1 as fused multiply-adds
   (``acc = fma(w_k, x_k, acc)``, one rounding per step, starting from 0). uint8
   results are rounded half to even and clipped to [0, 255]; float16 results are
-  rounded to nearest even from the float32 sum.
+  rounded to nearest even from the float32 sum. A share ``w_k`` of exactly 0 contributes
+  nothing whatever ``x_k`` holds: there ``x_k`` is replaced by a zero of its sign, so
+  Inf or NaN in a zero-share partner cannot turn the sum into NaN (0 * Inf), while for
+  every finite ``x_k`` the fused multiply-add gives the same bits as with ``x_k`` itself
+  (``w_k * x_k`` is then the same signed zero). Simply skipping the term would not: the
+  sum can be -0 (a negative product below the smallest subnormal rounds to -0) and
+  ``fma(0, x, -0)`` is +0 for ``x >= 0``.
 * DCutMix: ``out[n]`` is a copy of ``images[n]`` in which box ``j`` (in order
   j = 0 .. K-2, deeper boxes last) is overwritten by the same pixels of
   ``images[sources[n, j + 1]]``: every output pixel is copied from exactly one
@@ -85,7 +91,9 @@ def mix_images(images: np.ndarray, params: MixParams, layout: str = "HWC") -> np
         acc = np.zeros(images.shape, dtype=np.float32)
         for k in range(params.k):
             w = params.weights[:, k].reshape((n, 1, 1, 1))
-            acc = fma32(w, images[params.sources[:, k]].astype(np.float32), acc)
+            x = images[params.sources[:, k]].astype(np.float32)
+            x = np.where(w == 0, np.copysign(np.float32(0), x), x)  # a zero share adds nothing, even to Inf/NaN
+            acc = fma32(w, x, acc)
         return _float_to_dtype(acc, images.dtype)
     out[...] = images
     for i in range(n):

@@ -16,6 +16,13 @@
 
 #define KMIX_STRIP 512
 
+// The value a share w multiplies: the pixel x itself, or where w is 0 a zero with x's sign. So a
+// partner with share 0 contributes nothing even where it holds Inf or NaN (0 * Inf is NaN), and for
+// every finite x fmaf(w, x, acc) is unchanged (w * x is then the same signed zero). Skipping the term
+// instead would change bits: acc can be -0 (a negative product below the smallest subnormal rounds
+// to -0), and fmaf(0, x, -0) is +0 for x >= 0.
+KMIX_DEV float kmix_share_input(float w, float x) { return w == 0.0f ? copysignf(0.0f, x) : x; }
+
 // DMixup of one sample over elements [begin, end): o[i] = fma chain over j of w[j] * in[src[j]][i].
 template <typename T>
 KMIX_DEV void kmix_dmixup_sample(const T* const* __restrict__ in, T* __restrict__ o, const int* src,
@@ -32,7 +39,7 @@ KMIX_DEV void kmix_dmixup_sample(const T* const* __restrict__ in, T* __restrict_
       for (int j = 0; j < k; ++j) {
         const T* __restrict__ p = in[src[j]] + i0;
         const float wj = w[j];
-        for (int e = 0; e < len; ++e) acc[e] = fmaf(wj, kmix_to_float(p[e]), acc[e]);
+        for (int e = 0; e < len; ++e) acc[e] = fmaf(wj, kmix_share_input(wj, kmix_to_float(p[e])), acc[e]);
       }
       for (int e = 0; e < len; ++e) o[i0 + e] = kmix_from_float<T>(acc[e]);
     }
@@ -41,7 +48,7 @@ KMIX_DEV void kmix_dmixup_sample(const T* const* __restrict__ in, T* __restrict_
 #endif
   for (long long i = begin + tid; i < end; i += nthreads) {
     float acc = 0.0f;
-    for (int j = 0; j < k; ++j) acc = fmaf(w[j], kmix_to_float(in[src[j]][i]), acc);
+    for (int j = 0; j < k; ++j) acc = fmaf(w[j], kmix_share_input(w[j], kmix_to_float(in[src[j]][i])), acc);
     o[i] = kmix_from_float<T>(acc);
   }
 }

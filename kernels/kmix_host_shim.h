@@ -29,6 +29,7 @@ using std::rint;
 using std::sqrt;
 using std::fmaf;
 using std::rintf;
+using std::copysignf;
 
 struct kmix_dim3 {
   unsigned int x, y, z;
