@@ -133,14 +133,19 @@ int kmix_host_nest_boxes(const double* phi, const double* uni, int phi_stride, c
   return 0;
 }
 
+// One block per output row (grid: out_h x n, one thread): kmix_grey_resize_row_host, the per-pixel
+// arithmetic of kmix_grey_resize with the taps worked out once per row and column.
 int kmix_host_grey_resize(int dtype, const void* const* in, float* out, int n, int height, int width,
                           int channels, int layout, int out_h, int out_w, int nworkers, int reverse) {
   if (n <= 0 || out_h <= 0 || out_w <= 0) return 0;
-  const kmix_dim3 block = {64, 1, 1};
-  const long long total = (long long)n * out_h * out_w;
-  const kmix_dim3 grid = {(unsigned)((total + 63) / 64), 1, 1};
-  KMIX_DISPATCH(dtype, kmix_launch(grid, block, nworkers, reverse != 0, [&]() {
-    kmix_grey_resize<T>((const T* const*)in, out, n, height, width, channels, layout, out_h, out_w);
+  std::vector<int> x0s(out_w), x1s(out_w);
+  std::vector<float> fxs(out_w);
+  for (int ox = 0; ox < out_w; ++ox) kmix_tap(ox, width, out_w, &x0s[ox], &x1s[ox], &fxs[ox]);
+  const kmix_dim3 grid = {(unsigned)out_h, (unsigned)n, 1};
+  KMIX_DISPATCH(dtype, kmix_launch(grid, {1, 1, 1}, nworkers, reverse != 0, [&]() {
+    const int oy = (int)blockIdx.x, s = (int)blockIdx.y;
+    kmix_grey_resize_row_host<T>((const T*)in[s], out + ((long long)s * out_h + oy) * out_w, oy, height, width,
+                                 channels, layout, out_h, out_w, x0s.data(), x1s.data(), fxs.data());
   }));
   return 0;
 }

@@ -68,3 +68,29 @@ __global__ void kmix_grey_resize(const T* const* __restrict__ in, float* __restr
     out[i] = top * (1.0f - fy) + bot * fy;
   }
 }
+
+#ifdef KMIX_HOST_SHIM
+// Host: output row oy of one sample's grey copy, each pixel with the arithmetic of kmix_grey_resize (the
+// same taps, grey values and interpolation, in the same order), the row's taps worked out once per row and
+// the columns' (x0s, x1s, fxs: kmix_tap of every ox) once per launch, instead of both per pixel.
+template <typename T>
+inline void kmix_grey_resize_row_host(const T* __restrict__ img, float* __restrict__ out_row, int oy, int height,
+                                      int width, int channels, int layout, int out_h, int out_w,
+                                      const int* __restrict__ x0s, const int* __restrict__ x1s,
+                                      const float* __restrict__ fxs) {
+  int y0, y1;
+  float fy;
+  kmix_tap(oy, height, out_h, &y0, &y1, &fy);
+  for (int ox = 0; ox < out_w; ++ox) {
+    const int x0 = x0s[ox], x1 = x1s[ox];
+    const float fx = fxs[ox];
+    const float a = kmix_grey_at(img, y0, x0, height, width, channels, layout);
+    const float b = kmix_grey_at(img, y0, x1, height, width, channels, layout);
+    const float c = kmix_grey_at(img, y1, x0, height, width, channels, layout);
+    const float d = kmix_grey_at(img, y1, x1, height, width, channels, layout);
+    const float top = a * (1.0f - fx) + b * fx;
+    const float bot = c * (1.0f - fx) + d * fx;
+    out_row[ox] = top * (1.0f - fy) + bot * fy;
+  }
+}
+#endif
