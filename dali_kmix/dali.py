@@ -62,7 +62,7 @@ import numpy as np
 from . import _checks
 from .record import MixParams
 from .reference import mix_labels
-from .sampling import check_sample_args, draw_raw, params_from_draws
+from .sampling import check_sample_args, draw_raw, record_from_draws
 
 __all__ = ["dmixup", "dcutmix", "saliency_dcutmix", "dmixup_or_dcutmix", "MixSpec"]
 
@@ -179,7 +179,7 @@ class _HostRecord(_Draws):
 
     def record(self, keys, runtime, h, w, centers=None):
         method, draws = self.raw(keys, runtime)
-        return params_from_draws(method, *draws, h, w, centers)
+        return record_from_draws(method, *draws, h, w, centers)
 
     def label_outputs(self, lab, params):
         return _label_outputs(self.spec, lab, params)

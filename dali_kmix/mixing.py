@@ -33,12 +33,14 @@ def _params_like(params: MixParams, gpu: bool) -> MixParams:
 
 
 def blend_samples(samples, params: MixParams, layout: str, out=None, *, workers=None):
-    """Mix a list of N same-shape samples (no stacking copy) into ``out`` (N, ...) or a new array.
+    """Mix N same-shape samples into ``out`` (N, ...) or a new array.
 
-    Arrays are all NumPy or all CuPy; :func:`dali_kmix.backends.backend_for` picks the
-    kernels. The record is assumed checked; the DALI operators call this directly. Samples and
-    rows of ``out`` may be strided views (a transposed batch): the kernels get contiguous copies
-    of such samples, and write such rows through a contiguous buffer copied into them.
+    ``samples``: a list of N samples (no stacking copy), or an (N, ...) batch array. Arrays are
+    all NumPy or all CuPy; :func:`dali_kmix.backends.backend_for` picks the kernels. The record
+    is assumed checked; the DALI operators call this directly. Samples and rows of ``out`` may
+    be strided views (a transposed batch): the kernels get contiguous copies of such samples,
+    and write such rows through a contiguous buffer copied into them. A C-contiguous ``out``
+    is handed to the kernels whole (the CPU kernels then read its rows' addresses at once).
     """
     n = len(samples)
     if n == 0:  # no sample to take a shape from
@@ -46,9 +48,13 @@ def blend_samples(samples, params: MixParams, layout: str, out=None, *, workers=
     xp = _checks.array_module(samples[0])
     if out is None:
         out = xp.empty((n,) + tuple(samples[0].shape), dtype=samples[0].dtype)
+    backend = backend_for(samples[0], workers=workers)
+    if isinstance(out, xp.ndarray) and out.flags.c_contiguous:
+        backend.blend(samples, out, params, layout)
+        return out
     rows = list(out)
     dense = [r if r.flags.c_contiguous else xp.empty(r.shape, r.dtype) for r in rows]
-    backend_for(samples[0], workers=workers).blend(samples, dense, params, layout)
+    backend.blend(samples, dense, params, layout)
     for row, d in zip(rows, dense):
         if d is not row:
             row[...] = d
@@ -83,9 +89,7 @@ def mix_images(images, params: MixParams, layout: str = "HWC"):
     params.validate(n, h, w)
     if n == 0:
         return images.copy()
-    xp = params.xp
-    images = xp.ascontiguousarray(images)
-    return blend_samples(list(images), params, layout)
+    return blend_samples(params.xp.ascontiguousarray(images), params, layout)
 
 
 def mix_labels(labels, params: MixParams, num_classes: int, smoothing: float = 0.0):

@@ -839,3 +839,30 @@ def test_a_forked_child_runs_the_kernels_with_its_own_workers():
     _assert_same_bits(parent.recv(), reference.mix_images(x, p, "HWC"))
     proc.join(10)
     assert proc.exitcode == 0
+
+
+def test_cpu_kernels_take_batch_arrays_as_lists_of_samples():
+    # (N, ...) batch arrays: the rows' addresses at once; a strided input batch is copied first, a strided output
+    # batch, a batch of another shape or a list of the wrong length go the per-sample way and raise there.
+    cpu_kernels = CpuBackend().k
+    rng = np.random.default_rng(14)
+    x = random_images(rng, np.uint8, (5, 9, 11, 3))
+    strided = np.ascontiguousarray(x.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)  # x's values, not C-contiguous
+    blend, paste = (sample_params(m, 5, 9, 11, k=3, rng=3) for m in ("dmixup", "dcutmix"))
+    cut = (np.arange(5) % 2).astype(np.uint8)
+    runs = [(cpu_kernels.dmixup, (blend.sources, blend.weights), reference.mix_images(x, blend, "HWC")),
+            (cpu_kernels.dcutmix, (paste.sources, paste.boxes, "HWC"), reference.mix_images(x, paste, "HWC")),
+            (cpu_kernels.mix, (blend.sources, blend.weights, paste.boxes, cut, "HWC"),
+             np.where(cut.astype(bool)[:, None, None, None], reference.mix_images(x, paste, "HWC"),
+                      reference.mix_images(x, blend, "HWC")))]
+    for fn, args, want in runs:
+        for given in (x, strided):
+            out = np.empty_like(x)
+            assert fn(given, out, *args) is out
+            _assert_same_bits(out, want)
+        with pytest.raises(ValueError, match=r"outputs\[0\] must be C-contiguous"):
+            fn(x, np.empty((5, 11, 9, 3), np.uint8).transpose(0, 2, 1, 3), *args)
+        with pytest.raises(ValueError, match=r"inputs\[0\] must have shape \(9, 11, 3\) and dtype uint8"):
+            fn(x.astype(np.float32), np.empty_like(x), *args)
+    with pytest.raises(ValueError, match="inputs and outputs must hold the same number of samples, got 4 and 5"):
+        cpu_kernels.dmixup(x[:4], np.empty_like(x), blend.sources, blend.weights)

@@ -31,7 +31,7 @@ import numpy as np
 from .. import reference
 from .._checks import array_module, spatial_size
 
-__all__ = ["backend_for", "Backend", "CpuBackend", "GpuBackend", "NumpyBackend", "gpu_available"]
+__all__ = ["backend_for", "Backend", "CpuBackend", "GpuBackend", "NumpyBackend", "gpu_available", "host_nesting"]
 
 
 class Backend:
@@ -178,6 +178,14 @@ def backend_for(array, *, workers=None) -> Backend:
     if cpu.available():
         return CpuBackend(workers=workers)
     return NumpyBackend()
+
+
+def host_nesting():
+    """The CPU build's box nesting (:func:`dali_kmix.backends.cpu.nest_boxes`, the ``kmix_nest_boxes`` kernel) where
+    it loads, else None: then the host records are nested with NumPy (the same records, bit for bit)."""
+    from . import cpu
+
+    return cpu.nest_boxes if cpu.available() else None
 
 
 @functools.lru_cache(maxsize=None)

@@ -117,6 +117,23 @@ def _ptrs(arrays) -> np.ndarray:
     return np.fromiter((a.ctypes.data for a in arrays), dtype=np.uint64, count=len(arrays))
 
 
+def _batch_ptrs(batch: np.ndarray) -> np.ndarray:
+    """The addresses of the rows of a C-contiguous batch, computed at once (no view per sample)."""
+    return np.arange(batch.shape[0], dtype=np.uint64) * np.uint64(batch.strides[0]) + np.uint64(batch.ctypes.data)
+
+
+def _blend_ptrs(inputs, outputs):
+    """``(input addresses, output addresses, inputs, one output sample)`` of a blend (``inputs`` kept alive by the
+    caller: strided inputs are copied). Batch arrays (N, ...) of one shape and dtype, the outputs C-contiguous, give
+    their rows' addresses at once; lists of samples are checked one by one (:func:`dense_blend_samples`)."""
+    if isinstance(inputs, np.ndarray) and isinstance(outputs, np.ndarray) and outputs.ndim >= 2 and \
+            outputs.flags.c_contiguous and inputs.shape == outputs.shape and inputs.dtype == outputs.dtype:
+        inputs = np.ascontiguousarray(inputs)
+        return _batch_ptrs(inputs), _batch_ptrs(outputs), inputs, outputs[0]
+    inputs, outputs = dense_blend_samples(inputs, outputs)
+    return _ptrs(inputs), _ptrs(outputs), inputs, outputs[0]
+
+
 def _c(a, dtype):
     """A C-contiguous array of ``dtype`` (no copy when it already is one)."""
     return np.ascontiguousarray(a, dtype=dtype)
@@ -135,16 +152,15 @@ def _threads(workers, block_threads, reverse):
 
 
 def dmixup(inputs, outputs, sources, weights, *, workers=None, block_threads=1, reverse=False):
-    """DMixup on the CPU. ``inputs``/``outputs``: lists of N C-contiguous arrays of one shape and dtype."""
+    """DMixup on the CPU. ``inputs``/``outputs``: lists of N arrays of one shape and dtype (outputs C-contiguous), or
+    two (N, ...) batch arrays."""
     n = len(outputs)
     if n == 0:
         return outputs
-    inputs, outputs = dense_blend_samples(inputs, outputs)
+    pin, pout, inputs, one = _blend_ptrs(inputs, outputs)
     src, w = _c(sources, np.int32), _c(weights, np.float32)
-    pin, pout = _ptrs(inputs), _ptrs(outputs)
-    return _launch("kmix_host_dmixup", outputs, DTYPE_CODES[outputs[0].dtype], pin.ctypes.data, pout.ctypes.data,
-                   src.ctypes.data, w.ctypes.data, n, src.shape[1], outputs[0].size,
-                   *_threads(workers, block_threads, reverse))
+    return _launch("kmix_host_dmixup", outputs, DTYPE_CODES[one.dtype], pin.ctypes.data, pout.ctypes.data,
+                   src.ctypes.data, w.ctypes.data, n, src.shape[1], one.size, *_threads(workers, block_threads, reverse))
 
 
 def dcutmix(inputs, outputs, sources, boxes, layout, *, workers=None, block_threads=1, reverse=False):
@@ -152,11 +168,10 @@ def dcutmix(inputs, outputs, sources, boxes, layout, *, workers=None, block_thre
     n = len(outputs)
     if n == 0:
         return outputs
-    inputs, outputs = dense_blend_samples(inputs, outputs)
-    h, w, c = hwc_dims(outputs[0].shape, layout)
+    pin, pout, inputs, one = _blend_ptrs(inputs, outputs)
+    h, w, c = hwc_dims(one.shape, layout)
     src, bx = _c(sources, np.int32), _c(boxes, np.int32)
-    pin, pout = _ptrs(inputs), _ptrs(outputs)
-    return _launch("kmix_host_dcutmix", outputs, DTYPE_CODES[outputs[0].dtype], pin.ctypes.data, pout.ctypes.data,
+    return _launch("kmix_host_dcutmix", outputs, DTYPE_CODES[one.dtype], pin.ctypes.data, pout.ctypes.data,
                    src.ctypes.data, bx.ctypes.data, n, src.shape[1], h, w, c, LAYOUT_CODES[layout],
                    *_threads(workers, block_threads, reverse))
 
@@ -166,12 +181,11 @@ def mix(inputs, outputs, sources, weights, boxes, cut, layout, *, workers=None, 
     n = len(outputs)
     if n == 0:
         return outputs
-    inputs, outputs = dense_blend_samples(inputs, outputs)
-    h, w, c = hwc_dims(outputs[0].shape, layout)
+    pin, pout, inputs, one = _blend_ptrs(inputs, outputs)
+    h, w, c = hwc_dims(one.shape, layout)
     src, wt, bx = _c(sources, np.int32), _c(weights, np.float32), _c(boxes, np.int32)
     ct = _c(np.asarray(cut).reshape(n), np.uint8)
-    pin, pout = _ptrs(inputs), _ptrs(outputs)
-    return _launch("kmix_host_mix", outputs, DTYPE_CODES[outputs[0].dtype], pin.ctypes.data, pout.ctypes.data,
+    return _launch("kmix_host_mix", outputs, DTYPE_CODES[one.dtype], pin.ctypes.data, pout.ctypes.data,
                    src.ctypes.data, wt.ctypes.data, bx.ctypes.data, ct.ctypes.data, n, src.shape[1], h, w, c,
                    LAYOUT_CODES[layout], *_threads(workers, block_threads, reverse))
 
