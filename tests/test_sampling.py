@@ -371,3 +371,20 @@ def test_host_samplers_nest_like_params_from_draws(monkeypatch, kernel):
     anchor = sample_anchor_params(n, h, w, k=3, anchor_ratio=0.4, rng=a)
     monkeypatch.setattr(backends, "host_nesting", lambda: None)
     _same_record(anchor, sample_anchor_params(n, h, w, k=3, anchor_ratio=0.4, rng=b))
+
+
+@pytest.mark.parametrize("alpha", [1.0, (0.3, 0.3, 0.3, 0.3), (0.3, 0.5, 0.3, 2.0)], ids=["scalar", "equal", "mixed"])
+def test_draws_are_the_generators_gamma_draws_of_each_concentration(alpha):
+    # draw_raw asks NumPy's generator for Gamma(alpha + 1) with a scalar shape when every alpha is the same (faster);
+    # the stream must be the one an array of shapes gives (records stay what they were for a seed)
+    from dali_kmix.sampling import draw_raw
+
+    a = np.broadcast_to(np.asarray(alpha, np.float64), (4,))
+    g1, g2 = np.random.default_rng(9), np.random.default_rng(9)
+    phi, uniforms = draw_raw(np, g1, 33, 4, a, "sample", 1.0)[:2]
+    gamma1 = g2.standard_gamma(a + 1.0, size=(33, 4))
+    u = 1.0 - g2.random((33, 4))
+    logg = np.log(gamma1) + np.log(u) / a
+    e = np.exp(logg - logg.max(axis=-1, keepdims=True))
+    assert np.array_equal(phi.view(np.uint64), (e / e.sum(axis=-1, keepdims=True)).view(np.uint64))
+    np.testing.assert_array_equal(uniforms, g2.random((33, 3, 2)))  # and the stream goes on from the same point
