@@ -15,6 +15,7 @@ KMIX_TLS kmix_dim3 gridDim;
 #include "kmix_blend.cu"
 #include "kmix_boxes.cu"
 #include "kmix_saliency.cu"
+#include "kmix_spectral.h"
 
 // Element-type codes: KMIX_U8, KMIX_F16, KMIX_F32 (kmix_common.cuh).
 #define KMIX_DISPATCH(dtype, CALL)                                     \
@@ -133,20 +134,39 @@ int kmix_host_nest_boxes(const double* phi, const double* uni, int phi_stride, c
   return 0;
 }
 
-// One block per output row (grid: out_h x n, one thread): kmix_grey_resize_row_host, the per-pixel
-// arithmetic of kmix_grey_resize with the taps worked out once per row and column.
+// One block per sample (one thread): kmix_grey_resize_host, the per-pixel arithmetic of kmix_grey_resize with
+// the grey values of the source rows worked out whole and the column taps once.
 int kmix_host_grey_resize(int dtype, const void* const* in, float* out, int n, int height, int width,
                           int channels, int layout, int out_h, int out_w, int nworkers, int reverse) {
   if (n <= 0 || out_h <= 0 || out_w <= 0) return 0;
   std::vector<int> x0s(out_w), x1s(out_w);
   std::vector<float> fxs(out_w);
   for (int ox = 0; ox < out_w; ++ox) kmix_tap(ox, width, out_w, &x0s[ox], &x1s[ox], &fxs[ox]);
-  const kmix_dim3 grid = {(unsigned)out_h, (unsigned)n, 1};
-  KMIX_DISPATCH(dtype, kmix_launch(grid, {1, 1, 1}, nworkers, reverse != 0, [&]() {
-    const int oy = (int)blockIdx.x, s = (int)blockIdx.y;
-    kmix_grey_resize_row_host<T>((const T*)in[s], out + ((long long)s * out_h + oy) * out_w, oy, height, width,
-                                 channels, layout, out_h, out_w, x0s.data(), x1s.data(), fxs.data());
+  KMIX_DISPATCH(dtype, kmix_launch({(unsigned)n, 1, 1}, {1, 1, 1}, nworkers, reverse != 0, [&]() {
+    thread_local std::vector<float> rows;
+    rows.resize(2 * (size_t)width);
+    const int s = (int)blockIdx.x;
+    kmix_grey_resize_host<T>((const T*)in[s], out + (long long)s * out_h * out_w, height, width, channels, layout,
+                             out_h, out_w, x0s.data(), x1s.data(), fxs.data(), rows.data());
   }));
+  return 0;
+}
+
+// The spectral residual (kmix_spectral.h) of n grey images g (n x rows x cols float32; rows and cols powers of
+// two): the maps into maps (same shape) and the index of each map's first peak into peaks; gauss: the 5 taps
+// of the Gaussian. One block per image on the pool. Returns 2 when a side is not a power of two.
+int kmix_host_spectral_residual(const float* g, float* maps, int* peaks, int n, int rows, int cols,
+                                const float* gauss, int nworkers) {
+  auto pow2 = [](int v) { return v > 0 && (v & (v - 1)) == 0; };
+  if (!pow2(rows) || !pow2(cols)) return 2;
+  if (n <= 0) return 0;
+  const kmix_spectral::Plan prow(rows), pcol(cols);
+  const long long size = (long long)rows * cols;
+  kmix_launch({(unsigned)n, 1, 1}, {1, 1, 1}, nworkers, false, [&]() {
+    thread_local kmix_spectral::Work work;
+    const long long s = blockIdx.x;
+    peaks[s] = kmix_spectral::spectral_residual(g + s * size, maps + s * size, rows, cols, prow, pcol, gauss, work);
+  });
   return 0;
 }
 

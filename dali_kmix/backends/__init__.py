@@ -31,7 +31,8 @@ import numpy as np
 from .. import reference
 from .._checks import array_module, spatial_size
 
-__all__ = ["backend_for", "Backend", "CpuBackend", "GpuBackend", "NumpyBackend", "gpu_available", "host_nesting"]
+__all__ = ["backend_for", "Backend", "CpuBackend", "GpuBackend", "NumpyBackend", "gpu_available", "host_nesting",
+           "host_spectral_residual"]
 
 
 class Backend:
@@ -186,6 +187,14 @@ def host_nesting():
     from . import cpu
 
     return cpu.nest_boxes if cpu.available() else None
+
+
+def host_spectral_residual():
+    """The CPU build's spectral residual (:func:`dali_kmix.backends.cpu.spectral_residual`: float32, sides that are
+    powers of two) where it loads, else None: then :func:`dali_kmix.saliency.spectral_residual` runs in NumPy."""
+    from . import cpu
+
+    return cpu.spectral_residual if cpu.available() else None
 
 
 @functools.lru_cache(maxsize=None)

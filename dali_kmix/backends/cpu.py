@@ -24,6 +24,7 @@ from .build import build_flags, compile_cached, compiler, sanitize_requested
 from .sources import kernels_dir
 
 __all__ = ["load", "build", "available", "compiler", "dmixup", "dcutmix", "mix", "nest_boxes", "grey_resize",
+           "spectral_residual",
            "half_to_float", "float_to_half", "DTYPE_CODES", "LAYOUT_CODES", "HOST_SOURCES", "default_workers",
            "launch_config", "launch_cover", "validate_record", "KERNEL_CODES", "METHOD_CODES"]
 
@@ -33,7 +34,7 @@ LAYOUT_CODES = {"HWC": 0, "CHW": 1}
 
 #: Files the host build reads (the entry points, the shim and every kernel source and header).
 HOST_SOURCES = ("kmix_host.cpp", "kmix_host_shim.h", "kmix_codes.h", "kmix_common.cuh", "kmix_blend.cu",
-                "kmix_boxes.cu", "kmix_saliency.cu", "kmix_record.h", "kmix_launch.h")
+                "kmix_boxes.cu", "kmix_saliency.cu", "kmix_spectral.h", "kmix_record.h", "kmix_launch.h")
 
 #: Kernel codes of the GPU launch configuration (kernels/kmix_launch.h).
 KERNEL_CODES = {"dmixup": 0, "dcutmix": 1, "mix": 2}
@@ -82,6 +83,8 @@ def _load(sanitize: bool):
     lib.kmix_host_nest_boxes.argtypes = [_P, _P, _I, _P, _P, _I, _I, _I, _I, _P, _P, _P, _P, _I, _I]
     lib.kmix_host_grey_resize.argtypes = [_I, _P, _P, _I, _I, _I, _I, _I, _I, _I, _I, _I]
     lib.kmix_host_grey_resize.restype = _I
+    lib.kmix_host_spectral_residual.argtypes = [_P, _P, _P, _I, _I, _I, _P, _I]
+    lib.kmix_host_spectral_residual.restype = _I
     lib.kmix_host_half_to_float.argtypes = [_P, _P, _L]
     lib.kmix_host_float_to_half.argtypes = [_P, _P, _L]
     for fn in (lib.kmix_host_dmixup, lib.kmix_host_dcutmix, lib.kmix_host_nest_boxes):
@@ -225,6 +228,19 @@ def grey_resize(inputs, layout, out_h, out_w, *, workers=None, reverse=False):
     pin = _ptrs(inputs)
     return _launch("kmix_host_grey_resize", out, DTYPE_CODES[inputs[0].dtype], pin.ctypes.data, out.ctypes.data, n,
                    h, w, c, LAYOUT_CODES[layout], out_h, out_w, workers or default_workers(), int(reverse))
+
+
+def spectral_residual(g: np.ndarray, gauss: np.ndarray, *, workers=None):
+    """``(maps, peaks)``: the spectral-residual maps (float32 ``(N, h, w)``) of N grey images (``(N, h, w)``, h and
+    w powers of two) and the flat index of each map's first peak (int32 ``(N,)``); ``gauss``: the 5 taps of
+    the smoothing Gaussian. The host implementation of :func:`dali_kmix.saliency.spectral_residual`."""
+    g = _c(g, np.float32)
+    n, h, w = g.shape
+    maps = np.empty((n, h, w), np.float32)
+    peaks = np.zeros(n, np.int32)
+    k = _c(gauss, np.float32)
+    return _launch("kmix_host_spectral_residual", (maps, peaks), g.ctypes.data, maps.ctypes.data, peaks.ctypes.data,
+                   n, h, w, k.ctypes.data, workers or default_workers())
 
 
 def half_to_float(bits: np.ndarray) -> np.ndarray:
