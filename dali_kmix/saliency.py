@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _checks
-from .backends import backend_for, host_spectral_residual
+from .backends import backend_for, host_kernels
 from .reference import grey, resize_bilinear
 
 __all__ = ["SALIENCY_METHODS", "grey", "resize_bilinear", "small_grey", "spectral_residual", "salient_points"]
@@ -139,9 +139,9 @@ def spectral_residual(g, precision=None):
     ftype = ftype.type
     if xp is np and ftype is np.float32 and g.dtype in (np.float32, np.float64) and \
             all(_power_of_two(s) for s in g.shape[-2:]):
-        native = host_spectral_residual()
-        if native is not None:
-            return native(g, _gaussian_kernel(5, 8.0))[0]
+        kernels = host_kernels()
+        if kernels is not None:
+            return kernels.spectral_residual(g, _gaussian_kernel(5, 8.0))[0]
     return _spectral_residual(g, ftype)
 
 

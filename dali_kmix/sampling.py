@@ -217,15 +217,15 @@ def record_from_draws(method, phi, uniforms, perms, mixed, height, width, image_
     """:func:`params_from_draws`, nested by the CPU build's ``kmix_nest_boxes`` kernel where it loads (the same
     record, bit for bit, in a fraction of the time: one call instead of a dozen NumPy operations per level),
     else by NumPy. What the host samplers (:func:`sample_params`, the DALI operators) call per batch."""
-    from .backends import host_nesting
+    from .backends import host_kernels
 
-    nest = host_nesting()
-    if nest is None:
+    kernels = host_kernels()
+    if kernels is None:
         return params_from_draws(method, phi, uniforms, perms, mixed, height, width, image_centers)
     if method == "saliency-dcutmix" and image_centers is None:
         raise ValueError("saliency-dcutmix needs the salient point of every image (image_centers)")
-    return MixParams(*nest(method, phi, uniforms, perms, np.asarray(mixed, dtype=bool), height, width,
-                           centers=image_centers))
+    return MixParams(*kernels.nest_boxes(method, phi, uniforms, perms, np.asarray(mixed, dtype=bool), height, width,
+                                         centers=image_centers))
 
 
 def params_from_draws(method, phi, uniforms, perms, mixed, height, width, image_centers=None) -> MixParams:

@@ -170,6 +170,42 @@ int kmix_host_spectral_residual(const float* g, float* maps, int* peaks, int n, 
   return 0;
 }
 
+// 1 when a MixParams record (NumPy arrays: sources int32 (n, k), weights float32 (n, k), boxes int32
+// (n, k - 1, 4) or null) passes MixParams.validate(n, height, width) -- every check it makes, made the same
+// way in double and held a hair tighter where NumPy's summation order could differ (the row sums) -- else 0,
+// and then the caller runs MixParams.validate, which names the fault. One pass instead of some thirty NumPy
+// operations.
+int kmix_host_record_valid(const int* sources, const float* weights, const int* boxes, int n, int k, int height,
+                           int width) {
+  const double weight_atol = 1e-5;
+  for (int s = 0; s < n; ++s) {
+    const int* src = sources + (long long)s * k;
+    const float* w = weights + (long long)s * k;
+    if (src[0] != s) return 0;
+    double sum = 0.0;
+    for (int j = 0; j < k; ++j) {
+      if (src[j] < 0 || src[j] >= n) return 0;
+      if (!std::isfinite(w[j]) || w[j] < 0.0f) return 0;
+      sum += (double)w[j];
+    }
+    if (!(std::fabs(sum - 1.0) <= weight_atol - 1e-12)) return 0;
+    if (!boxes || k == 1) continue;
+    const int* b = boxes + (long long)s * (k - 1) * 4;
+    const double hw = (double)height * (double)width;
+    long long outer = (long long)height * width;
+    for (int d = 0; d < k - 1; ++d) {
+      const int* q = b + 4 * d;
+      if (q[0] < 0 || q[1] < 0 || q[2] > height || q[3] > width || q[2] < q[0] || q[3] < q[1]) return 0;
+      if (d > 0 && !(q[0] >= q[-4] && q[1] >= q[-3] && q[2] <= q[-2] && q[3] <= q[-1])) return 0;
+      const long long area = (long long)(q[2] - q[0]) * (q[3] - q[1]);
+      if (!(std::fabs((double)(float)((double)(outer - area) / hw) - (double)w[d]) <= weight_atol)) return 0;
+      outer = area;
+    }
+    if (!(std::fabs((double)(float)((double)outer / hw) - (double)w[k - 1]) <= weight_atol)) return 0;
+  }
+  return 1;
+}
+
 // ------------------------------------------------------------------ the GPU launch configuration (kmix_launch.h)
 
 // grid.x, grid.y and block.x of kmix_launch_config(kernel, ...) into cfg[0..2].

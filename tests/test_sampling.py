@@ -353,8 +353,8 @@ def test_host_samplers_nest_like_params_from_draws(monkeypatch, kernel):
     from dali_kmix.sampling import draw_raw, record_from_draws, sample_anchor_params
 
     if kernel == "numpy-fallback":
-        monkeypatch.setattr(backends, "host_nesting", lambda: None)
-    elif backends.host_nesting() is None:
+        monkeypatch.setattr(backends, "host_kernels", lambda: None)
+    elif backends.host_kernels() is None:
         pytest.skip("no C++ compiler: the CPU kernels are unavailable")
     n, h, w = 37, 29, 41
     centers = np.stack([np.arange(n) % h, (7 * np.arange(n)) % w], axis=1)
@@ -369,7 +369,7 @@ def test_host_samplers_nest_like_params_from_draws(monkeypatch, kernel):
         record_from_draws("saliency-dcutmix", *draws, h, w)
     a, b = np.random.default_rng(5), np.random.default_rng(5)
     anchor = sample_anchor_params(n, h, w, k=3, anchor_ratio=0.4, rng=a)
-    monkeypatch.setattr(backends, "host_nesting", lambda: None)
+    monkeypatch.setattr(backends, "host_kernels", lambda: None)
     _same_record(anchor, sample_anchor_params(n, h, w, k=3, anchor_ratio=0.4, rng=b))
 
 

@@ -31,8 +31,7 @@ import numpy as np
 from .. import reference
 from .._checks import array_module, spatial_size
 
-__all__ = ["backend_for", "Backend", "CpuBackend", "GpuBackend", "NumpyBackend", "gpu_available", "host_nesting",
-           "host_spectral_residual"]
+__all__ = ["backend_for", "Backend", "CpuBackend", "GpuBackend", "NumpyBackend", "gpu_available", "host_kernels"]
 
 
 class Backend:
@@ -181,20 +180,13 @@ def backend_for(array, *, workers=None) -> Backend:
     return NumpyBackend()
 
 
-def host_nesting():
-    """The CPU build's box nesting (:func:`dali_kmix.backends.cpu.nest_boxes`, the ``kmix_nest_boxes`` kernel) where
-    it loads, else None: then the host records are nested with NumPy (the same records, bit for bit)."""
+def host_kernels():
+    """The CPU build (:mod:`dali_kmix.backends.cpu`) where it loads, else None: what the host-side steps beside the
+    blend use when they can (the box nesting of the samplers, the one-pass record check of ``mix_images``, the
+    spectral residual of the saliency); without it they run their NumPy code, which gives the same results."""
     from . import cpu
 
-    return cpu.nest_boxes if cpu.available() else None
-
-
-def host_spectral_residual():
-    """The CPU build's spectral residual (:func:`dali_kmix.backends.cpu.spectral_residual`: float32, sides that are
-    powers of two) where it loads, else None: then :func:`dali_kmix.saliency.spectral_residual` runs in NumPy."""
-    from . import cpu
-
-    return cpu.spectral_residual if cpu.available() else None
+    return cpu if cpu.available() else None
 
 
 @functools.lru_cache(maxsize=None)

@@ -24,7 +24,7 @@ from .build import build_flags, compile_cached, compiler, sanitize_requested
 from .sources import kernels_dir
 
 __all__ = ["load", "build", "available", "compiler", "dmixup", "dcutmix", "mix", "nest_boxes", "grey_resize",
-           "spectral_residual",
+           "spectral_residual", "record_valid",
            "half_to_float", "float_to_half", "DTYPE_CODES", "LAYOUT_CODES", "HOST_SOURCES", "default_workers",
            "launch_config", "launch_cover", "validate_record", "KERNEL_CODES", "METHOD_CODES"]
 
@@ -83,6 +83,8 @@ def _load(sanitize: bool):
     lib.kmix_host_nest_boxes.argtypes = [_P, _P, _I, _P, _P, _I, _I, _I, _I, _P, _P, _P, _P, _I, _I]
     lib.kmix_host_grey_resize.argtypes = [_I, _P, _P, _I, _I, _I, _I, _I, _I, _I, _I, _I]
     lib.kmix_host_grey_resize.restype = _I
+    lib.kmix_host_record_valid.argtypes = [_P, _P, _P, _I, _I, _I, _I]
+    lib.kmix_host_record_valid.restype = _I
     lib.kmix_host_spectral_residual.argtypes = [_P, _P, _P, _I, _I, _I, _P, _I]
     lib.kmix_host_spectral_residual.restype = _I
     lib.kmix_host_half_to_float.argtypes = [_P, _P, _L]
@@ -241,6 +243,14 @@ def spectral_residual(g: np.ndarray, gauss: np.ndarray, *, workers=None):
     k = _c(gauss, np.float32)
     return _launch("kmix_host_spectral_residual", (maps, peaks), g.ctypes.data, maps.ctypes.data, peaks.ctypes.data,
                    n, h, w, k.ctypes.data, workers or default_workers())
+
+
+def record_valid(params, height: int, width: int) -> bool:
+    """True when the NumPy record ``params`` passes ``params.validate(N, height, width)`` (the same checks, in one
+    pass); False when it may not (then ``validate`` decides, and names the fault)."""
+    src, w, b = params.sources, params.weights, params.boxes  # int32 / float32 / int32, C-contiguous (MixParams)
+    return bool(load().kmix_host_record_valid(src.ctypes.data, w.ctypes.data, None if b is None else b.ctypes.data,
+                                              src.shape[0], src.shape[1], height, width))
 
 
 def half_to_float(bits: np.ndarray) -> np.ndarray:
