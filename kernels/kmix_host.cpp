@@ -206,6 +206,32 @@ int kmix_host_record_valid(const int* sources, const float* weights, const int* 
   return 1;
 }
 
+// The soft targets of dali_kmix.reference.mix_labels, with its float32 operations in its order: per row, the
+// chain ((0 + w_0 v_0) + w_1 v_1) + ... with v = on for the class of share j, off elsewhere; every class that
+// is none of the row's labels gets the chain of the off terms. labels: int64 (m,) class indices; sources:
+// int32 (n, k); out: float32 (n, classes). Returns 1, writing nothing more, at a source outside [0, m) or a
+// label outside [0, classes) (the caller's NumPy code then reports it), else 0.
+int kmix_host_mix_labels(const long long* labels, long long m, const int* sources, const float* weights, int n, int k,
+                         int classes, float on, float off, float* out) {
+  for (long long i = 0; i < (long long)n * k; ++i)
+    if (sources[i] < 0 || sources[i] >= m || labels[sources[i]] < 0 || labels[sources[i]] >= classes) return 1;
+  for (int s = 0; s < n; ++s) {
+    const int* src = sources + (long long)s * k;
+    const float* w = weights + (long long)s * k;
+    float* o = out + (long long)s * classes;
+    float rest = 0.0f;
+    for (int j = 0; j < k; ++j) rest = rest + w[j] * off;
+    for (int c = 0; c < classes; ++c) o[c] = rest;
+    for (int j = 0; j < k; ++j) {
+      const long long cj = labels[src[j]];
+      float acc = 0.0f;
+      for (int i = 0; i < k; ++i) acc = acc + w[i] * (labels[src[i]] == cj ? on : off);
+      o[cj] = acc;
+    }
+  }
+  return 0;
+}
+
 // ------------------------------------------------------------------ the GPU launch configuration (kmix_launch.h)
 
 // grid.x, grid.y and block.x of kmix_launch_config(kernel, ...) into cfg[0..2].

@@ -24,7 +24,7 @@ from .build import build_flags, compile_cached, compiler, sanitize_requested
 from .sources import kernels_dir
 
 __all__ = ["load", "build", "available", "compiler", "dmixup", "dcutmix", "mix", "nest_boxes", "grey_resize",
-           "spectral_residual", "record_valid",
+           "spectral_residual", "record_valid", "mix_labels",
            "half_to_float", "float_to_half", "DTYPE_CODES", "LAYOUT_CODES", "HOST_SOURCES", "default_workers",
            "launch_config", "launch_cover", "validate_record", "KERNEL_CODES", "METHOD_CODES"]
 
@@ -83,6 +83,8 @@ def _load(sanitize: bool):
     lib.kmix_host_nest_boxes.argtypes = [_P, _P, _I, _P, _P, _I, _I, _I, _I, _P, _P, _P, _P, _I, _I]
     lib.kmix_host_grey_resize.argtypes = [_I, _P, _P, _I, _I, _I, _I, _I, _I, _I, _I, _I]
     lib.kmix_host_grey_resize.restype = _I
+    lib.kmix_host_mix_labels.argtypes = [_P, _L, _P, _P, _I, _I, _I, ctypes.c_float, ctypes.c_float, _P]
+    lib.kmix_host_mix_labels.restype = _I
     lib.kmix_host_record_valid.argtypes = [_P, _P, _P, _I, _I, _I, _I]
     lib.kmix_host_record_valid.restype = _I
     lib.kmix_host_spectral_residual.argtypes = [_P, _P, _P, _I, _I, _I, _P, _I]
@@ -251,6 +253,18 @@ def record_valid(params, height: int, width: int) -> bool:
     src, w, b = params.sources, params.weights, params.boxes  # int32 / float32 / int32, C-contiguous (MixParams)
     return bool(load().kmix_host_record_valid(src.ctypes.data, w.ctypes.data, None if b is None else b.ctypes.data,
                                               src.shape[0], src.shape[1], height, width))
+
+
+def mix_labels(labels: np.ndarray, params, num_classes: int, on, off):
+    """The targets of :func:`dali_kmix.reference.mix_labels` (the same bits) for int64 ``labels`` and a NumPy
+    record, with the smoothed one-hot values ``on`` and ``off``; None where a source or a label is out of range
+    (the reference then reports it)."""
+    labels = _c(labels, np.int64)
+    out = np.empty((params.n, num_classes), np.float32)
+    src, w = params.sources, params.weights  # int32 / float32, C-contiguous (MixParams)
+    rc = load().kmix_host_mix_labels(labels.ctypes.data, labels.shape[0], src.ctypes.data, w.ctypes.data, params.n,
+                                     params.k, num_classes, on, off, out.ctypes.data)
+    return None if rc else out
 
 
 def half_to_float(bits: np.ndarray) -> np.ndarray:
