@@ -201,6 +201,40 @@ KMIX_DEV void kmix_dcutmix_rows(const T* const* __restrict__ in, T* __restrict__
 // in the output) copied from one image. Adjacent runs from one image become one copy: the anchor's part at
 // the end of a row and at the start of the next are adjacent in the anchor and in the output, so a row inside
 // box 0 costs one copy fewer, and the rows outside every box are one copy whatever their number.
+// memcpy between two distinct buffers, the short copies (<= 64 bytes: most runs of a deep nesting) inline as
+// two overlapping moves of a fixed size instead of a call.
+inline void kmix_copy_bytes(char* __restrict__ d, const char* __restrict__ s, size_t n) {
+  if (n > 64) {
+    std::memcpy(d, s, n);
+  } else if (n > 32) {
+    char t0[32], t1[32];
+    std::memcpy(t0, s, 32);
+    std::memcpy(t1, s + n - 32, 32);
+    std::memcpy(d, t0, 32);
+    std::memcpy(d + n - 32, t1, 32);
+  } else if (n > 16) {
+    char t0[16], t1[16];
+    std::memcpy(t0, s, 16);
+    std::memcpy(t1, s + n - 16, 16);
+    std::memcpy(d, t0, 16);
+    std::memcpy(d + n - 16, t1, 16);
+  } else if (n >= 8) {
+    uint64_t t0, t1;
+    std::memcpy(&t0, s, 8);
+    std::memcpy(&t1, s + n - 8, 8);
+    std::memcpy(d, &t0, 8);
+    std::memcpy(d + n - 8, &t1, 8);
+  } else if (n >= 4) {
+    uint32_t t0, t1;
+    std::memcpy(&t0, s, 4);
+    std::memcpy(&t1, s + n - 4, 4);
+    std::memcpy(d, &t0, 4);
+    std::memcpy(d + n - 4, &t1, 4);
+  } else {
+    for (size_t i = 0; i < n; ++i) d[i] = s[i];
+  }
+}
+
 template <typename T>
 struct KmixRunCopier {
   T* out;
@@ -218,7 +252,7 @@ struct KmixRunCopier {
     b = rb;
   }
   void flush() {
-    if (b > a) std::memcpy(out + a, from + a, (size_t)(b - a) * sizeof(T));
+    if (b > a) kmix_copy_bytes((char*)(out + a), (const char*)(from + a), (size_t)(b - a) * sizeof(T));
     from = nullptr;
     a = b = 0;
   }
@@ -273,6 +307,14 @@ inline void kmix_dcutmix_rows_host(const T* const* __restrict__ in, T* __restric
     }
     for (; r < r_stop; ++r) {
       const long long off = (long long)r * row_len;
+      if (nruns > 3 && r + 2 < r_stop) {  // deep rows: many short runs from as many images; fetch 2 rows ahead
+        const long long ahead = off + 2 * row_len;
+        for (int i = 0; i < nruns; ++i) {
+          const char* p = (const char*)(runs[i].from + ahead + runs[i].a);
+          const char* end = (const char*)(runs[i].from + ahead + runs[i].b);
+          for (; p < end; p += 64) __builtin_prefetch(p, 0, 3);
+        }
+      }
       for (int i = 0; i < nruns; ++i) copier.add(runs[i].from, off + runs[i].a, off + runs[i].b);
     }
   }
