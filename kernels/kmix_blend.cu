@@ -307,13 +307,9 @@ inline void kmix_dcutmix_rows_host(const T* const* __restrict__ in, T* __restric
     }
     for (; r < r_stop; ++r) {
       const long long off = (long long)r * row_len;
-      if (nruns > 3 && r + 2 < r_stop) {  // deep rows: many short runs from as many images; fetch 2 rows ahead
-        const long long ahead = off + 2 * row_len;
-        for (int i = 0; i < nruns; ++i) {
-          const char* p = (const char*)(runs[i].from + ahead + runs[i].a);
-          const char* end = (const char*)(runs[i].from + ahead + runs[i].b);
-          for (; p < end; p += 64) __builtin_prefetch(p, 0, 3);
-        }
+      if (nruns > 3 && r + 2 < r_stop) {  // deep rows: many short runs from as many images; their starts 2 rows
+        const long long ahead = off + 2 * row_len;  // ahead (too far apart for the hardware's stream prefetch)
+        for (int i = 0; i < nruns; ++i) __builtin_prefetch(runs[i].from + ahead + runs[i].a, 0, 3);
       }
       for (int i = 0; i < nruns; ++i) copier.add(runs[i].from, off + runs[i].a, off + runs[i].b);
     }
