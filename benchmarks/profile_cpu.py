@@ -79,17 +79,22 @@ def saliency_stages(batch):
             "salient_points": lambda: saliency.salient_points(samples, layout)}
 
 
+class _Host:
+    """The "device" of :func:`dali_kmix.apps.bench_gpu._interleaved` for host work: wall-clock seconds per call."""
+
+    @staticmethod
+    def seconds_per_call(fn, iters: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        return (time.perf_counter() - t0) / iters
+
+
 def interleaved(stages, rounds, warmup=2):
     """{stage: (median seconds, median of per-round ratios to "copy", 10th-90th percentile of the ratios)}."""
-    for fn in stages.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: [] for name in stages}
-    for _ in range(rounds):
-        for name, fn in stages.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
+    from dali_kmix.apps.bench_gpu import _interleaved
+
+    times = _interleaved(_Host(), stages, rounds, 1, warmup)
     copy = np.asarray(times["copy"])
     out = {}
     for name, ts in times.items():

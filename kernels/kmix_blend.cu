@@ -197,44 +197,36 @@ KMIX_DEV void kmix_dcutmix_rows(const T* const* __restrict__ in, T* __restrict__
 }
 
 #ifdef KMIX_HOST_SHIM
+// The n bytes at d from s, n in [N, 2 N]: two overlapping moves of a fixed size (no memcpy call).
+template <size_t N>
+inline void kmix_copy_ends(char* __restrict__ d, const char* __restrict__ s, size_t n) {
+  char head[N], tail[N];
+  std::memcpy(head, s, N);
+  std::memcpy(tail, s + n - N, N);
+  std::memcpy(d, head, N);
+  std::memcpy(d + n - N, tail, N);
+}
+
+// memcpy between two distinct buffers, the short copies (<= 64 bytes: most runs of a deep nesting) inline.
+inline void kmix_copy_bytes(char* __restrict__ d, const char* __restrict__ s, size_t n) {
+  if (n > 64)
+    std::memcpy(d, s, n);
+  else if (n > 32)
+    kmix_copy_ends<32>(d, s, n);
+  else if (n > 16)
+    kmix_copy_ends<16>(d, s, n);
+  else if (n >= 8)
+    kmix_copy_ends<8>(d, s, n);
+  else if (n >= 4)
+    kmix_copy_ends<4>(d, s, n);
+  else
+    for (size_t i = 0; i < n; ++i) d[i] = s[i];
+}
+
 // Host DCutMix: the copies of a chunk of rows, each run [a, b) of sample offsets (the same in the source and
 // in the output) copied from one image. Adjacent runs from one image become one copy: the anchor's part at
 // the end of a row and at the start of the next are adjacent in the anchor and in the output, so a row inside
 // box 0 costs one copy fewer, and the rows outside every box are one copy whatever their number.
-// memcpy between two distinct buffers, the short copies (<= 64 bytes: most runs of a deep nesting) inline as
-// two overlapping moves of a fixed size instead of a call.
-inline void kmix_copy_bytes(char* __restrict__ d, const char* __restrict__ s, size_t n) {
-  if (n > 64) {
-    std::memcpy(d, s, n);
-  } else if (n > 32) {
-    char t0[32], t1[32];
-    std::memcpy(t0, s, 32);
-    std::memcpy(t1, s + n - 32, 32);
-    std::memcpy(d, t0, 32);
-    std::memcpy(d + n - 32, t1, 32);
-  } else if (n > 16) {
-    char t0[16], t1[16];
-    std::memcpy(t0, s, 16);
-    std::memcpy(t1, s + n - 16, 16);
-    std::memcpy(d, t0, 16);
-    std::memcpy(d + n - 16, t1, 16);
-  } else if (n >= 8) {
-    uint64_t t0, t1;
-    std::memcpy(&t0, s, 8);
-    std::memcpy(&t1, s + n - 8, 8);
-    std::memcpy(d, &t0, 8);
-    std::memcpy(d + n - 8, &t1, 8);
-  } else if (n >= 4) {
-    uint32_t t0, t1;
-    std::memcpy(&t0, s, 4);
-    std::memcpy(&t1, s + n - 4, 4);
-    std::memcpy(d, &t0, 4);
-    std::memcpy(d + n - 4, &t1, 4);
-  } else {
-    for (size_t i = 0; i < n; ++i) d[i] = s[i];
-  }
-}
-
 template <typename T>
 struct KmixRunCopier {
   T* out;

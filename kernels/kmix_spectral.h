@@ -173,6 +173,18 @@ inline void transpose(const float* __restrict__ in, float* __restrict__ out, int
     for (int x = 0; x < cols; ++x) out[(long long)x * rows + y] = in[(long long)y * cols + x];
 }
 
+// The 2D transform of (re, im), rows x cols, left transposed (cols x rows): the columns' transforms, a transpose
+// (into the spare planes t0, t1, which then swap places with re, im), the columns' transforms again.
+inline void fft2_transposing(float*& re, float*& im, float*& t0, float*& t1, int rows, int cols, const Plan& prow,
+                             const Plan& pcol, bool inverse) {
+  fft_columns(re, im, cols, prow, inverse);
+  transpose(re, t0, rows, cols);
+  transpose(im, t1, rows, cols);
+  std::swap(re, t0);
+  std::swap(im, t1);
+  fft_columns(re, im, rows, pcol, inverse);
+}
+
 inline int reflect101(int i, int n) {  // OpenCV's BORDER_DEFAULT for one step past an edge
   return n == 1 ? 0 : (i < 0 ? -i : (i >= n ? 2 * n - 2 - i : i));
 }
@@ -247,7 +259,7 @@ inline int spectral_residual(const float* g, float* map, int rows, int cols, con
   float* t2 = re + 4 * n;
   float* t3 = re + 5 * n;
   float* live = re + 6 * n;  // 1 where the bin is live, else 0
-  // F, transposed (cols x rows from here): the columns' transforms, a transpose, the columns' again
+  // F, transposed (cols x rows from here)
   for (long long i = 0; i < n; ++i) {
     re[i] = g[i];
     im[i] = 0.0f;
@@ -259,12 +271,7 @@ inline int spectral_residual(const float* g, float* map, int rows, int cols, con
   double abs_sum = 0.0;
   for (int j = 0; j < 16; ++j) abs_sum += part[j];
   for (; i16 < n; ++i16) abs_sum += std::fabs(g[i16]);
-  fft_columns(re, im, cols, prow, false);
-  transpose(re, t0, rows, cols);
-  transpose(im, t1, rows, cols);
-  std::swap(re, t0);
-  std::swap(im, t1);
-  fft_columns(re, im, rows, pcol, false);
+  fft2_transposing(re, im, t0, t1, rows, cols, prow, pcol, false);
   // the live bins; A where live, else 1; log A (0 where dead); its 3 x 3 mean over the live bins
   int log2n = 0;
   while ((1LL << log2n) < n) ++log2n;
@@ -293,13 +300,8 @@ inline int spectral_residual(const float* g, float* map, int rows, int cols, con
     re[i] = re[i] * scale;
     im[i] = im[i] * scale;
   }
-  // |IFFT2| (rows x cols again): the columns of the transposed spectrum, a transpose, the columns again
-  fft_columns(re, im, rows, pcol, true);
-  transpose(re, t0, cols, rows);
-  transpose(im, t1, cols, rows);
-  std::swap(re, t0);
-  std::swap(im, t1);
-  fft_columns(re, im, cols, prow, true);
+  // |IFFT2| (rows x cols again)
+  fft2_transposing(re, im, t0, t1, cols, rows, pcol, prow, true);
   float* back = t2;
   for (long long i = 0; i < n; ++i) back[i] = std::sqrt(re[i] * re[i] + im[i] * im[i]);
   gaussian5(back, t3, map, rows, cols, gauss);
