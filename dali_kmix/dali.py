@@ -66,7 +66,7 @@ import numpy as np
 from . import _checks
 from .record import MixParams
 from .reference import mix_labels
-from .sampling import check_sample_args, draw_raw, params_from_draws
+from .sampling import check_sample_args, draw_raw, record_from_draws
 
 __all__ = ["dmixup", "dcutmix", "saliency_dcutmix", "dmixup_or_dcutmix", "MixSpec"]
 
@@ -118,11 +118,19 @@ class MixSpec:
 # --------------------------------------------------------------------------- host side: one batch's draws
 
 
+def _stacked(samples, xp, dtype=None):
+    """The samples of a batch in one flat vector, in order (one call where they all hold one value, as labels and
+    keys do, instead of one reshape per sample)."""
+    if xp is np and all(x.size == 1 for x in samples):
+        return np.array(samples, dtype=dtype).reshape(-1)
+    return xp.concatenate([xp.reshape(xp.asarray(x, dtype), (-1,)) for x in samples])
+
+
 def _label_vector(labels, n, xp):
     """One class index per sample, as a flat vector (labels arrive as (), (1,) samples)."""
     if len(labels) != n:
         raise ValueError(f"labels has {len(labels)} samples but images has {n}")
-    lab = xp.concatenate([xp.reshape(x, (-1,)) for x in labels])
+    lab = _stacked(labels, xp)
     if lab.shape[0] != n:
         raise ValueError(f"labels must hold one class index per sample, got {lab.shape[0]} values for {n} samples")
     return lab
@@ -135,6 +143,30 @@ def _label_outputs(spec: MixSpec, lab, params):
     return [list(lab[params.sources].astype(np.int32)), list(params.weights)]
 
 
+def _entropy_words(seed: int, words) -> np.ndarray:
+    """The uint32 words NumPy's SeedSequence makes of the entropy ``[seed, *words.tolist()]`` (each int in 32-bit
+    words, least significant first, as many as it needs, one for 0), built at once: SeedSequence takes a uint32
+    array as it is, so the sequence, hence every draw, is the same, without a Python int per key."""
+    head = [seed & 0xFFFFFFFF]
+    seed >>= 32
+    while seed:
+        head.append(seed & 0xFFFFFFFF)
+        seed >>= 32
+    lo, hi = (words & np.uint64(0xFFFFFFFF)).astype(np.uint32), (words >> np.uint64(32)).astype(np.uint32)
+    pairs = np.stack([lo, hi], axis=1)
+    keep = np.stack([np.ones(len(words), bool), hi != 0], axis=1)
+    return np.concatenate([np.array(head, np.uint32), pairs[keep]])
+
+
+def _shape_of_all(shapes, layout):
+    """The one shape of a batch's samples, from DALI's per-sample shape vectors (compared in one array where they
+    agree; else the per-sample check, which names the first that differs)."""
+    table = np.array(shapes) if all(len(sh) == len(shapes[0]) for sh in shapes) else None
+    if table is None or table.ndim != 2 or table.shape[1] != 3 or (table != table[0]).any():
+        return _checks.check_same_shapes("images", [tuple(int(v) for v in sh) for sh in shapes], layout)
+    return tuple(int(v) for v in table[0])
+
+
 class _Draws:
     """One batch's random draws from its keys and the runtime arguments; no state between batches."""
 
@@ -142,8 +174,10 @@ class _Draws:
         self.spec = spec
 
     def generator(self, keys) -> np.random.Generator:
-        words = np.concatenate([np.asarray(x, np.float64).reshape(-1) for x in keys]).view(np.uint64)
-        entropy = [self.spec.seed if self.spec.seed is not None else 0, *words.tolist()]
+        """The batch's generator: a SeedSequence of the spec's seed and the keys' bits (as the list of ints
+        ``[seed, *key words]``), spawned at (shard, operator index)."""
+        words = _stacked(keys, np, np.float64).view(np.uint64)
+        entropy = _entropy_words(self.spec.seed if self.spec.seed is not None else 0, words)
         seq = np.random.SeedSequence(entropy=entropy, spawn_key=(self.spec.shard_id, self.spec.index))
         return np.random.Generator(np.random.PCG64(seq))
 
@@ -221,7 +255,7 @@ class _HostRecord(_Draws):
 
     def record(self, keys, runtime, h, w, centers=None, valid=None):
         method, draws = self.raw(keys, runtime, valid)
-        return params_from_draws(method, *draws, h, w, centers)
+        return record_from_draws(method, *draws, h, w, centers)
 
     def label_outputs(self, lab, params):
         return _label_outputs(self.spec, lab, params)
@@ -261,7 +295,7 @@ class _PluginRecord(_HostRecord):
             return ([], []) + ([],) * spec.label_outputs
         runtime, valid, extra = self.split_inputs(rest)
         images = extra[0] if spec.method == "saliency-dcutmix" else None
-        first = _checks.check_same_shapes("images", [tuple(int(v) for v in sh) for sh in shapes], spec.layout)
+        first = _shape_of_all(shapes, spec.layout)
         if self.found_layout is not None:  # dynamic mode: the images' own layout is known here
             _checks.check_channels("images", first, spec.layout, self.found_layout)
         self.check_area(first)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _checks, reference
-from .backends import backend_for
+from .backends import backend_for, host_kernels
 from .record import MixParams
 
 __all__ = ["mix_images", "mix_labels", "blend_samples"]
@@ -33,12 +33,14 @@ def _params_like(params: MixParams, gpu: bool) -> MixParams:
 
 
 def blend_samples(samples, params: MixParams, layout: str, out=None, *, workers=None):
-    """Mix a list of N same-shape samples (no stacking copy) into ``out`` (N, ...) or a new array.
+    """Mix N same-shape samples into ``out`` (N, ...) or a new array.
 
-    Arrays are all NumPy or all CuPy; :func:`dali_kmix.backends.backend_for` picks the
-    kernels. The record is assumed checked; the DALI operators call this directly. Samples and
-    rows of ``out`` may be strided views (a transposed batch): the kernels get contiguous copies
-    of such samples, and write such rows through a contiguous buffer copied into them.
+    ``samples``: a list of N samples (no stacking copy), or an (N, ...) batch array. Arrays are
+    all NumPy or all CuPy; :func:`dali_kmix.backends.backend_for` picks the kernels. The record
+    is assumed checked; the DALI operators call this directly. Samples and rows of ``out`` may
+    be strided views (a transposed batch): the kernels get contiguous copies of such samples,
+    and write such rows through a contiguous buffer copied into them. A C-contiguous ``out``
+    is handed to the kernels whole (the CPU kernels then read its rows' addresses at once).
     """
     n = len(samples)
     if n == 0:  # no sample to take a shape from
@@ -46,13 +48,27 @@ def blend_samples(samples, params: MixParams, layout: str, out=None, *, workers=
     xp = _checks.array_module(samples[0])
     if out is None:
         out = xp.empty((n,) + tuple(samples[0].shape), dtype=samples[0].dtype)
+    backend = backend_for(samples[0], workers=workers)
+    if isinstance(out, xp.ndarray) and out.flags.c_contiguous:
+        backend.blend(samples, out, params, layout)
+        return out
     rows = list(out)
     dense = [r if r.flags.c_contiguous else xp.empty(r.shape, r.dtype) for r in rows]
-    backend_for(samples[0], workers=workers).blend(samples, dense, params, layout)
+    backend.blend(samples, dense, params, layout)
     for row, d in zip(rows, dense):
         if d is not row:
             row[...] = d
     return out
+
+
+def _validate(params: MixParams, n: int, h: int, w: int):
+    """``params.validate(n, h, w)``, after the CPU build's one-pass check of a NumPy record where it loads: only a
+    record that check cannot pass goes through validate's NumPy operations (which then name the fault)."""
+    if params.xp is np and params.n == n:
+        kernels = host_kernels()
+        if kernels is not None and kernels.record_valid(params, h, w):
+            return
+    params.validate(n, h, w)
 
 
 def mix_images(images, params: MixParams, layout: str = "HWC"):
@@ -84,12 +100,10 @@ def mix_images(images, params: MixParams, layout: str = "HWC"):
     h, w = _checks.spatial_size(images.shape[1:], layout)
     if params.boxes is not None and n:
         _checks.check_area("images", images.shape[1:], layout, "a DCutMix record")
-    params.validate(n, h, w)
+    _validate(params, n, h, w)
     if n == 0:
         return images.copy()
-    xp = params.xp
-    images = xp.ascontiguousarray(images)
-    return blend_samples(list(images), params, layout)
+    return blend_samples(params.xp.ascontiguousarray(images), params, layout)
 
 
 def mix_labels(labels, params: MixParams, num_classes: int, smoothing: float = 0.0):
@@ -107,4 +121,9 @@ def mix_labels(labels, params: MixParams, num_classes: int, smoothing: float = 0
     params = _params_like(params, gpu)
     labels = _checks.check_labels(labels, num_classes, params.n)
     params.validate_rows()
+    kernels = host_kernels() if params.xp is np else None
+    if kernels is not None:  # the CPU build: the reference's float32 operations in one pass
+        out = kernels.mix_labels(labels, params, num_classes, *reference.smoothed_values(num_classes, smoothing))
+        if out is not None:
+            return out
     return reference.mix_labels(labels, params, num_classes, smoothing)

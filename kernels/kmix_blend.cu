@@ -23,6 +23,78 @@
 // to -0), and fmaf(0, x, -0) is +0 for x >= 0.
 KMIX_DEV float kmix_share_input(float w, float x) { return w == 0.0f ? copysignf(0.0f, x) : x; }
 
+#ifdef KMIX_HOST_SHIM
+// Host fast path of one term of the chain over a strip: acc[e] = fmaf(w, kmix_share_input(w, x[e]), acc[e])
+// (or with acc = +0 for the first term). The share is tested once per strip instead of once per element:
+// for w != 0 kmix_share_input is x itself, so the loop is a plain fused multiply-add that vectorises;
+// w == 0 (rare: a tiny alpha) keeps the exact expression. Same bits as the generic loop below.
+template <bool First, typename T>
+inline void kmix_dmixup_term(float* __restrict__ acc, const T* __restrict__ p, float w, int len) {
+  if (w != 0.0f) {
+    for (int e = 0; e < len; ++e) acc[e] = fmaf(w, kmix_to_float(p[e]), First ? 0.0f : acc[e]);
+  } else {
+    for (int e = 0; e < len; ++e)
+      acc[e] = fmaf(w, kmix_share_input(w, kmix_to_float(p[e])), First ? 0.0f : acc[e]);
+  }
+}
+
+// The store of the host fast path: kmix_from_float<T>, written for uint8 so that it vectorises (the clip
+// to 255 in float, the clip to 0 after the conversion to int). The same byte as kmix_from_float for every
+// float but NaN, which a blend of uint8 pixels (finite, >= 0) with finite shares >= 0 never makes.
+template <typename T>
+inline T kmix_host_store(float v) {
+  return kmix_from_float<T>(v);
+}
+template <>
+inline unsigned char kmix_host_store<unsigned char>(float v) {
+  float r = rintf(v);
+  r = r < 255.0f ? r : 255.0f;
+  const int i = (int)r;
+  return (unsigned char)(i > 0 ? i : 0);
+}
+
+// Host fast path for K <= KMIX_HOST_FIXED_K images, none of them with a share of 0 (then kmix_share_input
+// is the pixel itself): the whole chain of one element in registers, K known to the compiler, so one
+// loop reads the K images and writes the output once, vectorised, with no buffer in between.
+#define KMIX_HOST_FIXED_K 8
+template <int K, typename T>
+inline void kmix_dmixup_fixed(const T* const* __restrict__ in, T* __restrict__ o, const int* src, const float* w,
+                              long long begin, long long end) {
+  const T* p[K];
+  float wk[K];
+  for (int j = 0; j < K; ++j) {
+    p[j] = in[src[j]];
+    wk[j] = w[j];
+  }
+  for (long long i = begin; i < end; ++i) {
+    float acc = fmaf(wk[0], kmix_to_float(p[0][i]), 0.0f);
+    for (int j = 1; j < K; ++j) acc = fmaf(wk[j], kmix_to_float(p[j][i]), acc);
+    o[i] = kmix_host_store<T>(acc);
+  }
+}
+
+// Runs kmix_dmixup_fixed<k> when it applies (k <= KMIX_HOST_FIXED_K, no share of 0); false otherwise.
+template <typename T>
+inline bool kmix_dmixup_host_fixed(const T* const* __restrict__ in, T* __restrict__ o, const int* src,
+                                   const float* w, int k, long long begin, long long end) {
+  if (k > KMIX_HOST_FIXED_K) return false;
+  for (int j = 0; j < k; ++j)
+    if (w[j] == 0.0f) return false;
+  switch (k) {
+    case 1: kmix_dmixup_fixed<1>(in, o, src, w, begin, end); break;
+    case 2: kmix_dmixup_fixed<2>(in, o, src, w, begin, end); break;
+    case 3: kmix_dmixup_fixed<3>(in, o, src, w, begin, end); break;
+    case 4: kmix_dmixup_fixed<4>(in, o, src, w, begin, end); break;
+    case 5: kmix_dmixup_fixed<5>(in, o, src, w, begin, end); break;
+    case 6: kmix_dmixup_fixed<6>(in, o, src, w, begin, end); break;
+    case 7: kmix_dmixup_fixed<7>(in, o, src, w, begin, end); break;
+    case 8: kmix_dmixup_fixed<8>(in, o, src, w, begin, end); break;
+    default: return false;
+  }
+  return true;
+}
+#endif
+
 // DMixup of one sample over elements [begin, end): o[i] = fma chain over j of w[j] * in[src[j]][i].
 template <typename T>
 KMIX_DEV void kmix_dmixup_sample(const T* const* __restrict__ in, T* __restrict__ o, const int* src,
@@ -30,18 +102,17 @@ KMIX_DEV void kmix_dmixup_sample(const T* const* __restrict__ in, T* __restrict_
                                  long long nthreads) {
 #ifdef KMIX_HOST_SHIM
   if (nthreads == 1) {
-    // Host fast path (one thread per block, a contiguous range): the same fmaf chain per
-    // element, computed strip by strip with the k loop outside so that it vectorises.
+    // Host fast paths (one thread per block, a contiguous range): the same fmaf chain per element,
+    // for few images in one pass (kmix_dmixup_host_fixed), else strip by strip with the k loop
+    // outside so that it vectorises.
+    if (kmix_dmixup_host_fixed(in, o, src, w, k, begin, end)) return;
     for (long long i0 = begin; i0 < end; i0 += KMIX_STRIP) {
       const int len = (int)(end - i0 < KMIX_STRIP ? end - i0 : KMIX_STRIP);
       float acc[KMIX_STRIP];
-      for (int e = 0; e < len; ++e) acc[e] = 0.0f;
-      for (int j = 0; j < k; ++j) {
-        const T* __restrict__ p = in[src[j]] + i0;
-        const float wj = w[j];
-        for (int e = 0; e < len; ++e) acc[e] = fmaf(wj, kmix_share_input(wj, kmix_to_float(p[e])), acc[e]);
-      }
-      for (int e = 0; e < len; ++e) o[i0 + e] = kmix_from_float<T>(acc[e]);
+      kmix_dmixup_term<true>(acc, in[src[0]] + i0, w[0], len);
+      for (int j = 1; j < k; ++j) kmix_dmixup_term<false>(acc, in[src[j]] + i0, w[j], len);
+      T* __restrict__ out = o + i0;
+      for (int e = 0; e < len; ++e) out[e] = kmix_host_store<T>(acc[e]);
     }
     return;
   }
@@ -90,20 +161,25 @@ KMIX_DEV void kmix_copy_run(const T* __restrict__ from, T* __restrict__ to, int 
   for (int e = a + tid; e < b; e += nthreads) to[e] = from[e];
 }
 
-// DCutMix of one sample over rows [r_begin, r_end) (see kmix_dcutmix).
+// The depth of row y (the number of leading boxes whose rows contain it; nested, so they are a prefix).
+KMIX_DEV int kmix_row_depth(const int* bx, int k, int y) {
+  int m = 0;
+  while (m < k - 1 && y >= bx[4 * m + 0] && y < bx[4 * m + 2]) ++m;
+  return m;
+}
+
+// DCutMix of rows [r_begin, r_end) of one sample, row by row: the threads of a block stride through each run.
 template <typename T>
-KMIX_DEV void kmix_dcutmix_sample(const T* const* __restrict__ in, T* __restrict__ out_s, const int* src,
-                                  const int* bx, int k, int height, int width, int channels, int layout,
-                                  int r_begin, int r_end, int tid, int nthreads) {
+KMIX_DEV void kmix_dcutmix_rows(const T* const* __restrict__ in, T* __restrict__ out_s, const int* src,
+                                const int* bx, int k, int height, int width, int channels, int layout,
+                                int r_begin, int r_end, int tid, int nthreads) {
   const int cstep = layout == KMIX_HWC ? channels : 1;  // elements per pixel along a row
   const long long row_len = (long long)width * cstep;
   for (int r = r_begin; r < r_end; ++r) {
     const int y = layout == KMIX_HWC ? r : r % height;
     const long long off = (long long)r * row_len;
     T* __restrict__ o = out_s + off;
-    // m = number of leading boxes whose rows contain y (nested, so they are a prefix).
-    int m = 0;
-    while (m < k - 1 && y >= bx[4 * m + 0] && y < bx[4 * m + 2]) ++m;
+    const int m = kmix_row_depth(bx, k, y);
     int left = 0;
     for (int d = 0; d < m; ++d) {  // entering box d: [left, x0_d) has depth d
       const int x0 = bx[4 * d + 1] * cstep;
@@ -119,6 +195,135 @@ KMIX_DEV void kmix_dcutmix_sample(const T* const* __restrict__ in, T* __restrict
     }
   }
 }
+
+#ifdef KMIX_HOST_SHIM
+// The n bytes at d from s, n in [N, 2 N]: two overlapping moves of a fixed size (no memcpy call).
+template <size_t N>
+inline void kmix_copy_ends(char* __restrict__ d, const char* __restrict__ s, size_t n) {
+  char head[N], tail[N];
+  std::memcpy(head, s, N);
+  std::memcpy(tail, s + n - N, N);
+  std::memcpy(d, head, N);
+  std::memcpy(d + n - N, tail, N);
+}
+
+// memcpy between two distinct buffers, the short copies (<= 64 bytes: most runs of a deep nesting) inline.
+inline void kmix_copy_bytes(char* __restrict__ d, const char* __restrict__ s, size_t n) {
+  if (n > 64)
+    std::memcpy(d, s, n);
+  else if (n > 32)
+    kmix_copy_ends<32>(d, s, n);
+  else if (n > 16)
+    kmix_copy_ends<16>(d, s, n);
+  else if (n >= 8)
+    kmix_copy_ends<8>(d, s, n);
+  else if (n >= 4)
+    kmix_copy_ends<4>(d, s, n);
+  else
+    for (size_t i = 0; i < n; ++i) d[i] = s[i];
+}
+
+// Host DCutMix: the copies of a chunk of rows, each run [a, b) of sample offsets (the same in the source and
+// in the output) copied from one image. Adjacent runs from one image become one copy: the anchor's part at
+// the end of a row and at the start of the next are adjacent in the anchor and in the output, so a row inside
+// box 0 costs one copy fewer, and the rows outside every box are one copy whatever their number.
+template <typename T>
+struct KmixRunCopier {
+  T* out;
+  const T* from = nullptr;
+  long long a = 0, b = 0;
+  void add(const T* src, long long ra, long long rb) {
+    if (ra >= rb) return;
+    if (src == from && ra == b) {
+      b = rb;
+      return;
+    }
+    flush();
+    from = src;
+    a = ra;
+    b = rb;
+  }
+  void flush() {
+    if (b > a) kmix_copy_bytes((char*)(out + a), (const char*)(from + a), (size_t)(b - a) * sizeof(T));
+    from = nullptr;
+    a = b = 0;
+  }
+};
+
+// The deepest box nesting kmix_dcutmix_rows_host works out once per band of rows; deeper rows take the
+// generic per-row code.
+#define KMIX_HOST_MAX_DEPTH 64
+
+// DCutMix of one sample over rows [r_begin, r_end), band by band: between two box edges every row has the
+// same runs (at most 2 m + 1 at depth m), worked out once per band instead of once per row.
+template <typename T>
+inline void kmix_dcutmix_rows_host(const T* const* __restrict__ in, T* __restrict__ out_s, const int* src,
+                                   const int* bx, int k, int height, int width, int channels, int layout,
+                                   int r_begin, int r_end) {
+  const int cstep = layout == KMIX_HWC ? channels : 1;
+  const long long row_len = (long long)width * cstep;
+  KmixRunCopier<T> copier{out_s};
+  struct Run {
+    const T* from;
+    long long a, b;
+  } runs[2 * KMIX_HOST_MAX_DEPTH + 1];
+  for (int r = r_begin; r < r_end;) {
+    const int y = layout == KMIX_HWC ? r : r % height;
+    const int m = kmix_row_depth(bx, k, y);
+    int stop_y = height;  // the band ends at the next box edge below y (or the plane's last row)
+    for (int d = 0; d < k - 1; ++d) {
+      if (bx[4 * d + 0] > y && bx[4 * d + 0] < stop_y) stop_y = bx[4 * d + 0];
+      if (bx[4 * d + 2] > y && bx[4 * d + 2] < stop_y) stop_y = bx[4 * d + 2];
+    }
+    const int r_stop = r + (stop_y - y) < r_end ? r + (stop_y - y) : r_end;
+    if (m > KMIX_HOST_MAX_DEPTH) {  // very deep nesting: the generic rows
+      copier.flush();
+      kmix_dcutmix_rows(in, out_s, src, bx, k, height, width, channels, layout, r, r_stop, 0, 1);
+      r = r_stop;
+      continue;
+    }
+    // the runs of one row of the band, left to right (as the generic code walks them)
+    int nruns = 0;
+    long long left = 0;
+    for (int d = 0; d < m; ++d) {
+      const long long x0 = (long long)bx[4 * d + 1] * cstep;
+      runs[nruns++] = {in[src[d]], left, x0};
+      left = x0;
+    }
+    long long right = m > 0 ? (long long)bx[4 * (m - 1) + 3] * cstep : row_len;
+    runs[nruns++] = {in[src[m]], left, right};
+    for (int d = m - 1; d >= 0; --d) {
+      const long long stop = d > 0 ? (long long)bx[4 * (d - 1) + 3] * cstep : row_len;
+      runs[nruns++] = {in[src[d]], right, stop};
+      right = stop;
+    }
+    for (; r < r_stop; ++r) {
+      const long long off = (long long)r * row_len;
+      if (nruns > 3 && r + 2 < r_stop) {  // deep rows: many short runs from as many images; their starts 2 rows
+        const long long ahead = off + 2 * row_len;  // ahead (too far apart for the hardware's stream prefetch)
+        for (int i = 0; i < nruns; ++i) __builtin_prefetch(runs[i].from + ahead + runs[i].a, 0, 3);
+      }
+      for (int i = 0; i < nruns; ++i) copier.add(runs[i].from, off + runs[i].a, off + runs[i].b);
+    }
+  }
+  copier.flush();
+}
+#endif
+
+// DCutMix of one sample over rows [r_begin, r_end) (see kmix_dcutmix).
+template <typename T>
+KMIX_DEV void kmix_dcutmix_sample(const T* const* __restrict__ in, T* __restrict__ out_s, const int* src,
+                                  const int* bx, int k, int height, int width, int channels, int layout,
+                                  int r_begin, int r_end, int tid, int nthreads) {
+#ifdef KMIX_HOST_SHIM
+  if (nthreads == 1) {  // host launch: one thread per block
+    kmix_dcutmix_rows_host(in, out_s, src, bx, k, height, width, channels, layout, r_begin, r_end);
+    return;
+  }
+#endif
+  kmix_dcutmix_rows(in, out_s, src, bx, k, height, width, channels, layout, r_begin, r_end, tid, nthreads);
+}
+
 
 // The rows [r_begin, r_end) of block blockIdx.x when gridDim.x blocks split a sample's rows.
 KMIX_DEV void kmix_row_chunk(int rows, int* r_begin, int* r_end) {

@@ -15,6 +15,7 @@ KMIX_TLS kmix_dim3 gridDim;
 #include "kmix_blend.cu"
 #include "kmix_boxes.cu"
 #include "kmix_saliency.cu"
+#include "kmix_spectral.h"
 
 // Element-type codes: KMIX_U8, KMIX_F16, KMIX_F32 (kmix_common.cuh).
 #define KMIX_DISPATCH(dtype, CALL)                                     \
@@ -133,16 +134,102 @@ int kmix_host_nest_boxes(const double* phi, const double* uni, int phi_stride, c
   return 0;
 }
 
+// One block per sample (one thread): kmix_grey_resize_host, the per-pixel arithmetic of kmix_grey_resize with
+// the grey values of the source rows worked out whole and the column taps once.
 int kmix_host_grey_resize(int dtype, const void* const* in, float* out, int n, int height, int width,
                           int channels, int layout, int out_h, int out_w, int nworkers, int reverse) {
   if (n <= 0 || out_h <= 0 || out_w <= 0) return 0;
   if (height <= 0 || width <= 0 || channels <= 0) return 1;  // no pixel to read (the tap would clamp to -1)
-  const kmix_dim3 block = {64, 1, 1};
-  const long long total = (long long)n * out_h * out_w;
-  const kmix_dim3 grid = {(unsigned)((total + 63) / 64), 1, 1};
-  KMIX_DISPATCH(dtype, kmix_launch(grid, block, nworkers, reverse != 0, [&]() {
-    kmix_grey_resize<T>((const T* const*)in, out, n, height, width, channels, layout, out_h, out_w);
+  std::vector<int> x0s(out_w), x1s(out_w);
+  std::vector<float> fxs(out_w);
+  for (int ox = 0; ox < out_w; ++ox) kmix_tap(ox, width, out_w, &x0s[ox], &x1s[ox], &fxs[ox]);
+  KMIX_DISPATCH(dtype, kmix_launch({(unsigned)n, 1, 1}, {1, 1, 1}, nworkers, reverse != 0, [&]() {
+    thread_local std::vector<float> rows;
+    rows.resize(2 * (size_t)width);
+    const int s = (int)blockIdx.x;
+    kmix_grey_resize_host<T>((const T*)in[s], out + (long long)s * out_h * out_w, height, width, channels, layout,
+                             out_h, out_w, x0s.data(), x1s.data(), fxs.data(), rows.data());
   }));
+  return 0;
+}
+
+// The spectral residual (kmix_spectral.h) of n grey images g (n x rows x cols float32; rows and cols powers of
+// two): the maps into maps (same shape) and the index of each map's first peak into peaks; gauss: the 5 taps
+// of the Gaussian. One block per image on the pool. Returns 2 when a side is not a power of two.
+int kmix_host_spectral_residual(const float* g, float* maps, int* peaks, int n, int rows, int cols,
+                                const float* gauss, int nworkers) {
+  auto pow2 = [](int v) { return v > 0 && (v & (v - 1)) == 0; };
+  if (!pow2(rows) || !pow2(cols)) return 2;
+  if (n <= 0) return 0;
+  const kmix_spectral::Plan prow(rows), pcol(cols);
+  const long long size = (long long)rows * cols;
+  kmix_launch({(unsigned)n, 1, 1}, {1, 1, 1}, nworkers, false, [&]() {
+    thread_local kmix_spectral::Work work;
+    const long long s = blockIdx.x;
+    peaks[s] = kmix_spectral::spectral_residual(g + s * size, maps + s * size, rows, cols, prow, pcol, gauss, work);
+  });
+  return 0;
+}
+
+// 1 when a MixParams record (NumPy arrays: sources int32 (n, k), weights float32 (n, k), boxes int32
+// (n, k - 1, 4) or null) passes MixParams.validate(n, height, width) -- every check it makes, made the same
+// way in double and held a hair tighter where NumPy's summation order could differ (the row sums) -- else 0,
+// and then the caller runs MixParams.validate, which names the fault. One pass instead of some thirty NumPy
+// operations.
+int kmix_host_record_valid(const int* sources, const float* weights, const int* boxes, int n, int k, int height,
+                           int width) {
+  const double weight_atol = 1e-5;
+  for (int s = 0; s < n; ++s) {
+    const int* src = sources + (long long)s * k;
+    const float* w = weights + (long long)s * k;
+    if (src[0] != s) return 0;
+    double sum = 0.0;
+    for (int j = 0; j < k; ++j) {
+      if (src[j] < 0 || src[j] >= n) return 0;
+      if (!std::isfinite(w[j]) || w[j] < 0.0f) return 0;
+      sum += (double)w[j];
+    }
+    if (!(std::fabs(sum - 1.0) <= weight_atol - 1e-12)) return 0;
+    if (!boxes || k == 1) continue;
+    const int* b = boxes + (long long)s * (k - 1) * 4;
+    const double hw = (double)height * (double)width;
+    long long outer = (long long)height * width;
+    for (int d = 0; d < k - 1; ++d) {
+      const int* q = b + 4 * d;
+      if (q[0] < 0 || q[1] < 0 || q[2] > height || q[3] > width || q[2] < q[0] || q[3] < q[1]) return 0;
+      if (d > 0 && !(q[0] >= q[-4] && q[1] >= q[-3] && q[2] <= q[-2] && q[3] <= q[-1])) return 0;
+      const long long area = (long long)(q[2] - q[0]) * (q[3] - q[1]);
+      if (!(std::fabs((double)(float)((double)(outer - area) / hw) - (double)w[d]) <= weight_atol)) return 0;
+      outer = area;
+    }
+    if (!(std::fabs((double)(float)((double)outer / hw) - (double)w[k - 1]) <= weight_atol)) return 0;
+  }
+  return 1;
+}
+
+// The soft targets of dali_kmix.reference.mix_labels, with its float32 operations in its order: per row, the
+// chain ((0 + w_0 v_0) + w_1 v_1) + ... with v = on for the class of share j, off elsewhere; every class that
+// is none of the row's labels gets the chain of the off terms. labels: int64 (m,) class indices; sources:
+// int32 (n, k); out: float32 (n, classes). Returns 1, writing nothing more, at a source outside [0, m) or a
+// label outside [0, classes) (the caller's NumPy code then reports it), else 0.
+int kmix_host_mix_labels(const long long* labels, long long m, const int* sources, const float* weights, int n, int k,
+                         int classes, float on, float off, float* out) {
+  for (long long i = 0; i < (long long)n * k; ++i)
+    if (sources[i] < 0 || sources[i] >= m || labels[sources[i]] < 0 || labels[sources[i]] >= classes) return 1;
+  for (int s = 0; s < n; ++s) {
+    const int* src = sources + (long long)s * k;
+    const float* w = weights + (long long)s * k;
+    float* o = out + (long long)s * classes;
+    float rest = 0.0f;
+    for (int j = 0; j < k; ++j) rest = rest + w[j] * off;
+    for (int c = 0; c < classes; ++c) o[c] = rest;
+    for (int j = 0; j < k; ++j) {
+      const long long cj = labels[src[j]];
+      float acc = 0.0f;
+      for (int i = 0; i < k; ++i) acc = acc + w[i] * (labels[src[i]] == cj ? on : off);
+      o[cj] = acc;
+    }
+  }
   return 0;
 }
 

@@ -2,7 +2,8 @@
 //
 // __global__/__device__ become ordinary (inline) functions, threadIdx/blockIdx/blockDim/
 // gridDim are thread-local variables, and kmix_launch() runs a grid by looping over
-// blocks (spread over worker threads) and, inside a block, over its threads in order.
+// blocks (handed out to the process's worker threads) and, inside a block, over its threads
+// in order.
 // This is only valid for kernels without shared memory, __syncthreads or warp
 // intrinsics, which is how the dali_kmix kernels are written.
 //
@@ -15,8 +16,13 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
 #include <thread>
 #include <vector>
+
+#include <unistd.h>
 
 #define __global__
 #define __device__
@@ -108,9 +114,88 @@ static inline __half __float2half_rn(float f) {
   return h;
 }
 
-// Run `body` for every (block, thread) of a grid. Blocks are split into contiguous ranges,
-// one per worker thread; `reverse` walks blocks and threads backwards (used by the tests to
-// show that the result does not depend on the order of execution).
+// The worker threads of kmix_launch: started once per process (not per launch: a thread start costs
+// tens of microseconds, a whole small blend on a loaded machine), asleep on a condition variable
+// between launches (they spin on nothing, so they take no core from the pipeline around them).
+// One launch at a time uses them; a launch that finds them busy (another Python thread inside a
+// kernel) runs on its own calling thread. After a fork the child starts its own workers.
+class KmixPool {
+ public:
+  // The pool of this process (created on first use, never destroyed: its threads sleep until the
+  // process ends, so no static destructor joins a thread while another library still runs).
+  static KmixPool& get() {
+    static KmixPool* pool = nullptr;
+    static pid_t owner = 0;
+    static std::mutex create;
+    std::lock_guard<std::mutex> lock(create);
+    if (!pool || owner != getpid()) {  // first use, or a forked child: the parent's threads are not here
+      pool = new KmixPool();
+      owner = getpid();
+    }
+    return *pool;
+  }
+
+  // Run job(worker) on the calling thread (worker 0) and on up to `helpers` pool threads (those that
+  // wake while the job lasts: workers 1, 2, ...), and return once every call has returned. Returns
+  // false, running nothing, when another launch holds the pool (the caller then runs the job alone).
+  template <class Job>
+  bool run(int helpers, Job& job) {
+    std::unique_lock<std::mutex> busy(launch_, std::try_to_lock);
+    if (!busy.owns_lock()) return false;
+    std::unique_lock<std::mutex> lock(m_);
+    for (; threads_ < helpers; ++threads_) std::thread([this] { loop(); }).detach();
+    task_ = &call<Job>;
+    job_ = &job;
+    wanted_ = helpers;
+    joined_ = 0;
+    ++generation_;
+    lock.unlock();
+    wake_.notify_all();
+    job(0);
+    lock.lock();
+    wanted_ = 0;  // a helper that wakes only now finds nothing to join: the work was done without it
+    done_.wait(lock, [this] { return inside_ == 0; });
+    task_ = nullptr;
+    job_ = nullptr;
+    return true;
+  }
+
+ private:
+  template <class Job>
+  static void call(void* job, int worker) { (*static_cast<Job*>(job))(worker); }
+
+  void loop() {
+    unsigned long long seen = 0;
+    std::unique_lock<std::mutex> lock(m_);
+    for (;;) {
+      wake_.wait(lock, [&] { return generation_ != seen && joined_ < wanted_; });
+      seen = generation_;
+      const int worker = ++joined_;
+      ++inside_;
+      void (*const task)(void*, int) = task_;
+      void* const job = job_;
+      lock.unlock();
+      task(job, worker);
+      lock.lock();
+      if (--inside_ == 0) done_.notify_all();
+    }
+  }
+
+  std::mutex launch_;  // held for a whole launch
+  std::mutex m_;       // guards the fields below
+  std::condition_variable wake_, done_;
+  void (*task_)(void*, int) = nullptr;  // the launch's job and how to call it
+  void* job_ = nullptr;
+  unsigned long long generation_ = 0;
+  int threads_ = 0, wanted_ = 0, joined_ = 0, inside_ = 0;
+};
+
+// Run `body` for every (block, thread) of a grid, on `nworkers` threads: the calling thread and
+// nworkers - 1 threads of the process's pool (KmixPool). Workers take blocks from a shared counter,
+// a few at a time, so a worker that the machine's load delays leaves its share to the others
+// instead of holding the launch up (a fixed split waits for the slowest). Inside a block its
+// threads run in order. `reverse` hands the blocks out from the last and walks each block's
+// threads backwards (the tests use it to show that the result does not depend on the order).
 template <class Body>
 static void kmix_launch(kmix_dim3 grid, kmix_dim3 block, int nworkers, bool reverse, Body body) {
   const long long nblocks = (long long)grid.x * grid.y * grid.z;
@@ -118,36 +203,33 @@ static void kmix_launch(kmix_dim3 grid, kmix_dim3 block, int nworkers, bool reve
   if (nblocks <= 0 || nthr <= 0) return;
   if (nworkers < 1) nworkers = 1;
   if (nworkers > nblocks) nworkers = (int)nblocks;
-  auto work = [&](long long b_lo, long long b_hi) {
+  // blocks per claim: about 16 claims per worker, so the shares even out, for few atomic operations
+  long long grain = nblocks / (16LL * nworkers);
+  if (grain < 1) grain = 1;
+  std::atomic<long long> next{0};
+  auto work = [&](int) {
     gridDim = grid;
     blockDim = block;
-    for (long long bi = b_lo; bi < b_hi; ++bi) {
-      const long long b = reverse ? (b_hi - 1 - (bi - b_lo)) : bi;
-      blockIdx.x = (unsigned)(b % grid.x);
-      blockIdx.y = (unsigned)((b / grid.x) % grid.y);
-      blockIdx.z = (unsigned)(b / ((long long)grid.x * grid.y));
-      for (long long ti = 0; ti < nthr; ++ti) {
-        const long long t = reverse ? nthr - 1 - ti : ti;
-        threadIdx.x = (unsigned)(t % block.x);
-        threadIdx.y = (unsigned)((t / block.x) % block.y);
-        threadIdx.z = (unsigned)(t / ((long long)block.x * block.y));
-        body();
+    for (;;) {
+      const long long lo = next.fetch_add(grain, std::memory_order_relaxed);
+      if (lo >= nblocks) return;
+      const long long hi = lo + grain < nblocks ? lo + grain : nblocks;
+      for (long long bi = lo; bi < hi; ++bi) {
+        const long long b = reverse ? nblocks - 1 - bi : bi;
+        blockIdx.x = (unsigned)(b % grid.x);
+        blockIdx.y = (unsigned)((b / grid.x) % grid.y);
+        blockIdx.z = (unsigned)(b / ((long long)grid.x * grid.y));
+        for (long long ti = 0; ti < nthr; ++ti) {
+          const long long t = reverse ? nthr - 1 - ti : ti;
+          threadIdx.x = (unsigned)(t % block.x);
+          threadIdx.y = (unsigned)((t / block.x) % block.y);
+          threadIdx.z = (unsigned)(t / ((long long)block.x * block.y));
+          body();
+        }
       }
     }
   };
-  if (nworkers == 1) {
-    work(0, nblocks);
-    return;
-  }
-  std::vector<std::thread> pool;
-  pool.reserve(nworkers - 1);
-  const long long per = (nblocks + nworkers - 1) / nworkers;
-  for (int wi = 1; wi < nworkers; ++wi) {
-    const long long lo = wi * per, hi = lo + per < nblocks ? lo + per : nblocks;
-    if (lo < hi) pool.emplace_back(work, lo, hi);
-  }
-  work(0, per < nblocks ? per : nblocks);
-  for (auto& t : pool) t.join();
+  if (nworkers == 1 || !KmixPool::get().run(nworkers - 1, work)) work(0);
 }
 
 // Run one block (bx, by) of `grid` with one thread on the calling thread: for callers that

@@ -68,3 +68,62 @@ __global__ void kmix_grey_resize(const T* const* __restrict__ in, float* __restr
     out[i] = top * (1.0f - fy) + bot * fy;
   }
 }
+
+#ifdef KMIX_HOST_SHIM
+// Host: the grey value of every pixel of row y, each as kmix_grey_at computes it (the same operations in the
+// same order), in loops over the row that the compiler vectorises.
+template <typename T>
+inline void kmix_grey_row_host(const T* __restrict__ img, int y, int height, int width, int channels, int layout,
+                               float* __restrict__ out) {
+  const long long hw = (long long)height * width;
+  if (channels == 3 && layout == KMIX_HWC) {
+    const T* __restrict__ p = img + (long long)y * width * 3;
+    for (int x = 0; x < width; ++x)
+      out[x] = kmix_to_float(p[3 * x]) * 0.299f + kmix_to_float(p[3 * x + 1]) * 0.587f +
+               kmix_to_float(p[3 * x + 2]) * 0.114f;
+  } else if (channels == 3) {
+    const T* __restrict__ p0 = img + (long long)y * width;
+    const T* __restrict__ p1 = p0 + hw;
+    const T* __restrict__ p2 = p1 + hw;
+    for (int x = 0; x < width; ++x)
+      out[x] = kmix_to_float(p0[x]) * 0.299f + kmix_to_float(p1[x]) * 0.587f + kmix_to_float(p2[x]) * 0.114f;
+  } else {
+    for (int x = 0; x < width; ++x) out[x] = kmix_grey_at(img, y, x, height, width, channels, layout);
+  }
+}
+
+// Host: the grey copy of one sample (out_h x out_w), each pixel with the arithmetic of kmix_grey_resize (the
+// same taps, grey values and interpolation, in the same order): the grey values of the two source rows an
+// output row reads are worked out whole (kmix_grey_row_host, kept for the next output row when it reads them
+// again), the taps of every column (x0s, x1s, fxs: kmix_tap of each ox) once by the caller.
+template <typename T>
+inline void kmix_grey_resize_host(const T* __restrict__ img, float* __restrict__ out, int height, int width,
+                                  int channels, int layout, int out_h, int out_w, const int* __restrict__ x0s,
+                                  const int* __restrict__ x1s, const float* __restrict__ fxs, float* rows) {
+  float* grey[2] = {rows, rows + width};
+  int held[2] = {-1, -1};
+  auto row = [&](int y, int keep) -> const float* {  // row y's grey values; the row `keep` stays held
+    for (int i = 0; i < 2; ++i)
+      if (held[i] == y) return grey[i];
+    const int slot = held[0] == keep ? 1 : 0;
+    kmix_grey_row_host(img, y, height, width, channels, layout, grey[slot]);
+    held[slot] = y;
+    return grey[slot];
+  };
+  for (int oy = 0; oy < out_h; ++oy) {
+    int y0, y1;
+    float fy;
+    kmix_tap(oy, height, out_h, &y0, &y1, &fy);
+    const float* __restrict__ g0 = row(y0, y1);
+    const float* __restrict__ g1 = row(y1, y0);
+    float* __restrict__ o = out + (long long)oy * out_w;
+    for (int ox = 0; ox < out_w; ++ox) {
+      const float fx = fxs[ox];
+      const float a = g0[x0s[ox]], b = g0[x1s[ox]], c = g1[x0s[ox]], d = g1[x1s[ox]];
+      const float top = a * (1.0f - fx) + b * fx;
+      const float bot = c * (1.0f - fx) + d * fx;
+      o[ox] = top * (1.0f - fy) + bot * fy;
+    }
+  }
+}
+#endif

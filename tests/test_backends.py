@@ -842,3 +842,149 @@ def test_nothing_is_launched_for_an_empty_batch_or_sample():
         for kernel in ("dmixup", "dcutmix", "mix"):
             assert cpu.launch_config(kernel, *args, "HWC") == (0, 0, 0)
             assert cpu.launch_cover(kernel, *args, "HWC")[0]
+
+
+# --------------------------------------------------------------------------- the host fast paths and the worker pool
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("zero", ["no-zero-share", "one-zero-share"])
+@pytest.mark.parametrize("k", [1, 2, 3, 8, 9])
+def test_dmixup_fast_paths_match_reference(backend, k, zero, dtype):
+    # The host runs K <= 8 with every share > 0 in one pass (K known to the compiler), else strip by strip;
+    # rows of both kinds in one batch, and a sample length (3 x 37 x 41) that no vector width divides.
+    n = 7
+    rng = np.random.default_rng(11 * k)
+    x = random_images(rng, dtype, (n, 37, 41, 3))
+    weights = rng.dirichlet(np.ones(k), n).astype(np.float32)
+    if zero == "one-zero-share":
+        weights[::2, rng.integers(0, k, (n + 1) // 2)] = 0.0  # every other row: one share of 0 (K = 1: all)
+    sources = np.concatenate([np.arange(n)[:, None], rng.integers(0, n, (n, k - 1))], axis=1).astype(np.int32)
+    p = MixParams(sources, weights, None)
+    _assert_same_bits(backend.blend(x, p, "HWC"), reference.mix_images(x, p, "HWC"))
+
+
+def _boxes_sharing_edges(n, h, w, k, rng):
+    """Nested boxes that share edges with each other and with the image (full width, full height, equal boxes,
+    empty ones), the cases where the host's band-by-band DCutMix merges or skips runs."""
+    rows = []
+    for s in range(n):
+        y0, x0, y1, x1 = 0, 0, h, w
+        level = []
+        for _ in range(k - 1):
+            kind = rng.integers(0, 5)
+            if kind == 1:  # keep the parent's left and right edges (runs merge across rows)
+                y0, y1 = y0 + rng.integers(0, max(1, (y1 - y0) // 3) + 1), y1 - rng.integers(0, 2)
+            elif kind == 2:  # keep the parent's top and bottom
+                x0, x1 = x0 + rng.integers(0, 2), x1 - rng.integers(0, max(1, (x1 - x0) // 3) + 1)
+            elif kind == 3:  # an empty box (and every box inside it)
+                y1 = y0
+            elif kind == 4:  # shrink on all sides
+                y0, x0 = y0 + rng.integers(0, 3), x0 + rng.integers(0, 3)
+                y1, x1 = max(y0, y1 - rng.integers(0, 3)), max(x0, x1 - rng.integers(0, 3))
+            y1, x1 = max(y0, y1), max(x0, x1)
+            level.append([y0, x0, y1, x1])  # kind 0: the same box as its parent
+        rows.append(level)
+    return np.array(rows, np.int32).reshape(n, k - 1, 4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["HWC", "CHW"])
+@pytest.mark.parametrize("k", [2, 4, 70], ids=["k2", "k4", "k70-deeper-than-the-host-bands"])
+def test_dcutmix_boxes_sharing_edges_match_reference(backend, layout, dtype, k):
+    n, h, w = 6, 23, 17
+    rng = np.random.default_rng(k)
+    x = random_images(rng, dtype, _shape(layout, n, h, w, 3))
+    boxes = _boxes_sharing_edges(n, h, w, k, rng)
+    # repeated partners: consecutive boxes from one image are one run on the host
+    sources = np.concatenate([np.arange(n)[:, None], rng.integers(0, 2, (n, k - 1))], axis=1).astype(np.int32)
+    p = MixParams(sources, area_weights(boxes, h, w), boxes)
+    _assert_same_bits(backend.blend(x, p, layout), reference.mix_images(x, p, layout))
+
+
+def _blend_in_threads(cpu_kernels, x, p, threads):
+    """The same DMixup in ``threads`` Python threads at once (ctypes lets go of the GIL): every output."""
+    import threading
+
+    outs = [np.empty_like(x) for _ in range(threads)]
+    start = threading.Barrier(threads)
+
+    def run(i):
+        start.wait()
+        for _ in range(5):
+            cpu_kernels.dmixup(list(x), list(outs[i]), p.sources, p.weights, workers=2)
+
+    ts = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return outs
+
+
+def test_concurrent_launches_from_python_threads_are_each_right():
+    # One launch at a time has the worker pool; a launch that finds it busy runs on its own thread.
+    cpu_kernels = CpuBackend().k
+    rng = np.random.default_rng(3)
+    x = random_images(rng, np.float32, (16, 31, 29, 3))
+    p = sample_params("dmixup", 16, 31, 29, k=3, rng=4)
+    want = reference.mix_images(x, p, "HWC")
+    for out in _blend_in_threads(cpu_kernels, x, p, 4):
+        _assert_same_bits(out, want)
+
+
+def _child_blend(conn):
+    from dali_kmix.backends import cpu
+
+    x = np.arange(8 * 5 * 7 * 3, dtype=np.float32).reshape(8, 5, 7, 3)
+    p = sample_params("dmixup", 8, 5, 7, k=3, rng=2)
+    out = np.empty_like(x)
+    cpu.dmixup(list(x), list(out), p.sources, p.weights, workers=2)
+    conn.send(out)
+
+
+@pytest.mark.slow
+def test_a_forked_child_runs_the_kernels_with_its_own_workers():
+    # The parent's worker threads do not exist in a child made by fork (DataLoader workers, multiprocessing):
+    # the child starts its own instead of waiting on the parent's, and blends right.
+    import multiprocessing as mp
+
+    cpu_kernels = CpuBackend().k
+    x = np.arange(8 * 5 * 7 * 3, dtype=np.float32).reshape(8, 5, 7, 3)
+    p = sample_params("dmixup", 8, 5, 7, k=3, rng=2)
+    _blend_in_threads(cpu_kernels, x, p, 2)  # the parent's pool is running (and was busy just now)
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_child_blend, args=(child,))
+    proc.start()
+    assert parent.poll(60), "the forked child did not finish its blend"
+    _assert_same_bits(parent.recv(), reference.mix_images(x, p, "HWC"))
+    proc.join(10)
+    assert proc.exitcode == 0
+
+
+def test_cpu_kernels_take_batch_arrays_as_lists_of_samples():
+    # (N, ...) batch arrays: the rows' addresses at once; a strided input batch is copied first, a strided output
+    # batch, a batch of another shape or a list of the wrong length go the per-sample way and raise there.
+    cpu_kernels = CpuBackend().k
+    rng = np.random.default_rng(14)
+    x = random_images(rng, np.uint8, (5, 9, 11, 3))
+    strided = np.ascontiguousarray(x.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)  # x's values, not C-contiguous
+    blend, paste = (sample_params(m, 5, 9, 11, k=3, rng=3) for m in ("dmixup", "dcutmix"))
+    cut = (np.arange(5) % 2).astype(np.uint8)
+    runs = [(cpu_kernels.dmixup, (blend.sources, blend.weights), reference.mix_images(x, blend, "HWC")),
+            (cpu_kernels.dcutmix, (paste.sources, paste.boxes, "HWC"), reference.mix_images(x, paste, "HWC")),
+            (cpu_kernels.mix, (blend.sources, blend.weights, paste.boxes, cut, "HWC"),
+             np.where(cut.astype(bool)[:, None, None, None], reference.mix_images(x, paste, "HWC"),
+                      reference.mix_images(x, blend, "HWC")))]
+    for fn, args, want in runs:
+        for given in (x, strided):
+            out = np.empty_like(x)
+            assert fn(given, out, *args) is out
+            _assert_same_bits(out, want)
+        with pytest.raises(ValueError, match=r"outputs\[0\] must be C-contiguous"):
+            fn(x, np.empty((5, 11, 9, 3), np.uint8).transpose(0, 2, 1, 3), *args)
+        with pytest.raises(ValueError, match=r"inputs\[0\] must have shape \(9, 11, 3\) and dtype uint8"):
+            fn(x.astype(np.float32), np.empty_like(x), *args)
+    with pytest.raises(ValueError, match="inputs and outputs must hold the same number of samples, got 4 and 5"):
+        cpu_kernels.dmixup(x[:4], np.empty_like(x), blend.sources, blend.weights)

@@ -137,3 +137,23 @@ def test_scaling_rows_and_plot(tmp_path):
 def test_metadata_is_json():
     meta = json.loads(json.dumps(bench.metadata()))
     assert meta["cpu_cores"] >= 1 and meta["numpy"] == np.__version__
+
+
+def test_each_peer_is_held_against_the_dali_kmix_row_its_user_calls():
+    # The DALI-native composition against the DALI operator, the libraries of arrays against the array API; the
+    # row reports the peer dali_kmix leads by the least (here: behind DALI native, ahead of timm), and the copy.
+    base = {"level": "op", "device": "cpu", "dtype": "uint8", "batch": 8, "method": "dcutmix", "k": 3,
+            "mode": "sample", "status": "ok"}
+    times = {bench.KMIX: 1.0, bench.KMIX_DALI: 3.0, "DALI native": 2.0, "timm FastCollateMixup": 4.0}
+    rows = [{**base, "impl": impl, "median_s": t} for impl, t in times.items()]
+    rows.append({"level": "op", "device": "cpu", "dtype": "uint8", "batch": 8, "status": "ok",
+                 "impl": "copy (yardstick)", "median_s": 0.5})
+    bench._add_ratios(rows)
+    km = rows[0]
+    assert (km["fastest_peer"], km["compared_with"], km["vs_fastest_peer"]) == ("DALI native", bench.KMIX_DALI, 1.5)
+    assert km["vs_copy"] == 2.0
+    assert "| 1.50× slower than DALI native (DALI op) | 2.00 |" in bench.format_table(rows)
+    rows[1]["median_s"] = 1.0  # the DALI operator now 2x ahead of DALI native, still closer than timm (4x behind)
+    bench._add_ratios(rows)
+    assert (km["fastest_peer"], km["vs_fastest_peer"]) == ("DALI native", 0.5)
+    assert "| 2.00× faster than DALI native (DALI op) |" in bench.format_table(rows)

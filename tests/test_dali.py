@@ -1023,3 +1023,26 @@ def test_zero_area_samples(monkeypatch, layout, shape, method, path):
                                            rf"label weights are box areas / \(H x W\)\), but sample 0 has shape "
                                            rf"{re.escape(str(shape))} \(layout {layout}"):
         p.run()
+
+
+        assert kinds == ({"KmixDcutmix"} if native else {"PythonFunction"}), (kw, kinds)
+
+
+def test_batch_generators_seed_as_the_list_of_ints_did():
+    # _Draws.generator hands SeedSequence the uint32 words of [seed, *key bits] at once: the same sequence as the
+    # list of Python ints (keys of 0.0 and of one word, seeds of one and of three words), so the same draws
+    from dali_kmix import dali as kd
+
+    rng = np.random.default_rng(0)
+    keys = [np.array([v]) for v in np.concatenate([rng.random(61), [0.0, 5e-324, 1.0]])]
+    words = np.concatenate([k.reshape(-1) for k in keys]).view(np.uint64)
+    for seed in (0, 7, 2**64 + 3):
+        spec = kd.MixSpec(method="dcutmix", k=3, alpha=(1.0,) * 3, num_classes=5, layout="HWC", mode="sample",
+                          prob=1.0, smoothing=0.0, label_format="sparse", saliency="spectral-residual", seed=seed,
+                          shard_id=2, index=1)
+        got = kd._Draws(spec).generator(keys)
+        seq = np.random.SeedSequence(entropy=[seed, *words.tolist()], spawn_key=(2, 1))
+        want = np.random.Generator(np.random.PCG64(seq))
+        np.testing.assert_array_equal(got.random(8), want.random(8))
+        np.testing.assert_array_equal(got.bit_generator.state["state"]["state"],
+                                      want.bit_generator.state["state"]["state"])

@@ -276,3 +276,48 @@ def test_mix_labels_validates_the_record(sources, weights, match):
     # A record mix_images would refuse used to give NaN or silently wrong targets (a -1 source wraps around).
     with pytest.raises(ValueError, match=match):
         dali_kmix.mix_labels(np.array([0, 1]), dali_kmix.MixParams(sources, weights), num_classes=2)
+
+
+def test_the_one_pass_record_check_passes_what_validate_passes():
+    # mix_images checks a NumPy record in one pass of the CPU build (kmix_host_record_valid) before validate's
+    # NumPy operations: it must pass no record that validate refuses, and pass the sampled ones.
+    from dali_kmix import backends
+    from dali_kmix.record import area_weights
+
+    kernels = backends.host_kernels()
+    if kernels is None:
+        pytest.skip("no C++ compiler: the CPU kernels are unavailable")
+    n, h, w = 6, 9, 11
+    rng = np.random.default_rng(5)
+    good = [dali_kmix.sample_params(m, n, h, w, k=k, prob=0.7, rng=rng) for m in ("dmixup", "dcutmix") for k in (2, 4)]
+    for p in good:
+        assert kernels.record_valid(p, h, w)
+    p = good[-1]
+    bad = []
+    for change in ("anchor", "source", "negative", "nan", "sum", "bounds", "nesting", "area"):
+        s, wt, b = p.sources.copy(), p.weights.copy(), p.boxes.copy()
+        if change == "anchor":
+            s[2, 0] = 3
+        elif change == "source":
+            s[1, 2] = n
+        elif change == "negative":
+            wt[0, 1] = -1e-3
+        elif change == "nan":
+            wt[3, 0] = np.nan
+        elif change == "sum":
+            wt[4] = wt[4] * np.float32(1.0001)
+        elif change == "bounds":
+            b[1, 0] = (0, 0, h + 1, w)
+        elif change == "nesting":
+            b[5] = ((2, 2, 6, 6), (1, 1, 3, 3), (1, 1, 2, 2))
+        elif change == "area":
+            wt[0, :2] = wt[0, 1::-1]
+        if change in ("bounds", "nesting"):
+            wt = area_weights(b, h, w)
+        bad.append(dali_kmix.MixParams(s, wt, b))
+    for change, q in zip(("anchor", "source", "negative", "nan", "sum", "bounds", "nesting", "area"), bad):
+        with pytest.raises(ValueError):
+            q.validate(n, h, w)
+        assert not kernels.record_valid(q, h, w), change
+        with pytest.raises(ValueError):
+            dali_kmix.mix_images(np.zeros((n, h, w, 3), np.uint8), q, "HWC")

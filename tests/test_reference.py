@@ -158,3 +158,57 @@ def test_labels_match_the_definition(method, smoothing):
     assert got.dtype == np.float32 and got.shape == (7, 10)
     np.testing.assert_allclose(got, _oracle_labels(labels, p, 10, smoothing), atol=1e-6)
     np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-6)
+
+
+def _one_hot_chain(labels, p, num_classes, s):
+    """The targets as K one-hot matrices summed in float32, term by term (what mix_labels must give, bit for
+    bit, without building them)."""
+    out = np.zeros((p.n, num_classes), np.float32)
+    for k in range(p.k):
+        out += p.weights[:, k, None] * reference.smoothed_one_hot(labels[p.sources[:, k]], num_classes, s)
+    return out
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.3])
+@pytest.mark.parametrize("k", [1, 2, 3, 9])
+def test_labels_are_the_one_hot_sum_bit_for_bit(k, smoothing):
+    # Shares with repeated labels (a class counted by several shares), shares of 0 and of -0 (which pass
+    # "w >= 0"), and an empty batch: the same bits as adding K smoothed one-hot matrices in order.
+    rng = np.random.default_rng(k)
+    n, c = 40, 7
+    labels = rng.integers(0, 3, n)  # few classes: many rows meet one class several times
+    w = rng.dirichlet(np.full(k, 0.5), n).astype(np.float32)
+    w[rng.random((n, k)) < 0.2] = 0.0
+    w[rng.random((n, k)) < 0.1] = -0.0
+    sources = np.concatenate([np.arange(n)[:, None], rng.integers(0, n, (n, k - 1))], axis=1)
+    for m in (n, 0):
+        p = MixParams(sources[:m], w[:m], None)
+        got = reference.mix_labels(labels, p, c, smoothing)
+        want = _one_hot_chain(labels, p, c, smoothing)
+        assert got.dtype == np.float32 and got.shape == (m, c)
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.3])
+@pytest.mark.parametrize("k", [1, 2, 3, 9])
+def test_cpu_build_labels_are_the_references_bit_for_bit(k, smoothing):
+    # dali_kmix.mix_labels on NumPy runs the CPU build's one-pass targets: the reference's bits, with repeated
+    # labels, shares of 0 and -0; a source outside the labels is left to the reference (which reports it).
+    from dali_kmix.backends import cpu
+
+    if not cpu.available():
+        pytest.skip("no C++ compiler: the CPU kernels are unavailable")
+    rng = np.random.default_rng(10 + k)
+    n, c = 40, 7
+    labels = rng.integers(0, 3, n)
+    w = rng.dirichlet(np.full(k, 0.5), n).astype(np.float32)
+    w[rng.random((n, k)) < 0.2] = 0.0
+    w[rng.random((n, k)) < 0.1] = -0.0
+    sources = np.concatenate([np.arange(n)[:, None], rng.integers(0, n, (n, k - 1))], axis=1)
+    p = MixParams(sources, w, None)
+    on, off = reference.smoothed_values(c, smoothing)
+    got = cpu.mix_labels(labels, p, c, on, off)
+    want = reference.mix_labels(labels, p, c, smoothing)
+    assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    assert cpu.mix_labels(labels[:-1], p, c, on, off) is None  # sources reach sample n - 1
+    assert cpu.mix_labels(labels + 5, p, c, on, off) is None  # labels past the classes

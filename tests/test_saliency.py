@@ -485,3 +485,69 @@ def test_salient_points_of_empty_images_is_an_error(layout, shape):
     # used to read outside the image (a clamp to row -1) and return the point (-1, 5)
     with pytest.raises(ValueError, match=rf"sample 0 has shape \({shape[0]}, {shape[1]}, {shape[2]}\)"):
         saliency.salient_points(np.zeros((2,) + shape, np.uint8), layout)
+
+
+# --------------------------------------------------------------------------- the CPU build's spectral residual
+
+
+def _maps_both_ways(g):
+    """(the CPU build's maps, the NumPy code's float32 maps) of grey images g."""
+    from dali_kmix.backends import host_kernels
+
+    if host_kernels() is None:
+        pytest.skip("no C++ compiler: the CPU kernels are unavailable")
+    return saliency.spectral_residual(g), saliency._spectral_residual(g, np.float32)
+
+
+def _scenes():
+    """Grey 64 x 64 copies of photographs (framed two ways) and the scenes with exact zero bins."""
+    from dali_kmix.apps.data import PHOTOS
+
+    photos = [saliency.small_grey(_framed(_photo(name), 150, 200, frame)[None], "HWC")[0]
+              for name in PHOTOS for frame in ("resize", "letterbox")]
+    return np.concatenate([np.stack(photos), _zero_bin_images()])
+
+
+def test_cpu_build_spectral_residual_matches_the_numpy_code():
+    # The default CPU path (float32, 64 x 64): the same maps as the NumPy code within a few float32 ulps of 1,
+    # the same peak, on photographs, on scenes with exact zero bins and on an all-zero image.
+    g = _scenes()
+    native, numpy_maps = _maps_both_ways(g)
+    assert native.dtype == np.float32 and native.shape == g.shape and np.isfinite(native).all()
+    np.testing.assert_allclose(native, numpy_maps, rtol=0, atol=2e-6)
+    np.testing.assert_array_equal(native.reshape(len(g), -1).argmax(1), numpy_maps.reshape(len(g), -1).argmax(1))
+
+
+@pytest.mark.parametrize("h,w", [(16, 16), (32, 128), (128, 64), (1, 1)], ids=lambda v: str(v))
+def test_cpu_build_spectral_residual_on_other_power_of_two_grids(h, w):
+    rng = np.random.default_rng(h + w)
+    g = (rng.random((3, h, w)) * 255).astype(np.float32)
+    g[0] = 50.0  # flat: every bin but the DC term is zero
+    native, numpy_maps = _maps_both_ways(g)
+    np.testing.assert_allclose(native, numpy_maps, rtol=0, atol=2e-6)
+
+
+def test_other_grids_and_float64_run_the_numpy_code(monkeypatch):
+    import types
+
+    from dali_kmix import backends
+
+    called = []
+    real = backends.host_kernels()
+
+    def spy():
+        if real is None:
+            return None
+        return types.SimpleNamespace(spectral_residual=lambda *a: called.append(a[0].shape) or
+                                     real.spectral_residual(*a))
+
+    monkeypatch.setattr(saliency, "host_kernels", spy)
+    g = (np.random.default_rng(2).random((2, 48, 48)) * 255).astype(np.float32)
+    want = saliency._spectral_residual(g, np.float32)
+    assert np.array_equal(saliency.spectral_residual(g).view(np.uint32), want.view(np.uint32))
+    g64 = np.pad(g, ((0, 0), (8, 8), (8, 8)))
+    assert np.array_equal(saliency.spectral_residual(g64, precision=np.float64),
+                          saliency._spectral_residual(g64, np.float64))
+    assert called == []
+    saliency.spectral_residual(g64)
+    assert called == [(2, 64, 64)] or real is None

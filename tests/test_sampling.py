@@ -332,3 +332,59 @@ def test_records_store_c_contiguous_arrays():
     np.testing.assert_array_equal(p.weights, w)
     drawn = sample_params("dmixup", 7, 8, 8, k=3, rng=0)
     assert drawn.sources.flags.c_contiguous and drawn.weights.flags.c_contiguous
+
+
+def _same_record(a, b):
+    np.testing.assert_array_equal(a.sources, b.sources)
+    assert a.sources.dtype == b.sources.dtype == np.int32
+    assert a.weights.dtype == b.weights.dtype == np.float32
+    assert np.array_equal(a.weights.view(np.uint32), b.weights.view(np.uint32))
+    assert (a.boxes is None) == (b.boxes is None)
+    if a.boxes is not None:
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+        assert a.boxes.dtype == b.boxes.dtype == np.int32
+
+
+@pytest.mark.parametrize("kernel", ["host-kernel", "numpy-fallback"])
+def test_host_samplers_nest_like_params_from_draws(monkeypatch, kernel):
+    # record_from_draws (sample_params, sample_anchor_params and the DALI operators nest through it): the CPU
+    # build's nesting kernel where it loads, NumPy where it does not; both the very record of params_from_draws
+    from dali_kmix import backends
+    from dali_kmix.sampling import draw_raw, record_from_draws, sample_anchor_params
+
+    if kernel == "numpy-fallback":
+        monkeypatch.setattr(backends, "host_kernels", lambda: None)
+    elif backends.host_kernels() is None:
+        pytest.skip("no C++ compiler: the CPU kernels are unavailable")
+    n, h, w = 37, 29, 41
+    centers = np.stack([np.arange(n) % h, (7 * np.arange(n)) % w], axis=1)
+    for mode in ("sample", "batch"):
+        for method in ("dmixup", "dcutmix", "saliency-dcutmix"):
+            draws = draw_raw(np, np.random.default_rng(3), n, 4, np.full(4, 0.7), mode, 0.8)
+            c = centers if method == "saliency-dcutmix" else None
+            _same_record(record_from_draws(method, *draws, h, w, c), params_from_draws(method, *draws, h, w, c))
+            got = sample_params(method, n, h, w, k=4, alpha=0.7, mode=mode, prob=0.8, rng=3, centers=c)
+            _same_record(got, params_from_draws(method, *draws, h, w, c))
+    with pytest.raises(ValueError, match=r"saliency-dcutmix needs the salient point of every image"):
+        record_from_draws("saliency-dcutmix", *draws, h, w)
+    a, b = np.random.default_rng(5), np.random.default_rng(5)
+    anchor = sample_anchor_params(n, h, w, k=3, anchor_ratio=0.4, rng=a)
+    monkeypatch.setattr(backends, "host_kernels", lambda: None)
+    _same_record(anchor, sample_anchor_params(n, h, w, k=3, anchor_ratio=0.4, rng=b))
+
+
+@pytest.mark.parametrize("alpha", [1.0, (0.3, 0.3, 0.3, 0.3), (0.3, 0.5, 0.3, 2.0)], ids=["scalar", "equal", "mixed"])
+def test_draws_are_the_generators_gamma_draws_of_each_concentration(alpha):
+    # draw_raw asks NumPy's generator for Gamma(alpha + 1) with a scalar shape when every alpha is the same (faster);
+    # the stream must be the one an array of shapes gives (records stay what they were for a seed)
+    from dali_kmix.sampling import draw_raw
+
+    a = np.broadcast_to(np.asarray(alpha, np.float64), (4,))
+    g1, g2 = np.random.default_rng(9), np.random.default_rng(9)
+    phi, uniforms = draw_raw(np, g1, 33, 4, a, "sample", 1.0)[:2]
+    gamma1 = g2.standard_gamma(a + 1.0, size=(33, 4))
+    u = 1.0 - g2.random((33, 4))
+    logg = np.log(gamma1) + np.log(u) / a
+    e = np.exp(logg - logg.max(axis=-1, keepdims=True))
+    assert np.array_equal(phi.view(np.uint64), (e / e.sum(axis=-1, keepdims=True)).view(np.uint64))
+    np.testing.assert_array_equal(uniforms, g2.random((33, 3, 2)))  # and the stream goes on from the same point

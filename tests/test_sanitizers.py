@@ -92,6 +92,13 @@ def test_dali_plugin_suite_under_asan_and_ubsan(tmp_path):
     assert list(build.cache_dir().glob("*/libkmix_dali_asan.so"))
 
 
+def test_host_steps_beside_the_blend_under_asan_and_ubsan(tmp_path):
+    # The CPU build's native steps outside the kernel suite: the spectral residual, the one-pass record check and
+    # the soft targets (kmix_spectral.h, kmix_host_record_valid, kmix_host_mix_labels).
+    _run_clean([str(HERE / "test_saliency.py"), str(HERE / "test_reference.py"), str(HERE / "test_mixing.py"),
+                "-k", "cpu_build or one_pass"], _sanitized_env(), tmp_path)
+
+
 # --------------------------------------------------------------------------- the CUDA kernels under compute-sanitizer
 # One tool per device call, a selection sized to run in a few minutes, CuPy without its memory pool (a pool hands out
 # pieces of large blocks, so a kernel reading past a sample inside its block would not be reported), the tool's own

@@ -5,7 +5,7 @@ or batch-level shares, the dtype/layout); what it cannot do is reported with the
 never skipped silently. A runnable peer returns a zero-argument callable that mixes one
 batch *and* builds its labels, so that everybody does comparable work:
 
-* ``dali_kmix`` — sample the record, run the kernels on the list of samples, mix labels;
+* ``dali_kmix`` — sample the record, ``mix_images`` (a new array, as a user gets it), ``mix_labels``;
 * ``timm Mixup`` (modes "batch" and "elem") and ``timm FastCollateMixup`` (uint8 collate);
 * ``torchvision.transforms.v2`` ``MixUp`` / ``CutMix`` (one share per batch);
 * ``kornia`` ``RandomMixUpV2`` / ``RandomCutMixV2(num_mix=K-1)``;
@@ -141,17 +141,15 @@ def peer_callable(peer: str, cfg: Config, x: np.ndarray, labels: np.ndarray, see
 
 
 def _kmix(cfg, x, labels, seed):
-    from ..mixing import blend_samples, mix_labels
+    """What a user of the array API calls: draw the record, mix the batch (a new array), build the targets."""
+    from ..mixing import mix_images, mix_labels
     from ..sampling import sample_params
 
     gen = np.random.default_rng(seed)
-    samples = list(x)
-    out = np.empty_like(x)
 
     def run():
         p = sample_params(cfg.method, cfg.batch, cfg.size, cfg.size, k=cfg.k, mode=cfg.mode, rng=gen)
-        blend_samples(samples, p, cfg.layout, out=out)
-        return out, mix_labels(labels, p, NUM_CLASSES)
+        return mix_images(x, p, cfg.layout), mix_labels(labels, p, NUM_CLASSES)
 
     return run
 

@@ -31,7 +31,7 @@ import numpy as np
 from .. import reference
 from .._checks import array_module, spatial_size
 
-__all__ = ["backend_for", "Backend", "CpuBackend", "GpuBackend", "NumpyBackend", "gpu_available"]
+__all__ = ["backend_for", "Backend", "CpuBackend", "GpuBackend", "NumpyBackend", "gpu_available", "host_kernels"]
 
 
 class Backend:
@@ -178,6 +178,15 @@ def backend_for(array, *, workers=None) -> Backend:
     if cpu.available():
         return CpuBackend(workers=workers)
     return NumpyBackend()
+
+
+def host_kernels():
+    """The CPU build (:mod:`dali_kmix.backends.cpu`) where it loads, else None: what the host-side steps beside the
+    blend use when they can (the box nesting of the samplers, the one-pass record check of ``mix_images``, the
+    spectral residual of the saliency); without it they run their NumPy code, which gives the same results."""
+    from . import cpu
+
+    return cpu if cpu.available() else None
 
 
 @functools.lru_cache(maxsize=None)

@@ -24,6 +24,7 @@ from .build import build_flags, compile_cached, compiler, sanitize_requested
 from .sources import kernels_dir
 
 __all__ = ["load", "build", "available", "compiler", "dmixup", "dcutmix", "mix", "nest_boxes", "grey_resize",
+           "spectral_residual", "record_valid", "mix_labels",
            "half_to_float", "float_to_half", "DTYPE_CODES", "LAYOUT_CODES", "HOST_SOURCES", "default_workers",
            "launch_config", "launch_cover", "validate_record", "KERNEL_CODES", "METHOD_CODES"]
 
@@ -33,7 +34,7 @@ LAYOUT_CODES = {"HWC": 0, "CHW": 1}
 
 #: Files the host build reads (the entry points, the shim and every kernel source and header).
 HOST_SOURCES = ("kmix_host.cpp", "kmix_host_shim.h", "kmix_codes.h", "kmix_common.cuh", "kmix_blend.cu",
-                "kmix_boxes.cu", "kmix_saliency.cu", "kmix_record.h", "kmix_launch.h")
+                "kmix_boxes.cu", "kmix_saliency.cu", "kmix_spectral.h", "kmix_record.h", "kmix_launch.h")
 
 #: Kernel codes of the GPU launch configuration (kernels/kmix_launch.h).
 KERNEL_CODES = {"dmixup": 0, "dcutmix": 1, "mix": 2}
@@ -82,6 +83,12 @@ def _load(sanitize: bool):
     lib.kmix_host_nest_boxes.argtypes = [_P, _P, _I, _P, _P, _I, _I, _I, _I, _P, _P, _P, _P, _I, _I]
     lib.kmix_host_grey_resize.argtypes = [_I, _P, _P, _I, _I, _I, _I, _I, _I, _I, _I, _I]
     lib.kmix_host_grey_resize.restype = _I
+    lib.kmix_host_mix_labels.argtypes = [_P, _L, _P, _P, _I, _I, _I, ctypes.c_float, ctypes.c_float, _P]
+    lib.kmix_host_mix_labels.restype = _I
+    lib.kmix_host_record_valid.argtypes = [_P, _P, _P, _I, _I, _I, _I]
+    lib.kmix_host_record_valid.restype = _I
+    lib.kmix_host_spectral_residual.argtypes = [_P, _P, _P, _I, _I, _I, _P, _I]
+    lib.kmix_host_spectral_residual.restype = _I
     lib.kmix_host_half_to_float.argtypes = [_P, _P, _L]
     lib.kmix_host_float_to_half.argtypes = [_P, _P, _L]
     for fn in (lib.kmix_host_dmixup, lib.kmix_host_dcutmix, lib.kmix_host_nest_boxes):
@@ -117,6 +124,23 @@ def _ptrs(arrays) -> np.ndarray:
     return np.fromiter((a.ctypes.data for a in arrays), dtype=np.uint64, count=len(arrays))
 
 
+def _batch_ptrs(batch: np.ndarray) -> np.ndarray:
+    """The addresses of the rows of a C-contiguous batch, computed at once (no view per sample)."""
+    return np.arange(batch.shape[0], dtype=np.uint64) * np.uint64(batch.strides[0]) + np.uint64(batch.ctypes.data)
+
+
+def _blend_ptrs(inputs, outputs):
+    """``(input addresses, output addresses, inputs, one output sample)`` of a blend (``inputs`` kept alive by the
+    caller: strided inputs are copied). Batch arrays (N, ...) of one shape and dtype, the outputs C-contiguous, give
+    their rows' addresses at once; lists of samples are checked one by one (:func:`dense_blend_samples`)."""
+    if isinstance(inputs, np.ndarray) and isinstance(outputs, np.ndarray) and outputs.ndim >= 2 and \
+            outputs.flags.c_contiguous and inputs.shape == outputs.shape and inputs.dtype == outputs.dtype:
+        inputs = np.ascontiguousarray(inputs)
+        return _batch_ptrs(inputs), _batch_ptrs(outputs), inputs, outputs[0]
+    inputs, outputs = dense_blend_samples(inputs, outputs)
+    return _ptrs(inputs), _ptrs(outputs), inputs, outputs[0]
+
+
 def _c(a, dtype):
     """A C-contiguous array of ``dtype`` (no copy when it already is one)."""
     return np.ascontiguousarray(a, dtype=dtype)
@@ -135,16 +159,15 @@ def _threads(workers, block_threads, reverse):
 
 
 def dmixup(inputs, outputs, sources, weights, *, workers=None, block_threads=1, reverse=False):
-    """DMixup on the CPU. ``inputs``/``outputs``: lists of N C-contiguous arrays of one shape and dtype."""
+    """DMixup on the CPU. ``inputs``/``outputs``: lists of N arrays of one shape and dtype (outputs C-contiguous), or
+    two (N, ...) batch arrays."""
     n = len(outputs)
     if n == 0:
         return outputs
-    inputs, outputs = dense_blend_samples(inputs, outputs)
+    pin, pout, inputs, one = _blend_ptrs(inputs, outputs)
     src, w = _c(sources, np.int32), _c(weights, np.float32)
-    pin, pout = _ptrs(inputs), _ptrs(outputs)
-    return _launch("kmix_host_dmixup", outputs, DTYPE_CODES[outputs[0].dtype], pin.ctypes.data, pout.ctypes.data,
-                   src.ctypes.data, w.ctypes.data, n, src.shape[1], outputs[0].size,
-                   *_threads(workers, block_threads, reverse))
+    return _launch("kmix_host_dmixup", outputs, DTYPE_CODES[one.dtype], pin.ctypes.data, pout.ctypes.data,
+                   src.ctypes.data, w.ctypes.data, n, src.shape[1], one.size, *_threads(workers, block_threads, reverse))
 
 
 def dcutmix(inputs, outputs, sources, boxes, layout, *, workers=None, block_threads=1, reverse=False):
@@ -152,11 +175,10 @@ def dcutmix(inputs, outputs, sources, boxes, layout, *, workers=None, block_thre
     n = len(outputs)
     if n == 0:
         return outputs
-    inputs, outputs = dense_blend_samples(inputs, outputs)
-    h, w, c = hwc_dims(outputs[0].shape, layout)
+    pin, pout, inputs, one = _blend_ptrs(inputs, outputs)
+    h, w, c = hwc_dims(one.shape, layout)
     src, bx = _c(sources, np.int32), _c(boxes, np.int32)
-    pin, pout = _ptrs(inputs), _ptrs(outputs)
-    return _launch("kmix_host_dcutmix", outputs, DTYPE_CODES[outputs[0].dtype], pin.ctypes.data, pout.ctypes.data,
+    return _launch("kmix_host_dcutmix", outputs, DTYPE_CODES[one.dtype], pin.ctypes.data, pout.ctypes.data,
                    src.ctypes.data, bx.ctypes.data, n, src.shape[1], h, w, c, LAYOUT_CODES[layout],
                    *_threads(workers, block_threads, reverse))
 
@@ -166,12 +188,11 @@ def mix(inputs, outputs, sources, weights, boxes, cut, layout, *, workers=None, 
     n = len(outputs)
     if n == 0:
         return outputs
-    inputs, outputs = dense_blend_samples(inputs, outputs)
-    h, w, c = hwc_dims(outputs[0].shape, layout)
+    pin, pout, inputs, one = _blend_ptrs(inputs, outputs)
+    h, w, c = hwc_dims(one.shape, layout)
     src, wt, bx = _c(sources, np.int32), _c(weights, np.float32), _c(boxes, np.int32)
     ct = _c(np.asarray(cut).reshape(n), np.uint8)
-    pin, pout = _ptrs(inputs), _ptrs(outputs)
-    return _launch("kmix_host_mix", outputs, DTYPE_CODES[outputs[0].dtype], pin.ctypes.data, pout.ctypes.data,
+    return _launch("kmix_host_mix", outputs, DTYPE_CODES[one.dtype], pin.ctypes.data, pout.ctypes.data,
                    src.ctypes.data, wt.ctypes.data, bx.ctypes.data, ct.ctypes.data, n, src.shape[1], h, w, c,
                    LAYOUT_CODES[layout], *_threads(workers, block_threads, reverse))
 
@@ -211,6 +232,39 @@ def grey_resize(inputs, layout, out_h, out_w, *, workers=None, reverse=False):
     pin = _ptrs(inputs)
     return _launch("kmix_host_grey_resize", out, DTYPE_CODES[inputs[0].dtype], pin.ctypes.data, out.ctypes.data, n,
                    h, w, c, LAYOUT_CODES[layout], out_h, out_w, workers or default_workers(), int(reverse))
+
+
+def spectral_residual(g: np.ndarray, gauss: np.ndarray, *, workers=None):
+    """``(maps, peaks)``: the spectral-residual maps (float32 ``(N, h, w)``) of N grey images (``(N, h, w)``, h and
+    w powers of two) and the flat index of each map's first peak (int32 ``(N,)``); ``gauss``: the 5 taps of
+    the smoothing Gaussian. The host implementation of :func:`dali_kmix.saliency.spectral_residual`."""
+    g = _c(g, np.float32)
+    n, h, w = g.shape
+    maps = np.empty((n, h, w), np.float32)
+    peaks = np.zeros(n, np.int32)
+    k = _c(gauss, np.float32)
+    return _launch("kmix_host_spectral_residual", (maps, peaks), g.ctypes.data, maps.ctypes.data, peaks.ctypes.data,
+                   n, h, w, k.ctypes.data, workers or default_workers())
+
+
+def record_valid(params, height: int, width: int) -> bool:
+    """True when the NumPy record ``params`` passes ``params.validate(N, height, width)`` (the same checks, in one
+    pass); False when it may not (then ``validate`` decides, and names the fault)."""
+    src, w, b = params.sources, params.weights, params.boxes  # int32 / float32 / int32, C-contiguous (MixParams)
+    return bool(load().kmix_host_record_valid(src.ctypes.data, w.ctypes.data, None if b is None else b.ctypes.data,
+                                              src.shape[0], src.shape[1], height, width))
+
+
+def mix_labels(labels: np.ndarray, params, num_classes: int, on, off):
+    """The targets of :func:`dali_kmix.reference.mix_labels` (the same bits) for int64 ``labels`` and a NumPy
+    record, with the smoothed one-hot values ``on`` and ``off``; None where a source or a label is out of range
+    (the reference then reports it)."""
+    labels = _c(labels, np.int64)
+    out = np.empty((params.n, num_classes), np.float32)
+    src, w = params.sources, params.weights  # int32 / float32, C-contiguous (MixParams)
+    rc = load().kmix_host_mix_labels(labels.ctypes.data, labels.shape[0], src.ctypes.data, w.ctypes.data, params.n,
+                                     params.k, num_classes, on, off, out.ctypes.data)
+    return None if rc else out
 
 
 def half_to_float(bits: np.ndarray) -> np.ndarray:

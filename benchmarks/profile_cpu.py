@@ -1,0 +1,203 @@
+"""Where the time of dali_kmix's CPU operators goes, stage by stage (the "CPU profile" of benchmarks/README.md).
+
+Two measures that a loaded machine does not spoil:
+
+* ``ratios`` (default): every stage of a configuration timed in interleaved rounds (each stage once per
+  round, in the same process), reported as the median over rounds of its time divided by the time of a
+  copy of the same batch in that round (``x.copy()``: it allocates its output, as ``mix_images`` does).
+  A slow spell of the machine slows a whole round, so the ratios hold where absolute times do not.
+* ``--callgrind STAGE``: the instructions one call of a stage executes, counted by valgrind's callgrind
+  (the difference between a run with 1 and with 3 calls, so start-up cancels out). valgrind cannot run
+  AVX-512 code, so the kernels are built for this count without it (``-mno-avx512f``, a separate build
+  cache); the counts are of that build.
+
+    python benchmarks/profile_cpu.py                      # the array API rows and the saliency step
+    python benchmarks/profile_cpu.py --only dcutmix-uint8-128-3-sample --rounds 40
+    python benchmarks/profile_cpu.py --callgrind saliency --batch 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+NUM_CLASSES = 1000
+SIZE = 224
+
+#: (method, dtype, batch, K, mode): the operator rows the issue's targets name, and the rows where a peer led.
+CONFIGS = [("dcutmix", "uint8", 64, 3, "sample"), ("dcutmix", "uint8", 128, 3, "sample"),
+           ("dmixup", "uint8", 128, 3, "sample"), ("dmixup", "float32", 128, 3, "sample"),
+           ("dcutmix", "float32", 64, 2, "sample"), ("dcutmix", "float32", 64, 16, "sample"),
+           ("dcutmix", "uint8", 32, 2, "batch"), ("dcutmix", "float32", 32, 2, "batch")]
+
+
+def _batch(dtype, batch, seed=0):
+    rng = np.random.default_rng(seed)
+    if dtype == "uint8":
+        x = rng.integers(0, 256, (batch, SIZE, SIZE, 3), dtype=np.uint8)
+    else:
+        x = rng.standard_normal((batch, 3, SIZE, SIZE), dtype=np.float32)
+    return x, ("HWC" if dtype == "uint8" else "CHW"), rng.integers(0, NUM_CLASSES, batch)
+
+
+def operator_stages(method, dtype, batch, k, mode="sample"):
+    """{stage: zero-argument callable} of one array-API row: what the bench's dali_kmix row calls, by parts."""
+    import dali_kmix
+
+    x, layout, labels = _batch(dtype, batch)
+    gen = np.random.default_rng(1)
+    p = dali_kmix.sample_params(method, batch, SIZE, SIZE, k=k, mode=mode, rng=gen)
+
+    def row():
+        q = dali_kmix.sample_params(method, batch, SIZE, SIZE, k=k, mode=mode, rng=gen)
+        return dali_kmix.mix_images(x, q, layout), dali_kmix.mix_labels(labels, q, NUM_CLASSES)
+
+    return {"copy": lambda: x.copy(),
+            "sample_params": lambda: dali_kmix.sample_params(method, batch, SIZE, SIZE, k=k, mode=mode, rng=gen),
+            "mix_images": lambda: dali_kmix.mix_images(x, p, layout),
+            "mix_labels": lambda: dali_kmix.mix_labels(labels, p, NUM_CLASSES),
+            "row (all three)": row}
+
+
+def saliency_stages(batch):
+    from dali_kmix import saliency
+
+    x, layout, _ = _batch("uint8", batch)
+    samples = list(x)
+    g = saliency.small_grey(samples, layout)
+    return {"copy": lambda: x.copy(),
+            "small_grey": lambda: saliency.small_grey(samples, layout),
+            "spectral_residual": lambda: saliency.spectral_residual(g),
+            "salient_points": lambda: saliency.salient_points(samples, layout)}
+
+
+class _Host:
+    """The "device" of :func:`dali_kmix.apps.bench_gpu._interleaved` for host work: wall-clock seconds per call."""
+
+    @staticmethod
+    def seconds_per_call(fn, iters: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        return (time.perf_counter() - t0) / iters
+
+
+def interleaved(stages, rounds, warmup=2):
+    """{stage: (median seconds, median of per-round ratios to "copy", 10th-90th percentile of the ratios)}."""
+    from dali_kmix.apps.bench_gpu import _interleaved
+
+    times = _interleaved(_Host(), stages, rounds, 1, warmup)
+    copy = np.asarray(times["copy"])
+    out = {}
+    for name, ts in times.items():
+        r = np.asarray(ts) / copy
+        out[name] = (float(np.median(ts)), float(np.median(r)), float(np.percentile(r, 10)),
+                     float(np.percentile(r, 90)))
+    return out
+
+
+def _print(title, res):
+    print(f"\n{title}")
+    print(f"  {'stage':18s} {'median ms':>10s} {'/ copy':>8s}  10-90 %")
+    for name, (t, r, lo, hi) in res.items():
+        print(f"  {name:18s} {1e3 * t:10.3f} {r:8.2f}  {lo:.2f}-{hi:.2f}")
+
+
+# --------------------------------------------------------------------------- instruction counts
+
+
+def _stage_by_name(name, batch):
+    if name in ("small_grey", "spectral_residual", "salient_points", "saliency"):
+        stages = saliency_stages(batch)
+        return stages["salient_points" if name == "saliency" else name]
+    method, dtype, b, k, mode, stage = name.split(":")
+    return operator_stages(method, dtype, int(b), int(k), mode)[stage]
+
+
+def _count(stage, batch, reps):
+    """Instructions of a whole run of this script's ``--run-stage`` under callgrind."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "cg.out")
+        proc = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
+                               __file__, "--run-stage", stage, "--batch", str(batch), "--reps", str(reps)],
+                              capture_output=True, text=True, env=_callgrind_env())
+        m = re.search(r"refs:\s+([\d,]+)", proc.stderr)
+        if proc.returncode or not m:
+            raise RuntimeError(f"callgrind failed:\n{proc.stderr[-3000:]}")
+        return int(m.group(1).replace(",", ""))
+
+
+def _callgrind_env():
+    """The kernels built without AVX-512 (valgrind cannot run it), in a build cache of their own."""
+    env = dict(os.environ)
+    cache = os.path.join(tempfile.gettempdir(), "dali_kmix_callgrind_cache")
+    os.makedirs(cache, exist_ok=True)
+    wrapper = os.path.join(cache, "cxx-no-avx512")
+    if not os.path.exists(wrapper):
+        with open(wrapper, "w") as f:
+            f.write(f'#!/bin/sh\nexec {shutil.which(os.environ.get("CXX", "g++"))} "$@" -mno-avx512f\n')
+        os.chmod(wrapper, 0o755)
+    env.update(CXX=wrapper, DALI_KMIX_CACHE=cache, DALI_KMIX_PLUGIN="0")
+    return env
+
+
+def callgrind(stage, batch):
+    """Instructions per call of ``stage`` (runs with 1 and 3 calls; the difference over 2), after one run without
+    valgrind that leaves nothing to do once (the build of the kernels, the bytecode caches) to either count."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed")
+    subprocess.run([sys.executable, __file__, "--run-stage", stage, "--batch", str(batch)], check=True,
+                   capture_output=True, env=_callgrind_env())
+    one, three = _count(stage, batch, 1), _count(stage, batch, 3)
+    return (three - one) / 2
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--only", nargs="*", help="configurations as method-dtype-batch-K, or 'saliency'")
+    ap.add_argument("--batch", type=int, default=64, help="batch of the saliency step and of --callgrind")
+    ap.add_argument("--callgrind", nargs="*", metavar="STAGE",
+                    help="count instructions: 'saliency', 'small_grey', 'spectral_residual' or "
+                         "'method:dtype:batch:K:mode:stage' (stage: mix_images, sample_params, mix_labels, copy)")
+    ap.add_argument("--run-stage", help=argparse.SUPPRESS)
+    ap.add_argument("--reps", type=int, default=1, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.run_stage:  # the process callgrind runs: warm up once (builds, imports, caches), then the calls
+        import gc
+
+        fn = _stage_by_name(args.run_stage, args.batch)
+        fn()
+        gc.collect()
+        gc.disable()  # a collection falls on one count or the other by chance: none in either
+        for _ in range(args.reps):
+            fn()
+        return
+    if args.callgrind:
+        for stage in args.callgrind:
+            print(f"{stage} (batch {args.batch}): {callgrind(stage, args.batch) / 1e6:.2f} M instructions per call")
+        return
+    import dali_kmix
+
+    print(f"dali_kmix from {os.path.dirname(dali_kmix.__file__)}; load average {os.getloadavg()[0]:.1f}")
+    only = set(args.only or [])
+    for method, dtype, batch, k, mode in CONFIGS:
+        name = f"{method}-{dtype}-{batch}-{k}-{mode}"
+        if only and name not in only:
+            continue
+        _print(f"{method} {dtype} batch {batch} K={k} {mode} (array API)",
+               interleaved(operator_stages(method, dtype, batch, k, mode), args.rounds))
+    if not only or "saliency" in only:
+        _print(f"saliency step, uint8 HWC batch {args.batch}", interleaved(saliency_stages(args.batch), args.rounds))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,325 @@
+// dali_kmix: the spectral residual (dali_kmix.saliency.spectral_residual) on the host, for grids whose sides
+// are powers of two (the default 64 x 64): float32, one image per block of the host pool, every step a loop
+// the compiler vectorises.
+//
+// The same steps as the NumPy/CuPy code, which stays the reference (and runs every other size and float64):
+//   F = FFT2(g); A = |F|; a bin is live where A > tol = eps * log2(h w) * sum |g| (else it carries no energy);
+//   R = log A - (3 x 3 sum of log A) / (3 x 3 count of live bins), reflect-101 border, over the live bins;
+//   back = |IFFT2(F * exp(R) / A)| (0 in the dead bins); map = Gaussian 5 x 5 (sigma 8, reflect-101)(back)^2,
+//   divided by its peak.
+// It is not bit for bit NumPy's: the FFT (radix 2, planar, vectorised across columns), log and exp (Cephes'
+// float32 polynomials, ~1 ulp), |F| (sqrt(re^2 + im^2) for hypot) and the sum of |g| (in double) round in
+// their own ways; the tests hold its maps and peaks against OpenCV's and NumPy's. IFFT2's 1 / (h w) is left
+// out: a power of two, it scales every value exactly and the map is divided by its peak.
+//
+// Host only (kmix_host.cpp, after kmix_host_shim.h): the GPU runs the CuPy code.
+#pragma once
+
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
+
+namespace kmix_spectral {
+
+inline float bits_to_float(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+inline uint32_t float_to_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
+}
+
+// exp(x) for float32 (Cephes expf, ~1 ulp), branch-free so that a loop over it vectorises.
+inline float exp_f(float x) {
+  x = x < 88.3762626647949f ? x : 88.3762626647949f;
+  x = x > -87.3365447505531f ? x : -87.3365447505531f;
+  const float n = rintf(x * 1.44269504088896341f);
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
+  return p * bits_to_float((uint32_t)((int)n + 127) << 23);
+}
+
+// log(x) for float32 x > 0 (Cephes logf, ~1 ulp; subnormals scaled by 2^23 first). Every choice is made on
+// the bits with integer masks, so that a loop over it vectorises (a conditional floating-point operation
+// would not: the compiler may not evaluate one speculatively under the default -ftrapping-math).
+inline float log_f(float x) {
+  uint32_t u = float_to_bits(x);
+  const uint32_t tiny = 0u - (uint32_t)(u < 0x00800000u);  // subnormal (x > 0: the exponent bits are 0)
+  u = (float_to_bits(x * 8388608.0f) & tiny) | (u & ~tiny);
+  const uint32_t mbits = (u & 0x807fffffu) | 0x3f000000u;  // the mantissa as a float in [0.5, 1)
+  const uint32_t low = 0u - (uint32_t)(mbits < 0x3f3504f3u);  // below sqrt(1/2): take 2 m - 1, e - 1
+  const float e = (float)((int)((u >> 23) & 0xffu) - 126 - (int)(tiny & 23u) - (int)(low & 1u));
+  const float m0 = bits_to_float(mbits);
+  const float m = bits_to_float((float_to_bits(m0 + m0 - 1.0f) & low) | (float_to_bits(m0 - 1.0f) & ~low));
+  const float z = m * m;
+  float y = 7.0376836292e-2f;
+  y = y * m - 1.1514610310e-1f;
+  y = y * m + 1.1676998740e-1f;
+  y = y * m - 1.2420140846e-1f;
+  y = y * m + 1.4249322787e-1f;
+  y = y * m - 1.6668057665e-1f;
+  y = y * m + 2.0000714765e-1f;
+  y = y * m - 2.4999993993e-1f;
+  y = y * m + 3.3333331174e-1f;
+  y = y * m * z;
+  y = y + e * -2.12194440e-4f;
+  y = y - 0.5f * z;
+  return (m + y) + e * 0.693359375f;
+}
+
+// The radix-2 transform of one side: its bit reversal and twiddles (exp(-2 pi i k / n), k < n / 2).
+struct Plan {
+  int n = 0;
+  std::vector<int> rev;
+  std::vector<float> wr, wi;
+  explicit Plan(int side) : n(side), rev(side), wr(side / 2), wi(side / 2) {
+    int bits = 0;
+    while ((1 << bits) < side) ++bits;
+    for (int i = 0; i < side; ++i) {
+      int r = 0;
+      for (int b = 0; b < bits; ++b) r |= ((i >> b) & 1) << (bits - 1 - b);
+      rev[i] = r;
+    }
+    const double pi = 3.14159265358979323846;
+    for (int k = 0; k < side / 2; ++k) {
+      wr[k] = (float)std::cos(2.0 * pi * k / side);
+      wi[k] = (float)-std::sin(2.0 * pi * k / side);
+    }
+  }
+};
+
+// The transform along the first axis of (re, im), rows x cols row-major (plan.n == rows), for every
+// column at once: the butterflies combine whole rows, so the loop over the columns vectorises.
+inline void fft_columns(float* re, float* im, int cols, const Plan& plan, bool inverse) {
+  const int rows = plan.n;
+  for (int y = 0; y < rows; ++y) {
+    const int r = plan.rev[y];
+    if (r > y) {
+      for (int x = 0; x < cols; ++x) {
+        std::swap(re[(long long)y * cols + x], re[(long long)r * cols + x]);
+        std::swap(im[(long long)y * cols + x], im[(long long)r * cols + x]);
+      }
+    }
+  }
+  for (int len = 2; len <= rows; len <<= 1) {
+    const int half = len >> 1, step = rows / len;
+    for (int start = 0; start < rows; start += len) {
+      for (int j = 0; j < half; ++j) {
+        const float c = plan.wr[j * step], s = inverse ? -plan.wi[j * step] : plan.wi[j * step];
+        float* __restrict__ ar = re + (long long)(start + j) * cols;
+        float* __restrict__ ai = im + (long long)(start + j) * cols;
+        float* __restrict__ br = re + (long long)(start + j + half) * cols;
+        float* __restrict__ bi = im + (long long)(start + j + half) * cols;
+        for (int x = 0; x < cols; ++x) {
+          const float tr = br[x] * c - bi[x] * s;
+          const float ti = br[x] * s + bi[x] * c;
+          br[x] = ar[x] - tr;
+          bi[x] = ai[x] - ti;
+          ar[x] = ar[x] + tr;
+          ai[x] = ai[x] + ti;
+        }
+      }
+    }
+  }
+}
+
+// out (cols x rows) = in (rows x cols) transposed: in 8 x 8 tiles, each in registers where AVX is there
+// (8 loads, 24 shuffles, 8 stores instead of 64 scalar moves), element by element otherwise.
+inline void transpose(const float* __restrict__ in, float* __restrict__ out, int rows, int cols) {
+#if defined(__AVX__)
+  if (rows % 8 == 0 && cols % 8 == 0) {
+    for (int y0 = 0; y0 < rows; y0 += 8) {
+      for (int x0 = 0; x0 < cols; x0 += 8) {
+        const float* src = in + (long long)y0 * cols + x0;
+        __m256 r[8], t[8];
+        for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + (long long)i * cols);
+        for (int i = 0; i < 8; i += 2) {
+          t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+          t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+        }
+        for (int i = 0; i < 8; i += 4) {
+          r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+          r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xee);
+          r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+          r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+        }
+        float* dst = out + (long long)x0 * rows + y0;
+        for (int i = 0; i < 4; ++i) {
+          _mm256_storeu_ps(dst + (long long)i * rows, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+          _mm256_storeu_ps(dst + (long long)(i + 4) * rows, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+        }
+      }
+    }
+    return;
+  }
+#endif
+  for (int y = 0; y < rows; ++y)
+    for (int x = 0; x < cols; ++x) out[(long long)x * rows + y] = in[(long long)y * cols + x];
+}
+
+// The 2D transform of (re, im), rows x cols, left transposed (cols x rows): the columns' transforms, a transpose
+// (into the spare planes t0, t1, which then swap places with re, im), the columns' transforms again.
+inline void fft2_transposing(float*& re, float*& im, float*& t0, float*& t1, int rows, int cols, const Plan& prow,
+                             const Plan& pcol, bool inverse) {
+  fft_columns(re, im, cols, prow, inverse);
+  transpose(re, t0, rows, cols);
+  transpose(im, t1, rows, cols);
+  std::swap(re, t0);
+  std::swap(im, t1);
+  fft_columns(re, im, rows, pcol, inverse);
+}
+
+inline int reflect101(int i, int n) {  // OpenCV's BORDER_DEFAULT for one step past an edge
+  return n == 1 ? 0 : (i < 0 ? -i : (i >= n ? 2 * n - 2 - i : i));
+}
+
+// out = sum over the 3 x 3 window of a (rows x cols), reflect-101 border: rows first, then columns, each as
+// (a[-1] + a[0]) + a[+1] (the NumPy code's order). tmp: rows x cols.
+inline void box_sum3(const float* a, float* tmp, float* out, int rows, int cols) {
+  for (int y = 0; y < rows; ++y) {
+    const float* __restrict__ up = a + (long long)reflect101(y - 1, rows) * cols;
+    const float* __restrict__ mid = a + (long long)y * cols;
+    const float* __restrict__ down = a + (long long)reflect101(y + 1, rows) * cols;
+    float* __restrict__ t = tmp + (long long)y * cols;
+    for (int x = 0; x < cols; ++x) t[x] = (up[x] + mid[x]) + down[x];
+  }
+  for (int y = 0; y < rows; ++y) {
+    const float* __restrict__ t = tmp + (long long)y * cols;
+    float* __restrict__ o = out + (long long)y * cols;
+    o[0] = (t[reflect101(-1, cols)] + t[0]) + t[reflect101(1, cols)];
+    for (int x = 1; x < cols - 1; ++x) o[x] = (t[x - 1] + t[x]) + t[x + 1];
+    if (cols > 1) o[cols - 1] = (t[cols - 2] + t[cols - 1]) + t[reflect101(cols, cols)];
+  }
+}
+
+// The 5-tap correlation of a (rows x cols) along its rows (axis 0), then its columns, reflect-101 border:
+// acc = k0 * a[-2]; acc += k1 * a[-1]; ... (the NumPy code's order).
+inline void gaussian5(const float* a, float* tmp, float* out, int rows, int cols, const float* k) {
+  for (int y = 0; y < rows; ++y) {
+    float* __restrict__ t = tmp + (long long)y * cols;
+    const float* __restrict__ r0 = a + (long long)reflect101(y - 2, rows) * cols;
+    for (int x = 0; x < cols; ++x) t[x] = k[0] * r0[x];
+    for (int i = 1; i < 5; ++i) {
+      const float* __restrict__ ri = a + (long long)reflect101(y - 2 + i, rows) * cols;
+      const float ki = k[i];
+      for (int x = 0; x < cols; ++x) t[x] = t[x] + ki * ri[x];
+    }
+  }
+  const float k0 = k[0], k1 = k[1], k2 = k[2], k3 = k[3], k4 = k[4];
+  for (int y = 0; y < rows; ++y) {
+    const float* __restrict__ t = tmp + (long long)y * cols;
+    float* __restrict__ o = out + (long long)y * cols;
+    auto edge = [&](int x) {
+      float acc = k0 * t[reflect101(x - 2, cols)];
+      for (int i = 1; i < 5; ++i) acc = acc + k[i] * t[reflect101(x - 2 + i, cols)];
+      o[x] = acc;
+    };
+    const int lo = cols < 2 ? cols : 2, hi = cols - 2 > lo ? cols - 2 : lo;
+    for (int x = 0; x < lo; ++x) edge(x);
+    for (int x = lo; x < hi; ++x)
+      o[x] = (((k0 * t[x - 2] + k1 * t[x - 1]) + k2 * t[x]) + k3 * t[x + 1]) + k4 * t[x + 2];
+    for (int x = hi; x < cols; ++x) edge(x);
+  }
+}
+
+// Scratch of spectral_residual for rows x cols: 7 planes of floats.
+struct Work {
+  std::vector<float> planes;
+  void resize(long long n) {
+    if ((long long)planes.size() < 7 * n) planes.resize(7 * n);
+  }
+};
+
+// The map of one grey image g (rows x cols, both powers of two) into map (rows x cols); returns the index of
+// its first largest value (np.argmax's).
+inline int spectral_residual(const float* g, float* map, int rows, int cols, const Plan& prow, const Plan& pcol,
+                             const float* gauss, Work& work) {
+  const long long n = (long long)rows * cols;
+  work.resize(n);
+  float* re = work.planes.data();
+  float* im = re + n;
+  float* t0 = re + 2 * n;
+  float* t1 = re + 3 * n;
+  float* t2 = re + 4 * n;
+  float* t3 = re + 5 * n;
+  float* live = re + 6 * n;  // 1 where the bin is live, else 0
+  // F, transposed (cols x rows from here)
+  for (long long i = 0; i < n; ++i) {
+    re[i] = g[i];
+    im[i] = 0.0f;
+  }
+  float part[16] = {0.0f};  // sum |g| in 16 partial sums (a vector), then in double
+  long long i16 = 0;
+  for (; i16 + 16 <= n; i16 += 16)
+    for (int j = 0; j < 16; ++j) part[j] += std::fabs(g[i16 + j]);
+  double abs_sum = 0.0;
+  for (int j = 0; j < 16; ++j) abs_sum += part[j];
+  for (; i16 < n; ++i16) abs_sum += std::fabs(g[i16]);
+  fft2_transposing(re, im, t0, t1, rows, cols, prow, pcol, false);
+  // the live bins; A where live, else 1; log A (0 where dead); its 3 x 3 mean over the live bins
+  int log2n = 0;
+  while ((1LL << log2n) < n) ++log2n;
+  const float tol = (float)(abs_sum * ((double)FLT_EPSILON * (log2n > 1 ? log2n : 1)));
+  float* amp = t0;
+  float* mean = t1;
+  long long dead = 0;
+  for (long long i = 0; i < n; ++i) {
+    const float a = std::sqrt(re[i] * re[i] + im[i] * im[i]);
+    live[i] = a > tol ? 1.0f : 0.0f;
+    amp[i] = a > tol ? a : 1.0f;
+  }
+  for (long long i = 0; i < n; ++i) dead += live[i] == 0.0f;
+  float* log_amp = t2;
+  for (long long i = 0; i < n; ++i) log_amp[i] = log_f(amp[i]);
+  box_sum3(log_amp, t3, mean, cols, rows);
+  if (dead == 0) {
+    for (long long i = 0; i < n; ++i) mean[i] = mean[i] / 9.0f;
+  } else {
+    box_sum3(live, map, t3, cols, rows);  // map: scratch until the end
+    for (long long i = 0; i < n; ++i) mean[i] = mean[i] / (t3[i] > 1.0f ? t3[i] : 1.0f);
+  }
+  // F * exp(R) / A, 0 in the dead bins
+  for (long long i = 0; i < n; ++i) {
+    const float scale = exp_f(log_amp[i] - mean[i]) / amp[i] * live[i];  // finite before * 0 where dead
+    re[i] = re[i] * scale;
+    im[i] = im[i] * scale;
+  }
+  // |IFFT2| (rows x cols again)
+  fft2_transposing(re, im, t0, t1, cols, rows, pcol, prow, true);
+  float* back = t2;
+  for (long long i = 0; i < n; ++i) back[i] = std::sqrt(re[i] * re[i] + im[i] * im[i]);
+  gaussian5(back, t3, map, rows, cols, gauss);
+  for (long long i = 0; i < n; ++i) map[i] = map[i] * map[i];
+  // the peak: the largest bit pattern, these values being >= 0 (an integer maximum, which vectorises)
+  uint32_t peak_bits = 0;
+  for (long long i = 0; i < n; ++i) {
+    const uint32_t b = float_to_bits(map[i]);
+    peak_bits = b > peak_bits ? b : peak_bits;
+  }
+  const float peak = bits_to_float(peak_bits);
+  const float div = peak > 1e-30f ? peak : 1e-30f;
+  for (long long i = 0; i < n; ++i) map[i] = map[i] / div;
+  // np.argmax: the first element equal to the largest (peak / div: dividing by div > 0 keeps the order)
+  const float top = peak / div;
+  long long best = 0;
+  while (best < n - 1 && !(map[best] == top)) ++best;
+  return (int)best;
+}
+
+}  // namespace kmix_spectral
