@@ -22,6 +22,25 @@ def pytest_configure(config):
     gpu.configure_allocator()
 
 
+def pytest_collection_finish(session):
+    # The sanitized suites of test_sanitizers.py start now, one after another in a background thread, beside the rest
+    # of the session (which keeps mostly one core busy) rather than when their tests come up; each test waits for its
+    # own suite.
+    names = {item.name for item in session.items
+             if getattr(getattr(item, "module", None), "__name__", "") == "test_sanitizers"}
+    if names and not session.config.option.collectonly:
+        import test_sanitizers
+
+        test_sanitizers.start_suites(names)
+
+
+def pytest_sessionfinish(session):
+    import sys
+
+    if "test_sanitizers" in sys.modules:
+        sys.modules["test_sanitizers"].stop_suites()
+
+
 def pytest_addoption(parser):
     parser.addoption("--require-gpu", action="store_true", default=False,
                      help="fail, instead of skipping gpu tests, when no CUDA device or CuPy/DALI cannot load")

@@ -16,6 +16,8 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -53,32 +55,7 @@ def _sanitized_env():
     return env
 
 
-def _run_clean(args, env, tmp_path):
-    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-s", "-p", "no:cacheprovider", "-m", "not gpu", *args]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path, timeout=1800)
-    out = proc.stdout + proc.stderr
-    assert "AddressSanitizer" not in out and "runtime error:" not in out, out[-20000:]
-    assert proc.returncode == 0, out[-20000:]
-    assert " passed" in out and " failed" not in out, out[-5000:]
-    return out
-
-
-def test_kernel_suite_under_asan_and_ubsan(tmp_path):
-    _run_clean([str(HERE / "test_backends.py")], _sanitized_env(), tmp_path)
-    # the instrumented library was really the one loaded
-    from dali_kmix.backends import build
-
-    assert any(p.name == "libkmix_asan.so" for p in build.cache_dir().glob("*/libkmix_asan.so"))
-
-
-def test_dali_plugin_suite_under_asan_and_ubsan(tmp_path):
-    """The native DALI operators (gathering the record, the pointers, the blocks) under ASan/UBSan.
-
-    What this can see: the operator's own buffers (an off-by-one write into its gathered record
-    was verified to be reported) and undefined behaviour. What it cannot: DALI's sample buffers
-    come from DALI's pooled allocator, without redzones, so an over-read of an input sample would
-    pass here; the kernels' bounds on individually allocated buffers are what the suite above checks.
-    """
+def _plugin_env():
     pytest.importorskip("nvidia.dali")
     env = _sanitized_env()
     # libstdc++ preloaded too: ASan's __cxa_throw interceptor needs the real one resolvable at start-up,
@@ -86,17 +63,157 @@ def test_dali_plugin_suite_under_asan_and_ubsan(tmp_path):
     libstdcxx = _runtime("libstdc++.so")
     if libstdcxx:
         env["LD_PRELOAD"] = f"{env['LD_PRELOAD']}:{os.path.realpath(libstdcxx)}"
-    _run_clean([str(HERE / "test_plugin.py"), "-k", "bit_exact or batch_sizes or empty or errors"], env, tmp_path)
+    return env
+
+
+#: The sanitized suites: test name -> (pytest arguments, environment). Each runs in a subprocess of its own.
+SUITES = {
+    "test_kernel_suite_under_asan_and_ubsan": lambda: ([str(HERE / "test_backends.py")], _sanitized_env()),
+    "test_dali_plugin_suite_under_asan_and_ubsan": lambda: (
+        [str(HERE / "test_plugin.py"), "-k", "bit_exact or batch_sizes or empty or errors"], _plugin_env()),
+    # The CPU build's native steps outside the kernel suite: the spectral residual, the one-pass record check and
+    # the soft targets (kmix_spectral.h, kmix_host_record_valid, kmix_host_mix_labels).
+    "test_host_steps_beside_the_blend_under_asan_and_ubsan": lambda: (
+        [str(HERE / "test_saliency.py"), str(HERE / "test_reference.py"), str(HERE / "test_mixing.py"),
+         "-k", "cpu_build or one_pass"], _sanitized_env()),
+}
+SUITE_TIMEOUT_S = 1800
+
+
+class _Runner:
+    """Runs sanitized suites one after another in a background thread. conftest.py starts it when collection ends,
+    so the suites use the second core while the rest of the session (mostly one busy core) goes on, instead of
+    running after it; each test below only waits for its own suite. One suite at a time: never more than one
+    extra busy process beside the session."""
+
+    def __init__(self):
+        self.results, self.events, self.lock = {}, {}, threading.Lock()
+        self.proc, self.stopped, self.thread = None, False, None
+
+    def start(self, names):
+        with self.lock:
+            if self.thread is not None:
+                return
+            for name in names:
+                self.events[name] = threading.Event()
+            self.thread = threading.Thread(target=self._loop, args=(list(names),), daemon=True,
+                                           name="kmix-sanitized-suites")
+            self.thread.start()
+
+    def _loop(self, names):
+        for name in names:
+            if self.stopped:
+                break
+            self.results[name] = self.run(name)
+            self.events[name].set()
+
+    def run(self, name):
+        """Suite ``name`` to its end: (output, return code), or the ``pytest.skip`` outcome that stops it here."""
+        try:
+            args, env = SUITES[name]()
+        except pytest.skip.Exception as skip:
+            return skip
+        cwd = Path(tempfile.mkdtemp(prefix="kmix-sanitized-"))
+        try:
+            with open(cwd / "pytest-output.txt", "w+") as log:
+                cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-s", "-p", "no:cacheprovider", "-m", "not gpu",
+                       *args]
+                with self.lock:
+                    if self.stopped:
+                        return "stopped before it started", -1
+                    self.proc = proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
+                try:
+                    proc.wait(timeout=SUITE_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                    log.write(f"\nkilled after {SUITE_TIMEOUT_S} s\n")
+                log.seek(0)
+                return log.read(), proc.returncode
+        finally:
+            shutil.rmtree(cwd, ignore_errors=True)
+
+    def result(self, name):
+        """Wait for suite ``name`` if the background thread has it, else run it here and now."""
+        event = self.events.get(name)
+        if event is None:
+            return self.run(name)
+        event.wait()
+        return self.results[name]
+
+    def stop(self):
+        """Kill what is still running (a session ended early, e.g. by -x); a later result() runs in the foreground."""
+        with self.lock:
+            self.stopped = True
+            if self.proc is not None and self.proc.poll() is None:
+                self.proc.kill()
+        if self.thread is not None:
+            self.thread.join(timeout=60)
+
+
+_runner = _Runner()
+
+
+def start_suites(names):
+    """Start the sanitized suites among ``names`` (in SUITES' order) in the background; called by conftest.py."""
+    _runner.start([n for n in SUITES if n in names])
+
+
+def stop_suites():
+    _runner.stop()
+
+
+def _finish(name):
+    """Wait for suite ``name`` (run here if collection did not start it) and check it ran clean."""
+    result = _runner.result(name)
+    if isinstance(result, pytest.skip.Exception):
+        raise result
+    out, returncode = result
+    assert "AddressSanitizer" not in out and "runtime error:" not in out, out[-20000:]
+    assert returncode == 0, out[-20000:]
+    assert " passed" in out and " failed" not in out, out[-5000:]
+    return out
+
+
+def test_kernel_suite_under_asan_and_ubsan():
+    _finish("test_kernel_suite_under_asan_and_ubsan")
+    # the instrumented library was really the one loaded
+    from dali_kmix.backends import build
+
+    assert any(p.name == "libkmix_asan.so" for p in build.cache_dir().glob("*/libkmix_asan.so"))
+
+
+def test_dali_plugin_suite_under_asan_and_ubsan():
+    """The native DALI operators (gathering the record, the pointers, the blocks) under ASan/UBSan.
+
+    What this can see: the operator's own buffers (an off-by-one write into its gathered record
+    was verified to be reported) and undefined behaviour. What it cannot: DALI's sample buffers
+    come from DALI's pooled allocator, without redzones, so an over-read of an input sample would
+    pass here; the kernels' bounds on individually allocated buffers are what the suite above checks.
+    """
+    _finish("test_dali_plugin_suite_under_asan_and_ubsan")
     from dali_kmix.backends import build
 
     assert list(build.cache_dir().glob("*/libkmix_dali_asan.so"))
 
 
-def test_host_steps_beside_the_blend_under_asan_and_ubsan(tmp_path):
-    # The CPU build's native steps outside the kernel suite: the spectral residual, the one-pass record check and
-    # the soft targets (kmix_spectral.h, kmix_host_record_valid, kmix_host_mix_labels).
-    _run_clean([str(HERE / "test_saliency.py"), str(HERE / "test_reference.py"), str(HERE / "test_mixing.py"),
-                "-k", "cpu_build or one_pass"], _sanitized_env(), tmp_path)
+def test_host_steps_beside_the_blend_under_asan_and_ubsan():
+    _finish("test_host_steps_beside_the_blend_under_asan_and_ubsan")
+
+
+@pytest.mark.parametrize("where", ["background", "foreground"])
+def test_a_failing_sanitized_suite_fails_its_test(monkeypatch, where):
+    # the background plumbing must not swallow a failure: a suite that fails (here: a test file asserting False)
+    # fails the test that waits for it, with its output, whether the thread ran it or the test itself did
+    monkeypatch.setitem(SUITES, "failing", lambda: ([str(HERE / "_failing_suite.py")], dict(os.environ)))
+    runner = _Runner()
+    monkeypatch.setattr(sys.modules[__name__], "_runner", runner)
+    if where == "background":
+        runner.start(["failing"])
+        assert runner.thread.is_alive() or runner.events["failing"].is_set()
+    with pytest.raises(AssertionError, match="assert 1 == 2"):
+        _finish("failing")
+    runner.stop()
 
 
 # --------------------------------------------------------------------------- the CUDA kernels under compute-sanitizer
