@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -14,6 +15,44 @@ def test_time_call_statistics():
     t = bench.time_call(lambda: calls.append(1), repeats=5, warmup=2)
     assert len(calls) == 7 and t["repeats"] == 5
     assert 0 <= t["min_s"] <= t["median_s"] <= t["max_s"]
+
+
+def test_interleaved_rounds_rotate_the_order_and_keep_failures_apart():
+    seen = []
+
+    def variant(name, fail_at=None, sleep=0.021):  # 21 ms: one call fills a timed call (no repeats)
+        def fn():
+            seen.append(name)
+            time.sleep(sleep)
+            if fail_at is not None and seen.count(name) >= fail_at:
+                raise RuntimeError(f"{name} broke")
+        return fn
+
+    times, errors = bench.interleaved_rounds({"a": variant("a"), "b": variant("b"), "c": variant("c", fail_at=3)},
+                                             rounds=3, warmup=1)
+    assert errors == {"c": "RuntimeError: c broke"} and set(times) == {"a", "b"}
+    assert all(len(ts) == 3 and all(t >= 0.02 for t in ts) for ts in times.values())
+    # warm-up a b c; round 0 a b c; round 1 starts one later: b c(fails, dropped) a; round 2: a b (c is gone)
+    assert seen == ["a", "b", "c", "a", "b", "c", "b", "c", "a", "a", "b"]
+    seen.clear()  # short calls are repeated within one timed call (here 5 times: 1 ms each, at most 5)
+    times, _ = bench.interleaved_rounds({"s": variant("s", sleep=0.001)}, rounds=2, warmup=1)
+    assert len(seen) == 1 + 2 * 5 and len(times["s"]) == 2 and min(times["s"]) >= 0.001
+    times, errors = bench.interleaved_rounds({"x": variant("x", fail_at=1)}, rounds=2)
+    assert times == {} and "x broke" in errors["x"]
+
+
+def test_ratios_are_medians_of_ratios_within_a_round():
+    # a slow round slows every variant in it: within-round ratios see dali_kmix at 1/2 of the peer every round,
+    # while the medians of the raw times (taken from different rounds) would say 2x slower
+    base = {"level": "op", "device": "cpu", "dtype": "uint8", "batch": 8, "method": "dcutmix", "k": 3,
+            "mode": "sample", "status": "ok"}
+    rounds = {bench.KMIX: [1.0, 10.0, 11.0], "timm FastCollateMixup": [2.0, 20.0, 1.0],
+              bench.COPY: [0.5, 5.0, 5.5]}
+    rows = [{**base, "impl": impl, "median_s": float(np.median(ts)), "round_s": ts} for impl, ts in rounds.items()]
+    bench._add_ratios(rows)
+    km = rows[0]
+    assert km["vs_fastest_peer"] == 0.5 and km["vs_copy"] == 2.0
+    assert km["median_s"] / rows[1]["median_s"] == 5.0  # what the medians alone would have said
 
 
 def test_capability_matrix_reports_reasons():
@@ -73,9 +112,15 @@ def test_dali_native_compositions_mix_like_dali_kmix(method, dtype):
 def test_operator_rows_ratios_and_table():
     pytest.importorskip("timm")
     pytest.importorskip("nvidia.dali")
-    rows = bench.bench_ops(batches=(4,), ks=(2, 3), modes=("sample",), size=16, repeats=1, progress=False)
+    rows = bench.bench_ops(batches=(4,), ks=(2, 3), modes=("sample",), size=16, repeats=2, progress=False)
     by = {(r["impl"], r.get("method"), r.get("k"), r["dtype"]): r for r in rows}
-    assert by[("copy (yardstick)", None, None, "uint8")]["status"] == "ok"
+    for dt in ("uint8", "float32"):  # the copy timed in the rounds of every configuration, every row per round
+        for m in ("dmixup", "dcutmix"):
+            for k in (2, 3):
+                assert by[("copy (yardstick)", m, k, dt)]["status"] == "ok"
+                assert len(by[("copy (yardstick)", m, k, dt)]["round_s"]) == 2
+                assert len(by[("dali_kmix", m, k, dt)]["round_s"]) == 2
+                assert by[("dali_kmix (DALI op)", m, k, dt)]["timing"] == "interleaved rounds"
     for dt in ("uint8", "float32"):
         for m in ("dmixup", "dcutmix"):
             assert by[("dali_kmix", m, 3, dt)]["status"] == "ok"
@@ -127,8 +172,13 @@ def test_gpu_pipeline_rows_name_their_path(monkeypatch):
 
 def test_scaling_rows_and_plot(tmp_path):
     pytest.importorskip("kornia")
-    rows = bench.bench_scaling(ks=(2, 4), batches=(2, 4), k_batch=2, size=16, repeats=1, progress=False)
+    rows = bench.bench_scaling(ks=(2, 4), batches=(2, 4), k_batch=2, size=16, repeats=2, progress=False)
     assert {r["axis"] for r in rows} == {"k", "batch"}
+    by = {(r["axis"], r["impl"], r.get("method"), r["k"], r["batch"]): r for r in rows}
+    assert by[("k", "dali_kmix", "dcutmix", 2, 2)]["vs_first_k"] == 1.0  # K over the first K, within each round
+    assert by[("k", "dali_kmix", "dcutmix", 4, 2)]["vs_first_k"] > 0 and by[("k", "copy (yardstick)", None, 2, 2)]
+    assert all(r["vs_copy"] > 0 for r in rows if r["impl"] == "dali_kmix")
+    assert all(r["timing"] == "interleaved rounds" for r in rows if r["impl"] != "kornia")
     bench.plot(rows, tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 5000
     assert "| vs k | 4 | 2 |" in bench.format_table(rows)

@@ -49,6 +49,7 @@ __all__ = ["time_call", "bench_ops", "bench_pipeline", "bench_scaling", "run", "
 
 KMIX = "dali_kmix"
 KMIX_DALI = "dali_kmix (DALI op)"
+COPY = "copy (yardstick)"
 #: The yardstick: a copy of the batch into a new array, as mix_images returns one (both allocate their output).
 COPY_NOTE = "x.copy(): allocates its output, as mix_images does"
 
@@ -93,25 +94,81 @@ def _stats_row(base, t):
     return {**base, "status": "ok", **t}
 
 
-def _time_pipeline(pipe, repeats, warmup=2, inner=5):
-    """Seconds per ``pipe.run()``: each of the ``repeats`` samples averages ``inner`` runs."""
+def _pipeline_runner(pipe, inner=5):
+    """A zero-argument callable: ``inner`` runs of the built ``pipe``; its time per call is divided by ``inner``."""
     pipe.build()
 
     def runs():
         for _ in range(inner):
             pipe.run()
 
-    res = time_call(runs, repeats, warmup)
-    del pipe
-    return {k: v / inner if k.endswith("_s") else v for k, v in res.items()}
+    runs.kmix_inner = inner
+    runs.kmix_pipe = pipe  # kept alive with the runner
+    return runs
+
+
+def _calibrated(fn, warmup, target_s=0.02, most=5):
+    """``fn`` after ``warmup`` calls, repeated so that one timed call lasts about ``target_s`` (at most ``most``
+    times; pipeline runners keep their own count): short calls are timed over several, slow ones once."""
+    t = 0.0
+    for _ in range(warmup):
+        t0 = time.perf_counter()
+        fn()
+        t = time.perf_counter() - t0
+    if getattr(fn, "kmix_inner", None):
+        return fn, fn.kmix_inner
+    inner = int(min(most, max(1, target_s // max(t, 1e-9))))
+    if inner == 1:
+        return fn, 1
+
+    def repeated():
+        for _ in range(inner):
+            fn()
+
+    return repeated, inner
+
+
+def interleaved_rounds(variants: dict, rounds: int, warmup: int = 2) -> tuple[dict, dict]:
+    """``({name: [seconds per call, one per round]}, {name: error})``: every variant once per round, in an order
+    rotated by one each round (none always follows the same neighbour), so a slow spell of the machine slows a
+    whole round and ratios within a round hold. A variant that raises is dropped with its error."""
+    prepared, errors = {}, {}
+    for name, fn in variants.items():
+        try:
+            prepared[name] = _calibrated(fn, warmup)
+        except Exception as exc:  # a peer failing on a configuration is a result, not a crash
+            errors[name] = f"{type(exc).__name__}: {exc}"
+    times = {name: [] for name in prepared}
+    order = list(prepared)
+    for r in range(rounds if order else 0):
+        shift = r % len(order)
+        for name in order[shift:] + order[:shift]:
+            if name in errors:
+                continue
+            fn, inner = prepared[name]
+            try:
+                t0 = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - t0) / inner)
+            except Exception as exc:
+                errors[name] = f"{type(exc).__name__}: {exc}"
+    return {n: ts for n, ts in times.items() if n not in errors}, errors
 
 
 # --------------------------------------------------------------------------- 1. operators
 
+#: The pipeline without the step: DALI-based entries are timed as pipeline minus this, within each round.
+PIPELINE_BASE = "pipeline without the step"
+
 
 def bench_ops(*, batches=(32, 128), ks=(2, 3, 5, 9), modes=("sample", "batch"), dtypes=("uint8", "float32"),
               methods=("dmixup", "dcutmix"), size=224, repeats=10, progress=True, threads=None) -> list[dict]:
-    """Operator-level rows for every configuration and every peer (with "n/a" rows and reasons)."""
+    """Operator-level rows for every configuration and every peer (with "n/a" rows and reasons).
+
+    Each configuration is timed in ``repeats`` interleaved rounds: the copy of the batch, every peer, the dali_kmix
+    array API and DALI operator, and the pipeline without the step, once per round each. Every row keeps its time
+    per round (``round_s``); the ratios (to the copy, to the peers) are medians over rounds of ratios within a round.
+    """
     import torch
     from tqdm import tqdm
 
@@ -125,37 +182,59 @@ def bench_ops(*, batches=(32, 128), ks=(2, 3, 5, 9), modes=("sample", "batch"), 
             group = [c for c in configs if c.dtype == dt and c.batch == b]
             x, labels = make_batch(group[0])
             base = {"level": "op", "device": "cpu", "dtype": dt, "layout": group[0].layout, "batch": b, "size": size}
-            copy = time_call(x.copy, repeats)
-            rows.append(_stats_row({**base, "impl": "copy (yardstick)", "bytes": 2 * x.nbytes, "note": COPY_NOTE}, copy))
             from ..saliency import salient_points
 
             samples = list(x)
             rows.append(_stats_row({**base, "impl": "saliency step (spectral residual)"},
                                    time_call(lambda: salient_points(samples, group[0].layout), repeats)))
-            t_base = _time_pipeline(dali_native_pipeline(group[0], x, labels, variant="none"), repeats)["median_s"]
             for cfg in group:
-                cbase = {**base, "method": cfg.method, "k": cfg.k, "mode": cfg.mode}
-                for peer in list(PEERS) + [KMIX_DALI]:
-                    reason = None if peer == KMIX_DALI else can(peer, cfg)
-                    if reason:
-                        rows.append({**cbase, "impl": peer, "status": "n/a", "reason": reason})
-                        continue
-                    try:
-                        if peer in ("DALI native", KMIX_DALI):
-                            variant = "native" if peer == "DALI native" else "dali_kmix"
-                            t = _time_pipeline(dali_native_pipeline(cfg, x, labels, variant=variant), repeats)
-                            t = {k: v - t_base if k.endswith("_s") else v for k, v in t.items()}
-                            t["pipeline_baseline_s"] = t_base
-                            t["note"] = "pipeline time minus the same pipeline without the step"
-                        else:
-                            t = time_call(peer_callable(peer, cfg, x, labels), repeats)
-                    except Exception as exc:  # a peer failing on a configuration is a result, not a crash
-                        rows.append({**cbase, "impl": peer, "status": "error", "reason": f"{type(exc).__name__}: {exc}"})
-                        continue
-                    rows.append(_stats_row({**cbase, "impl": peer}, t))
+                rows += _config_rows(cfg, x, labels, {**base, "method": cfg.method, "k": cfg.k, "mode": cfg.mode},
+                                     repeats)
                 bar.update()
     bar.close()
     _add_ratios(rows)
+    return rows
+
+
+def _config_rows(cfg, x, labels, cbase, repeats):
+    """The rows of one configuration, from interleaved rounds (see :func:`bench_ops`)."""
+    variants, rows = {COPY: x.copy}, []
+    for peer in list(PEERS) + [KMIX_DALI]:
+        reason = None if peer == KMIX_DALI else can(peer, cfg)
+        if reason:
+            rows.append({**cbase, "impl": peer, "status": "n/a", "reason": reason})
+            continue
+        try:
+            if peer in ("DALI native", KMIX_DALI):
+                variant = "native" if peer == "DALI native" else "dali_kmix"
+                variants[peer] = _pipeline_runner(dali_native_pipeline(cfg, x, labels, variant=variant))
+            else:
+                variants[peer] = peer_callable(peer, cfg, x, labels)
+        except Exception as exc:  # a peer failing on a configuration is a result, not a crash
+            rows.append({**cbase, "impl": peer, "status": "error", "reason": f"{type(exc).__name__}: {exc}"})
+    in_pipeline = [p for p in ("DALI native", KMIX_DALI) if p in variants]
+    if in_pipeline:
+        variants[PIPELINE_BASE] = _pipeline_runner(dali_native_pipeline(cfg, x, labels, variant="none"))
+    times, errors = interleaved_rounds(variants, repeats)
+    del variants
+    for peer, err in errors.items():
+        if peer != PIPELINE_BASE:
+            rows.append({**cbase, "impl": peer, "status": "error", "reason": err})
+    base_t = np.asarray(times.pop(PIPELINE_BASE, []))
+    for peer, ts in times.items():
+        ts = np.asarray(ts)
+        extra = {"bytes": 2 * x.nbytes, "note": COPY_NOTE} if peer == COPY else {}
+        if peer in in_pipeline:
+            if len(base_t) != len(ts):
+                rows.append({**cbase, "impl": peer, "status": "error",
+                             "reason": f"the pipeline without the step failed: {errors.get(PIPELINE_BASE)}"})
+                continue
+            extra = {"pipeline_baseline_s": float(np.median(base_t)),
+                     "note": "pipeline time minus the same pipeline without the step, within each round"}
+            ts = ts - base_t
+        rows.append(_stats_row({**cbase, "impl": peer, **extra}, {
+            "median_s": float(np.median(ts)), "min_s": float(ts.min()), "max_s": float(ts.max()),
+            "repeats": int(ts.size), "round_s": [float(t) for t in ts], "timing": "interleaved rounds"}))
     return rows
 
 
@@ -165,24 +244,35 @@ def _matching_kmix(peer):
     return KMIX_DALI if peer == "DALI native" else KMIX
 
 
+def _ratio(a, b):
+    """Median over rounds of ``a / b`` when both rows carry the same rounds (``round_s``), else of the medians."""
+    ra, rb = a.get("round_s"), b.get("round_s")
+    if ra and rb and len(ra) == len(rb):
+        return float(np.median(np.asarray(ra) / np.maximum(np.asarray(rb), 1e-9)))
+    return a["median_s"] / max(b["median_s"], 1e-9)
+
+
 def _add_ratios(rows):
-    """``vs_copy`` on every operator row; on dali_kmix's array-API row, the peer it leads by the least: every peer
-    is held against the dali_kmix row its user would call (:func:`_matching_kmix`), and ``vs_fastest_peer`` is the
-    largest of those time ratios (dali_kmix / peer: below 1 where dali_kmix is faster than every peer)."""
-    copies = {(r["dtype"], r["batch"], r["device"]): r["median_s"] for r in rows
-              if r["level"] == "op" and r["impl"] == "copy (yardstick)"}
+    """``vs_copy`` on every operator row; on dali_kmix's rows, the peer it leads by the least: every peer is held
+    against the dali_kmix row its user would call (:func:`_matching_kmix`), and ``vs_fastest_peer`` is the largest
+    of those time ratios (dali_kmix / peer: below 1 where dali_kmix is faster than every peer). Ratios are medians
+    over the rounds of ratios within a round where the rows were timed in the same rounds."""
+    copies = {(r["device"], r["dtype"], r["batch"]): r for r in rows
+              if r["level"] == "op" and r["impl"] == COPY and "method" not in r}
     groups = {}
     for r in rows:
         if r["level"] == "op" and r["status"] == "ok" and "method" in r:
             key = (r["device"], r["dtype"], r["batch"], r["method"], r["k"], r["mode"])
             groups.setdefault(key, []).append(r)
-            c = copies.get((r["dtype"], r["batch"], r["device"]))
-            if c:
-                r["vs_copy"] = r["median_s"] / c
     for key, rs in groups.items():
         by = {r["impl"]: r for r in rs}
-        held = [(by[_matching_kmix(r["impl"])]["median_s"] / max(r["median_s"], 1e-6), r) for r in rs
-                if r["impl"] not in (KMIX, KMIX_DALI) and _matching_kmix(r["impl"]) in by]
+        copy = by.get(COPY) or copies.get(key[:3])
+        if copy is not None:
+            for r in rs:
+                if r["impl"] != COPY:
+                    r["vs_copy"] = _ratio(r, copy)
+        held = [(_ratio(by[_matching_kmix(r["impl"])], r), r) for r in rs
+                if r["impl"] not in (KMIX, KMIX_DALI, COPY) and _matching_kmix(r["impl"]) in by]
         if not held:
             continue
         ratio, peer = max(held, key=lambda rp: rp[0])
@@ -394,25 +484,54 @@ def _pipeline_step(it, after, device, torch):
 
 def bench_scaling(*, ks=(2, 3, 4, 6, 8, 12, 16), batches=(8, 16, 32, 64, 128, 256), k_batch=64, size=224,
                   repeats=7, progress=True) -> list[dict]:
-    """dali_kmix time versus K (float32 CHW, batch ``k_batch``) and versus batch size (K=3), with the copy."""
+    """dali_kmix time versus K (float32 CHW, batch ``k_batch``) and versus batch size (K=3), with the copy.
+
+    Interleaved rounds: along K, the copy and both methods at every K in the same rounds over one batch, so that
+    ``vs_first_k`` (time at K over time at the first K, median over rounds) and ``vs_copy`` compare within a
+    round; along the batch, the copy and both methods per batch size. kornia's DCutMix along K is timed apart
+    (seconds per call: a reference line, not a ratio)."""
     from tqdm import tqdm
 
     rows = []
-    jobs = [("k", k, k_batch) for k in ks] + [("batch", 3, b) for b in batches]
-    for axis, k, b in tqdm(jobs, desc="scaling", disable=not progress):
-        base = Config("dmixup", k, "sample", "float32", b, size)
-        x, labels = make_batch(base)
-        if axis == "batch" or k == ks[0]:
-            rows.append({"level": "scaling", "axis": axis, "impl": "copy (yardstick)", "k": k, "batch": b,
-                         "note": COPY_NOTE, **time_call(x.copy, repeats)})
-        for method in ("dmixup", "dcutmix"):
-            cfg = Config(method, k, "sample", "float32", b, size)
-            rows.append({"level": "scaling", "axis": axis, "impl": KMIX, "method": method, "k": k, "batch": b,
-                         **time_call(peer_callable(KMIX, cfg, x, labels), repeats)})
-        if axis == "k":
-            cfg = Config("dcutmix", k, "sample", "float32", b, size)
-            rows.append({"level": "scaling", "axis": axis, "impl": "kornia", "method": "dcutmix", "k": k, "batch": b,
-                         **time_call(peer_callable("kornia", cfg, x, labels), max(3, repeats // 2))})
+    bar = tqdm(total=len(ks) + len(batches), desc="scaling", disable=not progress)
+
+    def job_rows(axis, b, k_list):
+        x, labels = make_batch(Config("dmixup", k_list[0], "sample", "float32", b, size))
+        variants = {(COPY, None, None): x.copy}
+        for k in k_list:
+            for method in ("dmixup", "dcutmix"):
+                variants[(KMIX, method, k)] = peer_callable(KMIX, Config(method, k, "sample", "float32", b, size),
+                                                            x, labels)
+        times, errors = interleaved_rounds(variants, repeats)
+        if errors:
+            raise RuntimeError(f"scaling {axis}, batch {b}: {errors}")
+        copy_t = np.asarray(times[(COPY, None, None)])
+        out = []
+        for (impl, method, k), ts in times.items():
+            ts = np.asarray(ts)
+            row = {"level": "scaling", "axis": axis, "impl": impl, "k": k if k is not None else k_list[0], "batch": b,
+                   "median_s": float(np.median(ts)), "min_s": float(ts.min()), "max_s": float(ts.max()),
+                   "repeats": int(ts.size), "timing": "interleaved rounds"}
+            if impl == COPY:
+                row["note"] = COPY_NOTE
+            else:
+                row.update(method=method, vs_copy=float(np.median(ts / copy_t)))
+                first = np.asarray(times[(KMIX, method, k_list[0])])
+                if axis == "k":
+                    row["vs_first_k"] = float(np.median(ts / first))
+            out.append(row)
+        bar.update(len(k_list) if axis == "k" else 1)
+        return out
+
+    rows += job_rows("k", k_batch, list(ks))
+    x, labels = make_batch(Config("dcutmix", ks[0], "sample", "float32", k_batch, size))
+    for k in ks:
+        cfg = Config("dcutmix", k, "sample", "float32", k_batch, size)
+        rows.append({"level": "scaling", "axis": "k", "impl": "kornia", "method": "dcutmix", "k": k, "batch": k_batch,
+                     **time_call(peer_callable("kornia", cfg, x, labels), max(3, repeats // 2))})
+    for b in batches:
+        rows += job_rows("batch", b, [3])
+    bar.close()
     return rows
 
 
@@ -434,7 +553,7 @@ def format_table(rows, op_filter=None) -> str:
         lines += ["| dtype, batch | method | K | mode | copy | " + " | ".join(impls) +
                   " | dali_kmix vs closest peer | dali_kmix / copy |",
                   "|---" * (len(impls) + 7) + "|"]
-        copies = {(r["dtype"], r["batch"]): r for r in ops if r["impl"] == "copy (yardstick)"}
+        copies = {(r["dtype"], r["batch"]): r for r in ops if r["impl"] == COPY}
         keys = []
         for r in ops:
             if "method" in r:
@@ -453,7 +572,7 @@ def format_table(rows, op_filter=None) -> str:
                     f" than {km['fastest_peer']}" + (" (DALI op)" if km.get("compared_with") == KMIX_DALI else "")
             else:
                 speed = "no peer can"
-            copy = copies.get(key[:2])
+            copy = cell.get(COPY) or copies.get(key[:2])
             lines.append(f"| {key[0]}, {key[1]} | {key[2]} | {key[3]} | {key[4]} | "
                          f"{1e3 * copy['median_s']:.2f} | " + " | ".join(fmt) +
                          f" | {speed} | {km.get('vs_copy', float('nan')):.2f} |")
@@ -471,19 +590,23 @@ def format_table(rows, op_filter=None) -> str:
                          f"{100 * r.get('vs_no_mix_max', float('nan')):.0f} % |")
     scal = [r for r in rows if r["level"] == "scaling"]
     if scal:
-        lines += ["", "| scaling | K | batch | copy ms | dali_kmix dmixup ms | dali_kmix dcutmix ms | kornia cutmix ms |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["", "| scaling | K | batch | copy ms | dali_kmix dmixup ms | dali_kmix dcutmix ms | dmixup / copy | "
+                      "dcutmix / copy | dcutmix vs first K | kornia cutmix ms |", "|---" * 10 + "|"]
         for axis in ("k", "batch"):
             pts = sorted({(r["k"], r["batch"]) for r in scal if r["axis"] == axis})
             for k, b in pts:
-                def get(impl, method=None):
+                def get(impl, method=None, field="median_s", fmt=lambda v: f"{1e3 * v:.2f}"):
                     for r in scal:
                         if r["axis"] == axis and r["k"] == k and r["batch"] == b and r["impl"] == impl and \
-                                r.get("method") == method:
-                            return f"{1e3 * r['median_s']:.2f}"
+                                r.get("method") == method and field in r:
+                            return fmt(r[field])
                     return "–"
-                copy = get("copy (yardstick)") if axis == "batch" else "–"
-                lines.append(f"| vs {axis} | {k} | {b} | {copy} | {get(KMIX, 'dmixup')} | {get(KMIX, 'dcutmix')} | "
+
+                def ratio(method, field="vs_copy"):
+                    return get(KMIX, method, field, lambda v: f"{v:.2f}")
+
+                lines.append(f"| vs {axis} | {k} | {b} | {get(COPY)} | {get(KMIX, 'dmixup')} | {get(KMIX, 'dcutmix')} | "
+                             f"{ratio('dmixup')} | {ratio('dcutmix')} | {ratio('dcutmix', 'vs_first_k')} | "
                              f"{get('kornia', 'dcutmix')} |")
     sal = [r for r in ops if r["impl"].startswith("saliency step")]
     if sal:
@@ -510,7 +633,7 @@ def plot(rows, path):
         axes[0].set_yticks(range(len(sel)), labels, fontsize=6)
         axes[0].set_xscale("log")
         axes[0].set_xlabel(f"ms per batch (float32 CHW, batch {b}, per-sample)")
-        copy = [r for r in rows if r["level"] == "op" and r["impl"] == "copy (yardstick)" and r["batch"] == b
+        copy = [r for r in rows if r["level"] == "op" and r["impl"] == COPY and r["batch"] == b
                 and r["dtype"] == "float32"]
         if copy:
             axes[0].axvline(1e3 * copy[0]["median_s"], color="k", ls="--", lw=1, label="copy")
@@ -518,7 +641,7 @@ def plot(rows, path):
     for ax, axis, xlabel in ((axes[1], "k", "K"), (axes[2], "batch", "batch size (K=3)")):
         scal = [r for r in rows if r["level"] == "scaling" and r["axis"] == axis]
         for impl, method, style in ((KMIX, "dmixup", "o-"), (KMIX, "dcutmix", "s-"), ("kornia", "dcutmix", "^--"),
-                                    ("copy (yardstick)", None, "k:")):
+                                    (COPY, None, "k:")):
             pts = sorted((r[axis if axis == "k" else "batch"], 1e3 * r["median_s"]) for r in scal
                          if r["impl"] == impl and r.get("method") == method)
             if pts:
