@@ -161,7 +161,7 @@ def interleaved_rounds(variants: dict, rounds: int, warmup: int = 2) -> tuple[di
 PIPELINE_BASE = "pipeline without the step"
 
 
-def bench_ops(*, batches=(32, 128), ks=(2, 3, 5, 9), modes=("sample", "batch"), dtypes=("uint8", "float32"),
+def bench_ops(*, batches=(32, 64, 128), ks=(2, 3, 5, 9), modes=("sample", "batch"), dtypes=("uint8", "float32"),
               methods=("dmixup", "dcutmix"), size=224, repeats=10, progress=True, threads=None) -> list[dict]:
     """Operator-level rows for every configuration and every peer (with "n/a" rows and reasons).
 
