@@ -187,6 +187,7 @@ def test_scaling_rows_and_plot(tmp_path):
 def test_metadata_is_json():
     meta = json.loads(json.dumps(bench.metadata()))
     assert meta["cpu_cores"] >= 1 and meta["numpy"] == np.__version__
+    assert len(meta["load_average"]) == 3 and all(v >= 0 for v in meta["load_average"])  # the machine's other work
 
 
 def test_each_peer_is_held_against_the_dali_kmix_row_its_user_calls():

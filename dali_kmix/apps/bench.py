@@ -76,6 +76,8 @@ def metadata() -> dict:
         "cpu": cpu_id().split(":", 1)[-1].strip(),
         "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "numpy": np.__version__,
+        # 1, 5 and 15-minute load averages: the machine's other work (run() records them at the start and the end)
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
     for mod in ("nvidia.dali", "torch", "cupy", "timm", "torchvision", "kornia"):
         try:
@@ -660,6 +662,7 @@ def run(out_dir="benchmarks/results", *, quick=False, data_dir=None, progress=Tr
     from .data import make_photo_tree
 
     t0 = time.perf_counter()
+    load_at_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     if quick:
         rows = bench_ops(batches=(32,), ks=(2, 3), modes=("sample",), repeats=3, progress=progress)
     else:
@@ -695,6 +698,7 @@ def run(out_dir="benchmarks/results", *, quick=False, data_dir=None, progress=Tr
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = metadata()
     meta["total_s"] = round(time.perf_counter() - t0, 1)
+    meta["load_average_at_start"], meta["load_average_at_end"] = load_at_start, meta.pop("load_average")
     stamp = meta["date"].replace(":", "").replace("-", "")[:15]
     path = out_dir / f"bench-{'quick-' if quick else ''}{stamp}.json"
     atomic_write(path, json.dumps({"meta": meta, "quick": quick, "rows": rows, "kmixup_vs_timm": kmixup_rows},
