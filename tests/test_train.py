@@ -90,7 +90,7 @@ def _assert_same_run(through_out, resumed_out):
     import torch
 
     a, b = (torch.load(Path(o) / "checkpoint.pt", weights_only=False) for o in (through_out, resumed_out))
-    for key in ("model", "optimizer", "scaler", "rng", "epoch", "step", "history", "num_classes", "run"):
+    for key in ("model", "buffers", "optimizer", "scaler", "rng", "epoch", "step", "history", "num_classes", "run"):
         _assert_identical(a[key], b[key], key)
     rows = [[{k: v for k, v in r.items() if k not in TIMING} for r in _rows(Path(o) / "metrics.csv")]
             for o in (through_out, resumed_out)]
@@ -131,16 +131,28 @@ def test_training_lowers_the_loss(tree, tmp_path):
     assert h[-1]["train_loss"] < h[0]["train_loss"]
 
 
-@pytest.mark.slow
-def test_two_processes_under_torchrun(tree, tmp_path):
+def _torchrun(tree, out, *extra):
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
     assert torchrun, "torchrun not found next to the interpreter"
     cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "dali_kmix.apps.cli", "train", "--data", str(tree),
-           "--out", str(tmp_path), "--crop", "32", "--epochs", "2", "--batch-size", "11", "--lr", "0.05",
+           "--out", str(out), "--crop", "32", "--epochs", "2", "--batch-size", "11", "--lr", "0.05",
            "--random-area", "0.5", "1.0", "--mix", "dcutmix", "--k", "3", "--threads", "1", "--no-progress",
-           "--audit", "--checkpoint-minutes", "1e-9"]  # a time-based checkpoint at once: the ranks must agree
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+           "--audit", "--checkpoint-minutes", "1e-9", *extra]  # a time-based checkpoint at once: the ranks must agree
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=out)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def torchrun_through(tree, tmp_path_factory):
+    """Two ranks under torchrun, 2 epochs through (the reference of the resume test too)."""
+    out = tmp_path_factory.mktemp("torchrun-through")
+    return out, _torchrun(tree, out)
+
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun(tree, torchrun_through):
+    tmp_path, proc = torchrun_through
     files = _train_files(tree)
     for epoch in (1, 2):
         seen = [(tmp_path / f"seen_rank{r}_epoch{epoch}.txt").read_text().split() for r in (0, 1)]
@@ -158,6 +170,27 @@ def test_two_processes_under_torchrun(tree, tmp_path):
         assert float(r["val_top1_err"]) == pytest.approx(m["val_top1_err"])
     assert "final val top-1 error" in proc.stdout and "2 process(es)" in proc.stdout
     assert not list(tmp_path.glob("checkpoint*.tmp"))
+
+
+@pytest.mark.slow
+def test_two_processes_stopped_and_resumed_are_the_uninterrupted_run(tree, torchrun_through, tmp_path):
+    """Under torchrun too: stopped inside the second epoch (step 4 of 3 per epoch: after the first step of epoch 2,
+    while both uneven shards still have batches) and resumed with two ranks, the run sees the same files and mixes
+    on each rank and ends with the same weights, optimiser state, every rank's random generators and metrics."""
+    through, _ = torchrun_through
+    stopped = _torchrun(tree, tmp_path, "--stop-after", "4")
+    assert "--resume" in stopped.stdout
+    _torchrun(tree, tmp_path, "--resume")
+    _assert_same_run(through, tmp_path)
+    assert _audit(through) == _audit(tmp_path) and len(_audit(tmp_path)) == 4
+    for rank in (0, 1):
+        for what in ("seen", "mixes"):
+            for epoch in (1, 2):
+                name = f"{what}_rank{rank}_epoch{epoch}.txt"
+                assert (through / name).read_text() == (tmp_path / name).read_text(), name
+        m = [json.loads((o / f"metrics_rank{rank}.json").read_text()) for o in (through, tmp_path)]
+        keys = ("train_loss", "val_loss", "val_top1_err", "train_images", "val_images")
+        assert [{k: r[k] for k in keys} for r in m[0]] == [{k: r[k] for k in keys} for r in m[1]]
 
 
 def test_mix_choices_map_to_operators():

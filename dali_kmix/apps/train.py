@@ -355,6 +355,9 @@ class _State:
     mixes: list = dataclasses.field(default_factory=list)  # this epoch's batch digests so far (this rank)
     pipelines: list | None = None  # DALI checkpoints of the training pipeline, one per rank
     rng: dict | None = None  # this rank's random generators to restore before the next step
+    # this rank's module buffers (BatchNorm statistics): under DDP each rank's own, which the model in the checkpoint
+    # (rank 0's) does not hold; restored after DDP has broadcast rank 0's at its construction
+    buffers: dict | None = None
 
 
 def _resume(cfg: TrainConfig, d: Dist, model, opt, scaler, ident: dict) -> _State:
@@ -382,14 +385,16 @@ def _resume(cfg: TrainConfig, d: Dist, model, opt, scaler, ident: dict) -> _Stat
     if ck.get("scaler"):
         scaler.load_state_dict(ck["scaler"])
     rng = ck["rng"][d.rank] if ck.get("rng") else None
+    buffers = ck["buffers"][d.rank] if ck.get("buffers") else None
     if rng is None and d.main:
         print("kmix: warning: the checkpoint holds no random generator states (an older kmix wrote it): "
               "dropout masks will differ from the uninterrupted run's", file=sys.stderr)
     if ck.get("step", 0) == 0:  # saved at the end of epoch ck["epoch"]
-        return _State(epoch=ck["epoch"] + 1, history=ck["history"], pipelines=pipelines, rng=rng)
+        return _State(epoch=ck["epoch"] + 1, history=ck["history"], pipelines=pipelines, rng=rng, buffers=buffers)
     part = ck["partial"][d.rank]
     return _State(epoch=ck["epoch"], step=ck["step"], history=ck["history"], loss_sum=part["loss_sum"],
-                  seen=part["seen"], audit=part["audit"], mixes=part["mixes"], pipelines=pipelines, rng=rng)
+                  seen=part["seen"], audit=part["audit"], mixes=part["mixes"], pipelines=pipelines, rng=rng,
+                  buffers=buffers)
 
 
 def _pipelines(cfg: TrainConfig, d: Dist, op, k, train_dir, val_dir, num_classes, state: _State):
@@ -461,14 +466,28 @@ def _digest(images, targets) -> str:
     return h.hexdigest()[:16]
 
 
+def _load_buffers(model, buffers: dict):
+    """Copy ``buffers`` (name -> tensor, as :func:`_save` gathers them) into ``model``'s buffers of those names."""
+    import torch
+
+    own = dict(model.named_buffers())
+    if set(own) != set(buffers):
+        raise ValueError(f"the checkpoint's module buffers {sorted(buffers)} are not the model's {sorted(own)}")
+    with torch.no_grad():
+        for name, b in own.items():
+            b.copy_(buffers[name].to(b.device))
+
+
 def _save(cfg: TrainConfig, d: Dist, model, opt, scaler, ident: dict, state: _State, train_it, *, epoch_done):
-    """Write ``checkpoint.pt`` (rank 0) with every rank's pipeline checkpoint, random generators and
-    partial sums."""
+    """Write ``checkpoint.pt`` (rank 0) with every rank's pipeline checkpoint, random generators, module buffers
+    and partial sums. The buffers differ between ranks under DDP: it broadcasts them before each forward from the
+    highest rank still training (its join's authoritative rank), not from rank 0, whose model the checkpoint holds."""
     import torch
     import torch.distributed as dist
 
     mine = {"pipeline": train_it.checkpoints()[0], "rng": _rng_state(d), "loss_sum": state.loss_sum,
-            "seen": state.seen, "audit": list(state.audit), "mixes": list(state.mixes)}
+            "seen": state.seen, "audit": list(state.audit), "mixes": list(state.mixes),
+            "buffers": {name: b.detach().to("cpu", copy=True) for name, b in model.named_buffers()}}
     parts = [None] * d.world
     if d.world > 1:
         dist.all_gather_object(parts, mine)
@@ -477,10 +496,11 @@ def _save(cfg: TrainConfig, d: Dist, model, opt, scaler, ident: dict, state: _St
     if not d.main:
         return
     buf = io.BytesIO()
-    partial = [{k: v for k, v in p.items() if k not in ("pipeline", "rng")} for p in parts]
+    partial = [{k: v for k, v in p.items() if k not in ("pipeline", "rng", "buffers")} for p in parts]
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
                 "epoch": state.epoch, "step": 0 if epoch_done else state.step, "history": state.history,
                 "pipelines": [p["pipeline"] for p in parts], "rng": [p["rng"] for p in parts],
+                "buffers": [p["buffers"] for p in parts],
                 "partial": None if epoch_done else partial, "config": dataclasses.asdict(cfg),
                 "num_classes": len(ident["classes"]), "run": ident}, buf)
     atomic_write(Path(cfg.out) / "checkpoint.pt", buf.getvalue())
@@ -694,6 +714,9 @@ def train(cfg: TrainConfig) -> dict:
     state = _resume(cfg, d, model, opt, scaler, ident)
     ddp = torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[d.local_rank] if d.gpu else None) if d.world > 1 else model
+    if state.buffers is not None:  # this rank's own buffers, over the ones DDP just broadcast from rank 0
+        _load_buffers(model, state.buffers)
+        state.buffers = None
 
     def amp_ctx():
         return torch.autocast("cuda", dtype=amp_dtype) if use_amp else contextlib.nullcontext()
