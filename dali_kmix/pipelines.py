@@ -21,8 +21,10 @@ The builders return a :class:`MixPipeline`: the DALI pipeline together with what
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import functools
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +32,7 @@ import numpy as np
 from . import _checks
 
 __all__ = ["imagenet_train_pipeline", "imagenet_val_pipeline", "DALIMixIterator", "MixPipeline", "ProxyFolder",
-           "count_classes",
+           "count_classes", "class_names", "image_files", "tree_files", "listed_files", "DALI_FILE_FILTERS",
            "IMAGENET_MEAN", "IMAGENET_STD", "RANDOM_AREA", "RANDOM_ASPECT_RATIO"]
 
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -67,6 +69,40 @@ class MixPipeline:
         return getattr(self.pipeline, name)
 
 
+#: ``readers.file``'s default ``file_filters`` (DALI 2.4), matched case-insensitively.
+DALI_FILE_FILTERS = ("*.jpg", "*.jpeg", "*.png", "*.bmp", "*.tif", "*.tiff", "*.pnm", "*.ppm", "*.pgm", "*.pbm",
+                     "*.jp2", "*.webp", "*.flac", "*.ogg", "*.wav")
+_READ = re.compile("|".join(fnmatch.translate(f) for f in DALI_FILE_FILTERS), re.IGNORECASE | re.DOTALL)
+
+
+def class_names(data_dir) -> list[str]:
+    """Class names in the order ``readers.file`` assigns labels 0, 1, ...
+
+    As DALI 2.4 lists them (``discover_files.cc``): every sub-folder, hidden and empty ones
+    included, symbolic links followed, sorted byte-wise; files beside them are not classes.
+    """
+    return sorted((p.name for p in Path(data_dir).iterdir() if p.is_dir()), key=os.fsencode)
+
+
+def _read_by_dali(entries):
+    """The names of the directory entries ``readers.file`` reads: regular files and links matching its filters."""
+    for e in entries:
+        if _READ.match(e.name) and (e.is_symlink() or e.is_file(follow_symlinks=False)):
+            yield e.name
+
+
+def image_files(class_dir) -> list[str]:
+    """The files ``readers.file`` reads from one class folder (not recursive), sorted as it sorts them."""
+    with os.scandir(class_dir) as entries:
+        return sorted(_read_by_dali(entries), key=os.fsencode)
+
+
+def tree_files(root) -> list[Path]:
+    """Every file ``readers.file`` reads from the class tree ``root``, in its label order."""
+    root = Path(root)
+    return [root / c / f for c in class_names(root) for f in image_files(root / c)]
+
+
 def count_classes(data_dir) -> int:
     """Number of class folders under ``data_dir`` (as ``readers.file`` numbers them)."""
     root = Path(data_dir)
@@ -99,8 +135,8 @@ class ProxyFolder:
     ``proxy(**{images: path as int8 bytes, labels: int32 (1,)})``: the pipeline reads the file
     (``fn.io.file.read``), decodes, mixes with its label and returns the soft targets.
 
-    Files and labels are those ``fn.readers.file(file_root=root)`` finds: one class per
-    sub-folder in sorted order, DALI's default file filters (case-insensitive), files sorted;
+    Files and labels are those ``fn.readers.file(file_root=root)`` finds (:func:`tree_files`: one
+    class per sub-folder, DALI's default file filters, one level deep, sorted as DALI sorts);
     or the lines of a DALI ``file_list`` ("relative/path label"). A map-style dataset (no torch
     import): shuffle and shard it with the ``DataLoader``'s ``shuffle`` / ``sampler``.
     """
@@ -110,7 +146,7 @@ class ProxyFolder:
         if not self.root.is_dir():
             raise FileNotFoundError(f"root {str(root)!r} is not a folder")
         self.proxy, self.images, self.labels = proxy, images, labels
-        self.samples = _listed_files(self.root, file_list) if file_list is not None else _folder_files(self.root)
+        self.samples = listed_files(self.root, file_list) if file_list is not None else _folder_files(self.root)
         if not self.samples:
             raise ValueError(f"no image files under {str(root)!r}")
 
@@ -125,19 +161,13 @@ class ProxyFolder:
 
 def _folder_files(root: Path) -> list:
     """(path, label) of every file ``fn.readers.file(file_root=root)`` reads, in its order."""
-    import ast
-    import fnmatch
-
-    from nvidia.dali import backend
-
-    default = backend.GetSchema("readers__File").GetArgumentDefaultValueString("file_filters")  # "['*.jpg', ...]"
-    patterns = [f.lower() for f in ast.literal_eval(default)]
-    classes = sorted(d for d in root.iterdir() if d.is_dir())
-    return [(p, label) for label, d in enumerate(classes) for p in sorted(d.rglob("*"))
-            if p.is_file() and any(fnmatch.fnmatchcase(p.name.lower(), f) for f in patterns)]
+    return [(root / c / f, label) for label, c in enumerate(class_names(root)) for f in image_files(root / c)]
 
 
-def _listed_files(root: Path, file_list) -> list:
+def listed_files(root, file_list) -> list:
+    """(path, label) of every line of a DALI ``file_list`` ("relative/path label"; blank lines skipped), the paths
+    under ``root``, in the list's order."""
+    root = Path(root)
     out = []
     for line in Path(file_list).read_text().splitlines():
         if line.strip():
@@ -146,7 +176,6 @@ def _listed_files(root: Path, file_list) -> list:
     return out
 
 
-_INFO_BYTES = 1024
 _INFO_BYTES = 1024
 
 
@@ -411,6 +440,7 @@ class DALIMixIterator:
     """
 
     LABEL_OUTPUTS = (("targets",), ("label_idx", "label_w"), ("labels",))
+    _YIELDED = frozenset(("images",) + sum(LABEL_OUTPUTS, ()))  # the outputs __next__ yields; the rest: last_outputs
 
     def __init__(self, pipe, output_map=None, *, reader_name: str | None = None, num_classes: int | None = None,
                  layout: str | None = None, one_hot: bool = True, smoothing: float = 0.0, auto_reset: bool = True,
@@ -466,8 +496,7 @@ class DALIMixIterator:
 
     def __next__(self):
         data = next(self._it)[0]
-        self.last_outputs = {k: v for k, v in data.items() if k not in ("images", "targets", "label_idx", "label_w",
-                                                                          "labels")}
+        self.last_outputs = {k: v for k, v in data.items() if k not in self._YIELDED}
         images = data["images"]
         if self.channels_last:  # NHWC memory seen as NCHW: torch's channels_last format, no copy
             images = images.permute(0, 3, 1, 2)

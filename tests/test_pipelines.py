@@ -363,6 +363,39 @@ def test_the_pytorch_proxy_recipe_mixes_inside_the_pipeline(workers):
     assert sorted(anchors) == list(range(n))  # every sample once per epoch, its own row's anchor (last batch: 3)
 
 
+def test_proxy_folder_lists_a_tree_as_the_file_reader_does(tmp_path):
+    # one level deep (a class's sub-folder is not read), DALI's filters (case aside), byte-wise order of folders
+    # and files: what readers.file reads, labels included (the listing is pipelines.tree_files, shared with kmix)
+    import os
+
+    from nvidia.dali import backend, fn, pipeline_def
+    from PIL import Image
+
+    from dali_kmix.pipelines import DALI_FILE_FILTERS, ProxyFolder
+
+    root = tmp_path / "tree"
+    for rel in ("b/x.jpg", "b/.hidden.jpg", "a/Y.JPG", "a/sub/nested.jpg", os.fsdecode(b"\xff") + "/z.png",
+                "\ue000/w.jpg"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(root / rel, format="PNG" if rel.endswith("png") else "JPEG")
+    (root / "a" / "notes.txt").write_text("not an image")
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=None)
+    def reader():
+        jpegs, labels = fn.readers.file(file_root=str(root), name="R")
+        return fn.get_property(jpegs, key="source_info"), labels
+
+    p = reader()
+    p.build()
+    dali = []
+    for _ in range(p.reader_meta("R")["epoch_size"]):
+        info, label = (np.asarray(x.as_tensor()) for x in p.run())
+        dali.append((root / os.fsdecode(bytes(info[0])), int(label.reshape(-1)[0])))
+    assert ProxyFolder(root, None).samples == dali and len(dali) == 5
+    default = backend.GetSchema("readers__File").GetArgumentDefaultValueString("file_filters")
+    assert [f"'{f}'" for f in DALI_FILE_FILTERS] == [f.strip() for f in default.strip("[]").split(",")]
+
+
 def test_proxy_folder_lists_what_the_file_reader_reads(photo_dir, tmp_path):
     from nvidia.dali import fn, pipeline_def
 

@@ -10,19 +10,18 @@ brightness of it.
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from ..pipelines import _read_by_dali, class_names, image_files, tree_files
 from .common import UsageError
 
-__all__ = ["PHOTOS", "make_photo_tree", "class_names", "image_files", "check_class_folders", "undecodable",
-           "check_data", "FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES", "read_idx", "make_fashion_mnist_tree"]
+__all__ = ["PHOTOS", "make_photo_tree", "class_names", "image_files", "tree_files", "check_class_folders",
+           "undecodable", "check_data", "FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES", "read_idx", "make_fashion_mnist_tree"]
 
 #: Where Debian's ``dataset-fashion-mnist`` package installs the IDX files.
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -102,36 +101,6 @@ def make_photo_tree(root, *, images_per_class: int = 12, size: int = 256, seed: 
             for i in range(images_per_class):
                 Image.fromarray(_variant(img, size, rng)).save(tmp / cls / f"{cls}_{i:03d}.jpg", quality=90)
     return root
-
-
-#: ``readers.file``'s default ``file_filters`` (DALI 2.4), matched case-insensitively.
-DALI_FILE_FILTERS = ("*.jpg", "*.jpeg", "*.png", "*.bmp", "*.tif", "*.tiff", "*.pnm", "*.ppm", "*.pgm", "*.pbm",
-                     "*.jp2", "*.webp", "*.flac", "*.ogg", "*.wav")
-
-
-def class_names(data_dir) -> list[str]:
-    """Class names in the order ``readers.file`` assigns labels 0, 1, ...
-
-    As DALI 2.4 lists them (``discover_files.cc``): every sub-folder, hidden and empty ones
-    included, symbolic links followed, sorted byte-wise; files beside them are not classes.
-    """
-    return sorted((p.name for p in Path(data_dir).iterdir() if p.is_dir()), key=os.fsencode)
-
-
-_READ = re.compile("|".join(fnmatch.translate(f) for f in DALI_FILE_FILTERS), re.IGNORECASE | re.DOTALL)
-
-
-def _read_by_dali(entries):
-    """The names of the directory entries ``readers.file`` reads: regular files and links matching its filters."""
-    for e in entries:
-        if _READ.match(e.name) and (e.is_symlink() or e.is_file(follow_symlinks=False)):
-            yield e.name
-
-
-def image_files(class_dir) -> list[str]:
-    """The files ``readers.file`` reads from one class folder (not recursive), sorted as it sorts them."""
-    with os.scandir(class_dir) as entries:
-        return sorted(_read_by_dali(entries), key=os.fsencode)
 
 
 def _holds_an_image(class_dir) -> bool:
@@ -251,12 +220,6 @@ def _decode_pipeline(batch_size: int, threads: int, gpu: bool):
         pipe.set_outputs(fn.decoders.image(encoded, device="mixed" if gpu else "cpu", output_type=types.RGB))
     pipe.build()
     return pipe
-
-
-def tree_files(root) -> list[Path]:
-    """Every file ``readers.file`` reads from the class tree ``root``, in its label order."""
-    root = Path(root)
-    return [root / c / f for c in class_names(root) for f in image_files(root / c)]
 
 
 def check_data(data_dir, *, device: str = "cpu", threads: int | None = None, progress: bool = True) -> dict:

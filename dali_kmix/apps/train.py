@@ -43,8 +43,9 @@ import time
 from pathlib import Path
 
 from .._checks import METHODS, SWITCH
+from ..pipelines import listed_files, tree_files
 from .common import Dist, UsageError, atomic_write, remove_stale_temporaries, setup_distributed, teardown_distributed
-from .data import check_class_folders, tree_files
+from .data import check_class_folders
 
 __all__ = ["TrainConfig", "MIX_CHOICES", "FIXED_ON_RESUME", "MAY_CHANGE_ON_RESUME", "resolve_mix", "build_model",
            "train", "add_arguments", "config_from_args"]
@@ -724,8 +725,7 @@ def train(cfg: TrainConfig) -> dict:
     def train_files():
         if cfg.train_list is None:
             return tree_files(train_dir)
-        lines = Path(cfg.train_list).read_text().splitlines()
-        return [train_dir / ln.rsplit(None, 1)[0] for ln in lines if ln.strip()]
+        return [path for path, _ in listed_files(train_dir, cfg.train_list)]
 
     t_run = time.perf_counter()
     # DALI decodes ahead (when an iterator is made, at every step and epoch end): a failure anywhere names its file
