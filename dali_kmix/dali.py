@@ -354,8 +354,7 @@ class _FunctionMix(_HostRecord):
             return ([],) + ([],) * spec.label_outputs
         runtime, valid, _ = self.split_inputs(rest)
         found = bytes(np.asarray(layout_prop[0])).decode()
-        if found and found != spec.layout:
-            raise ValueError(f"layout={spec.layout!r} was given but the images carry layout {found!r}")
+        _check_carried_layout(spec.layout, found)
         first = _checks.check_same_shapes("images", [im.shape for im in images], spec.layout)
         _checks.check_channels("images", first, spec.layout, found)
         _checks.check_image_dtype("images", images[0].dtype)
@@ -516,6 +515,17 @@ def check_operator_input(name: str, x):
         f"dynamic mode (nvidia.dali.experimental.dynamic.Batch), got {_type_name(x)}; to mix arrays outside DALI use "
         f"dali_kmix.mix_images (with a record from dali_kmix.sample_params), and dali_kmix.torch.KMixup for torch "
         f"tensors")
+
+
+def _check_carried_layout(layout: str, found: str):
+    """Images that carry a layout (``found``; "" when they carry none) must carry the one given."""
+    if found and found != layout:
+        raise ValueError(f"layout={layout!r} was given but the images carry layout {found!r}")
+
+
+def _check_saliency_device(saliency: str, gpu: bool):
+    if gpu and saliency == "fine-grained":
+        raise ValueError("saliency='fine-grained' (OpenCV) runs on the CPU only; use 'spectral-residual' on the GPU")
 
 
 def _spec(method, *, k, alpha, num_classes, layout, mode, prob, smoothing, label_format, seed, shard_id,
@@ -722,8 +732,7 @@ def _mix_op(method, images, labels, *, k, alpha, num_classes, layout, mode, prob
     device = images.device
     if device not in ("cpu", "gpu"):
         raise ValueError(f"images must be a DALI DataNode on 'cpu' or 'gpu', got device {device!r}")
-    if device == "gpu" and saliency == "fine-grained":
-        raise ValueError("saliency='fine-grained' (OpenCV) runs on the CPU only; use 'spectral-residual' on the GPU")
+    _check_saliency_device(saliency, device == "gpu")
     for arg, value in (("alpha", alpha), ("prob", prob)):
         if _is_node(value) and value.device != "cpu":
             raise ValueError(f"{arg} given as a DataNode must be on the CPU, got device {value.device!r}")
@@ -830,11 +839,9 @@ def dynamic_mix(method, images, labels, *, k=3, alpha=1.0, num_classes, layout=N
     spec = _spec(method, k=k, alpha=alpha, num_classes=num_classes, layout=layout, mode=mode, prob=prob,
                  smoothing=smoothing, label_format=label_format, seed=None, shard_id=shard_id, saliency=saliency,
                  switch_prob=switch_prob, cutmix_alpha=cutmix_alpha)
-    if found and found != spec.layout:
-        raise ValueError(f"layout={spec.layout!r} was given but the images carry layout {found!r}")
+    _check_carried_layout(spec.layout, found)
     gpu = images.device.device_type == "gpu"
-    if gpu and saliency == "fine-grained":
-        raise ValueError("saliency='fine-grained' (OpenCV) runs on the CPU only; use 'spectral-residual' on the GPU")
+    _check_saliency_device(saliency, gpu)
     n = images.batch_size
     if n == 0:
         raise ValueError("images is an empty batch; dynamic mode has no empty batches to return")
@@ -869,7 +876,6 @@ def dynamic_mix(method, images, labels, *, k=3, alpha=1.0, num_classes, layout=N
     if gpu:
         label_batches = [b.gpu() for b in label_batches]
     return (mixed, *label_batches)
-
 
 
 _DOC = """{title} as a DALI operator: returns ``(images, targets)`` or, with
