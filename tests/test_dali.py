@@ -471,8 +471,8 @@ def alpha_pipe(alphas, mode="sample", method="dmixup", fixed=None, prob=1.0):
 def test_alpha_per_sample_equal_for_all_is_the_fixed_alpha_stream(monkeypatch, method, path):
     # the order of the draws is unchanged: a per-sample alpha whose samples agree draws what the number draws
     monkeypatch.setenv("DALI_KMIX_PLUGIN", "1" if path == "plugin" else "0")
-    given = _outputs(_built(alpha_pipe([0.75] * 12, method=method, prob=0.8)), 3)  # exact in float32
-    fixed = _outputs(_built(alpha_pipe(None, method=method, fixed=0.75, prob=0.8)), 3)
+    given = _run(alpha_pipe([0.75] * 12, method=method, prob=0.8), 3)  # exact in float32
+    fixed = _run(alpha_pipe(None, method=method, fixed=0.75, prob=0.8), 3)
     for a, b in zip(given, fixed):
         for u, v in zip(a, b):
             np.testing.assert_array_equal(u, v)
@@ -488,7 +488,7 @@ def test_alpha_per_sample_gives_every_sample_its_own_dirichlet(monkeypatch, path
     monkeypatch.setenv("DALI_KMIX_PLUGIN", "1" if path == "plugin" else "0")
     # samples 0-5: Dirichlet(8, 1, 1) (mean share of the anchor 0.8); 6-10: (1, 1, 8) (0.1); 11: (0.02, 0.02, 0.02)
     alphas = [[8.0, 1.0, 1.0]] * 6 + [[1.0, 1.0, 8.0]] * 5 + [[0.02] * 3]
-    w = np.stack([out[2] for out in _outputs(_built(alpha_pipe(alphas)), 12)])  # DMixup: weights are the shares
+    w = np.stack([out[2] for out in _run(alpha_pipe(alphas), 12)])  # DMixup: weights are the shares
     assert abs(w[:, :6, 0].mean() - 0.8) < 0.06 and abs(w[:, 6:11, 2].mean() - 0.8) < 0.06
     assert abs(w[:, 6:11, 0].mean() - 0.1) < 0.04
     assert np.median(w[:, 11].max(axis=1)) > 0.99  # alpha 0.02: nearly all the share on one image
@@ -498,7 +498,7 @@ def test_alpha_per_sample_the_plugin_and_function_paths_agree(monkeypatch):
     outs = {}
     for path in ("1", "0"):
         monkeypatch.setenv("DALI_KMIX_PLUGIN", path)
-        outs[path] = _outputs(_built(alpha_pipe([[0.3 + i, 1.0, 2.0] for i in range(12)], method="dcutmix")), 3)
+        outs[path] = _run(alpha_pipe([[0.3 + i, 1.0, 2.0] for i in range(12)], method="dcutmix"), 3)
     for a, b in zip(outs["1"], outs["0"]):
         for u, v in zip(a, b):
             np.testing.assert_array_equal(u, v)
@@ -510,7 +510,7 @@ def test_alpha_per_sample_in_batch_mode_must_agree_and_names_the_sample():
                                            r"the same for every sample; sample 3 has alpha \[2.0, 2.0, 2.0\] but "
                                            r"sample 0 has \[1.0, 1.0, 1.0\]"):
         p.run()
-    agreeing = _outputs(_built(alpha_pipe([[1.0, 2.0, 3.0]] * 12, mode="batch")), 1)[0]
+    agreeing = _run(alpha_pipe([[1.0, 2.0, 3.0]] * 12, mode="batch"), 1)[0]
     assert (agreeing[2] == agreeing[2][0]).all()  # one share vector for the batch
 
 

@@ -92,6 +92,13 @@ def metadata() -> dict:
     return meta
 
 
+def _per_round(ts) -> dict:
+    """The statistics of a variant timed in interleaved rounds (seconds per call, one per round), the rounds kept."""
+    ts = np.asarray(ts, dtype=np.float64)
+    return {"median_s": float(np.median(ts)), "min_s": float(ts.min()), "max_s": float(ts.max()),
+            "repeats": int(ts.size), "round_s": [float(t) for t in ts], "timing": "interleaved rounds"}
+
+
 def _stats_row(base, t):
     return {**base, "status": "ok", **t}
 
@@ -234,9 +241,7 @@ def _config_rows(cfg, x, labels, cbase, repeats):
             extra = {"pipeline_baseline_s": float(np.median(base_t)),
                      "note": "pipeline time minus the same pipeline without the step, within each round"}
             ts = ts - base_t
-        rows.append(_stats_row({**cbase, "impl": peer, **extra}, {
-            "median_s": float(np.median(ts)), "min_s": float(ts.min()), "max_s": float(ts.max()),
-            "repeats": int(ts.size), "round_s": [float(t) for t in ts], "timing": "interleaved rounds"}))
+        rows.append(_stats_row({**cbase, "impl": peer, **extra}, _per_round(ts)))
     return rows
 
 
@@ -512,8 +517,7 @@ def bench_scaling(*, ks=(2, 3, 4, 6, 8, 12, 16), batches=(8, 16, 32, 64, 128, 25
         for (impl, method, k), ts in times.items():
             ts = np.asarray(ts)
             row = {"level": "scaling", "axis": axis, "impl": impl, "k": k if k is not None else k_list[0], "batch": b,
-                   "median_s": float(np.median(ts)), "min_s": float(ts.min()), "max_s": float(ts.max()),
-                   "repeats": int(ts.size), "timing": "interleaved rounds"}
+                   **_per_round(ts)}
             if impl == COPY:
                 row["note"] = COPY_NOTE
             else:
