@@ -1,5 +1,6 @@
 """Helpers the test modules import (conftest.py only holds fixtures and hooks)."""
 
+import os
 import re
 
 import numpy as np
@@ -61,3 +62,22 @@ def kmix_here(argv, capsys):
         rc = exc.code
     out, err = capsys.readouterr()
     return rc, out, err
+
+
+def file_reader_listing(root):
+    """``[(path relative to root, label), ...]``: every sample ``fn.readers.file(file_root=root)`` reads in one
+    epoch, in its order (from each sample's source info), the reference for listings that claim to be DALI's."""
+    from nvidia.dali import fn, pipeline_def
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=None)
+    def reader():
+        jpegs, labels = fn.readers.file(file_root=str(root), name="R")
+        return fn.get_property(jpegs, key="source_info"), labels
+
+    pipe = reader()
+    pipe.build()
+    listing = []
+    for _ in range(pipe.reader_meta("R")["epoch_size"]):
+        info, label = (np.asarray(x.as_tensor()) for x in pipe.run())
+        listing.append((os.fsdecode(bytes(info[0])), int(label.reshape(-1)[0])))
+    return listing

@@ -59,23 +59,11 @@ def odd_tree(tmp_path):
 
 def test_class_names_and_files_are_what_dalis_reader_numbers_and_reads(odd_tree):
     pytest.importorskip("nvidia.dali")
-    from nvidia.dali import fn, pipeline_def
+    from _helpers import file_reader_listing
 
     from dali_kmix.apps.data import tree_files
 
-    @pipeline_def(batch_size=4, num_threads=1, device_id=None)
-    def reader():
-        jpegs, labels = fn.readers.file(file_root=str(odd_tree), name="R")
-        return fn.get_property(jpegs, key="source_info"), labels
-
-    pipe = reader()
-    pipe.build()
-    n = pipe.reader_meta("R")["epoch_size"]
-    seen = []
-    while len(seen) < n:
-        info, labels = pipe.run()
-        seen += [(os.fsdecode(bytes(np.array(info[i]))), int(np.array(labels[i])[0])) for i in range(len(info))]
-    seen = seen[:n]
+    seen = file_reader_listing(odd_tree)
     names = class_names(odd_tree)
     assert names[:3] == [".ipynb_checkpoints", "B_upper", "a_empty"] and len(names) == 9
     assert names.index(os.fsdecode(b"\xff")) > names.index("\ue000")  # byte order, as DALI sorts

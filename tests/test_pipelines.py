@@ -9,6 +9,7 @@ pytest.importorskip("nvidia.dali")
 from dali_kmix.pipelines import (  # noqa: E402
     DALIMixIterator, count_classes, imagenet_train_pipeline, imagenet_val_pipeline)
 from dali_kmix.torch import soft_target_cross_entropy, sparse_mixed_cross_entropy  # noqa: E402
+from _helpers import file_reader_listing  # noqa: E402
 
 CROP = 64
 
@@ -368,7 +369,7 @@ def test_proxy_folder_lists_a_tree_as_the_file_reader_does(tmp_path):
     # and files: what readers.file reads, labels included (the listing is pipelines.tree_files, shared with kmix)
     import os
 
-    from nvidia.dali import backend, fn, pipeline_def
+    from nvidia.dali import backend
     from PIL import Image
 
     from dali_kmix.pipelines import DALI_FILE_FILTERS, ProxyFolder
@@ -380,40 +381,20 @@ def test_proxy_folder_lists_a_tree_as_the_file_reader_does(tmp_path):
         Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(root / rel, format="PNG" if rel.endswith("png") else "JPEG")
     (root / "a" / "notes.txt").write_text("not an image")
 
-    @pipeline_def(batch_size=1, num_threads=1, device_id=None)
-    def reader():
-        jpegs, labels = fn.readers.file(file_root=str(root), name="R")
-        return fn.get_property(jpegs, key="source_info"), labels
-
-    p = reader()
-    p.build()
-    dali = []
-    for _ in range(p.reader_meta("R")["epoch_size"]):
-        info, label = (np.asarray(x.as_tensor()) for x in p.run())
-        dali.append((root / os.fsdecode(bytes(info[0])), int(label.reshape(-1)[0])))
+    dali = [(root / rel, label) for rel, label in file_reader_listing(root)]
     assert ProxyFolder(root, None).samples == dali and len(dali) == 5
     default = backend.GetSchema("readers__File").GetArgumentDefaultValueString("file_filters")
     assert [f"'{f}'" for f in DALI_FILE_FILTERS] == [f.strip() for f in default.strip("[]").split(",")]
 
 
 def test_proxy_folder_lists_what_the_file_reader_reads(photo_dir, tmp_path):
-    from nvidia.dali import fn, pipeline_def
-
     from dali_kmix.pipelines import ProxyFolder
 
     (photo_dir.parent / "notes.txt").write_text("not an image")  # outside the class folders: never listed
     calls = []
     folder = ProxyFolder(photo_dir, lambda **kw: calls.append(kw) or len(calls))
 
-    @pipeline_def(batch_size=48, num_threads=1, device_id=None)
-    def reader():
-        jpegs, labels = fn.readers.file(file_root=str(photo_dir))
-        return fn.pad(fn.get_property(jpegs, key="source_info"), fill_value=0, axes=(0,), shape=(1024,)), labels
-
-    p = reader()
-    p.build()
-    info, labels = (np.asarray(x.as_tensor()) for x in p.run())
-    dali = [(str(photo_dir / bytes(r[r != 0]).decode()), int(v)) for r, v in zip(info, labels.reshape(-1))]
+    dali = [(str(photo_dir / rel), label) for rel, label in file_reader_listing(photo_dir)]
     assert [(str(path), label) for path, label in folder.samples] == dali and len(folder) == 48
     assert folder[5] == 1
     assert bytes(calls[0]["images"].view(np.uint8)).decode() == dali[5][0]
