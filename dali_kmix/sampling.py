@@ -42,6 +42,8 @@ def _dirichlet_from_draws(alpha, gamma1, uniform, xp=np):
         top = logg.max(axis=-1, keepdims=True)
         e = xp.exp(logg - top)
         phi = e / e.sum(axis=-1, keepdims=True)
+        if xp is np and not (top == -np.inf).any():  # no such row (asked on the host only: on a GPU it would sync)
+            return phi
         order = xp.log(-xp.log(uniform)) - xp.log(xp.asarray(alpha, dtype=np.float64))
     first = xp.arange(phi.shape[-1]) == xp.argmin(order, axis=-1)[..., None]
     return xp.where(top == -np.inf, first.astype(phi.dtype), phi)
