@@ -353,7 +353,8 @@ def bench_pipeline(data_dir, *, batch=64, size=224, k=3, iters=12, repeats=5, de
     """Images/s through ``DALIGenericIterator`` into torch, over a JPEG tree, for every mixing variant.
 
     All variants are built first and then timed in rounds, one block of ``iters`` batches per
-    variant per round, so a slow spell of a noisy machine hits every variant alike; ``vs_no_mix``
+    variant per round (each round starting with the next variant, so none is always first or
+    always after the same one), so a slow spell of a noisy machine hits every variant alike; ``vs_no_mix``
     is the median over rounds of (variant / no mixing in the same round). Between blocks the
     run waits ``settle_s`` so the previous pipeline's prefetching is done before the next clock.
     On the GPU, dali_kmix's DCutMix and DMixup are timed twice: with the native GPU operator (the
@@ -397,8 +398,10 @@ def bench_pipeline(data_dir, *, batch=64, size=224, k=3, iters=12, repeats=5, de
             runners.pop(variant, None)
     rates = {v: [] for v in runners}
     bar = tqdm(total=repeats * len(runners), desc=f"pipelines ({device})", disable=not progress)
-    for _ in range(repeats):
-        for variant, step in runners.items():
+    order = list(runners)
+    for r in range(repeats):
+        for variant in order[r % len(order):] + order[:r % len(order)]:  # each round starts one further on
+            step = runners[variant]
             time.sleep(settle_s)
             try:
                 t0 = time.perf_counter()
@@ -676,8 +679,9 @@ def run(out_dir="benchmarks/results", *, quick=False, data_dir=None, progress=Tr
                                    images_per_class=12 if quick else 48, size=320)
     for dev in ["cpu"] + (["gpu"] if gpu_available() else []):
         batch = 32 if quick else (256 if dev == "gpu" else 64)  # the GPU target is stated for batch 256
-        rows += bench_pipeline(data_dir, batch=batch, iters=3 if quick else 12,
-                               repeats=1 if quick else 7, device=dev, progress=progress)
+        # the CPU rows' targets are a few points apart: more and longer rounds there (a GPU session is short)
+        rounds, iters = (1, 3) if quick else ((15, 20) if dev == "cpu" else (7, 12))
+        rows += bench_pipeline(data_dir, batch=batch, iters=iters, repeats=rounds, device=dev, progress=progress)
     if gpu_available():
         if quick:
             rows += bench_gpu_ops(batches=(32,), ks=(2, 3), rounds=2, iters=3, progress=progress)
