@@ -77,7 +77,7 @@ def metadata() -> dict:
         "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "numpy": np.__version__,
         # 1, 5 and 15-minute load averages: the machine's other work (run() records them at the start and the end)
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "load_average": _load_average(),
     }
     for mod in ("nvidia.dali", "torch", "cupy", "timm", "torchvision", "kornia"):
         try:
@@ -90,6 +90,17 @@ def metadata() -> dict:
 
         meta["gpu"] = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
     return meta
+
+
+def _load_average():
+    """The 1, 5 and 15-minute load averages (None where the system has none)."""
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
+def _round_order(names: list, r: int) -> list:
+    """The order of round ``r``: ``names`` rotated by ``r``, so no variant is always first or after the same one."""
+    shift = r % len(names)
+    return names[shift:] + names[:shift]
 
 
 def _per_round(ts) -> dict:
@@ -150,8 +161,7 @@ def interleaved_rounds(variants: dict, rounds: int, warmup: int = 2) -> tuple[di
     times = {name: [] for name in prepared}
     order = list(prepared)
     for r in range(rounds if order else 0):
-        shift = r % len(order)
-        for name in order[shift:] + order[:shift]:
+        for name in _round_order(order, r):
             if name in errors:
                 continue
             fn, inner = prepared[name]
@@ -399,8 +409,8 @@ def bench_pipeline(data_dir, *, batch=64, size=224, k=3, iters=12, repeats=5, de
     rates = {v: [] for v in runners}
     bar = tqdm(total=repeats * len(runners), desc=f"pipelines ({device})", disable=not progress)
     order = list(runners)
-    for r in range(repeats):
-        for variant in order[r % len(order):] + order[:r % len(order)]:  # each round starts one further on
+    for r in range(repeats if order else 0):
+        for variant in _round_order(order, r):
             step = runners[variant]
             time.sleep(settle_s)
             try:
@@ -669,7 +679,7 @@ def run(out_dir="benchmarks/results", *, quick=False, data_dir=None, progress=Tr
     from .data import make_photo_tree
 
     t0 = time.perf_counter()
-    load_at_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    load_at_start = _load_average()
     if quick:
         rows = bench_ops(batches=(32,), ks=(2, 3), modes=("sample",), repeats=3, progress=progress)
     else:
