@@ -99,8 +99,7 @@ def image_files(class_dir) -> list[str]:
 
 def tree_files(root) -> list[Path]:
     """Every file ``readers.file`` reads from the class tree ``root``, in its label order."""
-    root = Path(root)
-    return [root / c / f for c in class_names(root) for f in image_files(root / c)]
+    return [path for path, _ in _folder_files(root)]
 
 
 def count_classes(data_dir) -> int:
@@ -108,7 +107,7 @@ def count_classes(data_dir) -> int:
     root = Path(data_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"data_dir {str(data_dir)!r} is not a folder")
-    n = sum(1 for p in root.iterdir() if p.is_dir())
+    n = len(class_names(root))
     if n == 0:
         raise ValueError(f"data_dir {str(data_dir)!r} has no class sub-folders")
     return n
@@ -159,8 +158,9 @@ class ProxyFolder:
                              self.labels: np.array([label], np.int32)})
 
 
-def _folder_files(root: Path) -> list:
+def _folder_files(root) -> list:
     """(path, label) of every file ``fn.readers.file(file_root=root)`` reads, in its order."""
+    root = Path(root)
     return [(root / c / f, label) for label, c in enumerate(class_names(root)) for f in image_files(root / c)]
 
 
