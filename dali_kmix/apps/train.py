@@ -252,7 +252,7 @@ def _identity(cfg: TrainConfig, gpu: bool, classes=None) -> dict:
     if classes is not None:
         ident["classes"] = list(classes)
     for name in FIXED_ON_RESUME:
-        if name not in ident and name not in ("data", "train_dir", "val_dir", "train_list", "device"):
+        if name not in ident and name != "data":  # "data" is compared as the train and val folders it gives
             ident[name] = getattr(cfg, name)
     ident["k"] = k
     ident["random_area"] = tuple(float(a) for a in cfg.random_area)
