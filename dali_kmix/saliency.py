@@ -217,6 +217,11 @@ def salient_points(images, layout: str = "HWC", *, method: str = "spectral-resid
         layout: "HWC" or "CHW".
         method: "spectral-residual" (default, any device) or "fine-grained" (OpenCV, CPU).
         work_size: side of the square working image of the spectral residual.
+
+    On the CPU, for a working side that is a power of two (the default 64), the CPU build finds the points in
+    one launch, one image per worker: its grey copy, map and peak stay in the worker's cache and no (N, 64, 64)
+    arrays are made (``kmix_host_salient_points``; the same points as :func:`small_grey`,
+    :func:`spectral_residual` and the peak's cell one after another).
     """
     layout = _checks.check_layout(layout)
     _checks.check_choice("saliency", method, SALIENCY_METHODS)
@@ -252,6 +257,10 @@ def salient_points(images, layout: str = "HWC", *, method: str = "spectral-resid
         if xp is not np:
             raise ValueError("saliency='fine-grained' runs on the CPU only; use 'spectral-residual' on the GPU")
         return _fine_grained_points(np.stack(samples) if samples is not None else images, layout)
+    kernels = host_kernels() if xp is np and _power_of_two(work_size) else None
+    if kernels is not None:  # the CPU build: grey copy, map and peak of each image in one launch (the same points)
+        rows = samples if samples is not None else list(np.ascontiguousarray(images))
+        return kernels.salient_points(rows, layout, work_size, work_size, _gaussian_kernel(5, 8.0))
     sal = spectral_residual(small_grey(samples if samples is not None else images, layout, work_size))
     flat = xp.argmax(sal.reshape(n, -1), axis=1)
     iy, ix = flat // work_size, flat % work_size

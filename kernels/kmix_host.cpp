@@ -171,6 +171,41 @@ int kmix_host_spectral_residual(const float* g, float* maps, int* peaks, int n, 
   return 0;
 }
 
+// The most salient pixel (y, x) of each of n images into points (n x 2 int32): per image, in one block of the
+// pool, its grey copy (kmix_grey_resize_host, as kmix_host_grey_resize), its spectral-residual map
+// (kmix_spectral::spectral_residual, as kmix_host_spectral_residual) and the centre pixel of the map's first
+// peak in full-resolution coordinates (dali_kmix.saliency.salient_points' arithmetic). The same points as those
+// two launches and the peak's cell, in one launch whose grey copy and map stay in the worker's cache.
+// Returns 2 when a side of the grid is not a power of two, 1 for a dtype no kernel takes or an empty image.
+int kmix_host_salient_points(int dtype, const void* const* in, int* points, int n, int height, int width,
+                             int channels, int layout, int out_h, int out_w, const float* gauss, int nworkers) {
+  auto pow2 = [](int v) { return v > 0 && (v & (v - 1)) == 0; };
+  if (!pow2(out_h) || !pow2(out_w)) return 2;
+  if (n <= 0) return 0;
+  if (height <= 0 || width <= 0 || channels <= 0) return 1;
+  std::vector<int> x0s(out_w), x1s(out_w);
+  std::vector<float> fxs(out_w);
+  for (int ox = 0; ox < out_w; ++ox) kmix_tap(ox, width, out_w, &x0s[ox], &x1s[ox], &fxs[ox]);
+  const kmix_spectral::Plan prow(out_h), pcol(out_w);
+  const long long size = (long long)out_h * out_w;
+  KMIX_DISPATCH(dtype, kmix_launch({(unsigned)n, 1, 1}, {1, 1, 1}, nworkers, false, [&]() {
+    thread_local std::vector<float> rows, grid;
+    thread_local kmix_spectral::Work work;
+    rows.resize(2 * (size_t)width);
+    grid.resize(2 * (size_t)size);  // the grey copy, then the map
+    const int s = (int)blockIdx.x;
+    kmix_grey_resize_host<T>((const T*)in[s], grid.data(), height, width, channels, layout, out_h, out_w,
+                             x0s.data(), x1s.data(), fxs.data(), rows.data());
+    const int peak = kmix_spectral::spectral_residual(grid.data(), grid.data() + size, out_h, out_w, prow, pcol,
+                                                      gauss, work);
+    const long long iy = peak / out_w, ix = peak % out_w;
+    const long long cy = ((2 * iy + 1) * height) / (2LL * out_h), cx = ((2 * ix + 1) * width) / (2LL * out_w);
+    points[2 * s] = (int)(cy < height - 1 ? cy : height - 1);
+    points[2 * s + 1] = (int)(cx < width - 1 ? cx : width - 1);
+  }));
+  return 0;
+}
+
 // 1 when a MixParams record (NumPy arrays: sources int32 (n, k), weights float32 (n, k), boxes int32
 // (n, k - 1, 4) or null) passes MixParams.validate(n, height, width) -- every check it makes, made the same
 // way in double and held a hair tighter where NumPy's summation order could differ (the row sums) -- else 0,

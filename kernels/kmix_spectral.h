@@ -104,11 +104,57 @@ struct Plan {
   }
 };
 
+// One radix-2 butterfly of the decimation-in-time transform on whole rows: (a, b) <- (a + w b, a - w b), the
+// product w b as (br c - bi s, br s + bi c); the loop over the columns vectorises.
+inline void butterfly_rows(float* __restrict__ ar, float* __restrict__ ai, float* __restrict__ br,
+                           float* __restrict__ bi, float c, float s, int cols) {
+  for (int x = 0; x < cols; ++x) {
+    const float tr = br[x] * c - bi[x] * s;
+    const float ti = br[x] * s + bi[x] * c;
+    br[x] = ar[x] - tr;
+    bi[x] = ai[x] - ti;
+    ar[x] = ar[x] + tr;
+    ai[x] = ai[x] + ti;
+  }
+}
+
+// Two successive radix-2 stages (block lengths len and 2 len) in one pass over four rows a, b, c, d (h = len / 2
+// apart): the butterflies (a, b) and (c, d) with twiddle (c1, s1), then (a, c) with (c2, s2) and (b, d) with
+// (c3, s3) -- the same operations in the same order as the two stages one after the other, so the same bits,
+// with each element loaded and stored once instead of twice.
+inline void butterfly_rows2(float* __restrict__ ar, float* __restrict__ ai, float* __restrict__ br,
+                            float* __restrict__ bi, float* __restrict__ cr, float* __restrict__ ci,
+                            float* __restrict__ dr, float* __restrict__ di, float c1, float s1, float c2, float s2,
+                            float c3, float s3, int cols) {
+  for (int x = 0; x < cols; ++x) {
+    float tr = br[x] * c1 - bi[x] * s1;
+    float ti = br[x] * s1 + bi[x] * c1;
+    const float b_r = ar[x] - tr, b_i = ai[x] - ti, a_r = ar[x] + tr, a_i = ai[x] + ti;
+    tr = dr[x] * c1 - di[x] * s1;
+    ti = dr[x] * s1 + di[x] * c1;
+    const float d_r = cr[x] - tr, d_i = ci[x] - ti, c_r = cr[x] + tr, c_i = ci[x] + ti;
+    tr = c_r * c2 - c_i * s2;
+    ti = c_r * s2 + c_i * c2;
+    cr[x] = a_r - tr;
+    ci[x] = a_i - ti;
+    ar[x] = a_r + tr;
+    ai[x] = a_i + ti;
+    tr = d_r * c3 - d_i * s3;
+    ti = d_r * s3 + d_i * c3;
+    dr[x] = b_r - tr;
+    di[x] = b_i - ti;
+    br[x] = b_r + tr;
+    bi[x] = b_i + ti;
+  }
+}
+
 // The transform along the first axis of (re, im), rows x cols row-major (plan.n == rows), for every
-// column at once: the butterflies combine whole rows, so the loop over the columns vectorises.
-inline void fft_columns(float* re, float* im, int cols, const Plan& plan, bool inverse) {
+// column at once: the butterflies combine whole rows, so the loop over the columns vectorises. The
+// radix-2 stages run two at a time (butterfly_rows2), the last one alone when their number is odd.
+// permuted: the rows are in bit-reversed order already (the caller put them there).
+inline void fft_columns(float* re, float* im, int cols, const Plan& plan, bool inverse, bool permuted = false) {
   const int rows = plan.n;
-  for (int y = 0; y < rows; ++y) {
+  for (int y = 0; y < rows && !permuted; ++y) {
     const int r = plan.rev[y];
     if (r > y) {
       for (int x = 0; x < cols; ++x) {
@@ -117,25 +163,26 @@ inline void fft_columns(float* re, float* im, int cols, const Plan& plan, bool i
       }
     }
   }
-  for (int len = 2; len <= rows; len <<= 1) {
-    const int half = len >> 1, step = rows / len;
-    for (int start = 0; start < rows; start += len) {
-      for (int j = 0; j < half; ++j) {
-        const float c = plan.wr[j * step], s = inverse ? -plan.wi[j * step] : plan.wi[j * step];
-        float* __restrict__ ar = re + (long long)(start + j) * cols;
-        float* __restrict__ ai = im + (long long)(start + j) * cols;
-        float* __restrict__ br = re + (long long)(start + j + half) * cols;
-        float* __restrict__ bi = im + (long long)(start + j + half) * cols;
-        for (int x = 0; x < cols; ++x) {
-          const float tr = br[x] * c - bi[x] * s;
-          const float ti = br[x] * s + bi[x] * c;
-          br[x] = ar[x] - tr;
-          bi[x] = ai[x] - ti;
-          ar[x] = ar[x] + tr;
-          ai[x] = ai[x] + ti;
-        }
+  auto row = [&](float* plane, int y) { return plane + (long long)y * cols; };
+  auto sine = [&](int k) { return inverse ? -plan.wi[k] : plan.wi[k]; };
+  int len = 2;
+  for (; 2 * len <= rows; len <<= 2) {  // stages len and 2 len together
+    const int h = len >> 1, step1 = rows / len, step2 = rows / (2 * len);
+    for (int start = 0; start < rows; start += 2 * len) {
+      for (int j = 0; j < h; ++j) {
+        const int a = start + j, b = a + h, c = a + 2 * h, d = a + 3 * h;
+        butterfly_rows2(row(re, a), row(im, a), row(re, b), row(im, b), row(re, c), row(im, c), row(re, d),
+                        row(im, d), plan.wr[j * step1], sine(j * step1), plan.wr[j * step2], sine(j * step2),
+                        plan.wr[(j + h) * step2], sine((j + h) * step2), cols);
       }
     }
+  }
+  if (len <= rows) {  // an odd number of stages: the last alone
+    const int half = len >> 1, step = rows / len;
+    for (int start = 0; start < rows; start += len)
+      for (int j = 0; j < half; ++j)
+        butterfly_rows(row(re, start + j), row(im, start + j), row(re, start + j + half), row(im, start + j + half),
+                       plan.wr[j * step], sine(j * step), cols);
   }
 }
 
@@ -176,8 +223,8 @@ inline void transpose(const float* __restrict__ in, float* __restrict__ out, int
 // The 2D transform of (re, im), rows x cols, left transposed (cols x rows): the columns' transforms, a transpose
 // (into the spare planes t0, t1, which then swap places with re, im), the columns' transforms again.
 inline void fft2_transposing(float*& re, float*& im, float*& t0, float*& t1, int rows, int cols, const Plan& prow,
-                             const Plan& pcol, bool inverse) {
-  fft_columns(re, im, cols, prow, inverse);
+                             const Plan& pcol, bool inverse, bool permuted = false) {
+  fft_columns(re, im, cols, prow, inverse, permuted);
   transpose(re, t0, rows, cols);
   transpose(im, t1, rows, cols);
   std::swap(re, t0);
@@ -185,8 +232,10 @@ inline void fft2_transposing(float*& re, float*& im, float*& t0, float*& t1, int
   fft_columns(re, im, rows, pcol, inverse);
 }
 
-inline int reflect101(int i, int n) {  // OpenCV's BORDER_DEFAULT for one step past an edge
-  return n == 1 ? 0 : (i < 0 ? -i : (i >= n ? 2 * n - 2 - i : i));
+inline int reflect101(int i, int n) {  // OpenCV's BORDER_DEFAULT (np.pad's "reflect"), also past a side of 2
+  if (n == 1) return 0;
+  while (i < 0 || i >= n) i = i < 0 ? -i : 2 * n - 2 - i;
+  return i;
 }
 
 // out = sum over the 3 x 3 window of a (rows x cols), reflect-101 border: rows first, then columns, each as
@@ -209,8 +258,10 @@ inline void box_sum3(const float* a, float* tmp, float* out, int rows, int cols)
 }
 
 // The 5-tap correlation of a (rows x cols) along its rows (axis 0), then its columns, reflect-101 border:
-// acc = k0 * a[-2]; acc += k1 * a[-1]; ... (the NumPy code's order).
-inline void gaussian5(const float* a, float* tmp, float* out, int rows, int cols, const float* k) {
+// acc = k0 * a[-2]; acc += k1 * a[-1]; ... (the NumPy code's order). Each row of the first pass is copied into
+// pad with its reflected border (2 on each side), so every column of the second pass is the same vector loop.
+// tmp: rows x cols; pad: cols + 4.
+inline void gaussian5(const float* a, float* tmp, float* pad, float* out, int rows, int cols, const float* k) {
   for (int y = 0; y < rows; ++y) {
     float* __restrict__ t = tmp + (long long)y * cols;
     const float* __restrict__ r0 = a + (long long)reflect101(y - 2, rows) * cols;
@@ -222,27 +273,24 @@ inline void gaussian5(const float* a, float* tmp, float* out, int rows, int cols
     }
   }
   const float k0 = k[0], k1 = k[1], k2 = k[2], k3 = k[3], k4 = k[4];
+  float* __restrict__ p = pad + 2;  // p[-2 .. cols + 1]
   for (int y = 0; y < rows; ++y) {
     const float* __restrict__ t = tmp + (long long)y * cols;
     float* __restrict__ o = out + (long long)y * cols;
-    auto edge = [&](int x) {
-      float acc = k0 * t[reflect101(x - 2, cols)];
-      for (int i = 1; i < 5; ++i) acc = acc + k[i] * t[reflect101(x - 2 + i, cols)];
-      o[x] = acc;
-    };
-    const int lo = cols < 2 ? cols : 2, hi = cols - 2 > lo ? cols - 2 : lo;
-    for (int x = 0; x < lo; ++x) edge(x);
-    for (int x = lo; x < hi; ++x)
-      o[x] = (((k0 * t[x - 2] + k1 * t[x - 1]) + k2 * t[x]) + k3 * t[x + 1]) + k4 * t[x + 2];
-    for (int x = hi; x < cols; ++x) edge(x);
+    for (int x = 0; x < cols; ++x) p[x] = t[x];
+    for (int x = -2; x < 0; ++x) p[x] = t[reflect101(x, cols)];
+    for (int x = cols; x < cols + 2; ++x) p[x] = t[reflect101(x, cols)];
+    for (int x = 0; x < cols; ++x)
+      o[x] = (((k0 * p[x - 2] + k1 * p[x - 1]) + k2 * p[x]) + k3 * p[x + 1]) + k4 * p[x + 2];
   }
 }
 
-// Scratch of spectral_residual for rows x cols: 7 planes of floats.
+// Scratch of spectral_residual for rows x cols: 7 planes of floats and a padded row.
 struct Work {
-  std::vector<float> planes;
-  void resize(long long n) {
+  std::vector<float> planes, pad;
+  void resize(long long n, int cols) {
     if ((long long)planes.size() < 7 * n) planes.resize(7 * n);
+    if ((int)pad.size() < cols + 4) pad.resize(cols + 4);
   }
 };
 
@@ -251,7 +299,7 @@ struct Work {
 inline int spectral_residual(const float* g, float* map, int rows, int cols, const Plan& prow, const Plan& pcol,
                              const float* gauss, Work& work) {
   const long long n = (long long)rows * cols;
-  work.resize(n);
+  work.resize(n, rows > cols ? rows : cols);
   float* re = work.planes.data();
   float* im = re + n;
   float* t0 = re + 2 * n;
@@ -259,11 +307,13 @@ inline int spectral_residual(const float* g, float* map, int rows, int cols, con
   float* t2 = re + 4 * n;
   float* t3 = re + 5 * n;
   float* live = re + 6 * n;  // 1 where the bin is live, else 0
-  // F, transposed (cols x rows from here)
-  for (long long i = 0; i < n; ++i) {
-    re[i] = g[i];
-    im[i] = 0.0f;
+  // F, transposed (cols x rows from here); g's rows go in in bit-reversed order (the transform's first step)
+  for (int y = 0; y < rows; ++y) {
+    const float* __restrict__ src = g + (long long)y * cols;
+    float* __restrict__ dst = re + (long long)prow.rev[y] * cols;
+    for (int x = 0; x < cols; ++x) dst[x] = src[x];
   }
+  std::memset(im, 0, sizeof(float) * (size_t)n);
   float part[16] = {0.0f};  // sum |g| in 16 partial sums (a vector), then in double
   long long i16 = 0;
   for (; i16 + 16 <= n; i16 += 16)
@@ -271,7 +321,7 @@ inline int spectral_residual(const float* g, float* map, int rows, int cols, con
   double abs_sum = 0.0;
   for (int j = 0; j < 16; ++j) abs_sum += part[j];
   for (; i16 < n; ++i16) abs_sum += std::fabs(g[i16]);
-  fft2_transposing(re, im, t0, t1, rows, cols, prow, pcol, false);
+  fft2_transposing(re, im, t0, t1, rows, cols, prow, pcol, false, true);
   // the live bins; A where live, else 1; log A (0 where dead); its 3 x 3 mean over the live bins
   int log2n = 0;
   while ((1LL << log2n) < n) ++log2n;
@@ -304,7 +354,7 @@ inline int spectral_residual(const float* g, float* map, int rows, int cols, con
   fft2_transposing(re, im, t0, t1, cols, rows, pcol, prow, true);
   float* back = t2;
   for (long long i = 0; i < n; ++i) back[i] = std::sqrt(re[i] * re[i] + im[i] * im[i]);
-  gaussian5(back, t3, map, rows, cols, gauss);
+  gaussian5(back, t3, work.pad.data(), map, rows, cols, gauss);
   for (long long i = 0; i < n; ++i) map[i] = map[i] * map[i];
   // the peak: the largest bit pattern, these values being >= 0 (an integer maximum, which vectorises)
   uint32_t peak_bits = 0;
@@ -314,11 +364,16 @@ inline int spectral_residual(const float* g, float* map, int rows, int cols, con
   }
   const float peak = bits_to_float(peak_bits);
   const float div = peak > 1e-30f ? peak : 1e-30f;
-  for (long long i = 0; i < n; ++i) map[i] = map[i] / div;
-  // np.argmax: the first element equal to the largest (peak / div: dividing by div > 0 keeps the order)
+  // np.argmax of the divided map: its first element equal to the largest, peak / div (dividing by div > 0 keeps
+  // the order), found as a minimum over the indices in the same loop (a reduction that vectorises)
   const float top = peak / div;
-  long long best = 0;
-  while (best < n - 1 && !(map[best] == top)) ++best;
+  long long best = n - 1;
+  for (long long i = 0; i < n; ++i) {
+    const float v = map[i] / div;
+    map[i] = v;
+    const long long at = v == top ? i : n - 1;
+    best = at < best ? at : best;
+  }
   return (int)best;
 }
 

@@ -518,7 +518,7 @@ def test_cpu_build_spectral_residual_matches_the_numpy_code():
     np.testing.assert_array_equal(native.reshape(len(g), -1).argmax(1), numpy_maps.reshape(len(g), -1).argmax(1))
 
 
-@pytest.mark.parametrize("h,w", [(16, 16), (32, 128), (128, 64), (1, 1)], ids=lambda v: str(v))
+@pytest.mark.parametrize("h,w", [(16, 16), (32, 128), (128, 64), (1, 1), (2, 4), (4, 2)], ids=lambda v: str(v))
 def test_cpu_build_spectral_residual_on_other_power_of_two_grids(h, w):
     rng = np.random.default_rng(h + w)
     g = (rng.random((3, h, w)) * 255).astype(np.float32)
@@ -551,3 +551,50 @@ def test_other_grids_and_float64_run_the_numpy_code(monkeypatch):
     assert called == []
     saliency.spectral_residual(g64)
     assert called == [(2, 64, 64)] or real is None
+
+
+def _points_step_by_step(images, layout, work_size=saliency.WORK_SIZE):
+    """salient_points as its three steps: the grey copies, their maps, each map's first peak as the centre pixel of
+    its cell (what the CPU build's one launch does per image)."""
+    sal = saliency.spectral_residual(saliency.small_grey(images, layout, work_size))
+    n = len(sal)
+    flat = sal.reshape(n, -1).argmax(1)
+    iy, ix = flat // work_size, flat % work_size
+    h, w = dali_kmix._checks.spatial_size(np.asarray(images[0]).shape, layout)
+    return np.stack([np.minimum((2 * iy + 1) * h // (2 * work_size), h - 1),
+                     np.minimum((2 * ix + 1) * w // (2 * work_size), w - 1)], axis=1).astype(np.int32)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float16, np.float32], ids=["u8", "f16", "f32"])
+@pytest.mark.parametrize("layout", ["HWC", "CHW"])
+@pytest.mark.parametrize("h,w,c", [(224, 224, 3), (97, 131, 3), (50, 40, 1), (33, 70, 4), (1, 1, 3)],
+                         ids=["224", "97x131", "grey", "rgba", "1x1"])
+def test_cpu_build_salient_points_in_one_launch_are_the_steps_points(dtype, layout, h, w, c):
+    # The CPU build finds the points of a batch in one launch (grey copy, map and peak per image); they are the
+    # points of its steps one after another, on photographs, noise and flat images, lists and batches.
+    from dali_kmix.apps.data import PHOTOS
+    from dali_kmix.backends import host_kernels
+
+    if host_kernels() is None:
+        pytest.skip("no C++ compiler: the CPU kernels are unavailable")
+    rng = np.random.default_rng(h * w + c)
+    photos = [_photo(name) for name in PHOTOS]
+    x = np.empty((len(photos) + 3, h, w, c), np.float32)
+    for i, p in enumerate(photos):
+        rows = np.linspace(0, p.shape[0] - 1, h).astype(int)
+        cols = np.linspace(0, p.shape[1] - 1, w).astype(int)
+        x[i] = p[rows][:, cols][..., np.arange(c) % 3]
+    x[-3] = rng.integers(0, 256, (h, w, c))
+    x[-2] = 77.0  # flat: only the DC term lives
+    x[-1] = 0.0
+    x = x.astype(dtype)
+    if layout == "CHW":
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    want = _points_step_by_step(list(x), layout)
+    got = saliency.salient_points(x, layout)
+    assert got.dtype == np.int32 and got.shape == (len(x), 2)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(saliency.salient_points(list(x), layout), want)
+    for size in (16, 32):  # other working grids (powers of two)
+        np.testing.assert_array_equal(saliency.salient_points(x, layout, work_size=size),
+                                      _points_step_by_step(list(x), layout, size))

@@ -24,7 +24,7 @@ from .build import build_flags, compile_cached, compiler, sanitize_requested
 from .sources import kernels_dir
 
 __all__ = ["load", "build", "available", "compiler", "dmixup", "dcutmix", "mix", "nest_boxes", "grey_resize",
-           "spectral_residual", "record_valid", "mix_labels",
+           "spectral_residual", "salient_points", "record_valid", "mix_labels",
            "half_to_float", "float_to_half", "DTYPE_CODES", "LAYOUT_CODES", "HOST_SOURCES", "default_workers",
            "launch_config", "launch_cover", "validate_record", "KERNEL_CODES", "METHOD_CODES"]
 
@@ -89,6 +89,8 @@ def _load(sanitize: bool):
     lib.kmix_host_record_valid.restype = _I
     lib.kmix_host_spectral_residual.argtypes = [_P, _P, _P, _I, _I, _I, _P, _I]
     lib.kmix_host_spectral_residual.restype = _I
+    lib.kmix_host_salient_points.argtypes = [_I, _P, _P, _I, _I, _I, _I, _I, _I, _I, _P, _I]
+    lib.kmix_host_salient_points.restype = _I
     lib.kmix_host_half_to_float.argtypes = [_P, _P, _L]
     lib.kmix_host_float_to_half.argtypes = [_P, _P, _L]
     for fn in (lib.kmix_host_dmixup, lib.kmix_host_dcutmix, lib.kmix_host_nest_boxes):
@@ -245,6 +247,24 @@ def spectral_residual(g: np.ndarray, gauss: np.ndarray, *, workers=None):
     k = _c(gauss, np.float32)
     return _launch("kmix_host_spectral_residual", (maps, peaks), g.ctypes.data, maps.ctypes.data, peaks.ctypes.data,
                    n, h, w, k.ctypes.data, workers or default_workers())
+
+
+def salient_points(inputs, layout, out_h, out_w, gauss: np.ndarray, *, workers=None):
+    """The most salient pixel ``(y, x)`` of N same-shape samples (int32 ``(N, 2)``): their grey copies on an
+    ``out_h`` x ``out_w`` grid (powers of two), their spectral-residual maps and each map's first peak, one image
+    per worker in one launch. The same points as :func:`grey_resize`, :func:`spectral_residual` and the peak's
+    cell (:func:`dali_kmix.saliency.salient_points`), without the intermediate arrays."""
+    n = len(inputs)
+    points = np.empty((n, 2), np.int32)
+    if n == 0:
+        return points
+    h, w, c = hwc_dims(inputs[0].shape, layout)
+    inputs = dense_samples("samples", inputs, inputs[0].shape, inputs[0].dtype)
+    pin = _ptrs(inputs)
+    k = _c(gauss, np.float32)
+    return _launch("kmix_host_salient_points", points, DTYPE_CODES[inputs[0].dtype], pin.ctypes.data,
+                   points.ctypes.data, n, h, w, c, LAYOUT_CODES[layout], out_h, out_w, k.ctypes.data,
+                   workers or default_workers())
 
 
 def record_valid(params, height: int, width: int) -> bool:
