@@ -24,8 +24,11 @@ How one call becomes DALI operators (one readable path per place it runs):
    uninterrupted run, and the Python side holds no state to lose.
 3. One of three paths applies the draws:
 
-   * **plugin** (CPU, the default): a small ``fn.python_function`` draws the
-     :class:`~dali_kmix.MixParams` record and the labels; the native operators
+   * **plugin** (CPU, the default): the native operator ``fn.kmix_draw`` draws the
+     :class:`~dali_kmix.MixParams` record and the labels in C++ (``kernels/kmix_draw.h``: NumPy's
+     generator and Gamma draws, the same numbers as the ``python_function`` below, with no Python
+     per batch; :func:`native_draw` says when: alpha and prob fixed when the pipeline is built and the
+     spectral-residual saliency; else a small ``fn.python_function`` draws them); the native operators
      ``fn.kmix_dmixup`` / ``fn.kmix_dcutmix`` / ``fn.kmix_mix`` (:mod:`dali_kmix.backends.plugin`)
      blend the images on the pipeline's thread pool, straight into DALI's buffers;
    * **function** (CPU without the plugin, or ``DALI_KMIX_PLUGIN=0``): one
@@ -661,11 +664,46 @@ def _plugin_path(spec, images, labels, keys, runtime, name):
     elif spec.method == "saliency-dcutmix":
         extra = [images]
     records = 4 if spec.switch else 2
-    draw = _PluginRecordGivenCenters(spec) if gpu else _PluginRecord(spec)
-    outs = fn.python_function(images.shape(), labels, keys, *runtime, *extra, function=draw, batch_processing=True,
-                              num_outputs=records + spec.label_outputs, name=name)
+    if not gpu and native_draw(spec):
+        outs = fn.kmix_draw(images, labels, keys, *runtime, **_draw_args(spec), name=name)
+    else:
+        draw = _PluginRecordGivenCenters(spec) if gpu else _PluginRecord(spec)
+        outs = fn.python_function(images.shape(), labels, keys, *runtime, *extra, function=draw,
+                                  batch_processing=True, num_outputs=records + spec.label_outputs, name=name)
     record, label_outs = outs[:records], outs[records:]
     return (native_blend(spec, fn)(images, *record, layout=spec.layout), *[x.gpu() if gpu else x for x in label_outs])
+
+
+def native_draw(spec: MixSpec) -> bool:
+    """Whether a CPU pipeline draws ``spec``'s records with ``fn.kmix_draw`` (C++, NumPy's generator: the numbers of
+    :class:`_PluginRecord`, bit for bit, with no Python per batch): for alpha and prob fixed when the pipeline is
+    built (not DataNodes), the spectral-residual saliency and a seed DALI's int64 argument holds."""
+    from .backends import plugin
+
+    return (spec.runtime_count == 0 and spec.saliency == "spectral-residual" and
+            0 <= (spec.seed or 0) < 2 ** 63 and 0 <= spec.shard_id < 2 ** 63 and plugin.draw_operator())
+
+
+def _hex(values) -> str:
+    return " ".join(float(v).hex() for v in np.ravel(values))
+
+
+_DRAW_METHOD = {"dmixup": 0, "dcutmix": 1, "saliency-dcutmix": 2, _checks.SWITCH: 3}
+
+
+def _draw_args(spec: MixSpec) -> dict:
+    """``fn.kmix_draw``'s arguments for ``spec`` (the floats exactly, as ``float.hex``)."""
+    from .saliency import _gaussian_kernel
+
+    args = dict(method=_DRAW_METHOD[spec.method], k=spec.k, alpha=_hex(spec.alpha), mode=spec.mode,
+                prob=_hex(spec.prob), smoothing=_hex(spec.smoothing), num_classes=spec.num_classes,
+                label_format=spec.label_format, layout=spec.layout, kmix_seed=spec.seed or 0, shard_id=spec.shard_id,
+                index=spec.index)
+    if spec.switch:
+        args.update(cutmix_alpha=_hex(spec.cutmix_alpha), switch_prob=_hex(spec.switch_prob))
+    if spec.method == "saliency-dcutmix":
+        args.update(saliency_taps=_hex(_gaussian_kernel(5, 8.0)))
+    return args
 
 
 def native_blend(spec: MixSpec, api):

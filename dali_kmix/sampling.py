@@ -16,6 +16,8 @@ them and the caller hands them in (``centers=``), so sampling never looks at pix
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import _checks
@@ -36,17 +38,61 @@ def _dirichlet_from_draws(alpha, gamma1, uniform, xp=np):
     Below alpha ~ 1e-308 (subnormal) ``log(U) / a`` can overflow to -inf in every component
     of a row; the Dirichlet is then one-hot at the component whose ``log(U) / a`` is largest,
     i.e. whose ``log(-log U) - log a`` (finite) is smallest, and such rows get exactly that.
+
+    On the host (NumPy arrays) the logarithms and exponentials are the C library's (``math.log``,
+    ``math.exp``; NumPy's own SIMD ``log``/``exp`` round differently in the last bit) and the row sums
+    run left to right, so the native sampler of the DALI operators (``kernels/kmix_draw.h``) computes the
+    same shares bit for bit; the CPU build runs that code here too, in one call. On a GPU (CuPy) the
+    device's functions.
     """
+    if xp is np:
+        return _dirichlet_host(alpha, gamma1, uniform)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         logg = xp.log(gamma1) + xp.log(uniform) / alpha
         top = logg.max(axis=-1, keepdims=True)
         e = xp.exp(logg - top)
         phi = e / e.sum(axis=-1, keepdims=True)
-        if xp is np and not (top == -np.inf).any():  # no such row (asked on the host only: on a GPU it would sync)
-            return phi
         order = xp.log(-xp.log(uniform)) - xp.log(xp.asarray(alpha, dtype=np.float64))
     first = xp.arange(phi.shape[-1]) == xp.argmin(order, axis=-1)[..., None]
     return xp.where(top == -np.inf, first.astype(phi.dtype), phi)
+
+
+def _libm(fn, x):
+    """``fn`` (``math.log`` or ``math.exp``) of every element of the float64 array ``x``: the C library's result,
+    with log(0) = -inf and log of a negative number or NaN = NaN as NumPy gives them."""
+    def one(v):
+        if fn is math.log and not v > 0.0:
+            return -math.inf if v == 0.0 else math.nan
+        return fn(v)
+
+    return np.array([one(v) for v in np.asarray(x, np.float64).ravel().tolist()], np.float64).reshape(np.shape(x))
+
+
+def _dirichlet_host(alpha, gamma1, uniform):
+    """:func:`_dirichlet_from_draws` on the host: the CPU build's ``kmix_host_dirichlet`` where it loads, else
+    these NumPy operations with the C library's ``log``/``exp`` (the same numbers)."""
+    from .backends import host_kernels
+
+    alpha = np.asarray(alpha, np.float64)
+    gamma1 = np.asarray(gamma1, np.float64)
+    uniform = np.asarray(uniform, np.float64)
+    kernels = host_kernels()
+    if kernels is not None and gamma1.ndim == 2 and alpha.shape in ((gamma1.shape[1],), gamma1.shape):
+        return kernels.dirichlet(alpha, gamma1, uniform)
+    with np.errstate(over="ignore", invalid="ignore"):  # log(U) / a overflows to -inf below alpha ~ 1e-308
+        logg = _libm(math.log, gamma1) + _libm(math.log, uniform) / alpha
+        top = logg.max(axis=-1, keepdims=True)
+        e = _libm(math.exp, logg - top)
+    total = e[..., 0]
+    for j in range(1, e.shape[-1]):  # left to right, as the native sampler adds them
+        total = total + e[..., j]
+    phi = e / total[..., None]
+    over = top[..., 0] == -np.inf
+    if over.any():
+        order = _libm(math.log, -_libm(math.log, uniform)) - _libm(math.log, np.broadcast_to(alpha, uniform.shape))
+        first = np.arange(phi.shape[-1]) == np.argmin(order, axis=-1)[..., None]
+        phi = np.where(over[..., None], first.astype(phi.dtype), phi)
+    return phi
 
 
 def sample_dirichlet(alpha, size: int, rng=None) -> np.ndarray:
@@ -185,11 +231,12 @@ def draw_raw(xp, gen, n: int, k: int, alpha, mode: str, prob, valid=None):
     uniforms = gen.random((rows, k - 1, 2), dtype=np.float64)
     ranks = gen.random((k - 1, n), dtype=np.float64)
     mixed = gen.random(n, dtype=np.float64) < prob
+    # a stable sort: samples whose ranks tie keep their order (what the native sampler does too)
     if valid is None or bool(xp.all(valid)):
-        return phi, uniforms, xp.argsort(ranks, axis=1), mixed
+        return phi, uniforms, xp.argsort(ranks, axis=1, kind="stable"), mixed
     real = xp.flatnonzero(xp.asarray(valid, dtype=bool))
     perms = xp.broadcast_to(xp.arange(n), (k - 1, n)).copy()
-    perms[:, real] = real[xp.argsort(ranks[:, real], axis=1)]
+    perms[:, real] = real[xp.argsort(ranks[:, real], axis=1, kind="stable")]
     mixed = mixed & xp.asarray(valid, dtype=bool)
     return phi, uniforms, perms, mixed
 

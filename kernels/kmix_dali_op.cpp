@@ -25,12 +25,16 @@
 // translation unit: its host shim and the CUDA headers that DALI's headers pull in cannot
 // meet in one), block by block on the pipeline's thread pool, straight into DALI's output.
 #include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
 
 #include "dali/pipeline/operator/checkpointing/stateless_operator.h"
 #include "dali/pipeline/operator/operator.h"
 #include "kmix_codes.h"
+#include "kmix_draw.h"
 #include "kmix_record.h"
 
 #ifdef KMIX_WITH_GPU
@@ -49,6 +53,15 @@ int kmix_host_dmixup_block(int dtype, const void* const* in, void* const* out, c
 int kmix_host_dcutmix_block(int dtype, const void* const* in, void* const* out, const int* sources,
                             const int* boxes, int n, int k, int height, int width, int channels,
                             int layout, int chunk, int sample);
+int kmix_host_draw_record(const uint32_t* entropy, int n_entropy, const uint32_t* spawn, int n_spawn, int method,
+                          int n, int k, const double* alpha, int alpha_rows, const double* cut_alpha, int batch_mode,
+                          const double* prob, int prob_rows, double switch_prob, const unsigned char* valid,
+                          int height, int width, const int* centers, int* sources, float* weights, int* boxes,
+                          int* cut);
+int kmix_host_salient_points(int dtype, const void* const* in, int* points, int n, int height, int width,
+                             int channels, int layout, int out_h, int out_w, const float* gauss, int nworkers);
+int kmix_host_mix_labels(const long long* labels, long long m, const int* sources, const float* weights, int n, int k,
+                         int classes, float on, float off, float* out);
 #ifdef KMIX_WITH_GPU
 int kmix_gpu_launch(int kernel, int dtype, const void* const* in, void* const* out, const int* sources,
                     const float* weights, const int* boxes, const unsigned char* cut, int n, int k, int height,
@@ -243,6 +256,229 @@ class KMixBlend<dali::GPUBackend, M> : public KMixBlendBase<dali::GPUBackend, M>
 };
 #endif
 
+// ------------------------------------------------------------------ fn.kmix_draw: the record drawn natively
+#ifndef KMIX_NO_NPYRANDOM  // NumPy's libnpyrandom.a is linked in (else the drawing stays in Python)
+
+// Doubles that travel exactly through a string argument: Python's float.hex() of each, separated by spaces.
+inline std::vector<double> HexDoubles(const std::string& text) {
+  std::vector<double> out;
+  const char* p = text.c_str();
+  while (*p) {
+    char* end = nullptr;
+    const double v = std::strtod(p, &end);
+    if (end == p) DALI_FAIL("dali_kmix: internal error, a float argument does not parse: '", text, "'");
+    out.push_back(v);
+    p = end;
+    while (*p == ' ') ++p;
+  }
+  return out;
+}
+
+inline std::vector<float> ToFloats(const std::vector<double>& v) { return std::vector<float>(v.begin(), v.end()); }
+
+// One value per sample of a scalar input ((), (1,) or any one-element shape) as T; "" or the message.
+template <typename T>
+std::string ScalarPerSample(const dali::TensorList<CPUBackend>& tl, const char* name, int n, std::vector<T>* out) {
+  if (tl.num_samples() != n)
+    return kmix::Str(name, " has ", tl.num_samples(), " samples but images has ", n);
+  out->resize(n);
+  for (int s = 0; s < n; ++s) {
+    const auto shape = tl.tensor_shape(s);
+    if (shape.num_elements() != 1)
+      return kmix::Str(name, " must hold one value per sample, got shape ",
+                       kmix::ShapeStr(std::vector<int64_t>(shape.begin(), shape.end())), " for sample ", s);
+    const void* p = tl.raw_tensor(s);
+    switch (tl.type()) {
+      case DALI_BOOL: (*out)[s] = (T)*(const bool*)p; break;
+      case DALI_UINT8: (*out)[s] = (T)*(const uint8_t*)p; break;
+      case DALI_INT8: (*out)[s] = (T)*(const int8_t*)p; break;
+      case DALI_UINT16: (*out)[s] = (T)*(const uint16_t*)p; break;
+      case DALI_INT16: (*out)[s] = (T)*(const int16_t*)p; break;
+      case DALI_UINT32: (*out)[s] = (T)*(const uint32_t*)p; break;
+      case DALI_INT32: (*out)[s] = (T)*(const int32_t*)p; break;
+      case DALI_UINT64: (*out)[s] = (T)*(const uint64_t*)p; break;
+      case DALI_INT64: (*out)[s] = (T)*(const int64_t*)p; break;
+      default:
+        return kmix::Str(name, " must be integer class indices, got dtype ", dali::TypeName(tl.type()));
+    }
+  }
+  return "";
+}
+
+// fn.kmix_draw(images, labels, keys[, real]): the record and the label outputs of dali_kmix.dali's drawing
+// python_function (_PluginRecord), drawn in C++ with NumPy's generator (kmix_draw.h), bit for bit: the same
+// SeedSequence of the arguments' seed and the keys' bits, spawned at (shard_id, index), the same draws, nesting
+// and soft targets. Saliency-DCutMix finds the salient points of the images here (kmix_host_salient_points).
+// Stateless: the keys come from DALI's checkpointed random operator.
+class KMixDraw : public dali::StatelessOperator<CPUBackend> {
+ public:
+  explicit KMixDraw(const dali::OpSpec& spec)
+      : dali::StatelessOperator<CPUBackend>(spec),
+        method_(spec.GetArgument<int>("method")),
+        k_(spec.GetArgument<int>("k")),
+        batch_mode_(spec.GetArgument<std::string>("mode") == "batch"),
+        dense_(spec.GetArgument<std::string>("label_format") == "dense"),
+        num_classes_(spec.GetArgument<int>("num_classes")),
+        layout_(spec.GetArgument<std::string>("layout")),
+        alpha_(HexDoubles(spec.GetArgument<std::string>("alpha"))),
+        cut_alpha_(HexDoubles(spec.GetArgument<std::string>("cutmix_alpha"))),
+        taps_(ToFloats(HexDoubles(spec.GetArgument<std::string>("saliency_taps")))) {
+    const std::vector<double> prob = HexDoubles(spec.GetArgument<std::string>("prob"));
+    const std::vector<double> sw = HexDoubles(spec.GetArgument<std::string>("switch_prob"));
+    const std::vector<double> sm = HexDoubles(spec.GetArgument<std::string>("smoothing"));
+    DALI_ENFORCE(method_ >= 0 && method_ <= 3 && k_ >= 2 && (int)alpha_.size() == k_ && prob.size() == 1 &&
+                     sw.size() == 1 && sm.size() == 1 && num_classes_ >= 1 &&
+                     (method_ != 3 || (int)cut_alpha_.size() == k_) && (method_ != 2 || taps_.size() == 5),
+                 "dali_kmix: internal error, fn.kmix_draw's arguments do not describe a record");
+    prob_ = prob[0];
+    switch_prob_ = sw[0];
+    // dali_kmix.reference.smoothed_values: float32 of 1 - s + s / C and s / C, worked out in double
+    on_ = (float)(1.0 - sm[0] + sm[0] / num_classes_);
+    off_ = (float)(sm[0] / num_classes_);
+    const int64_t seed = spec.GetArgument<int64_t>("kmix_seed");
+    kmix_draw::SeedSequence::append_words(seed_words_, (uint64_t)seed);
+    kmix_draw::SeedSequence::append_words(spawn_, (uint64_t)spec.GetArgument<int64_t>("shard_id"));
+    kmix_draw::SeedSequence::append_words(spawn_, (uint64_t)spec.GetArgument<int64_t>("index"));
+    const std::string err = kmix::CheckLayoutArg(layout_);
+    if (!err.empty()) DALI_FAIL(err);
+  }
+
+ protected:
+  bool SetupImpl(std::vector<dali::OutputDesc>& output_desc, const dali::Workspace& ws) override {
+    const auto& images = ws.Input<CPUBackend>(0);
+    const ListView im(images, false);
+    std::string err = kmix::CheckImageType(layout_, images.GetLayout().str(), *im, &rec_);
+    const int n = images.num_samples();
+    rec_.n = n;
+    if (err.empty() && n > 0) err = kmix::CheckImageShapes(layout_, *im, &rec_);
+    if (err.empty()) err = kmix::CheckChannels(layout_, images.GetLayout().str(), *im);
+    if (err.empty() && n > 0 && method_ != 0 && (rec_.height < 1 || rec_.width < 1))
+      err = kmix::Str("images: ", method_ == 2 ? "saliency-dcutmix" : method_ == 3 ? "dmixup+dcutmix" : "dcutmix",
+                      " needs images of at least 1 x 1 pixels (its label weights are box areas / (H x W)), but sample "
+                      "0 has shape ", kmix::ShapeStr(kmix::SampleShape(*im, 0), 3), " (layout ", layout_,
+                      ", H x W = ", rec_.height, " x ", rec_.width, "); drop or resize empty images before mixing");
+    if (err.empty()) err = ScalarPerSample(ws.Input<CPUBackend>(1), "labels", n, &labels_);
+    for (int s = 0; err.empty() && s < n; ++s)
+      if (labels_[s] < 0 || labels_[s] >= num_classes_)
+        err = kmix::Str("labels must lie in [0, num_classes=", num_classes_, "), got label ", labels_[s]);
+    if (err.empty()) {
+      const auto& keys = ws.Input<CPUBackend>(2);
+      if (keys.type() != DALI_FLOAT64 || keys.num_samples() != n)
+        err = "dali_kmix: internal error, fn.kmix_draw's keys must be one float64 per sample";
+      key_words_.clear();
+      for (int s = 0; err.empty() && s < n; ++s) {
+        if (keys.tensor_shape(s).num_elements() != 1) {
+          err = "dali_kmix: internal error, fn.kmix_draw's keys must be one float64 per sample";
+          break;
+        }
+        uint64_t bits;
+        std::memcpy(&bits, keys.raw_tensor(s), sizeof bits);
+        key_words_.push_back(bits);
+      }
+    }
+    valid_.clear();
+    if (err.empty() && ws.NumInput() > 3) {
+      std::vector<int64_t> v;
+      err = ScalarPerSample(ws.Input<CPUBackend>(3), "real samples", n, &v);
+      for (auto x : v) valid_.push_back(x != 0);
+    }
+    if (!err.empty()) DALI_FAIL(err);
+    auto uniform = [&](std::initializer_list<int64_t> shape, dali::DALIDataType t) {
+      return dali::OutputDesc{dali::uniform_list_shape(n, dali::TensorShape<>(shape)), t};
+    };
+    const int k = k_;
+    output_desc.clear();
+    output_desc.push_back(uniform({k}, DALI_INT32));  // sources
+    if (method_ == 0) output_desc.push_back(uniform({k}, DALI_FLOAT));  // weights
+    if (method_ == 1 || method_ == 2) output_desc.push_back(uniform({k - 1, 4}, DALI_INT32));  // boxes
+    if (method_ == 3) {
+      output_desc.push_back(uniform({k}, DALI_FLOAT));
+      output_desc.push_back(uniform({k - 1, 4}, DALI_INT32));
+      output_desc.push_back(uniform({1}, DALI_UINT8));  // cut
+    }
+    if (dense_) {
+      output_desc.push_back(uniform({num_classes_}, DALI_FLOAT));
+    } else {
+      output_desc.push_back(uniform({k}, DALI_INT32));
+      output_desc.push_back(uniform({k}, DALI_FLOAT));
+    }
+    return true;
+  }
+
+  void RunImpl(dali::Workspace& ws) override {
+    const auto& images = ws.Input<CPUBackend>(0);
+    const int n = rec_.n, k = k_;
+    std::vector<uint32_t> entropy = seed_words_;
+    for (uint64_t w : key_words_) {
+      entropy.push_back((uint32_t)w);
+      if (w >> 32) entropy.push_back((uint32_t)(w >> 32));
+    }
+    sources_.resize((size_t)n * k);
+    weights_.resize((size_t)n * k);
+    boxes_.resize((size_t)n * (k - 1) * 4);
+    std::vector<int> points;
+    if (method_ == 2 && n > 0) {
+      points.resize(2 * (size_t)n);
+      std::vector<const void*> in(n);
+      for (int s = 0; s < n; ++s) in[s] = images.raw_tensor(s);
+      const int rc = kmix_host_salient_points(rec_.dtype, in.data(), points.data(), n, rec_.height, rec_.width,
+                                              rec_.channels, rec_.layout, 64, 64, taps_.data(),
+                                              std::max(1, ws.GetThreadPool().NumThreads()));
+      DALI_ENFORCE(rc == 0, "dali_kmix: internal error, the salient points were refused");
+    }
+    int cut = 0;
+    const int rc = kmix_host_draw_record(entropy.data(), (int)entropy.size(), spawn_.data(), (int)spawn_.size(),
+                                         method_, n, k, alpha_.data(), 0, cut_alpha_.data(), batch_mode_ ? 1 : 0,
+                                         &prob_, 0, switch_prob_, valid_.empty() ? nullptr : valid_.data(),
+                                         rec_.height, rec_.width, points.empty() ? nullptr : points.data(),
+                                         sources_.data(), weights_.data(), boxes_.data(), &cut);
+    DALI_ENFORCE(rc == 0, "dali_kmix: internal error, the record could not be drawn");
+    int o = 0;
+    auto rows = [&](int out, const void* src, size_t bytes) {
+      auto& t = ws.Output<CPUBackend>(out);
+      for (int s = 0; s < n; ++s) std::memcpy(t.raw_mutable_tensor(s), (const char*)src + s * bytes, bytes);
+    };
+    rows(o++, sources_.data(), sizeof(int) * k);
+    if (method_ == 0 || method_ == 3) rows(o++, weights_.data(), sizeof(float) * k);
+    if (method_ != 0) rows(o++, boxes_.data(), sizeof(int) * (k - 1) * 4);
+    if (method_ == 3) {
+      auto& t = ws.Output<CPUBackend>(o++);
+      for (int s = 0; s < n; ++s) *t.mutable_tensor<uint8_t>(s) = (uint8_t)cut;
+    }
+    if (dense_) {
+      std::vector<long long> lab(labels_.begin(), labels_.end());
+      targets_.resize((size_t)n * num_classes_);
+      const int lrc = kmix_host_mix_labels(lab.data(), n, sources_.data(), weights_.data(), n, k, num_classes_, on_,
+                                           off_, targets_.data());
+      DALI_ENFORCE(lrc == 0, "dali_kmix: internal error, the targets could not be mixed");
+      rows(o++, targets_.data(), sizeof(float) * num_classes_);
+    } else {
+      std::vector<int> idx((size_t)n * k);
+      for (size_t i = 0; i < idx.size(); ++i) idx[i] = (int)labels_[sources_[i]];
+      rows(o++, idx.data(), sizeof(int) * k);
+      rows(o++, weights_.data(), sizeof(float) * k);
+    }
+  }
+
+ private:
+  int method_, k_;
+  bool batch_mode_, dense_;
+  int num_classes_;
+  std::string layout_;
+  std::vector<double> alpha_, cut_alpha_;
+  std::vector<float> taps_;
+  double prob_ = 1.0, switch_prob_ = 0.0;
+  float on_ = 1.0f, off_ = 0.0f;
+  std::vector<uint32_t> seed_words_, spawn_;
+  kmix::Record rec_;
+  std::vector<int64_t> labels_;
+  std::vector<uint64_t> key_words_;
+  std::vector<unsigned char> valid_;
+  std::vector<int> sources_, boxes_;
+  std::vector<float> weights_, targets_;
+};
+#endif  // KMIX_NO_NPYRANDOM
+
 // One name per registered class (the registration macro takes no template argument list).
 using DmixupCpu = KMixBlend<CPUBackend, Method::kDMixup>;
 using DcutmixCpu = KMixBlend<CPUBackend, Method::kDCutMix>;
@@ -260,6 +496,9 @@ namespace dali {
 DALI_REGISTER_OPERATOR(KmixDmixup, ::dali_kmix::DmixupCpu, CPU);
 DALI_REGISTER_OPERATOR(KmixDcutmix, ::dali_kmix::DcutmixCpu, CPU);
 DALI_REGISTER_OPERATOR(KmixMix, ::dali_kmix::MixCpu, CPU);
+#ifndef KMIX_NO_NPYRANDOM
+DALI_REGISTER_OPERATOR(KmixDraw, ::dali_kmix::KMixDraw, CPU);
+#endif
 #ifdef KMIX_WITH_GPU
 DALI_REGISTER_OPERATOR(KmixDmixup, ::dali_kmix::DmixupGpu, GPU);
 DALI_REGISTER_OPERATOR(KmixDcutmix, ::dali_kmix::DcutmixGpu, GPU);
@@ -313,5 +552,38 @@ the labels.)")
     .InputDox(3, "boxes", KMIX_RECORD_DOX("int32 (K-1, 4)"), "(y0, x0, y1, x1), half-open, each inside the last.")
     .InputDox(4, "cut", KMIX_RECORD_DOX("uint8 ()"), "1: paste the boxes; 0: blend with the weights.")
     .AddArg("layout", "\"HWC\" or \"CHW\".", DALI_STRING);
+
+#ifndef KMIX_NO_NPYRANDOM
+DALI_SCHEMA(KmixDraw)
+    .DocStr(R"(dali_kmix: draws one batch's mixing record and its label outputs on the host, in C++, with NumPy's
+generator: the numbers dali_kmix.dali's drawing python_function gives, bit for bit. Outputs: sources, then weights
+(method 0), boxes (1, 2) or weights, boxes and cut (3), then the targets (label_format "dense") or label_idx and
+label_w. Used by dali_kmix.dali.dmixup / dcutmix / saliency_dcutmix / dmixup_or_dcutmix in CPU pipelines; the
+float arguments are exact doubles written with Python's float.hex().)")
+    .NumInput(3, 4)
+    .OutputFn([](const OpSpec& spec) {
+      const int method = spec.GetArgument<int>("method");
+      return (method == 3 ? 4 : 2) + (spec.GetArgument<std::string>("label_format") == "dense" ? 1 : 2);
+    })
+    .InputDox(0, "images", "TensorList on the CPU", "The batch (its shape; Saliency-DCutMix also reads its pixels).")
+    .InputDox(1, "labels", "TensorList of integers", "One class index per sample.")
+    .InputDox(2, "keys", "TensorList of float64", "One key per sample (fn.random.uniform).")
+    .InputDox(3, "real", "TensorList of integers", "Optional: 0 for a reader's padding samples.")
+    .AddArg("method", "0 DMixup, 1 DCutMix, 2 Saliency-DCutMix, 3 DMixup or DCutMix per batch.", DALI_INT32)
+    .AddArg("k", "Images per mix, K >= 2.", DALI_INT32)
+    .AddArg("alpha", "K concentrations (float.hex, space-separated).", DALI_STRING)
+    .AddOptionalArg("cutmix_alpha", "Method 3: DCutMix's K concentrations (float.hex).", std::string())
+    .AddArg("mode", "\"sample\" or \"batch\".", DALI_STRING)
+    .AddArg("prob", "The probability that a sample is mixed (float.hex).", DALI_STRING)
+    .AddOptionalArg("switch_prob", "Method 3: the probability of DCutMix (float.hex).", std::string("0x0.0p+0"))
+    .AddArg("smoothing", "Label smoothing (float.hex).", DALI_STRING)
+    .AddArg("num_classes", "Number of classes.", DALI_INT32)
+    .AddArg("label_format", "\"dense\" or \"sparse\".", DALI_STRING)
+    .AddArg("layout", "\"HWC\" or \"CHW\".", DALI_STRING)
+    .AddArg("kmix_seed", "The seed the SeedSequence's entropy starts with.", DALI_INT64)
+    .AddArg("shard_id", "The spawn key's first word.", DALI_INT64)
+    .AddArg("index", "The spawn key's second word (the operator's index in its pipeline).", DALI_INT64)
+    .AddOptionalArg("saliency_taps", "Method 2: the 5 Gaussian taps of the saliency map (float.hex).", std::string());
+#endif
 
 }  // namespace dali

@@ -5,6 +5,7 @@
 // fused multiply-adds are the kernels' explicit fmaf calls, as on the GPU.
 #include "kmix_record.h"  // before the shim: plain C++ with the standard library
 #include "kmix_launch.h"
+#include "kmix_draw.h"  // NumPy's generator and draw_raw's draws (links numpy's libnpyrandom.a)
 #include "kmix_host_shim.h"
 
 KMIX_TLS kmix_dim3 threadIdx;
@@ -205,6 +206,64 @@ int kmix_host_salient_points(int dtype, const void* const* in, int* points, int 
   }));
   return 0;
 }
+
+// ------------------------------------------------------------------ the record drawn natively (kmix_draw.h)
+
+// dali_kmix.sampling._dirichlet_from_draws (NumPy arrays, float64): rows x k shares from the Gamma(alpha + 1)
+// draws and the uniforms; alpha: k values (alpha_stride 0) or rows x k (alpha_stride k).
+void kmix_host_dirichlet(const double* alpha, int alpha_stride, const double* gamma1, const double* uniform,
+                         int rows, int k, double* phi) {
+  kmix_draw::dirichlet(alpha, alpha_stride, gamma1, uniform, rows, k, phi);
+}
+
+#ifndef KMIX_NO_NPYRANDOM  // NumPy's libnpyrandom.a is linked in (dali_kmix.backends.build.numpy_random)
+// count raw 64-bit outputs of numpy.random.PCG64(SeedSequence(entropy, spawn_key=spawn)) (entropy and spawn as
+// uint32 words) into out: what the tests hold against NumPy's bit_generator.random_raw.
+void kmix_host_pcg64_raw(const uint32_t* entropy, int n_entropy, const uint32_t* spawn, int n_spawn, long long count,
+                         uint64_t* out) {
+  kmix_draw::Pcg64 gen(kmix_draw::SeedSequence(std::vector<uint32_t>(entropy, entropy + n_entropy),
+                                               std::vector<uint32_t>(spawn, spawn + n_spawn)));
+  for (long long i = 0; i < count; ++i) out[i] = gen.next64();
+}
+
+// One batch's record, drawn and nested natively: the numbers of dali_kmix.dali._HostRecord.record (draw_raw's
+// draws from numpy.random.PCG64(SeedSequence(entropy, spawn_key=spawn)), then kmix_nest_boxes).
+//   method: 0 DMixup, 1 DCutMix, 2 Saliency-DCutMix (centers: n x 2 points of the images), 3 DMixup or DCutMix
+//           per batch (a first uniform < switch_prob: DCutMix with cut_alpha, else DMixup with alpha);
+//   alpha: k values, or n x k (alpha_rows, "sample" mode); prob: 1 value or n (prob_rows); valid: null or n
+//   flags (0: a reader's padding, never mixed and no partner).
+// Outputs: sources and weights n x k; boxes n x (k - 1) x 4 (zeros when the batch is DMixup; may be null for
+// method 0); *cut: 1 when the batch's record is DCutMix. Returns 1 for arguments no record has.
+int kmix_host_draw_record(const uint32_t* entropy, int n_entropy, const uint32_t* spawn, int n_spawn, int method,
+                          int n, int k, const double* alpha, int alpha_rows, const double* cut_alpha, int batch_mode,
+                          const double* prob, int prob_rows, double switch_prob, const unsigned char* valid,
+                          int height, int width, const int* centers, int* sources, float* weights, int* boxes,
+                          int* cut) {
+  if (n < 0 || k < 2 || method < 0 || method > 3 || (method == 2 && !centers) || (method != 0 && !boxes)) return 1;
+  kmix_draw::Pcg64 gen(kmix_draw::SeedSequence(std::vector<uint32_t>(entropy, entropy + n_entropy),
+                                               std::vector<uint32_t>(spawn, spawn + n_spawn)));
+  bool boxed = method == 1 || method == 2;
+  if (method == 3) {
+    boxed = gen.next_double() < switch_prob;
+    if (boxed) {
+      alpha = cut_alpha;
+      alpha_rows = 0;
+    }
+  }
+  *cut = boxed ? 1 : 0;
+  if (n == 0) return 0;
+  std::vector<double> phi, uniforms;
+  std::vector<int> perms;
+  std::vector<unsigned char> mixed;
+  kmix_draw::draw_raw(gen, n, k, alpha, alpha_rows != 0, batch_mode != 0, prob, prob_rows != 0, valid, phi, uniforms,
+                      perms, mixed);
+  if (!boxed && boxes)
+    for (long long i = 0; i < (long long)n * (k - 1) * 4; ++i) boxes[i] = 0;
+  return kmix_host_nest_boxes(phi.data(), uniforms.data(), batch_mode ? 0 : 1, perms.data(), mixed.data(), n, k,
+                              height, width, sources, weights, boxed ? boxes : nullptr, method == 2 ? centers : nullptr,
+                              1, 0);
+}
+#endif  // KMIX_NO_NPYRANDOM
 
 // 1 when a MixParams record (NumPy arrays: sources int32 (n, k), weights float32 (n, k), boxes int32
 // (n, k - 1, 4) or null) passes MixParams.validate(n, height, width) -- every check it makes, made the same

@@ -181,10 +181,9 @@ inline std::string GatherCut(const KmixList& l, Record* r) {
 // boxes and cut for kmix_mix; the others null) and gather them into *out. `layout` is the
 // operator's argument (already checked), `found_layout` the images' own ("" when unknown).
 // Returns "" when valid, else the message.
-inline std::string GatherRecord(Method method, const std::string& layout, const std::string& found_layout,
-                                const KmixList& images, const KmixList& sources, const KmixList* weights,
-                                const KmixList* boxes, const KmixList* cut, Record* out) {
-  using namespace detail;  // NOLINT
+// The images' element type and carried layout (the blend operators and fn.kmix_draw): fills r's layout and dtype.
+inline std::string CheckImageType(const std::string& layout, const std::string& found_layout, const KmixList& images,
+                                  Record* out) {
   Record& r = *out;
   r = Record();
   r.layout = layout == "CHW" ? KMIX_CHW : KMIX_HWC;
@@ -193,32 +192,27 @@ inline std::string GatherRecord(Method method, const std::string& layout, const 
     return Str("images must have dtype uint8, float16 or float32, got ", images.type_name);
   if (!found_layout.empty() && found_layout != layout)
     return Str("layout='", layout, "' was given but the images carry layout '", found_layout, "'");
-  const bool want_weights = method != Method::kDCutMix, want_boxes = method != Method::kDMixup;
-  const bool want_cut = method == Method::kSwitch;
-  if ((want_weights && !weights) || (want_boxes && !boxes) || (want_cut && !cut))
-    return "dali_kmix: internal error, a record input is missing";
-  std::string err = CheckType(sources, "sources", KMIX_I32, "int32");
-  if (err.empty() && want_weights) err = CheckType(*weights, "weights", KMIX_F32, "float");
-  if (err.empty() && want_boxes) err = CheckType(*boxes, "boxes", KMIX_I32, "int32");
-  if (err.empty() && want_cut) err = CheckType(*cut, "cut", KMIX_U8, "uint8");
-  if (!err.empty()) return err;
-  const int n = images.num_samples;
-  r.n = n;
-  err = CheckCount(sources, "sources", n);
-  if (err.empty() && want_weights) err = CheckCount(*weights, "weights", n);
-  if (err.empty() && want_boxes) err = CheckCount(*boxes, "boxes", n);
-  if (err.empty() && want_cut) err = CheckCount(*cut, "cut", n);
-  if (!err.empty() || n == 0) return err;
+  return "";
+}
+
+// The images' shapes (at least one sample): 3 dimensions, one shape for the batch, rows the kernels can index with
+// int; fills r's n, height, width and channels.
+inline std::string CheckImageShapes(const std::string& layout, const KmixList& images, Record* out) {
+  Record& r = *out;
+  r.n = images.num_samples;
   const int64_t* first = SampleShape(images, 0);
   if (images.ndim != 3)
     return Str("images: every sample must have 3 dimensions (", layout, "), got shape ",
                ShapeStr(first, images.ndim), " for sample 0");
-  for (int s = 1; s < n; ++s) {
+  for (int s = 1; s < images.num_samples; ++s) {
     const int64_t* sh = SampleShape(images, s);
-    if (sh[0] != first[0] || sh[1] != first[1] || sh[2] != first[2])
-      return Str("images: all samples of a batch must have the same shape; sample 0 has shape ",
-                 ShapeStr(first, 3), " but sample ", s, " has shape ", ShapeStr(sh, 3), " (layout ", layout,
-                 "); resize or crop before mixing");
+    if (sh[0] != first[0] || sh[1] != first[1] || sh[2] != first[2]) {  // worded as _checks.check_same_shapes
+      const bool hwc = layout == "HWC";
+      const bool size = hwc ? (sh[0] != first[0] || sh[1] != first[1]) : (sh[1] != first[1] || sh[2] != first[2]);
+      return Str("images: all samples of a batch must have the same ", size ? "H x W" : "shape",
+                 "; sample 0 has shape ", ShapeStr(first, 3), " but sample ", s, " has shape ", ShapeStr(sh, 3),
+                 " (layout ", layout, "); resize or crop before mixing");
+    }
   }
   // The kernels index a row (W * C or W elements) and the rows (H or C * H) with int.
   const int64_t rows = r.layout == KMIX_HWC ? first[0] : first[0] * first[1];
@@ -230,6 +224,34 @@ inline std::string GatherRecord(Method method, const std::string& layout, const 
   r.height = static_cast<int>(first[hwc ? 0 : 1]);
   r.width = static_cast<int>(first[hwc ? 1 : 2]);
   r.channels = static_cast<int>(first[hwc ? 2 : 0]);
+  return "";
+}
+
+inline std::string GatherRecord(Method method, const std::string& layout, const std::string& found_layout,
+                                const KmixList& images, const KmixList& sources, const KmixList* weights,
+                                const KmixList* boxes, const KmixList* cut, Record* out) {
+  using namespace detail;  // NOLINT
+  Record& r = *out;
+  std::string err = CheckImageType(layout, found_layout, images, &r);
+  if (!err.empty()) return err;
+  const bool want_weights = method != Method::kDCutMix, want_boxes = method != Method::kDMixup;
+  const bool want_cut = method == Method::kSwitch;
+  if ((want_weights && !weights) || (want_boxes && !boxes) || (want_cut && !cut))
+    return "dali_kmix: internal error, a record input is missing";
+  err = CheckType(sources, "sources", KMIX_I32, "int32");
+  if (err.empty() && want_weights) err = CheckType(*weights, "weights", KMIX_F32, "float");
+  if (err.empty() && want_boxes) err = CheckType(*boxes, "boxes", KMIX_I32, "int32");
+  if (err.empty() && want_cut) err = CheckType(*cut, "cut", KMIX_U8, "uint8");
+  if (!err.empty()) return err;
+  const int n = images.num_samples;
+  r.n = n;
+  err = CheckCount(sources, "sources", n);
+  if (err.empty() && want_weights) err = CheckCount(*weights, "weights", n);
+  if (err.empty() && want_boxes) err = CheckCount(*boxes, "boxes", n);
+  if (err.empty() && want_cut) err = CheckCount(*cut, "cut", n);
+  if (!err.empty() || n == 0) return err;
+  err = CheckImageShapes(layout, images, &r);
+  if (!err.empty()) return err;
   const int64_t* k_shape = SampleShape(sources, 0);
   if (!(sources.ndim == 1 && k_shape[0] >= 1 && k_shape[0] <= INT32_MAX / 4))
     return Str("sources must hold K >= 1 int32 indices per sample, got shape ", ShapeStr(k_shape, sources.ndim));

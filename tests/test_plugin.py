@@ -8,6 +8,7 @@ with zero warnings and IEEE float semantics, registered with DALI, usable in a d
 build() fails only for want of a device. On a device (``gpu`` marker): GPU operator == CPU operator bit for bit.
 """
 
+import dataclasses
 import os
 import re
 import shutil
@@ -215,7 +216,7 @@ BAD_RECORDS = {
     "layout-argument": r"layout must be \"HWC\" or \"CHW\", got \"NHWC\"",
     "layout-mismatch": r"layout='CHW' was given but the images carry layout 'HWC'",
     "images-int16": r"images must have dtype uint8, float16 or float32, got int16",
-    "images-ragged": r"all samples of a batch must have the same shape; sample 0 has shape \(6, 8, 3\) but sample 1 "
+    "images-ragged": r"all samples of a batch must have the same H x W; sample 0 has shape \(6, 8, 3\) but sample 1 "
                      r"has shape \(5, 8, 3\)",
     "weight-nan": r"weights must be finite and >= 0, got weights\[1\]\[2\] = nan",
     "weight-negative": r"weights must be finite and >= 0, got weights\[1\]\[2\] = -0.5",
@@ -320,6 +321,84 @@ def test_plugin_path_equals_the_python_function_path(photo_dir, monkeypatch, met
         for x, y in zip(a, b):
             assert x.dtype == y.dtype
             np.testing.assert_array_equal(x, y)
+
+
+@pipeline_def(batch_size=7, num_threads=2, device_id=None, seed=11)
+def draw_pipe(root, method, kw):
+    # the reader for its labels and its padded last batch; random images (no decoder: the suite runs under ASan too)
+    jpegs, labels = fn.readers.file(file_root=str(root), random_shuffle=True, pad_last_batch=True, name="Reader")
+    images = fn.cast(fn.random.uniform(shape=(23, 29, 3), range=[0.0, 255.0], seed=4), dtype=types.UINT8)
+    if method == "dmixup+dcutmix":
+        return kmix.dmixup_or_dcutmix(images, labels, num_classes=8, layout="HWC", reader_name="Reader", **kw)
+    return getattr(kmix, method.replace("-", "_"))(images, labels, num_classes=8, layout="HWC", reader_name="Reader",
+                                                   **kw)
+
+
+DRAW_CASES = {
+    "dcutmix-K2-batch": ("dcutmix", dict(k=2, mode="batch", label_format="sparse")),
+    "dcutmix-K9-prob": ("dcutmix", dict(k=9, alpha=0.3, prob=0.6, label_format="dense", smoothing=0.1)),
+    "dmixup-alphas": ("dmixup", dict(k=3, alpha=(0.2, 1.0, 3.0), label_format="sparse")),
+    "dmixup-tiny-alpha-batch": ("dmixup", dict(k=4, alpha=1e-320, mode="batch", label_format="dense")),
+    "saliency": ("saliency-dcutmix", dict(k=3, prob=0.8, label_format="dense", seed=2 ** 40 + 5)),
+    "switch": ("dmixup+dcutmix", dict(k=3, alpha=0.4, cutmix_alpha=1.5, switch_prob=0.5, label_format="sparse")),
+}
+
+
+@pytest.mark.parametrize("case", list(DRAW_CASES))
+def test_kmix_draw_gives_the_records_of_the_drawing_python_function(photo_dir, monkeypatch, case):
+    # fn.kmix_draw (C++, NumPy's generator through its C library) against the python_function it replaces in CPU
+    # pipelines, over whole epochs (the reader's padded last batch included): every output bit for bit.
+    method, kw = DRAW_CASES[case]
+    results, real = {}, kmix.native_draw
+    for native in (True, False):
+        used = []
+        monkeypatch.setattr(kmix, "native_draw", lambda spec: used.append(native and real(spec)) or used[-1])
+        p = draw_pipe(photo_dir, method, kw)
+        p.build()
+        assert used == [native]
+        results[native] = [[np.array(o.as_array()) for o in p.run()] for _ in range(6)]
+    for a, b in zip(results[True], results[False]):
+        for x, y in zip(a, b):
+            assert x.dtype == y.dtype and x.shape == y.shape
+            np.testing.assert_array_equal(x.view(np.uint8), y.view(np.uint8))
+
+
+def test_kmix_draw_only_where_it_draws_what_the_python_function_draws():
+    spec = kmix._spec("dcutmix", k=3, alpha=1.0, num_classes=4, layout="HWC", mode="sample", prob=1.0, smoothing=0.0,
+                      label_format="sparse", seed=5, shard_id=0, saliency="spectral-residual")
+    assert kmix.native_draw(spec)
+    for change in (dict(alpha=None), dict(prob=None), dict(saliency="fine-grained"), dict(seed=2 ** 63)):
+        assert not kmix.native_draw(dataclasses.replace(spec, **change)), change
+
+    @pipeline_def(batch_size=2, num_threads=1, device_id=None, seed=0)
+    def pipe(alpha_node):
+        x = fn.external_source(source=lambda: [np.zeros((4, 4, 3), np.uint8)] * 2, batch=True, layout="HWC")
+        y = fn.external_source(source=lambda: [np.array([1], np.int32)] * 2, batch=True)
+        alpha = fn.random.uniform(range=[0.5, 2.0]) if alpha_node else 1.0
+        return kmix.dcutmix(x, y, k=3, alpha=alpha, num_classes=4, layout="HWC")
+
+    assert b"KmixDraw" in pipe(False).serialize()
+    with pytest.raises(RuntimeError, match=r"Could not serialize the operator: `nvidia.dali.fn.python_function`"):
+        pipe(True).serialize()  # alpha per iteration: drawn by the python_function
+
+
+@pytest.mark.parametrize("labels,match", [
+    ([np.array([1.5], np.float32)] * 2, r"labels must be integer class indices, got dtype float"),
+    ([np.array([1, 2], np.int32)] * 2, r"labels must hold one value per sample, got shape \(2,\) for sample 0"),
+    ([np.array([4], np.int64)] * 2, r"labels must lie in \[0, num_classes=4\), got label 4"),
+], ids=["float", "two-values", "out-of-range"])
+def test_kmix_draw_names_bad_labels(labels, match):
+    @pipeline_def(batch_size=2, num_threads=1, device_id=None, seed=0)
+    def pipe():
+        x = fn.external_source(source=lambda: [np.zeros((4, 4, 3), np.uint8)] * 2, batch=True, layout="HWC")
+        y = fn.external_source(source=lambda: labels, batch=True)
+        return kmix.dcutmix(x, y, k=3, num_classes=4, layout="HWC")
+
+    p = pipe()
+    assert b"KmixDraw" in p.serialize()
+    p.build()
+    with pytest.raises(RuntimeError, match=match):
+        p.run()
 
 
 def test_a_failed_build_falls_back_to_python_function(photo_dir, monkeypatch):

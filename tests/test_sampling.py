@@ -384,7 +384,98 @@ def test_draws_are_the_generators_gamma_draws_of_each_concentration(alpha):
     phi, uniforms = draw_raw(np, g1, 33, 4, a, "sample", 1.0)[:2]
     gamma1 = g2.standard_gamma(a + 1.0, size=(33, 4))
     u = 1.0 - g2.random((33, 4))
-    logg = np.log(gamma1) + np.log(u) / a
-    e = np.exp(logg - logg.max(axis=-1, keepdims=True))
-    assert np.array_equal(phi.view(np.uint64), (e / e.sum(axis=-1, keepdims=True)).view(np.uint64))
+    # the C library's log and exp (what the native sampler of fn.kmix_draw calls), the sum left to right
+    log, exp = np.vectorize(math.log), np.vectorize(math.exp)
+    logg = log(gamma1) + log(u) / a
+    e = exp(logg - logg.max(axis=-1, keepdims=True))
+    total = ((e[:, 0] + e[:, 1]) + e[:, 2]) + e[:, 3]
+    assert np.array_equal(phi.view(np.uint64), (e / total[:, None]).view(np.uint64))
     np.testing.assert_array_equal(uniforms, g2.random((33, 3, 2)))  # and the stream goes on from the same point
+
+
+# --------------------------------------------------------------------------- the native sampler (kernels/kmix_draw.h)
+
+
+def _host_kernels_or_skip():
+    from dali_kmix.backends import host_kernels
+
+    kernels = host_kernels()
+    if kernels is None:
+        pytest.skip("no C++ compiler: the CPU kernels are unavailable")
+    if not kernels.native_sampler():
+        pytest.skip("this NumPy ships no libnpyrandom.a: the CPU build has no native sampler")
+    return kernels
+
+
+def _words(*ints):
+    """The uint32 words NumPy's SeedSequence makes of non-negative ints (least significant first; one for 0)."""
+    out = []
+    for v in ints:
+        out.append(v & 0xFFFFFFFF)
+        v >>= 32
+        while v:
+            out.append(v & 0xFFFFFFFF)
+            v >>= 32
+    return out
+
+
+@pytest.mark.parametrize("entropy,spawn", [([1, 2, 3, 4, 5, 6, 7], [0, 0]), ([0], [0, 1]), ([7], []),
+                                           ([123456789, 0xFFFFFFFF], [3, 2 ** 33 + 1]), (list(range(130)), [5])],
+                         ids=["7-words", "zero", "no-spawn-key", "wide-spawn-key", "130-words"])
+def test_cpu_build_generator_is_numpys_pcg64_of_the_seed_sequence(entropy, spawn):
+    kernels = _host_kernels_or_skip()
+    seq = np.random.SeedSequence(entropy=np.array(entropy, np.uint32), spawn_key=tuple(spawn))
+    want = np.random.PCG64(seq).random_raw(2000)
+    np.testing.assert_array_equal(kernels.pcg64_raw(entropy, _words(*spawn), 2000), want)
+
+
+@pytest.mark.parametrize("k", [2, 3, 9])
+def test_the_dirichlet_of_the_c_library_functions_is_the_cpu_builds(monkeypatch, k):
+    # The host Dirichlet uses the C library's log and exp, in Python (math) where the CPU build does not load and
+    # in kmix_draw.h where it does: the same shares bit for bit, tiny alphas' one-hot rows and per-sample alphas too.
+    from dali_kmix import backends
+    from dali_kmix.sampling import _dirichlet_from_draws
+
+    _host_kernels_or_skip()
+    rng = np.random.default_rng(k)
+    for alpha in (np.full(k, 1.0), rng.uniform(0.05, 4.0, k), np.full(k, 5e-324), rng.uniform(1e-3, 3.0, (40, k))):
+        g = rng.standard_gamma(alpha + 1.0, size=(40, k))
+        u = 1.0 - rng.random((40, k))
+        native = _dirichlet_from_draws(alpha, g, u)
+        with monkeypatch.context() as m:
+            m.setattr(backends, "host_kernels", lambda: None)
+            python = _dirichlet_from_draws(alpha, g, u)
+        np.testing.assert_array_equal(native.view(np.uint64), python.view(np.uint64))
+        assert np.isfinite(native).all() and np.allclose(native.sum(1), 1.0)
+        if alpha.flat[0] == 5e-324:
+            assert set(np.unique(native)) <= {0.0, 1.0}  # every row one-hot
+
+
+@pytest.mark.parametrize("mode", ["sample", "batch"])
+@pytest.mark.parametrize("method", ["dmixup", "dcutmix", "saliency-dcutmix"])
+def test_cpu_build_draws_the_records_of_draw_raw(method, mode):
+    # kmix_host_draw_record (what fn.kmix_draw calls): the record that draw_raw's NumPy draws nest to, bit for bit,
+    # for the generator of the same SeedSequence; over K, alphas (a vector, tiny), prob and padding flags.
+    from dali_kmix.sampling import draw_raw, record_from_draws
+
+    kernels = _host_kernels_or_skip()
+    rng = np.random.default_rng(len(method) + len(mode))
+    h, w = 37, 53
+    for k, alpha, prob, n, padded in [(2, 1.0, 1.0, 1, False), (3, 0.2, 0.5, 7, True), (9, 5.0, 1.0, 64, False),
+                                      (3, (0.5, 2.0, 0.1), 0.8, 33, True), (4, 1e-320, 1.0, 16, False)]:
+        a = np.broadcast_to(np.asarray(alpha, np.float64), (k,))
+        for _ in range(3):
+            entropy = rng.integers(0, 2 ** 32, int(rng.integers(1, 20)), dtype=np.uint64).astype(np.uint32)
+            spawn = [int(rng.integers(0, 3)), int(rng.integers(0, 3))]
+            gen = np.random.Generator(np.random.PCG64(np.random.SeedSequence(entropy=entropy, spawn_key=spawn)))
+            valid = rng.random(n) < 0.7 if padded else None
+            centers = np.stack([rng.integers(0, h, n), rng.integers(0, w, n)], 1).astype(np.int32) \
+                if method == "saliency-dcutmix" else None
+            want = record_from_draws(method, *draw_raw(np, gen, n, k, a, mode, prob, valid), h, w, centers)
+            (sources, weights, boxes), cut = kernels.draw_record(entropy, _words(*spawn), method, n, k, a, mode, prob,
+                                                                 h, w, valid=valid, centers=centers)
+            assert cut == (method != "dmixup")
+            np.testing.assert_array_equal(sources, want.sources)
+            np.testing.assert_array_equal(weights.view(np.uint32), want.weights.view(np.uint32))
+            if want.boxes is not None:
+                np.testing.assert_array_equal(boxes, want.boxes)

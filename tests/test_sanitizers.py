@@ -70,11 +70,14 @@ def _plugin_env():
 SUITES = {
     "test_kernel_suite_under_asan_and_ubsan": lambda: ([str(HERE / "test_backends.py")], _sanitized_env()),
     "test_dali_plugin_suite_under_asan_and_ubsan": lambda: (
-        [str(HERE / "test_plugin.py"), "-k", "bit_exact or batch_sizes or empty or errors"], _plugin_env()),
-    # The CPU build's native steps outside the kernel suite: the spectral residual, the one-pass record check and
-    # the soft targets (kmix_spectral.h, kmix_host_record_valid, kmix_host_mix_labels).
+        [str(HERE / "test_plugin.py"), "-k", "bit_exact or batch_sizes or empty or errors or kmix_draw"],
+        _plugin_env()),
+    # The CPU build's native steps outside the kernel suite: the spectral residual, the one-pass record check, the
+    # soft targets and the native sampler (kmix_spectral.h, kmix_host_record_valid, kmix_host_mix_labels,
+    # kmix_draw.h).
     "test_host_steps_beside_the_blend_under_asan_and_ubsan": lambda: (
         [str(HERE / "test_saliency.py"), str(HERE / "test_reference.py"), str(HERE / "test_mixing.py"),
+         str(HERE / "test_sampling.py"),
          "-k", "cpu_build or one_pass"], _sanitized_env()),
 }
 SUITE_TIMEOUT_S = 1800

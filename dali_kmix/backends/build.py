@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["compiler", "cpu_id", "build_flags", "cache_dir", "compile_cached", "build_log", "tool_version",
+__all__ = ["compiler", "cpu_id", "build_flags", "numpy_random", "cache_dir", "compile_cached", "build_log", "tool_version",
            "sanitize_requested", "BASE_FLAGS", "SANITIZE_FLAGS"]
 
 # -fno-math-errno: sqrt and the like set no errno, so they inline and vectorise (no result changes).
@@ -69,6 +69,21 @@ def build_flags(sanitize: bool | None = None) -> list[str]:
     elif platform.machine() in ("x86_64", "AMD64", "aarch64", "arm64"):
         flags.append("-march=native" if platform.machine() in ("x86_64", "AMD64") else "-mcpu=native")
     return flags
+
+
+def numpy_random() -> tuple[list[str], list[str], list[Path]]:
+    """``(compile flags, libraries, inputs)`` for code that calls NumPy's random distributions from C
+    (``kernels/kmix_draw.h``): NumPy's headers and the static library it ships for C users
+    (``numpy/random/lib/libnpyrandom.a``: the functions behind ``numpy.random.Generator``, so a draw from
+    the same bit generator is the same number). Where this NumPy lacks the library, ``-DKMIX_NO_NPYRANDOM``:
+    the builds leave the native sampler out (and the DALI operators draw in Python)."""
+    import numpy
+
+    lib = Path(numpy.random.__file__).parent / "lib" / "libnpyrandom.a"
+    include = f"-isystem{numpy.get_include()}"
+    if not lib.is_file():
+        return [include, "-DKMIX_NO_NPYRANDOM"], [], []
+    return [include], [str(lib), "-lm"], [lib]
 
 
 def cache_dir() -> Path:

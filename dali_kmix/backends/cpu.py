@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from .._checks import dense_blend_samples, dense_samples, hwc_dims
-from .build import build_flags, compile_cached, compiler, sanitize_requested
+from .build import build_flags, compile_cached, compiler, numpy_random, sanitize_requested
 from .sources import kernels_dir
 
 __all__ = ["load", "build", "available", "compiler", "dmixup", "dcutmix", "mix", "nest_boxes", "grey_resize",
-           "spectral_residual", "salient_points", "record_valid", "mix_labels",
+           "spectral_residual", "salient_points", "dirichlet", "pcg64_raw", "draw_record", "native_sampler", "DRAW_METHODS",
+           "record_valid", "mix_labels",
            "half_to_float", "float_to_half", "DTYPE_CODES", "LAYOUT_CODES", "HOST_SOURCES", "default_workers",
            "launch_config", "launch_cover", "validate_record", "KERNEL_CODES", "METHOD_CODES"]
 
@@ -34,7 +35,8 @@ LAYOUT_CODES = {"HWC": 0, "CHW": 1}
 
 #: Files the host build reads (the entry points, the shim and every kernel source and header).
 HOST_SOURCES = ("kmix_host.cpp", "kmix_host_shim.h", "kmix_codes.h", "kmix_common.cuh", "kmix_blend.cu",
-                "kmix_boxes.cu", "kmix_saliency.cu", "kmix_spectral.h", "kmix_record.h", "kmix_launch.h")
+                "kmix_boxes.cu", "kmix_saliency.cu", "kmix_spectral.h", "kmix_record.h", "kmix_launch.h",
+                "kmix_draw.h")
 
 #: Kernel codes of the GPU launch configuration (kernels/kmix_launch.h).
 KERNEL_CODES = {"dmixup": 0, "dcutmix": 1, "mix": 2}
@@ -52,8 +54,9 @@ def build(sanitize: bool | None = None, verbose: bool = False) -> Path:
     flags = build_flags(sanitize)
     src_dir = kernels_dir()
     name = "libkmix_asan.so" if "-fsanitize=address,undefined" in flags else "libkmix.so"
-    return compile_cached(name, [src_dir / "kmix_host.cpp"], [*flags, f"-I{src_dir}"],
-                          inputs=[src_dir / n for n in HOST_SOURCES], verbose=verbose)
+    np_flags, np_libs, np_inputs = numpy_random()
+    return compile_cached(name, [src_dir / "kmix_host.cpp"], [*flags, f"-I{src_dir}", *np_flags], libs=np_libs,
+                          inputs=[*(src_dir / n for n in HOST_SOURCES), *np_inputs], verbose=verbose)
 
 
 _P = ctypes.c_void_p
@@ -89,6 +92,14 @@ def _load(sanitize: bool):
     lib.kmix_host_record_valid.restype = _I
     lib.kmix_host_spectral_residual.argtypes = [_P, _P, _P, _I, _I, _I, _P, _I]
     lib.kmix_host_spectral_residual.restype = _I
+    lib.kmix_host_dirichlet.argtypes = [_P, _I, _P, _P, _I, _I, _P]
+    lib.kmix_host_dirichlet.restype = None
+    if hasattr(lib, "kmix_host_draw_record"):  # built with NumPy's libnpyrandom.a (build.numpy_random)
+        lib.kmix_host_pcg64_raw.argtypes = [_P, _I, _P, _I, _L, _P]
+        lib.kmix_host_pcg64_raw.restype = None
+        lib.kmix_host_draw_record.argtypes = [_P, _I, _P, _I, _I, _I, _I, _P, _I, _P, _I, _P, _I, ctypes.c_double,
+                                              _P, _I, _I, _P, _P, _P, _P, _P]
+        lib.kmix_host_draw_record.restype = _I
     lib.kmix_host_salient_points.argtypes = [_I, _P, _P, _I, _I, _I, _I, _I, _I, _I, _P, _I]
     lib.kmix_host_salient_points.restype = _I
     lib.kmix_host_half_to_float.argtypes = [_P, _P, _L]
@@ -265,6 +276,64 @@ def salient_points(inputs, layout, out_h, out_w, gauss: np.ndarray, *, workers=N
     return _launch("kmix_host_salient_points", points, DTYPE_CODES[inputs[0].dtype], pin.ctypes.data,
                    points.ctypes.data, n, h, w, c, LAYOUT_CODES[layout], out_h, out_w, k.ctypes.data,
                    workers or default_workers())
+
+
+def dirichlet(alpha, gamma1, uniform) -> np.ndarray:
+    """:func:`dali_kmix.sampling._dirichlet_from_draws` on the host (``kmix_host_dirichlet``): float64 ``(rows, K)``
+    shares of Gamma(alpha + 1) draws and uniforms ``(rows, K)``; ``alpha`` ``(K,)`` or ``(rows, K)``."""
+    gamma1, uniform = _c(gamma1, np.float64), _c(uniform, np.float64)
+    alpha = _c(alpha, np.float64)
+    rows, k = gamma1.shape
+    phi = np.empty((rows, k), np.float64)
+    load().kmix_host_dirichlet(alpha.ctypes.data, k if alpha.ndim == 2 else 0, gamma1.ctypes.data, uniform.ctypes.data,
+                               rows, k, phi.ctypes.data)
+    return phi
+
+
+def pcg64_raw(entropy, spawn, count: int) -> np.ndarray:
+    """``count`` raw outputs of ``numpy.random.PCG64(SeedSequence(entropy, spawn_key=spawn))`` from the native
+    generator of ``kernels/kmix_draw.h`` (``entropy`` and ``spawn`` as uint32 words)."""
+    entropy, spawn = _c(entropy, np.uint32), _c(spawn, np.uint32)
+    out = np.empty(count, np.uint64)
+    load().kmix_host_pcg64_raw(entropy.ctypes.data, entropy.size, spawn.ctypes.data, spawn.size, count,
+                               out.ctypes.data)
+    return out
+
+
+def native_sampler() -> bool:
+    """Whether the CPU build holds the native sampler (``kernels/kmix_draw.h``, linked with NumPy's C library)."""
+    lib = load()
+    return lib is not None and hasattr(lib, "kmix_host_draw_record")
+
+
+#: Method codes of the native sampler (kmix_host_draw_record).
+DRAW_METHODS = {"dmixup": 0, "dcutmix": 1, "saliency-dcutmix": 2, "dmixup+dcutmix": 3}
+
+
+def draw_record(entropy, spawn, method: str, n: int, k: int, alpha, mode: str, prob, height: int, width: int, *,
+                valid=None, cutmix_alpha=None, switch_prob: float = 0.0, centers=None):
+    """The record of one batch drawn natively (``kmix_host_draw_record``): ``(MixParams fields, cut)`` with the
+    numbers of :class:`dali_kmix.dali._HostRecord` for a generator seeded with ``entropy`` and ``spawn`` (uint32
+    words). What ``fn.kmix_draw`` computes, exposed for the tests."""
+    entropy, spawn = _c(entropy, np.uint32), _c(spawn, np.uint32)
+    alpha = _c(alpha, np.float64)
+    prob = _c(np.atleast_1d(prob), np.float64)
+    cut_a = _c(cutmix_alpha if cutmix_alpha is not None else alpha.reshape(-1)[:k], np.float64)
+    sources = np.empty((n, k), np.int32)
+    weights = np.empty((n, k), np.float32)
+    boxes = np.empty((n, k - 1, 4), np.int32)
+    v = None if valid is None else _c(valid, np.uint8)
+    c = None if centers is None else _c(centers, np.int32)
+    cut = ctypes.c_int(0)
+    rc = load().kmix_host_draw_record(entropy.ctypes.data, entropy.size, spawn.ctypes.data, spawn.size,
+                                      DRAW_METHODS[method], n, k, alpha.ctypes.data, int(alpha.ndim == 2),
+                                      cut_a.ctypes.data, int(mode == "batch"), prob.ctypes.data, int(prob.size > 1),
+                                      float(switch_prob), None if v is None else v.ctypes.data, height, width,
+                                      None if c is None else c.ctypes.data, sources.ctypes.data, weights.ctypes.data,
+                                      boxes.ctypes.data, ctypes.byref(cut))
+    if rc:
+        raise RuntimeError(f"kmix_host_draw_record failed with code {rc}")
+    return (sources, weights, boxes if cut.value else None), bool(cut.value)
 
 
 def record_valid(params, height: int, width: int) -> bool:

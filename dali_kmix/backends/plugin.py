@@ -40,10 +40,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 from . import cpu
-from .build import build_flags, compile_cached, compiler, tool_version
+from .build import build_flags, compile_cached, compiler, numpy_random, tool_version
 from .sources import FP_OPTIONS, cuda_include_dirs, kernels_dir
 
-__all__ = ["build", "load", "enabled", "gpu_backend", "expose_to_dynamic_mode", "cuda_toolchain", "nvcc_flags",
+__all__ = ["build", "load", "enabled", "gpu_backend", "draw_operator", "expose_to_dynamic_mode", "cuda_toolchain", "nvcc_flags",
            "gpu_object", "gpu_ptx",
            "fatbin_images", "NoGpuBackendWarning",
            "SOURCES", "GPU_SOURCES", "GPU_ARCHS", "PTX_ARCH", "OPERATORS"]
@@ -55,8 +55,10 @@ GPU_SOURCES = ("kmix_gpu_launch.cu", "kmix_launch.h", "kmix_blend.cu", "kmix_com
 #: Real architectures the GPU backend is compiled for, and the PTX that newer devices JIT-compile.
 GPU_ARCHS = ("sm_80", "sm_90")
 PTX_ARCH = "compute_90"
-#: The operators the plugin registers (DALI's schema names).
+#: The operators the plugin registers (DALI's schema names), with a CPU and a GPU backend.
 OPERATORS = ("KmixDmixup", "KmixDcutmix", "KmixMix")
+#: The operator that draws a batch's record natively (CPU only; ``fn.kmix_draw``).
+DRAW_OPERATOR = "KmixDraw"
 
 
 class NoGpuBackendWarning(RuntimeWarning):
@@ -281,9 +283,11 @@ def build(verbose: bool = False, gpu: bool | None = None) -> Path:
     quiet = ["-Wno-free-nonheap-object"] if "clang" not in tool_version(compiler() or "").lower() else []
     flags = ["-std=c++20", *[f for f in base if f != "-std=c++17"], *quiet, "-fvisibility=hidden", f"-I{src_dir}",
              *compile_flags, f"-isystem{include}", *extra]
+    np_flags, np_libs, np_inputs = numpy_random()
+    flags += np_flags
     sources = [src_dir / "kmix_dali_op.cpp", src_dir / "kmix_host.cpp"]
-    inputs = [src_dir / n for n in SOURCES] + ([Path(obj)] if obj else [])
-    return compile_cached(name, sources, flags, libs=libs + link_flags, inputs=inputs,
+    inputs = [src_dir / n for n in SOURCES] + ([Path(obj)] if obj else []) + np_inputs
+    return compile_cached(name, sources, flags, libs=libs + np_libs + link_flags, inputs=inputs,
                           key_extra=f"dali {version}", verbose=verbose,
                           what="the dali_kmix DALI plugin", announce=say)
 
@@ -342,6 +346,15 @@ def load() -> bool:
     ``fn.kmix_dcutmix`` are available (False when :func:`enabled` is False). They are then part of DALI's dynamic
     mode too (``ndd.kmix_*``), whether it is imported before or after (:func:`expose_to_dynamic_mode`)."""
     return enabled() and _load()
+
+
+def draw_operator() -> bool:
+    """True when the plugin is loaded with ``fn.kmix_draw`` (the record drawn natively)."""
+    if not load():
+        return False
+    from nvidia.dali import backend
+
+    return DRAW_OPERATOR in set(backend.RegisteredCPUOps())
 
 
 def gpu_backend() -> bool:
