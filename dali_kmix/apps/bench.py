@@ -719,8 +719,9 @@ def run(out_dir="benchmarks/results", *, quick=False, data_dir=None, progress=Tr
     meta["load_average_at_start"], meta["load_average_at_end"] = load_at_start, meta.pop("load_average")
     stamp = meta["date"].replace(":", "").replace("-", "")[:15]
     path = out_dir / f"bench-{'quick-' if quick else ''}{stamp}.json"
+    # one line, no indentation: a full run's every round is some 400 KB so, 500 KB indented (the results are tracked)
     atomic_write(path, json.dumps({"meta": meta, "quick": quick, "rows": rows, "kmixup_vs_timm": kmixup_rows},
-                                  indent=1, default=str))
+                                  separators=(",", ":"), default=str))
     md = format_table(rows)
     gpu_md = format_gpu(rows)
     if gpu_md:
