@@ -688,21 +688,19 @@ def _hex(values) -> str:
     return " ".join(float(v).hex() for v in np.ravel(values))
 
 
-_DRAW_METHOD = {"dmixup": 0, "dcutmix": 1, "saliency-dcutmix": 2, _checks.SWITCH: 3}
-
-
 def _draw_args(spec: MixSpec) -> dict:
     """``fn.kmix_draw``'s arguments for ``spec`` (the floats exactly, as ``float.hex``)."""
-    from .saliency import _gaussian_kernel
+    from .backends.cpu import DRAW_METHODS
+    from .saliency import smoothing_taps
 
-    args = dict(method=_DRAW_METHOD[spec.method], k=spec.k, alpha=_hex(spec.alpha), mode=spec.mode,
+    args = dict(method=DRAW_METHODS[spec.method], k=spec.k, alpha=_hex(spec.alpha), mode=spec.mode,
                 prob=_hex(spec.prob), smoothing=_hex(spec.smoothing), num_classes=spec.num_classes,
                 label_format=spec.label_format, layout=spec.layout, kmix_seed=spec.seed or 0, shard_id=spec.shard_id,
                 index=spec.index)
     if spec.switch:
         args.update(cutmix_alpha=_hex(spec.cutmix_alpha), switch_prob=_hex(spec.switch_prob))
     if spec.method == "saliency-dcutmix":
-        args.update(saliency_taps=_hex(_gaussian_kernel(5, 8.0)))
+        args.update(saliency_taps=_hex(smoothing_taps()))
     return args
 
 

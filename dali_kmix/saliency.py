@@ -28,7 +28,8 @@ from . import _checks
 from .backends import backend_for, host_kernels
 from .reference import grey, resize_bilinear
 
-__all__ = ["SALIENCY_METHODS", "grey", "resize_bilinear", "small_grey", "spectral_residual", "salient_points"]
+__all__ = ["SALIENCY_METHODS", "grey", "resize_bilinear", "small_grey", "spectral_residual", "salient_points",
+           "smoothing_taps"]
 
 SALIENCY_METHODS = ("spectral-residual", "fine-grained")
 WORK_SIZE = 64
@@ -79,6 +80,12 @@ def _gaussian_kernel(size: int, sigma: float) -> np.ndarray:
     x = np.arange(size) - (size - 1) / 2
     k = np.exp(-x * x / (2 * sigma * sigma))
     return k / k.sum()
+
+
+def smoothing_taps() -> np.ndarray:
+    """The 5 taps (float64) of the Gaussian (sigma 8) that smooths the spectral-residual map, as every path
+    (NumPy, CuPy, the CPU build, ``fn.kmix_draw``) applies it."""
+    return _gaussian_kernel(5, 8.0)
 
 
 def _box_sum3(a):
@@ -141,7 +148,7 @@ def spectral_residual(g, precision=None):
             all(_power_of_two(s) for s in g.shape[-2:]):
         kernels = host_kernels()
         if kernels is not None:
-            return kernels.spectral_residual(g, _gaussian_kernel(5, 8.0))[0]
+            return kernels.spectral_residual(g, smoothing_taps())[0]
     return _spectral_residual(g, ftype)
 
 
@@ -178,7 +185,7 @@ def _spectral_residual(g, ftype):
         scale *= live
     spec *= scale
     back = xp.abs(xp.fft.ifft2(spec))
-    sal = _filter2d_separable(back, _gaussian_kernel(5, 8.0))
+    sal = _filter2d_separable(back, smoothing_taps())
     sal *= sal
     peak = sal.reshape(sal.shape[0], -1).max(axis=1)
     sal /= xp.maximum(peak, 1e-30)[:, None, None]
@@ -260,7 +267,7 @@ def salient_points(images, layout: str = "HWC", *, method: str = "spectral-resid
     kernels = host_kernels() if xp is np and _power_of_two(work_size) else None
     if kernels is not None:  # the CPU build: grey copy, map and peak of each image in one launch (the same points)
         rows = samples if samples is not None else list(np.ascontiguousarray(images))
-        return kernels.salient_points(rows, layout, work_size, work_size, _gaussian_kernel(5, 8.0))
+        return kernels.salient_points(rows, layout, work_size, work_size, smoothing_taps())
     sal = spectral_residual(small_grey(samples if samples is not None else images, layout, work_size))
     flat = xp.argmax(sal.reshape(n, -1), axis=1)
     iy, ix = flat // work_size, flat % work_size

@@ -24,8 +24,8 @@ from .build import build_flags, compile_cached, compiler, numpy_random, sanitize
 from .sources import kernels_dir
 
 __all__ = ["load", "build", "available", "compiler", "dmixup", "dcutmix", "mix", "nest_boxes", "grey_resize",
-           "spectral_residual", "salient_points", "dirichlet", "pcg64_raw", "draw_record", "native_sampler", "DRAW_METHODS",
-           "record_valid", "mix_labels",
+           "spectral_residual", "salient_points", "dirichlet", "pcg64_raw", "draw_record", "native_sampler",
+           "DRAW_METHODS", "record_valid", "mix_labels",
            "half_to_float", "float_to_half", "DTYPE_CODES", "LAYOUT_CODES", "HOST_SOURCES", "default_workers",
            "launch_config", "launch_cover", "validate_record", "KERNEL_CODES", "METHOD_CODES"]
 

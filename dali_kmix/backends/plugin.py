@@ -43,10 +43,10 @@ from . import cpu
 from .build import build_flags, compile_cached, compiler, numpy_random, tool_version
 from .sources import FP_OPTIONS, cuda_include_dirs, kernels_dir
 
-__all__ = ["build", "load", "enabled", "gpu_backend", "draw_operator", "expose_to_dynamic_mode", "cuda_toolchain", "nvcc_flags",
-           "gpu_object", "gpu_ptx",
+__all__ = ["build", "load", "enabled", "gpu_backend", "draw_operator", "expose_to_dynamic_mode", "cuda_toolchain",
+           "nvcc_flags", "gpu_object", "gpu_ptx",
            "fatbin_images", "NoGpuBackendWarning",
-           "SOURCES", "GPU_SOURCES", "GPU_ARCHS", "PTX_ARCH", "OPERATORS"]
+           "SOURCES", "GPU_SOURCES", "GPU_ARCHS", "PTX_ARCH", "OPERATORS", "DRAW_OPERATOR"]
 
 #: Files the CPU plugin build reads (the operators, the shared checks and the host kernels it links in).
 SOURCES = ("kmix_dali_op.cpp", "kmix_record.h") + cpu.HOST_SOURCES
