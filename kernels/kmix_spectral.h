@@ -104,18 +104,21 @@ struct Plan {
   }
 };
 
-// One radix-2 butterfly of the decimation-in-time transform on whole rows: (a, b) <- (a + w b, a - w b), the
-// product w b as (br c - bi s, br s + bi c); the loop over the columns vectorises.
+// One radix-2 butterfly of the decimation-in-time transform: (a, b) <- (a + w b, a - w b), the product w b as
+// (br c - bi s, br s + bi c).
+inline void butterfly(float& ar, float& ai, float& br, float& bi, float c, float s) {
+  const float tr = br * c - bi * s;
+  const float ti = br * s + bi * c;
+  br = ar - tr;
+  bi = ai - ti;
+  ar = ar + tr;
+  ai = ai + ti;
+}
+
+// The butterfly on whole rows (a, b); the loop over the columns vectorises.
 inline void butterfly_rows(float* __restrict__ ar, float* __restrict__ ai, float* __restrict__ br,
                            float* __restrict__ bi, float c, float s, int cols) {
-  for (int x = 0; x < cols; ++x) {
-    const float tr = br[x] * c - bi[x] * s;
-    const float ti = br[x] * s + bi[x] * c;
-    br[x] = ar[x] - tr;
-    bi[x] = ai[x] - ti;
-    ar[x] = ar[x] + tr;
-    ai[x] = ai[x] + ti;
-  }
+  for (int x = 0; x < cols; ++x) butterfly(ar[x], ai[x], br[x], bi[x], c, s);
 }
 
 // Two successive radix-2 stages (block lengths len and 2 len) in one pass over four rows a, b, c, d (h = len / 2
@@ -127,24 +130,12 @@ inline void butterfly_rows2(float* __restrict__ ar, float* __restrict__ ai, floa
                             float* __restrict__ dr, float* __restrict__ di, float c1, float s1, float c2, float s2,
                             float c3, float s3, int cols) {
   for (int x = 0; x < cols; ++x) {
-    float tr = br[x] * c1 - bi[x] * s1;
-    float ti = br[x] * s1 + bi[x] * c1;
-    const float b_r = ar[x] - tr, b_i = ai[x] - ti, a_r = ar[x] + tr, a_i = ai[x] + ti;
-    tr = dr[x] * c1 - di[x] * s1;
-    ti = dr[x] * s1 + di[x] * c1;
-    const float d_r = cr[x] - tr, d_i = ci[x] - ti, c_r = cr[x] + tr, c_i = ci[x] + ti;
-    tr = c_r * c2 - c_i * s2;
-    ti = c_r * s2 + c_i * c2;
-    cr[x] = a_r - tr;
-    ci[x] = a_i - ti;
-    ar[x] = a_r + tr;
-    ai[x] = a_i + ti;
-    tr = d_r * c3 - d_i * s3;
-    ti = d_r * s3 + d_i * c3;
-    dr[x] = b_r - tr;
-    di[x] = b_i - ti;
-    br[x] = b_r + tr;
-    bi[x] = b_i + ti;
+    float a_r = ar[x], a_i = ai[x], b_r = br[x], b_i = bi[x], c_r = cr[x], c_i = ci[x], d_r = dr[x], d_i = di[x];
+    butterfly(a_r, a_i, b_r, b_i, c1, s1);
+    butterfly(c_r, c_i, d_r, d_i, c1, s1);
+    butterfly(a_r, a_i, c_r, c_i, c2, s2);
+    butterfly(b_r, b_i, d_r, d_i, c3, s3);
+    ar[x] = a_r, ai[x] = a_i, br[x] = b_r, bi[x] = b_i, cr[x] = c_r, ci[x] = c_i, dr[x] = d_r, di[x] = d_i;
   }
 }
 
