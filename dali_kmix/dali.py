@@ -27,8 +27,8 @@ How one call becomes DALI operators (one readable path per place it runs):
    * **plugin** (CPU, the default): the native operator ``fn.kmix_draw`` draws the
      :class:`~dali_kmix.MixParams` record and the labels in C++ (``kernels/kmix_draw.h``: NumPy's
      generator and Gamma draws, the same numbers as the ``python_function`` below, with no Python
-     per batch; :func:`native_draw` says when: alpha and prob fixed when the pipeline is built and the
-     spectral-residual saliency; else a small ``fn.python_function`` draws them); the native operators
+     per batch; :func:`native_draw` says when: the spectral-residual saliency; else a small
+     ``fn.python_function`` draws them); the native operators
      ``fn.kmix_dmixup`` / ``fn.kmix_dcutmix`` / ``fn.kmix_mix`` (:mod:`dali_kmix.backends.plugin`)
      blend the images on the pipeline's thread pool, straight into DALI's buffers;
    * **function** (CPU without the plugin, or ``DALI_KMIX_PLUGIN=0``): one
@@ -676,12 +676,12 @@ def _plugin_path(spec, images, labels, keys, runtime, name):
 
 def native_draw(spec: MixSpec) -> bool:
     """Whether a CPU pipeline draws ``spec``'s records with ``fn.kmix_draw`` (C++, NumPy's generator: the numbers of
-    :class:`_PluginRecord`, bit for bit, with no Python per batch): for alpha and prob fixed when the pipeline is
-    built (not DataNodes), the spectral-residual saliency and a seed DALI's int64 argument holds."""
+    :class:`_PluginRecord`, bit for bit, with the same checks and no Python per batch): for the spectral-residual
+    saliency and a seed DALI's int64 argument holds (alpha and prob fixed or per iteration alike)."""
     from .backends import plugin
 
-    return (spec.runtime_count == 0 and spec.saliency == "spectral-residual" and
-            0 <= (spec.seed or 0) < 2 ** 63 and 0 <= spec.shard_id < 2 ** 63 and plugin.draw_operator())
+    return (spec.saliency == "spectral-residual" and 0 <= (spec.seed or 0) < 2 ** 63 and 0 <= spec.shard_id < 2 ** 63
+            and plugin.draw_operator())
 
 
 def _hex(values) -> str:
@@ -693,8 +693,10 @@ def _draw_args(spec: MixSpec) -> dict:
     from .backends.cpu import DRAW_METHODS
     from .saliency import smoothing_taps
 
-    args = dict(method=DRAW_METHODS[spec.method], k=spec.k, alpha=_hex(spec.alpha), mode=spec.mode,
-                prob=_hex(spec.prob), smoothing=_hex(spec.smoothing), num_classes=spec.num_classes,
+    args = dict(method=DRAW_METHODS[spec.method], k=spec.k, mode=spec.mode,
+                alpha="" if spec.alpha is None else _hex(spec.alpha), alpha_input=spec.alpha is None,
+                prob="" if spec.prob is None else _hex(spec.prob), prob_input=spec.prob is None,
+                smoothing=_hex(spec.smoothing), num_classes=spec.num_classes,
                 label_format=spec.label_format, layout=spec.layout, kmix_seed=spec.seed or 0, shard_id=spec.shard_id,
                 index=spec.index)
     if spec.switch:

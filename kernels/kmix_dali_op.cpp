@@ -27,10 +27,13 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <charconv>
+#include <cmath>
 #include <cstring>
 #include <string>
 #include <vector>
 
+#include "dali/core/float16.h"
 #include "dali/pipeline/operator/checkpointing/stateless_operator.h"
 #include "dali/pipeline/operator/operator.h"
 #include "kmix_codes.h"
@@ -305,7 +308,106 @@ std::string ScalarPerSample(const dali::TensorList<CPUBackend>& tl, const char* 
   return "";
 }
 
-// fn.kmix_draw(images, labels, keys[, real]): the record and the label outputs of dali_kmix.dali's drawing
+// A double as Python's repr writes it (the shortest digits that read back; ".0" on an integral value), so that the
+// messages name values as dali_kmix.dali's Python checks do.
+inline std::string PyFloat(double v) {
+  char buf[64];
+  const auto r = std::to_chars(buf, buf + sizeof buf, v);
+  std::string out(buf, r.ptr);
+  if (out.find_first_of(".eEn") == std::string::npos) out += ".0";  // not "inf"/"nan", no exponent, no point
+  return out;
+}
+
+inline std::string PyList(const double* v, int n) {
+  std::string out = "[";
+  for (int i = 0; i < n; ++i) out += (i ? ", " : "") + PyFloat(v[i]);
+  return out + "]";
+}
+
+// The values of sample s of a numeric input as doubles (flattened); "" or the message.
+inline std::string SampleDoubles(const dali::TensorList<CPUBackend>& tl, const char* name, int s,
+                                 std::vector<double>* out) {
+  const int64_t m = tl.tensor_shape(s).num_elements();
+  out->resize(m);
+  const void* p = tl.raw_tensor(s);
+  for (int64_t i = 0; i < m; ++i) {
+    double v;
+    switch (tl.type()) {
+      case DALI_FLOAT: v = ((const float*)p)[i]; break;
+      case DALI_FLOAT64: v = ((const double*)p)[i]; break;
+      case DALI_FLOAT16: v = (double)(float)((const dali::float16*)p)[i]; break;
+      case DALI_BOOL: v = ((const bool*)p)[i]; break;
+      case DALI_UINT8: v = ((const uint8_t*)p)[i]; break;
+      case DALI_INT8: v = ((const int8_t*)p)[i]; break;
+      case DALI_UINT16: v = ((const uint16_t*)p)[i]; break;
+      case DALI_INT16: v = ((const int16_t*)p)[i]; break;
+      case DALI_UINT32: v = ((const uint32_t*)p)[i]; break;
+      case DALI_INT32: v = ((const int32_t*)p)[i]; break;
+      case DALI_UINT64: v = (double)((const uint64_t*)p)[i]; break;
+      case DALI_INT64: v = (double)((const int64_t*)p)[i]; break;
+      default: return kmix::Str(name, " must be numbers, got dtype ", dali::TypeName(tl.type()));
+    }
+    (*out)[i] = v;
+  }
+  return "";
+}
+
+// alpha given per sample (dali_kmix.dali.per_sample_alpha, its checks and messages): a scalar or K values each;
+// the K-vector shared by the batch when every sample has the same one (*rows false), else n x K (*rows true).
+inline std::string PerSampleAlpha(const dali::TensorList<CPUBackend>& tl, int n, int k, bool batch_mode,
+                                  std::vector<double>* alpha, bool* rows) {
+  alpha->assign((size_t)n * k, 0.0);
+  std::vector<double> v;
+  for (int s = 0; s < n; ++s) {
+    std::string err = SampleDoubles(tl, "alpha", s, &v);
+    if (!err.empty()) return err;
+    double* row = alpha->data() + (size_t)s * k;
+    if (v.size() == 1) {
+      if (!(std::isfinite(v[0]) && v[0] > 0.0))
+        return kmix::Str("alpha must be > 0 and finite, got ", PyFloat(v[0]), " for sample ", s);
+      std::fill(row, row + k, v[0]);
+      continue;
+    }
+    if ((int)v.size() != k)
+      return kmix::Str("alpha must be a scalar or have length k=", k, ", got shape (", v.size(), ",): ",
+                       PyList(v.data(), (int)v.size()), " for sample ", s);
+    for (double a : v)
+      if (!(std::isfinite(a) && a > 0.0))
+        return kmix::Str("alpha must contain only finite values > 0, got ", PyList(v.data(), k), " for sample ", s);
+    std::copy(v.begin(), v.end(), row);
+  }
+  *rows = false;
+  for (int s = 1; s < n && !*rows; ++s)
+    *rows = !std::equal(alpha->begin() + (size_t)s * k, alpha->begin() + (size_t)(s + 1) * k, alpha->begin());
+  if (!*rows) {
+    alpha->resize(n ? k : 0);
+  } else if (batch_mode) {
+    int s = 1;
+    while (std::equal(alpha->begin() + (size_t)s * k, alpha->begin() + (size_t)(s + 1) * k, alpha->begin())) ++s;
+    return kmix::Str("mode='batch' draws one Dirichlet for the whole batch, so alpha must be the same for every "
+                     "sample; sample ", s, " has alpha ", PyList(alpha->data() + (size_t)s * k, k), " but sample 0 has ",
+                     PyList(alpha->data(), k), " (mode='sample' gives every sample its own alpha)");
+  }
+  return "";
+}
+
+// prob given per sample (its first value each, in [0, 1]: dali_kmix.dali._Draws.runtime_args).
+inline std::string PerSampleProb(const dali::TensorList<CPUBackend>& tl, int n, std::vector<double>* prob) {
+  prob->resize(n);
+  std::vector<double> v;
+  for (int s = 0; s < n; ++s) {
+    std::string err = SampleDoubles(tl, "prob", s, &v);
+    if (!err.empty()) return err;
+    if (v.empty()) return kmix::Str("prob given as a DataNode must hold a value per sample, got none for sample ", s);
+    (*prob)[s] = v[0];
+  }
+  for (int s = 0; s < n; ++s)
+    if (!((*prob)[s] >= 0.0 && (*prob)[s] <= 1.0))
+      return kmix::Str("prob must be in [0, 1], got ", PyFloat((*prob)[s]), " for sample ", s);
+  return "";
+}
+
+// fn.kmix_draw(images, labels, keys[, alpha][, prob][, real]): the record and the label outputs of dali_kmix.dali's drawing
 // python_function (_PluginRecord), drawn in C++ with NumPy's generator (kmix_draw.h), bit for bit: the same
 // SeedSequence of the arguments' seed and the keys' bits, spawned at (shard_id, index), the same draws, nesting
 // and soft targets. Saliency-DCutMix finds the salient points of the images here (kmix_host_salient_points).
@@ -320,17 +422,20 @@ class KMixDraw : public dali::StatelessOperator<CPUBackend> {
         dense_(spec.GetArgument<std::string>("label_format") == "dense"),
         num_classes_(spec.GetArgument<int>("num_classes")),
         layout_(spec.GetArgument<std::string>("layout")),
+        alpha_input_(spec.GetArgument<bool>("alpha_input")),
+        prob_input_(spec.GetArgument<bool>("prob_input")),
         alpha_(HexDoubles(spec.GetArgument<std::string>("alpha"))),
         cut_alpha_(HexDoubles(spec.GetArgument<std::string>("cutmix_alpha"))),
         taps_(ToFloats(HexDoubles(spec.GetArgument<std::string>("saliency_taps")))) {
     const std::vector<double> prob = HexDoubles(spec.GetArgument<std::string>("prob"));
     const std::vector<double> sw = HexDoubles(spec.GetArgument<std::string>("switch_prob"));
     const std::vector<double> sm = HexDoubles(spec.GetArgument<std::string>("smoothing"));
-    DALI_ENFORCE(method_ >= 0 && method_ <= 3 && k_ >= 2 && (int)alpha_.size() == k_ && prob.size() == 1 &&
+    DALI_ENFORCE(method_ >= 0 && method_ <= 3 && k_ >= 2 && (alpha_input_ || (int)alpha_.size() == k_) &&
+                     (prob_input_ || prob.size() == 1) &&
                      sw.size() == 1 && sm.size() == 1 && num_classes_ >= 1 &&
                      (method_ != 3 || (int)cut_alpha_.size() == k_) && (method_ != 2 || taps_.size() == 5),
                  "dali_kmix: internal error, fn.kmix_draw's arguments do not describe a record");
-    prob_ = prob[0];
+    if (!prob_input_) prob_.assign(1, prob[0]);
     switch_prob_ = sw[0];
     // dali_kmix.reference.smoothed_values: float32 of 1 - s + s / C and s / C, worked out in double
     on_ = (float)(1.0 - sm[0] + sm[0] / num_classes_);
@@ -376,10 +481,20 @@ class KMixDraw : public dali::StatelessOperator<CPUBackend> {
         key_words_.push_back(bits);
       }
     }
+    int next = 3;  // the per-iteration inputs after the keys: alpha, prob, then the reader's "real sample" flags
+    alpha_rows_ = false;
+    if (alpha_input_) {
+      if (err.empty()) err = PerSampleAlpha(ws.Input<CPUBackend>(next), n, k_, batch_mode_, &batch_alpha_, &alpha_rows_);
+      ++next;
+    }
+    if (prob_input_) {
+      if (err.empty()) err = PerSampleProb(ws.Input<CPUBackend>(next), n, &prob_);
+      ++next;
+    }
     valid_.clear();
-    if (err.empty() && ws.NumInput() > 3) {
+    if (err.empty() && ws.NumInput() > next) {
       std::vector<int64_t> v;
-      err = ScalarPerSample(ws.Input<CPUBackend>(3), "real samples", n, &v);
+      err = ScalarPerSample(ws.Input<CPUBackend>(next), "real samples", n, &v);
       for (auto x : v) valid_.push_back(x != 0);
     }
     if (!err.empty()) DALI_FAIL(err);
@@ -428,8 +543,9 @@ class KMixDraw : public dali::StatelessOperator<CPUBackend> {
     }
     int cut = 0;
     const int rc = kmix_host_draw_record(entropy.data(), (int)entropy.size(), spawn_.data(), (int)spawn_.size(),
-                                         method_, n, k, alpha_.data(), 0, cut_alpha_.data(), batch_mode_ ? 1 : 0,
-                                         &prob_, 0, switch_prob_, valid_.empty() ? nullptr : valid_.data(),
+                                         method_, n, k, alpha_input_ ? batch_alpha_.data() : alpha_.data(),
+                                         alpha_rows_ ? 1 : 0, cut_alpha_.data(), batch_mode_ ? 1 : 0, prob_.data(),
+                                         prob_input_ ? 1 : 0, switch_prob_, valid_.empty() ? nullptr : valid_.data(),
                                          rec_.height, rec_.width, points.empty() ? nullptr : points.data(),
                                          sources_.data(), weights_.data(), boxes_.data(), &cut);
     DALI_ENFORCE(rc == 0, "dali_kmix: internal error, the record could not be drawn");
@@ -465,9 +581,10 @@ class KMixDraw : public dali::StatelessOperator<CPUBackend> {
   bool batch_mode_, dense_;
   int num_classes_;
   std::string layout_;
-  std::vector<double> alpha_, cut_alpha_;
+  bool alpha_input_, prob_input_, alpha_rows_ = false;
+  std::vector<double> alpha_, cut_alpha_, batch_alpha_, prob_;
   std::vector<float> taps_;
-  double prob_ = 1.0, switch_prob_ = 0.0;
+  double switch_prob_ = 0.0;
   float on_ = 1.0f, off_ = 0.0f;
   std::vector<uint32_t> seed_words_, spawn_;
   kmix::Record rec_;
@@ -560,7 +677,7 @@ generator: the numbers dali_kmix.dali's drawing python_function gives, bit for b
 (method 0), boxes (1, 2) or weights, boxes and cut (3), then the targets (label_format "dense") or label_idx and
 label_w. Used by dali_kmix.dali.dmixup / dcutmix / saliency_dcutmix / dmixup_or_dcutmix in CPU pipelines; the
 float arguments are exact doubles written with Python's float.hex().)")
-    .NumInput(3, 4)
+    .NumInput(3, 6)
     .OutputFn([](const OpSpec& spec) {
       const int method = spec.GetArgument<int>("method");
       return (method == 3 ? 4 : 2) + (spec.GetArgument<std::string>("label_format") == "dense" ? 1 : 2);
@@ -568,13 +685,19 @@ float arguments are exact doubles written with Python's float.hex().)")
     .InputDox(0, "images", "TensorList on the CPU", "The batch (its shape; Saliency-DCutMix also reads its pixels).")
     .InputDox(1, "labels", "TensorList of integers", "One class index per sample.")
     .InputDox(2, "keys", "TensorList of float64", "One key per sample (fn.random.uniform).")
-    .InputDox(3, "real", "TensorList of integers", "Optional: 0 for a reader's padding samples.")
+    .InputDox(3, "extra0", "TensorList of numbers",
+              "Optional inputs extra0..extra2, in this order: alpha per sample (alpha_input), prob per sample "
+              "(prob_input), 0 for a reader's padding samples.")
+    .InputDox(4, "extra1", "TensorList of numbers", "Optional: the next of those inputs.")
+    .InputDox(5, "extra2", "TensorList of integers", "Optional: the reader's padding flags after alpha and prob.")
     .AddArg("method", "0 DMixup, 1 DCutMix, 2 Saliency-DCutMix, 3 DMixup or DCutMix per batch.", DALI_INT32)
     .AddArg("k", "Images per mix, K >= 2.", DALI_INT32)
-    .AddArg("alpha", "K concentrations (float.hex, space-separated).", DALI_STRING)
+    .AddArg("alpha", "K concentrations (float.hex, space-separated); \"\" with alpha_input.", DALI_STRING)
+    .AddOptionalArg("alpha_input", "alpha comes per iteration, as the input after the keys.", false)
+    .AddOptionalArg("prob_input", "prob comes per iteration, as the input after alpha's (or the keys).", false)
     .AddOptionalArg("cutmix_alpha", "Method 3: DCutMix's K concentrations (float.hex).", std::string())
     .AddArg("mode", "\"sample\" or \"batch\".", DALI_STRING)
-    .AddArg("prob", "The probability that a sample is mixed (float.hex).", DALI_STRING)
+    .AddArg("prob", "The probability that a sample is mixed (float.hex); \"\" with prob_input.", DALI_STRING)
     .AddOptionalArg("switch_prob", "Method 3: the probability of DCutMix (float.hex).", std::string("0x0.0p+0"))
     .AddArg("smoothing", "Label smoothing (float.hex).", DALI_STRING)
     .AddArg("num_classes", "Number of classes.", DALI_INT32)

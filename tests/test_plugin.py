@@ -328,6 +328,16 @@ def draw_pipe(root, method, kw):
     # the reader for its labels and its padded last batch; random images (no decoder: the suite runs under ASan too)
     jpegs, labels = fn.readers.file(file_root=str(root), random_shuffle=True, pad_last_batch=True, name="Reader")
     images = fn.cast(fn.random.uniform(shape=(23, 29, 3), range=[0.0, 255.0], seed=4), dtype=types.UINT8)
+    kw = dict(kw)
+    runtime = kw.pop("runtime", ())
+    if "alpha-per-sample" in runtime:  # K values per sample, every sample its own
+        kw["alpha"] = fn.random.uniform(range=[0.3, 2.0], shape=(kw["k"],), seed=8)
+    if "alpha-scalar" in runtime:  # one value per sample
+        kw["alpha"] = fn.random.uniform(range=[0.3, 2.0], seed=8)
+    if "alpha-same" in runtime:  # the same K values for every sample: the draws of that fixed vector
+        kw["alpha"] = fn.external_source(source=lambda: [np.array([0.5, 1.0, 2.0])] * 7, batch=True)
+    if "prob" in runtime:
+        kw["prob"] = fn.random.uniform(range=[0.0, 1.0], seed=9, dtype=types.FLOAT64)
     if method == "dmixup+dcutmix":
         return kmix.dmixup_or_dcutmix(images, labels, num_classes=8, layout="HWC", reader_name="Reader", **kw)
     return getattr(kmix, method.replace("-", "_"))(images, labels, num_classes=8, layout="HWC", reader_name="Reader",
@@ -341,6 +351,11 @@ DRAW_CASES = {
     "dmixup-tiny-alpha-batch": ("dmixup", dict(k=4, alpha=1e-320, mode="batch", label_format="dense")),
     "saliency": ("saliency-dcutmix", dict(k=3, prob=0.8, label_format="dense", seed=2 ** 40 + 5)),
     "switch": ("dmixup+dcutmix", dict(k=3, alpha=0.4, cutmix_alpha=1.5, switch_prob=0.5, label_format="sparse")),
+    "alpha-and-prob-per-iteration": ("dcutmix", dict(k=3, label_format="dense", runtime=("alpha-per-sample", "prob"))),
+    "alpha-scalar-per-sample": ("dmixup", dict(k=4, label_format="sparse", runtime=("alpha-scalar",))),
+    "alpha-same-for-the-batch": ("dmixup", dict(k=3, mode="batch", label_format="sparse", runtime=("alpha-same",))),
+    "switch-prob-per-iteration": ("dmixup+dcutmix", dict(k=3, alpha=0.4, cutmix_alpha=1.5, switch_prob=0.5,
+                                                          label_format="dense", runtime=("prob",))),
 }
 
 
@@ -367,7 +382,8 @@ def test_kmix_draw_only_where_it_draws_what_the_python_function_draws():
     spec = kmix._spec("dcutmix", k=3, alpha=1.0, num_classes=4, layout="HWC", mode="sample", prob=1.0, smoothing=0.0,
                       label_format="sparse", seed=5, shard_id=0, saliency="spectral-residual")
     assert kmix.native_draw(spec)
-    for change in (dict(alpha=None), dict(prob=None), dict(saliency="fine-grained"), dict(seed=2 ** 63)):
+    assert kmix.native_draw(dataclasses.replace(spec, alpha=None, prob=None))  # per iteration: inputs of the op
+    for change in (dict(saliency="fine-grained"), dict(seed=2 ** 63), dict(shard_id=2 ** 63)):
         assert not kmix.native_draw(dataclasses.replace(spec, **change)), change
 
     @pipeline_def(batch_size=2, num_threads=1, device_id=None, seed=0)
@@ -378,8 +394,7 @@ def test_kmix_draw_only_where_it_draws_what_the_python_function_draws():
         return kmix.dcutmix(x, y, k=3, alpha=alpha, num_classes=4, layout="HWC")
 
     assert b"KmixDraw" in pipe(False).serialize()
-    with pytest.raises(RuntimeError, match=r"Could not serialize the operator: `nvidia.dali.fn.python_function`"):
-        pipe(True).serialize()  # alpha per iteration: drawn by the python_function
+    assert b"KmixDraw" in pipe(True).serialize()  # alpha per iteration: an input of fn.kmix_draw
 
 
 @pytest.mark.parametrize("labels,match", [
