@@ -462,6 +462,9 @@ class KMixDraw : public dali::StatelessOperator<CPUBackend> {
                       " needs images of at least 1 x 1 pixels (its label weights are box areas / (H x W)), but sample "
                       "0 has shape ", kmix::ShapeStr(kmix::SampleShape(*im, 0), 3), " (layout ", layout_,
                       ", H x W = ", rec_.height, " x ", rec_.width, "); drop or resize empty images before mixing");
+    if (err.empty() && n > 0 && method_ == 2 && rec_.channels < 1)  // worded as dali_kmix.saliency.salient_points
+      err = kmix::Str("images: saliency needs at least one channel, but sample 0 has shape ",
+                      kmix::ShapeStr(kmix::SampleShape(*im, 0), 3), " (layout ", layout_, ")");
     if (err.empty()) err = ScalarPerSample(ws.Input<CPUBackend>(1), "labels", n, &labels_);
     for (int s = 0; err.empty() && s < n; ++s)
       if (labels_[s] < 0 || labels_[s] >= num_classes_)

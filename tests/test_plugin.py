@@ -416,6 +416,22 @@ def test_kmix_draw_names_bad_labels(labels, match):
         p.run()
 
 
+def test_kmix_draw_refuses_saliency_without_a_channel():
+    # the salient points need a grey value: the message of dali_kmix.saliency.salient_points, not an internal error
+    @pipeline_def(batch_size=2, num_threads=1, device_id=None, seed=0)
+    def pipe():
+        x = fn.external_source(source=lambda: [np.zeros((4, 4, 0), np.uint8)] * 2, batch=True, layout="HWC")
+        y = fn.external_source(source=lambda: [np.array([1], np.int32)] * 2, batch=True)
+        return kmix.saliency_dcutmix(x, y, k=3, num_classes=4, layout="HWC")
+
+    p = pipe()
+    assert b"KmixDraw" in p.serialize()
+    p.build()
+    with pytest.raises(RuntimeError, match=r"images: saliency needs at least one channel, but sample 0 has shape "
+                                           r"\(4, 4, 0\) \(layout HWC\)"):
+        p.run()
+
+
 def test_a_failed_build_falls_back_to_python_function(photo_dir, monkeypatch):
     def broken(verbose=False):
         raise RuntimeError("building the dali_kmix DALI plugin failed: simulated")
