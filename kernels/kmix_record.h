@@ -176,11 +176,6 @@ inline std::string GatherCut(const KmixList& l, Record* r) {
 
 }  // namespace detail
 
-// Check the images' metadata (dtype, layout, one shape of 3 dimensions) and the record inputs
-// of `method` (sources and weights for DMixup; sources and boxes for DCutMix; sources, weights,
-// boxes and cut for kmix_mix; the others null) and gather them into *out. `layout` is the
-// operator's argument (already checked), `found_layout` the images' own ("" when unknown).
-// Returns "" when valid, else the message.
 // The images' element type and carried layout (the blend operators and fn.kmix_draw): fills r's layout and dtype.
 inline std::string CheckImageType(const std::string& layout, const std::string& found_layout, const KmixList& images,
                                   Record* out) {
@@ -227,6 +222,11 @@ inline std::string CheckImageShapes(const std::string& layout, const KmixList& i
   return "";
 }
 
+// Check the images' metadata (dtype, layout, one shape of 3 dimensions) and the record inputs
+// of `method` (sources and weights for DMixup; sources and boxes for DCutMix; sources, weights,
+// boxes and cut for kmix_mix; the others null) and gather them into *out. `layout` is the
+// operator's argument (already checked), `found_layout` the images' own ("" when unknown).
+// Returns "" when valid, else the message.
 inline std::string GatherRecord(Method method, const std::string& layout, const std::string& found_layout,
                                 const KmixList& images, const KmixList& sources, const KmixList* weights,
                                 const KmixList* boxes, const KmixList* cut, Record* out) {
