@@ -657,16 +657,16 @@ def _plugin_path(spec, images, labels, keys, runtime, name):
     gpu = images.device == "gpu"
     if gpu and getattr(labels, "device", "cpu") != "cpu":
         labels = labels.cpu()  # DALI's own transfer; the labels are checked and mixed with the record on the host
-    extra = []
-    if spec.method == "saliency-dcutmix" and gpu:  # the salient points found on the device, handed to the host
-        extra = [fn.python_function(images, function=_GpuCenters(spec), batch_processing=True, num_outputs=1,
-                                    device="gpu").cpu()]
-    elif spec.method == "saliency-dcutmix":
-        extra = [images]
     records = 4 if spec.switch else 2
-    if not gpu and native_draw(spec):
+    if not gpu and native_draw(spec):  # drawn in C++ (Saliency-DCutMix's points found there too)
         outs = fn.kmix_draw(images, labels, keys, *runtime, **_draw_args(spec), name=name)
     else:
+        extra = []
+        if spec.method == "saliency-dcutmix" and gpu:  # the salient points found on the device, handed to the host
+            extra = [fn.python_function(images, function=_GpuCenters(spec), batch_processing=True, num_outputs=1,
+                                        device="gpu").cpu()]
+        elif spec.method == "saliency-dcutmix":
+            extra = [images]
         draw = _PluginRecordGivenCenters(spec) if gpu else _PluginRecord(spec)
         outs = fn.python_function(images.shape(), labels, keys, *runtime, *extra, function=draw,
                                   batch_processing=True, num_outputs=records + spec.label_outputs, name=name)

@@ -38,6 +38,14 @@ WORK_SIZE = 64
 _xp = _checks.array_module
 
 
+def _sample_list(images) -> list:
+    """The samples of a batch array (made C-contiguous first: a strided batch is one copy, not one per sample) or of
+    a list, for the kernels that read every sample through its own pointer."""
+    if not isinstance(images, (list, tuple)):
+        images = _xp(images).ascontiguousarray(images)
+    return list(images)
+
+
 def small_grey(images, layout: str, work_size: int = WORK_SIZE):
     """float32 ``(N, work_size, work_size)`` grey copies of a batch or of a list of same-shape samples.
 
@@ -46,9 +54,7 @@ def small_grey(images, layout: str, work_size: int = WORK_SIZE):
     (:func:`~dali_kmix.reference.grey`, :func:`~dali_kmix.reference.resize_bilinear`),
     which gives the same bits.
     """
-    if not isinstance(images, (list, tuple)):
-        images = _xp(images).ascontiguousarray(images)  # a strided batch: one copy, not one per sample
-    samples = list(images)
+    samples = _sample_list(images)
     if not samples:
         return _xp(images).zeros((0, work_size, work_size), np.float32)
     return backend_for(samples[0]).grey_resize(samples, layout, work_size, work_size)
@@ -266,8 +272,8 @@ def salient_points(images, layout: str = "HWC", *, method: str = "spectral-resid
         return _fine_grained_points(np.stack(samples) if samples is not None else images, layout)
     kernels = host_kernels() if xp is np and _power_of_two(work_size) else None
     if kernels is not None:  # the CPU build: grey copy, map and peak of each image in one launch (the same points)
-        rows = samples if samples is not None else list(np.ascontiguousarray(images))
-        return kernels.salient_points(rows, layout, work_size, work_size, smoothing_taps())
+        return kernels.salient_points(_sample_list(samples if samples is not None else images), layout, work_size,
+                                      work_size, smoothing_taps())
     sal = spectral_residual(small_grey(samples if samples is not None else images, layout, work_size))
     flat = xp.argmax(sal.reshape(n, -1), axis=1)
     iy, ix = flat // work_size, flat % work_size

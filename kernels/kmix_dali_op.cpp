@@ -279,9 +279,29 @@ inline std::vector<double> HexDoubles(const std::string& text) {
 
 inline std::vector<float> ToFloats(const std::vector<double>& v) { return std::vector<float>(v.begin(), v.end()); }
 
-// One value per sample of a scalar input ((), (1,) or any one-element shape) as T; "" or the message.
+// Element i of a buffer of DALI type t handed to f as its own C++ type, for bool and the integer types; false for
+// any other type (f not called).
+template <typename F>
+bool WithInteger(dali::DALIDataType t, const void* p, int64_t i, F&& f) {
+  switch (t) {
+    case DALI_BOOL: f(((const bool*)p)[i]); return true;
+    case DALI_UINT8: f(((const uint8_t*)p)[i]); return true;
+    case DALI_INT8: f(((const int8_t*)p)[i]); return true;
+    case DALI_UINT16: f(((const uint16_t*)p)[i]); return true;
+    case DALI_INT16: f(((const int16_t*)p)[i]); return true;
+    case DALI_UINT32: f(((const uint32_t*)p)[i]); return true;
+    case DALI_INT32: f(((const int32_t*)p)[i]); return true;
+    case DALI_UINT64: f(((const uint64_t*)p)[i]); return true;
+    case DALI_INT64: f(((const int64_t*)p)[i]); return true;
+    default: return false;
+  }
+}
+
+// One integer per sample of a scalar input ((), (1,) or any one-element shape) as T; "" or the message (`what`:
+// what its values must be, e.g. "integer class indices").
 template <typename T>
-std::string ScalarPerSample(const dali::TensorList<CPUBackend>& tl, const char* name, int n, std::vector<T>* out) {
+std::string ScalarPerSample(const dali::TensorList<CPUBackend>& tl, const char* name, const char* what, int n,
+                            std::vector<T>* out) {
   if (tl.num_samples() != n)
     return kmix::Str(name, " has ", tl.num_samples(), " samples but images has ", n);
   out->resize(n);
@@ -290,20 +310,8 @@ std::string ScalarPerSample(const dali::TensorList<CPUBackend>& tl, const char* 
     if (shape.num_elements() != 1)
       return kmix::Str(name, " must hold one value per sample, got shape ",
                        kmix::ShapeStr(std::vector<int64_t>(shape.begin(), shape.end())), " for sample ", s);
-    const void* p = tl.raw_tensor(s);
-    switch (tl.type()) {
-      case DALI_BOOL: (*out)[s] = (T)*(const bool*)p; break;
-      case DALI_UINT8: (*out)[s] = (T)*(const uint8_t*)p; break;
-      case DALI_INT8: (*out)[s] = (T)*(const int8_t*)p; break;
-      case DALI_UINT16: (*out)[s] = (T)*(const uint16_t*)p; break;
-      case DALI_INT16: (*out)[s] = (T)*(const int16_t*)p; break;
-      case DALI_UINT32: (*out)[s] = (T)*(const uint32_t*)p; break;
-      case DALI_INT32: (*out)[s] = (T)*(const int32_t*)p; break;
-      case DALI_UINT64: (*out)[s] = (T)*(const uint64_t*)p; break;
-      case DALI_INT64: (*out)[s] = (T)*(const int64_t*)p; break;
-      default:
-        return kmix::Str(name, " must be integer class indices, got dtype ", dali::TypeName(tl.type()));
-    }
+    if (!WithInteger(tl.type(), tl.raw_tensor(s), 0, [&](auto v) { (*out)[s] = (T)v; }))
+      return kmix::Str(name, " must be ", what, ", got dtype ", dali::TypeName(tl.type()));
   }
   return "";
 }
@@ -331,23 +339,15 @@ inline std::string SampleDoubles(const dali::TensorList<CPUBackend>& tl, const c
   out->resize(m);
   const void* p = tl.raw_tensor(s);
   for (int64_t i = 0; i < m; ++i) {
-    double v;
+    double& v = (*out)[i];
     switch (tl.type()) {
       case DALI_FLOAT: v = ((const float*)p)[i]; break;
       case DALI_FLOAT64: v = ((const double*)p)[i]; break;
       case DALI_FLOAT16: v = (double)(float)((const dali::float16*)p)[i]; break;
-      case DALI_BOOL: v = ((const bool*)p)[i]; break;
-      case DALI_UINT8: v = ((const uint8_t*)p)[i]; break;
-      case DALI_INT8: v = ((const int8_t*)p)[i]; break;
-      case DALI_UINT16: v = ((const uint16_t*)p)[i]; break;
-      case DALI_INT16: v = ((const int16_t*)p)[i]; break;
-      case DALI_UINT32: v = ((const uint32_t*)p)[i]; break;
-      case DALI_INT32: v = ((const int32_t*)p)[i]; break;
-      case DALI_UINT64: v = (double)((const uint64_t*)p)[i]; break;
-      case DALI_INT64: v = (double)((const int64_t*)p)[i]; break;
-      default: return kmix::Str(name, " must be numbers, got dtype ", dali::TypeName(tl.type()));
+      default:
+        if (!WithInteger(tl.type(), p, i, [&](auto x) { v = (double)x; }))
+          return kmix::Str(name, " must be numbers, got dtype ", dali::TypeName(tl.type()));
     }
-    (*out)[i] = v;
   }
   return "";
 }
@@ -465,7 +465,7 @@ class KMixDraw : public dali::StatelessOperator<CPUBackend> {
     if (err.empty() && n > 0 && method_ == 2 && rec_.channels < 1)  // worded as dali_kmix.saliency.salient_points
       err = kmix::Str("images: saliency needs at least one channel, but sample 0 has shape ",
                       kmix::ShapeStr(kmix::SampleShape(*im, 0), 3), " (layout ", layout_, ")");
-    if (err.empty()) err = ScalarPerSample(ws.Input<CPUBackend>(1), "labels", n, &labels_);
+    if (err.empty()) err = ScalarPerSample(ws.Input<CPUBackend>(1), "labels", "integer class indices", n, &labels_);
     for (int s = 0; err.empty() && s < n; ++s)
       if (labels_[s] < 0 || labels_[s] >= num_classes_)
         err = kmix::Str("labels must lie in [0, num_classes=", num_classes_, "), got label ", labels_[s]);
@@ -497,7 +497,7 @@ class KMixDraw : public dali::StatelessOperator<CPUBackend> {
     valid_.clear();
     if (err.empty() && ws.NumInput() > next) {
       std::vector<int64_t> v;
-      err = ScalarPerSample(ws.Input<CPUBackend>(next), "real samples", n, &v);
+      err = ScalarPerSample(ws.Input<CPUBackend>(next), "real samples", "integers or bools", n, &v);
       for (auto x : v) valid_.push_back(x != 0);
     }
     if (!err.empty()) DALI_FAIL(err);
@@ -565,9 +565,8 @@ class KMixDraw : public dali::StatelessOperator<CPUBackend> {
       for (int s = 0; s < n; ++s) *t.mutable_tensor<uint8_t>(s) = (uint8_t)cut;
     }
     if (dense_) {
-      std::vector<long long> lab(labels_.begin(), labels_.end());
       targets_.resize((size_t)n * num_classes_);
-      const int lrc = kmix_host_mix_labels(lab.data(), n, sources_.data(), weights_.data(), n, k, num_classes_, on_,
+      const int lrc = kmix_host_mix_labels(labels_.data(), n, sources_.data(), weights_.data(), n, k, num_classes_, on_,
                                            off_, targets_.data());
       DALI_ENFORCE(lrc == 0, "dali_kmix: internal error, the targets could not be mixed");
       rows(o++, targets_.data(), sizeof(float) * num_classes_);
@@ -591,7 +590,7 @@ class KMixDraw : public dali::StatelessOperator<CPUBackend> {
   float on_ = 1.0f, off_ = 0.0f;
   std::vector<uint32_t> seed_words_, spawn_;
   kmix::Record rec_;
-  std::vector<int64_t> labels_;
+  std::vector<long long> labels_;  // kmix_host_mix_labels' type
   std::vector<uint64_t> key_words_;
   std::vector<unsigned char> valid_;
   std::vector<int> sources_, boxes_;

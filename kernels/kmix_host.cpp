@@ -27,6 +27,17 @@ KMIX_TLS kmix_dim3 gridDim;
     default: return 1;                                                 \
   }
 
+static bool kmix_pow2(int v) { return v > 0 && (v & (v - 1)) == 0; }
+
+// The bilinear taps of every output column of a grey copy (kmix_tap of each ox), worked out once per launch.
+struct KmixGreyTaps {
+  std::vector<int> x0s, x1s;
+  std::vector<float> fxs;
+  KmixGreyTaps(int width, int out_w) : x0s(out_w), x1s(out_w), fxs(out_w) {
+    for (int ox = 0; ox < out_w; ++ox) kmix_tap(ox, width, out_w, &x0s[ox], &x1s[ox], &fxs[ox]);
+  }
+};
+
 static unsigned kmix_chunks(long long total, long long target) {
   long long c = (total + target - 1) / target;
   return (unsigned)(c < 1 ? 1 : c);
@@ -141,15 +152,13 @@ int kmix_host_grey_resize(int dtype, const void* const* in, float* out, int n, i
                           int channels, int layout, int out_h, int out_w, int nworkers, int reverse) {
   if (n <= 0 || out_h <= 0 || out_w <= 0) return 0;
   if (height <= 0 || width <= 0 || channels <= 0) return 1;  // no pixel to read (the tap would clamp to -1)
-  std::vector<int> x0s(out_w), x1s(out_w);
-  std::vector<float> fxs(out_w);
-  for (int ox = 0; ox < out_w; ++ox) kmix_tap(ox, width, out_w, &x0s[ox], &x1s[ox], &fxs[ox]);
+  const KmixGreyTaps taps(width, out_w);
   KMIX_DISPATCH(dtype, kmix_launch({(unsigned)n, 1, 1}, {1, 1, 1}, nworkers, reverse != 0, [&]() {
     thread_local std::vector<float> rows;
     rows.resize(2 * (size_t)width);
     const int s = (int)blockIdx.x;
     kmix_grey_resize_host<T>((const T*)in[s], out + (long long)s * out_h * out_w, height, width, channels, layout,
-                             out_h, out_w, x0s.data(), x1s.data(), fxs.data(), rows.data());
+                             out_h, out_w, taps.x0s.data(), taps.x1s.data(), taps.fxs.data(), rows.data());
   }));
   return 0;
 }
@@ -159,8 +168,7 @@ int kmix_host_grey_resize(int dtype, const void* const* in, float* out, int n, i
 // of the Gaussian. One block per image on the pool. Returns 2 when a side is not a power of two.
 int kmix_host_spectral_residual(const float* g, float* maps, int* peaks, int n, int rows, int cols,
                                 const float* gauss, int nworkers) {
-  auto pow2 = [](int v) { return v > 0 && (v & (v - 1)) == 0; };
-  if (!pow2(rows) || !pow2(cols)) return 2;
+  if (!kmix_pow2(rows) || !kmix_pow2(cols)) return 2;
   if (n <= 0) return 0;
   const kmix_spectral::Plan prow(rows), pcol(cols);
   const long long size = (long long)rows * cols;
@@ -180,13 +188,10 @@ int kmix_host_spectral_residual(const float* g, float* maps, int* peaks, int n, 
 // Returns 2 when a side of the grid is not a power of two, 1 for a dtype no kernel takes or an empty image.
 int kmix_host_salient_points(int dtype, const void* const* in, int* points, int n, int height, int width,
                              int channels, int layout, int out_h, int out_w, const float* gauss, int nworkers) {
-  auto pow2 = [](int v) { return v > 0 && (v & (v - 1)) == 0; };
-  if (!pow2(out_h) || !pow2(out_w)) return 2;
+  if (!kmix_pow2(out_h) || !kmix_pow2(out_w)) return 2;
   if (n <= 0) return 0;
   if (height <= 0 || width <= 0 || channels <= 0) return 1;
-  std::vector<int> x0s(out_w), x1s(out_w);
-  std::vector<float> fxs(out_w);
-  for (int ox = 0; ox < out_w; ++ox) kmix_tap(ox, width, out_w, &x0s[ox], &x1s[ox], &fxs[ox]);
+  const KmixGreyTaps taps(width, out_w);
   const kmix_spectral::Plan prow(out_h), pcol(out_w);
   const long long size = (long long)out_h * out_w;
   KMIX_DISPATCH(dtype, kmix_launch({(unsigned)n, 1, 1}, {1, 1, 1}, nworkers, false, [&]() {
@@ -196,7 +201,7 @@ int kmix_host_salient_points(int dtype, const void* const* in, int* points, int 
     grid.resize(2 * (size_t)size);  // the grey copy, then the map
     const int s = (int)blockIdx.x;
     kmix_grey_resize_host<T>((const T*)in[s], grid.data(), height, width, channels, layout, out_h, out_w,
-                             x0s.data(), x1s.data(), fxs.data(), rows.data());
+                             taps.x0s.data(), taps.x1s.data(), taps.fxs.data(), rows.data());
     const int peak = kmix_spectral::spectral_residual(grid.data(), grid.data() + size, out_h, out_w, prow, pcol,
                                                       gauss, work);
     const long long iy = peak / out_w, ix = peak % out_w;

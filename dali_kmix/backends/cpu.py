@@ -234,15 +234,20 @@ def nest_boxes(method, phi, uniforms, perms, mixed, height, width, *, centers=No
     return sources, weights, boxes
 
 
+def _image_pointers(inputs, layout):
+    """``(samples, their addresses, (H, W, C))`` of N >= 1 same-shape images for a kernel that reads each through
+    its own pointer (the caller keeps ``samples`` alive: strided ones are copies)."""
+    samples = dense_samples("samples", inputs, inputs[0].shape, inputs[0].dtype)
+    return samples, _ptrs(samples), hwc_dims(inputs[0].shape, layout)
+
+
 def grey_resize(inputs, layout, out_h, out_w, *, workers=None, reverse=False):
     """Small grey copies (float32 ``(N, out_h, out_w)``) of N same-shape samples."""
     n = len(inputs)
     out = np.empty((n, out_h, out_w), np.float32)
     if n == 0:
         return out
-    h, w, c = hwc_dims(inputs[0].shape, layout)
-    inputs = dense_samples("samples", inputs, inputs[0].shape, inputs[0].dtype)
-    pin = _ptrs(inputs)
+    inputs, pin, (h, w, c) = _image_pointers(inputs, layout)
     return _launch("kmix_host_grey_resize", out, DTYPE_CODES[inputs[0].dtype], pin.ctypes.data, out.ctypes.data, n,
                    h, w, c, LAYOUT_CODES[layout], out_h, out_w, workers or default_workers(), int(reverse))
 
@@ -269,9 +274,7 @@ def salient_points(inputs, layout, out_h, out_w, gauss: np.ndarray, *, workers=N
     points = np.empty((n, 2), np.int32)
     if n == 0:
         return points
-    h, w, c = hwc_dims(inputs[0].shape, layout)
-    inputs = dense_samples("samples", inputs, inputs[0].shape, inputs[0].dtype)
-    pin = _ptrs(inputs)
+    inputs, pin, (h, w, c) = _image_pointers(inputs, layout)
     k = _c(gauss, np.float32)
     return _launch("kmix_host_salient_points", points, DTYPE_CODES[inputs[0].dtype], pin.ctypes.data,
                    points.ctypes.data, n, h, w, c, LAYOUT_CODES[layout], out_h, out_w, k.ctypes.data,
