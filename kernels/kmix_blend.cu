@@ -57,6 +57,59 @@ inline unsigned char kmix_host_store<unsigned char>(float v) {
 // is the pixel itself): the whole chain of one element in registers, K known to the compiler, so one
 // loop reads the K images and writes the output once, vectorised, with no buffer in between.
 #define KMIX_HOST_FIXED_K 8
+
+// The uint8 steps of kmix_dmixup_fixed in SIMD registers, 16 (AVX-512) or 8 (AVX2 + FMA) elements a step, from
+// element i while a whole step fits before end; returns where the scalar loop goes on. Per lane the same
+// operations as that loop, so the same bytes: (float)x is exact, _fmadd_ps is fmaf (the chain starting from
+// +0.0f), and the store is kmix_host_store: min(v, 255) then the conversion in the current rounding mode (rintf's)
+// equals min(rintf(v), 255) (255 is an integer and rintf is monotone; for NaN min_ps returns 255, as the scalar
+// comparison does), the conversion of a value below -2^31 gives INT_MIN as the scalar (int) does, and max(., 0)
+// then a saturating pack of values in [0, 255] is the clip to 0. Where the compiler's own vectorisation of the
+// scalar loop widens the bytes in three steps and packs them back with permutes, this takes about 0.7x the time.
+// Without AVX2 and FMA (or in a build without -march) it does nothing.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push  // GCC 12 warns inside its own AVX-512 intrinsics (_mm512_undefined_*: GCC bug 105593)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+template <int K>
+inline long long kmix_dmixup_u8_steps(const unsigned char* const* p, unsigned char* __restrict__ o, const float* wk,
+                                      long long i, long long end) {
+#if defined(__AVX512F__)
+  __m512 wv[K];
+  for (int j = 0; j < K; ++j) wv[j] = _mm512_set1_ps(wk[j]);
+  const __m512 top = _mm512_set1_ps(255.0f);
+  for (; i + 16 <= end; i += 16) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int j = 0; j < K; ++j) {
+      const __m128i b = _mm_loadu_si128((const __m128i*)(p[j] + i));
+      acc = _mm512_fmadd_ps(wv[j], _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(b)), acc);
+    }
+    const __m512i q = _mm512_max_epi32(_mm512_cvtps_epi32(_mm512_min_ps(acc, top)), _mm512_setzero_si512());
+    _mm_storeu_si128((__m128i*)(o + i), _mm512_cvtusepi32_epi8(q));
+  }
+#elif defined(__AVX2__) && defined(__FMA__)
+  __m256 wv[K];
+  for (int j = 0; j < K; ++j) wv[j] = _mm256_set1_ps(wk[j]);
+  const __m256 top = _mm256_set1_ps(255.0f);
+  for (; i + 8 <= end; i += 8) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int j = 0; j < K; ++j) {
+      const __m128i b = _mm_loadl_epi64((const __m128i*)(p[j] + i));
+      acc = _mm256_fmadd_ps(wv[j], _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b)), acc);
+    }
+    const __m256i q = _mm256_max_epi32(_mm256_cvtps_epi32(_mm256_min_ps(acc, top)), _mm256_setzero_si256());
+    const __m128i h = _mm_packus_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+    _mm_storel_epi64((__m128i*)(o + i), _mm_packus_epi16(h, h));
+  }
+#else
+  (void)p, (void)o, (void)wk, (void)end;
+#endif
+  return i;
+}
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
 template <int K, typename T>
 inline void kmix_dmixup_fixed(const T* const* __restrict__ in, T* __restrict__ o, const int* src, const float* w,
                               long long begin, long long end) {
@@ -66,6 +119,7 @@ inline void kmix_dmixup_fixed(const T* const* __restrict__ in, T* __restrict__ o
     p[j] = in[src[j]];
     wk[j] = w[j];
   }
+  if constexpr (std::is_same<T, unsigned char>::value) begin = kmix_dmixup_u8_steps<K>(p, o, wk, begin, end);
   for (long long i = begin; i < end; ++i) {
     float acc = fmaf(wk[0], kmix_to_float(p[0][i]), 0.0f);
     for (int j = 1; j < K; ++j) acc = fmaf(wk[j], kmix_to_float(p[j][i]), acc);

@@ -20,7 +20,12 @@
 #include <condition_variable>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 #include <vector>
+
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>  // the uint8 blend's SIMD steps (kmix_blend.cu)
+#endif
 
 #include <unistd.h>
 

@@ -322,6 +322,37 @@ def test_zero_share_partner_with_inf_or_nan_contributes_nothing(backend, dtype):
     assert np.isfinite(got[live_finite & np.isfinite(expect)]).all()
 
 
+# --------------------------------------------------------------------------- uint8 rounding and clipping
+
+# Weight rows for the uint8 store: exact halves (ties to even: 0.5 * 1 + 0.5 * 2 = 1.5 -> 2), a third (inexact),
+# rows summing past 1 (sums past 255: the clip), a huge share (sums past 2^31 before the clip) and rows that a
+# record could not hold but the kernels must still store as the reference does.
+U8_WEIGHT_ROWS = {
+    1: [[1.0], [0.5], [0.999999], [1.0e9]],
+    2: [[0.5, 0.5], [0.25, 0.75], [1.0, 1.0], [0.3, 0.7], [1.0e10, 0.5]],
+    3: [[0.25, 0.25, 0.5], [1 / 3, 1 / 3, 1 / 3], [0.9, 0.9, 0.9]],
+}
+
+
+@pytest.mark.parametrize("k", list(range(1, 9)), ids=[f"K{k}" for k in range(1, 9)])
+@pytest.mark.parametrize("length", [1, 15, 16, 17, 65536 + 23], ids=lambda v: f"len{v}")
+def test_uint8_blend_rounds_and_clips_as_the_reference(backend, k, length):
+    # The host build blends uint8 with a SIMD loop of 16 or 8 lanes (kmix_dmixup_u8_steps) and finishes the
+    # sample in the scalar loop, for each K of its fixed-K instances (1..8): every pixel value in every term,
+    # ties, clips and lengths around the step, against the reference's float32 chain, bit for bit.
+    rng = np.random.default_rng(100 + k + length)
+    rows = U8_WEIGHT_ROWS.get(k, []) + [list(rng.dirichlet(np.ones(k))) for _ in range(3)]
+    n = max(k, len(rows))
+    x = np.empty((n, length, 1, 1), np.uint8)
+    ramp = np.arange(length) % 256
+    for i in range(n):  # image i holds every value, shifted so that the K terms of a pixel differ
+        x[i, :, 0, 0] = (ramp * (2 * i + 1) + 37 * i) % 256
+    sources = (np.arange(n)[:, None] + np.arange(k)[None, :]) % n
+    weights = np.array([rows[i % len(rows)] for i in range(n)], np.float32)
+    p = MixParams(sources.astype(np.int32), weights, None)  # rows need not sum to 1 at this level
+    _assert_same_bits(backend.blend(x, p, "HWC"), reference.mix_images(x, p, "HWC"))
+
+
 @pytest.mark.parametrize("method", ["dmixup", "dcutmix"])
 @pytest.mark.parametrize("mode", ["sample", "batch"])
 @pytest.mark.parametrize("alpha", [0.001, 0.3, 1.0, 50.0])

@@ -79,8 +79,23 @@ SUITES = {
         [str(HERE / "test_saliency.py"), str(HERE / "test_reference.py"), str(HERE / "test_mixing.py"),
          str(HERE / "test_sampling.py"),
          "-k", "cpu_build or one_pass"], _sanitized_env()),
+    # The uint8 blend's SIMD steps for the other x86 targets than this machine's (-march=native here: AVX-512 where
+    # the processor has it): AVX2 + FMA (x86-64-v3) and the baseline without either (the scalar loop alone), each
+    # against the reference. Not sanitized; plain builds for those targets (DALI_KMIX_MARCH).
+    "test_uint8_blend_built_for_avx2": lambda: _target_suite("x86-64-v3"),
+    "test_uint8_blend_built_for_the_x86_64_baseline": lambda: _target_suite("x86-64"),
 }
 SUITE_TIMEOUT_S = 1800
+
+
+def _target_suite(march):
+    import platform
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip(f"-march={march} is an x86-64 target")
+    env = dict(os.environ, DALI_KMIX_MARCH=march, DALI_KMIX_NO_GPU="1")
+    env.pop("DALI_KMIX_SANITIZE", None)
+    return [str(HERE / "test_backends.py"), "-k", "uint8_blend_rounds or (blend_matches_reference and u8)"], env
 
 
 class _Runner:
@@ -202,6 +217,16 @@ def test_dali_plugin_suite_under_asan_and_ubsan():
 
 def test_host_steps_beside_the_blend_under_asan_and_ubsan():
     _finish("test_host_steps_beside_the_blend_under_asan_and_ubsan")
+
+
+@pytest.mark.parametrize("march", ["x86-64-v3", "x86-64"])
+def test_uint8_blend_built_for_other_targets(march):
+    name = {"x86-64-v3": "test_uint8_blend_built_for_avx2", "x86-64": "test_uint8_blend_built_for_the_x86_64_baseline"}
+    _finish(name[march])
+    from dali_kmix.backends import build
+
+    # that build was really made for that target (its log sits beside the library, its command in the key)
+    assert any(f"-march={march}" in log.read_text() for log in build.cache_dir().glob("*/libkmix.so.cmd"))
 
 
 @pytest.mark.parametrize("where", ["background", "foreground"])

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 __all__ = ["compiler", "cpu_id", "build_flags", "numpy_random", "cache_dir", "compile_cached", "build_log", "tool_version",
-           "sanitize_requested", "BASE_FLAGS", "SANITIZE_FLAGS"]
+           "sanitize_requested", "target_flags", "BASE_FLAGS", "SANITIZE_FLAGS"]
 
 # -fno-math-errno: sqrt and the like set no errno, so they inline and vectorise (no result changes).
 BASE_FLAGS = ["-std=c++17", "-O3", "-ffp-contract=off", "-fno-fast-math", "-fno-math-errno", "-fPIC", "-shared",
@@ -57,7 +57,22 @@ def cpu_id() -> str:
     return platform.processor()
 
 
+def target_flags() -> list[str]:
+    """The instruction set the host code is built for: ``-march=native`` on x86-64 (``-mcpu=native`` on Arm), or
+    ``$DALI_KMIX_MARCH`` in its place (e.g. ``x86-64-v3`` for a build that runs on any AVX2 machine, ``x86-64``
+    for the baseline; the SIMD loops then take the width that target has, or the plain loops). Part of the build
+    key like every flag. Empty on other machines."""
+    march = os.environ.get("DALI_KMIX_MARCH", "").strip() or "native"
+    if platform.machine() in ("x86_64", "AMD64"):
+        return [f"-march={march}"]
+    if platform.machine() in ("aarch64", "arm64"):
+        return [f"-mcpu={march}"]
+    return []
+
+
 def build_flags(sanitize: bool | None = None) -> list[str]:
+    """The CPU build's flags; with ``sanitize`` the ASan/UBSan variant, for the same target (so the sanitizers
+    watch the SIMD loops that ship)."""
     sanitize = sanitize_requested() if sanitize is None else sanitize
     flags = list(BASE_FLAGS)
     if sanitize:
@@ -66,9 +81,7 @@ def build_flags(sanitize: bool | None = None) -> list[str]:
             # clang: coverage for a libFuzzer linked elsewhere (atheris); no vptr check (its handler
             # lives in a C++ UBSan runtime that atheris's preloaded sanitizer library does not carry)
             flags += ["-fsanitize=fuzzer-no-link", "-fno-sanitize=vptr"]
-    elif platform.machine() in ("x86_64", "AMD64", "aarch64", "arm64"):
-        flags.append("-march=native" if platform.machine() in ("x86_64", "AMD64") else "-mcpu=native")
-    return flags
+    return flags + target_flags()
 
 
 def numpy_random() -> tuple[list[str], list[str], list[Path]]:
@@ -110,7 +123,8 @@ def compile_cached(lib_name: str, sources, flags, *, libs=(), inputs=(), key_ext
     The cache key hashes ``inputs`` (the files the build reads), the command line,
     ``key_extra``, the processor and the compiler's version, so any change rebuilds.
     Concurrent first uses wait on a file lock; the library appears atomically, with the
-    compiler's own output beside it in ``<lib_name>.log`` (empty output: no warning).
+    compiler's own output beside it in ``<lib_name>.log`` (empty output: no warning) and the command line in
+    ``<lib_name>.cmd``.
     ``announce``: a line printed to stderr before a build starts (not when cached), or a
     function called then; by default ``dali_kmix: building <what>, once per version...``, so
     that no first build (tens of seconds) starts unannounced.
@@ -153,6 +167,7 @@ def compile_cached(lib_name: str, sources, flags, *, libs=(), inputs=(), key_ext
             print(" ".join(full))
         log = lib.with_name(lib.name + ".log")
         log.write_text(proc.stdout + proc.stderr)
+        lib.with_name(lib.name + ".cmd").write_text(" ".join(full) + "\n")  # which flags made it
         os.replace(tmp, lib)
     return lib
 
