@@ -287,7 +287,16 @@ def sample_params(method: str, n: int, height: int, width: int, *, k: int = 3, a
                              f"[{int(centers.min())}, {int(centers.max())}]")
     elif centers is not None:
         raise ValueError(f"centers are for method='saliency-dcutmix' only, got method={method!r}")
-    phi, uniforms, perms, mixed = draw_raw(np, _rng(rng), n, k, alpha, mode, prob)
+    gen = _rng(rng)
+    if n:  # the CPU build draws the same numbers from gen's own bit generator, in one call
+        from .backends import host_kernels
+
+        kernels = host_kernels()
+        if kernels is not None and kernels.native_sampler():
+            fields = kernels.draw_record_from(gen, method, n, k, alpha, mode, prob, height, width, centers)
+            if fields is not None:
+                return MixParams(*fields)
+    phi, uniforms, perms, mixed = draw_raw(np, gen, n, k, alpha, mode, prob)
     return record_from_draws(method, phi, uniforms, perms, mixed, height, width, centers)
 
 

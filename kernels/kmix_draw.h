@@ -105,6 +105,7 @@ class Pcg64 {
   }
   Pcg64(const Pcg64&) = delete;
   Pcg64& operator=(const Pcg64&) = delete;
+  bitgen_t* bitgen() { return &bitgen_; }
 
   uint64_t next64() {
     step();
@@ -123,9 +124,6 @@ class Pcg64 {
     return (uint32_t)v;
   }
   double next_double() { return (double)(next64() >> 11) * (1.0 / 9007199254740992.0); }
-#ifndef KMIX_NO_NPYRANDOM
-  double gamma(double shape) { return random_standard_gamma(&bitgen_, shape); }
-#endif
 
  private:
   void step() {
@@ -177,26 +175,28 @@ inline void dirichlet(const double* alpha, int alpha_stride, const double* gamma
 }
 
 #ifndef KMIX_NO_NPYRANDOM
-// The draws of draw_raw (its order) from gen: phi (rows x k), uniforms (rows x (k - 1) x 2), perms ((k - 1) x n)
+// The draws of draw_raw (its order) from gen (this file's Pcg64, or a numpy.random.Generator's own bit generator,
+// whose methods call the same bitgen_t functions: next_double for Generator.random, random_standard_gamma for
+// Generator.standard_gamma): phi (rows x k), uniforms (rows x (k - 1) x 2), perms ((k - 1) x n)
 // and mixed (n); rows = n ("sample" mode) or 1 ("batch"). alpha: k values, or n x k (alpha_rows, "sample"
 // mode); prob: one value, or n (prob_per_sample); valid: null (every sample is real) or n flags.
-inline void draw_raw(Pcg64& gen, int n, int k, const double* alpha, bool alpha_rows, bool batch_mode,
+inline void draw_raw(bitgen_t* gen, int n, int k, const double* alpha, bool alpha_rows, bool batch_mode,
                      const double* prob, bool prob_per_sample, const unsigned char* valid, std::vector<double>& phi,
                      std::vector<double>& uniforms, std::vector<int>& perms, std::vector<unsigned char>& mixed) {
   const int rows = batch_mode ? 1 : n;
   const int astride = alpha_rows ? k : 0;
   std::vector<double> gamma1((size_t)rows * k), uni((size_t)rows * k);
   for (int r = 0; r < rows; ++r)
-    for (int j = 0; j < k; ++j) gamma1[(size_t)r * k + j] = gen.gamma(alpha[(long long)r * astride + j] + 1.0);
-  for (auto& u : uni) u = 1.0 - gen.next_double();
+    for (int j = 0; j < k; ++j) gamma1[(size_t)r * k + j] = random_standard_gamma(gen, alpha[(long long)r * astride + j] + 1.0);
+  for (auto& u : uni) u = 1.0 - gen->next_double(gen->state);
   phi.resize((size_t)rows * k);
   dirichlet(alpha, astride, gamma1.data(), uni.data(), rows, k, phi.data());
   uniforms.resize((size_t)rows * (k - 1) * 2);
-  for (auto& u : uniforms) u = gen.next_double();
+  for (auto& u : uniforms) u = gen->next_double(gen->state);
   std::vector<double> ranks((size_t)(k - 1) * n);
-  for (auto& v : ranks) v = gen.next_double();
+  for (auto& v : ranks) v = gen->next_double(gen->state);
   mixed.resize(n);
-  for (int s = 0; s < n; ++s) mixed[s] = gen.next_double() < prob[prob_per_sample ? s : 0];
+  for (int s = 0; s < n; ++s) mixed[s] = gen->next_double(gen->state) < prob[prob_per_sample ? s : 0];
   // each level: the (valid) samples ranked by their uniforms, ties in index order (np.argsort(kind="stable"))
   std::vector<int> real;
   for (int s = 0; s < n; ++s)

@@ -231,25 +231,15 @@ void kmix_host_pcg64_raw(const uint32_t* entropy, int n_entropy, const uint32_t*
   for (long long i = 0; i < count; ++i) out[i] = gen.next64();
 }
 
-// One batch's record, drawn and nested natively: the numbers of dali_kmix.dali._HostRecord.record (draw_raw's
-// draws from numpy.random.PCG64(SeedSequence(entropy, spawn_key=spawn)), then kmix_nest_boxes).
-//   method: 0 DMixup, 1 DCutMix, 2 Saliency-DCutMix (centers: n x 2 points of the images), 3 DMixup or DCutMix
-//           per batch (a first uniform < switch_prob: DCutMix with cut_alpha, else DMixup with alpha);
-//   alpha: k values, or n x k (alpha_rows, "sample" mode); prob: 1 value or n (prob_rows); valid: null or n
-//   flags (0: a reader's padding, never mixed and no partner).
-// Outputs: sources and weights n x k; boxes n x (k - 1) x 4 (zeros when the batch is DMixup; may be null for
-// method 0); *cut: 1 when the batch's record is DCutMix. Returns 1 for arguments no record has.
-int kmix_host_draw_record(const uint32_t* entropy, int n_entropy, const uint32_t* spawn, int n_spawn, int method,
-                          int n, int k, const double* alpha, int alpha_rows, const double* cut_alpha, int batch_mode,
-                          const double* prob, int prob_rows, double switch_prob, const unsigned char* valid,
-                          int height, int width, const int* centers, int* sources, float* weights, int* boxes,
-                          int* cut) {
+// One batch's record drawn from gen and nested natively (kmix_host_draw_record, kmix_host_draw_record_bitgen).
+static int kmix_draw_record(bitgen_t* gen, int method, int n, int k, const double* alpha, int alpha_rows,
+                            const double* cut_alpha, int batch_mode, const double* prob, int prob_rows,
+                            double switch_prob, const unsigned char* valid, int height, int width, const int* centers,
+                            int* sources, float* weights, int* boxes, int* cut) {
   if (n < 0 || k < 2 || method < 0 || method > 3 || (method == 2 && !centers) || (method != 0 && !boxes)) return 1;
-  kmix_draw::Pcg64 gen(kmix_draw::SeedSequence(std::vector<uint32_t>(entropy, entropy + n_entropy),
-                                               std::vector<uint32_t>(spawn, spawn + n_spawn)));
   bool boxed = method == 1 || method == 2;
   if (method == 3) {
-    boxed = gen.next_double() < switch_prob;
+    boxed = gen->next_double(gen->state) < switch_prob;
     if (boxed) {
       alpha = cut_alpha;
       alpha_rows = 0;
@@ -267,6 +257,36 @@ int kmix_host_draw_record(const uint32_t* entropy, int n_entropy, const uint32_t
   return kmix_host_nest_boxes(phi.data(), uniforms.data(), batch_mode ? 0 : 1, perms.data(), mixed.data(), n, k,
                               height, width, sources, weights, boxed ? boxes : nullptr, method == 2 ? centers : nullptr,
                               1, 0);
+}
+
+// One batch's record, drawn and nested natively: the numbers of dali_kmix.dali._HostRecord.record (draw_raw's
+// draws from numpy.random.PCG64(SeedSequence(entropy, spawn_key=spawn)), then kmix_nest_boxes).
+//   method: 0 DMixup, 1 DCutMix, 2 Saliency-DCutMix (centers: n x 2 points of the images), 3 DMixup or DCutMix
+//           per batch (a first uniform < switch_prob: DCutMix with cut_alpha, else DMixup with alpha);
+//   alpha: k values, or n x k (alpha_rows, "sample" mode); prob: 1 value or n (prob_rows); valid: null or n
+//   flags (0: a reader's padding, never mixed and no partner).
+// Outputs: sources and weights n x k; boxes n x (k - 1) x 4 (zeros when the batch is DMixup; may be null for
+// method 0); *cut: 1 when the batch's record is DCutMix. Returns 1 for arguments no record has.
+int kmix_host_draw_record(const uint32_t* entropy, int n_entropy, const uint32_t* spawn, int n_spawn, int method,
+                          int n, int k, const double* alpha, int alpha_rows, const double* cut_alpha, int batch_mode,
+                          const double* prob, int prob_rows, double switch_prob, const unsigned char* valid,
+                          int height, int width, const int* centers, int* sources, float* weights, int* boxes,
+                          int* cut) {
+  kmix_draw::Pcg64 gen(kmix_draw::SeedSequence(std::vector<uint32_t>(entropy, entropy + n_entropy),
+                                               std::vector<uint32_t>(spawn, spawn + n_spawn)));
+  return kmix_draw_record(gen.bitgen(), method, n, k, alpha, alpha_rows, cut_alpha, batch_mode, prob, prob_rows,
+                          switch_prob, valid, height, width, centers, sources, weights, boxes, cut);
+}
+
+// The same from a numpy.random.Generator's bit generator (its bit_generator.ctypes.bit_generator: NumPy's
+// bitgen_t), advanced in place exactly as sample_params' draw_raw + record_from_draws advance it. The caller
+// holds the bit generator's lock.
+int kmix_host_draw_record_bitgen(void* bitgen, int method, int n, int k, const double* alpha, int alpha_rows,
+                                 int batch_mode, const double* prob, int prob_rows, int height, int width,
+                                 const int* centers, int* sources, float* weights, int* boxes, int* cut) {
+  if (!bitgen || method == 3) return 1;
+  return kmix_draw_record(static_cast<bitgen_t*>(bitgen), method, n, k, alpha, alpha_rows, nullptr, batch_mode, prob,
+                          prob_rows, 0.0, nullptr, height, width, centers, sources, weights, boxes, cut);
 }
 #endif  // KMIX_NO_NPYRANDOM
 

@@ -280,7 +280,8 @@ def test_mix_labels_validates_the_record(sources, weights, match):
 
 def test_the_one_pass_record_check_passes_what_validate_passes():
     # mix_images checks a NumPy record in one pass of the CPU build (kmix_host_record_valid) before validate's
-    # NumPy operations: it must pass no record that validate refuses, and pass the sampled ones.
+    # NumPy operations, mix_labels its rows: it must pass no record that validate (validate_rows) refuses, and pass
+    # the sampled ones.
     from dali_kmix import backends
     from dali_kmix.record import area_weights
 
@@ -321,3 +322,21 @@ def test_the_one_pass_record_check_passes_what_validate_passes():
         assert not kernels.record_valid(q, h, w), change
         with pytest.raises(ValueError):
             dali_kmix.mix_images(np.zeros((n, h, w, 3), np.uint8), q, "HWC")
+        # the rows alone (mix_labels' check): a fault of the rows is one, a fault of the boxes is not
+        try:
+            q.validate_rows(n)
+            rows_ok = True
+        except ValueError:
+            rows_ok = False
+        assert rows_ok == (change in ("nesting", "area")), change  # "bounds" left an area weight < 0
+        if rows_ok:
+            assert kernels.record_valid(q, None, None), change
+            dali_kmix.mix_labels(np.arange(n), q, num_classes=n)
+        else:
+            with pytest.raises(ValueError):
+                q.validate_rows(n)
+            assert not kernels.record_valid(q, None, None), change
+            with pytest.raises(ValueError):
+                dali_kmix.mix_labels(np.arange(n), q, num_classes=n)
+    for p in good:
+        assert kernels.record_valid(p, None, None)

@@ -479,3 +479,48 @@ def test_cpu_build_draws_the_records_of_draw_raw(method, mode):
             np.testing.assert_array_equal(weights.view(np.uint32), want.weights.view(np.uint32))
             if want.boxes is not None:
                 np.testing.assert_array_equal(boxes, want.boxes)
+
+
+@pytest.mark.parametrize("bitgen", ["PCG64", "PCG64DXSM", "Philox", "SFC64", "MT19937"])
+@pytest.mark.parametrize("mode", ["sample", "batch"])
+@pytest.mark.parametrize("method", ["dmixup", "dcutmix", "saliency-dcutmix"])
+def test_sample_params_draws_natively_from_the_generator_itself(monkeypatch, bitgen, method, mode):
+    # sample_params draws in the CPU build from the Generator's own bit generator (kmix_host_draw_record_bitgen):
+    # the record of draw_raw + params_from_draws from a twin generator, bit for bit, and the generator left in the
+    # twin's state (its buffered 32-bit half included), for every NumPy bit generator.
+    from dali_kmix import sampling
+    from dali_kmix.sampling import draw_raw
+
+    _host_kernels_or_skip()
+    h, w = 37, 53
+    rng = np.random.default_rng(len(bitgen) * 10 + len(method) + len(mode))
+    for k, alpha, prob, n in [(2, 1.0, 1.0, 1), (3, 0.2, 0.5, 7), (9, 5.0, 1.0, 64), (3, (0.5, 2.0, 0.1), 0.8, 33),
+                              (4, 1e-320, 1.0, 16)]:
+        seed = int(rng.integers(0, 2 ** 63))
+        gen, twin = (np.random.Generator(getattr(np.random, bitgen)(seed)) for _ in range(2))
+        for g in (gen, twin):
+            g.integers(0, 2 ** 32, dtype=np.uint32)  # a 32-bit draw leaves the other half buffered
+        centers = np.stack([rng.integers(0, h, n), rng.integers(0, w, n)], 1) if method == "saliency-dcutmix" \
+            else None
+        a = np.broadcast_to(np.asarray(alpha, np.float64), (k,))
+        want = params_from_draws(method, *draw_raw(np, twin, n, k, a, mode, prob), h, w, centers)
+        with monkeypatch.context() as m:  # the native path only: draw_raw is not called
+            m.setattr(sampling, "draw_raw", lambda *args, **kw: pytest.fail("drew in Python"))
+            got = sample_params(method, n, h, w, k=k, alpha=alpha, mode=mode, prob=prob, rng=gen, centers=centers)
+        _same_record(got, want)
+        assert _state(gen) == _state(twin)
+        assert gen.integers(0, 2 ** 32, dtype=np.uint32) == twin.integers(0, 2 ** 32, dtype=np.uint32)
+        assert np.array_equal(gen.random(3), twin.random(3))
+    # an empty batch draws in Python (batch mode draws a row of shares even then): the same state either way
+    gen, twin = np.random.default_rng(1), np.random.default_rng(1)
+    sample_params(method, 0, h, w, k=3, mode=mode, rng=gen, centers=np.zeros((0, 2), int) if "sal" in method else None)
+    draw_raw(np, twin, 0, 3, np.ones(3), mode, 1.0)
+    assert _state(gen) == _state(twin)
+
+
+def _state(gen):
+    """A generator's state, comparable with == (Philox and MT19937 hold arrays)."""
+    def plain(v):
+        return {key: plain(x) for key, x in v.items()} if isinstance(v, dict) else np.asarray(v).tolist()
+
+    return plain(gen.bit_generator.state)

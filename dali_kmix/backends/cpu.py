@@ -25,7 +25,7 @@ from .sources import kernels_dir
 
 __all__ = ["load", "build", "available", "compiler", "dmixup", "dcutmix", "mix", "nest_boxes", "grey_resize",
            "spectral_residual", "salient_points", "dirichlet", "pcg64_raw", "draw_record", "native_sampler",
-           "DRAW_METHODS", "record_valid", "mix_labels",
+           "DRAW_METHODS", "draw_record_from", "record_valid", "mix_labels",
            "half_to_float", "float_to_half", "DTYPE_CODES", "LAYOUT_CODES", "HOST_SOURCES", "default_workers",
            "launch_config", "launch_cover", "validate_record", "KERNEL_CODES", "METHOD_CODES"]
 
@@ -100,6 +100,8 @@ def _load(sanitize: bool):
         lib.kmix_host_draw_record.argtypes = [_P, _I, _P, _I, _I, _I, _I, _P, _I, _P, _I, _P, _I, ctypes.c_double,
                                               _P, _I, _I, _P, _P, _P, _P, _P]
         lib.kmix_host_draw_record.restype = _I
+        lib.kmix_host_draw_record_bitgen.argtypes = [_P, _I, _I, _I, _P, _I, _I, _P, _I, _I, _I, _P, _P, _P, _P, _P]
+        lib.kmix_host_draw_record_bitgen.restype = _I
     lib.kmix_host_salient_points.argtypes = [_I, _P, _P, _I, _I, _I, _I, _I, _I, _I, _P, _I]
     lib.kmix_host_salient_points.restype = _I
     lib.kmix_host_half_to_float.argtypes = [_P, _P, _L]
@@ -339,10 +341,44 @@ def draw_record(entropy, spawn, method: str, n: int, k: int, alpha, mode: str, p
     return (sources, weights, boxes if cut.value else None), bool(cut.value)
 
 
-def record_valid(params, height: int, width: int) -> bool:
+def draw_record_from(gen: np.random.Generator, method: str, n: int, k: int, alpha, mode: str, prob: float,
+                     height: int, width: int, centers=None):
+    """``(sources, weights, boxes or None)`` of ``sample_params`` drawn natively from ``gen`` itself: its bit
+    generator (``bit_generator.ctypes.bit_generator``, NumPy's ``bitgen_t``) advanced in place by the same calls, in
+    the same order, as ``draw_raw`` + ``record_from_draws`` make (so the record and the generator's state after it
+    are those of the Python drawing, for any NumPy bit generator). ``alpha``: K values; ``n`` >= 1; ``centers``
+    for "saliency-dcutmix". None where ``gen``'s bit generator has no C interface."""
+    bg = gen.bit_generator
+    try:
+        handle = bg.ctypes.bit_generator
+    except (AttributeError, TypeError):  # a bit generator written in Python: no bitgen_t
+        return None
+    alpha = _c(alpha, np.float64)
+    prob = _c(np.atleast_1d(prob), np.float64)
+    sources = np.empty((n, k), np.int32)
+    weights = np.empty((n, k), np.float32)
+    boxes = np.empty((n, k - 1, 4), np.int32) if method != "dmixup" else None
+    c = None if centers is None else _c(centers, np.int32)
+    cut = ctypes.c_int(0)
+    with bg.lock:  # as every Generator method holds it while it draws
+        rc = load().kmix_host_draw_record_bitgen(handle, DRAW_METHODS[method], n, k, alpha.ctypes.data,
+                                                 int(alpha.ndim == 2), int(mode == "batch"), prob.ctypes.data,
+                                                 int(prob.size > 1), height, width,
+                                                 None if c is None else c.ctypes.data, sources.ctypes.data,
+                                                 weights.ctypes.data, None if boxes is None else boxes.ctypes.data,
+                                                 ctypes.byref(cut))
+    if rc:
+        raise RuntimeError(f"kmix_host_draw_record_bitgen failed with code {rc}")
+    return sources, weights, boxes
+
+
+def record_valid(params, height: int | None, width: int | None) -> bool:
     """True when the NumPy record ``params`` passes ``params.validate(N, height, width)`` (the same checks, in one
-    pass); False when it may not (then ``validate`` decides, and names the fault)."""
+    pass); False when it may not (then ``validate`` decides, and names the fault). ``height=width=None``: the
+    rows alone, as ``params.validate_rows()`` checks them."""
     src, w, b = params.sources, params.weights, params.boxes  # int32 / float32 / int32, C-contiguous (MixParams)
+    if height is None or width is None:
+        b, height, width = None, 0, 0
     return bool(load().kmix_host_record_valid(src.ctypes.data, w.ctypes.data, None if b is None else b.ctypes.data,
                                               src.shape[0], src.shape[1], height, width))
 
