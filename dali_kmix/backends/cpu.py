@@ -156,6 +156,17 @@ def _blend_ptrs(inputs, outputs):
     return _ptrs(inputs), _ptrs(outputs), inputs, outputs[0]
 
 
+def _addr(a):
+    """The address of array ``a``'s data for a kernel argument, or None (a null pointer)."""
+    return None if a is None else a.ctypes.data
+
+
+def _record_out(n: int, k: int, boxed: bool):
+    """Uninitialised ``(sources, weights, boxes or None)`` of an ``n`` x ``k`` record, for a kernel to fill."""
+    return (np.empty((n, k), np.int32), np.empty((n, k), np.float32),
+            np.empty((n, k - 1, 4), np.int32) if boxed else None)
+
+
 def _c(a, dtype):
     """A C-contiguous array of ``dtype`` (no copy when it already is one)."""
     return np.ascontiguousarray(a, dtype=dtype)
@@ -224,15 +235,12 @@ def nest_boxes(method, phi, uniforms, perms, mixed, height, width, *, centers=No
     perms = _c(perms, np.int32)
     mixed = _c(mixed, np.uint8)
     stride = 1 if phi.shape[0] == n else 0
-    sources = np.empty((n, k), np.int32)
-    weights = np.empty((n, k), np.float32)
-    boxes = np.empty((n, k - 1, 4), np.int32) if method != "dmixup" else None
+    sources, weights, boxes = _record_out(n, k, method != "dmixup")
     if centers is not None:
         centers = _c(centers, np.int32)
     _launch("kmix_host_nest_boxes", None, phi.ctypes.data, uni.ctypes.data, stride, perms.ctypes.data,
             mixed.ctypes.data, n, k, height, width, sources.ctypes.data, weights.ctypes.data,
-            None if boxes is None else boxes.ctypes.data, None if centers is None else centers.ctypes.data, workers,
-            int(reverse))
+            _addr(boxes), _addr(centers), workers, int(reverse))
     return sources, weights, boxes
 
 
@@ -321,21 +329,17 @@ def draw_record(entropy, spawn, method: str, n: int, k: int, alpha, mode: str, p
     numbers of :class:`dali_kmix.dali._HostRecord` for a generator seeded with ``entropy`` and ``spawn`` (uint32
     words). What ``fn.kmix_draw`` computes, exposed for the tests."""
     entropy, spawn = _c(entropy, np.uint32), _c(spawn, np.uint32)
-    alpha = _c(alpha, np.float64)
-    prob = _c(np.atleast_1d(prob), np.float64)
-    cut_a = _c(cutmix_alpha if cutmix_alpha is not None else alpha.reshape(-1)[:k], np.float64)
-    sources = np.empty((n, k), np.int32)
-    weights = np.empty((n, k), np.float32)
-    boxes = np.empty((n, k - 1, 4), np.int32)
-    v = None if valid is None else _c(valid, np.uint8)
+    alpha, prob = _c(alpha, np.float64), _c(np.atleast_1d(prob), np.float64)
     c = None if centers is None else _c(centers, np.int32)
+    sources, weights, boxes = _record_out(n, k, True)
+    cut_a = _c(cutmix_alpha if cutmix_alpha is not None else alpha.reshape(-1)[:k], np.float64)
+    v = None if valid is None else _c(valid, np.uint8)
     cut = ctypes.c_int(0)
     rc = load().kmix_host_draw_record(entropy.ctypes.data, entropy.size, spawn.ctypes.data, spawn.size,
                                       DRAW_METHODS[method], n, k, alpha.ctypes.data, int(alpha.ndim == 2),
                                       cut_a.ctypes.data, int(mode == "batch"), prob.ctypes.data, int(prob.size > 1),
-                                      float(switch_prob), None if v is None else v.ctypes.data, height, width,
-                                      None if c is None else c.ctypes.data, sources.ctypes.data, weights.ctypes.data,
-                                      boxes.ctypes.data, ctypes.byref(cut))
+                                      float(switch_prob), _addr(v), height, width, _addr(c), sources.ctypes.data,
+                                      weights.ctypes.data, boxes.ctypes.data, ctypes.byref(cut))
     if rc:
         raise RuntimeError(f"kmix_host_draw_record failed with code {rc}")
     return (sources, weights, boxes if cut.value else None), bool(cut.value)
@@ -353,20 +357,15 @@ def draw_record_from(gen: np.random.Generator, method: str, n: int, k: int, alph
         handle = bg.ctypes.bit_generator
     except (AttributeError, TypeError):  # a bit generator written in Python: no bitgen_t
         return None
-    alpha = _c(alpha, np.float64)
-    prob = _c(np.atleast_1d(prob), np.float64)
-    sources = np.empty((n, k), np.int32)
-    weights = np.empty((n, k), np.float32)
-    boxes = np.empty((n, k - 1, 4), np.int32) if method != "dmixup" else None
+    alpha, prob = _c(alpha, np.float64), _c(np.atleast_1d(prob), np.float64)
     c = None if centers is None else _c(centers, np.int32)
+    sources, weights, boxes = _record_out(n, k, method != "dmixup")
     cut = ctypes.c_int(0)
     with bg.lock:  # as every Generator method holds it while it draws
         rc = load().kmix_host_draw_record_bitgen(handle, DRAW_METHODS[method], n, k, alpha.ctypes.data,
                                                  int(alpha.ndim == 2), int(mode == "batch"), prob.ctypes.data,
-                                                 int(prob.size > 1), height, width,
-                                                 None if c is None else c.ctypes.data, sources.ctypes.data,
-                                                 weights.ctypes.data, None if boxes is None else boxes.ctypes.data,
-                                                 ctypes.byref(cut))
+                                                 int(prob.size > 1), height, width, _addr(c), sources.ctypes.data,
+                                                 weights.ctypes.data, _addr(boxes), ctypes.byref(cut))
     if rc:
         raise RuntimeError(f"kmix_host_draw_record_bitgen failed with code {rc}")
     return sources, weights, boxes
@@ -379,7 +378,7 @@ def record_valid(params, height: int | None, width: int | None) -> bool:
     src, w, b = params.sources, params.weights, params.boxes  # int32 / float32 / int32, C-contiguous (MixParams)
     if height is None or width is None:
         b, height, width = None, 0, 0
-    return bool(load().kmix_host_record_valid(src.ctypes.data, w.ctypes.data, None if b is None else b.ctypes.data,
+    return bool(load().kmix_host_record_valid(src.ctypes.data, w.ctypes.data, _addr(b),
                                               src.shape[0], src.shape[1], height, width))
 
 
