@@ -49,7 +49,8 @@
 
 extern "C" {
 int kmix_host_dmixup_chunks(long long sample_elems);
-int kmix_host_dcutmix_chunks(int height, int width, int channels, int layout);
+int kmix_host_dcutmix_chunks(int dtype, int k, int height, int width, int channels, int layout);
+int kmix_host_dcutmix_samples_first(int dtype, int k);
 int kmix_host_dmixup_block(int dtype, const void* const* in, void* const* out, const int* sources,
                            const float* weights, int n, int k, long long sample_elems, int chunk,
                            int sample);
@@ -190,7 +191,9 @@ class KMixBlend<CPUBackend, M> : public KMixBlendBase<CPUBackend, M> {
     this->Pointers(images, output);
     const long long elems = (long long)r.height * r.width * r.channels;
     const int blend_chunks = kmix_host_dmixup_chunks(elems);
-    const int cut_chunks = kmix_host_dcutmix_chunks(r.height, r.width, r.channels, r.layout);
+    const int cut_chunks = kmix_host_dcutmix_chunks(r.dtype, r.k, r.height, r.width, r.channels, r.layout);
+    // a deep float32 DCutMix nesting: chunk 0 of every sample, then chunk 1, ... (as kmix_host_dcutmix orders it)
+    samples_first_ = M == Method::kDCutMix && kmix_host_dcutmix_samples_first(r.dtype, r.k);
     // the blocks, sample by sample: block b is (sample, chunk) = (start[s] <= b < start[s + 1])
     start_.resize(r.n + 1);
     start_[0] = 0;
@@ -208,9 +211,19 @@ class KMixBlend<CPUBackend, M> : public KMixBlendBase<CPUBackend, M> {
  private:
   bool IsCut(int s) const { return M == Method::kDCutMix || (M == Method::kSwitch && this->rec_.cut[s]); }
 
-  // Blocks [lo, hi) of the list start_ numbers.
+  // Blocks [lo, hi) of the list start_ numbers (sample by sample), or with samples_first_ block b is chunk b / n
+  // of sample b % n.
   void RunBlocks(long long lo, long long hi, long long elems) {
     const kmix::Record& r = this->rec_;
+    if (samples_first_) {
+      for (long long b = lo; b < hi; ++b) {
+        const int rc = kmix_host_dcutmix_block(r.dtype, this->in_.data(), this->out_.data(), r.sources.data(),
+                                               r.boxes.data(), r.n, r.k, r.height, r.width, r.channels, r.layout,
+                                               (int)(b / r.n), (int)(b % r.n));
+        DALI_ENFORCE(rc == 0, "dali_kmix: internal error, a kernel block was refused");
+      }
+      return;
+    }
     int s = (int)(std::upper_bound(start_.begin(), start_.end(), lo) - start_.begin()) - 1;
     for (long long b = lo; b < hi; ++b) {
       while (b >= start_[s + 1]) ++s;
@@ -225,6 +238,7 @@ class KMixBlend<CPUBackend, M> : public KMixBlendBase<CPUBackend, M> {
   }
 
   std::vector<long long> start_;
+  bool samples_first_ = false;
 };
 
 #ifdef KMIX_WITH_GPU

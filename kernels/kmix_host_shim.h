@@ -201,8 +201,11 @@ class KmixPool {
 // instead of holding the launch up (a fixed split waits for the slowest). Inside a block its
 // threads run in order. `reverse` hands the blocks out from the last and walks each block's
 // threads backwards (the tests use it to show that the result does not depend on the order).
+// Blocks go out along grid.x first (a sample's chunks, then the next sample's), or with
+// `samples_first` along grid.y first (chunk 0 of every sample, then chunk 1, ...).
 template <class Body>
-static void kmix_launch(kmix_dim3 grid, kmix_dim3 block, int nworkers, bool reverse, Body body) {
+static void kmix_launch(kmix_dim3 grid, kmix_dim3 block, int nworkers, bool reverse, Body body,
+                        bool samples_first = false) {
   const long long nblocks = (long long)grid.x * grid.y * grid.z;
   const long long nthr = (long long)block.x * block.y * block.z;
   if (nblocks <= 0 || nthr <= 0) return;
@@ -211,6 +214,7 @@ static void kmix_launch(kmix_dim3 grid, kmix_dim3 block, int nworkers, bool reve
   // blocks per claim: about 16 claims per worker, so the shares even out, for few atomic operations
   long long grain = nblocks / (16LL * nworkers);
   if (grain < 1) grain = 1;
+  if (samples_first) grain = (grain + grid.y - 1) / grid.y * grid.y;  // whole chunks: all samples' rows in one worker
   std::atomic<long long> next{0};
   auto work = [&](int) {
     gridDim = grid;
@@ -221,8 +225,8 @@ static void kmix_launch(kmix_dim3 grid, kmix_dim3 block, int nworkers, bool reve
       const long long hi = lo + grain < nblocks ? lo + grain : nblocks;
       for (long long bi = lo; bi < hi; ++bi) {
         const long long b = reverse ? nblocks - 1 - bi : bi;
-        blockIdx.x = (unsigned)(b % grid.x);
-        blockIdx.y = (unsigned)((b / grid.x) % grid.y);
+        blockIdx.x = (unsigned)(samples_first ? (b / grid.y) % grid.x : b % grid.x);
+        blockIdx.y = (unsigned)(samples_first ? b % grid.y : (b / grid.x) % grid.y);
         blockIdx.z = (unsigned)(b / ((long long)grid.x * grid.y));
         for (long long ti = 0; ti < nthr; ++ti) {
           const long long t = reverse ? nthr - 1 - ti : ti;

@@ -933,6 +933,32 @@ def test_dcutmix_boxes_sharing_edges_match_reference(backend, layout, dtype, k):
     _assert_same_bits(backend.blend(x, p, layout), reference.mix_images(x, p, layout))
 
 
+@pytest.mark.parametrize("workers,reverse", [(1, False), (2, True), (3, False)], ids=["w1", "w2-reversed", "w3"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["HWC", "CHW"])
+@pytest.mark.parametrize("k", [5, 6, 9, 16], ids=lambda k: f"K{k}")
+def test_host_dcutmix_runs_deep_nestings_samples_first_and_matches_reference(layout, dtype, k, workers, reverse):
+    # From K = 6 a float32 host launch cuts each sample into chunks of about 24 KiB and runs chunk 0 of every
+    # sample before chunk 1 (kernels/kmix_host.cpp); any order and number of workers gives the reference's bits.
+    from dali_kmix.backends import cpu as cpu_kernels
+
+    be = CpuBackend(workers=workers, reverse=reverse)
+    n, h, w, c = 13, 131, 97, 3
+    chunks, samples_first = cpu_kernels.host_dcutmix_shape(dtype, k, h, w, c, layout)
+    shallow, _ = cpu_kernels.host_dcutmix_shape(dtype, 2, h, w, c, layout)
+    assert samples_first == (k >= 6 and np.dtype(dtype) == np.float32)
+    rows = h if layout == "HWC" else c * h
+    row_bytes = w * (c if layout == "HWC" else 1) * np.dtype(dtype).itemsize
+    if samples_first:
+        assert chunks == min(rows, -(-rows * row_bytes // (24 << 10))) and chunks >= shallow
+    else:
+        assert chunks == shallow
+    rng = np.random.default_rng([k, workers])
+    x = random_images(rng, dtype, _shape(layout, n, h, w, c))
+    p = sample_params("dcutmix", n, h, w, k=k, alpha=0.7, rng=rng)
+    _assert_same_bits(be.blend(x, p, layout), reference.mix_images(x, p, layout))
+
+
 def _blend_in_threads(cpu_kernels, x, p, threads):
     """The same DMixup in ``threads`` Python threads at once (ctypes lets go of the GIL): every output."""
     import threading

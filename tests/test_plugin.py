@@ -107,10 +107,11 @@ def test_bit_exact_against_the_reference(method, layout, dtype, k, shape):
 
 @pytest.mark.parametrize("method", ["dmixup", "dcutmix"])
 @pytest.mark.parametrize("n,threads", [(1, 1), (65, 2), (65, 4)], ids=["N1-t1", "N65-t2", "N65-t4"])
-def test_batch_sizes_and_thread_counts(method, n, threads):
+@pytest.mark.parametrize("k", [4, 9], ids=["K4", "K9-samples-first"])  # K9 DCutMix: 7 chunks a sample, chunk-major
+def test_batch_sizes_and_thread_counts(method, n, threads, k):
     rng = np.random.default_rng(n + threads)
-    images = random_images(rng, np.float32, (n, 3, 31, 45))
-    params = dali_kmix.sample_params(method, n, 31, 45, k=4, rng=rng)
+    images = random_images(rng, np.float32, (n, 3, 97, 131))
+    params = dali_kmix.sample_params(method, n, 97, 131, k=k, rng=rng)
     out, _ = _apply(method, images, _rec(params), "CHW", num_threads=threads, iters=2)
     np.testing.assert_array_equal(out.as_array(), reference.mix_images(images, params, "CHW"))
 

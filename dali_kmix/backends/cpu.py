@@ -27,7 +27,7 @@ __all__ = ["load", "build", "available", "compiler", "dmixup", "dcutmix", "mix",
            "spectral_residual", "salient_points", "dirichlet", "pcg64_raw", "draw_record", "native_sampler",
            "DRAW_METHODS", "draw_record_from", "record_valid", "mix_labels",
            "half_to_float", "float_to_half", "DTYPE_CODES", "LAYOUT_CODES", "HOST_SOURCES", "default_workers",
-           "launch_config", "launch_cover", "validate_record", "KERNEL_CODES", "METHOD_CODES"]
+           "launch_config", "launch_cover", "host_dcutmix_shape", "validate_record", "KERNEL_CODES", "METHOD_CODES"]
 
 #: Element-type and layout codes of the C entry points, as kernels/kmix_codes.h defines them for C++.
 DTYPE_CODES = {np.dtype(np.uint8): 0, np.dtype(np.float16): 1, np.dtype(np.float32): 2}
@@ -112,6 +112,10 @@ def _load(sanitize: bool):
     lib.kmix_host_launch_config.restype = None
     lib.kmix_host_launch_cover.argtypes = [_I, _I, _I, _I, _I, _I, _P, _P]
     lib.kmix_host_launch_cover.restype = _I
+    lib.kmix_host_dcutmix_chunks.argtypes = [_I, _I, _I, _I, _I, _I]
+    lib.kmix_host_dcutmix_chunks.restype = _I
+    lib.kmix_host_dcutmix_samples_first.argtypes = [_I, _I]
+    lib.kmix_host_dcutmix_samples_first.restype = _I
     lst = ctypes.POINTER(_KmixList)
     lib.kmix_host_validate_record.argtypes = [_I, ctypes.c_char_p, ctypes.c_char_p, lst, lst, lst, lst, lst,
                                               ctypes.c_char_p, _I]
@@ -417,6 +421,15 @@ def launch_config(kernel: str, n: int, height: int, width: int, channels: int, l
     load().kmix_host_launch_config(KERNEL_CODES[kernel], n, height, width, channels, LAYOUT_CODES[layout],
                                    cfg.ctypes.data)
     return tuple(int(v) for v in cfg)
+
+
+def host_dcutmix_shape(dtype, k: int, height: int, width: int, channels: int, layout: str) -> tuple[int, bool]:
+    """``(chunks of a sample, samples first)`` of a host DCutMix launch (kernels/kmix_host.cpp): deep float32
+    nestings cut a sample into more chunks and run the same chunk of every sample before the next."""
+    lib = load()
+    code = DTYPE_CODES[np.dtype(dtype)]
+    chunks = lib.kmix_host_dcutmix_chunks(code, k, height, width, channels, LAYOUT_CODES[layout])
+    return int(chunks), bool(lib.kmix_host_dcutmix_samples_first(code, k))
 
 
 def launch_cover(kernel: str, n: int, height: int, width: int, channels: int, layout: str):
