@@ -151,6 +151,46 @@ def test_pipeline_rows(photo_dir):
     assert "| cpu | dali_kmix dmixup K=3 (float32 CHW, after normalise) | float32 CHW after normalisation |" in table
 
 
+def test_pipeline_blocks_take_the_batches_computed_ahead_out_before_the_clock(photo_dir, monkeypatch):
+    # A pipeline computes its prefetch queue's batches (2) while its clock is stopped; timed, they would count
+    # 20 batches for the work of 18. Each block takes them out first: per block, 2 steps, the clock, `iters` steps,
+    # the clock.
+    import time as real_time
+    import types
+
+    pytest.importorskip("nvidia.dali")
+    events = []
+    real_step = bench._pipeline_step
+
+    def counting_step(*args):
+        step = real_step(*args)
+
+        def counted():
+            events.append("step")
+            step()
+
+        return counted
+
+    monkeypatch.setattr(bench, "_pipeline_step", counting_step)
+    monkeypatch.setattr(bench, "time", types.SimpleNamespace(
+        sleep=real_time.sleep, perf_counter=lambda: events.append("clock") or real_time.perf_counter()))
+    rows = bench.bench_pipeline(photo_dir, batch=4, size=32, iters=3, repeats=2, progress=False, settle_s=0.0,
+                                only=["none"])
+    assert rows[0]["status"] == "ok" and len(rows[0]["images_per_s_rounds"]) == 2
+    block = ["step"] * 2 + ["clock"] + ["step"] * 3 + ["clock"]
+    assert events == ["step"] * 3 + block * 2  # 3 warm-up steps, then two blocks
+
+
+def test_batches_ahead_is_the_prefetch_queue_depth():
+    pytest.importorskip("nvidia.dali")
+    from nvidia.dali import Pipeline
+
+    assert bench._batches_ahead(Pipeline(batch_size=2, num_threads=1, device_id=None)) == 2
+    assert bench._batches_ahead(Pipeline(batch_size=2, num_threads=1, device_id=None, prefetch_queue_depth=3)) == 3
+    sep = Pipeline(batch_size=2, num_threads=1, device_id=None, prefetch_queue_depth={"cpu_size": 4, "gpu_size": 2})
+    assert bench._batches_ahead(sep) == 4  # separate CPU and GPU queues: the deeper one
+
+
 def test_gpu_pipeline_rows_name_their_path(monkeypatch):
     """On the GPU the "mixed" pipeline is timed with the native operator and with the python_function path: the
     latter is defined with DALI_KMIX_PLUGIN=0 (set only while it is defined), and every dali_kmix row says which."""
