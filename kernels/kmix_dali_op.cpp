@@ -192,9 +192,8 @@ class KMixBlend<CPUBackend, M> : public KMixBlendBase<CPUBackend, M> {
     const long long elems = (long long)r.height * r.width * r.channels;
     const int blend_chunks = kmix_host_dmixup_chunks(elems);
     const int cut_chunks = kmix_host_dcutmix_chunks(r.dtype, r.k, r.height, r.width, r.channels, r.layout);
-    // a deep float32 DCutMix nesting: chunk 0 of every sample, then chunk 1, ... (as kmix_host_dcutmix orders it)
-    samples_first_ = M == Method::kDCutMix && kmix_host_dcutmix_samples_first(r.dtype, r.k);
-    // the blocks, sample by sample: block b is (sample, chunk) = (start[s] <= b < start[s + 1])
+    // the blocks, sample by sample: block b is (sample, chunk) = (start[s] <= b < start[s + 1]); SamplesFirst()
+    // numbers the same blocks chunk by chunk instead (RunBlocks)
     start_.resize(r.n + 1);
     start_[0] = 0;
     for (int s = 0; s < r.n; ++s) start_[s + 1] = start_[s] + (IsCut(s) ? cut_chunks : blend_chunks);
@@ -211,23 +210,25 @@ class KMixBlend<CPUBackend, M> : public KMixBlendBase<CPUBackend, M> {
  private:
   bool IsCut(int s) const { return M == Method::kDCutMix || (M == Method::kSwitch && this->rec_.cut[s]); }
 
-  // Blocks [lo, hi) of the list start_ numbers (sample by sample), or with samples_first_ block b is chunk b / n
-  // of sample b % n.
+  // A deep float32 DCutMix nesting: chunk 0 of every sample, then chunk 1, ... (as kmix_host_dcutmix orders it).
+  bool SamplesFirst() const {
+    return M == Method::kDCutMix && kmix_host_dcutmix_samples_first(this->rec_.dtype, this->rec_.k);
+  }
+
+  // Blocks [lo, hi) of the list start_ numbers, or with SamplesFirst() block b is chunk b / n of sample b % n.
   void RunBlocks(long long lo, long long hi, long long elems) {
     const kmix::Record& r = this->rec_;
-    if (samples_first_) {
-      for (long long b = lo; b < hi; ++b) {
-        const int rc = kmix_host_dcutmix_block(r.dtype, this->in_.data(), this->out_.data(), r.sources.data(),
-                                               r.boxes.data(), r.n, r.k, r.height, r.width, r.channels, r.layout,
-                                               (int)(b / r.n), (int)(b % r.n));
-        DALI_ENFORCE(rc == 0, "dali_kmix: internal error, a kernel block was refused");
-      }
-      return;
-    }
-    int s = (int)(std::upper_bound(start_.begin(), start_.end(), lo) - start_.begin()) - 1;
+    const bool samples_first = SamplesFirst();
+    int s = samples_first ? 0 : (int)(std::upper_bound(start_.begin(), start_.end(), lo) - start_.begin()) - 1;
     for (long long b = lo; b < hi; ++b) {
-      while (b >= start_[s + 1]) ++s;
-      const int c = (int)(b - start_[s]);
+      int c;
+      if (samples_first) {
+        s = (int)(b % r.n);
+        c = (int)(b / r.n);
+      } else {
+        while (b >= start_[s + 1]) ++s;
+        c = (int)(b - start_[s]);
+      }
       const int rc = IsCut(s) ? kmix_host_dcutmix_block(r.dtype, this->in_.data(), this->out_.data(), r.sources.data(),
                                                         r.boxes.data(), r.n, r.k, r.height, r.width, r.channels,
                                                         r.layout, c, s)
@@ -238,7 +239,6 @@ class KMixBlend<CPUBackend, M> : public KMixBlendBase<CPUBackend, M> {
   }
 
   std::vector<long long> start_;
-  bool samples_first_ = false;
 };
 
 #ifdef KMIX_WITH_GPU

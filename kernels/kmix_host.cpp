@@ -76,9 +76,8 @@ int kmix_host_dcutmix_chunks(int dtype, int k, int height, int width, int channe
   if (height <= 0 || width <= 0 || channels <= 0) return 0;
   const int rows = layout == KMIX_HWC ? height : channels * height;
   const long long row_len = (long long)width * (layout == KMIX_HWC ? channels : 1);
-  const long long elem_size = dtype == KMIX_U8 ? 1 : (dtype == KMIX_F16 ? 2 : 4);
-  const long long target =
-      kmix_host_dcutmix_samples_first(dtype, k) ? KMIX_HOST_DEEP_CHUNK_BYTES / elem_size : 1LL << 16;
+  const long long target =  // samples first is float32 only
+      kmix_host_dcutmix_samples_first(dtype, k) ? KMIX_HOST_DEEP_CHUNK_BYTES / (long long)sizeof(float) : 1LL << 16;
   const unsigned row_chunks = kmix_chunks((long long)rows * row_len, target);
   return (int)(row_chunks < (unsigned)rows ? row_chunks : (unsigned)rows);
 }
