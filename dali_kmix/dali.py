@@ -71,9 +71,61 @@ from .record import MixParams
 from .reference import mix_labels
 from .sampling import check_sample_args, draw_raw, record_from_draws
 
-__all__ = ["dmixup", "dcutmix", "saliency_dcutmix", "dmixup_or_dcutmix", "MixSpec"]
+__all__ = ["dmixup", "dcutmix", "saliency_dcutmix", "dmixup_or_dcutmix", "MixSpec", "Normalize"]
 
 _op_counters: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+@dataclasses.dataclass(frozen=True)
+class Normalize:
+    """DALI's ``crop_mirror_normalize`` (without the crop) fused into the mixing operator: pass it as
+    ``normalize=`` and the operator writes ``(mixed - mean[c]) / std[c]`` (worked out as crop_mirror_normalize
+    does: ``(x - mean) * (1 / std)`` in float32), mirrored left-right where ``mirror`` says so, in
+    ``output_layout`` and ``dtype``, in the same pass as the mix: the same bits as the mix followed by
+    ``fn.crop_mirror_normalize(mean=..., std=..., mirror=..., output_layout=..., dtype=...)``, without writing the
+    mixed batch out (one operator instead of two in the pipeline; a DMixup of uint8 images is rounded to uint8
+    before it is normalised, as the unfused mix stores it).
+
+    Args:
+        mean, std: one value, or one per channel (``std`` > 0), finite.
+        mirror: None (no flip), 0 or 1 for every sample, or a CPU DataNode of one flag per sample
+            (e.g. ``fn.random.coin_flip(probability=0.5)``).
+        output_layout: "CHW" or "HWC" (default: the mix's ``layout``).
+        dtype: "float32" or "float16".
+    """
+
+    mean: tuple = (0.0,)
+    std: tuple = (1.0,)
+    mirror: object = None
+    output_layout: str | None = None
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        for name in ("mean", "std"):
+            values = np.ravel(np.asarray(getattr(self, name), dtype=np.float64))
+            if values.size == 0 or not np.all(np.isfinite(values)):
+                raise ValueError(f"{name} must be one or more finite numbers, got {getattr(self, name)!r}")
+            if name == "std" and np.any(values <= 0):
+                raise ValueError(f"std must be > 0, got {getattr(self, name)!r}")
+            object.__setattr__(self, name, tuple(float(v) for v in values))
+        if self.output_layout is not None:
+            _checks.check_choice("output_layout", self.output_layout, _checks.LAYOUTS)
+        _checks.check_choice("dtype", self.dtype, ("float32", "float16"))
+        m = self.mirror
+        if not (m is None or _is_node(m) or (isinstance(m, (bool, int, np.integer)) and int(m) in (0, 1))):
+            raise ValueError(f"mirror must be None, 0, 1 or a DataNode of one flag per sample, got {m!r}")
+        if _is_node(m) and m.device != "cpu":
+            raise ValueError(f"mirror given as a DataNode must be on the CPU, got device {m.device!r}")
+
+    def operator_args(self, layout: str) -> dict:
+        """The arguments of ``fn.kmix_*`` (or of ``fn.crop_mirror_normalize``) for a mix in ``layout``."""
+        from nvidia.dali import types
+
+        args = dict(dtype=types.FLOAT16 if self.dtype == "float16" else types.FLOAT, mean=list(self.mean),
+                    std=list(self.std), output_layout=self.output_layout or layout)
+        if self.mirror is not None:
+            args["mirror"] = self.mirror if _is_node(self.mirror) else int(self.mirror)
+        return args
+
 
 @dataclasses.dataclass(frozen=True)
 class MixSpec:
@@ -649,7 +701,7 @@ def _per_sample_inputs(spec: MixSpec, alpha, prob):
     return inputs
 
 
-def _plugin_path(spec, images, labels, keys, runtime, name):
+def _plugin_path(spec, images, labels, keys, runtime, name, norm_args=None):
     """The record and the labels drawn on the host, the images blended by ``fn.kmix_*`` on their own device (CPU, or
     the plugin's GPU backend: then the label outputs are handed to the GPU)."""
     from nvidia.dali import fn
@@ -671,7 +723,8 @@ def _plugin_path(spec, images, labels, keys, runtime, name):
         outs = fn.python_function(images.shape(), labels, keys, *runtime, *extra, function=draw,
                                   batch_processing=True, num_outputs=records + spec.label_outputs, name=name)
     record, label_outs = outs[:records], outs[records:]
-    return (native_blend(spec, fn)(images, *record, layout=spec.layout), *[x.gpu() if gpu else x for x in label_outs])
+    mixed = native_blend(spec, fn)(images, *record, layout=spec.layout, **(norm_args or {}))
+    return (mixed, *[x.gpu() if gpu else x for x in label_outs])
 
 
 def native_draw(spec: MixSpec) -> bool:
@@ -750,10 +803,15 @@ def _gpu_path(spec, images, labels, keys, runtime, name):
 
 def _mix_op(method, images, labels, *, k, alpha, num_classes, layout, mode, prob, smoothing, label_format,
             seed, shard_id, name, saliency="spectral-residual", switch_prob=0.0, cutmix_alpha=None,
-            reader_name=None):
-    from nvidia.dali import Pipeline
+            reader_name=None, normalize=None):
+    from nvidia.dali import Pipeline, fn
 
+    if normalize is not None and not isinstance(normalize, Normalize):
+        raise TypeError(f"normalize must be a dali_kmix.dali.Normalize or None, got {type(normalize).__name__}")
     if _is_dynamic(images) or _is_dynamic(labels):  # DALI's dynamic mode: the same call, mixed at once
+        if normalize is not None:
+            raise ValueError("normalize= applies to pipelines; in dynamic mode normalise the mixed batch with "
+                             "ndd.crop_mirror_normalize")
         if seed is not None or reader_name is not None:
             arg = "seed" if seed is not None else "reader_name"
             raise ValueError(f"{arg}= applies to pipelines; in dynamic mode the draws come from an ndd.random.RNG: "
@@ -779,17 +837,20 @@ def _mix_op(method, images, labels, *, k, alpha, num_classes, layout, mode, prob
         raise ValueError("images are on the CPU but labels are on the GPU; pass CPU labels to a CPU mixer")
     keys = _keys(spec, labels if labels_on_cpu else None)
     runtime = _per_sample_inputs(spec, alpha, prob)
-    if device == "gpu":
-        if _native_gpu(Pipeline.current()):
-            return _plugin_path(spec, images, labels, keys, runtime, name)
-        return _gpu_path(spec, images, labels, keys, runtime, name)
     from .backends import plugin
 
-    if plugin.load():
-        return _plugin_path(spec, images, labels, keys, runtime, name)
-    pipe = Pipeline.current()
-    workers = pipe.num_threads if pipe is not None and pipe.num_threads else None
-    return _function_path(spec, images, labels, keys, runtime, name, workers)
+    norm_args = None if normalize is None else normalize.operator_args(spec.layout)
+    if (device == "gpu" and _native_gpu(Pipeline.current())) or (device == "cpu" and plugin.load()):
+        return _plugin_path(spec, images, labels, keys, runtime, name, norm_args)  # normalised in the same pass
+    if device == "gpu":
+        outs = _gpu_path(spec, images, labels, keys, runtime, name)
+    else:
+        pipe = Pipeline.current()
+        workers = pipe.num_threads if pipe is not None and pipe.num_threads else None
+        outs = _function_path(spec, images, labels, keys, runtime, name, workers)
+    if norm_args is None:
+        return outs
+    return (fn.crop_mirror_normalize(outs[0], **norm_args), *outs[1:])  # the same bits, in a second operator
 
 
 # --------------------------------------------------------------------------- dynamic mode
@@ -952,6 +1013,9 @@ Args:
         index, as DALI's iterators know it; without it, each copy is a partner like
         any sample (see the README, "Last batch").
     name: optional operator name.
+    normalize: a :class:`Normalize` (mean, std, mirror, output layout and dtype): the operator
+        also normalises, in the same pass, with the bits ``fn.crop_mirror_normalize`` would give
+        after the mix (the first output is then float32 or float16 in that layout).
 
 Every input sample stays the anchor of its own output row, so an epoch still
 shows every image once as an anchor. A pipeline built twice with the same seed
@@ -963,36 +1027,37 @@ uninterrupted run.
 
 def dmixup(images, labels, *, k: int = 3, alpha=1.0, num_classes: int, layout: str, mode: str = "sample",
            prob=1.0, smoothing: float = 0.0, label_format: str = "dense", seed=None,
-           shard_id: int = 0, reader_name=None, name=None):
+           shard_id: int = 0, reader_name=None, name=None, normalize: Normalize | None = None):
     return _mix_op("dmixup", images, labels, k=k, alpha=alpha, num_classes=num_classes, layout=layout, mode=mode,
                    prob=prob, smoothing=smoothing, label_format=label_format, seed=seed, shard_id=shard_id,
-                   reader_name=reader_name, name=name)
+                   reader_name=reader_name, name=name, normalize=normalize)
 
 
 def dcutmix(images, labels, *, k: int = 3, alpha=1.0, num_classes: int, layout: str, mode: str = "sample",
             prob=1.0, smoothing: float = 0.0, label_format: str = "dense", seed=None,
-            shard_id: int = 0, reader_name=None, name=None):
+            shard_id: int = 0, reader_name=None, name=None, normalize: Normalize | None = None):
     return _mix_op("dcutmix", images, labels, k=k, alpha=alpha, num_classes=num_classes, layout=layout, mode=mode,
                    prob=prob, smoothing=smoothing, label_format=label_format, seed=seed, shard_id=shard_id,
-                   reader_name=reader_name, name=name)
+                   reader_name=reader_name, name=name, normalize=normalize)
 
 
 def saliency_dcutmix(images, labels, *, k: int = 3, alpha=1.0, num_classes: int, layout: str,
                      mode: str = "sample", prob=1.0, smoothing: float = 0.0, label_format: str = "dense",
                      seed=None, shard_id: int = 0, saliency: str = "spectral-residual", reader_name=None,
-                     name=None):
+                     name=None, normalize: Normalize | None = None):
     return _mix_op("saliency-dcutmix", images, labels, k=k, alpha=alpha, num_classes=num_classes, layout=layout,
                    mode=mode, prob=prob, smoothing=smoothing, label_format=label_format, seed=seed,
-                   shard_id=shard_id, reader_name=reader_name, name=name, saliency=saliency)
+                   shard_id=shard_id, reader_name=reader_name, name=name, saliency=saliency, normalize=normalize)
 
 
 def dmixup_or_dcutmix(images, labels, *, k: int = 3, alpha=1.0, cutmix_alpha=None, switch_prob: float = 0.5,
                       num_classes: int, layout: str, mode: str = "sample", prob=1.0, smoothing: float = 0.0,
-                      label_format: str = "dense", seed=None, shard_id: int = 0, reader_name=None, name=None):
+                      label_format: str = "dense", seed=None, shard_id: int = 0, reader_name=None, name=None,
+                      normalize: Normalize | None = None):
     return _mix_op(_checks.SWITCH, images, labels, k=k, alpha=alpha, num_classes=num_classes, layout=layout,
                    mode=mode, prob=prob, smoothing=smoothing, label_format=label_format, seed=seed,
                    shard_id=shard_id, reader_name=reader_name, name=name, switch_prob=switch_prob,
-                   cutmix_alpha=cutmix_alpha)
+                   cutmix_alpha=cutmix_alpha, normalize=normalize)
 
 
 dmixup.__doc__ = _DOC.format(title="DMixup (Dirichlet-weighted blend of K images)")

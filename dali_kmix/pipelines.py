@@ -216,12 +216,19 @@ def decode_center(jpegs, *, gpu: bool, size: int, crop: int, layout: str = "CHW"
     return normalize_chw(images, crop=crop, mirror=False, layout=layout, dtype=dtype)
 
 
+def _mirror_flags():
+    """The training pipelines' random horizontal mirror: one coin per sample."""
+    from nvidia.dali import fn
+
+    return fn.random.coin_flip(probability=0.5)
+
+
 def normalize_chw(images, *, crop: int, mirror: bool, layout: str = "CHW", dtype: str = "float32"):
     """Normalised with the ImageNet mean/std (and a random horizontal mirror when ``mirror``):
     float32 (or float16) CHW, or HWC for torch's channels-last."""
     from nvidia.dali import fn, types
 
-    kw = dict(mirror=fn.random.coin_flip(probability=0.5)) if mirror else {}
+    kw = dict(mirror=_mirror_flags()) if mirror else {}
     return fn.crop_mirror_normalize(images, dtype=types.FLOAT16 if dtype == "float16" else types.FLOAT,
                                     output_layout=layout, crop=(crop, crop), mean=list(IMAGENET_MEAN),
                                     std=list(IMAGENET_STD), **kw)
@@ -319,12 +326,13 @@ def imagenet_train_pipeline(data_dir, *, batch_size: int, device: str = "cpu", m
         with_source_info: also output each anchor's file path (for audits of what a
             rank saw; :class:`DALIMixIterator` exposes it as ``last_source_info``).
         mix_on: where the batch is mixed. "uint8" (default): on the decoded uint8 HWC
-            crops, before the mirror and the normalisation, a quarter of the bytes of the
-            float32 batch (CPU, 2 threads: about 8 points more throughput). DCutMix pastes
-            the same pixels either way (the per-pixel normalisation commutes with cut and
-            paste; the random mirror then flips the whole mix); DMixup rounds its blend to
-            uint8 (at most 0.5/255 off, as timm's ``FastCollateMixup``). "float32": on the
-            normalised float32 CHW tensors, after the mirror (no rounding).
+            crops, a quarter of the bytes of the float32 batch, by one operator that also
+            mirrors and normalises in the same pass (:class:`dali_kmix.dali.Normalize`: the
+            bits of ``crop_mirror_normalize`` after the mix, with no mixed batch written in
+            between). DCutMix pastes the same pixels either way (the per-pixel normalisation
+            commutes with cut and paste; the random mirror then flips the whole mix); DMixup
+            rounds its blend to uint8 (at most 0.5/255 off, as timm's ``FastCollateMixup``).
+            "float32": on the normalised float32 CHW tensors, after the mirror (no rounding).
         random_area, random_aspect_ratio: the random crop (default: DALI's ResNet-50 example's,
             :data:`RANDOM_AREA` and :data:`RANDOM_ASPECT_RATIO`).
         enable_checkpointing, checkpoint: DALI checkpointing (``checkpoint``: what
@@ -363,17 +371,19 @@ def imagenet_train_pipeline(data_dir, *, batch_size: int, device: str = "cpu", m
                                        switch_prob=switch_prob)
             else:
                 op = getattr(kmix_ops, mix.replace("-", "_"))
+            fused = None
             if mix_on == "float32":
                 images = normalize_chw(images, **norm)
+            else:  # the mixing operator normalises in the same pass (the bits of normalize_chw after the mix)
+                fused = kmix_ops.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, mirror=_mirror_flags(),
+                                           output_layout=output_layout, dtype=output_dtype)
             if mixup_off_epoch is not None:
                 prob = _prob_schedule(pipe, reader_name, batch_size, _checks.check_probability("prob", prob),
                                       mixup_off_epoch)
             images, *label_outs = op(images, labels, k=k, alpha=alpha, num_classes=num_classes,
                                      layout="HWC" if mix_on == "uint8" else output_layout, mode=mode, prob=prob,
                                      smoothing=smoothing, label_format=label_format, shard_id=shard_id,
-                                     reader_name=reader_name)
-            if mix_on == "uint8":
-                images = normalize_chw(images, **norm)
+                                     reader_name=reader_name, normalize=fused)
             outs = (images, *label_outs)
             names = ["images", "targets"] if label_format == "dense" else ["images", "label_idx", "label_w"]
         if with_source_info:

@@ -33,7 +33,8 @@ import numpy as np
 from . import _checks
 from .record import MixParams
 
-__all__ = ["fma32", "mix_images", "mix_labels", "smoothed_one_hot", "smoothed_values", "grey", "resize_bilinear"]
+__all__ = ["fma32", "mix_images", "mix_labels", "smoothed_one_hot", "smoothed_values", "grey", "resize_bilinear",
+           "norm_factors", "normalize"]
 
 _LUMA = (0.299, 0.587, 0.114)
 
@@ -105,6 +106,33 @@ def mix_images(images: np.ndarray, params: MixParams, layout: str = "HWC") -> np
             else:
                 out[i, :, y0:y1, x0:x1] = src[:, y0:y1, x0:x1]
     return out
+
+
+def norm_factors(mean, std, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """float32 ``(mean, inv_std)`` per channel as DALI's crop_mirror_normalize derives them from its float
+    arguments: the mean itself, ``1 / std`` worked out in double; one value stands for every channel."""
+    mean = np.asarray(mean, np.float32).reshape(-1)
+    std = np.asarray(std, np.float32).reshape(-1)
+    inv = (1.0 / std.astype(np.float64)).astype(np.float32)
+    return np.broadcast_to(mean, (channels,)).copy(), np.broadcast_to(inv, (channels,)).copy()
+
+
+def normalize(images: np.ndarray, mean, std, *, layout: str = "HWC", out_layout: str = "CHW", mirror=None,
+              dtype=np.float32) -> np.ndarray:
+    """crop_mirror_normalize of a stacked batch (no crop): ``(x - mean[c]) * inv_std[c]`` in float32 (two
+    roundings), samples with ``mirror[s]`` flipped left-right, in ``out_layout``, stored as ``dtype`` (float32 or
+    float16, rounded to nearest even)."""
+    x = np.asarray(images)
+    if layout == "CHW":
+        x = x.transpose(0, 2, 3, 1)  # work in NHWC
+    m, inv = norm_factors(mean, std, x.shape[-1])
+    out = (x.astype(np.float32) - m) * inv
+    if mirror is not None:
+        flip = np.asarray(mirror).reshape(-1) != 0
+        out[flip] = out[flip][:, :, ::-1]
+    if out_layout == "CHW":
+        out = out.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(out.astype(dtype))
 
 
 def smoothed_values(num_classes: int, smoothing: float = 0.0) -> tuple[np.float32, np.float32]:

@@ -429,3 +429,124 @@ __global__ void kmix_mix(const T* const* __restrict__ in, T* const* __restrict__
                          (long long)threadIdx.x, (long long)blockDim.x);
   }
 }
+
+// ------------------------------------------------------------------ the mix with its normalisation fused
+// What DALI's crop_mirror_normalize does to the mixed batch, in the same pass: out(c, y, x) =
+// (m(y, x', c) - mean[c]) * inv_std[c] in float (a subtraction then a product, never fused), x' = W - 1 - x where
+// the sample is mirrored, m the mixed image in the images' own type (a DMixup of uint8 rounded to uint8 first, as
+// kmix_dmixup stores it), stored as float or float16 (rounded to nearest even) in the output layout. So the
+// result has the bits of kmix_dmixup / kmix_dcutmix / kmix_mix followed by crop_mirror_normalize, without the
+// mixed batch ever being written out: the pipeline runs one operator where it ran two.
+//   mean, inv_std: float32 (channels,)   mirror: uint8 (n,) or null (no sample mirrored)
+//   method: KMIX_KERNEL_DMIXUP (weights), KMIX_KERNEL_DCUTMIX (boxes) or KMIX_KERNEL_MIX (weights, boxes, cut)
+template <typename O> KMIX_DEV O kmix_norm_store(float v);
+template <> KMIX_DEV float kmix_norm_store<float>(float v) { return v; }
+template <> KMIX_DEV __half kmix_norm_store<__half>(float v) { return __float2half_rn(v); }
+
+// The mixed value of one element of sample s (element idx of the images' layout, pixel (y, x)), as a float.
+template <typename T>
+KMIX_DEV float kmix_mixed_element(const T* const* __restrict__ in, const int* src, const float* w, const int* bx,
+                                  bool paste, int k, int y, int x, long long idx) {
+  if (paste) {  // the deepest box that holds the pixel (nested: the boxes holding it are a prefix)
+    int d = 0;
+    while (d < k - 1 && y >= bx[4 * d + 0] && y < bx[4 * d + 2] && x >= bx[4 * d + 1] && x < bx[4 * d + 3]) ++d;
+    return kmix_to_float(in[src[d]][idx]);
+  }
+  float acc = 0.0f;
+  for (int j = 0; j < k; ++j) acc = fmaf(w[j], kmix_share_input(w[j], kmix_to_float(in[src[j]][idx])), acc);
+  return kmix_to_float(kmix_from_float<T>(acc));
+}
+
+// Whether sample s is pasted (method KMIX_KERNEL_DCUTMIX, or KMIX_KERNEL_MIX with cut[s] set).
+KMIX_DEV bool kmix_is_paste(int method, const unsigned char* cut, int s) {
+  return method == 1 || (method == 2 && cut[s] != 0);
+}
+
+// The fused kernel, element by element of the output (the GPU's; the host runs kmix_mix_norm_band): blockIdx.x
+// takes a chunk of a sample's output elements (kmix_element_chunk), blockIdx.y walks the samples.
+template <typename T, typename O>
+__global__ void kmix_mix_norm(const T* const* __restrict__ in, O* const* __restrict__ out,
+                              const int* __restrict__ sources, const float* __restrict__ weights,
+                              const int* __restrict__ boxes, const unsigned char* __restrict__ cut, int method, int n,
+                              int k, int height, int width, int channels, int layout, int out_layout,
+                              const float* __restrict__ mean, const float* __restrict__ inv_std,
+                              const unsigned char* __restrict__ mirror) {
+  const long long sample_elems = (long long)height * width * channels;
+  long long begin, end;
+  kmix_element_chunk(sample_elems, blockDim.x, &begin, &end);
+  for (int s = blockIdx.y; s < n; s += gridDim.y) {
+    const int* src = sources + (long long)s * k;
+    const float* w = weights ? weights + (long long)s * k : nullptr;
+    const int* bx = boxes ? boxes + (long long)s * (k - 1) * 4 : nullptr;
+    const bool paste = kmix_is_paste(method, cut, s);
+    const bool flip = mirror != nullptr && mirror[s] != 0;
+    O* __restrict__ o = out[s];
+    for (long long e = begin + threadIdx.x; e < end; e += blockDim.x) {
+      int c, y, x;
+      if (out_layout == KMIX_CHW) {
+        x = (int)(e % width);
+        y = (int)((e / width) % height);
+        c = (int)(e / ((long long)width * height));
+      } else {
+        c = (int)(e % channels);
+        x = (int)((e / channels) % width);
+        y = (int)(e / ((long long)channels * width));
+      }
+      const int xs = flip ? width - 1 - x : x;
+      const long long idx = layout == KMIX_HWC ? ((long long)y * width + xs) * channels + c
+                                               : ((long long)c * height + y) * width + xs;
+      const float v = kmix_mixed_element(in, src, w, bx, paste, k, y, xs, idx);
+      o[e] = kmix_norm_store<O>((v - mean[c]) * inv_std[c]);
+    }
+  }
+}
+
+#ifdef KMIX_HOST_SHIM
+// One row of one channel normalised: o[x * OS] = (row[x' * IS] - m) * s, strides known to the compiler where they
+// are template arguments (0: the runtime ones), so the common layouts vectorise.
+template <int IS, int OS, typename T, typename O>
+inline void kmix_norm_row(O* __restrict__ o, int os, const T* __restrict__ row, int is, int width, float m, float s,
+                          bool flip) {
+  const int ist = IS ? IS : is, ost = OS ? OS : os;
+  if (flip) {
+    const T* __restrict__ last = row + (long long)(width - 1) * ist;
+    for (int x = 0; x < width; ++x) o[x * ost] = kmix_norm_store<O>((kmix_to_float(last[-(long long)x * ist]) - m) * s);
+  } else {
+    for (int x = 0; x < width; ++x) o[x * ost] = kmix_norm_store<O>((kmix_to_float(row[(long long)x * ist]) - m) * s);
+  }
+}
+
+// Host: the rows [y0, y1) of sample s, mixed by the host paths of kmix_dcutmix / kmix_dmixup into `scratch` (a
+// buffer of one sample, its elements at the sample's offsets, of which only the band's are touched: they stay in
+// L1 or L2), then normalised from there into the output. The same bits as kmix_mix_norm.
+template <typename T, typename O>
+inline void kmix_mix_norm_band(const T* const* __restrict__ in, O* __restrict__ out_s, T* __restrict__ scratch,
+                               const int* src, const float* w, const int* bx, bool paste, int k, int height,
+                               int width, int channels, int layout, int out_layout, const float* mean,
+                               const float* inv_std, bool flip, int y0, int y1) {
+  const long long plane = (long long)height * width;
+  const int planes = layout == KMIX_HWC ? 1 : channels;  // the runs of rows the band covers in the images' layout
+  const long long row_len = layout == KMIX_HWC ? (long long)width * channels : width;
+  for (int p = 0; p < planes; ++p) {
+    const int r0 = p * height + y0, r1 = p * height + y1;
+    if (paste)
+      kmix_dcutmix_rows_host(in, scratch, src, bx, k, height, width, channels, layout, r0, r1);
+    else
+      kmix_dmixup_sample(in, scratch, src, w, k, r0 * row_len, r1 * row_len, 0, 1);
+  }
+  const int is = layout == KMIX_HWC ? channels : 1, os = out_layout == KMIX_HWC ? channels : 1;
+  for (int y = y0; y < y1; ++y)
+    for (int c = 0; c < channels; ++c) {
+      const T* row = scratch + (layout == KMIX_HWC ? (long long)y * width * channels + c : c * plane + (long long)y * width);
+      O* o = out_s + (out_layout == KMIX_HWC ? (long long)y * width * channels + c : c * plane + (long long)y * width);
+      if (is == 3 && os == 1)
+        kmix_norm_row<3, 1>(o, os, row, is, width, mean[c], inv_std[c], flip);
+      else if (is == 1 && os == 1)
+        kmix_norm_row<1, 1>(o, os, row, is, width, mean[c], inv_std[c], flip);
+      else if (is == 3 && os == 3)
+        kmix_norm_row<3, 3>(o, os, row, is, width, mean[c], inv_std[c], flip);
+      else
+        kmix_norm_row<0, 0>(o, os, row, is, width, mean[c], inv_std[c], flip);
+    }
+}
+#endif

@@ -62,6 +62,12 @@ int kmix_host_draw_record(const uint32_t* entropy, int n_entropy, const uint32_t
                           const double* prob, int prob_rows, double switch_prob, const unsigned char* valid,
                           int height, int width, const int* centers, int* sources, float* weights, int* boxes,
                           int* cut);
+int kmix_host_norm_bands(int dtype, int height, int width, int channels);
+int kmix_host_mix_norm_block(int dtype, int out_dtype, const void* const* in, void* const* out, const int* sources,
+                             const float* weights, const int* boxes, const unsigned char* cut, int method, int n,
+                             int k, int height, int width, int channels, int layout, int out_layout,
+                             const float* mean, const float* inv_std, const unsigned char* mirror, int band,
+                             int sample);
 int kmix_host_salient_points(int dtype, const void* const* in, int* points, int n, int height, int width,
                              int channels, int layout, int out_h, int out_w, const float* gauss, int nworkers);
 int kmix_host_mix_labels(const long long* labels, long long m, const int* sources, const float* weights, int n, int k,
@@ -70,6 +76,10 @@ int kmix_host_mix_labels(const long long* labels, long long m, const int* source
 int kmix_gpu_launch(int kernel, int dtype, const void* const* in, void* const* out, const int* sources,
                     const float* weights, const int* boxes, const unsigned char* cut, int n, int k, int height,
                     int width, int channels, int layout, cudaStream_t stream);
+int kmix_gpu_launch_norm(int dtype, int out_dtype, const void* const* in, void* const* out, const int* sources,
+                         const float* weights, const int* boxes, const unsigned char* cut, int method, int n, int k,
+                         int height, int width, int channels, int layout, int out_layout, const float* mean,
+                         const float* inv_std, const unsigned char* mirror, cudaStream_t stream);
 const char* kmix_gpu_error_string(int code);
 #endif
 }
@@ -117,6 +127,43 @@ class ListView {
   kmix::KmixList list_;
 };
 
+// Element i of a buffer of DALI type t handed to f as its own C++ type, for bool and the integer types; false for
+// any other type (f not called).
+template <typename F>
+bool WithInteger(dali::DALIDataType t, const void* p, int64_t i, F&& f) {
+  switch (t) {
+    case DALI_BOOL: f(((const bool*)p)[i]); return true;
+    case DALI_UINT8: f(((const uint8_t*)p)[i]); return true;
+    case DALI_INT8: f(((const int8_t*)p)[i]); return true;
+    case DALI_UINT16: f(((const uint16_t*)p)[i]); return true;
+    case DALI_INT16: f(((const int16_t*)p)[i]); return true;
+    case DALI_UINT32: f(((const uint32_t*)p)[i]); return true;
+    case DALI_INT32: f(((const int32_t*)p)[i]); return true;
+    case DALI_UINT64: f(((const uint64_t*)p)[i]); return true;
+    case DALI_INT64: f(((const int64_t*)p)[i]); return true;
+    default: return false;
+  }
+}
+
+// One integer per sample of a scalar input ((), (1,) or any one-element shape) as T; "" or the message (`what`:
+// what its values must be, e.g. "integer class indices").
+template <typename T>
+std::string ScalarPerSample(const dali::TensorList<CPUBackend>& tl, const char* name, const char* what, int n,
+                            std::vector<T>* out) {
+  if (tl.num_samples() != n)
+    return kmix::Str(name, " has ", tl.num_samples(), " samples but images has ", n);
+  out->resize(n);
+  for (int s = 0; s < n; ++s) {
+    const auto shape = tl.tensor_shape(s);
+    if (shape.num_elements() != 1)
+      return kmix::Str(name, " must hold one value per sample, got shape ",
+                       kmix::ShapeStr(std::vector<int64_t>(shape.begin(), shape.end())), " for sample ", s);
+    if (!WithInteger(tl.type(), tl.raw_tensor(s), 0, [&](auto v) { (*out)[s] = (T)v; }))
+      return kmix::Str(name, " must be ", what, ", got dtype ", dali::TypeName(tl.type()));
+  }
+  return "";
+}
+
 // Where each record input sits: weights (DMixup), boxes (DCutMix), or weights, boxes, cut (kmix_mix).
 constexpr int WeightsAt(Method m) { return m == Method::kDCutMix ? -1 : 2; }
 constexpr int BoxesAt(Method m) { return m == Method::kDMixup ? -1 : (m == Method::kDCutMix ? 2 : 3); }
@@ -125,12 +172,69 @@ constexpr int CutAt(Method m) { return m == Method::kSwitch ? 4 : -1; }
 // Stateless: the output depends on the inputs alone (the record is drawn upstream from DALI's
 // own checkpointed random operator), so a checkpoint holds nothing for it and a pipeline built
 // with enable_checkpointing=True accepts it.
+// The fused normalisation's arguments (dtype, mean, std, mirror, output_layout), as DALI's crop_mirror_normalize
+// takes them, checked once for both backends; "" or the message.
+struct NormArgs {
+  bool on = false;          // dtype given: the output is normalised
+  int out_dtype = -1;       // KMIX_F32 or KMIX_F16
+  std::string out_layout;   // "HWC" or "CHW"
+  std::vector<float> mean, std;
+  bool mirror_input = false;  // mirror comes per sample (an argument input), else mirror_const for every sample
+  int mirror_const = 0;
+
+  std::string Read(const dali::OpSpec& spec, const std::string& layout) {
+    on = spec.HasArgument("dtype");
+    const auto type = on ? spec.GetArgument<dali::DALIDataType>("dtype") : DALI_NO_TYPE;
+    mirror_input = spec.HasTensorArgument("mirror");
+    if (!on) {
+      for (const char* arg : {"mean", "std", "mirror", "output_layout"})
+        if (spec.HasArgument(arg) || (std::string(arg) == "mirror" && mirror_input))
+          return kmix::Str(arg, " belongs to the normalisation fused into the mix: give dtype=types.FLOAT or "
+                                "types.FLOAT16 with it (or normalise with fn.crop_mirror_normalize after the mix)");
+      return "";
+    }
+    if (type != DALI_FLOAT && type != DALI_FLOAT16)
+      return kmix::Str("dtype must be FLOAT or FLOAT16 (the normalised images), got ", dali::TypeName(type));
+    out_dtype = type == DALI_FLOAT ? KMIX_F32 : KMIX_F16;
+    out_layout = spec.GetArgument<std::string>("output_layout");
+    if (out_layout.empty()) out_layout = layout;
+    if (out_layout != "HWC" && out_layout != "CHW")
+      return kmix::Str("output_layout must be \"HWC\" or \"CHW\", got \"", out_layout, "\"");
+    mean = spec.GetRepeatedArgument<float>("mean");
+    std = spec.GetRepeatedArgument<float>("std");
+    if (mean.empty()) mean = {0.0f};
+    if (std.empty()) std = {1.0f};
+    for (float m : mean)
+      if (!std::isfinite(m)) return kmix::Str("mean must be finite, got ", m);
+    for (float v : std)
+      if (!(std::isfinite(v) && v > 0.0f)) return kmix::Str("std must be > 0 and finite, got ", v);
+    if (!mirror_input) mirror_const = spec.GetArgument<int>("mirror");
+    return "";
+  }
+
+  // Per channel: DALI's crop_mirror_normalize's float factors (the mean; 1 / std worked out in double).
+  std::string Factors(int channels, std::vector<float>* m, std::vector<float>* inv) const {
+    for (const auto* v : {&mean, &std})
+      if (v->size() != 1 && (int)v->size() != channels)
+        return kmix::Str(v == &mean ? "mean" : "std", " has ", v->size(), " values but the images have ", channels,
+                         " channels (give one value, or one per channel)");
+    m->resize(channels);
+    inv->resize(channels);
+    for (int c = 0; c < channels; ++c) {
+      (*m)[c] = mean[mean.size() == 1 ? 0 : c];
+      (*inv)[c] = (float)(1.0 / (double)std[std.size() == 1 ? 0 : c]);
+    }
+    return "";
+  }
+};
+
 template <typename Backend, Method M>
 class KMixBlendBase : public dali::StatelessOperator<Backend> {
  public:
   explicit KMixBlendBase(const dali::OpSpec& spec)
       : dali::StatelessOperator<Backend>(spec), layout_(spec.GetArgument<std::string>("layout")) {
-    const std::string err = kmix::CheckLayoutArg(layout_);
+    std::string err = kmix::CheckLayoutArg(layout_);
+    if (err.empty()) err = norm_.Read(spec, layout_);
     if (!err.empty()) DALI_FAIL(err);
   }
 
@@ -147,11 +251,38 @@ class KMixBlendBase : public dali::StatelessOperator<Backend> {
     std::string err = kmix::GatherRecord(M, layout_, found, *im, *src, weights ? weights->get() : nullptr,
                                          boxes ? boxes->get() : nullptr, cut ? cut->get() : nullptr, &rec_);
     if (err.empty()) err = kmix::CheckChannels(layout_, found, *im);
+    if (err.empty() && norm_.on) err = SetupNorm(ws);
     if (!err.empty()) DALI_FAIL(err);
     output_desc.resize(1);
-    output_desc[0] = {images.shape(), images.type()};
+    if (!norm_.on) {
+      output_desc[0] = {images.shape(), images.type()};
+      return true;
+    }
+    const auto h = rec_.height, w = rec_.width, c = rec_.channels;  // the normalised batch: its layout, its type
+    const dali::TensorShape<> sample = norm_.out_layout == "HWC" ? dali::TensorShape<>{h, w, c}
+                                                                 : dali::TensorShape<>{c, h, w};
+    output_desc[0] = {dali::uniform_list_shape(rec_.n, sample), norm_.out_dtype == KMIX_F32 ? DALI_FLOAT : DALI_FLOAT16};
     return true;
   }
+
+  // The per-channel factors and the per-sample mirror flags of this iteration.
+  std::string SetupNorm(const dali::Workspace& ws) {
+    std::string err = norm_.Factors(rec_.channels, &mean_c_, &inv_c_);
+    if (!err.empty()) return err;
+    mirror_.assign(rec_.n, (unsigned char)(norm_.mirror_const != 0));
+    if (norm_.mirror_input) {
+      std::vector<int64_t> v;
+      err = ScalarPerSample(ws.ArgumentInput("mirror"), "mirror", "integers or bools", rec_.n, &v);
+      for (int s = 0; err.empty() && s < rec_.n; ++s) mirror_[s] = v[s] != 0;
+    }
+    return err;
+  }
+
+  // The operator's output layout.
+  std::string OutLayout() const { return norm_.on ? norm_.out_layout : layout_; }
+
+  // KMIX_KERNEL_* / kmix_host_mix_norm_block's method code of this operator.
+  static constexpr int MethodCode() { return M == Method::kDMixup ? 0 : (M == Method::kDCutMix ? 1 : 2); }
 
   // Per-sample input and output pointers of this iteration.
   template <typename Out>
@@ -165,9 +296,12 @@ class KMixBlendBase : public dali::StatelessOperator<Backend> {
   }
 
   std::string layout_;
+  NormArgs norm_;
   kmix::Record rec_;
   std::vector<const void*> in_;
   std::vector<void*> out_;
+  std::vector<float> mean_c_, inv_c_;  // the fused normalisation, per channel
+  std::vector<unsigned char> mirror_;  // and per sample
 };
 
 template <typename Backend, Method M>
@@ -185,11 +319,22 @@ class KMixBlend<CPUBackend, M> : public KMixBlendBase<CPUBackend, M> {
   void RunImpl(dali::Workspace& ws) override {
     const auto& images = ws.Input<CPUBackend>(0);
     auto& output = ws.Output<CPUBackend>(0);
-    output.SetLayout(dali::TensorLayout(this->layout_));
+    output.SetLayout(dali::TensorLayout(this->OutLayout()));
     const kmix::Record& r = this->rec_;
     if (r.n == 0) return;
     this->Pointers(images, output);
     const long long elems = (long long)r.height * r.width * r.channels;
+    auto& pool = ws.GetThreadPool();
+    if (this->norm_.on) {  // the fused normalisation: bands of rows (kmix_host_norm_bands), sample by sample
+      const long long blocks = (long long)r.n * kmix_host_norm_bands(r.dtype, r.height, r.width, r.channels);
+      const long long tasks = std::min<long long>(blocks, 8LL * std::max(1, pool.NumThreads()));
+      for (long long t = 0; t < tasks; ++t) {
+        const long long lo = blocks * t / tasks, hi = blocks * (t + 1) / tasks;
+        pool.AddWork([this, lo, hi](int) { RunNormBlocks(lo, hi); }, (hi - lo) * elems);
+      }
+      pool.RunAll();
+      return;
+    }
     const int blend_chunks = kmix_host_dmixup_chunks(elems);
     const int cut_chunks = kmix_host_dcutmix_chunks(r.dtype, r.k, r.height, r.width, r.channels, r.layout);
     // the blocks, sample by sample: block b is (sample, chunk) = (start[s] <= b < start[s + 1]); SamplesFirst()
@@ -197,7 +342,6 @@ class KMixBlend<CPUBackend, M> : public KMixBlendBase<CPUBackend, M> {
     start_.resize(r.n + 1);
     start_[0] = 0;
     for (int s = 0; s < r.n; ++s) start_[s + 1] = start_[s] + (IsCut(s) ? cut_chunks : blend_chunks);
-    auto& pool = ws.GetThreadPool();
     const long long blocks = start_[r.n];
     const long long tasks = std::min<long long>(blocks, 8LL * std::max(1, pool.NumThreads()));
     for (long long t = 0; t < tasks; ++t) {
@@ -238,6 +382,22 @@ class KMixBlend<CPUBackend, M> : public KMixBlendBase<CPUBackend, M> {
     }
   }
 
+  // Blocks [lo, hi) of the fused launch: block b is band b % bands of sample b / bands.
+  void RunNormBlocks(long long lo, long long hi) {
+    const kmix::Record& r = this->rec_;
+    const int bands = kmix_host_norm_bands(r.dtype, r.height, r.width, r.channels);
+    const int out_layout = this->norm_.out_layout == "HWC" ? KMIX_HWC : KMIX_CHW;
+    for (long long b = lo; b < hi; ++b) {
+      const int rc = kmix_host_mix_norm_block(
+          r.dtype, this->norm_.out_dtype, this->in_.data(), this->out_.data(), r.sources.data(),
+          r.weights.empty() ? nullptr : r.weights.data(), r.boxes.empty() ? nullptr : r.boxes.data(),
+          r.cut.empty() ? nullptr : r.cut.data(), this->MethodCode(), r.n, r.k, r.height, r.width, r.channels,
+          r.layout, out_layout, this->mean_c_.data(), this->inv_c_.data(), this->mirror_.data(), (int)(b % bands),
+          (int)(b / bands));
+      DALI_ENFORCE(rc == 0, "dali_kmix: internal error, a kernel block was refused");
+    }
+  }
+
   std::vector<long long> start_;
 };
 
@@ -252,7 +412,7 @@ class KMixBlend<dali::GPUBackend, M> : public KMixBlendBase<dali::GPUBackend, M>
   void RunImpl(dali::Workspace& ws) override {
     const auto& images = ws.Input<dali::GPUBackend>(0);
     auto& output = ws.Output<dali::GPUBackend>(0);
-    output.SetLayout(dali::TensorLayout(this->layout_));
+    output.SetLayout(dali::TensorLayout(this->OutLayout()));
     const kmix::Record& r = this->rec_;
     if (r.n == 0) return;
     this->Pointers(images, output);
@@ -262,6 +422,18 @@ class KMixBlend<dali::GPUBackend, M> : public KMixBlendBase<dali::GPUBackend, M>
     // buffer (freed in stream order too, so it lives until the copy has run) and issues one
     // cudaMemcpyAsync on `stream`.
     dali::kernels::DynamicScratchpad scratch(dali::AccessOrder{stream});
+    if (this->norm_.on) {  // the fused normalisation: its factors and mirror flags travel in the same copy
+      auto [in, out, sources, weights, boxes, cut, mean, inv, mirror] =
+          scratch.ToContiguousGPU(stream, this->in_, this->out_, r.sources, r.weights, r.boxes, r.cut, this->mean_c_,
+                                  this->inv_c_, this->mirror_);
+      const int rc = kmix_gpu_launch_norm(
+          r.dtype, this->norm_.out_dtype, in, out, sources, r.weights.empty() ? nullptr : weights,
+          r.boxes.empty() ? nullptr : boxes, r.cut.empty() ? nullptr : cut, this->MethodCode(), r.n, r.k, r.height,
+          r.width, r.channels, r.layout, this->norm_.out_layout == "HWC" ? KMIX_HWC : KMIX_CHW, mean, inv, mirror,
+          stream);
+      if (rc != 0) DALI_FAIL("dali_kmix: launching the fused kernel failed: ", kmix_gpu_error_string(rc));
+      return;
+    }
     auto [in, out, sources, weights, boxes, cut] =
         scratch.ToContiguousGPU(stream, this->in_, this->out_, r.sources, r.weights, r.boxes, r.cut);
     const int kernel = M == Method::kDMixup ? KMIX_KERNEL_DMIXUP
@@ -292,43 +464,6 @@ inline std::vector<double> HexDoubles(const std::string& text) {
 }
 
 inline std::vector<float> ToFloats(const std::vector<double>& v) { return std::vector<float>(v.begin(), v.end()); }
-
-// Element i of a buffer of DALI type t handed to f as its own C++ type, for bool and the integer types; false for
-// any other type (f not called).
-template <typename F>
-bool WithInteger(dali::DALIDataType t, const void* p, int64_t i, F&& f) {
-  switch (t) {
-    case DALI_BOOL: f(((const bool*)p)[i]); return true;
-    case DALI_UINT8: f(((const uint8_t*)p)[i]); return true;
-    case DALI_INT8: f(((const int8_t*)p)[i]); return true;
-    case DALI_UINT16: f(((const uint16_t*)p)[i]); return true;
-    case DALI_INT16: f(((const int16_t*)p)[i]); return true;
-    case DALI_UINT32: f(((const uint32_t*)p)[i]); return true;
-    case DALI_INT32: f(((const int32_t*)p)[i]); return true;
-    case DALI_UINT64: f(((const uint64_t*)p)[i]); return true;
-    case DALI_INT64: f(((const int64_t*)p)[i]); return true;
-    default: return false;
-  }
-}
-
-// One integer per sample of a scalar input ((), (1,) or any one-element shape) as T; "" or the message (`what`:
-// what its values must be, e.g. "integer class indices").
-template <typename T>
-std::string ScalarPerSample(const dali::TensorList<CPUBackend>& tl, const char* name, const char* what, int n,
-                            std::vector<T>* out) {
-  if (tl.num_samples() != n)
-    return kmix::Str(name, " has ", tl.num_samples(), " samples but images has ", n);
-  out->resize(n);
-  for (int s = 0; s < n; ++s) {
-    const auto shape = tl.tensor_shape(s);
-    if (shape.num_elements() != 1)
-      return kmix::Str(name, " must hold one value per sample, got shape ",
-                       kmix::ShapeStr(std::vector<int64_t>(shape.begin(), shape.end())), " for sample ", s);
-    if (!WithInteger(tl.type(), tl.raw_tensor(s), 0, [&](auto v) { (*out)[s] = (T)v; }))
-      return kmix::Str(name, " must be ", what, ", got dtype ", dali::TypeName(tl.type()));
-  }
-  return "";
-}
 
 // A double as Python's repr writes it (the shortest digits that read back; ".0" on an integral value), so that the
 // messages name values as dali_kmix.dali's Python checks do.
@@ -646,6 +781,18 @@ DALI_REGISTER_OPERATOR(KmixMix, ::dali_kmix::MixGpu, GPU);
       "Same-shape samples; the output is on their device."
 #define KMIX_RECORD_DOX(what) "TensorList of " what " on the CPU (the record, drawn on the host)"
 
+
+// The fused normalisation's arguments, the same in every blending operator's schema.
+#define KMIX_NORM_ARGS                                                                                              \
+  AddOptionalTypeArg("dtype", "FLOAT or FLOAT16: normalise the mixed batch in the same pass, as crop_mirror_normalize "  \
+                 "would after the mix (same bits: (x - mean[c]) * (1 / std[c]) in float, the DMixup of uint8 "        \
+                 "rounded to uint8 first), and output that type. Default: the images' type, no normalisation.")       \
+      .AddOptionalArg("mean", "With dtype: the mean, one value or one per channel.", std::vector<float>{})          \
+      .AddOptionalArg("std", "With dtype: the standard deviation (> 0), one value or one per channel.",            \
+                      std::vector<float>{})                                                                          \
+      .AddOptionalArg("mirror", "With dtype: 1 flips the sample left-right (after mixing), per sample.", 0, true)   \
+      .AddOptionalArg("output_layout", "With dtype: \"HWC\" or \"CHW\" (default: layout).", std::string())
+
 DALI_SCHEMA(KmixDmixup)
     .DocStr(R"(dali_kmix DMixup: every output sample is the Dirichlet-weighted sum of K images of the batch,
 out[s] = sum_j weights[s][j] * images[sources[s][j]] (float32 fused multiply-adds in order j = 0..K-1;
@@ -657,7 +804,8 @@ bits. Use dali_kmix.dali.dmixup, which draws the record and the labels.)")
     .InputDox(0, "images", KMIX_IMAGES_DOX)
     .InputDox(1, "sources", KMIX_RECORD_DOX("int32 (K,)"), "sources[s][0] == s; the images mixed into sample s.")
     .InputDox(2, "weights", KMIX_RECORD_DOX("float32 (K,)"), "The shares of the K images (finite, >= 0).")
-    .AddArg("layout", "\"HWC\" or \"CHW\".", DALI_STRING);
+    .AddArg("layout", "\"HWC\" or \"CHW\".", DALI_STRING)
+    .KMIX_NORM_ARGS;
 
 DALI_SCHEMA(KmixDcutmix)
     .DocStr(R"(dali_kmix DCutMix: every output pixel is copied from the image of the deepest of K-1 nested boxes
@@ -669,7 +817,8 @@ the same bits. Use dali_kmix.dali.dcutmix, which draws the record and the area-w
     .InputDox(0, "images", KMIX_IMAGES_DOX)
     .InputDox(1, "sources", KMIX_RECORD_DOX("int32 (K,)"), "sources[s][0] == s; the images pasted into sample s.")
     .InputDox(2, "boxes", KMIX_RECORD_DOX("int32 (K-1, 4)"), "(y0, x0, y1, x1), half-open, each inside the last.")
-    .AddArg("layout", "\"HWC\" or \"CHW\".", DALI_STRING);
+    .AddArg("layout", "\"HWC\" or \"CHW\".", DALI_STRING)
+    .KMIX_NORM_ARGS;
 
 DALI_SCHEMA(KmixMix)
     .DocStr(R"(dali_kmix DMixup or DCutMix per sample: sample s is blended with its weights where cut[s] == 0 and
@@ -684,7 +833,8 @@ the labels.)")
     .InputDox(2, "weights", KMIX_RECORD_DOX("float32 (K,)"), "The shares of the K images (finite, >= 0).")
     .InputDox(3, "boxes", KMIX_RECORD_DOX("int32 (K-1, 4)"), "(y0, x0, y1, x1), half-open, each inside the last.")
     .InputDox(4, "cut", KMIX_RECORD_DOX("uint8 ()"), "1: paste the boxes; 0: blend with the weights.")
-    .AddArg("layout", "\"HWC\" or \"CHW\".", DALI_STRING);
+    .AddArg("layout", "\"HWC\" or \"CHW\".", DALI_STRING)
+    .KMIX_NORM_ARGS;
 
 #ifndef KMIX_NO_NPYRANDOM
 DALI_SCHEMA(KmixDraw)

@@ -152,6 +152,89 @@ int kmix_host_dcutmix_block(int dtype, const void* const* in, void* const* out, 
   return 0;
 }
 
+// The mix with its normalisation fused (kmix_mix_norm, kmix_mix_norm_band): the output type O is float or float16.
+#define KMIX_DISPATCH_NORM(dtype, out_dtype, CALL)                              \
+  switch (out_dtype) {                                                          \
+    case KMIX_F32: { typedef float O; KMIX_DISPATCH(dtype, CALL); } break;      \
+    case KMIX_F16: { typedef __half O; KMIX_DISPATCH(dtype, CALL); } break;     \
+    default: return 1;                                                          \
+  }
+
+// Host bands of the fused launch: a sample's rows in bands of about KMIX_HOST_NORM_BAND_BYTES of the images (all
+// channels of the band's rows), mixed into a per-thread scratch that stays in cache, then normalised from it.
+#define KMIX_HOST_NORM_BAND_BYTES (16 << 10)
+
+static int kmix_elem_size(int dtype) { return dtype == KMIX_U8 ? 1 : (dtype == KMIX_F16 ? 2 : 4); }
+
+int kmix_host_norm_bands(int dtype, int height, int width, int channels) {
+  if (height <= 0 || width <= 0 || channels <= 0) return 0;
+  const long long row_bytes = (long long)width * channels * kmix_elem_size(dtype);
+  long long rows = KMIX_HOST_NORM_BAND_BYTES / row_bytes;
+  if (rows < 1) rows = 1;
+  return (int)((height + rows - 1) / rows);
+}
+
+// The scratch of the calling thread: one sample of `bytes`, kept between calls.
+static void* kmix_norm_scratch(size_t bytes) {
+  static thread_local std::vector<unsigned char> buf;
+  if (buf.size() < bytes + 64) buf.resize(bytes + 64);
+  return (void*)(((uintptr_t)buf.data() + 63) & ~(uintptr_t)63);
+}
+
+// Band `band` (of kmix_host_norm_bands) of sample `sample`: the fused mix and normalisation of its rows.
+// method: 0 DMixup (weights), 1 DCutMix (boxes), 2 per sample by cut. Returns 1 for an unknown type or method, or a
+// block outside the grid.
+int kmix_host_mix_norm_block(int dtype, int out_dtype, const void* const* in, void* const* out, const int* sources,
+                             const float* weights, const int* boxes, const unsigned char* cut, int method, int n,
+                             int k, int height, int width, int channels, int layout, int out_layout,
+                             const float* mean, const float* inv_std, const unsigned char* mirror, int band,
+                             int sample) {
+  const int bands = kmix_host_norm_bands(dtype, height, width, channels);
+  if (band < 0 || band >= bands || sample < 0 || sample >= n || method < 0 || method > 2) return 1;
+  const int per = (height + bands - 1) / bands;
+  const int y0 = band * per, y1 = y0 + per < height ? y0 + per : height;
+  if (y0 >= y1) return 0;
+  const bool paste = kmix_is_paste(method, cut, sample);
+  const bool flip = mirror != nullptr && mirror[sample] != 0;
+  void* scratch = kmix_norm_scratch((size_t)height * width * channels * kmix_elem_size(dtype));
+  KMIX_DISPATCH_NORM(dtype, out_dtype, (kmix_mix_norm_band<T, O>(  // parenthesised: the commas stay in the call
+      (const T* const*)in, (O*)out[sample], (T*)scratch, sources + (long long)sample * k,
+      weights ? weights + (long long)sample * k : nullptr, boxes ? boxes + (long long)sample * (k - 1) * 4 : nullptr,
+      paste, k, height, width, channels, layout, out_layout, mean, inv_std, flip, y0, y1)));
+  return 0;
+}
+
+// The fused launch over a batch: with block_threads == 1 the host bands (kmix_host_mix_norm_block) on nworkers
+// threads; with more, the GPU's kernel kmix_mix_norm, its threads run one after another (for the tests: both give
+// the same bits).
+int kmix_host_mix_norm(int dtype, int out_dtype, const void* const* in, void* const* out, const int* sources,
+                       const float* weights, const int* boxes, const unsigned char* cut, int method, int n, int k,
+                       int height, int width, int channels, int layout, int out_layout, const float* mean,
+                       const float* inv_std, const unsigned char* mirror, int nworkers, int block_threads,
+                       int reverse) {
+  if (method < 0 || method > 2) return 1;
+  if (n <= 0 || height <= 0 || width <= 0 || channels <= 0) return 0;
+  if (block_threads <= 1) {
+    const int bands = kmix_host_norm_bands(dtype, height, width, channels);
+    const kmix_dim3 grid = {(unsigned)bands, (unsigned)n, 1};
+    std::atomic<int> failed{0};
+    kmix_launch(grid, {1, 1, 1}, nworkers, reverse != 0, [&]() {
+      if (kmix_host_mix_norm_block(dtype, out_dtype, in, out, sources, weights, boxes, cut, method, n, k, height,
+                                   width, channels, layout, out_layout, mean, inv_std, mirror, (int)blockIdx.x,
+                                   (int)blockIdx.y))
+        failed = 1;
+    });
+    return failed.load();
+  }
+  const kmix_dim3 grid = {(unsigned)kmix_host_dmixup_chunks((long long)height * width * channels), (unsigned)n, 1};
+  const kmix_dim3 block = {(unsigned)block_threads, 1, 1};
+  KMIX_DISPATCH_NORM(dtype, out_dtype, (kmix_launch(grid, block, nworkers, reverse != 0, [&]() {
+    kmix_mix_norm<T, O>((const T* const*)in, (O* const*)out, sources, weights, boxes, cut, method, n, k, height,
+                        width, channels, layout, out_layout, mean, inv_std, mirror);
+  })));
+  return 0;
+}
+
 // Same grid shape as the GPU launch (threads of a block run one after another here).
 int kmix_host_nest_boxes(const double* phi, const double* uni, int phi_stride, const int* perms,
                          const unsigned char* mixed, int n, int k, int height, int width,

@@ -28,7 +28,7 @@ def gpu_sleep(seconds, stream_ptr=None):
 
 
 #: The kernels whose source calls fmaf (the only fused multiply-adds allowed: --fmad=false).
-FMAF_KERNELS = ("kmix_dmixup", "kmix_mix")  # kmix_mix blends with the same fmaf chain
+FMAF_KERNELS = ("kmix_dmixup", "kmix_mix")  # kmix_mix and kmix_mix_norm blend with the same fmaf chain
 
 
 def ptx_entries(ptx):

@@ -27,7 +27,7 @@ __all__ = ["load", "build", "available", "compiler", "dmixup", "dcutmix", "mix",
            "spectral_residual", "salient_points", "dirichlet", "pcg64_raw", "draw_record", "native_sampler",
            "DRAW_METHODS", "draw_record_from", "record_valid", "mix_labels",
            "half_to_float", "float_to_half", "DTYPE_CODES", "LAYOUT_CODES", "HOST_SOURCES", "default_workers",
-           "launch_config", "launch_cover", "host_dcutmix_shape", "validate_record", "KERNEL_CODES", "METHOD_CODES"]
+           "launch_config", "launch_cover", "host_dcutmix_shape", "mix_normalize", "norm_bands", "validate_record", "KERNEL_CODES", "METHOD_CODES"]
 
 #: Element-type and layout codes of the C entry points, as kernels/kmix_codes.h defines them for C++.
 DTYPE_CODES = {np.dtype(np.uint8): 0, np.dtype(np.float16): 1, np.dtype(np.float32): 2}
@@ -116,6 +116,11 @@ def _load(sanitize: bool):
     lib.kmix_host_dcutmix_chunks.restype = _I
     lib.kmix_host_dcutmix_samples_first.argtypes = [_I, _I]
     lib.kmix_host_dcutmix_samples_first.restype = _I
+    lib.kmix_host_mix_norm.argtypes = [_I, _I, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _I, _I, _P, _P, _P,
+                                       _I, _I, _I]
+    lib.kmix_host_mix_norm.restype = _I
+    lib.kmix_host_norm_bands.argtypes = [_I, _I, _I, _I]
+    lib.kmix_host_norm_bands.restype = _I
     lst = ctypes.POINTER(_KmixList)
     lib.kmix_host_validate_record.argtypes = [_I, ctypes.c_char_p, ctypes.c_char_p, lst, lst, lst, lst, lst,
                                               ctypes.c_char_p, _I]
@@ -225,6 +230,41 @@ def mix(inputs, outputs, sources, weights, boxes, cut, layout, *, workers=None, 
     return _launch("kmix_host_mix", outputs, DTYPE_CODES[one.dtype], pin.ctypes.data, pout.ctypes.data,
                    src.ctypes.data, wt.ctypes.data, bx.ctypes.data, ct.ctypes.data, n, src.shape[1], h, w, c,
                    LAYOUT_CODES[layout], *_threads(workers, block_threads, reverse))
+
+
+def mix_normalize(inputs: np.ndarray, outputs: np.ndarray, sources, weights, boxes, cut, method: str, layout: str,
+                  out_layout: str, mean, inv_std, mirror=None, *, workers=None, block_threads=1, reverse=False):
+    """The mix with crop_mirror_normalize's normalisation fused (``kmix_mix_norm``): ``inputs`` an (N, ...) batch of
+    uint8, float16 or float32 in ``layout``, ``outputs`` a C-contiguous (N, ...) float32 or float16 batch in
+    ``out_layout``; ``method`` "dmixup" (weights), "dcutmix" (boxes) or "mix" (weights, boxes and ``cut`` per sample);
+    ``mean``/``inv_std`` float32 per channel; ``mirror`` one flag per sample or None. ``block_threads`` > 1 runs the
+    GPU's element-by-element kernel instead of the host bands (the tests compare the two)."""
+    n = len(outputs)
+    if n == 0:
+        return outputs
+    inputs = np.ascontiguousarray(inputs)
+    if not outputs.flags.c_contiguous:
+        raise ValueError("outputs must be C-contiguous")
+    h, w, c = hwc_dims(inputs.shape[1:], layout)
+    src = _c(sources, np.int32)
+    k = src.shape[1]
+    wt = None if weights is None else _c(weights, np.float32)
+    bx = None if boxes is None else _c(boxes, np.int32)
+    ct = None if cut is None else _c(np.asarray(cut).reshape(n), np.uint8)
+    mr = None if mirror is None else _c(np.asarray(mirror).reshape(n), np.uint8)
+    mean, inv_std = _c(mean, np.float32), _c(inv_std, np.float32)
+    if mean.size != c or inv_std.size != c:
+        raise ValueError(f"mean and inv_std must hold one value per channel ({c}), got {mean.size} and {inv_std.size}")
+    pin, pout = _batch_ptrs(inputs), _batch_ptrs(outputs)
+    return _launch("kmix_host_mix_norm", outputs, DTYPE_CODES[inputs.dtype], DTYPE_CODES[outputs.dtype],
+                   pin.ctypes.data, pout.ctypes.data, src.ctypes.data, _addr(wt), _addr(bx), _addr(ct),
+                   METHOD_CODES[method], n, k, h, w, c, LAYOUT_CODES[layout], LAYOUT_CODES[out_layout],
+                   mean.ctypes.data, inv_std.ctypes.data, _addr(mr), *_threads(workers, block_threads, reverse))
+
+
+def norm_bands(dtype, height: int, width: int, channels: int) -> int:
+    """How many bands of rows the fused launch cuts a sample into on the host (``kmix_host_norm_bands``)."""
+    return load().kmix_host_norm_bands(DTYPE_CODES[np.dtype(dtype)], height, width, channels)
 
 
 def nest_boxes(method, phi, uniforms, perms, mixed, height, width, *, centers=None, workers=1, reverse=False):
