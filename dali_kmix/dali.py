@@ -83,7 +83,10 @@ class Normalize:
     ``output_layout`` and ``dtype``, in the same pass as the mix: the same bits as the mix followed by
     ``fn.crop_mirror_normalize(mean=..., std=..., mirror=..., output_layout=..., dtype=...)``, without writing the
     mixed batch out (one operator instead of two in the pipeline; a DMixup of uint8 images is rounded to uint8
-    before it is normalised, as the unfused mix stores it).
+    before it is normalised, as the unfused mix stores it). float16 rounds to nearest even, as NumPy and DALI's GPU
+    ``crop_mirror_normalize`` do; DALI's CPU ``crop_mirror_normalize`` rounds exact ties away from zero (1 ulp).
+    Where the native operators are not available (the ``python_function`` paths), the mix is followed by
+    ``fn.crop_mirror_normalize`` itself.
 
     Args:
         mean, std: one value, or one per channel (``std`` > 0), finite.

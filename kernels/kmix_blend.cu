@@ -434,7 +434,8 @@ __global__ void kmix_mix(const T* const* __restrict__ in, T* const* __restrict__
 // What DALI's crop_mirror_normalize does to the mixed batch, in the same pass: out(c, y, x) =
 // (m(y, x', c) - mean[c]) * inv_std[c] in float (a subtraction then a product, never fused), x' = W - 1 - x where
 // the sample is mirrored, m the mixed image in the images' own type (a DMixup of uint8 rounded to uint8 first, as
-// kmix_dmixup stores it), stored as float or float16 (rounded to nearest even) in the output layout. So the
+// kmix_dmixup stores it), stored as float or float16 (rounded to nearest even, as DALI's GPU crop_mirror_normalize
+// and NumPy do; its CPU one rounds exact ties away from zero, 1 ulp apart there) in the output layout. So the
 // result has the bits of kmix_dmixup / kmix_dcutmix / kmix_mix followed by crop_mirror_normalize, without the
 // mixed batch ever being written out: the pipeline runs one operator where it ran two.
 //   mean, inv_std: float32 (channels,)   mirror: uint8 (n,) or null (no sample mirrored)

@@ -1045,3 +1045,80 @@ def test_cpu_kernels_take_batch_arrays_as_lists_of_samples():
             fn(x.astype(np.float32), np.empty_like(x), *args)
     with pytest.raises(ValueError, match="inputs and outputs must hold the same number of samples, got 4 and 5"):
         cpu_kernels.dmixup(x[:4], np.empty_like(x), blend.sources, blend.weights)
+
+
+# --------------------------------------------------------------------------- the mix with its normalisation fused
+
+def _fused_case(method, n, h, w, c, k, dtype, layout, rng):
+    """(images, kernel record arguments, the mixed batch the reference gives) of one fused launch."""
+    images = random_images(rng, dtype, _shape(layout, n, h, w, c))
+    blend = sample_params("dmixup", n, h, w, k=k, alpha=0.7, rng=rng)
+    paste = sample_params("dcutmix", n, h, w, k=k, alpha=0.7, rng=rng)
+    if method == "dmixup":
+        return images, (blend.sources, blend.weights, None, None), reference.mix_images(images, blend, layout)
+    if method == "dcutmix":
+        return images, (paste.sources, None, paste.boxes, None), reference.mix_images(images, paste, layout)
+    cut = (rng.random(n) < 0.5).astype(np.uint8)
+    cut[:2] = (0, 1)[:n]
+    sources = np.where(cut[:, None] == 1, paste.sources, blend.sources)
+    pasted = reference.mix_images(images, MixParams(sources, blend.weights, paste.boxes), layout)
+    blended = reference.mix_images(images, MixParams(sources, blend.weights), layout)
+    mixed = np.where(cut.astype(bool).reshape(n, 1, 1, 1), pasted, blended)
+    return images, (sources, blend.weights, paste.boxes, cut), mixed
+
+
+FUSED_SIZES = {"1x1x1": (1, 1, 1, 1), "N5-33x20x3": (5, 33, 20, 3), "N4-61x130x4": (4, 61, 130, 4),
+               "N2-3x1500x3-one-row-bands": (2, 3, 1500, 3)}
+
+
+@pytest.mark.parametrize("launch", ["bands", "gpu-kernel-7thr-reversed"])
+@pytest.mark.parametrize("size", list(FUSED_SIZES))
+@pytest.mark.parametrize("out_dtype", [np.float32, np.float16], ids=["to-f32", "to-f16"])
+@pytest.mark.parametrize("out_layout", ["CHW", "HWC"], ids=["to-CHW", "to-HWC"])
+@pytest.mark.parametrize("layout", ["HWC", "CHW"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("method", ["dmixup", "dcutmix", "mix"])
+def test_fused_normalisation_is_the_reference_mix_then_normalise(method, dtype, layout, out_layout, out_dtype, size,
+                                                                 launch):
+    """Host bands and the GPU's element-by-element kernel: the bits of the reference mix followed by
+    reference.normalize (crop_mirror_normalize's arithmetic), some samples mirrored."""
+    cpu_kernels = CpuBackend().k
+    n, h, w, c = FUSED_SIZES[size]
+    rng = np.random.default_rng([n, h, w, c, len(method)])
+    k = int(rng.integers(2, 10))
+    images, record, mixed = _fused_case(method, n, h, w, c, k, dtype, layout, rng)
+    mean, std = rng.uniform(0, 200, c).astype(np.float32), rng.uniform(0.5, 80, c).astype(np.float32)
+    mirror = (np.arange(n) % 2).astype(np.uint8)
+    want = reference.normalize(mixed, mean, std, layout=layout, out_layout=out_layout, mirror=mirror, dtype=out_dtype)
+    m, inv = reference.norm_factors(mean, std, c)
+    out = np.full(want.shape, np.nan, out_dtype)
+    given = images.copy()
+    opts = dict(workers=2) if launch == "bands" else dict(workers=3, block_threads=7, reverse=True)
+    assert cpu_kernels.mix_normalize(given, out, *record, method, layout, out_layout, m, inv, mirror, **opts) is out
+    _assert_same_bits(out, want)
+    _assert_same_bits(given, images)  # the input is not written
+
+
+def test_fused_normalisation_bands_and_argument_checks():
+    cpu_kernels = CpuBackend().k
+    assert cpu_kernels.norm_bands(np.uint8, 224, 224, 3) == 10  # 24 rows of 672 bytes in 16 KiB
+    assert cpu_kernels.norm_bands(np.float32, 224, 224, 3) == 38  # 6 rows of 2688 bytes
+    assert cpu_kernels.norm_bands(np.float32, 3, 5000, 3) == 3  # one row a band when a row exceeds 16 KiB
+    assert cpu_kernels.norm_bands(np.uint8, 0, 5, 3) == 0
+    rng = np.random.default_rng(3)
+    images, record, mixed = _fused_case("dcutmix", 3, 9, 11, 3, 3, np.uint8, "HWC", rng)
+    m, inv = reference.norm_factors([1.0, 2.0, 3.0], [4.0], 3)
+    assert np.array_equal(inv, np.float32([0.25] * 3))
+    out = np.empty((3, 3, 9, 11), np.float32)
+    want = reference.normalize(mixed, [1.0, 2.0, 3.0], [4.0], out_layout="CHW")
+    _assert_same_bits(cpu_kernels.mix_normalize(images, out, *record, "dcutmix", "HWC", "CHW", m, inv), want)
+    with pytest.raises(ValueError, match=r"outputs must have shape \(3, 3, 9, 11\) \(CHW samples of the HWC inputs\)"):
+        cpu_kernels.mix_normalize(images, np.empty((3, 9, 11, 3), np.float32), *record, "dcutmix", "HWC", "CHW", m, inv)
+    with pytest.raises(ValueError, match="outputs must be a C-contiguous float32 or float16 array, got uint8"):
+        cpu_kernels.mix_normalize(images, np.empty((3, 3, 9, 11), np.uint8), *record, "dcutmix", "HWC", "CHW", m, inv)
+    with pytest.raises(ValueError, match=r"mean and inv_std must hold one value per channel \(3\), got 2 and 3"):
+        cpu_kernels.mix_normalize(images, out, *record, "dcutmix", "HWC", "CHW", m[:2], inv)
+    with pytest.raises(ValueError, match="out_layout must be one of"):
+        cpu_kernels.mix_normalize(images, out, *record, "dcutmix", "HWC", "NCHW", m, inv)
+    with pytest.raises(ValueError, match="same number of samples, got 2 and 3"):
+        cpu_kernels.mix_normalize(images[:2], out, *record, "dcutmix", "HWC", "CHW", m, inv)

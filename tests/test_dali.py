@@ -203,6 +203,65 @@ def test_bad_arguments_fail_when_the_pipeline_is_defined(kwargs, exc, match):
         pipe()
 
 
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(std=0), r"std must be > 0, got 0"),
+    (dict(std=[1.0, -2.0]), r"std must be > 0, got \[1.0, -2.0\]"),
+    (dict(mean=[float("nan")]), r"mean must be one or more finite numbers, got \[nan\]"),
+    (dict(mean=[]), r"mean must be one or more finite numbers, got \[\]"),
+    (dict(output_layout="NCHW"), r"output_layout must be one of \['HWC', 'CHW'\], got 'NCHW'"),
+    (dict(dtype="float64"), r"dtype must be one of \['float32', 'float16'\], got 'float64'"),
+    (dict(mirror=2), r"mirror must be None, 0, 1 or a DataNode of one flag per sample, got 2"),
+])
+def test_normalize_arguments_are_checked(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        kmix.Normalize(**kwargs)
+
+
+def test_normalize_must_be_a_normalize():
+    with pytest.raises(TypeError, match=r"normalize must be a dali_kmix.dali.Normalize or None, got dict"):
+        _run_batch([np.zeros((4, 4, 3), np.uint8)] * 2, [np.array([1], np.int32)] * 2, normalize={"mean": 1})
+
+
+@pipeline_def(batch_size=BATCH, num_threads=2, device_id=None, seed=5)
+def norm_pipe(root, method, fused, layout, out_layout, dtype):
+    jpegs, labels = fn.readers.file(file_root=str(root), random_shuffle=True, name="Reader")
+    images = fn.decoders.image(jpegs, output_type=types.RGB)
+    images = fn.resize(images, resize_x=SIZE, resize_y=SIZE)
+    if layout == "CHW":
+        images = fn.transpose(images, perm=[2, 0, 1], output_layout="CHW")
+    mirror = fn.random.coin_flip(probability=0.5)
+    norm = kmix.Normalize(mean=(120.0, 110.5, 100.25), std=(60.0, 62.5, 65.0), mirror=mirror,
+                          output_layout=out_layout, dtype=dtype)
+    outs = getattr(kmix, method)(images, labels, k=3, num_classes=8, layout=layout, label_format="sparse",
+                                 normalize=norm if fused else None)
+    if fused:
+        return outs
+    return (fn.crop_mirror_normalize(outs[0], **norm.operator_args(layout)), *outs[1:])
+
+
+@pytest.mark.parametrize("path", ["plugin", "function"])
+@pytest.mark.parametrize("layout,out_layout,dtype", [("HWC", "CHW", "float32"), ("CHW", "HWC", "float16")],
+                         ids=["HWC-to-CHW-f32", "CHW-to-HWC-f16"])
+@pytest.mark.parametrize("method", ["dcutmix", "dmixup", "saliency_dcutmix", "dmixup_or_dcutmix"])
+def test_normalize_gives_the_mix_then_crop_mirror_normalize(photo_dir, monkeypatch, method, layout, out_layout,
+                                                            dtype, path):
+    """normalize= on either path: the batches of the same pipeline with the mix followed by
+    fn.crop_mirror_normalize (same draws, same labels; float16 up to DALI's CPU rounding of exact ties)."""
+    monkeypatch.setenv("DALI_KMIX_PLUGIN", "1" if path == "plugin" else "0")
+    fused, unfused = (_run(norm_pipe(photo_dir, method, f, layout, out_layout, dtype), iters=2) for f in (True, False))
+    for a, b in zip(fused, unfused):
+        assert a[0].dtype == np.dtype(dtype)
+        assert a[0].shape == ((BATCH, 3, SIZE, SIZE) if out_layout == "CHW" else (BATCH, SIZE, SIZE, 3))
+        for u, v in zip(a[1:], b[1:]):
+            np.testing.assert_array_equal(u, v)
+        if path == "function" or dtype == "float32":  # the function path normalises with crop_mirror_normalize
+            np.testing.assert_array_equal(a[0], b[0])
+        else:
+            off = a[0] != b[0]
+            assert off.mean() < 0.01
+            np.testing.assert_array_equal(np.abs(a[0].view(np.int16)[off] - b[0].view(np.int16)[off]), 1)
+
+
 def _run_batch(images, labels, layout="HWC", src_layout=None, **kw):
     @pipeline_def(batch_size=len(images), num_threads=1, device_id=None, seed=0)
     def pipe():

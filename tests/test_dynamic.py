@@ -195,6 +195,9 @@ def test_the_pipeline_operators_forward_dynamic_mode_batches(path):
     with pytest.raises(ValueError, match=r"seed= applies to pipelines; in dynamic mode .* pass "
                                          r"rng=ndd.random.RNG\(seed=...\) to dali_kmix.dynamic.dcutmix"):
         ops.dcutmix(images, labels, k=3, num_classes=N, layout="HWC", seed=3)
+    with pytest.raises(ValueError, match=r"normalize= applies to pipelines; in dynamic mode normalise the mixed "
+                                         r"batch with ndd.crop_mirror_normalize"):
+        ops.dcutmix(images, labels, k=3, num_classes=N, layout="HWC", normalize=ops.Normalize())
 
 
 def test_dynamic_mode_errors():

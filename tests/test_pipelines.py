@@ -199,6 +199,39 @@ def test_dmixup_or_dcutmix_per_batch_in_the_pipeline(photo_dir):
         imagenet_train_pipeline(photo_dir, batch_size=4, output_layout="NHWC")
 
 
+def _graph_ops(pipe) -> list:
+    """The operators of a MixPipeline's graph, as it was defined (from what set_outputs was given)."""
+    seen, todo = {}, list(pipe.pipeline._graph_out)
+    while todo:
+        op = todo.pop().source
+        if op is not None and op.id not in seen:
+            seen[op.id] = op
+            todo += op.inputs
+    return list(seen.values())
+
+
+@pytest.mark.parametrize("mix,mix_on,fused", [
+    ("dcutmix", "uint8", "KmixDcutmix"), ("dmixup", "uint8", "KmixDmixup"), ("saliency-dcutmix", "uint8", "KmixDcutmix"),
+    ("dmixup+dcutmix", "uint8", "KmixMix"), ("dcutmix", "float32", None), (None, "uint8", None)])
+def test_the_train_pipeline_mixes_and_normalises_uint8_crops_in_one_operator(photo_dir, mix, mix_on, fused):
+    """mix_on="uint8": the mixing operator mirrors and normalises (no crop_mirror_normalize left in the graph), its
+    mirror a coin per sample; mixing the float32 batch, or not mixing, keeps crop_mirror_normalize."""
+    from dali_kmix.backends import plugin
+
+    if mix is not None and not plugin.load():
+        pytest.skip("no plugin here: the python_function path normalises in a second operator")
+    pipe = imagenet_train_pipeline(photo_dir, batch_size=4, crop=CROP, mix=mix, mix_on=mix_on, output_dtype="float16")
+    ops = {type(op._op).__name__: op for op in _graph_ops(pipe)}
+    assert ("CropMirrorNormalize" in ops) == (fused is None)
+    if fused is not None:
+        args = ops[fused]._op._init_args
+        assert list(args["mean"]) == pytest.approx([0.485 * 255, 0.456 * 255, 0.406 * 255])
+        assert args["output_layout"] == "CHW" and "dtype" in args
+        assert "CoinFlip" in ops
+        images, *_ = next(iter(DALIMixIterator(pipe)))
+        assert images.dtype == torch.float16 and tuple(images.shape) == (4, 3, CROP, CROP)
+
+
 @pytest.mark.parametrize("mix", ["dcutmix", "dmixup+dcutmix"])
 def test_the_gpu_train_pipeline_mixes_with_the_native_gpu_operator(photo_dir, mix):
     """imagenet_train_pipeline(device="gpu") goes through dali_kmix.dali: with the plugin's GPU backend its mixing is
@@ -208,13 +241,7 @@ def test_the_gpu_train_pipeline_mixes_with_the_native_gpu_operator(photo_dir, mi
     if not plugin.gpu_backend():
         pytest.skip("the plugin has no GPU backend here (no nvcc)")
     pipe = imagenet_train_pipeline(photo_dir, batch_size=8, device="gpu", mix=mix, crop=CROP, seed=1)
-    seen, todo = {}, list(pipe.pipeline._graph_out)  # what set_outputs was given
-    while todo:
-        op = todo.pop().source
-        if op is not None and op.id not in seen:
-            seen[op.id] = op
-            todo += op.inputs
-    gpu_ops = sorted(type(op._op).__name__ for op in seen.values() if op._op.device == "gpu")
+    gpu_ops = sorted(type(op._op).__name__ for op in _graph_ops(pipe) if op._op.device == "gpu")
     assert ("KmixMix" if mix == "dmixup+dcutmix" else "KmixDcutmix") in gpu_ops
     assert "PythonFunction" not in gpu_ops, gpu_ops
 
@@ -300,13 +327,7 @@ def test_the_train_pipeline_has_the_resnet50_examples_defaults(photo_dir):
     sig = inspect.signature(imagenet_train_pipeline).parameters
     assert sig["random_area"].default == (0.1, 1.0) and sig["random_aspect_ratio"].default == (0.8, 1.25)
     pipe = imagenet_train_pipeline(photo_dir, batch_size=4, crop=CROP)
-    seen, todo = {}, list(pipe.pipeline._graph_out)
-    while todo:
-        op = todo.pop().source
-        if op is not None and op.id not in seen:
-            seen[op.id] = op
-            todo += op.inputs
-    args = {type(op._op).__name__: op._op._init_args for op in seen.values()}  # as the graph was defined
+    args = {type(op._op).__name__: op._op._init_args for op in _graph_ops(pipe)}  # as the graph was defined
     crop = args["ImageRandomCrop"]
     assert list(crop["random_area"]) == [0.1, 1.0] and list(crop["random_aspect_ratio"]) == [0.8, 1.25]
     assert crop["num_attempts"] == 100

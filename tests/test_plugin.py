@@ -496,6 +496,139 @@ def test_kmix_mix_bit_exact_per_sample(layout, dtype, k):
     np.testing.assert_array_equal(passed.as_array(), images)
 
 
+# --------------------------------------------------------------------------- the normalisation fused into the mix
+
+MEAN, STD = [0.485 * 255, 0.456 * 255, 0.406 * 255], [0.229 * 255, 0.224 * 255, 0.225 * 255]
+
+
+def _record_inputs(method, n, h, w, k, rng):
+    if method == "mix":
+        return _mix_record(n, h, w, k, rng)[0]
+    return _rec(dali_kmix.sample_params(method, n, h, w, k=k, rng=rng))
+
+
+def _fused_and_unfused(method, images, record, layout, norm, *, mirror=None, device="cpu", num_threads=3):
+    """``(fused output, crop_mirror_normalize of the unfused output, images passed through)`` of one batch:
+    fn.kmix_<method> with the normalisation arguments ``norm`` against fn.kmix_<method> then
+    fn.crop_mirror_normalize with the same arguments; ``mirror`` per sample as an argument input (or in ``norm``)."""
+    n = len(images)
+
+    @pipeline_def(batch_size=n, num_threads=num_threads, device_id=0 if device == "gpu" else None)
+    def pipe():
+        ims = fn.external_source(source=_constant(images), batch=True, layout=layout)
+        rec = [fn.external_source(source=_constant(a), batch=True) for a in record]
+        kw = dict(norm)
+        if mirror is not None:
+            kw["mirror"] = fn.external_source(source=_constant(mirror), batch=True)
+        op = getattr(fn, OPS[method])
+        x = ims.gpu() if device == "gpu" else ims
+        unfused = fn.crop_mirror_normalize(op(x, *rec, layout=layout), **{"output_layout": layout, **kw})
+        return op(x, *rec, layout=layout, **kw), unfused, ims
+
+    p = pipe()
+    p.build()
+    fused, unfused, passed = p.run()
+    if device == "gpu":
+        fused, unfused = fused.as_cpu(), unfused.as_cpu()
+    return fused, unfused, passed
+
+
+def _assert_cmn_bits(got, want):
+    """``got`` (the fused output) has the bits of ``want`` (crop_mirror_normalize's): float32 all of them; float16
+    all but exact ties, which the fused operator rounds to even (as NumPy, the GPU's __float2half_rn and DALI's GPU
+    crop_mirror_normalize) and DALI's CPU crop_mirror_normalize away from zero (its half_float conversion): there
+    the two are neighbours, the fused one even and the other one larger in magnitude."""
+    assert got.dtype == want.dtype and got.shape == want.shape
+    if got.dtype == np.float32:
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+        return
+    g, w = got.view(np.uint16), want.view(np.uint16)
+    off = g != w
+    assert np.all(np.abs(g[off].astype(np.int32) - w[off].astype(np.int32)) == 1)
+    assert np.all(g[off] % 2 == 0) and np.all(np.abs(want[off]) > np.abs(got[off]))
+    assert off.mean() < 0.01, f"{off.sum()} of {off.size} differ"
+
+
+#: Normalisation cases: the operator's arguments, and whether the mirror comes per sample as an argument input.
+FUSED_CASES = {
+    "f32-CHW-mirror-input": (dict(dtype=types.FLOAT, output_layout="CHW", mean=MEAN, std=STD), True),
+    "f16-HWC-mirror-1": (dict(dtype=types.FLOAT16, output_layout="HWC", mean=MEAN, std=STD, mirror=1), False),
+    "f32-own-layout-scalar-mean-std": (dict(dtype=types.FLOAT, mean=[127.5], std=[64.0]), False),
+}
+
+
+@pytest.mark.parametrize("case", list(FUSED_CASES))
+@pytest.mark.parametrize("dtype", [np.uint8, np.float16, np.float32], ids=["u8", "f16", "f32"])
+@pytest.mark.parametrize("layout", ["HWC", "CHW"])
+@pytest.mark.parametrize("method", ["dmixup", "dcutmix", "mix"])
+def test_fused_normalisation_gives_the_bits_of_crop_mirror_normalize_after_the_mix(method, layout, dtype, case):
+    norm, mirror_input = FUSED_CASES[case]
+    n, h, w, c, k = 7, 19, 23, 3, 4
+    rng = np.random.default_rng([n, h, len(method), len(case)])
+    images = random_images(rng, dtype, (n, h, w, c) if layout == "HWC" else (n, c, h, w))
+    record = _record_inputs(method, n, h, w, k, rng)
+    mirror = (rng.random(n) < 0.5).astype(np.int32) if mirror_input else None
+    fused, unfused, passed = _fused_and_unfused(method, images, record, layout, norm, mirror=mirror)
+    out_layout = norm.get("output_layout", layout)
+    assert fused.layout() == out_layout
+    got, want = fused.as_array(), unfused.as_array()
+    assert got.dtype == (np.float16 if norm["dtype"] == types.FLOAT16 else np.float32)
+    assert got.shape == ((n, h, w, c) if out_layout == "HWC" else (n, c, h, w))
+    _assert_cmn_bits(got, want)
+    np.testing.assert_array_equal(passed.as_array(), images)  # the input is not written
+    if method == "dcutmix":  # and the reference's, for one more independent reading
+        params = dali_kmix.MixParams(*record[:1], area_weights(record[1], h, w), record[1])
+        ref = reference.normalize(reference.mix_images(images, params, layout), norm["mean"], norm["std"],
+                                  layout=layout, out_layout=out_layout, dtype=got.dtype,
+                                  mirror=mirror if mirror_input else np.full(n, norm.get("mirror", 0)))
+        assert np.array_equal(got.view(np.uint8), ref.view(np.uint8))
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+def test_fused_normalisation_over_thread_counts_and_a_wide_image(threads):
+    """Bands of one row (a row of 6000 x 3 float32 is more than the 16 KiB a band holds) and 65 samples."""
+    rng = np.random.default_rng(threads)
+    images = random_images(rng, np.float32, (65, 3, 5, 1500))
+    record = _record_inputs("mix", 65, 5, 1500, 9, rng)
+    norm = dict(dtype=types.FLOAT, output_layout="HWC", mean=MEAN, std=STD)
+    fused, unfused, _ = _fused_and_unfused("mix", images, record, "CHW", norm, mirror=np.arange(65, dtype=np.int32) % 2,
+                                           num_threads=threads)
+    _assert_cmn_bits(fused.as_array(), unfused.as_array())
+
+
+#: Bad normalisation arguments -> the message (on the CPU operator; the GPU one reads them in the same code).
+BAD_NORM = {
+    "dtype-int32": (dict(dtype=types.INT32), r"dtype must be FLOAT or FLOAT16 \(the normalised images\), got int32"),
+    "mean-without-dtype": (dict(mean=MEAN), r"mean belongs to the normalisation fused into the mix: give "
+                                             r"dtype=types.FLOAT or types.FLOAT16 with it"),
+    "mirror-without-dtype": (dict(mirror=1), r"mirror belongs to the normalisation fused into the mix"),
+    "std-0": (dict(dtype=types.FLOAT, std=[1.0, 0.0, 1.0]), r"std must be > 0 and finite, got 0"),
+    "mean-inf": (dict(dtype=types.FLOAT, mean=[float("inf")]), r"mean must be finite, got inf"),
+    "mean-2-of-3-channels": (dict(dtype=types.FLOAT, mean=[1.0, 2.0]),
+                             r"mean has 2 values but the images have 3 channels \(give one value, or one per "
+                             r"channel\)"),
+    "output-layout": (dict(dtype=types.FLOAT, output_layout="NCHW"), r"output_layout must be \"HWC\" or \"CHW\", "
+                                                                     r"got \"NCHW\""),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_NORM))
+def test_fused_normalisation_names_bad_arguments(name):
+    norm, match = BAD_NORM[name]
+    images, p = _record()
+
+    @pipeline_def(batch_size=len(images), num_threads=1, device_id=None)
+    def pipe():
+        ims = fn.external_source(source=_constant(images), batch=True, layout="HWC")
+        rec = [fn.external_source(source=_constant(a), batch=True) for a in _rec(p)]
+        return fn.kmix_dcutmix(ims, *rec, layout="HWC", **norm)
+
+    with pytest.raises(RuntimeError, match=match):
+        q = pipe()
+        q.build()
+        q.run()
+
+
 # --------------------------------------------------------------------------- how the plugin is built
 
 
@@ -794,6 +927,31 @@ def test_record_errors_on_the_gpu_operator(name):
     raised = _operator_error(name, "gpu")
     if name not in DTYPE_NAMES_DIFFER:
         assert _host_message(name) in raised
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", list(FUSED_CASES))
+@pytest.mark.parametrize("dtype", [np.uint8, np.float16, np.float32], ids=["u8", "f16", "f32"])
+@pytest.mark.parametrize("layout", ["HWC", "CHW"])
+@pytest.mark.parametrize("method", ["dmixup", "dcutmix", "mix"])
+def test_gpu_fused_normalisation_equals_the_cpu_operator_and_crop_mirror_normalize(method, layout, dtype, case):
+    norm, mirror_input = FUSED_CASES[case]
+    k = 3 if method == "mix" else 9
+    h, w, c = GPU_SHAPES[k]
+    n = 7
+    rng = np.random.default_rng([n, h, len(method), len(case)])
+    images = random_images(rng, dtype, (n, h, w, c) if layout == "HWC" else (n, c, h, w))
+    record = _record_inputs(method, n, h, w, k, rng)
+    mirror = (rng.random(n) < 0.5).astype(np.int32) if mirror_input else None
+    if c != 3:
+        norm = {**norm, "mean": [127.5], "std": [64.0]}
+    on_gpu, gpu_unfused, passed = _fused_and_unfused(method, images, record, layout, norm, mirror=mirror,
+                                                     device="gpu")
+    on_cpu, _, _ = _fused_and_unfused(method, images, record, layout, norm, mirror=mirror)
+    assert on_gpu.layout() == on_cpu.layout()
+    for other in (on_cpu, gpu_unfused):  # DALI's GPU crop_mirror_normalize rounds float16 to even, as both do
+        assert np.array_equal(on_gpu.as_array().view(np.uint8), other.as_array().view(np.uint8))
+    np.testing.assert_array_equal(passed.as_array(), images)
 
 
 @pytest.mark.gpu

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._checks import dense_blend_samples, dense_samples, hwc_dims
+from .._checks import LAYOUTS, check_choice, dense_blend_samples, dense_samples, hwc_dims
 from .build import build_flags, compile_cached, compiler, numpy_random, sanitize_requested
 from .sources import kernels_dir
 
@@ -239,13 +239,24 @@ def mix_normalize(inputs: np.ndarray, outputs: np.ndarray, sources, weights, box
     ``out_layout``; ``method`` "dmixup" (weights), "dcutmix" (boxes) or "mix" (weights, boxes and ``cut`` per sample);
     ``mean``/``inv_std`` float32 per channel; ``mirror`` one flag per sample or None. ``block_threads`` > 1 runs the
     GPU's element-by-element kernel instead of the host bands (the tests compare the two)."""
+    check_choice("layout", layout, LAYOUTS)
+    check_choice("out_layout", out_layout, LAYOUTS)
     n = len(outputs)
+    inputs = np.ascontiguousarray(inputs)
+    if len(inputs) != n:
+        raise ValueError(f"inputs and outputs must hold the same number of samples, got {len(inputs)} and {n}")
+    if inputs.dtype not in DTYPE_CODES:
+        raise ValueError(f"inputs must be uint8, float16 or float32, got {inputs.dtype}")
+    if outputs.dtype not in (np.float32, np.float16) or not outputs.flags.c_contiguous:
+        raise ValueError(f"outputs must be a C-contiguous float32 or float16 array, got {outputs.dtype}"
+                         f"{'' if outputs.flags.c_contiguous else ' (not C-contiguous)'}")
+    h, w, c = hwc_dims(inputs.shape[1:], layout)
+    want = (n, h, w, c) if out_layout == "HWC" else (n, c, h, w)
+    if outputs.shape != want:
+        raise ValueError(f"outputs must have shape {want} ({out_layout} samples of the {layout} inputs), "
+                         f"got {outputs.shape}")
     if n == 0:
         return outputs
-    inputs = np.ascontiguousarray(inputs)
-    if not outputs.flags.c_contiguous:
-        raise ValueError("outputs must be C-contiguous")
-    h, w, c = hwc_dims(inputs.shape[1:], layout)
     src = _c(sources, np.int32)
     k = src.shape[1]
     wt = None if weights is None else _c(weights, np.float32)
