@@ -357,7 +357,14 @@ NATIVE_CORRUPTIONS = {
 NATIVE_CORRUPTIONS["mix"] = NATIVE_CORRUPTIONS["dmixup"] + NATIVE_CORRUPTIONS["dcutmix"][3:] + ["cut"]
 
 
-def native_pipeline(op, dtype, layout):
+def norm_factors(c):
+    """The fused normalisation's mean and std of a c-channel case (one value per channel, each its own)."""
+    return [100.0 + 7.5 * i for i in range(c)], [50.0 + 3.25 * i for i in range(c)]
+
+
+def native_pipeline(op, dtype, layout, norm=None):
+    """fn.kmix_<op> on fed batches; ``norm`` = (output layout, output dtype, channels): with the normalisation fused
+    (norm_factors' mean and std, the mirror fed per sample)."""
     feed = Feed()
 
     def make():
@@ -369,13 +376,18 @@ def native_pipeline(op, dtype, layout):
                    "weights": fn.external_source(source=lambda: feed.weights, batch=True, dtype=types.FLOAT, ndim=1),
                    "boxes": fn.external_source(source=lambda: feed.boxes, batch=True, dtype=types.INT32, ndim=2),
                    "cut": fn.external_source(source=lambda: feed.cut, batch=True, dtype=types.UINT8, ndim=1)}
-            return getattr(fn, f"kmix_{op}")(ims, *(rec[name] for name in NATIVE_INPUTS[op]), layout=layout)
+            kw = {}
+            if norm is not None:
+                mean, std = norm_factors(norm[2])
+                kw = dict(output_layout=norm[0], dtype=DALI_TYPES[norm[1]], mean=mean, std=std,
+                          mirror=fn.external_source(source=lambda: feed.mirror, batch=True, dtype=types.INT32, ndim=0))
+            return getattr(fn, f"kmix_{op}")(ims, *(rec[name] for name in NATIVE_INPUTS[op]), layout=layout, **kw)
 
         p = pipe()
         p.build()
         return p, feed
 
-    return PIPES.get(("native", op, dtype, layout), make)
+    return PIPES.get(("native", op, dtype, layout, norm), make)
 
 
 @st.composite
@@ -410,7 +422,12 @@ def native_cases(draw):
             spoil, name = "cut", "cut"
         else:
             rec, spoil, name = draw(corrupted(rec, h, w, [how]))
-    return dict(op=op, dtype=dtype, layout=layout, images=x, record=rec, cut=cut, spoil=spoil, name=name)
+    norm = None
+    if draw(st.booleans()):  # the normalisation fused: output layout and dtype, some samples mirrored
+        norm = (draw(st.sampled_from(["HWC", "CHW"])), np.dtype(draw(st.sampled_from([np.float32, np.float16]))), c)
+    mirror = (np.random.default_rng(draw(st.integers(0, 99))).random(n) < 0.5).astype(np.int32)
+    return dict(op=op, dtype=dtype, layout=layout, images=x, record=rec, cut=cut, spoil=spoil, name=name, norm=norm,
+                mirror=mirror)
 
 
 @budget(250)
@@ -418,20 +435,22 @@ def native_cases(draw):
 @example(dict(op="dmixup", dtype=np.dtype(np.float32), layout="HWC",
               images=np.stack([np.ones((2, 2, 1), np.float32), np.full((2, 2, 1), np.inf, np.float32)]),
               record=MixParams([[0, 1], [1, 0]], [[1.0, 0.0], [0.0, 1.0]], np.zeros((2, 1, 4), np.int32)),
-              cut=np.zeros(2, np.uint8), spoil=None, name=None))  # issue 20 item 8: was NaN
-def test_native_operators(case):
-    op, x, rec, cut = case["op"], case["images"], case["record"], case["cut"]
-    pipe, feed = native_pipeline(op, case["dtype"], case["layout"])
+              cut=np.zeros(2, np.uint8), spoil=None, name=None, norm=None, mirror=np.zeros(2, np.int32)))  # issue 20
+def test_native_operators(case):  # item 8: was NaN
+    op, x, rec, cut, norm = case["op"], case["images"], case["record"], case["cut"], case["norm"]
+    pipe, feed = native_pipeline(op, case["dtype"], case["layout"], norm)
     n = x.shape[0]
     feed.images = list(x)
     feed.sources, feed.weights = list(rec.sources), list(rec.weights)
     feed.boxes = list(rec.boxes) if rec.boxes is not None else [np.zeros((rec.k - 1, 4), np.int32)] * n
     feed.cut = [np.array([v], np.uint8) for v in cut]
-    _event(f"kmix_{op}: " + (f"error ({case['spoil']})" if case["spoil"] else "mixed"))
+    feed.mirror = [np.int32(v) for v in case["mirror"]]
+    _event(f"kmix_{op}: " + (f"error ({case['spoil']})" if case["spoil"] else "mixed")
+           + (" and normalised" if norm else ""))
     if case["spoil"] is not None:
         with pytest.raises(RuntimeError) as info:
             pipe.run()
-        PIPES.drop(("native", op, case["dtype"], case["layout"]))
+        PIPES.drop(("native", op, case["dtype"], case["layout"], norm))
         assert case["name"] in str(info.value), f"{case['spoil']}: {info.value} does not name {case['name']}"
         return
     (out,) = pipe.run()
@@ -440,7 +459,10 @@ def test_native_operators(case):
     boxes = rec.boxes if rec.boxes is not None else np.zeros((n, rec.k - 1, 4), np.int32)
     paste = reference.mix_images(x, MixParams(rec.sources, rec.weights, boxes), case["layout"])
     want = np.where(cut.astype(bool).reshape((n, 1, 1, 1)), paste, blend)
-    assert got.dtype == x.dtype and got.shape == x.shape
+    if norm is not None:
+        want = reference.normalize(want, *norm_factors(norm[2]), layout=case["layout"], out_layout=norm[0],
+                                   mirror=case["mirror"], dtype=norm[1])
+    assert got.dtype == want.dtype and got.shape == want.shape
     assert same_bits(got, want), "output differs from the reference"
 
 
