@@ -557,17 +557,31 @@ FUSED_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(FUSED_CASES))
-@pytest.mark.parametrize("dtype", [np.uint8, np.float16, np.float32], ids=["u8", "f16", "f32"])
-@pytest.mark.parametrize("layout", ["HWC", "CHW"])
-@pytest.mark.parametrize("method", ["dmixup", "dcutmix", "mix"])
-def test_fused_normalisation_gives_the_bits_of_crop_mirror_normalize_after_the_mix(method, layout, dtype, case):
+def fused_grid(test):
+    """Every method x layout x input dtype x normalisation case."""
+    for name, values, ids in (("case", list(FUSED_CASES), None),
+                              ("dtype", [np.uint8, np.float16, np.float32], ["u8", "f16", "f32"]),
+                              ("layout", ["HWC", "CHW"], None), ("method", ["dmixup", "dcutmix", "mix"], None)):
+        test = pytest.mark.parametrize(name, values, ids=ids)(test)
+    return test
+
+
+def _fused_inputs(method, layout, dtype, case, n, h, w, c, k):
+    """``(norm arguments, images, record inputs, mirror flags or None)`` of one fused case."""
     norm, mirror_input = FUSED_CASES[case]
-    n, h, w, c, k = 7, 19, 23, 3, 4
     rng = np.random.default_rng([n, h, len(method), len(case)])
     images = random_images(rng, dtype, (n, h, w, c) if layout == "HWC" else (n, c, h, w))
     record = _record_inputs(method, n, h, w, k, rng)
     mirror = (rng.random(n) < 0.5).astype(np.int32) if mirror_input else None
+    if c != 3:
+        norm = {**norm, "mean": [127.5], "std": [64.0]}
+    return norm, images, record, mirror
+
+
+@fused_grid
+def test_fused_normalisation_gives_the_bits_of_crop_mirror_normalize_after_the_mix(method, layout, dtype, case):
+    n, h, w, c, k = 7, 19, 23, 3, 4
+    norm, images, record, mirror = _fused_inputs(method, layout, dtype, case, n, h, w, c, k)
     fused, unfused, passed = _fused_and_unfused(method, images, record, layout, norm, mirror=mirror)
     out_layout = norm.get("output_layout", layout)
     assert fused.layout() == out_layout
@@ -580,7 +594,7 @@ def test_fused_normalisation_gives_the_bits_of_crop_mirror_normalize_after_the_m
         params = dali_kmix.MixParams(*record[:1], area_weights(record[1], h, w), record[1])
         ref = reference.normalize(reference.mix_images(images, params, layout), norm["mean"], norm["std"],
                                   layout=layout, out_layout=out_layout, dtype=got.dtype,
-                                  mirror=mirror if mirror_input else np.full(n, norm.get("mirror", 0)))
+                                  mirror=mirror if mirror is not None else np.full(n, norm.get("mirror", 0)))
         assert np.array_equal(got.view(np.uint8), ref.view(np.uint8))
 
 
@@ -930,21 +944,10 @@ def test_record_errors_on_the_gpu_operator(name):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("case", list(FUSED_CASES))
-@pytest.mark.parametrize("dtype", [np.uint8, np.float16, np.float32], ids=["u8", "f16", "f32"])
-@pytest.mark.parametrize("layout", ["HWC", "CHW"])
-@pytest.mark.parametrize("method", ["dmixup", "dcutmix", "mix"])
+@fused_grid
 def test_gpu_fused_normalisation_equals_the_cpu_operator_and_crop_mirror_normalize(method, layout, dtype, case):
-    norm, mirror_input = FUSED_CASES[case]
     k = 3 if method == "mix" else 9
-    h, w, c = GPU_SHAPES[k]
-    n = 7
-    rng = np.random.default_rng([n, h, len(method), len(case)])
-    images = random_images(rng, dtype, (n, h, w, c) if layout == "HWC" else (n, c, h, w))
-    record = _record_inputs(method, n, h, w, k, rng)
-    mirror = (rng.random(n) < 0.5).astype(np.int32) if mirror_input else None
-    if c != 3:
-        norm = {**norm, "mean": [127.5], "std": [64.0]}
+    norm, images, record, mirror = _fused_inputs(method, layout, dtype, case, 7, *GPU_SHAPES[k], k)
     on_gpu, gpu_unfused, passed = _fused_and_unfused(method, images, record, layout, norm, mirror=mirror,
                                                      device="gpu")
     on_cpu, _, _ = _fused_and_unfused(method, images, record, layout, norm, mirror=mirror)
