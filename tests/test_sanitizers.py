@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import traceback
 from pathlib import Path
 
 import pytest
@@ -122,7 +123,10 @@ class _Runner:
         for name in names:
             if self.stopped:
                 break
-            self.results[name] = self.run(name)
+            try:
+                self.results[name] = self.run(name)
+            except BaseException:  # the suite's test fails with this, instead of waiting for a result forever
+                self.results[name] = f"the runner raised:\n{traceback.format_exc()}", -1
             self.events[name].set()
 
     def run(self, name):
