@@ -287,7 +287,7 @@ class KMixBlendBase : public dali::StatelessOperator<Backend> {
   // The operator's output layout.
   std::string OutLayout() const { return norm_.on ? norm_.out_layout : layout_; }
 
-  // KMIX_KERNEL_* / kmix_host_mix_norm_block's method code of this operator.
+  // kmix_host_mix_norm_block's method code of this operator (also KMIX_KERNEL_DMIXUP / _DCUTMIX / _MIX).
   static constexpr int MethodCode() { return M == Method::kDMixup ? 0 : (M == Method::kDCutMix ? 1 : 2); }
 
   // Per-sample input and output pointers of this iteration.
@@ -408,7 +408,34 @@ class KMixBlend<CPUBackend, M> : public KMixBlendBase<CPUBackend, M> {
 };
 
 #ifdef KMIX_WITH_GPU
-// GPU: the record reaches the device in one asynchronous copy, the kernel runs on ws.stream().
+// GPU: the record reaches the device in one asynchronous copy, the kernel runs on ws.stream(). One launch function
+// for the three operators (DALI's scratchpad templates instantiated once, not once per method).
+// Device memory from DALI's pool, released in stream order when the scratchpad goes out of scope (after the launch
+// is queued); ToContiguousGPU packs every array (the pointers, the record and, fused, the normalisation's factors
+// and mirror flags; an empty one costs nothing) into one pinned staging buffer (freed in stream order too, so it
+// lives until the copy has run) and issues one cudaMemcpyAsync on `stream`.
+static void LaunchOnGpu(int method, const kmix::Record& r, const NormArgs& norm, const std::vector<const void*>& in_ptrs,
+                        const std::vector<void*>& out_ptrs, const std::vector<float>& mean_c,
+                        const std::vector<float>& inv_c, const std::vector<unsigned char>& mirror_v,
+                        cudaStream_t stream) {
+  dali::kernels::DynamicScratchpad scratch(dali::AccessOrder{stream});
+  auto [in, out, sources, weights, boxes, cut, mean, inv, mirror] = scratch.ToContiguousGPU(
+      stream, in_ptrs, out_ptrs, r.sources, r.weights, r.boxes, r.cut, mean_c, inv_c, mirror_v);
+  if (norm.on) {
+    const int rc = kmix_gpu_launch_norm(r.dtype, norm.out_dtype, in, out, sources, r.weights.empty() ? nullptr : weights,
+                                        r.boxes.empty() ? nullptr : boxes, r.cut.empty() ? nullptr : cut, method, r.n,
+                                        r.k, r.height, r.width, r.channels, r.layout,
+                                        norm.out_layout == "HWC" ? KMIX_HWC : KMIX_CHW, mean, inv, mirror, stream);
+    if (rc != 0) DALI_FAIL("dali_kmix: launching the fused kernel failed: ", kmix_gpu_error_string(rc));
+    return;
+  }
+  static_assert(KMIX_KERNEL_DMIXUP == 0 && KMIX_KERNEL_DCUTMIX == 1 && KMIX_KERNEL_MIX == 2,
+                "the operators' method codes are the kernel codes");
+  const int rc = kmix_gpu_launch(method, r.dtype, in, out, sources, weights, boxes, cut, r.n, r.k, r.height, r.width,
+                                 r.channels, r.layout, stream);
+  if (rc != 0) DALI_FAIL("dali_kmix: launching the blend kernel failed: ", kmix_gpu_error_string(rc));
+}
+
 template <Method M>
 class KMixBlend<dali::GPUBackend, M> : public KMixBlendBase<dali::GPUBackend, M> {
  public:
@@ -419,34 +446,10 @@ class KMixBlend<dali::GPUBackend, M> : public KMixBlendBase<dali::GPUBackend, M>
     const auto& images = ws.Input<dali::GPUBackend>(0);
     auto& output = ws.Output<dali::GPUBackend>(0);
     output.SetLayout(dali::TensorLayout(this->OutLayout()));
-    const kmix::Record& r = this->rec_;
-    if (r.n == 0) return;
+    if (this->rec_.n == 0) return;
     this->Pointers(images, output);
-    const cudaStream_t stream = ws.stream();
-    // Device memory from DALI's pool, released in stream order when the scratchpad goes out of scope
-    // (after the launch below is queued); ToContiguousGPU packs every array into one pinned staging
-    // buffer (freed in stream order too, so it lives until the copy has run) and issues one
-    // cudaMemcpyAsync on `stream`.
-    dali::kernels::DynamicScratchpad scratch(dali::AccessOrder{stream});
-    if (this->norm_.on) {  // the fused normalisation: its factors and mirror flags travel in the same copy
-      auto [in, out, sources, weights, boxes, cut, mean, inv, mirror] =
-          scratch.ToContiguousGPU(stream, this->in_, this->out_, r.sources, r.weights, r.boxes, r.cut, this->mean_c_,
-                                  this->inv_c_, this->mirror_);
-      const int rc = kmix_gpu_launch_norm(
-          r.dtype, this->norm_.out_dtype, in, out, sources, r.weights.empty() ? nullptr : weights,
-          r.boxes.empty() ? nullptr : boxes, r.cut.empty() ? nullptr : cut, this->MethodCode(), r.n, r.k, r.height,
-          r.width, r.channels, r.layout, this->norm_.out_layout == "HWC" ? KMIX_HWC : KMIX_CHW, mean, inv, mirror,
-          stream);
-      if (rc != 0) DALI_FAIL("dali_kmix: launching the fused kernel failed: ", kmix_gpu_error_string(rc));
-      return;
-    }
-    auto [in, out, sources, weights, boxes, cut] =
-        scratch.ToContiguousGPU(stream, this->in_, this->out_, r.sources, r.weights, r.boxes, r.cut);
-    const int kernel = M == Method::kDMixup ? KMIX_KERNEL_DMIXUP
-                                            : (M == Method::kDCutMix ? KMIX_KERNEL_DCUTMIX : KMIX_KERNEL_MIX);
-    const int rc = kmix_gpu_launch(kernel, r.dtype, in, out, sources, weights, boxes, cut, r.n, r.k, r.height,
-                                   r.width, r.channels, r.layout, stream);
-    if (rc != 0) DALI_FAIL("dali_kmix: launching the blend kernel failed: ", kmix_gpu_error_string(rc));
+    LaunchOnGpu(this->MethodCode(), this->rec_, this->norm_, this->in_, this->out_, this->mean_c_, this->inv_c_,
+                this->mirror_, ws.stream());
   }
 };
 #endif
