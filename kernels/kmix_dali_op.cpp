@@ -175,9 +175,6 @@ constexpr int WeightsAt(Method m) { return m == Method::kDCutMix ? -1 : 2; }
 constexpr int BoxesAt(Method m) { return m == Method::kDMixup ? -1 : (m == Method::kDCutMix ? 2 : 3); }
 constexpr int CutAt(Method m) { return m == Method::kSwitch ? 4 : -1; }
 
-// Stateless: the output depends on the inputs alone (the record is drawn upstream from DALI's
-// own checkpointed random operator), so a checkpoint holds nothing for it and a pipeline built
-// with enable_checkpointing=True accepts it.
 // The fused normalisation's arguments (dtype, mean, std, mirror, output_layout), as DALI's crop_mirror_normalize
 // takes them, checked once for both backends; "" or the message.
 struct NormArgs {
@@ -187,6 +184,8 @@ struct NormArgs {
   std::vector<float> mean, std;
   bool mirror_input = false;  // mirror comes per sample (an argument input), else mirror_const for every sample
   int mirror_const = 0;
+
+  int OutLayoutCode() const { return out_layout == "HWC" ? KMIX_HWC : KMIX_CHW; }
 
   std::string Read(const dali::OpSpec& spec, const std::string& layout) {
     on = spec.HasArgument("dtype");
@@ -234,6 +233,9 @@ struct NormArgs {
   }
 };
 
+// Stateless: the output depends on the inputs alone (the record is drawn upstream from DALI's
+// own checkpointed random operator), so a checkpoint holds nothing for it and a pipeline built
+// with enable_checkpointing=True accepts it.
 template <typename Backend, Method M>
 class KMixBlendBase : public dali::StatelessOperator<Backend> {
  public:
@@ -288,7 +290,7 @@ class KMixBlendBase : public dali::StatelessOperator<Backend> {
   std::string OutLayout() const { return norm_.on ? norm_.out_layout : layout_; }
 
   // kmix_host_mix_norm_block's method code of this operator (also KMIX_KERNEL_DMIXUP / _DCUTMIX / _MIX).
-  static constexpr int MethodCode() { return M == Method::kDMixup ? 0 : (M == Method::kDCutMix ? 1 : 2); }
+  static constexpr int MethodCode() { return static_cast<int>(M); }
 
   // Per-sample input and output pointers of this iteration.
   template <typename Out>
@@ -333,12 +335,7 @@ class KMixBlend<CPUBackend, M> : public KMixBlendBase<CPUBackend, M> {
     auto& pool = ws.GetThreadPool();
     if (this->norm_.on) {  // the fused normalisation: bands of rows (kmix_host_norm_bands), sample by sample
       const long long blocks = (long long)r.n * kmix_host_norm_bands(r.dtype, r.height, r.width, r.channels);
-      const long long tasks = std::min<long long>(blocks, 8LL * std::max(1, pool.NumThreads()));
-      for (long long t = 0; t < tasks; ++t) {
-        const long long lo = blocks * t / tasks, hi = blocks * (t + 1) / tasks;
-        pool.AddWork([this, lo, hi](int) { RunNormBlocks(lo, hi); }, (hi - lo) * elems);
-      }
-      pool.RunAll();
+      RunInTasks(pool, blocks, elems, [this](long long lo, long long hi) { RunNormBlocks(lo, hi); });
       return;
     }
     const int blend_chunks = kmix_host_dmixup_chunks(elems);
@@ -348,16 +345,21 @@ class KMixBlend<CPUBackend, M> : public KMixBlendBase<CPUBackend, M> {
     start_.resize(r.n + 1);
     start_[0] = 0;
     for (int s = 0; s < r.n; ++s) start_[s + 1] = start_[s] + (IsCut(s) ? cut_chunks : blend_chunks);
-    const long long blocks = start_[r.n];
+    RunInTasks(pool, start_[r.n], elems, [this, elems](long long lo, long long hi) { RunBlocks(lo, hi, elems); });
+  }
+
+ private:
+  // run(lo, hi) over blocks [0, blocks) in runs of consecutive blocks, a few tasks per thread of the pool.
+  template <typename Pool, typename Run>
+  static void RunInTasks(Pool& pool, long long blocks, long long elems, Run run) {
     const long long tasks = std::min<long long>(blocks, 8LL * std::max(1, pool.NumThreads()));
     for (long long t = 0; t < tasks; ++t) {
       const long long lo = blocks * t / tasks, hi = blocks * (t + 1) / tasks;
-      pool.AddWork([this, lo, hi, elems](int) { RunBlocks(lo, hi, elems); }, (hi - lo) * elems);
+      pool.AddWork([run, lo, hi](int) { run(lo, hi); }, (hi - lo) * elems);
     }
     pool.RunAll();
   }
 
- private:
   bool IsCut(int s) const { return M == Method::kDCutMix || (M == Method::kSwitch && this->rec_.cut[s]); }
 
   // A deep float32 DCutMix nesting: chunk 0 of every sample, then chunk 1, ... (as kmix_host_dcutmix orders it).
@@ -392,13 +394,12 @@ class KMixBlend<CPUBackend, M> : public KMixBlendBase<CPUBackend, M> {
   void RunNormBlocks(long long lo, long long hi) {
     const kmix::Record& r = this->rec_;
     const int bands = kmix_host_norm_bands(r.dtype, r.height, r.width, r.channels);
-    const int out_layout = this->norm_.out_layout == "HWC" ? KMIX_HWC : KMIX_CHW;
     for (long long b = lo; b < hi; ++b) {
       const int rc = kmix_host_mix_norm_block(
           r.dtype, this->norm_.out_dtype, this->in_.data(), this->out_.data(), r.sources.data(),
           r.weights.empty() ? nullptr : r.weights.data(), r.boxes.empty() ? nullptr : r.boxes.data(),
           r.cut.empty() ? nullptr : r.cut.data(), this->MethodCode(), r.n, r.k, r.height, r.width, r.channels,
-          r.layout, out_layout, this->mean_c_.data(), this->inv_c_.data(), this->mirror_.data(), (int)(b % bands),
+          r.layout, this->norm_.OutLayoutCode(), this->mean_c_.data(), this->inv_c_.data(), this->mirror_.data(), (int)(b % bands),
           (int)(b / bands));
       DALI_ENFORCE(rc == 0, "dali_kmix: internal error, a kernel block was refused");
     }
@@ -424,8 +425,8 @@ static void LaunchOnGpu(int method, const kmix::Record& r, const NormArgs& norm,
   if (norm.on) {
     const int rc = kmix_gpu_launch_norm(r.dtype, norm.out_dtype, in, out, sources, r.weights.empty() ? nullptr : weights,
                                         r.boxes.empty() ? nullptr : boxes, r.cut.empty() ? nullptr : cut, method, r.n,
-                                        r.k, r.height, r.width, r.channels, r.layout,
-                                        norm.out_layout == "HWC" ? KMIX_HWC : KMIX_CHW, mean, inv, mirror, stream);
+                                        r.k, r.height, r.width, r.channels, r.layout, norm.OutLayoutCode(), mean,
+                                        inv, mirror, stream);
     if (rc != 0) DALI_FAIL("dali_kmix: launching the fused kernel failed: ", kmix_gpu_error_string(rc));
     return;
   }
