@@ -25,7 +25,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 
@@ -79,22 +78,11 @@ def saliency_stages(batch):
             "salient_points": lambda: saliency.salient_points(samples, layout)}
 
 
-class _Host:
-    """The "device" of :func:`dali_kmix.apps.bench_gpu._interleaved` for host work: wall-clock seconds per call."""
-
-    @staticmethod
-    def seconds_per_call(fn, iters: int) -> float:
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            fn()
-        return (time.perf_counter() - t0) / iters
-
-
 def interleaved(stages, rounds, warmup=2):
     """{stage: (median seconds, median of per-round ratios to "copy", 10th-90th percentile of the ratios)}."""
-    from dali_kmix.apps.bench_gpu import _interleaved
+    from dali_kmix.apps.timing import checked_rounds
 
-    times = _interleaved(_Host(), stages, rounds, 1, warmup)
+    times = checked_rounds(stages, rounds, warmup, what="profile stages")
     copy = np.asarray(times["copy"])
     out = {}
     for name, ts in times.items():

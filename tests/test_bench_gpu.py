@@ -11,8 +11,9 @@ from dali_kmix.sampling import sample_params
 class HostDevice:
     """What bench_gpu needs of a device, on the host: NumPy arrays, the CPU kernels, a scripted clock.
 
-    ``clock(call_index, round_index)`` gives the seconds per call of the ``call_index``-th variant timed in
-    round ``round_index``; every call of a variant's function is logged.
+    ``clock(variant_index, round_index)`` gives the seconds per call of a group's ``variant_index``-th variant
+    (in the order the group lists them: round 0's order, the later rounds rotate it) in round ``round_index``;
+    every call of a variant's function is logged.
     """
 
     name = "host"
@@ -24,6 +25,7 @@ class HostDevice:
         self.backend = CpuBackend(workers=1)
         self.clock, self.nvariants = clock, nvariants
         self.timed = []  # the functions timed, in order
+        self.index = {}  # id(function) -> its place in its group (numbered as round 0 first times them)
         self.launches = 0
 
     to_device = staticmethod(np.asarray)
@@ -43,7 +45,8 @@ class HostDevice:
         for _ in range(iters):
             fn()
             self.launches += 1
-        return self.clock(i % self.nvariants, i // self.nvariants)
+        j = self.index.setdefault(id(fn), len(self.index) % self.nvariants)
+        return self.clock(j, i // self.nvariants)
 
 
 def test_kernel_rows_bandwidth_against_the_copy_and_interleaving():
@@ -54,10 +57,11 @@ def test_kernel_rows_bandwidth_against_the_copy_and_interleaving():
     rows = bench_gpu.bench_gpu_ops(dtypes=("uint8", "float32"), batches=(3,), ks=ks, methods=methods, size=20,
                                    rounds=rounds, iters=iters, warmup=warmup, progress=False, device=dev)
     assert len(rows) == 2 * nvar
-    # every variant once per round, always in the same order
+    # every variant once per round, the order rotated by one each round (dali_kmix.apps.timing)
     per_round = [dev.timed[j * nvar:(j + 1) * nvar] for j in range(len(dev.timed) // nvar)]
     for group in (per_round[:rounds], per_round[rounds:]):
-        assert all(r == group[0] for r in group) and len(set(map(id, group[0]))) == nvar
+        assert len(set(map(id, group[0]))) == nvar
+        assert all(r == group[0][j:] + group[0][:j] for j, r in enumerate(group))
     assert dev.launches == 2 * nvar * rounds * iters
     for dt in ("uint8", "float32"):
         grp = [r for r in rows if r["dtype"] == dt]
@@ -324,7 +328,8 @@ def test_kernel_rows_time_nothing_but_the_launches(fake_cupy):
     assert len(windows) == rounds * len(names)
     kernel = {"dmixup": "kmix_dmixup<unsigned char>", "dcutmix": "kmix_dcutmix<unsigned char>"}
     for j, window in enumerate(windows):
-        name = names[j % len(names)]
+        r, p = divmod(j, len(names))
+        name = names[(p + r) % len(names)]  # round r's order: rotated by r
         assert log[marks[2 * j] - 1][0] == "hold", f"window {j} ({name}) is not queued behind the hold kernel"
         if name == ("copy",):
             assert window == [("memcpy",)] * iters, f"copy window: {window}"
@@ -336,8 +341,8 @@ def test_kernel_rows_time_nothing_but_the_launches(fake_cupy):
     bench_gpu.bench_gpu_scaling(ks=(2, 4), batch=3, size=10, dtype="float32", rounds=2, iters=2, warmup=0,
                                 progress=False, device=dev)
     windows, _ = _windows(log)
-    assert windows == [[("launch", f"kmix_{m}<float>")] * 2 for _ in range(2) for m in ("dcutmix", "dcutmix",
-                                                                                         "dmixup", "dmixup")]
+    order = ["dcutmix", "dcutmix", "dmixup", "dmixup"]  # K = 2, 4 each; round 1 starts one later
+    assert windows == [[("launch", f"kmix_{m}<float>")] * 2 for m in order + order[1:] + order[:1]]
 
 
 def test_a_window_the_gpu_reaches_too_early_is_timed_again_with_a_longer_hold(fake_cupy):

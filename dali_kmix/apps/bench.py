@@ -44,6 +44,7 @@ from .bench_gpu import bench_gpu_ops, bench_gpu_scaling, bench_native_ops, forma
 from .bench_kmixup import bench_kmixup, format_markdown
 from .common import atomic_write
 from .peers import PEERS, Config, can, dali_native_pipeline, make_batch, peer_callable
+from .timing import checked_rounds, interleaved_rounds, round_order, round_stats
 
 __all__ = ["time_call", "bench_ops", "bench_pipeline", "bench_scaling", "run", "metadata", "format_table"]
 
@@ -97,17 +98,11 @@ def _load_average():
     return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
 
-def _round_order(names: list, r: int) -> list:
-    """The order of round ``r``: ``names`` rotated by ``r``, so no variant is always first or after the same one."""
-    shift = r % len(names)
-    return names[shift:] + names[:shift]
-
-
 def _per_round(ts) -> dict:
     """The statistics of a variant timed in interleaved rounds (seconds per call, one per round), the rounds kept."""
-    ts = np.asarray(ts, dtype=np.float64)
-    return {"median_s": float(np.median(ts)), "min_s": float(ts.min()), "max_s": float(ts.max()),
-            "repeats": int(ts.size), "round_s": [float(t) for t in ts], "timing": "interleaved rounds"}
+    st = round_stats(ts)
+    return {"median_s": st["median_s"], "min_s": st["min_s"], "max_s": st["max_s"], "repeats": st["rounds"],
+            "round_s": [float(t) for t in ts], "timing": "interleaved rounds"}
 
 
 def _stats_row(base, t):
@@ -125,53 +120,6 @@ def _pipeline_runner(pipe, inner=5):
     runs.kmix_inner = inner
     runs.kmix_pipe = pipe  # kept alive with the runner
     return runs
-
-
-def _calibrated(fn, warmup, target_s=0.02, most=5):
-    """``fn`` after ``warmup`` calls, repeated so that one timed call lasts about ``target_s`` (at most ``most``
-    times; pipeline runners keep their own count): short calls are timed over several, slow ones once."""
-    t = 0.0
-    for _ in range(warmup):
-        t0 = time.perf_counter()
-        fn()
-        t = time.perf_counter() - t0
-    if getattr(fn, "kmix_inner", None):
-        return fn, fn.kmix_inner
-    inner = int(min(most, max(1, target_s // max(t, 1e-9))))
-    if inner == 1:
-        return fn, 1
-
-    def repeated():
-        for _ in range(inner):
-            fn()
-
-    return repeated, inner
-
-
-def interleaved_rounds(variants: dict, rounds: int, warmup: int = 2) -> tuple[dict, dict]:
-    """``({name: [seconds per call, one per round]}, {name: error})``: every variant once per round, in an order
-    rotated by one each round (none always follows the same neighbour), so a slow spell of the machine slows a
-    whole round and ratios within a round hold. A variant that raises is dropped with its error."""
-    prepared, errors = {}, {}
-    for name, fn in variants.items():
-        try:
-            prepared[name] = _calibrated(fn, warmup)
-        except Exception as exc:  # a peer failing on a configuration is a result, not a crash
-            errors[name] = f"{type(exc).__name__}: {exc}"
-    times = {name: [] for name in prepared}
-    order = list(prepared)
-    for r in range(rounds if order else 0):
-        for name in _round_order(order, r):
-            if name in errors:
-                continue
-            fn, inner = prepared[name]
-            try:
-                t0 = time.perf_counter()
-                fn()
-                times[name].append((time.perf_counter() - t0) / inner)
-            except Exception as exc:
-                errors[name] = f"{type(exc).__name__}: {exc}"
-    return {n: ts for n, ts in times.items() if n not in errors}, errors
 
 
 # --------------------------------------------------------------------------- 1. operators
@@ -413,7 +361,7 @@ def bench_pipeline(data_dir, *, batch=64, size=224, k=3, iters=12, repeats=5, de
     bar = tqdm(total=repeats * len(runners), desc=f"pipelines ({device})", disable=not progress)
     order = list(runners)
     for r in range(repeats if order else 0):
-        for variant in _round_order(order, r):
+        for variant in round_order(order, r):
             step = runners[variant]
             time.sleep(settle_s)
             try:
@@ -534,9 +482,7 @@ def bench_scaling(*, ks=(2, 3, 4, 6, 8, 12, 16), batches=(8, 16, 32, 64, 128, 25
             for method in ("dmixup", "dcutmix"):
                 variants[(KMIX, method, k)] = peer_callable(KMIX, Config(method, k, "sample", "float32", b, size),
                                                             x, labels)
-        times, errors = interleaved_rounds(variants, repeats)
-        if errors:
-            raise RuntimeError(f"scaling {axis}, batch {b}: {errors}")
+        times = checked_rounds(variants, repeats, what=f"scaling {axis}, batch {b}")
         copy_t = np.asarray(times[(COPY, None, None)])
         out = []
         for (impl, method, k), ts in times.items():

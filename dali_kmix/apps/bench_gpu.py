@@ -20,7 +20,8 @@
    in interleaved rounds).
 
 Timing: CUDA events around ``iters`` launches on the current stream; every variant of a
-group is timed once per round, rounds interleaved, so a clock or a neighbour that changes
+group is timed once per round, rounds interleaved and the order rotated each round
+(:mod:`dali_kmix.apps.timing`, as the CPU rows), so a clock or a neighbour that changes
 during the run touches every variant alike; medians and ratios are taken per round. A kernel
 row times a prepared launch (:meth:`dali_kmix.backends.Backend.prepare_blend`): the per-sample
 pointer arrays, their host-to-device copies and the record on the device are made once, before
@@ -43,6 +44,7 @@ from ..record import MixParams
 from ..saliency import salient_points
 from ..sampling import sample_params
 from .peers import Config, make_batch
+from .timing import checked_rounds, round_stats
 
 __all__ = ["CudaDevice", "DaliChains", "bench_gpu_ops", "bench_gpu_scaling", "bench_native_ops", "gpu_targets",
            "format_gpu", "TARGETS"]
@@ -121,22 +123,10 @@ class CudaDevice:
             self.hold_s *= 4
 
 
-def _interleaved(device, variants: dict, rounds: int, iters: int, warmup: int) -> dict:
-    """``{name: [seconds per call, one per round]}``; every variant once per round, in turn."""
-    for fn in variants.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, fn in variants.items():
-            times[name].append(device.seconds_per_call(fn, iters))
-    return times
-
-
-def _stats(ts) -> dict:
-    ts = np.asarray(ts, dtype=np.float64)
-    return {"median_s": float(np.median(ts)), "min_s": float(ts.min()), "max_s": float(ts.max()),
-            "rounds": int(ts.size)}
+def _rounds(device, variants: dict, rounds: int, iters: int, warmup: int, what: str) -> dict:
+    """``{name: [seconds per call, one per round]}``: interleaved rounds (:mod:`dali_kmix.apps.timing`), each timed
+    call a window of ``iters`` calls timed by the device; a variant that raises fails the group, naming it."""
+    return checked_rounds(variants, rounds, warmup, what=what, timer=lambda fn: device.seconds_per_call(fn, iters))
 
 
 def _ratio_stats(prefix, ratios) -> dict:
@@ -182,12 +172,12 @@ def bench_gpu_ops(*, dtypes=("uint8", "float32"), batches=(32, 128, 256), ks=(2,
                 variants[(KMIX, method, k)] = _blend(device, samples, outs, method, k, size, cfg.layout, seed)
         variants[(RECORD, "dcutmix", 3)] = lambda: device.record("dcutmix", b, size, size, 3)
         variants[(SALIENCY, None, 0)] = lambda: salient_points(samples, cfg.layout)
-        times = _interleaved(device, variants, rounds, iters, warmup)
+        times = _rounds(device, variants, rounds, iters, warmup, f"GPU kernels, {dt} batch {b}")
         copy_t = np.asarray(times[(COPY, None, 0)])
         base = {"level": "gpu-op", "device": device.name, "dtype": dt, "layout": cfg.layout, "batch": b,
                 "size": size, "status": "ok"}
         for (impl, method, k), ts in times.items():
-            row = {**base, "impl": impl, **_stats(ts)}
+            row = {**base, "impl": impl, **round_stats(ts)}
             if impl in (COPY, KMIX):
                 nbytes = kernel_bytes(method, k, x.nbytes)
                 row["bytes"] = nbytes
@@ -209,12 +199,12 @@ def bench_gpu_scaling(*, ks=(2, 3, 4, 6, 8, 12, 16), batch=128, size=224, dtype=
     samples, outs = list(x), list(out)
     variants = {(method, k): _blend(device, samples, outs, method, k, size, cfg.layout, seed)
                 for method in ("dcutmix", "dmixup") for k in ks}
-    times = _interleaved(device, variants, rounds, iters, warmup)
+    times = _rounds(device, variants, rounds, iters, warmup, f"GPU scaling, {dtype} batch {batch}")
     rows = []
     for (method, k), ts in times.items():
         k2 = np.asarray(times[(method, ks[0])])
         rows.append({"level": "gpu-scaling", "device": device.name, "impl": KMIX, "method": method, "k": k,
-                     "batch": batch, "dtype": dtype, "size": size, "status": "ok", **_stats(ts),
+                     "batch": batch, "dtype": dtype, "size": size, "status": "ok", **round_stats(ts),
                      **_ratio_stats("vs_k2", np.asarray(ts) / k2)})
     return rows
 
@@ -312,14 +302,14 @@ def bench_native_ops(*, dtypes=("uint8", "float32"), batch=256, ks=(2, 3, 9), me
             for n_ops in (1, length):
                 variants[(impl, method, k, n_ops)] = device.pipeline(
                     samples, record, None if method is None else f"kmix_{method}", cfg.layout, n_ops)
-        times = _interleaved(device, variants, rounds, iters, warmup)
+        times = _rounds(device, variants, rounds, iters, warmup, f"GPU native operators, {dt} batch {batch}")
         per_op = {kind: (np.asarray(times[kind + (length,)]) - np.asarray(times[kind + (1,)])) / (length - 1)
                   for kind in kinds}
         copy_t = per_op[(NATIVE_COPY, None, 0)]
         for (impl, method, k), ts in per_op.items():
             nbytes = kernel_bytes(method, k, host.nbytes)
             row = {"level": "gpu-native-op", "device": device.name, "impl": impl, "dtype": dt, "layout": cfg.layout,
-                   "batch": batch, "size": size, "chain": length, "status": "ok", **_stats(ts), "bytes": nbytes,
+                   "batch": batch, "size": size, "chain": length, "status": "ok", **round_stats(ts), "bytes": nbytes,
                    "timing": "pipeline runs, chain of operators minus one, interleaved rounds"}
             row["gb_per_s"] = nbytes / row["median_s"] / 1e9 if row["median_s"] > 0 else float("nan")
             row.update(_ratio_stats("vs_copy_bandwidth", (nbytes / ts) / (2 * host.nbytes / copy_t)))

@@ -6,17 +6,17 @@ the same arguments, for modes "batch" and "elem" and for mixup (``mixup_alpha=1`
 and cutmix (``cutmix_alpha=1``). timm mixes in place, so before every timed call
 (of either mixer, so both start from the same memory state) the batch is restored
 from a pristine copy outside the timed region. After warm-up calls the two mixers
-run in interleaved rounds (the order alternates every round) so that drift in the
-machine's load hits both alike; each row reports the median and the spread
+run in interleaved rounds (:mod:`dali_kmix.apps.timing`: the order rotates every round)
+so that drift in the machine's load hits both alike; each row reports the median and the spread
 (interquartile range, and min/max) of the per-call times. :func:`format_markdown`
 renders the rows as a Markdown table.
 """
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
+
+from .timing import checked_rounds
 
 __all__ = ["bench_kmixup", "format_markdown", "FULL", "QUICK"]
 
@@ -75,23 +75,15 @@ def bench_kmixup(*, quick: bool = False, batch: int | None = None, size: int | N
             mixers = {"kmixup": KMixup(**args, k=2, seed=seed),
                       "kmixup_fresh": KMixup(**args, k=2, seed=seed, reuse_outputs=False),
                       "timm": Mixup(**args)}
-            times = {name: [] for name in mixers}
+            held = []  # the last call's outputs: freed before the next call, outside the timed region
 
-            def once(name):
+            def restore():
+                held.clear()
                 x.copy_(pristine)
-                t0 = time.perf_counter()
-                out, soft = mixers[name](x, target)
-                dt = time.perf_counter() - t0
-                del out, soft
-                return dt
 
-            for _ in range(warmup):
-                for name in mixers:
-                    once(name)
-            order = list(mixers)
-            for r in range(rounds):
-                for name in (order if r % 2 == 0 else order[::-1]):
-                    times[name].append(once(name))
+            calls = {name: (lambda m=m: held.append(m(x, target))) for name, m in mixers.items()}
+            times = checked_rounds(calls, rounds, warmup, before=restore, what=f"KMixup bench, {mode} {method}")
+            held.clear()
             row = {"mode": mode, "method": method, "batch": batch, "size": size, "dtype": "float32",
                    "rounds": rounds}
             for name in mixers:

@@ -1,0 +1,98 @@
+"""dali_kmix.apps.timing: interleaved rounds (rotation, calibration, failures), device timers, untimed set-up."""
+
+import time
+
+import numpy as np
+import pytest
+
+from dali_kmix.apps import timing
+
+
+def _variant(seen, name, fail_at=None, sleep=0.021):  # 21 ms: one call fills a timed call (no repeats)
+    def fn():
+        seen.append(name)
+        time.sleep(sleep)
+        if fail_at is not None and seen.count(name) >= fail_at:
+            raise RuntimeError(f"{name} broke")
+    return fn
+
+
+@pytest.mark.parametrize("names, r, want", [
+    (["a", "b", "c"], 0, ["a", "b", "c"]),
+    (["a", "b", "c"], 1, ["b", "c", "a"]),
+    (["a", "b", "c"], 5, ["c", "a", "b"]),
+    ([], 3, []),
+], ids=["round0", "round1", "wraps", "empty"])
+def test_round_order_rotates(names, r, want):
+    assert timing.round_order(names, r) == want
+
+
+def test_interleaved_rounds_rotate_the_order_and_keep_failures_apart():
+    seen = []
+    times, errors = timing.interleaved_rounds(
+        {"a": _variant(seen, "a"), "b": _variant(seen, "b"), "c": _variant(seen, "c", fail_at=3)}, rounds=3,
+        warmup=1)
+    assert errors == {"c": "RuntimeError: c broke"} and set(times) == {"a", "b"}
+    assert all(len(ts) == 3 and all(t >= 0.02 for t in ts) for ts in times.values())
+    # warm-up a b c; round 0 a b c; round 1 starts one later: b c(fails, dropped) a; round 2: a b (c is gone)
+    assert seen == ["a", "b", "c", "a", "b", "c", "b", "c", "a", "a", "b"]
+    seen.clear()  # short calls are repeated within one timed call (here 5 times: 1 ms each, at most 5)
+    times, _ = timing.interleaved_rounds({"s": _variant(seen, "s", sleep=0.001)}, rounds=2, warmup=1)
+    assert len(seen) == 1 + 2 * 5 and len(times["s"]) == 2 and min(times["s"]) >= 0.001
+    times, errors = timing.interleaved_rounds({"x": _variant(seen, "x", fail_at=1)}, rounds=2)
+    assert times == {} and "x broke" in errors["x"]
+
+
+def test_a_timer_times_each_call_and_nothing_is_repeated():
+    seen, timed = [], []
+
+    def timer(fn):  # a device's window: it runs fn as often as it likes and says seconds per call
+        timed.append(fn)
+        fn()
+        fn()
+        return 0.5 * len(timed)
+
+    times, errors = timing.interleaved_rounds({"a": _variant(seen, "a", sleep=0), "b": _variant(seen, "b", sleep=0)},
+                                              rounds=2, warmup=1, timer=timer)
+    assert errors == {}
+    # warm-up a, b once each (not timed); round 0: a b, round 1: b a, each call of the timer running fn twice
+    assert seen == ["a", "b"] + ["a", "a", "b", "b"] + ["b", "b", "a", "a"]
+    assert times == {"a": [0.5, 2.0], "b": [1.0, 1.5]}
+
+
+def test_before_runs_untimed_before_every_call():
+    log = []
+
+    def before():
+        log.append("before")
+        time.sleep(0.03)  # would show in the times if it were timed
+
+    def fn():
+        log.append("call")
+
+    times, _ = timing.interleaved_rounds({"f": fn}, rounds=3, warmup=2, before=before)
+    assert log == ["before", "call"] * 5  # 2 warm-up + 3 timed calls, one each (no calibrated repeats)
+    assert len(times["f"]) == 3 and max(times["f"]) < 0.03
+
+
+def test_checked_rounds_name_the_failing_variant():
+    seen = []
+    with pytest.raises(RuntimeError, match=r"GPU kernels, f32: b: RuntimeError: b broke"):
+        timing.checked_rounds({"a": _variant(seen, "a", sleep=0), "b": _variant(seen, "b", fail_at=2, sleep=0)},
+                              rounds=2, warmup=1, what="GPU kernels, f32", timer=lambda fn: fn() or 1.0)
+    assert timing.checked_rounds({"a": _variant(seen, "a", sleep=0)}, rounds=2, warmup=0,
+                                 timer=lambda fn: fn() or 1.0) == {"a": [1.0, 1.0]}
+
+
+@pytest.mark.parametrize("rounds, warmup, match", [(-1, 1, "rounds=-1"), (2, -3, "warmup=-3")],
+                         ids=["rounds", "warmup"])
+def test_bad_counts_are_refused(rounds, warmup, match):
+    with pytest.raises(ValueError, match=match):
+        timing.interleaved_rounds({"f": lambda: None}, rounds=rounds, warmup=warmup)
+
+
+def test_round_stats():
+    assert timing.round_stats([3.0, 1.0, 2.0, 10.0]) == {"median_s": 2.5, "min_s": 1.0, "max_s": 10.0, "rounds": 4}
+    assert timing.round_stats(np.array([0.25]))["median_s"] == 0.25
+    with pytest.raises(ValueError, match="at least one round"):
+        timing.round_stats([])
