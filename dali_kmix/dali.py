@@ -35,8 +35,9 @@ How one call becomes DALI operators (one readable path per place it runs):
      ``python_function`` draws and blends with the CPU kernels (same results);
    * **plugin on the GPU** (images on the GPU, the plugin built with its GPU backend, the
      default): the record and the labels are drawn on the host exactly as on the plugin
-     path (the same ``python_function``, the same keys, so GPU and CPU pipelines give the
-     same mixes bit for bit) and stay CPU tensors; the GPU backends of ``fn.kmix_dmixup`` /
+     path (``fn.kmix_draw`` again, given the images' shapes instead of the images; the same
+     keys, so GPU and CPU pipelines give the same mixes bit for bit; a ``python_function``
+     where :func:`native_draw` says no) and stay CPU tensors; the GPU backends of ``fn.kmix_dmixup`` /
      ``fn.kmix_dcutmix`` / ``fn.kmix_mix`` move them to the device in one asynchronous copy
      and blend on DALI's stream. The label outputs are handed to the GPU. Saliency-DCutMix
      finds the salient points on the GPU (CuPy's FFT in a GPU ``python_function``) and hands
@@ -380,7 +381,8 @@ class _PluginRecordGivenCenters(_PluginRecord):
 
 
 class _GpuCenters:
-    """Saliency-DCutMix on the GPU: the most salient pixel of every image (CuPy, on DALI's stream)."""
+    """Saliency-DCutMix on the GPU: the most salient pixel of every image (CuPy, on DALI's stream; NumPy where the
+    images are on the CPU)."""
 
     def __init__(self, spec: MixSpec):
         self.spec = spec
@@ -712,32 +714,61 @@ def _plugin_path(spec, images, labels, keys, runtime, name, norm_args=None):
     gpu = images.device == "gpu"
     if gpu and getattr(labels, "device", "cpu") != "cpu":
         labels = labels.cpu()  # DALI's own transfer; the labels are checked and mixed with the record on the host
-    records = 4 if spec.switch else 2
-    if not gpu and native_draw(spec):  # drawn in C++ (Saliency-DCutMix's points found there too)
+    if _draws_from_shapes(images):
+        centers = []
+        if spec.method == "saliency-dcutmix":  # the salient points found where the images are, handed to the host
+            found = fn.python_function(images, function=_GpuCenters(spec), batch_processing=True, num_outputs=1,
+                                       device=images.device)
+            centers = [found.cpu() if gpu else found]
+        outs = _draw_given_shapes(spec, images.shape(), labels, keys, runtime, centers, name)
+    elif native_draw(spec):  # drawn in C++ (Saliency-DCutMix's points found there too)
         outs = fn.kmix_draw(images, labels, keys, *runtime, **_draw_args(spec), name=name)
     else:
-        extra = []
-        if spec.method == "saliency-dcutmix" and gpu:  # the salient points found on the device, handed to the host
-            extra = [fn.python_function(images, function=_GpuCenters(spec), batch_processing=True, num_outputs=1,
-                                        device="gpu").cpu()]
-        elif spec.method == "saliency-dcutmix":
-            extra = [images]
-        draw = _PluginRecordGivenCenters(spec) if gpu else _PluginRecord(spec)
-        outs = fn.python_function(images.shape(), labels, keys, *runtime, *extra, function=draw,
-                                  batch_processing=True, num_outputs=records + spec.label_outputs, name=name)
+        extra = [images] if spec.method == "saliency-dcutmix" else []
+        outs = fn.python_function(images.shape(), labels, keys, *runtime, *extra, function=_PluginRecord(spec),
+                                  batch_processing=True, num_outputs=_record_count(spec) + spec.label_outputs,
+                                  name=name)
+    records = _record_count(spec)
     record, label_outs = outs[:records], outs[records:]
     mixed = native_blend(spec, fn)(images, *record, layout=spec.layout, **(norm_args or {}))
     return (mixed, *[x.gpu() if gpu else x for x in label_outs])
 
 
-def native_draw(spec: MixSpec) -> bool:
-    """Whether a CPU pipeline draws ``spec``'s records with ``fn.kmix_draw`` (C++, NumPy's generator: the numbers of
-    :class:`_PluginRecord`, bit for bit, with the same checks and no Python per batch): for the spectral-residual
-    saliency and a seed DALI's int64 argument holds (alpha and prob fixed or per iteration alike)."""
+def _draws_from_shapes(images) -> bool:
+    """Whether the plugin path draws the record from the images' shapes (and Saliency-DCutMix's points found
+    beside it) rather than from the images: GPU pipelines, whose images stay on the device."""
+    return images.device == "gpu"
+
+
+def _record_count(spec: MixSpec) -> int:
+    """The record outputs of the drawing: sources and weights or boxes; sources, weights, boxes and cut (switch)."""
+    return 4 if spec.switch else 2
+
+
+def _draw_given_shapes(spec, shapes, labels, keys, runtime, centers, name):
+    """The record and the label outputs from the images' shapes (``images.shape()``) and, for Saliency-DCutMix,
+    the salient points found elsewhere (``centers``: one DataNode, or empty): what GPU pipelines draw with, their
+    images staying on the device. ``fn.kmix_draw`` with ``shape_input`` where :func:`native_draw` allows it (any
+    saliency method: the points come given), else the python_function :class:`_PluginRecordGivenCenters`; the
+    same numbers either way, and the same as the CPU pipelines' for the same keys and points."""
+    from nvidia.dali import fn
+
+    if native_draw(spec, given_centers=True):
+        return fn.kmix_draw(shapes, labels, keys, *centers, *runtime, shape_input=True, centers_input=bool(centers),
+                            **_draw_args(spec), name=name)
+    return fn.python_function(shapes, labels, keys, *runtime, *centers, function=_PluginRecordGivenCenters(spec),
+                              batch_processing=True, num_outputs=_record_count(spec) + spec.label_outputs, name=name)
+
+
+def native_draw(spec: MixSpec, given_centers: bool = False) -> bool:
+    """Whether a pipeline draws ``spec``'s records with ``fn.kmix_draw`` (C++, NumPy's generator: the numbers of
+    :class:`_PluginRecord`, bit for bit, with the same checks and no Python per batch): for a seed DALI's int64
+    argument holds (alpha and prob fixed or per iteration alike) and, where the operator finds Saliency-DCutMix's
+    points itself (CPU pipelines; ``given_centers`` False), the spectral-residual saliency."""
     from .backends import plugin
 
-    return (spec.saliency == "spectral-residual" and 0 <= (spec.seed or 0) < 2 ** 63 and 0 <= spec.shard_id < 2 ** 63
-            and plugin.draw_operator())
+    return ((given_centers or spec.saliency == "spectral-residual") and 0 <= (spec.seed or 0) < 2 ** 63
+            and 0 <= spec.shard_id < 2 ** 63 and plugin.draw_operator())
 
 
 def _hex(values) -> str:

@@ -36,6 +36,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -566,10 +567,13 @@ inline std::string PerSampleProb(const dali::TensorList<CPUBackend>& tl, int n, 
   return "";
 }
 
-// fn.kmix_draw(images, labels, keys[, alpha][, prob][, real]): the record and the label outputs of dali_kmix.dali's drawing
-// python_function (_PluginRecord), drawn in C++ with NumPy's generator (kmix_draw.h), bit for bit: the same
-// SeedSequence of the arguments' seed and the keys' bits, spawned at (shard_id, index), the same draws, nesting
-// and soft targets. Saliency-DCutMix finds the salient points of the images here (kmix_host_salient_points).
+// fn.kmix_draw(images, labels, keys[, centers][, alpha][, prob][, real]): the record and the label outputs of
+// dali_kmix.dali's drawing python_function (_PluginRecord), drawn in C++ with NumPy's generator (kmix_draw.h), bit
+// for bit: the same SeedSequence of the arguments' seed and the keys' bits, spawned at (shard_id, index), the same
+// draws, nesting and soft targets. Saliency-DCutMix finds the salient points of the images here
+// (kmix_host_salient_points). With shape_input, input 0 is the images' shapes (images.shape(): GPU pipelines,
+// whose images stay on the device; _PluginRecordGivenCenters is the python_function it replaces), and
+// Saliency-DCutMix takes the points found on the device as the input after the keys (centers_input).
 // Stateless: the keys come from DALI's checkpointed random operator.
 class KMixDraw : public dali::StatelessOperator<CPUBackend> {
  public:
@@ -583,6 +587,8 @@ class KMixDraw : public dali::StatelessOperator<CPUBackend> {
         layout_(spec.GetArgument<std::string>("layout")),
         alpha_input_(spec.GetArgument<bool>("alpha_input")),
         prob_input_(spec.GetArgument<bool>("prob_input")),
+        shape_input_(spec.GetArgument<bool>("shape_input")),
+        centers_input_(spec.GetArgument<bool>("centers_input")),
         alpha_(HexDoubles(spec.GetArgument<std::string>("alpha"))),
         cut_alpha_(HexDoubles(spec.GetArgument<std::string>("cutmix_alpha"))),
         taps_(ToFloats(HexDoubles(spec.GetArgument<std::string>("saliency_taps")))) {
@@ -592,7 +598,10 @@ class KMixDraw : public dali::StatelessOperator<CPUBackend> {
     DALI_ENFORCE(method_ >= 0 && method_ <= 3 && k_ >= 2 && (alpha_input_ || (int)alpha_.size() == k_) &&
                      (prob_input_ || prob.size() == 1) &&
                      sw.size() == 1 && sm.size() == 1 && num_classes_ >= 1 &&
-                     (method_ != 3 || (int)cut_alpha_.size() == k_) && (method_ != 2 || taps_.size() == 5),
+                     (method_ != 3 || (int)cut_alpha_.size() == k_) &&
+                     (method_ != 2 || centers_input_ || taps_.size() == 5) &&
+                     (!centers_input_ || (method_ == 2 && shape_input_)) &&
+                     (!shape_input_ || method_ != 2 || centers_input_),
                  "dali_kmix: internal error, fn.kmix_draw's arguments do not describe a record");
     if (!prob_input_) prob_.assign(1, prob[0]);
     switch_prob_ = sw[0];
@@ -608,22 +617,72 @@ class KMixDraw : public dali::StatelessOperator<CPUBackend> {
   }
 
  protected:
+  // centers_input: one (y, x) integer pair per sample (dali_kmix.saliency.salient_points, found on the device);
+  // "" or the message.
+  std::string GivenCenters(const dali::TensorList<CPUBackend>& tl, int n) {
+    const char* bad = "dali_kmix: internal error, fn.kmix_draw's centers must be two integers (y, x) per sample";
+    if (tl.num_samples() != n) return bad;
+    centers_.assign(2 * (size_t)n, 0);
+    for (int s = 0; s < n; ++s) {
+      if (tl.tensor_shape(s).num_elements() != 2) return bad;
+      for (int i = 0; i < 2; ++i)
+        if (!WithInteger(tl.type(), tl.raw_tensor(s), i, [&](auto v) { centers_[2 * (size_t)s + i] = (int)v; }))
+          return bad;
+    }
+    return "";
+  }
+
+  // With shape_input: the images' shapes (one integer vector per sample) as a list of shapes without data, for the
+  // checks of the images' shapes; "" or the message.
+  std::string ShapesOfInput(const dali::TensorList<CPUBackend>& tl, kmix::KmixList* list) {
+    const int n = tl.num_samples();
+    int ndim = n > 0 ? (int)tl.tensor_shape(0).num_elements() : 3;
+    shape_values_.assign((size_t)n * ndim, 0);
+    for (int s = 0; s < n; ++s) {
+      if (tl.tensor_shape(s).sample_dim() != 1 || tl.tensor_shape(s).num_elements() != ndim)
+        return "dali_kmix: internal error, fn.kmix_draw's shape_input must be one shape vector of the same length "
+               "per sample";
+      for (int i = 0; i < ndim; ++i)
+        if (!WithInteger(tl.type(), tl.raw_tensor(s), i, [&](auto v) { shape_values_[(size_t)s * ndim + i] = (int64_t)v; }))
+          return kmix::Str("dali_kmix: internal error, fn.kmix_draw's shape_input must be integers, got dtype ",
+                           dali::TypeName(tl.type()));
+    }
+    *list = kmix::KmixList();
+    list->num_samples = n;
+    list->ndim = ndim;
+    list->shape = shape_values_.data();
+    list->dtype = -1;
+    list->type_name = "";
+    return "";
+  }
+
   bool SetupImpl(std::vector<dali::OutputDesc>& output_desc, const dali::Workspace& ws) override {
     const auto& images = ws.Input<CPUBackend>(0);
-    const ListView im(images, false);
-    std::string err = kmix::CheckImageType(layout_, images.GetLayout().str(), *im, &rec_);
     const int n = images.num_samples();
+    std::string err;
+    kmix::KmixList shapes_list;
+    std::unique_ptr<ListView> view;
+    if (shape_input_) {  // the images' shapes only: their type and layout are the blend operator's to check
+      err = ShapesOfInput(images, &shapes_list);
+      rec_ = kmix::Record();
+      rec_.layout = layout_ == "CHW" ? KMIX_CHW : KMIX_HWC;
+    } else {
+      view = std::make_unique<ListView>(images, false);
+      shapes_list = **view;
+      err = kmix::CheckImageType(layout_, images.GetLayout().str(), shapes_list, &rec_);
+    }
+    const kmix::KmixList& im = shapes_list;
     rec_.n = n;
-    if (err.empty() && n > 0) err = kmix::CheckImageShapes(layout_, *im, &rec_);
-    if (err.empty()) err = kmix::CheckChannels(layout_, images.GetLayout().str(), *im);
+    if (err.empty() && n > 0) err = kmix::CheckImageShapes(layout_, im, &rec_);
+    if (err.empty() && !shape_input_) err = kmix::CheckChannels(layout_, images.GetLayout().str(), im);
     if (err.empty() && n > 0 && method_ != 0 && (rec_.height < 1 || rec_.width < 1))
       err = kmix::Str("images: ", method_ == 2 ? "saliency-dcutmix" : method_ == 3 ? "dmixup+dcutmix" : "dcutmix",
                       " needs images of at least 1 x 1 pixels (its label weights are box areas / (H x W)), but sample "
-                      "0 has shape ", kmix::ShapeStr(kmix::SampleShape(*im, 0), 3), " (layout ", layout_,
+                      "0 has shape ", kmix::ShapeStr(kmix::SampleShape(im, 0), 3), " (layout ", layout_,
                       ", H x W = ", rec_.height, " x ", rec_.width, "); drop or resize empty images before mixing");
-    if (err.empty() && n > 0 && method_ == 2 && rec_.channels < 1)  // worded as dali_kmix.saliency.salient_points
+    if (err.empty() && n > 0 && method_ == 2 && !centers_input_ && rec_.channels < 1)  // as saliency.salient_points
       err = kmix::Str("images: saliency needs at least one channel, but sample 0 has shape ",
-                      kmix::ShapeStr(kmix::SampleShape(*im, 0), 3), " (layout ", layout_, ")");
+                      kmix::ShapeStr(kmix::SampleShape(im, 0), 3), " (layout ", layout_, ")");
     if (err.empty()) err = ScalarPerSample(ws.Input<CPUBackend>(1), "labels", "integer class indices", n, &labels_);
     for (int s = 0; err.empty() && s < n; ++s)
       if (labels_[s] < 0 || labels_[s] >= num_classes_)
@@ -643,7 +702,11 @@ class KMixDraw : public dali::StatelessOperator<CPUBackend> {
         key_words_.push_back(bits);
       }
     }
-    int next = 3;  // the per-iteration inputs after the keys: alpha, prob, then the reader's "real sample" flags
+    int next = 3;  // the inputs after the keys: the salient points, alpha, prob, the reader's "real sample" flags
+    if (centers_input_) {
+      if (err.empty()) err = GivenCenters(ws.Input<CPUBackend>(next), n);
+      ++next;
+    }
     alpha_rows_ = false;
     if (alpha_input_) {
       if (err.empty()) err = PerSampleAlpha(ws.Input<CPUBackend>(next), n, k_, batch_mode_, &batch_alpha_, &alpha_rows_);
@@ -694,7 +757,9 @@ class KMixDraw : public dali::StatelessOperator<CPUBackend> {
     weights_.resize((size_t)n * k);
     boxes_.resize((size_t)n * (k - 1) * 4);
     std::vector<int> points;
-    if (method_ == 2 && n > 0) {
+    if (method_ == 2 && n > 0 && centers_input_) {
+      points = centers_;
+    } else if (method_ == 2 && n > 0) {
       points.resize(2 * (size_t)n);
       std::vector<const void*> in(n);
       for (int s = 0; s < n; ++s) in[s] = images.raw_tensor(s);
@@ -742,7 +807,9 @@ class KMixDraw : public dali::StatelessOperator<CPUBackend> {
   bool batch_mode_, dense_;
   int num_classes_;
   std::string layout_;
-  bool alpha_input_, prob_input_, alpha_rows_ = false;
+  bool alpha_input_, prob_input_, shape_input_, centers_input_, alpha_rows_ = false;
+  std::vector<int64_t> shape_values_;  // shape_input: the batch's shapes, n x ndim
+  std::vector<int> centers_;           // centers_input: the salient points (y, x) of every sample
   std::vector<double> alpha_, cut_alpha_, batch_alpha_, prob_;
   std::vector<float> taps_;
   double switch_prob_ = 0.0;
@@ -854,24 +921,30 @@ generator: the numbers dali_kmix.dali's drawing python_function gives, bit for b
 (method 0), boxes (1, 2) or weights, boxes and cut (3), then the targets (label_format "dense") or label_idx and
 label_w. Used by dali_kmix.dali.dmixup / dcutmix / saliency_dcutmix / dmixup_or_dcutmix in CPU pipelines; the
 float arguments are exact doubles written with Python's float.hex().)")
-    .NumInput(3, 6)
+    .NumInput(3, 7)
     .OutputFn([](const OpSpec& spec) {
       const int method = spec.GetArgument<int>("method");
       return (method == 3 ? 4 : 2) + (spec.GetArgument<std::string>("label_format") == "dense" ? 1 : 2);
     })
-    .InputDox(0, "images", "TensorList on the CPU", "The batch (its shape; Saliency-DCutMix also reads its pixels).")
+    .InputDox(0, "images", "TensorList on the CPU",
+              "The batch (its shape; Saliency-DCutMix also reads its pixels), or with shape_input its shapes.")
     .InputDox(1, "labels", "TensorList of integers", "One class index per sample.")
     .InputDox(2, "keys", "TensorList of float64", "One key per sample (fn.random.uniform).")
     .InputDox(3, "extra0", "TensorList of numbers",
-              "Optional inputs extra0..extra2, in this order: alpha per sample (alpha_input), prob per sample "
-              "(prob_input), 0 for a reader's padding samples.")
+              "Optional inputs extra0..extra3, in this order: the salient points (y, x) per sample "
+              "(centers_input), alpha per sample (alpha_input), prob per sample (prob_input), 0 for a reader's "
+              "padding samples.")
     .InputDox(4, "extra1", "TensorList of numbers", "Optional: the next of those inputs.")
-    .InputDox(5, "extra2", "TensorList of integers", "Optional: the reader's padding flags after alpha and prob.")
+    .InputDox(5, "extra2", "TensorList of numbers", "Optional: the next of those inputs.")
+    .InputDox(6, "extra3", "TensorList of integers", "Optional: the reader's padding flags after the others.")
     .AddArg("method", "0 DMixup, 1 DCutMix, 2 Saliency-DCutMix, 3 DMixup or DCutMix per batch.", DALI_INT32)
     .AddArg("k", "Images per mix, K >= 2.", DALI_INT32)
     .AddArg("alpha", "K concentrations (float.hex, space-separated); \"\" with alpha_input.", DALI_STRING)
     .AddOptionalArg("alpha_input", "alpha comes per iteration, as the input after the keys.", false)
     .AddOptionalArg("prob_input", "prob comes per iteration, as the input after alpha's (or the keys).", false)
+    .AddOptionalArg("shape_input", "Input 0 is the images' shapes (images.shape()), not the images.", false)
+    .AddOptionalArg("centers_input", "Method 2 with shape_input: the salient points come as the input after the keys.",
+                    false)
     .AddOptionalArg("cutmix_alpha", "Method 3: DCutMix's K concentrations (float.hex).", std::string())
     .AddArg("mode", "\"sample\" or \"batch\".", DALI_STRING)
     .AddArg("prob", "The probability that a sample is mixed (float.hex); \"\" with prob_input.", DALI_STRING)

@@ -1023,6 +1023,11 @@ def test_gpu_operators_place_every_input_where_dali_takes_it(monkeypatch, method
         others = [type(op._op).__name__ for op in mixers if op is not blend]
         # Saliency-DCutMix: the salient points on the GPU (CuPy's FFT), handed to the host drawing by DALI
         assert others == (["PythonFunction"] if method == "saliency_dcutmix" else [])
+        # the record drawn natively from the images' shapes (fn.kmix_draw with shape_input): no Python on the host
+        (draw,) = [op for op in ops if type(op._op).__name__ == "KmixDraw"]
+        assert draw._op.device == "cpu" and type(draw.inputs[0].source._op).__name__ == "_Shape"
+        assert blend.inputs[1].source is draw
+        assert not [op for op in ops if op._op.device == "cpu" and type(op._op).__name__ == "PythonFunction"]
     else:
         # the images' layout read on the device (only a shape that contradicts layout= makes the mixer look at it)
         assert sorted(type(op._op).__name__ for op in mixers) == ["GetProperty", "PythonFunction"]

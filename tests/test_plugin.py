@@ -398,6 +398,80 @@ def test_kmix_draw_only_where_it_draws_what_the_python_function_draws():
     assert b"KmixDraw" in pipe(True).serialize()  # alpha per iteration: an input of fn.kmix_draw
 
 
+def _graph_op_names(pipe) -> set:
+    """The operators of a built pipeline's graph by their DALI names (pipelines with a python_function do not
+    serialize)."""
+    seen, todo = {}, list(pipe._graph_out)
+    while todo:
+        op = todo.pop().source
+        if op is not None and op.id not in seen:
+            seen[op.id] = op
+            todo += op.inputs
+    return {type(op._op).__name__ for op in seen.values()}
+
+
+@pytest.mark.parametrize("case", list(DRAW_CASES))
+def test_kmix_draw_from_the_shapes_draws_what_gpu_pipelines_need(photo_dir, monkeypatch, case):
+    # GPU pipelines draw from images.shape() (and Saliency-DCutMix's points found on the device): fn.kmix_draw with
+    # shape_input, and the python_function it replaces there (_PluginRecordGivenCenters), against fn.kmix_draw
+    # given the images (the CPU pipelines'). Run here in CPU pipelines, the route forced: every output bit for bit.
+    method, kw = DRAW_CASES[case]
+    real = kmix.native_draw
+    results = {}
+    for route, (shapes, native) in {"images": (False, True), "shapes-native": (True, True),
+                                    "shapes-python": (True, False)}.items():
+        used = []
+        monkeypatch.setattr(kmix, "_draws_from_shapes", lambda images, shapes=shapes: shapes)
+        monkeypatch.setattr(kmix, "native_draw", lambda spec, given_centers=False, native=native: used.append(
+            (given_centers, native and real(spec, given_centers))) or used[-1][1])
+        p = draw_pipe(photo_dir, method, kw)
+        p.build()
+        assert used == [(shapes, native)]
+        ops = _graph_op_names(p)
+        assert ("KmixDraw" in ops) == native and ("PythonFunction" in ops) == (
+            not native or (shapes and method == "saliency-dcutmix"))  # the points: a function where the images are
+        results[route] = [[np.array(o.as_array()) for o in p.run()] for _ in range(6)]
+    for route in ("shapes-native", "shapes-python"):
+        for a, b in zip(results[route], results["images"]):
+            for x, y in zip(a, b):
+                assert x.dtype == y.dtype and x.shape == y.shape, route
+                np.testing.assert_array_equal(x.view(np.uint8), y.view(np.uint8), err_msg=route)
+
+
+@pytest.mark.parametrize("images, match", [
+    ([np.zeros((4, 4, 3), np.uint8), np.zeros((4, 5, 3), np.uint8)],
+     r"images: all samples of a batch must have the same H x W; sample 0 has shape \(4, 4, 3\) but sample 1 has "
+     r"shape \(4, 5, 3\) \(layout HWC\); resize or crop before mixing"),
+    ([np.zeros((0, 4, 3), np.uint8)] * 2, r"images: dcutmix needs images of at least 1 x 1 pixels"),
+], ids=["two-sizes", "empty"])
+@pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
+def test_kmix_draw_from_the_shapes_names_bad_shapes(monkeypatch, images, match, native):
+    # the checks of the images' shapes when only their shapes reach the drawing: the same messages either way
+    real = kmix.native_draw
+    monkeypatch.setattr(kmix, "_draws_from_shapes", lambda images: True)
+    monkeypatch.setattr(kmix, "native_draw", lambda spec, given_centers=False: native and real(spec, given_centers))
+
+    @pipeline_def(batch_size=2, num_threads=1, device_id=None, seed=0)
+    def pipe():
+        x = fn.external_source(source=lambda: images, batch=True, layout="HWC")
+        y = fn.external_source(source=lambda: [np.array([1], np.int32)] * 2, batch=True)
+        return kmix.dcutmix(x, y, k=3, num_classes=4, layout="HWC")
+
+    p = pipe()
+    p.build()
+    assert ("KmixDraw" in _graph_op_names(p)) == native
+    with pytest.raises(RuntimeError, match=match):
+        p.run()
+
+
+def test_kmix_draw_from_the_shapes_takes_any_saliency_method_given_the_points():
+    # the points come given (found on the device), so the saliency method is not the operator's to support
+    spec = kmix._spec("saliency-dcutmix", k=3, alpha=1.0, num_classes=4, layout="HWC", mode="sample", prob=1.0,
+                      smoothing=0.0, label_format="sparse", seed=5, shard_id=0, saliency="fine-grained")
+    assert not kmix.native_draw(spec) and kmix.native_draw(spec, given_centers=True)
+    assert not kmix.native_draw(dataclasses.replace(spec, seed=2 ** 63), given_centers=True)
+
+
 @pytest.mark.parametrize("labels,match", [
     ([np.array([1.5], np.float32)] * 2, r"labels must be integer class indices, got dtype float"),
     ([np.array([1, 2], np.int32)] * 2, r"labels must hold one value per sample, got shape \(2,\) for sample 0"),
