@@ -464,6 +464,24 @@ def test_kmix_draw_from_the_shapes_names_bad_shapes(monkeypatch, images, match, 
         p.run()
 
 
+@pytest.mark.parametrize("shapes", [False, True], ids=["images", "shapes"])
+@pytest.mark.parametrize("method", ["dmixup", "dcutmix", "saliency_dcutmix", "dmixup_or_dcutmix"])
+def test_kmix_draw_takes_an_empty_batch(monkeypatch, method, shapes):
+    # a zero-sample batch (a conditional split's empty side) draws nothing on either route
+    monkeypatch.setattr(kmix, "_draws_from_shapes", lambda images: shapes)
+
+    @pipeline_def(batch_size=2, num_threads=1, device_id=None, seed=0)
+    def pipe():
+        x = fn.external_source(source=lambda: [], batch=True, layout="HWC", dtype=types.UINT8, ndim=3)
+        y = fn.external_source(source=lambda: [], batch=True, dtype=types.INT32, ndim=1)
+        return getattr(kmix, method)(x, y, k=3, num_classes=4, layout="HWC")
+
+    p = pipe()
+    p.build()
+    assert "KmixDraw" in _graph_op_names(p)
+    assert [len(o) for o in p.run()] == [0, 0]
+
+
 def test_kmix_draw_from_the_shapes_takes_any_saliency_method_given_the_points():
     # the points come given (found on the device), so the saliency method is not the operator's to support
     spec = kmix._spec("saliency-dcutmix", k=3, alpha=1.0, num_classes=4, layout="HWC", mode="sample", prob=1.0,
