@@ -642,8 +642,9 @@ class KMixDraw : public dali::StatelessOperator<CPUBackend> {
       if (tl.tensor_shape(s).sample_dim() != 1 || tl.tensor_shape(s).num_elements() != ndim)
         return "dali_kmix: internal error, fn.kmix_draw's shape_input must be one shape vector of the same length "
                "per sample";
+      int64_t* row = shape_values_.data() + (size_t)s * ndim;
       for (int i = 0; i < ndim; ++i)
-        if (!WithInteger(tl.type(), tl.raw_tensor(s), i, [&](auto v) { shape_values_[(size_t)s * ndim + i] = (int64_t)v; }))
+        if (!WithInteger(tl.type(), tl.raw_tensor(s), i, [&](auto v) { row[i] = (int64_t)v; }))
           return kmix::Str("dali_kmix: internal error, fn.kmix_draw's shape_input must be integers, got dtype ",
                            dali::TypeName(tl.type()));
     }
