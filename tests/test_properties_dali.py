@@ -114,9 +114,16 @@ def plugin_env(path):
 # --------------------------------------------------------------------------- dali_kmix.dali.* on both CPU paths
 
 
-def operator_pipeline(key, python_draw=False, feed=None):
-    """The pipeline of ``key`` and its feed. ``python_draw``: on the plugin path, the record drawn by the
-    ``python_function`` instead of ``fn.kmix_draw`` (the twin whose Python drawing the test captures)."""
+#: How a plugin-path pipeline draws its record: ``fn.kmix_draw`` given the images; the ``python_function`` instead
+#: (the twin whose Python drawing the test captures); ``fn.kmix_draw`` given the images' shapes (and the salient
+#: points found beside it), as GPU pipelines draw.
+DRAWS = {"native": contextlib.nullcontext,
+         "python": lambda: mock.patch.object(kmix, "native_draw", lambda spec, given_centers=False: False),
+         "shapes": lambda: mock.patch.object(kmix, "_draws_from_shapes", lambda images: True)}
+
+
+def operator_pipeline(key, draw="native", feed=None):
+    """The pipeline of ``key`` and its feed; ``draw`` (:data:`DRAWS`) says how the plugin path draws."""
     path, method, dtype, layout, k, mode, label_format, smoothing = key
     feed = feed or Feed()
 
@@ -137,15 +144,13 @@ def operator_pipeline(key, python_draw=False, feed=None):
             feed.native = any("Kmix" in o.name for o in outs)
             return outs
 
-        drawing = mock.patch.object(kmix, "native_draw", lambda spec: False) if python_draw else \
-            contextlib.nullcontext()
-        with plugin_env(path), drawing:
+        with plugin_env(path), DRAWS[draw]():
             p = pipe()
         p.build()
         assert feed.native == (path == "plugin"), "the operator did not take the path asked for"
         return p, feed
 
-    return PIPES.get(("op", python_draw) + key, make)
+    return PIPES.get(("op", draw) + key, make)
 
 
 def _event(text):
@@ -240,17 +245,19 @@ def check_outputs(case, it, outs, rec):
 
 def run_operator_case(case):
     """One case through its pipeline, the errors and the outputs checked against the reference with the record the
-    Python drawing made. On the plugin path ``fn.kmix_draw`` draws the record natively: a twin pipeline with the same
-    seed and feed draws it in the ``python_function`` (captured), and both give the same outputs bit for bit, or the
-    same kind of error."""
+    Python drawing made. On the plugin path ``fn.kmix_draw`` draws the record natively: twin pipelines with the same
+    seed and feed draw it from the images' shapes (as GPU pipelines do) and in the ``python_function`` (captured),
+    and all give the same outputs bit for bit, or the same kind of error."""
     key = case["key"]
     pipe, feed = operator_pipeline(key)
-    twin = None
+    pipes = {"native": pipe}
     if key[0] == "plugin":
-        twin, twin_feed = operator_pipeline(key, python_draw=True, feed=feed)
-        if twin_feed is not feed:  # one of the two was rebuilt since (an error, the cache's size): both read one feed
-            PIPES.drop(("op", True) + key)
-            twin = operator_pipeline(key, python_draw=True, feed=feed)[0]
+        for draw in ("shapes", "python"):
+            twin, twin_feed = operator_pipeline(key, draw, feed=feed)
+            if twin_feed is not feed:  # one was rebuilt since (an error, the cache's size): all read one feed
+                PIPES.drop(("op", draw) + key)
+                twin = operator_pipeline(key, draw, feed=feed)[0]
+            pipes[draw] = twin
     captured = []
     draw_record = kd._HostRecord.record
 
@@ -270,22 +277,22 @@ def run_operator_case(case):
         captured.clear()
         with mock.patch.object(kd._HostRecord, "record", capture):
             if names:
-                for drawn, p in ((False, pipe), (True, twin)):
-                    if p is None:
-                        continue
+                for draw, p in pipes.items():
                     with pytest.raises(Exception) as info:  # noqa: PT011 - DALI re-raises as RuntimeError
                         p.run()
-                    PIPES.drop(("op", drawn) + key)  # DALI invalidates a pipeline that raised
+                    PIPES.drop(("op", draw) + key)  # DALI invalidates a pipeline that raised
                     assert isinstance(info.value, (RuntimeError, ValueError, TypeError)), repr(info.value)
                     assert any(name in str(info.value) for name in names), f"{info.value} names none of {names}"
                 return
             outs = [o.as_array() for o in pipe.run()]
-            if twin is not None:
-                assert not captured, "fn.kmix_draw's pipeline ran the Python drawing"
-                python_outs = [o.as_array() for o in twin.run()]
-                for a, b in zip(outs, python_outs):
+            for draw, twin in pipes.items():
+                if draw == "native":
+                    continue
+                assert not captured, "fn.kmix_draw's pipelines ran the Python drawing"
+                twin_outs = [o.as_array() for o in twin.run()]
+                for a, b in zip(outs, twin_outs):
                     assert a.dtype == b.dtype and a.shape == b.shape and same_bits(a, b), \
-                        "fn.kmix_draw and the python_function gave different outputs"
+                        f"fn.kmix_draw given the images and the {draw} drawing gave different outputs"
         assert len(captured) == 1, "the operator drew not exactly one record for the batch"
         check_outputs(case, it, outs, captured[0])
 
