@@ -725,9 +725,7 @@ def _plugin_path(spec, images, labels, keys, runtime, name, norm_args=None):
         outs = fn.kmix_draw(images, labels, keys, *runtime, **_draw_args(spec), name=name)
     else:
         extra = [images] if spec.method == "saliency-dcutmix" else []
-        outs = fn.python_function(images.shape(), labels, keys, *runtime, *extra, function=_PluginRecord(spec),
-                                  batch_processing=True, num_outputs=_record_count(spec) + spec.label_outputs,
-                                  name=name)
+        outs = _python_draw(_PluginRecord(spec), images.shape(), labels, keys, runtime, extra, name)
     records = _record_count(spec)
     record, label_outs = outs[:records], outs[records:]
     mixed = native_blend(spec, fn)(images, *record, layout=spec.layout, **(norm_args or {}))
@@ -756,8 +754,16 @@ def _draw_given_shapes(spec, shapes, labels, keys, runtime, centers, name):
     if native_draw(spec, given_centers=True):
         return fn.kmix_draw(shapes, labels, keys, *centers, *runtime, shape_input=True, centers_input=bool(centers),
                             **_draw_args(spec), name=name)
-    return fn.python_function(shapes, labels, keys, *runtime, *centers, function=_PluginRecordGivenCenters(spec),
-                              batch_processing=True, num_outputs=_record_count(spec) + spec.label_outputs, name=name)
+    return _python_draw(_PluginRecordGivenCenters(spec), shapes, labels, keys, runtime, centers, name)
+
+
+def _python_draw(draw: _PluginRecord, shapes, labels, keys, runtime, extra, name):
+    """The plugin path's drawing in a ``python_function`` (where ``fn.kmix_draw`` does not draw): ``draw`` takes
+    the shapes, the labels, the keys, the per-iteration inputs and ``extra`` (Saliency-DCutMix's images or points)."""
+    from nvidia.dali import fn
+
+    return fn.python_function(shapes, labels, keys, *runtime, *extra, function=draw, batch_processing=True,
+                              num_outputs=_record_count(draw.spec) + draw.spec.label_outputs, name=name)
 
 
 def native_draw(spec: MixSpec, given_centers: bool = False) -> bool:
@@ -989,7 +995,7 @@ def dynamic_mix(method, images, labels, *, k=3, alpha=1.0, num_classes, layout=N
         if spec.method == "saliency-dcutmix":
             extra = [_centers_on_device(images, spec) if gpu else [np.asarray(t) for t in images.tensors]]
         outs = draw(images.shape, lab, keys, *runtime, *extra)
-        records = 4 if spec.switch else 2
+        records = _record_count(spec)
         blend = native_blend(spec, ndd)
         mixed = blend(images, *[ndd.as_batch(list(r)) for r in outs[:records]], layout=spec.layout)
         label_outs = outs[records:]

@@ -64,17 +64,14 @@ def interleaved_rounds(variants: dict, rounds: int, warmup: int = 2, *, timer=No
     prepared, errors = {}, {}
     for name, fn in variants.items():
         try:
-            if before is not None:
-                for _ in range(warmup):
-                    before()
-                    fn()
-                prepared[name] = (fn, 1)
-            elif timer is not None:
-                for _ in range(warmup):
-                    fn()
-                prepared[name] = (fn, 1)
-            else:
+            if before is None and timer is None:
                 prepared[name] = calibrated(fn, warmup)
+                continue
+            for _ in range(warmup):
+                if before is not None:
+                    before()
+                fn()
+            prepared[name] = (fn, 1)
         except Exception as exc:  # a variant failing (a peer on a configuration) is a result, not a crash
             errors[name] = f"{type(exc).__name__}: {exc}"
     times = {name: [] for name in prepared}

@@ -27,7 +27,8 @@ __all__ = ["load", "build", "available", "compiler", "dmixup", "dcutmix", "mix",
            "spectral_residual", "salient_points", "dirichlet", "pcg64_raw", "draw_record", "native_sampler",
            "DRAW_METHODS", "draw_record_from", "record_valid", "mix_labels",
            "half_to_float", "float_to_half", "DTYPE_CODES", "LAYOUT_CODES", "HOST_SOURCES", "default_workers",
-           "launch_config", "launch_cover", "host_dcutmix_shape", "mix_normalize", "norm_bands", "validate_record", "KERNEL_CODES", "METHOD_CODES"]
+           "launch_config", "launch_cover", "host_dcutmix_shape", "mix_normalize", "norm_bands", "validate_record",
+           "KERNEL_CODES", "METHOD_CODES"]
 
 #: Element-type and layout codes of the C entry points, as kernels/kmix_codes.h defines them for C++.
 DTYPE_CODES = {np.dtype(np.uint8): 0, np.dtype(np.float16): 1, np.dtype(np.float32): 2}
