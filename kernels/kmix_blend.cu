@@ -460,7 +460,7 @@ KMIX_DEV float kmix_mixed_element(const T* const* __restrict__ in, const int* sr
 
 // Whether sample s is pasted (method KMIX_KERNEL_DCUTMIX, or KMIX_KERNEL_MIX with cut[s] set).
 KMIX_DEV bool kmix_is_paste(int method, const unsigned char* cut, int s) {
-  return method == 1 || (method == 2 && cut[s] != 0);
+  return method == KMIX_KERNEL_DCUTMIX || (method == KMIX_KERNEL_MIX && cut[s] != 0);
 }
 
 // The fused kernel, element by element of the output (the GPU's; the host runs kmix_mix_norm_band): blockIdx.x

@@ -12,3 +12,8 @@
 #define KMIX_F32 2
 // Record inputs only (sources, boxes): kmix_record.h.
 #define KMIX_I32 3
+
+// The blend kernels (kmix_launch_config's kernel; the fused kernel's method): KERNEL_CODES in Python.
+#define KMIX_KERNEL_DMIXUP 0
+#define KMIX_KERNEL_DCUTMIX 1
+#define KMIX_KERNEL_MIX 2

@@ -636,7 +636,7 @@ class KMixDraw : public dali::StatelessOperator<CPUBackend> {
   // checks of the images' shapes; "" or the message.
   std::string ShapesOfInput(const dali::TensorList<CPUBackend>& tl, kmix::KmixList* list) {
     const int n = tl.num_samples();
-    int ndim = n > 0 ? (int)tl.tensor_shape(0).num_elements() : 3;
+    const int ndim = n > 0 ? (int)tl.tensor_shape(0).num_elements() : 3;
     shape_values_.assign((size_t)n * ndim, 0);
     for (int s = 0; s < n; ++s) {
       if (tl.tensor_shape(s).sample_dim() != 1 || tl.tensor_shape(s).num_elements() != ndim)
@@ -651,9 +651,7 @@ class KMixDraw : public dali::StatelessOperator<CPUBackend> {
     *list = kmix::KmixList();
     list->num_samples = n;
     list->ndim = ndim;
-    list->shape = shape_values_.data();
-    list->dtype = -1;
-    list->type_name = "";
+    list->shape = shape_values_.data();  // no dtype (-1) and no data: KmixList's defaults
     return "";
   }
 

@@ -23,10 +23,6 @@
 #define KMIX_BLEND_ELEMS_PER_THREAD 4
 #define KMIX_PASTE_ELEMS 4096
 
-// Kernels, for kmix_launch_config.
-#define KMIX_KERNEL_DMIXUP 0
-#define KMIX_KERNEL_DCUTMIX 1
-#define KMIX_KERNEL_MIX 2
 
 typedef struct {
   unsigned grid_x, grid_y, block_x;  // all 0: nothing to launch (no samples, or an empty sample)
