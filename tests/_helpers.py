@@ -6,6 +6,18 @@ import re
 import numpy as np
 
 
+def graph_operators(nodes) -> list:
+    """Every operator instance upstream of the DataNodes ``nodes`` (a pipeline's outputs, or its ``_graph_out``):
+    DALI's graph as it was defined, nothing built."""
+    seen, todo = {}, list(nodes)
+    while todo:
+        op = todo.pop().source
+        if op is not None and op.id not in seen:
+            seen[op.id] = op
+            todo += op.inputs
+    return list(seen.values())
+
+
 def random_images(rng, dtype, shape, scale=40.0):
     """Random test images: uniform 0..255 for uint8, normal with ``scale`` for float dtypes."""
     if np.dtype(dtype) == np.uint8:

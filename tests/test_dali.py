@@ -12,6 +12,7 @@ from nvidia.dali import fn, pipeline_def, types  # noqa: E402
 import dali_kmix  # noqa: E402
 import dali_kmix.dali as kmix  # noqa: E402
 from dali_kmix.apps.data import class_names  # noqa: E402
+from _helpers import graph_operators  # noqa: E402
 
 BATCH = 8
 SIZE = 48
@@ -973,17 +974,6 @@ def test_a_raising_gpu_mixer_lets_go_of_dalis_stream(monkeypatch):
         wrapper.ptr = other.ptr = 0  # never let these objects destroy a stream
 
 
-def _operators(nodes, seen=None):
-    """Every operator instance upstream of ``nodes`` (DALI's graph as defined; nothing is built)."""
-    seen = {} if seen is None else seen
-    for node in nodes:
-        op = node.source
-        if op is not None and op.id not in seen:
-            seen[op.id] = op
-            _operators(op.inputs, seen)
-    return list(seen.values())
-
-
 def _gpu_graph(method, labels_on, **pipe_kw):
     """The operators of a GPU pipeline with ``method`` (defined, not built: that needs a device) and its outputs."""
     from nvidia.dali import Pipeline
@@ -995,7 +985,7 @@ def _gpu_graph(method, labels_on, **pipe_kw):
         prob = fn.external_source(source=lambda: [np.array([0.5], np.float32)] * 4, batch=True)
         outs = getattr(kmix, method)(x.gpu(), y.gpu() if labels_on == "gpu" else y, k=3, num_classes=10,
                                      layout="HWC", prob=prob, label_format="sparse")
-    return _operators(outs), outs
+    return graph_operators(outs), outs
 
 
 NATIVE_OPS = {"dmixup": "KmixDmixup", "dcutmix": "KmixDcutmix", "saliency_dcutmix": "KmixDcutmix",

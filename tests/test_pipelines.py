@@ -9,7 +9,7 @@ pytest.importorskip("nvidia.dali")
 from dali_kmix.pipelines import (  # noqa: E402
     DALIMixIterator, count_classes, imagenet_train_pipeline, imagenet_val_pipeline)
 from dali_kmix.torch import soft_target_cross_entropy, sparse_mixed_cross_entropy  # noqa: E402
-from _helpers import file_reader_listing  # noqa: E402
+from _helpers import file_reader_listing, graph_operators  # noqa: E402
 
 CROP = 64
 
@@ -201,13 +201,7 @@ def test_dmixup_or_dcutmix_per_batch_in_the_pipeline(photo_dir):
 
 def _graph_ops(pipe) -> list:
     """The operators of a MixPipeline's graph, as it was defined (from what set_outputs was given)."""
-    seen, todo = {}, list(pipe.pipeline._graph_out)
-    while todo:
-        op = todo.pop().source
-        if op is not None and op.id not in seen:
-            seen[op.id] = op
-            todo += op.inputs
-    return list(seen.values())
+    return graph_operators(pipe.pipeline._graph_out)
 
 
 @pytest.mark.parametrize("mix,mix_on,fused", [

@@ -33,7 +33,7 @@ from dali_kmix.backends.build import build_log, sanitize_requested  # noqa: E402
 from dali_kmix.backends.sources import FP_OPTIONS, cuda_include_dirs  # noqa: E402
 from dali_kmix.sampling import area_weights  # noqa: E402
 
-from _helpers import assert_ieee_ptx, random_images  # noqa: E402
+from _helpers import assert_ieee_ptx, graph_operators, random_images  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -401,13 +401,7 @@ def test_kmix_draw_only_where_it_draws_what_the_python_function_draws():
 def _graph_op_names(pipe) -> set:
     """The operators of a built pipeline's graph by their DALI names (pipelines with a python_function do not
     serialize)."""
-    seen, todo = {}, list(pipe._graph_out)
-    while todo:
-        op = todo.pop().source
-        if op is not None and op.id not in seen:
-            seen[op.id] = op
-            todo += op.inputs
-    return {type(op._op).__name__ for op in seen.values()}
+    return {type(op._op).__name__ for op in graph_operators(pipe._graph_out)}
 
 
 @pytest.mark.parametrize("case", list(DRAW_CASES))
