@@ -14,6 +14,10 @@ Two measures that a loaded machine does not spoil:
     python benchmarks/profile_cpu.py                      # the array API rows and the saliency step
     python benchmarks/profile_cpu.py --only dcutmix-uint8-128-3-sample --rounds 40
     python benchmarks/profile_cpu.py --callgrind saliency --batch 64
+    python benchmarks/profile_cpu.py --cache-model 2 16   # DCutMix's line traffic per row, modelled
+
+A third measure, which no machine spoils: ``--cache-model``, the cache lines a float32 DCutMix row touches and
+misses in a model of the host launch's schedule and of each worker's L1 and L2 (:func:`cache_model`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections import OrderedDict
 
 import numpy as np
 
@@ -99,6 +104,94 @@ def _print(title, res):
         print(f"  {name:18s} {1e3 * t:10.3f} {r:8.2f}  {lo:.2f}-{hi:.2f}")
 
 
+# --------------------------------------------------------------------------- cache model of the paste
+
+
+class _LRU:
+    """A fully associative least-recently-used cache of ``lines`` lines (0: every touch misses)."""
+
+    def __init__(self, lines):
+        self.lines, self.held, self.misses = lines, OrderedDict(), 0
+
+    def touch(self, key) -> bool:
+        if key in self.held:
+            self.held.move_to_end(key)
+            return True
+        self.misses += 1
+        if self.lines:
+            self.held[key] = None
+            if len(self.held) > self.lines:
+                self.held.popitem(last=False)
+        return False
+
+
+def paste_runs(params, height, width):
+    """Per sample, per image row y: the runs ``(image, first line, last line)`` a DCutMix plane row copies, left
+    to right (float32: 16 elements a 64-byte line, rows starting on a line), from the record's boxes."""
+    out = []
+    for s in range(params.n):
+        depth = np.zeros((height, width), np.int64)
+        for d in range(params.k - 1):
+            y0, x0, y1, x1 = (int(v) for v in params.boxes[s, d])
+            depth[y0:y1, x0:x1] = d + 1
+        image = np.asarray(params.sources[s])[depth]
+        rows = []
+        for y in range(height):
+            cuts = np.flatnonzero(np.diff(image[y])) + 1
+            starts, ends = np.r_[0, cuts], np.r_[cuts, width]
+            rows.append([(int(image[y, a]), int(a) // 16, int(b - 1) // 16) for a, b in zip(starts, ends)])
+        out.append(rows)
+    return out
+
+
+def cache_model(k, *, batch=64, size=SIZE, channels=3, workers=2, l1_kib=48, l2_kib=2048, samples_first=None,
+                seed=1):
+    """Line traffic of the host DCutMix of a float32 CHW batch, per output plane row, in a model of its schedule.
+
+    The record is drawn as the bench draws it (sample mode). Each worker has its own fully associative LRU L1
+    and L2 (``l1_kib``, ``l2_kib``); a run touches every source line it covers, and every output line of a row
+    is written (allocated in both). Chunks of rows are cut as the host launch cuts them
+    (``kmix_host_dcutmix_chunks``); with samples first (the launch's choice for this K unless given) chunk c of
+    every sample goes to worker c mod ``workers``, else sample s goes to worker s mod ``workers``, chunk by chunk
+    (the launch hands out whole claims from a shared counter: the model takes turns instead). Returns
+    ``{"touches", "l1_misses", "l2_misses", "unique"}`` per plane row (``unique``: the distinct source lines of
+    the batch, what perfect reuse would read)."""
+    import dali_kmix
+    from dali_kmix.backends import cpu
+
+    params = dali_kmix.sample_params("dcutmix", batch, size, size, k=k, rng=np.random.default_rng(seed))
+    runs = paste_runs(params, size, size)
+    chunks, launch_first = cpu.host_dcutmix_shape(np.float32, k, size, size, channels, "CHW")
+    first = launch_first if samples_first is None else samples_first
+    plane_rows = channels * size
+    per_chunk = -(-plane_rows // chunks)
+    caches = [(_LRU(l1_kib * 1024 // 64), _LRU(l2_kib * 1024 // 64)) for _ in range(workers)]
+    touches, unique = 0, set()
+    if first:
+        order = [(c, s) for c in range(chunks) for s in range(batch)]
+    else:
+        order = [(c, s) for s in range(batch) for c in range(chunks)]
+    for c, s in order:
+        l1, l2 = caches[(c if first else s) % workers]
+        for r in range(c * per_chunk, min((c + 1) * per_chunk, plane_rows)):
+            y = r % size
+            for image, a, b in runs[s][y]:
+                for line in range(a, b + 1):
+                    key = (image, r, line)
+                    touches += 1
+                    unique.add(key)
+                    if not l1.touch(key):
+                        l2.touch(key)
+            for line in range(-(-size // 16)):
+                key = ("out", s, r, line)
+                l1.touch(key)
+                l2.touch(key)
+    n_rows = batch * plane_rows
+    out_lines = n_rows * -(-size // 16)  # the output's compulsory misses, in both caches
+    return {"touches": touches / n_rows, "l1_misses": (sum(c[0].misses for c in caches) - out_lines) / n_rows,
+            "l2_misses": (sum(c[1].misses for c in caches) - out_lines) / n_rows, "unique": len(unique) / n_rows}
+
+
 # --------------------------------------------------------------------------- instruction counts
 
 
@@ -156,6 +249,9 @@ def main(argv=None):
     ap.add_argument("--callgrind", nargs="*", metavar="STAGE",
                     help="count instructions: 'saliency', 'small_grey', 'spectral_residual' or "
                          "'method:dtype:batch:K:mode:stage' (stage: mix_images, sample_params, mix_labels, copy)")
+    ap.add_argument("--cache-model", nargs="*", type=int, metavar="K",
+                    help="line traffic of the float32 CHW DCutMix (batch 64) per plane row at these K, in a model "
+                         "of the host launch's schedule (cache_model): both orders")
     ap.add_argument("--run-stage", help=argparse.SUPPRESS)
     ap.add_argument("--reps", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -168,6 +264,15 @@ def main(argv=None):
         gc.disable()  # a collection falls on one count or the other by chance: none in either
         for _ in range(args.reps):
             fn()
+        return
+    if args.cache_model is not None:
+        print("float32 CHW DCutMix, batch 64, 224 x 224, two workers with 48 KiB L1 and 2 MiB L2 each (LRU): "
+              "source lines per output plane row")
+        for k in args.cache_model or [2, 16]:
+            for first in (False, True):
+                m = cache_model(k, samples_first=first)
+                print(f"  K = {k:2d}, {'samples first' if first else 'sample by sample'}: touched {m['touches']:.1f}, "
+                      f"L1 misses {m['l1_misses']:.1f}, L2 misses {m['l2_misses']:.1f}, distinct {m['unique']:.1f}")
         return
     if args.callgrind:
         for stage in args.callgrind:
