@@ -292,6 +292,10 @@ class KMixBlendBase : public dali::StatelessOperator<Backend> {
 
   // kmix_host_mix_norm_block's method code of this operator (also KMIX_KERNEL_DMIXUP / _DCUTMIX / _MIX).
   static constexpr int MethodCode() { return static_cast<int>(M); }
+  static_assert(static_cast<int>(Method::kDMixup) == KMIX_KERNEL_DMIXUP &&
+                    static_cast<int>(Method::kDCutMix) == KMIX_KERNEL_DCUTMIX &&
+                    static_cast<int>(Method::kSwitch) == KMIX_KERNEL_MIX,
+                "the operators' method codes are the kernel codes");
 
   // Per-sample input and output pointers of this iteration.
   template <typename Out>
@@ -431,8 +435,6 @@ static void LaunchOnGpu(int method, const kmix::Record& r, const NormArgs& norm,
     if (rc != 0) DALI_FAIL("dali_kmix: launching the fused kernel failed: ", kmix_gpu_error_string(rc));
     return;
   }
-  static_assert(KMIX_KERNEL_DMIXUP == 0 && KMIX_KERNEL_DCUTMIX == 1 && KMIX_KERNEL_MIX == 2,
-                "the operators' method codes are the kernel codes");
   const int rc = kmix_gpu_launch(method, r.dtype, in, out, sources, weights, boxes, cut, r.n, r.k, r.height, r.width,
                                  r.channels, r.layout, stream);
   if (rc != 0) DALI_FAIL("dali_kmix: launching the blend kernel failed: ", kmix_gpu_error_string(rc));

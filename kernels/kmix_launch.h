@@ -23,7 +23,6 @@
 #define KMIX_BLEND_ELEMS_PER_THREAD 4
 #define KMIX_PASTE_ELEMS 4096
 
-
 typedef struct {
   unsigned grid_x, grid_y, block_x;  // all 0: nothing to launch (no samples, or an empty sample)
 } kmix_launch_t;
