@@ -125,9 +125,13 @@ class _LRU:
         return False
 
 
+#: float32 elements in a 64-byte cache line (the cache model's rows start on a line)
+_LINE = 16
+
+
 def paste_runs(params, height, width):
     """Per sample, per image row y: the runs ``(image, first line, last line)`` a DCutMix plane row copies, left
-    to right (float32: 16 elements a 64-byte line, rows starting on a line), from the record's boxes."""
+    to right (float32: ``_LINE`` elements a 64-byte line, rows starting on a line), from the record's boxes."""
     out = []
     for s in range(params.n):
         depth = np.zeros((height, width), np.int64)
@@ -139,7 +143,7 @@ def paste_runs(params, height, width):
         for y in range(height):
             cuts = np.flatnonzero(np.diff(image[y])) + 1
             starts, ends = np.r_[0, cuts], np.r_[cuts, width]
-            rows.append([(int(image[y, a]), int(a) // 16, int(b - 1) // 16) for a, b in zip(starts, ends)])
+            rows.append([(int(image[y, a]), int(a) // _LINE, int(b - 1) // _LINE) for a, b in zip(starts, ends)])
         out.append(rows)
     return out
 
@@ -164,6 +168,7 @@ def cache_model(k, *, batch=64, size=SIZE, channels=3, workers=2, l1_kib=48, l2_
     chunks, launch_first = cpu.host_dcutmix_shape(np.float32, k, size, size, channels, "CHW")
     first = launch_first if samples_first is None else samples_first
     plane_rows = channels * size
+    row_lines = -(-size // _LINE)  # the output lines of a plane row
     per_chunk = -(-plane_rows // chunks)
     caches = [(_LRU(l1_kib * 1024 // 64), _LRU(l2_kib * 1024 // 64)) for _ in range(workers)]
     touches, unique = 0, set()
@@ -182,12 +187,12 @@ def cache_model(k, *, batch=64, size=SIZE, channels=3, workers=2, l1_kib=48, l2_
                     unique.add(key)
                     if not l1.touch(key):
                         l2.touch(key)
-            for line in range(-(-size // 16)):
+            for line in range(row_lines):
                 key = ("out", s, r, line)
                 l1.touch(key)
                 l2.touch(key)
     n_rows = batch * plane_rows
-    out_lines = n_rows * -(-size // 16)  # the output's compulsory misses, in both caches
+    out_lines = n_rows * row_lines  # the output's compulsory misses, in both caches
     return {"touches": touches / n_rows, "l1_misses": (sum(c[0].misses for c in caches) - out_lines) / n_rows,
             "l2_misses": (sum(c[1].misses for c in caches) - out_lines) / n_rows, "unique": len(unique) / n_rows}
 
