@@ -404,8 +404,8 @@ class KMixBlend<CPUBackend, M> : public KMixBlendBase<CPUBackend, M> {
           r.dtype, this->norm_.out_dtype, this->in_.data(), this->out_.data(), r.sources.data(),
           r.weights.empty() ? nullptr : r.weights.data(), r.boxes.empty() ? nullptr : r.boxes.data(),
           r.cut.empty() ? nullptr : r.cut.data(), this->MethodCode(), r.n, r.k, r.height, r.width, r.channels,
-          r.layout, this->norm_.OutLayoutCode(), this->mean_c_.data(), this->inv_c_.data(), this->mirror_.data(), (int)(b % bands),
-          (int)(b / bands));
+          r.layout, this->norm_.OutLayoutCode(), this->mean_c_.data(), this->inv_c_.data(), this->mirror_.data(),
+          (int)(b % bands), (int)(b / bands));
       DALI_ENFORCE(rc == 0, "dali_kmix: internal error, a kernel block was refused");
     }
   }
@@ -420,18 +420,19 @@ class KMixBlend<CPUBackend, M> : public KMixBlendBase<CPUBackend, M> {
 // is queued); ToContiguousGPU packs every array (the pointers, the record and, fused, the normalisation's factors
 // and mirror flags; an empty one costs nothing) into one pinned staging buffer (freed in stream order too, so it
 // lives until the copy has run) and issues one cudaMemcpyAsync on `stream`.
-static void LaunchOnGpu(int method, const kmix::Record& r, const NormArgs& norm, const std::vector<const void*>& in_ptrs,
-                        const std::vector<void*>& out_ptrs, const std::vector<float>& mean_c,
+static void LaunchOnGpu(int method, const kmix::Record& r, const NormArgs& norm,
+                        const std::vector<const void*>& in_ptrs, const std::vector<void*>& out_ptrs,
+                        const std::vector<float>& mean_c,
                         const std::vector<float>& inv_c, const std::vector<unsigned char>& mirror_v,
                         cudaStream_t stream) {
   dali::kernels::DynamicScratchpad scratch(dali::AccessOrder{stream});
   auto [in, out, sources, weights, boxes, cut, mean, inv, mirror] = scratch.ToContiguousGPU(
       stream, in_ptrs, out_ptrs, r.sources, r.weights, r.boxes, r.cut, mean_c, inv_c, mirror_v);
   if (norm.on) {
-    const int rc = kmix_gpu_launch_norm(r.dtype, norm.out_dtype, in, out, sources, r.weights.empty() ? nullptr : weights,
-                                        r.boxes.empty() ? nullptr : boxes, r.cut.empty() ? nullptr : cut, method, r.n,
-                                        r.k, r.height, r.width, r.channels, r.layout, norm.OutLayoutCode(), mean,
-                                        inv, mirror, stream);
+    const int rc = kmix_gpu_launch_norm(r.dtype, norm.out_dtype, in, out, sources,
+                                        r.weights.empty() ? nullptr : weights, r.boxes.empty() ? nullptr : boxes,
+                                        r.cut.empty() ? nullptr : cut, method, r.n, r.k, r.height, r.width,
+                                        r.channels, r.layout, norm.OutLayoutCode(), mean, inv, mirror, stream);
     if (rc != 0) DALI_FAIL("dali_kmix: launching the fused kernel failed: ", kmix_gpu_error_string(rc));
     return;
   }
