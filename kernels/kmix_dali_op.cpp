@@ -422,9 +422,8 @@ class KMixBlend<CPUBackend, M> : public KMixBlendBase<CPUBackend, M> {
 // lives until the copy has run) and issues one cudaMemcpyAsync on `stream`.
 static void LaunchOnGpu(int method, const kmix::Record& r, const NormArgs& norm,
                         const std::vector<const void*>& in_ptrs, const std::vector<void*>& out_ptrs,
-                        const std::vector<float>& mean_c,
-                        const std::vector<float>& inv_c, const std::vector<unsigned char>& mirror_v,
-                        cudaStream_t stream) {
+                        const std::vector<float>& mean_c, const std::vector<float>& inv_c,
+                        const std::vector<unsigned char>& mirror_v, cudaStream_t stream) {
   dali::kernels::DynamicScratchpad scratch(dali::AccessOrder{stream});
   auto [in, out, sources, weights, boxes, cut, mean, inv, mirror] = scratch.ToContiguousGPU(
       stream, in_ptrs, out_ptrs, r.sources, r.weights, r.boxes, r.cut, mean_c, inv_c, mirror_v);
