@@ -70,7 +70,17 @@ def gpu_problems():
     return problems
 
 
+def _waits_on_a_background_suite(item):
+    module = getattr(item, "module", None)
+    return getattr(module, "__name__", "") == "test_sanitizers" and item.name in getattr(module, "SUITES", {})
+
+
 def pytest_collection_modifyitems(config, items):
+    # The tests that wait for a sanitized suite run last: the suites run in the background from the end of
+    # collection (pytest_collection_finish), and a test waiting for one in the middle of the session leaves a core
+    # idle that the later modules could use. In their own order, after everything else.
+    items[:] = ([i for i in items if not _waits_on_a_background_suite(i)]
+                + [i for i in items if _waits_on_a_background_suite(i)])
     if _require_gpu(config):
         problems = gpu_problems()
         if problems:
