@@ -29,7 +29,9 @@ __all__ = ["compiler", "cpu_id", "build_flags", "numpy_random", "cache_dir", "co
 # -fno-math-errno: sqrt and the like set no errno, so they inline and vectorise (no result changes).
 BASE_FLAGS = ["-std=c++17", "-O3", "-ffp-contract=off", "-fno-fast-math", "-fno-math-errno", "-fPIC", "-shared",
               "-pthread", "-Wall", "-Wextra"]
-SANITIZE_FLAGS = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
+# -g1: line tables only, which is all a sanitizer's report symbolises (file:line of every frame); full -g cost the
+# ASan build of the DALI plugin a third more compile time (60 s against 41) for variable info no report reads.
+SANITIZE_FLAGS = ["-O1", "-g1", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
                   "-fno-sanitize-recover=all"]
 
 
