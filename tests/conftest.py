@@ -22,13 +22,59 @@ def pytest_configure(config):
     gpu.configure_allocator()
 
 
+_prebuild = []
+
+
+def _prebuild_plugin():
+    """Build the DALI plugin (the library ``plugin.load()`` loads; cached) in a background thread. The session's
+    first DALI operator would otherwise compile it in the foreground (half a minute of one core) while the other core
+    is busy with the sanitized suites; built beside test_backends.py, it is in the cache when test_bench.py wants
+    it (the build cache's lock makes a foreground build that comes first wait for this one). With the GPU
+    backend exactly where ``build()`` would add it, so that it is the same library; no warning from this thread
+    (a test recording warnings would see it): a failure here is left for the foreground build to report."""
+    import threading
+
+    from dali_kmix.backends import plugin
+
+    def run():
+        try:
+            plugin.build(gpu=plugin.cuda_toolchain()[0] is not None)
+        except Exception:  # noqa: BLE001 - the foreground build reports it
+            pass
+
+    plugin._dali_flags()  # DALI imported here, not in the thread beside the tests' imports
+    thread = threading.Thread(target=run, daemon=True, name="kmix-plugin-prebuild")
+    thread.start()
+    _prebuild.append(thread)
+
+
+def pytest_runtest_setup(item):
+    # Only test_backends.py (first, about 80 s, which never touches the build) runs beside the prebuild: other modules
+    # patch what a build reads (the compiler's PATH, the cache folder, build.subprocess.run, plugin.compile_cached).
+    if _prebuild and getattr(getattr(item, "module", None), "__name__", "") != "test_backends":
+        _prebuild.pop().join()
+
+
 def pytest_collection_finish(session):
+    if session.config.option.collectonly:
+        return
+    modules = {getattr(getattr(item, "module", None), "__name__", "") for item in session.items}
+    if "test_plugin" in modules and not os.environ.get("DALI_KMIX_SANITIZE"):
+        try:
+            import nvidia.dali  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            from dali_kmix.backends import plugin
+
+            if plugin.enabled():
+                _prebuild_plugin()
     # The sanitized suites of test_sanitizers.py start now, one after another in a background thread, beside the rest
     # of the session (which keeps mostly one core busy) rather than when their tests come up; each test waits for its
     # own suite.
     names = {item.name for item in session.items
              if getattr(getattr(item, "module", None), "__name__", "") == "test_sanitizers"}
-    if names and not session.config.option.collectonly:
+    if names:
         import test_sanitizers
 
         test_sanitizers.start_suites(names)
@@ -39,6 +85,8 @@ def pytest_sessionfinish(session):
 
     if "test_sanitizers" in sys.modules:
         sys.modules["test_sanitizers"].stop_suites()
+    for thread in _prebuild:  # a session ended early (-x): let the compiler finish its library rather than orphan it
+        thread.join()
 
 
 def pytest_addoption(parser):
