@@ -69,22 +69,22 @@ def pytest_collection_finish(session):
 
             if plugin.enabled():
                 _prebuild_plugin()
-    # The sanitized suites of test_sanitizers.py start now, one after another in a background thread, beside the rest
-    # of the session (which keeps mostly one core busy) rather than when their tests come up; each test waits for its
-    # own suite.
-    names = {item.name for item in session.items
-             if getattr(getattr(item, "module", None), "__name__", "") == "test_sanitizers"}
-    if names:
-        import test_sanitizers
+    # The background jobs of the collected tests (the sanitized suites, the studies' smoke runs) start now, one after
+    # another in a background thread (tests/_background.py), beside the rest of the session (which keeps mostly one
+    # core busy) rather than when their tests come up; each of those tests (last in the session) waits for its own.
+    jobs = [(item.name, item.module.BACKGROUND_JOBS[item.name]) for item in session.items
+            if _waits_on_a_background_job(item)]
+    if jobs:
+        import _background
 
-        test_sanitizers.start_suites(names)
+        _background.RUNNER.start(jobs)
 
 
 def pytest_sessionfinish(session):
     import sys
 
-    if "test_sanitizers" in sys.modules:
-        sys.modules["test_sanitizers"].stop_suites()
+    if "_background" in sys.modules:
+        sys.modules["_background"].RUNNER.stop()
     for thread in _prebuild:  # a session ended early (-x): let the compiler finish its library rather than orphan it
         thread.join()
 
@@ -118,17 +118,16 @@ def gpu_problems():
     return problems
 
 
-def _waits_on_a_background_suite(item):
-    module = getattr(item, "module", None)
-    return getattr(module, "__name__", "") == "test_sanitizers" and item.name in getattr(module, "SUITES", {})
+def _waits_on_a_background_job(item):
+    return item.name in getattr(getattr(item, "module", None), "BACKGROUND_JOBS", {})
 
 
 def pytest_collection_modifyitems(config, items):
-    # The tests that wait for a sanitized suite run last: the suites run in the background from the end of
-    # collection (pytest_collection_finish), and a test waiting for one in the middle of the session leaves a core
-    # idle that the later modules could use. In their own order, after everything else.
-    items[:] = ([i for i in items if not _waits_on_a_background_suite(i)]
-                + [i for i in items if _waits_on_a_background_suite(i)])
+    # The tests that wait for a background job run last: the jobs run from the end of collection
+    # (pytest_collection_finish), and a test waiting for one in the middle of the session leaves a core idle that the
+    # later modules could use. In their own order, after everything else.
+    items[:] = ([i for i in items if not _waits_on_a_background_job(i)]
+                + [i for i in items if _waits_on_a_background_job(i)])
     if _require_gpu(config):
         problems = gpu_problems()
         if problems:

@@ -16,11 +16,9 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
-import threading
-import traceback
 from pathlib import Path
 
+import _background as background
 import pytest
 
 HERE = Path(__file__).resolve().parent
@@ -86,7 +84,6 @@ SUITES = {
     "test_uint8_blend_built_for_avx2": lambda: _target_suite("x86-64-v3"),
     "test_uint8_blend_built_for_the_x86_64_baseline": lambda: _target_suite("x86-64"),
 }
-SUITE_TIMEOUT_S = 1800
 
 
 def _target_suite(march):
@@ -99,98 +96,25 @@ def _target_suite(march):
     return [str(HERE / "test_backends.py"), "-k", "uint8_blend_rounds or (blend_matches_reference and u8)"], env
 
 
-class _Runner:
-    """Runs sanitized suites one after another in a background thread. conftest.py starts it when collection ends,
-    so the suites use the second core while the rest of the session (mostly one busy core) goes on, instead of
-    running after it; each test below only waits for its own suite. One suite at a time: never more than one
-    extra busy process beside the session."""
+def _suite_job(name):
+    """The background job (tests/_background.py) of suite ``name``: its pytest run in a subprocess of its own."""
 
-    def __init__(self):
-        self.results, self.events, self.lock = {}, {}, threading.Lock()
-        self.proc, self.stopped, self.thread = None, False, None
+    def job():
+        args, env = SUITES[name]()
+        return ([sys.executable, "-m", "pytest", "-q", "-x", "-s", "-p", "no:cacheprovider", "-m", "not gpu", *args],
+                env, None)
 
-    def start(self, names):
-        with self.lock:
-            if self.thread is not None:
-                return
-            for name in names:
-                self.events[name] = threading.Event()
-            self.thread = threading.Thread(target=self._loop, args=(list(names),), daemon=True,
-                                           name="kmix-sanitized-suites")
-            self.thread.start()
-
-    def _loop(self, names):
-        for name in names:
-            if self.stopped:
-                break
-            try:
-                self.results[name] = self.run(name)
-            except BaseException:  # the suite's test fails with this, instead of waiting for a result forever
-                self.results[name] = f"the runner raised:\n{traceback.format_exc()}", -1
-            self.events[name].set()
-
-    def run(self, name):
-        """Suite ``name`` to its end: (output, return code), or the ``pytest.skip`` outcome that stops it here."""
-        try:
-            args, env = SUITES[name]()
-        except pytest.skip.Exception as skip:
-            return skip
-        cwd = Path(tempfile.mkdtemp(prefix="kmix-sanitized-"))
-        try:
-            with open(cwd / "pytest-output.txt", "w+") as log:
-                cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-s", "-p", "no:cacheprovider", "-m", "not gpu",
-                       *args]
-                with self.lock:
-                    if self.stopped:
-                        return "stopped before it started", -1
-                    self.proc = proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
-                try:
-                    proc.wait(timeout=SUITE_TIMEOUT_S)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-                    log.write(f"\nkilled after {SUITE_TIMEOUT_S} s\n")
-                log.seek(0)
-                return log.read(), proc.returncode
-        finally:
-            shutil.rmtree(cwd, ignore_errors=True)
-
-    def result(self, name):
-        """Wait for suite ``name`` if the background thread has it, else run it here and now."""
-        event = self.events.get(name)
-        if event is None:
-            return self.run(name)
-        event.wait()
-        return self.results[name]
-
-    def stop(self):
-        """Kill what is still running (a session ended early, e.g. by -x); a later result() runs in the foreground."""
-        with self.lock:
-            self.stopped = True
-            if self.proc is not None and self.proc.poll() is None:
-                self.proc.kill()
-        if self.thread is not None:
-            self.thread.join(timeout=60)
+    return job
 
 
-_runner = _Runner()
-
-
-def start_suites(names):
-    """Start the sanitized suites among ``names`` (in SUITES' order) in the background; called by conftest.py."""
-    _runner.start([n for n in SUITES if n in names])
-
-
-def stop_suites():
-    _runner.stop()
+#: The suites as the background jobs that conftest.py starts when collection ends (their tests run last).
+BACKGROUND_JOBS = {name: _suite_job(name) for name in SUITES}
+_runner = background.RUNNER
 
 
 def _finish(name):
     """Wait for suite ``name`` (run here if collection did not start it) and check it ran clean."""
-    result = _runner.result(name)
-    if isinstance(result, pytest.skip.Exception):
-        raise result
-    out, returncode = result
+    out, returncode, _ = _runner.result(name, _suite_job(name))
     assert "AddressSanitizer" not in out and "runtime error:" not in out, out[-20000:]
     assert returncode == 0, out[-20000:]
     assert " passed" in out and " failed" not in out, out[-5000:]
@@ -244,10 +168,10 @@ def test_a_failing_sanitized_suite_fails_its_test(monkeypatch, where):
     # the background plumbing must not swallow a failure: a suite that fails (here: a test file asserting False)
     # fails the test that waits for it, with its output, whether the thread ran it or the test itself did
     monkeypatch.setitem(SUITES, "failing", lambda: ([str(HERE / "_failing_suite.py")], dict(os.environ)))
-    runner = _Runner()
+    runner = background.Runner()
     monkeypatch.setattr(sys.modules[__name__], "_runner", runner)
     if where == "background":
-        runner.start(["failing"])
+        runner.start([("failing", _suite_job("failing"))])
         assert runner.thread.is_alive() or runner.events["failing"].is_set()
     with pytest.raises(AssertionError, match="assert 1 == 2"):
         _finish("failing")

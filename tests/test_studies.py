@@ -1,30 +1,64 @@
-"""The two study scripts of the README run end to end (their --quick smoke runs, on Fashion-MNIST)."""
+"""The two study scripts of the README run end to end (their --quick smoke runs, on Fashion-MNIST).
+
+Each smoke run is a background job (tests/_background.py): it runs beside the session on the second core, and its
+test, last in the session, checks what it wrote."""
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+import _background as background
 import pytest
 
 from dali_kmix.apps.data import FASHION_MNIST_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
+HAVE_DATA = Path(FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz").is_file()
 pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not Path(FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz").is_file(),
-                                 reason="Debian package dataset-fashion-mnist not installed")]
+              pytest.mark.skipif(not HAVE_DATA, reason="Debian package dataset-fashion-mnist not installed")]
 
 
-def _run(script, tmp_path, *extra):
-    cmd = [sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--data", str(tmp_path / "fm"),
-           "--out", str(tmp_path / "out"), *extra]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout
+def _cmd(script, folder):
+    return [sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--data", str(folder / "fm"),
+            "--out", str(folder / "out")]
 
 
-def test_mixing_study_quick(tmp_path):
-    out = _run("study_mixing.py", tmp_path)
+def _study_job(script):
+    """The background job of one study's smoke run, in a fresh folder that its test removes."""
+
+    def job():
+        if not HAVE_DATA:
+            pytest.skip("Debian package dataset-fashion-mnist not installed")
+        folder = Path(tempfile.mkdtemp(prefix="kmix-study-"))
+        # unbuffered: the job's stdout and stderr share one file, so each table line is written whole, not split by
+        # a block flush around a warning
+        return _cmd(script, folder), dict(os.environ, PYTHONUNBUFFERED="1"), folder
+
+    return job
+
+
+BACKGROUND_JOBS = {"test_mixing_study_quick": _study_job("study_mixing.py"),
+                   "test_subsample_study_quick": _study_job("study_subsample.py")}
+
+
+@pytest.fixture
+def study(request):
+    """(output, folder) of this test's smoke run, which ran clean; the folder goes when the test ends."""
+    out, returncode, folder = background.RUNNER.result(request.node.name, BACKGROUND_JOBS[request.node.name])
+    try:
+        assert returncode == 0, out[-6000:]
+        yield out, folder
+    finally:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_mixing_study_quick(study):
+    out, tmp_path = study
     (js,) = (tmp_path / "out").glob("study2-quick-*.json")
     summary = json.loads(js.read_text())
     res = summary["results"]
@@ -38,12 +72,15 @@ def test_mixing_study_quick(tmp_path):
     assert len([r for r in records if r.startswith("flat-")]) == 3  # and per flatness model
     assert [len(f["val_loss"]) for f in summary["flatness"]["DCutMix (K=3)"]] == [2]  # two sigmas
     assert list((tmp_path / "out").glob("study2-quick-flatness-*.png"))
-    again = _run("study_mixing.py", tmp_path)  # resumes: everything is finished, nothing is trained again
-    assert "7 of 7 runs already finished; 0 to run" in again
+    # resumes: everything is finished, nothing is trained again
+    again = subprocess.run(_cmd("study_mixing.py", tmp_path), capture_output=True, text=True, timeout=900,
+                           cwd=tmp_path)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "7 of 7 runs already finished; 0 to run" in again.stdout
 
 
-def test_subsample_study_quick(tmp_path):
-    out = _run("study_subsample.py", tmp_path)
+def test_subsample_study_quick(study):
+    out, tmp_path = study
     (js,) = (tmp_path / "out").glob("subsample2-quick-*.json")
     res = json.loads(js.read_text())["results"]
     assert set(res) == {f"t={t}, {s}" for t in ("0.05", "0.1")

@@ -1,0 +1,105 @@
+"""Subprocess jobs that run one after another in a background thread beside the test session.
+
+conftest.py starts the jobs of the collected tests when collection ends (a test module lists its own in
+``BACKGROUND_JOBS``: test name -> job) and moves the tests that wait for them to the end of the session, so that
+the jobs use the second core while the rest of the session (mostly one busy core) goes on, and no test blocks the
+session in its middle waiting for one. Each waiting test calls :func:`result` for its own job only. One job at a
+time: never more than one extra busy process beside the session.
+
+A job is a function returning ``(cmd, env, cwd)``: the command line, its environment, and the folder to run it in
+(None: a fresh temporary folder, removed after). It may raise ``pytest.skip``; that outcome is then its test's.
+"""
+
+import shutil
+import subprocess
+import tempfile
+import threading
+import traceback
+from pathlib import Path
+
+import pytest
+
+#: One job may run this long; then it is killed and its output says so.
+JOB_TIMEOUT_S = 1800
+#: The file a job's output goes to, in its folder.
+LOG_NAME = "job-output.txt"
+
+
+class Runner:
+    """The background thread and the results of its jobs."""
+
+    def __init__(self):
+        self.results, self.events, self.lock = {}, {}, threading.Lock()
+        self.proc, self.stopped, self.thread = None, False, None
+
+    def start(self, jobs):
+        """Run ``jobs`` (a list of (name, job)) in that order in the background; once per runner."""
+        with self.lock:
+            if self.thread is not None:
+                return
+            for name, _ in jobs:
+                self.events[name] = threading.Event()
+            self.thread = threading.Thread(target=self._loop, args=(list(jobs),), daemon=True,
+                                           name="kmix-background-jobs")
+            self.thread.start()
+
+    def _loop(self, jobs):
+        for name, job in jobs:
+            if self.stopped:
+                break
+            try:
+                self.results[name] = self.run(job)
+            except BaseException:  # the job's test fails with this, instead of waiting for a result forever
+                self.results[name] = f"the runner raised:\n{traceback.format_exc()}", -1, None
+            self.events[name].set()
+
+    def run(self, job):
+        """``job`` to its end: (output, return code, folder or None), or the ``pytest.skip`` outcome that stops it."""
+        try:
+            cmd, env, cwd = job()
+        except pytest.skip.Exception as skip:
+            return skip
+        own = cwd is None
+        folder = Path(tempfile.mkdtemp(prefix="kmix-job-")) if own else Path(cwd)
+        try:
+            with open(folder / LOG_NAME, "w+") as log:
+                with self.lock:
+                    if self.stopped:
+                        return "stopped before it started", -1, None
+                    self.proc = proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                                        cwd=folder)
+                try:
+                    proc.wait(timeout=JOB_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                    log.write(f"\nkilled after {JOB_TIMEOUT_S} s\n")
+                log.seek(0)
+                return log.read(), proc.returncode, None if own else folder
+        finally:
+            if own:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def result(self, name, job):
+        """Wait for job ``name`` if the background thread has it, else run ``job`` here and now. Raises its skip."""
+        event = self.events.get(name)
+        if event is None:
+            outcome = self.run(job)
+        else:
+            event.wait()
+            outcome = self.results[name]
+        if isinstance(outcome, pytest.skip.Exception):
+            raise outcome
+        return outcome
+
+    def stop(self):
+        """Kill what is still running (a session ended early, e.g. by -x); a later result() runs in the foreground."""
+        with self.lock:
+            self.stopped = True
+            if self.proc is not None and self.proc.poll() is None:
+                self.proc.kill()
+        if self.thread is not None:
+            self.thread.join(timeout=60)
+
+
+RUNNER = Runner()
