@@ -3,7 +3,7 @@
 conftest.py starts the jobs of the collected tests when collection ends (a test module lists its own in
 ``BACKGROUND_JOBS``: test name -> job) and moves the tests that wait for them to the end of the session, so that
 the jobs use the second core while the rest of the session (mostly one busy core) goes on, and no test blocks the
-session in its middle waiting for one. Each waiting test calls :func:`result` for its own job only. One job at a
+session in its middle waiting for one. Each waiting test calls ``RUNNER.result`` for its own job only. One job at a
 time: never more than one extra busy process beside the session.
 
 A job is a function returning ``(cmd, env, cwd)``: the command line, its environment, and the folder to run it in
@@ -65,7 +65,7 @@ class Runner:
             with open(folder / LOG_NAME, "w+") as log:
                 with self.lock:
                     if self.stopped:
-                        return "stopped before it started", -1, None
+                        return "stopped before it started", -1, None if own else folder
                     self.proc = proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                                         cwd=folder)
                 try:
