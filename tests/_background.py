@@ -6,10 +6,15 @@ the jobs use the second core while the rest of the session (mostly one busy core
 session in its middle waiting for one. Each waiting test calls ``RUNNER.result`` for its own job only. One job at a
 time: never more than one extra busy process beside the session.
 
-A job is a function returning ``(cmd, env, cwd)``: the command line, its environment, and the folder to run it in
-(None: a fresh temporary folder, removed after). It may raise ``pytest.skip``; that outcome is then its test's.
+A job is a function returning ``(cmd, env, cwd)``: the command line, its environment (None: the session's), and the
+folder to run it in (None: a fresh temporary folder, removed after). It may raise ``pytest.skip``; that outcome is then
+its test's. ``start`` calls every job function at once, in the session's thread, before any test runs: a job's
+environment is the session's at its start, never what a test running beside it has set for a while (a
+``monkeypatch.setenv("DALI_KMIX_PLUGIN", "0")`` read by a job the thread prepared later once ran a sanitized plugin
+suite without its plugin).
 """
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -37,28 +42,46 @@ class Runner:
         with self.lock:
             if self.thread is not None:
                 return
-            for name, _ in jobs:
+            prepared = []
+            for name, job in jobs:
                 self.events[name] = threading.Event()
-            self.thread = threading.Thread(target=self._loop, args=(list(jobs),), daemon=True,
+                try:
+                    prepared.append((name, self.prepare(job)))
+                except Exception:  # noqa: BLE001 - its test fails with this, as with a job that raised running
+                    self.results[name] = f"the job could not be prepared:\n{traceback.format_exc()}", -1, None
+                    self.events[name].set()
+            self.thread = threading.Thread(target=self._loop, args=(prepared,), daemon=True,
                                            name="kmix-background-jobs")
             self.thread.start()
 
     def _loop(self, jobs):
-        for name, job in jobs:
+        for name, spec in jobs:
             if self.stopped:
                 break
             try:
-                self.results[name] = self.run(job)
+                self.results[name] = self.execute(spec)
             except BaseException:  # the job's test fails with this, instead of waiting for a result forever
                 self.results[name] = f"the runner raised:\n{traceback.format_exc()}", -1, None
             self.events[name].set()
 
-    def run(self, job):
-        """``job`` to its end: (output, return code, folder or None), or the ``pytest.skip`` outcome that stops it."""
+    @staticmethod
+    def prepare(job):
+        """``(cmd, env, cwd)`` of ``job``, its environment a copy of the session's as it is now; or its skip."""
         try:
             cmd, env, cwd = job()
         except pytest.skip.Exception as skip:
             return skip
+        return cmd, dict(os.environ if env is None else env), cwd
+
+    def run(self, job):
+        """``job`` to its end: (output, return code, folder or None), or the ``pytest.skip`` outcome that stops it."""
+        return self.execute(self.prepare(job))
+
+    def execute(self, spec):
+        """A prepared job (:meth:`prepare`) to its end, as :meth:`run`."""
+        if isinstance(spec, pytest.skip.Exception):
+            return spec
+        cmd, env, cwd = spec
         own = cwd is None
         folder = Path(tempfile.mkdtemp(prefix="kmix-job-")) if own else Path(cwd)
         try:

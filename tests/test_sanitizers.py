@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import _background as background
@@ -176,6 +177,32 @@ def test_a_failing_sanitized_suite_fails_its_test(monkeypatch, where):
     with pytest.raises(AssertionError, match="assert 1 == 2"):
         _finish("failing")
     runner.stop()
+
+
+def test_a_background_job_runs_with_the_environment_the_session_started_with(monkeypatch):
+    # A test beside the jobs sets DALI_KMIX_PLUGIN=0 for a while (test_dali.py, test_bench.py): a job the thread
+    # started in that while once ran the sanitized plugin suite without its plugin. The jobs are prepared when the
+    # runner starts, in the session's thread; the second job here starts only after the variable changed.
+    monkeypatch.setenv("DALI_KMIX_PLUGIN", "1")
+    callers = []
+
+    def job(code):
+        def prepare():
+            callers.append(threading.current_thread())
+            return [sys.executable, "-c", code], None, None
+
+        return prepare
+
+    runner = background.Runner()
+    runner.start([("wait", job("import time; time.sleep(1)")),
+                  ("print", job("import os; print('plugin=' + os.environ['DALI_KMIX_PLUGIN'])"))])
+    monkeypatch.setenv("DALI_KMIX_PLUGIN", "0")
+    try:
+        out, returncode, _ = runner.result("print", None)
+        assert returncode == 0 and "plugin=1" in out, out
+        assert callers == [threading.current_thread()] * 2
+    finally:
+        runner.stop()
 
 
 # --------------------------------------------------------------------------- the CUDA kernels under compute-sanitizer
