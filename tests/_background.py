@@ -7,11 +7,12 @@ session in its middle waiting for one. Each waiting test calls ``RUNNER.result``
 time: never more than one extra busy process beside the session.
 
 A job is a function returning ``(cmd, env, cwd)``: the command line, its environment (None: the session's), and the
-folder to run it in (None: a fresh temporary folder, removed after). It may raise ``pytest.skip``; that outcome is then
-its test's. ``start`` calls every job function at once, in the session's thread, before any test runs: a job's
-environment is the session's at its start, never what a test running beside it has set for a while (a
-``monkeypatch.setenv("DALI_KMIX_PLUGIN", "0")`` read by a job the thread prepared later once ran a sanitized plugin
-suite without its plugin).
+folder to run it in (None: a fresh temporary folder, removed after; a folder given is handed to the test that
+collects the job's result, or removed by ``stop`` when none did, as in a session ended early by -x). It may raise
+``pytest.skip``; that outcome is then its test's. ``start`` calls every job function at once, in the session's
+thread, before any test runs: a job's environment is the session's at its start, never what a test running beside
+it has set for a while (a ``monkeypatch.setenv("DALI_KMIX_PLUGIN", "0")`` read by a job the thread prepared later
+once ran a sanitized plugin suite without its plugin).
 """
 
 import os
@@ -36,6 +37,7 @@ class Runner:
     def __init__(self):
         self.results, self.events, self.lock = {}, {}, threading.Lock()
         self.proc, self.stopped, self.thread = None, False, None
+        self.folders = {}  # name -> the folder a prepared job gave, until its test collects the result
 
     def start(self, jobs):
         """Run ``jobs`` (a list of (name, job)) in that order in the background; once per runner."""
@@ -46,7 +48,10 @@ class Runner:
             for name, job in jobs:
                 self.events[name] = threading.Event()
                 try:
-                    prepared.append((name, self.prepare(job)))
+                    spec = self.prepare(job)
+                    prepared.append((name, spec))
+                    if not isinstance(spec, pytest.skip.Exception) and spec[2] is not None:
+                        self.folders[name] = Path(spec[2])
                 except Exception:  # noqa: BLE001 - its test fails with this, as with a job that raised running
                     self.results[name] = f"the job could not be prepared:\n{traceback.format_exc()}", -1, None
                     self.events[name].set()
@@ -111,6 +116,7 @@ class Runner:
         else:
             event.wait()
             outcome = self.results[name]
+            self.folders.pop(name, None)  # the test's from now on
         if isinstance(outcome, pytest.skip.Exception):
             raise outcome
         return outcome
@@ -123,6 +129,9 @@ class Runner:
                 self.proc.kill()
         if self.thread is not None:
             self.thread.join(timeout=60)
+        for folder in self.folders.values():  # prepared at the start, no test collected them
+            shutil.rmtree(folder, ignore_errors=True)
+        self.folders.clear()
 
 
 RUNNER = Runner()

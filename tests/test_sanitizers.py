@@ -205,6 +205,22 @@ def test_a_background_job_runs_with_the_environment_the_session_started_with(mon
         runner.stop()
 
 
+def test_a_job_folder_goes_to_its_test_or_is_removed_when_no_test_collected_it(tmp_path):
+    # jobs prepare their folders when the runner starts; a session ended early (-x) must not leave them behind
+    def job(folder, code):
+        folder.mkdir()
+        return lambda: ([sys.executable, "-c", code], None, folder)
+
+    collected, abandoned = tmp_path / "collected", tmp_path / "abandoned"
+    runner = background.Runner()
+    wait = [sys.executable, "-c", "import time; time.sleep(60)"]
+    runner.start([("collected", job(collected, "pass")), ("wait", lambda: (wait, None, None)),
+                  ("abandoned", job(abandoned, "pass"))])
+    assert runner.result("collected", None)[2] == collected
+    runner.stop()  # kills the wait: the last job never runs and no test collects it
+    assert collected.is_dir() and not abandoned.exists()
+
+
 # --------------------------------------------------------------------------- the CUDA kernels under compute-sanitizer
 # One tool per device call, a selection sized to run in a few minutes, CuPy without its memory pool (a pool hands out
 # pieces of large blocks, so a kernel reading past a sample inside its block would not be reported), the tool's own
