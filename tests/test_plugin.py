@@ -3,8 +3,8 @@
 Checked bit for bit against the NumPy reference over methods, layouts, dtypes, K, odd sizes and batch sizes;
 against the python_function path of ``dali_kmix.dali`` (same records, same images, same labels); for the
 errors a bad record raises (one message table: the host checks, the CPU operator and, on a device, the GPU
-operator); and, without a device, for what the GPU backend is: compiled by nvcc for sm_80 and sm_90 plus PTX
-with zero warnings and IEEE float semantics, registered with DALI, usable in a defined GPU pipeline whose
+operator); and, without a device, for what the GPU backend is: compiled by nvcc for sm_75, sm_80 and sm_90 plus
+PTX with zero warnings and IEEE float semantics, registered with DALI, usable in a defined GPU pipeline whose
 build() fails only for want of a device. On a device (``gpu`` marker): GPU operator == CPU operator bit for bit.
 """
 
@@ -859,18 +859,39 @@ def test_the_gpu_backend_is_built_and_registered_with_dali():
     assert set(plugin.OPERATORS) <= set(backend.RegisteredCPUOps())
 
 
+def _runs_on(images, cc):
+    """Whether a device of compute capability ``cc`` (e.g. 86) can run one of ``images``: a cubin of the same
+    major version and a minor version no newer, or PTX of an architecture no newer (the driver compiles it)."""
+    return any((kind == "elf" and arch // 10 == cc // 10 and arch <= cc) or (kind == "ptx" and arch <= cc)
+               for kind, arch in images)
+
+
 @needs_gpu_backend
-def test_the_gpu_backend_holds_sm80_sm90_and_ptx_built_without_a_warning():
+def test_the_gpu_backend_holds_sm75_sm80_sm90_and_ptx_built_without_a_warning():
     flags = plugin.nvcc_flags()
     assert set(FP_OPTIONS) <= set(flags) and not any("fast" in f or "ftz=true" in f for f in flags)
     obj = plugin.gpu_object()
     images = plugin.fatbin_images(obj)
-    assert sorted((kind, arch) for kind, arch, _ in images) == [("elf", 80), ("elf", 90), ("ptx", 90)]
+    assert sorted((kind, arch) for kind, arch, _ in images) == [("elf", 75), ("elf", 80), ("elf", 90), ("ptx", 90)]
     assert all(body[:4] == b"\x7fELF" for kind, _, body in images if kind == "elf")
     lib = plugin.build()
     for path in (obj, lib):  # the compilers' own output, kept beside what they built: nothing
         assert Path(f"{path}.log").is_file(), path
         assert build_log(path) == "", build_log(path)
+
+
+@needs_gpu_backend
+def test_every_architecture_the_cuda_toolkit_supports_can_run_the_gpu_backend():
+    """The GPU operators are chosen from the registered operators alone, never from the device, so every device
+    this CUDA supports (``nvcc --list-gpu-code``: Turing's sm_75 and up for CUDA 13, a T4 among them) must find
+    code it can run in the object; the operator would otherwise fail every batch with "no kernel image"."""
+    listed = subprocess.run([plugin.cuda_toolchain()[0].nvcc, "--list-gpu-code"], capture_output=True, text=True,
+                            check=True).stdout.split()
+    ccs = sorted(int(a[3:]) for a in listed if re.fullmatch(r"sm_\d+", a))
+    assert ccs, listed
+    images = [(kind, arch) for kind, arch, _ in plugin.fatbin_images(plugin.gpu_object())]
+    assert [cc for cc in ccs if not _runs_on(images, cc)] == []
+    assert not _runs_on([("elf", 80), ("elf", 90), ("ptx", 90)], 75)  # the old sm_80 + sm_90 + PTX 9.0 object
 
 
 def _ptx_lines(text):

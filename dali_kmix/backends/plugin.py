@@ -52,8 +52,9 @@ __all__ = ["build", "load", "enabled", "gpu_backend", "draw_operator", "expose_t
 SOURCES = ("kmix_dali_op.cpp", "kmix_record.h") + cpu.HOST_SOURCES
 #: Files nvcc reads for the GPU backend.
 GPU_SOURCES = ("kmix_gpu_launch.cu", "kmix_launch.h", "kmix_blend.cu", "kmix_common.cuh", "kmix_codes.h")
-#: Real architectures the GPU backend is compiled for, and the PTX that newer devices JIT-compile.
-GPU_ARCHS = ("sm_80", "sm_90")
+#: Real architectures the GPU backend is compiled for (from Turing, the oldest CUDA 13 supports: a T4 finds its
+#: code), and the PTX that newer devices JIT-compile.
+GPU_ARCHS = ("sm_75", "sm_80", "sm_90")
 PTX_ARCH = "compute_90"
 #: The operators the plugin registers (DALI's schema names), with a CPU and a GPU backend.
 OPERATORS = ("KmixDmixup", "KmixDcutmix", "KmixMix")
@@ -167,7 +168,7 @@ def cuda_toolchain() -> tuple[CudaToolchain | None, str]:
 
 
 def nvcc_flags() -> list[str]:
-    """nvcc's options for ``kmix_gpu_launch.cu``: the FP options of the NVRTC path, sm_80 and sm_90 plus PTX."""
+    """nvcc's options for ``kmix_gpu_launch.cu``: the FP options of the NVRTC path, :data:`GPU_ARCHS` plus PTX."""
     gencode = [f"-gencode=arch=compute_{a[3:]},code={a}" for a in GPU_ARCHS]
     gencode.append(f"-gencode=arch={PTX_ARCH},code={PTX_ARCH}")
     cxx = compiler()
