@@ -260,7 +260,7 @@ class KMixBlendBase : public dali::StatelessOperator<Backend> {
     std::string err = kmix::GatherRecord(M, layout_, found, *im, *src, weights ? weights->get() : nullptr,
                                          boxes ? boxes->get() : nullptr, cut ? cut->get() : nullptr, &rec_);
     if (err.empty()) err = kmix::CheckChannels(layout_, found, *im);
-    if (err.empty() && norm_.on) err = SetupNorm(ws);
+    if (err.empty() && norm_.on && rec_.n > 0) err = SetupNorm(ws);  // an empty batch has no channels to check
     if (!err.empty()) DALI_FAIL(err);
     output_desc.resize(1);
     if (!norm_.on) {

@@ -140,20 +140,42 @@ def test_empty_and_full_boxes_and_unmixed_samples():
     np.testing.assert_array_equal(got[1], images[1])
 
 
-def test_empty_batch_is_not_an_error():
+EMPTY_BATCH_NORM = {
+    "no-normalisation": {},
+    "imagenet-mean-std": dict(dtype=types.FLOAT, mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375],
+                              output_layout="CHW"),
+    "scalar-mean-std-f16": dict(dtype=types.FLOAT16, mean=[127.5], std=[64.0]),
+}
+
+
+@pytest.mark.parametrize("norm", list(EMPTY_BATCH_NORM), ids=list(EMPTY_BATCH_NORM))
+def test_empty_batch_is_not_an_error(norm):
     # DALI batches are never empty in a pipeline, but the operator must accept a zero-sample
-    # input from a conditional split; exercised here with an external source of 0 samples.
+    # input from a conditional split; exercised here with an external source of 0 samples. With the fused
+    # normalisation too: an empty batch has no channels to hold a per-channel mean against.
     @pipeline_def(batch_size=2, num_threads=1, device_id=None)
     def pipe():
         ims = fn.external_source(source=lambda: [], batch=True, layout="HWC", dtype=types.UINT8, ndim=3)
         src = fn.external_source(source=lambda: [], batch=True, dtype=types.INT32, ndim=1)
         thr = fn.external_source(source=lambda: [], batch=True, dtype=types.FLOAT, ndim=1)
-        return fn.kmix_dmixup(ims, src, thr, layout="HWC")
+        return fn.kmix_dmixup(ims, src, thr, layout="HWC", **EMPTY_BATCH_NORM[norm])
 
     p = pipe()
     p.build()
     (out,) = p.run()
     assert len(out) == 0
+
+
+@pytest.mark.parametrize("norm", list(EMPTY_BATCH_NORM), ids=list(EMPTY_BATCH_NORM))
+@pytest.mark.parametrize("op", ["kmix_dmixup", "kmix_dcutmix"])
+def test_empty_batch_in_dynamic_mode_is_not_an_error(op, norm):
+    # A pipeline's executor never sets an operator up on an empty batch; dynamic mode does (a 3-value mean once
+    # failed there with "mean has 3 values but the images have 0 channels").
+    ndd = pytest.importorskip("nvidia.dali.experimental.dynamic")
+    images = ndd.Batch([], dtype=ndd.uint8)
+    record = ndd.Batch([], dtype=ndd.float32) if op == "kmix_dmixup" else ndd.Batch([], dtype=ndd.int32)
+    out = getattr(ndd, op)(images, ndd.Batch([], dtype=ndd.int32), record, layout="HWC", **EMPTY_BATCH_NORM[norm])
+    assert out.evaluate().batch_size == 0
 
 
 # --------------------------------------------------------------------------- one message table for both backends
