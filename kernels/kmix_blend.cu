@@ -212,7 +212,8 @@ KMIX_DEV void kmix_copy_run(const T* __restrict__ from, T* __restrict__ to, int 
     return;
   }
 #endif
-  for (int e = a + tid; e < b; e += nthreads) to[e] = from[e];
+  // unsigned: a row may hold up to 2^31 - 1 elements, and e + nthreads past the last one must not overflow
+  for (unsigned e = (unsigned)a + (unsigned)tid; e < (unsigned)b; e += (unsigned)nthreads) to[e] = from[e];
 }
 
 // The depth of row y (the number of leading boxes whose rows contain it; nested, so they are a prefix).

@@ -875,6 +875,52 @@ def test_nothing_is_launched_for_an_empty_batch_or_sample():
             assert cpu.launch_cover(kernel, *args, "HWC")[0]
 
 
+
+# The threads of a block stride through each paste run (kmix_copy_run). A row may hold up to 2^31 - 1 elements (the
+# record check's limit), so the index a thread steps to past the run's end must not overflow: a C++ driver built
+# with UBSan runs the device loop, 256 threads, over a run that ends at 2^31 - 1, on address space reserved
+# without memory (only its last pages are touched).
+_COPY_RUN_DRIVER = r"""
+#include "kmix_host_shim.h"
+KMIX_TLS kmix_dim3 threadIdx, blockIdx, blockDim, gridDim;
+#include "kmix_blend.cu"
+#include <sys/mman.h>
+#include <climits>
+#include <cstdio>
+int main() {
+  const size_t bytes = (size_t)INT_MAX + 1;
+  const int prot = PROT_READ | PROT_WRITE, flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
+  auto* from = (unsigned char*)mmap(nullptr, bytes, prot, flags, -1, 0);
+  auto* to = (unsigned char*)mmap(nullptr, bytes, prot, flags, -1, 0);
+  if (from == MAP_FAILED || to == MAP_FAILED) return 2;
+  for (int e = INT_MAX - 600; e < INT_MAX; ++e) from[e] = (unsigned char)(e * 7 + 1);
+  const int a = INT_MAX - 500, b = INT_MAX;
+  for (int tid = 0; tid < 256; ++tid) kmix_copy_run(from, to, a, b, tid, 256);
+  long wrong = 0;
+  for (int e = INT_MAX - 600; e < INT_MAX; ++e) wrong += to[e] != (e >= a ? from[e] : 0);
+  std::printf("wrong %ld\n", wrong);
+  return wrong != 0;
+}
+"""
+
+
+def test_a_paste_run_ending_at_the_last_int_index_copies_without_overflow(tmp_path):
+    import subprocess
+
+    from dali_kmix.backends import cpu as cpu_kernels
+    from dali_kmix.backends.sources import kernels_dir
+
+    cxx = cpu_kernels.compiler()
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    (tmp_path / "run.cpp").write_text(_COPY_RUN_DRIVER)
+    exe = tmp_path / "run"
+    subprocess.run([cxx, "-std=c++17", "-O2", "-fsanitize=undefined", "-fno-sanitize-recover=all",
+                    f"-I{kernels_dir()}", str(tmp_path / "run.cpp"), "-o", str(exe)], check=True,
+                   capture_output=True, text=True)
+    proc = subprocess.run([str(exe)], capture_output=True, text=True)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "wrong 0\n", "")
+
 # --------------------------------------------------------------------------- the host fast paths and the worker pool
 
 
