@@ -46,7 +46,9 @@ How one call becomes DALI operators (one readable path per place it runs):
    * **gpu** (the fallback: no GPU backend, ``DALI_KMIX_PLUGIN=0``, or a pipeline with
      ``exec_dynamic=False``, which cannot move data from the GPU to the CPU): the draws
      (shares, box positions, partners, "is mixed") are made on the host as above and moved
-     to the device; one GPU ``python_function`` nests the boxes (``kmix_nest_boxes``),
+     to the device, after the images' layout is checked as on the function path, from their
+     shapes and carried layout read on the host as metadata (with ``exec_dynamic=False``:
+     the layout read back from the device); one GPU ``python_function`` nests the boxes (``kmix_nest_boxes``),
      blends and builds the labels with the CUDA kernels on DALI's stream. The record is
      bit-identical to the CPU paths' for the same keys.
 
@@ -67,9 +69,8 @@ import weakref
 
 import numpy as np
 
-from . import _checks
+from . import _checks, reference
 from .record import MixParams
-from .reference import mix_labels
 from .sampling import check_sample_args, draw_raw, record_from_draws
 
 __all__ = ["dmixup", "dcutmix", "saliency_dcutmix", "dmixup_or_dcutmix", "MixSpec", "Normalize"]
@@ -196,9 +197,13 @@ def _label_vector(labels, n, xp):
 
 
 def _label_outputs(spec: MixSpec, lab, params):
-    """``[targets]`` (dense) or ``[label_idx, label_w]`` (sparse), as lists of samples (NumPy or CuPy)."""
+    """``[targets]`` (dense) or ``[label_idx, label_w]`` (sparse), as lists of samples (NumPy or CuPy).
+
+    ``lab`` is checked already and ``params`` built here, so the targets come from the unchecked
+    :func:`dali_kmix.reference.mix_labels` (the same bits as the public :func:`dali_kmix.mix_labels`, without its
+    checks: on CuPy those read values back to the host, each a wait on DALI's stream)."""
     if spec.label_format == "dense":
-        return [list(mix_labels(lab, params, spec.num_classes, spec.smoothing))]
+        return [list(reference.mix_labels(lab, params, spec.num_classes, spec.smoothing))]
     return [list(lab[params.sources].astype(np.int32)), list(params.weights)]
 
 
@@ -413,10 +418,7 @@ class _FunctionMix(_HostRecord):
         if n == 0:
             return ([],) + ([],) * spec.label_outputs
         runtime, valid, _ = self.split_inputs(rest)
-        found = bytes(np.asarray(layout_prop[0])).decode()
-        _check_carried_layout(spec.layout, found)
-        first = _checks.check_same_shapes("images", [im.shape for im in images], spec.layout)
-        _checks.check_channels("images", first, spec.layout, found)
+        first = _check_images_layout(spec.layout, _carried_layout(layout_prop), [im.shape for im in images])
         _checks.check_image_dtype("images", images[0].dtype)
         self.check_area(first)
         h, w = _checks.spatial_size(first, spec.layout)
@@ -433,13 +435,20 @@ class _FunctionMix(_HostRecord):
 
 class _GpuDraws(_Draws):
     """GPU path, host half: per sample phi (K,), box positions (K-1, 2), partners (K-1,), "is mixed" (1,)
-    and "is DCutMix" (1,). Every sample is an ndarray: DALI's ``python_function`` takes no NumPy scalars."""
+    and "is DCutMix" (1,). Every sample is an ndarray: DALI's ``python_function`` takes no NumPy scalars.
+
+    Given the images' shapes and carried layout last (``images.shape()`` and ``images.property("layout")``: CPU
+    operators that read the GPU images' metadata, so nothing waits on the device), it first checks the images'
+    layout as the function path does (:func:`_check_images_layout`)."""
 
     def __call__(self, keys, *rest):
         n = len(keys)
         if n == 0:
             return [], [], [], [], []
-        runtime, valid, _ = self.split_inputs(rest)
+        runtime, valid, meta = self.split_inputs(rest)
+        if meta:
+            shapes, layout_prop = meta
+            _check_images_layout(self.spec.layout, _carried_layout(layout_prop), shapes)
         method, (phi, uniforms, perms, mixed) = self.raw(keys, runtime, valid)
         if phi.shape[0] != n:  # "batch" mode: one row for all samples
             phi, uniforms = np.repeat(phi, n, axis=0), np.repeat(uniforms, n, axis=0)
@@ -449,7 +458,12 @@ class _GpuDraws(_Draws):
 
 
 class _GpuMix:
-    """GPU path, device half: nest (``kmix_nest_boxes``), blend and label on DALI's stream."""
+    """GPU path, device half: nest (``kmix_nest_boxes``), blend and label on DALI's stream.
+
+    ``layout_prop`` (pipelines with ``exec_dynamic=False`` only; elsewhere :class:`_GpuDraws` checked the layout on
+    the host) is read back and checked here. The labels, checked already (on the host by :class:`_LabelCheck`, or
+    here with ``check_labels``), and the record, built here, go to the unchecked label computation
+    (:func:`_label_outputs`): no other read from the device."""
 
     def __init__(self, spec: MixSpec, check_labels: bool):
         self.spec = spec
@@ -471,12 +485,14 @@ class _GpuMix:
         n = len(images)
         if n == 0:
             return ([],) + ([],) * spec.label_outputs
-        first = _checks.check_same_shapes("images", [im.shape for im in images], spec.layout)
-        if layout_prop is not None and _checks.channels_suspect(first, spec.layout):
-            # only a shape that contradicts the layout reads the images' layout back from the device
-            found = bytes(cupy.asnumpy(layout_prop[0]).astype(np.uint8)).decode()
-            _checks.check_channels("images", first, spec.layout, found)
+        shapes = [im.shape for im in images]
+        if layout_prop is None:  # the layout was checked on the host (_GpuDraws)
+            first = _checks.check_same_shapes("images", shapes, spec.layout)
+        else:  # a pipeline that cannot hand the GPU images' layout to the host: read back here (a sync)
+            first = _check_images_layout(spec.layout, _carried_layout([cupy.asnumpy(layout_prop[0])]), shapes)
         _checks.check_image_dtype("images", images[0].dtype)
+        if spec.boxed:  # the shape is host metadata: no read from the device
+            _checks.check_area("images", first, spec.layout, spec.method)
         h, w = _checks.spatial_size(first, spec.layout)
         lab = _label_vector(labels, n, cupy)
         lab = _checks.check_labels(lab, spec.num_classes, n) if self.check_labels else lab.astype(np.int64)
@@ -581,6 +597,21 @@ def _check_carried_layout(layout: str, found: str):
     """Images that carry a layout (``found``; "" when they carry none) must carry the one given."""
     if found and found != layout:
         raise ValueError(f"layout={layout!r} was given but the images carry layout {found!r}")
+
+
+def _carried_layout(layout_prop) -> str:
+    """The layout a batch carries, from ``fn.get_property(images, key="layout")`` (its first sample: a uint8
+    vector, empty when the images carry none)."""
+    return bytes(np.asarray(layout_prop[0]).astype(np.uint8)).decode()
+
+
+def _check_images_layout(layout: str, found: str, shapes) -> tuple:
+    """The python_function paths' layout checks, in one order: a carried layout (``found``) must be ``layout``;
+    the samples must share one shape (returned); a shape that contradicts ``layout`` needs a carried layout."""
+    _check_carried_layout(layout, found)
+    first = _shape_of_all(shapes, layout)
+    _checks.check_channels("images", first, layout, found)
+    return first
 
 
 def _check_saliency_device(saliency: str, gpu: bool):
@@ -811,9 +842,13 @@ def _native_gpu(pipe) -> bool:
     pipeline can move data from the GPU to the CPU (DALI's dynamic executor, its default)."""
     from .backends import plugin
 
-    if pipe is not None and not getattr(pipe, "exec_dynamic", True):
-        return False
-    return plugin.gpu_backend()
+    return _gpu_to_cpu(pipe) and plugin.gpu_backend()
+
+
+def _gpu_to_cpu(pipe) -> bool:
+    """Whether a CPU operator may take the pipeline's GPU data (DALI's dynamic executor, its default; a pipeline
+    not known yet is assumed to have it, as DALI defers that check to ``build``)."""
+    return pipe is None or bool(getattr(pipe, "exec_dynamic", True))
 
 
 def _function_path(spec, images, labels, keys, runtime, name, workers):
@@ -827,14 +862,20 @@ def _function_path(spec, images, labels, keys, runtime, name, workers):
 
 
 def _gpu_path(spec, images, labels, keys, runtime, name):
-    from nvidia.dali import fn
+    """The GPU fallback. The images' layout is checked on the host by :class:`_GpuDraws`, from their shapes and
+    carried layout (metadata: no device sync), where the pipeline lets CPU operators take GPU data; otherwise
+    (``exec_dynamic=False``) :class:`_GpuMix` reads the carried layout back from the device, once per batch."""
+    from nvidia.dali import Pipeline, fn
 
     check_on_device = getattr(labels, "device", "cpu") != "cpu"
     if not check_on_device:  # check the labels on the host, where they are, then hand them over
         labels = fn.python_function(labels, function=_LabelCheck(spec.num_classes), batch_processing=True,
                                     num_outputs=1).gpu()
-    draws = fn.python_function(keys, *runtime, function=_GpuDraws(spec), batch_processing=True, num_outputs=5)
-    outs = fn.python_function(images, labels, *[d.gpu() for d in draws], fn.get_property(images, key="layout"),
+    on_host = _gpu_to_cpu(Pipeline.current())
+    meta = [images.shape(), images.property("layout")] if on_host else []
+    draws = fn.python_function(keys, *runtime, *meta, function=_GpuDraws(spec), batch_processing=True, num_outputs=5)
+    layout_on_device = [] if on_host else [fn.get_property(images, key="layout")]
+    outs = fn.python_function(images, labels, *[d.gpu() for d in draws], *layout_on_device,
                               function=_GpuMix(spec, check_on_device), batch_processing=True,
                               num_outputs=1 + spec.label_outputs,
                               output_layouts=[spec.layout] + [""] * spec.label_outputs, device="gpu", name=name)

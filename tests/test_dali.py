@@ -656,24 +656,101 @@ def test_a_shape_that_fits_its_layout_or_carries_one_is_mixed(monkeypatch, path)
         assert np.asarray(out[0][0]).shape == shape
 
 
-def test_the_gpu_fallback_reads_the_layout_only_for_a_contradicting_shape(monkeypatch):
+# (shape, the layout the images carry, layout=): the function path's error, or None where it mixes them
+CARRIED = r"layout='{}' was given but the images carry layout '{}'"
+LAYOUT_CASES = [
+    ((3, 10, 12), "CHW", "HWC", CARRIED.format("HWC", "CHW")),  # a shape that looks CHW
+    ((8, 10, 12), "CHW", "HWC", CARRIED.format("HWC", "CHW")),  # 8 channels first: nothing in the shape says so
+    ((10, 12, 3), "HWC", "CHW", CARRIED.format("CHW", "HWC")),
+    ((4, 4, 3), "CHW", "HWC", CARRIED.format("HWC", "CHW")),
+    ((3, 10, 12), None, "HWC", r"images: layout='HWC' was given but the images carry no layout and their shape "
+                               r"\(3, 10, 12\) looks CHW"),
+    ((3, 10, 12), "CHW", "CHW", None),
+    ((8, 10, 12), "CHW", "CHW", None),
+    ((10, 12, 3), None, "HWC", None),
+]
+LAYOUT_IDS = [f"{'x'.join(map(str, s))}-{c}-as-{lay}" for s, c, lay, _ in LAYOUT_CASES]
+
+
+@pipeline_def(batch_size=2, num_threads=1, device_id=None, seed=0)
+def gpu_layout_draws_pipe(spec, shape, src_layout):
+    """_GpuDraws given the images' shapes and carried layout as _gpu_path gives them (images.shape() and
+    images.property("layout"): on the GPU images there, on CPU images here; the same metadata)."""
+    x = fn.external_source(source=lambda: [np.zeros(shape, np.uint8)] * 2, batch=True, layout=src_layout)
+    keys = kmix._keys(spec, None)
+    return tuple(fn.python_function(keys, x.shape(), x.property("layout"), function=kmix._GpuDraws(spec),
+                                    batch_processing=True, num_outputs=5))
+
+
+def _layout_spec(layout):
+    return kmix._spec("dcutmix", k=3, alpha=1.0, num_classes=10, layout=layout, mode="sample", prob=1.0,
+                      smoothing=0.0, label_format="dense", seed=0, shard_id=0, saliency="spectral-residual")
+
+
+@pytest.mark.parametrize("shape,src_layout,layout,match", LAYOUT_CASES, ids=LAYOUT_IDS)
+def test_the_gpu_fallback_checks_the_images_layout_on_the_host_as_the_function_path_does(
+        monkeypatch, shape, src_layout, layout, match):
+    # The GPU fallback used to check a carried layout against layout= nowhere: images of (3, H, W) carrying "CHW"
+    # mixed as "HWC" had their boxes cut across channels where the function path raises. Now _GpuDraws checks the
+    # images' metadata on the host (no device sync) with the function path's checks, so both raise alike.
+    monkeypatch.setenv("DALI_KMIX_PLUGIN", "0")
+    labels = [np.array([1], np.int32)] * 2
+    pipe = gpu_layout_draws_pipe(_layout_spec(layout), shape, src_layout)
+    pipe.build()
+    if match is None:
+        out = _run_batch([np.zeros(shape, np.uint8)] * 2, labels, layout=layout, src_layout=src_layout)
+        assert np.asarray(out[0][0]).shape == shape
+        assert [len(t) for t in pipe.run()] == [2] * 5
+        return
+    with pytest.raises(RuntimeError, match=match):  # the function path
+        _run_batch([np.zeros(shape, np.uint8)] * 2, labels, layout=layout, src_layout=src_layout)
+    with pytest.raises(RuntimeError, match=match):  # the GPU fallback's host half
+        pipe.run()
+
+
+@pytest.mark.parametrize("shape,src_layout,layout,match", LAYOUT_CASES, ids=LAYOUT_IDS)
+def test_the_gpu_fallback_without_the_dynamic_executor_checks_the_layout_read_from_the_device(
+        monkeypatch, shape, src_layout, layout, match):
+    # exec_dynamic=False cannot hand the GPU images' metadata to a CPU operator: _GpuMix gets the carried layout as
+    # a GPU tensor and reads it back (once per batch, whatever the shape: a fitting shape can carry the other
+    # layout too) before the same checks. int16 images: where the layout passes, the dtype check raises next.
     import sys
 
     reads = []
     fake = _numpy_as_cupy()
     fake.asnumpy = lambda a: reads.append(1) or np.asarray(a)
     monkeypatch.setitem(sys.modules, "cupy", fake)
-    spec = kmix._spec("dcutmix", k=3, alpha=1.0, num_classes=10, layout="CHW", mode="sample", prob=1.0,
-                      smoothing=0.0, label_format="dense", seed=0, shard_id=0, saliency="spectral-residual")
-    mixer = kmix._GpuMix(spec, check_labels=False)
-    no_layout = [np.zeros(0, np.uint8)] * 2
-    with pytest.raises(ValueError, match=r"shape \(10, 12, 3\) looks HWC"):
-        mixer([np.zeros((10, 12, 3), np.uint8)] * 2, [np.array([1], np.int32)] * 2, *[[]] * 5, no_layout)
+    mixer = kmix._GpuMix(_layout_spec(layout), check_labels=False)
+    layout_prop = [np.frombuffer((src_layout or "").encode(), np.uint8)] * 2
+    dtype_error = r"images must have dtype uint8, float16 or float32, got int16"
+    with pytest.raises(TypeError if match is None else ValueError, match=dtype_error if match is None else match):
+        mixer([np.zeros(shape, np.int16)] * 2, [np.array([1], np.int32)] * 2, *[[]] * 5, layout_prop)
     assert reads == [1]
-    with pytest.raises(ValueError, match=r"sample 1 has shape"):  # a fitting shape: the layout is never read
-        mixer([np.zeros((3, 10, 12), np.uint8), np.zeros((3, 9, 12), np.uint8)], [np.array([1], np.int32)] * 2,
-              *[[]] * 5, no_layout)
-    assert reads == [1]
+
+
+def test_the_gpu_fallback_reads_the_layout_where_the_pipeline_can(monkeypatch):
+    # The images' shapes and layout reach the host drawing as metadata (CPU _Shape and GetProperty of the GPU
+    # images: DALI passes them without waiting for the device); the GPU mixer gets no layout to read back. Without
+    # the dynamic executor (no GPU-to-CPU step) the layout goes to the GPU mixer instead.
+    monkeypatch.setenv("DALI_KMIX_PLUGIN", "0")
+
+    def python_functions(ops, device):
+        return [op for op in ops if type(op._op).__name__ == "PythonFunction" and op._op.device == device]
+
+    ops, outs = _gpu_graph("dcutmix", "cpu")
+    (mixer,) = python_functions(ops, "gpu")
+    assert [type(i.source._op).__name__ for i in mixer.inputs].count("GetProperty") == 0
+    (draws,) = [op for op in python_functions(ops, "cpu") if type(op.inputs[0].source._op).__name__ == "Uniform"]
+    shape, prop = (i.source for i in draws.inputs[-2:])
+    assert (type(shape._op).__name__, type(prop._op).__name__) == ("_Shape", "GetProperty")
+    assert prop._op._init_args["key"] == "layout" and shape._op.device == prop._op.device == "cpu"
+    assert shape.inputs[0] is prop.inputs[0] is mixer.inputs[0] and mixer.inputs[0].device == "gpu"
+
+    ops, _ = _gpu_graph("dcutmix", "cpu", exec_dynamic=False)
+    (mixer,) = python_functions(ops, "gpu")
+    prop = mixer.inputs[-1].source
+    assert type(prop._op).__name__ == "GetProperty" and prop._op.device == "gpu" and prop.inputs[0] is mixer.inputs[0]
+    assert not [op for op in ops if op._op.device == "cpu" and any(i.device == "gpu" for i in op.inputs)]
 
 
 # --------------------------------------------------------------------------- the padded last batch
@@ -944,6 +1021,85 @@ def test_gpu_path_host_logic_matches_the_cpu_path(monkeypatch, method, mode, lab
         assert cuts == {int(method != "dmixup")}
 
 
+@pytest.mark.parametrize("label_format", ["dense", "sparse"])
+@pytest.mark.parametrize("method", ["dmixup", "dcutmix"])
+def test_the_gpu_mixer_builds_the_labels_without_the_public_checks(monkeypatch, method, label_format):
+    # On CuPy the public dali_kmix.mix_labels checks the labels (int(min), int(max)) and the record (bool(any(...)))
+    # on the host: each a wait on DALI's stream. _GpuMix's labels are checked already (_LabelCheck on the host, or
+    # _GpuMix itself with check_labels=True, once) and its record is built in-house: the targets come from the
+    # unchecked computation, with the same bits as the public function's.
+    import sys
+
+    import dali_kmix.backends as backends
+    from dali_kmix import _checks, mixing
+    from dali_kmix.backends import gpu
+    from dali_kmix.record import MixParams
+    from dali_kmix.sampling import params_from_draws
+
+    public_mix_labels = mixing.mix_labels
+    n = BATCH + 3
+    spec = kmix._spec(method, k=4, alpha=0.8, num_classes=10, layout="HWC", mode="sample", prob=0.7,
+                      smoothing=0.0 if label_format == "sparse" else 0.1, label_format=label_format, seed=5,
+                      shard_id=0, saliency="spectral-residual")
+    pipe = gpu_draws_pipe(spec)
+    pipe.build()
+    records = []
+
+    def nest_boxes(method, phi, uniforms, perms, mixed, h, w, centers=None):
+        p = params_from_draws(method, phi, uniforms, perms, mixed.astype(bool), h, w, centers)
+        records.append(p)
+        return p.sources, p.weights, p.boxes
+
+    def host_read(*args, **kwargs):
+        raise AssertionError("a read from the device on the GPU mixer's label path")
+
+    checked = []
+    check_labels = _checks.check_labels
+    fake = _numpy_as_cupy()
+    fake.asnumpy = host_read
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(gpu, "nest_boxes", nest_boxes)
+    monkeypatch.setattr(backends, "GpuBackend", lambda: backends.CpuBackend(workers=1))
+    monkeypatch.setattr(_checks, "check_labels", lambda *a: checked.append(1) or check_labels(*a))
+    for name in ("validate", "validate_rows"):
+        monkeypatch.setattr(MixParams, name, host_read)
+    monkeypatch.setattr(mixing, "mix_labels", host_read)
+    monkeypatch.setattr(dali_kmix, "mix_labels", host_read)
+    rng = np.random.default_rng(1)
+    for check_on_device in (False, True):
+        keys, *draws = (_samples(t) for t in pipe.run())
+        labels = [np.array([v], np.int32) for v in rng.integers(0, 10, n)]
+        images = [rng.integers(0, 256, (6, 5, 3), dtype=np.uint8) for _ in range(n)]
+        checked.clear()
+        _, *label_outs = kmix._GpuMix(spec, check_labels=check_on_device)(images, labels, *draws)
+        assert len(checked) == int(check_on_device)  # the labels of a GPU pipeline: checked once, here
+        lab = np.concatenate(labels).astype(np.int64)
+        rec = records[-1]
+        if label_format == "dense":
+            want = public_mix_labels(lab, rec, 10, 0.1)
+            assert want.dtype == np.float32 and np.stack(label_outs[0]).dtype == np.float32
+            np.testing.assert_array_equal(np.stack(label_outs[0]), want)
+        else:
+            np.testing.assert_array_equal(np.stack(label_outs[0]), lab[rec.sources])
+            np.testing.assert_array_equal(np.stack(label_outs[1]), rec.weights)
+
+
+def test_the_unchecked_targets_are_the_public_targets():
+    # kmix._label_outputs (every DALI path's dense targets) against the public dali_kmix.mix_labels (NumPy: the
+    # CPU build's one-pass kernel where it loads): the same bits for every method, K, smoothing and class count
+    rng = np.random.default_rng(2)
+    for method, k, smoothing, classes in [("dmixup", 2, 0.0, 3), ("dmixup", 5, 0.1, 1000), ("dcutmix", 3, 0.0, 10),
+                                          ("dcutmix", 6, 0.3, 7), ("dmixup", 9, 0.05, 2)]:
+        spec = kmix._spec(method, k=k, alpha=0.5, num_classes=classes, layout="HWC", mode="sample", prob=0.8,
+                          smoothing=smoothing, label_format="dense", seed=1, shard_id=0, saliency="spectral-residual")
+        for n in (1, 7, 64):
+            rec = dali_kmix.sample_params(method, n, 9, 11, k=k, alpha=0.5, prob=0.8, rng=rng)
+            lab = rng.integers(0, classes, n).astype(np.int64)
+            (got,) = kmix._label_outputs(spec, lab, rec)
+            want = dali_kmix.mix_labels(lab, rec, classes, smoothing)
+            np.testing.assert_array_equal(np.stack(got).view(np.uint32), want.view(np.uint32))
+
+
 def test_a_raising_gpu_mixer_lets_go_of_dalis_stream(monkeypatch):
     # DALI 2.4 runs a GPU python_function in `with cupy.cuda.Stream(null=True)` whose ptr it set to its own stream,
     # and resets ptr only when the function returns; on an exception CuPy's Stream.__del__ would destroy DALI's
@@ -1019,12 +1175,11 @@ def test_gpu_operators_place_every_input_where_dali_takes_it(monkeypatch, method
         assert blend.inputs[1].source is draw
         assert not [op for op in ops if op._op.device == "cpu" and type(op._op).__name__ == "PythonFunction"]
     else:
-        # the images' layout read on the device (only a shape that contradicts layout= makes the mixer look at it)
-        assert sorted(type(op._op).__name__ for op in mixers) == ["GetProperty", "PythonFunction"]
-        (mixer,) = [op for op in mixers if type(op._op).__name__ == "PythonFunction"]
-        assert all(i.device == "gpu" for i in mixer.inputs)
+        # one GPU python_function mixes; the images' layout and shapes are read on the host, as metadata
+        assert [type(op._op).__name__ for op in mixers] == ["PythonFunction"]
+        assert all(i.device == "gpu" for i in mixers[0].inputs)
     for op in ops:
-        if op._op.device == "cpu" and type(op._op).__name__ != "_Shape":  # _Shape reads metadata only
+        if op._op.device == "cpu" and type(op._op).__name__ not in ("_Shape", "GetProperty"):  # metadata readers
             assert all(i.device == "cpu" for i in op.inputs), f"{op.name} is a CPU operator with a GPU input"
     # the per-sample keys come from DALI's own random operator, on the CPU (checkpointed)
     assert any(type(op._op).__name__ == "Uniform" and op._op.device == "cpu" for op in ops)
@@ -1077,6 +1232,31 @@ def test_zero_area_samples(monkeypatch, layout, shape, method, path):
                                            rf"label weights are box areas / \(H x W\)\), but sample 0 has shape "
                                            rf"{re.escape(str(shape))} \(layout {layout}"):
         p.run()
+
+
+@pytest.mark.parametrize("method", ["dmixup", "dcutmix", "saliency_dcutmix", "dmixup_or_dcutmix"])
+@pytest.mark.parametrize("layout,shape", ZERO_AREA, ids=[f"{lay}-{'x'.join(map(str, s))}" for lay, s in ZERO_AREA])
+def test_zero_area_samples_on_the_gpu_fallback(monkeypatch, layout, shape, method):
+    # The GPU fallback's mixer refuses them as the CPU paths do (from the images' shapes: no read from the device),
+    # before any kernel: NumPy stands in for CuPy, and DMixup goes on to the kernels (here: the fake's missing
+    # module), past the check.
+    import sys
+
+    monkeypatch.setitem(sys.modules, "cupy", _numpy_as_cupy())
+    spec = kmix._spec(method.replace("_or_", "+").replace("saliency_", "saliency-"), k=3, alpha=1.0, num_classes=10,
+                      layout=layout, mode="sample", prob=1.0, smoothing=0.0, label_format="dense", seed=0,
+                      shard_id=0, saliency="spectral-residual")
+    mixer = kmix._GpuMix(spec, check_labels=False)
+    images = [np.zeros(shape, np.uint8)] * 2
+    if method == "dmixup":
+        with pytest.raises(Exception) as info:
+            mixer(images, [np.array([1], np.int32)] * 2, *[[]] * 5)
+        assert "1 x 1 pixels" not in str(info.value)
+        return
+    with pytest.raises(ValueError, match=rf"images: {re.escape(spec.method)} needs images of at least 1 x 1 pixels "
+                                         rf"\(its label weights are box areas / \(H x W\)\), but sample 0 has shape "
+                                         rf"{re.escape(str(shape))} \(layout {layout}"):
+        mixer(images, [np.array([1], np.int32)] * 2, *[[]] * 5)
 
 
 def test_batch_generators_seed_as_the_list_of_ints_did():
