@@ -59,7 +59,7 @@ def _as(a, dtype, name):
     return arr.astype(dtype)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class MixParams:
     """One batch's mixing record (NumPy or CuPy arrays; all of one kind).
 
@@ -74,7 +74,8 @@ class MixParams:
 
     A record can be built by hand to replay exact parameters; lists and other
     integer/float dtypes are converted, and the arrays are stored C-contiguous. :meth:`validate` checks the values
-    against a batch.
+    against a batch. Its fields cannot be reassigned (the kernels read them as int32 and float32 without asking
+    again); ``dataclasses.replace(params, weights=...)`` builds a new record, converted and checked the same way.
     """
 
     sources: Any
@@ -82,13 +83,11 @@ class MixParams:
     boxes: Any = None
 
     def __post_init__(self):
-        self.sources = _as(self.sources, np.int32, "params.sources")
-        self.weights = _as(self.weights, np.float32, "params.weights")
-        self.boxes = _as(self.boxes, np.int32, "params.boxes")
         # C-contiguous rows, so each row is a dense (K,) / (K-1, 4) sample wherever it goes
         # (DALI's external_source and python_function refuse strided samples).
-        self.sources, self.weights, self.boxes = (
-            None if a is None else _xp(a).ascontiguousarray(a) for a in (self.sources, self.weights, self.boxes))
+        for name, dtype in (("sources", np.int32), ("weights", np.float32), ("boxes", np.int32)):
+            a = _as(getattr(self, name), dtype, f"params.{name}")
+            object.__setattr__(self, name, None if a is None else _xp(a).ascontiguousarray(a))
         if self.sources.ndim != 2:
             raise ValueError(f"params.sources must have shape (N, K), got {tuple(self.sources.shape)}")
         n, k = self.sources.shape

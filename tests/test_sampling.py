@@ -284,6 +284,24 @@ def test_mixparams_shape_errors():
         MixParams(p.sources.astype(np.float32), p.weights, p.boxes)
 
 
+@pytest.mark.parametrize("field", ["sources", "weights", "boxes"])
+def test_mixparams_fields_cannot_be_reassigned_and_replace_converts(field):
+    # The kernels read a record's arrays as int32 / float32 without asking again: float64 weights assigned after
+    # construction once gave mix_labels [0, 1.625] for the row [0.25, 0.75] (their bytes read as float32).
+    import dataclasses
+
+    p = MixParams([[0, 1], [1, 0]], [[0.25, 0.75], [0.5, 0.5]], [[[0, 0, 1, 1]], [[0, 0, 1, 1]]])
+    new = {"sources": np.array([[0, 1], [1, 0]], np.int64), "weights": np.array([[0.25, 0.75], [0.5, 0.5]]),
+           "boxes": np.array([[[0, 0, 1, 1]], [[0, 0, 1, 1]]], np.int64)}[field]
+    with pytest.raises(dataclasses.FrozenInstanceError, match=field):
+        setattr(p, field, new)
+    q = dataclasses.replace(p, **{field: np.asfortranarray(new)})
+    assert getattr(q, field).dtype == (np.float32 if field == "weights" else np.int32)
+    assert getattr(q, field).flags.c_contiguous
+    np.testing.assert_array_equal(getattr(q, field), new)
+    np.testing.assert_array_equal(dali_kmix.mix_labels(np.array([0, 1]), q, 2), [[0.25, 0.75], [0.5, 0.5]])
+
+
 def test_mixparams_value_errors():
     p = _good()
     src = p.sources.copy()
