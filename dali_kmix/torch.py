@@ -102,6 +102,10 @@ def sparse_mixed_cross_entropy(logits: torch.Tensor, label_idx: torch.Tensor, la
             for code that handles NaN itself.
     """
     _check_reduction(reduction)
+    smoothing = _checks.check_smoothing(smoothing)
+    _check_check(check, allow_none=True)
+    _check_tensor("label_idx", label_idx, "int")
+    _check_tensor("label_w", label_w, "float")
     if logits.ndim != 2:
         raise ValueError(f"logits must have shape (N, C), got {tuple(logits.shape)}")
     n, c = logits.shape
@@ -109,8 +113,6 @@ def sparse_mixed_cross_entropy(logits: torch.Tensor, label_idx: torch.Tensor, la
         raise ValueError(f"label_idx must have shape (N={n}, K), got {tuple(label_idx.shape)}")
     if tuple(label_w.shape) != tuple(label_idx.shape):
         raise ValueError(f"label_w must have the shape of label_idx {tuple(label_idx.shape)}, got {tuple(label_w.shape)}")
-    if not 0.0 <= float(smoothing) < 1.0:
-        raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
     if check:
         _check_range("label_idx", label_idx, c, "C")
     logp = F.log_softmax(logits.float(), dim=-1)
@@ -132,18 +134,54 @@ def one_hot_targets(labels: torch.Tensor, num_classes: int, smoothing: float = 0
                     check: bool = False) -> torch.Tensor:
     """float32 ``(N, C)`` targets of unmixed labels (with optional smoothing).
 
+    ``labels`` are integer class indices ``(N,)`` (``(N, 1)`` is accepted, as by
+    :class:`KMixup`); float or bool labels, other shapes, ``num_classes`` that is not an
+    integer >= 1 and ``smoothing`` outside ``[0, 1)`` raise (TypeError / ValueError).
     ``check=False`` (default) does no data-dependent check (no host synchronisation,
     fine under ``torch.compile(fullgraph=True)``): the row of a label outside
     ``[0, num_classes)`` is NaN. ``check=True`` raises ValueError instead.
     """
-    labels = labels.reshape(-1).long()
+    num_classes = _checks.check_int("num_classes", num_classes, 1)
+    smoothing = _checks.check_smoothing(smoothing)
+    _check_check(check)
+    _check_tensor("labels", labels, "int")
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be class indices of shape (N,) or (N, 1), got shape {tuple(labels.shape)}")
+    labels = labels.long()
     if check:
         _check_range("labels", labels, num_classes, "num_classes")
-    classes = torch.arange(num_classes, device=labels.device)
-    on, off = reference.smoothed_values(num_classes, smoothing)  # the same float32 values as the mixed targets
-    t = torch.where(labels[:, None] == classes[None, :], float(on), float(off)).float()
+    return _smoothed_one_hot(labels, num_classes, smoothing)
+
+
+def _smoothed_one_hot(labels: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
+    """float32 ``(N, C)`` smoothed one-hot rows of int64 ``labels`` ``(N,)``; NaN rows for labels outside [0, C).
+
+    float32 whatever ``torch.get_default_dtype()`` is; the reference's float32 values (those of the mixed
+    targets); Python scalars only, so no host-to-device copy.
+    """
+    on, off = reference.smoothed_values(num_classes, smoothing)
+    hit = labels[:, None] == torch.arange(num_classes, device=labels.device)[None, :]
+    t = torch.full(hit.shape, float(off), dtype=torch.float32, device=labels.device).masked_fill_(hit, float(on))
     valid = (labels >= 0) & (labels < num_classes)
-    return t.masked_fill(~valid[:, None], math.nan)
+    return t.masked_fill_(~valid[:, None], math.nan)
+
+
+def _check_tensor(name: str, t, kind: str):
+    """``t`` is a torch.Tensor of integer (``kind="int"``: no bool) or floating (``"float"``) dtype."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if kind == "int":
+        if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+            raise TypeError(f"{name} must be integer class indices, got dtype {t.dtype}")
+    elif not t.dtype.is_floating_point:
+        raise TypeError(f"{name} must have a floating-point dtype, got {t.dtype}")
+
+
+def _check_check(check, allow_none: bool = False):
+    if not (isinstance(check, (bool, np.bool_)) or (allow_none and check is None)):
+        raise TypeError(f"check must be {'None, ' if allow_none else ''}True or False, got {check!r}")
 
 
 # --------------------------------------------------------------------------- KMixup
@@ -160,7 +198,7 @@ def _check_bool(name, value) -> bool:
 
 def _method_alpha(name: str, value, k: int):
     """A method's Dirichlet alpha: None for 0 (method off), else a float64 vector of length k."""
-    if isinstance(value, bool):
+    if isinstance(value, (bool, str, bytes)):
         raise TypeError(f"{name} must be a number >= 0 or a sequence of {k} positive numbers, got {value!r}")
     if isinstance(value, numbers.Real):
         a = float(value)
@@ -174,6 +212,58 @@ def _method_alpha(name: str, value, k: int):
     if arr.shape != (k,) or not np.all(np.isfinite(arr)) or np.any(arr <= 0.0):
         raise ValueError(f"{name} must be a number >= 0 or a sequence of k={k} finite numbers > 0, got {value!r}")
     return arr
+
+
+def _check_mode(mode) -> str:
+    if isinstance(mode, str) and mode == "pair":
+        raise ValueError("mode='pair' is not supported by KMixup (use 'batch' or 'elem')")
+    if not isinstance(mode, str) or mode not in _KMIXUP_MODES:
+        raise ValueError(f"mode must be one of {list(_KMIXUP_MODES)}, got {mode!r}")
+    return mode
+
+
+def _check_label_smoothing(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"label_smoothing must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _check_cutmix_minmax(value):
+    if value is not None:
+        raise ValueError(f"cutmix_minmax is not supported by KMixup (box sizes come from the Dirichlet "
+                         f"shares); it must be None, got {value!r}")
+    return None
+
+
+def _check_multi_label(value) -> bool:
+    if _check_bool("multi_label", value):
+        raise ValueError("multi_label=True is not supported by KMixup (targets are single class indices); "
+                         "it must be False")
+    return False
+
+
+def _nothing_to_mix() -> ValueError:
+    return ValueError("mixup_alpha and cutmix_alpha are both 0, so there is nothing to mix; make one > 0, or set "
+                      "prob=0 (or mixup_enabled=False) for no mixing (identity and smoothed one-hot targets)")
+
+
+class _Setting:
+    """A :class:`KMixup` attribute that is checked when set and read on every call (as timm's ``Mixup`` reads its
+    attributes on every call): ``check(mixer, name, value)`` raises on a bad value and returns the value kept.
+    The constructor sets each one the same way, so assignment and construction give the same errors."""
+
+    def __init__(self, check, slot: str | None = None):
+        self._check, self._slot = check, slot
+
+    def __set_name__(self, owner, name):
+        self._name = name
+        self._slot = self._slot or "_" + name
+
+    def __get__(self, obj, objtype=None):
+        return self if obj is None else obj.__dict__[self._slot]
+
+    def __set__(self, obj, value):
+        obj.__dict__[self._slot] = self._check(obj, self._name, value)
 
 
 _NUMPY_DTYPES = {torch.uint8: np.uint8, torch.float16: np.float16, torch.float32: np.float32}
@@ -194,6 +284,13 @@ class _OutputPool:
     def __init__(self, capacity: int):
         self.capacity = capacity
         self._slots: list = []  # [buffer, weak reference to the view lent out, or None]
+
+    def __getstate__(self):
+        # The buffers are scratch memory and their weak references cannot be pickled: a copy starts empty.
+        return {"capacity": self.capacity}
+
+    def __setstate__(self, state):
+        self.__init__(state["capacity"])
 
     @staticmethod
     def _free(slot) -> bool:
@@ -309,6 +406,20 @@ class KMixup:
     too); any other layout whose samples are not dense is first made contiguous
     (one copy).
 
+    Settings: like timm's ``Mixup``, every setting is read again on each call, so assigning
+    ``mixup_alpha``, ``cutmix_alpha``, ``k``, ``prob`` (or timm's name ``mix_prob``),
+    ``switch_prob``, ``mode``, ``label_smoothing``, ``num_classes``, ``correct_lam``,
+    ``mixup_enabled`` or ``check_labels`` after construction takes effect from the next call.
+    Each is checked when assigned, as by the constructor (a bad value raises there and the old
+    value stays). ``cutmix_minmax`` must stay None and ``multi_label`` False. A ``k`` that does
+    not fit an alpha given as a sequence raises: set that alpha to a number first. Both alphas
+    0 raises at a call that would mix.
+
+    Pickling (``pickle``, ``torch.save``, ``copy.deepcopy``) keeps the settings and the host
+    generator's state, so a restored mixer gives the same next CPU batches as the original;
+    the reusable CPU output buffers are not kept, nor the CUDA generators (a restored mixer
+    seeds new ones from its host generator on its first CUDA call, as a new mixer does).
+
     Attributes:
         mixup_enabled: set False (e.g. by a training loop near the end) to stop mixing.
         last_groups: the records of the last call, a list of ``(rows, MixParams)``:
@@ -318,46 +429,96 @@ class KMixup:
         last_params: the record when one record covers the whole batch, else None.
     """
 
+    # timm's Mixup reads its settings on every call; so does KMixup. Each is checked when set (the constructor
+    # sets them the same way), so a bad value raises at the assignment, naming the attribute and the value.
+    k = _Setting(lambda m, name, v: m._check_k(v))
+    mixup_alpha = _Setting(lambda m, name, v: m._check_alpha(name, v))
+    cutmix_alpha = _Setting(lambda m, name, v: m._check_alpha(name, v))
+    prob = _Setting(lambda m, name, v: _checks.check_probability(name, v))
+    mix_prob = _Setting(lambda m, name, v: _checks.check_probability(name, v), slot="_prob")  # timm's name
+    switch_prob = _Setting(lambda m, name, v: _checks.check_probability(name, v))
+    mode = _Setting(lambda m, name, v: _check_mode(v))
+    label_smoothing = _Setting(lambda m, name, v: _check_label_smoothing(v))
+    num_classes = _Setting(lambda m, name, v: _checks.check_int(name, v, 1))
+    correct_lam = _Setting(lambda m, name, v: _check_bool(name, v))
+    cutmix_minmax = _Setting(lambda m, name, v: _check_cutmix_minmax(v))
+    multi_label = _Setting(lambda m, name, v: _check_multi_label(v))
+    mixup_enabled = _Setting(lambda m, name, v: _check_bool(name, v))
+    check_labels = _Setting(lambda m, name, v: _check_bool(name, v))
+
     def __init__(self, mixup_alpha=1.0, cutmix_alpha=0.0, *, k: int = 3, prob: float = 1.0,
                  switch_prob: float = 0.5, mode: str = "batch", label_smoothing: float = 0.1,
                  num_classes: int = 1000, correct_lam: bool = True, cutmix_minmax=None, seed=None,
                  reuse_outputs: bool = True, check_labels: bool = False):
-        self.k = _checks.check_int("k", k, 2)
+        self.k = k
         self.mixup_alpha = mixup_alpha
         self.cutmix_alpha = cutmix_alpha
-        self._alpha = {"dmixup": _method_alpha("mixup_alpha", mixup_alpha, self.k),
-                       "dcutmix": _method_alpha("cutmix_alpha", cutmix_alpha, self.k)}
-        self.prob = _checks.check_probability("prob", prob)
-        self.switch_prob = _checks.check_probability("switch_prob", switch_prob)
-        if mode == "pair":
-            raise ValueError("mode='pair' is not supported by KMixup (use 'batch' or 'elem')")
-        if not isinstance(mode, str) or mode not in _KMIXUP_MODES:
-            raise ValueError(f"mode must be one of {list(_KMIXUP_MODES)}, got {mode!r}")
+        self.prob = prob
+        self.switch_prob = switch_prob
         self.mode = mode
-        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real) \
-                or not 0.0 <= float(label_smoothing) < 1.0:
-            raise ValueError(f"label_smoothing must be a number in [0, 1), got {label_smoothing!r}")
-        self.label_smoothing = float(label_smoothing)
-        self.num_classes = _checks.check_int("num_classes", num_classes, 1)
-        self.correct_lam = _check_bool("correct_lam", correct_lam)
-        if cutmix_minmax is not None:
-            raise ValueError(f"cutmix_minmax is not supported by KMixup (box sizes come from the Dirichlet "
-                             f"shares); it must be None, got {cutmix_minmax!r}")
-        self.cutmix_minmax = None
+        self.label_smoothing = label_smoothing
+        self.num_classes = num_classes
+        self.correct_lam = correct_lam
+        self.cutmix_minmax = cutmix_minmax
+        self.multi_label = False
         if self.prob > 0 and self._alpha["dmixup"] is None and self._alpha["dcutmix"] is None:
-            raise ValueError("mixup_alpha and cutmix_alpha are both 0, so there is nothing to mix; "
-                             "make one > 0, or pass prob=0 for no mixing (identity and smoothed one-hot targets)")
+            raise _nothing_to_mix()
         if isinstance(seed, (bool, np.bool_)) or not (seed is None or isinstance(seed, (numbers.Integral,
                                                                                        np.random.Generator))):
             raise TypeError(f"seed must be None, an int or a numpy.random.Generator, got {seed!r}")
         if isinstance(seed, numbers.Integral) and seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
         self._rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-        self.check_labels = _check_bool("check_labels", check_labels)
+        self.check_labels = check_labels
         self._pool = _OutputPool(2 if _check_bool("reuse_outputs", reuse_outputs) else 0)
         self.mixup_enabled = True
         self.last_groups: list = []
         self._cupy_generators: dict = {}
+
+    # ------------------------------------------------------------------ settings
+
+    def _check_alpha(self, name: str, value):
+        """``mixup_alpha`` / ``cutmix_alpha``: checked against the current ``k``; kept as given."""
+        _method_alpha(name, value, self.k)
+        return value
+
+    def _check_k(self, value) -> int:
+        """``k`` >= 2, and (after construction) one that fits an alpha given as a sequence of K numbers."""
+        k = _checks.check_int("k", value, 2)
+        for name in ("mixup_alpha", "cutmix_alpha"):
+            alpha = self.__dict__.get("_" + name)
+            if alpha is None or isinstance(alpha, numbers.Real):
+                continue
+            try:
+                _method_alpha(name, alpha, k)
+            except ValueError:
+                raise ValueError(f"k must match {name}, a sequence of {np.shape(alpha)[0]} numbers, got k={k}; "
+                                 f"set {name} to a number first (then k, then a sequence of k numbers)") from None
+        return k
+
+    @property
+    def _alpha(self) -> dict:
+        """Each method's Dirichlet alpha for this call: None (method off) or a float64 vector of length k."""
+        return {"dmixup": _method_alpha("mixup_alpha", self.mixup_alpha, self.k),
+                "dcutmix": _method_alpha("cutmix_alpha", self.cutmix_alpha, self.k)}
+
+    # ------------------------------------------------------------------ pickling
+
+    def __getstate__(self):
+        """Everything but the CPU output buffers (their weak references cannot be pickled; a restored mixer
+        allocates its own) and the CUDA generators (device state, see below). The host generator is kept, so a
+        restored mixer gives the same next CPU batches as the original.
+
+        A restored mixer seeds fresh CUDA generators from its host generator on its first CUDA call (as a new
+        mixer does): its CUDA draws are reproducible from the pickle but are not the original's continuation.
+        """
+        state = self.__dict__.copy()
+        state["_cupy_generators"] = {}
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.__dict__.setdefault("_cupy_generators", {})
 
     def __repr__(self):
         return (f"KMixup(mixup_alpha={self.mixup_alpha!r}, cutmix_alpha={self.cutmix_alpha!r}, k={self.k}, "
@@ -384,7 +545,12 @@ class KMixup:
 
     def _plan(self, n: int):
         """[(method, rows or None for the whole batch)], drawn on the host; [] for no mixing."""
-        if not self.mixup_enabled or n == 0 or self.prob == 0.0:
+        if not self.mixup_enabled or self.prob == 0.0:
+            return []
+        alpha = self._alpha
+        if alpha["dmixup"] is None and alpha["dcutmix"] is None:  # both set to 0 after construction
+            raise _nothing_to_mix()
+        if n == 0:
             return []
         if self.mode == "batch":
             if self.prob < 1.0 and not self._rng.random() < self.prob:
@@ -458,14 +624,8 @@ class KMixup:
         return out if layout == "CHW" else out.permute(0, 3, 1, 2)
 
     def _one_hot(self, target):
-        """Smoothed one-hot targets (the reference's float32 values; NaN rows for bad labels)."""
-        s, c = self.label_smoothing, self.num_classes
-        off = float(np.float32(s / c))
-        on = float(np.float32(1.0 - s + s / c))
-        hit = target[:, None] == torch.arange(c, device=target.device)[None, :]
-        t = torch.where(hit, on, off)  # Python scalars: no host-to-device copy
-        valid = (target >= 0) & (target < c)
-        return t.masked_fill(~valid[:, None], math.nan)
+        """Smoothed one-hot targets, float32 (the reference's values; NaN rows for bad labels)."""
+        return _smoothed_one_hot(target, self.num_classes, self.label_smoothing)
 
     # ------------------------------------------------------------------ mixing
 

@@ -51,6 +51,10 @@ def test_one_hot_targets_give_pytorch_cross_entropy():
     for s in (0.0, 0.2):
         ours = soft_target_cross_entropy(logits, one_hot_targets(labels, 5, smoothing=s))
         torch.testing.assert_close(ours, F.cross_entropy(logits, labels, label_smoothing=s))
+    # the label shapes and integer dtypes KMixup takes: (N,), (N, 1), int32, uint8
+    want = one_hot_targets(labels, 5, smoothing=0.1)
+    for other in (labels[:, None], labels.int(), labels.to(torch.uint8)):
+        assert torch.equal(one_hot_targets(other, 5, smoothing=0.1), want)
 
 
 def test_gradient_is_softmax_minus_target():
@@ -83,6 +87,54 @@ def test_bad_loss_inputs():
         sparse_mixed_cross_entropy(logits, torch.zeros(3, 2, dtype=torch.long), torch.zeros(3, 2), smoothing=1.5)
     with pytest.raises(ValueError, match=r"labels must lie in \[0, num_classes=4\), got values in \[-1, 4\]"):
         one_hot_targets(torch.tensor([4, -1]), 4, check=True)
+
+
+def _bad_label_inputs():
+    labels, logits, idx, w = torch.tensor([0, 3, 1]), torch.zeros(3, 4), torch.zeros(3, 2, dtype=torch.long), \
+        torch.full((3, 2), 0.5)
+    one_hot = lambda **kw: lambda: one_hot_targets(**{"labels": labels, "num_classes": 4, **kw})  # noqa: E731
+    sparse = lambda **kw: lambda: sparse_mixed_cross_entropy(  # noqa: E731
+        **{"logits": logits, "label_idx": idx, "label_w": w, **kw})
+    return [
+        ("one-hot-float-labels", one_hot(labels=labels.float()), TypeError,
+         r"labels must be integer class indices, got dtype torch\.float32"),
+        ("one-hot-bool-labels", one_hot(labels=labels > 0), TypeError,
+         r"labels must be integer class indices, got dtype torch\.bool"),
+        ("one-hot-list-labels", one_hot(labels=[0, 3, 1]), TypeError, r"labels must be a torch\.Tensor, got list"),
+        ("one-hot-row-of-labels", one_hot(labels=torch.tensor([[0, 3, 1, 2]])), ValueError,
+         r"labels must be class indices of shape \(N,\) or \(N, 1\), got shape \(1, 4\)"),
+        ("one-hot-one-hot-labels", one_hot(labels=F.one_hot(labels, 4)), ValueError,
+         r"labels must be class indices of shape \(N,\) or \(N, 1\), got shape \(3, 4\)"),
+        ("one-hot-scalar-label", one_hot(labels=torch.tensor(2)), ValueError,
+         r"labels must be class indices of shape \(N,\) or \(N, 1\), got shape \(\)"),
+        ("one-hot-smoothing-negative", one_hot(smoothing=-0.1), ValueError,
+         r"smoothing must be in \[0, 1\), got -0\.1"),
+        ("one-hot-smoothing-nan", one_hot(smoothing=float("nan")), ValueError,
+         r"smoothing must be in \[0, 1\), got nan"),
+        ("one-hot-smoothing-one", one_hot(smoothing=1.0), ValueError, r"smoothing must be in \[0, 1\), got 1\.0"),
+        ("one-hot-smoothing-bool", one_hot(smoothing=True), TypeError,
+         r"smoothing must be a number in \[0, 1\), got True"),
+        ("one-hot-num-classes-0", one_hot(num_classes=0), ValueError, r"num_classes must be >= 1, got 0"),
+        ("one-hot-num-classes-float", one_hot(num_classes=2.0), TypeError, r"num_classes must be an integer, got 2\.0"),
+        ("one-hot-check-str", one_hot(check="yes"), TypeError, r"check must be True or False, got 'yes'"),
+        ("sparse-float-indices", sparse(label_idx=idx.float() + 0.7), TypeError,
+         r"label_idx must be integer class indices, got dtype torch\.float32"),
+        ("sparse-int-weights", sparse(label_w=torch.ones(3, 2, dtype=torch.long)), TypeError,
+         r"label_w must have a floating-point dtype, got torch\.int64"),
+        ("sparse-smoothing-str", sparse(smoothing="0.1"), TypeError,
+         r"smoothing must be a number in \[0, 1\), got '0\.1'"),
+        ("sparse-smoothing-bool", sparse(smoothing=True), TypeError,
+         r"smoothing must be a number in \[0, 1\), got True"),
+        ("sparse-check-str", sparse(check="yes"), TypeError, r"check must be None, True or False, got 'yes'"),
+    ]
+
+
+@pytest.mark.parametrize("case", _bad_label_inputs(), ids=[c[0] for c in _bad_label_inputs()])
+def test_bad_label_inputs_of_the_loss_helpers_raise(case):
+    """Float labels are not truncated, a row of labels is not flattened, smoothing and num_classes are checked."""
+    _, call, exc, match = case
+    with pytest.raises(exc, match=match):
+        call()
 
 
 def test_bad_indices_stop_the_sparse_loss_by_default_without_a_host_read():
@@ -426,7 +478,7 @@ def test_timm_drop_in():
     out, t = ours(x, y)
     logits = torch.randn(8, 10)
     torch.testing.assert_close(SoftTargetCrossEntropy()(logits, t), soft_target_cross_entropy(logits, t))
-    assert set(vars(Mixup(**args))) - set(vars(ours)) <= {"mix_prob", "multi_label"}
+    assert set(vars(Mixup(**args))) <= set(dir(ours))  # every setting timm's Mixup has (its mix_prob is our prob)
     args["prob"] = 0.0
     torch.testing.assert_close(KMixup(**args)(x, y)[1], Mixup(**args)(x.clone(), y)[1])
 
@@ -457,6 +509,178 @@ CTOR_ERRORS = [
 def test_bad_constructor_arguments(kwargs, exc, match):
     with pytest.raises(exc, match=match):
         KMixup(**kwargs)
+
+
+# ---------------------------------------------------------------------------- settings changed after construction
+
+BOTH = dict(mixup_alpha=1.0, cutmix_alpha=1.0)
+SETTING_CHANGES = [
+    # id, constructor arguments, assignments in order, methods the next calls may draw (None: not checked)
+    ("cutmix_alpha=0", BOTH, [("cutmix_alpha", 0.0)], {"dmixup"}),
+    ("mixup_alpha=0", BOTH, [("mixup_alpha", 0.0)], {"dcutmix"}),
+    ("mixup-to-cutmix", METHODS["mixup"], [("cutmix_alpha", 1.0), ("mixup_alpha", 0.0)], {"dcutmix"}),
+    ("alpha-vector", METHODS["mixup"], [("mixup_alpha", [0.2, 1.0, 5.0])], {"dmixup"}),
+    ("k=4", BOTH, [("k", 4)], None),
+    ("k=2", BOTH, [("k", 2)], None),
+    ("mix_prob=0.3", BOTH, [("mix_prob", 0.3)], None),  # timm's name of prob
+]
+
+
+@pytest.mark.parametrize("mode", ["batch", "elem"])
+@pytest.mark.parametrize("ctor, sets, methods", [c[1:] for c in SETTING_CHANGES], ids=[c[0] for c in SETTING_CHANGES])
+def test_a_setting_changed_after_construction_is_used_from_the_next_call(ctor, sets, methods, mode):
+    """As in timm's Mixup (which reads its attributes on every call): set after construction is the same as given
+    to the constructor, bit for bit."""
+    x, y = random_batch(10, "float32", seed=40)
+    changed = KMixup(**ctor, k=3, mode=mode, num_classes=10, seed=41)
+    changed(x, y)  # a call with the old settings first
+    for attr, value in sets:
+        setattr(changed, attr, value)
+    given = {"prob" if attr == "mix_prob" else attr: value for attr, value in sets}
+    fresh = KMixup(**{**ctor, "k": 3, **given}, mode=mode, num_classes=10, seed=41)
+    fresh._rng.bit_generator.state = changed._rng.bit_generator.state
+    drawn = set()
+    for _ in range(6):
+        (a, ta), (b, tb) = changed(x, y), fresh(x, y)
+        assert torch.equal(a, b) and torch.equal(ta, tb)
+        assert [(r.tolist(), p.method) for r, p in changed.last_groups] == \
+            [(r.tolist(), p.method) for r, p in fresh.last_groups]
+        for _, rec in changed.last_groups:
+            drawn.add(rec.method)
+            assert rec.k == fresh.k
+    if methods is not None:
+        assert drawn == methods
+
+
+def test_k_and_a_vector_alpha_change_together_in_order():
+    x, y = random_batch(6, "float32", seed=42)
+    mixer = KMixup(mixup_alpha=[1.0, 2.0, 3.0], k=3, num_classes=10, seed=43)
+    with pytest.raises(ValueError, match=r"k must match mixup_alpha, a sequence of 3 numbers, got k=4; set "
+                                         r"mixup_alpha to a number first"):
+        mixer.k = 4
+    assert mixer.k == 3 and mixer(x, y)[0].shape == x.shape  # unchanged and still usable
+    mixer.mixup_alpha = 1.0
+    mixer.k = 4
+    mixer.mixup_alpha = [1.0, 2.0, 3.0, 4.0]
+    mixer(x, y)
+    assert mixer.last_params.k == 4
+
+
+def test_both_alphas_set_to_zero_raise_at_the_call_unless_nothing_is_mixed():
+    """Setting one alpha to 0 before the other to > 0 is fine; a call with both 0 that would mix raises (timm fails
+    the same way, at call time)."""
+    x, y = random_batch(6, "float32", seed=44)
+    mixer = KMixup(**METHODS["mixup"], num_classes=10, seed=45)
+    mixer.mixup_alpha = 0.0
+    with pytest.raises(ValueError, match=r"mixup_alpha and cutmix_alpha are both 0, so there is nothing to mix.*"
+                                         r"prob=0 \(or mixup_enabled=False\)"):
+        mixer(x, y)
+    mixer.mixup_enabled = False
+    assert mixer(x, y)[0] is x
+    mixer.mixup_enabled, mixer.prob = True, 0.0
+    assert mixer(x, y)[0] is x
+
+
+SETTING_ERRORS = [
+    ("k1", "k", 1, ValueError, r"k must be >= 2, got 1"),
+    ("k-str", "k", "3", TypeError, r"k must be an integer, got '3'"),
+    ("mixup-alpha-negative", "mixup_alpha", -1.0, ValueError, r"mixup_alpha must be >= 0 and finite, got -1\.0"),
+    ("cutmix-alpha-nan", "cutmix_alpha", float("nan"), ValueError, r"cutmix_alpha must be >= 0 and finite, got nan"),
+    ("cutmix-alpha-wrong-length", "cutmix_alpha", [1.0, 2.0], ValueError,
+     r"cutmix_alpha must be .* k=3 .*\[1\.0, 2\.0\]"),
+    ("mixup-alpha-str", "mixup_alpha", "1", TypeError, r"mixup_alpha must be a number >= 0 .*got '1'"),
+    ("prob", "prob", 1.5, ValueError, r"prob must be in \[0, 1\], got 1\.5"),
+    ("mix-prob", "mix_prob", -0.5, ValueError, r"mix_prob must be in \[0, 1\], got -0\.5"),
+    ("switch-prob", "switch_prob", float("nan"), ValueError, r"switch_prob must be in \[0, 1\], got nan"),
+    ("mode-pair", "mode", "pair", ValueError, r"mode='pair' is not supported"),
+    ("mode-unknown", "mode", "elements", ValueError,
+     r"mode must be one of \['batch', 'elem', 'sample'\], got 'elements'"),
+    ("smoothing", "label_smoothing", -0.1, ValueError, r"label_smoothing must be a number in \[0, 1\), got -0\.1"),
+    ("num-classes", "num_classes", 0, ValueError, r"num_classes must be >= 1, got 0"),
+    ("num-classes-float", "num_classes", 10.0, TypeError, r"num_classes must be an integer, got 10\.0"),
+    ("correct-lam", "correct_lam", "yes", TypeError, r"correct_lam must be True or False, got 'yes'"),
+    ("cutmix-minmax", "cutmix_minmax", (0.2, 0.8), ValueError, r"cutmix_minmax is not supported.*\(0\.2, 0\.8\)"),
+    ("multi-label", "multi_label", True, ValueError, r"multi_label=True is not supported by KMixup"),
+    ("mixup-enabled", "mixup_enabled", "no", TypeError, r"mixup_enabled must be True or False, got 'no'"),
+    ("check-labels", "check_labels", 1, TypeError, r"check_labels must be True or False, got 1"),
+]
+
+
+@pytest.mark.parametrize("attr, value, exc, match", [c[1:] for c in SETTING_ERRORS], ids=[c[0] for c in SETTING_ERRORS])
+def test_bad_settings_raise_at_assignment_and_keep_the_old_value(attr, value, exc, match):
+    x, y = random_batch(4, "float32", seed=46)
+    mixer = KMixup(**BOTH, k=3, num_classes=10, seed=47)
+    before = getattr(mixer, attr, None)
+    with pytest.raises(exc, match=match):
+        setattr(mixer, attr, value)
+    assert getattr(mixer, attr, None) == before
+    out, t = mixer(x, y)
+    assert out.shape == x.shape and t.shape == (4, 10)
+
+
+# ---------------------------------------------------------------------------- pickling
+
+
+def _dumps_loads(how, mixer):
+    import io
+    import pickle
+
+    if how == "pickle":
+        return pickle.loads(pickle.dumps(mixer))
+    buf = io.BytesIO()
+    torch.save(mixer, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=False)
+
+
+@pytest.mark.parametrize("how", ["pickle", "torch.save"])
+@pytest.mark.parametrize("mode", ["batch", "elem"])
+def test_a_pickled_mixer_continues_with_the_same_batches(mode, how):
+    """After CPU calls (output buffers lent out, held by weak references) a mixer pickles; the copy keeps its
+    settings and its generator's state, so its next batches are the original's, bit for bit."""
+    x, y = random_batch(9, "uint8", seed=48)
+    mixer = KMixup(**BOTH, k=3, mode=mode, prob=0.7, num_classes=10, seed=49)
+    kept = [mixer(x, y) for _ in range(3)]  # outputs still alive: the pool's buffers are in use
+    mixer.label_smoothing, mixer.k = 0.2, 4
+    restored = _dumps_loads(how, mixer)
+    assert (restored.label_smoothing, restored.k, restored.mode) == (0.2, 4, mode)
+    assert not restored._pool._slots and restored._pool.capacity == mixer._pool.capacity
+    for _ in range(5):
+        (a, ta), (b, tb) = mixer(x, y), restored(x, y)
+        assert torch.equal(a, b) and torch.equal(ta, tb)
+        assert (a is x) == (b is x)
+    assert len(kept) == 3
+
+
+# ---------------------------------------------------------------------------- dtype of the targets
+
+
+@pytest.fixture
+def float64_default():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+UNMIXED = [("coin", dict(prob=0.5), {}), ("prob-0", dict(prob=0.0), {}), ("disabled", {}, {"mixup_enabled": False})]
+
+
+@pytest.mark.parametrize("ctor, sets", [c[1:] for c in UNMIXED], ids=[c[0] for c in UNMIXED])
+def test_targets_are_float32_under_a_float64_default_dtype(float64_default, ctor, sets):
+    x, y = random_batch(6, "float32", seed=50)
+    mixer = KMixup(**METHODS["mixup"], num_classes=10, seed=51, **ctor)
+    for attr, value in sets.items():
+        setattr(mixer, attr, value)
+    unmixed = 0
+    for _ in range(8):
+        out, t = mixer(x, y)
+        unmixed += out is x
+        assert t.dtype == torch.float32 and t.shape == (6, 10)
+    assert unmixed
+    assert one_hot_targets(y, 10, smoothing=0.1).dtype == torch.float32
 
 
 def _call_errors():
