@@ -17,11 +17,12 @@ How one call becomes DALI operators (one readable path per place it runs):
 
 1. The arguments become a frozen :class:`MixSpec`.
 2. The randomness: ``fn.random.uniform`` draws a float64 number per sample (a
-   *key*); the batch's keys, the spec's seed, the shard and the operator's index seed
-   the NumPy generator of that batch's draws. The only random state is the
-   ``fn.random.uniform`` operator's, which DALI saves in ``pipe.checkpoint()`` and
-   restores: a restored pipeline continues with exactly the batches of the
-   uninterrupted run, and the Python side holds no state to lose.
+   *key*); the batch's keys, the shard and the operator's index seed the NumPy
+   generator of that batch's draws (the pipeline's seed seeds the keys' operator). The
+   only random state is the ``fn.random.uniform`` operator's, which DALI saves in
+   ``pipe.checkpoint()`` and restores: a restored pipeline continues with exactly the
+   batches of the uninterrupted run (whatever seed it was built with, as DALI's own
+   random operators do), and the Python side holds no state to lose.
 3. One of three paths applies the draws:
 
    * **plugin** (CPU, the default): the native operator ``fn.kmix_draw`` draws the
@@ -238,10 +239,12 @@ class _Draws:
         self.spec = spec
 
     def generator(self, keys) -> np.random.Generator:
-        """The batch's generator: a SeedSequence of the spec's seed and the keys' bits (as the list of ints
-        ``[seed, *key words]``), spawned at (shard, operator index)."""
+        """The batch's generator: a SeedSequence of the keys' bits (as the list of ints ``[0, *key words]``),
+        spawned at (shard, operator index). The pipeline's seed reaches it through the keys alone (it seeds the
+        keys' ``fn.random.uniform``, whose state DALI checkpoints): a pipeline restored from a checkpoint with
+        another seed, whose DALI operators continue as they would have, continues the same mixes."""
         words = _stacked(keys, np, np.float64).view(np.uint64)
-        entropy = _entropy_words(self.spec.seed if self.spec.seed is not None else 0, words)
+        entropy = _entropy_words(0, words)
         seq = np.random.SeedSequence(entropy=entropy, spawn_key=(self.spec.shard_id, self.spec.index))
         return np.random.Generator(np.random.PCG64(seq))
 
@@ -799,13 +802,13 @@ def _python_draw(draw: _PluginRecord, shapes, labels, keys, runtime, extra, name
 
 def native_draw(spec: MixSpec, given_centers: bool = False) -> bool:
     """Whether a pipeline draws ``spec``'s records with ``fn.kmix_draw`` (C++, NumPy's generator: the numbers of
-    :class:`_PluginRecord`, bit for bit, with the same checks and no Python per batch): for a seed DALI's int64
-    argument holds (alpha and prob fixed or per iteration alike) and, where the operator finds Saliency-DCutMix's
+    :class:`_PluginRecord`, bit for bit, with the same checks and no Python per batch): for a shard id DALI's
+    int64 argument holds (alpha and prob fixed or per iteration alike) and, where the operator finds Saliency-DCutMix's
     points itself (CPU pipelines; ``given_centers`` False), the spectral-residual saliency."""
     from .backends import plugin
 
-    return ((given_centers or spec.saliency == "spectral-residual") and 0 <= (spec.seed or 0) < 2 ** 63
-            and 0 <= spec.shard_id < 2 ** 63 and plugin.draw_operator())
+    return ((given_centers or spec.saliency == "spectral-residual") and 0 <= spec.shard_id < 2 ** 63
+            and plugin.draw_operator())
 
 
 def _hex(values) -> str:
@@ -821,7 +824,7 @@ def _draw_args(spec: MixSpec) -> dict:
                 alpha="" if spec.alpha is None else _hex(spec.alpha), alpha_input=spec.alpha is None,
                 prob="" if spec.prob is None else _hex(spec.prob), prob_input=spec.prob is None,
                 smoothing=_hex(spec.smoothing), num_classes=spec.num_classes,
-                label_format=spec.label_format, layout=spec.layout, kmix_seed=spec.seed or 0, shard_id=spec.shard_id,
+                label_format=spec.label_format, layout=spec.layout, kmix_seed=0, shard_id=spec.shard_id,
                 index=spec.index)
     if spec.switch:
         args.update(cutmix_alpha=_hex(spec.cutmix_alpha), switch_prob=_hex(spec.switch_prob))

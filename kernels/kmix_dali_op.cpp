@@ -954,7 +954,9 @@ float arguments are exact doubles written with Python's float.hex().)")
     .AddArg("num_classes", "Number of classes.", DALI_INT32)
     .AddArg("label_format", "\"dense\" or \"sparse\".", DALI_STRING)
     .AddArg("layout", "\"HWC\" or \"CHW\".", DALI_STRING)
-    .AddArg("kmix_seed", "The seed the SeedSequence's entropy starts with.", DALI_INT64)
+    .AddArg("kmix_seed", "The word the SeedSequence's entropy starts with (dali_kmix passes 0: the draws depend "
+                         "on the keys, so a pipeline restored with another seed continues the same mixes).",
+            DALI_INT64)
     .AddArg("shard_id", "The spawn key's first word.", DALI_INT64)
     .AddArg("index", "The spawn key's second word (the operator's index in its pipeline).", DALI_INT64)
     .AddOptionalArg("saliency_taps", "Method 2: the 5 Gaussian taps of the saliency map (float.hex).", std::string());

@@ -357,7 +357,9 @@ def _restore_equals_uninterrupted(root, method, label_format, device="cpu", devi
     _outputs(first, 7)  # past the first epoch (48 files, batch 8): the reader's position and epoch count
     cpt = first.checkpoint()
     uninterrupted = _outputs(first, 4)
-    restored = ckpt_pipe(root, method, label_format, device=device, device_id=device_id, checkpoint=cpt)
+    # restored with another pipeline seed: DALI restores its operators' state whatever the seed, and the mixes
+    # depend on the keys alone (the seed once went into their SeedSequence too: the mixes changed, the crops not)
+    restored = ckpt_pipe(root, method, label_format, device=device, device_id=device_id, checkpoint=cpt, seed=22)
     restored.build()
     again = _outputs(restored, 4)
     for a, b in zip(uninterrupted, again):
@@ -1260,19 +1262,24 @@ def test_zero_area_samples_on_the_gpu_fallback(monkeypatch, layout, shape, metho
 
 
 def test_batch_generators_seed_as_the_list_of_ints_did():
-    # _Draws.generator hands SeedSequence the uint32 words of [seed, *key bits] at once: the same sequence as the
-    # list of Python ints (keys of 0.0 and of one word, seeds of one and of three words), so the same draws
+    # _entropy_words gives SeedSequence the uint32 words of [word, *key bits] at once: the same sequence as the list
+    # of Python ints (keys of 0.0 and of one word, first words of one and of three words), so the same draws. The
+    # batch's generator starts with 0 whatever the pipeline's seed (which reaches it through the keys): a
+    # pipeline restored with another seed continues the same mixes.
     from dali_kmix import dali as kd
 
     rng = np.random.default_rng(0)
     keys = [np.array([v]) for v in np.concatenate([rng.random(61), [0.0, 5e-324, 1.0]])]
     words = np.concatenate([k.reshape(-1) for k in keys]).view(np.uint64)
-    for seed in (0, 7, 2**64 + 3):
+    for first in (0, 7, 2**64 + 3):
+        np.testing.assert_array_equal(np.random.SeedSequence(kd._entropy_words(first, words)).generate_state(8),
+                                      np.random.SeedSequence([first, *words.tolist()]).generate_state(8))
+    for seed in (None, 0, 7, 2**64 + 3):
         spec = kd.MixSpec(method="dcutmix", k=3, alpha=(1.0,) * 3, num_classes=5, layout="HWC", mode="sample",
                           prob=1.0, smoothing=0.0, label_format="sparse", saliency="spectral-residual", seed=seed,
                           shard_id=2, index=1)
         got = kd._Draws(spec).generator(keys)
-        seq = np.random.SeedSequence(entropy=[seed, *words.tolist()], spawn_key=(2, 1))
+        seq = np.random.SeedSequence(entropy=[0, *words.tolist()], spawn_key=(2, 1))
         want = np.random.Generator(np.random.PCG64(seq))
         np.testing.assert_array_equal(got.random(8), want.random(8))
         np.testing.assert_array_equal(got.bit_generator.state["state"]["state"],
