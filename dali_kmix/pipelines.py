@@ -238,16 +238,19 @@ def _prob_schedule(pipe, reader_name, batch_size, prob, off_epoch):
     """A DataNode of ``prob`` per sample that turns 0 from epoch ``off_epoch`` (0-based) on.
 
     The epoch comes from the iteration index DALI hands the source (``batch_info``), which a
-    checkpoint restores, and from the reader's epoch size read once the pipeline is built.
+    checkpoint restores, and from the reader's epoch size read once the pipeline is built. With
+    ``pad_last_batch=True`` (the reader of these pipelines) every shard is read as
+    ``ceil(S / batch_size)`` batches an epoch, S the largest shard (as
+    :func:`dali_kmix.dali.real_sample_flags` counts them), not as many as its own size needs: so
+    every shard of a run switches mixing off in the same iteration, at the start of ``off_epoch``.
     """
     from nvidia.dali import fn
 
     def source(info):
         meta = pipe.reader_meta(reader_name)
-        shards, shard = meta["number_of_shards"], meta["shard_id"]
-        n = meta["epoch_size"]
-        shard_size = (shard + 1) * n // shards - shard * n // shards
-        steps = -(-shard_size // batch_size)
+        shards, n = int(meta["number_of_shards"]), int(meta["epoch_size"])
+        largest = max((j + 1) * n // shards - j * n // shards for j in range(shards))
+        steps = max(1, -(-largest // batch_size))
         value = 0.0 if info.iteration // steps >= off_epoch else prob
         return [np.array(value, np.float32)] * batch_size
 
@@ -446,7 +449,9 @@ class DALIMixIterator:
     :meth:`checkpoints` returns DALI's iterator checkpoints (one ``bytes`` per pipeline in DALI
     2.4; they include the position inside the epoch); a pipeline built again with
     ``checkpoint=`` that value, wrapped in a new iterator, continues with exactly the batches
-    that would have come next.
+    that would have come next, the end of the epoch included: a checkpoint taken after an epoch's
+    last batch but before its StopIteration restores into an iterator that raises StopIteration
+    first (and, with ``auto_reset``, then goes on with the next epoch), as the original does.
     """
 
     LABEL_OUTPUTS = (("targets",), ("label_idx", "label_w"), ("labels",))
@@ -488,8 +493,16 @@ class DALIMixIterator:
         self.channels_last = _checks.check_choice("layout", "CHW" if layout is None else layout,
                                                   _checks.LAYOUTS) == "HWC"
         policy = LastBatchPolicy.DROP if drop_last else LastBatchPolicy.PARTIAL
+        # DALI restores a checkpoint when it builds the pipeline. A restored iterator must not read
+        # its first batch ahead (DALI's ``prepare_first_batch``): restored at the end of an epoch, that
+        # read-ahead meets the epoch's end and swallows its StopIteration, and the iterator would go
+        # straight into the next epoch's batches. Read on demand, the first next() raises it, as the
+        # original iterator's next call does, and the batches after it are the same.
+        pipeline.build()
+        restored = bool(getattr(pipeline, "is_restored_from_checkpoint", False))
         self._it = DALIGenericIterator([pipeline], self.output_map, reader_name=reader_name,
-                                       last_batch_policy=policy, auto_reset=auto_reset)
+                                       last_batch_policy=policy, auto_reset=auto_reset,
+                                       prepare_first_batch=not restored)
 
     def __len__(self):
         return len(self._it)

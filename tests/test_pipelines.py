@@ -188,6 +188,26 @@ def test_mixup_off_epoch_switches_mixing_off_without_a_rebuild(photo_dir, mixup_
         assert unmixed == (epoch >= mixup_off_epoch), (epoch, w[:4])
 
 
+def test_mixup_off_epoch_is_the_same_epoch_on_unequal_shards(photo_dir):
+    """48 images over 5 shards: 9 or 10 a shard. With batches of 3 and the padded last batch, DALI reads every
+    shard as ceil(10 / 3) = 4 batches an epoch (a shard of 9 ends in a batch of padding only); an epoch counted
+    from the shard's own size (3 batches) would switch mixing off before ``mixup_off_epoch`` on those shards."""
+    off, switched = 2, []
+    for shard in (0, 1):  # 9 and 10 images in epoch 0 (the reader moves on by one shard an epoch)
+        pipe = imagenet_train_pipeline(photo_dir, batch_size=3, mix="dmixup", crop=16, label_format="sparse",
+                                       mixup_off_epoch=off, num_shards=5, shard_id=shard, seed=3, num_threads=1)
+        it = DALIMixIterator(pipe)
+        assert len(it) == 4
+        unmixed = []  # per epoch, per batch with samples: nothing mixed in it
+        for _ in range(off + 1):
+            unmixed.append([bool((w[:, 0] == 1).all()) for _, (_, w) in it if len(w)])
+        assert all(unmixed), unmixed
+        for epoch, flags in enumerate(unmixed):
+            assert flags == [epoch >= off] * len(flags), (shard, epoch, unmixed)
+        switched.append(next(e for e, flags in enumerate(unmixed) if any(flags)))
+    assert switched == [off, off]
+
+
 def test_dmixup_or_dcutmix_per_batch_in_the_pipeline(photo_dir):
     pipe = imagenet_train_pipeline(photo_dir, batch_size=16, mix="dmixup+dcutmix", switch_prob=0.5, alpha=0.8,
                                    cutmix_alpha=1.0, crop=CROP, label_format="sparse")
@@ -419,3 +439,50 @@ def test_proxy_folder_lists_what_the_file_reader_reads(photo_dir, tmp_path):
     assert ProxyFolder(photo_dir, None, file_list=listed).samples == [(folder.samples[3][0], 7)]
     with pytest.raises(FileNotFoundError, match=r"root '.*missing' is not a folder"):
         ProxyFolder(tmp_path / "missing", None)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _take(it, n):
+    """The next ``n`` items of ``it``: each batch as its tensors, "EPOCH_END" for a StopIteration."""
+    out = []
+    while len(out) < n:
+        try:
+            images, (idx, w) = next(it)
+            out.append((images.clone(), idx.clone(), w.clone()))
+        except StopIteration:
+            out.append("EPOCH_END")
+    return out
+
+
+def _same(a, b):
+    return len(a) == len(b) and all(
+        p == q if isinstance(p, str) or isinstance(q, str) else all(torch.equal(u, v) for u, v in zip(p, q))
+        for p, q in zip(a, b))
+
+
+def _sizes(items):
+    return [p if isinstance(p, str) else p[0].shape[0] for p in items]
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_a_checkpoint_after_the_last_batch_restores_the_end_of_the_epoch(photo_dir, drop_last):
+    """Taken after an epoch's last batch, before its StopIteration: the restored iterator raises StopIteration
+    first, as the original does, then yields the same batches (epoch ends included)."""
+    def make(checkpoint=None):
+        pipe = imagenet_train_pipeline(photo_dir, batch_size=10, mix="dcutmix", crop=16, seed=3, num_threads=1,
+                                       enable_checkpointing=True, checkpoint=checkpoint, label_format="sparse")
+        return DALIMixIterator(pipe, drop_last=drop_last)
+
+    it = make()
+    steps = len(it)  # 48 images: 5 batches (the last one of 8), or 4 with drop_last
+    assert _sizes(_take(it, steps)) == [10, 10, 10, 10, 8][:steps]
+    checkpoint = it.checkpoints()[0]
+    want = _take(it, steps + 3)
+    assert _sizes(want) == ["EPOCH_END"] + [10, 10, 10, 10, 8][:steps] + ["EPOCH_END", 10]
+    restored = make(checkpoint)
+    again = make(restored.checkpoints()[0])  # the restored iterator's checkpoint, before it yielded anything
+    got = _take(restored, steps + 3)
+    assert _same(got, want), (_sizes(got), _sizes(want))
+    assert _same(_take(again, steps + 3), want)
