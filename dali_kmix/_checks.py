@@ -54,29 +54,29 @@ def check_smoothing(value) -> float:
     return value
 
 
-def check_alpha(alpha, k: int) -> np.ndarray:
+def check_alpha(alpha, k: int, name: str = "alpha") -> np.ndarray:
     """Return the Dirichlet concentration as a float64 vector of length ``k``.
 
     ``alpha`` is a positive scalar (meaning ``alpha * ones(k)``) or a sequence of
-    ``k`` positive, finite numbers.
+    ``k`` positive, finite numbers. ``name``: the argument the errors name (e.g. ``cutmix_alpha``).
     """
     if isinstance(alpha, bool):
-        raise TypeError(f"alpha must be a positive number or a sequence of {k} positive numbers, got {alpha!r}")
+        raise TypeError(f"{name} must be a positive number or a sequence of {k} positive numbers, got {alpha!r}")
     if isinstance(alpha, numbers.Real):
         a = float(alpha)
         if not math.isfinite(a) or a <= 0.0:
-            raise ValueError(f"alpha must be > 0 and finite, got {alpha}")
+            raise ValueError(f"{name} must be > 0 and finite, got {alpha}")
         return np.full(k, a, dtype=np.float64)
     try:
         arr = np.asarray(alpha, dtype=np.float64)
     except (TypeError, ValueError):
         raise TypeError(
-            f"alpha must be a positive number or a sequence of {k} positive numbers, got {alpha!r}"
+            f"{name} must be a positive number or a sequence of {k} positive numbers, got {alpha!r}"
         ) from None
     if arr.ndim != 1 or arr.shape[0] != k:
-        raise ValueError(f"alpha must be a scalar or have length k={k}, got shape {arr.shape}: {alpha!r}")
+        raise ValueError(f"{name} must be a scalar or have length k={k}, got shape {arr.shape}: {alpha!r}")
     if not np.all(np.isfinite(arr)) or np.any(arr <= 0.0):
-        raise ValueError(f"alpha must contain only finite values > 0, got {arr.tolist()}")
+        raise ValueError(f"{name} must contain only finite values > 0, got {arr.tolist()}")
     return arr
 
 

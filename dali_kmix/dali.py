@@ -267,7 +267,11 @@ class _Draws:
         if alpha is None:
             alpha = per_sample_alpha(runtime.pop(0), n, spec.k, spec.mode)
         if prob is None:
-            vals = np.array([float(np.asarray(p).reshape(-1)[0]) for p in runtime.pop(0)])
+            given = [np.asarray(p).reshape(-1) for p in runtime.pop(0)]
+            for s, v in enumerate(given):
+                if v.size == 0:  # fn.kmix_draw's message
+                    raise ValueError(f"prob given as a DataNode must hold a value per sample, got none for sample {s}")
+            vals = np.array([float(v[0]) for v in given])
             bad = ~((vals >= 0.0) & (vals <= 1.0))
             if bad.any():
                 raise ValueError(f"prob must be in [0, 1], got {vals[bad][0]} for sample {int(np.argmax(bad))}")
@@ -653,7 +657,8 @@ def _spec(method, *, k, alpha, num_classes, layout, mode, prob, smoothing, label
     cut_vec = None
     if switch:
         switch_prob = _checks.check_probability("switch_prob", switch_prob)
-        cut_vec = tuple(_checks.check_alpha(alpha if cutmix_alpha is None else cutmix_alpha, k).tolist())
+        cut_vec = tuple((_checks.check_alpha(alpha, k) if cutmix_alpha is None
+                         else _checks.check_alpha(cutmix_alpha, k, "cutmix_alpha")).tolist())
     pipe = Pipeline.current()
     if seed is None and pipe is not None and pipe.seed is not None and pipe.seed >= 0:
         seed = int(pipe.seed)
@@ -1014,6 +1019,9 @@ def dynamic_mix(method, images, labels, *, k=3, alpha=1.0, num_classes, layout=N
             raise TypeError("images must be an ndd.Batch (one image per sample), got an ndd.Tensor; "
                             "ndd.as_batch(tensor) makes a batch of its outer dimension")
         check_operator_input("images", images)  # raises, naming what came and where to mix it instead
+        raise TypeError("images is a DataNode of a pipeline definition; dali_kmix.dynamic mixes dynamic-mode "
+                        "batches (ndd.Batch): in a pipeline use dali_kmix.dali."
+                        f"{method.replace('+', '_or_').replace('saliency-', 'saliency_')}")
     found = images.layout or ""
     if layout is None:
         if found not in _checks.LAYOUTS:

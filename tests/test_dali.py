@@ -1,5 +1,6 @@
 """The DALI operators in real CPU pipelines (and GPU pipelines where a GPU is present)."""
 
+import dataclasses
 import re
 
 import numpy as np
@@ -505,6 +506,18 @@ def test_runtime_prob_out_of_range_raises():
         p.run()
 
 
+def test_runtime_prob_with_an_empty_sample_names_it():
+    # the python_function paths once raised a bare IndexError; fn.kmix_draw's message, the same text
+    spec = kmix._spec("dcutmix", k=3, alpha=1.0, num_classes=4, layout="HWC", mode="sample", prob=0.5,
+                      smoothing=0.0, label_format="sparse", seed=0, shard_id=0, saliency="spectral-residual")
+    draws = kmix._Draws(dataclasses.replace(spec, prob=None))
+    with pytest.raises(ValueError, match=r"prob given as a DataNode must hold a value per sample, got none for "
+                                         r"sample 1$"):
+        draws.runtime_args(2, [[np.array([0.5], np.float32), np.zeros((0,), np.float32)]])
+    assert draws.runtime_args(2, [[np.array([0.5], np.float32), np.array([1.0], np.float32)]])[1].tolist() == \
+        [0.5, 1.0]
+
+
 def test_runtime_alpha_is_checked():
     p = switch_pipe("dcutmix", probs=[1.0], alphas=[-1.0])
     p.build()
@@ -930,8 +943,10 @@ def test_switch_arguments_are_checked():
 
     with pytest.raises(ValueError, match=r"switch_prob must be in \[0, 1\], got 1.5"):
         pipe(switch_prob=1.5)
-    with pytest.raises(ValueError, match=r"alpha must be > 0 and finite, got -2"):
+    with pytest.raises(ValueError, match=r"^cutmix_alpha must be > 0 and finite, got -2"):
         pipe(cutmix_alpha=-2)
+    with pytest.raises(ValueError, match=r"^cutmix_alpha must be a scalar or have length k=3"):
+        pipe(cutmix_alpha=[1.0, 2.0])
 
 
 @pytest.mark.gpu

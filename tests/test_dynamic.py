@@ -204,6 +204,16 @@ def test_dynamic_mode_errors():
     images, labels = _constant_batch()
     with pytest.raises(TypeError, match=r"images must be a DALI DataNode .* got numpy.ndarray; .*mix_images"):
         kmix.dcutmix(np.zeros((2, 4, 4, 3), np.uint8), labels, num_classes=N)
+    from nvidia.dali import fn, pipeline_def
+
+    @pipeline_def(batch_size=2, num_threads=1, device_id=None)
+    def in_a_pipeline():  # the pipeline functions are dali_kmix.dali's
+        x = fn.external_source(source=lambda: [np.zeros((4, 4, 3), np.uint8)] * 2, batch=True, layout="HWC")
+        return kmix.dmixup_or_dcutmix(x, [0, 1], num_classes=N)[0]
+
+    with pytest.raises(TypeError, match=r"images is a DataNode of a pipeline definition; dali_kmix.dynamic mixes "
+                                        r"dynamic-mode batches .* use dali_kmix.dali.dmixup_or_dcutmix$"):
+        in_a_pipeline()
     with pytest.raises(TypeError, match=r"images must be an ndd.Batch .* got an ndd.Tensor"):
         kmix.dcutmix(ndd.as_tensor(np.zeros((2, 4, 4, 3), np.uint8)), labels, num_classes=N)
     with pytest.raises(ValueError, match=r"labels has 3 samples but images has 12"):

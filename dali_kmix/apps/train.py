@@ -218,7 +218,7 @@ def _check(cfg: TrainConfig):
         check_sample_args("dcutmix" if op == SWITCH else op, 0, 1, 1, k, cfg.alpha, cfg.mode, cfg.prob)
         check_probability("switch_prob", cfg.switch_prob)
         if cfg.cutmix_alpha is not None:
-            check_alpha(cfg.cutmix_alpha, k)
+            check_alpha(cfg.cutmix_alpha, k, "cutmix_alpha")
     if cfg.mixup_off_epoch is not None and cfg.mixup_off_epoch < 0:
         raise UsageError(f"mixup_off_epoch must be >= 0, got {cfg.mixup_off_epoch}")
     train_dir, val_dir = _data_dirs(cfg)
