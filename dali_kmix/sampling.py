@@ -17,6 +17,7 @@ them and the caller hands them in (``centers=``), so sampling never looks at pix
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
@@ -98,13 +99,100 @@ def _dirichlet_host(alpha, gamma1, uniform):
 def sample_dirichlet(alpha, size: int, rng=None) -> np.ndarray:
     """Draw ``size`` rows from Dirichlet(alpha); float64 ``(size, K)``, rows sum to 1.
 
-    ``alpha`` is a length-K vector of positive numbers. Safe for tiny alpha.
+    ``alpha`` is a length-K vector (K >= 1) of positive, finite numbers; anything else (a scalar,
+    a 2-d array, a negative, zero, NaN or infinite entry) raises ValueError (TypeError for non-numbers)
+    naming ``alpha``. ``size``: a non-negative integer. Safe for tiny alpha.
     """
+    alpha = _check_alpha_vector(alpha)
+    size = _checks.check_int("size", size, 0)
     rng = _rng(rng)
-    alpha = np.asarray(alpha, dtype=np.float64)
     g = rng.standard_gamma(alpha + 1.0, size=(size, alpha.shape[0]))
     u = 1.0 - rng.random((size, alpha.shape[0]))
     return _dirichlet_from_draws(alpha, g, u)
+
+
+def _check_alpha_vector(alpha) -> np.ndarray:
+    """:func:`sample_dirichlet`'s ``alpha``: a float64 vector of K >= 1 finite, positive numbers."""
+    if isinstance(alpha, (bool, np.bool_)):
+        raise TypeError(f"alpha must be a sequence of K positive numbers, got {alpha!r}")
+    try:
+        arr = np.asarray(alpha, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"alpha must be a sequence of K positive numbers, got {alpha!r}") from None
+    if arr.ndim != 1 or arr.shape[0] < 1:
+        raise ValueError(f"alpha must be a 1-d sequence of K >= 1 positive numbers (one concentration per "
+                         f"component; a scalar does not say K), got shape {arr.shape}: {alpha!r}")
+    return _checks.check_alpha(arr, arr.shape[0])
+
+
+#: The largest image height or width: boxes are int32 and the native kernels take a C int.
+MAX_SIDE = 2**31 - 1
+
+
+def _check_side(name: str, value, minimum: int) -> int:
+    """``height`` / ``width``: an integer in [minimum, 2^31 - 1]."""
+    value = _checks.check_int(name, value, minimum)
+    if value > MAX_SIDE:
+        raise ValueError(f"{name} must be <= 2^31 - 1 = {MAX_SIDE} (boxes are int32), got {value}")
+    return value
+
+
+def _sum_tolerance(k: int) -> float:
+    """How far a row of K shares given to :func:`nest_boxes` may sum from 1: float32 rounding of K shares
+    (e.g. a float32 Gamma normalisation) plus a little; the nesting itself never needs the exact sum."""
+    return 1e-6 + 2.0 * k * float(np.finfo(np.float32).eps)
+
+
+def _check_nest_args(phi, uniforms, height, width, centers):
+    """Validate :func:`nest_boxes`'s arguments; return (phi, uniforms, height, width, centers) as it uses them."""
+    height = _check_side("height", height, 1)
+    width = _check_side("width", width, 1)
+    try:
+        phi = np.asarray(phi, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"phi must be a float array (N, K) of shares, got {type(phi).__name__}") from None
+    if phi.ndim != 2 or phi.shape[1] < 2:
+        raise ValueError(f"phi must have shape (N, K) with K >= 2, got shape {phi.shape}")
+    n, k = phi.shape
+    if not np.isfinite(phi).all():
+        i, j = np.argwhere(~np.isfinite(phi))[0]
+        raise ValueError(f"phi must be finite, got phi[{i}, {j}] = {phi[i, j]}")
+    if (phi < 0.0).any():
+        i, j = np.argwhere(phi < 0.0)[0]
+        raise ValueError(f"phi must be >= 0, got phi[{i}, {j}] = {float(phi[i, j])}")
+    sums = phi.sum(axis=1)
+    tol = _sum_tolerance(k)
+    off = np.abs(sums - 1.0) > tol
+    if off.any():
+        i = int(np.argmax(off))
+        raise ValueError(f"every row of phi must sum to 1 (within {tol:.3g}), got row {i} summing to "
+                         f"{float(sums[i])!r}: {phi[i].tolist()}")
+    if uniforms is None and centers is not None:
+        uniforms = np.zeros((n, k - 1, 2))  # not used: the boxes are centred on the centres
+    else:
+        try:
+            uniforms = np.asarray(uniforms, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(f"uniforms must be a float array (N, K - 1, 2), got {type(uniforms).__name__}") from None
+        if uniforms.shape != (n, k - 1, 2):
+            raise ValueError(f"uniforms must have shape (N, K - 1, 2) = {(n, k - 1, 2)} for phi of shape "
+                             f"{phi.shape}, got {uniforms.shape}")
+        bad = ~((uniforms >= 0.0) & (uniforms < 1.0))  # also NaN
+        if bad.any():
+            idx = tuple(int(v) for v in np.argwhere(bad)[0])
+            raise ValueError(f"uniforms must lie in [0, 1), got uniforms[{idx}] = {float(uniforms[idx])}")
+    if centers is not None:
+        centers = np.asarray(centers)
+        if centers.shape != (n, k - 1, 2) or (centers.size and centers.dtype.kind not in "iu"):
+            raise ValueError(f"centers must be integer (N, K - 1, 2) = {(n, k - 1, 2)}, got {centers.dtype} "
+                             f"{centers.shape}")
+        if centers.size:
+            ys, xs = centers[..., 0], centers[..., 1]
+            if ys.min() < 0 or xs.min() < 0 or ys.max() >= height or xs.max() >= width:
+                raise ValueError(f"centers must lie inside the {height} x {width} image (0 <= y < {height}, "
+                                 f"0 <= x < {width}), got y in [{int(ys.min())}, {int(ys.max())}] and x in "
+                                 f"[{int(xs.min())}, {int(xs.max())}]")
+    return phi, uniforms, height, width, centers
 
 
 def nest_boxes(phi, uniforms, height: int, width: int, centers=None):
@@ -133,7 +221,18 @@ def nest_boxes(phi, uniforms, height: int, width: int, centers=None):
     with ``range = parent_side - side``, so every integer position inside the
     parent is equally likely and no box is ever clipped. The CUDA kernel
     ``kmix_nest_boxes`` does exactly these float64 operations in this order.
+
+    The preconditions are checked (ValueError / TypeError naming the argument): ``phi`` finite, >= 0,
+    each row summing to 1 within float32 rounding; ``uniforms`` in ``[0, 1)`` of the shape above (may be
+    None when ``centers`` is given); ``height``, ``width`` integers in [1, 2^31 - 1]; ``centers`` integer,
+    of the shape above, inside the image.
     """
+    phi, uniforms, height, width, centers = _check_nest_args(phi, uniforms, height, width, centers)
+    return _nest_boxes(phi, uniforms, height, width, centers)
+
+
+def _nest_boxes(phi, uniforms, height: int, width: int, centers=None):
+    """:func:`nest_boxes` without its checks: what the samplers call on draws that already meet them."""
     phi = np.asarray(phi, dtype=np.float64)
     uniforms = np.asarray(uniforms, dtype=np.float64)
     n, k = phi.shape
@@ -192,8 +291,8 @@ def check_sample_args(method, n, height, width, k, alpha, mode, prob):
     # DMixup never reads the size (a blend of empty images is defined); the boxes' area weights
     # are box areas / (H x W), so DCutMix needs at least one pixel.
     least = 0 if method == "dmixup" else 1
-    height = _checks.check_int("height", height, least)
-    width = _checks.check_int("width", width, least)
+    height = _check_side("height", height, least)
+    width = _check_side("width", width, least)
     k = _checks.check_int("k", k, 2)
     alpha = _checks.check_alpha(alpha, k)
     prob = _checks.check_probability("prob", prob)
@@ -342,14 +441,14 @@ def params_from_draws(method, phi, uniforms, perms, mixed, height, width, image_
         if image_centers is None:
             raise ValueError("saliency-dcutmix needs the salient point of every image (image_centers)")
         centers = np.asarray(image_centers, np.int64)[sources[:, 1:]]
-    boxes, weights = nest_boxes(phi, uniforms, height, width, centers)
+    boxes, weights = _nest_boxes(phi, uniforms, height, width, centers)
     boxes = np.where(mixed[:, None, None], boxes, 0).astype(np.int32)
     weights = np.where(mixed[:, None], weights, unmixed_w)
     return MixParams(sources, weights, boxes)
 
 
 def sample_anchor_params(n: int, height: int, width: int, *, k: int = 3, anchor_ratio: float = 0.5,
-                         alpha=(2 / 9, 2 / 9), rng=None) -> MixParams:
+                         alpha=2 / 9, rng=None) -> MixParams:
     """DCutMix records for uncertainty scoring: every anchor keeps a fixed share.
 
     Sample ``i`` is the base image (its own pixels outside box 0) with share
@@ -362,13 +461,17 @@ def sample_anchor_params(n: int, height: int, width: int, *, k: int = 3, anchor_
         n, height, width: batch size and image size.
         k: images per mix (anchor + K - 1 partners).
         anchor_ratio: the anchor's share, in (0, 1).
-        alpha: K - 1 positive concentrations for the partners (or one scalar).
+        alpha: K - 1 positive concentrations for the partners, or one scalar for all of them
+            (the default 2/9 draws exactly what ``(2/9, 2/9)`` does for k=3).
         rng: None, an int seed or a numpy Generator.
     """
     n = _checks.check_int("n", n, 0)
-    height = _checks.check_int("height", height, 1)
-    width = _checks.check_int("width", width, 1)
+    height = _check_side("height", height, 1)
+    width = _check_side("width", width, 1)
     k = _checks.check_int("k", k, 2)
+    if not isinstance(alpha, (numbers.Real, str)) and np.ndim(alpha) == 1 and np.shape(alpha)[0] != k - 1:
+        raise ValueError(f"alpha must be a scalar or K - 1 = {k - 1} partner concentrations (k={k} images per mix: "
+                         f"the anchor and {k - 1} partners), got {np.shape(alpha)[0]} values: {alpha!r}")
     a = _checks.check_alpha(alpha, k - 1)
     if isinstance(anchor_ratio, bool) or not isinstance(anchor_ratio, (int, float, np.floating)) or \
             not 0.0 < float(anchor_ratio) < 1.0:

@@ -542,3 +542,157 @@ def _state(gen):
         return {key: plain(x) for key, x in v.items()} if isinstance(v, dict) else np.asarray(v).tolist()
 
     return plain(gen.bit_generator.state)
+
+
+# --------------------------------------------------------------------------- bad input of the public helpers
+
+
+@pytest.mark.parametrize(
+    "alpha,exc,match",
+    [
+        ([-0.5, 1.0], ValueError, r"alpha must contain only finite values > 0, got \[-0\.5, 1\.0\]"),
+        ([0.0, 1.0], ValueError, r"alpha must contain only finite values > 0, got \[0\.0, 1\.0\]"),
+        ([float("nan"), 1.0], ValueError, r"alpha must contain only finite values > 0, got \[nan, 1\.0\]"),
+        ([float("inf"), 1.0], ValueError, r"alpha must contain only finite values > 0, got \[inf, 1\.0\]"),
+        (1.0, ValueError, r"alpha must be a 1-d sequence of K >= 1 positive numbers.*shape \(\): 1\.0"),
+        ([[1.0, 1.0], [1.0, 1.0]], ValueError, r"alpha must be a 1-d sequence.*shape \(2, 2\)"),
+        ([], ValueError, r"alpha must be a 1-d sequence.*shape \(0,\)"),
+        ("big", TypeError, r"alpha must be a sequence of K positive numbers, got 'big'"),
+    ],
+    ids=["negative", "zero", "nan", "inf", "scalar", "2d", "empty", "string"],
+)
+def test_sample_dirichlet_rejects_bad_alpha(alpha, exc, match):
+    with pytest.raises(exc, match=match):
+        sample_dirichlet(alpha, 3, rng=0)
+
+
+@pytest.mark.parametrize("size,exc,match", [(-1, ValueError, r"size must be >= 0, got -1"),
+                                             (2.5, TypeError, r"size must be an integer, got 2\.5")],
+                         ids=["negative", "float"])
+def test_sample_dirichlet_rejects_bad_size(size, exc, match):
+    with pytest.raises(exc, match=match):
+        sample_dirichlet([1.0, 1.0], size, rng=0)
+
+
+def test_sample_dirichlet_checks_draw_nothing():
+    # the checks draw nothing: the same numbers as the generator's Gamma / uniform draws before them
+    alpha = np.array([0.3, 1.0, 2.0])
+    gen = np.random.default_rng(5)
+    g = gen.standard_gamma(alpha + 1.0, size=(4, 3))
+    u = 1.0 - gen.random((4, 3))
+    logg = np.log(g) + np.log(u) / alpha
+    e = np.exp(logg - logg.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(sample_dirichlet(alpha, 4, rng=5), e / e.sum(axis=1, keepdims=True), rtol=1e-12)
+    assert sample_dirichlet(alpha, 0, rng=5).shape == (0, 3)
+    gen = np.random.default_rng(5)
+    with pytest.raises(ValueError, match=r"alpha must contain only finite values > 0"):
+        sample_dirichlet([1.0, -1.0, 1.0], 4, rng=gen)
+    np.testing.assert_array_equal(sample_dirichlet(alpha, 4, rng=gen), sample_dirichlet(alpha, 4, rng=5))
+
+
+_PHI = [[0.5, 0.25, 0.25]]
+
+
+@pytest.mark.parametrize(
+    "phi,uniforms,hw,centers,exc,match",
+    [
+        ([[-0.5, 1.0, 0.5]], np.zeros((1, 2, 2)), (10, 10), None, ValueError, r"phi must be >= 0, got phi\[0, 0\] = -0\.5"),
+        ([[np.nan, 0.5, 0.5]], np.zeros((1, 2, 2)), (10, 10), None, ValueError, r"phi must be finite, got phi\[0, 0\] = nan"),
+        ([[np.inf, 0.5, 0.5]], np.zeros((1, 2, 2)), (10, 10), None, ValueError, r"phi must be finite.*inf"),
+        ([[0.2, 0.9, 0.9]], np.zeros((1, 2, 2)), (10, 10), None, ValueError, r"every row of phi must sum to 1.*row 0 summing to 2\.0"),
+        ([[0.2, 0.3, 0.3]], np.zeros((1, 2, 2)), (10, 10), None, ValueError, r"every row of phi must sum to 1.*summing to 0\.8"),
+        ([0.5, 0.5], np.zeros((1, 1, 2)), (10, 10), None, ValueError, r"phi must have shape \(N, K\) with K >= 2, got shape \(2,\)"),
+        (_PHI, np.full((1, 2, 2), 1.5), (10, 10), None, ValueError, r"uniforms must lie in \[0, 1\), got uniforms\[\(0, 0, 0\)\] = 1\.5"),
+        (_PHI, np.full((1, 2, 2), -0.5), (10, 10), None, ValueError, r"uniforms must lie in \[0, 1\).*= -0\.5"),
+        (_PHI, np.full((1, 2, 2), 1.0), (10, 10), None, ValueError, r"uniforms must lie in \[0, 1\).*= 1\.0"),
+        (_PHI, np.full((1, 2, 2), np.nan), (10, 10), None, ValueError, r"uniforms must lie in \[0, 1\).*= nan"),
+        (_PHI, np.zeros((1, 1, 2)), (10, 10), None, ValueError, r"uniforms must have shape \(N, K - 1, 2\) = \(1, 2, 2\).*got \(1, 1, 2\)"),
+        (_PHI, np.zeros((1, 2, 2)), (0, 10), None, ValueError, r"height must be >= 1, got 0"),
+        (_PHI, np.zeros((1, 2, 2)), (10, 2**31), None, ValueError, r"width must be <= 2\^31 - 1 = 2147483647.*got 2147483648"),
+        (_PHI, np.zeros((1, 2, 2)), (2**31, 10), None, ValueError, r"height must be <= 2\^31 - 1.*got 2147483648"),
+        (_PHI, np.zeros((1, 2, 2)), (10.0, 10), None, TypeError, r"height must be an integer, got 10\.0"),
+        (_PHI, np.zeros((1, 2, 2)), (10, 10), np.array([[[100, -100], [5, 5]]]), ValueError,
+         r"centers must lie inside the 10 x 10 image.*y in \[5, 100\] and x in \[-100, 5\]"),
+        (_PHI, np.zeros((1, 2, 2)), (10, 10), np.array([[[1, 1]]]), ValueError,
+         r"centers must be integer \(N, K - 1, 2\) = \(1, 2, 2\), got int64 \(1, 1, 2\)"),
+        (_PHI, np.zeros((1, 2, 2)), (10, 10), np.full((1, 2, 2), 1.5), ValueError, r"centers must be integer.*float64"),
+    ],
+    ids=["phi-negative", "phi-nan", "phi-inf", "phi-sum-2", "phi-sum-0.8", "phi-1d", "u-1.5", "u-negative", "u-1",
+         "u-nan", "u-shape", "height-0", "width-2^31", "height-2^31", "height-float", "centers-outside",
+         "centers-shape", "centers-float"],
+)
+def test_nest_boxes_checks_its_preconditions(phi, uniforms, hw, centers, exc, match):
+    with pytest.raises(exc, match=match):
+        nest_boxes(np.asarray(phi, dtype=np.float64), uniforms, *hw, centers)
+
+
+def test_nest_boxes_row_sums_allow_float32_rounding_only():
+    # float32 rows from a Gamma normalisation sum to 1 only within float32 rounding: accepted
+    gen = np.random.default_rng(3)
+    g = gen.standard_gamma(np.full(16, 0.3), size=(50, 16)).astype(np.float32)
+    phi32 = g / g.sum(axis=1, keepdims=True)
+    assert np.abs(phi32.astype(np.float64).sum(axis=1) - 1.0).max() > 0  # really off by rounding
+    u = gen.random((50, 15, 2))
+    boxes, weights = nest_boxes(phi32, u, 64, 48)
+    assert boxes.shape == (50, 15, 4) and weights.shape == (50, 16)
+    # the public, checked nesting gives the record the samplers build from their draws
+    draws = dali_kmix.sampling.draw_raw(np, np.random.default_rng(9), 6, 4, np.full(4, 0.5), "sample", 1.0)
+    p = params_from_draws("dcutmix", *draws, 20, 30)
+    b, w = nest_boxes(draws[0], draws[1], 20, 30)
+    np.testing.assert_array_equal(p.boxes, b)
+    np.testing.assert_array_equal(p.weights, w)
+    # with centres the uniforms are not read, so None is accepted
+    c = np.zeros((6, 3, 2), np.int64)
+    np.testing.assert_array_equal(nest_boxes(draws[0], None, 20, 30, c)[0], nest_boxes(draws[0], draws[1], 20, 30, c)[0])
+    # but a row off by more than rounding is refused
+    off = phi32.astype(np.float64)
+    off[7] *= 1.001
+    with pytest.raises(ValueError, match=r"every row of phi must sum to 1 \(within .*\), got row 7 summing to 1\.00"):
+        nest_boxes(off, u, 64, 48)
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: sample_params("dcutmix", 2, 2**31, 3, k=3, rng=0), r"height must be <= 2\^31 - 1 = 2147483647.*got 2147483648"),
+        (lambda: sample_params("dcutmix", 2, 3, 2**31, k=3, rng=0), r"width must be <= 2\^31 - 1.*got 2147483648"),
+        (lambda: sample_params("dmixup", 2, 2**40, 3, k=3, rng=0), r"height must be <= 2\^31 - 1.*got 1099511627776"),
+        (lambda: dali_kmix.sampling.check_sample_args("dcutmix", 2, 3, 2**31, 3, 1.0, "sample", 1.0),
+         r"width must be <= 2\^31 - 1.*got 2147483648"),
+        (lambda: dali_kmix.sampling.sample_anchor_params(4, 2**31, 8, rng=0), r"height must be <= 2\^31 - 1.*got 2147483648"),
+        (lambda: dali_kmix.sampling.sample_anchor_params(4, 8, 2**31, rng=0), r"width must be <= 2\^31 - 1.*got 2147483648"),
+    ],
+    ids=["sample_params-height", "sample_params-width", "dmixup-height", "check_sample_args-width", "anchor-height",
+         "anchor-width"],
+)
+def test_image_sides_beyond_int32_are_refused(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_int32_side_bound_is_2_31_minus_1():
+    p = sample_params("dcutmix", 2, 2**31 - 1, 3, k=3, rng=0)  # the largest side still fits the int32 boxes
+    assert p.boxes.min() >= 0 and p.boxes[..., 2].max() <= 2**31 - 1
+    with pytest.raises(ValueError, match=r"height must be <= 2\^31 - 1"):
+        sample_params("dcutmix", 2, 2**31, 3, k=3, rng=0)
+
+
+def test_anchor_default_alpha_fits_every_k_and_draws_as_before_for_k3():
+    from dali_kmix.sampling import sample_anchor_params
+
+    p = sample_anchor_params(4, 8, 8, k=4, rng=0)  # the default is one concentration for every partner
+    assert p.weights.shape == (4, 4)
+    for field in ("sources", "weights", "boxes"):
+        np.testing.assert_array_equal(getattr(sample_anchor_params(5, 9, 11, rng=1), field),
+                                      getattr(sample_anchor_params(5, 9, 11, alpha=(2 / 9, 2 / 9), rng=1), field))
+
+
+@pytest.mark.parametrize("k,alpha,match", [
+    (4, (0.5, 0.5), r"alpha must be a scalar or K - 1 = 3 partner concentrations \(k=4 .*got 2 values: \(0\.5, 0\.5\)"),
+    (3, [1.0, 1.0, 1.0], r"alpha must be a scalar or K - 1 = 2 partner concentrations \(k=3 .*got 3 values"),
+], ids=["k4-two", "k3-three"])
+def test_anchor_alpha_length_error_names_k_minus_1(k, alpha, match):
+    from dali_kmix.sampling import sample_anchor_params
+
+    with pytest.raises(ValueError, match=match):
+        sample_anchor_params(4, 8, 8, k=k, alpha=alpha, rng=0)
