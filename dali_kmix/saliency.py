@@ -219,6 +219,18 @@ def _fine_grained_points(images, layout):
     return pts
 
 
+def _first_peaks(sal):
+    """The flat index of each ``(N, h, w)`` map's first peak (``argmax``); where a map holds a non-finite value
+    (a NaN or +-Inf pixel makes the whole map NaN), the centre cell ``(h // 2, w // 2)`` instead, as the CPU
+    build's ``kmix_spectral::spectral_residual`` chooses. Array operations only: no host synchronisation on
+    the GPU."""
+    xp = _xp(sal)
+    n, h, w = sal.shape
+    flat = sal.reshape(n, -1)
+    finite = xp.isfinite(flat).all(axis=1)
+    return xp.where(finite, xp.argmax(flat, axis=1), (h // 2) * w + w // 2)
+
+
 def salient_points(images, layout: str = "HWC", *, method: str = "spectral-residual",
                    work_size: int = WORK_SIZE):
     """The most salient pixel ``(y, x)`` of every image; int32 ``(N, 2)``, same array kind as ``images``.
@@ -235,6 +247,12 @@ def salient_points(images, layout: str = "HWC", *, method: str = "spectral-resid
     one launch, one image per worker: its grey copy, map and peak stay in the worker's cache and no (N, 64, 64)
     arrays are made (``kmix_host_salient_points``; the same points as :func:`small_grey`,
     :func:`spectral_residual` and the peak's cell one after another).
+
+    Non-finite pixels: a NaN or +-Inf pixel (float16 or float32) makes the image's whole saliency map
+    non-finite, so it has no peak; such an image's point is the centre cell ``(work_size // 2, work_size // 2)``
+    of the working grid, mapped as any peak is: ``((2 (work_size // 2) + 1) H // (2 work_size), ...)``, the
+    image's centre ``(H // 2, W // 2)`` up to the cell's rounding. The same point on every path (the CPU build,
+    the NumPy code, CuPy); the other images of the batch are unaffected.
     """
     layout = _checks.check_layout(layout)
     _checks.check_choice("saliency", method, SALIENCY_METHODS)
@@ -275,7 +293,7 @@ def salient_points(images, layout: str = "HWC", *, method: str = "spectral-resid
         return kernels.salient_points(_sample_list(samples if samples is not None else images), layout, work_size,
                                       work_size, smoothing_taps())
     sal = spectral_residual(small_grey(samples if samples is not None else images, layout, work_size))
-    flat = xp.argmax(sal.reshape(n, -1), axis=1)
+    flat = _first_peaks(sal)
     iy, ix = flat // work_size, flat % work_size
     # centre pixel of the working-size cell, in full-resolution coordinates
     cy = xp.minimum(((2 * iy + 1) * h) // (2 * work_size), h - 1)

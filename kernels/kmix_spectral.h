@@ -365,6 +365,10 @@ inline int spectral_residual(const float* g, float* map, int rows, int cols, con
     const long long at = v == top ? i : n - 1;
     best = at < best ? at : best;
   }
+  // a map that holds a NaN or an infinity (a NaN or +-Inf pixel spreads through the FFT to the whole map): no
+  // peak, the centre cell of the grid instead (dali_kmix.saliency._first_peaks, as on every path). The values
+  // being >= 0 or NaN (of either sign), a non-finite one is the largest bit pattern, >= that of +Inf.
+  if (peak_bits >= 0x7F800000u) best = (long long)(rows / 2) * cols + cols / 2;
   return (int)best;
 }
 

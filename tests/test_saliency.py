@@ -598,3 +598,108 @@ def test_cpu_build_salient_points_in_one_launch_are_the_steps_points(dtype, layo
     for size in (16, 32):  # other working grids (powers of two)
         np.testing.assert_array_equal(saliency.salient_points(x, layout, work_size=size),
                                       _points_step_by_step(list(x), layout, size))
+
+
+# --------------------------------------------------------------------------- non-finite pixels
+
+NON_FINITE = [np.nan, np.inf, -np.inf]
+NON_FINITE_IDS = ["nan", "+inf", "-inf"]
+
+
+def _centre_point(h, w, work_size=saliency.WORK_SIZE):
+    """The point salient_points gives an image whose map is not finite: the centre cell of the working grid,
+    mapped to full resolution as any peak."""
+    c = work_size // 2
+    return min((2 * c + 1) * h // (2 * work_size), h - 1), min((2 * c + 1) * w // (2 * work_size), w - 1)
+
+
+def _non_finite_batch(bad, where, dtype, layout, h=50, w=70):
+    """Three images: a bright spot at (40, 60); the same with one non-finite element at (3, 4) (``where="one"``)
+    or with every element non-finite (``"all"``); a spot at (10, 12). Returns (batch, finite batch: images 0, 2)."""
+    x = np.zeros((3, h, w, 3), np.float32)
+    x[0, 38:43, 58:63] = 200.0
+    x[1] = x[0]
+    if where == "one":
+        x[1, 3, 4, 0] = bad
+    else:
+        x[1] = bad
+    x[2, 8:13, 10:15] = 150.0
+    x = x.astype(dtype)
+    if layout == "CHW":
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    return x, x[[0, 2]]
+
+
+def _points_every_cpu_path(x, layout, work_size, monkeypatch):
+    """{path: points} of batch x (and of it as a list of samples): the CPU build where there is one (a power-of-two
+    working side), and the NumPy code (the CPU build hidden from saliency, so the NumPy maps and peak search run)."""
+    from dali_kmix.backends import host_kernels
+
+    got = {}
+    if host_kernels() is not None:
+        got["cpu-build"] = saliency.salient_points(x, layout, work_size=work_size)
+        got["cpu-build-list"] = saliency.salient_points(list(x), layout, work_size=work_size)
+    with monkeypatch.context() as m:
+        m.setattr(saliency, "host_kernels", lambda: None)
+        got["numpy"] = saliency.salient_points(x, layout, work_size=work_size)
+        got["numpy-list"] = saliency.salient_points(list(x), layout, work_size=work_size)
+    return got
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NumPy's FFT warns of the NaNs it computes with
+@pytest.mark.parametrize("work_size", [64, 32, 48])
+@pytest.mark.parametrize("layout", ["HWC", "CHW"])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32], ids=["f16", "f32"])
+@pytest.mark.parametrize("where", ["one", "all"])
+@pytest.mark.parametrize("bad", NON_FINITE, ids=NON_FINITE_IDS)
+def test_non_finite_pixels_give_the_centre_on_every_path(bad, where, dtype, layout, work_size, monkeypatch):
+    # A NaN or +-Inf pixel makes the whole map non-finite: the image's point is the centre cell of the working
+    # grid, the same on the CPU build and the NumPy code (it was the last cell on one, the first on the other);
+    # the finite images of the batch keep their points, bit for bit.
+    x, finite = _non_finite_batch(bad, where, dtype, layout)
+    h, w = 50, 70
+    want_finite = _points_every_cpu_path(finite, layout, work_size, monkeypatch)
+    got = _points_every_cpu_path(x, layout, work_size, monkeypatch)
+    centre = _centre_point(h, w, work_size)
+    assert centre == {64: (25, 35), 32: (25, 36), 48: (25, 35)}[work_size]  # the image's centre, to a cell
+    for path, pts in got.items():
+        assert pts.dtype == np.int32 and pts.shape == (3, 2), path
+        assert tuple(pts[1]) == centre, (path, pts)
+        np.testing.assert_array_equal(pts[[0, 2]], want_finite[path], err_msg=path)
+        np.testing.assert_array_equal(pts[[0, 2]], want_finite["numpy"], err_msg=path)
+    # the finite images' points are where their spots are (not moved by the non-finite neighbour)
+    assert np.abs(want_finite["numpy"] - np.array([[40, 60], [10, 12]])).max() <= 3, want_finite
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("bad", NON_FINITE, ids=NON_FINITE_IDS)
+def test_non_finite_maps_peak_at_the_centre_cell(bad):
+    # The peak search itself, on maps: the NumPy code's (_first_peaks, also the CuPy path's) and the CPU build's
+    # (kmix_spectral::spectral_residual's peak index) give the centre cell of a non-finite map, argmax elsewhere.
+    from dali_kmix.backends import host_kernels
+
+    rng = np.random.default_rng(5)
+    g = (rng.random((3, 32, 16)) * 255).astype(np.float32)
+    g[1, 7, 9] = bad
+    maps = saliency._spectral_residual(g, np.float32)
+    assert not np.isfinite(maps[1]).all() and np.isfinite(maps[[0, 2]]).all()
+    want = maps.reshape(3, -1).argmax(1)
+    want[1] = 16 * 16 + 8  # (rows // 2, cols // 2)
+    np.testing.assert_array_equal(saliency._first_peaks(maps), want)
+    kernels = host_kernels()
+    if kernels is not None:
+        native_maps, peaks = kernels.spectral_residual(g, saliency.smoothing_taps())
+        assert not np.isfinite(native_maps[1]).all()
+        np.testing.assert_array_equal(peaks, want)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bad", NON_FINITE, ids=NON_FINITE_IDS)
+def test_non_finite_pixels_give_the_centre_on_the_gpu(bad):
+    import cupy
+
+    x, _ = _non_finite_batch(bad, "one", np.float32, "HWC")
+    want = saliency.salient_points(x, "HWC")
+    assert tuple(want[1]) == _centre_point(50, 70)
+    np.testing.assert_array_equal(saliency.salient_points(cupy.asarray(x), "HWC").get(), want)
+    np.testing.assert_array_equal(saliency.salient_points([cupy.asarray(a) for a in x], "HWC").get(), want)
