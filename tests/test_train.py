@@ -489,3 +489,133 @@ def test_time_based_checkpoints(tree, tmp_path, monkeypatch, minutes, saves):
     assert [(e, done) for e, _, done in taken if done] == [(0, True), (1, True)]
     with pytest.raises(ValueError, match=r"checkpoint_minutes must be >= 0 and finite, got -1"):
         train(_cfg(tree, tmp_path, checkpoint_minutes=-1))
+
+
+class _OnDevice:
+    """Tensors that say they are on cuda:0 but hold CPU data, on a CPU-only build too (a wrapper subclass): what
+    ``torch.load(map_location=cuda:0)`` gives, to which ``torch.set_rng_state`` answers as it does to a CUDA tensor
+    (TypeError: RNG state must be a torch.ByteTensor)."""
+
+    @staticmethod
+    def wrap(t):
+        import torch
+        from torch.utils._pytree import tree_map
+
+        class OnDevice(torch.Tensor):
+            @staticmethod
+            def __new__(cls, inner):
+                return torch.Tensor._make_wrapper_subclass(cls, inner.shape, dtype=inner.dtype, device="cuda:0")
+
+            def __init__(self, inner):
+                self.inner = inner
+
+            @classmethod
+            def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+                def unwrap(x):
+                    return x.inner if isinstance(x, OnDevice) else x
+
+                return func(*tree_map(unwrap, args), **tree_map(unwrap, kwargs or {}))
+
+        return OnDevice(t)
+
+
+def test_rng_states_loaded_onto_the_gpu_are_restored(monkeypatch):
+    """--resume on a GPU loads the checkpoint with map_location=cuda:N: the generator states arrive on the GPU, and
+    torch takes them from the CPU only (the CUDA generator's too)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    from dali_kmix.apps.common import Dist
+
+    state = train_mod._rng_state(Dist())
+    state["cuda"] = torch.get_rng_state()  # stands in for the CUDA generator's (a ByteTensor as well)
+    expected = (torch.rand(5), np.random.rand(3), random.random())
+    on_gpu = dict(state, torch=_OnDevice.wrap(state["torch"]), cuda=_OnDevice.wrap(state["cuda"]))
+    assert on_gpu["torch"].device.type == "cuda"
+    with pytest.raises(TypeError, match="RNG state must be a torch.ByteTensor"):  # what the old code hit
+        torch.set_rng_state(on_gpu["torch"])
+    cuda_set = []
+
+    def set_cuda_state(new_state, device):  # torch.cuda.set_rng_state's own check, without a GPU
+        if new_state.device.type != "cpu" or new_state.dtype != torch.uint8:
+            raise TypeError("RNG state must be a torch.ByteTensor")
+        cuda_set.append((new_state, device))
+
+    monkeypatch.setattr(torch.cuda, "set_rng_state", set_cuda_state)
+    train_mod._set_rng_state(on_gpu, Dist(device=torch.device("cuda", 0), gpu=True))
+    assert torch.equal(torch.rand(5), expected[0]) and np.array_equal(np.random.rand(3), expected[1])
+    assert random.random() == expected[2]
+    assert len(cuda_set) == 1 and torch.equal(cuda_set[0][0], state["cuda"])
+
+
+def test_bad_numbers_are_refused(tree, tmp_path, capsys):
+    """NaN, infinite or negative optimiser settings, and threads, crop, batch size below 1: one line, exit 2."""
+    for flag, value, message in [("--lr", "nan", "lr must be >= 0 and finite, got nan"),
+                                 ("--lr", "-0.1", "lr must be >= 0 and finite, got -0.1"),
+                                 ("--momentum", "inf", "momentum must be >= 0 and finite, got inf"),
+                                 ("--weight-decay", "-1", "weight_decay must be >= 0 and finite, got -1.0"),
+                                 ("--warmup-epochs", "nan", "warmup_epochs must be >= 0 and finite, got nan"),
+                                 ("--threads", "-1", "threads must be >= 1, got -1"),
+                                 ("--threads", "0", "threads must be >= 1, got 0"),
+                                 ("--crop", "0", "crop must be >= 1, got 0"),
+                                 ("--batch-size", "0", "batch_size must be >= 1, got 0")]:
+        rc, out, err = kmix_here([*_cli_args(tree, tmp_path / "run"), flag, value], capsys)
+        assert (rc, err) == (2, f"kmix: error: {message}\n"), (flag, value)
+    assert not (tmp_path / "run").exists()
+
+
+def _checkpoint_and_metrics(out):
+    return (out / "checkpoint.pt").read_bytes(), (out / "metrics.csv").read_text()
+
+
+def test_a_diverged_run_stops_before_it_overwrites_the_checkpoint(tree, tmp_path, capsys):
+    """lr = 1e8: the loss goes NaN within the first epoch; the run stops with an error at that epoch's end, before
+    it validates or writes its checkpoint and metrics: the last good run's files are kept."""
+    out = tmp_path / "run"
+    train(_cfg(tree, out, epochs=1))
+    good = _checkpoint_and_metrics(out)
+    with pytest.raises(ValueError, match=r"^the run diverged at epoch 1, step 6: the training loss summed over "
+                                         r"the epoch so far is (nan|inf) \(--lr 100000000.0\); stopped without "
+                                         r"writing a checkpoint .*start again with a lower --lr"):
+        train(_cfg(tree, out, epochs=1, lr=1e8, checkpoint_minutes=0))
+    assert _checkpoint_and_metrics(out) == good
+
+
+@pytest.mark.parametrize("nan_from,kept", [(5, (0, 4)), (8, (0, 0))], ids=["epoch-end", "mid-epoch"])
+def test_a_nan_loss_keeps_the_last_finite_checkpoint(tree, tmp_path, monkeypatch, nan_from, kept):
+    """A loss that turns NaN at step N (1-based, of 6 per epoch) is found at the next checkpoint or epoch end (no
+    sync per step), before it is written: the last checkpoint is the finite one before (epoch, step)."""
+    import torch
+
+    import dali_kmix.torch as kmix_torch
+
+    real, steps = kmix_torch.soft_target_cross_entropy, []
+
+    def loss(*a, **kw):
+        steps.append(1)
+        return real(*a, **kw) * (float("nan") if len(steps) >= nan_from else 1.0)
+
+    monkeypatch.setattr(kmix_torch, "soft_target_cross_entropy", loss)
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"the run diverged at epoch \d, step \d: the training loss .* is nan"):
+        train(_cfg(tree, out, epochs=2, checkpoint_every=4, checkpoint_minutes=0))
+    ck = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert (ck["epoch"], ck["step"]) == kept
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+    finished = kept[0] + (kept[1] == 0)  # epochs whose end was written
+    assert len(ck["history"]) == finished and all(math.isfinite(r["train_loss"]) for r in ck["history"])
+    assert (out / "metrics.csv").exists() == bool(finished)
+
+
+def test_resume_refuses_epochs_the_checkpoint_has_passed(tree, tmp_path):
+    """A checkpoint in epoch 2 (step 3): --epochs 1 would drop the partial epoch (and report a finished run):
+    refused; --epochs 2 finishes it."""
+    out = tmp_path / "run"
+    train(_cfg(tree, out, epochs=2, stop_after=9))
+    with pytest.raises(ValueError, match=r"^--resume: the checkpoint is in epoch 2 \(step 3\); --epochs must be "
+                                         r">= 2, got 1$"):
+        train(_cfg(tree, out, resume=True, epochs=1))
+    s = train(_cfg(tree, out, resume=True, epochs=2))  # finishing the epoch is what it takes
+    assert not s["stopped_early"] and [r["epoch"] for r in s["history"]] == [1, 2]

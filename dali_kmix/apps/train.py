@@ -24,7 +24,9 @@ default; under torchrun rank 0's clock decides for all ranks) and, with
 ``--checkpoint-every N``, every N steps: ``--resume`` continues in the middle of an epoch
 with exactly the files, mixes and dropout masks of the uninterrupted run, and ends with the
 same weights, optimiser state and metrics bit for bit. It refuses a command line that would
-change the run (see :data:`FIXED_ON_RESUME`).
+change the run (see :data:`FIXED_ON_RESUME`). A run whose training loss (or weights) turns NaN or
+infinite stops with an error at its next checkpoint or epoch end, before writing it: the last finite
+checkpoint is kept.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ from pathlib import Path
 
 from .._checks import METHODS, SWITCH
 from ..pipelines import listed_files, tree_files
-from .common import Dist, UsageError, atomic_write, remove_stale_temporaries, setup_distributed, teardown_distributed
+from .common import (Dist, UsageError, atomic_write, default_resize, remove_stale_temporaries, setup_distributed,
+                     teardown_distributed)
 from .data import check_class_folders
 
 __all__ = ["TrainConfig", "MIX_CHOICES", "FIXED_ON_RESUME", "MAY_CHANGE_ON_RESUME", "resolve_mix", "build_model",
@@ -206,9 +209,13 @@ def _check(cfg: TrainConfig):
     op, k = resolve_mix(cfg.mix, cfg.k)
     if cfg.optimizer not in ("sgd", "adamw"):
         raise UsageError(f"optimizer must be 'sgd' or 'adamw', got {cfg.optimizer!r}")
-    for name, minimum in (("epochs", 1), ("eval_every", 1), ("checkpoint_every", 0), ("stop_after", 0)):
-        if getattr(cfg, name) < minimum:
+    for name, minimum in (("epochs", 1), ("eval_every", 1), ("checkpoint_every", 0), ("stop_after", 0),
+                          ("batch_size", 1), ("crop", 1), ("val_resize", 1), ("threads", 1)):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < minimum:  # val_resize, threads: None is the default
             raise UsageError(f"{name} must be >= {minimum}, got {getattr(cfg, name)}")
+    for name in ("lr", "momentum", "weight_decay", "warmup_epochs"):  # NaN would pass a comparison
+        if not (math.isfinite(getattr(cfg, name)) and getattr(cfg, name) >= 0):
+            raise UsageError(f"{name} must be >= 0 and finite, got {getattr(cfg, name)}")
     if not (math.isfinite(cfg.checkpoint_minutes) and cfg.checkpoint_minutes >= 0):
         raise UsageError(f"checkpoint_minutes must be >= 0 and finite, got {cfg.checkpoint_minutes}")
     if op is not None:  # the operator's own checks, with its messages, before any data is read
@@ -320,18 +327,20 @@ def _seed_everything(seed: int):
 
 
 def _set_rng_state(state: dict, d: Dist):
+    """Restore :func:`_rng_state`'s generators. Their states are set from the CPU (the only place torch takes them
+    from, the CUDA generator's too), wherever the checkpoint was loaded to (``map_location=cuda:N`` moves them)."""
     import random
 
     import numpy as np
     import torch
 
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
     if d.gpu:
         if "cuda" not in state:
             raise UsageError("--resume: the checkpoint was written by a run on the CPU; resume it on the CPU")
-        torch.cuda.set_rng_state(state["cuda"], d.device)
+        torch.cuda.set_rng_state(state["cuda"].cpu(), d.device)
 
 
 def _optimizer(cfg: TrainConfig, model):
@@ -377,6 +386,12 @@ def _resume(cfg: TrainConfig, d: Dist, model, opt, scaler, ident: dict) -> _Stat
         names = {f.name for f in dataclasses.fields(TrainConfig)}
         saved = _identity(TrainConfig(**{k: v for k, v in ck["config"].items() if k in names}), d.gpu)
     _refuse_changed_run(saved, ident)
+    # the epochs the checkpoint has finished, or is in: --epochs may stretch the run, not cut into them
+    needed = ck["epoch"] + 1
+    if cfg.epochs < needed:
+        where = (f"is in epoch {needed} (step {ck['step']})" if ck.get("step", 0)
+                 else f"has finished {needed} epoch(s)")
+        raise UsageError(f"--resume: the checkpoint {where}; --epochs must be >= {needed}, got {cfg.epochs}")
     pipelines = ck.get("pipelines")
     if pipelines is not None and len(pipelines) != d.world:
         raise UsageError(f"--resume: the checkpoint was written by {len(pipelines)} process(es), this run has "
@@ -418,7 +433,7 @@ def _pipelines(cfg: TrainConfig, d: Dist, op, k, train_dir, val_dir, num_classes
         output_layout=layout)
     val_pipe = imagenet_val_pipeline(
         val_dir, batch_size=cfg.batch_size, device=device, crop=cfg.crop,
-        size=cfg.val_resize or max(cfg.crop, round(cfg.crop * 256 / 224)), shard_id=d.rank, num_shards=d.world,
+        size=default_resize(cfg.crop, cfg.val_resize), shard_id=d.rank, num_shards=d.world,
         num_threads=d.threads, device_id=d.local_rank if d.gpu else None, num_classes=num_classes,
         output_layout=layout)
     return (DALIMixIterator(train_pipe, smoothing=cfg.smoothing, drop_last=cfg.drop_last),
@@ -479,6 +494,25 @@ def _load_buffers(model, buffers: dict):
             b.copy_(buffers[name].to(b.device))
 
 
+def _params_finite(model) -> bool:
+    """Whether every parameter is finite (one host sync, at a checkpoint or an epoch end)."""
+    import torch
+
+    return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
+
+
+def _refuse_diverged(cfg: TrainConfig, state: _State, loss_sum: float, params_finite: bool):
+    """Stop a run whose training loss total (or weights) went NaN or infinite, before it writes anything: the last
+    checkpoint (a finite one) is kept. ``loss_sum`` and ``params_finite`` are the same on every rank."""
+    if math.isfinite(loss_sum) and params_finite:
+        return
+    what = f"the training loss summed over the epoch so far is {loss_sum}" if not math.isfinite(loss_sum) \
+        else "the model's weights are not finite"
+    raise UsageError(f"the run diverged at epoch {state.epoch + 1}, step {state.step}: {what} (--lr {cfg.lr}); "
+                     f"stopped without writing a checkpoint ({Path(cfg.out) / 'checkpoint.pt'} is the last finite "
+                     f"one, if any): start again with a lower --lr (or --warmup-epochs)")
+
+
 def _save(cfg: TrainConfig, d: Dist, model, opt, scaler, ident: dict, state: _State, train_it, *, epoch_done):
     """Write ``checkpoint.pt`` (rank 0) with every rank's pipeline checkpoint, random generators, module buffers
     and partial sums. The buffers differ between ranks under DDP: it broadcasts them before each forward from the
@@ -488,16 +522,19 @@ def _save(cfg: TrainConfig, d: Dist, model, opt, scaler, ident: dict, state: _St
 
     mine = {"pipeline": train_it.checkpoints()[0], "rng": _rng_state(d), "loss_sum": state.loss_sum,
             "seen": state.seen, "audit": list(state.audit), "mixes": list(state.mixes),
-            "buffers": {name: b.detach().to("cpu", copy=True) for name, b in model.named_buffers()}}
+            "buffers": {name: b.detach().to("cpu", copy=True) for name, b in model.named_buffers()},
+            "finite": _params_finite(model)}
     parts = [None] * d.world
     if d.world > 1:
         dist.all_gather_object(parts, mine)
     else:
         parts = [mine]
+    # every rank sees every rank's loss and raises alike (none is left waiting in a collective)
+    _refuse_diverged(cfg, state, sum(p["loss_sum"] for p in parts), all(p["finite"] for p in parts))
     if not d.main:
         return
     buf = io.BytesIO()
-    partial = [{k: v for k, v in p.items() if k not in ("pipeline", "rng", "buffers")} for p in parts]
+    partial = [{k: v for k, v in p.items() if k not in ("pipeline", "rng", "buffers", "finite")} for p in parts]
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
                 "epoch": state.epoch, "step": 0 if epoch_done else state.step, "history": state.history,
                 "pipelines": [p["pipeline"] for p in parts], "rng": [p["rng"] for p in parts],
@@ -659,7 +696,8 @@ def _evaluate(model, it, d: Dist, amp_ctx):
 
 def _end_epoch(cfg, d, model, val_it, amp_ctx, state: _State, opt, t0, train_time, title):
     """Reduce the epoch's metrics, validate, append the row, write the files."""
-    loss_sum, seen_all = _all_sum([state.loss_sum, state.seen], d)
+    loss_sum, seen_all, infinite = _all_sum([state.loss_sum, state.seen, float(not _params_finite(model))], d)
+    _refuse_diverged(cfg, state, loss_sum, not infinite)  # before validation, the metrics and the checkpoint
     epoch = state.epoch
     if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
         # parameters in sync after join
