@@ -148,7 +148,7 @@ def test_anchor_params_keep_the_anchor_share():
     assert (p.sources[:, 1:] != np.arange(50)[:, None]).all()  # partners are other samples
     with pytest.raises(ValueError, match=r"anchor_ratio must be in \(0, 1\), got 1\.0"):
         sample_anchor_params(4, 8, 8, anchor_ratio=1.0)
-    with pytest.raises(ValueError, match=r"alpha must be a scalar or have length k=2"):
+    with pytest.raises(ValueError, match=r"alpha must be a scalar or K - 1 = 2 partner concentrations \(k=3 images"):
         sample_anchor_params(4, 8, 8, k=3, alpha=(1.0, 1.0, 1.0))
 
 
@@ -242,3 +242,136 @@ def test_kmix_subsample_one_and_two_processes_agree(checkpoint, tmp_path):
                           train_list=str(tmp_path / "one" / "subset.txt"), out=str(tmp_path / "subrun"), crop=32,
                           epochs=1, batch_size=8, progress=False, threads=1))
     assert s["history"][0]["train_images"] == 16
+
+
+# --------------------------------------------------------------------------- groups, arguments, outputs, classes
+
+
+@pytest.mark.parametrize("n", [2, 3, 8, 15, 48, 49, 65, 129])
+@pytest.mark.parametrize("group_size", [2, 7, 47, 64])
+def test_groups_never_leave_a_sample_alone_and_cover_every_sample_once(n, group_size):
+    from dali_kmix.apps.subsample import _groups
+
+    files = [(f"c{i % 3}/img{i:03d}.jpg", i % 3) for i in range(n)]
+    groups = _groups(files, group_size, seed=4)
+    assert all(2 <= len(g) <= group_size + 1 for g in groups)  # a last group of one joins the one before
+    assert sorted(f for g in groups for f in g) == sorted(files)
+    for world in (1, 2, 3):  # ranks take groups r, r + W, ...: together every sample, each once
+        mine = [f for r in range(world) for g in range(r, len(groups), world) for f in groups[g]]
+        assert sorted(mine) == sorted(files)
+
+
+def test_groups_refuse_groups_of_one():
+    from dali_kmix.apps.subsample import _groups
+
+    files = [(f"c0/img{i}.jpg", 0) for i in range(5)]
+    with pytest.raises(ValueError, match=r"group_size must be >= 2, got 1"):
+        _groups(files, 1, 0)
+    with pytest.raises(ValueError, match=r"at least 2 images, got 1"):
+        _groups(files[:1], 4, 0)
+
+
+def test_score_dataset_never_scores_a_sample_against_itself(photo_dir):
+    pytest.importorskip("nvidia.dali")
+    from dali_kmix.apps.subsample import score_dataset
+
+    model = _MeanModel(8)
+    s, _ = score_dataset(model, photo_dir, num_classes=8, m=3, group_size=47, crop=32, resize=32)  # 48 = 47 + 1
+    assert len(s.paths) == 48 and len(set(s.paths)) == 48
+    assert (s.std > 0).all() and (s.cv > 0).all()
+    with pytest.raises(ValueError, match=r"m must be >= 2, got 1"):
+        score_dataset(model, photo_dir, num_classes=8, m=1, group_size=8, crop=32, resize=32)
+
+
+def test_scoring_resizes_as_validation_does():
+    from argparse import Namespace
+
+    from dali_kmix.apps.subsample import _preprocessing
+
+    args = Namespace(crop=None, resize=None)
+    assert _preprocessing(args, {"config": {"crop": 32, "val_resize": None}}) == (32, 37)  # round(32 * 256 / 224)
+    assert _preprocessing(args, {"config": {"crop": 224}}) == (224, 256)
+    assert _preprocessing(args, {"config": {"crop": 32, "val_resize": 40}}) == (32, 40)
+    assert _preprocessing(Namespace(crop=64, resize=None), {"config": {"crop": 32}}) == (64, 73)
+    assert _preprocessing(Namespace(crop=None, resize=50), {"config": {"crop": 32}}) == (32, 50)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(photo_dir, tmp_path_factory):
+    """A checkpoint as ``kmix train`` writes it (untrained small-cnn, classes of ``photo_dir``), made in no time."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("nvidia.dali")
+    from dali_kmix.apps.data import class_names
+    from dali_kmix.apps.train import build_model
+
+    classes = class_names(photo_dir)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ck") / "checkpoint.pt"
+    torch.save({"model": build_model("small-cnn", len(classes)).state_dict(), "num_classes": len(classes),
+                "config": {"model": "small-cnn", "crop": 32, "val_resize": None}, "run": {"classes": list(classes)}},
+               path)
+    return path
+
+
+def _subsample_in_process(photo_dir, checkpoint, *extra, data=None):
+    from dali_kmix.apps.cli import main
+
+    return main(["--debug", "subsample", "--data", str(data or photo_dir), "--checkpoint", str(checkpoint),
+                 "--ratio", "0.25", "--mixes", "2", "--group-size", "8", "--threads", "1", "--device", "cpu", *extra])
+
+
+def test_subsample_scores_a_last_sample_with_others(photo_dir, tiny_checkpoint, tmp_path, capsys):
+    assert _subsample_in_process(photo_dir, tiny_checkpoint, "--group-size", "47", "--out",
+                                 str(tmp_path / "subset.txt")) == 0  # 48 files = 47 + 1
+    paths, _, _, std, cv = read_scores(tmp_path / "subset.csv")
+    assert len(set(paths)) == 48 and (std > 0).all() and (cv > 0).all()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["subset.csv", "subset.json", "subset.txt"]
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--group-size", "0"], r"--group-size must be >= 2, got 0"),
+    (["--group-size", "-5"], r"--group-size must be >= 2, got -5"),
+    (["--group-size", "1"], r"--group-size must be >= 2, got 1"),
+    (["--mixes", "0"], r"--mixes must be >= 2, got 0"),
+    (["--mixes", "1"], r"--mixes must be >= 2, got 1"),
+    (["--threads", "-1"], r"--threads must be >= 1, got -1"),
+    (["--crop", "0"], r"--crop must be >= 1, got 0"),
+])
+def test_subsample_refuses_bad_arguments(photo_dir, tiny_checkpoint, tmp_path, args, match):
+    from dali_kmix.apps.common import UsageError
+
+    with pytest.raises(UsageError, match=match):
+        _subsample_in_process(photo_dir, tiny_checkpoint, "--out", str(tmp_path / "subset.txt"), *args)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--out", "{t}/subset.csv"], r"--out \(the file list\) and the scores CSV .* are the same file"),
+    (["--out", "{t}/s.json"], r"--out \(the file list\) and the summary JSON .* are the same file"),
+    (["--out", "{t}/a.txt", "--scores", "{t}/a.txt"], r"--out \(the file list\) and the scores CSV"),
+    (["--out", "{t}/a.txt", "--scores", "{t}/b.json"], r"the scores CSV .* and the summary JSON"),
+    (["--out", "{t}/a.txt", "--figure", "{t}/a.csv"], r"the scores CSV .* and --figure are the same file"),
+])
+def test_subsample_refuses_outputs_that_overwrite_each_other(photo_dir, tiny_checkpoint, tmp_path, args, match):
+    from dali_kmix.apps.common import UsageError
+
+    with pytest.raises(UsageError, match=match):
+        _subsample_in_process(photo_dir, tiny_checkpoint, *(a.format(t=tmp_path) for a in args))
+    assert not list(tmp_path.iterdir())  # refused before any scoring or writing
+
+
+def test_subsample_refuses_data_whose_classes_differ_from_the_checkpoint(photo_dir, tiny_checkpoint, tmp_path):
+    from dali_kmix.apps.common import UsageError
+
+    data = tmp_path / "data"
+    shutil.copytree(photo_dir, data)
+    classes = sorted(p.name for p in data.iterdir())
+    shutil.rmtree(data / classes[2])
+    with pytest.raises(UsageError, match=rf"label 2 is {classes[3]!r} in the data, {classes[2]!r} in the "
+                                         rf"checkpoint \(7 vs 8 classes\)"):
+        _subsample_in_process(photo_dir, tiny_checkpoint, "--out", str(tmp_path / "o" / "subset.txt"), data=data)
+    shutil.copytree(photo_dir / classes[2], data / classes[2])
+    (data / classes[-1]).rename(data / "zz_other")  # as many classes, one name differs
+    with pytest.raises(UsageError, match=rf"label 7 is 'zz_other' in the data, {classes[-1]!r} in the checkpoint"):
+        _subsample_in_process(photo_dir, tiny_checkpoint, "--out", str(tmp_path / "o" / "subset.txt"), data=data)
+    assert not (tmp_path / "o").exists()

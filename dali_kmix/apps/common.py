@@ -34,6 +34,13 @@ class Dist:
         return self.rank == 0
 
 
+def default_resize(crop: int, val_resize=None) -> int:
+    """The shorter side validation resizes to before its centre crop: ``val_resize``, else
+    ``max(crop, round(crop * 256 / 224))`` (256 for a 224 crop). ``kmix train`` validates and ``kmix subsample``
+    scores with it, so the scores see the view the model was evaluated on."""
+    return val_resize or max(crop, round(crop * 256 / 224))
+
+
 def setup_distributed(device: str = "auto", threads: int | None = None) -> Dist:
     """Read torchrun's environment, pick the device, set torch's threads and join the process group.
 

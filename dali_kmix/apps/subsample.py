@@ -10,7 +10,8 @@ cross-entropy losses on those mixes. The measure is the coefficient of variation
 every ``interval``-th (the paper's best).
 
 Scoring order is fixed by the seed alone, never by the number of processes: the
-files are put in one seeded order, cut into groups of ``group_size``, and group
+files are put in one seeded order, cut into groups of ``group_size`` (a last group of
+one sample, which would be mixed with itself only, joins the group before it), and group
 ``g`` draws its partners (from within the group) and boxes from ``seed`` and ``g``.
 Under torchrun rank ``r`` scores groups ``r, r + W, ...`` and the scores are gathered,
 so the result equals the single-process one, with every sample scored exactly once
@@ -31,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import _checks
-from .common import UsageError, atomic_write, setup_distributed, teardown_distributed
+from .common import UsageError, atomic_write, default_resize, setup_distributed, teardown_distributed
 
 __all__ = ["MEASURES", "SELECTIONS", "list_files", "score_batch", "score_dataset", "select", "write_scores",
            "read_scores", "write_file_list", "read_file_list", "plot_figure"]
@@ -118,8 +119,17 @@ def score_batch(model, images, labels, *, num_classes: int, m: int = 10, k: int 
 
 
 def _groups(files, group_size: int, seed: int):
+    """``files`` in one seeded order, cut into groups of ``group_size``; never a group of one sample (its
+    partners would be itself, every mix the anchor alone, its CV 0): a last group of one joins the one before."""
+    group_size = _checks.check_int("group_size", group_size, 2)
+    if len(files) < 2:
+        raise ValueError(f"scoring mixes every sample with others: it needs at least 2 images, got {len(files)}")
     order = np.random.default_rng([seed, 0x5EED]).permutation(len(files))
-    return [[files[i] for i in order[s:s + group_size]] for s in range(0, len(files), group_size)]
+    groups = [[files[i] for i in order[s:s + group_size]] for s in range(0, len(files), group_size)]
+    if len(groups[-1]) == 1:
+        lone = groups.pop()
+        groups[-1] += lone
+    return groups
 
 
 def _group_pipeline(root, groups, *, crop, resize, device, device_id, num_threads, seed):
@@ -156,13 +166,14 @@ def score_dataset(model, data_dir, *, num_classes: int, m: int = 10, k: int = 3,
     """Score every image under ``data_dir`` (this rank's groups); returns (Scores, captured mixes)."""
     from tqdm import tqdm
 
+    m = _checks.check_int("m", m, 2)  # one mix gives every sample std 0
     files = list_files(data_dir)
     groups = _groups(files, group_size, seed)
     mine = list(range(rank, len(groups), world))
     capture_paths = set(capture_paths)
     if capture_paths:
         mine = [g for g in mine if capture_paths & {rel for rel, _ in groups[g]}]
-    pipe = _group_pipeline(data_dir, [groups[g] for g in mine], crop=crop, resize=resize or crop,
+    pipe = _group_pipeline(data_dir, [groups[g] for g in mine], crop=crop, resize=resize or default_resize(crop),
                            device=device, device_id=device_id, num_threads=num_threads, seed=seed)
     pipe.build()
     paths, labels, losses, captured = [], [], [], {}
@@ -340,6 +351,49 @@ def load_checkpoint_model(checkpoint, model_name=None, device="cpu"):
     return model.to(device).eval(), state
 
 
+def _output_paths(args) -> dict:
+    """The files ``run`` writes (``scores`` defaults to OUT with .csv, ``summary`` is SCORES with .json); refused
+    before any work when two of them are the same file (one would overwrite the other)."""
+    paths = {"out": str(args.out), "scores": str(args.scores or Path(args.out).with_suffix(".csv"))}
+    paths["summary"] = str(Path(paths["scores"]).with_suffix(".json"))
+    if args.figure:
+        paths["figure"] = str(args.figure)
+    what = {"out": "--out (the file list)", "scores": "the scores CSV (--scores, default OUT with .csv)",
+            "summary": "the summary JSON (the scores CSV with .json)", "figure": "--figure"}
+    seen = {}
+    for key, path in paths.items():
+        other = seen.setdefault(Path(path).resolve(), key)
+        if other != key:
+            raise UsageError(f"{what[other]} and {what[key]} are the same file {path!r}: one would overwrite the "
+                             "other (give --scores, or other names)")
+    return paths
+
+
+def _check_classes(data_classes, state: dict, data, checkpoint):
+    """The labels come from the class folders of ``data``, the model's classes from the checkpoint: they must agree."""
+    trained = (state.get("run") or {}).get("classes")
+    if trained is None:  # a checkpoint without its class names: compare the count
+        if len(data_classes) != state["num_classes"]:
+            raise UsageError(f"--data {str(data)!r} has {len(data_classes)} class folders, the model of "
+                             f"{str(checkpoint)!r} {state['num_classes']} classes")
+        return
+    if list(data_classes) != list(trained):
+        first = next((i for i, (a, b) in enumerate(zip(data_classes, trained)) if a != b),
+                     min(len(data_classes), len(trained)))
+        data_c = data_classes[first] if first < len(data_classes) else "(none)"
+        model_c = trained[first] if first < len(trained) else "(none)"
+        raise UsageError(f"the class folders of --data {str(data)!r} differ from the classes the checkpoint "
+                         f"{str(checkpoint)!r} was trained on: label {first} is {data_c!r} in the data, "
+                         f"{model_c!r} in the checkpoint ({len(data_classes)} vs {len(trained)} classes)")
+
+
+def _preprocessing(args, state: dict) -> tuple[int, int]:
+    """(crop, resize) for scoring: the options, else what the checkpoint's run validated with."""
+    config = state.get("config", {})
+    crop = args.crop if args.crop is not None else config.get("crop", 224)
+    return crop, args.resize or default_resize(crop, config.get("val_resize"))
+
+
 def run(args) -> tuple[dict, Scores]:
     """``kmix subsample``: score (one process or under torchrun), select, write the files (rank 0).
 
@@ -348,16 +402,24 @@ def run(args) -> tuple[dict, Scores]:
     """
     import torch.distributed as dist
 
+    from .data import class_names
+
     _check_ratio(args.ratio)
+    for flag, value, minimum in (("--group-size", args.group_size, 2), ("--mixes", args.m, 2),
+                                 ("--threads", args.threads, 1), ("--crop", args.crop, 1),
+                                 ("--resize", args.resize, 1)):
+        if value is not None and value < minimum:
+            raise UsageError(f"{flag} must be >= {minimum}, got {value}")
     for name, path in (("--data", args.data), ("--checkpoint", args.checkpoint)):
         if not Path(path).exists():
             raise UsageError(f"{name} {str(path)!r} does not exist")
+    outputs = _output_paths(args)
     d = setup_distributed(args.device, args.threads)
     rank, world, local_rank, gpu = d.rank, d.world, d.local_rank, d.gpu
     model, state = load_checkpoint_model(args.checkpoint, args.model, d.device)
+    _check_classes(class_names(args.data), state, args.data, args.checkpoint)
     alpha = args.alpha if len(args.alpha) > 1 else args.alpha[0]
-    crop = args.crop or state.get("config", {}).get("crop", 224)
-    resize = args.resize or state.get("config", {}).get("val_resize") or crop
+    crop, resize = _preprocessing(args, state)
     kw = dict(num_classes=state["num_classes"], m=args.m, k=args.k, anchor_ratio=args.anchor_ratio, alpha=alpha,
               group_size=args.group_size, seed=args.seed, crop=crop, resize=resize, device="gpu" if gpu else "cpu",
               device_id=local_rank if gpu else None, num_threads=args.threads or 2, rank=rank, world=world)
@@ -375,8 +437,7 @@ def run(args) -> tuple[dict, Scores]:
     scores = Scores([scores.paths[i] for i in order], scores.labels[order], scores.losses[order])
     keep = select(scores, args.ratio, measure=args.measure, selection=args.selection, interval=args.interval,
                   ascending=args.ascending, seed=args.seed)
-    result = {"scored": len(scores.paths), "kept": len(keep), "out": args.out,
-              "scores": args.scores or str(Path(args.out).with_suffix(".csv"))}
+    result = {"scored": len(scores.paths), "kept": len(keep), "out": args.out, "scores": outputs["scores"]}
     if rank == 0:
         write_scores(scores, result["scores"])
         write_file_list([(scores.paths[i], scores.labels[i]) for i in keep], args.out)
@@ -384,10 +445,8 @@ def run(args) -> tuple[dict, Scores]:
             cv = scores.cv
             picks = [scores.paths[i] for i in np.argsort(-cv)[:3]] + [scores.paths[i] for i in np.argsort(cv)[:3]]
             _, captured = score_dataset(model, args.data, capture_paths=picks, **{**kw, "rank": 0, "world": 1})
-            from .data import class_names
-
             plot_figure(scores, {p: captured[p] for p in picks}, args.figure, class_names(args.data))
-        atomic_write(Path(result["scores"]).with_suffix(".json"),
+        atomic_write(outputs["summary"],
                            json.dumps({**result, "args": {k: v for k, v in vars(args).items() if k != "func"}},
                                       indent=1, default=str))
     teardown_distributed(d)
