@@ -503,8 +503,7 @@ def operator_arguments(draw):
                                  st.sampled_from(["itti", "", None]))
     if method == "dmixup_or_dcutmix":
         kwargs["switch_prob"] = arg(draw, "switch_prob", bad, st.floats(0.0, 1.0), BAD_PROB)
-        kwargs["cutmix_alpha"] = arg(draw, "cutmix_alpha", bad, st.one_of(st.none(), alphas(kv)), bad_alpha(kv),
-                                     names=("alpha",))  # checked as DCutMix's alpha
+        kwargs["cutmix_alpha"] = arg(draw, "cutmix_alpha", bad, st.one_of(st.none(), alphas(kv)), bad_alpha(kv))
     return method, kwargs
 
 
