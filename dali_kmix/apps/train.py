@@ -657,7 +657,8 @@ def _train_epoch(cfg, d, ddp, opt, scaler, amp_ctx, train_it, lr_at, steps, stat
             scaler.step(opt)
             scaler.update()
             n = images.shape[0]
-            loss_acc += loss.detach().double() * n
+            if n:  # a rank whose shard ran out gets empty batches until the others finish (DDP join): their mean
+                loss_acc += loss.detach().double() * n  # loss is NaN (0 / 0), which must not reach the sum
             state.seen += n
             state.step += 1
             if not bar.disable and state.step % 20 == 0:
