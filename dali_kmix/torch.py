@@ -461,7 +461,7 @@ class KMixup:
         self.correct_lam = correct_lam
         self.cutmix_minmax = cutmix_minmax
         self.multi_label = False
-        if self.prob > 0 and self._alpha["dmixup"] is None and self._alpha["dcutmix"] is None:
+        if self.prob > 0 and all(a is None for a in self._alpha.values()):
             raise _nothing_to_mix()
         if isinstance(seed, (bool, np.bool_)) or not (seed is None or isinstance(seed, (numbers.Integral,
                                                                                        np.random.Generator))):
@@ -533,9 +533,9 @@ class KMixup:
 
     # ------------------------------------------------------------------ the plan of one batch
 
-    def _pick_method(self, size=None):
+    def _pick_method(self, alpha: dict, size=None):
         """"dcutmix"/"dmixup" (size None) or a bool "uses DCutMix" mask of ``size`` samples."""
-        mix, cut = self._alpha["dmixup"] is not None, self._alpha["dcutmix"] is not None
+        mix, cut = alpha["dmixup"] is not None, alpha["dcutmix"] is not None
         if mix and cut:
             draw = self._rng.random(size)
             return draw < self.switch_prob if size is not None else ("dcutmix" if draw < self.switch_prob
@@ -543,11 +543,11 @@ class KMixup:
         method = "dcutmix" if cut else "dmixup"
         return method if size is None else np.full(size, cut)
 
-    def _plan(self, n: int):
-        """[(method, rows or None for the whole batch)], drawn on the host; [] for no mixing."""
+    def _plan(self, n: int, alpha: dict):
+        """[(method, rows or None for the whole batch, its alpha)], drawn on the host; [] for no mixing. ``alpha``:
+        this call's :attr:`_alpha`."""
         if not self.mixup_enabled or self.prob == 0.0:
             return []
-        alpha = self._alpha
         if alpha["dmixup"] is None and alpha["dcutmix"] is None:  # both set to 0 after construction
             raise _nothing_to_mix()
         if n == 0:
@@ -555,11 +555,13 @@ class KMixup:
         if self.mode == "batch":
             if self.prob < 1.0 and not self._rng.random() < self.prob:
                 return []
-            return [(self._pick_method(), None)]
-        cut = self._pick_method(n)
+            method = self._pick_method(alpha)
+            return [(method, None, alpha[method])]
+        cut = self._pick_method(alpha, n)
         if cut.all() or not cut.any():
-            return [("dcutmix" if cut.all() else "dmixup", None)]
-        return [("dcutmix", np.flatnonzero(cut)), ("dmixup", np.flatnonzero(~cut))]
+            method = "dcutmix" if cut.all() else "dmixup"
+            return [(method, None, alpha[method])]
+        return [("dcutmix", np.flatnonzero(cut), alpha["dcutmix"]), ("dmixup", np.flatnonzero(~cut), alpha["dmixup"])]
 
     def _sampler_args(self):
         """(sampler mode, sampler prob): "batch" draws the coin per batch (in _plan)."""
@@ -568,7 +570,7 @@ class KMixup:
 
     # ------------------------------------------------------------------ checks and layout
 
-    def _check_inputs(self, x, target):
+    def _check_inputs(self, x, target, alpha: dict):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if not isinstance(target, torch.Tensor):
@@ -589,7 +591,7 @@ class KMixup:
             raise ValueError(f"target has {target.shape[0]} entries but x has {x.shape[0]} samples")
         if target.device != x.device:
             raise ValueError(f"target must be on the device of x ({x.device}), got {target.device}")
-        if x.shape[0] and self.mixup_enabled and self.prob > 0 and self._alpha["dcutmix"] is not None:
+        if x.shape[0] and self.mixup_enabled and self.prob > 0 and alpha["dcutmix"] is not None:
             # whatever a batch tosses: DCutMix's label weights are box areas / (H x W)
             _checks.check_area("x", tuple(x.shape[1:]), "CHW", "KMixup with cutmix_alpha > 0")
         if target.numel() and (target.device.type == "cpu" or self.check_labels):
@@ -631,8 +633,9 @@ class KMixup:
 
     def __call__(self, x: torch.Tensor, target: torch.Tensor):
         given = x
-        x, target = self._check_inputs(x, target)
-        plan = self._plan(x.shape[0])
+        alpha = self._alpha  # the settings of this call, worked out once
+        x, target = self._check_inputs(x, target, alpha)
+        plan = self._plan(x.shape[0], alpha)
         if not plan:
             self.last_groups = []
             return given, self._one_hot(target)
@@ -651,9 +654,9 @@ class KMixup:
         samples = list(xv)
         groups = []
         targets = None
-        for method, rows in plan:
+        for method, rows, alpha in plan:
             m = n if rows is None else len(rows)
-            rec = sample_params(method, m, h, w, k=self.k, alpha=self._alpha[method], mode=smode, prob=sprob,
+            rec = sample_params(method, m, h, w, k=self.k, alpha=alpha, mode=smode, prob=sprob,
                                 rng=self._rng)
             if rows is None:
                 blend_samples(samples, rec, layout, out=ov)
@@ -706,9 +709,9 @@ class KMixup:
             valid = (labels >= 0) & (labels < self.num_classes)
             groups = []
             targets = None
-            for method, rows in plan:
+            for method, rows, alpha in plan:
                 m = n if rows is None else len(rows)
-                rec = sample_params_device(gen, method, m, h, w, self.k, self._alpha[method], smode, sprob)
+                rec = sample_params_device(gen, method, m, h, w, self.k, alpha, smode, sprob)
                 if rows is None:
                     blend_samples(samples, rec, layout, out=ov)
                     lab, ok = labels, valid
