@@ -685,6 +685,18 @@ def _keys(spec: MixSpec, labels):
     return fn.random.uniform(labels, range=[0.0, 1.0], dtype=types.FLOAT64, seed=seed)
 
 
+def _shard_sizes(meta: dict) -> list[int]:
+    """The samples of each shard of the reader whose ``pipe.reader_meta(name)`` is ``meta`` (DALI's split)."""
+    n, shards = int(meta["epoch_size"]), int(meta["number_of_shards"])
+    return [(j + 1) * n // shards - j * n // shards for j in range(shards)]
+
+
+def padded_epoch_batches(meta: dict, batch_size: int) -> int:
+    """Batches a reader with ``pad_last_batch=True`` yields per epoch on every shard: ``ceil(S / batch_size)``, S
+    the largest shard (a smaller shard fills them with copies of its last sample)."""
+    return max(1, -(-max(_shard_sizes(meta)) // batch_size))
+
+
 def real_sample_flags(meta: dict, iteration: int, batch_size: int) -> list[int]:
     """Per sample of batch ``iteration`` (0-based, since the pipeline started): 1 for a sample of the reader's
     shard, 0 for a copy of the shard's last sample that ``pad_last_batch=True`` added to fill the batch.
@@ -697,10 +709,9 @@ def real_sample_flags(meta: dict, iteration: int, batch_size: int) -> list[int]:
     """
     if not meta.get("pad_last_batch"):
         return [1] * batch_size
-    n, shards, shard = int(meta["epoch_size"]), int(meta["number_of_shards"]), int(meta["shard_id"])
-    sizes = [(j + 1) * n // shards - j * n // shards for j in range(shards)]
-    steps = max(1, -(-max(sizes) // batch_size))
-    epoch, step = divmod(int(iteration), steps)
+    shards, shard = int(meta["number_of_shards"]), int(meta["shard_id"])
+    sizes = _shard_sizes(meta)
+    epoch, step = divmod(int(iteration), padded_epoch_batches(meta, batch_size))
     if not meta.get("stick_to_shard"):
         shard = (shard + epoch) % shards
     real = min(max(sizes[shard] - step * batch_size, 0), batch_size)
@@ -1020,8 +1031,7 @@ def dynamic_mix(method, images, labels, *, k=3, alpha=1.0, num_classes, layout=N
                             "ndd.as_batch(tensor) makes a batch of its outer dimension")
         check_operator_input("images", images)  # raises, naming what came and where to mix it instead
         raise TypeError("images is a DataNode of a pipeline definition; dali_kmix.dynamic mixes dynamic-mode "
-                        "batches (ndd.Batch): in a pipeline use dali_kmix.dali."
-                        f"{method.replace('+', '_or_').replace('saliency-', 'saliency_')}")
+                        f"batches (ndd.Batch): in a pipeline use dali_kmix.dali.{FUNCTIONS[method]}")
     found = images.layout or ""
     if layout is None:
         if found not in _checks.LAYOUTS:

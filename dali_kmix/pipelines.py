@@ -240,17 +240,17 @@ def _prob_schedule(pipe, reader_name, batch_size, prob, off_epoch):
     The epoch comes from the iteration index DALI hands the source (``batch_info``), which a
     checkpoint restores, and from the reader's epoch size read once the pipeline is built. With
     ``pad_last_batch=True`` (the reader of these pipelines) every shard is read as
-    ``ceil(S / batch_size)`` batches an epoch, S the largest shard (as
-    :func:`dali_kmix.dali.real_sample_flags` counts them), not as many as its own size needs: so
-    every shard of a run switches mixing off in the same iteration, at the start of ``off_epoch``.
+    ``ceil(S / batch_size)`` batches an epoch, S the largest shard
+    (:func:`dali_kmix.dali.padded_epoch_batches`, as :func:`dali_kmix.dali.real_sample_flags`
+    counts them), not as many as its own size needs: so every shard of a run switches mixing off
+    in the same iteration, at the start of ``off_epoch``.
     """
     from nvidia.dali import fn
 
+    from .dali import padded_epoch_batches
+
     def source(info):
-        meta = pipe.reader_meta(reader_name)
-        shards, n = int(meta["number_of_shards"]), int(meta["epoch_size"])
-        largest = max((j + 1) * n // shards - j * n // shards for j in range(shards))
-        steps = max(1, -(-largest // batch_size))
+        steps = padded_epoch_batches(pipe.reader_meta(reader_name), batch_size)
         value = 0.0 if info.iteration // steps >= off_epoch else prob
         return [np.array(value, np.float32)] * batch_size
 
