@@ -627,8 +627,9 @@ def _train_epoch(cfg, d, ddp, opt, scaler, amp_ctx, train_it, lr_at, steps, stat
     first ``shortest - 1`` steps (while every rank still has batches); the epoch's last step is
     left to the epoch-end checkpoint, which is taken after the iterator has finished the epoch (one
     checkpoint a step: DALIMixIterator would restore one taken between the last batch and the end of
-    the epoch too, as an iterator whose first call ends the epoch). The training loss is summed in one running float64 total that a checkpoint reads and
-    a resumed run continues, so the sum is the same however often the run was checkpointed.
+    the epoch too, as an iterator whose first call ends the epoch). The training loss is summed in
+    one running float64 total that a checkpoint reads and a resumed run continues, so the sum is the
+    same however often the run was checkpointed.
     """
     import torch
     from tqdm import tqdm
