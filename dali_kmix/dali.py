@@ -840,7 +840,7 @@ def _draw_args(spec: MixSpec) -> dict:
                 alpha="" if spec.alpha is None else _hex(spec.alpha), alpha_input=spec.alpha is None,
                 prob="" if spec.prob is None else _hex(spec.prob), prob_input=spec.prob is None,
                 smoothing=_hex(spec.smoothing), num_classes=spec.num_classes,
-                label_format=spec.label_format, layout=spec.layout, kmix_seed=0, shard_id=spec.shard_id,
+                label_format=spec.label_format, layout=spec.layout, shard_id=spec.shard_id,
                 index=spec.index)
     if spec.switch:
         args.update(cutmix_alpha=_hex(spec.cutmix_alpha), switch_prob=_hex(spec.switch_prob))

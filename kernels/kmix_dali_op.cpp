@@ -571,7 +571,7 @@ inline std::string PerSampleProb(const dali::TensorList<CPUBackend>& tl, int n, 
 
 // fn.kmix_draw(images, labels, keys[, centers][, alpha][, prob][, real]): the record and the label outputs of
 // dali_kmix.dali's drawing python_function (_PluginRecord), drawn in C++ with NumPy's generator (kmix_draw.h), bit
-// for bit: the same SeedSequence of the arguments' seed and the keys' bits, spawned at (shard_id, index), the same
+// for bit: the same SeedSequence of a 0 word and the keys' bits, spawned at (shard_id, index), the same
 // draws, nesting and soft targets. Saliency-DCutMix finds the salient points of the images here
 // (kmix_host_salient_points). With shape_input, input 0 is the images' shapes (images.shape(): GPU pipelines,
 // whose images stay on the device; _PluginRecordGivenCenters is the python_function it replaces), and
@@ -610,8 +610,9 @@ class KMixDraw : public dali::StatelessOperator<CPUBackend> {
     // dali_kmix.reference.smoothed_values: float32 of 1 - s + s / C and s / C, worked out in double
     on_ = (float)(1.0 - sm[0] + sm[0] / num_classes_);
     off_ = (float)(sm[0] / num_classes_);
-    const int64_t seed = spec.GetArgument<int64_t>("kmix_seed");
-    kmix_draw::SeedSequence::append_words(seed_words_, (uint64_t)seed);
+    // the entropy's first word is 0: the draws depend on the keys alone (the pipeline's seed seeds the keys'
+    // operator), as _Draws.generator's [0, *key words]
+    kmix_draw::SeedSequence::append_words(seed_words_, 0);
     kmix_draw::SeedSequence::append_words(spawn_, (uint64_t)spec.GetArgument<int64_t>("shard_id"));
     kmix_draw::SeedSequence::append_words(spawn_, (uint64_t)spec.GetArgument<int64_t>("index"));
     const std::string err = kmix::CheckLayoutArg(layout_);
@@ -954,9 +955,6 @@ float arguments are exact doubles written with Python's float.hex().)")
     .AddArg("num_classes", "Number of classes.", DALI_INT32)
     .AddArg("label_format", "\"dense\" or \"sparse\".", DALI_STRING)
     .AddArg("layout", "\"HWC\" or \"CHW\".", DALI_STRING)
-    .AddArg("kmix_seed", "The word the SeedSequence's entropy starts with (dali_kmix passes 0: the draws depend "
-                         "on the keys, so a pipeline restored with another seed continues the same mixes).",
-            DALI_INT64)
     .AddArg("shard_id", "The spawn key's first word.", DALI_INT64)
     .AddArg("index", "The spawn key's second word (the operator's index in its pipeline).", DALI_INT64)
     .AddOptionalArg("saliency_taps", "Method 2: the 5 Gaussian taps of the saliency map (float.hex).", std::string());
