@@ -2,7 +2,8 @@
 
 A pool of 6,000 Fashion-MNIST training images (600 per class); a DCutMix (K=3) model of the
 mixing study's kind (``small-cnn-fc``) trained on the whole pool scores every image with
-``kmix subsample`` (M=10 mixes, anchor share 0.5, two partners with alpha = (2/9, 2/9)); then
+``kmix subsample`` (M=10 mixes, anchor share 0.5, two partners with alpha = (2/9, 2/9), kept for an
+anchor's 10 mixes as in Eq. 8, or redrawn for every mix with ``--partners redrawn``); then
 t = 5 %, 10 % and 20 % of every class are kept -- by high CV ("top" and "interval" n=2), at
 random, by low mean mixed loss ("mean, easy") and by high mean mixed loss ("mean, hard") --
 and the same model is trained from scratch on each subset with DCutMix K=3, three seeds each,
@@ -10,9 +11,10 @@ for the same number of images seen (the subsets are 300 to 1,200 images, the siz
 study's training set, so these trainings are in the same over-fitting regime).
 
 Resumable like the mixing study: one JSON per finished run under
-``benchmarks/results/subsample2/`` (committed, with the pool's scores CSV), checkpoints and
-subset lists under ``benchmarks/results/subsample2-runs/`` (ignored by git). Ends by writing
-``subsample2-<date>.json/.md/.png`` from the runs finished so far (``--report`` does only that).
+``benchmarks/results/<tag>/`` (committed, with the pool's scores CSV), checkpoints and
+subset lists under ``benchmarks/results/<tag>-runs/`` (ignored by git); the tag is ``subsample3``
+for fixed partners and ``subsample2`` for redrawn ones (the study of 2026-11-25). Ends by writing
+``<tag>-<date>.json/.md/.png`` from the runs finished so far (``--report`` does only that).
 
     python benchmarks/study_subsample.py            # about 1.5 hours on 2 cores (2 runs at a time)
     python benchmarks/study_subsample.py --quick    # a smoke run
@@ -71,6 +73,10 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time (each on one CPU thread)")
     ap.add_argument("--report", action="store_true", help="train nothing: tables and plot of the finished runs")
+    ap.add_argument("--partners", default="fixed", choices=["fixed", "redrawn"],
+                    help="kmix subsample --partners: an anchor's mixes share their partners (Eq. 8) or redraw them")
+    ap.add_argument("--measures", nargs="+", default=["cv", "random", "mean"], choices=["cv", "random", "mean"],
+                    help="which selections to train (the others are left out of the tables)")
     args = ap.parse_args(argv)
     regime = _regime()
     if args.quick:
@@ -79,7 +85,7 @@ def main(argv=None):
         regime.update(batch_size=128)
     data = Path(fashion_mnist(args))
     out = Path(args.out)
-    tag = "subsample2-quick" if args.quick else "subsample2"
+    tag = {"fixed": "subsample3", "redrawn": "subsample2"}[args.partners] + ("-quick" if args.quick else "")
     rec_dir, runs_dir = out / tag, out / f"{tag}-runs"
     threads = 1 if args.jobs > 1 else None
     t0 = time.perf_counter()
@@ -100,7 +106,8 @@ def main(argv=None):
         subsample(Namespace(
             data=str(data / "train"), checkpoint=str(runs_dir / "full" / "checkpoint.pt"), model=None,
             ratio=args.ratios[0], selection="top", interval=2, measure="cv", ascending=False, m=10, k=3,
-            anchor_ratio=0.5, alpha=[2 / 9, 2 / 9], group_size=64, crop=regime["crop"], resize=regime["val_resize"],
+            anchor_ratio=0.5, alpha=[2 / 9, 2 / 9], group_size=64, partners=args.partners, crop=regime["crop"],
+            resize=regime["val_resize"],
             seed=0, device="cpu", threads=None, out=str(runs_dir / "subset-scoring.txt"), scores=str(scores_csv),
             figure=str(out / f"{tag}-figure2.png")))
         print(f"scored the pool ({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -112,6 +119,8 @@ def main(argv=None):
     jobs = []
     for ratio in args.ratios:
         for label, measure, selection, ascending in SELECTIONS:
+            if measure not in args.measures:
+                continue
             for seed in args.seeds:
                 key = f"t={ratio:g}, {label}"
                 name = f"t{ratio:g}-{measure}-{selection}{'-asc' if ascending else ''}-s{seed}"
@@ -172,7 +181,8 @@ def main(argv=None):
             "scoring_model": {"epochs": args.full_epochs, "final_val_top1_err": full and full["final_val_top1_err"],
                               "final_train_loss": full and full["final_train_loss"],
                               "final_val_loss": full and full["final_val_loss"]},
-            "scoring": "M=10, K=3, anchor 0.5, alpha (2/9, 2/9), group 64", "train": regime,
+            "scoring": f"M=10, K=3, anchor 0.5, alpha (2/9, 2/9), group 64, partners {args.partners}",
+            "train": regime,
             "samples_seen_per_run": args.samples_seen, "seeds": args.seeds, "jobs": args.jobs,
             "cpu_cores": os.cpu_count(), "runs_finished": len(jobs) - len(missing), "runs_missing": missing,
             "total_s_this_invocation": round(time.perf_counter() - t0)}

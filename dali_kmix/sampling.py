@@ -25,7 +25,8 @@ from . import _checks
 from .record import MixParams, area_weights
 
 __all__ = ["sample_dirichlet", "nest_boxes", "sample_params", "params_from_draws", "record_from_draws",
-           "sample_anchor_params", "draw_raw", "assemble_sources", "check_sample_args", "sample_params_device"]
+           "sample_anchor_params", "draw_partners", "draw_raw", "assemble_sources", "check_sample_args",
+           "sample_params_device"]
 
 
 
@@ -447,8 +448,38 @@ def params_from_draws(method, phi, uniforms, perms, mixed, height, width, image_
     return MixParams(sources, weights, boxes)
 
 
+def draw_partners(n: int, k: int = 3, rng=None) -> np.ndarray:
+    """``K - 1`` partners for each of ``n`` anchors, int64 ``(n, K - 1)``: uniform over the *other* samples of
+    the batch, with replacement across levels (all 0 for a batch of one). :func:`sample_anchor_params` draws
+    them this way when it is given none."""
+    n = _checks.check_int("n", n, 0)
+    k = _checks.check_int("k", k, 2)
+    gen = _rng(rng)
+    if n < 2:
+        return np.zeros((n, k - 1), np.int64)
+    others = gen.integers(0, n - 1, size=(n, k - 1))
+    return others + (others >= np.arange(n)[:, None])  # uniform over the other n - 1 samples
+
+
+def _check_partners(partners, n: int, k: int) -> np.ndarray:
+    p = np.asarray(partners)
+    if p.shape != (n, k - 1) or p.dtype.kind not in "iu":
+        raise ValueError(f"partners must be integers of shape (n, K - 1) = ({n}, {k - 1}), got "
+                         f"{p.dtype} of shape {p.shape}")
+    bad = (p < 0) | (p >= n)
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        raise ValueError(f"partners must index the batch of n={n}, got partners[{i}, {j}] = {p[i, j]}")
+    if n > 1:
+        own = p == np.arange(n)[:, None]
+        if own.any():
+            i, j = np.argwhere(own)[0]
+            raise ValueError(f"partners must be other samples than the anchor, got partners[{i}, {j}] = {i}")
+    return p.astype(np.int64)
+
+
 def sample_anchor_params(n: int, height: int, width: int, *, k: int = 3, anchor_ratio: float = 0.5,
-                         alpha=2 / 9, rng=None) -> MixParams:
+                         alpha=2 / 9, rng=None, partners=None) -> MixParams:
     """DCutMix records for uncertainty scoring: every anchor keeps a fixed share.
 
     Sample ``i`` is the base image (its own pixels outside box 0) with share
@@ -464,6 +495,10 @@ def sample_anchor_params(n: int, height: int, width: int, *, k: int = 3, anchor_
         alpha: K - 1 positive concentrations for the partners, or one scalar for all of them
             (the default 2/9 draws exactly what ``(2/9, 2/9)`` does for k=3).
         rng: None, an int seed or a numpy Generator.
+        partners: None to draw the partners with the shares (:func:`draw_partners`, the last draw), or the
+            int ``(n, K - 1)`` partners to keep (other samples than the anchor): the paper's Eq. (8) jitters
+            only the partners' shares and the box positions around given images. Then nothing more is drawn
+            after the boxes' uniforms.
     """
     n = _checks.check_int("n", n, 0)
     height = _check_side("height", height, 1)
@@ -476,15 +511,14 @@ def sample_anchor_params(n: int, height: int, width: int, *, k: int = 3, anchor_
     if isinstance(anchor_ratio, bool) or not isinstance(anchor_ratio, (int, float, np.floating)) or \
             not 0.0 < float(anchor_ratio) < 1.0:
         raise ValueError(f"anchor_ratio must be in (0, 1), got {anchor_ratio!r}")
+    if partners is not None:
+        partners = _check_partners(partners, n, k)
     gen = _rng(rng)
     rest = sample_dirichlet(a, n, gen)
     phi = np.concatenate([np.full((n, 1), float(anchor_ratio)), (1.0 - float(anchor_ratio)) * rest], axis=1)
     uniforms = gen.random((n, k - 1, 2))
-    if n > 1:
-        others = gen.integers(0, n - 1, size=(n, k - 1))
-        partners = others + (others >= np.arange(n)[:, None])  # uniform over the other n - 1 samples
-    else:
-        partners = np.zeros((n, k - 1), np.int64)
+    if partners is None:
+        partners = draw_partners(n, k, gen)
     return record_from_draws("dcutmix", phi, uniforms, partners.T, np.ones(n, bool), height, width)
 
 

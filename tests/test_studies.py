@@ -81,10 +81,10 @@ def test_mixing_study_quick(study):
 
 def test_subsample_study_quick(study):
     out, tmp_path = study
-    (js,) = (tmp_path / "out").glob("subsample2-quick-*.json")
+    (js,) = (tmp_path / "out").glob("subsample3-quick-*.json")
     res = json.loads(js.read_text())["results"]
     assert set(res) == {f"t={t}, {s}" for t in ("0.05", "0.1")
                         for s in ("high CV, top", "high CV, interval n=2", "random", "mean, easy", "mean, hard")}
     assert res["t=0.05, random"][0]["kept"] == 10  # 5 % of 20 per class, 10 classes
-    assert (tmp_path / "out" / "subsample2-quick-figure2.png").is_file() and "| t=0.1, random |" in out
+    assert (tmp_path / "out" / "subsample3-quick-figure2.png").is_file() and "| t=0.1, random |" in out
     assert "t=0.05: high CV, top − random" in out

@@ -4,12 +4,11 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from dali_kmix.sampling import sample_anchor_params
+from dali_kmix.sampling import draw_partners, sample_anchor_params
 from dali_kmix.apps.subsample import (Scores, list_files, read_file_list, read_scores, score_batch, select,
                                  write_file_list, write_scores)
 
@@ -150,6 +149,76 @@ def test_anchor_params_keep_the_anchor_share():
         sample_anchor_params(4, 8, 8, anchor_ratio=1.0)
     with pytest.raises(ValueError, match=r"alpha must be a scalar or K - 1 = 2 partner concentrations \(k=3 images"):
         sample_anchor_params(4, 8, 8, k=3, alpha=(1.0, 1.0, 1.0))
+
+
+def _same_record(a, b):
+    for field in ("sources", "weights", "boxes"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
+
+
+def test_anchor_params_keep_given_partners_and_draw_them_last():
+    p = sample_anchor_params(9, 16, 20, k=4, rng=5)
+    # the partners are the record's last draw: given the ones it drew, the same record comes out
+    _same_record(sample_anchor_params(9, 16, 20, k=4, rng=5, partners=p.sources[:, 1:]), p)
+    _same_record(sample_anchor_params(9, 16, 20, k=4, rng=5, partners=p.sources[:, 1:].astype(np.int32)), p)
+    mine = np.array([[(i + 1) % 9, (i + 2) % 9, (i + 1) % 9] for i in range(9)])  # a partner twice is allowed
+    q = sample_anchor_params(9, 16, 20, k=4, rng=5, partners=mine)
+    np.testing.assert_array_equal(q.sources[:, 1:], mine)
+    np.testing.assert_array_equal(q.sources[:, 0], np.arange(9))
+    np.testing.assert_array_equal(q.weights, p.weights)  # shares and boxes drawn as before
+    np.testing.assert_array_equal(q.boxes, p.boxes)
+
+
+@pytest.mark.parametrize("partners,match", [
+    (np.zeros((4, 3), np.int64) + 1, r"partners must be integers of shape \(n, K - 1\) = \(4, 2\), got int64 of "
+                                     r"shape \(4, 3\)"),
+    (np.ones((4, 2)), r"partners must be integers of shape .* got float64 of shape \(4, 2\)"),
+    (np.array([[1, 2], [0, 4], [0, 1], [0, 1]]), r"partners must index the batch of n=4, got partners\[1, 1\] = 4"),
+    (np.array([[1, 2], [0, 2], [0, 1], [0, -1]]), r"partners must index the batch of n=4, got partners\[3, 1\] = -1"),
+    (np.array([[1, 2], [0, 2], [2, 1], [0, 1]]), r"partners must be other samples than the anchor, got "
+                                                 r"partners\[2, 0\] = 2"),
+], ids=["shape", "float", "too-big", "negative", "itself"])
+def test_anchor_params_refuse_bad_partners(partners, match):
+    with pytest.raises(ValueError, match=match):
+        sample_anchor_params(4, 8, 8, k=3, rng=0, partners=partners)
+
+
+def test_draw_partners_are_uniform_over_the_other_samples():
+    p = draw_partners(6, 3, 0)
+    assert p.shape == (6, 2) and p.dtype == np.int64
+    big = draw_partners(6, 2001, 1)  # 2000 partners a row
+    assert ((big >= 0) & (big < 6)).all() and (big != np.arange(6)[:, None]).all()
+    for i in range(6):
+        counts = np.bincount(big[i], minlength=6)
+        expected = np.full(6, 2000 / 5)
+        expected[i] = 0
+        chi2 = (((counts - expected) ** 2)[expected > 0] / expected[expected > 0]).sum()
+        assert chi2 < 20.5, (i, counts)  # chi-square, 4 degrees of freedom: p = 0.0004
+    np.testing.assert_array_equal(draw_partners(1, 3, 0), np.zeros((1, 2), np.int64))
+
+
+@pytest.mark.parametrize("partners", ["fixed", "redrawn"])
+def test_score_batch_keeps_or_redraws_an_anchors_partners(partners):
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((10, 3, 16, 16)).astype(np.float32)
+    labels = rng.integers(0, 5, 10)
+    model = _MeanModel(5)
+    losses, shots = score_batch(model, images, labels, num_classes=5, m=4, rng=np.random.default_rng(7),
+                                capture=True, partners=partners)
+    # the draws, in the order the scoring takes them from the group's generator
+    gen = np.random.default_rng(7)
+    kept = draw_partners(10, 3, gen) if partners == "fixed" else None
+    for _, _, p in shots:
+        _same_record(p, sample_anchor_params(10, 16, 16, k=3, alpha=(2 / 9, 2 / 9), rng=gen, partners=kept))
+    drawn = [p.sources[:, 1:] for _, _, p in shots]
+    if partners == "fixed":  # Eq. (8): the shares and boxes vary, the images do not
+        assert all(np.array_equal(d, drawn[0]) for d in drawn)
+        assert not np.array_equal(shots[0][2].boxes, shots[1][2].boxes)
+    else:
+        assert not all(np.array_equal(d, drawn[0]) for d in drawn)
+    assert (losses.std(axis=1) > 0).all()
+    with pytest.raises(ValueError, match=r"partners must be one of \('fixed', 'redrawn'\), got 'same'"):
+        score_batch(model, images, labels, num_classes=5, m=2, partners="same")
 
 
 def test_score_batch_is_reproducible_and_varies_with_the_mix():
@@ -326,6 +395,20 @@ def test_subsample_scores_a_last_sample_with_others(photo_dir, tiny_checkpoint, 
     paths, _, _, std, cv = read_scores(tmp_path / "subset.csv")
     assert len(set(paths)) == 48 and (std > 0).all() and (cv > 0).all()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["subset.csv", "subset.json", "subset.txt"]
+
+
+def test_subsample_partners_option_reaches_the_scoring(photo_dir, tiny_checkpoint, tmp_path):
+    import json
+
+    runs = {}
+    for mode in ("fixed", "redrawn"):
+        extra = () if mode == "fixed" else ("--partners", "redrawn")  # fixed is the default (Eq. 8)
+        out = tmp_path / mode / "subset.txt"
+        assert _subsample_in_process(photo_dir, tiny_checkpoint, "--out", str(out), *extra) == 0
+        assert json.loads(out.with_suffix(".json").read_text())["args"]["partners"] == mode
+        runs[mode] = read_scores(out.with_suffix(".csv"))
+    assert runs["fixed"][0] == runs["redrawn"][0]  # the same samples, scored with other mixes
+    assert not np.array_equal(runs["fixed"][2], runs["redrawn"][2])
 
 
 @pytest.mark.parametrize("args,match", [

@@ -3,9 +3,11 @@
 For every anchor sample ``x_i`` draw ``M`` DCutMix mixes in which the anchor keeps a
 fixed share (``anchor_ratio``, default 0.5) and ``K - 1`` partners share the rest by
 ``Dirichlet(alpha)`` (default ``(2/9, 2/9)``); ``L_i`` are the model's soft-target
-cross-entropy losses on those mixes. The measure is the coefficient of variation
-``CV_i = std(L_i) / mean(L_i)`` (``std`` with ``ddof=0``); ``mean``, ``std`` and
-``random`` are offered for ablations. Per class a fraction ``ratio`` is kept:
+cross-entropy losses on those mixes. As in the paper's Eq. (8), the partners are drawn once
+per anchor and kept for its ``M`` mixes, which differ in the partners' shares and the box
+positions (``partners="fixed"``); ``partners="redrawn"`` draws new partners for every mix.
+The measure is the coefficient of variation ``CV_i = std(L_i) / mean(L_i)`` (``std`` with
+``ddof=0``); ``mean``, ``std`` and ``random`` are offered for ablations. Per class a fraction ``ratio`` is kept:
 ``top`` takes the highest values, ``interval`` walks them in descending order taking
 every ``interval``-th (the paper's best).
 
@@ -34,7 +36,7 @@ import numpy as np
 from .. import _checks
 from .common import UsageError, atomic_write, default_resize, setup_distributed, teardown_distributed
 
-__all__ = ["MEASURES", "SELECTIONS", "list_files", "score_batch", "score_dataset", "select", "write_scores",
+__all__ = ["MEASURES", "SELECTIONS", "PARTNERS", "list_files", "score_batch", "score_dataset", "select", "write_scores",
            "read_scores", "write_file_list", "read_file_list", "plot_figure"]
 
 MEASURES = ("cv", "mean", "std", "random")
@@ -79,8 +81,18 @@ def list_files(data_dir) -> list[tuple[str, int]]:
     return out
 
 
+PARTNERS = ("fixed", "redrawn")
+
+
+def _check_partners_mode(partners):
+    if partners not in PARTNERS:
+        raise ValueError(f"partners must be one of {PARTNERS}, got {partners!r}")
+    return partners
+
+
 def score_batch(model, images, labels, *, num_classes: int, m: int = 10, k: int = 3, anchor_ratio: float = 0.5,
-                alpha=(2 / 9, 2 / 9), rng=None, layout: str = "CHW", capture: bool = False):
+                alpha=(2 / 9, 2 / 9), rng=None, layout: str = "CHW", capture: bool = False,
+                partners: str = "fixed"):
     """Losses of ``m`` anchor-fixed DCutMix mixes of every sample of one group; float64 ``(N, m)``.
 
     Args:
@@ -89,11 +101,15 @@ def score_batch(model, images, labels, *, num_classes: int, m: int = 10, k: int 
         labels: int ``(N,)`` class indices (NumPy).
         rng: the group's generator (partners, shares and box positions are drawn from it).
         capture: also return the mixed images and targets (for figures).
+        partners: "fixed" (each anchor's partners drawn once, first, and kept for its ``m`` mixes: Eq. (8))
+            or "redrawn" (new partners for every mix, drawn after its shares and boxes).
     """
     import torch
 
     from ..mixing import mix_images, mix_labels
-    from ..sampling import sample_anchor_params
+    from ..sampling import draw_partners, sample_anchor_params
+
+    partners = _check_partners_mode(partners)
     from ..torch import soft_target_cross_entropy
 
     n = images.shape[0]
@@ -103,9 +119,10 @@ def score_batch(model, images, labels, *, num_classes: int, m: int = 10, k: int 
     shots = []
     gpu = _checks.array_module(images) is not np
     device = next(model.parameters()).device
+    kept = draw_partners(n, k, gen) if partners == "fixed" else None
     with torch.no_grad():
         for j in range(m):
-            p = sample_anchor_params(n, h, w, k=k, anchor_ratio=anchor_ratio, alpha=alpha, rng=gen)
+            p = sample_anchor_params(n, h, w, k=k, anchor_ratio=anchor_ratio, alpha=alpha, rng=gen, partners=kept)
             mixed = mix_images(images, p, layout)
             targets = mix_labels(np.asarray(labels), p, num_classes)
             x = torch.as_tensor(mixed, device=device) if gpu else torch.from_numpy(mixed).to(device)
@@ -162,11 +179,12 @@ def _group_pipeline(root, groups, *, crop, resize, device, device_id, num_thread
 def score_dataset(model, data_dir, *, num_classes: int, m: int = 10, k: int = 3, anchor_ratio: float = 0.5,
                   alpha=(2 / 9, 2 / 9), group_size: int = 64, seed: int = 0, crop: int = 224,
                   resize: int | None = None, device: str = "cpu", device_id=None, num_threads: int = 2,
-                  rank: int = 0, world: int = 1, capture_paths=(), progress: bool = False):
+                  rank: int = 0, world: int = 1, capture_paths=(), progress: bool = False, partners: str = "fixed"):
     """Score every image under ``data_dir`` (this rank's groups); returns (Scores, captured mixes)."""
     from tqdm import tqdm
 
     m = _checks.check_int("m", m, 2)  # one mix gives every sample std 0
+    partners = _check_partners_mode(partners)
     files = list_files(data_dir)
     groups = _groups(files, group_size, seed)
     mine = list(range(rank, len(groups), world))
@@ -190,7 +208,8 @@ def score_dataset(model, data_dir, *, num_classes: int, m: int = 10, k: int = 3,
         if [lab for _, lab in groups[g]] != labs.tolist():
             raise RuntimeError("the scoring pipeline returned a group out of order")
         res = score_batch(model, batch, labs, num_classes=num_classes, m=m, k=k, anchor_ratio=anchor_ratio,
-                          alpha=alpha, rng=np.random.default_rng([seed, g]), capture=bool(capture_paths))
+                          alpha=alpha, rng=np.random.default_rng([seed, g]), capture=bool(capture_paths),
+                          partners=partners)
         if capture_paths:
             res, shots = res
             for i, rel in enumerate(rels):
@@ -422,7 +441,8 @@ def run(args) -> tuple[dict, Scores]:
     crop, resize = _preprocessing(args, state)
     kw = dict(num_classes=state["num_classes"], m=args.m, k=args.k, anchor_ratio=args.anchor_ratio, alpha=alpha,
               group_size=args.group_size, seed=args.seed, crop=crop, resize=resize, device="gpu" if gpu else "cpu",
-              device_id=local_rank if gpu else None, num_threads=args.threads or 2, rank=rank, world=world)
+              device_id=local_rank if gpu else None, num_threads=args.threads or 2, rank=rank, world=world,
+              partners=args.partners)
     scores, _ = score_dataset(model, args.data, progress=rank == 0, **kw)
     if world > 1:
         parts = [None] * world
@@ -468,6 +488,9 @@ def add_arguments(p):
     p.add_argument("--anchor-ratio", type=float, default=0.5)
     p.add_argument("--alpha", type=float, nargs="+", default=[2 / 9, 2 / 9], help="partners' Dirichlet alpha")
     p.add_argument("--group-size", type=int, default=64, help="anchors scored together (partners come from the group)")
+    p.add_argument("--partners", default="fixed", choices=PARTNERS,
+                   help="fixed: an anchor's M mixes share its partners, drawn once (the paper's Eq. 8); "
+                        "redrawn: new partners for every mix")
     p.add_argument("--crop", type=int, default=None)
     p.add_argument("--resize", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
