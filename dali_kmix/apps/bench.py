@@ -634,8 +634,17 @@ def plot(rows, path):
 
 def run(out_dir="benchmarks/results", *, quick=False, data_dir=None, progress=True) -> tuple[Path, list[dict]]:
     """The whole benchmark; returns the JSON path and the rows."""
+    from ..pipelines import count_classes, tree_files
     from .data import make_photo_tree
 
+    out_dir = Path(out_dir)  # both checked before the minutes of timing, not after them
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"out_dir (--out) {str(out_dir)!r} exists and is not a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if data_dir is not None:
+        count_classes(data_dir)
+        if not tree_files(data_dir):
+            raise ValueError(f"data_dir (--data) {str(data_dir)!r} holds no image that readers.file reads")
     t0 = time.perf_counter()
     load_at_start = _load_average()
     if quick:
@@ -672,8 +681,6 @@ def run(out_dir="benchmarks/results", *, quick=False, data_dir=None, progress=Tr
         kmixup_rows = bench_kmixup(quick=quick)
     except ImportError as exc:  # timm is not installed: nothing to compare KMixup with
         print(f"KMixup vs timm skipped: {exc}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     meta = metadata()
     meta["total_s"] = round(time.perf_counter() - t0, 1)
     meta["load_average_at_start"], meta["load_average_at_end"] = load_at_start, meta.pop("load_average")

@@ -48,7 +48,8 @@ def _cmd_bench(args) -> int:
 
 
 def _cmd_data(args) -> int:
-    from .data import check_data, make_fashion_mnist_tree, make_photo_tree
+    from .common import UsageError
+    from .data import FASHION_MNIST_DIR, check_data, make_fashion_mnist_tree, make_photo_tree
 
     if args.dataset == "check":
         res = check_data(args.dir, device=args.device, progress=not args.no_progress)
@@ -59,11 +60,23 @@ def _cmd_data(args) -> int:
         print(f"checked {res['files']} files in {args.dir}: {len(res['bad'])} DALI cannot decode"
               + (f", {len(res['problems'])} problem(s) with the class folders" if res["problems"] else ""))
         return 1 if res["bad"] or res["problems"] else 0
+    for flag, value in (("--per-class", args.per_class), ("--val-per-class", args.val_per_class)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be >= 1, got {value}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {args.seed}")
     if args.dataset == "photos":
-        root = make_photo_tree(args.dir, images_per_class=args.per_class or 12, overwrite=args.overwrite)
+        unused = [flag for flag, value in (("--val-per-class", args.val_per_class), ("--source", args.source))
+                  if value is not None]
+        if unused:
+            verb = "apply" if len(unused) > 1 else "applies"
+            raise UsageError(f"{' and '.join(unused)} {verb} to fashion-mnist only, not to photos")
+        root = make_photo_tree(args.dir, images_per_class=12 if args.per_class is None else args.per_class,
+                               seed=args.seed, overwrite=args.overwrite)
     else:
-        root = make_fashion_mnist_tree(args.dir, source=args.source, train_per_class=args.per_class,
-                                       val_per_class=args.val_per_class, seed=args.seed, overwrite=args.overwrite)
+        root = make_fashion_mnist_tree(args.dir, source=args.source or FASHION_MNIST_DIR,
+                                       train_per_class=args.per_class, val_per_class=args.val_per_class,
+                                       seed=args.seed, overwrite=args.overwrite)
     print(f"wrote {root}")
     return 0
 
@@ -146,10 +159,19 @@ def _cmd_kernels(args) -> int:
     return 1 if failed else 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """No abbreviated options: ``resume_command`` drops ``--stop-after`` by its name, and would keep an
+    abbreviation of it (the printed resume command would stop again)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="kmix", description="K-image mixing (DMixup, DCutMix) for NVIDIA DALI")
+    parser = _Parser(prog="kmix", description="K-image mixing (DMixup, DCutMix) for NVIDIA DALI")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True)  # its parsers are _Parsers too
 
     p = sub.add_parser("demo", help="DCutMix K=3 over real photos: PNG grid and images/s")
     p.add_argument("--out", default=".demo")
@@ -174,7 +196,7 @@ def main(argv=None) -> int:
     p.add_argument("--per-class", type=int, default=None,
                    help="images per class (photos: default 12; fashion-mnist: train subset, default all 6000)")
     p.add_argument("--val-per-class", type=int, default=None, help="fashion-mnist: val subset (default all 1000)")
-    p.add_argument("--source", default="/usr/share/datasets/fashion-mnist", help="fashion-mnist IDX files")
+    p.add_argument("--source", default=None, help="fashion-mnist IDX files (default /usr/share/datasets/fashion-mnist)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--device", choices=["cpu", "gpu"], default="cpu",
@@ -210,7 +232,8 @@ def main(argv=None) -> int:
 
 
 #: What a user's mistake raises (bad values, missing files); anything else is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError)
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+               PermissionError)
 
 
 if __name__ == "__main__":

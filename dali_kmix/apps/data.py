@@ -33,9 +33,22 @@ FASHION_MNIST_CLASSES = ("0_tshirt-top", "1_trouser", "2_pullover", "3_dress", "
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "camera", "coins")
 
 
+def _check_target(final: Path):
+    """``final`` may be written as a folder: absent, or a folder (not a file, not a link)."""
+    if final.is_symlink():
+        raise FileExistsError(f"{str(final)!r} is a symbolic link; give the folder itself")
+    if final.exists() and not final.is_dir():
+        raise FileExistsError(f"{str(final)!r} exists and is not a folder")
+
+
+def _empty_folder(path: Path) -> bool:
+    return path.is_dir() and next(path.iterdir(), None) is None
+
+
 @contextlib.contextmanager
 def _staged(final: Path, prefix: str):
     """Yield a temporary folder beside ``final``; on success it replaces ``final`` whole."""
+    _check_target(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=final.parent))
     try:
@@ -75,24 +88,55 @@ def _variant(img: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
+def _photo_stamp(images_per_class, size, seed, classes) -> str:
+    return f"photos images_per_class={images_per_class} size={size} seed={seed} classes={','.join(classes)}\n"
+
+
+def _is_photo_tree(root: Path) -> bool:
+    """Whether ``root`` holds nothing but a photo tree this module wrote (its stamp, its class folders of its
+    JPEGs; a tree of an earlier version has no stamp): such a folder may be written again with other settings,
+    anything else is the user's."""
+    def ours(e: Path) -> bool:
+        if e.name == ".complete":
+            return e.is_file() and not e.is_symlink()
+        return (e.name in PHOTOS and e.is_dir() and not e.is_symlink()
+                and all(f.is_file() and f.name.startswith(e.name + "_") and f.suffix == ".jpg" for f in e.iterdir()))
+
+    entries = list(root.iterdir())
+    return bool(entries) and all(ours(e) for e in entries)
+
+
 def make_photo_tree(root, *, images_per_class: int = 12, size: int = 256, seed: int = 0,
                     classes=PHOTOS, overwrite: bool = False) -> Path:
     """Write ``root/<class>/<class>_<i>.jpg``; returns ``root``.
 
     The tree is written into a temporary folder and renamed into place, so a
-    partly written tree is never left behind. An existing complete tree is kept
-    unless ``overwrite``.
+    partly written tree is never left behind. An existing tree of the same settings
+    (its ``.complete`` stamp) is kept unless ``overwrite``; a photo tree of other
+    settings is written again; any other existing folder that is not empty is refused
+    unless ``overwrite`` (so a mistyped path never deletes a user's files).
     """
     from PIL import Image
 
+    from .. import _checks
+
     root = Path(root)
-    if images_per_class < 1:
-        raise ValueError(f"images_per_class must be >= 1, got {images_per_class}")
-    expected = {c: images_per_class for c in classes}
+    images_per_class = _checks.check_int("images_per_class", images_per_class, 1)
+    size = _checks.check_int("size", size, 1)
+    seed = _checks.check_int("seed", seed, 0)
+    classes = tuple(classes)
+    unknown = [c for c in classes if c not in PHOTOS]
+    if not classes or unknown:
+        raise ValueError(f"classes must be photographs of {PHOTOS}, got {classes!r}")
+    _check_target(root)
+    stamp = _photo_stamp(images_per_class, size, seed, classes)
     if root.is_dir() and not overwrite:
-        found = {p.name: len(list(p.glob("*.jpg"))) for p in root.iterdir() if p.is_dir()}
-        if found == expected:
+        done = root / ".complete"
+        if done.is_file() and done.read_text() == stamp:
             return root
+        if not _empty_folder(root) and not _is_photo_tree(root):
+            raise FileExistsError(f"{str(root)!r} already exists and is not a photo tree written by dali_kmix; pass "
+                                  f"overwrite=True (kmix data --overwrite) to replace it, or choose another folder")
     with _staged(root, ".photos-") as tmp:
         rng = np.random.default_rng(seed)
         for cls in classes:
@@ -100,12 +144,27 @@ def make_photo_tree(root, *, images_per_class: int = 12, size: int = 256, seed: 
             (tmp / cls).mkdir()
             for i in range(images_per_class):
                 Image.fromarray(_variant(img, size, rng)).save(tmp / cls / f"{cls}_{i:03d}.jpg", quality=90)
+        (tmp / ".complete").write_text(stamp)
     return root
 
 
 def _holds_an_image(class_dir) -> bool:
     with os.scandir(class_dir) as entries:
         return next(_read_by_dali(entries), None) is not None
+
+
+def _tree_problems(split: str, root: Path, names) -> list[str]:
+    """What ``readers.file`` would number wrongly in one class tree: hidden folders, class folders with no image."""
+    problems = []
+    hidden = [c for c in names if c.startswith(".")]
+    if hidden:
+        problems.append(f"{split} folder {str(root)!r} holds hidden folder(s) {_quoted(hidden)}, which DALI's "
+                        f"readers.file numbers as classes: remove them")
+    empty = [c for c in names if not c.startswith(".") and not _holds_an_image(root / c)]
+    if empty:
+        problems.append(f"{split} class folder(s) {_quoted(empty)} in {str(root)!r} hold no image "
+                        f"readers.file reads")
+    return problems
 
 
 def check_class_folders(train_dir, val_dir) -> list[str]:
@@ -121,14 +180,7 @@ def check_class_folders(train_dir, val_dir) -> list[str]:
     names = {split: class_names(root) for split, root in trees.items()}
     problems = []
     for split, root in trees.items():
-        hidden = [c for c in names[split] if c.startswith(".")]
-        if hidden:
-            problems.append(f"{split} folder {str(root)!r} holds hidden folder(s) {_quoted(hidden)}, which DALI's "
-                            f"readers.file numbers as classes: remove them")
-        empty = [c for c in names[split] if not c.startswith(".") and not _holds_an_image(root / c)]
-        if empty:
-            problems.append(f"{split} class folder(s) {_quoted(empty)} in {str(root)!r} hold no image "
-                            f"readers.file reads")
+        problems += _tree_problems(split, root, names[split])
     if not names["train"] and not problems:
         problems.append(f"train folder {str(trees['train'])!r} has no class sub-folders")
     only_train = [c for c in names["train"] if c not in names["val"] and not c.startswith(".")]
@@ -210,6 +262,13 @@ def undecodable(files, *, device: str = "cpu", threads: int | None = None, batch
     return bad
 
 
+def _require_gpu():
+    from ..backends import cuda_device_count
+
+    if not cuda_device_count():
+        raise UsageError("device='gpu' (--device gpu) but no CUDA device is available")
+
+
 def _decode_pipeline(batch_size: int, threads: int, gpu: bool):
     from nvidia.dali import Pipeline, fn, types
 
@@ -230,18 +289,33 @@ def check_data(data_dir, *, device: str = "cpu", threads: int | None = None, pro
     is decoded. Returns ``{"files": N, "bad": [(path, reason), ...], "problems": [str, ...]}``.
     """
     root = Path(data_dir)
-    if not root.is_dir():
+    if not root.exists():
         raise FileNotFoundError(f"data folder {str(data_dir)!r} does not exist")
+    if not root.is_dir():
+        raise NotADirectoryError(f"data folder {str(data_dir)!r} is not a folder")
+    if device == "gpu":
+        _require_gpu()
     splits = {"train": root / "train", "val": root / "val"}
     problems = []
-    if all(p.is_dir() and any(q.is_dir() for q in p.iterdir()) for p in splits.values()):
-        try:
-            check_class_folders(splits["train"], splits["val"])
-        except UsageError as exc:
-            problems.append(str(exc))
-        files = [f for p in splits.values() for f in tree_files(p)]
-    else:
+    if any(p.is_dir() for p in splits.values()):  # a train/val tree, as kmix train --data reads it
+        missing = [f"{split} folder {str(p)!r} does not exist" for split, p in splits.items() if not p.is_dir()]
+        if missing:
+            problems += missing
+            files = [f for p in splits.values() if p.is_dir() for f in tree_files(p)]
+        else:
+            try:
+                check_class_folders(splits["train"], splits["val"])
+            except UsageError as exc:
+                problems.append(str(exc))
+            files = [f for p in splits.values() for f in tree_files(p)]
+    else:  # one class tree (kmix train --train-dir / --val-dir)
+        names = class_names(root)
+        problems += _tree_problems("data", root, names)
+        if not names:
+            problems.append(f"data folder {str(root)!r} has no class sub-folders (nor train/ and val/)")
         files = tree_files(root)
+    if not files and not problems:
+        problems.append(f"no image under {str(root)!r} that readers.file reads")
     bad = undecodable(files, device=device, threads=threads, progress=progress, desc=f"checking {root}")
     return {"files": len(files), "bad": bad, "problems": problems}
 
@@ -252,8 +326,11 @@ def read_idx(path) -> np.ndarray:
 
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (gzip.BadGzipFile, EOFError) as exc:
+        raise ValueError(f"{path} is not a gzipped IDX file: {exc}") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise ValueError(f"{path} is not an IDX file")
     dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -288,6 +365,11 @@ def make_fashion_mnist_tree(out_dir, *, source=FASHION_MNIST_DIR, train_per_clas
     ``seed``); None keeps all (6,000 / 1,000 per class). The tree is written into a
     temporary folder and renamed into place, whole or not at all.
     """
+    from .. import _checks
+
+    for name, value in (("train_per_class", train_per_class), ("val_per_class", val_per_class)):
+        if value is not None:
+            _checks.check_int(name, value, 1)
     src = Path(source)
     files = {k: src / f"{k}-idx{n}-ubyte.gz" for k, n in (("train-images", 3), ("train-labels", 1),
                                                           ("t10k-images", 3), ("t10k-labels", 1))}
@@ -297,17 +379,26 @@ def make_fashion_mnist_tree(out_dir, *, source=FASHION_MNIST_DIR, train_per_clas
                                 f"(on Debian: apt-get install dataset-fashion-mnist)")
     out_dir = Path(out_dir)
     stamp = f"train_per_class={train_per_class} val_per_class={val_per_class} seed={seed}\n"
-    if out_dir.exists() and not overwrite:
+    _check_target(out_dir)
+    if out_dir.exists() and not overwrite and not _empty_folder(out_dir):
         found = (out_dir / ".complete").read_text() if (out_dir / ".complete").is_file() else "(incomplete)"
         if found == stamp:
             return out_dir
         raise FileExistsError(f"{out_dir} already holds a different tree ({found.strip()}); pass overwrite=True "
                               f"(kmix data --overwrite) or choose another folder")
+    splits = {}
+    for split, prefix in (("train", "train"), ("val", "t10k")):
+        images, labels = read_idx(files[f"{prefix}-images"]), read_idx(files[f"{prefix}-labels"])
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise ValueError(f"{files[f'{prefix}-images']} and {files[f'{prefix}-labels']} do not match: images "
+                             f"of shape {images.shape}, labels of shape {labels.shape}")
+        if len(labels) and (labels.min() < 0 or labels.max() >= len(FASHION_MNIST_CLASSES)):
+            raise ValueError(f"{files[f'{prefix}-labels']}: labels must lie in [0, {len(FASHION_MNIST_CLASSES)}), "
+                             f"got {int(labels.min())}..{int(labels.max())}")
+        splits[split] = images, labels
     with _staged(out_dir, ".fmnist-") as tmp:
         rng = np.random.default_rng(seed)
-        _write_split(tmp / "train", read_idx(files["train-images"]), read_idx(files["train-labels"]),
-                     train_per_class, rng, "train_")
-        _write_split(tmp / "val", read_idx(files["t10k-images"]), read_idx(files["t10k-labels"]),
-                     val_per_class, rng, "test_")
+        _write_split(tmp / "train", *splits["train"], train_per_class, rng, "train_")
+        _write_split(tmp / "val", *splits["val"], val_per_class, rng, "test_")
         (tmp / ".complete").write_text(stamp)
     return out_dir

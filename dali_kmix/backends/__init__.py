@@ -31,7 +31,8 @@ import numpy as np
 from .. import reference
 from .._checks import array_module, spatial_size
 
-__all__ = ["backend_for", "Backend", "CpuBackend", "GpuBackend", "NumpyBackend", "gpu_available", "host_kernels"]
+__all__ = ["backend_for", "Backend", "CpuBackend", "GpuBackend", "NumpyBackend", "gpu_available", "cuda_device_count",
+           "host_kernels"]
 
 
 class Backend:
@@ -190,6 +191,23 @@ def host_kernels():
 
 
 @functools.lru_cache(maxsize=None)
+def cuda_device_count() -> int:
+    """CUDA devices the driver sees, without CuPy (DALI's GPU operators need none): 0 without a driver or a device,
+    and with ``DALI_KMIX_NO_GPU=1``."""
+    if os.environ.get("DALI_KMIX_NO_GPU"):
+        return 0
+    import ctypes
+
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if lib.cuInit(0) != 0 or lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value
+
+
 def gpu_available() -> bool:
     """True when CuPy imports and sees a CUDA device (``DALI_KMIX_NO_GPU=1`` forces False)."""
     if os.environ.get("DALI_KMIX_NO_GPU"):
