@@ -147,6 +147,21 @@ def spatial_size(shape, layout: str) -> tuple[int, int]:
     return hwc_dims(shape, layout)[:2]
 
 
+def check_kernel_extents(name: str, shape, layout: str) -> None:
+    """A sample ``shape`` (3 dims) the kernels can index: every extent, the rows (H, or C x H for "CHW") and a
+    row's elements (W x C, or W) below 2^31 (they are ints there). The native operators' message
+    (``kernels/kmix_record.h``, CheckImageShapes)."""
+    shape = tuple(int(v) for v in shape)
+    for e in shape:
+        if e > 2**31 - 1:
+            raise ValueError(f"{name}: shape {shape} (layout {layout}) has an extent of {e}; every extent must be "
+                             f"< 2^31")
+    rows, row_len = (shape[0], shape[1] * shape[2]) if layout == "HWC" else (shape[0] * shape[1], shape[2])
+    if rows > 2**31 - 1 or row_len > 2**31 - 1:
+        raise ValueError(f"{name}: shape {shape} (layout {layout}) has rows of {row_len} elements and {rows} rows; "
+                         f"both must be < 2^31")
+
+
 AREA_WEIGHTS = "its label weights are box areas / (H x W)"
 
 

@@ -45,6 +45,7 @@ def blend_samples(samples, params: MixParams, layout: str, out=None, *, workers=
     n = len(samples)
     if n == 0:  # no sample to take a shape from
         return out if out is not None else np.empty((0,), np.uint8)
+    _checks.check_kernel_extents("images", samples[0].shape, layout)
     xp = _checks.array_module(samples[0])
     if out is None:
         out = xp.empty((n,) + tuple(samples[0].shape), dtype=samples[0].dtype)
@@ -97,6 +98,7 @@ def mix_images(images, params: MixParams, layout: str = "HWC"):
     _checks.check_image_dtype("images", images.dtype)
     params = _params_like(params, gpu)
     n = images.shape[0]
+    _checks.check_kernel_extents("images", images.shape[1:], layout)
     h, w = _checks.spatial_size(images.shape[1:], layout)
     if params.boxes is not None and n:
         _checks.check_area("images", images.shape[1:], layout, "a DCutMix record")

@@ -53,7 +53,11 @@ def _as(a, dtype, name):
         if arr.dtype.kind not in "iu":
             raise TypeError(f"{name} must have an integer dtype (int32), got {arr.dtype}")
         if arr.size and (int(arr.min()) < np.iinfo(np.int32).min or int(arr.max()) > np.iinfo(np.int32).max):
-            raise ValueError(f"{name} has values outside the int32 range")
+            xp = _xp(arr)
+            bad = (arr < np.iinfo(np.int32).min) | (arr > np.iinfo(np.int32).max)
+            at = tuple(int(i) for i in np.unravel_index(int(xp.argmax(bad.ravel())), arr.shape))
+            raise ValueError(f"{name} has values outside the int32 range: {name}[{', '.join(map(str, at))}] = "
+                             f"{int(arr[at])}")
     elif arr.dtype.kind not in "fiu":
         raise TypeError(f"{name} must have a floating dtype (float32), got {arr.dtype}")
     return arr.astype(dtype)
@@ -88,6 +92,9 @@ class MixParams:
         for name, dtype in (("sources", np.int32), ("weights", np.float32), ("boxes", np.int32)):
             a = _as(getattr(self, name), dtype, f"params.{name}")
             object.__setattr__(self, name, None if a is None else _xp(a).ascontiguousarray(a))
+        for name, shape in (("sources", "int32 (N, K)"), ("weights", "float32 (N, K)")):
+            if getattr(self, name) is None:
+                raise TypeError(f"params.{name} is required: {shape}, got None")
         if self.sources.ndim != 2:
             raise ValueError(f"params.sources must have shape (N, K), got {tuple(self.sources.shape)}")
         n, k = self.sources.shape
@@ -148,10 +155,12 @@ class MixParams:
             raise ValueError("validating DCutMix params needs the image height and width")
         b = self.boxes.astype(np.int64)
         y0, x0, y1, x1 = b[..., 0], b[..., 1], b[..., 2], b[..., 3]
-        if bool(xp.any(y0 < 0) | xp.any(x0 < 0) | xp.any(y1 > height) | xp.any(x1 > width)
-                | xp.any(y1 < y0) | xp.any(x1 < x0)):
+        outside = (y0 < 0) | (x0 < 0) | (y1 > height) | (x1 > width) | (y1 < y0) | (x1 < x0)
+        if bool(xp.any(outside)):
+            row, lvl = (int(i) for i in np.unravel_index(int(xp.argmax(outside.ravel())), outside.shape))
             raise ValueError(
-                f"params.boxes must satisfy 0 <= y0 <= y1 <= H={height} and 0 <= x0 <= x1 <= W={width}"
+                f"params.boxes must satisfy 0 <= y0 <= y1 <= H={height} and 0 <= x0 <= x1 <= W={width}; "
+                f"box {lvl} of sample {row} is {tuple(b[row, lvl].tolist())}"
             )
         if k > 2:
             inner, outer = b[:, 1:], b[:, :-1]
@@ -191,7 +200,10 @@ class MixParams:
                 f"but sources[{bad}, 0] = {int(src[bad, 0])}"
             )
         if n and (bool(xp.any(src < 0)) or bool(xp.any(src >= n))):
-            raise ValueError(f"params.sources must lie in [0, N={n}), got values in [{int(src.min())}, {int(src.max())}]")
+            out = (src < 0) | (src >= n)
+            row, col = (int(i) for i in np.unravel_index(int(xp.argmax(out.ravel())), out.shape))
+            raise ValueError(f"params.sources must lie in [0, N={n}), got sources[{row}, {col}] = "
+                             f"{int(src[row, col])}")
         w = self.weights
         if n:
             bad = ~xp.isfinite(w) | (w < 0)

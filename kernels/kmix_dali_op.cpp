@@ -54,31 +54,9 @@
 #include "kmix_launch.h"
 #endif
 
+#include "kmix_host_api.h"
+
 extern "C" {
-int kmix_host_dmixup_chunks(long long sample_elems);
-int kmix_host_dcutmix_chunks(int dtype, int k, int height, int width, int channels, int layout);
-int kmix_host_dcutmix_samples_first(int dtype, int k);
-int kmix_host_dmixup_block(int dtype, const void* const* in, void* const* out, const int* sources,
-                           const float* weights, int n, int k, long long sample_elems, int chunk,
-                           int sample);
-int kmix_host_dcutmix_block(int dtype, const void* const* in, void* const* out, const int* sources,
-                            const int* boxes, int n, int k, int height, int width, int channels,
-                            int layout, int chunk, int sample);
-int kmix_host_draw_record(const uint32_t* entropy, int n_entropy, const uint32_t* spawn, int n_spawn, int method,
-                          int n, int k, const double* alpha, int alpha_rows, const double* cut_alpha, int batch_mode,
-                          const double* prob, int prob_rows, double switch_prob, const unsigned char* valid,
-                          int height, int width, const int* centers, int* sources, float* weights, int* boxes,
-                          int* cut);
-int kmix_host_norm_bands(int dtype, int height, int width, int channels);
-int kmix_host_mix_norm_block(int dtype, int out_dtype, const void* const* in, void* const* out, const int* sources,
-                             const float* weights, const int* boxes, const unsigned char* cut, int method, int n,
-                             int k, int height, int width, int channels, int layout, int out_layout,
-                             const float* mean, const float* inv_std, const unsigned char* mirror, int band,
-                             int sample);
-int kmix_host_salient_points(int dtype, const void* const* in, int* points, int n, int height, int width,
-                             int channels, int layout, int out_h, int out_w, const float* gauss, int nworkers);
-int kmix_host_mix_labels(const long long* labels, long long m, const int* sources, const float* weights, int n, int k,
-                         int classes, float on, float off, float* out);
 #ifdef KMIX_WITH_GPU
 int kmix_gpu_launch(int kernel, int dtype, const void* const* in, void* const* out, const int* sources,
                     const float* weights, const int* boxes, const unsigned char* cut, int n, int k, int height,
@@ -259,7 +237,6 @@ class KMixBlendBase : public dali::StatelessOperator<Backend> {
     const std::string found = images.GetLayout().str();
     std::string err = kmix::GatherRecord(M, layout_, found, *im, *src, weights ? weights->get() : nullptr,
                                          boxes ? boxes->get() : nullptr, cut ? cut->get() : nullptr, &rec_);
-    if (err.empty()) err = kmix::CheckChannels(layout_, found, *im);
     if (err.empty() && norm_.on && rec_.n > 0) err = SetupNorm(ws);  // an empty batch has no channels to check
     if (!err.empty()) DALI_FAIL(err);
     output_desc.resize(1);

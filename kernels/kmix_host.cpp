@@ -3,6 +3,7 @@
 //
 // Built with -ffp-contract=off so that the compiler fuses nothing on its own: the only
 // fused multiply-adds are the kernels' explicit fmaf calls, as on the GPU.
+#include "kmix_host_api.h"  // the entry points below, declared for the plugin and the fuzzer
 #include "kmix_record.h"  // before the shim: plain C++ with the standard library
 #include "kmix_launch.h"
 #include "kmix_draw.h"  // NumPy's generator and draw_raw's draws (links numpy's libnpyrandom.a)

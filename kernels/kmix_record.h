@@ -209,7 +209,12 @@ inline std::string CheckImageShapes(const std::string& layout, const KmixList& i
                  " (layout ", layout, "); resize or crop before mixing");
     }
   }
-  // The kernels index a row (W * C or W elements) and the rows (H or C * H) with int.
+  // The kernels index a row (W * C or W elements) and the rows (H or C * H) with int; every extent is an int too
+  // (checked first, so that the products below cannot overflow and the messages show the real extents).
+  for (int d = 0; d < 3; ++d)
+    if (first[d] > INT32_MAX)
+      return Str("images: shape ", ShapeStr(first, 3), " (layout ", layout, ") has an extent of ", first[d],
+                 "; every extent must be < 2^31");
   const int64_t rows = r.layout == KMIX_HWC ? first[0] : first[0] * first[1];
   const int64_t row_len = r.layout == KMIX_HWC ? first[1] * first[2] : first[2];
   if (rows > INT32_MAX || row_len > INT32_MAX)
@@ -220,6 +225,25 @@ inline std::string CheckImageShapes(const std::string& layout, const KmixList& i
   r.width = static_cast<int>(first[hwc ? 1 : 2]);
   r.channels = static_cast<int>(first[hwc ? 2 : 0]);
   return "";
+}
+
+// Images that carry no layout and whose shape contradicts `layout`: "HWC" with more than 4 trailing and at most 4
+// leading extents (3 x H x W), or "CHW" with more than 4 leading and at most 4 trailing (H x W x 3). Mixed in the
+// wrong layout, the boxes would be cut across channels. Images that carry a layout are trusted (GatherRecord checks
+// it against `layout`). Returns "" or the message (dali_kmix._checks.check_channels words it the same).
+inline std::string CheckChannels(const std::string& layout, const std::string& found_layout, const KmixList& images) {
+  constexpr int64_t kMaxChannels = 4;
+  if (!found_layout.empty() || images.num_samples == 0 || images.ndim != 3) return "";
+  const int64_t* s = SampleShape(images, 0);
+  const bool hwc = layout == "HWC";
+  if (hwc ? !(s[2] > kMaxChannels && s[0] <= kMaxChannels) : !(s[0] > kMaxChannels && s[2] <= kMaxChannels))
+    return "";
+  const std::string other = hwc ? "CHW" : "HWC";
+  return Str("images: layout='", layout, "' was given but the images carry no layout and their shape ",
+             ShapeStr(s, 3), " looks ", other, " (", hwc ? s[0] : s[2], " channels ", hwc ? "first" : "last",
+             "); mixed as ", layout, " the boxes would be cut across channels. Pass layout='", other,
+             "', or, if the shape is meant, give the images their layout (e.g. fn.reshape(images, layout='", layout,
+             "'))");
 }
 
 // Check the images' metadata (dtype, layout, one shape of 3 dimensions) and the record inputs
@@ -251,7 +275,8 @@ inline std::string GatherRecord(Method method, const std::string& layout, const 
   if (err.empty() && want_cut) err = CheckCount(*cut, "cut", n);
   if (!err.empty() || n == 0) return err;
   err = CheckImageShapes(layout, images, &r);
-  if (!err.empty()) return err;
+  if (err.empty()) err = CheckChannels(layout, found_layout, images);  // before the boxes: they would only say
+  if (!err.empty()) return err;                                          // "outside the image"
   const int64_t* k_shape = SampleShape(sources, 0);
   if (!(sources.ndim == 1 && k_shape[0] >= 1 && k_shape[0] <= INT32_MAX / 4))
     return Str("sources must hold K >= 1 int32 indices per sample, got shape ", ShapeStr(k_shape, sources.ndim));
@@ -261,25 +286,6 @@ inline std::string GatherRecord(Method method, const std::string& layout, const 
   if (err.empty() && want_boxes) err = GatherBoxes(*boxes, &r);
   if (err.empty() && want_cut) err = GatherCut(*cut, &r);
   return err;
-}
-
-// Images that carry no layout and whose shape contradicts `layout`: "HWC" with more than 4 trailing and at most 4
-// leading extents (3 x H x W), or "CHW" with more than 4 leading and at most 4 trailing (H x W x 3). Mixed in the
-// wrong layout, the boxes would be cut across channels. Images that carry a layout are trusted (GatherRecord checks
-// it against `layout`). Returns "" or the message (dali_kmix._checks.check_channels words it the same).
-inline std::string CheckChannels(const std::string& layout, const std::string& found_layout, const KmixList& images) {
-  constexpr int64_t kMaxChannels = 4;
-  if (!found_layout.empty() || images.num_samples == 0 || images.ndim != 3) return "";
-  const int64_t* s = SampleShape(images, 0);
-  const bool hwc = layout == "HWC";
-  if (hwc ? !(s[2] > kMaxChannels && s[0] <= kMaxChannels) : !(s[0] > kMaxChannels && s[2] <= kMaxChannels))
-    return "";
-  const std::string other = hwc ? "CHW" : "HWC";
-  return Str("images: layout='", layout, "' was given but the images carry no layout and their shape ",
-             ShapeStr(s, 3), " looks ", other, " (", hwc ? s[0] : s[2], " channels ", hwc ? "first" : "last",
-             "); mixed as ", layout, " the boxes would be cut across channels. Pass layout='", other,
-             "', or, if the shape is meant, give the images their layout (e.g. fn.reshape(images, layout='", layout,
-             "'))");
 }
 
 }  // namespace kmix

@@ -6,6 +6,8 @@ import pytest
 import dali_kmix
 from _helpers import random_images
 from dali_kmix import reference
+from dali_kmix.backends import host_kernels
+from dali_kmix.mixing import blend_samples
 from dali_kmix.record import MixParams
 from dali_kmix.sampling import sample_params
 
@@ -178,6 +180,36 @@ def test_bad_images():
         dali_kmix.mix_images(np.zeros((4, 8, 8, 3), np.uint8), {}, "HWC")
 
 
+@pytest.mark.parametrize("shape,layout,match", [
+    ((1, 2, 2**30 + 1, 1), "CHW", r"images: shape \(2, 1073741825, 1\) \(layout CHW\) has rows of 1 elements and "
+                                  r"2147483650 rows; both must be < 2\^31"),
+    ((1, 1, 2**29 + 1, 4), "HWC", r"images: shape \(1, 536870913, 4\) \(layout HWC\) has rows of 2147483652 "
+                                  r"elements and 1 rows; both must be < 2\^31"),
+    ((1, 4, 2**31, 0), "HWC", r"images: shape \(4, 2147483648, 0\) \(layout HWC\) has an extent of 2147483648; "
+                              r"every extent must be < 2\^31"),
+], ids=["chw-rows", "hwc-row", "extent"])
+@pytest.mark.parametrize("method", ["dmixup", "dcutmix"])
+def test_images_the_kernels_cannot_index_are_refused(shape, layout, match, method):
+    # The kernels index rows and a row's elements with int: such a batch was once returned unwritten, no error
+    # (rows wrapped negative). A broadcast view costs no memory, and the check comes before any copy.
+    images = np.broadcast_to(np.uint8(7), shape)
+    p = MixParams([[0, 0]], [[0.0, 1.0]], [[[0, 0, 1, 1]]] if method == "dcutmix" else None)  # the size is refused first
+    with pytest.raises(ValueError, match=match):
+        dali_kmix.mix_images(images, p, layout)
+    with pytest.raises(ValueError, match=match):
+        blend_samples([images[0]], p, layout)
+
+
+def test_the_one_pass_record_check_leaves_sizes_beyond_int_to_validate():
+    kernels = host_kernels()
+    if kernels is None:
+        pytest.skip("no CPU build")
+    p = MixParams([[0, 0]], [[0.0, 1.0]], [[[0, 0, 4, 1]]])
+    assert kernels.record_valid(p, 4, 1)
+    assert not kernels.record_valid(p, 2**32 + 4, 1)  # once passed as a C int: H = 4, and the record "valid"
+    assert not kernels.record_valid(p, 4, 2**31)
+
+
 def test_boxes_for_a_larger_image_are_rejected():
     # Boxes sampled for 64x64 do not fit 8x8 images; a CHW batch read as HWC has the same problem.
     p = sample_params("dcutmix", 4, 64, 64, k=3, prob=1.0, rng=0)
@@ -265,7 +297,7 @@ def test_zero_area_images(layout, shape):
 
 
 @pytest.mark.parametrize("sources,weights,match", [
-    ([[0, 1], [1, -1]], [[0.5, 0.5]] * 2, r"params.sources must lie in \[0, N=2\), got values in \[-1, 1\]"),
+    ([[0, 1], [1, -1]], [[0.5, 0.5]] * 2, r"params.sources must lie in \[0, N=2\), got sources\[1, 1\] = -1"),
     ([[0, 1], [1, 2]], [[0.5, 0.5]] * 2, r"params.sources must lie in \[0, N=2\)"),
     ([[1, 0], [1, 0]], [[0.5, 0.5]] * 2, r"params.sources\[:, 0\] must be arange\(N\).*sources\[0, 0\] = 1"),
     ([[0, 1], [1, 0]], [[0.5, 0.5], [np.nan, 1.0]], r"params.weights must be finite and >= 0, got weights\[1, 0\] = nan"),

@@ -223,6 +223,9 @@ def _bad(name):
         "cut-not-0-or-1": _bad_cut(np.array([0, 2], np.uint8)),
         "cut-int32": _bad_cut(np.array([0, 1], np.int32)),
         "mix-weight-negative": _bad_cut(np.array([0, 1], np.uint8), np.array([[0.5, -1], [1, 0]], np.float32)),
+        # CHW images without a layout, given layout="HWC": once "box out of the image" (boxes were checked first)
+        "channels-first-as-hwc": ("dcutmix", np.ascontiguousarray(images.transpose(0, 3, 1, 2)), [p.sources, p.boxes],
+                                  {"input_layout": ""}),
     }
     return cases[name]
 
@@ -247,6 +250,8 @@ BAD_RECORDS = {
     "cut-not-0-or-1": r"cut must be 0 or 1, got cut\[1\] = 2",
     "cut-int32": r"cut must have dtype uint8, got int32",
     "mix-weight-negative": r"weights must be finite and >= 0, got weights\[0\]\[1\] = -1",
+    "channels-first-as-hwc": r"images: layout='HWC' was given but the images carry no layout and their shape "
+                             r"\(3, 6, 8\) looks CHW \(3 channels first\)",
 }
 
 
@@ -295,6 +300,15 @@ def test_host_checks_pass_the_records_the_operators_apply():
                                        params.boxes, np.ones((5, 1), np.uint8)) == ""
     assert cpu_kernels.validate_record("dcutmix", np.zeros((0, 9, 11, 3), np.uint8), np.zeros((0, 3), np.int32),
                                        boxes=np.zeros((0, 2, 4), np.int32)) == ""
+
+
+def test_host_checks_refuse_extents_beyond_int():
+    # Zero-element images pass the rows' bounds whatever their other extents: each extent is checked, not cast
+    # (a W of 2^31 once read as -2147483648 in the messages, and 2^32 + 8 as 8).
+    images = np.zeros((2, 4, 2**31, 0), np.uint8)
+    msg = cpu_kernels.validate_record("dmixup", images, np.array([[0, 1], [1, 0]], np.int32),
+                                      weights=np.full((2, 2), 0.5, np.float32))
+    assert msg == "images: shape (4, 2147483648, 0) (layout HWC) has an extent of 2147483648; every extent must be < 2^31"
 
 
 def test_host_checks_refuse_a_record_input_of_another_batch_size():

@@ -282,6 +282,27 @@ def test_mixparams_shape_errors():
         MixParams(p.sources[:, 0], p.weights, p.boxes)
     with pytest.raises(TypeError, match=r"params.sources must have an integer dtype"):
         MixParams(p.sources.astype(np.float32), p.weights, p.boxes)
+    for field, args in (("sources", (None, p.weights)), ("weights", (p.sources, None))):
+        with pytest.raises(TypeError, match=rf"params.{field} is required: (int32|float32) \(N, K\), got None"):
+            MixParams(*args)
+    with pytest.raises(ValueError, match=r"params.boxes has values outside the int32 range: params.boxes\[1, 0, 2\] "
+                                         r"= 2147483648"):
+        MixParams(p.sources, p.weights, _set(p.boxes.astype(np.int64), (1, 0, 2), 2**31))
+
+
+def _set(a, index, value):
+    a = a.copy()
+    a[index] = value
+    return a
+
+
+def test_record_faults_name_where_they_are():
+    p = _good()
+    with pytest.raises(ValueError, match=r"params.sources must lie in \[0, N=3\), got sources\[2, 1\] = 7"):
+        MixParams(_set(p.sources, (2, 1), 7), p.weights, p.boxes).validate(3, 10, 12)
+    with pytest.raises(ValueError, match=r"params.boxes must satisfy 0 <= y0 <= y1 <= H=10 and 0 <= x0 <= x1 <= W=12; "
+                                         r"box 1 of sample 2 is \(0, 0, 11, 4\)"):
+        MixParams(p.sources, p.weights, _set(p.boxes, (2, 1), (0, 0, 11, 4))).validate(3, 10, 12)
 
 
 @pytest.mark.parametrize("field", ["sources", "weights", "boxes"])

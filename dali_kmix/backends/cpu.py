@@ -35,9 +35,9 @@ DTYPE_CODES = {np.dtype(np.uint8): 0, np.dtype(np.float16): 1, np.dtype(np.float
 LAYOUT_CODES = {"HWC": 0, "CHW": 1}
 
 #: Files the host build reads (the entry points, the shim and every kernel source and header).
-HOST_SOURCES = ("kmix_host.cpp", "kmix_host_shim.h", "kmix_codes.h", "kmix_common.cuh", "kmix_blend.cu",
-                "kmix_boxes.cu", "kmix_saliency.cu", "kmix_spectral.h", "kmix_record.h", "kmix_launch.h",
-                "kmix_draw.h")
+HOST_SOURCES = ("kmix_host.cpp", "kmix_host_api.h", "kmix_host_shim.h", "kmix_codes.h", "kmix_common.cuh",
+                "kmix_blend.cu", "kmix_boxes.cu", "kmix_saliency.cu", "kmix_spectral.h", "kmix_record.h",
+                "kmix_launch.h", "kmix_draw.h")
 
 #: Kernel codes of the GPU launch configuration (kernels/kmix_launch.h).
 KERNEL_CODES = {"dmixup": 0, "dcutmix": 1, "mix": 2}
@@ -434,6 +434,8 @@ def record_valid(params, height: int | None, width: int | None) -> bool:
     src, w, b = params.sources, params.weights, params.boxes  # int32 / float32 / int32, C-contiguous (MixParams)
     if height is None or width is None:
         b, height, width = None, 0, 0
+    if not (0 <= height < 2**31 and 0 <= width < 2**31):  # not an int of the check: validate decides
+        return False
     return bool(load().kmix_host_record_valid(src.ctypes.data, w.ctypes.data, _addr(b),
                                               src.shape[0], src.shape[1], height, width))
 

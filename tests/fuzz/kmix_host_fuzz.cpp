@@ -22,28 +22,7 @@
 #include "kmix_codes.h"
 #include "kmix_host_shim.h"  // __half and its conversions, the same as the kernels use
 
-extern "C" {
-int kmix_host_dmixup_chunks(long long sample_elems);
-int kmix_host_dcutmix_chunks(int height, int width, int channels, int layout);
-int kmix_host_dmixup(int dtype, const void* const* in, void* const* out, const int* sources, const float* weights,
-                     int n, int k, long long sample_elems, int nworkers, int block_threads, int reverse);
-int kmix_host_dcutmix(int dtype, const void* const* in, void* const* out, const int* sources, const int* boxes,
-                      int n, int k, int height, int width, int channels, int layout, int nworkers, int block_threads,
-                      int reverse);
-int kmix_host_mix(int dtype, const void* const* in, void* const* out, const int* sources, const float* weights,
-                  const int* boxes, const unsigned char* cut, int n, int k, int height, int width, int channels,
-                  int layout, int nworkers, int block_threads, int reverse);
-int kmix_host_dmixup_block(int dtype, const void* const* in, void* const* out, const int* sources,
-                           const float* weights, int n, int k, long long sample_elems, int chunk, int sample);
-int kmix_host_dcutmix_block(int dtype, const void* const* in, void* const* out, const int* sources,
-                            const int* boxes, int n, int k, int height, int width, int channels, int layout,
-                            int chunk, int sample);
-int kmix_host_nest_boxes(const double* phi, const double* uni, int phi_stride, const int* perms,
-                         const unsigned char* mixed, int n, int k, int height, int width, int* sources,
-                         float* weights, int* boxes, const int* centers, int nworkers, int reverse);
-int kmix_host_grey_resize(int dtype, const void* const* in, float* out, int n, int height, int width, int channels,
-                          int layout, int out_h, int out_w, int nworkers, int reverse);
-}
+#include "kmix_host_api.h"  // the entry points, as kmix_host.cpp defines them
 
 namespace {
 
@@ -232,7 +211,8 @@ void fuzz_blend_and_paste(FuzzedDataProvider& fdp, int entry) {
                        threads, reverse);
   } else {  // the plugin's way: every block of the grid on its own, plus indices outside the grid (refused)
     const bool paste = entry == 4;
-    const int chunks = paste ? kmix_host_dcutmix_chunks(h, w, c, layout) : kmix_host_dmixup_chunks((long long)elems);
+    const int chunks = paste ? kmix_host_dcutmix_chunks(dtype, k, h, w, c, layout)
+                             : kmix_host_dmixup_chunks((long long)elems);
     for (int s = 0; s < n; ++s)
       for (int ch = 0; ch < chunks; ++ch) {
         rc |= paste ? kmix_host_dcutmix_block(dtype, in, out, src.data(), boxes.data(), n, k, h, w, c, layout, ch, s)

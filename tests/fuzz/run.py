@@ -30,6 +30,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
+
+
+def numpy_random():
+    """dali_kmix.backends.build.numpy_random: the flags and libraries kmix_draw.h needs."""
+    sys.path.insert(0, str(ROOT))
+    from dali_kmix.backends.build import numpy_random as flags
+
+    return flags()
 SHARES = {"host": 0.3, "native": 0.4, "properties": 0.3}
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-sanitize=vptr"]
 
@@ -75,8 +83,10 @@ def finding(rc: int, log: str) -> str | None:
 def host(seconds, out: Path, cxx: str) -> dict:
     exe = out / "kmix_host_fuzz"
     kernels = ROOT / "kernels"
+    np_flags, np_libs, _ = numpy_random()  # kmix_draw.h: NumPy's headers and libnpyrandom.a
     build = [cxx, "-std=c++17", "-O1", "-g", "-ffp-contract=off", "-fno-fast-math", "-pthread", "-fsanitize=fuzzer",
-             *SANITIZE, f"-I{kernels}", HERE / "kmix_host_fuzz.cpp", kernels / "kmix_host.cpp", "-o", exe]
+             *SANITIZE, f"-I{kernels}", *np_flags, HERE / "kmix_host_fuzz.cpp", kernels / "kmix_host.cpp", *np_libs,
+             "-o", exe]
     rc, log = run_logged(build, out / "host-build.log")
     if rc:
         raise SystemExit(f"building the host harness failed:\n{log[-3000:]}")
@@ -98,9 +108,11 @@ def host_coverage(out: Path, cxx: str, corpus: Path):
         return None
     kernels = ROOT / "kernels"
     exe, raw, merged = out / "kmix_host_cov", out / "host.profraw", out / "host.profdata"
+    np_flags, np_libs, _ = numpy_random()
     rc, log = run_logged([cxx, "-std=c++17", "-O0", "-ffp-contract=off", "-pthread", "-fsanitize=fuzzer",
-                          "-fprofile-instr-generate", "-fcoverage-mapping", f"-I{kernels}", HERE / "kmix_host_fuzz.cpp",
-                          kernels / "kmix_host.cpp", "-o", exe], out / "host-cov-build.log")
+                          "-fprofile-instr-generate", "-fcoverage-mapping", f"-I{kernels}", *np_flags,
+                          HERE / "kmix_host_fuzz.cpp", kernels / "kmix_host.cpp", *np_libs, "-o", exe],
+                         out / "host-cov-build.log")
     if rc:
         return None
     subprocess.run([str(exe), "-runs=0", str(corpus)], env=dict(os.environ, LLVM_PROFILE_FILE=str(raw)),
