@@ -1,10 +1,12 @@
 """The GPU rows of ``kmix bench``: their logic on the CPU with a host stand-in for the device (scripted clock,
 CPU kernels), and the real run on a CUDA device under the ``gpu`` marker."""
 
+import time
+
 import numpy as np
 import pytest
 
-from dali_kmix.apps import bench_gpu
+from dali_kmix.apps import bench_gpu, timing
 from dali_kmix.sampling import sample_params
 
 
@@ -12,8 +14,9 @@ class HostDevice:
     """What bench_gpu needs of a device, on the host: NumPy arrays, the CPU kernels, a scripted clock.
 
     ``clock(variant_index, round_index)`` gives the seconds per call of a group's ``variant_index``-th variant
-    (in the order the group lists them: round 0's order, the later rounds rotate it) in round ``round_index``;
-    every call of a variant's function is logged.
+    (in the order the group lists them: round 0's order, the later rounds follow :func:`timing.round_order`) in
+    round ``round_index``; every call of a variant's function is logged, and the functions timed by the wall clock
+    (``wall_seconds_per_call``) are listed in ``walled``.
     """
 
     name = "host"
@@ -25,6 +28,7 @@ class HostDevice:
         self.backend = CpuBackend(workers=1)
         self.clock, self.nvariants = clock, nvariants
         self.timed = []  # the functions timed, in order
+        self.walled = []  # those of them timed by the wall clock
         self.index = {}  # id(function) -> its place in its group (numbered as round 0 first times them)
         self.launches = 0
 
@@ -48,6 +52,10 @@ class HostDevice:
         j = self.index.setdefault(id(fn), len(self.index) % self.nvariants)
         return self.clock(j, i // self.nvariants)
 
+    def wall_seconds_per_call(self, fn, iters):
+        self.walled.append(fn)
+        return self.seconds_per_call(fn, iters)
+
 
 def test_kernel_rows_bandwidth_against_the_copy_and_interleaving():
     ks, methods, rounds, iters, warmup = (2, 3), ("dmixup", "dcutmix"), 3, 2, 1
@@ -57,12 +65,14 @@ def test_kernel_rows_bandwidth_against_the_copy_and_interleaving():
     rows = bench_gpu.bench_gpu_ops(dtypes=("uint8", "float32"), batches=(3,), ks=ks, methods=methods, size=20,
                                    rounds=rounds, iters=iters, warmup=warmup, progress=False, device=dev)
     assert len(rows) == 2 * nvar
-    # every variant once per round, the order rotated by one each round (dali_kmix.apps.timing)
+    # every variant once per round, in the rounds' balanced order (dali_kmix.apps.timing.round_order)
     per_round = [dev.timed[j * nvar:(j + 1) * nvar] for j in range(len(dev.timed) // nvar)]
     for group in (per_round[:rounds], per_round[rounds:]):
         assert len(set(map(id, group[0]))) == nvar
-        assert all(r == group[0][j:] + group[0][:j] for j, r in enumerate(group))
+        assert all(r == timing.round_order(group[0], j) for j, r in enumerate(group))
     assert dev.launches == 2 * nvar * rounds * iters
+    # the record and the saliency step by the wall clock (Python included), the copy and the kernels by the device
+    assert len(dev.walled) == 2 * 2 * rounds and {dev.index[id(f)] for f in dev.walled} == {nvar - 2, nvar - 1}
     for dt in ("uint8", "float32"):
         grp = [r for r in rows if r["dtype"] == dt]
         nbytes = 3 * 20 * 20 * 3 * np.dtype(dt).itemsize
@@ -82,6 +92,7 @@ def test_kernel_rows_bandwidth_against_the_copy_and_interleaving():
                 assert r["gb_per_s"] == pytest.approx(moved / r["median_s"] / 1e9)
         assert {(r["impl"], r.get("method"), r.get("k")) for r in grp} >= {
             (bench_gpu.KMIX, m, k) for m in methods for k in ks} | {(bench_gpu.RECORD, "dcutmix", 3)}
+        assert [r["timing"] for r in grp] == [bench_gpu.EVENT_TIMING] * (nvar - 2) + [bench_gpu.WALL_TIMING] * 2
 
 
 def test_kernel_rows_blend_what_the_reference_blends(monkeypatch):
@@ -112,17 +123,28 @@ def test_kernel_rows_blend_what_the_reference_blends(monkeypatch):
         np.testing.assert_array_equal(got, reference.mix_images(x, p, layout))
 
 
-def test_scaling_rows_relative_to_k2():
-    ks = (2, 4, 16)
+@pytest.mark.parametrize("ks", [(2, 4, 16), (4, 16, 2)], ids=["k2-first", "k2-last"])
+def test_scaling_rows_relative_to_k2(ks):
     base = {i: 1e-3 * (1 + 0.1 * i) for i in range(2 * len(ks))}
     dev = HostDevice(lambda i, r: base[i] * (2 if r == 1 else 1), 2 * len(ks))
     rows = bench_gpu.bench_gpu_scaling(ks=ks, batch=3, size=16, rounds=3, iters=1, warmup=0, progress=False,
                                        device=dev)
     assert [(r["method"], r["k"]) for r in rows] == [(m, k) for m in ("dcutmix", "dmixup") for k in ks]
     for i, r in enumerate(rows):
-        k2 = base[(i // len(ks)) * len(ks)]
+        k2 = base[(i // len(ks)) * len(ks) + ks.index(2)]  # K = 2's time, wherever ks lists it
         assert r["vs_k2"] == pytest.approx(base[i] / k2) == pytest.approx(r["vs_k2_max"])
         assert r["median_s"] == pytest.approx(base[i])
+    (flat,) = bench_gpu.gpu_targets(rows)
+    worst = max((r for r in rows if r["method"] == "dcutmix"), key=lambda r: r["median_s"])
+    assert f"slowest K={worst['k']}: {worst['median_s'] / base[ks.index(2)]:.2f} × K=2" == flat["measured"]
+
+
+def test_scaling_needs_k2():
+    with pytest.raises(ValueError, match=r"ks must hold 2 \(vs_k2 is the time over K = 2's\), got \(3, 4\)"):
+        bench_gpu.bench_gpu_scaling(ks=(3, 4), batch=3, size=16, rounds=1, iters=1, warmup=0, progress=False,
+                                    device=HostDevice(lambda i, r: 1e-3, 4))
+    # rows without K = 2 (they hold no time over K = 2's): no flatness target is judged on them
+    assert bench_gpu.gpu_targets([_scaling("dcutmix", 3, 1.0), _scaling("dcutmix", 16, 1.1)]) == []
 
 
 def _op(method, k, vs, batch=256, dtype="float32"):
@@ -201,7 +223,7 @@ def test_native_operator_rows_time_the_chain_minus_one_against_the_copy():
     nbytes = 3 * 12 * 12 * 3
     for j, r in enumerate(rows):
         assert r["level"] == "gpu-native-op" and r["chain"] == length
-        assert r["median_s"] == pytest.approx(per_op[j] * 2) and r["min_s"] == pytest.approx(per_op[j])
+        assert r["median_s"] == pytest.approx(per_op[j] * 2) and r["diff_min_s"] == pytest.approx(per_op[j])
         moved = bench_gpu.kernel_bytes(r.get("method"), r.get("k") or 0, nbytes)
         assert r["bytes"] == moved
         want = (moved / per_op[j]) / (2 * nbytes / per_op[0])  # the round's factor cancels
@@ -214,6 +236,27 @@ def test_native_operator_rows_time_the_chain_minus_one_against_the_copy():
         want = reference.mix_images(want, p, "HWC")
     chain = dev.timed[2 * kinds - 1]  # the last variant of a round: DCutMix K=3 with `length` operators
     np.testing.assert_array_equal(chain.last["out"], want)
+
+
+def test_native_operator_rows_report_the_spread_of_a_difference_not_a_min_max_time():
+    # the chain minus one operator can go below 0 in a noisy round: that round's figure is no time per call
+    length, rounds = 3, 3
+
+    def clock(i, r):
+        j, longer = divmod(i, 2)
+        if r == 0 and longer:
+            return 0.9e-3  # round 0: the chain of 3 came out faster than the one operator
+        return 1e-3 + (length - 1) * 1e-4 * longer
+
+    dev = HostChains(clock, 4)
+    rows = bench_gpu.bench_native_ops(dtypes=("uint8",), batch=3, ks=(2,), methods=("dcutmix",), size=8,
+                                      length=length, rounds=rounds, iters=1, warmup=0, progress=False, device=dev)
+    for r in rows:
+        assert "min_s" not in r and "max_s" not in r
+        assert r["diff_min_s"] == pytest.approx(-0.05e-3) and r["diff_max_s"] == pytest.approx(1e-4)
+        assert r["median_s"] == pytest.approx(1e-4) and r["nonpositive_rounds"] == 1 and r["rounds"] == rounds
+    md = bench_gpu.format_gpu(rows)
+    assert "| uint8, 3 | fn.kmix_* (native GPU operator) dcutmix | 2 | 0.100 (difference -0.050–0.100) |" in md
 
 
 def test_native_operator_targets_are_judged_beside_the_kernels():
@@ -268,8 +311,10 @@ class _FakeCuda:
 
         runtime = types.SimpleNamespace(memcpyDeviceToDevice=3,
                                         memcpyAsync=lambda *a: log.append(("memcpy",)))
+        device = types.SimpleNamespace(synchronize=lambda: log.append(("sync",)))
         self.cuda = types.SimpleNamespace(Event=Event, runtime=runtime, get_elapsed_time=lambda a, b: 1.0,
-                                          get_current_stream=lambda: types.SimpleNamespace(ptr=0))
+                                          get_current_stream=lambda: types.SimpleNamespace(ptr=0),
+                                          Device=lambda *a: device)
         self.random = types.SimpleNamespace(default_rng=np.random.default_rng)
 
     def RawKernel(self, code, name):  # noqa: N802 - cupy's name
@@ -317,7 +362,8 @@ def _windows(log):
 def test_kernel_rows_time_nothing_but_the_launches(fake_cupy):
     # The real CudaDevice, NumPy standing in for CuPy: inside each timed window of a kernel row there is nothing but
     # `iters` launches of its kernel (no pointer gathering, no host-to-device copy), and the copy row only copies;
-    # each window is queued behind the hold kernel.
+    # each window is queued behind the hold kernel. The record and saliency rows are timed by the wall clock (no
+    # events; the device synchronised before and after).
     log, _ = fake_cupy
     ks, methods, rounds, iters = (2, 3), ("dmixup", "dcutmix"), 2, 3
     dev = bench_gpu.CudaDevice(seed=0)
@@ -325,11 +371,10 @@ def test_kernel_rows_time_nothing_but_the_launches(fake_cupy):
                             iters=iters, warmup=1, progress=False, device=dev)
     windows, marks = _windows(log)
     names = [("copy",)] + [(m, k) for m in methods for k in ks] + [("record",), ("saliency",)]
-    assert len(windows) == rounds * len(names)
+    evented = [n for r in range(rounds) for n in timing.round_order(names, r) if n[0] not in ("record", "saliency")]
+    assert len(windows) == len(evented) and sum(e == ("sync",) for e in log) == 2 * 2 * rounds
     kernel = {"dmixup": "kmix_dmixup<unsigned char>", "dcutmix": "kmix_dcutmix<unsigned char>"}
-    for j, window in enumerate(windows):
-        r, p = divmod(j, len(names))
-        name = names[(p + r) % len(names)]  # round r's order: rotated by r
+    for j, (window, name) in enumerate(zip(windows, evented)):
         assert log[marks[2 * j] - 1][0] == "hold", f"window {j} ({name}) is not queued behind the hold kernel"
         if name == ("copy",):
             assert window == [("memcpy",)] * iters, f"copy window: {window}"
@@ -341,8 +386,30 @@ def test_kernel_rows_time_nothing_but_the_launches(fake_cupy):
     bench_gpu.bench_gpu_scaling(ks=(2, 4), batch=3, size=10, dtype="float32", rounds=2, iters=2, warmup=0,
                                 progress=False, device=dev)
     windows, _ = _windows(log)
-    order = ["dcutmix", "dcutmix", "dmixup", "dmixup"]  # K = 2, 4 each; round 1 starts one later
-    assert windows == [[("launch", f"kmix_{m}<float>")] * 2 for m in order + order[1:] + order[:1]]
+    order = ["dcutmix", "dcutmix", "dmixup", "dmixup"]  # K = 2, 4 each; round 1 in the balanced order's next row
+    assert windows == [[("launch", f"kmix_{m}<float>")] * 2 for m in order + timing.round_order(order, 1)]
+
+
+def test_record_and_saliency_rows_time_the_whole_call_python_included(fake_cupy, monkeypatch):
+    # The record draw and the saliency step are mostly Python launching little device work: the event window behind
+    # the hold kernel would time only the device (here 1 ms / iters per call, whatever the host did); the wall
+    # clock, the device synchronised around the window, times what a pipeline pays.
+    log, _ = fake_cupy
+    host_s, iters = 4e-3, 2
+    dev = bench_gpu.CudaDevice(seed=0)
+    monkeypatch.setattr(dev, "record", lambda *a: time.sleep(host_s))
+    monkeypatch.setattr(bench_gpu, "salient_points", lambda *a: time.sleep(host_s))
+    rows = bench_gpu.bench_gpu_ops(dtypes=("uint8",), batches=(3,), ks=(2,), methods=("dcutmix",), size=8, rounds=2,
+                                   iters=iters, warmup=0, progress=False, device=dev)
+    by = {r["impl"]: r for r in rows}
+    for impl in (bench_gpu.RECORD, bench_gpu.SALIENCY):
+        assert by[impl]["min_s"] >= host_s and by[impl]["timing"] == bench_gpu.WALL_TIMING
+    for impl in (bench_gpu.COPY, bench_gpu.KMIX):  # the kernels stay on the device's events
+        assert by[impl]["median_s"] == pytest.approx(1e-3 / iters) and by[impl]["timing"] == bench_gpu.EVENT_TIMING
+    log.clear()
+    calls = []
+    dev.wall_seconds_per_call(lambda: calls.append(len(log)), 3)
+    assert log == [("sync",), ("sync",)] and calls == [1, 1, 1]  # synchronised before and after the window
 
 
 def test_a_window_the_gpu_reaches_too_early_is_timed_again_with_a_longer_hold(fake_cupy):

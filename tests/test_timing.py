@@ -1,6 +1,7 @@
-"""dali_kmix.apps.timing: interleaved rounds (rotation, calibration, failures), device timers, untimed set-up."""
+"""dali_kmix.apps.timing: interleaved rounds (balanced order, calibration, failures), device timers, untimed set-up."""
 
 import time
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -19,23 +20,46 @@ def _variant(seen, name, fail_at=None, sleep=0.021):  # 21 ms: one call fills a 
 
 @pytest.mark.parametrize("names, r, want", [
     (["a", "b", "c"], 0, ["a", "b", "c"]),
-    (["a", "b", "c"], 1, ["b", "c", "a"]),
-    (["a", "b", "c"], 5, ["c", "a", "b"]),
+    (["a", "b", "c"], 1, ["c", "b", "a"]),  # odd n: the rows interleaved with their mirror images
+    (["a", "b", "c"], 2, ["b", "c", "a"]),
+    (["a", "b", "c"], 7, ["c", "b", "a"]),  # 2 n = 6 rows, then again
+    (["a", "b", "c", "d"], 1, ["b", "d", "a", "c"]),
     ([], 3, []),
-], ids=["round0", "round1", "wraps", "empty"])
-def test_round_order_rotates(names, r, want):
+], ids=["round0", "round1-mirrored", "round2", "cycles", "even", "empty"])
+def test_round_order_examples(names, r, want):
     assert timing.round_order(names, r) == want
 
 
-def test_interleaved_rounds_rotate_the_order_and_keep_failures_apart():
+@pytest.mark.parametrize("n", range(1, 10))
+def test_round_order_is_a_balanced_williams_design(n):
+    # every round a permutation, round 0 the names as given; every name first once in any n consecutive rounds;
+    # over the design's rounds (n; 2n for an odd n) every ordered pair adjacent within a round equally often and
+    # every name equally often in every position; then the design again. A rotation had every name after the same
+    # neighbour and some names never first.
+    names = [f"v{i}" for i in range(n)]
+    length = n if n % 2 == 0 or n == 1 else 2 * n
+    rows = [timing.round_order(names, r) for r in range(3 * length)]
+    assert rows[0] == names and all(sorted(row) == sorted(names) for row in rows)
+    for start in range(2 * length):
+        assert Counter(row[0] for row in rows[start:start + n]) == Counter(names), start
+    design = rows[:length]
+    pairs = Counter((a, b) for row in design for a, b in zip(row, row[1:]))
+    assert len(pairs) == n * (n - 1) and set(pairs.values()) <= {length // n}
+    for pos in range(n):
+        assert set(Counter(row[pos] for row in design).values()) == {length // n}
+    assert rows[length:2 * length] == design and timing.round_order(list(names), 2) == rows[2]  # deterministic
+    assert names == [f"v{i}" for i in range(n)]  # not reordered in place
+
+
+def test_interleaved_rounds_balance_the_order_and_keep_failures_apart():
     seen = []
     times, errors = timing.interleaved_rounds(
         {"a": _variant(seen, "a"), "b": _variant(seen, "b"), "c": _variant(seen, "c", fail_at=3)}, rounds=3,
         warmup=1)
     assert errors == {"c": "RuntimeError: c broke"} and set(times) == {"a", "b"}
     assert all(len(ts) == 3 and all(t >= 0.02 for t in ts) for ts in times.values())
-    # warm-up a b c; round 0 a b c; round 1 starts one later: b c(fails, dropped) a; round 2: a b (c is gone)
-    assert seen == ["a", "b", "c", "a", "b", "c", "b", "c", "a", "a", "b"]
+    # warm-up a b c; round 0 a b c; round 1 c(fails, dropped) b a; round 2 b (c is gone) a
+    assert seen == ["a", "b", "c", "a", "b", "c", "c", "b", "a", "b", "a"]
     seen.clear()  # short calls are repeated within one timed call (here 5 times: 1 ms each, at most 5)
     times, _ = timing.interleaved_rounds({"s": _variant(seen, "s", sleep=0.001)}, rounds=2, warmup=1)
     assert len(seen) == 1 + 2 * 5 and len(times["s"]) == 2 and min(times["s"]) >= 0.001
@@ -84,11 +108,23 @@ def test_checked_rounds_name_the_failing_variant():
                                  timer=lambda fn: fn() or 1.0) == {"a": [1.0, 1.0]}
 
 
-@pytest.mark.parametrize("rounds, warmup, match", [(-1, 1, "rounds=-1"), (2, -3, "warmup=-3")],
-                         ids=["rounds", "warmup"])
-def test_bad_counts_are_refused(rounds, warmup, match):
+@pytest.mark.parametrize("rounds, warmup, timer, match", [
+    (-1, 1, None, "rounds must be >= 1, got -1"), (0, 1, None, "rounds must be >= 1, got 0"),
+    (2, -3, lambda fn: 1.0, "warmup must be >= 0, got -3"), (2, 0, None, "warmup must be >= 1, got 0"),
+], ids=["rounds-negative", "rounds0", "warmup-negative", "nothing-to-calibrate-with"])
+def test_bad_counts_are_refused(rounds, warmup, timer, match):
+    calls = []
     with pytest.raises(ValueError, match=match):
-        timing.interleaved_rounds({"f": lambda: None}, rounds=rounds, warmup=warmup)
+        timing.interleaved_rounds({"f": lambda: calls.append(1)}, rounds=rounds, warmup=warmup, timer=timer)
+    assert calls == []  # refused before any call
+
+
+def test_difference_stats_name_the_spread_of_a_difference():
+    # a pipeline minus the pipeline without the step: a round can go below 0; that is no min of a time per call
+    st = timing.difference_stats([0.02, -0.027, 0.01, 0.0])
+    assert st == {"median_s": 0.005, "diff_min_s": -0.027, "diff_max_s": 0.02, "nonpositive_rounds": 2, "rounds": 4}
+    with pytest.raises(ValueError, match="at least one round"):
+        timing.difference_stats([])
 
 
 def test_round_stats():

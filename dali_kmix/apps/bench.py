@@ -20,9 +20,11 @@
    the GPU targets met or not.
 
 Every figure is the median (with min and max) over repeats after warm-up, with fixed
-seeds. Each run writes ``benchmarks/results/bench-<date>.json`` (machine, versions,
-device, every figure) and a PNG plot, and prints the tables with the ratios to the
-fastest peer and to the copy.
+seeds; a time taken as a difference within each round (pipeline minus pipeline) gives the
+spread of that difference instead (``diff_min_s``, ``diff_max_s``: it can go below 0).
+Each run writes ``benchmarks/results/bench-<date>.json`` (the date the run started;
+machine, versions, device, every figure) and a PNG plot, and prints the tables with the
+ratios to the closest peer and to the copy.
 """
 
 from __future__ import annotations
@@ -38,13 +40,15 @@ from pathlib import Path
 
 import numpy as np
 
+from .._checks import check_choice, check_int
 from ..backends import gpu_available
-from ..backends.build import cpu_id
+from ..backends.cpu import default_workers
 from .bench_gpu import bench_gpu_ops, bench_gpu_scaling, bench_native_ops, format_gpu
 from .bench_kmixup import bench_kmixup, format_markdown
 from .common import atomic_write
-from .peers import PEERS, Config, can, dali_native_pipeline, make_batch, peer_callable
-from .timing import checked_rounds, interleaved_rounds, round_order, round_stats
+from .peers import DTYPES, METHODS, MODES, PEERS, Config, can, dali_native_pipeline, make_batch, peer_callable
+from .timing import (check_choices, check_ints, checked_rounds, difference_stats, interleaved_rounds, round_order,
+                     round_stats)
 
 __all__ = ["time_call", "bench_ops", "bench_pipeline", "bench_scaling", "run", "metadata", "format_table"]
 
@@ -56,7 +60,9 @@ COPY_NOTE = "x.copy(): allocates its output, as mix_images does"
 
 
 def time_call(fn, repeats: int, warmup: int = 2) -> dict:
-    """Seconds per call: median, min, max over ``repeats`` after ``warmup`` calls."""
+    """Seconds per call: median, min, max over ``repeats`` (>= 1) after ``warmup`` calls."""
+    check_int("repeats", repeats, 1)
+    check_int("warmup", warmup, 0)
     for _ in range(warmup):
         fn()
     ts = []
@@ -74,8 +80,8 @@ def metadata() -> dict:
         "host": socket.gethostname(),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "cpu": cpu_id().split(":", 1)[-1].strip(),
-        "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu": _cpu(),
+        "cpu_cores": default_workers(),  # the CPUs of this process's affinity mask, as dali_kmix's kernels use
         "numpy": np.__version__,
         # 1, 5 and 15-minute load averages: the machine's other work (run() records them at the start and the end)
         "load_average": _load_average(),
@@ -93,6 +99,64 @@ def metadata() -> dict:
     return meta
 
 
+#: ARM's CPU part numbers (/proc/cpuinfo "CPU part" where "CPU implementer" is 0x41), as lscpu names them.
+ARM_PARTS = {0xd03: "Cortex-A53", 0xd05: "Cortex-A55", 0xd07: "Cortex-A57", 0xd08: "Cortex-A72", 0xd0b: "Cortex-A76",
+             0xd0c: "Neoverse-N1", 0xd40: "Neoverse-V1", 0xd49: "Neoverse-N2", 0xd4f: "Neoverse-V2",
+             0xd84: "Neoverse-V3", 0xd8e: "Neoverse-N3"}
+#: /proc/cpuinfo's "CPU implementer" codes.
+ARM_IMPLEMENTERS = {0x41: "ARM", 0x42: "Broadcom", 0x43: "Cavium", 0x46: "Fujitsu", 0x48: "HiSilicon",
+                    0x4e: "NVIDIA", 0x50: "APM", 0x51: "Qualcomm", 0x61: "Apple", 0xc0: "Ampere"}
+
+
+def cpu_name(cpuinfo: str, lscpu=None) -> str | None:
+    """The processor's name from the text of ``/proc/cpuinfo``: its "model name" (x86); on Arm, which has none,
+    the core its "CPU implementer" and "CPU part" codes name (``ARM_PARTS``), else ``lscpu()``'s "Model name"
+    (``lscpu``: a callable, None: not asked), else the two codes. None where the text holds neither."""
+    fields = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip().lower(), value.strip())
+    if fields.get("model name"):
+        return fields["model name"]
+    impl, part = fields.get("cpu implementer"), fields.get("cpu part")
+    if not (impl and part):
+        return None
+    try:
+        impl_code, part_code = int(impl, 16), int(part, 16)
+    except ValueError:
+        return f"CPU implementer {impl}, part {part}"
+    vendor = ARM_IMPLEMENTERS.get(impl_code, f"implementer {impl}")
+    if impl_code == 0x41 and part_code in ARM_PARTS:
+        return f"{vendor} {ARM_PARTS[part_code]}"
+    model = lscpu() if lscpu is not None else None
+    return model or f"{vendor} CPU part {part}"
+
+
+def _lscpu_model():
+    """``lscpu``'s "Model name" (None where it has none, or no lscpu runs)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in out.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "Model name" and value.strip() not in ("", "-"):
+            return value.strip()
+    return None
+
+
+def _cpu() -> str:
+    """The processor's name (:func:`cpu_name` of ``/proc/cpuinfo``), else what ``platform`` says."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    return cpu_name(text, lscpu=_lscpu_model) or platform.processor() or platform.machine()
+
+
 def _load_average():
     """The 1, 5 and 15-minute load averages (None where the system has none)."""
     return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
@@ -103,6 +167,16 @@ def _per_round(ts) -> dict:
     st = round_stats(ts)
     return {"median_s": st["median_s"], "min_s": st["min_s"], "max_s": st["max_s"], "repeats": st["rounds"],
             "round_s": [float(t) for t in ts], "timing": "interleaved rounds"}
+
+
+def _per_round_difference(ds) -> dict:
+    """:func:`_per_round` of a time taken as a difference within each round (``ds``: one per round): no min/max of a
+    time per call but the spread of the difference, which can go to 0 or below (``diff_min_s``, ``diff_max_s``,
+    ``nonpositive_rounds``: :func:`~dali_kmix.apps.timing.difference_stats`); ``round_s`` holds the differences."""
+    st = difference_stats(ds)
+    return {"median_s": st["median_s"], "diff_min_s": st["diff_min_s"], "diff_max_s": st["diff_max_s"],
+            "nonpositive_rounds": st["nonpositive_rounds"], "repeats": st["rounds"],
+            "round_s": [float(d) for d in ds], "timing": "interleaved rounds"}
 
 
 def _stats_row(base, t):
@@ -135,30 +209,43 @@ def bench_ops(*, batches=(32, 64, 128), ks=(2, 3, 5, 9), modes=("sample", "batch
     Each configuration is timed in ``repeats`` interleaved rounds: the copy of the batch, every peer, the dali_kmix
     array API and DALI operator, and the pipeline without the step, once per round each. Every row keeps its time
     per round (``round_s``); the ratios (to the copy, to the peers) are medians over rounds of ratios within a round.
+    ``threads``: torch's threads for the peers (None: the CPUs of this process's affinity mask, which dali_kmix's
+    kernels use); every row records it (``torch_threads``), and torch's setting is restored on return.
     """
     import torch
     from tqdm import tqdm
 
-    torch.set_num_threads(threads or os.cpu_count() or 1)
+    batches, ks = check_ints("batches", batches, 1), check_ints("ks", ks, 2)
+    modes, dtypes = check_choices("modes", modes, MODES), check_choices("dtypes", dtypes, DTYPES)
+    methods = check_choices("methods", methods, METHODS)
+    check_int("size", size, 1)
+    check_int("repeats", repeats, 1)
+    threads = default_workers() if threads is None else check_int("threads", threads, 1)
     configs = [Config(m, k, mode, dt, b, size) for dt in dtypes for b in batches for m in methods for k in ks
                for mode in modes]
-    rows = []
-    bar = tqdm(total=len(configs), desc="operators", disable=not progress)
-    for dt in dtypes:
-        for b in batches:
-            group = [c for c in configs if c.dtype == dt and c.batch == b]
-            x, labels = make_batch(group[0])
-            base = {"level": "op", "device": "cpu", "dtype": dt, "layout": group[0].layout, "batch": b, "size": size}
-            from ..saliency import salient_points
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        rows = []
+        bar = tqdm(total=len(configs), desc="operators", disable=not progress)
+        for dt in dtypes:
+            for b in batches:
+                group = [c for c in configs if c.dtype == dt and c.batch == b]
+                x, labels = make_batch(group[0])
+                base = {"level": "op", "device": "cpu", "dtype": dt, "layout": group[0].layout, "batch": b,
+                        "size": size, "torch_threads": threads}
+                from ..saliency import salient_points
 
-            samples = list(x)
-            rows.append(_stats_row({**base, "impl": "saliency step (spectral residual)"},
-                                   time_call(lambda: salient_points(samples, group[0].layout), repeats)))
-            for cfg in group:
-                rows += _config_rows(cfg, x, labels, {**base, "method": cfg.method, "k": cfg.k, "mode": cfg.mode},
-                                     repeats)
-                bar.update()
-    bar.close()
+                samples = list(x)
+                rows.append(_stats_row({**base, "impl": "saliency step (spectral residual)"},
+                                       time_call(lambda: salient_points(samples, group[0].layout), repeats)))
+                for cfg in group:
+                    rows += _config_rows(cfg, x, labels,
+                                         {**base, "method": cfg.method, "k": cfg.k, "mode": cfg.mode}, repeats)
+                    bar.update()
+        bar.close()
+    finally:
+        torch.set_num_threads(previous)
     _add_ratios(rows)
     return rows
 
@@ -197,8 +284,10 @@ def _config_rows(cfg, x, labels, cbase, repeats):
                              "reason": f"the pipeline without the step failed: {errors.get(PIPELINE_BASE)}"})
                 continue
             extra = {"pipeline_baseline_s": float(np.median(base_t)),
-                     "note": "pipeline time minus the same pipeline without the step, within each round"}
-            ts = ts - base_t
+                     "note": "pipeline time minus the same pipeline without the step, within each round "
+                             "(diff_min_s, diff_max_s: the spread of that difference; it can go below 0)"}
+            rows.append(_stats_row({**cbase, "impl": peer, **extra}, _per_round_difference(ts - base_t)))
+            continue
         rows.append(_stats_row({**cbase, "impl": peer, **extra}, _per_round(ts)))
     return rows
 
@@ -218,10 +307,11 @@ def _ratio(a, b):
 
 
 def _add_ratios(rows):
-    """``vs_copy`` on every operator row; on dali_kmix's rows, the peer it leads by the least: every peer is held
-    against the dali_kmix row its user would call (:func:`_matching_kmix`), and ``vs_fastest_peer`` is the largest
-    of those time ratios (dali_kmix / peer: below 1 where dali_kmix is faster than every peer). Ratios are medians
-    over the rounds of ratios within a round where the rows were timed in the same rounds."""
+    """``vs_copy`` on every operator row; on dali_kmix's rows, the peer it leads by the least (``closest_peer``):
+    every peer is held against the dali_kmix row its user would call (:func:`_matching_kmix`), and
+    ``vs_closest_peer`` is the largest of those time ratios (dali_kmix / peer: below 1 where dali_kmix is faster
+    than every peer). Ratios are medians over the rounds of ratios within a round where the rows were timed in the
+    same rounds."""
     copies = {(r["device"], r["dtype"], r["batch"]): r for r in rows
               if r["level"] == "op" and r["impl"] == COPY and "method" not in r}
     groups = {}
@@ -243,8 +333,8 @@ def _add_ratios(rows):
         ratio, peer = max(held, key=lambda rp: rp[0])
         for r in rs:
             if r["impl"] in (KMIX, KMIX_DALI):
-                r["fastest_peer"] = peer["impl"]
-                r["vs_fastest_peer"] = ratio
+                r["closest_peer"] = peer["impl"]
+                r["vs_closest_peer"] = ratio
                 r["compared_with"] = _matching_kmix(peer["impl"])
 
 
@@ -311,16 +401,27 @@ def bench_pipeline(data_dir, *, batch=64, size=224, k=3, iters=12, repeats=5, de
     """Images/s through ``DALIGenericIterator`` into torch, over a JPEG tree, for every mixing variant.
 
     All variants are built first and then timed in rounds, one block of ``iters`` batches per
-    variant per round (each round starting with the next variant, so none is always first or
-    always after the same one), so a slow spell of a noisy machine hits every variant alike; ``vs_no_mix``
+    variant per round, the rounds in a balanced order (:func:`~dali_kmix.apps.timing.round_order`: over
+    any n rounds of n variants each is first once, and within the design's rounds each follows every
+    other equally often), so a slow spell of a noisy machine hits every variant alike; ``vs_no_mix``
     is the median over rounds of (variant / no mixing in the same round). Between blocks the
     run waits ``settle_s`` so the previous pipeline's prefetching is done before the next clock, and
     takes the batches a pipeline computed ahead while its clock was stopped (its prefetch queue, 2) out
     before starting it: timed, they would count 20 batches for the work of 18 (images/s 11 % high).
     On the GPU, dali_kmix's DCutMix and DMixup are timed twice: with the native GPU operator (the
     default where the plugin has its GPU backend) and ``FUNCTION_PATH`` (python_function + CuPy);
-    each row's ``path`` says which. ``only``: the variants to run (default: all).
+    each row's ``path`` says which. ``only``: the variants to run (default: all). A variant that
+    fails is reported with its error and not run in the later rounds.
     """
+    check_int("batch", batch, 1)
+    check_int("size", size, 1)
+    check_int("k", k, 2)
+    check_int("iters", iters, 1)
+    check_int("repeats", repeats, 1)
+    check_choice("device", device, ("cpu", "gpu"))
+    check_int("num_threads", num_threads, 1)
+    if not settle_s >= 0:
+        raise ValueError(f"settle_s must be >= 0, got {settle_s!r}")
     import torch
     from nvidia.dali.plugin.base_iterator import LastBatchPolicy
     from nvidia.dali.plugin.pytorch import DALIGenericIterator
@@ -332,6 +433,9 @@ def bench_pipeline(data_dir, *, batch=64, size=224, k=3, iters=12, repeats=5, de
     if device == "gpu":  # the GPU path's fallback beside the native operator, in the same rounds
         variants[3:3] = [f"dali_kmix {m} {FUNCTION_PATH}" for m in ("dcutmix", "dmixup")]
     if only is not None:
+        unknown = [v for v in only if v not in variants]
+        if isinstance(only, str) or unknown:
+            raise ValueError(f"only must name variants of {variants} (device {device!r}), got {only!r}")
         variants = [v for v in variants if v in only]
     runners, ahead, errors = {}, {}, {}
     for variant in variants:
@@ -362,6 +466,9 @@ def bench_pipeline(data_dir, *, batch=64, size=224, k=3, iters=12, repeats=5, de
     order = list(runners)
     for r in range(repeats if order else 0):
         for variant in round_order(order, r):
+            if variant in errors:  # failed in an earlier round: not run again
+                bar.update()
+                continue
             step = runners[variant]
             time.sleep(settle_s)
             try:
@@ -453,7 +560,7 @@ def _pipeline_step(it, after, device, torch):
             data = next(it)[0]
         if after is not None:
             after(data["images"], data["labels"].reshape(-1).long())
-        elif device == "gpu":
+        if device == "gpu":  # the block's clock stops when the device's work (timm's mixing included) is done
             torch.cuda.synchronize()
 
     return step
@@ -472,6 +579,10 @@ def bench_scaling(*, ks=(2, 3, 4, 6, 8, 12, 16), batches=(8, 16, 32, 64, 128, 25
     (seconds per call: a reference line, not a ratio)."""
     from tqdm import tqdm
 
+    ks, batches = check_ints("ks", ks, 2), check_ints("batches", batches, 1)
+    check_int("k_batch", k_batch, 1)
+    check_int("size", size, 1)
+    check_int("repeats", repeats, 1)
     rows = []
     bar = tqdm(total=len(ks) + len(batches), desc="scaling", disable=not progress)
 
@@ -543,10 +654,15 @@ def format_table(rows, op_filter=None) -> str:
             fmt = [f"{1e3 * cell[i]['median_s']:.2f}" if i in cell and cell[i]["status"] == "ok" else "–"
                    for i in impls]
             km = cell.get(KMIX, {})
-            if km.get("vs_fastest_peer"):
-                ratio = 1 / km["vs_fastest_peer"]
+            if not km:
+                speed = "dali_kmix not run"
+            elif km["status"] != "ok":  # not "no peer can": the peers may well have run
+                why = str(km.get("reason") or km["status"]).replace("|", "\\|").replace("\n", " ")
+                speed = f"dali_kmix {'failed' if km['status'] == 'error' else km['status']}: {why}"
+            elif km.get("vs_closest_peer"):
+                ratio = 1 / km["vs_closest_peer"]
                 speed = (f"{ratio:.2f}× faster" if ratio >= 1 else f"{1 / ratio:.2f}× slower") + \
-                    f" than {km['fastest_peer']}" + (" (DALI op)" if km.get("compared_with") == KMIX_DALI else "")
+                    f" than {km['closest_peer']}" + (" (DALI op)" if km.get("compared_with") == KMIX_DALI else "")
             else:
                 speed = "no peer can"
             copy = cell.get(COPY) or copies.get(key[:2])
@@ -645,6 +761,7 @@ def run(out_dir="benchmarks/results", *, quick=False, data_dir=None, progress=Tr
         count_classes(data_dir)
         if not tree_files(data_dir):
             raise ValueError(f"data_dir (--data) {str(data_dir)!r} holds no image that readers.file reads")
+    started = _dt.datetime.now(_dt.timezone.utc)  # the run's date (and file name): when it started
     t0 = time.perf_counter()
     load_at_start = _load_average()
     if quick:
@@ -682,6 +799,7 @@ def run(out_dir="benchmarks/results", *, quick=False, data_dir=None, progress=Tr
     except ImportError as exc:  # timm is not installed: nothing to compare KMixup with
         print(f"KMixup vs timm skipped: {exc}")
     meta = metadata()
+    meta["date"], meta["date_end"] = started.isoformat(timespec="seconds"), meta["date"]
     meta["total_s"] = round(time.perf_counter() - t0, 1)
     meta["load_average_at_start"], meta["load_average_at_end"] = load_at_start, meta.pop("load_average")
     stamp = meta["date"].replace(":", "").replace("-", "")[:15]

@@ -8,19 +8,21 @@
    copy's. Also per group: the record drawn and nested on the device
    (:func:`~dali_kmix.sampling.sample_params_device`) and the saliency step.
 2. Scaling (level ``"gpu-scaling"``): DCutMix and DMixup time over K = 2..16, and
-   ``vs_k2``, the time relative to K = 2 in the same round.
+   ``vs_k2``, the time relative to K = 2 in the same round (K = 2 must be among the K timed).
 3. Native operators (level ``"gpu-native-op"``, :func:`bench_native_ops`): ``fn.kmix_dmixup`` /
    ``fn.kmix_dcutmix`` (the DALI plugin's GPU backend) in a GPU pipeline over one batch held on
    the device, against ``fn.copy`` of it in the same kind of pipeline. Each operator is chained
    ``length`` times and the pipeline with one subtracted, so what is left is the operator's own
    time (launch, the record's one host-to-device copy, the kernel), not the pipeline's or Python's.
+   A difference can go to 0 or below in a round: its spread is ``diff_min_s``/``diff_max_s``
+   (:func:`~dali_kmix.apps.timing.difference_stats`), not a min/max of a time.
 4. :func:`gpu_targets`: the targets of the GPU issue, measured against the rows (the
    pipeline target from :func:`dali_kmix.apps.bench.bench_pipeline` on the GPU, batch 256: the
    "mixed" pipeline with the native operator, with the ``python_function`` path and without mixing,
    in interleaved rounds).
 
 Timing: CUDA events around ``iters`` launches on the current stream; every variant of a
-group is timed once per round, rounds interleaved and the order rotated each round
+group is timed once per round, rounds interleaved in a balanced order
 (:mod:`dali_kmix.apps.timing`, as the CPU rows), so a clock or a neighbour that changes
 during the run touches every variant alike; medians and ratios are taken per round. A kernel
 row times a prepared launch (:meth:`dali_kmix.backends.Backend.prepare_blend`): the per-sample
@@ -29,9 +31,11 @@ the window, so nothing but the kernel launches lies between the two events. The 
 queued behind a short "hold" kernel (the GPU sleeps while the host queues the launches), so
 the launches run back to back and the events measure the device, not the Python that queues
 them; a window the GPU reached before the host had queued it all is timed again with a longer
-hold. The record and saliency rows time the whole call, Python included (what a pipeline pays).
-The device is a parameter (:class:`CudaDevice` by default), so the logic of this module
-is tested on the CPU with a host stand-in; the GPU run itself is a ``gpu`` test.
+hold. The record and saliency rows time the whole call, Python included (what a pipeline pays):
+the wall clock around ``iters`` calls, the device synchronised before and after the window
+(:meth:`CudaDevice.wall_seconds_per_call`; each row's ``timing`` says which). The device is a
+parameter (:class:`CudaDevice` by default), so the logic of this module is tested on the CPU
+with a host stand-in; the GPU run itself is a ``gpu`` test.
 """
 
 from __future__ import annotations
@@ -43,8 +47,9 @@ import numpy as np
 from ..record import MixParams
 from ..saliency import salient_points
 from ..sampling import sample_params
-from .peers import Config, make_batch
-from .timing import checked_rounds, round_stats
+from .._checks import check_choice, check_int
+from .peers import DTYPES, METHODS, Config, make_batch
+from .timing import check_choices, check_ints, checked_rounds, difference_stats, round_stats
 
 __all__ = ["CudaDevice", "DaliChains", "bench_gpu_ops", "bench_gpu_scaling", "bench_native_ops", "gpu_targets",
            "format_gpu", "TARGETS"]
@@ -57,6 +62,11 @@ SALIENCY = "saliency step (spectral residual)"
 #: The issue's targets: DCutMix ≥ 70 % of the copy's bandwidth, DMixup K=3 ≥ 50 %, DCutMix flat in K
 #: (here: no K up to 16 slower than 1.25 × K = 2), the "mixed" pipeline with mixing ≥ 97 % of without.
 TARGETS = {"dcutmix_vs_copy": 0.70, "dmixup_k3_vs_copy": 0.50, "dcutmix_flat_in_k": 1.25, "pipeline_vs_no_mix": 0.97}
+
+
+#: How each row was timed: the kernels by the device's events, the record and saliency rows by the wall clock.
+EVENT_TIMING = "CUDA events around the launches, behind a hold kernel (device time)"
+WALL_TIMING = "wall clock around the calls, the device synchronised before and after (Python included)"
 
 
 #: A one-thread kernel that sleeps about ``ns`` nanoseconds: the GPU waits behind it while the host queues a window.
@@ -122,11 +132,48 @@ class CudaDevice:
                 return cuda.get_elapsed_time(start, end) / 1e3 / iters
             self.hold_s *= 4
 
+    def wall_seconds_per_call(self, fn, iters: int) -> float:
+        """Seconds per call of ``iters`` calls by the wall clock, the device synchronised before and after the
+        window: the whole call, Python included, and the device work it queued (what a pipeline pays for it)."""
+        sync = self.xp.cuda.Device().synchronize
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        sync()
+        return (time.perf_counter() - t0) / iters
+
+
+def _wall_clock(fn):
+    """``fn`` marked to be timed by the wall clock, Python included (:meth:`CudaDevice.wall_seconds_per_call`),
+    not by the device's events."""
+    fn.kmix_wall_clock = True
+    return fn
+
+
+def _timer(device, iters):
+    """``timer(fn)``: seconds per call of a window of ``iters`` calls, by the device's events, or by the wall clock
+    for a function marked by :func:`_wall_clock`."""
+    def timer(fn):
+        if getattr(fn, "kmix_wall_clock", False):
+            return device.wall_seconds_per_call(fn, iters)
+        return device.seconds_per_call(fn, iters)
+
+    return timer
+
 
 def _rounds(device, variants: dict, rounds: int, iters: int, warmup: int, what: str) -> dict:
     """``{name: [seconds per call, one per round]}``: interleaved rounds (:mod:`dali_kmix.apps.timing`), each timed
-    call a window of ``iters`` calls timed by the device; a variant that raises fails the group, naming it."""
-    return checked_rounds(variants, rounds, warmup, what=what, timer=lambda fn: device.seconds_per_call(fn, iters))
+    call a window of ``iters`` calls timed by the device (:func:`_timer`); a variant that raises fails the group,
+    naming it."""
+    return checked_rounds(variants, rounds, warmup, what=what, timer=_timer(device, iters))
+
+
+def _check_counts(rounds, iters, warmup, size):
+    check_int("rounds", rounds, 1)
+    check_int("iters", iters, 1)
+    check_int("warmup", warmup, 0)
+    check_int("size", size, 1)
 
 
 def _ratio_stats(prefix, ratios) -> dict:
@@ -159,6 +206,11 @@ def bench_gpu_ops(*, dtypes=("uint8", "float32"), batches=(32, 128, 256), ks=(2,
     """Kernel rows (level ``"gpu-op"``) for every dtype × batch × method × K, with the copy of the batch."""
     from tqdm import tqdm
 
+    check_choices("dtypes", dtypes, DTYPES)
+    check_ints("batches", batches, 1)
+    check_ints("ks", ks, 2)
+    check_choices("methods", methods, METHODS)
+    _check_counts(rounds, iters, warmup, size)
     device = device or CudaDevice(seed)
     rows = []
     groups = [(dt, b) for dt in dtypes for b in batches]
@@ -170,14 +222,15 @@ def bench_gpu_ops(*, dtypes=("uint8", "float32"), batches=(32, 128, 256), ks=(2,
         for method in methods:
             for k in ks:
                 variants[(KMIX, method, k)] = _blend(device, samples, outs, method, k, size, cfg.layout, seed)
-        variants[(RECORD, "dcutmix", 3)] = lambda: device.record("dcutmix", b, size, size, 3)
-        variants[(SALIENCY, None, 0)] = lambda: salient_points(samples, cfg.layout)
+        variants[(RECORD, "dcutmix", 3)] = _wall_clock(lambda: device.record("dcutmix", b, size, size, 3))
+        variants[(SALIENCY, None, 0)] = _wall_clock(lambda: salient_points(samples, cfg.layout))
         times = _rounds(device, variants, rounds, iters, warmup, f"GPU kernels, {dt} batch {b}")
         copy_t = np.asarray(times[(COPY, None, 0)])
         base = {"level": "gpu-op", "device": device.name, "dtype": dt, "layout": cfg.layout, "batch": b,
                 "size": size, "status": "ok"}
         for (impl, method, k), ts in times.items():
-            row = {**base, "impl": impl, **round_stats(ts)}
+            row = {**base, "impl": impl, **round_stats(ts),
+                   "timing": WALL_TIMING if impl in (RECORD, SALIENCY) else EVENT_TIMING}
             if impl in (COPY, KMIX):
                 nbytes = kernel_bytes(method, k, x.nbytes)
                 row["bytes"] = nbytes
@@ -192,7 +245,14 @@ def bench_gpu_ops(*, dtypes=("uint8", "float32"), batches=(32, 128, 256), ks=(2,
 
 def bench_gpu_scaling(*, ks=(2, 3, 4, 6, 8, 12, 16), batch=128, size=224, dtype="float32", rounds=7, iters=20,
                       warmup=3, seed=0, progress=True, device=None) -> list[dict]:
-    """Kernel time versus K (level ``"gpu-scaling"``), with ``vs_k2`` per round."""
+    """Kernel time versus K (level ``"gpu-scaling"``), with ``vs_k2``: the time over K = 2's, per round (``ks``
+    must hold 2)."""
+    ks = check_ints("ks", ks, 2)
+    if 2 not in ks:
+        raise ValueError(f"ks must hold 2 (vs_k2 is the time over K = 2's), got {ks!r}")
+    check_int("batch", batch, 1)
+    check_choice("dtype", dtype, DTYPES)
+    _check_counts(rounds, iters, warmup, size)
     device = device or CudaDevice(seed)
     cfg = Config("dcutmix", ks[0], "sample", dtype, batch, size)
     x, out = _device_batch(device, cfg, seed)
@@ -202,7 +262,7 @@ def bench_gpu_scaling(*, ks=(2, 3, 4, 6, 8, 12, 16), batch=128, size=224, dtype=
     times = _rounds(device, variants, rounds, iters, warmup, f"GPU scaling, {dtype} batch {batch}")
     rows = []
     for (method, k), ts in times.items():
-        k2 = np.asarray(times[(method, ks[0])])
+        k2 = np.asarray(times[(method, 2)])
         rows.append({"level": "gpu-scaling", "device": device.name, "impl": KMIX, "method": method, "k": k,
                      "batch": batch, "dtype": dtype, "size": size, "status": "ok", **round_stats(ts),
                      **_ratio_stats("vs_k2", np.asarray(ts) / k2)})
@@ -284,11 +344,17 @@ def bench_native_ops(*, dtypes=("uint8", "float32"), batch=256, ks=(2, 3, 9), me
                      size=224, length=8, rounds=7, iters=10, warmup=2, seed=0, progress=True,
                      device=None) -> list[dict]:
     """Native operator rows (level ``"gpu-native-op"``): per operator, (time of ``length`` in a row - time of one) /
-    (``length`` - 1) in the same round, against ``fn.copy`` measured alike; bandwidth as a fraction of the copy's."""
+    (``length`` - 1) in the same round, against ``fn.copy`` measured alike; bandwidth as a fraction of the copy's.
+    The difference's spread over the rounds is ``diff_min_s``/``diff_max_s`` (it can go to 0 or below)."""
     from tqdm import tqdm
 
     if length < 2:
         raise ValueError(f"length must be >= 2 (the chain minus one operator is what is timed), got {length}")
+    check_choices("dtypes", dtypes, DTYPES)
+    check_int("batch", batch, 1)
+    check_ints("ks", ks, 2)
+    check_choices("methods", methods, METHODS)
+    _check_counts(rounds, iters, warmup, size)
     device = device or DaliChains()
     rows = []
     for dt in tqdm(dtypes, desc="GPU native operators", disable=not progress):
@@ -309,7 +375,8 @@ def bench_native_ops(*, dtypes=("uint8", "float32"), batch=256, ks=(2, 3, 9), me
         for (impl, method, k), ts in per_op.items():
             nbytes = kernel_bytes(method, k, host.nbytes)
             row = {"level": "gpu-native-op", "device": device.name, "impl": impl, "dtype": dt, "layout": cfg.layout,
-                   "batch": batch, "size": size, "chain": length, "status": "ok", **round_stats(ts), "bytes": nbytes,
+                   "batch": batch, "size": size, "chain": length, "status": "ok", **difference_stats(ts),
+                   "bytes": nbytes,
                    "timing": "pipeline runs, chain of operators minus one, interleaved rounds"}
             row["gb_per_s"] = nbytes / row["median_s"] / 1e9 if row["median_s"] > 0 else float("nan")
             row.update(_ratio_stats("vs_copy_bandwidth", (nbytes / ts) / (2 * host.nbytes / copy_t)))
@@ -325,7 +392,7 @@ def gpu_targets(rows) -> list[dict]:
     out += _bandwidth_targets([r for r in rows if r["level"] == "gpu-native-op" and r["impl"] == NATIVE],
                               "native operator ")
     scal = [r for r in rows if r["level"] == "gpu-scaling" and r["method"] == "dcutmix"]
-    if scal:
+    if any(r["k"] == 2 for r in scal):  # vs_k2 is over K = 2's time
         worst = max(scal, key=lambda r: r["vs_k2"])
         ks = sorted(r["k"] for r in scal)
         out.append({"target": f"DCutMix time flat in K ({ks[0]}…{ks[-1]}): ≤ {TARGETS['dcutmix_flat_in_k']:.2f} × K=2",
@@ -352,7 +419,10 @@ def format_gpu(rows) -> str:
                   "|---|---|---|---|---|---|"]
         for r in ops:
             name = f"{r['impl']} {r['method']}" if r["impl"] in (KMIX, RECORD, NATIVE) else r["impl"]
-            ms = f"{1e3 * r['median_s']:.3f} ({1e3 * r['min_s']:.3f}–{1e3 * r['max_s']:.3f})"
+            if "diff_min_s" in r:  # a difference within a round (chain minus one): its spread, which can go below 0
+                ms = f"{1e3 * r['median_s']:.3f} (difference {1e3 * r['diff_min_s']:.3f}–{1e3 * r['diff_max_s']:.3f})"
+            else:
+                ms = f"{1e3 * r['median_s']:.3f} ({1e3 * r['min_s']:.3f}–{1e3 * r['max_s']:.3f})"
             gbs = f"{r['gb_per_s']:.0f}" if "gb_per_s" in r else "–"
             bw = (f"{100 * r['vs_copy_bandwidth']:.0f} % ({100 * r['vs_copy_bandwidth_min']:.0f}–"
                   f"{100 * r['vs_copy_bandwidth_max']:.0f} %)") if "vs_copy_bandwidth" in r else "–"

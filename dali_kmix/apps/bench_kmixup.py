@@ -6,7 +6,7 @@ the same arguments, for modes "batch" and "elem" and for mixup (``mixup_alpha=1`
 and cutmix (``cutmix_alpha=1``). timm mixes in place, so before every timed call
 (of either mixer, so both start from the same memory state) the batch is restored
 from a pristine copy outside the timed region. After warm-up calls the two mixers
-run in interleaved rounds (:mod:`dali_kmix.apps.timing`: the order rotates every round)
+run in interleaved rounds (:mod:`dali_kmix.apps.timing`: the order changes every round)
 so that drift in the machine's load hits both alike; each row reports the median and the spread
 (interquartile range, and min/max) of the per-call times. :func:`format_markdown`
 renders the rows as a Markdown table.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._checks import check_int
 from .timing import checked_rounds
 
 __all__ = ["bench_kmixup", "format_markdown", "FULL", "QUICK"]
@@ -42,7 +43,8 @@ def bench_kmixup(*, quick: bool = False, batch: int | None = None, size: int | N
         quick: the smaller configuration :data:`QUICK` (batch 32, 3 x 112 x 112, 5 rounds,
             1 warm-up) instead of :data:`FULL` (batch 128, 3 x 224 x 224, 15 timed rounds
             after 2 warm-up calls of each mixer).
-        batch, size, rounds, warmup: override single values of that configuration.
+        batch, size, rounds, warmup: override single values of that configuration (``batch`` even:
+            timm's Mixup mixes pairs; ``rounds`` >= 1).
         threads: ``torch.set_num_threads`` for the run (None: leave it); the KMixup CPU
             kernels use every core of the process's affinity mask.
 
@@ -54,13 +56,22 @@ def bench_kmixup(*, quick: bool = False, batch: int | None = None, size: int | N
         which writes into a free earlier output; "kmixup_fresh" (``reuse_outputs=False``)
         allocates every output, as timm's clone/flip do, and shows what that costs.
     """
+    given = dict(batch=batch, size=size, rounds=rounds, warmup=warmup)
+    batch, size, rounds, warmup = (v if v is not None else (QUICK if quick else FULL)[k] for k, v in given.items())
+    check_int("batch", batch, 2)
+    if batch % 2:
+        raise ValueError(f"batch must be even (timm's Mixup mixes pairs), got {batch}")
+    check_int("size", size, 1)
+    check_int("rounds", rounds, 1)
+    check_int("warmup", warmup, 0)
+    check_int("num_classes", num_classes, 1)
+    if threads is not None:
+        check_int("threads", threads, 1)
     import torch
     from timm.data import Mixup
 
     from ..torch import KMixup
 
-    given = dict(batch=batch, size=size, rounds=rounds, warmup=warmup)
-    batch, size, rounds, warmup = (v if v is not None else (QUICK if quick else FULL)[k] for k, v in given.items())
     if threads is not None:
         torch.set_num_threads(threads)
     gen = torch.Generator().manual_seed(seed)
@@ -114,7 +125,7 @@ def format_markdown(rows) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # python -m dali_kmix.bench_kmixup [--quick]
+if __name__ == "__main__":  # python -m dali_kmix.apps.bench_kmixup [--quick]
     import sys
 
     print(format_markdown(bench_kmixup(quick="--quick" in sys.argv)))

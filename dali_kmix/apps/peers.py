@@ -20,9 +20,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Config", "PEERS", "peer_callable", "dali_native_pipeline"]
+from .._checks import check_choice, check_int
+
+__all__ = ["Config", "PEERS", "peer_callable", "dali_native_pipeline", "METHODS", "MODES", "DTYPES"]
 
 NUM_CLASSES = 1000
+#: The configurations the benchmarks time: methods, modes and dtypes (uint8 HWC, float32 CHW).
+METHODS = ("dmixup", "dcutmix")
+MODES = ("sample", "batch")
+DTYPES = ("uint8", "float32")
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,14 @@ class Config:
     dtype: str       # "uint8" (HWC) | "float32" (CHW)
     batch: int
     size: int = 224
+
+    def __post_init__(self):  # a configuration nobody can time is refused, not timed as another one
+        check_choice("method", self.method, METHODS)
+        check_int("k", self.k, 2)
+        check_choice("mode", self.mode, MODES)
+        check_choice("dtype", self.dtype, DTYPES)
+        check_int("batch", self.batch, 1)
+        check_int("size", self.size, 1)
 
     @property
     def layout(self):
@@ -47,8 +61,10 @@ def make_batch(cfg: Config, seed: int = 0):
     rng = np.random.default_rng(seed)
     if cfg.dtype == "uint8":
         x = rng.integers(0, 256, cfg.shape, dtype=np.uint8)
-    else:
+    elif cfg.dtype == "float32":
         x = rng.standard_normal(cfg.shape, dtype=np.float32)
+    else:  # not float32 data under another dtype's name
+        raise ValueError(f"cfg.dtype must be one of {list(DTYPES)}, got {cfg.dtype!r}")
     labels = rng.integers(0, NUM_CLASSES, cfg.batch)
     return x, labels
 
