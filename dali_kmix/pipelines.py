@@ -11,8 +11,20 @@ Saliency-DCutMix on the uint8 crops (``mix_on="uint8"``, the default) ->
 ``mix_on="float32"`` the mixing comes after the normalisation. The padded copies of the last
 sample in the reader's last batch are never mixing partners (``reader_name`` of the operators).
 The differences from the example: the CPU variant keeps ``crop_mirror_normalize`` on the CPU
-(the example moves the images to the GPU for it), the labels stay where the reader puts them
-(the example hands them to the GPU), and the mixing step.
+(the example moves the images to the GPU for it), the labels are not handed to the GPU by the
+pipeline, and the mixing step.
+
+Where the outputs live: with ``device="cpu"`` every output is on the CPU. With ``device="gpu"`` the
+images are on the GPU, and so are the mixed label outputs (``targets``, or ``label_idx`` and
+``label_w``: the mixing operator writes them on the GPU); the ``labels`` of ``mix=None`` and of
+the validation pipeline stay on the CPU, where the reader puts them (so the one-hot targets
+:class:`DALIMixIterator` makes of them are CPU tensors too), and so does ``source_info``.
+
+Uneven shards: every rank reads ``ceil(S / batch_size)`` batches an epoch, S the largest shard
+(the reader pads the smaller shards), so every rank takes the same number of steps, as
+DistributedDataParallel needs. A smaller shard whose size is a multiple of the batch size
+therefore ends its epoch with an EMPTY batch (0 samples once the padded copies are cut off):
+a mean loss over it is NaN (0 / 0), so skip it or weight the loss by the batch size.
 
 The builders return a :class:`MixPipeline`: the DALI pipeline together with what
 :class:`DALIMixIterator` needs to read it (output names, class count, reader name).
@@ -23,6 +35,8 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import functools
+import math
+import numbers
 import os
 import re
 from pathlib import Path
@@ -154,7 +168,7 @@ class ProxyFolder:
 
     def __getitem__(self, i):
         path, label = self.samples[i]
-        return self.proxy(**{self.images: np.frombuffer(str(path).encode(), np.int8),
+        return self.proxy(**{self.images: np.frombuffer(os.fsencode(path), np.int8),
                              self.labels: np.array([label], np.int32)})
 
 
@@ -164,37 +178,65 @@ def _folder_files(root) -> list:
     return [(root / c / f, label) for label, c in enumerate(class_names(root)) for f in image_files(root / c)]
 
 
+#: The largest label ``readers.file`` reads from a ``file_list`` as it is (an int32; larger ones wrap around).
+MAX_LABEL = 2**31 - 1
+_LABEL = re.compile(r"[0-9]+")
+
+
 def listed_files(root, file_list) -> list:
-    """(path, label) of every line of a DALI ``file_list`` ("relative/path label"; blank lines skipped), the paths
-    under ``root``, in the list's order."""
+    """(path, label) of every line of a DALI ``file_list`` ("relative/path label"), the paths under ``root``, in
+    the list's order, as ``readers.file`` (DALI 2.4) reads it: lines split at "\\n", blank lines skipped, the
+    label the last whitespace-separated field, digits only (no sign), at most :data:`MAX_LABEL`. The bytes are
+    decoded as file names are (``os.fsdecode``: a name that is not UTF-8 keeps its bytes). Any other line raises
+    ValueError naming the list, the line number and the line (DALI refuses it with an unnamed error)."""
     root = Path(root)
     out = []
-    for line in Path(file_list).read_text().splitlines():
-        if line.strip():
-            name, label = line.rsplit(maxsplit=1)
-            out.append((root / name, int(label)))
+    for lineno, raw in enumerate(Path(file_list).read_bytes().split(b"\n"), 1):
+        line = os.fsdecode(raw)
+        if not line.strip():
+            continue
+        parts = line.rsplit(maxsplit=1)
+        if len(parts) != 2 or not _LABEL.fullmatch(parts[1]):
+            raise ValueError(f"{file_list}:{lineno}: expected 'path label' (the label: digits), got {line!r}")
+        label = int(parts[1])
+        if label > MAX_LABEL:
+            raise ValueError(f"{file_list}:{lineno}: label {label} is over {MAX_LABEL} (DALI reads labels as int32), "
+                             f"got {line!r}")
+        out.append((root / parts[0], label))
     return out
 
 
-_INFO_BYTES = 1024
+def _listed_classes(data_dir, file_list) -> int:
+    """The class count of a ``file_list``: its largest label + 1 (the labels DALI reads, :func:`listed_files`)."""
+    labels = [label for _, label in listed_files(data_dir, file_list)]
+    if not labels:
+        raise ValueError(f"file_list {str(file_list)!r} lists no files")
+    return max(labels) + 1
 
 
 def _source_info(jpegs):
-    """The file path of each sample as a fixed-size, zero-padded uint8 vector (so batches are dense)."""
+    """The file path of each sample as a zero-padded uint8 vector, padded to the longest of the batch (so batches
+    are dense whatever the paths' lengths; the width varies from batch to batch, the zeros are cut off when read)."""
     from nvidia.dali import fn
 
-    return fn.pad(fn.get_property(jpegs, key="source_info"), fill_value=0, axes=(0,), shape=(_INFO_BYTES,))
+    return fn.pad(fn.get_property(jpegs, key="source_info"), fill_value=0, axes=(0,))
 
 
 def _decode_info(rows) -> list[str]:
-    return [bytes(r[r != 0]).decode() for r in rows]
+    return [os.fsdecode(bytes(r[r != 0])) for r in rows]
 
 
 def decode_random_crop(jpegs, *, gpu: bool, crop: int, random_area=RANDOM_AREA,
                        random_aspect_ratio=RANDOM_ASPECT_RATIO):
-    """Decode with a random area/aspect crop ("mixed" on the GPU) and resize to crop x crop: uint8 HWC."""
+    """Decode with a random area/aspect crop ("mixed" on the GPU) and resize to crop x crop: uint8 HWC.
+
+    ``crop`` an integer >= 1, ``random_area`` two finite numbers 0 < lo <= hi <= 1 (fractions of the image's
+    area), ``random_aspect_ratio`` two finite numbers 0 < lo <= hi; others raise (ValueError, TypeError)."""
     from nvidia.dali import fn, types
 
+    crop = _checks.check_int("crop", crop, 1)
+    random_area = _check_range_pair("random_area", random_area, upper=1)
+    random_aspect_ratio = _check_range_pair("random_aspect_ratio", random_aspect_ratio)
     decode_kw = {}
     if gpu:
         # nvJPEG's buffers sized ahead for the largest ImageNet image, as DALI's ResNet-50 example does.
@@ -208,9 +250,11 @@ def decode_random_crop(jpegs, *, gpu: bool, crop: int, random_area=RANDOM_AREA,
 
 def decode_center(jpegs, *, gpu: bool, size: int, crop: int, layout: str = "CHW", dtype: str = "float32"):
     """Evaluation-style preprocessing, no randomness: decode, resize the shorter side to ``size``,
-    centre-crop ``crop`` and normalise (float32 CHW by default)."""
+    centre-crop ``crop`` and normalise (float32 CHW by default). ``size`` and ``crop`` integers with
+    1 <= crop <= size (a larger crop would reach past the shorter side)."""
     from nvidia.dali import fn, types
 
+    size, crop = _check_crop_size(crop, size)
     images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
     images = fn.resize(images, resize_shorter=size, interp_type=types.INTERP_TRIANGULAR)
     return normalize_chw(images, crop=crop, mirror=False, layout=layout, dtype=dtype)
@@ -271,13 +315,99 @@ def _check_output_map(output_map) -> list[str]:
     return names
 
 
-def _check_common(device, batch_size, shard_id, num_shards):
+def _check_common(device, batch_size, shard_id, num_shards, seed, reader_name):
     _checks.check_choice("device", device, ("cpu", "gpu"))
     _checks.check_int("batch_size", batch_size, 1)
     _checks.check_int("num_shards", num_shards, 1)
     _checks.check_int("shard_id", shard_id, 0)
     if shard_id >= num_shards:
         raise ValueError(f"shard_id must be < num_shards={num_shards}, got {shard_id}")
+    if seed is not None:
+        _checks.check_int("seed", seed, 0)
+    _check_reader_name(reader_name)
+
+
+def _check_reader_name(reader_name) -> str:
+    """A reader's name: without one, DALI's iterator never ends an epoch (it reads on and on)."""
+    what = "reader_name must be a non-empty str (the reader's name, by which the iterator ends its epochs)"
+    if not isinstance(reader_name, str):
+        raise TypeError(f"{what}, got {reader_name!r}")
+    if not reader_name:
+        raise ValueError(f"{what}, got {reader_name!r}")
+    return reader_name
+
+
+def _check_range_pair(name: str, value, upper=None) -> tuple[float, float]:
+    """``(lo, hi)`` of a range argument: two finite numbers with 0 < lo <= hi (and hi <= ``upper`` when given)."""
+    what = f"{name} must be two finite numbers 0 < lo <= hi{'' if upper is None else f' <= {upper}'}, got {value!r}"
+    if isinstance(value, (str, bytes)):
+        raise TypeError(what)
+    try:
+        pair = list(value)
+    except TypeError:
+        raise TypeError(what) from None
+    if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in pair):
+        raise TypeError(what)
+    if len(pair) != 2:
+        raise ValueError(what)
+    lo, hi = float(pair[0]), float(pair[1])
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= hi and (upper is None or hi <= upper)):
+        raise ValueError(what)
+    return lo, hi
+
+
+def _check_crop_size(crop, size) -> tuple[int, int]:
+    """``(size, crop)`` of the validation preprocessing: integers with 1 <= crop <= size."""
+    crop = _checks.check_int("crop", crop, 1)
+    size = _checks.check_int("size", size, 1)
+    if crop > size:
+        raise ValueError(f"crop={crop} must be <= size={size} (the shorter side is resized to size, then the centre "
+                         f"crop x crop is cut out of it)")
+    return size, crop
+
+
+def _pipeline_seed(seed, shard_id: int, num_shards: int):
+    """The pipeline's seed: ``seed`` itself for one shard; for several, a 31-bit seed drawn from ``(seed, shard_id)``
+    (NumPy's SeedSequence), so that every rank crops and mirrors with its own stream from the same ``seed``."""
+    if seed is None or num_shards == 1:
+        return seed
+    return int(np.random.SeedSequence([seed, shard_id]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def _is_default(value, default) -> bool:
+    if value is default or default is None:
+        return value is default
+    if isinstance(default, str):
+        return value == default
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and value == default
+
+
+#: The arguments of :func:`imagenet_train_pipeline` that only mixing uses, with their defaults. ``k`` and
+#: ``label_format`` are left out: ``kmix bench``'s unmixed row builds the pipeline with the mixing rows' values.
+_MIX_ARGS = dict(alpha=1.0, prob=1.0, mode="sample", smoothing=0.0, mix_on="uint8", mixup_off_epoch=None,
+                 cutmix_alpha=None, switch_prob=0.5)
+#: Those only ``mix="dmixup+dcutmix"`` uses.
+_SWITCH_ARGS = dict(cutmix_alpha=None, switch_prob=0.5)
+
+
+def _refuse_unused(mix, given: dict):
+    """ValueError for an argument given another value than its default where ``mix`` makes it do nothing."""
+    unused, why = (_MIX_ARGS, "no mixing") if mix is None else (_SWITCH_ARGS, "only 'dmixup+dcutmix' uses it")
+    if mix == _checks.SWITCH:
+        return
+    for name, default in unused.items():
+        if not _is_default(given[name], default):
+            hint = "; for smoothed one-hot targets pass it to DALIMixIterator" if name == "smoothing" else ""
+            raise ValueError(f"{name}={given[name]!r} has no effect with mix={mix!r} ({why}); leave it out{hint}")
+
+
+def _default_classes(data_dir, file_list, num_classes) -> int:
+    """``num_classes`` as given, else the file list's largest label + 1, else the number of class folders."""
+    if num_classes is not None:
+        return num_classes
+    if file_list is not None:
+        return _listed_classes(data_dir, file_list)
+    return count_classes(data_dir)
 
 
 def _pipeline(*, batch_size, num_threads, device_id, seed, prefetch_queue_depth=2, checkpoint=None,
@@ -307,7 +437,18 @@ def imagenet_train_pipeline(data_dir, *, batch_size: int, device: str = "cpu", m
     Outputs: ``(images, targets)`` float32 CHW ``(3, crop, crop)`` images and float32
     ``(num_classes,)`` targets; ``(images, label_idx, label_w)`` with
     ``label_format="sparse"``; ``(images, labels)`` with ``mix=None``. The names
-    are in ``output_map`` for :class:`DALIMixIterator`.
+    are in ``output_map`` for :class:`DALIMixIterator`. With ``device="gpu"`` the images and the
+    mixed targets (or ``label_idx``, ``label_w``) are on the GPU, the ``labels`` of ``mix=None``
+    (and ``source_info``) on the CPU, where the reader puts them.
+
+    Sharded (``num_shards > 1``), every rank reads as many batches an epoch, those of the largest
+    shard: a smaller shard may end its epoch with an empty batch (see the module doc; skip it, or
+    weight the loss by the batch size), or pass ``drop_last=True`` to :class:`DALIMixIterator`.
+
+    An argument that would have no effect raises ValueError instead of being ignored: with
+    ``mix=None``, ``alpha``, ``prob``, ``mode``, ``smoothing``, ``mix_on``, ``mixup_off_epoch``,
+    ``cutmix_alpha`` and ``switch_prob`` other than their defaults (give ``smoothing`` for one-hot
+    targets to :class:`DALIMixIterator`); with one method, ``cutmix_alpha`` and ``switch_prob``.
 
     Args:
         data_dir: an ImageNet-layout folder (one sub-folder of JPEGs per class),
@@ -317,15 +458,24 @@ def imagenet_train_pipeline(data_dir, *, batch_size: int, device: str = "cpu", m
         mix: "dcutmix", "dmixup", "saliency-dcutmix", "dmixup+dcutmix" (one of the two per
             batch, DCutMix with probability ``switch_prob`` and Dirichlet ``cutmix_alpha``, see
             :func:`dali_kmix.dali.dmixup_or_dcutmix`) or None; ``k``, ``alpha``, ``mode``, ``prob``,
-            ``smoothing``, ``label_format`` as in :func:`dali_kmix.dali.dcutmix`.
+            ``smoothing``, ``label_format`` as in :func:`dali_kmix.dali.dcutmix`. (``k`` and
+            ``label_format`` are accepted with ``mix=None`` and do nothing there.)
         mixup_off_epoch: from this epoch (0-based) on, no sample is mixed (timm's
             ``mixup_off_epoch``): ``prob`` is fed per iteration, the pipeline is not rebuilt.
         output_layout: "CHW" (default) or "HWC"; :class:`DALIMixIterator` hands HWC batches to
             torch as NCHW tensors in channels-last memory format (no copy).
         output_dtype: "float32" (default) or "float16" images.
-        num_classes: number of classes (default: the number of class folders).
-        seed: the pipeline's seed; shard ``i`` mixes with its own stream.
+        num_classes: number of classes (default: the number of class folders; with ``file_list``,
+            its largest label + 1, the folders not counted).
+        seed: the run's seed (an integer >= 0, or None for a random one); the same on every rank.
+            With one shard it is the pipeline's seed; with several, the pipeline's seed is drawn from
+            ``(seed, shard_id)``, so every shard crops and mirrors with its own stream, and the mixing
+            draws from ``(seed, shard_id)`` too.
         shard_id, num_shards: the reader's shard (one per rank under torchrun).
+        crop: the side of the square crops, an integer >= 1.
+        file_list: a DALI file list ("relative/path label" per line, :func:`listed_files`) of
+            files under ``data_dir``, which then need not be class folders.
+        reader_name: the reader's name (a non-empty str), by which the iterator ends its epochs.
         with_source_info: also output each anchor's file path (for audits of what a
             rank saw; :class:`DALIMixIterator` exposes it as ``last_source_info``).
         mix_on: where the batch is mixed. "uint8" (default): on the decoded uint8 HWC
@@ -337,7 +487,8 @@ def imagenet_train_pipeline(data_dir, *, batch_size: int, device: str = "cpu", m
             rounds its blend to uint8 (at most 0.5/255 off, as timm's ``FastCollateMixup``).
             "float32": on the normalised float32 CHW tensors, after the mirror (no rounding).
         random_area, random_aspect_ratio: the random crop (default: DALI's ResNet-50 example's,
-            :data:`RANDOM_AREA` and :data:`RANDOM_ASPECT_RATIO`).
+            :data:`RANDOM_AREA` and :data:`RANDOM_ASPECT_RATIO`): two finite numbers 0 < lo <= hi,
+            and hi <= 1 for the area.
         enable_checkpointing, checkpoint: DALI checkpointing (``checkpoint``: what
             ``pipe.checkpoint()`` or :meth:`DALIMixIterator.checkpoints` returned, ``bytes`` in
             DALI 2.4, to continue from; giving it turns checkpointing on). ``prob`` and ``alpha`` may be DataNodes only
@@ -345,21 +496,26 @@ def imagenet_train_pipeline(data_dir, *, batch_size: int, device: str = "cpu", m
     """
     from . import dali as kmix_ops
 
-    _check_common(device, batch_size, shard_id, num_shards)
+    _check_common(device, batch_size, shard_id, num_shards, seed, reader_name)
     if mix is not None:
         _checks.check_choice("mix", mix, _checks.METHODS + (_checks.SWITCH,))
     _checks.check_choice("mix_on", mix_on, ("uint8", "float32"))
     _checks.check_choice("output_layout", output_layout, _checks.LAYOUTS)
     _checks.check_choice("output_dtype", output_dtype, ("float32", "float16"))
+    _checks.check_choice("label_format", label_format, _checks.LABEL_FORMATS)
+    crop = _checks.check_int("crop", crop, 1)
+    random_area = _check_range_pair("random_area", random_area, upper=1)
+    random_aspect_ratio = _check_range_pair("random_aspect_ratio", random_aspect_ratio)
     if mixup_off_epoch is not None:
         _checks.check_int("mixup_off_epoch", mixup_off_epoch, 0)
-    if num_classes is None:
-        num_classes = count_classes(data_dir)
+    _refuse_unused(mix, dict(alpha=alpha, prob=prob, mode=mode, smoothing=smoothing, mix_on=mix_on,
+                             mixup_off_epoch=mixup_off_epoch, cutmix_alpha=cutmix_alpha, switch_prob=switch_prob))
+    num_classes = _default_classes(data_dir, file_list, num_classes)
     if device == "gpu" and device_id is None:
         device_id = 0
-    pipe = _pipeline(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
-                     prefetch_queue_depth=prefetch_queue_depth, checkpoint=checkpoint,
-                     enable_checkpointing=enable_checkpointing)
+    pipe = _pipeline(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
+                     seed=_pipeline_seed(seed, shard_id, num_shards), prefetch_queue_depth=prefetch_queue_depth,
+                     checkpoint=checkpoint, enable_checkpointing=enable_checkpointing)
     gpu = device == "gpu"
     with pipe:
         jpegs, labels = _reader(data_dir, file_list, shard_id, num_shards, True, reader_name)
@@ -383,9 +539,10 @@ def imagenet_train_pipeline(data_dir, *, batch_size: int, device: str = "cpu", m
             if mixup_off_epoch is not None:
                 prob = _prob_schedule(pipe, reader_name, batch_size, _checks.check_probability("prob", prob),
                                       mixup_off_epoch)
+            # the mixing draws from (seed, shard_id) itself: the user's seed, not the pipeline's (per shard already)
             images, *label_outs = op(images, labels, k=k, alpha=alpha, num_classes=num_classes,
                                      layout="HWC" if mix_on == "uint8" else output_layout, mode=mode, prob=prob,
-                                     smoothing=smoothing, label_format=label_format, shard_id=shard_id,
+                                     smoothing=smoothing, label_format=label_format, seed=seed, shard_id=shard_id,
                                      reader_name=reader_name, normalize=fused)
             outs = (images, *label_outs)
             names = ["images", "targets"] if label_format == "dense" else ["images", "label_idx", "label_w"]
@@ -402,16 +559,21 @@ def imagenet_val_pipeline(data_dir, *, batch_size: int, device: str = "cpu", cro
                           num_classes: int | None = None, seed: int = 0, output_layout: str = "CHW",
                           output_dtype: str = "float32") -> MixPipeline:
     """Validation pipeline (no mixing, no randomness): decode, resize the shorter side to
-    ``size``, centre-crop ``crop``, normalise (float32 CHW, or ``output_layout`` /
-    ``output_dtype`` as in :func:`imagenet_train_pipeline`). Outputs ``(images, labels)``."""
+    ``size``, centre-crop ``crop`` (integers, 1 <= crop <= size), normalise (float32 CHW, or
+    ``output_layout`` / ``output_dtype`` as in :func:`imagenet_train_pipeline`). Outputs
+    ``(images, labels)``; the labels on the CPU, where the reader puts them, also with
+    ``device="gpu"`` (the images then on the GPU). ``num_classes``, ``file_list``, ``seed``,
+    ``reader_name`` and the shards as in :func:`imagenet_train_pipeline` (a smaller shard may end
+    its epoch with an empty batch)."""
     _checks.check_choice("output_layout", output_layout, _checks.LAYOUTS)
     _checks.check_choice("output_dtype", output_dtype, ("float32", "float16"))
-    _check_common(device, batch_size, shard_id, num_shards)
-    if num_classes is None:
-        num_classes = count_classes(data_dir)
+    _check_common(device, batch_size, shard_id, num_shards, seed, reader_name)
+    _check_crop_size(crop, size)
+    num_classes = _default_classes(data_dir, file_list, num_classes)
     if device == "gpu" and device_id is None:
         device_id = 0
-    pipe = _pipeline(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed)
+    pipe = _pipeline(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
+                     seed=_pipeline_seed(seed, shard_id, num_shards))
     with pipe:
         jpegs, labels = _reader(data_dir, file_list, shard_id, num_shards, False, reader_name)
         pipe.set_outputs(decode_center(jpegs, gpu=device == "gpu", size=size, crop=crop, layout=output_layout,
@@ -433,17 +595,35 @@ class DALIMixIterator:
         DALIMixIterator(pipe, output_map=["images", "targets"], reader_name="Reader")
 
     Wraps ``nvidia.dali.plugin.pytorch.DALIGenericIterator`` with the reader's name
-    (``reader_name``; without one, DALI's iterator runs until the pipeline raises
-    StopIteration) and ``LastBatchPolicy.PARTIAL``: the padded duplicates of the last batch
-    are cut off, so every sample of the shard is seen exactly once per epoch.
+    (``reader_name``, a non-empty str; a :class:`MixPipeline` brings its own; for a plain
+    pipeline without one, DALI's iterator runs until the pipeline raises StopIteration) and
+    ``LastBatchPolicy.PARTIAL``: the padded duplicates of the last batch are cut off, so every
+    sample of the shard is seen exactly once per epoch.
 
-    With ``drop_last=True`` the last, short batch of every epoch is dropped
-    (``LastBatchPolicy.DROP``), as ``DataLoader(drop_last=True)`` does.
+    Uneven shards: every rank yields ``len(it)`` batches an epoch, ``ceil(S / batch_size)`` with S
+    the largest shard (every rank takes as many steps, as DistributedDataParallel needs). A
+    smaller shard's last batch is short, and EMPTY (0 samples) where its size is a multiple of the
+    batch size: a mean loss over it is NaN (0 / 0), so skip a batch of 0 samples, or weight the
+    loss by the batch size (``kmix train`` sums ``loss * N``).
+
+    With ``drop_last=True`` (which needs the reader's name) every rank yields only the first
+    ``len(it) = S_min // batch_size`` batches of each epoch, S_min the smallest shard's size: all
+    of them full on every rank, of real samples only, and as many on every rank; the rest of the
+    epoch (the short and padded batches) is read and dropped before StopIteration, so the next
+    epoch starts where it should (DALI's ``LastBatchPolicy.DROP`` left a padded batch unread on
+    uneven shards, and the next epoch began with it). Like ``DataLoader(drop_last=True)`` for one
+    shard; a smallest shard with fewer samples than a batch raises ValueError.
 
     Yields ``(images, targets)``: images ``(N, 3, H, W)``, in channels-last memory format for
     ``layout="HWC"`` (an "HWC" :class:`MixPipeline`); targets float32 ``(N, C)`` (dense), the tuple
     ``(label_idx, label_w)`` (sparse), or, for a pipeline without mixing, one-hot targets
-    (``one_hot=True``, with ``smoothing``) or the int64 labels ``(N,)`` (``one_hot=False``).
+    (``one_hot=True``, with ``smoothing``) or the int64 labels ``(N,)`` (``one_hot=False``). The
+    tensors are on the device the pipeline put the outputs on (see the module doc): one-hot targets
+    where the labels are. A label outside ``[0, num_classes)`` raises ValueError when the labels are
+    on the CPU (as the builders' are: no device synchronisation); on a GPU, an asynchronous
+    assertion (``torch._assert_async``) stops the run instead of a NaN target. ``smoothing`` and
+    ``one_hot=False`` apply to the "labels" output only, and ``layout`` must agree with a
+    :class:`MixPipeline`'s: given where they would do nothing, they raise ValueError.
 
     Checkpoints: for a pipeline built with ``enable_checkpointing=True``,
     :meth:`checkpoints` returns DALI's iterator checkpoints (one ``bytes`` per pipeline in DALI
@@ -468,8 +648,11 @@ class DALIMixIterator:
             if output_map is not None and tuple(output_map) != pipe.output_map:
                 raise ValueError(f"output_map={list(output_map)} contradicts the MixPipeline's outputs "
                                  f"{list(pipe.output_map)}; leave it out")
+            if layout is not None and layout != pipe.layout:
+                raise ValueError(f"layout={layout!r} contradicts the MixPipeline's layout {pipe.layout!r}; "
+                                 f"leave it out")
             output_map = pipe.output_map
-            reader_name = pipe.reader_name if reader_name is None else reader_name
+            reader_name = _check_reader_name(pipe.reader_name if reader_name is None else reader_name)
             num_classes = pipe.num_classes if num_classes is None else num_classes
             layout = pipe.layout if layout is None else layout
             pipeline = pipe.pipeline
@@ -481,6 +664,8 @@ class DALIMixIterator:
         else:
             raise TypeError(f"pipe must be a DALI Pipeline (with output_map=) or a dali_kmix.pipelines.MixPipeline, "
                             f"got {type(pipe).__name__}")
+        if reader_name is not None:
+            _check_reader_name(reader_name)
         self.output_map = _check_output_map(output_map)
         self.num_classes = None if num_classes is None else _checks.check_int("num_classes", num_classes, 1)
         if "labels" in self.output_map and one_hot and self.num_classes is None:
@@ -488,29 +673,73 @@ class DALIMixIterator:
                              "(or pass one_hot=False for the class indices)")
         self.one_hot = one_hot
         self.smoothing = _checks.check_smoothing(smoothing)
+        if "labels" not in self.output_map:  # mixed targets: neither applies
+            if self.smoothing:
+                raise ValueError(f"smoothing={smoothing!r} applies to the 'labels' output (one-hot targets); this "
+                                 f"pipeline outputs {self.output_map}, mixed with the pipeline's own smoothing: give "
+                                 f"it to the pipeline (imagenet_train_pipeline(smoothing=...)) or, for sparse "
+                                 f"targets, to sparse_mixed_cross_entropy")
+            if not one_hot:
+                raise ValueError(f"one_hot=False applies to the 'labels' output (class indices); this pipeline "
+                                 f"outputs {self.output_map}, mixed targets, yielded as they are; leave it out")
         self.last_source_info: list[str] = []
         self.last_outputs: dict = {}
         self.channels_last = _checks.check_choice("layout", "CHW" if layout is None else layout,
                                                   _checks.LAYOUTS) == "HWC"
-        policy = LastBatchPolicy.DROP if drop_last else LastBatchPolicy.PARTIAL
         # DALI restores a checkpoint when it builds the pipeline. A restored iterator must not read
         # its first batch ahead (DALI's ``prepare_first_batch``): restored at the end of an epoch, that
         # read-ahead meets the epoch's end and swallows its StopIteration, and the iterator would go
         # straight into the next epoch's batches. Read on demand, the first next() raises it, as the
         # original iterator's next call does, and the batches after it are the same.
         pipeline.build()
+        self._full_batches = self._drop_last_batches(pipeline, reader_name) if drop_last else None
+        self._auto_reset = auto_reset is True or auto_reset == "yes"  # as DALI reads it
         restored = bool(getattr(pipeline, "is_restored_from_checkpoint", False))
         self._it = DALIGenericIterator([pipeline], self.output_map, reader_name=reader_name,
-                                       last_batch_policy=policy, auto_reset=auto_reset,
+                                       last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=auto_reset,
                                        prepare_first_batch=not restored)
 
+    @staticmethod
+    def _drop_last_batches(pipeline, reader_name) -> int:
+        """The batches every rank yields per epoch with ``drop_last``: the smallest shard's full batches."""
+        from .dali import _shard_sizes
+
+        if not reader_name:
+            raise ValueError("drop_last=True needs reader_name=, the name of the pipeline's reader: its shard sizes "
+                             "give the full batches every rank yields per epoch")
+        smallest, batch = min(_shard_sizes(pipeline.reader_meta(reader_name))), int(pipeline.max_batch_size)
+        if smallest < batch:
+            raise ValueError(f"drop_last=True: the smallest shard of reader {reader_name!r} holds {smallest} samples, "
+                             f"fewer than batch_size={batch}: no rank would yield a batch")
+        return smallest // batch
+
+    def _batches_read(self) -> int:
+        """The batches of this epoch read from DALI's iterator and handed out. From its sample count, which its
+        checkpoints hold (a restored iterator knows where in the epoch it is), less the batch it reads ahead when
+        it is made (``prepare_first_batch``), until that one is handed out."""
+        ahead = getattr(self._it, "_first_batch", None) is not None
+        return int(self._it._counter) // int(self._it.batch_size) - ahead
+
+    def _drain_epoch(self):
+        """Read the rest of the epoch (the batches drop_last drops) up to DALI's StopIteration, which, with
+        ``auto_reset``, resets DALI's iterator for the next epoch."""
+        while True:
+            try:
+                next(self._it)
+            except StopIteration:
+                return
+
     def __len__(self):
-        return len(self._it)
+        return len(self._it) if self._full_batches is None else self._full_batches
 
     def __iter__(self):
         return self
 
     def reset(self):
+        if self._full_batches is not None and self._batches_read() >= self._full_batches:
+            self._drain_epoch()  # the epoch's batches are all out: read the dropped ones, so DALI can reset
+            if self._auto_reset:
+                return  # reset at the end of the epoch already
         self._it.reset()
 
     def checkpoints(self) -> list:
@@ -518,6 +747,9 @@ class DALIMixIterator:
         return self._it.checkpoints()
 
     def __next__(self):
+        if self._full_batches is not None and self._batches_read() >= self._full_batches:
+            self._drain_epoch()
+            raise StopIteration
         data = next(self._it)[0]
         self.last_outputs = {k: v for k, v in data.items() if k not in self._YIELDED}
         images = data["images"]
@@ -531,7 +763,20 @@ class DALIMixIterator:
             return images, (data["label_idx"], data["label_w"])
         labels = data["labels"].reshape(-1).long()
         if self.one_hot:
-            from .torch import one_hot_targets
-
-            return images, one_hot_targets(labels, self.num_classes, self.smoothing)
+            return images, _one_hot(labels, self.num_classes, self.smoothing)
         return images, labels
+
+
+def _one_hot(labels, num_classes: int, smoothing: float):
+    """One-hot targets of unmixed labels; a label outside [0, num_classes) raises instead of giving a NaN row.
+    CPU labels (the builders' pipelines put them there) are checked on the host: ValueError naming the values, no
+    device synchronisation. GPU labels (a pipeline of your own) get an asynchronous device-side assertion."""
+    from .torch import one_hot_targets
+
+    if labels.device.type == "cpu":
+        return one_hot_targets(labels, num_classes, smoothing, check=True)
+    import torch
+
+    torch._assert_async(((labels >= 0) & (labels < num_classes)).all(),
+                        f"labels must lie in [0, num_classes={num_classes}): DALIMixIterator got a label outside it")
+    return one_hot_targets(labels, num_classes, smoothing)

@@ -1,5 +1,8 @@
 """The ImageNet-style pipelines and the iterator into PyTorch, on the CPU over real photographs."""
 
+import dataclasses
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -486,3 +489,306 @@ def test_a_checkpoint_after_the_last_batch_restores_the_end_of_the_epoch(photo_d
     got = _take(restored, steps + 3)
     assert _same(got, want), (_sizes(got), _sizes(want))
     assert _same(_take(again, steps + 3), want)
+
+
+# --------------------------------------------------------------------------- shards, epochs, arguments
+
+
+def _shard_files(root, num_shards):
+    """The files of each shard of the training reader over ``root`` (shuffled once with DALI's fixed seed, then
+    split), as source info: what epoch 0 of shard j reads, every sample once (the padded copies cut off)."""
+    shards = []
+    for shard in range(num_shards):
+        pipe = imagenet_train_pipeline(root, batch_size=16, mix=None, crop=8, num_threads=1, num_shards=num_shards,
+                                       shard_id=shard, with_source_info=True)
+        it = DALIMixIterator(pipe, one_hot=False)
+        shards.append({name for _ in it for name in it.last_source_info})
+    return shards
+
+
+@pytest.mark.parametrize("batch", [3, 4])
+def test_drop_last_on_uneven_shards_yields_full_batches_of_each_epochs_shard(photo_dir, batch):
+    """48 images over 5 shards: 9 or 10 a shard, and the reader moves on by one shard an epoch. With drop_last every
+    rank yields floor(9 / batch) batches an epoch (the smallest shard's full batches: as many on every rank, as DDP
+    needs), each full, of distinct samples of that epoch's shard: no padded copy, and the next epoch starts with its
+    own shard (DALI's DROP left the padded batch unread, so the next epoch began with it, a batch behind)."""
+    shards = _shard_files(photo_dir, 5)
+    assert [len(files) for files in shards] == [9, 10, 9, 10, 10] and len(set().union(*shards)) == 48
+    want = 9 // batch
+    for rank in (0, 1):
+        pipe = imagenet_train_pipeline(photo_dir, batch_size=batch, mix="dcutmix", label_format="sparse", crop=16,
+                                       num_threads=1, seed=3, num_shards=5, shard_id=rank, with_source_info=True)
+        it = DALIMixIterator(pipe, drop_last=True)
+        assert len(it) == want
+        for epoch in range(3):
+            sizes, names = [], []
+            for images, (idx, w) in it:
+                sizes.append(images.shape[0])
+                assert idx.shape[0] == w.shape[0] == images.shape[0]
+                names += it.last_source_info
+            assert sizes == [batch] * want, (rank, epoch, sizes)
+            assert len(names) == len(set(names)) == want * batch, (rank, epoch, names)
+            assert set(names) <= shards[(rank + epoch) % 5], (rank, epoch, names)
+
+
+def test_drop_last_needs_a_full_batch_on_every_shard_and_a_reader(photo_dir):
+    pipe = imagenet_train_pipeline(photo_dir, batch_size=10, crop=16, num_threads=1, num_shards=5, shard_id=0)
+    with pytest.raises(ValueError, match=r"drop_last=True: the smallest shard of reader 'Reader' holds 9 samples, "
+                                         r"fewer than batch_size=10"):
+        DALIMixIterator(pipe, drop_last=True)
+    with pytest.raises(ValueError, match=r"drop_last=True needs reader_name"):
+        DALIMixIterator(_own_pipeline(photo_dir), output_map=["images", "targets", "info"], drop_last=True)
+
+
+def test_uneven_shards_end_some_epochs_with_an_empty_batch(photo_dir):
+    """By design, without drop_last: every rank takes as many steps (DDP needs it; ``kmix train`` relies on it), so
+    48 images over 5 shards in batches of 3 are 4 batches an epoch on every rank, and a shard of 9 ends its epoch
+    with an EMPTY batch. Its mean loss is NaN (0 / 0): skip it, or weight the loss by the batch size."""
+    for rank, want in ((0, [[3, 3, 3, 0], [3, 3, 3, 1]]), (1, [[3, 3, 3, 1], [3, 3, 3, 0]])):
+        for build in (imagenet_train_pipeline, imagenet_val_pipeline):
+            pipe = build(photo_dir, batch_size=3, crop=16, num_threads=1, num_shards=5, shard_id=rank)
+            it = DALIMixIterator(pipe)
+            assert len(it) == 4
+            sizes = []
+            for _ in range(2):
+                epoch = [(x.shape[0], t) for x, t in it]
+                sizes.append([n for n, _ in epoch])
+                empty = [t for n, t in epoch if n == 0]
+                for t in empty:
+                    assert t.shape == (0, 8)
+                    assert soft_target_cross_entropy(torch.zeros(0, 8), t, reduction="sum").item() == 0.0
+                    assert torch.isnan(soft_target_cross_entropy(torch.zeros(0, 8), t))
+            assert sizes == want, (build.__name__, rank, sizes)
+
+
+def _flat_tree(photo_dir, root, n=3):
+    """``n`` photographs directly under ``root`` (no class folders), as file lists often have them."""
+    import shutil
+
+    root.mkdir()
+    for i, src in enumerate(sorted(photo_dir.glob("*/*_000.jpg"))[:n]):
+        shutil.copy(src, root / f"{i}.jpg")
+    return root
+
+
+def test_a_file_list_gives_the_class_count(photo_dir, tmp_path):
+    flat = _flat_tree(photo_dir, tmp_path / "flat")
+    lst = tmp_path / "flat.txt"
+    lst.write_text("0.jpg 0\n1.jpg 4\n2.jpg 2\n")
+    train = imagenet_train_pipeline(flat, batch_size=3, crop=16, num_threads=1, file_list=lst)
+    val = imagenet_val_pipeline(flat, batch_size=3, crop=16, size=16, num_threads=1, file_list=lst)
+    assert train.num_classes == val.num_classes == 5  # max label + 1, not the (absent) class folders
+    _, targets = next(iter(DALIMixIterator(train)))
+    assert targets.shape == (3, 5)
+    _, labels = next(iter(DALIMixIterator(val, one_hot=False)))
+    assert sorted(labels.tolist()) == [0, 2, 4]
+    two = tmp_path / "two.txt"  # a 2-class list over the 8-folder tree: 2 classes
+    two.write_text("".join(f"{rel} {i % 2}\n" for i, (rel, _) in enumerate(file_reader_listing(photo_dir)[:6])))
+    assert imagenet_train_pipeline(photo_dir, batch_size=2, crop=16, file_list=two).num_classes == 2
+    assert imagenet_train_pipeline(photo_dir, batch_size=2, crop=16, file_list=two, num_classes=9).num_classes == 9
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    with pytest.raises(ValueError, match=r"file_list '.*empty.txt' lists no files"):
+        imagenet_val_pipeline(flat, batch_size=2, file_list=empty)
+
+
+def test_an_unmixed_label_outside_the_classes_raises(photo_dir, tmp_path):
+    """The val pipeline and mix=None: a label >= num_classes raises (it made a NaN target row, a NaN loss)."""
+    (a, _), (b, _) = file_reader_listing(photo_dir)[:2]
+    lst = tmp_path / "label9.txt"
+    lst.write_text(f"{a} 9\n{b} 1\n")
+    for pipe in (imagenet_val_pipeline(photo_dir, batch_size=2, crop=16, size=16, num_threads=1, file_list=lst,
+                                       num_classes=8),
+                 imagenet_train_pipeline(photo_dir, batch_size=2, crop=16, num_threads=1, file_list=lst, mix=None,
+                                         num_classes=8)):
+        with pytest.raises(ValueError, match=r"labels must lie in \[0, num_classes=8\), got values in \[1, 9\]"):
+            next(iter(DALIMixIterator(pipe)))
+
+
+def test_crop_size_and_random_crop_arguments_are_checked(photo_dir):
+    def val(**kw):
+        return imagenet_val_pipeline(photo_dir, batch_size=2, num_threads=1, **{"crop": 16, "size": 16, **kw})
+
+    def train(**kw):
+        return imagenet_train_pipeline(photo_dir, batch_size=2, num_threads=1, **{"crop": 16, **kw})
+
+    for build in (val, train):
+        with pytest.raises(ValueError, match=r"crop must be >= 1, got 0"):
+            build(crop=0)
+        with pytest.raises(ValueError, match=r"crop must be >= 1, got -8"):
+            build(crop=-8)
+        with pytest.raises(TypeError, match=r"crop must be an integer, got 16.7"):
+            build(crop=16.7)
+    with pytest.raises(ValueError, match=r"size must be >= 1, got 0"):
+        val(size=0)
+    with pytest.raises(ValueError, match=r"crop=32 must be <= size=16"):
+        val(crop=32, size=16)
+    area = r"random_area must be two finite numbers 0 < lo <= hi <= 1, got "
+    for bad in ((1.0, 0.1), (0, 1.0), (0.1, 2), (0.1, float("nan")), (0.5,), (0.1, 0.5, 1.0)):
+        with pytest.raises(ValueError, match=area + re.escape(repr(bad))):
+            train(random_area=bad)
+    ratio = r"random_aspect_ratio must be two finite numbers 0 < lo <= hi, got "
+    for bad in ((-1, 2), (2.0, 1.0), (0.5, float("inf")), (1.0,)):
+        with pytest.raises(ValueError, match=ratio + re.escape(repr(bad))):
+            train(random_aspect_ratio=bad)
+    with pytest.raises(TypeError, match=r"random_area must be two finite numbers 0 < lo <= hi <= 1, got 'x'"):
+        train(random_area="x")
+    with pytest.raises(TypeError, match=r"random_aspect_ratio must be two finite numbers 0 < lo <= hi, got "
+                                        r"\('a', 'b'\)"):
+        train(random_aspect_ratio=("a", "b"))
+    val(crop=16, size=16)  # crop == size, one-element areas and ratios: accepted
+    train(random_area=(1.0, 1.0), random_aspect_ratio=(1, 1))
+    train(random_area=[0.08, 1.0], random_aspect_ratio=np.array([0.75, 4 / 3]))
+
+
+def test_every_shard_crops_and_mirrors_with_its_own_stream(photo_dir, tmp_path):
+    """Eight copies of one photograph over two shards, the same seed: the crops and mirrors differ between the
+    shards (the shard is folded into the pipeline's seed); one shard keeps the seed as given."""
+    import shutil
+
+    src = sorted(photo_dir.glob("*/*.jpg"))[0]
+    root = tmp_path / "same"
+    for c in range(2):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(4):
+            shutil.copy(src, root / f"c{c}" / f"{i}.jpg")
+
+    def build(shard, num_shards=2, seed=7):
+        return imagenet_train_pipeline(root, batch_size=4, crop=32, num_threads=1, seed=seed, mix=None,
+                                       num_shards=num_shards, shard_id=shard)
+
+    first = [next(iter(DALIMixIterator(build(shard), one_hot=False)))[0] for shard in (0, 1)]
+    assert not torch.equal(first[0], first[1])
+    assert build(0, num_shards=1).pipeline.seed == 7
+    seeds = [build(shard).pipeline.seed for shard in (0, 1)] + [build(0, seed=8).pipeline.seed]
+    assert len(set(seeds)) == 3 and all(0 <= s < 2**31 for s in seeds), seeds
+    assert build(1).pipeline.seed == seeds[1]  # a function of (seed, shard): the same pipeline every time
+
+
+def test_arguments_without_effect_are_refused(photo_dir):
+    def train(**kw):
+        return imagenet_train_pipeline(photo_dir, batch_size=4, crop=16, num_threads=1, **kw)
+
+    for name, value in (("smoothing", 0.2), ("mixup_off_epoch", 3), ("cutmix_alpha", 0.5), ("alpha", 0.5),
+                        ("prob", 0.5), ("mode", "batch"), ("mix_on", "float32"), ("switch_prob", 0.2)):
+        with pytest.raises(ValueError, match=rf"{name}={value!r} has no effect with mix=None"):
+            train(mix=None, **{name: value})
+    for mix in ("dcutmix", "dmixup", "saliency-dcutmix"):
+        with pytest.raises(ValueError, match=rf"cutmix_alpha=0.01 has no effect with mix='{mix}'"):
+            train(mix=mix, cutmix_alpha=0.01)
+        with pytest.raises(ValueError, match=rf"switch_prob=0.0 has no effect with mix='{mix}'"):
+            train(mix=mix, switch_prob=0.0)
+    # the defaults, given or not, are accepted
+    train(mix=None, smoothing=0.0, alpha=1.0, prob=1.0, mode="sample", mix_on="uint8", switch_prob=0.5)
+    train(mix="dcutmix", switch_prob=0.5, cutmix_alpha=None)
+    mixed = train(mix="dmixup")
+    with pytest.raises(ValueError, match=r"smoothing=0.5 applies to the 'labels' output.*outputs \['images', "
+                                         r"'targets'\]"):
+        DALIMixIterator(mixed, smoothing=0.5)
+    with pytest.raises(ValueError, match=r"one_hot=False applies to the 'labels' output"):
+        DALIMixIterator(train(mix="dcutmix", label_format="sparse"), one_hot=False)
+    hwc = train(mix="dcutmix", output_layout="HWC")
+    with pytest.raises(ValueError, match=r"layout='CHW' contradicts the MixPipeline's layout 'HWC'; leave it out"):
+        DALIMixIterator(hwc, layout="CHW")
+    x, _ = next(iter(DALIMixIterator(hwc, layout="HWC", smoothing=0.0, one_hot=True)))
+    assert x.shape == (4, 3, 16, 16) and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_the_reader_name_must_be_a_name(photo_dir):
+    for build in (imagenet_train_pipeline, imagenet_val_pipeline):
+        with pytest.raises(TypeError, match=r"reader_name must be a non-empty str .* got None"):
+            build(photo_dir, batch_size=4, reader_name=None)
+        with pytest.raises(ValueError, match=r"reader_name must be a non-empty str .* got ''"):
+            build(photo_dir, batch_size=4, reader_name="")
+    pipe = imagenet_val_pipeline(photo_dir, batch_size=4, crop=16, size=16, num_threads=1, reader_name="R")
+    with pytest.raises(ValueError, match=r"reader_name must be a non-empty str .* got ''"):
+        DALIMixIterator(pipe, reader_name="")
+    with pytest.raises(TypeError, match=r"reader_name must be a non-empty str .* got None"):
+        DALIMixIterator(dataclasses.replace(pipe, reader_name=None))
+    with pytest.raises(ValueError, match=r"reader_name must be a non-empty str .* got ''"):
+        DALIMixIterator(_own_pipeline(photo_dir), output_map=["images", "targets", "info"], reader_name="")
+    assert sum(len(y) for _, y in DALIMixIterator(pipe, one_hot=False)) == 48  # its own name: the epoch ends
+
+
+def test_source_info_of_a_listed_path_over_1_kib(photo_dir, tmp_path):
+    """A file_list path of 1211 bytes beside a short one: the batch's source info is padded to its longest path
+    (it was padded to a fixed 1 KiB, which a longer path overran: a ragged batch and DALI's opaque error)."""
+    import shutil
+    from pathlib import Path
+
+    a, b = sorted(photo_dir.glob("*/*.jpg"))[:2]
+    long_rel = str(Path(*["d" * 200] * 6) / "x.jpg")
+    (tmp_path / long_rel).parent.mkdir(parents=True)
+    shutil.copy(a, tmp_path / long_rel)
+    shutil.copy(b, tmp_path / "y.jpg")
+    lst = tmp_path / "list.txt"
+    lst.write_text(f"{long_rel} 0\ny.jpg 1\n")
+    pipe = imagenet_train_pipeline(tmp_path, batch_size=2, crop=16, num_threads=1, with_source_info=True, mix=None,
+                                   file_list=lst)
+    it = DALIMixIterator(pipe, one_hot=False)
+    _, labels = next(it)
+    assert sorted(zip(labels.tolist(), it.last_source_info)) == [(0, long_rel), (1, "y.jpg")]
+
+
+def test_paths_that_are_not_utf8(photo_dir, tmp_path):
+    """A class folder named b"caf\\xe9": its source info, its line in a file_list, and ProxyFolder handing it on."""
+    import os
+    import shutil
+
+    from dali_kmix.pipelines import ProxyFolder
+
+    odd_rel = os.fsdecode(b"caf\xe9/y.jpg")
+    (tmp_path / odd_rel).parent.mkdir()
+    shutil.copy(sorted(photo_dir.glob("*/*.jpg"))[0], tmp_path / odd_rel)
+    pipe = imagenet_train_pipeline(tmp_path, batch_size=1, crop=16, num_threads=1, with_source_info=True, mix=None)
+    it = DALIMixIterator(pipe, one_hot=False)
+    next(it)
+    assert it.last_source_info == [odd_rel]
+    lst = tmp_path / "list.txt"
+    lst.write_bytes(os.fsencode(f"{odd_rel} 3\n"))
+    for folder in (ProxyFolder(tmp_path, lambda **kw: kw), ProxyFolder(tmp_path, lambda **kw: kw, file_list=lst)):
+        assert [path for path, _ in folder.samples] == [tmp_path / odd_rel]
+        assert bytes(folder[0]["images"].view(np.uint8)) == os.fsencode(tmp_path / odd_rel)
+    assert imagenet_val_pipeline(tmp_path, batch_size=1, file_list=lst).num_classes == 4
+
+
+@pytest.mark.parametrize("text,lineno,message", [
+    ("c.jpg -1\n", 1, "expected 'path label'"), ("c.jpg +3\n", 1, "expected 'path label'"),
+    ("c.jpg\n", 1, "expected 'path label'"), ("# images\nc.jpg 1\n", 1, "expected 'path label'"),
+    ("c.jpg 1.0\n", 1, "expected 'path label'"),
+    ("c.jpg 1\n\nd.jpg 2147483648\n", 3, "label 2147483648 is over 2147483647"),
+])
+def test_listed_files_refuses_what_dali_refuses(tmp_path, text, lineno, message):
+    from dali_kmix.pipelines import listed_files
+
+    lst = tmp_path / "list.txt"
+    lst.write_text(text)
+    line = text.split("\n")[lineno - 1]
+    with pytest.raises(ValueError, match=re.escape(f"{lst}:{lineno}: {message}") + r".*, got " + re.escape(repr(line))):
+        listed_files(tmp_path, lst)
+
+
+def test_listed_files_reads_what_dali_reads(tmp_path):
+    from dali_kmix.pipelines import listed_files
+
+    lst = tmp_path / "list.txt"
+    lst.write_bytes(b"c.jpg 2147483647\r\n   \n\na b.jpg\t01\nd.jpg 7  \n")
+    assert listed_files(tmp_path, lst) == [(tmp_path / "c.jpg", 2**31 - 1), (tmp_path / "a b.jpg", 1),
+                                           (tmp_path / "d.jpg", 7)]
+
+
+def test_where_the_outputs_of_a_gpu_pipeline_live(photo_dir):
+    """device="gpu" (the graph only: defining it needs no GPU): the images and the mixed targets on the GPU, the
+    labels of mix=None and of the val pipeline where the reader puts them, on the CPU; source info on the CPU."""
+    def devices(pipe):
+        return {n: o.device for n, o in zip(pipe.output_map, pipe.pipeline._graph_out)}
+
+    kw = dict(batch_size=4, device="gpu", crop=16, with_source_info=True)
+    assert devices(imagenet_train_pipeline(photo_dir, mix="dcutmix", **kw)) == {
+        "images": "gpu", "targets": "gpu", "source_info": "cpu"}
+    assert devices(imagenet_train_pipeline(photo_dir, mix="dmixup", label_format="sparse", **kw)) == {
+        "images": "gpu", "label_idx": "gpu", "label_w": "gpu", "source_info": "cpu"}
+    assert devices(imagenet_train_pipeline(photo_dir, mix=None, **kw)) == {
+        "images": "gpu", "labels": "cpu", "source_info": "cpu"}
+    assert devices(imagenet_val_pipeline(photo_dir, batch_size=4, device="gpu", crop=16, size=16)) == {
+        "images": "gpu", "labels": "cpu"}

@@ -445,10 +445,11 @@ def test_subsample_refuses_outputs_that_overwrite_each_other(photo_dir, tiny_che
 
 def test_subsample_refuses_data_whose_classes_differ_from_the_checkpoint(photo_dir, tiny_checkpoint, tmp_path):
     from dali_kmix.apps.common import UsageError
+    from dali_kmix.apps.data import class_names
 
     data = tmp_path / "data"
     shutil.copytree(photo_dir, data)
-    classes = sorted(p.name for p in data.iterdir())
+    classes = class_names(data)  # the class folders (the tree also holds its .complete stamp)
     shutil.rmtree(data / classes[2])
     with pytest.raises(UsageError, match=rf"label 2 is {classes[3]!r} in the data, {classes[2]!r} in the "
                                          rf"checkpoint \(7 vs 8 classes\)"):

@@ -22,8 +22,8 @@ pytest.importorskip("nvidia.dali")
 from _helpers import kmix_here  # noqa: E402
 from dali_kmix.apps import cli  # noqa: E402
 from dali_kmix.apps import train as train_mod  # noqa: E402
-from dali_kmix.apps.train import (FIXED_ON_RESUME, MAY_CHANGE_ON_RESUME, MIX_CHOICES, TrainConfig,  # noqa: E402
-                                  build_model, resolve_mix, train)
+from dali_kmix.apps.train import (FIXED_ON_RESUME, MAY_CHANGE_ON_RESUME, MIX_CHOICES, SWITCH,  # noqa: E402
+                                  TrainConfig, build_model, resolve_mix, train)
 
 
 @pytest.fixture(scope="module")
@@ -419,6 +419,44 @@ def test_switch_mixup_off_epoch_drop_last_and_channels_last(tree, tmp_path):
         train(_cfg(tree, tmp_path, mix="dmixup+dcutmix", switch_prob=2.0))
     with pytest.raises(ValueError, match=r"mixup_off_epoch must be >= 0, got -1"):
         train(_cfg(tree, tmp_path, mixup_off_epoch=-1))
+
+
+@pytest.mark.parametrize("mix", ["none", "dcutmix", "mixup+cutmix"])
+def test_the_pipelines_get_the_arguments_that_apply(tree, tmp_path, monkeypatch, mix):
+    """Rank 1 of 2 (building its pipelines needs no process group): the builder gets the run's seed, the same on every
+    rank (it draws each shard's pipeline seed from it and the shard: no second per-rank derivation here), and only
+    the arguments that apply to the mixing, which it refuses otherwise (the CLI accepts them either way); the
+    smoothing goes to the pipeline that mixes, or to the iterator's one-hot targets without mixing."""
+    from dali_kmix import pipelines
+    from dali_kmix.apps.common import Dist
+
+    calls = {}
+    build = pipelines.imagenet_train_pipeline
+
+    def train_pipeline(*args, **kw):
+        calls.setdefault("imagenet_train_pipeline", []).append(kw)
+        return build(*args, **kw)
+
+    class Iterator(pipelines.DALIMixIterator):
+        def __init__(self, *args, **kw):
+            calls.setdefault("DALIMixIterator", []).append(kw)
+            super().__init__(*args, **kw)
+
+    monkeypatch.setattr(pipelines, "imagenet_train_pipeline", train_pipeline)
+    monkeypatch.setattr(pipelines, "DALIMixIterator", Iterator)
+    cfg = _cfg(tree, tmp_path, mix=mix, k=5, alpha=0.5, prob=0.5, mode="batch", smoothing=0.1, mix_on="float32",
+               switch_prob=0.3, cutmix_alpha=0.7, mixup_off_epoch=1, seed=2, crop=16)
+    op, k = resolve_mix(cfg.mix, cfg.k)
+    train_it, _ = train_mod._pipelines(cfg, Dist(rank=1, world=2), op, k, tree / "train", tree / "val", 8,
+                                       train_mod._State())
+    (kw,), (train_kw, _) = calls["imagenet_train_pipeline"], calls["DALIMixIterator"]
+    assert (kw["seed"], kw["shard_id"], kw["num_shards"]) == (2 * 1_000_003, 1, 2)
+    mixing = {"k", "alpha", "prob", "mode", "smoothing", "mix_on", "mixup_off_epoch"}
+    switch = {"cutmix_alpha", "switch_prob"}
+    assert set(kw) & (mixing | switch) == (set() if op is None else mixing | (switch if op == SWITCH else set()))
+    assert train_kw["smoothing"] == (0.1 if op is None else 0.0) and kw.get("smoothing", 0.1) == 0.1
+    images, targets = next(train_it)
+    assert images.shape[1:] == (3, 16, 16) and targets.shape == (images.shape[0], 8)
 
 
 def _copy(tree, tmp_path):

@@ -420,23 +420,31 @@ def _pipelines(cfg: TrainConfig, d: Dist, op, k, train_dir, val_dir, num_classes
     device = "gpu" if d.gpu else "cpu"
     layout = "HWC" if cfg.channels_last else "CHW"  # HWC reaches torch as channels-last NCHW
     restore = state.pipelines[d.rank] if state.pipelines is not None else None
-    # A rank-specific seed; a checkpoint without pipeline state (an older run) moves it on by the
-    # epoch, so the resumed run does not replay epoch 0's order.
-    pipe_seed = cfg.seed * 1_000_003 + d.rank * 7919 + (state.epoch * 104729 if state.pipelines is None else 0)
+    # The same seed on every rank: the builder draws each shard's pipeline seed from (seed, shard_id). A
+    # checkpoint without pipeline state (an older run) moves it on by the epoch, so the resumed run does not
+    # replay epoch 0's order.
+    pipe_seed = cfg.seed * 1_000_003 + (state.epoch * 104729 if state.pipelines is None else 0)
+    # The builder refuses arguments that would do nothing: the mixing ones go only to a mixing pipeline (the
+    # smoothing to the pipeline that mixes, or to the iterator's one-hot targets without mixing), and
+    # DMixup-or-DCutMix's own only to it; the CLI accepts them either way (unused, see _identity).
+    mixing = {}
+    if op is not None:
+        mixing = dict(k=k, alpha=cfg.alpha, mode=cfg.mode, prob=cfg.prob, smoothing=cfg.smoothing, mix_on=cfg.mix_on,
+                      mixup_off_epoch=cfg.mixup_off_epoch)
+    if op == SWITCH:
+        mixing.update(cutmix_alpha=cfg.cutmix_alpha, switch_prob=cfg.switch_prob)
     train_pipe = imagenet_train_pipeline(
-        train_dir, batch_size=cfg.batch_size, device=device, mix=op, k=k, alpha=cfg.alpha, num_classes=num_classes,
+        train_dir, batch_size=cfg.batch_size, device=device, mix=op, num_classes=num_classes,
         seed=pipe_seed, shard_id=d.rank, num_shards=d.world, num_threads=d.threads,
-        device_id=d.local_rank if d.gpu else None, crop=cfg.crop, mode=cfg.mode, prob=cfg.prob,
-        smoothing=cfg.smoothing, file_list=cfg.train_list, random_area=tuple(cfg.random_area),
-        with_source_info=cfg.audit, mix_on=cfg.mix_on, enable_checkpointing=True, checkpoint=restore,
-        cutmix_alpha=cfg.cutmix_alpha, switch_prob=cfg.switch_prob, mixup_off_epoch=cfg.mixup_off_epoch,
-        output_layout=layout)
+        device_id=d.local_rank if d.gpu else None, crop=cfg.crop, file_list=cfg.train_list,
+        random_area=tuple(cfg.random_area), with_source_info=cfg.audit, enable_checkpointing=True,
+        checkpoint=restore, output_layout=layout, **mixing)
     val_pipe = imagenet_val_pipeline(
         val_dir, batch_size=cfg.batch_size, device=device, crop=cfg.crop,
         size=default_resize(cfg.crop, cfg.val_resize), shard_id=d.rank, num_shards=d.world,
         num_threads=d.threads, device_id=d.local_rank if d.gpu else None, num_classes=num_classes,
         output_layout=layout)
-    return (DALIMixIterator(train_pipe, smoothing=cfg.smoothing, drop_last=cfg.drop_last),
+    return (DALIMixIterator(train_pipe, smoothing=0.0 if op is not None else cfg.smoothing, drop_last=cfg.drop_last),
             DALIMixIterator(val_pipe, one_hot=False))
 
 
