@@ -135,13 +135,21 @@ class CudaDevice:
     def wall_seconds_per_call(self, fn, iters: int) -> float:
         """Seconds per call of ``iters`` calls by the wall clock, the device synchronised before and after the
         window: the whole call, Python included, and the device work it queued (what a pipeline pays for it)."""
-        sync = self.xp.cuda.Device().synchronize
+        return _synced_wall_seconds(fn, iters, self.xp.cuda.Device().synchronize)
+
+
+def _synced_wall_seconds(fn, iters: int, sync, every_call: bool = False) -> float:
+    """Wall-clock seconds per call of ``iters`` calls of ``fn``, ``sync()`` (the device's) before the window and
+    after it, or after every call with ``every_call``."""
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+        if every_call:
+            sync()
+    if not every_call:
         sync()
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            fn()
-        sync()
-        return (time.perf_counter() - t0) / iters
+    return (time.perf_counter() - t0) / iters
 
 
 def _wall_clock(fn):
@@ -325,13 +333,7 @@ class DaliChains:
         return pipe.run
 
     def seconds_per_call(self, fn, iters: int) -> float:
-        sync = self.xp.cuda.Device().synchronize
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            fn()
-            sync()
-        return (time.perf_counter() - t0) / iters
+        return _synced_wall_seconds(fn, iters, self.xp.cuda.Device().synchronize, every_call=True)
 
 
 def _record_inputs(method, n, size, k, seed):
