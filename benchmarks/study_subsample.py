@@ -18,6 +18,15 @@ for fixed partners and ``subsample2`` for redrawn ones (the study of 2026-11-25)
 
     python benchmarks/study_subsample.py            # about 1.5 hours on 2 cores (2 runs at a time)
     python benchmarks/study_subsample.py --quick    # a smoke run
+
+The same scoring model with redrawn partners (the A/B of 2026-12-07; the random subsets do not depend on the
+scores, so their runs are copied, not trained again):
+
+    mkdir -p benchmarks/results/subsample3-redrawn benchmarks/results/subsample3-redrawn-runs
+    cp -r benchmarks/results/subsample3-runs/full benchmarks/results/subsample3-redrawn-runs/
+    cp benchmarks/results/subsample3/full.json benchmarks/results/subsample3/t*-random-*.json \
+        benchmarks/results/subsample3-redrawn/
+    python benchmarks/study_subsample.py --partners redrawn --tag subsample3-redrawn --measures cv random
 """
 
 from __future__ import annotations
@@ -75,6 +84,9 @@ def main(argv=None):
     ap.add_argument("--report", action="store_true", help="train nothing: tables and plot of the finished runs")
     ap.add_argument("--partners", default="fixed", choices=["fixed", "redrawn"],
                     help="kmix subsample --partners: an anchor's mixes share their partners (Eq. 8) or redraw them")
+    ap.add_argument("--tag", default=None,
+                    help="name of the results (default: subsample3 for fixed partners, subsample2 for redrawn); a "
+                         "finished run or scoring model copied under another tag's folder is reused, not trained")
     ap.add_argument("--measures", nargs="+", default=["cv", "random", "mean"], choices=["cv", "random", "mean"],
                     help="which selections to train (the others are left out of the tables)")
     args = ap.parse_args(argv)
@@ -85,7 +97,8 @@ def main(argv=None):
         regime.update(batch_size=128)
     data = Path(fashion_mnist(args))
     out = Path(args.out)
-    tag = {"fixed": "subsample3", "redrawn": "subsample2"}[args.partners] + ("-quick" if args.quick else "")
+    tag = args.tag or {"fixed": "subsample3", "redrawn": "subsample2"}[args.partners]
+    tag += "-quick" if args.quick else ""
     rec_dir, runs_dir = out / tag, out / f"{tag}-runs"
     threads = 1 if args.jobs > 1 else None
     t0 = time.perf_counter()
