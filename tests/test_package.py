@@ -229,3 +229,17 @@ def test_the_reference_check_sees_imports_in_functions_and_shadowing():
            "    return np.whatever\n")
     refs = {(b, tuple(c)) for _, b, c in _module_references(ast.parse(src))}
     assert refs == {("dali_kmix.backends:gpu", ("no_such_function",)), ("numpy", ("no_such_thing",))}
+
+
+def test_the_tracked_tree_fits_beside_dali_on_a_gpu_machine():
+    """A device call carries the working tree and DALI's pieces (three of at most 56 MiB) within 64 MiB: the
+    tracked files must stay under 8 MiB (results are stored gzipped, benchmarks/README.md)."""
+
+    root = Path(__file__).resolve().parent.parent
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, timeout=60)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout")
+    files = [root / name for name in listed.stdout.decode().split("\0") if name]
+    total = sum(f.stat().st_size for f in files if f.is_file())
+    biggest = sorted(files, key=lambda f: f.stat().st_size if f.is_file() else 0)[-3:]
+    assert total < 8 * 2**20, f"{total / 2**20:.2f} MiB tracked; the largest: {[str(f) for f in biggest]}"
