@@ -6,12 +6,11 @@ CuPy or DALI is a collection error that names what is missing. ``DALI_KMIX_NO_PO
 CuPy without its memory pools (for compute-sanitizer; see ``tests/test_sanitizers.py``).
 """
 
-import os
-
 import numpy as np
 import pytest
 
 from dali_kmix.backends import gpu_available
+from dali_kmix.backends.build import env_flag, sanitize_requested
 
 
 def pytest_configure(config):
@@ -62,7 +61,7 @@ def pytest_collection_finish(session):
     if session.config.option.collectonly:
         return
     modules = {getattr(getattr(item, "module", None), "__name__", "") for item in session.items}
-    if "test_plugin" in modules and not os.environ.get("DALI_KMIX_SANITIZE"):
+    if "test_plugin" in modules and not sanitize_requested():
         from dali_kmix.backends import plugin
 
         if plugin.enabled():
@@ -93,13 +92,13 @@ def pytest_addoption(parser):
 
 
 def _require_gpu(config):
-    return config.getoption("--require-gpu") or os.environ.get("DALI_KMIX_REQUIRE_GPU", "") not in ("", "0")
+    return config.getoption("--require-gpu") or env_flag("DALI_KMIX_REQUIRE_GPU")
 
 
 def gpu_problems():
     """What stops the gpu tests from running here (empty when nothing does)."""
     problems = []
-    if os.environ.get("DALI_KMIX_NO_GPU"):
+    if env_flag("DALI_KMIX_NO_GPU"):
         problems.append("DALI_KMIX_NO_GPU is set")
     try:
         import cupy

@@ -461,7 +461,8 @@ def test_grey_resize_matches_numpy(backend, dtype, layout, shape):
     assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
-@pytest.mark.parametrize("value,applied", [("1", True), ("0", False), ("", False)], ids=["on", "zero", "unset"])
+@pytest.mark.parametrize("value,applied", [("1", True), ("0", False), ("", False), ("false", False), ("Yes", True)],
+                         ids=["on", "zero", "unset", "false", "yes"])
 def test_no_pool_switch_turns_cupys_pools_off(monkeypatch, value, applied):
     # DALI_KMIX_NO_POOL=1 (compute-sanitizer): CuPy allocates with cudaMalloc / cudaHostAlloc, no pools
     import cupy
@@ -474,6 +475,15 @@ def test_no_pool_switch_turns_cupys_pools_off(monkeypatch, value, applied):
     monkeypatch.setenv(gpu.NO_POOL_ENV, value)
     assert gpu.configure_allocator.__wrapped__() is applied
     assert calls == ([("device", None), ("pinned", None)] if applied else [])
+
+
+def test_no_pool_switch_refuses_other_values(monkeypatch):
+    from dali_kmix.backends import gpu
+
+    monkeypatch.setenv(gpu.NO_POOL_ENV, "maybe")
+    with pytest.raises(ValueError, match=r"DALI_KMIX_NO_POOL must be 0, 1, true, false, yes, no, on or off, "
+                                         r"got 'maybe'"):
+        gpu.configure_allocator.__wrapped__()
 
 
 # --------------------------------------------------------------------------- the choice of backend
@@ -915,7 +925,7 @@ def test_a_paste_run_ending_at_the_last_int_index_copies_without_overflow(tmp_pa
         pytest.skip("no C++ compiler")
     (tmp_path / "run.cpp").write_text(_COPY_RUN_DRIVER)
     exe = tmp_path / "run"
-    subprocess.run([cxx, "-std=c++17", "-O2", "-fsanitize=undefined", "-fno-sanitize-recover=all",
+    subprocess.run([*cxx, "-std=c++17", "-O2", "-fsanitize=undefined", "-fno-sanitize-recover=all",
                     f"-I{kernels_dir()}", str(tmp_path / "run.cpp"), "-o", str(exe)], check=True,
                    capture_output=True, text=True)
     proc = subprocess.run([str(exe)], capture_output=True, text=True)

@@ -1,5 +1,14 @@
 """The host build cache (dali_kmix.backends.build): one build per key, the compiler's output kept beside what it
-built, and a first build announced before it starts."""
+built, and a first build announced before it starts; what the keys hold; the compiler, the target and the yes/no
+variables as they are read; the loaders' answers to a missing, truncated or unloadable library; the DALI plugin's
+CUDA toolchain."""
+
+import os
+import platform
+import re
+import shutil
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -45,14 +54,18 @@ def test_a_failed_build_raises_with_the_compiler_output(cache):
     assert not list((cache / "cache").glob("*/libbad.so"))
 
 
-def _fake_compiler(monkeypatch, capsys, runs):
-    """Builds that only create their output; each records what stderr had said when the compiler started."""
+def _fake_compiler(monkeypatch, capsys, runs, macros=None):
+    """Builds that only create their output; each records what stderr had said when the compiler started.
+    ``macros``: a dict whose "text" is what ``-dM -E`` (the macros a target predefines) answers, instead of the real
+    compiler's answer."""
     import subprocess
 
     real = subprocess.run
 
     def run(cmd, *args, **kwargs):
-        if "--version" in cmd or "--dryrun" in cmd:
+        if macros is not None and "-dM" in cmd:
+            return subprocess.CompletedProcess(cmd, 0, macros["text"], "")
+        if "--version" in cmd or "--dryrun" in cmd or "-dM" in cmd or "-E" in cmd:
             return real(cmd, *args, **kwargs)
         out = cmd[cmd.index("-o") + 1]
         open(out, "wb").close()
@@ -109,10 +122,377 @@ def test_the_host_fuzz_harness_builds_and_runs_over_fixed_inputs(tmp_path):
         "    LLVMFuzzerTestOneInput(in.data(), in.size());\n  }\n  std::puts(\"ran 2000 inputs\");\n}\n")
     flags, libs, _ = build.numpy_random()
     exe = tmp_path / "harness"
-    cmd = [cxx, "-std=c++17", "-O1", "-ffp-contract=off", "-fno-fast-math", "-pthread", f"-I{tmp_path}",
+    cmd = [*cxx, "-std=c++17", "-O1", "-ffp-contract=off", "-fno-fast-math", "-pthread", f"-I{tmp_path}",
            f"-I{root / 'kernels'}", *flags, str(root / "tests" / "fuzz" / "kmix_host_fuzz.cpp"),
            str(root / "kernels" / "kmix_host.cpp"), str(tmp_path / "main.cpp"), *libs, "-o", str(exe)]
     made = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert made.returncode == 0, made.stderr[-3000:]
     ran = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600)
     assert ran.returncode == 0 and ran.stdout == "ran 2000 inputs\n", ran.stderr[-3000:]
+
+
+# --------------------------------------------------------------------------- what the build key holds
+
+
+@pytest.fixture()
+def fresh_caches():
+    """Clears the per-process caches of the build and the loaders (once a process, as on another machine or in a
+    new process), before the test, after it and whenever the test calls it."""
+    from dali_kmix.backends import cpu, plugin
+
+    def clear():
+        for mod in (build, cpu, plugin):
+            for name, obj in list(vars(mod).items()):
+                if name != "_load" or mod is cpu:  # the DALI plugin is loaded once a process, never again
+                    if getattr(obj, "__module__", "") == mod.__name__ and hasattr(obj, "cache_clear"):
+                        obj.cache_clear()
+
+    clear()
+    yield clear
+    clear()
+
+
+def _source(cache):
+    src = cache / "k.cpp"
+    src.write_text("int kmix_x;\n")
+    return src
+
+
+def test_a_native_build_is_keyed_by_what_the_native_target_resolves_to(cache, monkeypatch, capsys, fresh_caches):
+    """Two machines whose /proc/cpuinfo names the same model ("AMD EPYC" under KVM) but whose -march=native differs
+    (one with AVX2, one without) never share a library: the key holds what the compiler's native target is."""
+    monkeypatch.delenv("DALI_KMIX_MARCH", raising=False)
+    if not build.target_flags():
+        pytest.skip("no -march/-mcpu target on this machine")
+    monkeypatch.setattr(build, "cpu_id", lambda: "model name\t: AMD EPYC")
+    runs, macros = [], {"text": "#define __SSE2__ 1\n#define __AVX2__ 1\n#define __FMA__ 1\n"}
+    _fake_compiler(monkeypatch, capsys, runs, macros)
+    src = _source(cache)
+    flags = ["-shared", *build.target_flags()]
+    here = build.compile_cached("libk.so", [src], flags, inputs=[src], announce="")
+    fresh_caches()  # another machine, another process
+    macros["text"] = "#define __SSE2__ 1\n"
+    there = build.compile_cached("libk.so", [src], flags, inputs=[src], announce="")
+    assert there != here and len(runs) == 2
+
+
+def test_an_explicit_target_build_is_the_same_on_every_machine(cache, monkeypatch, capsys, fresh_caches):
+    """DALI_KMIX_MARCH=x86-64-v3: a cache shared by several kinds of machine (README) holds one build for them all;
+    no processor identity is part of its key."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("an x86-64 target")
+    monkeypatch.setenv("DALI_KMIX_MARCH", "x86-64-v3")
+    runs = []
+    _fake_compiler(monkeypatch, capsys, runs)
+    src = _source(cache)
+    monkeypatch.setattr(build, "cpu_id", lambda: "model name\t: AMD EPYC 9654")
+    here = build.compile_cached("libk.so", [src], ["-shared", *build.target_flags()], inputs=[src], announce="")
+    fresh_caches()
+    monkeypatch.setattr(build, "cpu_id", lambda: "model name\t: Intel(R) Xeon(R) Platinum 8480+")
+    there = build.compile_cached("libk.so", [src], ["-shared", *build.target_flags()], inputs=[src], announce="")
+    assert there == here and len(runs) == 1
+
+
+@pytest.mark.parametrize("var,value", [("NVCC_APPEND_FLAGS", "-ftz=true"), ("NVCC_PREPEND_FLAGS", "-G"),
+                                       ("CPATH", "/opt/other/include"), ("CPLUS_INCLUDE_PATH", "/opt/inc"),
+                                       ("LIBRARY_PATH", "/opt/lib"), ("GCC_EXEC_PREFIX", "/opt/gcc/"),
+                                       ("COMPILER_PATH", "/opt/bin")])
+def test_the_compilers_environment_is_part_of_the_key_and_the_command_file(cache, monkeypatch, capsys, var, value):
+    for name in ("NVCC_APPEND_FLAGS", "NVCC_PREPEND_FLAGS", "CPATH", "CPLUS_INCLUDE_PATH", "LIBRARY_PATH",
+                 "GCC_EXEC_PREFIX", "COMPILER_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    runs = []
+    _fake_compiler(monkeypatch, capsys, runs)
+    src = _source(cache)
+    plain = build.compile_cached("libe.so", [src], ["-shared"], inputs=[src], announce="")
+    monkeypatch.setenv(var, value)
+    other = build.compile_cached("libe.so", [src], ["-shared"], inputs=[src], announce="")
+    assert other != plain and len(runs) == 2
+    assert other.with_name("libe.so.cmd").read_text().startswith(f"{var}={value} ")
+    assert not plain.with_name("libe.so.cmd").read_text().startswith(var)
+
+
+# --------------------------------------------------------------------------- the compiler and the target
+
+
+def test_cxx_is_the_whole_command_or_refused(cache, monkeypatch, capsys, tmp_path):
+    """$CXX is used as given ("ccache g++" keeps its launcher), never silently replaced by g++."""
+    from dali_kmix.backends import plugin
+
+    monkeypatch.setenv("CXX", "no-such-compiler-kmix")
+    with pytest.raises(FileNotFoundError, match=r"CXX='no-such-compiler-kmix' not found"):
+        build.compiler()
+    launcher = tmp_path / "launcher"
+    launcher.write_text('#!/bin/sh\nexec "$@"\n')
+    launcher.chmod(0o755)
+    monkeypatch.setenv("CXX", f"{launcher} g++")
+    assert build.compiler() == [str(launcher), "g++"]
+    runs = []
+    _fake_compiler(monkeypatch, capsys, runs)
+    src = _source(cache)
+    lib = build.compile_cached("libc.so", [src], ["-shared"], inputs=[src], announce="")
+    assert runs[-1][0] == str(launcher)
+    assert lib.with_name("libc.so.cmd").read_text().startswith(f"{launcher} g++ -shared ")
+    flags = plugin.nvcc_flags()  # nvcc takes one host compiler: the one behind the launcher
+    assert flags[flags.index("-ccbin") + 1] == shutil.which("g++")
+
+
+def test_an_unknown_target_is_refused_naming_the_variable(monkeypatch, fresh_caches):
+    """A mistyped DALI_KMIX_MARCH is an error, not a quiet fall back to the NumPy reference."""
+    from dali_kmix.backends import cpu
+
+    if build.compiler() is None or platform.machine() not in ("x86_64", "AMD64", "aarch64", "arm64"):
+        pytest.skip("no compiler or no -march/-mcpu here")
+    monkeypatch.delenv("DALI_KMIX_SANITIZE", raising=False)
+    monkeypatch.setenv("DALI_KMIX_MARCH", "x86-64-v9")
+    with pytest.raises(ValueError, match=r"DALI_KMIX_MARCH='x86-64-v9'"):
+        build.target_flags()
+    monkeypatch.setattr(cpu, "build", lambda *a, **k: pytest.fail("built for an unknown target"))
+    with pytest.raises(ValueError, match=r"DALI_KMIX_MARCH='x86-64-v9'"):
+        cpu.load()
+
+
+def test_a_target_this_processor_lacks_is_refused_before_loading(monkeypatch, tmp_path, fresh_caches):
+    """x86-64-v4 (AVX-512) on an AVX2 machine: refused with the features it lacks, instead of a SIGILL later."""
+    from dali_kmix.backends import cpu
+
+    if build.compiler() is None or platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("an x86-64 target")
+    monkeypatch.delenv("DALI_KMIX_SANITIZE", raising=False)
+    cpuinfo = ("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse sse2 pni ssse3 sse4_1 sse4_2 popcnt avx "
+               "avx2 fma bmi1 bmi2 f16c abm movbe xsave\n")
+    real = Path.read_text
+    monkeypatch.setattr(Path, "read_text",
+                        lambda self, *a, **k: cpuinfo if str(self) == "/proc/cpuinfo" else real(self, *a, **k))
+    monkeypatch.setattr(cpu, "build", lambda *a, **k: tmp_path / "libkmix.so")  # nothing to load: never reached
+    monkeypatch.setenv("DALI_KMIX_MARCH", "x86-64-v4")
+    with pytest.raises(RuntimeError, match=r"DALI_KMIX_MARCH='x86-64-v4' .*lacks \(avx512bw, avx512cd, avx512dq, "
+                                           r"avx512f, avx512vl\)"):
+        cpu.load()
+    monkeypatch.setenv("DALI_KMIX_MARCH", "x86-64-v3")
+    build.check_target()  # AVX2, FMA, BMI2 and the rest are all here
+
+
+# --------------------------------------------------------------------------- one way to read a yes/no variable
+
+
+@pytest.mark.parametrize("value,want", [("", False), ("0", False), ("false", False), (" No ", False), ("OFF", False),
+                                        ("1", True), ("true", True), ("Yes", True), (" on ", True)])
+def test_boolean_variables_are_read_one_way(monkeypatch, value, want):
+    cupy = pytest.importorskip("cupy")
+    from dali_kmix import backends
+    from dali_kmix.backends import plugin
+
+    monkeypatch.setenv("DALI_KMIX_SANITIZE", value)
+    assert build.sanitize_requested() is want
+    assert ("-fsanitize=address,undefined" in build.build_flags()) is want
+    monkeypatch.delenv("DALI_KMIX_SANITIZE")
+    monkeypatch.setenv("DALI_KMIX_PLUGIN", value)
+    assert plugin.enabled() is (want or value == "")  # empty: as if unset, on by default
+    monkeypatch.setenv("DALI_KMIX_NO_GPU", value)
+    monkeypatch.setattr(cupy.cuda.runtime, "getDeviceCount", lambda: 1)  # a device is here
+    assert backends.gpu_available() is not want
+
+
+def test_sanitize_fuzzer_adds_the_coverage_counters(monkeypatch):
+    monkeypatch.setenv("DALI_KMIX_SANITIZE", " Fuzzer ")
+    assert build.sanitize_requested() and "-fsanitize=fuzzer-no-link" in build.build_flags()
+
+
+@pytest.mark.parametrize("name", ["DALI_KMIX_SANITIZE", "DALI_KMIX_PLUGIN", "DALI_KMIX_NO_GPU"])
+def test_a_boolean_variable_with_another_value_is_refused(monkeypatch, name):
+    from dali_kmix import backends
+    from dali_kmix.backends import plugin
+
+    call = {"DALI_KMIX_SANITIZE": build.sanitize_requested, "DALI_KMIX_PLUGIN": plugin.enabled,
+            "DALI_KMIX_NO_GPU": backends.gpu_available}[name]
+    monkeypatch.setenv(name, "maybe")
+    with pytest.raises(ValueError, match=rf"{name} must be 0, 1.* got 'maybe'"):
+        call()
+
+
+def test_an_asan_build_is_not_loaded_into_a_process_without_the_asan_runtime(monkeypatch, tmp_path, fresh_caches):
+    """Loading it would end the process (ASan's runtime must come first); the error says what to preload."""
+    import ctypes
+
+    from dali_kmix.backends import cpu
+
+    if hasattr(ctypes.CDLL(None), "__asan_init"):
+        pytest.skip("this process has the ASan runtime preloaded")
+    monkeypatch.setenv("DALI_KMIX_SANITIZE", "1")
+    monkeypatch.delenv("DALI_KMIX_MARCH", raising=False)
+    fake = tmp_path / "libkmix_asan.so"
+    fake.write_bytes(b"\x7fELF")
+    monkeypatch.setattr(cpu, "build", lambda *a, **k: fake)
+    with pytest.raises(RuntimeError, match=r"DALI_KMIX_SANITIZE='1' .*LD_PRELOAD=\S*libasan"):
+        cpu.load()
+
+
+# --------------------------------------------------------------------------- where the cache is
+
+
+def test_the_cache_folder_is_absolute(monkeypatch, tmp_path):
+    import tempfile
+
+    fallback = Path(tempfile.gettempdir()) / f"dali_kmix-{os.getuid()}"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("DALI_KMIX_CACHE", "~/kmix-cache")
+    assert build.cache_dir() == tmp_path / "kmix-cache"
+    monkeypatch.setenv("DALI_KMIX_CACHE", "relative/cache")
+    with pytest.warns(RuntimeWarning, match=r"DALI_KMIX_CACHE='relative/cache' .*" + re.escape(str(fallback))):
+        assert build.cache_dir() == fallback
+    monkeypatch.delenv("DALI_KMIX_CACHE")
+    monkeypatch.delenv("HOME")
+    monkeypatch.setattr(os.path, "expanduser", lambda p: p)  # no home folder: no $HOME and no passwd entry
+    with pytest.warns(RuntimeWarning, match=r"no home folder.*" + re.escape(str(fallback))):
+        assert build.cache_dir() == fallback
+
+
+# --------------------------------------------------------------------------- a library that does not load
+
+
+@pytest.fixture()
+def stub_cpu_build(cache, monkeypatch, fresh_caches):
+    """cpu.build() making a small library with every entry point kmix_host.cpp defines (each a stub), in the
+    test's cache: what cpu.load() binds, built in a moment."""
+    from dali_kmix.backends import cpu
+    from dali_kmix.backends.sources import kernels_dir
+
+    names = sorted(set(re.findall(r"^(?:int|void) (kmix_host_\w+)\(", (kernels_dir() / "kmix_host.cpp").read_text(),
+                                  re.MULTILINE)))
+    src = cache / "stub.cpp"
+    src.write_text("".join(f'extern "C" int {n}() {{ return 0; }}\n' for n in names))
+    monkeypatch.delenv("DALI_KMIX_SANITIZE", raising=False)
+    monkeypatch.delenv("DALI_KMIX_MARCH", raising=False)
+
+    def stub_build(sanitize=None, verbose=False):
+        return build.compile_cached("libkmix.so", [src], ["-shared", "-fPIC"], inputs=[src], announce="")
+
+    monkeypatch.setattr(cpu, "build", stub_build)
+    return stub_build
+
+
+def test_a_truncated_cached_library_is_moved_aside_and_rebuilt(stub_cpu_build):
+    from dali_kmix.backends import cpu
+
+    lib = stub_cpu_build()
+    lib.write_bytes(b"")  # a build cut short: a full disk, a killed machine, a cache copied in part
+    assert cpu.load() is not None
+    assert lib.stat().st_size > 0
+
+
+def test_the_cpu_functions_name_the_build_error_when_there_is_no_library(monkeypatch, fresh_caches):
+    import numpy as np
+
+    from dali_kmix.backends import cpu
+
+    def broken(sanitize=None, verbose=False):
+        raise RuntimeError("building the CPU kernels failed: simulated")
+
+    monkeypatch.delenv("DALI_KMIX_SANITIZE", raising=False)
+    monkeypatch.delenv("DALI_KMIX_MARCH", raising=False)
+    monkeypatch.setattr(cpu, "build", broken)
+    with pytest.warns(RuntimeWarning, match=r"using the NumPy reference instead.*simulated"):
+        assert cpu.load() is None
+    with pytest.raises(RuntimeError, match="dali_kmix CPU kernels are not built: building the CPU kernels failed: "
+                                           "simulated"):
+        cpu.half_to_float(np.zeros(2, np.uint16))
+
+
+def test_a_library_is_synced_to_disk_before_it_appears(cache, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(build.os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(build.os, "replace",
+                        lambda a, b: (events.append(("replace", Path(b).name)), real_replace(a, b))[1])
+    src = _source(cache)
+    build.compile_cached("libs.so", [src], ["-shared", "-fPIC"], inputs=[src], announce="")
+    assert "fsync" in events and events.index("fsync") < events.index(("replace", "libs.so"))
+
+
+# --------------------------------------------------------------------------- the DALI plugin's CUDA toolchain
+
+
+def _toolkit(root, release):
+    """A CUDA toolkit folder whose nvcc reports ``release`` (``nvcc --version``) and its TOP."""
+    (root / "bin").mkdir(parents=True)
+    (root / "bin" / "nvcc").write_text(
+        f'#!/bin/sh\nif [ "$1" = --version ]; then echo "Cuda compilation tools, release {release}, V{release}.1"; '
+        f"exit 0; fi\necho '#$ TOP={root}/bin/..' >&2\n")
+    (root / "bin" / "nvcc").chmod(0o755)
+    (root / "include" / "crt").mkdir(parents=True)
+    (root / "include" / "cuda_runtime_api.h").write_text("")
+    (root / "include" / "crt" / "host_config.h").write_text("")
+    (root / "lib64").mkdir()
+    (root / "lib64" / "libcudart.so").write_text("")
+    return root.resolve()
+
+
+@pytest.fixture()
+def toolchain_env(tmp_path, monkeypatch):
+    """No CUDA toolchain anywhere but where the test puts one; DALI built for CUDA 13."""
+    from dali_kmix.backends import plugin
+
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setattr(sys, "path", [str(tmp_path / "site")])
+    monkeypatch.setattr(plugin, "_dali_cuda_major", lambda: "13")
+    plugin.cuda_toolchain.cache_clear()
+    yield tmp_path
+    plugin.cuda_toolchain.cache_clear()
+
+
+def test_an_nvcc_of_another_cuda_major_than_dalis_is_skipped_with_a_warning(toolchain_env, monkeypatch):
+    from dali_kmix.backends import plugin
+
+    old, new = _toolkit(toolchain_env / "cuda-12.4", "12.4"), _toolkit(toolchain_env / "cuda-13.0", "13.0")
+    monkeypatch.setenv("CUDA_HOME", str(old))
+    monkeypatch.setenv("CUDA_PATH", str(new))
+    with pytest.warns(RuntimeWarning, match=r"cuda-12.4/bin/nvcc: it is CUDA 12.4, and DALI is built for CUDA 13"):
+        tc, missing = plugin.cuda_toolchain()
+    assert missing == "" and tc.nvcc == str(new / "bin" / "nvcc")
+
+
+def test_a_cuda_home_without_nvcc_is_named_in_a_warning(toolchain_env, monkeypatch):
+    from dali_kmix.backends import plugin
+
+    (toolchain_env / "not-cuda").mkdir()
+    monkeypatch.setenv("CUDA_HOME", str(toolchain_env / "not-cuda"))
+    with pytest.warns(RuntimeWarning, match=r"CUDA_HOME='.*not-cuda' has no bin/nvcc"):
+        tc, missing = plugin.cuda_toolchain()
+    assert tc is None and missing.startswith("nvcc not found")
+
+
+def test_the_plugin_key_names_dalis_cuda_version(monkeypatch):
+    import warnings
+
+    dali = pytest.importorskip("nvidia.dali")
+    from dali_kmix.backends import plugin
+    from dali_kmix.backends.sources import cuda_include_dirs
+
+    if build.compiler() is None or not cuda_include_dirs():
+        pytest.skip("no C++ compiler or CUDA runtime headers")
+    calls = []
+    monkeypatch.delenv("DALI_KMIX_SANITIZE", raising=False)
+    monkeypatch.setattr(plugin, "compile_cached", lambda name, *a, **kw: calls.append(kw) or Path("/nowhere") / name)
+    monkeypatch.setattr(plugin, "cuda_toolchain", lambda: (None, "nvcc not found"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", plugin.NoGpuBackendWarning)
+        plugin.build()
+    assert calls[-1]["key_extra"] == f"dali {dali.__version__} cuda {dali.__cuda_version__}"
+
+
+# --------------------------------------------------------------------------- the C entry points
+
+
+def test_every_c_entry_point_of_the_host_build_is_declared_in_its_header():
+    """kmix_host.cpp includes kmix_host_api.h, so a definition that drifts from its prototype does not compile; that
+    holds for the entry points the header declares."""
+    from dali_kmix.backends.sources import kernels_dir
+
+    body = (kernels_dir() / "kmix_host.cpp").read_text()
+    defined = set(re.findall(r"^(?:int|void) (kmix_host_\w+)\(", body, re.MULTILINE))
+    declared = set(re.findall(r"^(?:int|void) (kmix_host_\w+)\(", (kernels_dir() / "kmix_host_api.h").read_text(),
+                              re.MULTILINE))
+    assert len(defined) > 20 and sorted(defined - declared) == []

@@ -97,7 +97,9 @@ def test_cuda_libraries_run_on_the_device():
 def test_require_gpu_fails_loudly_without_a_device(how):
     import os
 
-    if not os.environ.get("DALI_KMIX_NO_GPU"):
+    from dali_kmix.backends.build import env_flag
+
+    if not env_flag("DALI_KMIX_NO_GPU"):
         from dali_kmix.backends import gpu_available
 
         if gpu_available():
@@ -118,3 +120,19 @@ def test_require_gpu_fails_loudly_without_a_device(how):
     env.pop("DALI_KMIX_REQUIRE_GPU", None)
     proc = subprocess.run(args[:-1] if how == "option" else args, capture_output=True, text=True, cwd=ROOT, env=env)
     assert proc.returncode in (0, 5), proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("value,on", [("", False), ("0", False), ("off", False), ("False", False), ("1", True),
+                                      ("yes", True), (" TRUE ", True)])
+def test_the_tests_read_their_gpu_switches_as_the_package_reads_yes_no_variables(monkeypatch, value, on):
+    import types
+
+    import conftest
+
+    monkeypatch.setenv("DALI_KMIX_NO_GPU", value)
+    assert ("DALI_KMIX_NO_GPU is set" in conftest.gpu_problems()) is on
+    monkeypatch.setenv("DALI_KMIX_REQUIRE_GPU", value)
+    assert conftest._require_gpu(types.SimpleNamespace(getoption=lambda name: False)) is on
+    monkeypatch.setenv("DALI_KMIX_REQUIRE_GPU", "perhaps")
+    with pytest.raises(ValueError, match="DALI_KMIX_REQUIRE_GPU must be 0, 1.* got 'perhaps'"):
+        conftest._require_gpu(types.SimpleNamespace(getoption=lambda name: False))

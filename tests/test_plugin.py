@@ -578,7 +578,8 @@ def test_a_failed_build_falls_back_to_python_function(photo_dir, monkeypatch):
         assert plugin.load()
 
 
-@pytest.mark.parametrize("value,expect", [("0", False), ("", False), ("1", True), (" 1 ", True)])
+@pytest.mark.parametrize("value,expect", [("0", False), ("off", False), ("", True), ("1", True), (" 1 ", True),
+                                          ("True", True)])  # empty is unset: the default, on
 def test_env_values(monkeypatch, value, expect):
     monkeypatch.setenv("DALI_KMIX_PLUGIN", value)
     assert plugin.enabled() is expect

@@ -108,9 +108,7 @@ def kernel_copy(tmp_path, monkeypatch):
             shutil.copy(f, copy / f.name)
     monkeypatch.setattr(kernel_source, "kernels_dir", lambda: copy)
     monkeypatch.setenv("DALI_KMIX_CACHE", str(tmp_path / "cache"))
-    kernel_source.read_source.cache_clear()
-    yield copy
-    kernel_source.read_source.cache_clear()
+    return copy
 
 
 def test_source_files_follow_includes(kernel_copy):
@@ -132,13 +130,13 @@ def test_disk_cache_reuses_and_rebuilds_on_a_header_change(kernel_copy, monkeypa
     first = kernel_source.compile_cached("kmix_boxes.cu", "sm_90")
     assert first.image[:4] == b"\x7fELF"
     real = kernel_source.compile_nvrtc
-    monkeypatch.setattr(kernel_source, "compile_nvrtc", lambda *a: pytest.fail("cache missed"))
+    monkeypatch.setattr(kernel_source, "compile_nvrtc", lambda *a, **k: pytest.fail("cache missed"))
     again = kernel_source.compile_cached("kmix_boxes.cu", "sm_90")
     assert again == first
     with open(kernel_copy / "kmix_codes.h", "a") as f:
         f.write("\n#define KMIX_AN_EDIT 1\n")
     calls = []
-    monkeypatch.setattr(kernel_source, "compile_nvrtc", lambda *a: (calls.append(a), real(*a))[1])
+    monkeypatch.setattr(kernel_source, "compile_nvrtc", lambda *a, **k: (calls.append(a[:2]), real(*a, **k))[1])
     kernel_source.compile_cached("kmix_boxes.cu", "sm_90")
     assert calls == [("kmix_boxes.cu", "sm_90")]
     assert len(list((kernel_copy.parent / "cache" / "nvrtc").iterdir())) == 2
@@ -160,9 +158,7 @@ def broken_kernels(tmp_path, monkeypatch):
     text.insert(20, "  this_is_not_cuda;")
     (tmp_path / "kmix_boxes.cu").write_text("\n".join(text) + "\n")
     monkeypatch.setattr(kernel_source, "kernels_dir", lambda: tmp_path)
-    kernel_source.read_source.cache_clear()
-    yield tmp_path
-    kernel_source.read_source.cache_clear()
+    return tmp_path
 
 
 def test_nvrtc_error_names_the_file_and_line(broken_kernels):
@@ -174,3 +170,97 @@ def test_nvrtc_error_names_the_file_and_line(broken_kernels):
 def test_nvcc_error_names_the_file_and_line(broken_kernels):
     with pytest.raises(kernel_source.KernelCompileError, match=r"kmix_boxes\.cu\(21\).*this_is_not_cuda"):
         kernel_source.compile_with_nvcc("kmix_boxes.cu", "sm_90")
+
+
+def test_a_kernel_edited_while_the_process_runs_is_compiled_as_it_now_is(kernel_copy):
+    """The key and the compile read the same text: an edit after a first compile is compiled, not the old text stored
+    under the new key."""
+    first = kernel_source.compile_cached("kmix_boxes.cu", "sm_90")
+    assert b"kmix_added_kernel" not in first.image
+    with open(kernel_copy / "kmix_boxes.cu", "a") as f:
+        f.write('\nextern "C" __global__ void kmix_added_kernel(int* p) { *p = 7; }\n')
+    assert b"kmix_added_kernel" in kernel_source.compile_cached("kmix_boxes.cu", "sm_90").image
+    assert b"kmix_added_kernel" in kernel_source.compile_cached("kmix_boxes.cu", "sm_90").image  # from the disk cache
+
+
+def _in_threads(count, fn):
+    """``fn()`` in ``count`` threads started together: (results, errors)."""
+    import threading
+
+    barrier, results, errors = threading.Barrier(count), [], []
+
+    def go():
+        try:
+            barrier.wait()
+            results.append(fn())
+        except Exception as exc:  # noqa: BLE001 - the test reports it
+            errors.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=go) for _ in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results, errors
+
+
+def test_nvrtc_is_called_by_one_thread_at_a_time(kernel_copy, monkeypatch):
+    """NVRTC's first compile in a process loads libnvrtc-builtins, which fails (NVRTC_ERROR_BUILTIN_OPERATION_FAILURE)
+    when another thread compiles or asks NVRTC anything meanwhile, even its version: no two NVRTC calls overlap."""
+    import threading
+    import time
+
+    from cupy.cuda import nvrtc
+
+    active, peak, lock = [0], [0], threading.Lock()
+
+    def tracked(real):
+        def call(*args):
+            with lock:
+                active[0] += 1
+                peak[0] = max(peak[0], active[0])
+            time.sleep(0.02)
+            try:
+                return real(*args)
+            finally:
+                with lock:
+                    active[0] -= 1
+        return call
+
+    for fn in ("compileProgram", "getVersion"):
+        monkeypatch.setattr(nvrtc, fn, tracked(getattr(nvrtc, fn)))
+    if hasattr(kernel_source.nvrtc_version, "cache_clear"):
+        kernel_source.nvrtc_version.cache_clear()
+    archs = iter(["sm_80", "sm_86", "sm_90", "sm_80", "sm_86", "sm_90"])
+    calls = [lambda a=next(archs): kernel_source.compile_nvrtc("kmix_boxes.cu", a) for _ in range(3)]
+    calls += [lambda a=next(archs): kernel_source.compile_cached("kmix_boxes.cu", a) for _ in range(3)]
+    todo = iter(calls)
+    results, errors = _in_threads(6, lambda: next(todo)())
+    assert errors == [] and len(results) == 6 and peak[0] == 1
+
+
+def test_threads_filling_the_disk_cache_compile_once_and_leave_no_temp_files(kernel_copy, monkeypatch):
+    import time
+
+    calls = []
+    real = kernel_source.compile_nvrtc
+
+    def slow(*args, **kwargs):
+        calls.append(args[:2])
+        time.sleep(0.1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(kernel_source, "compile_nvrtc", slow)
+    results, errors = _in_threads(6, lambda: kernel_source.compile_cached("kmix_boxes.cu", "sm_90"))
+    assert errors == [] and len(results) == 6 and len({r.image for r in results}) == 1
+    assert calls == [("kmix_boxes.cu", "sm_90")]
+    assert [p.name for p in (kernel_copy.parent / "cache").rglob("*") if "tmp" in p.name] == []
+
+
+def test_an_unwritable_cache_keeps_the_compiled_kernels(tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("DALI_KMIX_CACHE", str(blocker))
+    with pytest.warns(RuntimeWarning, match=r"not-a-folder.*cannot be written.*DALI_KMIX_CACHE"):
+        out = kernel_source.compile_cached("kmix_boxes.cu", "sm_90")
+    assert out.image[:4] == b"\x7fELF" and out.kind == "cubin"

@@ -24,12 +24,12 @@ ctypes and CuPy bindings (:mod:`.cpu`, :mod:`.gpu`) and the DALI plugin loader
 from __future__ import annotations
 
 import functools
-import os
 
 import numpy as np
 
 from .. import reference
 from .._checks import array_module, spatial_size
+from .build import env_flag
 
 __all__ = ["backend_for", "Backend", "CpuBackend", "GpuBackend", "NumpyBackend", "gpu_available", "cuda_device_count",
            "host_kernels"]
@@ -193,8 +193,8 @@ def host_kernels():
 @functools.lru_cache(maxsize=None)
 def cuda_device_count() -> int:
     """CUDA devices the driver sees, without CuPy (DALI's GPU operators need none): 0 without a driver or a device,
-    and with ``DALI_KMIX_NO_GPU=1``."""
-    if os.environ.get("DALI_KMIX_NO_GPU"):
+    and with ``DALI_KMIX_NO_GPU=1`` (a yes/no variable, :func:`~dali_kmix.backends.build.env_flag`)."""
+    if env_flag("DALI_KMIX_NO_GPU"):
         return 0
     import ctypes
 
@@ -209,8 +209,8 @@ def cuda_device_count() -> int:
 
 
 def gpu_available() -> bool:
-    """True when CuPy imports and sees a CUDA device (``DALI_KMIX_NO_GPU=1`` forces False)."""
-    if os.environ.get("DALI_KMIX_NO_GPU"):
+    """True when CuPy imports and sees a CUDA device (``DALI_KMIX_NO_GPU=1``, or true/yes/on, forces False)."""
+    if env_flag("DALI_KMIX_NO_GPU"):
         return False
     try:
         import cupy

@@ -1,30 +1,43 @@
 """The host build cache: compile C++ sources into a shared library once per machine and source version.
 
 Used by the CPU kernels (:mod:`dali_kmix.backends.cpu`) and the DALI plugin
-(:mod:`dali_kmix.backends.plugin`). The system C++ compiler (``$CXX``, else ``g++``,
-else ``c++``) builds into a cache folder (``$DALI_KMIX_CACHE``, default
-``~/.cache/dali_kmix``), keyed by a hash of the sources with every header they read,
-the flags, the processor and the compiler's version. Concurrent first uses wait on a
-file lock and the library appears atomically.
+(:mod:`dali_kmix.backends.plugin`). The system C++ compiler (``$CXX`` as given, e.g.
+``ccache g++``; else ``g++``, ``c++`` or ``clang++``) builds into a cache folder
+(``$DALI_KMIX_CACHE``, default ``~/.cache/dali_kmix``), keyed by a hash of the sources with
+every header they read, the flags, the compiler's version and the environment variables
+that change its output (:data:`BUILD_ENV`); a ``-march=native`` build's key holds what
+``native`` means on this machine (the instruction sets the compiler enables for it), a
+``$DALI_KMIX_MARCH`` build's key no processor identity, so its cache can be shared by
+machines of every kind that target runs on. Concurrent first uses wait on a file lock and
+the library appears atomically.
 
 ``DALI_KMIX_SANITIZE=1`` selects AddressSanitizer/UBSan-instrumented builds;
 ``DALI_KMIX_SANITIZE=fuzzer`` adds libFuzzer's coverage instrumentation to them
 (``-fsanitize=fuzzer-no-link``: clang only, for ``make fuzz``, see tests/fuzz/).
+Yes/no variables (``DALI_KMIX_SANITIZE``, ``DALI_KMIX_PLUGIN``, ``DALI_KMIX_NO_GPU``) are read
+by :func:`env_flag`: 0/1, true/false, yes/no, on/off in any case; empty is unset.
 """
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
+import functools
 import hashlib
 import os
 import platform
+import re
+import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
+import warnings
 from pathlib import Path
 
-__all__ = ["compiler", "cpu_id", "build_flags", "numpy_random", "cache_dir", "compile_cached", "build_log", "tool_version",
-           "sanitize_requested", "target_flags", "BASE_FLAGS", "SANITIZE_FLAGS"]
+__all__ = ["compiler", "cpu_id", "build_flags", "numpy_random", "cache_dir", "compile_cached", "build_log",
+           "tool_version", "sanitize_requested", "sanitize_mode", "env_flag", "target_flags", "check_target",
+           "check_sanitizer_runtime", "BASE_FLAGS", "SANITIZE_FLAGS", "BUILD_ENV"]
 
 # -fno-math-errno: sqrt and the like set no errno, so they inline and vectorise (no result changes).
 BASE_FLAGS = ["-std=c++17", "-O3", "-ffp-contract=off", "-fno-fast-math", "-fno-math-errno", "-fPIC", "-shared",
@@ -35,21 +48,72 @@ SANITIZE_FLAGS = ["-O1", "-g1", "-fno-omit-frame-pointer", "-fsanitize=address,u
                   "-fno-sanitize-recover=all"]
 
 
-def compiler() -> str | None:
-    """Path of the C++ compiler the CPU build uses, or None."""
-    for cand in (os.environ.get("CXX"), "g++", "c++", "clang++"):
-        if cand and shutil.which(cand):
-            return shutil.which(cand)
+#: Environment variables that change what the compilers make: nvcc's own options, and the search paths of GCC (and
+#: Clang) for headers, libraries and its own programs. Those set are part of every build key and of the ``.cmd`` file.
+BUILD_ENV = ("NVCC_PREPEND_FLAGS", "NVCC_APPEND_FLAGS", "NVCC_CCBIN", "CPATH", "C_INCLUDE_PATH", "CPLUS_INCLUDE_PATH",
+             "LIBRARY_PATH", "GCC_EXEC_PREFIX", "COMPILER_PATH")
+
+_YES, _NO = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def env_flag(name: str, default: bool = False) -> bool:
+    """The yes/no environment variable ``name``: 1, true, yes, on or 0, false, no, off (in any case, spaces around
+    ignored); unset or empty gives ``default``. Raises ValueError naming the variable and its value otherwise."""
+    raw = os.environ.get(name, "")
+    value = raw.strip().lower()
+    if not value:
+        return default
+    if value in _YES:
+        return True
+    if value in _NO:
+        return False
+    raise ValueError(f"{name} must be 0, 1, true, false, yes, no, on or off, got {raw!r}")
+
+
+def compiler() -> list[str] | None:
+    """The C++ compiler command of the builds, as a list (its first word a path), or None where none is found.
+
+    ``$CXX`` when set, alone and whole: split as a shell splits it (``ccache g++`` keeps its launcher), its first
+    word looked up on PATH; a ``$CXX`` that does not resolve raises FileNotFoundError (never another compiler in
+    its place). Without it the first of ``g++``, ``c++``, ``clang++`` on PATH."""
+    cxx = os.environ.get("CXX", "")
+    if cxx.strip():
+        try:
+            words = shlex.split(cxx)
+        except ValueError as exc:
+            raise ValueError(f"CXX must be a command line, got {cxx!r} ({exc})") from None
+        exe = shutil.which(words[0])
+        if exe is None:
+            raise FileNotFoundError(f"CXX={cxx!r} not found")
+        return [exe, *words[1:]]
+    for cand in ("g++", "c++", "clang++"):
+        exe = shutil.which(cand)
+        if exe:
+            return [exe]
     return None
 
 
+def sanitize_mode() -> str:
+    """``DALI_KMIX_SANITIZE`` read: "" (unset, empty or a no), "address" (a yes: the ASan/UBSan builds) or
+    "fuzzer" (those with libFuzzer's coverage counters too). Raises ValueError for any other value."""
+    raw = os.environ.get("DALI_KMIX_SANITIZE", "")
+    if raw.strip().lower() == "fuzzer":
+        return "fuzzer"
+    try:
+        return "address" if env_flag("DALI_KMIX_SANITIZE") else ""
+    except ValueError:
+        raise ValueError(f"DALI_KMIX_SANITIZE must be 0, 1 or fuzzer (or false/true, no/yes, off/on), "
+                         f"got {raw!r}") from None
+
+
 def sanitize_requested() -> bool:
-    """``DALI_KMIX_SANITIZE`` set (and not 0): build the ASan/UBSan variants."""
-    return os.environ.get("DALI_KMIX_SANITIZE", "") not in ("", "0")
+    """``DALI_KMIX_SANITIZE`` set to a yes or to fuzzer: build the ASan/UBSan variants."""
+    return sanitize_mode() != ""
 
 
 def cpu_id() -> str:
-    """One line that names the processor (its model, or its flags): part of every build key."""
+    """One line that names the processor (its model, or its flags), for messages. The build keys do not use it:
+    a native build's key holds what the compiler makes of ``-march=native`` (:func:`compile_cached`)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith(("model name", "flags", "Features")):
@@ -59,17 +123,127 @@ def cpu_id() -> str:
     return platform.processor()
 
 
+def _requested_march() -> str:
+    """``$DALI_KMIX_MARCH`` ("" when unset or empty)."""
+    return os.environ.get("DALI_KMIX_MARCH", "").strip()
+
+
+def _target_flag(march: str) -> str | None:
+    if platform.machine() in ("x86_64", "AMD64"):
+        return f"-march={march}"
+    if platform.machine() in ("aarch64", "arm64"):
+        return f"-mcpu={march}"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _predefined_macros(cxx: tuple[str, ...], flag: str) -> tuple[int, str]:
+    """``(exit status, output)`` of ``cxx flag -dM -E -x c++ /dev/null``: the macros the compiler predefines for the
+    target ``flag`` names (the instruction sets it enables among them: ``__AVX2__``, ``__FMA__``, ...), one line
+    each; the compiler's error where it refuses the target. Once a process for each compiler and flag."""
+    try:
+        proc = subprocess.run([*cxx, flag, "-dM", "-E", "-x", "c++", os.devnull], capture_output=True, text=True,
+                              timeout=120)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return -1, str(exc)
+    return proc.returncode, proc.stdout if proc.returncode == 0 else proc.stderr
+
+
 def target_flags() -> list[str]:
     """The instruction set the host code is built for: ``-march=native`` on x86-64 (``-mcpu=native`` on Arm), or
     ``$DALI_KMIX_MARCH`` in its place (e.g. ``x86-64-v3`` for a build that runs on any AVX2 machine, ``x86-64``
     for the baseline; the SIMD loops then take the width that target has, or the plain loops). Part of the build
-    key like every flag. Empty on other machines."""
-    march = os.environ.get("DALI_KMIX_MARCH", "").strip() or "native"
-    if platform.machine() in ("x86_64", "AMD64"):
-        return [f"-march={march}"]
-    if platform.machine() in ("aarch64", "arm64"):
-        return [f"-mcpu={march}"]
-    return []
+    key like every flag. Empty on other machines. A ``$DALI_KMIX_MARCH`` the compiler does not know raises
+    ValueError naming it (checked once a process)."""
+    march = _requested_march()
+    flag = _target_flag(march or "native")
+    if flag is None:
+        return []
+    if march and march != "native":
+        cxx = compiler()
+        if cxx is not None:
+            rc, out = _predefined_macros(tuple(cxx), flag)
+            if rc != 0:
+                why = next((ln.strip() for ln in out.splitlines() if "error" in ln), out.strip()[:300])
+                raise ValueError(f"DALI_KMIX_MARCH={march!r} is not a target {Path(cxx[0]).name} knows ({flag}: "
+                                 f"{why})")
+    return [flag]
+
+
+#: The instruction-set macros of an x86 target, and the flag /proc/cpuinfo lists for each.
+_X86_FEATURES = {
+    "__SSE3__": "pni", "__SSSE3__": "ssse3", "__SSE4_1__": "sse4_1", "__SSE4_2__": "sse4_2", "__POPCNT__": "popcnt",
+    "__AVX__": "avx", "__AVX2__": "avx2", "__FMA__": "fma", "__F16C__": "f16c", "__BMI__": "bmi1",
+    "__BMI2__": "bmi2", "__LZCNT__": "abm", "__MOVBE__": "movbe", "__XSAVE__": "xsave", "__AES__": "aes",
+    "__PCLMUL__": "pclmulqdq", "__SHA__": "sha_ni", "__ADX__": "adx", "__RDRND__": "rdrand", "__RDSEED__": "rdseed",
+    "__AVX512F__": "avx512f", "__AVX512CD__": "avx512cd", "__AVX512BW__": "avx512bw", "__AVX512DQ__": "avx512dq",
+    "__AVX512VL__": "avx512vl", "__AVX512VNNI__": "avx512_vnni", "__AVX512VBMI__": "avx512vbmi",
+    "__AVX512IFMA__": "avx512ifma", "__AVX512VBMI2__": "avx512_vbmi2", "__AVX512BITALG__": "avx512_bitalg",
+    "__AVX512VPOPCNTDQ__": "avx512_vpopcntdq", "__AVX512BF16__": "avx512_bf16", "__AVX512FP16__": "avx512_fp16",
+    "__AVXVNNI__": "avx_vnni", "__VAES__": "vaes", "__VPCLMULQDQ__": "vpclmulqdq", "__GFNI__": "gfni",
+}
+
+
+def _cpu_flags() -> set[str] | None:
+    """The processor's flags as /proc/cpuinfo lists them (x86), or None where it cannot be read."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return None
+
+
+def check_target() -> None:
+    """Refuse a ``$DALI_KMIX_MARCH`` target before anything is built or loaded for it: ValueError for one the
+    compiler does not know (:func:`target_flags`), RuntimeError naming the target and the features this processor
+    lacks for one it cannot run (x86: the instruction sets the target predefines against /proc/cpuinfo's flags;
+    not checked elsewhere). Code built for such a target stops with an illegal instruction (SIGILL), so there is
+    no fall back: the target was asked for."""
+    march = _requested_march()
+    flags = target_flags()
+    if not march or march == "native" or not flags or platform.machine() not in ("x86_64", "AMD64"):
+        return
+    cxx, have = compiler(), _cpu_flags()
+    if cxx is None or have is None:
+        return
+    _, out = _predefined_macros(tuple(cxx), flags[0])
+    defined = {m.group(1) for m in re.finditer(r"^#define (\w+)", out, re.MULTILINE)}
+    missing = sorted({_X86_FEATURES[m] for m in defined if m in _X86_FEATURES} - have)
+    if missing:
+        raise RuntimeError(f"DALI_KMIX_MARCH={march!r} builds for instructions this processor lacks "
+                           f"({', '.join(missing)}): its code would stop with an illegal instruction; choose a "
+                           f"target this machine runs, or unset DALI_KMIX_MARCH to build for it (-march=native)")
+
+
+def _runtime_library(name: str) -> str | None:
+    """Where the C++ compiler keeps runtime library ``name`` (``-print-file-name``), or None."""
+    try:
+        cxx = compiler()
+        if cxx is None:
+            return None
+        out = subprocess.run([*cxx, f"-print-file-name={name}"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+    path = out.strip()
+    return path if os.path.isabs(path) and os.path.exists(path) else None
+
+
+def check_sanitizer_runtime() -> None:
+    """Before an AddressSanitizer build is loaded: RuntimeError unless the ASan runtime is already in this process
+    (``__asan_init`` resolves), naming ``DALI_KMIX_SANITIZE`` and the ``LD_PRELOAD`` it needs. Loaded without it,
+    the library would end the process ("ASan runtime does not come first in initial library list")."""
+    if hasattr(ctypes.CDLL(None), "__asan_init"):
+        return
+    raw = os.environ.get("DALI_KMIX_SANITIZE", "")
+    if sanitize_mode() == "fuzzer":
+        preload = "<atheris>/asan_with_fuzzer.so (tests/fuzz/run.py)"
+    else:
+        preload = _runtime_library("libasan.so") or "libasan.so"
+    raise RuntimeError(f"DALI_KMIX_SANITIZE={raw!r} loads AddressSanitizer builds, which need the ASan runtime "
+                       f"loaded before anything else: run with LD_PRELOAD={preload} (as tests/test_sanitizers.py "
+                       f"does), or unset DALI_KMIX_SANITIZE")
 
 
 def build_flags(sanitize: bool | None = None) -> list[str]:
@@ -79,7 +253,7 @@ def build_flags(sanitize: bool | None = None) -> list[str]:
     flags = list(BASE_FLAGS)
     if sanitize:
         flags = [f for f in flags if f != "-O3"] + SANITIZE_FLAGS
-        if os.environ.get("DALI_KMIX_SANITIZE", "").strip() == "fuzzer":
+        if sanitize_mode() == "fuzzer":
             # clang: coverage for a libFuzzer linked elsewhere (atheris); no vptr check (its handler
             # lives in a C++ UBSan runtime that atheris's preloaded sanitizer library does not carry)
             flags += ["-fsanitize=fuzzer-no-link", "-fno-sanitize=vptr"]
@@ -102,48 +276,89 @@ def numpy_random() -> tuple[list[str], list[str], list[Path]]:
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("DALI_KMIX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "dali_kmix")
-    return Path(root)
+    """The build cache: ``$DALI_KMIX_CACHE`` (``~`` expanded), else ``~/.cache/dali_kmix``; an absolute path.
+
+    Where that is not absolute (a relative ``$DALI_KMIX_CACHE``, or no home folder to expand ``~`` to), a folder of
+    this user's under the temporary folder instead, ``dali_kmix-<uid>``, after a warning: never a cache that moves
+    with the working folder."""
+    raw = os.environ.get("DALI_KMIX_CACHE", "").strip()
+    if raw:
+        root, what = os.path.expanduser(raw), f"DALI_KMIX_CACHE={raw!r}"
+    else:
+        root = os.path.join(os.path.expanduser("~"), ".cache", "dali_kmix")
+        what = "the default cache ~/.cache/dali_kmix (no home folder; DALI_KMIX_CACHE unset)"
+    if root.startswith("~") or not os.path.isabs(root):
+        fallback = os.path.join(tempfile.gettempdir(), f"dali_kmix-{os.getuid()}")
+        warnings.warn(f"dali_kmix: {what} is not an absolute folder; using {fallback} instead (set DALI_KMIX_CACHE "
+                      f"to an absolute path)", RuntimeWarning, stacklevel=2)
+        root = fallback
+    return Path(os.path.abspath(root))
 
 
-def tool_version(exe: str) -> str:
-    """``exe --version`` (its first lines), "" when it cannot run: part of the build keys."""
+def tool_version(exe) -> str:
+    """``exe --version`` (its first lines), "" when it cannot run: part of the build keys. ``exe``: a path, or a
+    command as a list (:func:`compiler`)."""
+    cmd = [str(exe)] if isinstance(exe, (str, os.PathLike)) else [str(w) for w in exe]
+    if not cmd or not cmd[0]:
+        return ""
     try:
-        return subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60).stdout
+        return subprocess.run([*cmd, "--version"], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError):
         return ""
 
 
+def _target_key(cxx: list[str], flags) -> str:
+    """The part of a build key the target flags among ``flags`` bring beyond their text: for ``-march=native`` (or
+    ``-mcpu``/``-mtune=native``) what the compiler makes of native on this machine (the macros it predefines:
+    every instruction set it enables, so two machines whose native targets differ never share a library, whatever
+    /proc/cpuinfo calls them); nothing for an explicit target, whose flag says it all. The machine's architecture
+    always."""
+    out = [platform.machine()]
+    for flag in flags:
+        if flag in ("-march=native", "-mcpu=native", "-mtune=native"):
+            rc, text = _predefined_macros(tuple(cxx), flag)
+            out.append(f"{flag} ({rc}):\n" + "\n".join(sorted(text.splitlines())))
+    return "\n".join(out)
+
+
 def compile_cached(lib_name: str, sources, flags, *, libs=(), inputs=(), key_extra: str = "",
-                   verbose: bool = False, what: str = "the CPU kernels", compiler_cmd: str | None = None,
+                   verbose: bool = False, what: str = "the CPU kernels", compiler_cmd=None,
                    announce=None) -> Path:
     """Compile ``sources`` into the shared library (or object) ``lib_name`` under :func:`cache_dir` (cached).
 
     The command is ``compiler flags sources libs -o lib`` (libraries after the sources); the
-    compiler is ``compiler_cmd`` (e.g. nvcc), else :func:`compiler`.
+    compiler is ``compiler_cmd`` (e.g. nvcc: a path, or a command as a list), else :func:`compiler`.
 
     The cache key hashes ``inputs`` (the files the build reads), the command line,
-    ``key_extra``, the processor and the compiler's version, so any change rebuilds.
-    Concurrent first uses wait on a file lock; the library appears atomically, with the
-    compiler's own output beside it in ``<lib_name>.log`` (empty output: no warning) and the command line in
-    ``<lib_name>.cmd``.
+    ``key_extra``, the compiler's version, the :data:`BUILD_ENV` variables that are set and
+    what a native target means here (the instruction sets the compiler enables for
+    ``-march=native``; an explicit target adds no processor identity), so any change rebuilds.
+    Concurrent first uses wait on a file lock; the library appears atomically (written beside,
+    flushed to disk, then renamed), with the compiler's own output beside it in
+    ``<lib_name>.log`` (empty output: no warning) and the command line, with the
+    :data:`BUILD_ENV` variables it ran under, in ``<lib_name>.cmd``.
     ``announce``: a line printed to stderr before a build starts (not when cached), or a
     function called then; by default ``dali_kmix: building <what>, once per version...``, so
     that no first build (tens of seconds) starts unannounced.
-    Raises FileNotFoundError without a C++ compiler and RuntimeError with the
-    compiler's output when the build fails.
+    Raises FileNotFoundError without a C++ compiler (or for a ``$CXX`` that is not found) and
+    RuntimeError with the compiler's output when the build fails.
     """
-    cxx = compiler_cmd or compiler()
-    if cxx is None:
-        raise FileNotFoundError("no C++ compiler found (set $CXX or install g++)")
-    cmd = [cxx, *flags, *map(str, sources), *libs]
+    if compiler_cmd is None:
+        cxx = compiler()
+        if cxx is None:
+            raise FileNotFoundError("no C++ compiler found (set $CXX or install g++)")
+    else:
+        cxx = [str(compiler_cmd)] if isinstance(compiler_cmd, (str, os.PathLike)) else [str(w) for w in compiler_cmd]
+    cmd = [*cxx, *flags, *map(str, sources), *libs]
+    env = [(var, os.environ[var]) for var in BUILD_ENV if os.environ.get(var)]
     h = hashlib.sha256()
     for path in inputs:
         h.update(Path(path).read_bytes())
     h.update(" ".join(cmd).encode())
     h.update(key_extra.encode())
-    h.update(cpu_id().encode())
+    h.update(_target_key(cxx, flags).encode())
     h.update(tool_version(cxx).encode())
+    h.update(repr(env).encode())
     out_dir = cache_dir() / h.hexdigest()[:16]
     lib = out_dir / lib_name
     if lib.is_file():
@@ -161,15 +376,21 @@ def compile_cached(lib_name: str, sources, flags, *, libs=(), inputs=(), key_ext
             print(announce, file=sys.stderr, flush=True)
         tmp = lib.with_name(f"{lib.stem}.{os.getpid()}.tmp{lib.suffix}")
         full = cmd + ["-o", str(tmp)]
+        shown = " ".join([*(f"{var}={shlex.quote(value)}" for var, value in env), *full])
         proc = subprocess.run(full, capture_output=True, text=True)
         if proc.returncode != 0:
             tmp.unlink(missing_ok=True)
-            raise RuntimeError(f"building {what} failed:\n{' '.join(full)}\n{proc.stdout}{proc.stderr}")
+            raise RuntimeError(f"building {what} failed:\n{shown}\n{proc.stdout}{proc.stderr}")
         if verbose:
-            print(" ".join(full))
+            print(shown)
         log = lib.with_name(lib.name + ".log")
         log.write_text(proc.stdout + proc.stderr)
-        lib.with_name(lib.name + ".cmd").write_text(" ".join(full) + "\n")  # which flags made it
+        lib.with_name(lib.name + ".cmd").write_text(shown + "\n")  # which flags (and environment) made it
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # on disk before it has its name: a crash leaves no truncated library under the key
+        finally:
+            os.close(fd)
         os.replace(tmp, lib)
     return lib
 

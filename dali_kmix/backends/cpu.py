@@ -6,7 +6,12 @@ host build cache (:mod:`dali_kmix.backends.build`), then loaded with ctypes.
 
 Where no compiler is available (or the build fails) :func:`load` returns None
 after one warning, and :func:`dali_kmix.backends.backend_for` falls back to the
-NumPy reference (same results, several times slower).
+NumPy reference (same results, several times slower); the functions here then raise
+RuntimeError with the build's error. A cached library that does not load (truncated:
+a build cut short) is moved aside and built once more. What was asked for and cannot
+be had raises instead of falling back: a ``$DALI_KMIX_MARCH`` the compiler does not know
+or this processor cannot run, and an ASan build (``DALI_KMIX_SANITIZE=1``) in a process
+without the ASan runtime preloaded.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from .._checks import LAYOUTS, check_choice, dense_blend_samples, dense_samples, hwc_dims
-from .build import build_flags, compile_cached, compiler, numpy_random, sanitize_requested
+from .build import (build_flags, check_sanitizer_runtime, check_target, compile_cached, compiler, numpy_random,
+                    sanitize_requested)
 from .sources import kernels_dir
 
 __all__ = ["load", "build", "available", "compiler", "dmixup", "dcutmix", "mix", "nest_boxes", "grey_resize",
@@ -72,15 +78,42 @@ class _KmixList(ctypes.Structure):
                 ("type_name", ctypes.c_char_p)]
 
 
+#: Why :func:`load` found no library, per sanitize setting (the build's error), for the functions' errors.
+_unavailable: dict[bool, str] = {}
+
+
+def _fall_back(sanitize: bool, why) -> None:
+    _unavailable[sanitize] = str(why)
+    warnings.warn(f"dali_kmix: CPU kernels unavailable, using the NumPy reference instead ({why})",
+                  RuntimeWarning, stacklevel=4)
+
+
+def _move_aside(path: Path) -> None:
+    """Take a cached library that does not load out of the cache (to ``<name>.bad``), so the next build makes it."""
+    try:
+        os.replace(path, path.with_name(path.name + ".bad"))
+    except OSError:
+        path.unlink(missing_ok=True)
+
+
 @functools.lru_cache(maxsize=None)
 def _load(sanitize: bool):
-    try:
-        path = build(sanitize)
-    except (FileNotFoundError, RuntimeError, OSError) as exc:
-        warnings.warn(f"dali_kmix: CPU kernels unavailable, using the NumPy reference instead ({exc})",
-                      RuntimeWarning, stacklevel=3)
-        return None
-    lib = ctypes.CDLL(str(path))
+    check_target()  # an unknown DALI_KMIX_MARCH, or one this processor lacks: an error, no fall back
+    for attempt in (1, 2):
+        try:
+            path = build(sanitize)
+        except (FileNotFoundError, RuntimeError, OSError) as exc:
+            return _fall_back(sanitize, exc)
+        if sanitize:
+            check_sanitizer_runtime()  # loaded without it, the library would end the process
+        try:
+            lib = ctypes.CDLL(str(path))
+            break
+        except OSError as exc:  # e.g. "file too short": a build cut short, left in the cache
+            if attempt == 2:
+                return _fall_back(sanitize, f"{path} does not load, even built again: {exc}")
+            _move_aside(path)
+    _unavailable.pop(sanitize, None)
     lib.kmix_host_dmixup.argtypes = [_I, _P, _P, _P, _P, _I, _I, _L, _I, _I, _I]
     lib.kmix_host_dcutmix.argtypes = [_I, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _I, _I, _I]
     lib.kmix_host_mix.argtypes = [_I, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _I, _I, _I]
@@ -134,6 +167,15 @@ def load():
     return _load(sanitize_requested())
 
 
+def _lib():
+    """The loaded library; RuntimeError with the build's error where there is none."""
+    lib = load()
+    if lib is None:
+        why = _unavailable.get(sanitize_requested(), "no C++ compiler or a failed build")
+        raise RuntimeError(f"dali_kmix CPU kernels are not built: {why}")
+    return lib
+
+
 def available() -> bool:
     return load() is not None
 
@@ -184,7 +226,7 @@ def _c(a, dtype):
 
 def _launch(entry: str, result, *args):
     """Call C entry point ``entry`` with ``args`` and return ``result``; raises on a non-zero code."""
-    rc = getattr(load(), entry)(*args)
+    rc = getattr(_lib(), entry)(*args)
     if rc:
         raise RuntimeError(f"{entry} failed with code {rc}")
     return result
@@ -203,7 +245,8 @@ def dmixup(inputs, outputs, sources, weights, *, workers=None, block_threads=1, 
     pin, pout, inputs, one = _blend_ptrs(inputs, outputs)
     src, w = _c(sources, np.int32), _c(weights, np.float32)
     return _launch("kmix_host_dmixup", outputs, DTYPE_CODES[one.dtype], pin.ctypes.data, pout.ctypes.data,
-                   src.ctypes.data, w.ctypes.data, n, src.shape[1], one.size, *_threads(workers, block_threads, reverse))
+                   src.ctypes.data, w.ctypes.data, n, src.shape[1], one.size,
+                   *_threads(workers, block_threads, reverse))
 
 
 def dcutmix(inputs, outputs, sources, boxes, layout, *, workers=None, block_threads=1, reverse=False):
@@ -276,7 +319,7 @@ def mix_normalize(inputs: np.ndarray, outputs: np.ndarray, sources, weights, box
 
 def norm_bands(dtype, height: int, width: int, channels: int) -> int:
     """How many bands of rows the fused launch cuts a sample into on the host (``kmix_host_norm_bands``)."""
-    return load().kmix_host_norm_bands(DTYPE_CODES[np.dtype(dtype)], height, width, channels)
+    return _lib().kmix_host_norm_bands(DTYPE_CODES[np.dtype(dtype)], height, width, channels)
 
 
 def nest_boxes(method, phi, uniforms, perms, mixed, height, width, *, centers=None, workers=1, reverse=False):
@@ -354,7 +397,7 @@ def dirichlet(alpha, gamma1, uniform) -> np.ndarray:
     alpha = _c(alpha, np.float64)
     rows, k = gamma1.shape
     phi = np.empty((rows, k), np.float64)
-    load().kmix_host_dirichlet(alpha.ctypes.data, k if alpha.ndim == 2 else 0, gamma1.ctypes.data, uniform.ctypes.data,
+    _lib().kmix_host_dirichlet(alpha.ctypes.data, k if alpha.ndim == 2 else 0, gamma1.ctypes.data, uniform.ctypes.data,
                                rows, k, phi.ctypes.data)
     return phi
 
@@ -364,7 +407,7 @@ def pcg64_raw(entropy, spawn, count: int) -> np.ndarray:
     generator of ``kernels/kmix_draw.h`` (``entropy`` and ``spawn`` as uint32 words)."""
     entropy, spawn = _c(entropy, np.uint32), _c(spawn, np.uint32)
     out = np.empty(count, np.uint64)
-    load().kmix_host_pcg64_raw(entropy.ctypes.data, entropy.size, spawn.ctypes.data, spawn.size, count,
+    _lib().kmix_host_pcg64_raw(entropy.ctypes.data, entropy.size, spawn.ctypes.data, spawn.size, count,
                                out.ctypes.data)
     return out
 
@@ -391,7 +434,7 @@ def draw_record(entropy, spawn, method: str, n: int, k: int, alpha, mode: str, p
     cut_a = _c(cutmix_alpha if cutmix_alpha is not None else alpha.reshape(-1)[:k], np.float64)
     v = None if valid is None else _c(valid, np.uint8)
     cut = ctypes.c_int(0)
-    rc = load().kmix_host_draw_record(entropy.ctypes.data, entropy.size, spawn.ctypes.data, spawn.size,
+    rc = _lib().kmix_host_draw_record(entropy.ctypes.data, entropy.size, spawn.ctypes.data, spawn.size,
                                       DRAW_METHODS[method], n, k, alpha.ctypes.data, int(alpha.ndim == 2),
                                       cut_a.ctypes.data, int(mode == "batch"), prob.ctypes.data, int(prob.size > 1),
                                       float(switch_prob), _addr(v), height, width, _addr(c), sources.ctypes.data,
@@ -418,7 +461,7 @@ def draw_record_from(gen: np.random.Generator, method: str, n: int, k: int, alph
     sources, weights, boxes = _record_out(n, k, method != "dmixup")
     cut = ctypes.c_int(0)
     with bg.lock:  # as every Generator method holds it while it draws
-        rc = load().kmix_host_draw_record_bitgen(handle, DRAW_METHODS[method], n, k, alpha.ctypes.data,
+        rc = _lib().kmix_host_draw_record_bitgen(handle, DRAW_METHODS[method], n, k, alpha.ctypes.data,
                                                  int(alpha.ndim == 2), int(mode == "batch"), prob.ctypes.data,
                                                  int(prob.size > 1), height, width, _addr(c), sources.ctypes.data,
                                                  weights.ctypes.data, _addr(boxes), ctypes.byref(cut))
@@ -436,7 +479,7 @@ def record_valid(params, height: int | None, width: int | None) -> bool:
         b, height, width = None, 0, 0
     if not (0 <= height < 2**31 and 0 <= width < 2**31):  # not an int of the check: validate decides
         return False
-    return bool(load().kmix_host_record_valid(src.ctypes.data, w.ctypes.data, _addr(b),
+    return bool(_lib().kmix_host_record_valid(src.ctypes.data, w.ctypes.data, _addr(b),
                                               src.shape[0], src.shape[1], height, width))
 
 
@@ -447,7 +490,7 @@ def mix_labels(labels: np.ndarray, params, num_classes: int, on, off):
     labels = _c(labels, np.int64)
     out = np.empty((params.n, num_classes), np.float32)
     src, w = params.sources, params.weights  # int32 / float32, C-contiguous (MixParams)
-    rc = load().kmix_host_mix_labels(labels.ctypes.data, labels.shape[0], src.ctypes.data, w.ctypes.data, params.n,
+    rc = _lib().kmix_host_mix_labels(labels.ctypes.data, labels.shape[0], src.ctypes.data, w.ctypes.data, params.n,
                                      params.k, num_classes, on, off, out.ctypes.data)
     return None if rc else out
 
@@ -455,14 +498,14 @@ def mix_labels(labels: np.ndarray, params, num_classes: int, on, off):
 def half_to_float(bits: np.ndarray) -> np.ndarray:
     bits = _c(bits, np.uint16)
     out = np.empty(bits.shape, np.float32)
-    load().kmix_host_half_to_float(bits.ctypes.data, out.ctypes.data, bits.size)
+    _lib().kmix_host_half_to_float(bits.ctypes.data, out.ctypes.data, bits.size)
     return out
 
 
 def float_to_half(values: np.ndarray) -> np.ndarray:
     values = _c(values, np.float32)
     out = np.empty(values.shape, np.uint16)
-    load().kmix_host_float_to_half(values.ctypes.data, out.ctypes.data, values.size)
+    _lib().kmix_host_float_to_half(values.ctypes.data, out.ctypes.data, values.size)
     return out
 
 
@@ -472,7 +515,7 @@ def float_to_half(values: np.ndarray) -> np.ndarray:
 def launch_config(kernel: str, n: int, height: int, width: int, channels: int, layout: str) -> tuple[int, int, int]:
     """``(grid.x, grid.y, block.x)`` of kernels/kmix_launch.h for ``kernel`` ("dmixup", "dcutmix", "mix")."""
     cfg = np.zeros(3, np.uint32)
-    load().kmix_host_launch_config(KERNEL_CODES[kernel], n, height, width, channels, LAYOUT_CODES[layout],
+    _lib().kmix_host_launch_config(KERNEL_CODES[kernel], n, height, width, channels, LAYOUT_CODES[layout],
                                    cfg.ctypes.data)
     return tuple(int(v) for v in cfg)
 
@@ -480,7 +523,7 @@ def launch_config(kernel: str, n: int, height: int, width: int, channels: int, l
 def host_dcutmix_shape(dtype, k: int, height: int, width: int, channels: int, layout: str) -> tuple[int, bool]:
     """``(chunks of a sample, samples first)`` of a host DCutMix launch (kernels/kmix_host.cpp): deep float32
     nestings cut a sample into more chunks and run the same chunk of every sample before the next."""
-    lib = load()
+    lib = _lib()
     code = DTYPE_CODES[np.dtype(dtype)]
     chunks = lib.kmix_host_dcutmix_chunks(code, k, height, width, channels, LAYOUT_CODES[layout])
     return int(chunks), bool(lib.kmix_host_dcutmix_samples_first(code, k))
@@ -491,7 +534,7 @@ def launch_cover(kernel: str, n: int, height: int, width: int, channels: int, la
     sample's elements and rows exactly, how often each sample is visited, and the largest element offset reached."""
     visits = np.zeros(max(n, 0), np.int32)
     last = ctypes.c_longlong(0)
-    rc = load().kmix_host_launch_cover(KERNEL_CODES[kernel], n, height, width, channels, LAYOUT_CODES[layout],
+    rc = _lib().kmix_host_launch_cover(KERNEL_CODES[kernel], n, height, width, channels, LAYOUT_CODES[layout],
                                        visits.ctypes.data, ctypes.addressof(last))
     return rc == 0, visits, last.value
 
@@ -533,6 +576,6 @@ def validate_record(method: str, images, sources, weights=None, boxes=None, cut=
         keep.append(alive)
         lists.append(ctypes.pointer(lst))
     msg = ctypes.create_string_buffer(1024)
-    load().kmix_host_validate_record(METHOD_CODES[method], layout.encode(), found_layout.encode(), *lists, msg,
+    _lib().kmix_host_validate_record(METHOD_CODES[method], layout.encode(), found_layout.encode(), *lists, msg,
                                      len(msg))
     return msg.value.decode()

@@ -52,7 +52,6 @@ CuPy kernel. A :class:`Launch` holds everything it points into for as long as it
 from __future__ import annotations
 
 import functools
-import os
 
 import numpy as np
 
@@ -87,10 +86,9 @@ def target_arch(compute_capability, supported) -> str:
 def device_arch(device_id: int | None = None) -> str:
     """:func:`target_arch` of CUDA device ``device_id`` (default: the current one)."""
     import cupy
-    from cupy.cuda import nvrtc
 
     dev = cupy.cuda.Device(device_id) if device_id is not None else cupy.cuda.Device()
-    return target_arch(dev.compute_capability, nvrtc.getSupportedArchs())
+    return target_arch(dev.compute_capability, sources.nvrtc_supported_archs())  # under the NVRTC lock
 
 
 class KernelModule:
@@ -139,7 +137,9 @@ def configure_allocator() -> bool:
     block is not reported. Applied once per process, before the first kernel is loaded (the test
     suite's conftest applies it at start-up, before any array is made).
     """
-    if os.environ.get(NO_POOL_ENV, "") in ("", "0"):
+    from .build import env_flag
+
+    if not env_flag(NO_POOL_ENV):
         return False
     import cupy
 

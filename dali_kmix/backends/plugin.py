@@ -11,10 +11,11 @@ into DALI's output buffer. Both backends share one schema and one set of checks
 labels are still drawn in Python.
 
 Build (cached under a key over every source and header, the flags, the compilers' versions and
-DALI's version; see :func:`dali_kmix.backends.build.compile_cached`):
+DALI's version and CUDA version; see :func:`dali_kmix.backends.build.compile_cached`):
 
 1. with a CUDA toolchain (:func:`cuda_toolchain`: ``$CUDA_HOME``/``$CUDA_PATH``, ``nvcc`` on
-   PATH, or the pip CUDA compiler package of DALI's CUDA major version), nvcc compiles
+   PATH, or the pip CUDA compiler package of DALI's CUDA major version; an nvcc of another CUDA
+   major version than DALI's is passed over with a warning), nvcc compiles
    ``kernels/kmix_gpu_launch.cu`` (the kernels of ``kmix_blend.cu`` and their launches) with the
    floating-point options of :data:`dali_kmix.backends.sources.FP_OPTIONS` for :data:`GPU_ARCHS`
    plus PTX for newer devices;
@@ -25,7 +26,9 @@ Without nvcc the CPU-only plugin is built, after one warning (:class:`NoGpuBacke
 naming what is missing; GPU pipelines then blend in ``python_function`` with CuPy. Where the
 plugin cannot be built at all, :func:`load` warns once and returns False, and the operators fall
 back to ``python_function`` (same results). ``DALI_KMIX_PLUGIN=0`` turns the plugin off; with
-``DALI_KMIX_SANITIZE=1`` the CPU-only plugin is built with AddressSanitizer and UBSan.
+``DALI_KMIX_SANITIZE=1`` the CPU-only plugin is built with AddressSanitizer and UBSan (and loaded only
+into a process with the ASan runtime preloaded). A ``$DALI_KMIX_MARCH`` the compiler does not know,
+or one this processor cannot run, is an error here as for the CPU kernels, not a fall back.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from . import cpu
-from .build import build_flags, compile_cached, compiler, numpy_random, tool_version
+from .build import (build_flags, check_sanitizer_runtime, check_target, compile_cached, compiler, env_flag,
+                    numpy_random, tool_version)
 from .sources import FP_OPTIONS, cuda_include_dirs, kernels_dir
 
 __all__ = ["build", "load", "enabled", "gpu_backend", "draw_operator", "expose_to_dynamic_mode", "cuda_toolchain",
@@ -73,8 +77,9 @@ class CudaToolchain(NamedTuple):
 
 
 def enabled() -> bool:
-    """False when ``DALI_KMIX_PLUGIN`` is set to 0 (or empty), else True."""
-    return os.environ.get("DALI_KMIX_PLUGIN", "1").strip() not in ("0", "")
+    """False when ``DALI_KMIX_PLUGIN`` is a no (0, false, no, off), True when unset, empty or a yes; ValueError
+    for any other value (:func:`dali_kmix.backends.build.env_flag`)."""
+    return env_flag("DALI_KMIX_PLUGIN", default=True)
 
 
 def _dali_flags() -> tuple[list[str], list[str], str]:
@@ -104,8 +109,13 @@ def _dali_cuda_major() -> str | None:
 def _nvcc_candidates() -> list[Path]:
     out = []
     for var in ("CUDA_HOME", "CUDA_PATH"):
-        if os.environ.get(var):
-            out.append(Path(os.environ[var]) / "bin" / "nvcc")
+        value = os.environ.get(var, "").strip()
+        if value:
+            nvcc = Path(value) / "bin" / "nvcc"
+            if not nvcc.is_file():
+                warnings.warn(f"dali_kmix: {var}={value!r} has no bin/nvcc; looking for nvcc elsewhere",
+                              RuntimeWarning, stacklevel=3)
+            out.append(nvcc)
     if shutil.which("nvcc"):
         out.append(Path(shutil.which("nvcc")))
     major = _dali_cuda_major()
@@ -114,6 +124,12 @@ def _nvcc_candidates() -> list[Path]:
         out += [base / f"cu{major}" / "bin" / "nvcc"] if major else []
         out += [base / "cuda_nvcc" / "bin" / "nvcc"]
     return out
+
+
+def _nvcc_release(nvcc: Path) -> str | None:
+    """The CUDA version of an nvcc ("13.0", from ``nvcc --version``), or None where it does not say."""
+    m = re.search(r"release (\d+\.\d+)", tool_version(str(nvcc)))
+    return m.group(1) if m else None
 
 
 def _toolkit_root(nvcc: Path) -> Path:
@@ -150,8 +166,18 @@ def _cudart(root: Path) -> Path | None:
 def cuda_toolchain() -> tuple[CudaToolchain | None, str]:
     """``(toolchain, "")`` when nvcc, the CUDA headers and the CUDA runtime are found, else
     ``(None, what is missing)``."""
-    looked = _nvcc_candidates()
-    nvcc = next((p for p in looked if p.is_file() and os.access(p, os.X_OK)), None)
+    major = _dali_cuda_major()
+    nvcc = None
+    for cand in _nvcc_candidates():
+        if not (cand.is_file() and os.access(cand, os.X_OK)):
+            continue
+        release = _nvcc_release(cand)
+        if major and release and release.split(".")[0] != major:
+            warnings.warn(f"dali_kmix: passing over {cand}: it is CUDA {release}, and DALI is built for CUDA {major}",
+                          RuntimeWarning, stacklevel=2)
+            continue
+        nvcc = cand
+        break
     if nvcc is None:
         places = "$CUDA_HOME/bin, $CUDA_PATH/bin, PATH, pip's nvidia-cuda-nvcc"
         return None, f"nvcc not found (looked in {places})"
@@ -171,9 +197,20 @@ def nvcc_flags() -> list[str]:
     """nvcc's options for ``kmix_gpu_launch.cu``: the FP options of the NVRTC path, :data:`GPU_ARCHS` plus PTX."""
     gencode = [f"-gencode=arch=compute_{a[3:]},code={a}" for a in GPU_ARCHS]
     gencode.append(f"-gencode=arch={PTX_ARCH},code={PTX_ARCH}")
-    cxx = compiler()
-    return ["-c", "-std=c++17", *FP_OPTIONS, "-O3", *(["-ccbin", cxx] if cxx else []),
+    return ["-c", "-std=c++17", *FP_OPTIONS, "-O3", *_host_compiler_flags(),
             "-Xcompiler=-fPIC,-fvisibility=hidden,-Wall,-Wextra", *gencode, f"-I{kernels_dir()}"]
+
+
+def _host_compiler_flags() -> list[str]:
+    """nvcc's host compiler: ``-ccbin`` with the compiler of :func:`~dali_kmix.backends.build.compiler` (nvcc runs
+    one executable: of a ``$CXX`` such as ``ccache g++``, the last word that is a program, behind the launcher), and
+    the words of ``$CXX`` after it through ``-Xcompiler``."""
+    cxx = compiler()
+    if not cxx:
+        return []
+    at = max((i for i, w in enumerate(cxx) if not w.startswith("-") and shutil.which(w)), default=0)
+    exe, rest = shutil.which(cxx[at]) or cxx[at], cxx[at + 1:]
+    return ["-ccbin", exe, *([f"-Xcompiler={','.join(rest)}"] if rest else [])]
 
 
 def _announce(what: str):
@@ -191,7 +228,7 @@ def _build_gpu_object(tc: CudaToolchain, say, verbose: bool) -> Path:
     src_dir = kernels_dir()
     return compile_cached("kmix_gpu_launch.o", [src_dir / "kmix_gpu_launch.cu"], nvcc_flags(),
                           inputs=[src_dir / n for n in GPU_SOURCES], compiler_cmd=tc.nvcc,
-                          key_extra=f"host compiler {tool_version(compiler() or '')}", verbose=verbose,
+                          key_extra=f"host compiler {tool_version(compiler() or [])}", verbose=verbose,
                           what="the GPU backend of the dali_kmix DALI plugin (nvcc)", announce=say)
 
 
@@ -281,20 +318,28 @@ def build(verbose: bool = False, gpu: bool | None = None) -> Path:
         include, extra, libs = cuda[0], [], []
     name = "libkmix_dali_asan.so" if sanitize else "libkmix_dali.so"
     # GCC 12 reports -Wfree-nonheap-object inside DALI's SmallVector (a false positive in its headers).
-    quiet = ["-Wno-free-nonheap-object"] if "clang" not in tool_version(compiler() or "").lower() else []
+    quiet = ["-Wno-free-nonheap-object"] if "clang" not in tool_version(compiler() or []).lower() else []
     flags = ["-std=c++20", *[f for f in base if f != "-std=c++17"], *quiet, "-fvisibility=hidden", f"-I{src_dir}",
              *compile_flags, f"-isystem{include}", *extra]
     np_flags, np_libs, np_inputs = numpy_random()
     flags += np_flags
     sources = [src_dir / "kmix_dali_op.cpp", src_dir / "kmix_host.cpp"]
     inputs = [src_dir / n for n in SOURCES] + ([Path(obj)] if obj else []) + np_inputs
+    import nvidia.dali as dali
+
     return compile_cached(name, sources, flags, libs=libs + np_libs + link_flags, inputs=inputs,
-                          key_extra=f"dali {version}", verbose=verbose,
+                          key_extra=f"dali {version} cuda {getattr(dali, '__cuda_version__', 'unknown')}",
+                          verbose=verbose,
                           what="the dali_kmix DALI plugin", announce=say)
 
 
 @functools.lru_cache(maxsize=None)
 def _load() -> bool:
+    # what was asked for and cannot be had is an error, not a fall back: a DALI_KMIX_MARCH the compiler does not know
+    # or this processor cannot run, an ASan build without the ASan runtime (it would end the process)
+    check_target()
+    if "-fsanitize=address,undefined" in build_flags():
+        check_sanitizer_runtime()
     try:
         import nvidia.dali.plugin_manager as plugin_manager
 

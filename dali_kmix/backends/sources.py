@@ -1,13 +1,15 @@
 """The CUDA C sources in ``kernels/``: where they are, how they are read, and how they compile.
 
-One cached loader reads a ``.cu`` file and prefixes a ``#line`` directive, so a
+One loader reads a ``.cu`` file and prefixes a ``#line`` directive, so a
 compiler error (NVRTC, nvcc or g++) names the real file and line.
 
 One function, :func:`compile_nvrtc`, compiles a kernel source with NVRTC's program
 API and the options of :func:`nvrtc_options`; the GPU loader
 (:mod:`dali_kmix.backends.gpu`, through the disk cache :func:`compile_cached`) and
 the compile gate (:func:`compile_with_nvrtc`) that CI runs on machines without a
-GPU both go through it, so what is checked is what runs. CuPy's own compile path
+GPU both go through it, so what is checked is what runs. NVRTC is handed the source and
+every header it includes as read once (:func:`read_program`): the disk cache's key is
+made of exactly that text. One NVRTC compile runs at a time in a process. CuPy's own compile path
 (``RawModule(code=...)``) is not used: it appends ``-ftz=true`` after the caller's
 options (cupy/cupy#9576), which flushes float32 subnormals and breaks bit-exactness
 with the host build and the NumPy reference.
@@ -24,12 +26,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
 __all__ = [
-    "KernelCompileError", "kernels_dir", "read_source", "cuda_include_dirs", "nvrtc_options",
+    "KernelCompileError", "kernels_dir", "read_source", "read_program", "Program", "cuda_include_dirs", "nvrtc_options",
     "DEVICE_SOURCES", "NAME_EXPRESSIONS", "FP_OPTIONS", "Compiled", "source_files", "nvrtc_version",
+    "nvrtc_supported_archs",
     "compile_nvrtc", "cache_key", "compile_cached", "compile_with_nvrtc", "compile_with_nvcc",
 ]
 
@@ -84,12 +89,14 @@ def kernels_dir() -> Path:
     raise FileNotFoundError("dali_kmix kernel sources not found (expected package data dali_kmix/kernels/*.cu)")
 
 
-@functools.lru_cache(maxsize=None)
-def read_source(name: str) -> str:
-    """Source text of ``kernels/<name>``, starting with ``#line 1 "<absolute path>"``."""
-    path = kernels_dir() / name
-    text = path.read_text()
+def _with_line(path: Path, text: str) -> str:
     return f'#line 1 "{path.as_posix()}"\n{text}'
+
+
+def read_source(name: str) -> str:
+    """Source text of ``kernels/<name>`` as it is now, starting with ``#line 1 "<absolute path>"``."""
+    path = kernels_dir() / name
+    return _with_line(path, path.read_text())
 
 
 @functools.lru_cache(maxsize=None)
@@ -135,32 +142,67 @@ def nvrtc_options(arch: str) -> tuple[str, ...]:
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.MULTILINE)
 
 
-def source_files(name: str) -> tuple[Path, ...]:
-    """``kernels/<name>`` and every file it includes with ``#include "..."``, recursively.
+class Program(NamedTuple):
+    """One kernel source as NVRTC is handed it: the text and every header it includes, each read once."""
+
+    name: str
+    source: str              #: :func:`read_source`'s text
+    headers: tuple           #: ``(include name, text)`` of each ``#include "..."`` reached, the text ``#line``-prefixed
+    files: tuple             #: the files read: the source, then the headers
+
+
+def read_program(name: str) -> Program:
+    """``kernels/<name>`` and every file it includes with ``#include "..."``, recursively, each read once.
 
     Includes are resolved in :func:`kernels_dir` (as ``-I`` does); ``<...>`` system
     headers are left out (the NVRTC version stands for them in :func:`cache_key`).
     Conditional includes count too: a key may change more often than needed, never less.
     """
     root = kernels_dir()
-    out, todo = [], [(root / name).resolve()]
+    main = (root / name).resolve()
+    texts = {main: main.read_text()}
+    headers, files, todo = [], [main], [main]
     while todo:
         path = todo.pop(0)
-        if path in out:
-            continue
-        out.append(path)
-        for inc in _INCLUDE.findall(path.read_text()):
+        for inc in _INCLUDE.findall(texts[path]):
             for cand in (path.parent / inc, root / inc):
                 if cand.is_file():
-                    todo.append(cand.resolve())
+                    cand = cand.resolve()
+                    if cand not in texts:
+                        texts[cand] = cand.read_text()
+                        files.append(cand)
+                        todo.append(cand)
+                    if inc not in (h[0] for h in headers):
+                        headers.append((inc, _with_line(cand, texts[cand])))
                     break
-    return tuple(out)
+    return Program(name, _with_line(root / name, texts[main]), tuple(headers), tuple(files))
 
 
+def source_files(name: str) -> tuple[Path, ...]:
+    """``kernels/<name>`` and every file it includes with ``#include "..."``, recursively (:func:`read_program`)."""
+    return read_program(name).files
+
+
+#: One NVRTC call at a time in a process: the first compile loads libnvrtc-builtins, which fails
+#: (NVRTC_ERROR_BUILTIN_OPERATION_FAILURE) when another thread compiles or asks NVRTC anything meanwhile, even its
+#: version. Every NVRTC call here holds it; :func:`compile_cached` holds it from its cache look-up to its cache write.
+_NVRTC_LOCK = threading.RLock()
+
+
+@functools.lru_cache(maxsize=None)
 def nvrtc_version() -> tuple[int, int]:
     from cupy.cuda import nvrtc
 
-    return tuple(nvrtc.getVersion())
+    with _NVRTC_LOCK:
+        return tuple(nvrtc.getVersion())
+
+
+def nvrtc_supported_archs() -> tuple[int, ...]:
+    """``nvrtc.getSupportedArchs()`` (the compute capabilities NVRTC compiles for), under the NVRTC lock."""
+    from cupy.cuda import nvrtc
+
+    with _NVRTC_LOCK:
+        return tuple(nvrtc.getSupportedArchs())
 
 
 class Compiled(NamedTuple):
@@ -173,18 +215,25 @@ class Compiled(NamedTuple):
     options: tuple
 
 
-def compile_nvrtc(name: str, arch: str) -> Compiled:
+def compile_nvrtc(name: str, arch: str, program: Program | None = None) -> Compiled:
     """Compile ``kernels/<name>`` with NVRTC's program API for ``arch``, without touching a GPU.
 
     ``arch`` "sm_XY" gives a cubin, "compute_XY" gives PTX. The options are
-    :func:`nvrtc_options` and nothing else. Raises KernelCompileError with the full log
-    on failure.
+    :func:`nvrtc_options` and nothing else. NVRTC is handed the text of ``program``
+    (default: :func:`read_program` now) with its headers, so it reads no kernel file itself.
+    Raises KernelCompileError with the full log on failure.
     """
+    with _NVRTC_LOCK:
+        return _compile_nvrtc(name, arch, program or read_program(name))
+
+
+def _compile_nvrtc(name: str, arch: str, program: Program) -> Compiled:
     from cupy.cuda import nvrtc
 
     opts = nvrtc_options(arch)
     exprs = NAME_EXPRESSIONS.get(name, ())
-    prog = nvrtc.createProgram(read_source(name), name, [], [])
+    prog = nvrtc.createProgram(program.source, name, [text.encode() for _, text in program.headers],
+                               [inc.encode() for inc, _ in program.headers])
     try:
         for expr in exprs:
             nvrtc.addNameExpression(prog, expr)
@@ -206,42 +255,70 @@ def compile_with_nvrtc(name: str, arch: str) -> bytes:
     return compile_nvrtc(name, arch).image
 
 
-def cache_key(name: str, arch: str) -> str:
-    """Hash of the source with every header it includes, the options, NVRTC's version and ``arch``."""
+def cache_key(name: str, arch: str, program: Program | None = None) -> str:
+    """Hash of the text NVRTC is handed (``program``, default :func:`read_program` now: the source and every header
+    it includes), the options, NVRTC's version and ``arch``."""
+    program = program or read_program(name)
     h = hashlib.sha256()
-    for path in source_files(name):
-        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    for inc, text in ((program.name, program.source), *program.headers):
+        h.update(inc.encode() + b"\0" + text.encode() + b"\0")
     h.update("\0".join(nvrtc_options(arch)).encode())
     h.update(repr(nvrtc_version()).encode())
     h.update(arch.encode())
     return h.hexdigest()
 
 
+_unwritable: set = set()
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """``data`` into ``path``: written to a temporary file of its own beside it, flushed to disk, then renamed."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def compile_cached(name: str, arch: str) -> Compiled:
     """:func:`compile_nvrtc`, kept on disk under ``<cache_dir>/nvrtc/<key>/`` (see :func:`cache_key`).
 
-    The image and its lowered names appear atomically (written aside, then renamed),
-    so concurrent first uses at worst compile twice.
+    The key is made of the very text NVRTC compiles (read once, :func:`read_program`). Threads
+    compile one at a time and once (the first one's result is in the cache for the others);
+    the image and its lowered names appear atomically (temporary files of their own, then
+    renamed), so concurrent processes at worst compile twice. A cache folder that cannot be
+    written costs one warning that names ``DALI_KMIX_CACHE``; the compiled kernels are used.
     """
     from .build import cache_dir
 
-    key = cache_key(name, arch)
+    program = read_program(name)
+    key = cache_key(name, arch, program)
     folder = cache_dir() / "nvrtc" / key[:24]
     stem = Path(name).stem
     kind = "cubin" if arch.startswith("sm_") else "ptx"
     image_path, names_path = folder / f"{stem}.{kind}", folder / f"{stem}.json"
-    if image_path.is_file() and names_path.is_file():
-        meta = json.loads(names_path.read_text())
-        if meta.get("key") == key:
-            return Compiled(image_path.read_bytes(), kind, meta["lowered"], arch, tuple(meta["options"]))
-    out = compile_nvrtc(name, arch)
-    folder.mkdir(parents=True, exist_ok=True)
-    for path, data in ((image_path, out.image),
-                       (names_path, json.dumps({"key": key, "lowered": out.lowered,
-                                                "options": list(out.options)}).encode())):
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+    with _NVRTC_LOCK:
+        if image_path.is_file() and names_path.is_file():
+            meta = json.loads(names_path.read_text())
+            if meta.get("key") == key:
+                return Compiled(image_path.read_bytes(), kind, meta["lowered"], arch, tuple(meta["options"]))
+        out = compile_nvrtc(name, arch, program=program)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            _write_atomically(image_path, out.image)
+            _write_atomically(names_path, json.dumps({"key": key, "lowered": out.lowered,
+                                                      "options": list(out.options)}).encode())
+        except OSError as exc:
+            if str(folder.parent) not in _unwritable:
+                _unwritable.add(str(folder.parent))
+                warnings.warn(f"dali_kmix: the kernel cache {folder.parent} cannot be written ({exc}); the kernels "
+                              f"compiled now are used, and compiled again by the next process. Set DALI_KMIX_CACHE "
+                              f"to a writable folder", RuntimeWarning, stacklevel=2)
     return out
 
 
