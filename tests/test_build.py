@@ -7,7 +7,6 @@ import os
 import platform
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -411,57 +410,6 @@ def test_a_library_is_synced_to_disk_before_it_appears(cache, monkeypatch):
 
 
 # --------------------------------------------------------------------------- the DALI plugin's CUDA toolchain
-
-
-def _toolkit(root, release):
-    """A CUDA toolkit folder whose nvcc reports ``release`` (``nvcc --version``) and its TOP."""
-    (root / "bin").mkdir(parents=True)
-    (root / "bin" / "nvcc").write_text(
-        f'#!/bin/sh\nif [ "$1" = --version ]; then echo "Cuda compilation tools, release {release}, V{release}.1"; '
-        f"exit 0; fi\necho '#$ TOP={root}/bin/..' >&2\n")
-    (root / "bin" / "nvcc").chmod(0o755)
-    (root / "include" / "crt").mkdir(parents=True)
-    (root / "include" / "cuda_runtime_api.h").write_text("")
-    (root / "include" / "crt" / "host_config.h").write_text("")
-    (root / "lib64").mkdir()
-    (root / "lib64" / "libcudart.so").write_text("")
-    return root.resolve()
-
-
-@pytest.fixture()
-def toolchain_env(tmp_path, monkeypatch):
-    """No CUDA toolchain anywhere but where the test puts one; DALI built for CUDA 13."""
-    from dali_kmix.backends import plugin
-
-    monkeypatch.delenv("CUDA_HOME", raising=False)
-    monkeypatch.delenv("CUDA_PATH", raising=False)
-    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    monkeypatch.setattr(sys, "path", [str(tmp_path / "site")])
-    monkeypatch.setattr(plugin, "_dali_cuda_major", lambda: "13")
-    plugin.cuda_toolchain.cache_clear()
-    yield tmp_path
-    plugin.cuda_toolchain.cache_clear()
-
-
-def test_an_nvcc_of_another_cuda_major_than_dalis_is_skipped_with_a_warning(toolchain_env, monkeypatch):
-    from dali_kmix.backends import plugin
-
-    old, new = _toolkit(toolchain_env / "cuda-12.4", "12.4"), _toolkit(toolchain_env / "cuda-13.0", "13.0")
-    monkeypatch.setenv("CUDA_HOME", str(old))
-    monkeypatch.setenv("CUDA_PATH", str(new))
-    with pytest.warns(RuntimeWarning, match=r"cuda-12.4/bin/nvcc: it is CUDA 12.4, and DALI is built for CUDA 13"):
-        tc, missing = plugin.cuda_toolchain()
-    assert missing == "" and tc.nvcc == str(new / "bin" / "nvcc")
-
-
-def test_a_cuda_home_without_nvcc_is_named_in_a_warning(toolchain_env, monkeypatch):
-    from dali_kmix.backends import plugin
-
-    (toolchain_env / "not-cuda").mkdir()
-    monkeypatch.setenv("CUDA_HOME", str(toolchain_env / "not-cuda"))
-    with pytest.warns(RuntimeWarning, match=r"CUDA_HOME='.*not-cuda' has no bin/nvcc"):
-        tc, missing = plugin.cuda_toolchain()
-    assert tc is None and missing.startswith("nvcc not found")
 
 
 def test_the_plugin_key_names_dalis_cuda_version(monkeypatch):

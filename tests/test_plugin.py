@@ -770,11 +770,14 @@ def test_fused_normalisation_names_bad_arguments(name):
 # --------------------------------------------------------------------------- how the plugin is built
 
 
-def _fake_toolkit(root, *, nvcc=True, headers=True, cudart=True):
-    """A CUDA toolkit folder that holds what cuda_toolchain looks for (an nvcc that reports its TOP)."""
+def _fake_toolkit(root, *, nvcc=True, headers=True, cudart=True, release=None):
+    """A CUDA toolkit folder that holds what cuda_toolchain looks for (an nvcc that reports its TOP, and with
+    ``release`` its version, as ``nvcc --version`` prints it)."""
     (root / "bin").mkdir(parents=True)
     if nvcc:
-        (root / "bin" / "nvcc").write_text(f"#!/bin/sh\necho '#$ TOP={root}/bin/..' >&2\n")
+        version = (f'if [ "$1" = --version ]; then echo "Cuda compilation tools, release {release}, '
+                   f'V{release}.1"; exit 0; fi\n') if release else ""
+        (root / "bin" / "nvcc").write_text(f"#!/bin/sh\n{version}echo '#$ TOP={root}/bin/..' >&2\n")
         (root / "bin" / "nvcc").chmod(0o755)
     if headers:
         (root / "include" / "crt").mkdir(parents=True)
@@ -797,6 +800,23 @@ def toolchain_env(tmp_path, monkeypatch):
     plugin.cuda_toolchain.cache_clear()
     yield tmp_path
     plugin.cuda_toolchain.cache_clear()
+
+
+def test_an_nvcc_of_another_cuda_major_than_dalis_is_skipped_with_a_warning(toolchain_env, monkeypatch):
+    old, new = (_fake_toolkit(toolchain_env / f"cuda-{r}", release=r).resolve() for r in ("12.4", "13.0"))
+    monkeypatch.setenv("CUDA_HOME", str(old))
+    monkeypatch.setenv("CUDA_PATH", str(new))
+    with pytest.warns(RuntimeWarning, match=r"cuda-12.4/bin/nvcc: it is CUDA 12.4, and DALI is built for CUDA 13"):
+        tc, missing = plugin.cuda_toolchain()
+    assert missing == "" and tc.nvcc == str(new / "bin" / "nvcc")
+
+
+def test_a_cuda_home_without_nvcc_is_named_in_a_warning(toolchain_env, monkeypatch):
+    (toolchain_env / "not-cuda").mkdir()
+    monkeypatch.setenv("CUDA_HOME", str(toolchain_env / "not-cuda"))
+    with pytest.warns(RuntimeWarning, match=r"CUDA_HOME='.*not-cuda' has no bin/nvcc"):
+        tc, missing = plugin.cuda_toolchain()
+    assert tc is None and missing.startswith("nvcc not found")
 
 
 def test_the_toolchain_is_found_under_cuda_home_with_what_it_lacks_named(toolchain_env, monkeypatch):
