@@ -387,14 +387,14 @@ def _is_default(value, default) -> bool:
 _MIX_ARGS = dict(alpha=1.0, prob=1.0, mode="sample", smoothing=0.0, mix_on="uint8", mixup_off_epoch=None,
                  cutmix_alpha=None, switch_prob=0.5)
 #: Those only ``mix="dmixup+dcutmix"`` uses.
-_SWITCH_ARGS = dict(cutmix_alpha=None, switch_prob=0.5)
+_SWITCH_ARGS = {name: _MIX_ARGS[name] for name in ("cutmix_alpha", "switch_prob")}
 
 
 def _refuse_unused(mix, given: dict):
     """ValueError for an argument given another value than its default where ``mix`` makes it do nothing."""
-    unused, why = (_MIX_ARGS, "no mixing") if mix is None else (_SWITCH_ARGS, "only 'dmixup+dcutmix' uses it")
     if mix == _checks.SWITCH:
         return
+    unused, why = (_MIX_ARGS, "no mixing") if mix is None else (_SWITCH_ARGS, "only 'dmixup+dcutmix' uses it")
     for name, default in unused.items():
         if not _is_default(given[name], default):
             hint = "; for smoothed one-hot targets pass it to DALIMixIterator" if name == "smoothing" else ""

@@ -36,6 +36,11 @@ WEIGHT_ATOL = 1e-5
 _xp = _checks.array_module
 
 
+def _first(mask) -> tuple[int, ...]:
+    """The index of the first True of a boolean NumPy or CuPy array (C order), as Python ints."""
+    return tuple(int(i) for i in np.unravel_index(int(_xp(mask).argmax(mask.ravel())), mask.shape))
+
+
 def _as(a, dtype, name):
     if a is None:
         return None
@@ -53,9 +58,8 @@ def _as(a, dtype, name):
         if arr.dtype.kind not in "iu":
             raise TypeError(f"{name} must have an integer dtype (int32), got {arr.dtype}")
         if arr.size and (int(arr.min()) < np.iinfo(np.int32).min or int(arr.max()) > np.iinfo(np.int32).max):
-            xp = _xp(arr)
             bad = (arr < np.iinfo(np.int32).min) | (arr > np.iinfo(np.int32).max)
-            at = tuple(int(i) for i in np.unravel_index(int(xp.argmax(bad.ravel())), arr.shape))
+            at = _first(bad)
             raise ValueError(f"{name} has values outside the int32 range: {name}[{', '.join(map(str, at))}] = "
                              f"{int(arr[at])}")
     elif arr.dtype.kind not in "fiu":
@@ -157,7 +161,7 @@ class MixParams:
         y0, x0, y1, x1 = b[..., 0], b[..., 1], b[..., 2], b[..., 3]
         outside = (y0 < 0) | (x0 < 0) | (y1 > height) | (x1 > width) | (y1 < y0) | (x1 < x0)
         if bool(xp.any(outside)):
-            row, lvl = (int(i) for i in np.unravel_index(int(xp.argmax(outside.ravel())), outside.shape))
+            row, lvl = _first(outside)
             raise ValueError(
                 f"params.boxes must satisfy 0 <= y0 <= y1 <= H={height} and 0 <= x0 <= x1 <= W={width}; "
                 f"box {lvl} of sample {row} is {tuple(b[row, lvl].tolist())}"
@@ -167,7 +171,7 @@ class MixParams:
             nested = ((inner[..., 0] >= outer[..., 0]) & (inner[..., 1] >= outer[..., 1])
                       & (inner[..., 2] <= outer[..., 2]) & (inner[..., 3] <= outer[..., 3]))
             if not bool(xp.all(nested)):
-                row, lvl = (int(i) for i in np.unravel_index(int(xp.argmin(nested.ravel())), nested.shape))
+                row, lvl = _first(~nested)
                 raise ValueError(
                     f"params.boxes must be nested: box {lvl + 1} of sample {row} "
                     f"{b[row, lvl + 1].tolist()} is not inside box {lvl} {b[row, lvl].tolist()}"
@@ -201,14 +205,14 @@ class MixParams:
             )
         if n and (bool(xp.any(src < 0)) or bool(xp.any(src >= n))):
             out = (src < 0) | (src >= n)
-            row, col = (int(i) for i in np.unravel_index(int(xp.argmax(out.ravel())), out.shape))
+            row, col = _first(out)
             raise ValueError(f"params.sources must lie in [0, N={n}), got sources[{row}, {col}] = "
                              f"{int(src[row, col])}")
         w = self.weights
         if n:
             bad = ~xp.isfinite(w) | (w < 0)
             if bool(xp.any(bad)):
-                row, col = (int(i) for i in np.unravel_index(int(xp.argmax(bad.ravel())), bad.shape))
+                row, col = _first(bad)
                 raise ValueError(f"params.weights must be finite and >= 0, got weights[{row}, {col}] = "
                                  f"{float(w[row, col])}")
             err = xp.abs(w.astype(np.float64).sum(axis=1) - 1.0)

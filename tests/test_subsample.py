@@ -217,7 +217,7 @@ def test_score_batch_keeps_or_redraws_an_anchors_partners(partners):
     else:
         assert not all(np.array_equal(d, drawn[0]) for d in drawn)
     assert (losses.std(axis=1) > 0).all()
-    with pytest.raises(ValueError, match=r"partners must be one of \('fixed', 'redrawn'\), got 'same'"):
+    with pytest.raises(ValueError, match=r"partners must be one of \['fixed', 'redrawn'\], got 'same'"):
         score_batch(model, images, labels, num_classes=5, m=2, partners="same")
 
 

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 __all__ = ["Dist", "setup_distributed", "teardown_distributed", "atomic_write", "remove_stale_temporaries",
-           "UsageError"]
+           "UsageError", "check_device", "require_gpu"]
 
 
 class UsageError(ValueError):
@@ -41,6 +41,21 @@ def default_resize(crop: int, val_resize=None) -> int:
     return val_resize or max(crop, round(crop * 256 / 224))
 
 
+def check_device(device) -> str:
+    """An application's ``device`` (``--device``): "auto", "cpu" or "gpu"."""
+    if device not in ("auto", "cpu", "gpu"):
+        raise UsageError(f"device must be 'auto', 'cpu' or 'gpu', got {device!r}")
+    return device
+
+
+def require_gpu():
+    """UsageError unless the CUDA driver sees a device (DALI's GPU pipelines need no CuPy to run)."""
+    from ..backends import cuda_device_count
+
+    if not cuda_device_count():
+        raise UsageError("device='gpu' (--device gpu) but no CUDA device is available")
+
+
 def setup_distributed(device: str = "auto", threads: int | None = None) -> Dist:
     """Read torchrun's environment, pick the device, set torch's threads and join the process group.
 
@@ -51,8 +66,7 @@ def setup_distributed(device: str = "auto", threads: int | None = None) -> Dist:
     import torch
     import torch.distributed as dist
 
-    if device not in ("auto", "cpu", "gpu"):
-        raise UsageError(f"device must be 'auto', 'cpu' or 'gpu', got {device!r}")
+    check_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import _checks
 from ..pipelines import _read_by_dali, class_names, image_files, tree_files
-from .common import UsageError
+from .common import UsageError, require_gpu
 
 __all__ = ["PHOTOS", "make_photo_tree", "class_names", "image_files", "tree_files", "check_class_folders",
            "undecodable", "check_data", "FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES", "read_idx", "make_fashion_mnist_tree"]
@@ -117,8 +118,6 @@ def make_photo_tree(root, *, images_per_class: int = 12, size: int = 256, seed: 
     unless ``overwrite`` (so a mistyped path never deletes a user's files).
     """
     from PIL import Image
-
-    from .. import _checks
 
     root = Path(root)
     images_per_class = _checks.check_int("images_per_class", images_per_class, 1)
@@ -262,13 +261,6 @@ def undecodable(files, *, device: str = "cpu", threads: int | None = None, batch
     return bad
 
 
-def _require_gpu():
-    from ..backends import cuda_device_count
-
-    if not cuda_device_count():
-        raise UsageError("device='gpu' (--device gpu) but no CUDA device is available")
-
-
 def _decode_pipeline(batch_size: int, threads: int, gpu: bool):
     from nvidia.dali import Pipeline, fn, types
 
@@ -294,20 +286,18 @@ def check_data(data_dir, *, device: str = "cpu", threads: int | None = None, pro
     if not root.is_dir():
         raise NotADirectoryError(f"data folder {str(data_dir)!r} is not a folder")
     if device == "gpu":
-        _require_gpu()
+        require_gpu()
     splits = {"train": root / "train", "val": root / "val"}
     problems = []
     if any(p.is_dir() for p in splits.values()):  # a train/val tree, as kmix train --data reads it
         missing = [f"{split} folder {str(p)!r} does not exist" for split, p in splits.items() if not p.is_dir()]
-        if missing:
-            problems += missing
-            files = [f for p in splits.values() if p.is_dir() for f in tree_files(p)]
-        else:
+        problems += missing
+        if not missing:
             try:
                 check_class_folders(splits["train"], splits["val"])
             except UsageError as exc:
                 problems.append(str(exc))
-            files = [f for p in splits.values() for f in tree_files(p)]
+        files = [f for p in splits.values() if p.is_dir() for f in tree_files(p)]
     else:  # one class tree (kmix train --train-dir / --val-dir)
         names = class_names(root)
         problems += _tree_problems("data", root, names)
@@ -365,8 +355,6 @@ def make_fashion_mnist_tree(out_dir, *, source=FASHION_MNIST_DIR, train_per_clas
     ``seed``); None keeps all (6,000 / 1,000 per class). The tree is written into a
     temporary folder and renamed into place, whole or not at all.
     """
-    from .. import _checks
-
     for name, value in (("train_per_class", train_per_class), ("val_per_class", val_per_class)):
         if value is not None:
             _checks.check_int(name, value, 1)

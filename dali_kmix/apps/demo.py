@@ -96,16 +96,14 @@ def save_grid(images, targets, names, path, cols: int = 4, top: int = 3):
 def run_demo(out_dir=".demo", device="auto", batch_size=16, k=3, alpha=1.0, batches=20, seed=0):
     """The whole demo; returns a dict with the PNG path and the throughput figures."""
     from .. import _checks
-    from .data import _require_gpu
+    from .common import check_device, require_gpu
 
     batches = _checks.check_int("batches", batches, 1)
     seed = _checks.check_int("seed", seed, 0)  # DALI takes a negative seed as "random": the demo would not repeat
-    if device not in ("auto", "cpu", "gpu"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'gpu', got {device!r}")
-    if device == "auto":
+    if check_device(device) == "auto":
         device = "gpu" if gpu_available() else "cpu"
     elif device == "gpu":
-        _require_gpu()
+        require_gpu()
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise FileExistsError(f"out_dir (--out) {str(out_dir)!r} exists and is not a folder")

@@ -84,12 +84,6 @@ def list_files(data_dir) -> list[tuple[str, int]]:
 PARTNERS = ("fixed", "redrawn")
 
 
-def _check_partners_mode(partners):
-    if partners not in PARTNERS:
-        raise ValueError(f"partners must be one of {PARTNERS}, got {partners!r}")
-    return partners
-
-
 def score_batch(model, images, labels, *, num_classes: int, m: int = 10, k: int = 3, anchor_ratio: float = 0.5,
                 alpha=(2 / 9, 2 / 9), rng=None, layout: str = "CHW", capture: bool = False,
                 partners: str = "fixed"):
@@ -109,7 +103,7 @@ def score_batch(model, images, labels, *, num_classes: int, m: int = 10, k: int 
     from ..mixing import mix_images, mix_labels
     from ..sampling import draw_partners, sample_anchor_params
 
-    partners = _check_partners_mode(partners)
+    partners = _checks.check_choice("partners", partners, PARTNERS)
     from ..torch import soft_target_cross_entropy
 
     n = images.shape[0]
@@ -184,7 +178,7 @@ def score_dataset(model, data_dir, *, num_classes: int, m: int = 10, k: int = 3,
     from tqdm import tqdm
 
     m = _checks.check_int("m", m, 2)  # one mix gives every sample std 0
-    partners = _check_partners_mode(partners)
+    partners = _checks.check_choice("partners", partners, PARTNERS)
     files = list_files(data_dir)
     groups = _groups(files, group_size, seed)
     mine = list(range(rank, len(groups), world))
