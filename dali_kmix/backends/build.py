@@ -35,7 +35,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-__all__ = ["compiler", "cpu_id", "build_flags", "numpy_random", "cache_dir", "compile_cached", "build_log",
+__all__ = ["compiler", "build_flags", "numpy_random", "cache_dir", "compile_cached", "build_log",
            "tool_version", "sanitize_requested", "sanitize_mode", "env_flag", "target_flags", "check_target",
            "check_sanitizer_runtime", "BASE_FLAGS", "SANITIZE_FLAGS", "BUILD_ENV"]
 
@@ -109,18 +109,6 @@ def sanitize_mode() -> str:
 def sanitize_requested() -> bool:
     """``DALI_KMIX_SANITIZE`` set to a yes or to fuzzer: build the ASan/UBSan variants."""
     return sanitize_mode() != ""
-
-
-def cpu_id() -> str:
-    """One line that names the processor (its model, or its flags), for messages. The build keys do not use it:
-    a native build's key holds what the compiler makes of ``-march=native`` (:func:`compile_cached`)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "flags", "Features")):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _requested_march() -> str:
@@ -295,10 +283,15 @@ def cache_dir() -> Path:
     return Path(os.path.abspath(root))
 
 
+def _command(exe) -> list[str]:
+    """A program as a command list: a path (str or PathLike) alone, or a command given as a list (:func:`compiler`)."""
+    return [str(exe)] if isinstance(exe, (str, os.PathLike)) else [str(w) for w in exe]
+
+
 def tool_version(exe) -> str:
     """``exe --version`` (its first lines), "" when it cannot run: part of the build keys. ``exe``: a path, or a
     command as a list (:func:`compiler`)."""
-    cmd = [str(exe)] if isinstance(exe, (str, os.PathLike)) else [str(w) for w in exe]
+    cmd = _command(exe)
     if not cmd or not cmd[0]:
         return ""
     try:
@@ -348,7 +341,7 @@ def compile_cached(lib_name: str, sources, flags, *, libs=(), inputs=(), key_ext
         if cxx is None:
             raise FileNotFoundError("no C++ compiler found (set $CXX or install g++)")
     else:
-        cxx = [str(compiler_cmd)] if isinstance(compiler_cmd, (str, os.PathLike)) else [str(w) for w in compiler_cmd]
+        cxx = _command(compiler_cmd)
     cmd = [*cxx, *flags, *map(str, sources), *libs]
     env = [(var, os.environ[var]) for var in BUILD_ENV if os.environ.get(var)]
     h = hashlib.sha256()

@@ -44,7 +44,7 @@ from typing import NamedTuple
 
 from . import cpu
 from .build import (build_flags, check_sanitizer_runtime, check_target, compile_cached, compiler, env_flag,
-                    numpy_random, tool_version)
+                    numpy_random, sanitize_requested, tool_version)
 from .sources import FP_OPTIONS, cuda_include_dirs, kernels_dir
 
 __all__ = ["build", "load", "enabled", "gpu_backend", "draw_operator", "expose_to_dynamic_mode", "cuda_toolchain",
@@ -338,7 +338,7 @@ def _load() -> bool:
     # what was asked for and cannot be had is an error, not a fall back: a DALI_KMIX_MARCH the compiler does not know
     # or this processor cannot run, an ASan build without the ASan runtime (it would end the process)
     check_target()
-    if "-fsanitize=address,undefined" in build_flags():
+    if sanitize_requested():
         check_sanitizer_runtime()
     try:
         import nvidia.dali.plugin_manager as plugin_manager
