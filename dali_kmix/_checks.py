@@ -36,6 +36,24 @@ def check_int(name: str, value, minimum: int | None = None) -> int:
     return value
 
 
+def check_ints(name: str, values, minimum: int) -> tuple:
+    """``values`` as a tuple if it holds one or more integers, each >= ``minimum``, else a ValueError naming ``name``
+    and the values."""
+    vals = () if isinstance(values, str) else tuple(values)
+    if not vals or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < minimum for v in vals):
+        raise ValueError(f"{name} must hold one or more integers >= {minimum}, got {values!r}")
+    return vals
+
+
+def check_choices(name: str, values, choices) -> tuple:
+    """``values`` as a tuple if it holds one or more of ``choices`` (and is no string), else a ValueError naming
+    ``name`` and the values."""
+    vals = () if isinstance(values, str) else tuple(values)
+    if not vals or any(v not in choices for v in vals):
+        raise ValueError(f"{name} must hold one or more of {list(choices)}, got {values!r}")
+    return vals
+
+
 def check_probability(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number in [0, 1], got {value!r}")

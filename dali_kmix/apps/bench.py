@@ -40,15 +40,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .._checks import check_choice, check_int
+from .._checks import check_choice, check_choices, check_int, check_ints
 from ..backends import gpu_available
 from ..backends.cpu import default_workers
 from .bench_gpu import bench_gpu_ops, bench_gpu_scaling, bench_native_ops, format_gpu
 from .bench_kmixup import bench_kmixup, format_markdown
 from .common import atomic_write
 from .peers import DTYPES, METHODS, MODES, PEERS, Config, can, dali_native_pipeline, make_batch, peer_callable
-from .timing import (check_choices, check_ints, checked_rounds, difference_stats, interleaved_rounds, round_order,
-                     round_stats)
+from .timing import checked_rounds, difference_stats, interleaved_rounds, round_order, round_stats
 
 __all__ = ["time_call", "bench_ops", "bench_pipeline", "bench_scaling", "run", "metadata", "format_table"]
 

@@ -47,9 +47,9 @@ import numpy as np
 from ..record import MixParams
 from ..saliency import salient_points
 from ..sampling import sample_params
-from .._checks import check_choice, check_int
+from .._checks import check_choice, check_choices, check_int, check_ints
 from .peers import DTYPES, METHODS, Config, make_batch
-from .timing import check_choices, check_ints, checked_rounds, difference_stats, round_stats
+from .timing import checked_rounds, difference_stats, round_stats
 
 __all__ = ["CudaDevice", "DaliChains", "bench_gpu_ops", "bench_gpu_scaling", "bench_native_ops", "gpu_targets",
            "format_gpu", "TARGETS"]

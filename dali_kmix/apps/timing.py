@@ -16,33 +16,13 @@ per call (CUDA events around a window of launches: :meth:`dali_kmix.apps.bench_g
 from __future__ import annotations
 
 import functools
-import numbers
 import time
 
 import numpy as np
 
 from .._checks import check_int
 
-__all__ = ["round_order", "calibrated", "interleaved_rounds", "checked_rounds", "round_stats", "difference_stats",
-           "check_ints", "check_choices"]
-
-
-def check_ints(name: str, values, minimum: int) -> tuple:
-    """``values`` as a tuple if it holds one or more integers, each >= ``minimum``, else a ValueError naming ``name``
-    and the values."""
-    vals = () if isinstance(values, str) else tuple(values)
-    if not vals or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < minimum for v in vals):
-        raise ValueError(f"{name} must hold one or more integers >= {minimum}, got {values!r}")
-    return vals
-
-
-def check_choices(name: str, values, choices) -> tuple:
-    """``values`` as a tuple if it holds one or more of ``choices`` (and is no string), else a ValueError naming
-    ``name`` and the values."""
-    vals = () if isinstance(values, str) else tuple(values)
-    if not vals or any(v not in choices for v in vals):
-        raise ValueError(f"{name} must hold one or more of {list(choices)}, got {values!r}")
-    return vals
+__all__ = ["round_order", "calibrated", "interleaved_rounds", "checked_rounds", "round_stats", "difference_stats"]
 
 
 @functools.lru_cache(maxsize=None)
