@@ -225,6 +225,39 @@ def test_full_image_and_empty_boxes(backend, layout):
     np.testing.assert_array_equal(out[1:], x[1:])
 
 
+def _at_offset(address_mod_64, shape, dtype):
+    """An uninitialised C-contiguous array whose first byte lies at ``address_mod_64`` modulo 64."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    buf = np.empty(nbytes + 128, np.uint8)
+    start = (address_mod_64 - buf.ctypes.data) % 64
+    return buf[start:start + nbytes].view(dtype).reshape(shape)
+
+
+# The host DCutMix copies 1 KiB or more whose two ends lie at different offsets modulo 64 with its own loop
+# (kmix_copy_long: glibc's string move is ten times slower there on AMD Zen 3), the others with memcpy. The output
+# at every offset from the images (a multiple of the element size) takes both, with every head and tail.
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["HWC", "CHW"])
+def test_dcutmix_long_copies_at_every_offset_of_the_output(dtype, layout):
+    cpu = CpuBackend()
+    rng = np.random.default_rng(11)
+    n, h, w, c = 5, 40, 351, 3  # an HWC uint8 row is 1053 bytes; rows outside the boxes merge into one copy
+    x = random_images(rng, dtype, _shape(layout, n, h, w, c))
+    records = [sample_params("dcutmix", n, h, w, k=k, alpha=1.0, rng=k) for k in (2, 3, 5)]
+    boxes = np.array([[[5, 0, 30, w]], [[1, 2, 39, 349]], [[0, 100, h, 101]], [[7, 1, 8, 350]], [[0, 0, 0, 0]]],
+                     np.int32)  # full-width rows of a partner, one column, one row, no box
+    records.append(MixParams(np.array([[0, 1], [1, 2], [2, 3], [3, 4], [4, 0]], np.int32), area_weights(boxes, h, w),
+                             boxes))
+    size = np.dtype(dtype).itemsize
+    for p in records:
+        want = reference.mix_images(x, p, layout)
+        for shift in range(0, 64, size):
+            out = _at_offset((x.ctypes.data + shift) % 64, x.shape, dtype)
+            assert (out.ctypes.data - x.ctypes.data) % 64 == shift
+            cpu.backend.blend(x, out, p, layout)
+            _assert_same_bits(out, want)
+
+
 def test_dmixup_one_weight_is_a_copy(backend):
     rng = np.random.default_rng(8)
     x = random_images(rng, np.float32, (4, 5, 6, 3))
