@@ -200,8 +200,32 @@ def cache_model(k, *, batch=64, size=SIZE, channels=3, workers=2, l1_kib=48, l2_
 # --------------------------------------------------------------------------- instruction counts
 
 
+#: the --callgrind stages of the saliency step ("saliency": its salient_points), which take their batch from --batch
+SALIENCY_STAGES = ("saliency", "small_grey", "spectral_residual", "salient_points")
+#: the stages of operator_stages a --callgrind name method:dtype:batch:K:mode:stage can end in
+OPERATOR_STAGES = ("copy", "sample_params", "mix_images", "mix_labels")
+
+
+def config_names():
+    """The names ``--only`` takes: ``method-dtype-batch-K-mode`` of every configuration, then "saliency"."""
+    return [f"{method}-{dtype}-{batch}-{k}-{mode}" for method, dtype, batch, k, mode in CONFIGS] + ["saliency"]
+
+
+def stage_batch(name, batch):
+    """The batch a --callgrind stage runs: ``batch`` (--batch) for a saliency stage, else the one in its name
+    ``method:dtype:batch:K:mode:stage``; a ValueError naming the stage where it is neither."""
+    if name in SALIENCY_STAGES:
+        return batch
+    parts = name.split(":")
+    if len(parts) == 6 and parts[2].isdigit() and parts[3].isdigit() and int(parts[2]) >= 1 and \
+            parts[5] in OPERATOR_STAGES:
+        return int(parts[2])
+    raise ValueError(f"--callgrind: unknown stage {name!r}: one of {list(SALIENCY_STAGES)} or "
+                     f"'method:dtype:batch:K:mode:stage' (stage: {', '.join(OPERATOR_STAGES)})")
+
+
 def _stage_by_name(name, batch):
-    if name in ("small_grey", "spectral_residual", "salient_points", "saliency"):
+    if name in SALIENCY_STAGES:
         stages = saliency_stages(batch)
         return stages["salient_points" if name == "saliency" else name]
     method, dtype, b, k, mode, stage = name.split(":")
@@ -246,20 +270,48 @@ def callgrind(stage, batch):
     return (three - one) / 2
 
 
+def _at_least(minimum):
+    """An argparse type: an integer >= ``minimum``, else the argument's error naming the value."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}")
+        return value
+    return parse
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=30)
-    ap.add_argument("--only", nargs="*", help="configurations as method-dtype-batch-K, or 'saliency'")
-    ap.add_argument("--batch", type=int, default=64, help="batch of the saliency step and of --callgrind")
-    ap.add_argument("--callgrind", nargs="*", metavar="STAGE",
-                    help="count instructions: 'saliency', 'small_grey', 'spectral_residual' or "
+    ap.add_argument("--rounds", type=_at_least(1), default=30, help="interleaved rounds (default 30)")
+    ap.add_argument("--only", nargs="+", metavar="NAME",
+                    help="configurations as method-dtype-batch-K-mode (" + ", ".join(config_names()[:-1])
+                         + "), or 'saliency'")
+    ap.add_argument("--batch", type=_at_least(1), default=64,
+                    help="batch of the saliency stages only (the saliency step of the ratios; the saliency stages "
+                         "of --callgrind); an operator configuration or stage has its batch in its name")
+    ap.add_argument("--callgrind", nargs="+", metavar="STAGE",
+                    help="count instructions: 'saliency', 'small_grey', 'spectral_residual', 'salient_points' or "
                          "'method:dtype:batch:K:mode:stage' (stage: mix_images, sample_params, mix_labels, copy)")
-    ap.add_argument("--cache-model", nargs="*", type=int, metavar="K",
+    ap.add_argument("--cache-model", nargs="*", type=_at_least(2), metavar="K",
                     help="line traffic of the float32 CHW DCutMix (batch 64) per plane row at these K, in a model "
                          "of the host launch's schedule (cache_model): both orders")
     ap.add_argument("--run-stage", help=argparse.SUPPRESS)
-    ap.add_argument("--reps", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--reps", type=_at_least(1), default=1, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.only is not None:
+        valid = config_names()
+        unknown = [name for name in args.only if name not in valid]
+        if unknown:
+            ap.error(f"--only: unknown configuration(s) {', '.join(map(repr, unknown))}; valid: "
+                     f"{', '.join(map(repr, valid))}")
+    for stage in args.callgrind or []:
+        try:
+            stage_batch(stage, args.batch)
+        except ValueError as exc:
+            ap.error(str(exc))
     if args.run_stage:  # the process callgrind runs: warm up once (builds, imports, caches), then the calls
         import gc
 
@@ -281,7 +333,8 @@ def main(argv=None):
         return
     if args.callgrind:
         for stage in args.callgrind:
-            print(f"{stage} (batch {args.batch}): {callgrind(stage, args.batch) / 1e6:.2f} M instructions per call")
+            print(f"{stage} (batch {stage_batch(stage, args.batch)}): {callgrind(stage, args.batch) / 1e6:.2f} M "
+                  "instructions per call")
         return
     import dali_kmix
 

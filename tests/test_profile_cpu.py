@@ -73,3 +73,88 @@ def test_cache_model_orders_differ_only_in_reuse(profile_cpu):
     by_sample = profile_cpu.cache_model(16, samples_first=False, **kw)
     assert first["touches"] == by_sample["touches"] and first["unique"] == by_sample["unique"]
     assert first["l2_misses"] < by_sample["l2_misses"]
+
+
+@pytest.fixture
+def ran(profile_cpu, monkeypatch):
+    """main's runs recorded instead of made: the stages of each configuration, the cache model's K."""
+    log = []
+    monkeypatch.setattr(profile_cpu, "operator_stages", lambda *cfg: log.append(("operator", cfg)) or {})
+    monkeypatch.setattr(profile_cpu, "saliency_stages", lambda batch: log.append(("saliency", batch)) or {})
+    monkeypatch.setattr(profile_cpu, "interleaved", lambda stages, rounds: log.append(("rounds", rounds)) or {})
+    monkeypatch.setattr(profile_cpu, "cache_model", lambda k, **kw: log.append(("cache", k)) or dict.fromkeys(
+        ("touches", "l1_misses", "l2_misses", "unique"), 0.0))
+    monkeypatch.setattr(profile_cpu, "callgrind", lambda stage, batch: log.append(("callgrind", stage, batch)) or 2e6)
+    return log
+
+
+@pytest.mark.parametrize("only, want", [
+    (["dcutmix-uint8-32-2-batch"], [("operator", ("dcutmix", "uint8", 32, 2, "batch")), ("rounds", 3)]),
+    (["saliency"], [("saliency", 8), ("rounds", 3)]),
+    (["saliency", "dmixup-float32-128-3-sample"],
+     [("operator", ("dmixup", "float32", 128, 3, "sample")), ("rounds", 3), ("saliency", 8), ("rounds", 3)]),
+], ids=["operator", "saliency", "both"])
+def test_only_runs_the_named_configurations(profile_cpu, ran, only, want):
+    profile_cpu.main(["--rounds", "3", "--batch", "8", "--only", *only])
+    assert ran == want
+
+
+@pytest.mark.parametrize("only", [["dcutmix-uint8-128-3"], ["saliency", "nope"], []],
+                         ids=["without-mode", "one-unknown", "none"])
+def test_only_refuses_unknown_names_and_lists_the_valid_ones(profile_cpu, ran, capsys, only):
+    with pytest.raises(SystemExit):
+        profile_cpu.main(["--only", *only])
+    err = capsys.readouterr().err
+    assert "--only" in err and ran == []
+    if only:
+        assert f"{only[-1]!r}" in err and "dcutmix-uint8-128-3-sample" in err and "'saliency'" in err
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--rounds", "0"], "argument --rounds: must be an integer >= 1, got '0'"),
+    (["--rounds", "-2"], "argument --rounds: must be an integer >= 1, got '-2'"),
+    (["--batch", "0"], "argument --batch: must be an integer >= 1, got '0'"),
+    (["--reps", "0"], "argument --reps: must be an integer >= 1, got '0'"),
+    (["--cache-model", "2", "1"], "argument --cache-model: must be an integer >= 2, got '1'"),
+], ids=["rounds0", "rounds-negative", "batch0", "reps0", "cache-model-K1"])
+def test_bad_counts_are_refused(profile_cpu, ran, capsys, argv, match):
+    with pytest.raises(SystemExit):
+        profile_cpu.main(argv)
+    assert match in capsys.readouterr().err and ran == []
+
+
+@pytest.mark.parametrize("stage, batch", [
+    ("dcutmix:uint8:128:3:sample:mix_images", 128), ("saliency", 16), ("spectral_residual", 16),
+], ids=["operator-batch-from-name", "saliency", "saliency-stage"])
+def test_callgrind_prints_the_batch_the_stage_uses(profile_cpu, ran, capsys, stage, batch):
+    profile_cpu.main(["--callgrind", stage, "--batch", "16"])
+    assert capsys.readouterr().out == f"{stage} (batch {batch}): 2.00 M instructions per call\n"
+    assert ran == [("callgrind", stage, 16)]
+
+
+@pytest.mark.parametrize("stage", ["dcutmix:uint8:128:3:mix_images", "dcutmix:uint8:x:3:sample:copy",
+                                   "dcutmix:uint8:128:3:sample:paste", "grey"],
+                         ids=["no-mode", "batch-not-int", "unknown-stage", "unknown-name"])
+def test_callgrind_refuses_malformed_stages(profile_cpu, ran, capsys, stage):
+    with pytest.raises(SystemExit):
+        profile_cpu.main(["--callgrind", stage])
+    assert f"--callgrind: unknown stage {stage!r}" in capsys.readouterr().err and ran == []
+
+
+def test_callgrind_counts_the_difference_of_one_and_three_calls(profile_cpu, monkeypatch):
+    # valgrind's runs faked: 1 call 5,000 instructions, 3 calls 9,000 -> 2,000 per call (the counter, _count, is
+    # not shadowed by main's argument helpers)
+    runs = []
+
+    class Done:
+        returncode = 0
+
+        def __init__(self, cmd):
+            self.stderr = "" if "valgrind" not in cmd else f"==1== Collected : \n==1== I   refs:      " \
+                f"{'9,000' if cmd[-1] == '3' else '5,000'}\n"
+
+    monkeypatch.setattr(profile_cpu.shutil, "which", lambda name: "/usr/bin/" + name)
+    monkeypatch.setattr(profile_cpu, "_callgrind_env", lambda: {})
+    monkeypatch.setattr(profile_cpu.subprocess, "run", lambda cmd, **kw: runs.append(cmd) or Done(cmd))
+    assert profile_cpu.callgrind("saliency", 8) == 2000
+    assert len(runs) == 3 and runs[1][-2:] == ["--reps", "1"] and runs[2][-2:] == ["--reps", "3"]

@@ -132,3 +132,13 @@ def test_round_stats():
     assert timing.round_stats(np.array([0.25]))["median_s"] == 0.25
     with pytest.raises(ValueError, match="at least one round"):
         timing.round_stats([])
+
+
+def test_a_timer_and_before_together_are_refused():
+    # the timer runs fn several times in one window and before would run once per window: no call would be the one
+    # timed call each before promises
+    calls = []
+    with pytest.raises(ValueError, match=r"timer and before cannot both be given"):
+        timing.interleaved_rounds({"f": lambda: calls.append("f")}, rounds=2, warmup=1, timer=lambda fn: fn() or 1.0,
+                                  before=lambda: calls.append("before"))
+    assert calls == []

@@ -1,25 +1,30 @@
 """``KMixup`` against timm's ``Mixup`` on the same CPU tensors (K = 2, the methods both have).
 
 :func:`bench_kmixup` times one call ``x, target = mixer(x, target)`` (images and
-soft targets) of :class:`dali_kmix.torch.KMixup` and of ``timm.data.Mixup`` with
-the same arguments, for modes "batch" and "elem" and for mixup (``mixup_alpha=1``)
+soft targets) of three mixers with the same arguments: :class:`dali_kmix.torch.KMixup`
+(default, reusing a free earlier output), ``KMixup(reuse_outputs=False)`` and
+``timm.data.Mixup``, for modes "batch" and "elem" and for mixup (``mixup_alpha=1``)
 and cutmix (``cutmix_alpha=1``). timm mixes in place, so before every timed call
-(of either mixer, so both start from the same memory state) the batch is restored
-from a pristine copy outside the timed region. After warm-up calls the two mixers
+(of any mixer, so all start from the same memory state) the batch is restored
+from a pristine copy outside the timed region. After warm-up calls the three mixers
 run in interleaved rounds (:mod:`dali_kmix.apps.timing`: the order changes every round)
-so that drift in the machine's load hits both alike; each row reports the median and the spread
-(interquartile range, and min/max) of the per-call times. :func:`format_markdown`
-renders the rows as a Markdown table.
+so that drift in the machine's load hits all alike; each row reports the median and the spread
+(interquartile range, and min/max) of the per-call times, and the speedups as medians over
+the rounds of the ratios within a round. :func:`format_markdown` renders the rows as a
+Markdown table. Run it with ``python -m dali_kmix.apps.bench_kmixup [--quick] [--batch N] ...``
+(:func:`main`).
 """
 
 from __future__ import annotations
+
+import argparse
 
 import numpy as np
 
 from .._checks import check_int
 from .timing import checked_rounds
 
-__all__ = ["bench_kmixup", "format_markdown", "FULL", "QUICK"]
+__all__ = ["bench_kmixup", "format_markdown", "main", "FULL", "QUICK"]
 
 MODES = ("batch", "elem")
 METHODS = {"mixup": dict(mixup_alpha=1.0, cutmix_alpha=0.0), "cutmix": dict(mixup_alpha=0.0, cutmix_alpha=1.0)}
@@ -36,7 +41,8 @@ QUICK = dict(batch=32, size=112, rounds=5, warmup=1)
 
 
 def bench_kmixup(*, quick: bool = False, batch: int | None = None, size: int | None = None,
-                 rounds: int | None = None, warmup: int | None = None, num_classes: int = 1000, label_smoothing: float = 0.1, seed: int = 0, threads: int | None = None):
+                 rounds: int | None = None, warmup: int | None = None, num_classes: int = 1000,
+                 label_smoothing: float = 0.1, seed: int = 0, threads: int | None = None):
     """Time KMixup (k=2) and timm's Mixup on the same float32 ``(batch, 3, size, size)`` CPU batch.
 
     Args:
@@ -51,8 +57,9 @@ def bench_kmixup(*, quick: bool = False, batch: int | None = None, size: int | N
     Returns:
         One dict per (mode, method): ``mode``, ``method``, ``batch``, ``size``, ``dtype``,
         ``rounds``, ``kmixup_ms`` / ``kmixup_fresh_ms`` / ``timm_ms`` (medians) with
-        ``*_iqr_ms``, ``*_min_ms``, ``*_max_ms``, ``speedup`` = timm_ms / kmixup_ms and
-        ``speedup_fresh`` = timm_ms / kmixup_fresh_ms. "kmixup" is the default mixer,
+        ``*_iqr_ms``, ``*_min_ms``, ``*_max_ms``, ``speedup``: the median over the rounds of timm's time
+        over KMixup's in that round, and ``speedup_fresh``: the same for kmixup_fresh (a ratio of the medians
+        could pair times of different rounds). "kmixup" is the default mixer,
         which writes into a free earlier output; "kmixup_fresh" (``reuse_outputs=False``)
         allocates every output, as timm's clone/flip do, and shows what that costs.
     """
@@ -99,8 +106,9 @@ def bench_kmixup(*, quick: bool = False, batch: int | None = None, size: int | N
                    "rounds": rounds}
             for name in mixers:
                 row.update({f"{name}_{key}": v for key, v in _stats(times[name]).items()})
-            row["speedup"] = row["timm_ms"] / row["kmixup_ms"]
-            row["speedup_fresh"] = row["timm_ms"] / row["kmixup_fresh_ms"]
+            timm = np.asarray(times["timm"], dtype=np.float64)
+            row["speedup"] = float(np.median(timm / np.asarray(times["kmixup"], dtype=np.float64)))
+            row["speedup_fresh"] = float(np.median(timm / np.asarray(times["kmixup_fresh"], dtype=np.float64)))
             rows.append(row)
     return rows
 
@@ -125,7 +133,37 @@ def format_markdown(rows) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # python -m dali_kmix.apps.bench_kmixup [--quick]
-    import sys
+def _at_least(minimum: int, even: bool = False):
+    """An argparse type: an integer >= ``minimum`` (and even, if asked), else the argument's error."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}")
+        if even and value % 2:
+            raise argparse.ArgumentTypeError(f"must be even (timm's Mixup mixes pairs), got {text!r}")
+        return value
+    return parse
 
-    print(format_markdown(bench_kmixup(quick="--quick" in sys.argv)))
+
+def main(argv=None) -> None:
+    """The command line: :func:`bench_kmixup`'s Markdown table on stdout. Unknown flags and bad counts exit with
+    argparse's error (status 2) before anything runs."""
+    ap = argparse.ArgumentParser(description="KMixup (k=2) against timm's Mixup on the same CPU tensors: "
+                                             "a Markdown table of ms per call.")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"the smaller configuration {QUICK} instead of {FULL}")
+    ap.add_argument("--batch", type=_at_least(2, even=True), help="batch size (even: timm's Mixup mixes pairs)")
+    ap.add_argument("--size", type=_at_least(1), help="image height and width")
+    ap.add_argument("--rounds", type=_at_least(1), help="timed interleaved rounds")
+    ap.add_argument("--warmup", type=_at_least(0), help="untimed warm-up calls of each mixer")
+    ap.add_argument("--threads", type=_at_least(1), help="torch.set_num_threads for the run (default: leave it)")
+    args = ap.parse_args(argv)
+    print(format_markdown(bench_kmixup(quick=args.quick, batch=args.batch, size=args.size, rounds=args.rounds,
+                                       warmup=args.warmup, threads=args.threads)))
+
+
+if __name__ == "__main__":
+    main()

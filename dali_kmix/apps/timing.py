@@ -84,9 +84,13 @@ def interleaved_rounds(variants: dict, rounds: int, warmup: int = 2, *, timer=No
     ``timer``: ``timer(fn) -> seconds per call`` of one timed call (it runs ``fn`` as often as it needs); None:
     wall-clock, calibrated (:func:`calibrated`). ``before``: a zero-argument callable run, untimed, before every
     call of every variant (warm-up included), such as restoring an input that the variants write in place; with
-    it, each timed call is one call. ``rounds`` >= 1; ``warmup`` >= 0, >= 1 where the calls are calibrated (no
-    ``timer``, no ``before``).
+    it, each timed call is one call. ``timer`` and ``before`` exclude each other (a timer runs ``fn`` several
+    times in one window, where ``before`` could not run before each call): a ValueError. ``rounds`` >= 1;
+    ``warmup`` >= 0, >= 1 where the calls are calibrated (no ``timer``, no ``before``).
     """
+    if timer is not None and before is not None:
+        raise ValueError(f"timer and before cannot both be given (a timer runs fn several times per window, before "
+                         f"would run once per window), got timer={timer!r}, before={before!r}")
     check_int("rounds", rounds, 1)
     check_int("warmup", warmup, 1 if timer is None and before is None else 0)
     prepared, errors = {}, {}
