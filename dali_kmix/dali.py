@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import warnings
 import weakref
 
@@ -107,12 +108,20 @@ class Normalize:
 
     def __post_init__(self):
         for name in ("mean", "std"):
-            values = np.ravel(np.asarray(getattr(self, name), dtype=np.float64))
+            given = getattr(self, name)
+            try:
+                values = np.ravel(np.asarray(given, dtype=np.float64))
+            except (TypeError, ValueError):  # a string, a ragged list: not numbers
+                values = np.array([np.nan])
             if values.size == 0 or not np.all(np.isfinite(values)):
-                raise ValueError(f"{name} must be one or more finite numbers, got {getattr(self, name)!r}")
+                raise ValueError(f"{name} must be one or more finite numbers, got {given!r}")
             if name == "std" and np.any(values <= 0):
-                raise ValueError(f"std must be > 0, got {getattr(self, name)!r}")
+                raise ValueError(f"std must be > 0, got {given!r}")
             object.__setattr__(self, name, tuple(float(v) for v in values))
+        if len(self.mean) > 1 and len(self.std) > 1 and len(self.mean) != len(self.std):
+            raise ValueError(f"mean and std must hold one value or one per channel each, so as many values as each "
+                             f"other where both hold several; got {len(self.mean)} values in mean and "
+                             f"{len(self.std)} in std")
         if self.output_layout is not None:
             _checks.check_choice("output_layout", self.output_layout, _checks.LAYOUTS)
         _checks.check_choice("dtype", self.dtype, ("float32", "float16"))
@@ -188,13 +197,16 @@ def _stacked(samples, xp, dtype=None):
 
 
 def _label_vector(labels, n, xp):
-    """One class index per sample, as a flat vector (labels arrive as (), (1,) samples)."""
+    """One class index per sample, as a flat vector (labels arrive as (), (1,) samples). Every sample must hold
+    one value (fn.kmix_draw's check and message): a ragged batch with as many values as samples in all would
+    shift the labels onto the wrong samples."""
     if len(labels) != n:
         raise ValueError(f"labels has {len(labels)} samples but images has {n}")
-    lab = _stacked(labels, xp)
-    if lab.shape[0] != n:
-        raise ValueError(f"labels must hold one class index per sample, got {lab.shape[0]} values for {n} samples")
-    return lab
+    for s, x in enumerate(labels):
+        shape = tuple(int(v) for v in np.shape(x))  # NumPy or CuPy: host metadata, no read from the device
+        if math.prod(shape) != 1:
+            raise ValueError(f"labels must hold one value per sample, got shape {shape} for sample {s}")
+    return _stacked(labels, xp)
 
 
 def _label_outputs(spec: MixSpec, lab, params):
@@ -908,19 +920,29 @@ def _mix_op(method, images, labels, *, k, alpha, num_classes, layout, mode, prob
 
     if normalize is not None and not isinstance(normalize, Normalize):
         raise TypeError(f"normalize must be a dali_kmix.dali.Normalize or None, got {type(normalize).__name__}")
-    if _is_dynamic(images) or _is_dynamic(labels):  # DALI's dynamic mode: the same call, mixed at once
+    if _is_dynamic(images):  # DALI's dynamic mode: the same call, mixed at once
         if normalize is not None:
             raise ValueError("normalize= applies to pipelines; in dynamic mode normalise the mixed batch with "
                              "ndd.crop_mirror_normalize")
-        if seed is not None or reader_name is not None:
-            arg = "seed" if seed is not None else "reader_name"
-            raise ValueError(f"{arg}= applies to pipelines; in dynamic mode the draws come from an ndd.random.RNG: "
+        if seed is not None:
+            raise ValueError(f"seed= applies to pipelines; in dynamic mode the draws come from an ndd.random.RNG: "
                              f"pass rng=ndd.random.RNG(seed=...) to dali_kmix.dynamic.{FUNCTIONS[method]} "
                              f"(or seed ndd's default generator with ndd.random.set_seed)")
+        if reader_name is not None:
+            raise ValueError("reader_name= applies to pipelines, whose operator keeps the copies that a reader with "
+                             "pad_last_batch=True adds to its last batch out of the mix; dali_kmix.dynamic has no "
+                             "reader_name: in dynamic mode leave the reader's pad_last_batch off (see the README, "
+                             "\"The last batch: padded copies are no partners\")")
         return dynamic_mix(method, images, labels, k=k, alpha=alpha, num_classes=num_classes, layout=layout,
                            mode=mode, prob=prob, smoothing=smoothing, label_format=label_format, shard_id=shard_id,
                            saliency=saliency, switch_prob=switch_prob, cutmix_alpha=cutmix_alpha)
     check_operator_input("images", images)
+    for arg, value in (("labels", labels), ("alpha", alpha), ("prob", prob)):
+        if _is_dynamic(value):
+            given = "a DataNode (e.g. the reader's labels)" if arg == "labels" else "a number or a CPU DataNode"
+            raise TypeError(f"{arg} is a batch of DALI's dynamic mode ({_type_name(value)}) but images is a DataNode "
+                            f"of a pipeline definition; dynamic-mode batches go with dynamic-mode images "
+                            f"(dali_kmix.dynamic): in a pipeline give {arg} as {given}")
     check_operator_input("labels", labels)
     spec = _spec(method, k=k, alpha=alpha, num_classes=num_classes, layout=layout, mode=mode, prob=prob,
                  smoothing=smoothing, label_format=label_format, seed=seed, shard_id=shard_id, saliency=saliency,
@@ -986,10 +1008,33 @@ def _host_samples(name, x, n=None) -> list:
         if arr is None or arr.dtype == object or arr.ndim == 0:
             raise TypeError(f"{name} must be an ndd.Batch or an array-like with one entry per sample, got "
                             f"{_type_name(x)}")
-        samples = list(arr.reshape(arr.shape[0], -1))
+        samples = list(arr.reshape(arr.shape[0], math.prod(arr.shape[1:])))  # -1 is ambiguous for 0 values
     if n is not None and len(samples) != n:
         raise ValueError(f"{name} has {len(samples)} samples but images has {n}")
     return samples
+
+
+def _dynamic_image_dtype(images):
+    """The dtype of a dynamic-mode batch's images, checked (uint8, float16 or float32), as the pipelines' message."""
+    from nvidia.dali import types
+
+    try:
+        dtype = np.dtype(types.to_numpy_type(images.dtype.type_id))
+    except Exception:  # noqa: BLE001 - no NumPy counterpart (strings, bfloat16): not an image dtype either way
+        raise TypeError(f"images must have dtype uint8, float16 or float32, got {images.dtype}") from None
+    return _checks.check_image_dtype("images", dtype)
+
+
+def _check_dynamic_batch(spec: MixSpec, images, found: str, lab, runtime):
+    """Every check of a dynamic-mode call's inputs that the drawing and the blending would make (the images' layout,
+    shapes and area, the labels, per-sample alpha and prob), made before its keys are drawn: a call that raises
+    leaves its ``rng`` where it was, so the stream does not shift after a caught error."""
+    n = images.batch_size
+    first = _check_images_layout(spec.layout, found, images.shape)
+    host = _HostRecord(spec)
+    host.check_area(first)
+    host.labels(lab, n)
+    host.runtime_args(n, runtime)
 
 
 def _dynamic_keys(rng, n: int) -> list:
@@ -1033,6 +1078,8 @@ def dynamic_mix(method, images, labels, *, k=3, alpha=1.0, num_classes, layout=N
         raise TypeError("images is a DataNode of a pipeline definition; dali_kmix.dynamic mixes dynamic-mode "
                         f"batches (ndd.Batch): in a pipeline use dali_kmix.dali.{FUNCTIONS[method]}")
     found = images.layout or ""
+    if layout is None and images.batch_size == 0 and not found:
+        layout = "HWC"  # DALI gives an empty batch no layout, and nothing is cut in one: any layout will do
     if layout is None:
         if found not in _checks.LAYOUTS:
             raise ValueError(f"layout must be given ('HWC' or 'CHW'): the images carry layout {found!r}")
@@ -1044,11 +1091,14 @@ def dynamic_mix(method, images, labels, *, k=3, alpha=1.0, num_classes, layout=N
     gpu = images.device.device_type == "gpu"
     _check_saliency_device(saliency, gpu)
     n = images.batch_size
-    if n == 0:
-        raise ValueError("images is an empty batch; dynamic mode has no empty batches to return")
     lab = _host_samples("labels", labels, n)
     runtime = [_host_samples(arg, x, n) for arg, x, fixed in (("alpha", alpha, spec.alpha), ("prob", prob, spec.prob))
                if fixed is None]
+    _dynamic_image_dtype(images)
+    if n == 0:  # as ndd.kmix_* give: empty batches, in the outputs' dtypes, with nothing drawn from the rng
+        label_dtypes = [ndd.float32] if spec.label_format == "dense" else [ndd.int32, ndd.float32]
+        return tuple(ndd.Batch([], dtype=dtype, device=images.device) for dtype in [images.dtype, *label_dtypes])
+    _check_dynamic_batch(spec, images, found, lab, runtime)  # what can raise, raised before the rng draws
     keys = _dynamic_keys(rng, n)
     if _dynamic_native(gpu):
         draw = _PluginRecordGivenCenters(spec) if gpu else _PluginRecord(spec)

@@ -213,7 +213,14 @@ def test_bad_arguments_fail_when_the_pipeline_is_defined(kwargs, exc, match):
     (dict(output_layout="NCHW"), r"output_layout must be one of \['HWC', 'CHW'\], got 'NCHW'"),
     (dict(dtype="float64"), r"dtype must be one of \['float32', 'float16'\], got 'float64'"),
     (dict(mirror=2), r"mirror must be None, 0, 1 or a DataNode of one flag per sample, got 2"),
-])
+    (dict(mean="abc"), r"mean must be one or more finite numbers, got 'abc'"),
+    (dict(std=[1.0, "x"]), r"std must be one or more finite numbers, got \[1.0, 'x'\]"),
+    (dict(mean=[[1.0, 2.0], [3.0]]), r"mean must be one or more finite numbers, got \[\[1.0, 2.0\], \[3.0\]\]"),
+    (dict(mean=[1.0, 2.0], std=[1.0, 2.0, 3.0]), r"mean and std must hold one value or one per channel each, so "
+                                                 r"as many values as each other where both hold several; got 2 "
+                                                 r"values in mean and 3 in std"),
+], ids=["std-0", "std-negative", "mean-nan", "mean-empty", "output-layout", "dtype", "mirror", "mean-str",
+        "std-str", "mean-ragged", "lengths-differ"])
 def test_normalize_arguments_are_checked(kwargs, match):
     with pytest.raises(ValueError, match=match):
         kmix.Normalize(**kwargs)
@@ -299,6 +306,24 @@ def test_wrong_dtype_raises():
     imgs = [np.zeros((4, 4, 3), np.int16)] * 2
     with pytest.raises(RuntimeError, match=r"images must have dtype uint8, float16 or float32, got int16"):
         _run_batch(imgs, [np.array([1], np.int32)] * 2)
+
+
+RAGGED_LABELS = [([[1, 2], []], r"\(2,\) for sample 0"), ([[1], [2, 3]], r"\(2,\) for sample 1"),
+                 ([[1], []], r"\(0,\) for sample 1")]
+
+
+@pytest.mark.parametrize("path", ["plugin", "function"])
+@pytest.mark.parametrize("labels,where", RAGGED_LABELS, ids=["two-then-none", "one-then-two", "one-then-none"])
+def test_labels_must_hold_one_value_per_sample(monkeypatch, path, labels, where):
+    """A ragged batch holding as many values as samples once passed the python_function paths (its labels shifted
+    onto the wrong samples): fn.kmix_draw's message on every path, and in the GPU paths' host check."""
+    monkeypatch.setenv("DALI_KMIX_PLUGIN", "1" if path == "plugin" else "0")
+    labels = [np.array(v, np.int32) for v in labels]
+    match = rf"labels must hold one value per sample, got shape {where}$"
+    with pytest.raises(RuntimeError, match=rf"labels must hold one value per sample, got shape {where}"):
+        _run_batch([np.zeros((4, 4, 3), np.uint8)] * 2, labels, prob=0.0, label_format="sparse")
+    with pytest.raises(ValueError, match=match):
+        kmix._LabelCheck(10)(labels)
 
 
 def test_operators_are_documented():

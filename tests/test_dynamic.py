@@ -231,6 +231,111 @@ def test_dynamic_mode_errors():
     assert _array(targets).shape == (N, N)
 
 
+@pytest.mark.parametrize("labels,where", [([[1, 2], []], r"\(2,\) for sample 0"),
+                                          ([[1], [2, 3]], r"\(2,\) for sample 1")],
+                         ids=["two-then-none", "one-then-two"])
+def test_labels_must_hold_one_value_per_sample(path, labels, where):
+    """A ragged batch holding as many values as samples was once mixed, its labels shifted onto the wrong samples;
+    fn.kmix_draw's message."""
+    images = ndd.as_batch([np.full((8, 10, 3), i, np.uint8) for i in range(2)], layout="HWC")
+    ragged = ndd.as_batch([np.array(v, np.int32) for v in labels])
+    with pytest.raises(ValueError, match=rf"^labels must hold one value per sample, got shape {where}$"):
+        kmix.dcutmix(images, ragged, k=2, num_classes=3, prob=0.0, label_format="sparse", rng=ndd.random.RNG(seed=1))
+
+
+REFUSED = {  # a call that fails its checks: (what to change, the message)
+    "label-out-of-range": (dict(labels=[0, 1, 2, 99]), r"labels must lie in \[0, num_classes=4\), got label 99"),
+    "ragged-labels": (dict(labels=[[0, 1], [], [2], [3]]), r"labels must hold one value per sample"),
+    "prob-out-of-range": (dict(prob=[0.5, 1.5, 0.5, 0.5]), r"prob must be in \[0, 1\], got 1.5 for sample 1"),
+    "alpha-per-sample": (dict(alpha=[1.0, -1.0, 1.0, 1.0]), r"alpha must be > 0 and finite, got -1.0 for sample 1"),
+    "empty-images": (dict(shape=(0, 6, 3)), r"images: .*0 x 6"),
+    "sizes-differ": (dict(shapes=[(8, 6, 3)] * 3 + [(9, 6, 3)]), r"sample 0 has shape \(8, 6, 3\) but sample 3"),
+    "dtype": (dict(dtype=np.int16), r"images must have dtype uint8, float16 or float32, got int16"),
+    "layout-contradicts-shape": (dict(shape=(3, 8, 6), layout=None), r"shape \(3, 8, 6\) looks CHW"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED), ids=list(REFUSED))
+def test_a_refused_call_leaves_the_rng_where_it_was(path, case):
+    """The checks run before the keys are drawn: after a call that raised, the RNG gives what a fresh one does."""
+    change, match = REFUSED[case]
+
+    def call(rng, labels=(0, 1, 2, 3), prob=1.0, alpha=1.0, shape=(8, 6, 3), shapes=None, dtype=np.uint8,
+             layout="HWC"):
+        shapes = shapes or [shape] * 4
+        images = ndd.as_batch([np.full(sh, i, dtype) for i, sh in enumerate(shapes)], layout=layout)
+        labels = ndd.as_batch([np.array(v, np.int32).reshape(-1) for v in labels])
+        per_sample = [ndd.as_batch([np.float32(v) for v in x]) if isinstance(x, list) else x for x in (prob, alpha)]
+        return kmix.dcutmix(images, labels, k=2, num_classes=4, prob=per_sample[0], alpha=per_sample[1],
+                            layout="HWC", label_format="sparse", rng=rng)
+
+    expected = [_array(b) for b in call(ndd.random.RNG(seed=4))]
+    rng = ndd.random.RNG(seed=4)
+    with pytest.raises((ValueError, TypeError), match=match):
+        call(rng, **change)
+    again = [_array(b) for b in call(rng)]
+    assert len(again) == len(expected) == 3
+    for a, b in zip(expected, again):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("label_format", ["dense", "sparse"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32], ids=["u8", "f32"])
+@pytest.mark.parametrize("method", METHODS)
+def test_an_empty_batch_gives_empty_batches(path, method, dtype, label_format):
+    """As ndd.kmix_* do (an empty batch carries no layout: any given, or none), in the dtypes of a full batch's
+    outputs, without drawing from the RNG."""
+    full = getattr(kmix, method)(*_constant_batch(dtype), k=3, num_classes=N, label_format=label_format,
+                                 rng=ndd.random.RNG(seed=3))
+    assert [_array(b).dtype for b in full] == [dtype] + ([np.float32] if label_format == "dense"
+                                                         else [np.int32, np.float32])
+    images = ndd.Batch([], dtype=ndd.uint8 if dtype == np.uint8 else ndd.float32)
+    rng = ndd.random.RNG(seed=3)
+    for labels, layout in ((ndd.Batch([], dtype=ndd.int32), "HWC"), ([], None)):
+        outs = getattr(kmix, method)(images, labels, k=3, num_classes=5, layout=layout, label_format=label_format,
+                                     rng=rng)
+        assert all(isinstance(b, ndd.Batch) and b.batch_size == 0 and b.device.device_type == "cpu" for b in outs)
+        assert [b.dtype for b in outs] == [b.dtype for b in full]
+    fresh = ndd.random.RNG(seed=3)
+    images, labels = _constant_batch()
+    for a, b in zip(kmix.dcutmix(images, labels, num_classes=N, rng=rng), kmix.dcutmix(images, labels, num_classes=N,
+                                                                                        rng=fresh)):
+        np.testing.assert_array_equal(_array(a), _array(b))
+
+
+def _pipeline_given(**kw):
+    from nvidia.dali import fn, pipeline_def
+
+    @pipeline_def(batch_size=2, num_threads=1, device_id=None)
+    def pipe():
+        x = fn.external_source(source=lambda: [np.zeros((4, 4, 3), np.uint8)] * 2, batch=True, layout="HWC")
+        y = fn.external_source(source=lambda: [np.array([1], np.int32)] * 2, batch=True)
+        args = dict(labels=y, num_classes=3, layout="HWC")
+        args.update(kw)
+        return ops.dcutmix(x, **args)
+
+    return pipe()
+
+
+@pytest.mark.parametrize("arg", ["labels", "alpha", "prob"])
+def test_a_dynamic_mode_batch_beside_pipeline_images_names_the_argument(arg):
+    """labels once sent the call to dynamic mode, whose message blamed the images; alpha and prob raised an
+    AttributeError from DALI's internals."""
+    batch = ndd.as_batch([np.array([1], np.int32)] * 2 if arg == "labels" else [np.float32(1)] * 2)
+    with pytest.raises(TypeError, match=rf"^{arg} is a batch of DALI's dynamic mode \(.*Batch\) but images is a "
+                                        rf"DataNode of a pipeline definition; dynamic-mode batches go with "
+                                        rf"dynamic-mode images"):
+        _pipeline_given(**{arg: batch})
+
+
+def test_reader_name_in_dynamic_mode_points_to_the_padding():
+    images, labels = _constant_batch()
+    with pytest.raises(ValueError, match=r"^reader_name= applies to pipelines, .* in dynamic mode leave the reader's "
+                                         r"pad_last_batch off \(see the README, \"The last batch: padded copies are "
+                                         r"no partners\"\)$"):
+        ops.dcutmix(images, labels, k=3, num_classes=N, layout="HWC", reader_name="Reader")
+
+
 _ORDER_SCRIPT = """
 import sys
 {first}

@@ -1,5 +1,7 @@
 """The README's Python examples run as written (in a fresh folder, one namespace, in order)."""
 
+import ast
+import builtins
 import os
 import re
 from pathlib import Path
@@ -13,6 +15,26 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 def _blocks():
     return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def _free_names(code: str) -> set:
+    """The names a block reads but neither imports nor binds (nor are builtins): what it takes from the blocks
+    before it, which one namespace for all blocks hides."""
+    bound, used = set(dir(builtins)), set()
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Name):
+            (used if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+    return used - bound
+
+
+#: Blocks written to be copied alone (each found by a string in it): they import everything they use.
+STANDALONE = {"dynamic mode": "kmixd.dcutmix("}
 
 
 def test_readme_has_examples():
@@ -43,3 +65,10 @@ def test_readme_documents_every_dali_entry_point():
     assert "kmixd.dcutmix(" in blocks and "ProxyFolder(" in blocks and "output_map=" in blocks
     assert "squeeze(-1).long()" in text and "target.argmax(1)" in blocks
     assert "# a string" not in text and "isinstance(saved, bytes)" in blocks
+
+
+@pytest.mark.parametrize("marker", list(STANDALONE.values()), ids=list(STANDALONE))
+def test_readme_standalone_examples_import_what_they_use(marker):
+    """The dynamic-mode example once used IMAGENET_MEAN / IMAGENET_STD imported by an earlier block only."""
+    (code,) = [b for b in _blocks() if marker in b]
+    assert _free_names(code) == set()
