@@ -3,6 +3,7 @@ trainings as resumable jobs (one small JSON per finished run)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -28,6 +29,45 @@ def fashion_mnist(args):
                                    seed=0)
 
 
+def check_at_least(flag: str, value, minimum: int = 1):
+    """``value`` if it is >= ``minimum``, else a UsageError naming ``flag`` (check options before anything trains)."""
+    from dali_kmix.apps.common import UsageError
+
+    if value < minimum:
+        raise UsageError(f"{flag} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_unique(flag: str, values):
+    """``values`` if none is given twice, else a UsageError naming ``flag`` and the repeated values (a repeated seed
+    or ratio would count the same runs twice in the tables)."""
+    from dali_kmix.apps.common import UsageError
+
+    twice = sorted({v for v in values if list(values).count(v) > 1})
+    if twice:
+        raise UsageError(f"{flag} must not repeat a value, got {list(values)} ({', '.join(map(str, twice))} twice)")
+    return values
+
+
+def data_identity(args) -> dict:
+    """What identifies the Fashion-MNIST tree of ``args`` (the tree is made with seed 0 from these counts; its folder
+    name does not identify it and is not compared)."""
+    return {"train_per_class": args.train_per_class, "val_per_class": args.val_per_class}
+
+
+def file_list_sha256(pairs) -> str:
+    """The SHA-256 of the ``file_list`` that ``dali_kmix.apps.subsample.write_file_list(pairs)`` writes."""
+    return hashlib.sha256("".join(f"{rel} {int(lab)}\n" for rel, lab in pairs).encode()).hexdigest()
+
+
+def identity_differences(recorded: dict | None, wanted: dict | None) -> list[str]:
+    """The keys of ``wanted`` whose value differs in ``recorded``. A key missing from ``recorded`` is not compared:
+    records written before that key was recorded (the committed ones under benchmarks/results/) are taken as
+    made with the settings asked for, so ``--report`` still reads them; any record written since holds every key."""
+    recorded, wanted = recorded or {}, wanted or {}
+    return sorted(k for k in wanted if k in recorded and clean(recorded[k]) != clean(wanted[k]))
+
+
 # --------------------------------------------------------------------------- resumable runs
 
 
@@ -49,7 +89,8 @@ def write_json(path, obj):
     atomic_write(path, json.dumps(clean(obj), indent=1))
 
 
-# Fields of a run's config that do not change what is trained.
+# Fields of a run's config that do not change what is trained. The data's paths are left out (a tree may move); what
+# is in them is compared through the record's "identity" (see load_finished).
 _IRRELEVANT = {"out", "progress", "threads", "resume", "data", "train_dir", "val_dir", "train_list"}
 
 
@@ -58,8 +99,12 @@ def _same_config(a: dict, b: dict) -> list[str]:
     return sorted(k for k in keys if clean(a.get(k)) != clean(b.get(k)))
 
 
-def load_finished(path, cfg: dict):
-    """The record of a finished run, or None; refuses a record trained with another configuration."""
+def load_finished(path, cfg: dict, identity: dict | None = None):
+    """The record of a finished run, or None; refuses a record trained with another configuration or on other data.
+
+    ``identity`` says what the run's data is (per-class counts, the SHA-256 of its ``train_list``: what the paths of
+    ``cfg`` do not say); a record holds it as ``"identity"`` (``run_pending`` writes the task record's). A key the
+    record lacks is not compared (see :func:`identity_differences`)."""
     path = Path(path)
     if not path.is_file():
         return None
@@ -68,6 +113,11 @@ def load_finished(path, cfg: dict):
     if diff:
         raise SystemExit(f"{path} was trained with another configuration (differs in {diff}); "
                          f"move it away or restore the settings it was run with")
+    diff = identity_differences(rec.get("identity"), identity)
+    if diff:
+        raise SystemExit(f"{path} was trained on other data (differs in {diff}: recorded "
+                         f"{ {k: rec['identity'][k] for k in diff} }, now { {k: identity[k] for k in diff} }); "
+                         f"move it away or restore the data it was run on")
     return rec
 
 
@@ -90,20 +140,26 @@ def run_pending(tasks, jobs: int = 1, log=print):
     """Run ``tasks`` (``(path, cfg, record)`` each) whose ``path`` does not exist yet, ``jobs`` at a time.
 
     Each worker process trains one run and writes its JSON, so a grid stopped at any point
-    loses at most the runs in flight (and those resume from their checkpoint). Returns the
-    number of runs that failed.
+    loses at most the runs in flight (and those resume from their checkpoint). A failed run is
+    logged and the others go on, with one job as with several. Returns the number of runs that failed.
+    ``record["identity"]``, if given, is checked against a finished record (:func:`load_finished`) and written.
     """
-    todo = [t for t in tasks if load_finished(t[0], t[1]) is None]
+    todo = [t for t in tasks if load_finished(t[0], t[1], t[2].get("identity")) is None]
     log(f"{len(tasks) - len(todo)} of {len(tasks)} runs already finished; {len(todo)} to run, {jobs} at a time",
         flush=True)
     failed, t0 = 0, time.perf_counter()
     if jobs <= 1:
         for path, cfg, rec in todo:
-            r = train_to_json(cfg, str(path), rec)
+            try:
+                r = train_to_json(cfg, str(path), rec)
+            except Exception as e:  # as with several jobs: the other runs are worth having
+                failed += 1
+                log(f"{Path(path).stem}: FAILED: {e!r}", flush=True)
+                continue
             log(f"{Path(path).stem}: top-1 error {100 * r['final_val_top1_err']:.2f} %, train loss "
                 f"{r['final_train_loss']:.3f}, val loss {r['final_val_loss']:.3f} ({time.perf_counter() - t0:.0f} s)",
                 flush=True)
-        return 0
+        return failed
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 

@@ -206,10 +206,15 @@ def perturbed_losses(model, images, labels, sigmas, directions: int, seed: int, 
 
 
 def flatness(results, runs_dir: Path, rec_dir: Path, data: Path, sigmas, directions: int, log=print):
-    """Per-run flatness records (``flat-<run>.json``), computed for finished runs that lack one."""
+    """Per-run flatness records (``flat-<run>.json``), computed for finished runs that lack one.
+
+    A record is reused when it has the same sigmas and directions and was measured on the model of the run's record
+    (its ``model_finished`` is the run record's ``finished`` stamp); one from another model (the run was trained
+    again) is measured again. Records written before the stamp was kept (the committed ones) lack it and are reused.
+    """
     import torch
 
-    from common import load_val, write_json
+    from common import identity_differences, load_val, write_json
     from dali_kmix.apps.subsample import load_checkpoint_model
 
     val = None
@@ -221,7 +226,8 @@ def flatness(results, runs_dir: Path, rec_dir: Path, data: Path, sigmas, directi
             path = rec_dir / f"flat-{r['run']}.json"
             if path.is_file():
                 rec = json.loads(path.read_text())
-                if rec["sigmas"] == list(sigmas) and rec["directions"] == directions:
+                if (rec["sigmas"] == list(sigmas) and rec["directions"] == directions
+                        and not identity_differences(rec, {"model_finished": r.get("finished")})):
                     flat[label].append(rec)
                     continue
             ckpt = runs_dir / r["run"] / "checkpoint.pt"
@@ -233,7 +239,8 @@ def flatness(results, runs_dir: Path, rec_dir: Path, data: Path, sigmas, directi
             model, _ = load_checkpoint_model(ckpt)
             t0 = time.perf_counter()
             losses = perturbed_losses(model, *val, sigmas, directions, seed=r["seed"])
-            rec = {"label": label, "run": r["run"], "seed": r["seed"], "sigmas": list(sigmas),
+            rec = {"label": label, "run": r["run"], "seed": r["seed"], "model_finished": r.get("finished"),
+                   "sigmas": list(sigmas),
                    "directions": directions, "val_loss": losses.tolist(),
                    "scaling": "per parameter tensor W: W + sigma * |W| * u, u ~ N(0, I) normalised to |u| = 1"}
             write_json(path, rec)
@@ -271,7 +278,8 @@ def plot_flatness(flat, path: Path, title: str):
 
 
 def main(argv=None):
-    from common import add_data_arguments, fashion_mnist, load_finished, run_pending, write_json
+    from common import (add_data_arguments, check_at_least, check_unique, data_identity, fashion_mnist, load_finished,
+                        run_pending, write_json)
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_arguments(ap, TRAIN_PER_CLASS, VAL_PER_CLASS, DATA)
@@ -283,6 +291,9 @@ def main(argv=None):
     ap.add_argument("--report", action="store_true", help="train nothing: tables and plots of the finished runs")
     ap.add_argument("--directions", type=int, default=3, help="random directions per model for the flatness")
     args = ap.parse_args(argv)
+    check_unique("--seeds", args.seeds)
+    for flag in ("--epochs", "--jobs", "--directions", "--train-per-class", "--val-per-class"):
+        check_at_least(flag, getattr(args, flag[2:].replace("-", "_")))
     sigmas = SIGMAS
     regime = dict(REGIME, epochs=args.epochs)
     if args.quick:
@@ -309,12 +320,12 @@ def main(argv=None):
         cfg = dict(regime, data=str(data), out=str(runs_dir / name), mix=mix, k=max(k, 2), alpha=alpha, seed=seed,
                    threads=threads)
         jobs.append((rec_dir / f"{name}.json", cfg, {"label": label, "run": name, "mix": mix, "k": k,
-                                                     "alpha": alpha, "seed": seed}))
+                                                     "alpha": alpha, "seed": seed, "identity": data_identity(args)}))
     t0 = time.perf_counter()
     failed = 0 if args.report else run_pending(jobs, args.jobs)
     results = {label: [] for label, *_ in rows}
     for path, cfg, rec in jobs:
-        r = load_finished(path, cfg)
+        r = load_finished(path, cfg, rec["identity"])
         if r is not None:
             results[rec["label"]].append(r)
     missing = [Path(p).stem for p, _, _ in jobs if not Path(p).is_file()]

@@ -50,6 +50,9 @@ SELECTIONS = [  # (label, measure, selection, ascending)
 ]
 POOL_PER_CLASS, VAL_PER_CLASS = 600, 300
 DATA = ".demo/fashion-mnist-pool"
+# How the pool is scored (kmix subsample's options); with the pool's counts and the scoring model they identify the
+# scores, and are checked against the scores.json beside a scores.csv before it is reused.
+SCORING = dict(m=10, k=3, anchor_ratio=0.5, alpha=[2 / 9, 2 / 9], group_size=64, seed=0)
 
 
 def _regime():
@@ -66,8 +69,45 @@ def _scores(path):
     return SimpleNamespace(paths=paths, labels=labels, mean=mean, std=std, cv=cv)
 
 
+def check_scoring(scores_json: Path, wanted: dict):
+    """Refuse to reuse the scores beside ``scores_json`` (kmix subsample's summary, its ``args``) if they were made
+    with other settings than ``wanted`` (the scoring options, --partners, the pool's counts, the scoring model's
+    ``finished`` stamp). Keys the summary lacks are not compared (the committed summaries predate the counts and the
+    stamp: see ``common.identity_differences``); a scores.csv without its summary cannot be checked and is refused."""
+    import json
+
+    from common import identity_differences
+
+    if not scores_json.is_file():
+        raise SystemExit(f"{scores_json.with_suffix('.csv')} has no {scores_json.name} beside it, so what it was "
+                         f"scored with is unknown; move it away (it is scored again) or restore {scores_json.name}")
+    recorded = json.loads(scores_json.read_text()).get("args", {})
+    diff = identity_differences(recorded, wanted)
+    if diff:
+        raise SystemExit(f"{scores_json.with_suffix('.csv')} was scored with other settings (differs in {diff}: "
+                         f"recorded { {k: recorded[k] for k in diff} }, now { {k: wanted[k] for k in diff} }); "
+                         f"move it away (it is scored again), or give another --tag")
+
+
+def check_arguments(args):
+    """The options, before anything is made or trained."""
+    from common import check_at_least, check_unique
+    from dali_kmix.apps.common import UsageError
+
+    check_unique("--seeds", args.seeds)
+    check_unique("--ratios", args.ratios)
+    bad = [r for r in args.ratios if not 0.0 < r <= 1.0]
+    if bad:
+        raise UsageError(f"--ratios must each be in (0, 1], got {args.ratios}")
+    for flag in ("--full-epochs", "--samples-seen", "--pass-size", "--jobs", "--train-per-class", "--val-per-class"):
+        check_at_least(flag, getattr(args, flag[2:].replace("-", "_")))
+    for s in args.seeds:
+        check_at_least("--seeds", s, 0)
+
+
 def main(argv=None):
-    from common import add_data_arguments, fashion_mnist, load_finished, run_pending, write_json
+    from common import add_data_arguments, data_identity, fashion_mnist, file_list_sha256, load_finished, run_pending
+    from common import write_json
     from dali_kmix.apps.subsample import run as subsample
     from dali_kmix.apps.subsample import select, write_file_list
 
@@ -90,6 +130,7 @@ def main(argv=None):
     ap.add_argument("--measures", nargs="+", default=["cv", "random", "mean"], choices=["cv", "random", "mean"],
                     help="which selections to train (the others are left out of the tables)")
     args = ap.parse_args(argv)
+    check_arguments(args)
     regime = _regime()
     if args.quick:
         args.train_per_class, args.val_per_class, args.full_epochs, args.seeds = 20, 10, 1, [0]
@@ -106,26 +147,32 @@ def main(argv=None):
     # 1. The scoring model: DCutMix K=3 on the whole pool.
     full_cfg = dict(regime, data=str(data), out=str(runs_dir / "full"), mix="dcutmix", k=3, alpha=1.0, seed=0,
                     epochs=args.full_epochs, eval_every=max(1, args.full_epochs // 4), threads=None)
-    full_job = (rec_dir / "full.json", full_cfg, {"label": "scoring model (whole pool)", "run": "full", "seed": 0})
+    identity = data_identity(args)
+    full_job = (rec_dir / "full.json", full_cfg, {"label": "scoring model (whole pool)", "run": "full", "seed": 0,
+                                                  "identity": identity})
     scores_csv = rec_dir / "scores.csv"
     if not args.report:
-        run_pending([full_job], 1)
-    full = load_finished(*full_job[:2])
+        if run_pending([full_job], 1):
+            raise SystemExit("the scoring model failed to train (see above)")
+    full = load_finished(*full_job[:2], identity)
     if full is not None:
         print(f"scoring model: top-1 error {100 * full['final_val_top1_err']:.2f} %, train loss "
               f"{full['final_train_loss']:.3f}, val loss {full['final_val_loss']:.3f}", flush=True)
-    # 2. Score the pool once (seed 0); every subset is a selection from these scores.
+    # 2. Score the pool once (seed 0); every subset is a selection from these scores. What they were scored with
+    # goes into scores.json (kmix subsample's summary, from its arguments: the extra ones are only recorded).
+    scoring = dict(SCORING, partners=args.partners, pool_per_class=args.train_per_class)
+    if full is not None:
+        scoring["scoring_model_finished"] = full["finished"]
     if not scores_csv.is_file() and not args.report:
         subsample(Namespace(
             data=str(data / "train"), checkpoint=str(runs_dir / "full" / "checkpoint.pt"), model=None,
-            ratio=args.ratios[0], selection="top", interval=2, measure="cv", ascending=False, m=10, k=3,
-            anchor_ratio=0.5, alpha=[2 / 9, 2 / 9], group_size=64, partners=args.partners, crop=regime["crop"],
-            resize=regime["val_resize"],
-            seed=0, device="cpu", threads=None, out=str(runs_dir / "subset-scoring.txt"), scores=str(scores_csv),
-            figure=str(out / f"{tag}-figure2.png")))
+            ratio=args.ratios[0], selection="top", interval=2, measure="cv", ascending=False, crop=regime["crop"],
+            resize=regime["val_resize"], device="cpu", threads=None, out=str(runs_dir / "subset-scoring.txt"),
+            scores=str(scores_csv), figure=str(out / f"{tag}-figure2.png"), **scoring))
         print(f"scored the pool ({time.perf_counter() - t0:.0f} s)", flush=True)
     if not scores_csv.is_file():
         raise SystemExit(f"{scores_csv} does not exist yet: run without --report first")
+    check_scoring(scores_csv.with_suffix(".json"), scoring)
     scores = _scores(scores_csv)
 
     # 3. The subsets, trained from scratch with DCutMix K=3.
@@ -141,8 +188,9 @@ def main(argv=None):
                               seed=seed if measure == "random" else 0)  # random subsets differ per seed
                 repeat = max(1, round(args.pass_size / len(keep)))
                 subset = runs_dir / f"{name}.txt"
+                pairs = [(scores.paths[i], scores.labels[i]) for i in keep] * repeat
                 if not args.report:
-                    write_file_list([(scores.paths[i], scores.labels[i]) for i in keep] * repeat, subset)
+                    write_file_list(pairs, subset)
                 epochs = max(1, round(args.samples_seen / (len(keep) * repeat)))
                 cfg = dict(regime, train_dir=str(data / "train"), val_dir=str(data / "val"), train_list=str(subset),
                            out=str(runs_dir / name), mix="dcutmix", k=3, alpha=1.0, seed=seed, epochs=epochs,
@@ -150,12 +198,13 @@ def main(argv=None):
                 jobs.append((rec_dir / f"{name}.json", cfg,
                              {"label": key, "run": name, "seed": seed, "ratio": ratio, "measure": measure,
                               "selection": selection, "ascending": ascending, "kept": len(keep), "repeat": repeat,
-                              "images_seen": epochs * len(keep) * repeat}))
+                              "images_seen": epochs * len(keep) * repeat,
+                              "identity": dict(identity, train_list_sha256=file_list_sha256(pairs))}))
     failed = 0 if args.report else run_pending(jobs, args.jobs)
     results = {}
     for path, cfg, rec in jobs:
         results.setdefault(rec["label"], [])
-        r = load_finished(path, cfg)
+        r = load_finished(path, cfg, rec["identity"])
         if r is not None:
             results[rec["label"]].append(r)
     missing = [Path(p).stem for p, _, _ in jobs if not Path(p).is_file()]

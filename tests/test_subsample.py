@@ -67,6 +67,20 @@ def test_selection_does_not_depend_on_row_order_and_breaks_ties_by_path():
     assert keep == ["c0/img000.jpg", "c0/img001.jpg", "c0/img005.jpg"]
 
 
+@pytest.mark.parametrize("seed", [0, 3], ids=["seed0", "seed3"])
+def test_random_selection_does_not_depend_on_row_order(seed):
+    s = _scores([[0.1] * 12, [0.2] * 7])
+    keep = sorted(s.paths[i] for i in select(s, 0.5, measure="random", seed=seed))
+    for shuffle in range(3):
+        perm = np.random.default_rng(shuffle).permutation(len(s.paths))
+        t = Scores([s.paths[i] for i in perm], s.labels[perm], s.losses[perm])
+        assert sorted(t.paths[i] for i in select(t, 0.5, measure="random", seed=seed)) == keep
+    # rows in path order (as run() and the scores CSV give them) keep the draws of before
+    rows = np.random.default_rng([seed, 0xC0FFEE]).random(len(s.paths))
+    assert keep == sorted(s.paths[i] for i in select(Scores(s.paths, s.labels, np.c_[rows, rows]), 0.5,
+                                                     measure="mean", seed=seed))
+
+
 def test_every_class_keeps_at_least_one():
     s = _scores([[0.1, 0.2], [0.3], [0.4, 0.5, 0.6]])
     keep = select(s, 0.05, selection="interval")
@@ -101,16 +115,52 @@ def test_scores_csv_and_file_list_round_trip(tmp_path):
     assert read_file_list(tmp_path / "l.txt") == pairs
     assert (tmp_path / "l.txt").read_text() == "c0/img000.jpg 0\nc1/img000.jpg 1\n"
     assert not list(tmp_path.glob(".*.tmp"))
-    with pytest.raises(ValueError, match=r"contains white space"):
-        write_file_list([("a b.jpg", 0)], tmp_path / "bad.txt")
+    spaced = [("c 0/my  img.jpg", 0), ("c1/a\tb.jpg", 12)]  # DALI takes the last field as the label
+    write_file_list(spaced, tmp_path / "spaced.txt")
+    assert read_file_list(tmp_path / "spaced.txt") == spaced
 
 
-def test_file_list_feeds_a_dali_reader(photo_dir, tmp_path):
+@pytest.mark.parametrize("rel,match", [
+    ("a\nb.jpg", r"path 'a\\nb.jpg' contains a newline or carriage return"),
+    ("a\rb.jpg", r"path 'a\\rb.jpg' contains a newline or carriage return"),
+    (" a.jpg", r"path ' a.jpg' starts or ends with white space"),
+    ("a.jpg ", r"path 'a.jpg ' starts or ends with white space"),
+    ("", r"an empty path cannot be a line"),
+], ids=["newline", "carriage-return", "leading-space", "trailing-space", "empty"])
+def test_file_list_refuses_paths_that_break_a_line(tmp_path, rel, match):
+    with pytest.raises(ValueError, match=match):
+        write_file_list([("ok.jpg", 0), (rel, 1)], tmp_path / "bad.txt")
+    assert not list(tmp_path.iterdir())
+
+
+def test_list_files_lists_what_readers_file_reads(tmp_path):
+    from dali_kmix.pipelines import tree_files
+
+    for rel in ("c0/b.PPM", "c0/a.jpg", "c0/sub/deep.jpg", "c0/notes.txt", "c1/x.jp2", "c1/y.pgm", "c1/z.pbm",
+                "c1/w.pnm", "c2/.hidden.png", "c2/q r.webp"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    (tmp_path / "c1" / "dir.jpg").mkdir()  # a folder is no file, whatever its name
+    files = list_files(tmp_path)
+    assert files == [("c0/a.jpg", 0), ("c0/b.PPM", 0), ("c1/w.pnm", 1), ("c1/x.jp2", 1), ("c1/y.pgm", 1),
+                     ("c1/z.pbm", 1), ("c2/.hidden.png", 2), ("c2/q r.webp", 2)]
+    assert [tmp_path / rel for rel, _ in files] == tree_files(tmp_path)
+
+
+@pytest.mark.parametrize("spaces", [False, True], ids=["plain", "inner-spaces"])
+def test_file_list_feeds_a_dali_reader(photo_dir, tmp_path, spaces):
     pytest.importorskip("nvidia.dali")
     from nvidia.dali import fn, pipeline_def
 
+    if spaces:  # a tree whose class folder and files hold inner spaces
+        shutil.copytree(photo_dir, tmp_path / "tree")
+        photo_dir = tmp_path / "tree"
+        first = sorted(p for p in photo_dir.iterdir() if p.is_dir())[0]
+        first = first.rename(first.with_name(first.name + " x  y"))
+        for f in sorted(first.iterdir())[:3]:
+            f.rename(f.with_name(f"a b\t{f.name}"))
     files = list_files(photo_dir)
-    subset = files[::5]
+    subset = files[::5] + ([f for f in files if " " in f[0]][:3] if spaces else [])
     write_file_list(subset, tmp_path / "subset.txt")
 
     @pipeline_def(batch_size=len(subset), num_threads=1, device_id=None)
@@ -325,9 +375,71 @@ def test_groups_never_leave_a_sample_alone_and_cover_every_sample_once(n, group_
     groups = _groups(files, group_size, seed=4)
     assert all(2 <= len(g) <= group_size + 1 for g in groups)  # a last group of one joins the one before
     assert sorted(f for g in groups for f in g) == sorted(files)
-    for world in (1, 2, 3):  # ranks take groups r, r + W, ...: together every sample, each once
-        mine = [f for r in range(world) for g in range(r, len(groups), world) for f in groups[g]]
-        assert sorted(mine) == sorted(files)
+
+
+class _Batch:
+    def __init__(self, a):
+        self.a = a
+
+    def as_array(self):
+        return self.a
+
+
+class _FakeGroupPipeline:
+    """Stands in for the DALI group pipeline: yields each group's labels (and blank images), in order."""
+
+    def __init__(self, root, groups, **kw):
+        self.groups = list(groups)
+
+    def build(self):
+        pass
+
+    def run(self):
+        g = self.groups.pop(0)
+        return _Batch(np.zeros((len(g), 3, 4, 4), np.float32)), _Batch(np.array([[lab] for _, lab in g], np.int32))
+
+
+@pytest.mark.parametrize("n,group_size", [(31, 4), (48, 7), (9, 8)], ids=["31-by-4", "48-by-7", "9-by-8"])
+@pytest.mark.parametrize("world", [2, 3, 5])
+def test_score_dataset_ranks_split_the_groups(tmp_path, monkeypatch, n, group_size, world):
+    """Rank r of W scores its share of the groups in score_dataset: every group exactly once, the same losses."""
+    from dali_kmix.apps import subsample
+
+    for i in range(n):
+        (tmp_path / f"c{i % 3}").mkdir(exist_ok=True)
+        (tmp_path / f"c{i % 3}" / f"img{i:03d}.jpg").write_bytes(b"")
+    monkeypatch.setattr(subsample, "_group_pipeline", _FakeGroupPipeline)
+    scored = []
+
+    def fake_score_batch(model, images, labels, *, m, rng, **kw):  # losses from the group's generator alone
+        scored.append(len(labels))
+        return rng.random((len(labels), m))
+
+    monkeypatch.setattr(subsample, "score_batch", fake_score_batch)
+    kw = dict(num_classes=3, m=3, group_size=group_size, seed=2, crop=4, resize=4)
+    one, _ = subsample.score_dataset(None, tmp_path, **kw)
+    groups_one = len(scored)
+    parts = []
+    for r in range(world):
+        scored.clear()
+        parts.append(subsample.score_dataset(None, tmp_path, rank=r, world=world, **kw)[0])
+        assert len(scored) == len(range(r, groups_one, world))  # its share of the groups
+    paths = [p for s in parts for p in s.paths]
+    assert sorted(paths) == sorted(one.paths) and len(paths) == n  # each sample scored by exactly one rank
+    merged = dict(zip(paths, np.concatenate([s.losses for s in parts])))
+    for p, row in zip(one.paths, one.losses):
+        np.testing.assert_array_equal(merged[p], row)
+
+
+def test_group_generators_never_replay_the_file_order():
+    from dali_kmix.apps.subsample import _group_rng
+
+    for seed in (0, 7):
+        order = np.random.default_rng([seed, 0x5EED]).random(8)
+        assert not np.array_equal(_group_rng(seed, 0x5EED).random(8), order)
+        for g in (0, 1, 0x5EED - 1):  # the groups of every dataset so far keep their draws
+            np.testing.assert_array_equal(_group_rng(seed, g).random(8), np.random.default_rng([seed, g]).random(8))
+        assert not np.array_equal(_group_rng(seed, 0x5EED).random(8), _group_rng(seed, 0x5EED + 1).random(8))
 
 
 def test_groups_refuse_groups_of_one():
@@ -419,13 +531,67 @@ def test_subsample_partners_option_reaches_the_scoring(photo_dir, tiny_checkpoin
     (["--mixes", "1"], r"--mixes must be >= 2, got 1"),
     (["--threads", "-1"], r"--threads must be >= 1, got -1"),
     (["--crop", "0"], r"--crop must be >= 1, got 0"),
-])
-def test_subsample_refuses_bad_arguments(photo_dir, tiny_checkpoint, tmp_path, args, match):
+    (["--interval", "0"], r"--interval must be >= 1, got 0"),
+    (["--interval", "-2"], r"--interval must be >= 1, got -2"),
+    (["--k", "1"], r"--k must be >= 2, got 1"),
+    (["--anchor-ratio", "0"], r"--anchor-ratio must be in \(0, 1\), got 0\.0"),
+    (["--anchor-ratio", "1"], r"--anchor-ratio must be in \(0, 1\), got 1\.0"),
+    (["--anchor-ratio", "-0.5"], r"--anchor-ratio must be in \(0, 1\), got -0\.5"),
+    (["--seed", "-1"], r"--seed must be >= 0, got -1"),
+    (["--k", "4"], r"--alpha must be one value or K - 1 = 3 values \(--k 4\), got \[0\.22"),
+    (["--alpha", "0"], r"--alpha must be finite and > 0, got \[0\.0\]"),
+], ids=["group-size-0", "group-size-neg", "group-size-1", "mixes-0", "mixes-1", "threads-neg", "crop-0",
+        "interval-0", "interval-neg", "k-1", "anchor-ratio-0", "anchor-ratio-1", "anchor-ratio-neg", "seed-neg",
+        "alpha-count", "alpha-0"])
+def test_subsample_refuses_bad_arguments(photo_dir, tiny_checkpoint, tmp_path, monkeypatch, args, match):
+    from dali_kmix.apps import subsample
     from dali_kmix.apps.common import UsageError
 
+    def no_scoring(*a, **kw):
+        raise AssertionError("scored before the arguments were checked")
+
+    monkeypatch.setattr(subsample, "score_dataset", no_scoring)
+    monkeypatch.setattr(subsample, "load_checkpoint_model", no_scoring)
     with pytest.raises(UsageError, match=match):
         _subsample_in_process(photo_dir, tiny_checkpoint, "--out", str(tmp_path / "subset.txt"), *args)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("folder,name,match", [
+    (" lead", "x.jpg", r"--data .*: path ' lead/[^']+\.jpg' starts or ends with white space"),
+    (None, "new\nline.jpg", r"--data .*: path '.*/new\\nline\.jpg' contains a newline"),
+], ids=["leading-space", "newline"])
+def test_subsample_refuses_unlistable_files_before_scoring(photo_dir, tiny_checkpoint, tmp_path, monkeypatch, folder,
+                                                           name, match):
+    from dali_kmix.apps import subsample
+    from dali_kmix.apps.common import UsageError
+
+    data = tmp_path / "data"
+    shutil.copytree(photo_dir, data)
+    cls = sorted(p for p in data.iterdir() if p.is_dir())[0]
+    if folder is not None:  # a path that starts with white space: its class folder's name does
+        cls = cls.rename(data / folder)
+    shutil.copy(sorted(cls.iterdir())[0], cls / name)
+
+    def no_scoring(*a, **kw):
+        raise AssertionError("scored before the files were checked")
+
+    monkeypatch.setattr(subsample, "score_dataset", no_scoring)
+    with pytest.raises(UsageError, match=match):
+        _subsample_in_process(photo_dir, tiny_checkpoint, "--out", str(tmp_path / "o" / "subset.txt"), data=data)
+    assert not (tmp_path / "o").exists()
+
+
+def test_subsample_scores_files_with_inner_spaces(photo_dir, tiny_checkpoint, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(photo_dir, data)
+    cls = sorted(p for p in data.iterdir() if p.is_dir())[0]
+    for f in sorted(cls.iterdir()):
+        f.rename(f.with_name(f"my {f.name}"))
+    assert _subsample_in_process(photo_dir, tiny_checkpoint, "--ratio", "1", "--out", str(tmp_path / "subset.txt"),
+                                 data=data) == 0
+    listed = read_file_list(tmp_path / "subset.txt")
+    assert sorted(listed) == sorted(list_files(data)) and any(" " in rel for rel, _ in listed)
 
 
 @pytest.mark.parametrize("args,match", [

@@ -28,6 +28,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +43,6 @@ __all__ = ["MEASURES", "SELECTIONS", "PARTNERS", "list_files", "score_batch", "s
 
 MEASURES = ("cv", "mean", "std", "random")
 SELECTIONS = ("top", "interval")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 @dataclass
@@ -66,19 +67,16 @@ class Scores:
 
 
 def list_files(data_dir) -> list[tuple[str, int]]:
-    """``(relative path, label)`` of every image, labels numbered by sorted class folder (as ``readers.file``)."""
-    from .data import class_names
+    """``(relative path, label)`` of every file ``readers.file(file_root=data_dir)`` reads, in its order: the files
+    of each class folder (not recursive, DALI's file filters: :func:`dali_kmix.pipelines.image_files`), labels
+    numbered by class folder as ``readers.file`` numbers them."""
+    from ..pipelines import class_names, image_files
 
     root = Path(data_dir)
     classes = class_names(root)
     if not classes:
         raise ValueError(f"data {str(data_dir)!r} has no class sub-folders")
-    out = []
-    for label, c in enumerate(classes):
-        for f in sorted((root / c).rglob("*")):
-            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
-                out.append((f.relative_to(root).as_posix(), label))
-    return out
+    return [(f"{c}/{name}", label) for label, c in enumerate(classes) for name in image_files(root / c)]
 
 
 PARTNERS = ("fixed", "redrawn")
@@ -129,13 +127,24 @@ def score_batch(model, images, labels, *, num_classes: int, m: int = 10, k: int 
     return (losses, shots) if capture else losses
 
 
+_ORDER_KEY = 0x5EED  # the file order's generator is default_rng([seed, _ORDER_KEY])
+
+
+def _group_rng(seed: int, g: int):
+    """The generator of group ``g``: ``default_rng([seed, g])``, except that group ``_ORDER_KEY`` would then replay
+    the file order's stream (``[seed, 0x5EED]``); groups from ``_ORDER_KEY`` on take ``[seed, _ORDER_KEY, g]``, a
+    key of three words that no order or group key equals. Groups below it keep ``[seed, g]``, so every score of a
+    dataset of fewer than 0x5EED groups (every study so far) stays as it was."""
+    return np.random.default_rng([seed, g] if g < _ORDER_KEY else [seed, _ORDER_KEY, g])
+
+
 def _groups(files, group_size: int, seed: int):
     """``files`` in one seeded order, cut into groups of ``group_size``; never a group of one sample (its
     partners would be itself, every mix the anchor alone, its CV 0): a last group of one joins the one before."""
     group_size = _checks.check_int("group_size", group_size, 2)
     if len(files) < 2:
         raise ValueError(f"scoring mixes every sample with others: it needs at least 2 images, got {len(files)}")
-    order = np.random.default_rng([seed, 0x5EED]).permutation(len(files))
+    order = np.random.default_rng([seed, _ORDER_KEY]).permutation(len(files))
     groups = [[files[i] for i in order[s:s + group_size]] for s in range(0, len(files), group_size)]
     if len(groups[-1]) == 1:
         lone = groups.pop()
@@ -202,7 +211,7 @@ def score_dataset(model, data_dir, *, num_classes: int, m: int = 10, k: int = 3,
         if [lab for _, lab in groups[g]] != labs.tolist():
             raise RuntimeError("the scoring pipeline returned a group out of order")
         res = score_batch(model, batch, labs, num_classes=num_classes, m=m, k=k, anchor_ratio=anchor_ratio,
-                          alpha=alpha, rng=np.random.default_rng([seed, g]), capture=bool(capture_paths),
+                          alpha=alpha, rng=_group_rng(seed, g), capture=bool(capture_paths),
                           partners=partners)
         if capture_paths:
             res, shots = res
@@ -223,8 +232,11 @@ def score_dataset(model, data_dir, *, num_classes: int, m: int = 10, k: int = 3,
 
 
 def _measure(scores: Scores, measure: str, seed: int):
-    if measure == "random":
-        return np.random.default_rng([seed, 0xC0FFEE]).random(len(scores.paths))
+    if measure == "random":  # drawn in path order, so a sample's value does not depend on the order of the rows
+        values = np.empty(len(scores.paths))
+        values[np.argsort(np.asarray(scores.paths), kind="stable")] = \
+            np.random.default_rng([seed, 0xC0FFEE]).random(len(scores.paths))
+        return values
     return getattr(scores, measure)
 
 
@@ -284,19 +296,34 @@ def read_scores(path):
             *(np.array([float(r[c]) for r in rows]) for c in ("mean", "std", "cv")))
 
 
+def check_list_path(rel) -> str:
+    """``rel`` if a DALI ``file_list`` line can hold it, else a ValueError naming it. DALI (2.4) reads a line as
+    ``path label``, the label its last whitespace-separated field, so spaces inside a path are fine; a newline or
+    carriage return would break the line, and white space at either end would be cut off or taken for the
+    separator."""
+    if not rel:
+        raise ValueError("an empty path cannot be a line of a DALI file_list")
+    if "\n" in rel or "\r" in rel:
+        raise ValueError(f"path {rel!r} contains a newline or carriage return, which would break its line of a DALI "
+                         "file_list")
+    if rel != rel.strip():
+        raise ValueError(f"path {rel!r} starts or ends with white space, which a DALI file_list line cannot keep")
+    return rel
+
+
 def write_file_list(pairs, path):
-    """A DALI ``file_list``: ``relative/path label`` per line (paths must not contain spaces)."""
-    lines = []
-    for rel, lab in pairs:
-        if any(ch.isspace() for ch in rel):
-            raise ValueError(f"path {rel!r} contains white space, which a DALI file_list cannot hold")
-        lines.append(f"{rel} {int(lab)}")
+    """A DALI ``file_list``: ``relative/path label`` per line (a path may hold inner spaces, see
+    :func:`check_list_path`)."""
+    lines = [f"{check_list_path(rel)} {int(lab)}" for rel, lab in pairs]
     atomic_write(path, "\n".join(lines) + ("\n" if lines else ""))
 
 
 def read_file_list(path) -> list[tuple[str, int]]:
+    """``(path, label)`` of every line of a ``file_list``, split as DALI splits it (lines at "\\n" only, the label
+    the last whitespace-separated field)."""
     out = []
-    for line in Path(path).read_text().splitlines():
+    for raw in Path(path).read_bytes().split(b"\n"):
+        line = os.fsdecode(raw)
         if line.strip():
             rel, lab = line.rsplit(None, 1)
             out.append((rel, int(lab)))
@@ -407,6 +434,25 @@ def _preprocessing(args, state: dict) -> tuple[int, int]:
     return crop, args.resize or default_resize(crop, config.get("val_resize"))
 
 
+def _check_arguments(args):
+    """Every option that can be checked without reading anything, before any work (a bad one found after the
+    scoring would lose the scores)."""
+    _check_ratio(args.ratio)
+    for flag, value, minimum in (("--group-size", args.group_size, 2), ("--mixes", args.m, 2),
+                                 ("--threads", args.threads, 1), ("--crop", args.crop, 1),
+                                 ("--resize", args.resize, 1), ("--interval", args.interval, 1),
+                                 ("--k", args.k, 2), ("--seed", args.seed, 0)):
+        if value is not None and value < minimum:
+            raise UsageError(f"{flag} must be >= {minimum}, got {value}")
+    if not 0.0 < args.anchor_ratio < 1.0:
+        raise UsageError(f"--anchor-ratio must be in (0, 1), got {args.anchor_ratio}")
+    alpha = list(args.alpha)
+    if len(alpha) not in (1, args.k - 1):
+        raise UsageError(f"--alpha must be one value or K - 1 = {args.k - 1} values (--k {args.k}), got {alpha}")
+    if not all(math.isfinite(a) and a > 0 for a in alpha):
+        raise UsageError(f"--alpha must be finite and > 0, got {alpha}")
+
+
 def run(args) -> tuple[dict, Scores]:
     """``kmix subsample``: score (one process or under torchrun), select, write the files (rank 0).
 
@@ -417,16 +463,17 @@ def run(args) -> tuple[dict, Scores]:
 
     from .data import class_names
 
-    _check_ratio(args.ratio)
-    for flag, value, minimum in (("--group-size", args.group_size, 2), ("--mixes", args.m, 2),
-                                 ("--threads", args.threads, 1), ("--crop", args.crop, 1),
-                                 ("--resize", args.resize, 1)):
-        if value is not None and value < minimum:
-            raise UsageError(f"{flag} must be >= {minimum}, got {value}")
+    _check_arguments(args)
     for name, path in (("--data", args.data), ("--checkpoint", args.checkpoint)):
         if not Path(path).exists():
             raise UsageError(f"{name} {str(path)!r} does not exist")
     outputs = _output_paths(args)
+    files = list_files(args.data)
+    for rel, _ in files:  # the subset is written as a file_list after scoring: refuse a path it cannot hold now
+        try:
+            check_list_path(rel)
+        except ValueError as e:
+            raise UsageError(f"--data {str(args.data)!r}: {e}") from None
     d = setup_distributed(args.device, args.threads)
     rank, world, local_rank, gpu = d.rank, d.world, d.local_rank, d.gpu
     model, state = load_checkpoint_model(args.checkpoint, args.model, d.device)
@@ -443,7 +490,7 @@ def run(args) -> tuple[dict, Scores]:
         dist.all_gather_object(parts, (scores.paths, scores.labels, scores.losses))
         scores = Scores(sum((p[0] for p in parts), []), np.concatenate([p[1] for p in parts]),
                         np.concatenate([p[2] for p in parts]))
-    expected = {rel for rel, _ in list_files(args.data)}
+    expected = {rel for rel, _ in files}
     if len(scores.paths) != len(expected) or set(scores.paths) != expected:
         raise RuntimeError(f"scored {len(scores.paths)} samples ({len(set(scores.paths))} distinct) "
                            f"for {len(expected)} files")
