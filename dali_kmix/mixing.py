@@ -72,12 +72,23 @@ def _validate(params: MixParams, n: int, h: int, w: int):
     params.validate(n, h, w)
 
 
+def _check_one_dtype(samples) -> None:
+    """A list or tuple of samples (which ``np.asarray`` would stack, promoting uint8 + float32 to float32) must hold
+    one image dtype; TypeError naming the first sample that differs."""
+    dtypes = [a.dtype if hasattr(a, "dtype") else np.asarray(a).dtype for a in samples]
+    for i, dt in enumerate(dtypes):
+        if _checks.check_image_dtype("images", dt) != dtypes[0]:
+            raise TypeError(f"images: all samples must have one dtype; sample 0 has {dtypes[0]} but sample {i} has "
+                            f"{dt}")
+
+
 def mix_images(images, params: MixParams, layout: str = "HWC"):
     """Mix a batch of images as ``params`` says; returns a new array of the same type and dtype.
 
     Args:
         images: NumPy or CuPy array, ``(N, H, W, C)`` for layout "HWC" or
-            ``(N, C, H, W)`` for "CHW"; dtype uint8, float16 or float32.
+            ``(N, C, H, W)`` for "CHW"; dtype uint8, float16 or float32. A list or tuple of samples is
+            stacked; they must share one dtype (no promotion).
         params: a :class:`MixParams` for this batch (N rows); its arrays are moved to
             the images' device if needed. Its values are validated (on CuPy this
             reads a few flags back to the host).
@@ -90,6 +101,8 @@ def mix_images(images, params: MixParams, layout: str = "HWC"):
     (its label weights are box areas / (H x W)), while DMixup also blends empty ones.
     """
     layout = _checks.check_layout(layout)
+    if isinstance(images, (list, tuple)):
+        _check_one_dtype(images)
     gpu = _is_cupy(images)
     if not gpu:
         images = np.asarray(images)
@@ -109,7 +122,8 @@ def mix_images(images, params: MixParams, layout: str = "HWC"):
 
 
 def mix_labels(labels, params: MixParams, num_classes: int, smoothing: float = 0.0):
-    """Soft targets for a mixed batch; float32 ``(N, num_classes)``, same array kind as ``params``.
+    """Soft targets for a mixed batch; float32 ``(N, num_classes)``, same array kind as ``labels`` (NumPy or
+    CuPy: ``params`` is moved to the labels' device if needed).
 
     ``targets[n] = sum_k weights[n, k] * onehot_s(labels[sources[n, k]])`` where
     ``onehot_s`` puts ``1 - s + s/C`` on the class and ``s/C`` elsewhere

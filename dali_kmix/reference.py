@@ -20,8 +20,8 @@ CPU) must produce, bit for bit:
   input pixel, so the result is exact for every dtype.
 
 * The grey working copy of the saliency step (``kmix_grey_resize``): ITU-R 601 luma
-  of RGB (the mean of other channel counts) in float32, then a bilinear resize with
-  half-pixel centres (OpenCV's INTER_LINEAR).
+  of RGB (the mean of other channel counts) in float32, in the kernels' order (:func:`grey`),
+  then a bilinear resize with half-pixel centres (OpenCV's INTER_LINEAR).
 
 Images are ``(N, H, W, C)`` for layout "HWC" and ``(N, C, H, W)`` for "CHW".
 """
@@ -182,14 +182,28 @@ def mix_labels(labels, params: MixParams, num_classes: int, smoothing: float = 0
 
 
 def grey(images, layout: str):
-    """float32 ``(N, H, W)`` grey images from a ``(N, H, W, C)`` / ``(N, C, H, W)`` batch."""
+    """float32 ``(N, H, W)`` grey images from a ``(N, H, W, C)`` / ``(N, C, H, W)`` batch.
+
+    The kernels' arithmetic (``kmix_grey_at`` in ``kernels/kmix_saliency.cu``), bit for bit: every channel
+    converted to float32 (exact), then for C = 3 the luma ``(x0 * 0.299f + x1 * 0.587f) + x2 * 0.114f`` (no fused
+    multiply-add; all -0 pixels stay -0), else the channels added one by one from +0,
+    ``((0 + x0) + x1) + ...``, divided by ``float32(C)`` (not NumPy's pairwise sum, which rounds differently from
+    8 channels on, nor its mean, which starts from the first channel).
+    """
     xp = _checks.array_module(images)
     x = images if layout == "HWC" else xp.moveaxis(images, 1, -1)
     c = x.shape[-1]
+
+    def channel(i):
+        return x[..., i].astype(np.float32)
+
     if c == 3:
-        w = xp.asarray(_LUMA, dtype=np.float32)
-        return (x.astype(np.float32) * w).sum(axis=-1)
-    return x.astype(np.float32).mean(axis=-1)
+        w0, w1, w2 = (np.float32(v) for v in _LUMA)
+        return (channel(0) * w0 + channel(1) * w1) + channel(2) * w2
+    acc = xp.zeros(x.shape[:-1], np.float32)
+    for i in range(c):
+        acc = acc + channel(i)
+    return acc / np.float32(c)
 
 
 def resize_bilinear(g, out_h: int, out_w: int):

@@ -46,17 +46,79 @@ def _sample_list(images) -> list:
     return list(images)
 
 
+def _check_channels(shape, layout: str) -> None:
+    """An (N, ...) array batch whose sample ``shape`` contradicts ``layout`` (:func:`_checks.channels_suspect`: a CHW
+    batch read with the default "HWC", or the reverse) raises ValueError, as the DALI operators refuse such
+    images (:func:`_checks.check_channels`): read in the wrong layout, rows of channels would be taken for pixels
+    and the points would be silently wrong."""
+    if not _checks.channels_suspect(shape, layout):
+        return
+    other = "CHW" if layout == "HWC" else "HWC"
+    shape = tuple(int(v) for v in shape)
+    count, where = (shape[0], "first") if layout == "HWC" else (shape[2], "last")
+    batch = "(N, C, H, W)" if other == "CHW" else "(N, H, W, C)"
+    raise ValueError(
+        f"images: layout='{layout}' was given but the samples' shape {shape} looks {other} ({count} channels "
+        f"{where}); read as {layout}, channels would be taken for pixels and the salient points would be wrong. "
+        f"Pass layout='{other}' for an {batch} array, or, if the shape is meant, the samples as a list (whose "
+        f"layout is taken as given, as the DALI operators check it against the layout the images carry)")
+
+
+def _checked_batch(images, layout: str):
+    """``(batch, n, shape, xp)`` of a batch array or a list of same-shape samples, with the checks the kernels need
+    (``layout`` checked by the caller): a list stays a list (the kernels read every sample through its own
+    pointer); ``shape`` is one sample's (None for an empty list). Every sample one dtype (uint8, float16, float32),
+    one shape, at least 1 x 1 pixels and one channel, every extent indexable by the kernels' ints
+    (:func:`_checks.check_kernel_extents`: ctypes would truncate larger ones silently), and an array batch's shape
+    fitting ``layout`` (:func:`_check_channels`). An empty batch is returned after the dtype and shape
+    checks."""
+    listed = isinstance(images, (list, tuple))
+    if listed:
+        samples = list(images)
+        if not samples:
+            return samples, 0, None, np
+        xp = _xp(samples[0])
+        shape = _checks.check_same_shapes("images", [a.shape for a in samples], layout)
+        for i, a in enumerate(samples):
+            if _checks.check_image_dtype("images", a.dtype) != samples[0].dtype:
+                raise TypeError(f"images: all samples must have one dtype; sample 0 has {samples[0].dtype} "
+                                f"but sample {i} has {a.dtype}")
+        batch, n = samples, len(samples)
+    else:
+        xp = _xp(images)
+        batch = np.asarray(images) if xp is np else images
+        if batch.ndim != 4:
+            raise ValueError(f"images must have 4 dimensions (N, {', '.join(layout)}), got shape "
+                             f"{tuple(batch.shape)}")
+        n, shape = batch.shape[0], tuple(batch.shape[1:])
+        _checks.check_image_dtype("images", batch.dtype)
+    if n == 0:
+        return batch, n, shape, xp
+    _checks.check_area("images", shape, layout, "saliency", "an empty image has no salient pixel")
+    if _checks.hwc_dims(shape, layout)[2] < 1:
+        raise ValueError(f"images: saliency needs at least one channel, but sample 0 has shape {tuple(shape)} "
+                         f"(layout {layout})")
+    _checks.check_kernel_extents("images", shape, layout)
+    if not listed:
+        _check_channels(shape, layout)
+    return batch, n, shape, xp
+
+
 def small_grey(images, layout: str, work_size: int = WORK_SIZE):
     """float32 ``(N, work_size, work_size)`` grey copies of a batch or of a list of same-shape samples.
 
     Runs the ``kmix_grey_resize`` kernel (GPU, or the CPU build) straight from the
     per-sample buffers; without a C++ compiler, the NumPy reference
     (:func:`~dali_kmix.reference.grey`, :func:`~dali_kmix.reference.resize_bilinear`),
-    which gives the same bits.
+    which gives the same bits. ``images`` and ``layout`` as for :func:`salient_points` (and checked alike);
+    ``work_size`` >= 1.
     """
-    samples = _sample_list(images)
-    if not samples:
-        return _xp(images).zeros((0, work_size, work_size), np.float32)
+    layout = _checks.check_layout(layout)
+    work_size = _checks.check_int("work_size", work_size, 1)
+    batch, n, _, xp = _checked_batch(images, layout)
+    if n == 0:
+        return xp.zeros((0, work_size, work_size), np.float32)
+    samples = _sample_list(batch)
     return backend_for(samples[0]).grey_resize(samples, layout, work_size, work_size)
 
 
@@ -105,8 +167,9 @@ def _box_sum3(a):
 
 
 def _zero_bin_tolerance(g, ftype):
-    """Per image of ``g`` (``(N, h, w)``, transformed in precision ``ftype``), the largest |F| that
-    rounding alone can leave in a bin whose exact value is 0.
+    """Per image of ``g`` (``(N, h, w)`` as given, before its cast to ``ftype``: its dtype is the input's
+    precision; transformed in precision ``ftype``), the largest |F| that rounding alone can leave in a bin
+    whose exact value is 0.
 
     The grey copy's own rounding (float32 from the resize: at most eps/2 of every pixel) moves a
     bin by up to eps/2 * sum|g|; the FFT's rounding adds about eps * log2(h w) * sum|g|. So
@@ -141,6 +204,8 @@ def spectral_residual(g, precision=None):
     bounds the hole but depends on the grey scale; on photographs, where no bin is near zero,
     the two agree.)
 
+    An empty batch ``(0, h, w)`` gives an empty float32 ``(0, h, w)`` on every path.
+
     On the CPU, in float32 on a grid whose sides are powers of two (the default 64 x 64), the CPU
     build's implementation of these steps runs (``kernels/kmix_spectral.h``: one image per worker
     thread, vectorised; maps within a few float32 ulps of this code's); elsewhere this code.
@@ -150,6 +215,8 @@ def spectral_residual(g, precision=None):
     if ftype not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise ValueError(f"precision must be float32 or float64, got {ftype}")
     ftype = ftype.type
+    if g.shape[0] == 0:  # no image: no map (the paths below would reshape (0, -1))
+        return xp.zeros(g.shape, np.float32)
     if xp is np and ftype is np.float32 and g.dtype in (np.float32, np.float64) and \
             all(_power_of_two(s) for s in g.shape[-2:]):
         kernels = host_kernels()
@@ -164,6 +231,9 @@ def _power_of_two(v: int) -> bool:
 
 def _spectral_residual(g, ftype):
     xp = _xp(g)
+    # from the input's own precision, before the cast: float32 input transformed in float64 keeps the float32
+    # tolerance (the same bins count as zero in both precisions)
+    tolerance = _zero_bin_tolerance(g, ftype)
     g = g.astype(ftype, copy=False)
     if xp is np and ftype is np.float32:
         # NumPy runs a forward transform whose normalisation is its default (a factor 1, a Python int) in
@@ -174,7 +244,7 @@ def _spectral_residual(g, ftype):
     else:
         spec = xp.fft.fft2(g)
     amp = xp.abs(spec)
-    live = amp > _zero_bin_tolerance(g, ftype)[:, None, None]
+    live = amp > tolerance[:, None, None]
     # on the CPU, where every bin carries energy (photographs), the masks change nothing: left out
     every = xp is np and bool(live.all())
     safe_amp = amp if every else xp.where(live, amp, ftype(1))
@@ -204,14 +274,17 @@ def _fine_grained_points(images, layout):
 
         make = cv2.saliency.StaticSaliencyFineGrained_create
     except (ImportError, AttributeError):
-        raise ValueError("saliency='fine-grained' needs OpenCV's contrib saliency module "
-                         "(pip install opencv-contrib-python-headless)") from None
+        raise ValueError("method='fine-grained' (saliency= of the DALI operators) needs OpenCV's contrib saliency "
+                         "module (pip install opencv-contrib-python-headless)") from None
     x = np.asarray(images)
     if layout == "CHW":
         x = np.moveaxis(x, 1, -1)
     pts = np.empty((x.shape[0], 2), np.int32)
     for i, img in enumerate(x):
         g = grey(img[None], "HWC")[0]
+        if not np.isfinite(g).all():  # a NaN or +-Inf pixel: no peak; the image's centre, as the spectral path
+            pts[i] = (g.shape[0] // 2, g.shape[1] // 2)
+            continue
         lo, hi = float(g.min()), float(g.max())
         g8 = np.zeros(g.shape, np.uint8) if hi <= lo else ((g - lo) * (255.0 / (hi - lo))).astype(np.uint8)
         ok, sal = make().computeSaliency(g8)
@@ -239,9 +312,12 @@ def salient_points(images, layout: str = "HWC", *, method: str = "spectral-resid
         images: NumPy or CuPy batch ``(N, H, W, C)`` ("HWC") or ``(N, C, H, W)`` ("CHW"), or a
             list of N same-shape samples (DALI's batch, read without stacking); uint8, float16
             or float32, at least 1 x 1 pixels and one channel.
-        layout: "HWC" or "CHW".
+        layout: "HWC" or "CHW". A batch array whose shape contradicts it (more than 4 channels where the
+            layout puts them and at most 4 at the other end: a CHW batch given as "HWC") raises ValueError, as
+            the DALI operators refuse such images; a list of samples is taken as given (the operators check
+            it against the layout the images carry, which may be such a shape).
         method: "spectral-residual" (default, any device) or "fine-grained" (OpenCV, CPU).
-        work_size: side of the square working image of the spectral residual.
+        work_size: side of the square working image of the spectral residual, >= 4.
 
     On the CPU, for a working side that is a power of two (the default 64), the CPU build finds the points in
     one launch, one image per worker: its grey copy, map and peak stay in the worker's cache and no (N, 64, 64)
@@ -252,47 +328,24 @@ def salient_points(images, layout: str = "HWC", *, method: str = "spectral-resid
     non-finite, so it has no peak; such an image's point is the centre cell ``(work_size // 2, work_size // 2)``
     of the working grid, mapped as any peak is: ``((2 (work_size // 2) + 1) H // (2 work_size), ...)``, the
     image's centre ``(H // 2, W // 2)`` up to the cell's rounding. The same point on every path (the CPU build,
-    the NumPy code, CuPy); the other images of the batch are unaffected.
+    the NumPy code, CuPy); the other images of the batch are unaffected. With ``method="fine-grained"``,
+    which has no working grid, such an image's point is ``(H // 2, W // 2)``.
     """
     layout = _checks.check_layout(layout)
-    _checks.check_choice("saliency", method, SALIENCY_METHODS)
+    _checks.check_choice("method", method, SALIENCY_METHODS)
     work_size = _checks.check_int("work_size", work_size, 4)
-    samples = list(images) if isinstance(images, (list, tuple)) else None
-    if samples is None:
-        xp = _xp(images)
-        if xp is np:
-            images = np.asarray(images)
-        if images.ndim != 4:
-            raise ValueError(f"images must have 4 dimensions (N, {', '.join(layout)}), got shape "
-                             f"{tuple(images.shape)}")
-        n, shape = images.shape[0], images.shape[1:]
-        _checks.check_image_dtype("images", images.dtype)
-    else:
-        if not samples:
-            return np.zeros((0, 2), np.int32)
-        xp = _xp(samples[0])
-        shape = _checks.check_same_shapes("images", [a.shape for a in samples], layout)
-        n = len(samples)
-        for i, a in enumerate(samples):
-            if _checks.check_image_dtype("images", a.dtype) != samples[0].dtype:
-                raise TypeError(f"images: all samples must have one dtype; sample 0 has {samples[0].dtype} "
-                                f"but sample {i} has {a.dtype}")
-    h, w = _checks.spatial_size(shape, layout)
+    batch, n, shape, xp = _checked_batch(images, layout)
     if n == 0:
         return xp.zeros((0, 2), np.int32)
-    _checks.check_area("images", shape, layout, "saliency", "an empty image has no salient pixel")
-    if _checks.hwc_dims(shape, layout)[2] < 1:
-        raise ValueError(f"images: saliency needs at least one channel, but sample 0 has shape {tuple(shape)} "
-                         f"(layout {layout})")
+    h, w = _checks.spatial_size(shape, layout)
     if method == "fine-grained":
         if xp is not np:
-            raise ValueError("saliency='fine-grained' runs on the CPU only; use 'spectral-residual' on the GPU")
-        return _fine_grained_points(np.stack(samples) if samples is not None else images, layout)
+            raise ValueError("method='fine-grained' runs on the CPU only; use 'spectral-residual' on the GPU")
+        return _fine_grained_points(np.stack(batch) if isinstance(batch, list) else batch, layout)
     kernels = host_kernels() if xp is np and _power_of_two(work_size) else None
     if kernels is not None:  # the CPU build: grey copy, map and peak of each image in one launch (the same points)
-        return kernels.salient_points(_sample_list(samples if samples is not None else images), layout, work_size,
-                                      work_size, smoothing_taps())
-    sal = spectral_residual(small_grey(samples if samples is not None else images, layout, work_size))
+        return kernels.salient_points(_sample_list(batch), layout, work_size, work_size, smoothing_taps())
+    sal = spectral_residual(small_grey(batch, layout, work_size))
     flat = _first_peaks(sal)
     iy, ix = flat // work_size, flat % work_size
     # centre pixel of the working-size cell, in full-resolution coordinates

@@ -369,7 +369,8 @@ def sample_params(method: str, n: int, height: int, width: int, *, k: int = 3, a
             weight 1 on itself and empty boxes.
         rng: None, an int seed or a ``numpy.random.Generator``.
         centers: for "saliency-dcutmix" only: int ``(N, 2)``, the salient pixel ``(y, x)``
-            of every image of the batch, e.g. ``dali_kmix.saliency.salient_points(images, layout)``.
+            of every image of the batch, e.g. ``dali_kmix.saliency.salient_points(images, layout)``; NumPy,
+            or CuPy (copied to the host: the record is drawn there).
 
     Partners: every level k >= 1 draws its own random permutation of the batch,
     so each image is used exactly once per level (self-pairs allowed).
@@ -379,6 +380,8 @@ def sample_params(method: str, n: int, height: int, width: int, *, k: int = 3, a
         if centers is None:
             raise ValueError("method='saliency-dcutmix' needs centers=... (the salient point of every image, "
                              "from dali_kmix.saliency.salient_points)")
+        if type(centers).__module__.startswith("cupy"):  # CuPy points (salient_points of a GPU batch): to the host
+            centers = centers.get()
         centers = np.asarray(centers)
         if centers.shape != (n, 2) or centers.dtype.kind not in "iu":
             raise ValueError(f"centers must be integer (N={n}, 2), got {centers.dtype} {centers.shape}")

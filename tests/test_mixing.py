@@ -68,6 +68,22 @@ def test_mix_labels_accepts_column_labels_and_smoothing():
     np.testing.assert_allclose(t[0], [0.05, 0.85, 0.05, 0.05], atol=1e-7)
 
 
+@pytest.mark.gpu
+def test_mix_labels_result_follows_the_labels_array_kind():
+    # documented as "same array kind as params", but the record is moved to the labels' device
+    import cupy
+
+    p = sample_params("dcutmix", 4, 8, 8, k=3, rng=0)
+    labels = np.array([1, 0, 3, 2])
+    want = dali_kmix.mix_labels(labels, p, 4)
+    got = dali_kmix.mix_labels(labels, p.to_cupy(), 4)
+    assert isinstance(got, np.ndarray)
+    np.testing.assert_array_equal(got, want)
+    got = dali_kmix.mix_labels(cupy.asarray(labels), p, 4)
+    assert isinstance(got, cupy.ndarray)
+    np.testing.assert_array_equal(got.get(), want)
+
+
 def test_empty_batch_returns_empty_batch():
     p = sample_params("dcutmix", 0, 8, 8, k=3, rng=0)
     out = dali_kmix.mix_images(np.zeros((0, 8, 8, 3), np.uint8), p, "HWC")
@@ -178,6 +194,23 @@ def test_bad_images():
         dali_kmix.mix_images(np.zeros((5, 8, 8, 3), np.uint8), _p(), "HWC")
     with pytest.raises(TypeError, match=r"params must be a dali_kmix.MixParams, got dict"):
         dali_kmix.mix_images(np.zeros((4, 8, 8, 3), np.uint8), {}, "HWC")
+
+
+@pytest.mark.parametrize("images,match", [
+    ([np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.float32)] * 2,
+     r"images: all samples must have one dtype; sample 0 has uint8 but sample 1 has float32"),
+    ((np.zeros((8, 8, 3), np.float16),) * 3 + (np.zeros((8, 8, 3), np.float32),),
+     r"images: all samples must have one dtype; sample 0 has float16 but sample 3 has float32"),
+], ids=["list-u8-f32", "tuple-f16-f32"])
+def test_samples_of_different_dtypes_are_refused(images, match):
+    # a list was stacked by np.asarray, which promoted uint8 + float32 to float32: a float32 result, no error
+    with pytest.raises(TypeError, match=match):
+        dali_kmix.mix_images(images, _p(), "HWC")
+
+
+def test_a_list_of_samples_of_one_dtype_is_mixed():
+    x = random_images(np.random.default_rng(3), np.uint8, (4, 8, 8, 3))
+    np.testing.assert_array_equal(dali_kmix.mix_images(list(x), _p(), "HWC"), dali_kmix.mix_images(x, _p(), "HWC"))
 
 
 @pytest.mark.parametrize("shape,layout,match", [

@@ -212,3 +212,49 @@ def test_cpu_build_labels_are_the_references_bit_for_bit(k, smoothing):
     assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), want.view(np.uint32))
     assert cpu.mix_labels(labels[:-1], p, c, on, off) is None  # sources reach sample n - 1
     assert cpu.mix_labels(labels + 5, p, c, on, off) is None  # labels past the classes
+
+
+# --------------------------------------------------------------------------- the grey working copy
+
+
+def _grey_kernels(kind):
+    """grey_resize of the kernels: the CPU build's or the GPU's, as (samples, layout, out_h, out_w) -> NumPy."""
+    if kind == "cupy":
+        import cupy
+
+        from dali_kmix.backends import gpu
+
+        return lambda x, layout, h, w: gpu.grey_resize([cupy.asarray(a) for a in x], layout, h, w).get()
+    from dali_kmix.backends import cpu
+
+    if not cpu.available():
+        pytest.skip("no C++ compiler: the CPU kernels are unavailable")
+    return lambda x, layout, h, w: cpu.grey_resize(list(x), layout, h, w)
+
+
+@pytest.mark.parametrize("kind", ["cpu", pytest.param("cupy", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("fill", ["random", "minus-zero"])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32], ids=["f16", "f32"])
+@pytest.mark.parametrize("layout", ["HWC", "CHW"])
+@pytest.mark.parametrize("c", [1, 3, 4, 8, 9, 16], ids=lambda c: f"c{c}")
+def test_grey_is_the_kernels_bit_for_bit(c, layout, dtype, fill, kind):
+    # reference.grey summed 8 or more channels pairwise (NumPy's sum) where kmix_grey_at adds them one by one from
+    # +0, and started the luma from +0 where the kernel starts from c0 * 0.299f (all -0.0 pixels: -0 there, +0
+    # here). Resized to their own size the grey values come through unchanged: the grey step's bits are compared.
+    rng = np.random.default_rng(c)
+    shape = (3, 5, 7, c) if layout == "HWC" else (3, c, 5, 7)
+    x = random_images(rng, dtype, shape) if fill == "random" else np.full(shape, -0.0, dtype)
+    want = reference.resize_bilinear(reference.grey(x, layout), 5, 7)
+    got = _grey_kernels(kind)(x, layout, 5, 7)
+    assert got.dtype == want.dtype == np.float32
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), np.count_nonzero(got != want)
+    got = _grey_kernels(kind)(x, layout, 64, 64)  # and through a resize
+    assert np.array_equal(got.view(np.uint32), reference.resize_bilinear(reference.grey(x, layout), 64, 64).view(
+        np.uint32))
+
+
+@pytest.mark.parametrize("c,sign", [(3, True), (1, False), (4, False)], ids=["luma", "c1", "c4"])
+def test_grey_of_minus_zero_pixels(c, sign):
+    # the kernels' arithmetic: the luma (x0 w0 + x1 w1) + x2 w2 of -0 is -0; the mean ((0 + x0) + x1 ...) / C, +0
+    g = reference.grey(np.full((1, 2, 2, c), -0.0, np.float32), "HWC")
+    assert (g == 0).all() and (np.signbit(g) == sign).all()

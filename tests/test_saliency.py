@@ -1,6 +1,7 @@
 """Saliency-DCutMix: the saliency maps, the placement of the boxes, and the operator."""
 
 import functools
+import warnings
 
 import numpy as np
 import pytest
@@ -275,10 +276,18 @@ def test_salient_points_on_the_gpu():
 
 
 @pytest.mark.skipif(not HAS_CV_SALIENCY, reason="opencv-contrib saliency module not installed")
-def test_fine_grained_option():
-    x, pts = _blob_images(3, 64, 64)
-    got = saliency.salient_points(x, "HWC", method="fine-grained")
-    assert got.shape == (3, 2) and (got >= 0).all() and (got[:, 0] < 64).all()
+@pytest.mark.parametrize("layout", ["HWC", "CHW"])
+def test_fine_grained_option(layout):
+    # bright 5 x 5 blobs on a flat grey: the point lies on the blob (the test used to check only the shape)
+    blobs = [(40, 10), (50, 70)]
+    x = np.full((len(blobs), 64, 80, 3), 30, np.uint8)
+    for i, (y, xx) in enumerate(blobs):
+        x[i, y - 2:y + 3, xx - 2:xx + 3] = 220
+    if layout == "CHW":
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    got = saliency.salient_points(x, layout, method="fine-grained")
+    assert got.dtype == np.int32 and got.shape == (2, 2)
+    assert np.abs(got - np.array(blobs)).max() <= 3, got
 
 
 def test_spectral_residual_precision_argument():
@@ -288,7 +297,9 @@ def test_spectral_residual_precision_argument():
 
 
 def test_saliency_bad_input():
-    with pytest.raises(ValueError, match=r"saliency must be one of \['spectral-residual', 'fine-grained'\]"):
+    # the argument is method= (the messages said saliency=, the DALI operators' name for it)
+    with pytest.raises(ValueError, match=r"^method must be one of \['spectral-residual', 'fine-grained'\], "
+                                         r"got 'itti'"):
         saliency.salient_points(np.zeros((1, 8, 8, 3), np.uint8), "HWC", method="itti")
     with pytest.raises(ValueError, match=r"images must have 4 dimensions"):
         saliency.salient_points(np.zeros((8, 8, 3), np.uint8), "HWC")
@@ -703,3 +714,130 @@ def test_non_finite_pixels_give_the_centre_on_the_gpu(bad):
     assert tuple(want[1]) == _centre_point(50, 70)
     np.testing.assert_array_equal(saliency.salient_points(cupy.asarray(x), "HWC").get(), want)
     np.testing.assert_array_equal(saliency.salient_points([cupy.asarray(a) for a in x], "HWC").get(), want)
+
+
+@pytest.mark.skipif(not HAS_CV_SALIENCY, reason="opencv-contrib saliency module not installed")
+@pytest.mark.parametrize("where", ["one", "all"])
+@pytest.mark.parametrize("bad", NON_FINITE, ids=NON_FINITE_IDS)
+def test_fine_grained_non_finite_images_give_the_centre(bad, where):
+    # A NaN or +-Inf pixel used to reach OpenCV through a NaN-scaled uint8 cast (a RuntimeWarning) and gave the
+    # point (0, 0); as on the spectral path, such an image's point is its centre, the others are unaffected.
+    x, finite = _non_finite_batch(bad, where, np.float32, "HWC")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = saliency.salient_points(x, "HWC", method="fine-grained")
+    assert tuple(got[1]) == (25, 35)  # (H // 2, W // 2) of the 50 x 70 image
+    np.testing.assert_array_equal(got[[0, 2]], saliency.salient_points(finite, "HWC", method="fine-grained"))
+    assert np.abs(got[0] - np.array([40, 60])).max() <= 3, got
+
+
+@pytest.mark.gpu
+def test_fine_grained_on_the_gpu_names_method():
+    import cupy
+
+    with pytest.raises(ValueError, match=r"^method='fine-grained' runs on the CPU only"):
+        saliency.salient_points(cupy.zeros((1, 8, 8, 3), np.uint8), "HWC", method="fine-grained")
+
+
+# --------------------------------------------------------------------------- argument checks of the array API
+
+
+def _corner_blob_batch(n=4, h=96, w=128):
+    """HWC uint8 images, dark with one bright 10 x 10 square at rows 6..15, columns 16..25."""
+    x = np.zeros((n, h, w, 3), np.uint8)
+    x[:, 6:16, 16:26] = 230
+    return x
+
+
+CONTRADICTING = [("HWC", "CHW", (3, 96, 128)), ("HWC", "CHW", (1, 96, 128)), ("CHW", "HWC", (96, 128, 3))]
+
+
+@pytest.mark.parametrize("func", ["salient_points", "small_grey"])
+@pytest.mark.parametrize("layout,looks,shape", CONTRADICTING, ids=["chw-as-hwc", "grey-chw-as-hwc", "hwc-as-chw"])
+def test_a_batch_whose_shape_contradicts_layout_is_refused(func, layout, looks, shape):
+    # A CHW batch read with the default layout="HWC" gave silently wrong points ((4, 3, 96, 128) -> [[0, 9], ...]
+    # instead of the blob's [[11, 21], ...]); the DALI operators refuse such shapes, and so does the array API.
+    x = np.zeros((4,) + shape, np.uint8)
+    count, where = (shape[0], "first") if looks == "CHW" else (shape[2], "last")
+    with pytest.raises(ValueError, match=rf"^images: layout='{layout}' was given but the samples' shape "
+                                         rf"\({shape[0]}, {shape[1]}, {shape[2]}\) looks {looks} \({count} "
+                                         rf"channels {where}\); .* Pass layout='{looks}'"):
+        getattr(saliency, func)(x, layout)
+
+
+def test_a_chw_batch_given_its_layout_finds_the_points():
+    x = _corner_blob_batch()
+    want = saliency.salient_points(x, "HWC")
+    assert np.abs(want - np.array([11, 21])).max() <= 3, want
+    chw = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    np.testing.assert_array_equal(saliency.salient_points(chw, "CHW"), want)
+    np.testing.assert_array_equal(saliency.small_grey(chw, "CHW"), saliency.small_grey(x, "HWC"))
+    # a list of samples is DALI's batch: its layout was checked by the operator against the layout the images
+    # carry (which may be a shape like this one, trusted there), so it is taken as given
+    assert saliency.salient_points(list(chw), "HWC").shape == (4, 2)
+
+
+@pytest.mark.parametrize("func", ["salient_points", "small_grey"])
+@pytest.mark.parametrize("shape,layout,match", [
+    ((1, 2, 2**32 + 8, 1), "HWC", r"images: shape \(2, 4294967304, 1\) \(layout HWC\) has an extent of 4294967304; "
+                                  r"every extent must be < 2\^31"),
+    ((1, 1, 2**29 + 1, 4), "HWC", r"images: shape \(1, 536870913, 4\) \(layout HWC\) has rows of 2147483652 "
+                                  r"elements and 1 rows; both must be < 2\^31"),
+    ((1, 2, 2**30 + 1, 1), "CHW", r"images: shape \(2, 1073741825, 1\) \(layout CHW\) has rows of 1 elements and "
+                                  r"2147483650 rows; both must be < 2\^31"),
+], ids=["extent", "hwc-row", "chw-rows"])
+def test_images_the_kernels_cannot_index_are_refused(func, shape, layout, match):
+    # ctypes truncated such extents to int: (1, 2, 2^32 + 8, 1) gave the point [0, 0]. A broadcast view costs no
+    # memory, and the check comes before any copy.
+    images = np.broadcast_to(np.uint8(7), shape)
+    with pytest.raises(ValueError, match=match):
+        getattr(saliency, func)(images, layout)
+    with pytest.raises(ValueError, match=match):
+        getattr(saliency, func)(list(images), layout)
+
+
+@pytest.mark.parametrize("images,kwargs,exc,match", [
+    (np.zeros((2, 8, 8, 3)), {}, TypeError, r"images must have dtype uint8, float16 or float32, got float64"),
+    ([np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.float32)], {}, TypeError,
+     r"images: all samples must have one dtype; sample 0 has uint8 but sample 1 has float32"),
+    (np.zeros((2, 8, 8, 3), np.uint8), dict(layout="hwc"), ValueError,
+     r"layout must be 'HWC' or 'CHW' \(upper case\), got 'hwc'"),
+    (np.zeros((2, 0, 8, 3), np.uint8), {}, ValueError, r"sample 0 has shape \(0, 8, 3\)"),
+    (np.zeros((2, 8, 8, 0), np.uint8), {}, ValueError,
+     r"needs at least one channel, but sample 0 has shape \(8, 8, 0\)"),
+    (np.zeros((8, 8, 3), np.uint8), {}, ValueError, r"images must have 4 dimensions \(N, H, W, C\)"),
+    ([np.zeros((8, 8, 3), np.uint8), np.zeros((9, 8, 3), np.uint8)], {}, ValueError, r"same H x W"),
+    (np.zeros((2, 8, 8, 3), np.uint8), dict(work_size=0), ValueError, r"work_size must be >= 1, got 0"),
+    (np.zeros((2, 8, 8, 3), np.uint8), dict(work_size=8.0), TypeError, r"work_size must be an integer, got 8\.0"),
+], ids=["f64", "mixed-dtypes", "lower-case-layout", "empty", "no-channel", "3-dims", "shapes", "size-0", "size-float"])
+def test_small_grey_checks_its_arguments(images, kwargs, exc, match):
+    # used to fail inside: KeyError(dtype('float64')), KeyError('hwc'), RuntimeError (kernel code 1)
+    kwargs = dict(dict(layout="HWC"), **kwargs)
+    with pytest.raises(exc, match=match):
+        saliency.small_grey(images, **kwargs)
+
+
+def test_small_grey_of_an_empty_batch():
+    for images in (np.zeros((0, 8, 8, 3), np.uint8), []):
+        g = saliency.small_grey(images, "HWC", 16)
+        assert g.dtype == np.float32 and g.shape == (0, 16, 16)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS, ids=PRECISION_IDS)
+@pytest.mark.parametrize("h,w", [(64, 64), (48, 48), (5, 7), (32, 128)], ids=lambda v: str(v))
+def test_spectral_residual_of_an_empty_batch(h, w, precision):
+    # used to raise (reshape(0, -1)) on every path but the CPU build's (float32, powers of two)
+    sal = saliency.spectral_residual(np.zeros((0, h, w), np.float32), precision=precision)
+    assert sal.dtype == np.float32 and sal.shape == (0, h, w)
+
+
+def test_zero_bins_are_the_same_in_float32_and_float64():
+    # A flat image's grey copy carries the resize's float32 rounding (values 0.1 +- 1 ulp): bins of ~eps32 of the
+    # DC term. The tolerance was taken from the float64 copy, so in float64 217 of them counted as live and the
+    # peak moved to cell 3; from the input's float32 precision, only the DC term is live in both: flat maps.
+    g = saliency.small_grey(np.full((1, 150, 200, 1), 0.1, np.float32), "HWC")
+    assert len(np.unique(g)) > 1  # the rounding this is about
+    maps = {p: saliency.spectral_residual(g, precision=p) for p in (np.float32, np.float64)}
+    for p, m in maps.items():
+        np.testing.assert_allclose(m, 1.0, rtol=0, atol=1e-6, err_msg=str(p))
+    assert saliency._first_peaks(maps[np.float32]) == saliency._first_peaks(maps[np.float64]) == 0

@@ -717,3 +717,50 @@ def test_anchor_alpha_length_error_names_k_minus_1(k, alpha, match):
 
     with pytest.raises(ValueError, match=match):
         sample_anchor_params(4, 8, 8, k=k, alpha=alpha, rng=0)
+
+
+# --------------------------------------------------------------------------- centers of a GPU batch
+
+
+class _CupyLike:
+    """A stand-in for a CuPy array (its type's module is cupy's): NumPy conversion refused as CuPy refuses it,
+    ``.get()`` the host copy."""
+
+    __module__ = "cupy._core.core"
+
+    def __init__(self, a):
+        self._a = np.asarray(a)
+        self.shape, self.dtype = self._a.shape, self._a.dtype
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError("Implicit conversion to a NumPy array is not allowed. Please use `.get()` to construct a "
+                        "NumPy array explicitly.")
+
+    def get(self):
+        return self._a.copy()
+
+
+def test_sample_params_takes_cupy_centers():
+    # salient_points of a CuPy batch gives CuPy points, documented as usable as centers=; np.asarray raised
+    # CuPy's implicit-conversion TypeError
+    centers = np.array([[1, 2], [7, 8], [0, 0]], np.int32)
+    want = sample_params("saliency-dcutmix", 3, 8, 9, k=3, rng=5, centers=centers)
+    got = sample_params("saliency-dcutmix", 3, 8, 9, k=3, rng=5, centers=_CupyLike(centers))
+    for field in ("sources", "weights", "boxes"):
+        np.testing.assert_array_equal(getattr(got, field), getattr(want, field))
+    with pytest.raises(ValueError, match=r"centers must lie inside the 8 x 9 image, got values in \[0, 9\]"):
+        sample_params("saliency-dcutmix", 2, 8, 9, centers=_CupyLike([[0, 0], [7, 9]]))
+
+
+@pytest.mark.gpu
+def test_sample_params_takes_the_salient_points_of_a_cupy_batch():
+    import cupy
+
+    from dali_kmix import saliency
+
+    x = np.zeros((3, 40, 50, 3), np.uint8)
+    x[:, 10:15, 20:25] = 200
+    points = saliency.salient_points(cupy.asarray(x), "HWC")
+    want = sample_params("saliency-dcutmix", 3, 40, 50, k=3, rng=5, centers=points.get())
+    got = sample_params("saliency-dcutmix", 3, 40, 50, k=3, rng=5, centers=points)
+    np.testing.assert_array_equal(got.boxes, want.boxes)
