@@ -95,15 +95,21 @@ def compiler() -> list[str] | None:
 
 def sanitize_mode() -> str:
     """``DALI_KMIX_SANITIZE`` read: "" (unset, empty or a no), "address" (a yes: the ASan/UBSan builds) or
-    "fuzzer" (those with libFuzzer's coverage counters too). Raises ValueError for any other value."""
-    raw = os.environ.get("DALI_KMIX_SANITIZE", "")
-    if raw.strip().lower() == "fuzzer":
+    "fuzzer" (those with libFuzzer's coverage counters too). Raises ValueError for any other value. Read again at
+    every call (every kernel call asks which library), parsed once per value."""
+    return _sanitize_mode_of(os.environ.get("DALI_KMIX_SANITIZE", ""))
+
+
+@functools.lru_cache(maxsize=16)
+def _sanitize_mode_of(raw: str) -> str:
+    value = raw.strip().lower()
+    if value == "fuzzer":
         return "fuzzer"
-    try:
-        return "address" if env_flag("DALI_KMIX_SANITIZE") else ""
-    except ValueError:
-        raise ValueError(f"DALI_KMIX_SANITIZE must be 0, 1 or fuzzer (or false/true, no/yes, off/on), "
-                         f"got {raw!r}") from None
+    if value in _YES:
+        return "address"
+    if not value or value in _NO:
+        return ""
+    raise ValueError(f"DALI_KMIX_SANITIZE must be 0, 1 or fuzzer (or false/true, no/yes, off/on), got {raw!r}")
 
 
 def sanitize_requested() -> bool:
