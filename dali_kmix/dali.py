@@ -281,8 +281,11 @@ class _Draws:
         if prob is None:
             given = [np.asarray(p).reshape(-1) for p in runtime.pop(0)]
             for s, v in enumerate(given):
-                if v.size == 0:  # fn.kmix_draw's message
+                if v.size == 0:  # fn.kmix_draw's messages
                     raise ValueError(f"prob given as a DataNode must hold a value per sample, got none for sample {s}")
+                if v.size != 1:
+                    raise ValueError(f"prob given as a DataNode must hold one value per sample, got {v.size} for "
+                                     f"sample {s}")
             vals = np.array([float(v[0]) for v in given])
             bad = ~((vals >= 0.0) & (vals <= 1.0))
             if bad.any():

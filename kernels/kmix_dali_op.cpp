@@ -538,6 +538,8 @@ inline std::string PerSampleProb(const dali::TensorList<CPUBackend>& tl, int n, 
     std::string err = SampleDoubles(tl, "prob", s, &v);
     if (!err.empty()) return err;
     if (v.empty()) return kmix::Str("prob given as a DataNode must hold a value per sample, got none for sample ", s);
+    if (v.size() != 1)
+      return kmix::Str("prob given as a DataNode must hold one value per sample, got ", v.size(), " for sample ", s);
     (*prob)[s] = v[0];
   }
   for (int s = 0; s < n; ++s)

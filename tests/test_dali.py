@@ -539,8 +539,19 @@ def test_runtime_prob_with_an_empty_sample_names_it():
     with pytest.raises(ValueError, match=r"prob given as a DataNode must hold a value per sample, got none for "
                                          r"sample 1$"):
         draws.runtime_args(2, [[np.array([0.5], np.float32), np.zeros((0,), np.float32)]])
+    with pytest.raises(ValueError, match=r"prob given as a DataNode must hold one value per sample, got 2 for "
+                                         r"sample 0$"):  # not read as its first value
+        draws.runtime_args(2, [[np.array([0.5, 0.9], np.float32), np.array([1.0], np.float32)]])
     assert draws.runtime_args(2, [[np.array([0.5], np.float32), np.array([1.0], np.float32)]])[1].tolist() == \
         [0.5, 1.0]
+
+
+def test_runtime_prob_with_several_values_in_a_sample_is_refused_by_the_operator():
+    p = switch_pipe("dcutmix", probs=[[0.5, 0.9]], alphas=[1.0])
+    p.build()
+    with pytest.raises(RuntimeError, match=r"prob given as a DataNode must hold one value per sample, got 2 for "
+                                           r"sample 0"):
+        p.run()
 
 
 def test_runtime_alpha_is_checked():
