@@ -33,6 +33,8 @@ from collections import OrderedDict
 
 import numpy as np
 
+from dali_kmix.apps.common import int_at_least
+
 NUM_CLASSES = 1000
 SIZE = 224
 
@@ -270,36 +272,23 @@ def callgrind(stage, batch):
     return (three - one) / 2
 
 
-def _at_least(minimum):
-    """An argparse type: an integer >= ``minimum``, else the argument's error naming the value."""
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}")
-        return value
-    return parse
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=_at_least(1), default=30, help="interleaved rounds (default 30)")
+    ap.add_argument("--rounds", type=int_at_least(1), default=30, help="interleaved rounds (default 30)")
     ap.add_argument("--only", nargs="+", metavar="NAME",
                     help="configurations as method-dtype-batch-K-mode (" + ", ".join(config_names()[:-1])
                          + "), or 'saliency'")
-    ap.add_argument("--batch", type=_at_least(1), default=64,
+    ap.add_argument("--batch", type=int_at_least(1), default=64,
                     help="batch of the saliency stages only (the saliency step of the ratios; the saliency stages "
                          "of --callgrind); an operator configuration or stage has its batch in its name")
     ap.add_argument("--callgrind", nargs="+", metavar="STAGE",
                     help="count instructions: 'saliency', 'small_grey', 'spectral_residual', 'salient_points' or "
                          "'method:dtype:batch:K:mode:stage' (stage: mix_images, sample_params, mix_labels, copy)")
-    ap.add_argument("--cache-model", nargs="*", type=_at_least(2), metavar="K",
+    ap.add_argument("--cache-model", nargs="*", type=int_at_least(2), metavar="K",
                     help="line traffic of the float32 CHW DCutMix (batch 64) per plane row at these K, in a model "
                          "of the host launch's schedule (cache_model): both orders")
     ap.add_argument("--run-stage", help=argparse.SUPPRESS)
-    ap.add_argument("--reps", type=_at_least(1), default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--reps", type=int_at_least(1), default=1, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.only is not None:
         valid = config_names()

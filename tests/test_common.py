@@ -1,11 +1,12 @@
 """What the applications share: whole-file writes and the removal of what killed writes leave behind."""
 
+import argparse
 import os
 import subprocess
 
 import pytest
 
-from dali_kmix.apps.common import atomic_write, remove_stale_temporaries
+from dali_kmix.apps.common import atomic_write, int_at_least, remove_stale_temporaries
 
 
 def _dead_pid():
@@ -40,3 +41,17 @@ def test_remove_stale_temporaries_only_removes_dead_writers_files_by_name(tmp_pa
     assert sorted(removed) == sorted(stale)
     assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
     assert remove_stale_temporaries(tmp_path / "missing", "x") == []
+
+
+@pytest.mark.parametrize("text,minimum,even,want", [
+    ("3", 1, None, 3), ("0", 0, None, 0), ("4", 2, "pairs", 4),
+    ("0", 1, None, "must be an integer >= 1, got '0'"), ("x", 1, None, "must be an integer >= 1, got 'x'"),
+    ("2.5", 1, None, "must be an integer >= 1, got '2.5'"), ("3", 2, "pairs", r"must be even \(pairs\), got '3'"),
+], ids=["ok", "zero-allowed", "even", "below", "not-a-number", "not-an-integer", "odd"])
+def test_int_at_least_parses_or_names_the_value(text, minimum, even, want):
+    parse = int_at_least(minimum, even_because=even)
+    if isinstance(want, int):
+        assert parse(text) == want
+    else:
+        with pytest.raises(argparse.ArgumentTypeError, match=want):
+            parse(text)

@@ -22,6 +22,7 @@ import argparse
 import numpy as np
 
 from .._checks import check_int
+from .common import int_at_least
 from .timing import checked_rounds
 
 __all__ = ["bench_kmixup", "format_markdown", "main", "FULL", "QUICK"]
@@ -133,21 +134,6 @@ def format_markdown(rows) -> str:
     return "\n".join(lines)
 
 
-def _at_least(minimum: int, even: bool = False):
-    """An argparse type: an integer >= ``minimum`` (and even, if asked), else the argument's error."""
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}")
-        if even and value % 2:
-            raise argparse.ArgumentTypeError(f"must be even (timm's Mixup mixes pairs), got {text!r}")
-        return value
-    return parse
-
-
 def main(argv=None) -> None:
     """The command line: :func:`bench_kmixup`'s Markdown table on stdout. Unknown flags and bad counts exit with
     argparse's error (status 2) before anything runs."""
@@ -155,11 +141,12 @@ def main(argv=None) -> None:
                                              "a Markdown table of ms per call.")
     ap.add_argument("--quick", action="store_true",
                     help=f"the smaller configuration {QUICK} instead of {FULL}")
-    ap.add_argument("--batch", type=_at_least(2, even=True), help="batch size (even: timm's Mixup mixes pairs)")
-    ap.add_argument("--size", type=_at_least(1), help="image height and width")
-    ap.add_argument("--rounds", type=_at_least(1), help="timed interleaved rounds")
-    ap.add_argument("--warmup", type=_at_least(0), help="untimed warm-up calls of each mixer")
-    ap.add_argument("--threads", type=_at_least(1), help="torch.set_num_threads for the run (default: leave it)")
+    ap.add_argument("--batch", type=int_at_least(2, even_because="timm's Mixup mixes pairs"),
+                    help="batch size (even: timm's Mixup mixes pairs)")
+    ap.add_argument("--size", type=int_at_least(1), help="image height and width")
+    ap.add_argument("--rounds", type=int_at_least(1), help="timed interleaved rounds")
+    ap.add_argument("--warmup", type=int_at_least(0), help="untimed warm-up calls of each mixer")
+    ap.add_argument("--threads", type=int_at_least(1), help="torch.set_num_threads for the run (default: leave it)")
     args = ap.parse_args(argv)
     print(format_markdown(bench_kmixup(quick=args.quick, batch=args.batch, size=args.size, rounds=args.rounds,
                                        warmup=args.warmup, threads=args.threads)))

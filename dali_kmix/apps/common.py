@@ -5,17 +5,34 @@ Nothing in the library imports this module (or anything else under ``dali_kmix.a
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import re
 from pathlib import Path
 
 __all__ = ["Dist", "setup_distributed", "teardown_distributed", "atomic_write", "remove_stale_temporaries",
-           "UsageError", "check_device", "require_gpu"]
+           "UsageError", "check_device", "require_gpu", "int_at_least"]
 
 
 class UsageError(ValueError):
     """A mistake in what the user asked for (a missing folder, a bad value): ``kmix`` prints one line."""
+
+
+def int_at_least(minimum: int, even_because: str | None = None):
+    """An argparse ``type``: an integer >= ``minimum`` (and even, where ``even_because`` says why it must be), else
+    argparse's error for the argument, naming the value."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}")
+        if even_because is not None and value % 2:
+            raise argparse.ArgumentTypeError(f"must be even ({even_because}), got {text!r}")
+        return value
+    return parse
 
 
 @dataclasses.dataclass
