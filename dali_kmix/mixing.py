@@ -74,8 +74,9 @@ def _validate(params: MixParams, n: int, h: int, w: int):
 
 def _check_one_dtype(samples) -> None:
     """A list or tuple of samples (which ``np.asarray`` would stack, promoting uint8 + float32 to float32) must hold
-    one image dtype; TypeError naming the first sample that differs."""
-    dtypes = [a.dtype if hasattr(a, "dtype") else np.asarray(a).dtype for a in samples]
+    one image dtype; TypeError naming the first sample that differs. Samples whose ``dtype`` is not NumPy's (torch
+    CPU tensors) are read as ``np.asarray`` reads them."""
+    dtypes = [a.dtype if isinstance(getattr(a, "dtype", None), np.dtype) else np.asarray(a).dtype for a in samples]
     for i, dt in enumerate(dtypes):
         if _checks.check_image_dtype("images", dt) != dtypes[0]:
             raise TypeError(f"images: all samples must have one dtype; sample 0 has {dtypes[0]} but sample {i} has "

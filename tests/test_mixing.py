@@ -99,6 +99,17 @@ def test_batch_of_one_mixes_with_itself():
     np.testing.assert_allclose(dali_kmix.mix_images(x, p, "HWC"), x, rtol=1e-6)
 
 
+def test_a_list_of_torch_cpu_tensors_is_mixed_as_its_stack():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(12)
+    x = rng.integers(0, 256, (3, 4, 5, 3), dtype=np.uint8)
+    p = sample_params("dmixup", 3, 4, 5, k=2, rng=0)
+    got = dali_kmix.mix_images([torch.from_numpy(s.copy()) for s in x], p, "HWC")
+    np.testing.assert_array_equal(got, reference.mix_images(x, p, "HWC"))
+    with pytest.raises(TypeError, match=r"sample 0 has uint8 but sample 1 has float32"):
+        dali_kmix.mix_images([torch.from_numpy(x[0].copy()), torch.from_numpy(x[1].astype(np.float32))], p, "HWC")
+
+
 def test_inputs_are_not_written():
     rng = np.random.default_rng(4)
     x = rng.integers(0, 256, (7, 9, 11, 3), dtype=np.uint8)

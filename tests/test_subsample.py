@@ -509,6 +509,19 @@ def test_subsample_scores_a_last_sample_with_others(photo_dir, tiny_checkpoint, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["subset.csv", "subset.json", "subset.txt"]
 
 
+def test_a_failed_figure_leaves_the_scores_with_their_summary(photo_dir, tiny_checkpoint, tmp_path, monkeypatch):
+    from dali_kmix.apps import subsample
+
+    def broken_figure(*a, **kw):
+        raise RuntimeError("no figure")
+
+    monkeypatch.setattr(subsample, "plot_figure", broken_figure)
+    with pytest.raises(RuntimeError, match="no figure"):
+        _subsample_in_process(photo_dir, tiny_checkpoint, "--out", str(tmp_path / "subset.txt"), "--figure",
+                              str(tmp_path / "fig.png"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["subset.csv", "subset.json", "subset.txt"]
+
+
 def test_subsample_partners_option_reaches_the_scoring(photo_dir, tiny_checkpoint, tmp_path):
     import json
 

@@ -502,14 +502,16 @@ def run(args) -> tuple[dict, Scores]:
     if rank == 0:
         write_scores(scores, result["scores"])
         write_file_list([(scores.paths[i], scores.labels[i]) for i in keep], args.out)
+        # the summary (how the scores were made) before the figure: a figure that fails leaves scores a caller
+        # (benchmarks/study_subsample.py) can still check and use
+        atomic_write(outputs["summary"],
+                     json.dumps({**result, "args": {k: v for k, v in vars(args).items() if k != "func"}},
+                                indent=1, default=str))
         if args.figure:
             cv = scores.cv
             picks = [scores.paths[i] for i in np.argsort(-cv)[:3]] + [scores.paths[i] for i in np.argsort(cv)[:3]]
             _, captured = score_dataset(model, args.data, capture_paths=picks, **{**kw, "rank": 0, "world": 1})
             plot_figure(scores, {p: captured[p] for p in picks}, args.figure, class_names(args.data))
-        atomic_write(outputs["summary"],
-                           json.dumps({**result, "args": {k: v for k, v in vars(args).items() if k != "func"}},
-                                      indent=1, default=str))
     teardown_distributed(d)
     return result, scores
 
