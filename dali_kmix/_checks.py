@@ -120,21 +120,43 @@ def channels_suspect(shape, layout: str) -> bool:
     return lead > MAX_CHANNELS >= trail
 
 
+def layout_contradiction(shape, layout: str):
+    """None, or where a 3-d sample ``shape`` looks like the other layout (:func:`channels_suspect`): ``(the other
+    layout, the shape as ints, its channel count there, "first" or "last")``, for the messages that say so."""
+    if not channels_suspect(shape, layout):
+        return None
+    shape = tuple(int(v) for v in shape)
+    if layout == "HWC":
+        return "CHW", shape, shape[0], "first"
+    return "HWC", shape, shape[2], "last"
+
+
 def check_channels(name: str, shape, layout: str, found_layout: str = ""):
-    """Images that carry no layout, whose shape contradicts ``layout`` (:func:`channels_suspect`), raise
+    """Images that carry no layout, whose shape contradicts ``layout`` (:func:`layout_contradiction`), raise
     ValueError: mixed in the wrong layout, boxes would be cut across channels. Images that carry a layout are
     trusted (a mismatch with ``layout`` is checked where it is read). The same message as the native operators
     (``kernels/kmix_record.h``, CheckChannels)."""
-    if found_layout or not channels_suspect(shape, layout):
+    seen = None if found_layout else layout_contradiction(shape, layout)
+    if seen is None:
         return
-    other = "CHW" if layout == "HWC" else "HWC"
-    shape = tuple(int(v) for v in shape)
-    count, where = (shape[0], "first") if layout == "HWC" else (shape[2], "last")
+    other, shape, count, where = seen
     raise ValueError(
         f"{name}: layout='{layout}' was given but the images carry no layout and their shape {shape} looks {other} "
         f"({count} channels {where}); mixed as {layout} the boxes would be cut across channels. Pass "
         f"layout='{other}', or, if the shape is meant, give the images their layout (e.g. "
         f"fn.reshape(images, layout='{layout}'))")
+
+
+def check_one_dtype(name: str, samples) -> np.dtype:
+    """The one image dtype of a list of samples (NumPy or CuPy arrays, or what ``np.asarray`` reads, as torch CPU
+    tensors): TypeError for a dtype that is no image's, or naming the first sample whose dtype differs from sample
+    0's (``np.asarray`` would stack uint8 and float32 samples to float32)."""
+    dtypes = [a.dtype if isinstance(getattr(a, "dtype", None), np.dtype) else np.asarray(a).dtype for a in samples]
+    for i, dt in enumerate(dtypes):
+        if check_image_dtype(name, dt) != dtypes[0]:
+            raise TypeError(f"{name}: all samples must have one dtype; sample 0 has {dtypes[0]} but sample {i} has "
+                            f"{dt}")
+    return dtypes[0]
 
 
 def check_image_dtype(name: str, dtype) -> np.dtype:

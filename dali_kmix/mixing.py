@@ -72,17 +72,6 @@ def _validate(params: MixParams, n: int, h: int, w: int):
     params.validate(n, h, w)
 
 
-def _check_one_dtype(samples) -> None:
-    """A list or tuple of samples (which ``np.asarray`` would stack, promoting uint8 + float32 to float32) must hold
-    one image dtype; TypeError naming the first sample that differs. Samples whose ``dtype`` is not NumPy's (torch
-    CPU tensors) are read as ``np.asarray`` reads them."""
-    dtypes = [a.dtype if isinstance(getattr(a, "dtype", None), np.dtype) else np.asarray(a).dtype for a in samples]
-    for i, dt in enumerate(dtypes):
-        if _checks.check_image_dtype("images", dt) != dtypes[0]:
-            raise TypeError(f"images: all samples must have one dtype; sample 0 has {dtypes[0]} but sample {i} has "
-                            f"{dt}")
-
-
 def mix_images(images, params: MixParams, layout: str = "HWC"):
     """Mix a batch of images as ``params`` says; returns a new array of the same type and dtype.
 
@@ -102,8 +91,8 @@ def mix_images(images, params: MixParams, layout: str = "HWC"):
     (its label weights are box areas / (H x W)), while DMixup also blends empty ones.
     """
     layout = _checks.check_layout(layout)
-    if isinstance(images, (list, tuple)):
-        _check_one_dtype(images)
+    if isinstance(images, (list, tuple)) and images:
+        _checks.check_one_dtype("images", images)
     gpu = _is_cupy(images)
     if not gpu:
         images = np.asarray(images)

@@ -47,15 +47,14 @@ def _sample_list(images) -> list:
 
 
 def _check_channels(shape, layout: str) -> None:
-    """An (N, ...) array batch whose sample ``shape`` contradicts ``layout`` (:func:`_checks.channels_suspect`: a CHW
-    batch read with the default "HWC", or the reverse) raises ValueError, as the DALI operators refuse such
+    """An (N, ...) array batch whose sample ``shape`` contradicts ``layout`` (:func:`_checks.layout_contradiction`:
+    a CHW batch read with the default "HWC", or the reverse) raises ValueError, as the DALI operators refuse such
     images (:func:`_checks.check_channels`): read in the wrong layout, rows of channels would be taken for pixels
     and the points would be silently wrong."""
-    if not _checks.channels_suspect(shape, layout):
+    seen = _checks.layout_contradiction(shape, layout)
+    if seen is None:
         return
-    other = "CHW" if layout == "HWC" else "HWC"
-    shape = tuple(int(v) for v in shape)
-    count, where = (shape[0], "first") if layout == "HWC" else (shape[2], "last")
+    other, shape, count, where = seen
     batch = "(N, C, H, W)" if other == "CHW" else "(N, H, W, C)"
     raise ValueError(
         f"images: layout='{layout}' was given but the samples' shape {shape} looks {other} ({count} channels "
@@ -79,10 +78,7 @@ def _checked_batch(images, layout: str):
             return samples, 0, None, np
         xp = _xp(samples[0])
         shape = _checks.check_same_shapes("images", [a.shape for a in samples], layout)
-        for i, a in enumerate(samples):
-            if _checks.check_image_dtype("images", a.dtype) != samples[0].dtype:
-                raise TypeError(f"images: all samples must have one dtype; sample 0 has {samples[0].dtype} "
-                                f"but sample {i} has {a.dtype}")
+        _checks.check_one_dtype("images", samples)
         batch, n = samples, len(samples)
     else:
         xp = _xp(images)

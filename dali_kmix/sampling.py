@@ -380,7 +380,7 @@ def sample_params(method: str, n: int, height: int, width: int, *, k: int = 3, a
         if centers is None:
             raise ValueError("method='saliency-dcutmix' needs centers=... (the salient point of every image, "
                              "from dali_kmix.saliency.salient_points)")
-        if type(centers).__module__.startswith("cupy"):  # CuPy points (salient_points of a GPU batch): to the host
+        if _checks.array_module(centers) is not np:  # CuPy points (salient_points of a GPU batch): to the host
             centers = centers.get()
         centers = np.asarray(centers)
         if centers.shape != (n, 2) or centers.dtype.kind not in "iu":

@@ -59,7 +59,12 @@ _YES, _NO = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 def env_flag(name: str, default: bool = False) -> bool:
     """The yes/no environment variable ``name``: 1, true, yes, on or 0, false, no, off (in any case, spaces around
     ignored); unset or empty gives ``default``. Raises ValueError naming the variable and its value otherwise."""
-    raw = os.environ.get(name, "")
+    return _flag_of(name, os.environ.get(name, ""), default)
+
+
+@functools.lru_cache(maxsize=64)
+def _flag_of(name: str, raw: str, default: bool) -> bool:
+    """:func:`env_flag` of the value ``raw`` (parsed once per value: the kernels' calls read these variables)."""
     value = raw.strip().lower()
     if not value:
         return default
@@ -100,16 +105,14 @@ def sanitize_mode() -> str:
     return _sanitize_mode_of(os.environ.get("DALI_KMIX_SANITIZE", ""))
 
 
-@functools.lru_cache(maxsize=16)
 def _sanitize_mode_of(raw: str) -> str:
-    value = raw.strip().lower()
-    if value == "fuzzer":
+    if raw.strip().lower() == "fuzzer":
         return "fuzzer"
-    if value in _YES:
-        return "address"
-    if not value or value in _NO:
-        return ""
-    raise ValueError(f"DALI_KMIX_SANITIZE must be 0, 1 or fuzzer (or false/true, no/yes, off/on), got {raw!r}")
+    try:
+        return "address" if _flag_of("DALI_KMIX_SANITIZE", raw, False) else ""
+    except ValueError:
+        raise ValueError(f"DALI_KMIX_SANITIZE must be 0, 1 or fuzzer (or false/true, no/yes, off/on), "
+                         f"got {raw!r}") from None
 
 
 def sanitize_requested() -> bool:
