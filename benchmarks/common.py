@@ -29,15 +29,6 @@ def fashion_mnist(args):
                                    seed=0)
 
 
-def check_at_least(flag: str, value, minimum: int = 1):
-    """``value`` if it is >= ``minimum``, else a UsageError naming ``flag`` (check options before anything trains)."""
-    from dali_kmix.apps.common import UsageError
-
-    if value < minimum:
-        raise UsageError(f"{flag} must be >= {minimum}, got {value}")
-    return value
-
-
 def check_unique(flag: str, values):
     """``values`` if none is given twice, else a UsageError naming ``flag`` and the repeated values (a repeated seed
     or ratio would count the same runs twice in the tables)."""
@@ -57,7 +48,9 @@ def data_identity(args) -> dict:
 
 def file_list_sha256(pairs) -> str:
     """The SHA-256 of the ``file_list`` that ``dali_kmix.apps.subsample.write_file_list(pairs)`` writes."""
-    return hashlib.sha256("".join(f"{rel} {int(lab)}\n" for rel, lab in pairs).encode()).hexdigest()
+    from dali_kmix.apps.subsample import file_list_text
+
+    return hashlib.sha256(file_list_text(pairs).encode()).hexdigest()
 
 
 def identity_differences(recorded: dict | None, wanted: dict | None) -> list[str]:

@@ -278,8 +278,9 @@ def plot_flatness(flat, path: Path, title: str):
 
 
 def main(argv=None):
-    from common import (add_data_arguments, check_at_least, check_unique, data_identity, fashion_mnist, load_finished,
-                        run_pending, write_json)
+    from common import add_data_arguments, check_unique, data_identity, fashion_mnist, load_finished, run_pending
+    from common import write_json
+    from dali_kmix.apps.common import check_at_least
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_arguments(ap, TRAIN_PER_CLASS, VAL_PER_CLASS, DATA)

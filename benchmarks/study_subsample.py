@@ -91,8 +91,8 @@ def check_scoring(scores_json: Path, wanted: dict):
 
 def check_arguments(args):
     """The options, before anything is made or trained."""
-    from common import check_at_least, check_unique
-    from dali_kmix.apps.common import UsageError
+    from common import check_unique
+    from dali_kmix.apps.common import UsageError, check_at_least
 
     check_unique("--seeds", args.seeds)
     check_unique("--ratios", args.ratios)

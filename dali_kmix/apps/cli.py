@@ -48,7 +48,7 @@ def _cmd_bench(args) -> int:
 
 
 def _cmd_data(args) -> int:
-    from .common import UsageError
+    from .common import UsageError, check_at_least
     from .data import FASHION_MNIST_DIR, check_data, make_fashion_mnist_tree, make_photo_tree
 
     if args.dataset == "check":
@@ -60,11 +60,9 @@ def _cmd_data(args) -> int:
         print(f"checked {res['files']} files in {args.dir}: {len(res['bad'])} DALI cannot decode"
               + (f", {len(res['problems'])} problem(s) with the class folders" if res["problems"] else ""))
         return 1 if res["bad"] or res["problems"] else 0
-    for flag, value in (("--per-class", args.per_class), ("--val-per-class", args.val_per_class)):
-        if value is not None and value < 1:
-            raise UsageError(f"{flag} must be >= 1, got {value}")
-    if args.seed < 0:
-        raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    check_at_least("--per-class", args.per_class)
+    check_at_least("--val-per-class", args.val_per_class)
+    check_at_least("--seed", args.seed, 0)
     if args.dataset == "photos":
         unused = [flag for flag, value in (("--val-per-class", args.val_per_class), ("--source", args.source))
                   if value is not None]

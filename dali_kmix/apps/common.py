@@ -12,11 +12,19 @@ import re
 from pathlib import Path
 
 __all__ = ["Dist", "setup_distributed", "teardown_distributed", "atomic_write", "remove_stale_temporaries",
-           "UsageError", "check_device", "require_gpu", "int_at_least"]
+           "UsageError", "check_device", "require_gpu", "int_at_least", "check_at_least"]
 
 
 class UsageError(ValueError):
     """A mistake in what the user asked for (a missing folder, a bad value): ``kmix`` prints one line."""
+
+
+def check_at_least(flag: str, value, minimum: int = 1):
+    """``value`` if it is None (an option left unset) or >= ``minimum``, else a UsageError naming ``flag`` and the
+    value: the applications check their options with it before any work."""
+    if value is not None and value < minimum:
+        raise UsageError(f"{flag} must be >= {minimum}, got {value}")
+    return value
 
 
 def int_at_least(minimum: int, even_because: str | None = None):

@@ -36,10 +36,11 @@ from pathlib import Path
 import numpy as np
 
 from .. import _checks
-from .common import UsageError, atomic_write, default_resize, setup_distributed, teardown_distributed
+from .common import (UsageError, atomic_write, check_at_least, default_resize, setup_distributed,
+                     teardown_distributed)
 
 __all__ = ["MEASURES", "SELECTIONS", "PARTNERS", "list_files", "score_batch", "score_dataset", "select", "write_scores",
-           "read_scores", "write_file_list", "read_file_list", "plot_figure"]
+           "read_scores", "file_list_text", "write_file_list", "read_file_list", "plot_figure"]
 
 MEASURES = ("cv", "mean", "std", "random")
 SELECTIONS = ("top", "interval")
@@ -311,11 +312,15 @@ def check_list_path(rel) -> str:
     return rel
 
 
-def write_file_list(pairs, path):
-    """A DALI ``file_list``: ``relative/path label`` per line (a path may hold inner spaces, see
+def file_list_text(pairs) -> str:
+    """The text of a DALI ``file_list``: ``relative/path label`` per line (a path may hold inner spaces, see
     :func:`check_list_path`)."""
-    lines = [f"{check_list_path(rel)} {int(lab)}" for rel, lab in pairs]
-    atomic_write(path, "\n".join(lines) + ("\n" if lines else ""))
+    return "".join(f"{check_list_path(rel)} {int(lab)}\n" for rel, lab in pairs)
+
+
+def write_file_list(pairs, path):
+    """A DALI ``file_list`` of ``pairs`` (:func:`file_list_text`), written whole."""
+    atomic_write(path, file_list_text(pairs))
 
 
 def read_file_list(path) -> list[tuple[str, int]]:
@@ -442,8 +447,7 @@ def _check_arguments(args):
                                  ("--threads", args.threads, 1), ("--crop", args.crop, 1),
                                  ("--resize", args.resize, 1), ("--interval", args.interval, 1),
                                  ("--k", args.k, 2), ("--seed", args.seed, 0)):
-        if value is not None and value < minimum:
-            raise UsageError(f"{flag} must be >= {minimum}, got {value}")
+        check_at_least(flag, value, minimum)
     if not 0.0 < args.anchor_ratio < 1.0:
         raise UsageError(f"--anchor-ratio must be in (0, 1), got {args.anchor_ratio}")
     alpha = list(args.alpha)

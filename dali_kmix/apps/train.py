@@ -46,8 +46,8 @@ from pathlib import Path
 
 from .._checks import METHODS, SWITCH
 from ..pipelines import listed_files, tree_files
-from .common import (Dist, UsageError, atomic_write, default_resize, remove_stale_temporaries, setup_distributed,
-                     teardown_distributed)
+from .common import (Dist, UsageError, atomic_write, check_at_least, default_resize, remove_stale_temporaries,
+                     setup_distributed, teardown_distributed)
 from .data import check_class_folders
 
 __all__ = ["TrainConfig", "MIX_CHOICES", "FIXED_ON_RESUME", "MAY_CHANGE_ON_RESUME", "resolve_mix", "build_model",
@@ -211,8 +211,7 @@ def _check(cfg: TrainConfig):
         raise UsageError(f"optimizer must be 'sgd' or 'adamw', got {cfg.optimizer!r}")
     for name, minimum in (("epochs", 1), ("eval_every", 1), ("checkpoint_every", 0), ("stop_after", 0),
                           ("batch_size", 1), ("crop", 1), ("val_resize", 1), ("threads", 1)):
-        if getattr(cfg, name) is not None and getattr(cfg, name) < minimum:  # val_resize, threads: None is the default
-            raise UsageError(f"{name} must be >= {minimum}, got {getattr(cfg, name)}")
+        check_at_least(name, getattr(cfg, name), minimum)  # val_resize, threads: None is the default
     for name in ("lr", "momentum", "weight_decay", "warmup_epochs"):  # NaN would pass a comparison
         if not (math.isfinite(getattr(cfg, name)) and getattr(cfg, name) >= 0):
             raise UsageError(f"{name} must be >= 0 and finite, got {getattr(cfg, name)}")
