@@ -361,6 +361,8 @@ struct KmixRunCopier {
 // The deepest box nesting kmix_dcutmix_rows_host works out once per band of rows; deeper rows take the
 // generic per-row code.
 #define KMIX_HOST_MAX_DEPTH 64
+// The rows that a deep band (more than 3 runs a row) copies run by run.
+#define KMIX_HOST_DEEP_ROWS 8
 
 // DCutMix of one sample over rows [r_begin, r_end), band by band: between two box edges every row has the
 // same runs (at most 2 m + 1 at depth m), worked out once per band instead of once per row.
@@ -405,12 +407,28 @@ inline void kmix_dcutmix_rows_host(const T* const* __restrict__ in, T* __restric
       runs[nruns++] = {in[src[d]], right, stop};
       right = stop;
     }
+    if (nruns > 3) {  // deep rows: many short runs from as many images
+      // Run by run over KMIX_HOST_DEEP_ROWS rows at a time, not row by row through all the runs: one image at a
+      // time, at a fixed stride, instead of 2 m + 1 images in turn, while those few rows of the output stay in
+      // L1. Row by row (with a software prefetch of every run's start 2 rows ahead), K = 16 took 2.1x the time
+      // of K = 2 (float32 CHW, batch 64, two workers, AMD Zen 3); run by run 1.7x: at K = 16 the runs' shared
+      // cache lines are read from two images, 2.0 lines read for every line written against 1.09 at K = 2.
+      copier.flush();
+      for (int stop; r < r_stop; r = stop) {
+        stop = r_stop - r > KMIX_HOST_DEEP_ROWS ? r + KMIX_HOST_DEEP_ROWS : r_stop;
+        for (int i = 0; i < nruns; ++i) {
+          if (runs[i].b <= runs[i].a) continue;
+          const size_t bytes = (size_t)(runs[i].b - runs[i].a) * sizeof(T);
+          for (int rr = r; rr < stop; ++rr) {
+            const long long at = (long long)rr * row_len + runs[i].a;
+            kmix_copy_bytes((char*)(out_s + at), (const char*)(runs[i].from + at), bytes);
+          }
+        }
+      }
+      continue;
+    }
     for (; r < r_stop; ++r) {
       const long long off = (long long)r * row_len;
-      if (nruns > 3 && r + 2 < r_stop) {  // deep rows: many short runs from as many images; their starts 2 rows
-        const long long ahead = off + 2 * row_len;  // ahead (too far apart for the hardware's stream prefetch)
-        for (int i = 0; i < nruns; ++i) __builtin_prefetch(runs[i].from + ahead + runs[i].a, 0, 3);
-      }
       for (int i = 0; i < nruns; ++i) copier.add(runs[i].from, off + runs[i].a, off + runs[i].b);
     }
   }
