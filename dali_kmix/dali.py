@@ -368,11 +368,9 @@ class _PluginRecord(_HostRecord):
 
     Returns per sample: sources (K,), then weights (K,) or boxes (K-1, 4), then the label outputs.
     For "dmixup+dcutmix": sources, weights, boxes and a per-sample "cut" flag for ``fn.kmix_mix``.
-    In a pipeline the native operator checks the images' layout against their shape; dynamic mode, which
-    knows the layout here, sets ``found_layout`` to check it before drawing.
+    In a pipeline the native operator checks the images' layout against their shape; dynamic mode checks it
+    before drawing (:func:`_check_dynamic_batch`).
     """
-
-    found_layout = None
 
     def __call__(self, shapes, labels, keys, *rest):
         spec = self.spec
@@ -382,8 +380,6 @@ class _PluginRecord(_HostRecord):
         runtime, valid, extra = self.split_inputs(rest)
         images = extra[0] if spec.method == "saliency-dcutmix" else None
         first = _shape_of_all(shapes, spec.layout)
-        if self.found_layout is not None:  # dynamic mode: the images' own layout is known here
-            _checks.check_channels("images", first, spec.layout, self.found_layout)
         self.check_area(first)
         h, w = _checks.spatial_size(first, spec.layout)
         lab = self.labels(labels, n)
@@ -1105,7 +1101,6 @@ def dynamic_mix(method, images, labels, *, k=3, alpha=1.0, num_classes, layout=N
     keys = _dynamic_keys(rng, n)
     if _dynamic_native(gpu):
         draw = _PluginRecordGivenCenters(spec) if gpu else _PluginRecord(spec)
-        draw.found_layout = found
         extra = []
         if spec.method == "saliency-dcutmix":
             extra = [_centers_on_device(images, spec) if gpu else [np.asarray(t) for t in images.tensors]]

@@ -112,6 +112,11 @@ def small_grey(images, layout: str, work_size: int = WORK_SIZE):
     layout = _checks.check_layout(layout)
     work_size = _checks.check_int("work_size", work_size, 1)
     batch, n, _, xp = _checked_batch(images, layout)
+    return _small_grey(batch, n, xp, layout, work_size)
+
+
+def _small_grey(batch, n, xp, layout, work_size):
+    """:func:`small_grey` of a batch :func:`_checked_batch` has checked (``batch, n, xp`` as it returns them)."""
     if n == 0:
         return xp.zeros((0, work_size, work_size), np.float32)
     samples = _sample_list(batch)
@@ -341,7 +346,7 @@ def salient_points(images, layout: str = "HWC", *, method: str = "spectral-resid
     kernels = host_kernels() if xp is np and _power_of_two(work_size) else None
     if kernels is not None:  # the CPU build: grey copy, map and peak of each image in one launch (the same points)
         return kernels.salient_points(_sample_list(batch), layout, work_size, work_size, smoothing_taps())
-    sal = spectral_residual(small_grey(batch, layout, work_size))
+    sal = spectral_residual(_small_grey(batch, n, xp, layout, work_size))  # checked above
     flat = _first_peaks(sal)
     iy, ix = flat // work_size, flat % work_size
     # centre pixel of the working-size cell, in full-resolution coordinates

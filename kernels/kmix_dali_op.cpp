@@ -530,7 +530,7 @@ inline std::string PerSampleAlpha(const dali::TensorList<CPUBackend>& tl, int n,
   return "";
 }
 
-// prob given per sample (its first value each, in [0, 1]: dali_kmix.dali._Draws.runtime_args).
+// prob given per sample (one value each, in [0, 1]: dali_kmix.dali._Draws.runtime_args).
 inline std::string PerSampleProb(const dali::TensorList<CPUBackend>& tl, int n, std::vector<double>* prob) {
   prob->resize(n);
   std::vector<double> v;
