@@ -329,8 +329,7 @@ def main(argv=None):
 
     print(f"dali_kmix from {os.path.dirname(dali_kmix.__file__)}; load average {os.getloadavg()[0]:.1f}")
     only = set(args.only or [])
-    for method, dtype, batch, k, mode in CONFIGS:
-        name = f"{method}-{dtype}-{batch}-{k}-{mode}"
+    for name, (method, dtype, batch, k, mode) in zip(config_names(), CONFIGS):
         if only and name not in only:
             continue
         _print(f"{method} {dtype} batch {batch} K={k} {mode} (array API)",
