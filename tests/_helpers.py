@@ -39,6 +39,13 @@ def gpu_sleep(seconds, stream_ptr=None):
         kern((1,), (1,), (np.int64(seconds * 1e9),))
 
 
+#: Ragged label batches of two samples (as many values as samples, or not) and where fn.kmix_draw's message
+#: "labels must hold one value per sample, got shape ..." finds the first wrong sample; with their ids.
+RAGGED_LABELS = [([[1, 2], []], r"\(2,\) for sample 0"), ([[1], [2, 3]], r"\(2,\) for sample 1"),
+                 ([[1], []], r"\(0,\) for sample 1")]
+RAGGED_LABELS_IDS = ["two-then-none", "one-then-two", "one-then-none"]
+
+
 #: The kernels whose source calls fmaf (the only fused multiply-adds allowed: --fmad=false).
 FMAF_KERNELS = ("kmix_dmixup", "kmix_mix")  # kmix_mix and kmix_mix_norm blend with the same fmaf chain
 

@@ -13,7 +13,7 @@ from nvidia.dali import fn, pipeline_def, types  # noqa: E402
 import dali_kmix  # noqa: E402
 import dali_kmix.dali as kmix  # noqa: E402
 from dali_kmix.apps.data import class_names  # noqa: E402
-from _helpers import graph_operators  # noqa: E402
+from _helpers import RAGGED_LABELS, RAGGED_LABELS_IDS, graph_operators  # noqa: E402
 
 BATCH = 8
 SIZE = 48
@@ -308,22 +308,22 @@ def test_wrong_dtype_raises():
         _run_batch(imgs, [np.array([1], np.int32)] * 2)
 
 
-RAGGED_LABELS = [([[1, 2], []], r"\(2,\) for sample 0"), ([[1], [2, 3]], r"\(2,\) for sample 1"),
-                 ([[1], []], r"\(0,\) for sample 1")]
-
-
 @pytest.mark.parametrize("path", ["plugin", "function"])
-@pytest.mark.parametrize("labels,where", RAGGED_LABELS, ids=["two-then-none", "one-then-two", "one-then-none"])
+@pytest.mark.parametrize("labels,where", RAGGED_LABELS, ids=RAGGED_LABELS_IDS)
 def test_labels_must_hold_one_value_per_sample(monkeypatch, path, labels, where):
     """A ragged batch holding as many values as samples once passed the python_function paths (its labels shifted
-    onto the wrong samples): fn.kmix_draw's message on every path, and in the GPU paths' host check."""
+    onto the wrong samples): fn.kmix_draw's message on every path."""
     monkeypatch.setenv("DALI_KMIX_PLUGIN", "1" if path == "plugin" else "0")
     labels = [np.array(v, np.int32) for v in labels]
-    match = rf"labels must hold one value per sample, got shape {where}$"
     with pytest.raises(RuntimeError, match=rf"labels must hold one value per sample, got shape {where}"):
         _run_batch([np.zeros((4, 4, 3), np.uint8)] * 2, labels, prob=0.0, label_format="sparse")
-    with pytest.raises(ValueError, match=match):
-        kmix._LabelCheck(10)(labels)
+
+
+@pytest.mark.parametrize("labels,where", RAGGED_LABELS, ids=RAGGED_LABELS_IDS)
+def test_the_gpu_paths_host_label_check_refuses_ragged_labels(labels, where):
+    """The GPU paths' host check (_LabelCheck) gives fn.kmix_draw's message."""
+    with pytest.raises(ValueError, match=rf"labels must hold one value per sample, got shape {where}$"):
+        kmix._LabelCheck(10)([np.array(v, np.int32) for v in labels])
 
 
 def test_operators_are_documented():

@@ -19,6 +19,7 @@ ndd = pytest.importorskip("nvidia.dali.experimental.dynamic")
 import dali_kmix.dali as ops  # noqa: E402
 import dali_kmix.dynamic as kmix  # noqa: E402
 from dali_kmix.backends import plugin  # noqa: E402
+from _helpers import RAGGED_LABELS, RAGGED_LABELS_IDS  # noqa: E402
 
 N = 12
 
@@ -231,9 +232,7 @@ def test_dynamic_mode_errors():
     assert _array(targets).shape == (N, N)
 
 
-@pytest.mark.parametrize("labels,where", [([[1, 2], []], r"\(2,\) for sample 0"),
-                                          ([[1], [2, 3]], r"\(2,\) for sample 1")],
-                         ids=["two-then-none", "one-then-two"])
+@pytest.mark.parametrize("labels,where", RAGGED_LABELS, ids=RAGGED_LABELS_IDS)
 def test_labels_must_hold_one_value_per_sample(path, labels, where):
     """A ragged batch holding as many values as samples was once mixed, its labels shifted onto the wrong samples;
     fn.kmix_draw's message."""

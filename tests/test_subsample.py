@@ -536,6 +536,19 @@ def test_subsample_partners_option_reaches_the_scoring(photo_dir, tiny_checkpoin
     assert not np.array_equal(runs["fixed"][2], runs["redrawn"][2])
 
 
+@pytest.fixture
+def no_scoring(monkeypatch):
+    """kmix subsample with its scoring (and the model it loads for it) made to fail the test: what these tests refuse
+    must be refused before any scoring starts."""
+    from dali_kmix.apps import subsample
+
+    def scoring(*a, **kw):
+        raise AssertionError("scored before the arguments and files were checked")
+
+    monkeypatch.setattr(subsample, "score_dataset", scoring)
+    monkeypatch.setattr(subsample, "load_checkpoint_model", scoring)
+
+
 @pytest.mark.parametrize("args,match", [
     (["--group-size", "0"], r"--group-size must be >= 2, got 0"),
     (["--group-size", "-5"], r"--group-size must be >= 2, got -5"),
@@ -556,15 +569,9 @@ def test_subsample_partners_option_reaches_the_scoring(photo_dir, tiny_checkpoin
 ], ids=["group-size-0", "group-size-neg", "group-size-1", "mixes-0", "mixes-1", "threads-neg", "crop-0",
         "interval-0", "interval-neg", "k-1", "anchor-ratio-0", "anchor-ratio-1", "anchor-ratio-neg", "seed-neg",
         "alpha-count", "alpha-0"])
-def test_subsample_refuses_bad_arguments(photo_dir, tiny_checkpoint, tmp_path, monkeypatch, args, match):
-    from dali_kmix.apps import subsample
+def test_subsample_refuses_bad_arguments(photo_dir, tiny_checkpoint, tmp_path, no_scoring, args, match):
     from dali_kmix.apps.common import UsageError
 
-    def no_scoring(*a, **kw):
-        raise AssertionError("scored before the arguments were checked")
-
-    monkeypatch.setattr(subsample, "score_dataset", no_scoring)
-    monkeypatch.setattr(subsample, "load_checkpoint_model", no_scoring)
     with pytest.raises(UsageError, match=match):
         _subsample_in_process(photo_dir, tiny_checkpoint, "--out", str(tmp_path / "subset.txt"), *args)
     assert not list(tmp_path.iterdir())
@@ -574,9 +581,8 @@ def test_subsample_refuses_bad_arguments(photo_dir, tiny_checkpoint, tmp_path, m
     (" lead", "x.jpg", r"--data .*: path ' lead/[^']+\.jpg' starts or ends with white space"),
     (None, "new\nline.jpg", r"--data .*: path '.*/new\\nline\.jpg' contains a newline"),
 ], ids=["leading-space", "newline"])
-def test_subsample_refuses_unlistable_files_before_scoring(photo_dir, tiny_checkpoint, tmp_path, monkeypatch, folder,
+def test_subsample_refuses_unlistable_files_before_scoring(photo_dir, tiny_checkpoint, tmp_path, no_scoring, folder,
                                                            name, match):
-    from dali_kmix.apps import subsample
     from dali_kmix.apps.common import UsageError
 
     data = tmp_path / "data"
@@ -585,11 +591,6 @@ def test_subsample_refuses_unlistable_files_before_scoring(photo_dir, tiny_check
     if folder is not None:  # a path that starts with white space: its class folder's name does
         cls = cls.rename(data / folder)
     shutil.copy(sorted(cls.iterdir())[0], cls / name)
-
-    def no_scoring(*a, **kw):
-        raise AssertionError("scored before the files were checked")
-
-    monkeypatch.setattr(subsample, "score_dataset", no_scoring)
     with pytest.raises(UsageError, match=match):
         _subsample_in_process(photo_dir, tiny_checkpoint, "--out", str(tmp_path / "o" / "subset.txt"), data=data)
     assert not (tmp_path / "o").exists()
