@@ -28,6 +28,8 @@ def check_choice(name: str, value, choices) -> str:
 
 
 def check_int(name: str, value, minimum: int | None = None) -> int:
+    if type(value) is int and (minimum is None or value >= minimum):  # the common case, without the ABC check
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {value!r} of type {type(value).__name__}")
     value = int(value)
@@ -55,6 +57,8 @@ def check_choices(name: str, values, choices) -> tuple:
 
 
 def check_probability(name: str, value) -> float:
+    if type(value) is float and 0.0 <= value <= 1.0:  # the common case, without the ABC check
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number in [0, 1], got {value!r}")
     value = float(value)
@@ -64,6 +68,8 @@ def check_probability(name: str, value) -> float:
 
 
 def check_smoothing(value) -> float:
+    if type(value) is float and 0.0 <= value < 1.0:  # the common case, without the ABC check
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"smoothing must be a number in [0, 1), got {value!r}")
     value = float(value)
@@ -80,7 +86,7 @@ def check_alpha(alpha, k: int, name: str = "alpha") -> np.ndarray:
     """
     if isinstance(alpha, bool):
         raise TypeError(f"{name} must be a positive number or a sequence of {k} positive numbers, got {alpha!r}")
-    if isinstance(alpha, numbers.Real):
+    if type(alpha) in (float, int) or isinstance(alpha, numbers.Real):
         a = float(alpha)
         if not math.isfinite(a) or a <= 0.0:
             raise ValueError(f"{name} must be > 0 and finite, got {alpha}")
@@ -242,11 +248,10 @@ def check_same_shapes(name: str, shapes, layout: str) -> tuple[int, ...]:
     return first
 
 
-def check_labels(labels, num_classes: int, n: int | None = None):
-    """Labels as int64 ``(N,)``; ``(N, 1)`` is accepted. Raises on values outside [0, C)."""
-    num_classes = check_int("num_classes", num_classes, 1)
-    xp = array_module(labels)
-    labels = xp.asarray(labels)
+def label_vector(labels, n: int | None = None):
+    """Labels as an ``(N,)`` array of their integer dtype (``(N, 1)`` is accepted): the checks of
+    :func:`check_labels` but the range."""
+    labels = array_module(labels).asarray(labels)
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if labels.ndim != 1:
@@ -255,6 +260,13 @@ def check_labels(labels, num_classes: int, n: int | None = None):
         raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
     if n is not None and labels.shape[0] != n:
         raise ValueError(f"labels has {labels.shape[0]} entries but the batch has {n} samples")
+    return labels
+
+
+def check_labels(labels, num_classes: int, n: int | None = None):
+    """Labels as int64 ``(N,)``; ``(N, 1)`` is accepted. Raises on values outside [0, C)."""
+    num_classes = check_int("num_classes", num_classes, 1)
+    labels = label_vector(labels, n)
     if labels.size:
         lo, hi = int(labels.min()), int(labels.max())
         if lo < 0 or hi >= num_classes:

@@ -62,16 +62,6 @@ def blend_samples(samples, params: MixParams, layout: str, out=None, *, workers=
     return out
 
 
-def _validate(params: MixParams, n: int, h: int, w: int):
-    """``params.validate(n, h, w)``, after the CPU build's one-pass check of a NumPy record where it loads: only a
-    record that check cannot pass goes through validate's NumPy operations (which then name the fault)."""
-    if params.xp is np and params.n == n:
-        kernels = host_kernels()
-        if kernels is not None and kernels.record_valid(params, h, w):
-            return
-    params.validate(n, h, w)
-
-
 def mix_images(images, params: MixParams, layout: str = "HWC"):
     """Mix a batch of images as ``params`` says; returns a new array of the same type and dtype.
 
@@ -105,10 +95,13 @@ def mix_images(images, params: MixParams, layout: str = "HWC"):
     h, w = _checks.spatial_size(images.shape[1:], layout)
     if params.boxes is not None and n:
         _checks.check_area("images", images.shape[1:], layout, "a DCutMix record")
-    _validate(params, n, h, w)
     if n == 0:
+        params.validate(n, h, w)
         return images.copy()
-    return blend_samples(params.xp.ascontiguousarray(images), params, layout)
+    xp = params.xp
+    images = xp.ascontiguousarray(images)
+    # the record checked against the batch (on the CPU build in one pass, with the blend), then applied
+    return backend_for(images).blend_checked(images, xp.empty(images.shape, images.dtype), params, layout)
 
 
 def mix_labels(labels, params: MixParams, num_classes: int, smoothing: float = 0.0):
@@ -125,12 +118,13 @@ def mix_labels(labels, params: MixParams, num_classes: int, smoothing: float = 0
     smoothing = _checks.check_smoothing(smoothing)
     gpu = _is_cupy(labels)
     params = _params_like(params, gpu)
-    labels = _checks.check_labels(labels, num_classes, params.n)
     kernels = host_kernels() if params.xp is np else None
-    if kernels is None or not kernels.record_valid(params, None, None):  # the one-pass check passes it, or:
-        params.validate_rows()
-    if kernels is not None:  # the CPU build: the reference's float32 operations in one pass
-        out = kernels.mix_labels(labels, params, num_classes, *reference.smoothed_values(num_classes, smoothing))
+    if kernels is not None:  # the CPU build: the labels' range, the record's rows and the reference's float32
+        num_classes = _checks.check_int("num_classes", num_classes, 1)  # operations, in one pass
+        out = kernels.mix_labels(_checks.label_vector(labels, params.n), params, num_classes,
+                                 *reference.smoothed_values(num_classes, smoothing))
         if out is not None:
             return out
+    labels = _checks.check_labels(labels, num_classes, params.n)  # names a label out of range,
+    params.validate_rows()  # or a fault of the record (a row sum the one pass held a hair tighter passes)
     return reference.mix_labels(labels, params, num_classes, smoothing)

@@ -772,7 +772,7 @@ class KMixDraw : public dali::StatelessOperator<CPUBackend> {
     if (dense_) {
       targets_.resize((size_t)n * num_classes_);
       const int lrc = kmix_host_mix_labels(labels_.data(), n, sources_.data(), weights_.data(), n, k, num_classes_, on_,
-                                           off_, targets_.data());
+                                           off_, targets_.data(), 0);  // the record is this operator's own
       DALI_ENFORCE(lrc == 0, "dali_kmix: internal error, the targets could not be mixed");
       rows(o++, targets_.data(), sizeof(float) * num_classes_);
     } else {

@@ -109,6 +109,30 @@ int kmix_host_dcutmix(int dtype, const void* const* in, void* const* out, const 
   return 0;
 }
 
+// The blend of a batch held in two C-contiguous allocations (sample s at in + s * in_stride bytes, its output at
+// out + s * out_stride), after kmix_host_record_valid's check of the record: DMixup where boxes is null, else
+// DCutMix. What mix_images makes of a NumPy batch in one call, where it made two (the check, the launch) and
+// worked out the samples' addresses in NumPy. Returns 2, writing nothing, for a record the check does not pass
+// (the caller's MixParams.validate then names the fault; a row sum it passes, held a hair tighter here, goes
+// through kmix_host_dmixup / kmix_host_dcutmix), else their code.
+int kmix_host_blend_batch(int dtype, const void* in, long long in_stride, void* out, long long out_stride,
+                          const int* sources, const float* weights, const int* boxes, int n, int k, int height,
+                          int width, int channels, int layout, int nworkers, int block_threads, int reverse) {
+  if (!kmix_host_record_valid(sources, weights, boxes, n, k, height, width)) return 2;
+  if (n <= 0) return 0;
+  std::vector<const void*> pin((size_t)n);
+  std::vector<void*> pout((size_t)n);
+  for (int s = 0; s < n; ++s) {
+    pin[(size_t)s] = (const char*)in + (long long)s * in_stride;
+    pout[(size_t)s] = (char*)out + (long long)s * out_stride;
+  }
+  if (!boxes)
+    return kmix_host_dmixup(dtype, pin.data(), pout.data(), sources, weights, n, k,
+                            (long long)height * width * channels, nworkers, block_threads, reverse);
+  return kmix_host_dcutmix(dtype, pin.data(), pout.data(), sources, boxes, n, k, height, width, channels, layout,
+                           nworkers, block_threads, reverse);
+}
+
 // DMixup or DCutMix per sample in one launch (kmix_mix): the blend's chunks along grid.x, which
 // a paste divides among rows (it has at most as many chunks as rows to give).
 int kmix_host_mix(int dtype, const void* const* in, void* const* out, const int* sources, const float* weights,
@@ -434,12 +458,14 @@ int kmix_host_record_valid(const int* sources, const float* weights, const int* 
 // The soft targets of dali_kmix.reference.mix_labels, with its float32 operations in its order: per row, the
 // chain ((0 + w_0 v_0) + w_1 v_1) + ... with v = on for the class of share j, off elsewhere; every class that
 // is none of the row's labels gets the chain of the off terms. labels: int64 (m,) class indices; sources:
-// int32 (n, k); out: float32 (n, classes). Returns 1, writing nothing more, at a source outside [0, m) or a
-// label outside [0, classes) (the caller's NumPy code then reports it), else 0.
+// int32 (n, k); out: float32 (n, classes). Returns 1, writing nothing, at a source outside [0, m) or a label
+// outside [0, classes), and with `checked`, 2 for rows kmix_host_record_valid does not pass (the caller's NumPy
+// code then reports either), else 0.
 int kmix_host_mix_labels(const long long* labels, long long m, const int* sources, const float* weights, int n, int k,
-                         int classes, float on, float off, float* out) {
+                         int classes, float on, float off, float* out, int checked) {
   for (long long i = 0; i < (long long)n * k; ++i)
     if (sources[i] < 0 || sources[i] >= m || labels[sources[i]] < 0 || labels[sources[i]] >= classes) return 1;
+  if (checked && !kmix_host_record_valid(sources, weights, nullptr, n, k, 0, 0)) return 2;
   for (int s = 0; s < n; ++s) {
     const int* src = sources + (long long)s * k;
     const float* w = weights + (long long)s * k;

@@ -35,12 +35,15 @@ int kmix_host_mix_norm_block(int dtype, int out_dtype, const void* const* in, vo
 int kmix_host_salient_points(int dtype, const void* const* in, int* points, int n, int height, int width,
                              int channels, int layout, int out_h, int out_w, const float* gauss, int nworkers);
 int kmix_host_mix_labels(const long long* labels, long long m, const int* sources, const float* weights, int n, int k,
-                         int classes, float on, float off, float* out);
+                         int classes, float on, float off, float* out, int checked);
 int kmix_host_dmixup(int dtype, const void* const* in, void* const* out, const int* sources, const float* weights,
                      int n, int k, long long sample_elems, int nworkers, int block_threads, int reverse);
 int kmix_host_dcutmix(int dtype, const void* const* in, void* const* out, const int* sources, const int* boxes,
                       int n, int k, int height, int width, int channels, int layout, int nworkers, int block_threads,
                       int reverse);
+int kmix_host_blend_batch(int dtype, const void* in, long long in_stride, void* out, long long out_stride,
+                          const int* sources, const float* weights, const int* boxes, int n, int k, int height,
+                          int width, int channels, int layout, int nworkers, int block_threads, int reverse);
 int kmix_host_mix(int dtype, const void* const* in, void* const* out, const int* sources, const float* weights,
                   const int* boxes, const unsigned char* cut, int n, int k, int height, int width, int channels,
                   int layout, int nworkers, int block_threads, int reverse);

@@ -1136,6 +1136,70 @@ def test_cpu_kernels_take_batch_arrays_as_lists_of_samples():
         cpu_kernels.dmixup(x[:4], np.empty_like(x), blend.sources, blend.weights)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["HWC", "CHW"])
+@pytest.mark.parametrize("method", ["dmixup", "dcutmix"])
+@pytest.mark.parametrize("n", [1, 2, 7])
+def test_blend_batch_checks_the_record_then_blends_in_one_call(method, layout, dtype, n):
+    # cpu.blend_batch (kmix_host_blend_batch, what mix_images calls on the CPU): the record check of record_valid,
+    # then the blend with the rows' addresses worked out from the batch's stride (a batch of one has no stride
+    # to read): the reference's bits for a valid record; for one the check refuses, False and nothing written.
+    cpu_kernels = CpuBackend().k
+    rng = np.random.default_rng(n)
+    shape = (n, 9, 11, 3) if layout == "HWC" else (n, 3, 9, 11)
+    x = random_images(rng, dtype, shape)
+    p = sample_params(method, n, 9, 11, k=3, rng=rng)
+    out = np.empty_like(x)
+    assert cpu_kernels.blend_batch(x, out, p, layout, workers=2) is True
+    _assert_same_bits(out, reference.mix_images(x, p, layout))
+    w = p.weights.copy()
+    w[n - 1, 0] += np.float32(0.01)  # its row no longer sums to 1 (for DCutMix: no longer the box areas)
+    bad = MixParams(p.sources, w, p.boxes)
+    out = np.full_like(x, 7)
+    assert cpu_kernels.blend_batch(x, out, bad, layout) is False
+    assert (out == 7).all()
+    with pytest.raises(ValueError, match=r"params.weights"):  # the backend's validate names it
+        CpuBackend().backend.blend_checked(x, np.empty_like(x), bad, layout)
+
+
+def test_blend_checked_takes_the_checking_way_for_lists_and_other_batches():
+    # A list of samples, or a record for another batch size, goes through validate and the per-sample blend:
+    # the same result, the same errors.
+    backend = CpuBackend().backend
+    rng = np.random.default_rng(3)
+    x = random_images(rng, np.uint8, (4, 9, 11, 3))
+    p = sample_params("dcutmix", 4, 9, 11, k=3, rng=rng)
+    want = reference.mix_images(x, p, "HWC")
+    out = np.empty_like(x)
+    backend.blend_checked(list(x), list(out), p, "HWC")
+    _assert_same_bits(out, want)
+    _assert_same_bits(backend.blend_checked(x, np.empty_like(x), p, "HWC"), want)
+    with pytest.raises(ValueError, match=r"params are for N=4 samples but the batch has 3"):
+        backend.blend_checked(x[:3], np.empty_like(x[:3]), p, "HWC")
+    whole = MixParams([[i, (i + 1) % 4] for i in range(4)], [[0.0, 1.0]] * 4, [[[0, 0, 9, 11]]] * 4)
+    for short in (x[:, :5], np.ascontiguousarray(x[:, :5])):  # boxes of 9 rows on images of 5
+        with pytest.raises(ValueError, match=r"params.boxes must satisfy 0 <= y0 <= y1 <= H=5"):
+            backend.blend_checked(short, np.empty_like(short), whole, "HWC")
+
+
+def test_addresses_are_numpys_for_every_kind_of_array():
+    # cpu._addr reads an address through the buffer protocol, NumPy's .ctypes where that cannot: the same number
+    # for a writable, a read-only, an offset, an empty and a strided array; _ptrs alike for a list of samples.
+    cpu_kernels = CpuBackend().k
+    x = np.arange(60, dtype=np.float32).reshape(5, 12)
+    ro = x.copy()
+    ro.flags.writeable = False
+    arrays = [x, ro, x[2:], x[1], np.empty((0, 3), np.uint8), x[:, ::2], np.full((), 2.5)]
+    for a in arrays:
+        assert cpu_kernels._addr(a) == a.ctypes.data
+    assert cpu_kernels._addr(None) is None
+    for samples in ([x[0], x[3]], [x[0], ro[1]], list(ro)):
+        assert cpu_kernels._ptrs(samples).tolist() == [a.ctypes.data for a in samples]
+    for batch in (x, x[:1], x[2:4], np.empty((3, 0, 2), np.uint8)):
+        assert cpu_kernels._batch_ptrs(batch).tolist() == [batch.ctypes.data + i * batch.strides[0] * (len(batch) > 1)
+                                                           for i in range(len(batch))]
+
+
 # --------------------------------------------------------------------------- the mix with its normalisation fused
 
 def _fused_case(method, n, h, w, c, k, dtype, layout, rng):

@@ -193,7 +193,8 @@ def test_labels_are_the_one_hot_sum_bit_for_bit(k, smoothing):
 @pytest.mark.parametrize("k", [1, 2, 3, 9])
 def test_cpu_build_labels_are_the_references_bit_for_bit(k, smoothing):
     # dali_kmix.mix_labels on NumPy runs the CPU build's one-pass targets: the reference's bits, with repeated
-    # labels, shares of 0 and -0; a source outside the labels is left to the reference (which reports it).
+    # labels, shares of 0 and -0 (rows that no longer sum to 1: the arithmetic alone, the row check off); a source
+    # outside the labels, and with the check on such rows, are left to the reference (which reports them).
     from dali_kmix.backends import cpu
 
     if not cpu.available():
@@ -207,11 +208,15 @@ def test_cpu_build_labels_are_the_references_bit_for_bit(k, smoothing):
     sources = np.concatenate([np.arange(n)[:, None], rng.integers(0, n, (n, k - 1))], axis=1)
     p = MixParams(sources, w, None)
     on, off = reference.smoothed_values(c, smoothing)
-    got = cpu.mix_labels(labels, p, c, on, off)
+    got = cpu.mix_labels(labels, p, c, on, off, check_rows=False)
     want = reference.mix_labels(labels, p, c, smoothing)
     assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), want.view(np.uint32))
-    assert cpu.mix_labels(labels[:-1], p, c, on, off) is None  # sources reach sample n - 1
-    assert cpu.mix_labels(labels + 5, p, c, on, off) is None  # labels past the classes
+    assert cpu.mix_labels(labels[:-1], p, c, on, off, check_rows=False) is None  # sources reach sample n - 1
+    assert cpu.mix_labels(labels + 5, p, c, on, off, check_rows=False) is None  # labels past the classes
+    assert cpu.mix_labels(labels, p, c, on, off) is None  # rows that do not sum to 1
+    q = MixParams(sources, rng.dirichlet(np.full(k, 0.5), n).astype(np.float32), None)  # rows that do
+    got = cpu.mix_labels(labels, q, c, on, off)
+    assert np.array_equal(got.view(np.uint32), reference.mix_labels(labels, q, c, smoothing).view(np.uint32))
 
 
 # --------------------------------------------------------------------------- the grey working copy

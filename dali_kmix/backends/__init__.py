@@ -29,6 +29,7 @@ import numpy as np
 
 from .. import reference
 from .._checks import array_module, spatial_size
+from . import cpu
 from .build import env_flag
 
 __all__ = ["backend_for", "Backend", "CpuBackend", "GpuBackend", "NumpyBackend", "gpu_available", "cuda_device_count",
@@ -60,6 +61,13 @@ class Backend:
             return self.dmixup(inputs, outputs, params.sources, params.weights)
         return self.dcutmix(inputs, outputs, params.sources, params.boxes, layout)
 
+    def blend_checked(self, inputs, outputs, params, layout):
+        """:meth:`blend` of a record checked first against the batch (:meth:`~dali_kmix.MixParams.validate`, which
+        names a fault in a ValueError); returns ``outputs``."""
+        h, w = spatial_size(outputs[0].shape, layout)
+        params.validate(len(outputs), h, w)
+        return self.blend(inputs, outputs, params, layout)
+
     def prepare_blend(self, inputs, outputs, params, layout):
         """A callable that applies ``params`` as :meth:`blend` does, with whatever can be gathered once (the GPU's
         pointer arrays and their copies to the device) gathered now: calling it only runs the kernel."""
@@ -79,8 +87,6 @@ class CpuBackend(Backend):
     name = "cpu"
 
     def __init__(self, workers=None, block_threads: int = 1, reverse: bool = False):
-        from . import cpu
-
         self._k = cpu
         self.workers, self.block_threads, self.reverse = workers, block_threads, reverse
 
@@ -98,6 +104,16 @@ class CpuBackend(Backend):
 
     def grey_resize(self, samples, layout, out_h, out_w):
         return self._k.grey_resize(samples, layout, out_h, out_w, workers=self.workers, reverse=self.reverse)
+
+    def blend_checked(self, inputs, outputs, params, layout):
+        # Two C-contiguous batch arrays: the one-pass check of the record and the blend in one call
+        # (cpu.blend_batch); validate's NumPy operations only for a record that check does not pass.
+        if isinstance(inputs, np.ndarray) and isinstance(outputs, np.ndarray) and outputs.ndim >= 2 and \
+                inputs.shape == outputs.shape and inputs.dtype == outputs.dtype and params.n == len(outputs) and \
+                inputs.flags.c_contiguous and outputs.flags.c_contiguous and \
+                self._k.blend_batch(inputs, outputs, params, layout, **self._opts()):
+            return outputs
+        return super().blend_checked(inputs, outputs, params, layout)
 
 
 class GpuBackend(Backend):
@@ -174,8 +190,6 @@ def backend_for(array, *, workers=None) -> Backend:
     """
     if array_module(array) is not np:
         return GpuBackend()
-    from . import cpu
-
     if cpu.available():
         return CpuBackend(workers=workers)
     return NumpyBackend()
@@ -183,10 +197,8 @@ def backend_for(array, *, workers=None) -> Backend:
 
 def host_kernels():
     """The CPU build (:mod:`dali_kmix.backends.cpu`) where it loads, else None: what the host-side steps beside the
-    blend use when they can (the box nesting of the samplers, the one-pass record check of ``mix_images``, the
+    blend use when they can (the box nesting of the samplers, the one-pass targets of ``mix_labels``, the
     spectral residual of the saliency); without it they run their NumPy code, which gives the same results."""
-    from . import cpu
-
     return cpu if cpu.available() else None
 
 

@@ -31,7 +31,7 @@ from .sources import kernels_dir
 
 __all__ = ["load", "build", "available", "compiler", "dmixup", "dcutmix", "mix", "nest_boxes", "grey_resize",
            "spectral_residual", "salient_points", "dirichlet", "pcg64_raw", "draw_record", "native_sampler",
-           "DRAW_METHODS", "draw_record_from", "record_valid", "mix_labels",
+           "DRAW_METHODS", "draw_record_from", "record_valid", "mix_labels", "blend_batch",
            "half_to_float", "float_to_half", "DTYPE_CODES", "LAYOUT_CODES", "HOST_SOURCES", "default_workers",
            "launch_config", "launch_cover", "host_dcutmix_shape", "mix_normalize", "norm_bands", "validate_record",
            "KERNEL_CODES", "METHOD_CODES"]
@@ -117,10 +117,12 @@ def _load(sanitize: bool):
     lib.kmix_host_dmixup.argtypes = [_I, _P, _P, _P, _P, _I, _I, _L, _I, _I, _I]
     lib.kmix_host_dcutmix.argtypes = [_I, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _I, _I, _I]
     lib.kmix_host_mix.argtypes = [_I, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _I, _I, _I]
+    lib.kmix_host_blend_batch.argtypes = [_I, _P, _L, _P, _L, _P, _P, _P, _I, _I, _I, _I, _I, _I, _I, _I, _I]
+    lib.kmix_host_blend_batch.restype = _I
     lib.kmix_host_nest_boxes.argtypes = [_P, _P, _I, _P, _P, _I, _I, _I, _I, _P, _P, _P, _P, _I, _I]
     lib.kmix_host_grey_resize.argtypes = [_I, _P, _P, _I, _I, _I, _I, _I, _I, _I, _I, _I]
     lib.kmix_host_grey_resize.restype = _I
-    lib.kmix_host_mix_labels.argtypes = [_P, _L, _P, _P, _I, _I, _I, ctypes.c_float, ctypes.c_float, _P]
+    lib.kmix_host_mix_labels.argtypes = [_P, _L, _P, _P, _I, _I, _I, ctypes.c_float, ctypes.c_float, _P, _I]
     lib.kmix_host_mix_labels.restype = _I
     lib.kmix_host_record_valid.argtypes = [_P, _P, _P, _I, _I, _I, _I]
     lib.kmix_host_record_valid.restype = _I
@@ -187,13 +189,36 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+_buffer_of = ctypes.c_char.from_buffer
+_address_of = ctypes.addressof
+
+
+def _addr(a):
+    """The address of array ``a``'s data for a kernel argument, or None (a null pointer). Read through the buffer
+    protocol (``addressof(c_char.from_buffer(a))``): about a third of the time of NumPy's ``a.ctypes.data``, which
+    builds an object at every read, and a call reads up to a dozen; ``a.ctypes.data`` where the buffer cannot be
+    had that way (a read-only or an empty array)."""
+    if a is None:
+        return None
+    try:
+        return _address_of(_buffer_of(a))
+    except (TypeError, ValueError, BufferError):
+        return a.ctypes.data
+
+
 def _ptrs(arrays) -> np.ndarray:
-    return np.fromiter((a.ctypes.data for a in arrays), dtype=np.uint64, count=len(arrays))
+    try:
+        return np.fromiter((_address_of(_buffer_of(a)) for a in arrays), dtype=np.uint64, count=len(arrays))
+    except (TypeError, ValueError, BufferError):  # a read-only or an empty sample: NumPy's reading for all
+        return np.fromiter((a.ctypes.data for a in arrays), dtype=np.uint64, count=len(arrays))
 
 
 def _batch_ptrs(batch: np.ndarray) -> np.ndarray:
     """The addresses of the rows of a C-contiguous batch, computed at once (no view per sample)."""
-    return np.arange(batch.shape[0], dtype=np.uint64) * np.uint64(batch.strides[0]) + np.uint64(batch.ctypes.data)
+    n, base, step = batch.shape[0], _addr(batch), batch.strides[0]
+    if n > 1 and step > 0:  # one NumPy operation
+        return np.arange(base, base + step * n, step, dtype=np.uint64)
+    return np.full(n, base, np.uint64)  # one sample (its stride may be anything), or samples of no element
 
 
 def _blend_ptrs(inputs, outputs):
@@ -206,11 +231,6 @@ def _blend_ptrs(inputs, outputs):
         return _batch_ptrs(inputs), _batch_ptrs(outputs), inputs, outputs[0]
     inputs, outputs = dense_blend_samples(inputs, outputs)
     return _ptrs(inputs), _ptrs(outputs), inputs, outputs[0]
-
-
-def _addr(a):
-    """The address of array ``a``'s data for a kernel argument, or None (a null pointer)."""
-    return None if a is None else a.ctypes.data
 
 
 def _record_out(n: int, k: int, boxed: bool):
@@ -244,8 +264,8 @@ def dmixup(inputs, outputs, sources, weights, *, workers=None, block_threads=1, 
         return outputs
     pin, pout, inputs, one = _blend_ptrs(inputs, outputs)
     src, w = _c(sources, np.int32), _c(weights, np.float32)
-    return _launch("kmix_host_dmixup", outputs, DTYPE_CODES[one.dtype], pin.ctypes.data, pout.ctypes.data,
-                   src.ctypes.data, w.ctypes.data, n, src.shape[1], one.size,
+    return _launch("kmix_host_dmixup", outputs, DTYPE_CODES[one.dtype], _addr(pin), _addr(pout),
+                   _addr(src), _addr(w), n, src.shape[1], one.size,
                    *_threads(workers, block_threads, reverse))
 
 
@@ -257,9 +277,32 @@ def dcutmix(inputs, outputs, sources, boxes, layout, *, workers=None, block_thre
     pin, pout, inputs, one = _blend_ptrs(inputs, outputs)
     h, w, c = hwc_dims(one.shape, layout)
     src, bx = _c(sources, np.int32), _c(boxes, np.int32)
-    return _launch("kmix_host_dcutmix", outputs, DTYPE_CODES[one.dtype], pin.ctypes.data, pout.ctypes.data,
-                   src.ctypes.data, bx.ctypes.data, n, src.shape[1], h, w, c, LAYOUT_CODES[layout],
+    return _launch("kmix_host_dcutmix", outputs, DTYPE_CODES[one.dtype], _addr(pin), _addr(pout),
+                   _addr(src), _addr(bx), n, src.shape[1], h, w, c, LAYOUT_CODES[layout],
                    *_threads(workers, block_threads, reverse))
+
+
+def blend_batch(inputs: np.ndarray, outputs: np.ndarray, params, layout: str, *, workers=None, block_threads=1,
+                reverse=False) -> bool:
+    """``params`` (a NumPy record) checked as :func:`record_valid` checks it against the batch, then applied to
+    ``inputs`` into ``outputs`` (two C-contiguous (N, ...) batches of one shape and dtype, N = ``params.n``), in one
+    call (``kmix_host_blend_batch``): DMixup, or DCutMix where the record has boxes. True when written; False,
+    nothing written, for a record that check does not pass (``params.validate`` then decides, and names the
+    fault)."""
+    h, w, c = hwc_dims(outputs.shape[1:], layout)
+    if not (h < 2**31 and w < 2**31):  # not an int of the check: validate decides
+        return False
+    src, wt, bx = params.sources, params.weights, params.boxes  # int32 / float32 / int32, C-contiguous (MixParams)
+    rc = _lib().kmix_host_blend_batch(DTYPE_CODES[outputs.dtype], _addr(inputs), inputs.strides[0] if
+                                      len(inputs) > 1 else 0, _addr(outputs), outputs.strides[0] if
+                                      len(outputs) > 1 else 0, _addr(src), _addr(wt), _addr(bx),
+                                      src.shape[0], src.shape[1], h, w, c, LAYOUT_CODES[layout],
+                                      *_threads(workers, block_threads, reverse))
+    if rc == 2:
+        return False
+    if rc:
+        raise RuntimeError(f"kmix_host_blend_batch failed with code {rc}")
+    return True
 
 
 def mix(inputs, outputs, sources, weights, boxes, cut, layout, *, workers=None, block_threads=1, reverse=False):
@@ -271,8 +314,8 @@ def mix(inputs, outputs, sources, weights, boxes, cut, layout, *, workers=None, 
     h, w, c = hwc_dims(one.shape, layout)
     src, wt, bx = _c(sources, np.int32), _c(weights, np.float32), _c(boxes, np.int32)
     ct = _c(np.asarray(cut).reshape(n), np.uint8)
-    return _launch("kmix_host_mix", outputs, DTYPE_CODES[one.dtype], pin.ctypes.data, pout.ctypes.data,
-                   src.ctypes.data, wt.ctypes.data, bx.ctypes.data, ct.ctypes.data, n, src.shape[1], h, w, c,
+    return _launch("kmix_host_mix", outputs, DTYPE_CODES[one.dtype], _addr(pin), _addr(pout),
+                   _addr(src), _addr(wt), _addr(bx), _addr(ct), n, src.shape[1], h, w, c,
                    LAYOUT_CODES[layout], *_threads(workers, block_threads, reverse))
 
 
@@ -312,9 +355,9 @@ def mix_normalize(inputs: np.ndarray, outputs: np.ndarray, sources, weights, box
         raise ValueError(f"mean and inv_std must hold one value per channel ({c}), got {mean.size} and {inv_std.size}")
     pin, pout = _batch_ptrs(inputs), _batch_ptrs(outputs)
     return _launch("kmix_host_mix_norm", outputs, DTYPE_CODES[inputs.dtype], DTYPE_CODES[outputs.dtype],
-                   pin.ctypes.data, pout.ctypes.data, src.ctypes.data, _addr(wt), _addr(bx), _addr(ct),
+                   _addr(pin), _addr(pout), _addr(src), _addr(wt), _addr(bx), _addr(ct),
                    METHOD_CODES[method], n, k, h, w, c, LAYOUT_CODES[layout], LAYOUT_CODES[out_layout],
-                   mean.ctypes.data, inv_std.ctypes.data, _addr(mr), *_threads(workers, block_threads, reverse))
+                   _addr(mean), _addr(inv_std), _addr(mr), *_threads(workers, block_threads, reverse))
 
 
 def norm_bands(dtype, height: int, width: int, channels: int) -> int:
@@ -337,8 +380,8 @@ def nest_boxes(method, phi, uniforms, perms, mixed, height, width, *, centers=No
     sources, weights, boxes = _record_out(n, k, method != "dmixup")
     if centers is not None:
         centers = _c(centers, np.int32)
-    _launch("kmix_host_nest_boxes", None, phi.ctypes.data, uni.ctypes.data, stride, perms.ctypes.data,
-            mixed.ctypes.data, n, k, height, width, sources.ctypes.data, weights.ctypes.data,
+    _launch("kmix_host_nest_boxes", None, _addr(phi), _addr(uni), stride, _addr(perms),
+            _addr(mixed), n, k, height, width, _addr(sources), _addr(weights),
             _addr(boxes), _addr(centers), workers, int(reverse))
     return sources, weights, boxes
 
@@ -357,7 +400,7 @@ def grey_resize(inputs, layout, out_h, out_w, *, workers=None, reverse=False):
     if n == 0:
         return out
     inputs, pin, (h, w, c) = _image_pointers(inputs, layout)
-    return _launch("kmix_host_grey_resize", out, DTYPE_CODES[inputs[0].dtype], pin.ctypes.data, out.ctypes.data, n,
+    return _launch("kmix_host_grey_resize", out, DTYPE_CODES[inputs[0].dtype], _addr(pin), _addr(out), n,
                    h, w, c, LAYOUT_CODES[layout], out_h, out_w, workers or default_workers(), int(reverse))
 
 
@@ -370,8 +413,8 @@ def spectral_residual(g: np.ndarray, gauss: np.ndarray, *, workers=None):
     maps = np.empty((n, h, w), np.float32)
     peaks = np.zeros(n, np.int32)
     k = _c(gauss, np.float32)
-    return _launch("kmix_host_spectral_residual", (maps, peaks), g.ctypes.data, maps.ctypes.data, peaks.ctypes.data,
-                   n, h, w, k.ctypes.data, workers or default_workers())
+    return _launch("kmix_host_spectral_residual", (maps, peaks), _addr(g), _addr(maps), _addr(peaks),
+                   n, h, w, _addr(k), workers or default_workers())
 
 
 def salient_points(inputs, layout, out_h, out_w, gauss: np.ndarray, *, workers=None):
@@ -385,8 +428,8 @@ def salient_points(inputs, layout, out_h, out_w, gauss: np.ndarray, *, workers=N
         return points
     inputs, pin, (h, w, c) = _image_pointers(inputs, layout)
     k = _c(gauss, np.float32)
-    return _launch("kmix_host_salient_points", points, DTYPE_CODES[inputs[0].dtype], pin.ctypes.data,
-                   points.ctypes.data, n, h, w, c, LAYOUT_CODES[layout], out_h, out_w, k.ctypes.data,
+    return _launch("kmix_host_salient_points", points, DTYPE_CODES[inputs[0].dtype], _addr(pin),
+                   _addr(points), n, h, w, c, LAYOUT_CODES[layout], out_h, out_w, _addr(k),
                    workers or default_workers())
 
 
@@ -397,8 +440,8 @@ def dirichlet(alpha, gamma1, uniform) -> np.ndarray:
     alpha = _c(alpha, np.float64)
     rows, k = gamma1.shape
     phi = np.empty((rows, k), np.float64)
-    _lib().kmix_host_dirichlet(alpha.ctypes.data, k if alpha.ndim == 2 else 0, gamma1.ctypes.data, uniform.ctypes.data,
-                               rows, k, phi.ctypes.data)
+    _lib().kmix_host_dirichlet(_addr(alpha), k if alpha.ndim == 2 else 0, _addr(gamma1), _addr(uniform),
+                               rows, k, _addr(phi))
     return phi
 
 
@@ -407,8 +450,8 @@ def pcg64_raw(entropy, spawn, count: int) -> np.ndarray:
     generator of ``kernels/kmix_draw.h`` (``entropy`` and ``spawn`` as uint32 words)."""
     entropy, spawn = _c(entropy, np.uint32), _c(spawn, np.uint32)
     out = np.empty(count, np.uint64)
-    _lib().kmix_host_pcg64_raw(entropy.ctypes.data, entropy.size, spawn.ctypes.data, spawn.size, count,
-                               out.ctypes.data)
+    _lib().kmix_host_pcg64_raw(_addr(entropy), entropy.size, _addr(spawn), spawn.size, count,
+                               _addr(out))
     return out
 
 
@@ -428,17 +471,17 @@ def draw_record(entropy, spawn, method: str, n: int, k: int, alpha, mode: str, p
     numbers of :class:`dali_kmix.dali._HostRecord` for a generator seeded with ``entropy`` and ``spawn`` (uint32
     words). What ``fn.kmix_draw`` computes, exposed for the tests."""
     entropy, spawn = _c(entropy, np.uint32), _c(spawn, np.uint32)
-    alpha, prob = _c(alpha, np.float64), _c(np.atleast_1d(prob), np.float64)
+    alpha, prob = _c(alpha, np.float64), _c(prob, np.float64)  # a number: shape (1,)
     c = None if centers is None else _c(centers, np.int32)
     sources, weights, boxes = _record_out(n, k, True)
     cut_a = _c(cutmix_alpha if cutmix_alpha is not None else alpha.reshape(-1)[:k], np.float64)
     v = None if valid is None else _c(valid, np.uint8)
     cut = ctypes.c_int(0)
-    rc = _lib().kmix_host_draw_record(entropy.ctypes.data, entropy.size, spawn.ctypes.data, spawn.size,
-                                      DRAW_METHODS[method], n, k, alpha.ctypes.data, int(alpha.ndim == 2),
-                                      cut_a.ctypes.data, int(mode == "batch"), prob.ctypes.data, int(prob.size > 1),
-                                      float(switch_prob), _addr(v), height, width, _addr(c), sources.ctypes.data,
-                                      weights.ctypes.data, boxes.ctypes.data, ctypes.byref(cut))
+    rc = _lib().kmix_host_draw_record(_addr(entropy), entropy.size, _addr(spawn), spawn.size,
+                                      DRAW_METHODS[method], n, k, _addr(alpha), int(alpha.ndim == 2),
+                                      _addr(cut_a), int(mode == "batch"), _addr(prob), int(prob.size > 1),
+                                      float(switch_prob), _addr(v), height, width, _addr(c), _addr(sources),
+                                      _addr(weights), _addr(boxes), ctypes.byref(cut))
     if rc:
         raise RuntimeError(f"kmix_host_draw_record failed with code {rc}")
     return (sources, weights, boxes if cut.value else None), bool(cut.value)
@@ -456,15 +499,15 @@ def draw_record_from(gen: np.random.Generator, method: str, n: int, k: int, alph
         handle = bg.ctypes.bit_generator
     except (AttributeError, TypeError):  # a bit generator written in Python: no bitgen_t
         return None
-    alpha, prob = _c(alpha, np.float64), _c(np.atleast_1d(prob), np.float64)
+    alpha, prob = _c(alpha, np.float64), _c(prob, np.float64)  # a number: shape (1,)
     c = None if centers is None else _c(centers, np.int32)
     sources, weights, boxes = _record_out(n, k, method != "dmixup")
     cut = ctypes.c_int(0)
     with bg.lock:  # as every Generator method holds it while it draws
-        rc = _lib().kmix_host_draw_record_bitgen(handle, DRAW_METHODS[method], n, k, alpha.ctypes.data,
-                                                 int(alpha.ndim == 2), int(mode == "batch"), prob.ctypes.data,
-                                                 int(prob.size > 1), height, width, _addr(c), sources.ctypes.data,
-                                                 weights.ctypes.data, _addr(boxes), ctypes.byref(cut))
+        rc = _lib().kmix_host_draw_record_bitgen(handle, DRAW_METHODS[method], n, k, _addr(alpha),
+                                                 int(alpha.ndim == 2), int(mode == "batch"), _addr(prob),
+                                                 int(prob.size > 1), height, width, _addr(c), _addr(sources),
+                                                 _addr(weights), _addr(boxes), ctypes.byref(cut))
     if rc:
         raise RuntimeError(f"kmix_host_draw_record_bitgen failed with code {rc}")
     return sources, weights, boxes
@@ -479,33 +522,34 @@ def record_valid(params, height: int | None, width: int | None) -> bool:
         b, height, width = None, 0, 0
     if not (0 <= height < 2**31 and 0 <= width < 2**31):  # not an int of the check: validate decides
         return False
-    return bool(_lib().kmix_host_record_valid(src.ctypes.data, w.ctypes.data, _addr(b),
+    return bool(_lib().kmix_host_record_valid(_addr(src), _addr(w), _addr(b),
                                               src.shape[0], src.shape[1], height, width))
 
 
-def mix_labels(labels: np.ndarray, params, num_classes: int, on, off):
-    """The targets of :func:`dali_kmix.reference.mix_labels` (the same bits) for int64 ``labels`` and a NumPy
-    record, with the smoothed one-hot values ``on`` and ``off``; None where a source or a label is out of range
-    (the reference then reports it)."""
+def mix_labels(labels: np.ndarray, params, num_classes: int, on, off, *, check_rows: bool = True):
+    """The targets of :func:`dali_kmix.reference.mix_labels` (the same bits) for integer ``labels`` (N,) and a NumPy
+    record, with the smoothed one-hot values ``on`` and ``off``; None, for the caller's checks to report, where a
+    source or a label is out of range or (``check_rows``) the record's rows do not pass :func:`record_valid`'s
+    check."""
     labels = _c(labels, np.int64)
     out = np.empty((params.n, num_classes), np.float32)
     src, w = params.sources, params.weights  # int32 / float32, C-contiguous (MixParams)
-    rc = _lib().kmix_host_mix_labels(labels.ctypes.data, labels.shape[0], src.ctypes.data, w.ctypes.data, params.n,
-                                     params.k, num_classes, on, off, out.ctypes.data)
+    rc = _lib().kmix_host_mix_labels(_addr(labels), labels.shape[0], _addr(src), _addr(w), params.n,
+                                     params.k, num_classes, on, off, _addr(out), int(check_rows))
     return None if rc else out
 
 
 def half_to_float(bits: np.ndarray) -> np.ndarray:
     bits = _c(bits, np.uint16)
     out = np.empty(bits.shape, np.float32)
-    _lib().kmix_host_half_to_float(bits.ctypes.data, out.ctypes.data, bits.size)
+    _lib().kmix_host_half_to_float(_addr(bits), _addr(out), bits.size)
     return out
 
 
 def float_to_half(values: np.ndarray) -> np.ndarray:
     values = _c(values, np.float32)
     out = np.empty(values.shape, np.uint16)
-    _lib().kmix_host_float_to_half(values.ctypes.data, out.ctypes.data, values.size)
+    _lib().kmix_host_float_to_half(_addr(values), _addr(out), values.size)
     return out
 
 
@@ -516,7 +560,7 @@ def launch_config(kernel: str, n: int, height: int, width: int, channels: int, l
     """``(grid.x, grid.y, block.x)`` of kernels/kmix_launch.h for ``kernel`` ("dmixup", "dcutmix", "mix")."""
     cfg = np.zeros(3, np.uint32)
     _lib().kmix_host_launch_config(KERNEL_CODES[kernel], n, height, width, channels, LAYOUT_CODES[layout],
-                                   cfg.ctypes.data)
+                                   _addr(cfg))
     return tuple(int(v) for v in cfg)
 
 
@@ -535,7 +579,7 @@ def launch_cover(kernel: str, n: int, height: int, width: int, channels: int, la
     visits = np.zeros(max(n, 0), np.int32)
     last = ctypes.c_longlong(0)
     rc = _lib().kmix_host_launch_cover(KERNEL_CODES[kernel], n, height, width, channels, LAYOUT_CODES[layout],
-                                       visits.ctypes.data, ctypes.addressof(last))
+                                       _addr(visits), ctypes.addressof(last))
     return rc == 0, visits, last.value
 
 
@@ -554,7 +598,7 @@ def _kmix_list(samples, with_data: bool):
     dtype = arrays[0].dtype if arrays else (batch.dtype if batch is not None else np.dtype(np.uint8))
     code = DTYPE_CODES.get(dtype, _I32_CODE if dtype == np.int32 else -1)
     name = dtype.name.encode()
-    lst = _KmixList(len(arrays), ndim, shape.ctypes.data, ptrs.ctypes.data, code, name)
+    lst = _KmixList(len(arrays), ndim, _addr(shape), _addr(ptrs), code, name)
     return lst, (arrays, shape, ptrs, name)
 
 
