@@ -117,6 +117,17 @@ class MixParams:
         if len(kinds) > 1:
             raise TypeError(f"params arrays must all be NumPy or all CuPy, got a mix of {sorted(kinds)}")
 
+    @classmethod
+    def _of_kernel(cls, sources, weights, boxes=None) -> "MixParams":
+        """The record of arrays a sampler's kernel has just filled (:func:`dali_kmix.backends.cpu.draw_record_from`,
+        ``nest_boxes``): NumPy, int32 / float32 / int32, C-contiguous, of the record's shapes by construction, so
+        ``__post_init__``'s conversions and checks, which would find nothing to do, are skipped."""
+        params = object.__new__(cls)
+        object.__setattr__(params, "sources", sources)
+        object.__setattr__(params, "weights", weights)
+        object.__setattr__(params, "boxes", boxes)
+        return params
+
     @property
     def n(self) -> int:
         return int(self.sources.shape[0])

@@ -22,6 +22,7 @@ import numbers
 import numpy as np
 
 from . import _checks
+from .backends import host_kernels
 from .record import MixParams, area_weights
 
 __all__ = ["sample_dirichlet", "nest_boxes", "sample_params", "params_from_draws", "record_from_draws",
@@ -73,8 +74,6 @@ def _libm(fn, x):
 def _dirichlet_host(alpha, gamma1, uniform):
     """:func:`_dirichlet_from_draws` on the host: the CPU build's ``kmix_host_dirichlet`` where it loads, else
     these NumPy operations with the C library's ``log``/``exp`` (the same numbers)."""
-    from .backends import host_kernels
-
     alpha = np.asarray(alpha, np.float64)
     gamma1 = np.asarray(gamma1, np.float64)
     uniform = np.asarray(uniform, np.float64)
@@ -392,13 +391,11 @@ def sample_params(method: str, n: int, height: int, width: int, *, k: int = 3, a
         raise ValueError(f"centers are for method='saliency-dcutmix' only, got method={method!r}")
     gen = _rng(rng)
     if n:  # the CPU build draws the same numbers from gen's own bit generator, in one call
-        from .backends import host_kernels
-
         kernels = host_kernels()
         if kernels is not None and kernels.native_sampler():
             fields = kernels.draw_record_from(gen, method, n, k, alpha, mode, prob, height, width, centers)
             if fields is not None:
-                return MixParams(*fields)
+                return MixParams._of_kernel(*fields)
     phi, uniforms, perms, mixed = draw_raw(np, gen, n, k, alpha, mode, prob)
     return record_from_draws(method, phi, uniforms, perms, mixed, height, width, centers)
 
@@ -407,15 +404,13 @@ def record_from_draws(method, phi, uniforms, perms, mixed, height, width, image_
     """:func:`params_from_draws`, nested by the CPU build's ``kmix_nest_boxes`` kernel where it loads (the same
     record, bit for bit, in a fraction of the time: one call instead of a dozen NumPy operations per level),
     else by NumPy. What the host samplers (:func:`sample_params`, the DALI operators) call per batch."""
-    from .backends import host_kernels
-
     kernels = host_kernels()
     if kernels is None:
         return params_from_draws(method, phi, uniforms, perms, mixed, height, width, image_centers)
     if method == "saliency-dcutmix" and image_centers is None:
         raise ValueError("saliency-dcutmix needs the salient point of every image (image_centers)")
-    return MixParams(*kernels.nest_boxes(method, phi, uniforms, perms, np.asarray(mixed, dtype=bool), height, width,
-                                         centers=image_centers))
+    return MixParams._of_kernel(*kernels.nest_boxes(method, phi, uniforms, perms, np.asarray(mixed, dtype=bool),
+                                                    height, width, centers=image_centers))
 
 
 def params_from_draws(method, phi, uniforms, perms, mixed, height, width, image_centers=None) -> MixParams:

@@ -388,11 +388,11 @@ def _same_record(a, b):
 def test_host_samplers_nest_like_params_from_draws(monkeypatch, kernel):
     # record_from_draws (sample_params, sample_anchor_params and the DALI operators nest through it): the CPU
     # build's nesting kernel where it loads, NumPy where it does not; both the very record of params_from_draws
-    from dali_kmix import backends
+    from dali_kmix import backends, sampling
     from dali_kmix.sampling import draw_raw, record_from_draws, sample_anchor_params
 
     if kernel == "numpy-fallback":
-        monkeypatch.setattr(backends, "host_kernels", lambda: None)
+        monkeypatch.setattr(sampling, "host_kernels", lambda: None)  # the name sampling calls
     elif backends.host_kernels() is None:
         pytest.skip("no C++ compiler: the CPU kernels are unavailable")
     n, h, w = 37, 29, 41
@@ -408,8 +408,29 @@ def test_host_samplers_nest_like_params_from_draws(monkeypatch, kernel):
         record_from_draws("saliency-dcutmix", *draws, h, w)
     a, b = np.random.default_rng(5), np.random.default_rng(5)
     anchor = sample_anchor_params(n, h, w, k=3, anchor_ratio=0.4, rng=a)
-    monkeypatch.setattr(backends, "host_kernels", lambda: None)
+    monkeypatch.setattr(sampling, "host_kernels", lambda: None)
     _same_record(anchor, sample_anchor_params(n, h, w, k=3, anchor_ratio=0.4, rng=b))
+
+
+@pytest.mark.parametrize("n", [1, 6])
+@pytest.mark.parametrize("mode", ["sample", "batch"])
+@pytest.mark.parametrize("method", ["dmixup", "dcutmix", "saliency-dcutmix"])
+def test_sampled_records_hold_what_the_checked_constructor_keeps(method, mode, n):
+    # The samplers build their records without __post_init__ (MixParams._of_kernel: the arrays a kernel just
+    # filled): they must be what it would keep, so building the record the checked way converts and copies
+    # nothing (the very same arrays), and the record is valid for its batch.
+    from dali_kmix.sampling import draw_raw, record_from_draws
+
+    centers = np.stack([np.arange(n) % 9, (5 * np.arange(n)) % 11], axis=1) if method == "saliency-dcutmix" else None
+    drawn = sample_params(method, n, 9, 11, k=4, mode=mode, prob=0.8, rng=n, centers=centers)
+    nested = record_from_draws(method, *draw_raw(np, np.random.default_rng(n), n, 4, np.ones(4), mode, 0.8), 9, 11,
+                               centers)
+    for p in (drawn, nested):
+        q = MixParams(p.sources, p.weights, p.boxes)
+        assert q.sources is p.sources and q.weights is p.weights and q.boxes is p.boxes
+        assert (p.sources.dtype, p.weights.dtype) == (np.int32, np.float32) and p.sources.shape == (n, 4)
+        assert (p.boxes is None) == (method == "dmixup")
+        p.validate(n, 9, 11)
 
 
 @pytest.mark.parametrize("alpha", [1.0, (0.3, 0.3, 0.3, 0.3), (0.3, 0.5, 0.3, 2.0)], ids=["scalar", "equal", "mixed"])
@@ -472,7 +493,7 @@ def test_cpu_build_generator_is_numpys_pcg64_of_the_seed_sequence(entropy, spawn
 def test_the_dirichlet_of_the_c_library_functions_is_the_cpu_builds(monkeypatch, k):
     # The host Dirichlet uses the C library's log and exp, in Python (math) where the CPU build does not load and
     # in kmix_draw.h where it does: the same shares bit for bit, tiny alphas' one-hot rows and per-sample alphas too.
-    from dali_kmix import backends
+    from dali_kmix import sampling
     from dali_kmix.sampling import _dirichlet_from_draws
 
     _host_kernels_or_skip()
@@ -482,7 +503,7 @@ def test_the_dirichlet_of_the_c_library_functions_is_the_cpu_builds(monkeypatch,
         u = 1.0 - rng.random((40, k))
         native = _dirichlet_from_draws(alpha, g, u)
         with monkeypatch.context() as m:
-            m.setattr(backends, "host_kernels", lambda: None)
+            m.setattr(sampling, "host_kernels", lambda: None)
             python = _dirichlet_from_draws(alpha, g, u)
         np.testing.assert_array_equal(native.view(np.uint64), python.view(np.uint64))
         assert np.isfinite(native).all() and np.allclose(native.sum(1), 1.0)
