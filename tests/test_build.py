@@ -291,6 +291,23 @@ def test_boolean_variables_are_read_one_way(monkeypatch, value, want):
     assert backends.gpu_available() is not want
 
 
+def test_the_sanitize_variable_is_read_as_os_environ_holds_it(monkeypatch):
+    # Every kernel call reads DALI_KMIX_SANITIZE through the C library's getenv (os.environ keeps it in step):
+    # what os.environ says, after each assignment and deletion, a value outside ASCII included.
+    assert build._GETENV is not None  # Linux: the C library answers
+    for value in ("1", "", " Fuzzer ", "caf\u00e9", "0"):
+        monkeypatch.setenv("DALI_KMIX_SANITIZE", value)
+        assert build._sanitize_raw() == os.environ["DALI_KMIX_SANITIZE"] == value
+    monkeypatch.delenv("DALI_KMIX_SANITIZE")
+    assert build._sanitize_raw() == ""
+    os.environ["DALI_KMIX_SANITIZE"] = "yes"
+    try:
+        assert build.sanitize_requested()
+    finally:
+        del os.environ["DALI_KMIX_SANITIZE"]
+    assert not build.sanitize_requested()
+
+
 def test_sanitize_fuzzer_adds_the_coverage_counters(monkeypatch):
     monkeypatch.setenv("DALI_KMIX_SANITIZE", " Fuzzer ")
     assert build.sanitize_requested() and "-fsanitize=fuzzer-no-link" in build.build_flags()
