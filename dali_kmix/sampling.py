@@ -392,7 +392,7 @@ def sample_params(method: str, n: int, height: int, width: int, *, k: int = 3, a
     gen = _rng(rng)
     if n:  # the CPU build draws the same numbers from gen's own bit generator, in one call
         kernels = host_kernels()
-        if kernels is not None and kernels.native_sampler():
+        if kernels is not None:  # its None: a bit generator without a C interface, or a build without the sampler
             fields = kernels.draw_record_from(gen, method, n, k, alpha, mode, prob, height, width, centers)
             if fields is not None:
                 return MixParams._of_kernel(*fields)

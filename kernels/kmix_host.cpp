@@ -374,7 +374,7 @@ static int kmix_draw_record(bitgen_t* gen, int method, int n, int k, const doubl
       alpha_rows = 0;
     }
   }
-  *cut = boxed ? 1 : 0;
+  if (cut) *cut = boxed ? 1 : 0;
   if (n == 0) return 0;
   std::vector<double> phi, uniforms;
   std::vector<int> perms;
@@ -395,7 +395,7 @@ static int kmix_draw_record(bitgen_t* gen, int method, int n, int k, const doubl
 //   alpha: k values, or n x k (alpha_rows, "sample" mode); prob: 1 value or n (prob_rows); valid: null or n
 //   flags (0: a reader's padding, never mixed and no partner).
 // Outputs: sources and weights n x k; boxes n x (k - 1) x 4 (zeros when the batch is DMixup; may be null for
-// method 0); *cut: 1 when the batch's record is DCutMix. Returns 1 for arguments no record has.
+// method 0); *cut (cut may be null): 1 when the batch's record is DCutMix. Returns 1 for arguments no record has.
 int kmix_host_draw_record(const uint32_t* entropy, int n_entropy, const uint32_t* spawn, int n_spawn, int method,
                           int n, int k, const double* alpha, int alpha_rows, const double* cut_alpha, int batch_mode,
                           const double* prob, int prob_rows, double switch_prob, const unsigned char* valid,

@@ -493,21 +493,23 @@ def draw_record_from(gen: np.random.Generator, method: str, n: int, k: int, alph
     generator (``bit_generator.ctypes.bit_generator``, NumPy's ``bitgen_t``) advanced in place by the same calls, in
     the same order, as ``draw_raw`` + ``record_from_draws`` make (so the record and the generator's state after it
     are those of the Python drawing, for any NumPy bit generator). ``alpha``: K values; ``n`` >= 1; ``centers``
-    for "saliency-dcutmix". None where ``gen``'s bit generator has no C interface."""
+    for "saliency-dcutmix". None where ``gen``'s bit generator has no C interface, or the build has no native
+    sampler (:func:`native_sampler`)."""
     bg = gen.bit_generator
     try:
         handle = bg.ctypes.bit_generator
     except (AttributeError, TypeError):  # a bit generator written in Python: no bitgen_t
         return None
+    draw = getattr(_lib(), "kmix_host_draw_record_bitgen", None)
+    if draw is None:
+        return None
     alpha, prob = _c(alpha, np.float64), _c(prob, np.float64)  # a number: shape (1,)
     c = None if centers is None else _c(centers, np.int32)
     sources, weights, boxes = _record_out(n, k, method != "dmixup")
-    cut = ctypes.c_int(0)
     with bg.lock:  # as every Generator method holds it while it draws
-        rc = _lib().kmix_host_draw_record_bitgen(handle, DRAW_METHODS[method], n, k, _addr(alpha),
-                                                 int(alpha.ndim == 2), int(mode == "batch"), _addr(prob),
-                                                 int(prob.size > 1), height, width, _addr(c), _addr(sources),
-                                                 _addr(weights), _addr(boxes), ctypes.byref(cut))
+        rc = draw(handle, DRAW_METHODS[method], n, k, _addr(alpha), int(alpha.ndim == 2), int(mode == "batch"),
+                  _addr(prob), int(prob.size > 1), height, width, _addr(c), _addr(sources), _addr(weights),
+                  _addr(boxes), None)  # no cut flag: the method says it
     if rc:
         raise RuntimeError(f"kmix_host_draw_record_bitgen failed with code {rc}")
     return sources, weights, boxes
