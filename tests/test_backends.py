@@ -1160,6 +1160,14 @@ def test_blend_batch_checks_the_record_then_blends_in_one_call(method, layout, d
     assert (out == 7).all()
     with pytest.raises(ValueError, match=r"params.weights"):  # the backend's validate names it
         CpuBackend().backend.blend_checked(x, np.empty_like(x), bad, layout)
+    # arrays it does not take whole: False, nothing written (the backend then goes the per-sample way)
+    out = np.full_like(x, 7)
+    strided = np.ascontiguousarray(x.swapaxes(1, 2)).swapaxes(1, 2)
+    for given, into, record in ((list(x), out, p), (x, list(out), p), (x[:, :, ::-1], out, p), (strided, out, p),
+                                (x, np.full_like(x, 7, dtype=np.float16 if dtype != np.float16 else np.float32), p),
+                                (x[:-1], out[:-1], p)):
+        assert cpu_kernels.blend_batch(given, into, record, layout) is False
+    assert (out == 7).all()
 
 
 def test_blend_checked_takes_the_checking_way_for_lists_and_other_batches():

@@ -285,10 +285,15 @@ def dcutmix(inputs, outputs, sources, boxes, layout, *, workers=None, block_thre
 def blend_batch(inputs: np.ndarray, outputs: np.ndarray, params, layout: str, *, workers=None, block_threads=1,
                 reverse=False) -> bool:
     """``params`` (a NumPy record) checked as :func:`record_valid` checks it against the batch, then applied to
-    ``inputs`` into ``outputs`` (two C-contiguous (N, ...) batches of one shape and dtype, N = ``params.n``), in one
-    call (``kmix_host_blend_batch``): DMixup, or DCutMix where the record has boxes. True when written; False,
-    nothing written, for a record that check does not pass (``params.validate`` then decides, and names the
-    fault)."""
+    ``inputs`` into ``outputs`` in one call (``kmix_host_blend_batch``): DMixup, or DCutMix where the record has
+    boxes. True when written. False, nothing written, where the call does not apply: ``inputs`` and ``outputs``
+    not two C-contiguous (N, ...) batch arrays of one shape and dtype with N = ``params.n``, or a record that check
+    does not pass (the caller then goes the general way: ``params.validate``, which names a fault, and
+    :func:`dmixup` / :func:`dcutmix`, which take lists of samples)."""
+    if not (isinstance(inputs, np.ndarray) and isinstance(outputs, np.ndarray) and outputs.ndim == 4 and
+            inputs.shape == outputs.shape and inputs.dtype == outputs.dtype and params.n == len(outputs) and
+            inputs.flags.c_contiguous and outputs.flags.c_contiguous):
+        return False
     h, w, c = hwc_dims(outputs.shape[1:], layout)
     if not (h < 2**31 and w < 2**31):  # not an int of the check: validate decides
         return False
