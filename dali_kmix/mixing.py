@@ -100,8 +100,10 @@ def mix_images(images, params: MixParams, layout: str = "HWC"):
         return images.copy()
     xp = params.xp
     images = xp.ascontiguousarray(images)
+    out = xp.empty(images.shape, images.dtype)
     # the record checked against the batch (on the CPU build in one pass, with the blend), then applied
-    return backend_for(images).blend_checked(images, xp.empty(images.shape, images.dtype), params, layout)
+    backend_for(images).blend_checked(images, out, params, layout)
+    return out
 
 
 def mix_labels(labels, params: MixParams, num_classes: int, smoothing: float = 0.0):

@@ -458,9 +458,9 @@ int kmix_host_record_valid(const int* sources, const float* weights, const int* 
 // The soft targets of dali_kmix.reference.mix_labels, with its float32 operations in its order: per row, the
 // chain ((0 + w_0 v_0) + w_1 v_1) + ... with v = on for the class of share j, off elsewhere; every class that
 // is none of the row's labels gets the chain of the off terms. labels: int64 (m,) class indices; sources:
-// int32 (n, k); out: float32 (n, classes). Returns 1, writing nothing, at a source outside [0, m) or a label
-// outside [0, classes), and with `checked`, 2 for rows kmix_host_record_valid does not pass (the caller's NumPy
-// code then reports either), else 0.
+// int32 (n, k); out: float32 (n, classes). Returns 1, writing nothing, at a source outside [0, m) or a label that
+// a source names outside [0, classes), and with `checked`, 2 for rows kmix_host_record_valid does not pass (the
+// caller's NumPy code then reports either), else 0. Rows that pass name every label (sources[s][0] == s, m == n).
 int kmix_host_mix_labels(const long long* labels, long long m, const int* sources, const float* weights, int n, int k,
                          int classes, float on, float off, float* out, int checked) {
   for (long long i = 0; i < (long long)n * k; ++i)

@@ -1165,8 +1165,10 @@ def test_blend_batch_checks_the_record_then_blends_in_one_call(method, layout, d
     strided = np.ascontiguousarray(x.swapaxes(1, 2)).swapaxes(1, 2)
     for given, into, record in ((list(x), out, p), (x, list(out), p), (x[:, :, ::-1], out, p), (strided, out, p),
                                 (x, np.full_like(x, 7, dtype=np.float16 if dtype != np.float16 else np.float32), p),
-                                (x[:-1], out[:-1], p)):
+                                (x[:-1], out[:-1], p), (x, out, p.to_numpy().__dict__)):
         assert cpu_kernels.blend_batch(given, into, record, layout) is False
+    assert cpu_kernels.blend_batch(x.astype(np.float64), out.astype(np.float64), p, layout) is False
+    assert cpu_kernels.blend_batch(x, out, p, layout.lower()) is False
     assert (out == 7).all()
 
 

@@ -354,6 +354,39 @@ def test_mix_labels_validates_the_record(sources, weights, match):
         dali_kmix.mix_labels(np.array([0, 1]), dali_kmix.MixParams(sources, weights), num_classes=2)
 
 
+@pytest.mark.parametrize("kernels", ["cpu-build", "numpy"])
+def test_a_bad_label_is_named_before_a_bad_record(monkeypatch, kernels):
+    # mix_labels names a label out of range before a fault of the record, whether the CPU build's one pass
+    # refuses the two (then the NumPy checks run, labels first) or NumPy checks them alone.
+    from dali_kmix import mixing
+
+    if kernels == "numpy":
+        monkeypatch.setattr(mixing, "host_kernels", lambda: None)
+    bad_record = MixParams([[0, 1], [1, 0]], [[0.5, 0.5], [0.5, 0.6]])
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, num_classes=2\), got label 5"):
+        dali_kmix.mix_labels(np.array([0, 5]), bad_record, num_classes=2)
+    with pytest.raises(ValueError, match=r"rows must sum to 1"):
+        dali_kmix.mix_labels(np.array([0, 1]), bad_record, num_classes=2)
+
+
+@pytest.mark.parametrize("method", ["dmixup", "dcutmix"])
+def test_mix_images_checks_and_blends_a_numpy_batch_in_one_native_call(monkeypatch, method):
+    # On the CPU build a sampled record goes through cpu.blend_batch whole (the check and the blend in one call),
+    # not through validate and a second launch.
+    kernels = host_kernels()
+    if kernels is None:
+        pytest.skip("no C++ compiler: the CPU kernels are unavailable")
+    calls = []
+    real = kernels.blend_batch
+    monkeypatch.setattr(kernels, "blend_batch", lambda *a, **k: calls.append(real(*a, **k)) or calls[-1])
+    monkeypatch.setattr(MixParams, "validate", lambda *a, **k: pytest.fail("validate ran"))
+    x = random_images(np.random.default_rng(2), np.uint8, (6, 9, 11, 3))
+    p = sample_params(method, 6, 9, 11, k=3, rng=2)
+    got = dali_kmix.mix_images(x, p, "HWC")
+    assert calls == [True]
+    assert np.array_equal(got, reference.mix_images(x, p, "HWC"))
+
+
 def test_the_one_pass_record_check_passes_what_validate_passes():
     # mix_images checks a NumPy record in one pass of the CPU build (kmix_host_record_valid) before validate's
     # NumPy operations, mix_labels its rows: it must pass no record that validate (validate_rows) refuses, and pass

@@ -113,9 +113,12 @@ _GETENV = _libc_getenv()
 
 
 def _sanitize_raw() -> str:
-    """``os.environ.get("DALI_KMIX_SANITIZE", "")``, read through the C library's ``getenv``, which ``os.environ``
-    keeps in step (its assignments and deletions call ``putenv`` and ``unsetenv``): every kernel call reads it,
-    and the Python mapping takes about three times as long (the unset variable's KeyError raised and caught)."""
+    """``DALI_KMIX_SANITIZE`` of the process environment, read through the C library's ``getenv``: what
+    ``os.environ.get("DALI_KMIX_SANITIZE", "")`` gives, since ``os.environ`` keeps that environment in step (its
+    assignments and deletions call ``putenv`` and ``unsetenv``), and also what ``os.putenv`` or C code set behind
+    its back. Every kernel call reads it, and the Python mapping takes about three times as long (the unset
+    variable's KeyError raised and caught). As for every ``getenv``, C code of another thread must not call
+    ``setenv`` meanwhile; Python's own changes hold the GIL, which this call holds too."""
     if _GETENV is None:
         return os.environ.get("DALI_KMIX_SANITIZE", "")
     raw = _GETENV(b"DALI_KMIX_SANITIZE")

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .._checks import LAYOUTS, check_choice, dense_blend_samples, dense_samples, hwc_dims
+from ..record import MixParams
 from .build import (build_flags, check_sanitizer_runtime, check_target, compile_cached, compiler, numpy_random,
                     sanitize_requested)
 from .sources import kernels_dir
@@ -197,7 +198,7 @@ def _addr(a):
     """The address of array ``a``'s data for a kernel argument, or None (a null pointer). Read through the buffer
     protocol (``addressof(c_char.from_buffer(a))``): about a third of the time of NumPy's ``a.ctypes.data``, which
     builds an object at every read, and a call reads up to a dozen; ``a.ctypes.data`` where the buffer cannot be
-    had that way (a read-only or an empty array)."""
+    had that way (a read-only, an empty or a strided array)."""
     if a is None:
         return None
     try:
@@ -209,7 +210,7 @@ def _addr(a):
 def _ptrs(arrays) -> np.ndarray:
     try:
         return np.fromiter((_address_of(_buffer_of(a)) for a in arrays), dtype=np.uint64, count=len(arrays))
-    except (TypeError, ValueError, BufferError):  # a read-only or an empty sample: NumPy's reading for all
+    except (TypeError, ValueError, BufferError):  # a read-only, empty or strided sample: NumPy's reading for all
         return np.fromiter((a.ctypes.data for a in arrays), dtype=np.uint64, count=len(arrays))
 
 
@@ -287,18 +288,20 @@ def blend_batch(inputs: np.ndarray, outputs: np.ndarray, params, layout: str, *,
     """``params`` (a NumPy record) checked as :func:`record_valid` checks it against the batch, then applied to
     ``inputs`` into ``outputs`` in one call (``kmix_host_blend_batch``): DMixup, or DCutMix where the record has
     boxes. True when written. False, nothing written, where the call does not apply: ``inputs`` and ``outputs``
-    not two C-contiguous (N, ...) batch arrays of one shape and dtype with N = ``params.n``, or a record that check
-    does not pass (the caller then goes the general way: ``params.validate``, which names a fault, and
+    not two C-contiguous (N, H, W, C) or (N, C, H, W) batch arrays of one shape and a kernel dtype, ``params`` not a
+    NumPy :class:`~dali_kmix.MixParams` of N = ``params.n`` rows, or a record that check does not pass (the caller then goes the general way: ``params.validate``, which names a fault, and
     :func:`dmixup` / :func:`dcutmix`, which take lists of samples)."""
-    if not (isinstance(inputs, np.ndarray) and isinstance(outputs, np.ndarray) and outputs.ndim == 4 and
-            inputs.shape == outputs.shape and inputs.dtype == outputs.dtype and params.n == len(outputs) and
+    code = DTYPE_CODES.get(outputs.dtype) if isinstance(outputs, np.ndarray) else None
+    if not (code is not None and isinstance(inputs, np.ndarray) and outputs.ndim == 4 and
+            inputs.shape == outputs.shape and inputs.dtype == outputs.dtype and layout in LAYOUT_CODES and
+            isinstance(params, MixParams) and params.xp is np and params.n == len(outputs) and
             inputs.flags.c_contiguous and outputs.flags.c_contiguous):
         return False
     h, w, c = hwc_dims(outputs.shape[1:], layout)
     if not (h < 2**31 and w < 2**31):  # not an int of the check: validate decides
         return False
     src, wt, bx = params.sources, params.weights, params.boxes  # int32 / float32 / int32, C-contiguous (MixParams)
-    rc = _lib().kmix_host_blend_batch(DTYPE_CODES[outputs.dtype], _addr(inputs), inputs.strides[0] if
+    rc = _lib().kmix_host_blend_batch(code, _addr(inputs), inputs.strides[0] if
                                       len(inputs) > 1 else 0, _addr(outputs), outputs.strides[0] if
                                       len(outputs) > 1 else 0, _addr(src), _addr(wt), _addr(bx),
                                       src.shape[0], src.shape[1], h, w, c, LAYOUT_CODES[layout],
@@ -536,8 +539,11 @@ def record_valid(params, height: int | None, width: int | None) -> bool:
 def mix_labels(labels: np.ndarray, params, num_classes: int, on, off, *, check_rows: bool = True):
     """The targets of :func:`dali_kmix.reference.mix_labels` (the same bits) for integer ``labels`` (N,) and a NumPy
     record, with the smoothed one-hot values ``on`` and ``off``; None, for the caller's checks to report, where a
-    source or a label is out of range or (``check_rows``) the record's rows do not pass :func:`record_valid`'s
-    check."""
+    source or a label it reads is out of range, or (``check_rows``) the record's rows do not pass
+    :func:`record_valid`'s check (whose anchors ``sources[:, 0] == arange(N)`` make it read every label), or
+    ``num_classes`` is no C int."""
+    if num_classes >= 2**31:
+        return None
     labels = _c(labels, np.int64)
     out = np.empty((params.n, num_classes), np.float32)
     src, w = params.sources, params.weights  # int32 / float32, C-contiguous (MixParams)
