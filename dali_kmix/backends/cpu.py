@@ -288,9 +288,10 @@ def blend_batch(inputs: np.ndarray, outputs: np.ndarray, params, layout: str, *,
     """``params`` (a NumPy record) checked as :func:`record_valid` checks it against the batch, then applied to
     ``inputs`` into ``outputs`` in one call (``kmix_host_blend_batch``): DMixup, or DCutMix where the record has
     boxes. True when written. False, nothing written, where the call does not apply: ``inputs`` and ``outputs``
-    not two C-contiguous (N, H, W, C) or (N, C, H, W) batch arrays of one shape and a kernel dtype, ``params`` not a
-    NumPy :class:`~dali_kmix.MixParams` of N = ``params.n`` rows, or a record that check does not pass (the caller then goes the general way: ``params.validate``, which names a fault, and
-    :func:`dmixup` / :func:`dcutmix`, which take lists of samples)."""
+    not two C-contiguous (N, H, W, C) or (N, C, H, W) batch arrays of one shape and a kernel dtype, ``params`` not
+    a NumPy :class:`~dali_kmix.MixParams` of N = ``params.n`` rows, or a record that check does not pass (the
+    caller then goes the general way: ``params.validate``, which names a fault, and :func:`dmixup` /
+    :func:`dcutmix`, which take lists of samples)."""
     code = DTYPE_CODES.get(outputs.dtype) if isinstance(outputs, np.ndarray) else None
     if not (code is not None and isinstance(inputs, np.ndarray) and outputs.ndim == 4 and
             inputs.shape == outputs.shape and inputs.dtype == outputs.dtype and layout in LAYOUT_CODES and
@@ -298,13 +299,13 @@ def blend_batch(inputs: np.ndarray, outputs: np.ndarray, params, layout: str, *,
             inputs.flags.c_contiguous and outputs.flags.c_contiguous):
         return False
     h, w, c = hwc_dims(outputs.shape[1:], layout)
-    if not (h < 2**31 and w < 2**31):  # not an int of the check: validate decides
+    if not _c_int_sides(h, w):
         return False
     src, wt, bx = params.sources, params.weights, params.boxes  # int32 / float32 / int32, C-contiguous (MixParams)
-    rc = _lib().kmix_host_blend_batch(code, _addr(inputs), inputs.strides[0] if
-                                      len(inputs) > 1 else 0, _addr(outputs), outputs.strides[0] if
-                                      len(outputs) > 1 else 0, _addr(src), _addr(wt), _addr(bx),
-                                      src.shape[0], src.shape[1], h, w, c, LAYOUT_CODES[layout],
+    n = len(outputs)
+    in_step, out_step = (inputs.strides[0], outputs.strides[0]) if n > 1 else (0, 0)  # one sample: no stride
+    rc = _lib().kmix_host_blend_batch(code, _addr(inputs), in_step, _addr(outputs), out_step, _addr(src), _addr(wt),
+                                      _addr(bx), n, src.shape[1], h, w, c, LAYOUT_CODES[layout],
                                       *_threads(workers, block_threads, reverse))
     if rc == 2:
         return False
@@ -523,6 +524,11 @@ def draw_record_from(gen: np.random.Generator, method: str, n: int, k: int, alph
     return sources, weights, boxes
 
 
+def _c_int_sides(height: int, width: int) -> bool:
+    """Whether an image size is one the one-pass record check takes (C ints); where not, ``validate`` decides."""
+    return 0 <= height < 2**31 and 0 <= width < 2**31
+
+
 def record_valid(params, height: int | None, width: int | None) -> bool:
     """True when the NumPy record ``params`` passes ``params.validate(N, height, width)`` (the same checks, in one
     pass); False when it may not (then ``validate`` decides, and names the fault). ``height=width=None``: the
@@ -530,7 +536,7 @@ def record_valid(params, height: int | None, width: int | None) -> bool:
     src, w, b = params.sources, params.weights, params.boxes  # int32 / float32 / int32, C-contiguous (MixParams)
     if height is None or width is None:
         b, height, width = None, 0, 0
-    if not (0 <= height < 2**31 and 0 <= width < 2**31):  # not an int of the check: validate decides
+    if not _c_int_sides(height, width):
         return False
     return bool(_lib().kmix_host_record_valid(_addr(src), _addr(w), _addr(b),
                                               src.shape[0], src.shape[1], height, width))
