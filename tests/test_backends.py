@@ -359,20 +359,26 @@ def test_zero_share_partner_with_inf_or_nan_contributes_nothing(backend, dtype):
 
 # Weight rows for the uint8 store: exact halves (ties to even: 0.5 * 1 + 0.5 * 2 = 1.5 -> 2), a third (inexact),
 # rows summing past 1 (sums past 255: the clip), a huge share (sums past 2^31 before the clip) and rows that a
-# record could not hold but the kernels must still store as the reference does.
+# record could not hold but the kernels must still store as the reference does. The AVX2 steps take shares in
+# [-8, 8] without a min before the packs, and the first image's bytes through 2^23 + x: so shares at and just past
+# 8 and -8, shares whose sums the packs alone would wrap (past 32767) if those steps took them, negative shares
+# (sums below 0: the clip to 0) and a subnormal first share.
 U8_WEIGHT_ROWS = {
-    1: [[1.0], [0.5], [0.999999], [1.0e9]],
-    2: [[0.5, 0.5], [0.25, 0.75], [1.0, 1.0], [0.3, 0.7], [1.0e10, 0.5]],
-    3: [[0.25, 0.25, 0.5], [1 / 3, 1 / 3, 1 / 3], [0.9, 0.9, 0.9]],
+    1: [[1.0], [0.5], [0.999999], [1.0e9], [8.0], [8.000001], [200.0], [-1.0], [1.0e-40]],
+    2: [[0.5, 0.5], [0.25, 0.75], [1.0, 1.0], [0.3, 0.7], [1.0e10, 0.5], [8.0, -8.0], [-8.0, 8.0],
+        [-8.000001, 0.5], [100.0, 100.0], [1.0e-40, 0.75]],
+    3: [[0.25, 0.25, 0.5], [1 / 3, 1 / 3, 1 / 3], [0.9, 0.9, 0.9], [8.0, 8.0, 8.0], [-0.5, 1.0, 0.5],
+        [0.5, -7.5, 8.0], [20.0, 20.0, 100.0], [3.0e-39, 0.5, 0.5]],
+    8: [[8.0] * 8, [-8.0] * 8, [0.125] * 8],
 }
 
 
 @pytest.mark.parametrize("k", list(range(1, 9)), ids=[f"K{k}" for k in range(1, 9)])
-@pytest.mark.parametrize("length", [1, 15, 16, 17, 65536 + 23], ids=lambda v: f"len{v}")
+@pytest.mark.parametrize("length", [1, 15, 16, 17, 31, 32, 33, 95, 65536 + 23], ids=lambda v: f"len{v}")
 def test_uint8_blend_rounds_and_clips_as_the_reference(backend, k, length):
-    # The host build blends uint8 with a SIMD loop of 16 or 8 lanes (kmix_dmixup_u8_steps) and finishes the
-    # sample in the scalar loop, for each K of its fixed-K instances (1..8): every pixel value in every term,
-    # ties, clips and lengths around the step, against the reference's float32 chain, bit for bit.
+    # The host build blends uint8 with SIMD steps of 16 (AVX-512), 32 or 8 (AVX2) lanes (kmix_dmixup_u8_steps) and
+    # finishes the sample in the scalar loop, for each K of its fixed-K instances (1..8): every pixel value in every
+    # term, ties, clips and lengths around the steps, against the reference's float32 chain, bit for bit.
     rng = np.random.default_rng(100 + k + length)
     rows = U8_WEIGHT_ROWS.get(k, []) + [list(rng.dirichlet(np.ones(k))) for _ in range(3)]
     n = max(k, len(rows))
