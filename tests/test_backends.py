@@ -1028,6 +1028,26 @@ def test_dcutmix_boxes_sharing_edges_match_reference(backend, layout, dtype, k):
     _assert_same_bits(backend.blend(x, p, layout), reference.mix_images(x, p, layout))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["HWC", "CHW"])
+@pytest.mark.parametrize("w", [8, 16, 23, 40], ids=lambda w: f"w{w}")
+def test_dcutmix_staircase_of_one_pixel_runs_matches_reference(backend, layout, dtype, w):
+    # Boxes that shrink by one pixel on the left and the right: the deep rows are runs of one pixel each, from as
+    # many images. The host copies a short run as 32 bytes from its start where its row goes on that far (the runs
+    # after it, copied later, overwrite the rest) and copies it exactly near the row's end: rows of 8 to 40 pixels
+    # put that edge at every distance from the end, and a byte written past a row would show in the next row (in
+    # the same group of 8 rows, already written) or in the next sample.
+    n, h, c = 5, 13, 3
+    k = w // 2 + 1
+    rng = np.random.default_rng(w)
+    x = random_images(rng, dtype, _shape(layout, n, h, w, c))
+    # rows 2..10 cross every box: one band of 9 rows, copied 8 rows and then 1 row at a time
+    boxes = np.array([[[min(d, 2), d, h - min(d, 2), w - d] for d in range(1, k)]] * n, np.int32)
+    sources = ((np.arange(n)[:, None] + np.arange(k)[None, :]) % n).astype(np.int32)
+    p = MixParams(sources, area_weights(boxes, h, w), boxes)
+    _assert_same_bits(backend.blend(x, p, layout), reference.mix_images(x, p, layout))
+
+
 @pytest.mark.parametrize("workers,reverse", [(1, False), (2, True), (3, False)], ids=["w1", "w2-reversed", "w3"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layout", ["HWC", "CHW"])
