@@ -41,6 +41,8 @@ def blend_samples(samples, params: MixParams, layout: str, out=None, *, workers=
     be strided views (a transposed batch): the kernels get contiguous copies of such samples,
     and write such rows through a contiguous buffer copied into them. A C-contiguous ``out``
     is handed to the kernels whole (the CPU kernels then read its rows' addresses at once).
+    ``out`` must not overlap the samples: a sample is read as a partner of other rows while rows are written
+    (no check here: the callers, the operators and ``KMixup``, write into buffers of their own).
     """
     n = len(samples)
     if n == 0:  # no sample to take a shape from

@@ -59,8 +59,8 @@ inline unsigned char kmix_host_store<unsigned char>(float v) {
 // loop reads the K images and writes the output once, vectorised, with no buffer in between.
 #define KMIX_HOST_FIXED_K 8
 
-// The uint8 steps of kmix_dmixup_fixed in SIMD registers, 16 (AVX-512) or 8 (AVX2 + FMA) elements a step, from
-// element i while a whole step fits before end; returns where the scalar loop goes on. Per lane the same
+// The uint8 steps of kmix_dmixup_fixed in SIMD registers, 16 (AVX-512) or 32 then 8 (AVX2 + FMA) elements a step,
+// from element i while a whole step fits before end; returns where the scalar loop goes on. Per lane the same
 // operations as that loop, so the same bytes: (float)x is exact, _fmadd_ps is fmaf (the chain starting from
 // +0.0f), and the store is kmix_host_store: min(v, 255) then the conversion in the current rounding mode (rintf's)
 // equals min(rintf(v), 255) (255 is an integer and rintf is monotone; for NaN min_ps returns 255, as the scalar

@@ -380,7 +380,8 @@ def test_uint8_blend_rounds_and_clips_as_the_reference(backend, k, length):
     # finishes the sample in the scalar loop, for each K of its fixed-K instances (1..8): every pixel value in every
     # term, ties, clips and lengths around the steps, against the reference's float32 chain, bit for bit.
     rng = np.random.default_rng(100 + k + length)
-    rows = U8_WEIGHT_ROWS.get(k, []) + [list(rng.dirichlet(np.ones(k))) for _ in range(3)]
+    rows = U8_WEIGHT_ROWS.get(k, []) + [[8.0] * k, [-8.0] + [8.0] * (k - 1), [-1.0e-40] + [1.0 / k] * (k - 1)]
+    rows += [list(rng.dirichlet(np.ones(k))) for _ in range(3)]
     n = max(k, len(rows))
     x = np.empty((n, length, 1, 1), np.uint8)
     ramp = np.arange(length) % 256
@@ -1029,20 +1030,22 @@ def test_dcutmix_boxes_sharing_edges_match_reference(backend, layout, dtype, k):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("layout", ["HWC", "CHW"])
-@pytest.mark.parametrize("w", [8, 16, 23, 40], ids=lambda w: f"w{w}")
-def test_dcutmix_staircase_of_one_pixel_runs_matches_reference(backend, layout, dtype, w):
-    # Boxes that shrink by one pixel on the left and the right: the deep rows are runs of one pixel each, from as
-    # many images. The host copies a short run as 32 bytes from its start where its row goes on that far (the runs
-    # after it, copied later, overwrite the rest) and copies it exactly near the row's end: rows of 8 to 40 pixels
+@pytest.mark.parametrize("layout,c", [("HWC", 1), ("HWC", 3), ("CHW", 3)], ids=["HWC1", "HWC3", "CHW3"])
+@pytest.mark.parametrize("step,w", [(1, 8), (1, 16), (1, 23), (1, 40), (8, 40), (8, 47), (8, 56), (9, 40), (9, 47),
+                                    (9, 56)], ids=lambda v: str(v))
+def test_dcutmix_staircase_of_short_runs_matches_reference(backend, layout, c, dtype, w, step):
+    # Boxes that shrink by `step` pixels on the left and the right: the deep rows are runs of that width, from as
+    # many images. The host copies a run of at most 32 bytes as 32 bytes from its start where its row goes on that
+    # far (the runs after it, copied later, overwrite the rest) and copies it exactly near the row's end or when it
+    # is longer (float32 runs of 8 pixels are 32 bytes, of 9 pixels 36). Rows of 8 to 56 pixels of 1 or 3 channels
     # put that edge at every distance from the end, and a byte written past a row would show in the next row (in
     # the same group of 8 rows, already written) or in the next sample.
-    n, h, c = 5, 13, 3
-    k = w // 2 + 1
-    rng = np.random.default_rng(w)
+    n, h = 5, 13
+    k = (w // 2) // step + 1
+    rng = np.random.default_rng([w, step, c])
     x = random_images(rng, dtype, _shape(layout, n, h, w, c))
     # rows 2..10 cross every box: one band of 9 rows, copied 8 rows and then 1 row at a time
-    boxes = np.array([[[min(d, 2), d, h - min(d, 2), w - d] for d in range(1, k)]] * n, np.int32)
+    boxes = np.array([[[min(d, 2), d * step, h - min(d, 2), w - d * step] for d in range(1, k)]] * n, np.int32)
     sources = ((np.arange(n)[:, None] + np.arange(k)[None, :]) % n).astype(np.int32)
     p = MixParams(sources, area_weights(boxes, h, w), boxes)
     _assert_same_bits(backend.blend(x, p, layout), reference.mix_images(x, p, layout))
