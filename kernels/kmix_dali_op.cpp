@@ -363,9 +363,12 @@ class KMixBlend<CPUBackend, M> : public KMixBlendBase<CPUBackend, M> {
         while (b >= start_[s + 1]) ++s;
         c = (int)(b - start_[s]);
       }
+      // samples first: this task's next block of sample s is b + n (chunk c + 1), whose input rows the block
+      // prefetches (kmix_host_dcutmix_block)
+      const int next = samples_first && b + r.n < hi ? c + 1 : -1;
       const int rc = IsCut(s) ? kmix_host_dcutmix_block(r.dtype, this->in_.data(), this->out_.data(), r.sources.data(),
                                                         r.boxes.data(), r.n, r.k, r.height, r.width, r.channels,
-                                                        r.layout, c, s)
+                                                        r.layout, c, s, next)
                               : kmix_host_dmixup_block(r.dtype, this->in_.data(), this->out_.data(), r.sources.data(),
                                                        r.weights.data(), r.n, r.k, elems, c, s);
       DALI_ENFORCE(rc == 0, "dali_kmix: internal error, a kernel block was refused");

@@ -20,7 +20,7 @@ int kmix_host_dmixup_block(int dtype, const void* const* in, void* const* out, c
                            int sample);
 int kmix_host_dcutmix_block(int dtype, const void* const* in, void* const* out, const int* sources,
                             const int* boxes, int n, int k, int height, int width, int channels,
-                            int layout, int chunk, int sample);
+                            int layout, int chunk, int sample, int next_chunk);
 int kmix_host_draw_record(const uint32_t* entropy, int n_entropy, const uint32_t* spawn, int n_spawn, int method,
                           int n, int k, const double* alpha, int alpha_rows, const double* cut_alpha, int batch_mode,
                           const double* prob, int prob_rows, double switch_prob, const unsigned char* valid,

@@ -52,6 +52,9 @@ extern KMIX_TLS kmix_dim3 threadIdx;
 extern KMIX_TLS kmix_dim3 blockIdx;
 extern KMIX_TLS kmix_dim3 blockDim;
 extern KMIX_TLS kmix_dim3 gridDim;
+// In a samples-first kmix_launch (below): the chunk (blockIdx.x) that this thread runs next for the same sample
+// (blockIdx.y), or -1 where it runs none or the launch does not say (any other launch, or `reverse`).
+extern KMIX_TLS int kmix_next_chunk;
 
 struct __half {
   uint16_t bits;
@@ -202,7 +205,9 @@ class KmixPool {
 // threads run in order. `reverse` hands the blocks out from the last and walks each block's
 // threads backwards (the tests use it to show that the result does not depend on the order).
 // Blocks go out along grid.x first (a sample's chunks, then the next sample's), or with
-// `samples_first` along grid.y first (chunk 0 of every sample, then chunk 1, ...).
+// `samples_first` along grid.y first (chunk 0 of every sample, then chunk 1, ...). A samples-first worker
+// claims its next blocks before it starts on the ones it holds, so that each block knows (kmix_next_chunk)
+// which chunk of its sample the same thread copies next: host DCutMix prefetches that chunk's input rows.
 template <class Body>
 static void kmix_launch(kmix_dim3 grid, kmix_dim3 block, int nworkers, bool reverse, Body body,
                         bool samples_first = false) {
@@ -216,18 +221,26 @@ static void kmix_launch(kmix_dim3 grid, kmix_dim3 block, int nworkers, bool reve
   if (grain < 1) grain = 1;
   if (samples_first) grain = (grain + grid.y - 1) / grid.y * grid.y;  // whole chunks: all samples' rows in one worker
   std::atomic<long long> next{0};
+  const bool ahead = samples_first && !reverse;  // claims one range ahead (kmix_next_chunk)
   auto work = [&](int) {
     gridDim = grid;
     blockDim = block;
+    kmix_next_chunk = -1;
+    long long lo = next.fetch_add(grain, std::memory_order_relaxed);
     for (;;) {
-      const long long lo = next.fetch_add(grain, std::memory_order_relaxed);
-      if (lo >= nblocks) return;
+      if (lo >= nblocks) break;
       const long long hi = lo + grain < nblocks ? lo + grain : nblocks;
+      // the range after this one: lo is a multiple of grain, and grain of grid.y, so it starts at chunk boundary
+      const long long after = ahead ? next.fetch_add(grain, std::memory_order_relaxed) : nblocks;
       for (long long bi = lo; bi < hi; ++bi) {
         const long long b = reverse ? nblocks - 1 - bi : bi;
         blockIdx.x = (unsigned)(samples_first ? (b / grid.y) % grid.x : b % grid.x);
         blockIdx.y = (unsigned)(samples_first ? b % grid.y : (b / grid.x) % grid.y);
         blockIdx.z = (unsigned)(b / ((long long)grid.x * grid.y));
+        if (ahead) {  // this sample's next block on this thread: the next chunk here, else in the range after
+          long long nb = b + grid.y < hi ? b + grid.y : after + b % grid.y;
+          kmix_next_chunk = nb < nblocks && nb / ((long long)grid.x * grid.y) == blockIdx.z ? (int)((nb / grid.y) % grid.x) : -1;
+        }
         for (long long ti = 0; ti < nthr; ++ti) {
           const long long t = reverse ? nthr - 1 - ti : ti;
           threadIdx.x = (unsigned)(t % block.x);
@@ -236,7 +249,9 @@ static void kmix_launch(kmix_dim3 grid, kmix_dim3 block, int nworkers, bool reve
           body();
         }
       }
+      lo = ahead ? after : next.fetch_add(grain, std::memory_order_relaxed);
     }
+    kmix_next_chunk = -1;
   };
   if (nworkers == 1 || !KmixPool::get().run(nworkers - 1, work)) work(0);
 }

@@ -1056,8 +1056,9 @@ def test_dcutmix_staircase_of_short_runs_matches_reference(backend, layout, c, d
 @pytest.mark.parametrize("layout", ["HWC", "CHW"])
 @pytest.mark.parametrize("k", [5, 6, 9, 16], ids=lambda k: f"K{k}")
 def test_host_dcutmix_runs_deep_nestings_samples_first_and_matches_reference(layout, dtype, k, workers, reverse):
-    # From K = 6 a float32 host launch cuts each sample into chunks of about 24 KiB and runs chunk 0 of every
-    # sample before chunk 1 (kernels/kmix_host.cpp); any order and number of workers gives the reference's bits.
+    # From K = 6 a float32 host launch cuts each sample into chunks of about 8 KiB and runs chunk 0 of every
+    # sample before chunk 1, each block prefetching the input rows its worker reads next and copying deep rows row
+    # by row (kernels/kmix_host.cpp); any order and number of workers gives the reference's bits.
     from dali_kmix.backends import cpu as cpu_kernels
 
     be = CpuBackend(workers=workers, reverse=reverse)
@@ -1068,7 +1069,7 @@ def test_host_dcutmix_runs_deep_nestings_samples_first_and_matches_reference(lay
     rows = h if layout == "HWC" else c * h
     row_bytes = w * (c if layout == "HWC" else 1) * np.dtype(dtype).itemsize
     if samples_first:
-        assert chunks == min(rows, -(-rows * row_bytes // (24 << 10))) and chunks >= shallow
+        assert chunks == min(rows, -(-rows * row_bytes // (8 << 10))) and chunks >= shallow
     else:
         assert chunks == shallow
     rng = np.random.default_rng([k, workers])

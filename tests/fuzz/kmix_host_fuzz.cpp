@@ -215,15 +215,23 @@ void fuzz_blend_and_paste(FuzzedDataProvider& fdp, int entry) {
                              : kmix_host_dmixup_chunks((long long)elems);
     for (int s = 0; s < n; ++s)
       for (int ch = 0; ch < chunks; ++ch) {
-        rc |= paste ? kmix_host_dcutmix_block(dtype, in, out, src.data(), boxes.data(), n, k, h, w, c, layout, ch, s)
+        // any next chunk (a prefetch hint) or none: the output must not depend on it
+        const int next = paste ? fdp.ConsumeIntegralInRange(-1, chunks - 1) : -1;
+        rc |= paste ? kmix_host_dcutmix_block(dtype, in, out, src.data(), boxes.data(), n, k, h, w, c, layout, ch, s,
+                                              next)
                     : kmix_host_dmixup_block(dtype, in, out, src.data(), wt.data(), n, k, (long long)elems, ch, s);
       }
     const int bad_chunk = fdp.ConsumeBool() ? -1 - fdp.ConsumeIntegralInRange(0, 5) : chunks + fdp.ConsumeIntegralInRange(0, 5);
     const int bad_sample = fdp.ConsumeBool() ? -1 - fdp.ConsumeIntegralInRange(0, 5) : n + fdp.ConsumeIntegralInRange(0, 5);
-    CHECK((paste ? kmix_host_dcutmix_block(dtype, in, out, src.data(), boxes.data(), n, k, h, w, c, layout, bad_chunk, 0)
+    CHECK((paste ? kmix_host_dcutmix_block(dtype, in, out, src.data(), boxes.data(), n, k, h, w, c, layout, bad_chunk, 0,
+                                           -1)
                  : kmix_host_dmixup_block(dtype, in, out, src.data(), wt.data(), n, k, (long long)elems, bad_chunk, 0)) == 1);
-    CHECK((paste ? kmix_host_dcutmix_block(dtype, in, out, src.data(), boxes.data(), n, k, h, w, c, layout, 0, bad_sample)
+    CHECK((paste ? kmix_host_dcutmix_block(dtype, in, out, src.data(), boxes.data(), n, k, h, w, c, layout, 0, bad_sample,
+                                           -1)
                  : kmix_host_dmixup_block(dtype, in, out, src.data(), wt.data(), n, k, (long long)elems, 0, bad_sample)) == 1);
+    if (paste && bad_chunk != -1)  // a next chunk outside [-1, chunks) is refused like a chunk outside the grid
+      CHECK(kmix_host_dcutmix_block(dtype, in, out, src.data(), boxes.data(), n, k, h, w, c, layout, 0, 0, bad_chunk) ==
+            1);
     CHECK(kmix_host_dmixup_block(7, in, out, src.data(), wt.data(), n, k, (long long)elems, 0, 0) == 1);
     if (elems == 0) return;
     if (paste) entry = 1; else entry = 0;
