@@ -404,24 +404,27 @@ struct KmixRunCopier {
 // The deepest box nesting kmix_dcutmix_rows_host works out once per band of rows; deeper rows take the
 // generic per-row code.
 #define KMIX_HOST_MAX_DEPTH 64
-// The rows that a deep band (more than 3 runs a row) copies run by run.
+// The rows that a deep band (more than 3 runs a row) copies run by run (where its block does not prefetch: below).
 #define KMIX_HOST_DEEP_ROWS 8
 // A deep band's run of at most this many bytes is copied as this many bytes from its start (see below).
 #define KMIX_HOST_SPILL 32
 
-// The prefetch of a samples-first host DCutMix block (kmix_dcutmix_block_host): while the block copies its rows,
-// the rows of its sample's input that the same thread's next block of that sample reads, one row of lines for
-// each row copied (prefetcht1: into L2). A round of samples-first blocks (one chunk of every sample) so prefetches
-// every input's rows of the thread's next round, which that round's runs then read from the caches.
+// The prefetch of a samples-first host DCutMix block that knows its thread's next chunk (kmix_dcutmix_block_host):
+// while the block copies its rows, the rows of its sample's input in that chunk, one row of lines for each row
+// copied (prefetcht1: into L2). A round of samples-first blocks (one chunk of every sample) so prefetches every
+// input's rows of the thread's next round, which that round's runs then read from the caches.
 struct KmixRowPrefetch {
-  bool on = false;                             // a samples-first block: its deep rows go row by row
-  const char* cur = nullptr;                   // the next line to prefetch
-  const char* end = nullptr;                   // past the last one
-  long long per_row = 0;                       // bytes of lines to prefetch for each row copied
-  void rows(long long n) {
-    const char* stop = cur + n * per_row < end ? cur + n * per_row : end;
-    for (; cur < stop; cur += 64) __builtin_prefetch(cur, 0, 2);
+  bool on = false;            // a block that prefetches: its deep rows go row by row
+  const char* next = nullptr; // the next line to prefetch
+  long long left = 0;         // bytes from there still to prefetch (no pointer goes past the input)
+  long long per_row = 0;      // bytes (whole lines) to prefetch for each row copied
+  void rows(long long n) {    // n rows' worth, or what is left
+    const long long bytes = per_row > 0 && n < left / per_row ? n * per_row : left;
+    for (long long o = 0; o < bytes; o += 64) __builtin_prefetch(next + o, 0, 2);
+    next += bytes;
+    left -= bytes;
   }
+  void rest() { rows(left); }
 };
 extern KMIX_TLS KmixRowPrefetch kmix_row_prefetch;
 
@@ -469,7 +472,7 @@ inline void kmix_dcutmix_rows_host(const T* const* __restrict__ in, T* __restric
       right = stop;
     }
     KmixRowPrefetch& pf = kmix_row_prefetch;
-    if (nruns > 3 && pf.on) {  // deep rows of a samples-first block: row by row, runs left to right
+    if (nruns > 3 && pf.on) {  // deep rows of a block that prefetches: row by row, runs left to right
       // Run by run (below) wins where the runs' inputs come from memory, row by row where they are in the caches
       // (float32 CHW 224, K = 16, batch 64 of 4 distinct images: 0.72x), and the block's prefetch puts them there
       // (kmix_dcutmix_block_host). Together, against run by run without the prefetch: 0.72-0.91x (kmix_host.cpp,

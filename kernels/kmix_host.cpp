@@ -46,33 +46,30 @@ static unsigned kmix_chunks(long long total, long long target) {
   return (unsigned)(c < 1 ? 1 : c);
 }
 
-// One block (blockIdx) of a host DCutMix launch of grid gridDim. A samples-first block with one thread (the host's
-// launches) copies its deep rows row by row and prefetches the input rows of chunk `next_chunk` of its sample (-1:
-// none), which the same thread copies next (KmixRowPrefetch). The output does not depend on next_chunk.
+// One block (blockIdx) of a host DCutMix launch of grid gridDim. Given `next_chunk` (>= 0: the chunk of this sample
+// that the same thread copies next, as samples-first launches know it), a block with one thread (the host's
+// launches) prefetches that chunk's input rows, one row of lines for each row it copies, and copies its deep rows
+// row by row (KmixRowPrefetch); else it copies as before. The output does not depend on next_chunk.
 template <typename T>
 static void kmix_dcutmix_block_host(const T* const* in, T* const* out, const int* sources, const int* boxes, int n,
-                                    int k, int height, int width, int channels, int layout, bool samples_first,
-                                    int next_chunk) {
+                                    int k, int height, int width, int channels, int layout, int next_chunk) {
   KmixRowPrefetch& pf = kmix_row_prefetch;
   pf = KmixRowPrefetch{};
-  if (samples_first && blockDim.x == 1) {
-    pf.on = true;
-    if (next_chunk >= 0 && next_chunk < (int)gridDim.x) {
-      const int rows = layout == KMIX_HWC ? height : channels * height;
-      const long long row_bytes = (long long)width * (layout == KMIX_HWC ? channels : 1) * (long long)sizeof(T);
-      const int per_block = (rows + (int)gridDim.x - 1) / (int)gridDim.x;  // as kmix_row_chunk cuts them
-      const long long r0 = (long long)next_chunk * per_block;
-      const long long r1 = r0 + per_block < rows ? r0 + per_block : rows;
-      const char* image = (const char*)in[blockIdx.y];  // input s: a round of blocks covers every input
-      if (r1 > r0) {
-        pf.cur = image + r0 * row_bytes;
-        pf.end = image + r1 * row_bytes;
-        pf.per_row = (row_bytes + 63) / 64 * 64;
-      }
+  if (next_chunk >= 0 && next_chunk < (int)gridDim.x && blockDim.x == 1) {
+    const int rows = layout == KMIX_HWC ? height : channels * height;
+    const long long row_bytes = (long long)width * (layout == KMIX_HWC ? channels : 1) * (long long)sizeof(T);
+    const int per_block = (rows + (int)gridDim.x - 1) / (int)gridDim.x;  // as kmix_row_chunk cuts them
+    const long long r0 = (long long)next_chunk * per_block;
+    const long long r1 = r0 + per_block < rows ? r0 + per_block : rows;
+    if (r1 > r0) {
+      pf.on = true;
+      pf.next = (const char*)in[blockIdx.y] + r0 * row_bytes;  // input s: a round of blocks covers every input
+      pf.left = (r1 - r0) * row_bytes;
+      pf.per_row = (row_bytes + 63) / 64 * 64;
     }
   }
   kmix_dcutmix<T>(in, out, sources, boxes, n, k, height, width, channels, layout);
-  pf.rows(1LL << 40);  // what the rows left (a short last band, the generic rows)
+  pf.rest();  // what the rows left (a short last band, the generic rows)
   pf = KmixRowPrefetch{};
 }
 
@@ -94,13 +91,14 @@ int kmix_host_dmixup_chunks(long long sample_elems) {
 // K = 16, median 4 pixels), each from another image and each reading whole 64-byte lines for a few pixels:
 // 28.5 lines a row of a float32 CHW 224 plane at K = 16 against 15.4 at K = 2. Outputs whose runs take the
 // same rows of the same image, worked on together, share those lines in L2 instead of each fetching them
-// from L3. Measured (batch 64, 224 x 224 x 3, interleaved rounds, this order over the other): float32 CHW
+// from L3. Measured with 24 KiB chunks, run by run, no prefetch (batch 64, 224 x 224 x 3, interleaved rounds,
+// this order over the other; an Intel Xeon): float32 CHW
 // K = 16 0.90 with two workers, 0.77 with one, K = 8 0.92 / 0.83, float32 HWC K = 16 0.90; K = 2 1.0; but
 // uint8 HWC 1.03, uint8 CHW 1.12 and float16 CHW 1.04 at K = 16 (their rows are a quarter or half the
 // bytes, the runs' instructions weigh more than the lines), so those keep the default order.
-// A samples-first block copies its deep rows row by row and prefetches its sample's input rows of the chunk its
-// thread copies next (kmix_dcutmix_block_host), so a round's runs read inputs that the last round put in the
-// caches. Its chunks are 8 KiB: a round of batch 64 then prefetches 512 KiB, the L2 of a Zen 3 core. Measured
+// A samples-first block whose thread copies another chunk of its sample next (all but the last round, where the
+// launch has at least 4 claims a worker) prefetches that chunk's input rows and copies its deep rows row by row
+// (kmix_dcutmix_block_host), so a round's runs read inputs that the last round put in the caches. Its chunks are 8 KiB: a round of batch 64 then prefetches 512 KiB, the L2 of a Zen 3 core. Measured
 // against 24 KiB chunks, run by run and no prefetch (K = 16, float32 CHW 224, kernel alone, two workers, AMD
 // EPYC Zen 3): batch 32 0.85x, 64 0.78x, 128 0.91x; one worker, batch 64, 0.72x; float32 HWC, batch 64, 1.0x.
 #define KMIX_HOST_DEEP_K 6
@@ -142,7 +140,7 @@ int kmix_host_dcutmix(int dtype, const void* const* in, void* const* out, const 
   const bool samples_first = kmix_host_dcutmix_samples_first(dtype, k) != 0;
   KMIX_DISPATCH(dtype, kmix_launch(grid, block, nworkers, reverse != 0, [&]() {
     kmix_dcutmix_block_host<T>((const T* const*)in, (T* const*)out, sources, boxes, n, k, height, width, channels,
-                               layout, samples_first, kmix_next_chunk);
+                               layout, kmix_next_chunk);
   }, samples_first));
   return 0;
 }
@@ -208,10 +206,9 @@ int kmix_host_dcutmix_block(int dtype, const void* const* in, void* const* out, 
   const int chunks = kmix_host_dcutmix_chunks(dtype, k, height, width, channels, layout);
   if (chunk < 0 || chunk >= chunks || sample < 0 || sample >= n || next_chunk < -1 || next_chunk >= chunks) return 1;
   const kmix_dim3 grid = {(unsigned)chunks, (unsigned)n, 1};
-  const bool samples_first = kmix_host_dcutmix_samples_first(dtype, k) != 0;
   KMIX_DISPATCH(dtype, kmix_run_block(grid, (unsigned)chunk, (unsigned)sample, [&]() {
     kmix_dcutmix_block_host<T>((const T* const*)in, (T* const*)out, sources, boxes, n, k, height, width, channels,
-                               layout, samples_first, next_chunk);
+                               layout, next_chunk);
   }));
   return 0;
 }

@@ -207,7 +207,9 @@ class KmixPool {
 // Blocks go out along grid.x first (a sample's chunks, then the next sample's), or with
 // `samples_first` along grid.y first (chunk 0 of every sample, then chunk 1, ...). A samples-first worker
 // claims its next blocks before it starts on the ones it holds, so that each block knows (kmix_next_chunk)
-// which chunk of its sample the same thread copies next: host DCutMix prefetches that chunk's input rows.
+// which chunk of its sample the same thread copies next: host DCutMix prefetches that chunk's input rows. It
+// does so only where there are at least 4 claims a worker (else the first worker, claiming two before the others
+// wake, could take all), so a delayed worker holds up at most its one claimed range besides the current one.
 template <class Body>
 static void kmix_launch(kmix_dim3 grid, kmix_dim3 block, int nworkers, bool reverse, Body body,
                         bool samples_first = false) {
@@ -221,7 +223,8 @@ static void kmix_launch(kmix_dim3 grid, kmix_dim3 block, int nworkers, bool reve
   if (grain < 1) grain = 1;
   if (samples_first) grain = (grain + grid.y - 1) / grid.y * grid.y;  // whole chunks: all samples' rows in one worker
   std::atomic<long long> next{0};
-  const bool ahead = samples_first && !reverse;  // claims one range ahead (kmix_next_chunk)
+  const long long claims = (nblocks + grain - 1) / grain;
+  const bool ahead = samples_first && !reverse && claims >= 4LL * nworkers;  // one range ahead (kmix_next_chunk)
   auto work = [&](int) {
     gridDim = grid;
     blockDim = block;
@@ -238,8 +241,9 @@ static void kmix_launch(kmix_dim3 grid, kmix_dim3 block, int nworkers, bool reve
         blockIdx.y = (unsigned)(samples_first ? b % grid.y : (b / grid.x) % grid.y);
         blockIdx.z = (unsigned)(b / ((long long)grid.x * grid.y));
         if (ahead) {  // this sample's next block on this thread: the next chunk here, else in the range after
-          long long nb = b + grid.y < hi ? b + grid.y : after + b % grid.y;
-          kmix_next_chunk = nb < nblocks && nb / ((long long)grid.x * grid.y) == blockIdx.z ? (int)((nb / grid.y) % grid.x) : -1;
+          const long long nb = b + grid.y < hi ? b + grid.y : after + b % grid.y;
+          const bool same_z = nb < nblocks && nb / ((long long)grid.x * grid.y) == blockIdx.z;
+          kmix_next_chunk = same_z ? (int)((nb / grid.y) % grid.x) : -1;
         }
         for (long long ti = 0; ti < nthr; ++ti) {
           const long long t = reverse ? nthr - 1 - ti : ti;

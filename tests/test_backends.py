@@ -1055,14 +1055,17 @@ def test_dcutmix_staircase_of_short_runs_matches_reference(backend, layout, c, d
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layout", ["HWC", "CHW"])
 @pytest.mark.parametrize("k", [5, 6, 9, 16], ids=lambda k: f"K{k}")
-def test_host_dcutmix_runs_deep_nestings_samples_first_and_matches_reference(layout, dtype, k, workers, reverse):
+@pytest.mark.parametrize("h,w", [(131, 97), (37, 29)], ids=["19-chunks", "2-chunks"])
+def test_host_dcutmix_runs_deep_nestings_samples_first_and_matches_reference(layout, dtype, k, workers, reverse, h, w):
     # From K = 6 a float32 host launch cuts each sample into chunks of about 8 KiB and runs chunk 0 of every
-    # sample before chunk 1, each block prefetching the input rows its worker reads next and copying deep rows row
-    # by row (kernels/kmix_host.cpp); any order and number of workers gives the reference's bits.
+    # sample before chunk 1. Where it has at least 4 claims of blocks a worker (19 chunks), each worker claims its
+    # next range ahead and each block prefetches the input rows its worker reads next and copies deep rows row by
+    # row; with 2 chunks no worker claims ahead (kernels/kmix_host.cpp). Any order and number of workers gives the
+    # reference's bits.
     from dali_kmix.backends import cpu as cpu_kernels
 
     be = CpuBackend(workers=workers, reverse=reverse)
-    n, h, w, c = 13, 131, 97, 3
+    n, c = 13, 3
     chunks, samples_first = cpu_kernels.host_dcutmix_shape(dtype, k, h, w, c, layout)
     shallow, _ = cpu_kernels.host_dcutmix_shape(dtype, 2, h, w, c, layout)
     assert samples_first == (k >= 6 and np.dtype(dtype) == np.float32)
@@ -1076,6 +1079,56 @@ def test_host_dcutmix_runs_deep_nestings_samples_first_and_matches_reference(lay
     x = random_images(rng, dtype, _shape(layout, n, h, w, c))
     p = sample_params("dcutmix", n, h, w, k=k, alpha=0.7, rng=rng)
     _assert_same_bits(be.blend(x, p, layout), reference.mix_images(x, p, layout))
+
+
+def _dcutmix_block_by_block(x, p, layout, next_chunk):
+    """DCutMix through ``kmix_host_dcutmix_block`` (the DALI operator's entry point), every block in turn, block
+    (chunk, sample) told that its thread copies chunk ``next_chunk(chunk, chunks)`` of that sample next."""
+    import ctypes
+
+    from dali_kmix.backends import cpu as cpu_kernels
+
+    lib = cpu_kernels._lib()
+    fn = lib.kmix_host_dcutmix_block
+    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int] * 9
+    fn.restype = ctypes.c_int
+    n, k = p.sources.shape
+    h, w, c = cpu_kernels.hwc_dims(x.shape[1:], layout)
+    code, lay = cpu_kernels.DTYPE_CODES[x.dtype], cpu_kernels.LAYOUT_CODES[layout]
+    out = np.full_like(x, 7)
+    pin, pout = cpu_kernels._batch_ptrs(x), cpu_kernels._batch_ptrs(out)
+    src, boxes = np.ascontiguousarray(p.sources, np.int32), np.ascontiguousarray(p.boxes, np.int32)
+    chunks, _ = cpu_kernels.host_dcutmix_shape(x.dtype, k, h, w, c, layout)
+    args = (code, pin.ctypes.data, pout.ctypes.data, src.ctypes.data, boxes.ctypes.data, n, k, h, w, c, lay)
+    for bad in (-2, chunks):  # a next chunk outside [-1, chunks) is refused, nothing written
+        assert fn(*args, 0, 0, bad) == 1
+    assert (out == 7).all()
+    for chunk in range(chunks):
+        for s in range(n):
+            assert fn(*args, chunk, s, next_chunk(chunk, chunks)) == 0
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout,c", [("HWC", 1), ("HWC", 3), ("CHW", 3)], ids=["HWC1", "HWC3", "CHW3"])
+@pytest.mark.parametrize("step,w", [(1, 8), (1, 23), (1, 40), (8, 40), (8, 47), (9, 47), (9, 56)],
+                         ids=lambda v: str(v))
+@pytest.mark.parametrize("nxt", ["next", "none"])
+def test_host_dcutmix_blocks_that_prefetch_copy_row_by_row_and_match_reference(layout, c, dtype, w, step, nxt):
+    # A block told its thread's next chunk (the DALI operator's samples-first tasks, kmix_launch's claims ahead)
+    # prefetches that chunk's input rows and copies its deep rows row by row, short runs as one 32-byte move each
+    # where the row goes on that far (the runs after it in the row overwrite the rest); told none, it copies them
+    # run by run. The staircase of test_dcutmix_staircase_of_short_runs_matches_reference, in images tall enough
+    # for several chunks: either way, and whatever chunk is named, the reference's bits.
+    n, h = 5, 61
+    k = (w // 2) // step + 1
+    rng = np.random.default_rng([w, step, c, 1])
+    x = random_images(rng, dtype, _shape(layout, n, h, w, c))
+    boxes = np.array([[[min(d, 2), d * step, h - min(d, 2), w - d * step] for d in range(1, k)]] * n, np.int32)
+    sources = ((np.arange(n)[:, None] + np.arange(k)[None, :]) % n).astype(np.int32)
+    p = MixParams(sources, area_weights(boxes, h, w), boxes)
+    nxt_of = (lambda ch, chunks: (ch + 1) % chunks) if nxt == "next" else (lambda ch, chunks: -1)
+    _assert_same_bits(_dcutmix_block_by_block(x, p, layout, nxt_of), reference.mix_images(x, p, layout))
 
 
 def _blend_in_threads(cpu_kernels, x, p, threads):
