@@ -409,6 +409,18 @@ struct KmixRunCopier {
 // A deep band's run of at most this many bytes is copied as this many bytes from its start (see below).
 #define KMIX_HOST_SPILL 32
 
+// Whether a deep band's run of `bytes` bytes from element a of a row of row_len elements is copied as one move of
+// KMIX_HOST_SPILL bytes (kmix_spill_copy): it is that short and its row goes on that far from its start.
+template <typename T>
+inline bool kmix_spill_run(long long a, size_t bytes, long long row_len) {
+  return bytes <= KMIX_HOST_SPILL && (size_t)a * sizeof(T) + KMIX_HOST_SPILL <= (size_t)row_len * sizeof(T);
+}
+inline void kmix_spill_copy(char* __restrict__ d, const char* __restrict__ s) {
+  char v[KMIX_HOST_SPILL];
+  std::memcpy(v, s, KMIX_HOST_SPILL);
+  std::memcpy(d, v, KMIX_HOST_SPILL);
+}
+
 // The prefetch of a samples-first host DCutMix block that knows its thread's next chunk (kmix_dcutmix_block_host):
 // while the block copies its rows, the rows of its sample's input in that chunk, one row of lines for each row
 // copied (prefetcht1: into L2). A round of samples-first blocks (one chunk of every sample) so prefetches every
@@ -485,14 +497,10 @@ inline void kmix_dcutmix_rows_host(const T* const* __restrict__ in, T* __restric
           if (runs[i].b <= runs[i].a) continue;
           const size_t bytes = (size_t)(runs[i].b - runs[i].a) * sizeof(T);
           const long long at = off + runs[i].a;
-          if (bytes <= KMIX_HOST_SPILL &&
-              (size_t)runs[i].a * sizeof(T) + KMIX_HOST_SPILL <= (size_t)row_len * sizeof(T)) {
-            char v[KMIX_HOST_SPILL];
-            std::memcpy(v, (const char*)(runs[i].from + at), KMIX_HOST_SPILL);
-            std::memcpy((char*)(out_s + at), v, KMIX_HOST_SPILL);
-          } else {
+          if (kmix_spill_run<T>(runs[i].a, bytes, row_len))
+            kmix_spill_copy((char*)(out_s + at), (const char*)(runs[i].from + at));
+          else
             kmix_copy_bytes((char*)(out_s + at), (const char*)(runs[i].from + at), bytes);
-          }
         }
         pf.rows(1);
       }
@@ -516,13 +524,10 @@ inline void kmix_dcutmix_rows_host(const T* const* __restrict__ in, T* __restric
           // element ends as the reference's. The inputs are only read, inside the same row. With the batch in
           // cache K = 16 takes 0.91x the time (float32 CHW, batch 8, one worker), uint8 HWC K = 3 0.92-0.97x
           // (batch 64, two workers); float32 at batch 64 is bound by the memory and does not change.
-          if (bytes <= KMIX_HOST_SPILL &&
-              (size_t)runs[i].a * sizeof(T) + KMIX_HOST_SPILL <= (size_t)row_len * sizeof(T)) {
+          if (kmix_spill_run<T>(runs[i].a, bytes, row_len)) {
             for (int rr = r; rr < stop; ++rr) {
               const long long at = (long long)rr * row_len + runs[i].a;
-              char v[KMIX_HOST_SPILL];
-              std::memcpy(v, (const char*)(runs[i].from + at), KMIX_HOST_SPILL);
-              std::memcpy((char*)(out_s + at), v, KMIX_HOST_SPILL);
+              kmix_spill_copy((char*)(out_s + at), (const char*)(runs[i].from + at));
             }
             continue;
           }
@@ -559,12 +564,17 @@ KMIX_DEV void kmix_dcutmix_sample(const T* const* __restrict__ in, T* __restrict
 }
 
 
-// The rows [r_begin, r_end) of block blockIdx.x when gridDim.x blocks split a sample's rows.
-KMIX_DEV void kmix_row_chunk(int rows, int* r_begin, int* r_end) {
-  const int per_block = (rows + gridDim.x - 1) / gridDim.x;
-  *r_begin = blockIdx.x * per_block;
+// The rows [r_begin, r_end) of chunk `chunk` when `chunks` blocks split a sample's rows (kmix_row_chunk: those of
+// block blockIdx.x of gridDim.x).
+KMIX_DEV void kmix_row_range(int rows, int chunk, int chunks, int* r_begin, int* r_end) {
+  const int per_block = (rows + chunks - 1) / chunks;
+  *r_begin = chunk * per_block;
   *r_end = *r_begin + per_block;
   if (*r_end > rows) *r_end = rows;
+}
+
+KMIX_DEV void kmix_row_chunk(int rows, int* r_begin, int* r_end) {
+  kmix_row_range(rows, (int)blockIdx.x, (int)gridDim.x, r_begin, r_end);
 }
 
 // DCutMix. Every output pixel copies the pixel of the deepest box that contains it

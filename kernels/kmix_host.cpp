@@ -56,15 +56,13 @@ static void kmix_dcutmix_block_host(const T* const* in, T* const* out, const int
   KmixRowPrefetch& pf = kmix_row_prefetch;
   pf = KmixRowPrefetch{};
   if (next_chunk >= 0 && next_chunk < (int)gridDim.x && blockDim.x == 1) {
-    const int rows = layout == KMIX_HWC ? height : channels * height;
     const long long row_bytes = (long long)width * (layout == KMIX_HWC ? channels : 1) * (long long)sizeof(T);
-    const int per_block = (rows + (int)gridDim.x - 1) / (int)gridDim.x;  // as kmix_row_chunk cuts them
-    const long long r0 = (long long)next_chunk * per_block;
-    const long long r1 = r0 + per_block < rows ? r0 + per_block : rows;
+    int r0, r1;  // that chunk's rows, as its block will copy them
+    kmix_row_range(layout == KMIX_HWC ? height : channels * height, next_chunk, (int)gridDim.x, &r0, &r1);
     if (r1 > r0) {
       pf.on = true;
-      pf.next = (const char*)in[blockIdx.y] + r0 * row_bytes;  // input s: a round of blocks covers every input
-      pf.left = (r1 - r0) * row_bytes;
+      pf.next = (const char*)in[blockIdx.y] + (long long)r0 * row_bytes;  // input s: a round covers every input
+      pf.left = (long long)(r1 - r0) * row_bytes;
       pf.per_row = (row_bytes + 63) / 64 * 64;
     }
   }
@@ -98,9 +96,10 @@ int kmix_host_dmixup_chunks(long long sample_elems) {
 // bytes, the runs' instructions weigh more than the lines), so those keep the default order.
 // A samples-first block whose thread copies another chunk of its sample next (all but the last round, where the
 // launch has at least 4 claims a worker) prefetches that chunk's input rows and copies its deep rows row by row
-// (kmix_dcutmix_block_host), so a round's runs read inputs that the last round put in the caches. Its chunks are 8 KiB: a round of batch 64 then prefetches 512 KiB, the L2 of a Zen 3 core. Measured
-// against 24 KiB chunks, run by run and no prefetch (K = 16, float32 CHW 224, kernel alone, two workers, AMD
-// EPYC Zen 3): batch 32 0.85x, 64 0.78x, 128 0.91x; one worker, batch 64, 0.72x; float32 HWC, batch 64, 1.0x.
+// (kmix_dcutmix_block_host), so a round's runs read inputs that the last round put in the caches. Its chunks are
+// 8 KiB: a round of batch 64 then prefetches 512 KiB, the L2 of a Zen 3 core. Measured against 24 KiB chunks, run
+// by run and no prefetch (K = 16, float32 CHW 224, kernel alone, two workers, AMD EPYC Zen 3): batch 32 0.85x,
+// 64 0.78x, 128 0.91x; one worker, batch 64, 0.72x; float32 HWC, batch 64, 1.0x.
 #define KMIX_HOST_DEEP_K 6
 #define KMIX_HOST_DEEP_CHUNK_BYTES (8 << 10)
 

@@ -1055,12 +1055,26 @@ def test_dcutmix_staircase_of_short_runs_matches_reference(backend, layout, c, d
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layout", ["HWC", "CHW"])
 @pytest.mark.parametrize("k", [5, 6, 9, 16], ids=lambda k: f"K{k}")
-def test_host_dcutmix_runs_deep_nestings_samples_first_and_matches_reference(layout, dtype, k, workers, reverse,
-                                                                            h=131, w=97):
+def test_host_dcutmix_runs_deep_nestings_samples_first_and_matches_reference(layout, dtype, k, workers, reverse):
     # From K = 6 a float32 host launch cuts each sample into chunks of about 8 KiB and runs chunk 0 of every
     # sample before chunk 1. Where it has at least 4 claims of blocks a worker (here 19 chunks), each worker claims
     # its next range ahead and each block prefetches the input rows its worker reads next and copies deep rows row
     # by row (kernels/kmix_host.cpp). Any order and number of workers gives the reference's bits.
+    _check_host_dcutmix_launch(layout, dtype, k, workers, reverse, 131, 97)
+
+
+@pytest.mark.parametrize("workers", [2, 3], ids=["w2", "w3"])
+@pytest.mark.parametrize("layout", ["HWC", "CHW"])
+@pytest.mark.parametrize("k", [6, 16], ids=lambda k: f"K{k}")
+def test_host_dcutmix_small_samples_first_launch_matches_reference(layout, k, workers):
+    # 37 x 29 float32 samples are 2 chunks of 8 KiB: too few claims for a worker to claim ahead (the first would
+    # take both before the others wake), so every block copies as without a prefetch.
+    _check_host_dcutmix_launch(layout, np.float32, k, workers, False, 37, 29)
+
+
+def _check_host_dcutmix_launch(layout, dtype, k, workers, reverse, h, w):
+    """A host DCutMix launch of 13 samples of h x w x 3: its chunks as kernels/kmix_host.cpp cuts them, its bits the
+    reference's."""
     from dali_kmix.backends import cpu as cpu_kernels
 
     be = CpuBackend(workers=workers, reverse=reverse)
@@ -1078,16 +1092,6 @@ def test_host_dcutmix_runs_deep_nestings_samples_first_and_matches_reference(lay
     x = random_images(rng, dtype, _shape(layout, n, h, w, c))
     p = sample_params("dcutmix", n, h, w, k=k, alpha=0.7, rng=rng)
     _assert_same_bits(be.blend(x, p, layout), reference.mix_images(x, p, layout))
-
-
-@pytest.mark.parametrize("workers", [2, 3], ids=["w2", "w3"])
-@pytest.mark.parametrize("layout", ["HWC", "CHW"])
-@pytest.mark.parametrize("k", [6, 16], ids=lambda k: f"K{k}")
-def test_host_dcutmix_small_samples_first_launch_matches_reference(layout, k, workers):
-    # 37 x 29 float32 samples are 2 chunks of 8 KiB: too few claims for a worker to claim ahead (the first would
-    # take both before the others wake), so every block copies as without a prefetch.
-    test_host_dcutmix_runs_deep_nestings_samples_first_and_matches_reference(layout, np.float32, k, workers, False,
-                                                                            h=37, w=29)
 
 
 def _dcutmix_block_by_block(x, p, layout, next_chunk):
